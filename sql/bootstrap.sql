@@ -1,0 +1,52 @@
+-- bootstrap.sql: the audit trail itself. Runs first in CREATE EXTENSION.
+-- The schema is created by CREATE EXTENSION from the control file.
+
+CREATE TABLE activity_log.events (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts               timestamptz NOT NULL,
+    committed_at     timestamptz NOT NULL,
+    kind             text NOT NULL CHECK (kind IN ('change', 'statement', 'ddl', 'event', 'system')),
+    category         text NOT NULL,
+    severity         text NOT NULL,
+    status           text NOT NULL CHECK (status IN ('success', 'error', 'gap')),
+    sqlstate         text,
+    db_user          text,
+    effective_user   text,
+    actor            text,
+    application_name text,
+    client_addr      inet,
+    backend_pid      integer,
+    xid              xid8,
+    command          text,
+    schema_name      text,
+    table_name       text,
+    table_oid        oid,
+    relations        text[],
+    row_key          jsonb,
+    old_row          jsonb,
+    new_row          jsonb,
+    changed_columns  text[],
+    query            text,
+    query_id         bigint,
+    rows             bigint,
+    duration_ms      double precision,
+    context          jsonb,
+    jwt_claims       jsonb,
+    details          jsonb
+);
+
+-- Time-range scans of an append-only table: BRIN is tiny and matches insertion order.
+CREATE INDEX events_ts_brin ON activity_log.events USING brin (ts);
+
+COMMENT ON TABLE activity_log.events IS
+    'The audit trail of this database, written by the activity_log writer in commit order (id).';
+COMMENT ON COLUMN activity_log.events.ts IS 'When the statement started or the event was logged.';
+COMMENT ON COLUMN activity_log.events.committed_at IS 'When the transaction ended (committed, or rolled back for failed statements).';
+COMMENT ON COLUMN activity_log.events.kind IS 'change, statement, ddl, event (log_event) or system (gap).';
+COMMENT ON COLUMN activity_log.events.status IS 'success, error (a failed statement; see sqlstate) or gap (records may be missing).';
+COMMENT ON COLUMN activity_log.events.db_user IS 'The session user.';
+COMMENT ON COLUMN activity_log.events.effective_user IS 'The current user when the statement ran (differs inside SECURITY DEFINER functions and after SET ROLE).';
+COMMENT ON COLUMN activity_log.events.actor IS 'Application-supplied: the activity_log.actor setting.';
+COMMENT ON COLUMN activity_log.events.context IS 'Application-supplied: the activity_log.context setting.';
+COMMENT ON COLUMN activity_log.events.jwt_claims IS 'The request.jwt.claims setting (PostgREST), when set.';
+COMMENT ON COLUMN activity_log.events.relations IS 'Relations a DML statement read or wrote, schema-qualified.';

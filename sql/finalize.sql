@@ -1,0 +1,181 @@
+-- finalize.sql: runs last in CREATE EXTENSION, after the Rust functions exist.
+
+-- Refuse to install into a server that did not preload the library (clear error and hint).
+SELECT activity_log._require_preload();
+
+-- pg_dump keeps the trail (it is data, not configuration, but losing it on dump/restore
+-- would lose the audit history).
+SELECT pg_catalog.pg_extension_config_dump('activity_log.events', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('activity_log.events', 'id'), '');
+
+GRANT USAGE ON SCHEMA activity_log TO PUBLIC;
+
+CREATE VIEW activity_log.queue AS
+SELECT d.datname AS database,
+       q.capacity_bytes,
+       q.used_bytes,
+       round(100.0 * q.used_bytes / q.capacity_bytes, 2) AS fill_pct,
+       q.published_records,
+       q.written_records,
+       q.dropped_records,
+       q.batches,
+       q.write_errors,
+       q.overflow_waits,
+       round(q.published_records / greatest(extract(epoch FROM now() - q.started_at), 1), 1) AS records_in_per_s,
+       round(q.written_records / greatest(extract(epoch FROM now() - q.started_at), 1), 1) AS records_out_per_s,
+       q.writer_pid,
+       q.writer_state,
+       q.writer_failures,
+       q.last_flush_at,
+       q.last_error,
+       q.last_error_at,
+       q.published_bytes,
+       q.started_at
+  FROM activity_log._queue() q
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = q.database_oid;
+
+COMMENT ON VIEW activity_log.queue IS
+    'One row per shared-memory ring in use: fill, counters since server start, and its writer.';
+
+CREATE VIEW activity_log.recent_activity AS
+SELECT id, ts, committed_at, kind AS source, category, severity, status, sqlstate, db_user,
+       actor, application_name, client_addr, command, schema_name, table_name, relations,
+       query, rows, duration_ms, context, details
+  FROM activity_log.events
+ WHERE ts > now() - interval '24 hours';
+
+COMMENT ON VIEW activity_log.recent_activity IS
+    'The last 24 hours of the trail; filter with WHERE source / category / status / severity / ts.';
+
+CREATE FUNCTION activity_log.recent(
+    since    interval DEFAULT '1 hour',
+    source   text DEFAULT NULL,
+    category text DEFAULT NULL,
+    status   text DEFAULT NULL,
+    severity text DEFAULT NULL,
+    max_rows integer DEFAULT 100)
+RETURNS SETOF activity_log.recent_activity
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF since IS NULL OR since < interval '0' THEN
+        RAISE EXCEPTION 'since must be a positive interval' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
+        RAISE EXCEPTION 'max_rows must be between 1 and 100000' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF source IS NOT NULL AND source NOT IN ('change', 'statement', 'ddl', 'event', 'system') THEN
+        RAISE EXCEPTION 'invalid source "%"', source USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Valid values are: change, statement, ddl, event, system.';
+    END IF;
+    IF status IS NOT NULL AND status NOT IN ('success', 'error', 'gap') THEN
+        RAISE EXCEPTION 'invalid status "%"', status USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Valid values are: success, error, gap.';
+    END IF;
+    IF severity IS NOT NULL AND severity NOT IN (SELECT activity_log.severities()) THEN
+        RAISE EXCEPTION 'invalid severity "%"', severity USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Valid values are: ' || (SELECT string_agg(s, ', ') FROM activity_log.severities() s) || '.';
+    END IF;
+    IF category IS NOT NULL AND category NOT IN (SELECT activity_log.categories()) THEN
+        RAISE EXCEPTION 'invalid category "%"', category USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'See SELECT activity_log.categories().';
+    END IF;
+    RETURN QUERY
+    SELECT e.id, e.ts, e.committed_at, e.kind, e.category, e.severity, e.status, e.sqlstate,
+           e.db_user, e.actor, e.application_name, e.client_addr, e.command, e.schema_name,
+           e.table_name, e.relations, e.query, e.rows, e.duration_ms, e.context, e.details
+      FROM activity_log.events e
+     WHERE e.ts > now() - since
+       AND (recent.source IS NULL OR e.kind = recent.source)
+       AND (recent.category IS NULL OR e.category = recent.category)
+       AND (recent.status IS NULL OR e.status = recent.status)
+       AND (recent.severity IS NULL OR e.severity = recent.severity)
+     ORDER BY e.id DESC
+     LIMIT max_rows;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.recent(interval, text, text, text, text, integer) IS
+    'Newest records first, filtered by age, source (kind), category, status and severity.';
+
+-- The health score: 100 minus the penalties of each factor (README, "Health score").
+CREATE FUNCTION activity_log.health(OUT score integer, OUT status text, OUT factors jsonb)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    q       record;
+    gaps    bigint;
+    fill    numeric := 0;
+    pending bigint := 0;
+    penalty integer;
+    list    jsonb := '[]';
+BEGIN
+    SELECT * INTO q FROM activity_log.queue WHERE database = current_database();
+
+    penalty := CASE WHEN q.writer_state IS DISTINCT FROM 'running' THEN 50 ELSE 0 END;
+    list := list || jsonb_build_object('factor', 'writer', 'value', coalesce(q.writer_state, 'stopped'),
+        'weight', 50, 'penalty', penalty,
+        'reason', CASE WHEN penalty > 0 THEN 'no writer is running for this database: records wait in shared memory' ELSE 'writer running' END);
+
+    penalty := least(20, 5 * coalesce(q.writer_failures, 0));
+    list := list || jsonb_build_object('factor', 'writer_restarts', 'value', coalesce(q.writer_failures, 0),
+        'weight', 20, 'penalty', penalty,
+        'reason', CASE WHEN penalty > 0 THEN 'the writer failed and is being restarted with a back-off' ELSE 'no recent writer failures' END);
+
+    fill := coalesce(q.fill_pct, 0);
+    penalty := CASE WHEN fill >= 95 THEN 40 WHEN fill >= 75 THEN 20 WHEN fill >= 50 THEN 5 ELSE 0 END;
+    list := list || jsonb_build_object('factor', 'ring_fill_pct', 'value', fill, 'weight', 40, 'penalty', penalty,
+        'reason', CASE WHEN penalty > 0 THEN 'the ring is filling faster than the writer drains it' ELSE 'ring has room' END);
+
+    penalty := CASE WHEN coalesce(q.dropped_records, 0) > 0 THEN 30 ELSE 0 END;
+    list := list || jsonb_build_object('factor', 'dropped_records', 'value', coalesce(q.dropped_records, 0),
+        'weight', 30, 'penalty', penalty,
+        'reason', CASE WHEN penalty > 0 THEN 'records were dropped since the server started (activity_log.overflow = drop, or a transaction larger than the ring)' ELSE 'nothing dropped' END);
+
+    penalty := CASE WHEN coalesce(q.write_errors, 0) = 0 THEN 0
+                    WHEN q.last_error_at > now() - interval '15 minutes' THEN 20 ELSE 10 END;
+    list := list || jsonb_build_object('factor', 'write_errors', 'value', coalesce(q.write_errors, 0),
+        'weight', 20, 'penalty', penalty,
+        'reason', CASE WHEN penalty > 0 THEN 'the writer failed to insert a batch: ' || coalesce(q.last_error, '') ELSE 'no write errors' END);
+
+    pending := coalesce(q.published_records - q.written_records, 0);
+    penalty := CASE WHEN pending > 0 AND q.last_flush_at < now() - interval '60 seconds' THEN 20 ELSE 0 END;
+    list := list || jsonb_build_object('factor', 'writer_lag', 'value', pending, 'weight', 20, 'penalty', penalty,
+        'reason', CASE WHEN penalty > 0 THEN 'records are waiting and the writer has not stored a batch for over a minute' ELSE 'no backlog' END);
+
+    SELECT count(*) INTO gaps FROM activity_log.events
+     WHERE kind = 'system' AND events.status = 'gap' AND ts > now() - interval '7 days';
+    penalty := CASE WHEN gaps > 0 THEN 15 ELSE 0 END;
+    list := list || jsonb_build_object('factor', 'gap_events', 'value', gaps, 'weight', 15, 'penalty', penalty,
+        'reason', CASE WHEN penalty > 0 THEN 'the trail has gaps from crash-restarts in the last 7 days' ELSE 'no gaps in the last 7 days' END);
+
+    score := greatest(0, 100 - (SELECT sum((f->>'penalty')::int) FROM jsonb_array_elements(list) f));
+    status := CASE WHEN score >= 90 THEN 'healthy' WHEN score >= 60 THEN 'degraded' ELSE 'critical' END;
+    factors := list;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.health() IS
+    'Health score 0-100, status (healthy, degraded, critical) and the factors behind it.';
+
+-- In public so that it works with the default search_path right after CREATE EXTENSION.
+CREATE FUNCTION public.activity_health() RETURNS jsonb
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object('score', h.score, 'status', h.status, 'factors', h.factors)
+      FROM activity_log.health() h
+$$;
+
+COMMENT ON FUNCTION public.activity_health() IS
+    'activity_log health as one jsonb value: score, status and factors.';
+
+COMMENT ON FUNCTION activity_log.log_event(text, jsonb, text, text, text, text) IS
+    'Records an application event (action, details, entity, category, severity) in the current transaction.';
+COMMENT ON FUNCTION activity_log.flush(interval) IS
+    'Waits until every record published before the call is in activity_log.events; false on timeout.';
+
+-- Start a writer for this database now rather than at the next restart.
+SELECT activity_log._activate();

@@ -1,0 +1,283 @@
+//! api: the SQL functions implemented in Rust. Thin: argument checks, then a call into capture
+//! or ring. Public wrappers with defaults and documentation live in `sql/finalize.sql`; the
+//! functions here start with an underscore when users are meant to call the wrapper.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+use crate::capture::{self, hooks};
+use crate::errors::raise;
+use crate::record::{Body, Event, Record};
+use crate::ring;
+
+/// Categories accepted by `log_event`, documented in the README.
+pub const CATEGORIES: &[&str] = &[
+    "application",
+    "authentication",
+    "authorization",
+    "session",
+    "user_management",
+    "role_management",
+    "data_access",
+    "data_change",
+    "data_export",
+    "data_import",
+    "data_backup",
+    "data_restore",
+    "data_deletion",
+    "schema_change",
+    "configuration",
+    "security",
+    "compliance",
+    "privacy",
+    "billing",
+    "payment",
+    "order",
+    "inventory",
+    "notification",
+    "communication",
+    "integration",
+    "api",
+    "file",
+    "report",
+    "workflow",
+    "maintenance",
+    "performance",
+    "system",
+];
+
+/// Severities accepted by `log_event`, lowest first.
+pub const SEVERITIES: &[&str] = &["debug", "info", "notice", "warning", "error", "critical"];
+
+fn require_preload_or_error() {
+    if !crate::preloaded() {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "activity_log must be loaded via shared_preload_libraries",
+            Some("Add activity_log to shared_preload_libraries in postgresql.conf and restart the server."),
+        );
+    }
+}
+
+/// Raises the standard error when the library was not preloaded; used by the install script.
+#[pg_extern(name = "_require_preload")]
+fn require_preload() {
+    require_preload_or_error();
+}
+
+fn my_database() -> u32 {
+    // SAFETY: read of a backend global.
+    unsafe { pg_sys::MyDatabaseId.to_u32() }
+}
+
+/// Claims this database's ring and wakes the launcher so that a writer starts.
+#[pg_extern(name = "_activate")]
+fn activate() -> bool {
+    require_preload_or_error();
+    let claimed = ring::claim(my_database()).is_some();
+    ring::wake_launcher();
+    claimed
+}
+
+fn check_name(what: &str, value: Option<&str>, allowed: &[&str]) -> String {
+    let Some(v) = value else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} must not be null"), None)
+    };
+    if !allowed.contains(&v) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid {what} \"{v}\""),
+            Some(&format!("Valid values are: {}.", allowed.join(", "))),
+        );
+    }
+    v.to_string()
+}
+
+/// Records an application event in the current transaction.
+#[pg_extern]
+fn log_event(
+    action: Option<&str>,
+    details: default!(Option<pgrx::JsonB>, "'{}'"),
+    entity_type: default!(Option<&str>, "NULL"),
+    entity_id: default!(Option<&str>, "NULL"),
+    category: default!(Option<&str>, "'application'"),
+    severity: default!(Option<&str>, "'info'"),
+) {
+    require_preload_or_error();
+    let action = match action.map(str::trim) {
+        None => raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "action must not be null", None),
+        Some("") => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "action must not be empty", None),
+        Some(a) if a.len() > 200 => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "action must be at most 200 bytes long",
+            Some("Put long text into details."),
+        ),
+        Some(a) => a.to_string(),
+    };
+    let category = check_name("category", category, CATEGORIES);
+    let severity = check_name("severity", severity, SEVERITIES);
+    let details = match details {
+        Some(pgrx::JsonB(v)) if !v.is_object() => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "details must be a JSON object",
+            Some("Wrap other values, for example jsonb_build_object('value', ...)."),
+        ),
+        Some(pgrx::JsonB(v)) => serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec()),
+        None => b"{}".to_vec(),
+    };
+    if !hooks::capturing() {
+        return;
+    }
+    hooks::client_addr();
+    // SAFETY: no error paths.
+    let ts = unsafe { pg_sys::GetCurrentTimestamp() };
+    capture::push(&Record {
+        origin: hooks::origin(),
+        body: Body::Event(Event {
+            ts,
+            action: action.into_bytes(),
+            details,
+            entity_type: entity_type.map(|s| s.as_bytes().to_vec()),
+            entity_id: entity_id.map(|s| s.as_bytes().to_vec()),
+            category: category.into_bytes(),
+            severity: severity.into_bytes(),
+        }),
+    });
+}
+
+/// Longest wait `flush` accepts.
+const MAX_FLUSH_WAIT_US: i128 = 3_600_000_000;
+
+/// Waits until every record published before the call is in activity_log.events.
+#[pg_extern]
+fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
+    require_preload_or_error();
+    let Some(timeout) = timeout else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "timeout must not be null", None)
+    };
+    let micros = timeout.as_micros();
+    if !(0..=MAX_FLUSH_WAIT_US).contains(&micros) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("timeout must be between 0 and 1 hour, not {timeout}"),
+            None,
+        );
+    }
+    let Some(slot) = ring::slot_of(my_database()) else {
+        return true; // nothing was ever published for this database
+    };
+    let target = ring::head(slot);
+    let timeout = Duration::from_micros(micros as u64);
+    let started = Instant::now();
+    loop {
+        if ring::tail(slot) >= target {
+            return true;
+        }
+        if started.elapsed() >= timeout {
+            return false;
+        }
+        ring::wake_writer(slot);
+        // SAFETY: waiting on our own latch.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                5,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
+}
+
+fn timestamp(us: i64) -> Option<TimestampWithTimeZone> {
+    // PostgreSQL timestamps are microseconds since 2000-01-01, the same as the ring's.
+    (us != 0).then(|| TimestampWithTimeZone::try_from(us).ok()).flatten()
+}
+
+
+/// One row per ring in use: its fill, its counters and its writer.
+#[pg_extern(name = "_queue")]
+fn queue() -> TableIterator<
+    'static,
+    (
+        name!(database_oid, pg_sys::Oid),
+        name!(capacity_bytes, i64),
+        name!(used_bytes, i64),
+        name!(published_records, i64),
+        name!(published_bytes, i64),
+        name!(written_records, i64),
+        name!(dropped_records, i64),
+        name!(batches, i64),
+        name!(write_errors, i64),
+        name!(overflow_waits, i64),
+        name!(writer_pid, Option<i32>),
+        name!(writer_state, String),
+        name!(writer_failures, i32),
+        name!(last_flush_at, Option<TimestampWithTimeZone>),
+        name!(last_error, Option<String>),
+        name!(last_error_at, Option<TimestampWithTimeZone>),
+        name!(started_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    require_preload_or_error();
+    let rows: Vec<_> = (0..ring::slot_count())
+        .map(ring::stats)
+        .filter(|s| s.dboid != 0)
+        .map(|s| {
+            (
+                pg_sys::Oid::from(s.dboid),
+                s.capacity as i64,
+                s.used_bytes as i64,
+                s.published_records as i64,
+                s.published_bytes as i64,
+                s.written_records as i64,
+                s.dropped_records as i64,
+                s.batches as i64,
+                s.write_errors as i64,
+                s.overflow_waits as i64,
+                (s.writer_pid != 0).then_some(s.writer_pid),
+                match s.writer_state {
+                    ring::WRITER_RUNNING => "running",
+                    ring::WRITER_STARTING => "starting",
+                    _ => "stopped",
+                }
+                .to_string(),
+                s.writer_failures as i32,
+                timestamp(s.last_flush_at),
+                (!s.last_error.is_empty()).then_some(s.last_error),
+                timestamp(s.last_error_at),
+                timestamp(ring::started_at()),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// Records lost because no ring was free for their database.
+#[pg_extern(name = "_dropped_unassigned")]
+fn dropped_unassigned() -> i64 {
+    require_preload_or_error();
+    ring::dropped_unassigned() as i64
+}
+
+/// The launcher's process id, NULL when it is not running.
+#[pg_extern(name = "_launcher_pid")]
+fn launcher_pid() -> Option<i32> {
+    require_preload_or_error();
+    Some(ring::launcher_pid()).filter(|&p| p != 0)
+}
+
+/// The categories `log_event` accepts.
+#[pg_extern]
+fn categories() -> SetOfIterator<'static, &'static str> {
+    SetOfIterator::new(CATEGORIES.iter().copied())
+}
+
+/// The severities `log_event` accepts, lowest first.
+#[pg_extern]
+fn severities() -> SetOfIterator<'static, &'static str> {
+    SetOfIterator::new(SEVERITIES.iter().copied())
+}

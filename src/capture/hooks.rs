@@ -1,0 +1,454 @@
+//! capture/hooks.rs: the executor, ProcessUtility and emit_log hooks.
+//!
+//! Runs in every backend for every statement, so it stays cheap: a depth counter, a few
+//! timestamps and copies of the statement text. Names are not looked up here (roles and
+//! relations travel as OIDs); the writer resolves them.
+//!
+//! How it works: a top-level statement (depth 0) is noted when it starts, so that an error
+//! report can name it; when it ends normally, a statement record goes into the pending
+//! buffer if `activity_log.capture_statements` selects its class. Errors are seen by
+//! `emit_log_hook`, which PostgreSQL calls once per error that reaches the top level, before
+//! the transaction aborts.
+//!
+//! Panic / unwind safety: every hook is `#[pg_guard]`; saved hook pointers are called through
+//! `pg_guard_ffi_boundary`. The depth counter is restored by a guard's `Drop`, which also runs
+//! when a PostgreSQL ERROR unwinds through us. `emit_log_hook` runs inside error reporting and
+//! must not raise: it calls nothing that can `ereport`.
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::ffi::{CStr, c_char, c_int};
+
+use crate::capture::{self, clip};
+use crate::gucs::{self, CaptureStatements};
+use crate::record::{Body, Origin, Record, Statement, StatementClass};
+
+static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
+static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
+static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
+
+/// Set in activity_log's own background workers, whose writes are never captured.
+static mut IN_OWN_WORKER: bool = false;
+
+/// A top-level statement that has started and not yet ended.
+struct Running {
+    query_desc: usize, // identity only; 0 for utility statements
+    ts: i64,
+    class: StatementClass,
+    command: &'static [u8],
+    query: Vec<u8>,
+    relations: Vec<u32>,
+}
+
+thread_local! {
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    static RUNNING: RefCell<Vec<Running>> = const { RefCell::new(Vec::new()) };
+    /// The statement an error report should be attributed to.
+    static CURRENT: RefCell<Option<(&'static [u8], Vec<u8>, StatementClass)>> = const { RefCell::new(None) };
+    static CLIENT_ADDR: RefCell<Option<Option<Vec<u8>>>> = const { RefCell::new(None) };
+}
+
+struct Nested;
+impl Nested {
+    fn enter() -> Self {
+        DEPTH.set(DEPTH.get() + 1);
+        Nested
+    }
+}
+impl Drop for Nested {
+    fn drop(&mut self) {
+        DEPTH.set(DEPTH.get() - 1);
+    }
+}
+
+/// install chains every hook; called once from `_PG_init`.
+pub fn install() {
+    // SAFETY: _PG_init runs single-threaded in the postmaster before any backend exists.
+    unsafe {
+        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(al_executor_start);
+        PREV_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
+        pg_sys::ExecutorRun_hook = Some(al_executor_run);
+        PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
+        pg_sys::ExecutorFinish_hook = Some(al_executor_finish);
+        PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
+        pg_sys::ExecutorEnd_hook = Some(al_executor_end);
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(al_process_utility);
+        PREV_EMIT_LOG = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(al_emit_log);
+    }
+}
+
+/// mark_own_worker turns capture off for the calling process (the launcher and writers).
+pub fn mark_own_worker() {
+    // SAFETY: single-threaded process; written once at worker start.
+    unsafe { IN_OWN_WORKER = true };
+}
+
+/// capturing tells whether this process records anything at all.
+pub fn capturing() -> bool {
+    // SAFETY: reads of process-local globals.
+    unsafe {
+        !IN_OWN_WORKER
+            && pg_sys::ParallelWorkerNumber < 0
+            && !pg_sys::IsBinaryUpgrade
+            && crate::ring::is_initialised()
+            && gucs::enabled()
+    }
+}
+
+fn wanted(class: StatementClass) -> bool {
+    match gucs::capture_statements() {
+        CaptureStatements::None => false,
+        CaptureStatements::Ddl => class == StatementClass::Ddl,
+        CaptureStatements::Mod => class != StatementClass::Other,
+        CaptureStatements::All => true,
+    }
+}
+
+fn now() -> i64 {
+    // SAFETY: no error paths.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// origin copies who is acting, and in which context, right now.
+pub fn origin() -> Origin {
+    // SAFETY: plain reads of backend globals and GUC strings; none of these raise errors.
+    unsafe {
+        let jwt = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
+        Origin {
+            session_user: pg_sys::GetSessionUserId().to_u32(),
+            current_user: pg_sys::GetUserId().to_u32(),
+            actor: gucs::actor(),
+            context: gucs::context(),
+            jwt_claims: cstr_bytes(jwt).filter(|b| !b.is_empty()),
+            application_name: cstr_bytes(pg_sys::application_name).unwrap_or_default(),
+        }
+    }
+}
+
+/// client_addr returns the client's address as text (NULL for Unix sockets), computed once.
+pub fn client_addr() -> Option<Vec<u8>> {
+    CLIENT_ADDR.with_borrow_mut(|c| {
+        c.get_or_insert_with(|| {
+            // SAFETY: inet_client_addr reads MyProcPort; inet_out formats its result. Called
+            // inside a transaction (from a hook or PRE_COMMIT), where palloc is fine.
+            unsafe {
+                let addr = pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[])?;
+                let text = pgrx::direct_function_call_as_datum(pg_sys::inet_out, &[Some(addr)])?;
+                cstr_bytes(text.cast_mut_ptr::<c_char>())
+            }
+        })
+        .clone()
+    })
+}
+
+/// cached_client_addr is [`client_addr`] for paths that may not call functions (abort).
+pub fn cached_client_addr() -> Option<Vec<u8>> {
+    CLIENT_ADDR.with_borrow(|c| c.clone().flatten())
+}
+
+unsafe fn cstr_bytes(p: *const c_char) -> Option<Vec<u8>> {
+    // SAFETY: p is NULL or a NUL-terminated string owned by PostgreSQL.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes().to_vec())
+}
+
+/// statement_text cuts one statement out of a (possibly multi-statement) query string.
+unsafe fn statement_text(source: *const c_char, location: c_int, len: c_int) -> Vec<u8> {
+    // SAFETY: source is NULL or the NUL-terminated query string of the statement.
+    let Some(all) = (unsafe { cstr_bytes(source) }) else { return Vec::new() };
+    let start = if location >= 0 && (location as usize) <= all.len() { location as usize } else { 0 };
+    let end = if location >= 0 && len > 0 { (start + len as usize).min(all.len()) } else { all.len() };
+    let text = all[start..end].trim_ascii();
+    clip(text, gucs::max_query_length()).to_vec()
+}
+
+unsafe fn relation_oids(rtable: *mut pg_sys::List) -> Vec<u32> {
+    let mut out = Vec::new();
+    if rtable.is_null() {
+        return out;
+    }
+    // SAFETY: rtable is a List of RangeTblEntry pointers owned by the plan.
+    unsafe {
+        for i in 0..(*rtable).length as usize {
+            let rte = (*(*rtable).elements.add(i)).ptr_value.cast::<pg_sys::RangeTblEntry>();
+            if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
+                let oid = (*rte).relid.to_u32();
+                if !out.contains(&oid) {
+                    out.push(oid);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn start_statement(running: Running) {
+    client_addr();
+    CURRENT.set(Some((running.command, running.query.clone(), running.class)));
+    if wanted(running.class) {
+        RUNNING.with_borrow_mut(|r| r.push(running));
+    }
+}
+
+/// end_statement turns a finished top-level statement into a pending record.
+fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
+    CURRENT.set(None);
+    let Some(run) = RUNNING.with_borrow_mut(|r| {
+        let at = r.iter().rposition(|x| x.query_desc == query_desc)?;
+        Some(r.swap_remove(at))
+    }) else {
+        return;
+    };
+    let end = now();
+    capture::push(&Record {
+        origin: origin(),
+        body: Body::Statement(Statement {
+            ts: run.ts,
+            duration_us: end - run.ts,
+            class: run.class,
+            command: run.command.to_vec(),
+            sqlstate: None,
+            error_message: None,
+            query: run.query,
+            query_id,
+            rows,
+            relations: run.relations,
+        }),
+    });
+}
+
+/// forget_statements drops what is known about running statements at transaction end.
+pub fn forget_statements() {
+    CURRENT.set(None);
+    RUNNING.with_borrow_mut(Vec::clear);
+}
+
+fn command_name(op: pg_sys::CmdType::Type) -> &'static [u8] {
+    match op {
+        pg_sys::CmdType::CMD_SELECT => b"SELECT",
+        pg_sys::CmdType::CMD_INSERT => b"INSERT",
+        pg_sys::CmdType::CMD_UPDATE => b"UPDATE",
+        pg_sys::CmdType::CMD_DELETE => b"DELETE",
+        pg_sys::CmdType::CMD_MERGE => b"MERGE",
+        _ => b"UNKNOWN",
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int) {
+    if DEPTH.get() == 0 && capturing() {
+        // SAFETY: query_desc and its plannedstmt are valid for the whole call.
+        unsafe {
+            let ps = (*query_desc).plannedstmt;
+            let op = (*query_desc).operation;
+            let modifies = op != pg_sys::CmdType::CMD_SELECT || (*ps).hasModifyingCTE;
+            start_statement(Running {
+                query_desc: query_desc as usize,
+                ts: now(),
+                class: if modifies { StatementClass::Mod } else { StatementClass::Other },
+                command: command_name(op),
+                query: statement_text((*query_desc).sourceText, (*ps).stmt_location, (*ps).stmt_len),
+                relations: relation_oids((*ps).rtable),
+            });
+        }
+    }
+    // SAFETY: chaining to the previous hook or the standard implementation.
+    unsafe {
+        match PREV_EXECUTOR_START {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
+            None => pg_sys::standard_ExecutorStart(query_desc, eflags),
+        }
+    }
+}
+
+#[cfg(not(feature = "pg18"))]
+#[pg_guard]
+unsafe extern "C-unwind" fn al_executor_run(
+    query_desc: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+    execute_once: bool,
+) {
+    let _nested = Nested::enter();
+    // SAFETY: chaining.
+    unsafe {
+        match PREV_EXECUTOR_RUN {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, direction, count, execute_once)),
+            None => pg_sys::standard_ExecutorRun(query_desc, direction, count, execute_once),
+        }
+    }
+}
+
+#[cfg(feature = "pg18")]
+#[pg_guard]
+unsafe extern "C-unwind" fn al_executor_run(
+    query_desc: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+) {
+    let _nested = Nested::enter();
+    // SAFETY: chaining.
+    unsafe {
+        match PREV_EXECUTOR_RUN {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, direction, count)),
+            None => pg_sys::standard_ExecutorRun(query_desc, direction, count),
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn al_executor_finish(query_desc: *mut pg_sys::QueryDesc) {
+    let _nested = Nested::enter();
+    // SAFETY: chaining.
+    unsafe {
+        match PREV_EXECUTOR_FINISH {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
+            None => pg_sys::standard_ExecutorFinish(query_desc),
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn al_executor_end(query_desc: *mut pg_sys::QueryDesc) {
+    if DEPTH.get() == 0 {
+        // SAFETY: estate is still alive: standard_ExecutorEnd below frees it.
+        unsafe {
+            let estate = (*query_desc).estate;
+            let rows = if estate.is_null() { None } else { Some((*estate).es_processed as i64) };
+            end_statement(query_desc as usize, rows, (*(*query_desc).plannedstmt).queryId as i64);
+        }
+    }
+    // SAFETY: chaining.
+    unsafe {
+        match PREV_EXECUTOR_END {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
+            None => pg_sys::standard_ExecutorEnd(query_desc),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_guard]
+unsafe extern "C-unwind" fn al_process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: pstmt and its utilityStmt are valid for the whole call.
+    let top = unsafe {
+        DEPTH.get() == 0
+            && context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
+            && !pgrx::is_a((*pstmt).utilityStmt, pg_sys::NodeTag::T_TransactionStmt)
+            && capturing()
+    };
+    let mut tag = pg_sys::CommandTag::CMDTAG_UNKNOWN;
+    if top {
+        // SAFETY: as above; these calls only inspect the parse tree.
+        unsafe {
+            let stmt = (*pstmt).utilityStmt;
+            tag = pg_sys::CreateCommandTag(stmt);
+            let class = match pg_sys::GetCommandLogLevel(stmt) {
+                pg_sys::LogStmtLevel::LOGSTMT_DDL => StatementClass::Ddl,
+                pg_sys::LogStmtLevel::LOGSTMT_MOD => StatementClass::Mod,
+                _ => StatementClass::Other,
+            };
+            start_statement(Running {
+                query_desc: 0,
+                ts: now(),
+                class,
+                command: CStr::from_ptr(pg_sys::GetCommandTagName(tag)).to_bytes(),
+                query: statement_text(query_string, (*pstmt).stmt_location, (*pstmt).stmt_len),
+                relations: Vec::new(),
+            });
+        }
+    }
+    {
+        let _nested = Nested::enter();
+        // SAFETY: chaining.
+        unsafe {
+            match PREV_PROCESS_UTILITY {
+                Some(prev) => pg_guard_ffi_boundary(|| {
+                    prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+                }),
+                None => pg_sys::standard_ProcessUtility(
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc,
+                ),
+            }
+        }
+    }
+    if top {
+        // SAFETY: qc is NULL or the completion the statement filled in.
+        let rows = unsafe {
+            (!qc.is_null() && pg_sys::command_tag_display_rowcount(tag)).then(|| (*qc).nprocessed as i64)
+        };
+        end_statement(0, rows, 0);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn al_emit_log(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: edata is the error being reported, valid for the call.
+    unsafe {
+        if (*edata).elevel == pg_sys::PGERROR as c_int
+            && capturing()
+            && gucs::capture_statements() != CaptureStatements::None
+        {
+            record_failure(&*edata);
+        }
+        if let Some(prev) = PREV_EMIT_LOG {
+            pg_guard_ffi_boundary(|| prev(edata));
+        }
+    }
+}
+
+/// record_failure notes a failed top-level statement. Runs inside error reporting: nothing
+/// here may raise an ERROR.
+unsafe fn record_failure(edata: &pg_sys::ErrorData) {
+    let mut state = [0u8; 5];
+    let mut code = edata.sqlerrcode;
+    for b in &mut state {
+        *b = ((code & 0x3F) as u8) + b'0';
+        code >>= 6;
+    }
+    let (command, query, class) = CURRENT.take().unwrap_or_else(|| {
+        // SAFETY: debug_query_string is NULL or the query being run.
+        let q = unsafe { cstr_bytes(pg_sys::debug_query_string) }.unwrap_or_default();
+        (b"", clip(q.trim_ascii(), gucs::max_query_length()).to_vec(), StatementClass::Other)
+    });
+    let ts = now();
+    capture::push_failure(&Record {
+        origin: origin(),
+        body: Body::Statement(Statement {
+            ts,
+            duration_us: 0,
+            class,
+            command: command.to_vec(),
+            sqlstate: Some(state),
+            // SAFETY: message is NULL or the formatted error message.
+            error_message: unsafe { cstr_bytes(edata.message) },
+            query,
+            query_id: 0,
+            rows: None,
+            relations: Vec::new(),
+        }),
+    });
+}

@@ -1,0 +1,202 @@
+//! capture: what a backend collects before its transaction ends.
+//!
+//! Runs in every backend, on the write path. Owns the per-backend pending buffer: encoded
+//! records of the open transaction, with a mark per open subtransaction so that ROLLBACK TO
+//! SAVEPOINT drops exactly what the subtransaction added. Failed-statement records live in a
+//! separate buffer because they outlive the transaction that failed.
+//!
+//! No `pg_sys` here: the hooks (`hooks.rs`) and transaction callbacks (`xact.rs`) translate
+//! PostgreSQL state into plain values and call in.
+
+pub mod hooks;
+pub mod xact;
+
+use crate::record::Record;
+use crate::ring::Reservation;
+use std::cell::RefCell;
+
+#[derive(Default)]
+struct Pending {
+    /// Encoded records of the open top-level transaction.
+    bytes: Vec<u8>,
+    records: u32,
+    /// (subtransaction id, bytes.len(), records) when each open subtransaction started.
+    marks: Vec<(u32, usize, u32)>,
+    /// Failed-statement records; published when the top-level transaction ends, however it ends.
+    failures: Vec<u8>,
+    failure_records: u32,
+    /// The frame reserved at PRE_COMMIT, made visible at COMMIT or voided at ABORT.
+    reservation: Option<Reservation>,
+}
+
+thread_local! {
+    // PostgreSQL backends are single-threaded; the RefCell is never borrowed across a call
+    // that could re-enter capture.
+    static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
+}
+
+/// push adds a record to the open transaction.
+pub fn push(record: &Record) {
+    PENDING.with_borrow_mut(|p| {
+        record.encode(&mut p.bytes);
+        p.records += 1;
+    });
+}
+
+/// push_failure adds a failed-statement record; it survives the rollback that follows.
+pub fn push_failure(record: &Record) {
+    PENDING.with_borrow_mut(|p| {
+        record.encode(&mut p.failures);
+        p.failure_records += 1;
+    });
+}
+
+pub fn subxact_start(subid: u32) {
+    PENDING.with_borrow_mut(|p| {
+        let (len, n) = (p.bytes.len(), p.records);
+        p.marks.push((subid, len, n));
+    });
+}
+
+/// subxact_end forgets the subtransaction's mark; on abort it also drops its records.
+pub fn subxact_end(subid: u32, aborted: bool) {
+    PENDING.with_borrow_mut(|p| {
+        if let Some(at) = p.marks.iter().rposition(|m| m.0 == subid) {
+            let (_, len, n) = p.marks[at];
+            p.marks.truncate(at);
+            if aborted {
+                p.bytes.truncate(len);
+                p.records = n;
+            }
+        }
+    });
+}
+
+/// peek_all copies the transaction's records and failures as one payload body; they stay
+/// pending until [`discard`], so an ERROR before the reservation loses no failure record.
+fn peek_all() -> (Vec<u8>, u32) {
+    PENDING.with_borrow(|p| {
+        let mut bytes = Vec::with_capacity(p.bytes.len() + p.failures.len());
+        bytes.extend_from_slice(&p.bytes);
+        bytes.extend_from_slice(&p.failures);
+        (bytes, p.records + p.failure_records)
+    })
+}
+
+/// counts is the number of records and failures pending.
+fn counts() -> u32 {
+    PENDING.with_borrow(|p| p.records + p.failure_records)
+}
+
+/// discard forgets everything pending (records, failures, marks).
+fn discard() {
+    PENDING.with_borrow_mut(|p| {
+        p.bytes.clear();
+        p.records = 0;
+        p.marks.clear();
+        p.failures.clear();
+        p.failure_records = 0;
+    });
+}
+
+/// take_failures hands out the failure records and discards the transaction's other records.
+fn take_failures() -> (Vec<u8>, u32) {
+    PENDING.with_borrow_mut(|p| {
+        p.bytes.clear();
+        p.records = 0;
+        p.marks.clear();
+        let n = std::mem::replace(&mut p.failure_records, 0);
+        (std::mem::take(&mut p.failures), n)
+    })
+}
+
+fn has_records() -> bool {
+    PENDING.with_borrow(|p| p.records > 0)
+}
+
+fn has_anything() -> bool {
+    PENDING.with_borrow(|p| p.records > 0 || p.failure_records > 0)
+}
+
+fn set_reservation(r: Reservation) {
+    PENDING.with_borrow_mut(|p| p.reservation = Some(r));
+}
+
+fn take_reservation() -> Option<Reservation> {
+    PENDING.with_borrow_mut(|p| p.reservation.take())
+}
+
+/// clip cuts `text` to at most `max` bytes without splitting a UTF-8 character.
+pub fn clip(text: &[u8], max: usize) -> &[u8] {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while end > 0 && (text[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Body, Event, Origin};
+
+    fn event(n: u8) -> Record {
+        Record {
+            origin: Origin::default(),
+            body: Body::Event(Event {
+                ts: n as i64,
+                action: vec![n],
+                details: b"{}".to_vec(),
+                entity_type: None,
+                entity_id: None,
+                category: b"application".to_vec(),
+                severity: b"info".to_vec(),
+            }),
+        }
+    }
+
+    #[test]
+    fn savepoint_rollback_drops_exactly_its_records() {
+        push(&event(1));
+        subxact_start(2);
+        push(&event(2));
+        subxact_start(3);
+        push(&event(3));
+        subxact_end(3, false); // RELEASE: record 3 now belongs to subxact 2
+        subxact_end(2, true); // ROLLBACK TO: drops 2 and 3
+        push(&event(4));
+        push_failure(&event(9));
+        let (bytes, n) = peek_all();
+        assert_eq!(n, 3);
+        discard();
+        let mut expected = Vec::new();
+        for e in [event(1), event(4), event(9)] {
+            e.encode(&mut expected);
+        }
+        assert_eq!(bytes, expected);
+        assert!(!has_anything());
+    }
+
+    #[test]
+    fn abort_keeps_only_failures() {
+        push(&event(1));
+        push_failure(&event(7));
+        let (bytes, n) = take_failures();
+        assert_eq!(n, 1);
+        let mut expected = Vec::new();
+        event(7).encode(&mut expected);
+        assert_eq!(bytes, expected);
+        assert!(!has_anything());
+    }
+
+    #[test]
+    fn clip_respects_utf8_boundaries() {
+        assert_eq!(clip("héllo".as_bytes(), 2), b"h");
+        assert_eq!(clip("héllo".as_bytes(), 3), "hé".as_bytes());
+        assert_eq!(clip(b"abc", 10), b"abc");
+        assert_eq!(clip(b"abc", 0), b"");
+    }
+}

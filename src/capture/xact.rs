@@ -1,0 +1,238 @@
+//! capture/xact.rs: transaction callbacks, the only path from the pending buffer to a ring.
+//!
+//! Runs in every backend at every transaction end. The protocol:
+//! - PRE_COMMIT: find the database's ring, reserve a frame and copy the records into it,
+//!   applying `activity_log.overflow` when there is no room. This is the last point where an
+//!   ERROR is allowed, so everything that can fail happens here.
+//! - COMMIT: mark the frame committed and wake the writer. Two stores and a latch: no
+//!   allocation, no ERROR, no panic.
+//! - ABORT: void the frame if one was reserved; publish failed-statement records without
+//!   waiting (a full ring counts them as dropped).
+//! - Subtransactions: a mark per subtransaction; ROLLBACK TO SAVEPOINT drops what it added.
+//! - PREPARE TRANSACTION with pending records is refused: the commit would happen in another
+//!   session, which cannot publish them.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::c_void;
+use std::time::Instant;
+
+use crate::capture::{self, hooks};
+use crate::errors::raise;
+use crate::gucs::{self, Overflow};
+use crate::record::FrameInfo;
+use crate::ring::{self, ReserveError};
+
+/// install registers the permanent callbacks; called once from `_PG_init`.
+pub fn install() {
+    // SAFETY: plain registration of callbacks that live as long as the library.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(al_xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(al_subxact_callback), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT => pre_commit(),
+        XACT_EVENT_COMMIT => {
+            if let Some(r) = capture::take_reservation() {
+                // SAFETY: no error paths; the stop timestamp was set by the commit record.
+                ring::commit(r, unsafe { pg_sys::GetCurrentTransactionStopTimestamp() });
+            }
+            hooks::forget_statements();
+        }
+        XACT_EVENT_ABORT => {
+            if let Some(r) = capture::take_reservation() {
+                ring::void(r);
+            }
+            publish_failures_now();
+            hooks::forget_statements();
+        }
+        XACT_EVENT_PRE_PREPARE => {
+            if capture::has_records() {
+                raise(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "activity_log cannot audit a prepared transaction",
+                    Some("Run PREPARE TRANSACTION with activity_log.enabled = off, or commit the transaction directly."),
+                );
+            }
+        }
+        XACT_EVENT_PREPARE => {
+            publish_failures_now();
+            hooks::forget_statements();
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn al_subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    match event {
+        SUBXACT_EVENT_START_SUB => capture::subxact_start(my_subid),
+        SUBXACT_EVENT_COMMIT_SUB => capture::subxact_end(my_subid, false),
+        SUBXACT_EVENT_ABORT_SUB => capture::subxact_end(my_subid, true),
+        _ => {}
+    }
+}
+
+fn frame_payload(body: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(body.len() + 64);
+    // SAFETY: plain reads of backend state.
+    let (pid, xid) = unsafe { (pg_sys::MyProcPid, pg_sys::GetTopFullTransactionIdIfAny().value) };
+    FrameInfo { pid, xid, client_addr: hooks::cached_client_addr() }.encode(&mut payload);
+    payload.extend_from_slice(body);
+    payload
+}
+
+fn my_database() -> u32 {
+    // SAFETY: read of a backend global.
+    unsafe { pg_sys::MyDatabaseId.to_u32() }
+}
+
+/// audited_slot finds this database's ring, claiming one when the extension is installed but
+/// no ring is assigned yet (right after a restart). Needs a valid transaction.
+fn audited_slot(dboid: u32) -> Option<Result<usize, ()>> {
+    if let Some(s) = ring::slot_of(dboid) {
+        return Some(Ok(s));
+    }
+    // SAFETY: catalog lookup inside a valid transaction (PRE_COMMIT).
+    let installed = unsafe { pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) } != pg_sys::InvalidOid;
+    if !installed {
+        return None;
+    }
+    match ring::claim(dboid) {
+        Some(s) => {
+            ring::wake_launcher();
+            Some(Ok(s))
+        }
+        None => Some(Err(())),
+    }
+}
+
+fn pre_commit() {
+    if !capture::has_anything() || !ring::is_initialised() {
+        return;
+    }
+    let dboid = my_database();
+    let slot = match audited_slot(dboid) {
+        None => {
+            capture::discard();
+            return;
+        }
+        Some(Ok(s)) => s,
+        Some(Err(())) => {
+            let n = capture::counts();
+            ring::count_unassigned_drop(n as u64);
+            if gucs::overflow() == Overflow::Error {
+                raise(
+                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    "no activity_log ring is free for this database",
+                    Some("Raise activity_log.max_databases and restart the server."),
+                );
+            }
+            warning!("activity_log dropped {n} records: no ring is free for this database");
+            capture::discard();
+            return;
+        }
+    };
+    hooks::client_addr();
+    let (body, n) = capture::peek_all();
+    let payload = frame_payload(&body);
+    let started = Instant::now();
+    let mut waited = false;
+    loop {
+        match ring::reserve(slot, dboid, &payload, n) {
+            Ok(r) => {
+                capture::discard();
+                capture::set_reservation(r);
+                return;
+            }
+            Err(ReserveError::Gone) => {
+                // The extension was dropped while we ran; nothing to audit into.
+                capture::discard();
+                return;
+            }
+            Err(ReserveError::TooLarge) if gucs::overflow() != Overflow::Drop => raise(
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "audit records of this transaction ({} bytes) do not fit in activity_log.buffer_size ({} bytes)",
+                    payload.len(),
+                    ring::capacity()
+                ),
+                Some("Raise activity_log.buffer_size, or split the transaction."),
+            ),
+            Err(ReserveError::TooLarge) => {
+                ring::count_drop(slot, n as u64);
+                capture::discard();
+                return;
+            }
+            Err(ReserveError::Full) => match gucs::overflow() {
+                Overflow::Drop => {
+                    ring::count_drop(slot, n as u64);
+                    capture::discard();
+                    return;
+                }
+                Overflow::Error => raise(
+                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                    "activity_log ring is full",
+                    Some("The transaction was rolled back so that no unaudited change commits. Check activity_log.queue, or raise activity_log.buffer_size."),
+                ),
+                Overflow::Wait => {
+                    if !waited {
+                        ring::count_overflow_wait(slot);
+                        waited = true;
+                    }
+                    if started.elapsed() >= gucs::overflow_timeout() {
+                        raise(
+                            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+                            "activity_log ring stayed full for activity_log.overflow_timeout",
+                            Some("The transaction was rolled back so that no unaudited change commits. Check that the writer is running (activity_log.queue)."),
+                        );
+                    }
+                    ring::wake_writer(slot);
+                    wait_a_moment();
+                }
+            },
+        }
+    }
+}
+
+fn wait_a_moment() {
+    // SAFETY: waiting on our own latch; interrupts are processed afterwards.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            10,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
+
+/// publish_failures_now stores failed-statement records of a transaction that did not commit.
+/// Runs in the abort path: never waits, never raises; a full ring counts them as dropped.
+fn publish_failures_now() {
+    let (body, n) = capture::take_failures();
+    if n == 0 || !ring::is_initialised() {
+        return;
+    }
+    let dboid = my_database();
+    let Some(slot) = ring::slot_of(dboid) else { return };
+    match ring::reserve(slot, dboid, &frame_payload(&body), n) {
+        // SAFETY: no error paths.
+        Ok(r) => ring::commit(r, unsafe { pg_sys::GetCurrentTimestamp() }),
+        Err(ReserveError::Gone) => {}
+        Err(_) => ring::count_drop(slot, n as u64),
+    }
+}

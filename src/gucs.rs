@@ -1,0 +1,239 @@
+//! gucs.rs: every `activity_log.*` setting, defined once in `_PG_init`.
+//!
+//! Statics are private; the rest of the crate reads typed accessors. Settings that change what
+//! is audited are superuser-only (`SUSET`) so that a session cannot switch its own auditing off.
+//! The context setting is validated as a JSON object when it is set, so a bad value is rejected
+//! at `SET` time and never reaches the writer.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::{CStr, CString, c_char, c_void};
+
+/// What statement-level records to produce; the levels follow PostgreSQL's `log_statement`.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CaptureStatements {
+    #[name = c"none"]
+    None,
+    #[name = c"ddl"]
+    Ddl,
+    #[name = c"mod"]
+    Mod,
+    #[name = c"all"]
+    All,
+}
+
+/// What a committing transaction does when its database's ring has no room.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Overflow {
+    #[name = c"wait"]
+    Wait,
+    #[name = c"drop"]
+    Drop,
+    #[name = c"error"]
+    Error,
+}
+
+/*---- GUC variables ----*/
+
+/// Master switch for capture in this session (superuser-only).
+static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Postmaster-only: bytes of ring per database slot, in kB.
+static BUFFER_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(8 * 1024);
+/// Postmaster-only: how many databases can have a ring at once.
+static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(4);
+/// Records per insert statement in the writer.
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
+/// Longest time the writer sleeps when nobody wakes it, in ms.
+static FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static CAPTURE_STATEMENTS: GucSetting<CaptureStatements> =
+    GucSetting::<CaptureStatements>::new(CaptureStatements::Ddl);
+/// Query text is cut to this many bytes (on a character boundary).
+static MAX_QUERY_LENGTH: GucSetting<i32> = GucSetting::<i32>::new(4096);
+static OVERFLOW: GucSetting<Overflow> = GucSetting::<Overflow>::new(Overflow::Wait);
+/// How long `overflow = wait` waits for room before failing the transaction, in ms.
+static OVERFLOW_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Application-supplied actor, recorded on every record.
+static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Application-supplied context (a JSON object), recorded on every record.
+static CONTEXT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// init defines every setting; called from `_PG_init` only while preloading, because
+/// PostgreSQL refuses postmaster settings defined later.
+pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"activity_log.enabled",
+        c"Captures audit records in this session.",
+        c"When off, nothing the session does is recorded. Only superusers can change it.",
+        &ENABLED,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"activity_log.buffer_size",
+        c"Size of each database's shared-memory ring.",
+        c"Committed records wait here until the writer stores them. Total shared memory is buffer_size times max_databases.",
+        &BUFFER_SIZE_KB,
+        64,
+        1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"activity_log.max_databases",
+        c"Number of databases that can be audited at the same time.",
+        c"Each database with the extension uses one ring of buffer_size bytes.",
+        &MAX_DATABASES,
+        1,
+        64,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"activity_log.batch_size",
+        c"Largest number of records the writer inserts in one statement.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"activity_log.flush_interval",
+        c"Longest time the writer sleeps between looks at its ring.",
+        c"Committing backends wake the writer at once; this is the fallback.",
+        &FLUSH_INTERVAL_MS,
+        10,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_enum_guc(
+        c"activity_log.capture_statements",
+        c"Which statements produce statement records: none, ddl, mod or all.",
+        c"The levels are those of log_statement. Failed statements are recorded at every level but none.",
+        &CAPTURE_STATEMENTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"activity_log.max_query_length",
+        c"Query text longer than this many bytes is cut.",
+        c"0 records no query text.",
+        &MAX_QUERY_LENGTH,
+        0,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_enum_guc(
+        c"activity_log.overflow",
+        c"What a committing transaction does when the ring is full: wait, drop or error.",
+        c"wait blocks the commit until there is room, then fails the transaction after overflow_timeout; drop commits and counts the lost records; error fails the transaction.",
+        &OVERFLOW,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"activity_log.overflow_timeout",
+        c"How long overflow = wait waits for room before failing the transaction.",
+        c"",
+        &OVERFLOW_TIMEOUT_MS,
+        1,
+        3_600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"activity_log.actor",
+        c"Application-level actor recorded on every record.",
+        c"Set by the application, for example to the end user behind a pooled connection.",
+        &ACTOR,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // SAFETY: check_context is a valid GUC check hook for a string setting.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"activity_log.context",
+            c"Application context (a JSON object) recorded on every record.",
+            c"",
+            &CONTEXT,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_context),
+            None,
+            None,
+        );
+        pg_sys::MarkGUCPrefixReserved(c"activity_log".as_ptr());
+    }
+}
+
+/// check_context accepts an empty value or a JSON object.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_context(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to a NUL-terminated string or NULL.
+    let text = unsafe {
+        let p = *newval;
+        if p.is_null() {
+            return true;
+        }
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    if text.trim().is_empty() || matches!(serde_json::from_str(&text), Ok(serde_json::Value::Object(_))) {
+        return true;
+    }
+    // SAFETY: GUC_check_errdetail_string is read by the GUC machinery right after we return false.
+    unsafe {
+        pg_sys::GUC_check_errdetail_string =
+            pg_sys::pstrdup(c"activity_log.context must be a JSON object, for example '{\"request_id\": \"abc\"}'.".as_ptr());
+    }
+    false
+}
+
+/*---- accessors ----*/
+
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+pub fn ring_bytes() -> usize {
+    BUFFER_SIZE_KB.get() as usize * 1024
+}
+pub fn max_databases() -> usize {
+    MAX_DATABASES.get() as usize
+}
+pub fn batch_size() -> usize {
+    BATCH_SIZE.get() as usize
+}
+pub fn flush_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(FLUSH_INTERVAL_MS.get() as u64)
+}
+pub fn capture_statements() -> CaptureStatements {
+    CAPTURE_STATEMENTS.get()
+}
+pub fn max_query_length() -> usize {
+    MAX_QUERY_LENGTH.get() as usize
+}
+pub fn overflow() -> Overflow {
+    OVERFLOW.get()
+}
+pub fn overflow_timeout() -> std::time::Duration {
+    std::time::Duration::from_millis(OVERFLOW_TIMEOUT_MS.get() as u64)
+}
+/// actor returns the setting as bytes, or None when unset or empty.
+pub fn actor() -> Option<Vec<u8>> {
+    non_empty(ACTOR.get())
+}
+/// context returns the JSON text of the setting, or None when unset or empty.
+pub fn context() -> Option<Vec<u8>> {
+    non_empty(CONTEXT.get())
+}
+
+fn non_empty(v: Option<CString>) -> Option<Vec<u8>> {
+    v.map(CString::into_bytes).filter(|b| !b.is_empty())
+}

@@ -1,0 +1,54 @@
+//! activity_log: a trigger-free audit trail for PostgreSQL.
+//!
+//! Data flow: `capture` (executor, utility and error hooks, transaction callbacks) →
+//! `ring` (shared-memory rings, one per audited database) → `worker` (launcher and writers)
+//! → `activity_log.events`, read through the SQL surface in `api` and `sql/`.
+//! `record` is the byte format between capture and the writer; `gucs` holds every setting.
+
+mod api;
+mod capture;
+mod errors;
+mod gucs;
+mod record;
+mod ring;
+mod worker;
+
+pgrx::pg_module_magic!();
+
+/// True when `_PG_init` ran from shared_preload_libraries; inherited by every child process.
+static mut PRELOADED: bool = false;
+
+pub fn preloaded() -> bool {
+    // SAFETY: written once in the postmaster before any backend exists.
+    unsafe { PRELOADED }
+}
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // Loaded later (CREATE EXTENSION without preloading): install nothing; every SQL function
+    // then reports how to configure the server.
+    // SAFETY: read of a postmaster global.
+    if unsafe { !pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    gucs::init();
+    ring::init();
+    capture::hooks::install();
+    capture::xact::install();
+    worker::launcher::register();
+    // SAFETY: single-threaded postmaster start-up.
+    unsafe { PRELOADED = true };
+}
+
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'activity_log'"]
+    }
+}

@@ -1,0 +1,373 @@
+//! record.rs: the byte format shared by capture (encodes) and the writer (decodes).
+//!
+//! Pure Rust, no `pg_sys`: a record holds plain bytes and numbers copied on the write path —
+//! never a pointer into PostgreSQL memory. Names (roles, relations) travel as OIDs and are
+//! resolved by the writer. A frame payload is one [`FrameInfo`] followed by records, each a
+//! `u32` length and its body; bump [`VERSION`] on any layout change.
+
+pub const MAGIC: u32 = 0x414C_5231; // "ALR1"
+pub const VERSION: u32 = 1;
+
+/// Where a record came from: the parts that can change from statement to statement.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub session_user: u32,
+    pub current_user: u32,
+    pub actor: Option<Vec<u8>>,
+    pub context: Option<Vec<u8>>,
+    pub jwt_claims: Option<Vec<u8>>,
+    pub application_name: Vec<u8>,
+}
+
+/// Statement classes, as `log_statement` sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StatementClass {
+    Ddl = 1,
+    Mod = 2,
+    Other = 3,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// Start time, PostgreSQL microseconds since 2000-01-01.
+    pub ts: i64,
+    pub duration_us: i64,
+    pub class: StatementClass,
+    pub command: Vec<u8>,
+    /// Five-character SQLSTATE when the statement failed.
+    pub sqlstate: Option<[u8; 5]>,
+    pub error_message: Option<Vec<u8>>,
+    pub query: Vec<u8>,
+    pub query_id: i64,
+    pub rows: Option<i64>,
+    pub relations: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub ts: i64,
+    pub action: Vec<u8>,
+    /// JSON text, validated by PostgreSQL's jsonb input before it got here.
+    pub details: Vec<u8>,
+    pub entity_type: Option<Vec<u8>>,
+    pub entity_id: Option<Vec<u8>>,
+    pub category: Vec<u8>,
+    pub severity: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Statement(Statement),
+    Event(Event),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub origin: Origin,
+    pub body: Body,
+}
+
+/// Per-transaction facts, written once at the start of a frame payload.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FrameInfo {
+    pub pid: i32,
+    /// Top-level transaction id (full 64-bit), 0 when the transaction wrote nothing.
+    pub xid: u64,
+    pub client_addr: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub &'static str);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "corrupt activity_log record: {}", self.0)
+    }
+}
+
+const NONE_LEN: u32 = u32::MAX;
+const KIND_STATEMENT: u8 = 1;
+const KIND_EVENT: u8 = 2;
+
+/*---- encoding ----*/
+
+struct Enc<'a>(&'a mut Vec<u8>);
+
+impl Enc<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i32(&mut self, v: i32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u32(v.len() as u32);
+        self.0.extend_from_slice(v);
+    }
+    fn opt_bytes(&mut self, v: Option<&[u8]>) {
+        match v {
+            Some(b) => self.bytes(b),
+            None => self.u32(NONE_LEN),
+        }
+    }
+}
+
+impl FrameInfo {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut e = Enc(out);
+        e.u32(MAGIC);
+        e.u32(VERSION);
+        e.i32(self.pid);
+        e.u64(self.xid);
+        e.opt_bytes(self.client_addr.as_deref());
+    }
+}
+
+impl Record {
+    /// encode appends the record, length-prefixed, to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let mut e = Enc(out);
+        let o = &self.origin;
+        match &self.body {
+            Body::Statement(_) => e.u8(KIND_STATEMENT),
+            Body::Event(_) => e.u8(KIND_EVENT),
+        }
+        e.u32(o.session_user);
+        e.u32(o.current_user);
+        e.opt_bytes(o.actor.as_deref());
+        e.opt_bytes(o.context.as_deref());
+        e.opt_bytes(o.jwt_claims.as_deref());
+        e.bytes(&o.application_name);
+        match &self.body {
+            Body::Statement(s) => {
+                e.i64(s.ts);
+                e.i64(s.duration_us);
+                e.u8(s.class as u8);
+                e.bytes(&s.command);
+                e.opt_bytes(s.sqlstate.as_ref().map(|s| &s[..]));
+                e.opt_bytes(s.error_message.as_deref());
+                e.bytes(&s.query);
+                e.i64(s.query_id);
+                match s.rows {
+                    Some(r) => {
+                        e.u8(1);
+                        e.i64(r);
+                    }
+                    None => e.u8(0),
+                }
+                e.u32(s.relations.len() as u32);
+                for r in &s.relations {
+                    e.u32(*r);
+                }
+            }
+            Body::Event(ev) => {
+                e.i64(ev.ts);
+                e.bytes(&ev.action);
+                e.bytes(&ev.details);
+                e.opt_bytes(ev.entity_type.as_deref());
+                e.opt_bytes(ev.entity_id.as_deref());
+                e.bytes(&ev.category);
+                e.bytes(&ev.severity);
+            }
+        }
+        let len = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/*---- decoding ----*/
+
+struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError("length overflow"))?;
+        let s = self.buf.get(self.pos..end).ok_or(DecodeError("truncated"))?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn i32(&mut self) -> Result<i32, DecodeError> {
+        Ok(i32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        self.opt_bytes()?.ok_or(DecodeError("unexpected null"))
+    }
+    fn opt_bytes(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
+        match self.u32()? {
+            NONE_LEN => Ok(None),
+            n => Ok(Some(self.take(n as usize)?.to_vec())),
+        }
+    }
+}
+
+/// decode_frame splits a frame payload into its [`FrameInfo`] and records.
+pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record>), DecodeError> {
+    let mut d = Dec { buf: payload, pos: 0 };
+    if d.u32()? != MAGIC {
+        return Err(DecodeError("bad magic"));
+    }
+    if d.u32()? != VERSION {
+        return Err(DecodeError("unknown version"));
+    }
+    let info = FrameInfo { pid: d.i32()?, xid: d.u64()?, client_addr: d.opt_bytes()? };
+    let mut records = Vec::new();
+    while d.pos < payload.len() {
+        let len = d.u32()? as usize;
+        let body = d.take(len)?;
+        records.push(decode_record(body)?);
+    }
+    Ok((info, records))
+}
+
+fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
+    let mut d = Dec { buf, pos: 0 };
+    let kind = d.u8()?;
+    let origin = Origin {
+        session_user: d.u32()?,
+        current_user: d.u32()?,
+        actor: d.opt_bytes()?,
+        context: d.opt_bytes()?,
+        jwt_claims: d.opt_bytes()?,
+        application_name: d.bytes()?,
+    };
+    let body = match kind {
+        KIND_STATEMENT => Body::Statement(Statement {
+            ts: d.i64()?,
+            duration_us: d.i64()?,
+            class: match d.u8()? {
+                1 => StatementClass::Ddl,
+                2 => StatementClass::Mod,
+                3 => StatementClass::Other,
+                _ => return Err(DecodeError("bad statement class")),
+            },
+            command: d.bytes()?,
+            sqlstate: match d.opt_bytes()? {
+                Some(s) => Some(s.try_into().map_err(|_| DecodeError("bad sqlstate"))?),
+                None => None,
+            },
+            error_message: d.opt_bytes()?,
+            query: d.bytes()?,
+            query_id: d.i64()?,
+            rows: match d.u8()? {
+                0 => None,
+                _ => Some(d.i64()?),
+            },
+            relations: {
+                let n = d.u32()? as usize;
+                (0..n).map(|_| d.u32()).collect::<Result<_, _>>()?
+            },
+        }),
+        KIND_EVENT => Body::Event(Event {
+            ts: d.i64()?,
+            action: d.bytes()?,
+            details: d.bytes()?,
+            entity_type: d.opt_bytes()?,
+            entity_id: d.opt_bytes()?,
+            category: d.bytes()?,
+            severity: d.bytes()?,
+        }),
+        _ => return Err(DecodeError("unknown record kind")),
+    };
+    if d.pos != buf.len() {
+        return Err(DecodeError("trailing bytes"));
+    }
+    Ok(Record { origin, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Record> {
+        let origin = Origin {
+            session_user: 10,
+            current_user: 16384,
+            actor: Some(b"alice@example.com".to_vec()),
+            context: Some(br#"{"request_id":"r1"}"#.to_vec()),
+            jwt_claims: None,
+            application_name: b"psql".to_vec(),
+        };
+        vec![
+            Record {
+                origin: origin.clone(),
+                body: Body::Statement(Statement {
+                    ts: 123,
+                    duration_us: 45,
+                    class: StatementClass::Mod,
+                    command: b"UPDATE".to_vec(),
+                    sqlstate: Some(*b"23505"),
+                    error_message: Some("dupe é".as_bytes().to_vec()),
+                    query: b"update t set a = 1".to_vec(),
+                    query_id: -7,
+                    rows: None,
+                    relations: vec![16385, 16390],
+                }),
+            },
+            Record {
+                origin,
+                body: Body::Event(Event {
+                    ts: -1,
+                    action: b"user_login".to_vec(),
+                    details: b"{}".to_vec(),
+                    entity_type: Some(b"user".to_vec()),
+                    entity_id: None,
+                    category: b"authentication".to_vec(),
+                    severity: b"info".to_vec(),
+                }),
+            },
+        ]
+    }
+
+    #[test]
+    fn frame_round_trips() {
+        let info = FrameInfo { pid: 42, xid: 1 << 40, client_addr: Some(b"127.0.0.1".to_vec()) };
+        let mut buf = Vec::new();
+        info.encode(&mut buf);
+        for r in sample() {
+            r.encode(&mut buf);
+        }
+        let (got_info, got) = decode_frame(&buf).unwrap();
+        assert_eq!(got_info, info);
+        assert_eq!(got, sample());
+    }
+
+    #[test]
+    fn corrupt_frames_are_rejected_not_misread() {
+        let mut buf = Vec::new();
+        FrameInfo::default().encode(&mut buf);
+        sample()[0].encode(&mut buf);
+        for cut in [3, 10, buf.len() - 1] {
+            assert!(decode_frame(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = buf.clone();
+        bad[0] ^= 0xff;
+        assert_eq!(decode_frame(&bad).unwrap_err(), DecodeError("bad magic"));
+    }
+}

@@ -1,0 +1,643 @@
+//! ring: the shared-memory rings that carry committed records from backends to writers.
+//!
+//! Layout: one [`Control`] block, `max_databases` [`Slot`]s, then one data area of
+//! `buffer_size` bytes per slot. A slot belongs to one database while its `dboid` is set.
+//! Many backends produce into a slot; exactly one writer consumes from it.
+//!
+//! Locking:
+//! - the control lock (tranche lock 0) guards claiming and releasing slots (`Slot::dboid`);
+//! - each slot's lock (tranche lock 1 + i) guards `head` and the frame headers written at
+//!   reservation. It is held only for a few loads and stores: payload copies and state changes
+//!   happen outside it, so a commit never waits behind another backend's memcpy.
+//! - everything else is an atomic; counters are `Relaxed` and only ever read for metrics.
+//!
+//! A frame is `[FrameHeader][payload]`, 8-byte aligned. A producer reserves it under the slot
+//! lock with state PENDING, copies the payload, and later marks it COMMITTED or VOID. The writer
+//! reads from `tail` and stops at the first PENDING frame, so records reach the table in
+//! reservation order. `tail` moves only after the writer's insert has committed: a writer that
+//! dies mid-batch loses nothing.
+//!
+//! Rules: no `palloc`, no `ereport`, no panics in anything a backend calls from its commit or
+//! abort path (`commit`, `void`, `wake_writer`).
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::shmem::PgSharedMemoryInitialization;
+use std::cell::UnsafeCell;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
+
+use crate::gucs;
+
+const TRANCHE: &CStr = c"activity_log";
+const SHMEM_NAME: &CStr = c"activity_log rings";
+const LAST_ERROR_LEN: usize = 256;
+
+const STATE_PENDING: u32 = 1;
+const STATE_COMMITTED: u32 = 2;
+const STATE_VOID: u32 = 3;
+const STATE_PAD: u32 = 4;
+
+/// Writer lifecycle, in `Slot::writer_state`.
+pub const WRITER_NONE: u32 = 0;
+pub const WRITER_STARTING: u32 = 1;
+pub const WRITER_RUNNING: u32 = 2;
+
+#[repr(C)]
+struct Control {
+    nslots: u32,
+    /// How many crash-restarts of the postmaster preceded this shared memory; set once.
+    crash_generation: u32,
+    slot_bytes: u64,
+    /// When this shared memory was initialised (PostgreSQL timestamp).
+    started_at: i64,
+    launcher_procno: AtomicI32, // -1 when no launcher; written by the launcher
+    launcher_pid: AtomicI32,
+    /// Records lost because no slot was free for their database.
+    dropped_unassigned: AtomicU64,
+}
+
+#[repr(C)]
+struct Slot {
+    dboid: AtomicU32,              // 0 = free; changed under the control lock
+    writer_state: AtomicU32,       // WRITER_*; launcher sets STARTING, writer the rest
+    writer_pid: AtomicI32,         // written by the writer
+    writer_procno: AtomicI32,      // -1 when no writer; written by the writer
+    start_requested_at: AtomicI64, // written by the launcher
+    failures: AtomicU32,           // consecutive failed writer runs; drives the back-off
+    gap_generation: AtomicU32,     // crash_generation the writer has reported a gap for
+    head: AtomicU64,               // next byte to reserve; written under the slot lock
+    tail: AtomicU64,               // first byte not yet in the table; written by the writer only
+    published_records: AtomicU64,
+    published_bytes: AtomicU64,
+    written_records: AtomicU64,
+    dropped_records: AtomicU64,
+    batches: AtomicU64,
+    write_errors: AtomicU64,
+    overflow_waits: AtomicU64,
+    last_flush_at: AtomicI64,
+    last_error_at: AtomicI64,
+    last_error: UnsafeCell<[u8; LAST_ERROR_LEN]>, // guarded by the slot lock
+}
+
+#[repr(C)]
+struct FrameHeader {
+    len: u32, // whole frame, header included, multiple of 8
+    state: AtomicU32,
+    nrecords: u32,
+    payload_len: u32, // len minus header and alignment padding
+    commit_ts: i64,   // written by the producer before it stores COMMITTED
+}
+const HEADER: u64 = size_of::<FrameHeader>() as u64;
+const _: () = assert!(HEADER == 24);
+
+struct Shmem {
+    control: UnsafeCell<*mut Control>,
+    locks: UnsafeCell<*mut pg_sys::LWLockPadded>,
+}
+// SAFETY: the pointers are written once per process, in the shmem startup hook, before any
+// other code of ours runs in that process; afterwards they are only read.
+unsafe impl Sync for Shmem {}
+
+static SHMEM: Shmem = Shmem { control: UnsafeCell::new(std::ptr::null_mut()), locks: UnsafeCell::new(std::ptr::null_mut()) };
+
+/// Counts shared-memory initialisations in the postmaster; more than one means crash-restarts.
+static mut INIT_COUNT: u32 = 0;
+
+fn total_size(nslots: usize, slot_bytes: usize) -> usize {
+    size_of::<Control>() + nslots * size_of::<Slot>() + nslots * slot_bytes
+}
+
+impl PgSharedMemoryInitialization for Shmem {
+    type Value = ();
+
+    unsafe fn on_shmem_request(&'static self) {
+        let n = gucs::max_databases();
+        unsafe {
+            pg_sys::RequestAddinShmemSpace(total_size(n, gucs::ring_bytes()));
+            pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), (n + 1) as i32);
+        }
+    }
+
+    unsafe fn on_shmem_startup(&'static self, _: ()) {
+        let n = gucs::max_databases();
+        let slot_bytes = gucs::ring_bytes();
+        unsafe {
+            // AddinShmemInitLock, as pgrx's own shared-memory code takes it.
+            let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+            pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            let mut found = false;
+            let base = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), total_size(n, slot_bytes), &mut found);
+            let control = base.cast::<Control>();
+            if !found {
+                INIT_COUNT += 1;
+                control.write(Control {
+                    nslots: n as u32,
+                    crash_generation: INIT_COUNT - 1,
+                    slot_bytes: slot_bytes as u64,
+                    started_at: pg_sys::GetCurrentTimestamp(),
+                    launcher_procno: AtomicI32::new(-1),
+                    launcher_pid: AtomicI32::new(0),
+                    dropped_unassigned: AtomicU64::new(0),
+                });
+                let slots = control.add(1).cast::<Slot>();
+                for i in 0..n {
+                    slots.add(i).write(Slot {
+                        dboid: AtomicU32::new(0),
+                        writer_state: AtomicU32::new(WRITER_NONE),
+                        writer_pid: AtomicI32::new(0),
+                        writer_procno: AtomicI32::new(-1),
+                        start_requested_at: AtomicI64::new(0),
+                        failures: AtomicU32::new(0),
+                        gap_generation: AtomicU32::new(0),
+                        head: AtomicU64::new(0),
+                        tail: AtomicU64::new(0),
+                        published_records: AtomicU64::new(0),
+                        published_bytes: AtomicU64::new(0),
+                        written_records: AtomicU64::new(0),
+                        dropped_records: AtomicU64::new(0),
+                        batches: AtomicU64::new(0),
+                        write_errors: AtomicU64::new(0),
+                        overflow_waits: AtomicU64::new(0),
+                        last_flush_at: AtomicI64::new(0),
+                        last_error_at: AtomicI64::new(0),
+                        last_error: UnsafeCell::new([0; LAST_ERROR_LEN]),
+                    });
+                }
+            }
+            *self.control.get() = control;
+            *self.locks.get() = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+            pg_sys::LWLockRelease(init_lock);
+        }
+    }
+}
+
+/// init registers the shared-memory hooks; `_PG_init` calls it while preloading.
+pub fn init() {
+    pgrx::pg_shmem_init!(SHMEM = ());
+}
+
+/*---- safe accessors over the raw region ----*/
+
+fn control() -> &'static Control {
+    // SAFETY: set in the startup hook of every process that loaded us via preload.
+    unsafe { &**SHMEM.control.get() }
+}
+
+fn slot(i: usize) -> &'static Slot {
+    let c = control();
+    assert!(i < c.nslots as usize);
+    // SAFETY: slots follow the control block; i is in range.
+    unsafe { &*(std::ptr::from_ref(c).add(1).cast::<Slot>().add(i)) }
+}
+
+fn data(i: usize) -> *mut u8 {
+    let c = control();
+    // SAFETY: the data areas follow the slot array; i is in range (checked by slot()).
+    unsafe {
+        std::ptr::from_ref(slot(c.nslots as usize - 1))
+            .add(1)
+            .cast::<u8>()
+            .cast_mut()
+            .add(i * c.slot_bytes as usize)
+    }
+}
+
+pub fn is_initialised() -> bool {
+    // SAFETY: plain read of a pointer written once at startup.
+    unsafe { !(*SHMEM.control.get()).is_null() }
+}
+
+struct LockGuard(*mut pg_sys::LWLock);
+impl LockGuard {
+    fn exclusive(index: usize) -> Self {
+        // SAFETY: the tranche has nslots + 1 locks and index is checked by the callers.
+        unsafe {
+            let lock = &raw mut (*(*SHMEM.locks.get()).add(index)).lock;
+            pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            LockGuard(lock)
+        }
+    }
+}
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // SAFETY: we acquired it; nothing between acquire and release can raise an ERROR.
+        unsafe { pg_sys::LWLockRelease(self.0) };
+    }
+}
+
+pub fn slot_count() -> usize {
+    control().nslots as usize
+}
+pub fn capacity() -> u64 {
+    control().slot_bytes
+}
+pub fn crash_generation() -> u32 {
+    control().crash_generation
+}
+pub fn started_at() -> i64 {
+    control().started_at
+}
+
+/// slot_of finds the slot that belongs to `dboid`, without taking a lock.
+pub fn slot_of(dboid: u32) -> Option<usize> {
+    (0..slot_count()).find(|&i| slot(i).dboid.load(Acquire) == dboid)
+}
+
+/// claim returns the slot of `dboid`, taking a free one if it has none.
+pub fn claim(dboid: u32) -> Option<usize> {
+    let _g = LockGuard::exclusive(0);
+    if let Some(i) = slot_of(dboid) {
+        return Some(i);
+    }
+    let i = (0..slot_count()).find(|&i| slot(i).dboid.load(Acquire) == 0)?;
+    slot(i).dboid.store(dboid, Release);
+    Some(i)
+}
+
+/// release frees the slot of a database that no longer has the extension; its records go.
+pub fn release(i: usize) {
+    let _c = LockGuard::exclusive(0);
+    let _s = LockGuard::exclusive(i + 1);
+    let s = slot(i);
+    let lost = count_records(i, s.tail.load(Acquire), s.head.load(Acquire));
+    s.dropped_records.fetch_add(lost, Relaxed);
+    s.head.store(0, Release);
+    s.tail.store(0, Release);
+    s.dboid.store(0, Release);
+}
+
+pub fn count_unassigned_drop(records: u64) {
+    control().dropped_unassigned.fetch_add(records, Relaxed);
+}
+
+/*---- producing ----*/
+
+/// A frame reserved for one transaction, PENDING until [`commit`] or [`void`].
+#[must_use]
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation {
+    slot: usize,
+    pos: u64,
+    nrecords: u32,
+}
+
+pub enum ReserveError {
+    /// No room now; the writer may make some.
+    Full,
+    /// Larger than the whole ring; it can never fit.
+    TooLarge,
+    /// The slot was released (the extension was dropped) since it was looked up.
+    Gone,
+}
+
+fn align8(n: u64) -> u64 {
+    (n + 7) & !7
+}
+
+/// reserve places a PENDING frame for `payload` in the ring of `slot_index` and copies the
+/// payload into it. Safe to call at PRE_COMMIT: it cannot fail half-way.
+pub fn reserve(slot_index: usize, dboid: u32, payload: &[u8], nrecords: u32) -> Result<Reservation, ReserveError> {
+    let cap = capacity();
+    let need = align8(HEADER + payload.len() as u64);
+    if need > cap {
+        return Err(ReserveError::TooLarge);
+    }
+    let s = slot(slot_index);
+    let base = data(slot_index);
+    let pos = {
+        let _g = LockGuard::exclusive(slot_index + 1);
+        if s.dboid.load(Acquire) != dboid {
+            return Err(ReserveError::Gone);
+        }
+        let head = s.head.load(Relaxed);
+        let tail = s.tail.load(Acquire);
+        let off = head % cap;
+        let pad = if cap - off < need { cap - off } else { 0 };
+        if cap - (head - tail) < pad + need {
+            return Err(ReserveError::Full);
+        }
+        // SAFETY: [off, off + pad) and the new frame's header lie inside this slot's data area
+        // and between head and tail + cap, which no one else reads or writes until head moves.
+        unsafe {
+            if pad > 0 {
+                let p = base.add(off as usize);
+                p.cast::<u32>().write(pad as u32);
+                (*p.add(4).cast::<AtomicU32>()).store(STATE_PAD, Relaxed);
+            }
+            let pos = head + pad;
+            base.add((pos % cap) as usize).cast::<FrameHeader>().write(FrameHeader {
+                len: need as u32,
+                state: AtomicU32::new(STATE_PENDING),
+                nrecords,
+                payload_len: payload.len() as u32,
+                commit_ts: 0,
+            });
+            s.head.store(pos + need, Release);
+            pos
+        }
+    };
+    // SAFETY: the frame [pos, pos + need) is ours alone while it is PENDING.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            payload.as_ptr(),
+            base.add((pos % cap + HEADER) as usize),
+            payload.len(),
+        );
+    }
+    Ok(Reservation { slot: slot_index, pos, nrecords })
+}
+
+fn header(slot_index: usize, pos: u64) -> *mut FrameHeader {
+    // SAFETY: pos is a frame start inside [tail, head) of this slot.
+    unsafe { data(slot_index).add((pos % capacity()) as usize).cast() }
+}
+
+/// commit makes a reserved frame visible to the writer. Runs after the transaction committed:
+/// two stores and a latch, nothing that can fail.
+pub fn commit(r: Reservation, commit_ts: i64) {
+    let h = header(r.slot, r.pos);
+    // SAFETY: the frame is PENDING and ours.
+    unsafe {
+        (*h).commit_ts = commit_ts;
+        (*h).state.store(STATE_COMMITTED, Release);
+    }
+    let s = slot(r.slot);
+    s.published_records.fetch_add(r.nrecords as u64, Relaxed);
+    // SAFETY: as above.
+    s.published_bytes.fetch_add(unsafe { (*h).len } as u64, Relaxed);
+    wake_writer(r.slot);
+}
+
+/// void withdraws a reserved frame of a transaction that aborted after PRE_COMMIT.
+pub fn void(r: Reservation) {
+    // SAFETY: the frame is PENDING and ours.
+    unsafe { (*header(r.slot, r.pos)).state.store(STATE_VOID, Release) };
+    wake_writer(r.slot);
+}
+
+pub fn count_drop(slot_index: usize, records: u64) {
+    slot(slot_index).dropped_records.fetch_add(records, Relaxed);
+}
+
+pub fn count_overflow_wait(slot_index: usize) {
+    slot(slot_index).overflow_waits.fetch_add(1, Relaxed);
+}
+
+fn set_latch(procno: i32) {
+    if procno < 0 {
+        return;
+    }
+    // SAFETY: procno is an index into ProcGlobal->allProcs published by a live process; a stale
+    // one only wakes whoever took the slot, which is harmless.
+    unsafe {
+        let proc_ = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
+        pg_sys::SetLatch(&raw mut (*proc_).procLatch);
+    }
+}
+
+/// wake_writer sets the latch of the slot's writer, or of the launcher when there is none.
+pub fn wake_writer(slot_index: usize) {
+    let s = slot(slot_index);
+    match s.writer_procno.load(Acquire) {
+        p if p >= 0 => set_latch(p),
+        _ => wake_launcher(),
+    }
+}
+
+pub fn wake_launcher() {
+    set_latch(control().launcher_procno.load(Acquire));
+}
+
+/*---- consuming (the writer) ----*/
+
+/// One committed frame copied out of the ring.
+pub struct Frame {
+    pub commit_ts: i64,
+    pub payload: Vec<u8>,
+}
+
+/// A batch read from the ring; pass `end` to [`advance`] once it is stored.
+pub struct Batch {
+    pub frames: Vec<Frame>,
+    pub records: u64,
+    pub end: u64,
+}
+
+/// read copies committed frames from the tail until `max_records` (whole frames) or the first
+/// PENDING frame.
+pub fn read(slot_index: usize, max_records: usize) -> Batch {
+    let cap = capacity();
+    let s = slot(slot_index);
+    let head = s.head.load(Acquire);
+    let mut pos = s.tail.load(Acquire);
+    let mut batch = Batch { frames: Vec::new(), records: 0, end: pos };
+    while pos < head && (batch.records as usize) < max_records {
+        let base = data(slot_index);
+        // SAFETY: pos is a frame start in [tail, head); its len and state were written before
+        // head moved past it (Release/Acquire on head).
+        let (len, state) = unsafe {
+            let p = base.add((pos % cap) as usize);
+            (p.cast::<u32>().read() as u64, (*p.add(4).cast::<AtomicU32>()).load(Acquire))
+        };
+        match state {
+            STATE_PENDING => break,
+            STATE_COMMITTED => {
+                let h = header(slot_index, pos);
+                // SAFETY: a COMMITTED frame is immutable until tail passes it.
+                unsafe {
+                    let start = base.add((pos % cap + HEADER) as usize);
+                    let payload = std::slice::from_raw_parts(start, (*h).payload_len as usize).to_vec();
+                    batch.records += (*h).nrecords as u64;
+                    batch.frames.push(Frame { commit_ts: (*h).commit_ts, payload });
+                }
+            }
+            _ => {} // PAD or VOID
+        }
+        pos += len;
+        batch.end = pos;
+    }
+    batch
+}
+
+/// advance frees the ring up to `end` after the batch read up to it is committed.
+pub fn advance(slot_index: usize, end: u64, records: u64) {
+    let s = slot(slot_index);
+    s.tail.store(end, Release);
+    if records == 0 {
+        return; // only withdrawn frames or padding
+    }
+    s.written_records.fetch_add(records, Relaxed);
+    s.batches.fetch_add(1, Relaxed);
+    // SAFETY: plain call, no error paths.
+    s.last_flush_at.store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
+}
+
+/// has_frames tells whether anything, committed or pending, waits in the ring.
+pub fn has_frames(slot_index: usize) -> bool {
+    let s = slot(slot_index);
+    s.tail.load(Acquire) < s.head.load(Acquire)
+}
+
+pub fn head(slot_index: usize) -> u64 {
+    slot(slot_index).head.load(Acquire)
+}
+pub fn tail(slot_index: usize) -> u64 {
+    slot(slot_index).tail.load(Acquire)
+}
+
+/// count_records counts the records of committed and pending frames in [from, to).
+fn count_records(slot_index: usize, from: u64, to: u64) -> u64 {
+    let cap = capacity();
+    let (mut pos, mut n) = (from, 0);
+    while pos < to {
+        // SAFETY: frame starts in [tail, head), read under the slot lock.
+        let (len, state, nrec) = unsafe {
+            let p = data(slot_index).add((pos % cap) as usize);
+            let len = p.cast::<u32>().read() as u64;
+            let state = (*p.add(4).cast::<AtomicU32>()).load(Acquire);
+            let nrec = if state == STATE_PAD { 0 } else { (*p.cast::<FrameHeader>()).nrecords };
+            (len, state, nrec)
+        };
+        if state == STATE_COMMITTED || state == STATE_PENDING {
+            n += nrec as u64;
+        }
+        pos += len;
+    }
+    n
+}
+
+pub fn note_write_error(slot_index: usize, message: &str) {
+    let s = slot(slot_index);
+    s.write_errors.fetch_add(1, Relaxed);
+    let _g = LockGuard::exclusive(slot_index + 1);
+    // SAFETY: guarded by the slot lock.
+    unsafe {
+        let buf = &mut *s.last_error.get();
+        let n = message.len().min(LAST_ERROR_LEN - 1);
+        buf[..n].copy_from_slice(&message.as_bytes()[..n]);
+        buf[n] = 0;
+        s.last_error_at.store(pg_sys::GetCurrentTimestamp(), Relaxed);
+    }
+}
+
+/*---- writer and launcher registration ----*/
+
+pub fn set_launcher(procno: i32, pid: i32) {
+    let c = control();
+    c.launcher_pid.store(pid, Release);
+    c.launcher_procno.store(procno, Release);
+}
+
+pub fn launcher_pid() -> i32 {
+    control().launcher_pid.load(Acquire)
+}
+
+pub fn writer_state(i: usize) -> u32 {
+    slot(i).writer_state.load(Acquire)
+}
+
+/// mark_starting records that the launcher asked for a writer for slot `i`.
+pub fn mark_starting(i: usize, now: i64) {
+    let s = slot(i);
+    s.start_requested_at.store(now, Release);
+    s.writer_state.store(WRITER_STARTING, Release);
+}
+
+pub fn start_requested_at(i: usize) -> i64 {
+    slot(i).start_requested_at.load(Acquire)
+}
+
+/// attach_writer makes the calling process the writer of slot `i`; false if one is running.
+pub fn attach_writer(i: usize, pid: i32, procno: i32) -> bool {
+    let s = slot(i);
+    if s.writer_state.swap(WRITER_RUNNING, AcqRel) == WRITER_RUNNING {
+        return false;
+    }
+    s.writer_pid.store(pid, Release);
+    s.writer_procno.store(procno, Release);
+    true
+}
+
+/// detach_writer clears the writer of slot `i`; `failed` feeds the launcher's back-off.
+pub fn detach_writer(i: usize, failed: bool) {
+    let s = slot(i);
+    s.writer_procno.store(-1, Release);
+    s.writer_pid.store(0, Release);
+    if failed {
+        s.failures.fetch_add(1, Relaxed);
+    }
+    s.writer_state.store(WRITER_NONE, Release);
+}
+
+pub fn reset_failures(i: usize) {
+    slot(i).failures.store(0, Relaxed);
+}
+pub fn failures(i: usize) -> u32 {
+    slot(i).failures.load(Relaxed)
+}
+pub fn slot_dboid(i: usize) -> u32 {
+    slot(i).dboid.load(Acquire)
+}
+
+/// take_gap tells the writer of slot `i` whether it still has to report a crash-restart gap.
+pub fn take_gap(i: usize) -> bool {
+    let g = crash_generation();
+    g > 0 && slot(i).gap_generation.swap(g, AcqRel) != g
+}
+
+/*---- metrics ----*/
+
+/// A snapshot of one slot, for `activity_log.queue` and the health score.
+#[derive(Debug, Default, Clone)]
+pub struct SlotStats {
+    pub dboid: u32,
+    pub capacity: u64,
+    pub used_bytes: u64,
+    pub published_records: u64,
+    pub published_bytes: u64,
+    pub written_records: u64,
+    pub dropped_records: u64,
+    pub batches: u64,
+    pub write_errors: u64,
+    pub overflow_waits: u64,
+    pub writer_pid: i32,
+    pub writer_state: u32,
+    pub writer_failures: u32,
+    pub last_flush_at: i64,
+    pub last_error_at: i64,
+    pub last_error: String,
+}
+
+pub fn stats(i: usize) -> SlotStats {
+    let s = slot(i);
+    let last_error = {
+        let _g = LockGuard::exclusive(i + 1);
+        // SAFETY: guarded by the slot lock.
+        let buf = unsafe { &*s.last_error.get() };
+        let n = buf.iter().position(|&b| b == 0).unwrap_or(LAST_ERROR_LEN);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    SlotStats {
+        dboid: s.dboid.load(Acquire),
+        capacity: capacity(),
+        used_bytes: s.head.load(Acquire).saturating_sub(s.tail.load(Acquire)),
+        published_records: s.published_records.load(Relaxed),
+        published_bytes: s.published_bytes.load(Relaxed),
+        written_records: s.written_records.load(Relaxed),
+        dropped_records: s.dropped_records.load(Relaxed),
+        batches: s.batches.load(Relaxed),
+        write_errors: s.write_errors.load(Relaxed),
+        overflow_waits: s.overflow_waits.load(Relaxed),
+        writer_pid: s.writer_pid.load(Acquire),
+        writer_state: s.writer_state.load(Acquire),
+        writer_failures: s.failures.load(Relaxed),
+        last_flush_at: s.last_flush_at.load(Relaxed),
+        last_error_at: s.last_error_at.load(Relaxed),
+        last_error,
+    }
+}
+
+pub fn dropped_unassigned() -> u64 {
+    control().dropped_unassigned.load(Relaxed)
+}

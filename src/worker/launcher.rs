@@ -1,0 +1,125 @@
+//! worker/launcher.rs: the one static background worker; keeps a writer running per audited
+//! database.
+//!
+//! At start it starts a writer for every connectable database (a writer whose database lacks
+//! the extension exits at once). Afterwards the rings are the source of truth: a ring with a
+//! database and no writer gets one, after a back-off that doubles with each failed run
+//! (1 s, 2 s, ... 60 s). It connects to no database and only scans `pg_database`.
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::time::Duration;
+
+use crate::capture::hooks;
+use crate::ring;
+
+/// register adds the launcher to the postmaster's static workers; called from `_PG_init`.
+pub fn register() {
+    BackgroundWorkerBuilder::new("activity_log launcher")
+        .set_type("activity_log launcher")
+        .set_library("activity_log")
+        .set_function("al_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    hooks::mark_own_worker();
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    // SAFETY: MyProc is set in every process attached to shared memory.
+    unsafe { ring::set_launcher((*pg_sys::MyProc).pgprocno, pg_sys::MyProcPid) };
+
+    for dboid in connectable_databases() {
+        start_writer(dboid);
+    }
+    while BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: documented way to reload settings in a worker.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        supervise();
+    }
+    ring::set_launcher(-1, 0);
+    // Exit code 1: if this was pg_terminate_backend, the postmaster starts us again.
+    // SAFETY: normal process exit.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// supervise starts a writer for every ring that needs one and whose back-off has passed.
+fn supervise() {
+    // SAFETY: no error paths.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    for i in 0..ring::slot_count() {
+        let dboid = ring::slot_dboid(i);
+        if dboid == 0 {
+            continue;
+        }
+        let since = now - ring::start_requested_at(i);
+        match ring::writer_state(i) {
+            ring::WRITER_NONE => {
+                let backoff_s = 1i64 << ring::failures(i).min(6);
+                if since >= backoff_s.min(60) * 1_000_000 {
+                    start_writer(dboid);
+                }
+            }
+            // A writer that never attached within 30 s failed to start.
+            ring::WRITER_STARTING if since > 30_000_000 => ring::detach_writer(i, true),
+            _ => {}
+        }
+    }
+}
+
+fn start_writer(dboid: u32) {
+    // SAFETY: no error paths.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    if let Some(i) = ring::slot_of(dboid) {
+        ring::mark_starting(i, now);
+    }
+    let started = BackgroundWorkerBuilder::new(&format!("activity_log writer {dboid}"))
+        .set_type("activity_log writer")
+        .set_library("activity_log")
+        .set_function("al_writer_main")
+        .set_argument(Some(pg_sys::Datum::from(dboid)))
+        .enable_spi_access()
+        .load_dynamic();
+    if started.is_err() {
+        log!("activity_log: could not start a writer for database {dboid}; no background worker slot is free");
+        if let Some(i) = ring::slot_of(dboid) {
+            ring::detach_writer(i, true);
+        }
+    }
+}
+
+/// connectable_databases lists databases that accept connections, read straight from the
+/// shared catalog because the launcher is connected to no database.
+fn connectable_databases() -> Vec<u32> {
+    let mut out = Vec::new();
+    // SAFETY: the classic catalog scan of autovacuum's get_database_list, inside a transaction.
+    unsafe {
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as i32);
+        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+        loop {
+            let tup = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tup.is_null() {
+                break;
+            }
+            let db = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tup);
+            if (*db).datallowconn && !(*db).datistemplate {
+                out.push((*db).oid.to_u32());
+            }
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! worker: the launcher (one, static) and the writers (one per audited database).
+//! Both run as background workers, never capture their own statements, and never share a
+//! database connection.
+
+pub mod launcher;
+pub mod writer;

@@ -1,0 +1,325 @@
+//! worker/writer.rs: one per audited database; drains that database's ring into
+//! `activity_log.events`.
+//!
+//! The loop: read committed frames from the ring tail (up to `batch_size` records), decode
+//! them, insert them with one set-based `INSERT ... SELECT FROM unnest(...)`, commit, and only
+//! then move the tail. A failed insert is noted in the ring's metrics and ends the process with
+//! exit code 1; the launcher starts a new writer after a back-off and the same records are
+//! tried again, so nothing published is lost. On SIGTERM the writer drains the ring before it
+//! exits. Its own inserts are never captured (`hooks::mark_own_worker`).
+
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use serde_json::{Map, Value, json};
+use std::time::{Duration, Instant};
+
+use crate::capture::hooks;
+use crate::gucs;
+use crate::record::{self, Body, StatementClass};
+use crate::ring;
+
+/// The slot this process writes for, for the exit callback.
+static mut MY_SLOT: i64 = -1;
+/// Set once the writer leaves its loop normally; an exit without it counts as a failure.
+static mut CLEAN_EXIT: bool = false;
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
+    let dboid = arg.value() as u32;
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    hooks::mark_own_worker();
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+
+    let installed = BackgroundWorker::transaction(|| {
+        // SAFETY: catalog lookup inside a transaction.
+        unsafe { pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) != pg_sys::InvalidOid }
+    });
+    if !installed {
+        if let Some(i) = ring::slot_of(dboid) {
+            ring::release(i);
+            ring::detach_writer(i, false);
+        }
+        return; // exit code 0: nothing to do in this database
+    }
+    let Some(slot) = ring::claim(dboid) else {
+        log!("activity_log: no ring is free for database {dboid}; raise activity_log.max_databases");
+        return;
+    };
+    // SAFETY: MyProc is set in every process attached to shared memory.
+    let attached = unsafe { ring::attach_writer(slot, pg_sys::MyProcPid, (*pg_sys::MyProc).pgprocno) };
+    if !attached {
+        return; // another writer runs for this database
+    }
+    // SAFETY: registering a plain callback; MY_SLOT is process-local.
+    unsafe {
+        MY_SLOT = slot as i64;
+        pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
+    }
+
+    if ring::take_gap(slot) {
+        BackgroundWorker::transaction(write_gap_event);
+    }
+    while BackgroundWorker::wait_latch(Some(gucs::flush_interval())) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: documented way to reload settings in a worker.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        drain(slot);
+    }
+    drain_before_exit(slot);
+    // SAFETY: process-local flag read by on_exit.
+    unsafe { CLEAN_EXIT = true };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
+    // SAFETY: process-local statics written by this process only.
+    unsafe {
+        if MY_SLOT >= 0 {
+            ring::detach_writer(MY_SLOT as usize, !CLEAN_EXIT);
+        }
+    }
+}
+
+/// drain writes batches until the ring holds no committed frame at its tail.
+fn drain(slot: usize) {
+    loop {
+        let batch = ring::read(slot, gucs::batch_size());
+        if batch.end == ring::tail(slot) {
+            return;
+        }
+        if batch.records > 0 {
+            write_batch(slot, &batch);
+        }
+        ring::advance(slot, batch.end, batch.records);
+        ring::reset_failures(slot);
+    }
+}
+
+/// drain_before_exit also waits, briefly, for frames of transactions still committing.
+fn drain_before_exit(slot: usize) {
+    let started = Instant::now();
+    while ring::has_frames(slot) && started.elapsed() < Duration::from_secs(10) {
+        drain(slot);
+        if ring::has_frames(slot) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// write_batch inserts one batch in its own transaction. An ERROR is noted in the metrics and
+/// then ends the process (the launcher restarts it): the tail has not moved, so the same
+/// records are written by the next writer.
+fn write_batch(slot: usize, batch: &ring::Batch) {
+    let rows = Rows::from_batch(batch);
+    PgTryBuilder::new(|| BackgroundWorker::transaction(|| rows.insert()))
+        .catch_others(|e| {
+            let message = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+            };
+            ring::note_write_error(slot, &message);
+            e.rethrow()
+        })
+        .execute();
+}
+
+fn write_gap_event() {
+    let details = json!({
+        "reason": "the server restarted after a crash; records that were in shared memory were lost",
+        "shared_memory_started_at_us": ring::started_at(),
+        "crash_restarts": ring::crash_generation(),
+    });
+    Spi::run_with_args(
+        "INSERT INTO activity_log.events (ts, committed_at, kind, category, severity, status, command, details)
+         VALUES (now(), now(), 'system', 'system', 'critical', 'gap', 'GAP', $1::text::jsonb)",
+        &[details.to_string().into()],
+    )
+    .unwrap_or_else(|e| error!("activity_log: could not record the gap event: {e}"));
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// parse_json_or_string keeps valid JSON as is and wraps anything else as a JSON string.
+fn parse_json_or_string(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or_else(|_| Value::String(text(b)))
+}
+
+/// Column vectors for one `INSERT ... SELECT FROM unnest(...)`.
+#[derive(Default)]
+struct Rows {
+    ts: Vec<i64>,
+    committed_at: Vec<i64>,
+    kind: Vec<&'static str>,
+    category: Vec<String>,
+    severity: Vec<String>,
+    status: Vec<&'static str>,
+    sqlstate: Vec<Option<String>>,
+    session_user: Vec<i64>,
+    current_user: Vec<i64>,
+    actor: Vec<Option<String>>,
+    application_name: Vec<String>,
+    client_addr: Vec<Option<String>>,
+    backend_pid: Vec<i32>,
+    xid: Vec<Option<i64>>,
+    command: Vec<Option<String>>,
+    relations: Vec<Option<String>>,
+    query: Vec<Option<String>>,
+    query_id: Vec<Option<i64>>,
+    rows: Vec<Option<i64>>,
+    duration_us: Vec<Option<i64>>,
+    context: Vec<Option<String>>,
+    jwt_claims: Vec<Option<String>>,
+    details: Vec<Option<String>>,
+}
+
+const INSERT: &str = include_str!("../../sql/queries/insert_events.sql");
+
+impl Rows {
+    fn from_batch(batch: &ring::Batch) -> Rows {
+        let mut r = Rows::default();
+        for frame in &batch.frames {
+            match record::decode_frame(&frame.payload) {
+                Ok((info, records)) => {
+                    for rec in records {
+                        r.push(frame.commit_ts, &info, rec);
+                    }
+                }
+                // Cannot happen unless memory is corrupt; say so in the trail, do not stop.
+                Err(e) => r.push_corrupt(frame.commit_ts, &e.to_string()),
+            }
+        }
+        r
+    }
+
+    fn push(&mut self, committed_at: i64, info: &record::FrameInfo, rec: record::Record) {
+        let o = rec.origin;
+        self.committed_at.push(committed_at);
+        self.session_user.push(o.session_user as i64);
+        self.current_user.push(o.current_user as i64);
+        self.actor.push(o.actor.as_deref().map(text));
+        self.application_name.push(text(&o.application_name));
+        self.context.push(o.context.as_deref().map(|c| parse_json_or_string(c).to_string()));
+        self.jwt_claims.push(o.jwt_claims.as_deref().map(|c| parse_json_or_string(c).to_string()));
+        self.client_addr.push(info.client_addr.as_deref().map(text));
+        self.backend_pid.push(info.pid);
+        self.xid.push((info.xid != 0).then_some(info.xid as i64));
+        match rec.body {
+            Body::Statement(s) => {
+                let failed = s.sqlstate.is_some();
+                self.ts.push(s.ts);
+                self.kind.push(if s.class == StatementClass::Ddl { "ddl" } else { "statement" });
+                self.category.push(
+                    match s.class {
+                        StatementClass::Ddl => "schema_change",
+                        StatementClass::Mod => "data_change",
+                        StatementClass::Other => "data_access",
+                    }
+                    .into(),
+                );
+                self.severity.push(if failed { "error" } else { "info" }.into());
+                self.status.push(if failed { "error" } else { "success" });
+                self.sqlstate.push(s.sqlstate.map(|c| text(&c)));
+                self.command.push((!s.command.is_empty()).then(|| text(&s.command)));
+                self.relations.push((!s.relations.is_empty()).then(|| {
+                    let list: Vec<String> = s.relations.iter().map(u32::to_string).collect();
+                    format!("{{{}}}", list.join(","))
+                }));
+                self.query.push(Some(text(&s.query)));
+                self.query_id.push((s.query_id != 0).then_some(s.query_id));
+                self.rows.push(s.rows);
+                self.duration_us.push((!failed).then_some(s.duration_us));
+                self.details.push(s.error_message.map(|m| json!({ "error": text(&m) }).to_string()));
+            }
+            Body::Event(e) => {
+                let mut details = Map::new();
+                details.insert("action".into(), Value::String(text(&e.action)));
+                if let Some(t) = &e.entity_type {
+                    details.insert("entity_type".into(), Value::String(text(t)));
+                }
+                if let Some(id) = &e.entity_id {
+                    details.insert("entity_id".into(), Value::String(text(id)));
+                }
+                details.insert("data".into(), parse_json_or_string(&e.details));
+                self.ts.push(e.ts);
+                self.kind.push("event");
+                self.category.push(text(&e.category));
+                self.severity.push(text(&e.severity));
+                self.status.push("success");
+                self.sqlstate.push(None);
+                self.command.push(Some(text(&e.action)));
+                self.relations.push(None);
+                self.query.push(None);
+                self.query_id.push(None);
+                self.rows.push(None);
+                self.duration_us.push(None);
+                self.details.push(Some(Value::Object(details).to_string()));
+            }
+        }
+    }
+
+    fn push_corrupt(&mut self, committed_at: i64, message: &str) {
+        self.ts.push(committed_at);
+        self.committed_at.push(committed_at);
+        self.kind.push("system");
+        self.category.push("system".into());
+        self.severity.push("critical".into());
+        self.status.push("gap");
+        self.sqlstate.push(None);
+        self.session_user.push(0);
+        self.current_user.push(0);
+        self.actor.push(None);
+        self.application_name.push(String::new());
+        self.client_addr.push(None);
+        self.backend_pid.push(0);
+        self.xid.push(None);
+        self.command.push(Some("GAP".into()));
+        self.relations.push(None);
+        self.query.push(None);
+        self.query_id.push(None);
+        self.rows.push(None);
+        self.duration_us.push(None);
+        self.context.push(None);
+        self.jwt_claims.push(None);
+        self.details.push(Some(json!({ "reason": message }).to_string()));
+    }
+
+    fn insert(self) {
+        let kind: Vec<String> = self.kind.iter().map(|s| s.to_string()).collect();
+        let status: Vec<String> = self.status.iter().map(|s| s.to_string()).collect();
+        Spi::run_with_args(
+            INSERT,
+            &[
+                self.ts.into(),
+                self.committed_at.into(),
+                kind.into(),
+                self.category.into(),
+                self.severity.into(),
+                status.into(),
+                self.sqlstate.into(),
+                self.session_user.into(),
+                self.current_user.into(),
+                self.actor.into(),
+                self.application_name.into(),
+                self.client_addr.into(),
+                self.backend_pid.into(),
+                self.xid.into(),
+                self.command.into(),
+                self.relations.into(),
+                self.query.into(),
+                self.query_id.into(),
+                self.rows.into(),
+                self.duration_us.into(),
+                self.context.into(),
+                self.jwt_claims.into(),
+                self.details.into(),
+            ],
+        )
+        .unwrap_or_else(|e| error!("activity_log: insert failed: {e}"));
+    }
+}
