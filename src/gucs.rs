@@ -185,13 +185,20 @@ unsafe extern "C-unwind" fn check_context(
         }
         CStr::from_ptr(p).to_string_lossy().into_owned()
     };
-    if text.trim().is_empty() || matches!(serde_json::from_str(&text), Ok(serde_json::Value::Object(_))) {
+    if text.trim().is_empty()
+        || matches!(
+            serde_json::from_str(&text),
+            Ok(serde_json::Value::Object(_))
+        )
+    {
         return true;
     }
     // SAFETY: GUC_check_errdetail_string is read by the GUC machinery right after we return false.
     unsafe {
-        pg_sys::GUC_check_errdetail_string =
-            pg_sys::pstrdup(c"activity_log.context must be a JSON object, for example '{\"request_id\": \"abc\"}'.".as_ptr());
+        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(
+            c"activity_log.context must be a JSON object, for example '{\"request_id\": \"abc\"}'."
+                .as_ptr(),
+        );
     }
     false
 }

@@ -196,8 +196,14 @@ struct Dec<'a> {
 
 impl<'a> Dec<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(n).ok_or(DecodeError("length overflow"))?;
-        let s = self.buf.get(self.pos..end).ok_or(DecodeError("truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(DecodeError("length overflow"))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(DecodeError("truncated"))?;
         self.pos = end;
         Ok(s)
     }
@@ -229,14 +235,21 @@ impl<'a> Dec<'a> {
 
 /// decode_frame splits a frame payload into its [`FrameInfo`] and records.
 pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record>), DecodeError> {
-    let mut d = Dec { buf: payload, pos: 0 };
+    let mut d = Dec {
+        buf: payload,
+        pos: 0,
+    };
     if d.u32()? != MAGIC {
         return Err(DecodeError("bad magic"));
     }
     if d.u32()? != VERSION {
         return Err(DecodeError("unknown version"));
     }
-    let info = FrameInfo { pid: d.i32()?, xid: d.u64()?, client_addr: d.opt_bytes()? };
+    let info = FrameInfo {
+        pid: d.i32()?,
+        xid: d.u64()?,
+        client_addr: d.opt_bytes()?,
+    };
     let mut records = Vec::new();
     while d.pos < payload.len() {
         let len = d.u32()? as usize;
@@ -347,7 +360,11 @@ mod tests {
 
     #[test]
     fn frame_round_trips() {
-        let info = FrameInfo { pid: 42, xid: 1 << 40, client_addr: Some(b"127.0.0.1".to_vec()) };
+        let info = FrameInfo {
+            pid: 42,
+            xid: 1 << 40,
+            client_addr: Some(b"127.0.0.1".to_vec()),
+        };
         let mut buf = Vec::new();
         info.encode(&mut buf);
         for r in sample() {

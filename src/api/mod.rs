@@ -55,7 +55,9 @@ fn require_preload_or_error() {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "activity_log must be loaded via shared_preload_libraries",
-            Some("Add activity_log to shared_preload_libraries in postgresql.conf and restart the server."),
+            Some(
+                "Add activity_log to shared_preload_libraries in postgresql.conf and restart the server.",
+            ),
         );
     }
 }
@@ -82,7 +84,11 @@ fn activate() -> bool {
 
 fn check_name(what: &str, value: Option<&str>, allowed: &[&str]) -> String {
     let Some(v) = value else {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{what} must not be null"), None)
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{what} must not be null"),
+            None,
+        )
     };
     if !allowed.contains(&v) {
         raise(
@@ -106,8 +112,16 @@ fn log_event(
 ) {
     require_preload_or_error();
     let action = match action.map(str::trim) {
-        None => raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "action must not be null", None),
-        Some("") => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "action must not be empty", None),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "action must not be null",
+            None,
+        ),
+        Some("") => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "action must not be empty",
+            None,
+        ),
         Some(a) if a.len() > 200 => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "action must be at most 200 bytes long",
@@ -154,7 +168,11 @@ const MAX_FLUSH_WAIT_US: i128 = 3_600_000_000;
 fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
     require_preload_or_error();
     let Some(timeout) = timeout else {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "timeout must not be null", None)
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "timeout must not be null",
+            None,
+        )
     };
     let micros = timeout.as_micros();
     if !(0..=MAX_FLUSH_WAIT_US).contains(&micros) {
@@ -194,9 +212,10 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
 
 fn timestamp(us: i64) -> Option<TimestampWithTimeZone> {
     // PostgreSQL timestamps are microseconds since 2000-01-01, the same as the ring's.
-    (us != 0).then(|| TimestampWithTimeZone::try_from(us).ok()).flatten()
+    (us != 0)
+        .then(|| TimestampWithTimeZone::try_from(us).ok())
+        .flatten()
 }
-
 
 /// One row per ring in use: its fill, its counters and its writer.
 #[pg_extern(name = "_queue")]

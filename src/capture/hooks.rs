@@ -162,9 +162,19 @@ unsafe fn cstr_bytes(p: *const c_char) -> Option<Vec<u8>> {
 /// statement_text cuts one statement out of a (possibly multi-statement) query string.
 unsafe fn statement_text(source: *const c_char, location: c_int, len: c_int) -> Vec<u8> {
     // SAFETY: source is NULL or the NUL-terminated query string of the statement.
-    let Some(all) = (unsafe { cstr_bytes(source) }) else { return Vec::new() };
-    let start = if location >= 0 && (location as usize) <= all.len() { location as usize } else { 0 };
-    let end = if location >= 0 && len > 0 { (start + len as usize).min(all.len()) } else { all.len() };
+    let Some(all) = (unsafe { cstr_bytes(source) }) else {
+        return Vec::new();
+    };
+    let start = if location >= 0 && (location as usize) <= all.len() {
+        location as usize
+    } else {
+        0
+    };
+    let end = if location >= 0 && len > 0 {
+        (start + len as usize).min(all.len())
+    } else {
+        all.len()
+    };
     let text = all[start..end].trim_ascii();
     clip(text, gucs::max_query_length()).to_vec()
 }
@@ -177,7 +187,9 @@ unsafe fn relation_oids(rtable: *mut pg_sys::List) -> Vec<u32> {
     // SAFETY: rtable is a List of RangeTblEntry pointers owned by the plan.
     unsafe {
         for i in 0..(*rtable).length as usize {
-            let rte = (*(*rtable).elements.add(i)).ptr_value.cast::<pg_sys::RangeTblEntry>();
+            let rte = (*(*rtable).elements.add(i))
+                .ptr_value
+                .cast::<pg_sys::RangeTblEntry>();
             if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
                 let oid = (*rte).relid.to_u32();
                 if !out.contains(&oid) {
@@ -191,7 +203,11 @@ unsafe fn relation_oids(rtable: *mut pg_sys::List) -> Vec<u32> {
 
 fn start_statement(running: Running) {
     client_addr();
-    CURRENT.set(Some((running.command, running.query.clone(), running.class)));
+    CURRENT.set(Some((
+        running.command,
+        running.query.clone(),
+        running.class,
+    )));
     if wanted(running.class) {
         RUNNING.with_borrow_mut(|r| r.push(running));
     }
@@ -252,9 +268,17 @@ unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc
             start_statement(Running {
                 query_desc: query_desc as usize,
                 ts: now(),
-                class: if modifies { StatementClass::Mod } else { StatementClass::Other },
+                class: if modifies {
+                    StatementClass::Mod
+                } else {
+                    StatementClass::Other
+                },
                 command: command_name(op),
-                query: statement_text((*query_desc).sourceText, (*ps).stmt_location, (*ps).stmt_len),
+                query: statement_text(
+                    (*query_desc).sourceText,
+                    (*ps).stmt_location,
+                    (*ps).stmt_len,
+                ),
                 relations: relation_oids((*ps).rtable),
             });
         }
@@ -280,7 +304,9 @@ unsafe extern "C-unwind" fn al_executor_run(
     // SAFETY: chaining.
     unsafe {
         match PREV_EXECUTOR_RUN {
-            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, direction, count, execute_once)),
+            Some(prev) => {
+                pg_guard_ffi_boundary(|| prev(query_desc, direction, count, execute_once))
+            }
             None => pg_sys::standard_ExecutorRun(query_desc, direction, count, execute_once),
         }
     }
@@ -321,8 +347,16 @@ unsafe extern "C-unwind" fn al_executor_end(query_desc: *mut pg_sys::QueryDesc) 
         // SAFETY: estate is still alive: standard_ExecutorEnd below frees it.
         unsafe {
             let estate = (*query_desc).estate;
-            let rows = if estate.is_null() { None } else { Some((*estate).es_processed as i64) };
-            end_statement(query_desc as usize, rows, (*(*query_desc).plannedstmt).queryId as i64);
+            let rows = if estate.is_null() {
+                None
+            } else {
+                Some((*estate).es_processed as i64)
+            };
+            end_statement(
+                query_desc as usize,
+                rows,
+                (*(*query_desc).plannedstmt).queryId as i64,
+            );
         }
     }
     // SAFETY: chaining.
@@ -374,13 +408,24 @@ unsafe extern "C-unwind" fn al_process_utility(
             });
         }
     }
+    // SAFETY: utilityStmt is a valid node for the whole call.
+    let drops_extension = unsafe { before_drop(pstmt) };
     {
         let _nested = Nested::enter();
         // SAFETY: chaining.
         unsafe {
             match PREV_PROCESS_UTILITY {
                 Some(prev) => pg_guard_ffi_boundary(|| {
-                    prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+                    prev(
+                        pstmt,
+                        query_string,
+                        read_only_tree,
+                        context,
+                        params,
+                        query_env,
+                        dest,
+                        qc,
+                    )
                 }),
                 None => pg_sys::standard_ProcessUtility(
                     pstmt,
@@ -395,12 +440,63 @@ unsafe extern "C-unwind" fn al_process_utility(
             }
         }
     }
+    if drops_extension {
+        capture::release_ring_at_commit();
+    }
     if top {
         // SAFETY: qc is NULL or the completion the statement filled in.
         let rows = unsafe {
-            (!qc.is_null() && pg_sys::command_tag_display_rowcount(tag)).then(|| (*qc).nprocessed as i64)
+            (!qc.is_null() && pg_sys::command_tag_display_rowcount(tag))
+                .then(|| (*qc).nprocessed as i64)
         };
         end_statement(0, rows, 0);
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: c_int, sig: c_int) -> c_int;
+}
+
+/// before_drop prepares for statements that end a database's trail. DROP DATABASE: the
+/// database's writer would keep it busy, so its ring is released and the writer stopped first
+/// (queued records of a database being dropped go with it). DROP EXTENSION activity_log:
+/// returns true so that the ring is released when the drop commits.
+unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+    // SAFETY: the caller passes a valid PlannedStmt.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
+            let name = (*stmt.cast::<pg_sys::DropdbStmt>()).dbname;
+            let dboid = pg_sys::get_database_oid(name, true).to_u32();
+            if let Some(i) = crate::ring::slot_of(dboid) {
+                let pid = crate::ring::writer_pid_of(i);
+                crate::ring::release(i);
+                if pid != 0 {
+                    kill(pid, 15); // SIGTERM: the writer sees its ring gone and exits
+                    for _ in 0..500 {
+                        if crate::ring::writer_pid_of(i) != pid {
+                            break;
+                        }
+                        pg_sys::pg_usleep(10_000);
+                    }
+                }
+            }
+            return false;
+        }
+        if !pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt) {
+            return false;
+        }
+        let drop = stmt.cast::<pg_sys::DropStmt>();
+        if (*drop).removeType != pg_sys::ObjectType::OBJECT_EXTENSION || (*drop).objects.is_null() {
+            return false;
+        }
+        let objects = (*drop).objects;
+        (0..(*objects).length as usize).any(|k| {
+            let name = (*(*objects).elements.add(k))
+                .ptr_value
+                .cast::<pg_sys::String>();
+            CStr::from_ptr((*name).sval) == c"activity_log"
+        })
     }
 }
 
@@ -432,7 +528,13 @@ unsafe fn record_failure(edata: &pg_sys::ErrorData) {
     let (command, query, class) = CURRENT.take().unwrap_or_else(|| {
         // SAFETY: debug_query_string is NULL or the query being run.
         let q = unsafe { cstr_bytes(pg_sys::debug_query_string) }.unwrap_or_default();
-        (b"", clip(q.trim_ascii(), gucs::max_query_length()).to_vec(), StatementClass::Other)
+        let q = q.trim_ascii();
+        let q = q.strip_suffix(b";").unwrap_or(q).trim_ascii_end();
+        (
+            b"",
+            clip(q, gucs::max_query_length()).to_vec(),
+            StatementClass::Other,
+        )
     });
     let ts = now();
     capture::push_failure(&Record {

@@ -42,9 +42,15 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 // SAFETY: no error paths; the stop timestamp was set by the commit record.
                 ring::commit(r, unsafe { pg_sys::GetCurrentTransactionStopTimestamp() });
             }
+            if capture::take_release_ring() {
+                if let Some(i) = ring::slot_of(my_database()) {
+                    ring::release(i); // two LWLocks and stores; the writer notices and exits
+                }
+            }
             hooks::forget_statements();
         }
         XACT_EVENT_ABORT => {
+            capture::take_release_ring();
             if let Some(r) = capture::take_reservation() {
                 ring::void(r);
             }
@@ -56,7 +62,9 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 raise(
                     PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                     "activity_log cannot audit a prepared transaction",
-                    Some("Run PREPARE TRANSACTION with activity_log.enabled = off, or commit the transaction directly."),
+                    Some(
+                        "Run PREPARE TRANSACTION with activity_log.enabled = off, or commit the transaction directly.",
+                    ),
                 );
             }
         }
@@ -87,8 +95,18 @@ unsafe extern "C-unwind" fn al_subxact_callback(
 fn frame_payload(body: &[u8]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(body.len() + 64);
     // SAFETY: plain reads of backend state.
-    let (pid, xid) = unsafe { (pg_sys::MyProcPid, pg_sys::GetTopFullTransactionIdIfAny().value) };
-    FrameInfo { pid, xid, client_addr: hooks::cached_client_addr() }.encode(&mut payload);
+    let (pid, xid) = unsafe {
+        (
+            pg_sys::MyProcPid,
+            pg_sys::GetTopFullTransactionIdIfAny().value,
+        )
+    };
+    FrameInfo {
+        pid,
+        xid,
+        client_addr: hooks::cached_client_addr(),
+    }
+    .encode(&mut payload);
     payload.extend_from_slice(body);
     payload
 }
@@ -105,7 +123,8 @@ fn audited_slot(dboid: u32) -> Option<Result<usize, ()>> {
         return Some(Ok(s));
     }
     // SAFETY: catalog lookup inside a valid transaction (PRE_COMMIT).
-    let installed = unsafe { pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) } != pg_sys::InvalidOid;
+    let installed =
+        unsafe { pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) } != pg_sys::InvalidOid;
     if !installed {
         return None;
     }
@@ -184,7 +203,9 @@ fn pre_commit() {
                 Overflow::Error => raise(
                     PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                     "activity_log ring is full",
-                    Some("The transaction was rolled back so that no unaudited change commits. Check activity_log.queue, or raise activity_log.buffer_size."),
+                    Some(
+                        "The transaction was rolled back so that no unaudited change commits. Check activity_log.queue, or raise activity_log.buffer_size.",
+                    ),
                 ),
                 Overflow::Wait => {
                     if !waited {
@@ -195,7 +216,9 @@ fn pre_commit() {
                         raise(
                             PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
                             "activity_log ring stayed full for activity_log.overflow_timeout",
-                            Some("The transaction was rolled back so that no unaudited change commits. Check that the writer is running (activity_log.queue)."),
+                            Some(
+                                "The transaction was rolled back so that no unaudited change commits. Check that the writer is running (activity_log.queue).",
+                            ),
                         );
                     }
                     ring::wake_writer(slot);
@@ -228,7 +251,9 @@ fn publish_failures_now() {
         return;
     }
     let dboid = my_database();
-    let Some(slot) = ring::slot_of(dboid) else { return };
+    let Some(slot) = ring::slot_of(dboid) else {
+        return;
+    };
     match ring::reserve(slot, dboid, &frame_payload(&body), n) {
         // SAFETY: no error paths.
         Ok(r) => ring::commit(r, unsafe { pg_sys::GetCurrentTimestamp() }),

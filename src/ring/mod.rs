@@ -99,7 +99,10 @@ struct Shmem {
 // other code of ours runs in that process; afterwards they are only read.
 unsafe impl Sync for Shmem {}
 
-static SHMEM: Shmem = Shmem { control: UnsafeCell::new(std::ptr::null_mut()), locks: UnsafeCell::new(std::ptr::null_mut()) };
+static SHMEM: Shmem = Shmem {
+    control: UnsafeCell::new(std::ptr::null_mut()),
+    locks: UnsafeCell::new(std::ptr::null_mut()),
+};
 
 /// Counts shared-memory initialisations in the postmaster; more than one means crash-restarts.
 static mut INIT_COUNT: u32 = 0;
@@ -127,7 +130,8 @@ impl PgSharedMemoryInitialization for Shmem {
             let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
             pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
             let mut found = false;
-            let base = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), total_size(n, slot_bytes), &mut found);
+            let base =
+                pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), total_size(n, slot_bytes), &mut found);
             let control = base.cast::<Control>();
             if !found {
                 INIT_COUNT += 1;
@@ -297,7 +301,12 @@ fn align8(n: u64) -> u64 {
 
 /// reserve places a PENDING frame for `payload` in the ring of `slot_index` and copies the
 /// payload into it. Safe to call at PRE_COMMIT: it cannot fail half-way.
-pub fn reserve(slot_index: usize, dboid: u32, payload: &[u8], nrecords: u32) -> Result<Reservation, ReserveError> {
+pub fn reserve(
+    slot_index: usize,
+    dboid: u32,
+    payload: &[u8],
+    nrecords: u32,
+) -> Result<Reservation, ReserveError> {
     let cap = capacity();
     let need = align8(HEADER + payload.len() as u64);
     if need > cap {
@@ -326,13 +335,15 @@ pub fn reserve(slot_index: usize, dboid: u32, payload: &[u8], nrecords: u32) -> 
                 (*p.add(4).cast::<AtomicU32>()).store(STATE_PAD, Relaxed);
             }
             let pos = head + pad;
-            base.add((pos % cap) as usize).cast::<FrameHeader>().write(FrameHeader {
-                len: need as u32,
-                state: AtomicU32::new(STATE_PENDING),
-                nrecords,
-                payload_len: payload.len() as u32,
-                commit_ts: 0,
-            });
+            base.add((pos % cap) as usize)
+                .cast::<FrameHeader>()
+                .write(FrameHeader {
+                    len: need as u32,
+                    state: AtomicU32::new(STATE_PENDING),
+                    nrecords,
+                    payload_len: payload.len() as u32,
+                    commit_ts: 0,
+                });
             s.head.store(pos + need, Release);
             pos
         }
@@ -345,7 +356,11 @@ pub fn reserve(slot_index: usize, dboid: u32, payload: &[u8], nrecords: u32) -> 
             payload.len(),
         );
     }
-    Ok(Reservation { slot: slot_index, pos, nrecords })
+    Ok(Reservation {
+        slot: slot_index,
+        pos,
+        nrecords,
+    })
 }
 
 fn header(slot_index: usize, pos: u64) -> *mut FrameHeader {
@@ -365,7 +380,8 @@ pub fn commit(r: Reservation, commit_ts: i64) {
     let s = slot(r.slot);
     s.published_records.fetch_add(r.nrecords as u64, Relaxed);
     // SAFETY: as above.
-    s.published_bytes.fetch_add(unsafe { (*h).len } as u64, Relaxed);
+    s.published_bytes
+        .fetch_add(unsafe { (*h).len } as u64, Relaxed);
     wake_writer(r.slot);
 }
 
@@ -431,14 +447,21 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
     let s = slot(slot_index);
     let head = s.head.load(Acquire);
     let mut pos = s.tail.load(Acquire);
-    let mut batch = Batch { frames: Vec::new(), records: 0, end: pos };
+    let mut batch = Batch {
+        frames: Vec::new(),
+        records: 0,
+        end: pos,
+    };
     while pos < head && (batch.records as usize) < max_records {
         let base = data(slot_index);
         // SAFETY: pos is a frame start in [tail, head); its len and state were written before
         // head moved past it (Release/Acquire on head).
         let (len, state) = unsafe {
             let p = base.add((pos % cap) as usize);
-            (p.cast::<u32>().read() as u64, (*p.add(4).cast::<AtomicU32>()).load(Acquire))
+            (
+                p.cast::<u32>().read() as u64,
+                (*p.add(4).cast::<AtomicU32>()).load(Acquire),
+            )
         };
         match state {
             STATE_PENDING => break,
@@ -447,9 +470,13 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
                 // SAFETY: a COMMITTED frame is immutable until tail passes it.
                 unsafe {
                     let start = base.add((pos % cap + HEADER) as usize);
-                    let payload = std::slice::from_raw_parts(start, (*h).payload_len as usize).to_vec();
+                    let payload =
+                        std::slice::from_raw_parts(start, (*h).payload_len as usize).to_vec();
                     batch.records += (*h).nrecords as u64;
-                    batch.frames.push(Frame { commit_ts: (*h).commit_ts, payload });
+                    batch.frames.push(Frame {
+                        commit_ts: (*h).commit_ts,
+                        payload,
+                    });
                 }
             }
             _ => {} // PAD or VOID
@@ -460,17 +487,25 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
     batch
 }
 
-/// advance frees the ring up to `end` after the batch read up to it is committed.
-pub fn advance(slot_index: usize, end: u64, records: u64) {
+/// advance frees the ring up to `end` after the batch read up to it is committed; a no-op if
+/// the ring was released (and possibly reused) meanwhile.
+pub fn advance(slot_index: usize, dboid: u32, end: u64, records: u64) {
     let s = slot(slot_index);
-    s.tail.store(end, Release);
+    {
+        let _g = LockGuard::exclusive(slot_index + 1);
+        if s.dboid.load(Acquire) != dboid {
+            return;
+        }
+        s.tail.store(end, Release);
+    }
     if records == 0 {
         return; // only withdrawn frames or padding
     }
     s.written_records.fetch_add(records, Relaxed);
     s.batches.fetch_add(1, Relaxed);
     // SAFETY: plain call, no error paths.
-    s.last_flush_at.store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
+    s.last_flush_at
+        .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
 }
 
 /// has_frames tells whether anything, committed or pending, waits in the ring.
@@ -496,7 +531,11 @@ fn count_records(slot_index: usize, from: u64, to: u64) -> u64 {
             let p = data(slot_index).add((pos % cap) as usize);
             let len = p.cast::<u32>().read() as u64;
             let state = (*p.add(4).cast::<AtomicU32>()).load(Acquire);
-            let nrec = if state == STATE_PAD { 0 } else { (*p.cast::<FrameHeader>()).nrecords };
+            let nrec = if state == STATE_PAD {
+                0
+            } else {
+                (*p.cast::<FrameHeader>()).nrecords
+            };
             (len, state, nrec)
         };
         if state == STATE_COMMITTED || state == STATE_PENDING {
@@ -517,7 +556,8 @@ pub fn note_write_error(slot_index: usize, message: &str) {
         let n = message.len().min(LAST_ERROR_LEN - 1);
         buf[..n].copy_from_slice(&message.as_bytes()[..n]);
         buf[n] = 0;
-        s.last_error_at.store(pg_sys::GetCurrentTimestamp(), Relaxed);
+        s.last_error_at
+            .store(pg_sys::GetCurrentTimestamp(), Relaxed);
     }
 }
 
@@ -531,6 +571,11 @@ pub fn set_launcher(procno: i32, pid: i32) {
 
 pub fn launcher_pid() -> i32 {
     control().launcher_pid.load(Acquire)
+}
+
+/// writer_pid_of returns the pid of slot `i`'s writer, 0 when none.
+pub fn writer_pid_of(i: usize) -> i32 {
+    slot(i).writer_pid.load(Acquire)
 }
 
 pub fn writer_state(i: usize) -> u32 {
@@ -559,9 +604,13 @@ pub fn attach_writer(i: usize, pid: i32, procno: i32) -> bool {
     true
 }
 
-/// detach_writer clears the writer of slot `i`; `failed` feeds the launcher's back-off.
-pub fn detach_writer(i: usize, failed: bool) {
+/// detach_writer clears the writer of slot `i` if it is still `pid` (0: whoever it is);
+/// `failed` feeds the launcher's back-off.
+pub fn detach_writer(i: usize, pid: i32, failed: bool) {
     let s = slot(i);
+    if pid != 0 && s.writer_pid.load(Acquire) != pid {
+        return;
+    }
     s.writer_procno.store(-1, Release);
     s.writer_pid.store(0, Release);
     if failed {

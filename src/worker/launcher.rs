@@ -6,7 +6,9 @@
 //! database and no writer gets one, after a back-off that doubles with each failed run
 //! (1 s, 2 s, ... 60 s). It connects to no database and only scans `pg_database`.
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -69,7 +71,7 @@ fn supervise() {
                 }
             }
             // A writer that never attached within 30 s failed to start.
-            ring::WRITER_STARTING if since > 30_000_000 => ring::detach_writer(i, true),
+            ring::WRITER_STARTING if since > 30_000_000 => ring::detach_writer(i, 0, true),
             _ => {}
         }
     }
@@ -89,9 +91,11 @@ fn start_writer(dboid: u32) {
         .enable_spi_access()
         .load_dynamic();
     if started.is_err() {
-        log!("activity_log: could not start a writer for database {dboid}; no background worker slot is free");
+        log!(
+            "activity_log: could not start a writer for database {dboid}; no background worker slot is free"
+        );
         if let Some(i) = ring::slot_of(dboid) {
-            ring::detach_writer(i, true);
+            ring::detach_writer(i, 0, true);
         }
     }
 }

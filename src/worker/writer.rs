@@ -19,8 +19,9 @@ use crate::gucs;
 use crate::record::{self, Body, StatementClass};
 use crate::ring;
 
-/// The slot this process writes for, for the exit callback.
+/// The slot and database this process writes for.
 static mut MY_SLOT: i64 = -1;
+static mut MY_DB: u32 = 0;
 /// Set once the writer leaves its loop normally; an exit without it counts as a failure.
 static mut CLEAN_EXIT: bool = false;
 
@@ -37,31 +38,36 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         unsafe { pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) != pg_sys::InvalidOid }
     });
     if !installed {
+        // Nothing to do in this database. A ring that was claimed for it (by a CREATE EXTENSION
+        // that has not committed yet, say) stays: DROP EXTENSION and DROP DATABASE release rings.
         if let Some(i) = ring::slot_of(dboid) {
-            ring::release(i);
-            ring::detach_writer(i, false);
+            ring::detach_writer(i, 0, false);
         }
-        return; // exit code 0: nothing to do in this database
+        return; // exit code 0
     }
     let Some(slot) = ring::claim(dboid) else {
-        log!("activity_log: no ring is free for database {dboid}; raise activity_log.max_databases");
+        log!(
+            "activity_log: no ring is free for database {dboid}; raise activity_log.max_databases"
+        );
         return;
     };
     // SAFETY: MyProc is set in every process attached to shared memory.
-    let attached = unsafe { ring::attach_writer(slot, pg_sys::MyProcPid, (*pg_sys::MyProc).pgprocno) };
+    let attached =
+        unsafe { ring::attach_writer(slot, pg_sys::MyProcPid, (*pg_sys::MyProc).pgprocno) };
     if !attached {
         return; // another writer runs for this database
     }
     // SAFETY: registering a plain callback; MY_SLOT is process-local.
     unsafe {
         MY_SLOT = slot as i64;
+        MY_DB = dboid;
         pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
     }
 
     if ring::take_gap(slot) {
         BackgroundWorker::transaction(write_gap_event);
     }
-    while BackgroundWorker::wait_latch(Some(gucs::flush_interval())) {
+    while BackgroundWorker::wait_latch(Some(gucs::flush_interval())) && still_mine(slot) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: documented way to reload settings in a worker.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -78,14 +84,19 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     // SAFETY: process-local statics written by this process only.
     unsafe {
         if MY_SLOT >= 0 {
-            ring::detach_writer(MY_SLOT as usize, !CLEAN_EXIT);
+            ring::detach_writer(MY_SLOT as usize, pg_sys::MyProcPid, !CLEAN_EXIT);
         }
     }
 }
 
+fn still_mine(slot: usize) -> bool {
+    // SAFETY: process-local static.
+    ring::slot_dboid(slot) == unsafe { MY_DB }
+}
+
 /// drain writes batches until the ring holds no committed frame at its tail.
 fn drain(slot: usize) {
-    loop {
+    while still_mine(slot) {
         let batch = ring::read(slot, gucs::batch_size());
         if batch.end == ring::tail(slot) {
             return;
@@ -93,7 +104,8 @@ fn drain(slot: usize) {
         if batch.records > 0 {
             write_batch(slot, &batch);
         }
-        ring::advance(slot, batch.end, batch.records);
+        // SAFETY: process-local static.
+        ring::advance(slot, unsafe { MY_DB }, batch.end, batch.records);
         ring::reset_failures(slot);
     }
 }
@@ -101,7 +113,8 @@ fn drain(slot: usize) {
 /// drain_before_exit also waits, briefly, for frames of transactions still committing.
 fn drain_before_exit(slot: usize) {
     let started = Instant::now();
-    while ring::has_frames(slot) && started.elapsed() < Duration::from_secs(10) {
+    while still_mine(slot) && ring::has_frames(slot) && started.elapsed() < Duration::from_secs(10)
+    {
         drain(slot);
         if ring::has_frames(slot) {
             std::thread::sleep(Duration::from_millis(5));
@@ -119,7 +132,9 @@ fn write_batch(slot: usize, batch: &ring::Batch) {
             let message = match &e {
                 pg_sys::panic::CaughtError::PostgresError(r)
                 | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                    r.message().to_string()
+                }
             };
             ring::note_write_error(slot, &message);
             e.rethrow()
@@ -204,8 +219,16 @@ impl Rows {
         self.current_user.push(o.current_user as i64);
         self.actor.push(o.actor.as_deref().map(text));
         self.application_name.push(text(&o.application_name));
-        self.context.push(o.context.as_deref().map(|c| parse_json_or_string(c).to_string()));
-        self.jwt_claims.push(o.jwt_claims.as_deref().map(|c| parse_json_or_string(c).to_string()));
+        self.context.push(
+            o.context
+                .as_deref()
+                .map(|c| parse_json_or_string(c).to_string()),
+        );
+        self.jwt_claims.push(
+            o.jwt_claims
+                .as_deref()
+                .map(|c| parse_json_or_string(c).to_string()),
+        );
         self.client_addr.push(info.client_addr.as_deref().map(text));
         self.backend_pid.push(info.pid);
         self.xid.push((info.xid != 0).then_some(info.xid as i64));
@@ -213,7 +236,11 @@ impl Rows {
             Body::Statement(s) => {
                 let failed = s.sqlstate.is_some();
                 self.ts.push(s.ts);
-                self.kind.push(if s.class == StatementClass::Ddl { "ddl" } else { "statement" });
+                self.kind.push(if s.class == StatementClass::Ddl {
+                    "ddl"
+                } else {
+                    "statement"
+                });
                 self.category.push(
                     match s.class {
                         StatementClass::Ddl => "schema_change",
@@ -222,10 +249,12 @@ impl Rows {
                     }
                     .into(),
                 );
-                self.severity.push(if failed { "error" } else { "info" }.into());
+                self.severity
+                    .push(if failed { "error" } else { "info" }.into());
                 self.status.push(if failed { "error" } else { "success" });
                 self.sqlstate.push(s.sqlstate.map(|c| text(&c)));
-                self.command.push((!s.command.is_empty()).then(|| text(&s.command)));
+                self.command
+                    .push((!s.command.is_empty()).then(|| text(&s.command)));
                 self.relations.push((!s.relations.is_empty()).then(|| {
                     let list: Vec<String> = s.relations.iter().map(u32::to_string).collect();
                     format!("{{{}}}", list.join(","))
@@ -234,7 +263,10 @@ impl Rows {
                 self.query_id.push((s.query_id != 0).then_some(s.query_id));
                 self.rows.push(s.rows);
                 self.duration_us.push((!failed).then_some(s.duration_us));
-                self.details.push(s.error_message.map(|m| json!({ "error": text(&m) }).to_string()));
+                self.details.push(
+                    s.error_message
+                        .map(|m| json!({ "error": text(&m) }).to_string()),
+                );
             }
             Body::Event(e) => {
                 let mut details = Map::new();
@@ -286,7 +318,8 @@ impl Rows {
         self.duration_us.push(None);
         self.context.push(None);
         self.jwt_claims.push(None);
-        self.details.push(Some(json!({ "reason": message }).to_string()));
+        self.details
+            .push(Some(json!({ "reason": message }).to_string()));
     }
 
     fn insert(self) {

@@ -1,0 +1,788 @@
+//! Real-cluster tests. Each test starts its own throwaway PostgreSQL cluster with activity_log
+//! preloaded (`./dev start-cluster`, run as the `postgres` OS user), talks to it through psql
+//! so that every statement really commits, and checks the exact rows of the trail.
+//!
+//! Needs: the extension installed into the system PostgreSQL (`./dev install`), sudo, and the
+//! `postgres` OS user — `./dev test` arranges all three.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+struct Cluster {
+    dir: String,
+    port: u16,
+}
+
+impl Cluster {
+    /// start creates and starts a cluster; `conf` lines are appended to postgresql.conf.
+    fn start(name: &str, conf: &[&str]) -> Cluster {
+        let port = 55000
+            + (std::process::id() % 50) as u16 * 40
+            + NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let dir = format!("/tmp/al-test-{name}");
+        let status = Command::new("./dev")
+            .args(["start-cluster", &dir, &port.to_string()])
+            .args(conf)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run ./dev start-cluster");
+        assert!(status.success(), "could not start cluster {name}");
+        Cluster { dir, port }
+    }
+
+    fn psql_command(&self, db: &str) -> Command {
+        let mut c = Command::new(format!("{BIN}/psql"));
+        c.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-F",
+            "|",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &self.dir,
+        ])
+        .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+        .env_remove("PGOPTIONS");
+        c
+    }
+
+    fn run(&self, db: &str, script: &str) -> Output {
+        let mut child = self
+            .psql_command(db)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psql");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// sql runs a script (each statement in its own transaction unless the script says
+    /// otherwise) and returns its output rows; it panics on any error.
+    fn sql(&self, db: &str, script: &str) -> Vec<String> {
+        let out = self.run(db, script);
+        assert!(
+            out.status.success(),
+            "psql failed on\n{script}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// one returns the single value a query produces.
+    fn one(&self, db: &str, query: &str) -> String {
+        let rows = self.sql(db, query);
+        assert_eq!(rows.len(), 1, "expected one row from {query}, got {rows:?}");
+        rows[0].clone()
+    }
+
+    /// error runs a script that must fail and returns its stderr.
+    fn error(&self, db: &str, script: &str) -> String {
+        let out = self.run(db, script);
+        assert!(!out.status.success(), "expected an error from\n{script}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// spawn starts a psql session in the background (for blocking scenarios).
+    fn spawn(&self, db: &str, appname: &str, script: &str) -> Child {
+        self.psql_command(db)
+            .args(["-c", script])
+            .env("PGAPPNAME", appname)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psql")
+    }
+
+    fn flush(&self, db: &str) {
+        assert_eq!(
+            self.one(db, "SELECT activity_log.flush('30 s')"),
+            "t",
+            "flush timed out in {db}"
+        );
+    }
+
+    fn writer_pid(&self, db: &str) -> Option<i32> {
+        let v = self.one(db, "SELECT coalesce(writer_pid, 0) FROM activity_log.queue WHERE database = current_database()");
+        Some(v.parse().unwrap()).filter(|&p| p != 0)
+    }
+
+    fn wait_for_writer(&self, db: &str, not: Option<i32>) -> i32 {
+        let pid = wait_until(Duration::from_secs(30), || {
+            self.writer_pid(db).filter(|&p| Some(p) != not)
+        });
+        pid.unwrap_or_else(|| panic!("no writer for {db}; log:\n{}", self.log()))
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> bool {
+        Command::new("sudo")
+            .args([
+                "-u",
+                "postgres",
+                &format!("{BIN}/pg_ctl"),
+                "-D",
+                &format!("{}/data", self.dir),
+            ])
+            .args(["-l", &format!("{}/server.log", self.dir), "-w"])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(format!("{}/server.log", self.dir)).unwrap_or_default()
+    }
+
+    /// lock_trail holds ACCESS EXCLUSIVE on activity_log.events from another session, so the
+    /// writer blocks and records stay in the ring. Released by [`Cluster::unlock_trail`].
+    fn lock_trail(&self, db: &str) -> Child {
+        let child = self.spawn(
+            db,
+            "al_locker",
+            "BEGIN; LOCK TABLE activity_log.events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(300); COMMIT;",
+        );
+        let granted = wait_until(Duration::from_secs(10), || {
+            let n = self.one(
+                db,
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                  WHERE a.application_name = 'al_locker' AND l.granted
+                    AND l.relation = 'activity_log.events'::regclass AND l.mode = 'AccessExclusiveLock'",
+            );
+            (n == "1").then_some(())
+        });
+        assert!(granted.is_some(), "locker never got its lock");
+        child
+    }
+
+    fn unlock_trail(&self, db: &str, mut locker: Child) {
+        self.sql(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'al_locker'");
+        let _ = locker.wait();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.pg_ctl(&["-m", "immediate", "stop"]);
+        if !std::thread::panicking() {
+            let _ = Command::new("sudo").args(["rm", "-rf", &self.dir]).status();
+        } else {
+            eprintln!("--- server log of {} ---\n{}", self.dir, self.log());
+        }
+    }
+}
+
+fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if started.elapsed() > timeout {
+            return None;
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+fn with_extension(c: &Cluster, db: &str) {
+    if db != "postgres" {
+        c.sql("postgres", &format!("CREATE DATABASE {db}"));
+    }
+    c.sql(db, "CREATE EXTENSION activity_log");
+    c.wait_for_writer(db, None);
+}
+
+#[test]
+fn statement_records_have_the_right_fields() {
+    let c = Cluster::start("fields", &["activity_log.capture_statements = 'mod'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        r#"
+        CREATE TABLE items (id int PRIMARY KEY, name text);
+        CREATE ROLE clerk;
+        GRANT ALL ON items TO clerk;
+        SET activity_log.actor = 'alice';
+        SET activity_log.context = '{"request_id": "r-1"}';
+        SET request.jwt.claims = '{"sub": "user-7", "role": "authenticated"}';
+        SET application_name = 'shop';
+        INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three');
+        UPDATE items SET name = 'uno' WHERE id = 1;
+        SET ROLE clerk;
+        DELETE FROM items WHERE id > 1;
+        RESET ROLE;
+        SELECT count(*) FROM items;
+        "#,
+    );
+    c.flush("postgres");
+    let rows = c.sql(
+        "postgres",
+        "SELECT kind, category, severity, status, coalesce(sqlstate, '-'), db_user, effective_user, actor,
+                context, jwt_claims->>'sub', application_name, coalesce(client_addr::text, '-'), command,
+                query, rows, relations, query_id IS NOT NULL, xid IS NOT NULL, backend_pid > 0,
+                duration_ms >= 0, committed_at >= ts
+           FROM activity_log.events ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        [
+            "ddl|schema_change|info|success|-|postgres|postgres||||psql|-|CREATE EXTENSION|CREATE EXTENSION activity_log|||f|t|t|t|t",
+            "ddl|schema_change|info|success|-|postgres|postgres||||psql|-|CREATE TABLE|CREATE TABLE items (id int PRIMARY KEY, name text)|||f|t|t|t|t",
+            "ddl|schema_change|info|success|-|postgres|postgres||||psql|-|CREATE ROLE|CREATE ROLE clerk|||f|t|t|t|t",
+            "ddl|schema_change|info|success|-|postgres|postgres||||psql|-|GRANT|GRANT ALL ON items TO clerk|||f|t|t|t|t",
+            r#"statement|data_change|info|success|-|postgres|postgres|alice|{"request_id": "r-1"}|user-7|shop|-|INSERT|INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three')|3|{public.items}|t|t|t|t|t"#,
+            r#"statement|data_change|info|success|-|postgres|postgres|alice|{"request_id": "r-1"}|user-7|shop|-|UPDATE|UPDATE items SET name = 'uno' WHERE id = 1|1|{public.items}|t|t|t|t|t"#,
+            r#"statement|data_change|info|success|-|postgres|clerk|alice|{"request_id": "r-1"}|user-7|shop|-|DELETE|DELETE FROM items WHERE id > 1|2|{public.items}|t|t|t|t|t"#,
+        ]
+    );
+}
+
+#[test]
+fn rolled_back_work_leaves_no_success_records() {
+    let c = Cluster::start("rollback", &["activity_log.capture_statements = 'mod'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "
+        CREATE TABLE t (v text);
+        BEGIN; INSERT INTO t VALUES ('rolled back'); SELECT activity_log.log_event('gone'); ROLLBACK;
+        BEGIN;
+        INSERT INTO t VALUES ('kept 1');
+        SAVEPOINT s1;
+        INSERT INTO t VALUES ('rolled back to savepoint');
+        SELECT activity_log.log_event('gone too');
+        SAVEPOINT s2;
+        INSERT INTO t VALUES ('nested, rolled back with s1');
+        RELEASE SAVEPOINT s2;
+        ROLLBACK TO SAVEPOINT s1;
+        SAVEPOINT s3;
+        INSERT INTO t VALUES ('kept 2');
+        RELEASE SAVEPOINT s3;
+        SELECT activity_log.log_event('kept 3');
+        COMMIT;
+        ",
+    );
+    c.flush("postgres");
+    let rows = c.sql(
+        "postgres",
+        "SELECT coalesce(query, details->>'action') FROM activity_log.events
+          WHERE kind IN ('statement', 'event') ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        [
+            "INSERT INTO t VALUES ('kept 1')",
+            "INSERT INTO t VALUES ('kept 2')",
+            "kept 3"
+        ]
+    );
+    // The committed transaction is one frame: its records share an xid and a commit time.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(DISTINCT (xid, committed_at)) FROM activity_log.events WHERE kind IN ('statement', 'event')"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn failed_statements_leave_failure_records() {
+    let c = Cluster::start("failures", &["activity_log.capture_statements = 'ddl'"]);
+    with_extension(&c, "postgres");
+    c.sql("postgres", "CREATE TABLE u (id int PRIMARY KEY)");
+    for stmt in [
+        "INSERT INTO u VALUES (1), (1)",
+        "BEGIN; INSERT INTO u VALUES (5); SELECT 1/(id - id) FROM u; COMMIT;",
+        "SELECT 1/0",
+        "SELEC oops",
+        "BEGIN; INSERT INTO u VALUES (7); SAVEPOINT a; INSERT INTO u VALUES (7), (7); ROLLBACK TO a; INSERT INTO u VALUES (8); COMMIT;",
+    ] {
+        c.run("postgres", &format!("\\set ON_ERROR_STOP 0\n{stmt}"));
+    }
+    c.flush("postgres");
+    let rows = c.sql(
+        "postgres",
+        "SELECT kind, category, severity, status, sqlstate, coalesce(command, '-'), query, details->>'error'
+           FROM activity_log.events WHERE status = 'error' ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        [
+            "statement|data_change|error|error|23505|INSERT|INSERT INTO u VALUES (1), (1)|duplicate key value violates unique constraint \"u_pkey\"",
+            "statement|data_access|error|error|22012|SELECT|SELECT 1/(id - id) FROM u|division by zero",
+            // Folded at plan time, before the executor starts: the command is not known.
+            "statement|data_access|error|error|22012|-|SELECT 1/0|division by zero",
+            "statement|data_access|error|error|42601|-|SELEC oops|syntax error at or near \"SELEC\"",
+            "statement|data_change|error|error|23505|INSERT|INSERT INTO u VALUES (7), (7)|duplicate key value violates unique constraint \"u_pkey\"",
+        ]
+    );
+    // Only the committed transaction's rows exist; the failures never show up as successes.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM u"
+        ),
+        "7,8"
+    );
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM activity_log.events WHERE status = 'success' AND kind = 'statement'"), "0");
+}
+
+#[test]
+fn log_event_records_actor_context_and_entity() {
+    let c = Cluster::start("events", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        r#"
+        SET activity_log.actor = 'api:bob';
+        SET activity_log.context = '{"tenant": 42}';
+        SELECT activity_log.log_event('user_login', '{"method": "password"}', entity_type => 'user',
+                                      entity_id => 'u-9', category => 'authentication', severity => 'notice');
+        RESET activity_log.actor;
+        RESET activity_log.context;
+        SELECT activity_log.log_event('data_backup');
+        "#,
+    );
+    c.flush("postgres");
+    let rows = c.sql(
+        "postgres",
+        "SELECT kind, category, severity, status, db_user, coalesce(actor, '-'), coalesce(context::text, '-'), command, details
+           FROM activity_log.events ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        [
+            r#"event|authentication|notice|success|postgres|api:bob|{"tenant": 42}|user_login|{"data": {"method": "password"}, "action": "user_login", "entity_id": "u-9", "entity_type": "user"}"#,
+            r#"event|application|info|success|postgres|-|-|data_backup|{"data": {}, "action": "data_backup"}"#,
+        ]
+    );
+}
+
+#[test]
+fn each_database_gets_its_own_trail() {
+    let c = Cluster::start("twodbs", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "alpha");
+    with_extension(&c, "beta");
+    c.sql("postgres", "CREATE DATABASE gamma");
+    for db in ["alpha", "beta", "gamma"] {
+        c.sql(db, "CREATE TABLE IF NOT EXISTS x (v int)");
+    }
+    for db in ["alpha", "beta"] {
+        c.sql(
+            db,
+            &format!("SELECT activity_log.log_event('hello from {db}')"),
+        );
+    }
+    for db in ["alpha", "beta"] {
+        c.flush(db);
+        assert_eq!(
+            c.one(
+                db,
+                "SELECT string_agg(command, ',') FROM activity_log.events"
+            ),
+            format!("hello from {db}")
+        );
+    }
+    assert_eq!(
+        c.one(
+            "alpha",
+            "SELECT string_agg(database, ',' ORDER BY database) FROM activity_log.queue"
+        ),
+        "alpha,beta"
+    );
+    assert_eq!(
+        c.one(
+            "gamma",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'activity_log'"
+        ),
+        "0"
+    );
+    let writers = c.one(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'activity_log writer'",
+    );
+    assert_eq!(writers, "2");
+}
+
+#[test]
+fn terminated_writer_comes_back_and_nothing_is_lost() {
+    let c = Cluster::start("terminate", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    let first = c.wait_for_writer("postgres", None);
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &"SELECT activity_log.log_event('before');\n".repeat(50),
+    );
+    // The writer is blocked on the lock with records in its ring; SIGTERM makes it drain and exit.
+    c.sql("postgres", &format!("SELECT pg_terminate_backend({first})"));
+    sleep(Duration::from_millis(300));
+    c.unlock_trail("postgres", locker);
+    let second = c.wait_for_writer("postgres", Some(first));
+    assert_ne!(first, second);
+    c.sql(
+        "postgres",
+        &"SELECT activity_log.log_event('after');\n".repeat(50),
+    );
+    c.flush("postgres");
+    assert_eq!(c.one("postgres", "SELECT count(*) FILTER (WHERE command = 'before') || ',' || count(*) FILTER (WHERE command = 'after') FROM activity_log.events"), "50,50");
+    assert_eq!(
+        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
+        "0"
+    );
+}
+
+#[test]
+fn killed_writer_crash_restart_leaves_a_gap_event_in_every_trail() {
+    let c = Cluster::start(
+        "crash",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "restart_after_crash = on",
+        ],
+    );
+    with_extension(&c, "alpha");
+    with_extension(&c, "beta");
+    let pid = c.wait_for_writer("alpha", None);
+    c.sql("alpha", "SELECT activity_log.log_event('before crash')");
+    c.flush("alpha");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The postmaster restarts every process and re-creates shared memory.
+    let back = wait_until(Duration::from_secs(60), || {
+        let out = c.run(
+            "beta",
+            "SELECT count(*) FROM activity_log.events WHERE status = 'gap'",
+        );
+        (out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "1").then_some(())
+    });
+    assert!(back.is_some(), "no gap event in beta; log:\n{}", c.log());
+    for db in ["alpha", "beta"] {
+        c.wait_for_writer(db, None);
+        c.flush(db);
+        let rows = c.sql(db, "SELECT kind, category, severity, command, details->>'crash_restarts' FROM activity_log.events WHERE status = 'gap'");
+        assert_eq!(rows, ["system|system|critical|GAP|1"], "in {db}");
+    }
+    assert_eq!(
+        c.one(
+            "alpha",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'before crash'"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn fast_shutdown_drains_queued_records() {
+    let c = Cluster::start("shutdown", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &"SELECT activity_log.log_event('queued');\n".repeat(200),
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT published_records - written_records FROM activity_log.queue"
+        ),
+        "200"
+    );
+    // Fast shutdown ends the locker session; the writer then stores everything before exiting.
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    let _ = locker.wait_with_output();
+    assert!(c.pg_ctl(&["start"]));
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'queued'"
+        ),
+        "200"
+    );
+}
+
+/// Fills a 64 kB ring while the writer is blocked, under each overflow policy.
+#[test]
+fn overflow_policies_count_exactly() {
+    let c = Cluster::start(
+        "overflow",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '64kB'",
+        ],
+    );
+    with_extension(&c, "postgres");
+    c.sql("postgres", "CREATE TABLE paid (id int)");
+    let big = format!(
+        "SELECT activity_log.log_event('big', jsonb_build_object('pad', repeat('x', 1000)));\n"
+    );
+
+    // drop: every record that does not fit is counted, and the rest arrive.
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &format!("SET activity_log.overflow = 'drop';\n{}", big.repeat(200)),
+    );
+    let dropped: i64 = c
+        .one("postgres", "SELECT dropped_records FROM activity_log.queue")
+        .parse()
+        .unwrap();
+    assert!(dropped > 100 && dropped < 200, "dropped {dropped}");
+    c.unlock_trail("postgres", locker);
+    c.flush("postgres");
+    let written: i64 = c
+        .one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'big'",
+        )
+        .parse()
+        .unwrap();
+    assert_eq!(written + dropped, 200);
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT published_records || ',' || written_records FROM activity_log.queue"
+        ),
+        format!("{written},{written}")
+    );
+
+    // error: the transaction that does not fit fails, and its change does not commit.
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &format!("SET activity_log.overflow = 'drop';\n{}", big.repeat(100)),
+    );
+    let err = c.error(
+        "postgres",
+        &format!("SET activity_log.overflow = 'error';\nBEGIN;\nINSERT INTO paid VALUES (1);\n{big}COMMIT;"),
+    );
+    assert!(err.contains("ERROR:  activity_log ring is full"), "{err}");
+    assert!(
+        err.contains("HINT:  The transaction was rolled back so that no unaudited change commits."),
+        "{err}"
+    );
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM paid"), "0");
+
+    // wait: the commit blocks until the writer makes room, then succeeds; nothing is dropped.
+    let dropped_before = c.one("postgres", "SELECT dropped_records FROM activity_log.queue");
+    let waiter = c.spawn(
+        "postgres",
+        "al_waiter",
+        "SET activity_log.overflow = 'wait'; SET activity_log.overflow_timeout = '60s'; BEGIN; INSERT INTO paid VALUES (2); SELECT activity_log.log_event('waited'); COMMIT;",
+    );
+    sleep(Duration::from_secs(1));
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'al_waiter' AND state = 'active'"), "1");
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM paid"), "0");
+    c.unlock_trail("postgres", locker);
+    let out = waiter.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.flush("postgres");
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM paid"), "1");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'waited'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
+        dropped_before
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT overflow_waits > 0 FROM activity_log.queue"
+        ),
+        "t"
+    );
+
+    // wait with a short timeout: the transaction fails rather than commit unaudited.
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &format!("SET activity_log.overflow = 'drop';\n{}", big.repeat(100)),
+    );
+    let err = c.error(
+        "postgres",
+        &format!("SET activity_log.overflow_timeout = '300ms';\nBEGIN;\nINSERT INTO paid VALUES (3);\n{big}COMMIT;"),
+    );
+    assert!(
+        err.contains("ERROR:  activity_log ring stayed full for activity_log.overflow_timeout"),
+        "{err}"
+    );
+    c.unlock_trail("postgres", locker);
+    assert_eq!(
+        c.one("postgres", "SELECT count(*) FROM paid WHERE id = 3"),
+        "0"
+    );
+}
+
+#[test]
+fn a_transaction_larger_than_the_ring_is_refused_with_a_hint() {
+    let c = Cluster::start(
+        "toolarge",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '64kB'",
+        ],
+    );
+    with_extension(&c, "postgres");
+    let err = c.error(
+        "postgres",
+        "SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('x', 100000)))",
+    );
+    assert!(
+        err.contains("do not fit in activity_log.buffer_size (65536 bytes)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("HINT:  Raise activity_log.buffer_size, or split the transaction."),
+        "{err}"
+    );
+    c.sql("postgres", "SET activity_log.overflow = 'drop'; SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('x', 100000)));");
+    assert_eq!(
+        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
+        "1"
+    );
+}
+
+#[test]
+fn create_extension_without_preloading_says_how_to_fix_it() {
+    let c = Cluster::start("nopreload", &["shared_preload_libraries = ''"]);
+    let err = c.error("postgres", "CREATE EXTENSION activity_log");
+    assert!(
+        err.contains("ERROR:  activity_log must be loaded via shared_preload_libraries"),
+        "{err}"
+    );
+    assert!(
+        err.contains("HINT:  Add activity_log to shared_preload_libraries in postgresql.conf and restart the server."),
+        "{err}"
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_extension WHERE extname = 'activity_log'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn out_of_range_settings_are_rejected() {
+    let c = Cluster::start("gucs", &[]);
+    for (setting, value, message) in [
+        (
+            "activity_log.buffer_size",
+            "'1kB'",
+            "is outside the valid range for parameter \"activity_log.buffer_size\" (64 .. 1048576)",
+        ),
+        (
+            "activity_log.max_databases",
+            "0",
+            "is outside the valid range for parameter \"activity_log.max_databases\" (1 .. 64)",
+        ),
+        (
+            "activity_log.batch_size",
+            "0",
+            "is outside the valid range for parameter \"activity_log.batch_size\" (1 .. 100000)",
+        ),
+        (
+            "activity_log.flush_interval",
+            "'1ms'",
+            "is outside the valid range for parameter \"activity_log.flush_interval\" (10 .. 60000)",
+        ),
+        (
+            "activity_log.capture_statements",
+            "'everything'",
+            "invalid value for parameter \"activity_log.capture_statements\": \"everything\"",
+        ),
+        (
+            "activity_log.overflow",
+            "'block'",
+            "invalid value for parameter \"activity_log.overflow\": \"block\"",
+        ),
+    ] {
+        let err = c.error("postgres", &format!("ALTER SYSTEM SET {setting} = {value}"));
+        assert!(err.contains(message), "{setting}: {err}");
+    }
+    let err = c.error("postgres", "SET activity_log.context = '[1, 2]'");
+    assert!(
+        err.contains("DETAIL:  activity_log.context must be a JSON object"),
+        "{err}"
+    );
+    let err = c.error("postgres", "SET activity_log.unknown_thing = 1");
+    assert!(
+        err.contains("invalid configuration parameter name \"activity_log.unknown_thing\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn pg_regress_suite() {
+    let c = Cluster::start("regress", &["activity_log.capture_statements = 'all'"]);
+    c.sql("postgres", "CREATE DATABASE al_regress");
+    let out_dir = format!("{}/target/regress", env!("CARGO_MANIFEST_DIR"));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = Command::new("/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress")
+        .args([
+            "--use-existing",
+            &format!("--host={}", c.dir),
+            &format!("--port={}", c.port),
+        ])
+        .args([
+            "--user=postgres",
+            "--dbname=al_regress",
+            "--inputdir=tests/regress",
+        ])
+        .arg(format!("--outputdir={out_dir}"))
+        .arg(format!("--bindir={BIN}"))
+        .args([
+            "setup",
+            "log_event",
+            "flush_and_recent",
+            "settings",
+            "health",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let diffs = std::fs::read_to_string(format!("{out_dir}/regression.diffs")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "pg_regress failed:\n{}\n{diffs}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
