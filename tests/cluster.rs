@@ -206,8 +206,13 @@ fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
     }
 }
 
+/// with_extension creates `db` if it does not exist, installs the extension and waits for its writer.
 fn with_extension(c: &Cluster, db: &str) {
-    if db != "postgres" {
+    if c.one(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+    ) == "0"
+    {
         c.sql("postgres", &format!("CREATE DATABASE {db}"));
     }
     c.sql(db, "CREATE EXTENSION activity_log");
@@ -428,6 +433,49 @@ fn each_database_gets_its_own_trail() {
 }
 
 #[test]
+fn drop_extension_and_drop_database_release_the_ring() {
+    let c = Cluster::start("drops", &["activity_log.capture_statements = 'all'"]);
+    with_extension(&c, "alpha");
+    with_extension(&c, "beta");
+    let alpha_writer = c.wait_for_writer("alpha", None);
+    c.sql("alpha", "DROP EXTENSION activity_log");
+    // Work goes on in alpha, unaudited and without errors; its writer goes away.
+    c.sql(
+        "alpha",
+        "CREATE TABLE after_drop (v int); INSERT INTO after_drop VALUES (1);",
+    );
+    let gone = wait_until(Duration::from_secs(10), || {
+        let n = c.one(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {alpha_writer}"),
+        );
+        (n == "0").then_some(())
+    });
+    assert!(gone.is_some(), "alpha's writer did not exit");
+    assert_eq!(
+        c.one(
+            "beta",
+            "SELECT string_agg(database, ',') FROM activity_log.queue"
+        ),
+        "beta"
+    );
+    // Installing it again starts a new trail.
+    with_extension(&c, "alpha");
+    c.sql("alpha", "SELECT activity_log.log_event('back')");
+    c.flush("alpha");
+    assert_eq!(c.one("alpha", "SELECT string_agg(coalesce(command, '?'), ',' ORDER BY id) FROM activity_log.events WHERE kind <> 'statement'"), "CREATE EXTENSION,back");
+    // A connected writer does not block DROP DATABASE.
+    c.sql("postgres", "DROP DATABASE beta");
+    assert_eq!(
+        c.one(
+            "alpha",
+            "SELECT string_agg(database, ',') FROM activity_log.queue"
+        ),
+        "alpha"
+    );
+}
+
+#[test]
 fn terminated_writer_comes_back_and_nothing_is_lost() {
     let c = Cluster::start("terminate", &["activity_log.capture_statements = 'none'"]);
     with_extension(&c, "postgres");
@@ -541,9 +589,9 @@ fn overflow_policies_count_exactly() {
     );
     with_extension(&c, "postgres");
     c.sql("postgres", "CREATE TABLE paid (id int)");
-    let big = format!(
+    let big =
         "SELECT activity_log.log_event('big', jsonb_build_object('pad', repeat('x', 1000)));\n"
-    );
+            .to_string();
 
     // drop: every record that does not fit is counted, and the rest arrive.
     let locker = c.lock_trail("postgres");

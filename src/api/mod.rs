@@ -218,6 +218,8 @@ fn timestamp(us: i64) -> Option<TimestampWithTimeZone> {
 }
 
 /// One row per ring in use: its fill, its counters and its writer.
+// The row type must be spelled out here: #[pg_extern] reads the column names from it.
+#[allow(clippy::type_complexity)]
 #[pg_extern(name = "_queue")]
 fn queue() -> TableIterator<
     'static,

@@ -45,11 +45,18 @@ struct Running {
     relations: Vec<u32>,
 }
 
+/// What an error report is attributed to: the top-level statement that was running.
+struct Attribution {
+    command: &'static [u8],
+    query: Vec<u8>,
+    class: StatementClass,
+}
+
 thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
     static RUNNING: RefCell<Vec<Running>> = const { RefCell::new(Vec::new()) };
     /// The statement an error report should be attributed to.
-    static CURRENT: RefCell<Option<(&'static [u8], Vec<u8>, StatementClass)>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Option<Attribution>> = const { RefCell::new(None) };
     static CLIENT_ADDR: RefCell<Option<Option<Vec<u8>>>> = const { RefCell::new(None) };
 }
 
@@ -203,11 +210,11 @@ unsafe fn relation_oids(rtable: *mut pg_sys::List) -> Vec<u32> {
 
 fn start_statement(running: Running) {
     client_addr();
-    CURRENT.set(Some((
-        running.command,
-        running.query.clone(),
-        running.class,
-    )));
+    CURRENT.set(Some(Attribution {
+        command: running.command,
+        query: running.query.clone(),
+        class: running.class,
+    }));
     if wanted(running.class) {
         RUNNING.with_borrow_mut(|r| r.push(running));
     }
@@ -525,16 +532,20 @@ unsafe fn record_failure(edata: &pg_sys::ErrorData) {
         *b = ((code & 0x3F) as u8) + b'0';
         code >>= 6;
     }
-    let (command, query, class) = CURRENT.take().unwrap_or_else(|| {
+    let Attribution {
+        command,
+        query,
+        class,
+    } = CURRENT.take().unwrap_or_else(|| {
         // SAFETY: debug_query_string is NULL or the query being run.
         let q = unsafe { cstr_bytes(pg_sys::debug_query_string) }.unwrap_or_default();
         let q = q.trim_ascii();
         let q = q.strip_suffix(b";").unwrap_or(q).trim_ascii_end();
-        (
-            b"",
-            clip(q, gucs::max_query_length()).to_vec(),
-            StatementClass::Other,
-        )
+        Attribution {
+            command: b"",
+            query: clip(q, gucs::max_query_length()).to_vec(),
+            class: StatementClass::Other,
+        }
     });
     let ts = now();
     capture::push_failure(&Record {

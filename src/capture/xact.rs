@@ -42,10 +42,10 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 // SAFETY: no error paths; the stop timestamp was set by the commit record.
                 ring::commit(r, unsafe { pg_sys::GetCurrentTransactionStopTimestamp() });
             }
-            if capture::take_release_ring() {
-                if let Some(i) = ring::slot_of(my_database()) {
-                    ring::release(i); // two LWLocks and stores; the writer notices and exits
-                }
+            if capture::take_release_ring()
+                && let Some(i) = ring::slot_of(my_database())
+            {
+                ring::release(i); // two LWLocks and stores; the writer notices and exits
             }
             hooks::forget_statements();
         }
@@ -57,17 +57,13 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             publish_failures_now();
             hooks::forget_statements();
         }
-        XACT_EVENT_PRE_PREPARE => {
-            if capture::has_records() {
-                raise(
-                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    "activity_log cannot audit a prepared transaction",
-                    Some(
-                        "Run PREPARE TRANSACTION with activity_log.enabled = off, or commit the transaction directly.",
-                    ),
-                );
-            }
-        }
+        XACT_EVENT_PRE_PREPARE if capture::has_records() => raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "activity_log cannot audit a prepared transaction",
+            Some(
+                "Run PREPARE TRANSACTION with activity_log.enabled = off, or commit the transaction directly.",
+            ),
+        ),
         XACT_EVENT_PREPARE => {
             publish_failures_now();
             hooks::forget_statements();

@@ -269,6 +269,8 @@ pub fn release(i: usize) {
     s.head.store(0, Release);
     s.tail.store(0, Release);
     s.dboid.store(0, Release);
+    // The writer sees its ring gone when it wakes, and exits.
+    set_latch(s.writer_procno.load(Acquire));
 }
 
 pub fn count_unassigned_drop(records: u64) {

@@ -62,6 +62,8 @@ ROLLBACK TO SAVEPOINT s1;
 UPDATE widgets SET name = 'One' WHERE id = 1;
 COMMIT;
 TRUNCATE widgets;
+-- Let the writer store the records that name widgets before the table goes away.
+SELECT activity_log.flush();
 DROP TABLE widgets;
 SELECT activity_log.flush();
 
