@@ -265,6 +265,113 @@ fn statement_records_have_the_right_fields() {
 }
 
 #[test]
+fn truncate_copy_and_tcp_clients_are_recorded() {
+    let c = Cluster::start(
+        "utility",
+        &[
+            "activity_log.capture_statements = 'mod'",
+            "listen_addresses = '127.0.0.1'",
+        ],
+    );
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE t (v int);
+         COPY t FROM stdin;
+1
+2
+3
+\\.
+         COPY t TO stdout;
+         TRUNCATE t;",
+    );
+    let out = Command::new(format!("{BIN}/psql"))
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            "INSERT INTO t VALUES (9)",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.flush("postgres");
+    let rows = c.sql(
+        "postgres",
+        "SELECT kind, command, coalesce(rows::text, '-'), coalesce(client_addr::text, 'local')
+           FROM activity_log.events WHERE command <> 'CREATE EXTENSION' ORDER BY id",
+    );
+    // COPY TO only reads: it is recorded at level 'all', not at 'mod'.
+    assert_eq!(
+        rows,
+        [
+            "ddl|CREATE TABLE|-|local",
+            "statement|COPY|3|local",
+            "statement|TRUNCATE TABLE|-|local",
+            "statement|INSERT|1|127.0.0.1/32"
+        ]
+    );
+}
+
+#[test]
+fn a_failing_batch_is_retried_after_a_back_off_and_nothing_is_lost() {
+    let c = Cluster::start("poison", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    let first = c.wait_for_writer("postgres", None);
+    // A constraint that the next batch violates: the writer's insert fails.
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.events ADD CONSTRAINT no_poison CHECK (command <> 'poison')",
+    );
+    c.sql("postgres", "SELECT activity_log.log_event('poison')");
+    let failed = wait_until(Duration::from_secs(10), || {
+        let errors = c.one("postgres", "SELECT write_errors FROM activity_log.queue");
+        (errors != "0").then_some(())
+    });
+    assert!(failed.is_some());
+    assert_eq!(
+        c.one("postgres", "SELECT activity_log.flush('200 ms')"),
+        "f"
+    );
+    assert!(
+        c.one("postgres", "SELECT last_error FROM activity_log.queue")
+            .contains("violates check constraint \"no_poison\"")
+    );
+    let health = c.one(
+        "postgres",
+        "SELECT f->>'penalty' FROM activity_log.health() h, jsonb_array_elements(h.factors) f WHERE f->>'factor' = 'write_errors'",
+    );
+    assert_eq!(health, "20");
+    // Once the cause is gone, a new writer stores the very same record.
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.events DROP CONSTRAINT no_poison",
+    );
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'poison'"
+        ),
+        "1"
+    );
+    assert_ne!(c.wait_for_writer("postgres", None), first);
+    assert_eq!(
+        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
+        "0"
+    );
+}
+
+#[test]
 fn rolled_back_work_leaves_no_success_records() {
     let c = Cluster::start("rollback", &["activity_log.capture_statements = 'mod'"]);
     with_extension(&c, "postgres");
@@ -614,6 +721,14 @@ fn overflow_policies_count_exactly() {
         .parse()
         .unwrap();
     assert_eq!(written + dropped, 200);
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT score || ',' || status FROM activity_log.health()"
+        ),
+        "70,degraded",
+        "drops cost 30 points"
+    );
     assert_eq!(
         c.one(
             "postgres",
