@@ -60,7 +60,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF since IS NULL OR since < interval '0' THEN
-        RAISE EXCEPTION 'since must be a positive interval' USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'since must not be null or negative' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF max_rows IS NULL OR max_rows < 1 OR max_rows > 100000 THEN
         RAISE EXCEPTION 'max_rows must be between 1 and 100000' USING ERRCODE = 'invalid_parameter_value';
@@ -100,8 +100,9 @@ COMMENT ON FUNCTION activity_log.recent(interval, text, text, text, text, intege
     'Newest records first, filtered by age, source (kind), category, status and severity.';
 
 -- The health score: 100 minus the penalties of each factor (README, "Health score").
+-- SECURITY DEFINER: any role may see how healthy auditing is, not the trail itself.
 CREATE FUNCTION activity_log.health(OUT score integer, OUT status text, OUT factors jsonb)
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

@@ -1,7 +1,8 @@
 -- One batch of the writer: column arrays in, one row per record out, in ring order so that
 -- the identity column follows commit order. (Multi-argument unnest must be written
 -- unqualified: the parser expands it into ROWS FROM.) Names are resolved here, by the writer, and
--- relation names are schema-qualified whatever the writer's search_path.
+-- relation names are schema-qualified whatever the writer's search_path; a relation dropped
+-- before its record was written shows as its OID.
 INSERT INTO activity_log.events
     (ts, committed_at, kind, category, severity, status, sqlstate, db_user, effective_user,
      actor, application_name, client_addr, backend_pid, xid, command, relations, query,
@@ -13,7 +14,7 @@ SELECT timestamptz '2000-01-01 00:00:00+00' + u.ts * interval '1 microsecond',
        pg_catalog.pg_get_userbyid(u.effective_role::oid),
        u.actor, u.application_name, u.client_addr::inet, u.backend_pid,
        u.xid::text::xid8, u.command,
-       (SELECT pg_catalog.array_agg(coalesce(pg_catalog.format('%I.%I', n.nspname, c.relname), r.oid::text)
+       (SELECT pg_catalog.array_agg(coalesce(pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), r.oid::text)
                                     ORDER BY r.ord)
           FROM pg_catalog.unnest(u.relations::oid[]) WITH ORDINALITY AS r(oid, ord)
           LEFT JOIN pg_catalog.pg_class c ON c.oid = r.oid

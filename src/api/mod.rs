@@ -77,7 +77,9 @@ fn my_database() -> u32 {
 #[pg_extern(name = "_activate")]
 fn activate() -> bool {
     require_preload_or_error();
-    let claimed = ring::claim(my_database()).is_some();
+    // SAFETY: assigns this transaction an xid; we are inside CREATE EXTENSION.
+    let xid = unsafe { pg_sys::GetTopTransactionId() };
+    let claimed = ring::claim(my_database(), xid.into_inner()).is_some();
     ring::wake_launcher();
     claimed
 }

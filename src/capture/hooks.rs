@@ -416,7 +416,7 @@ unsafe extern "C-unwind" fn al_process_utility(
         }
     }
     // SAFETY: utilityStmt is a valid node for the whole call.
-    let drops_extension = unsafe { before_drop(pstmt) };
+    unsafe { before_drop(pstmt) };
     {
         let _nested = Nested::enter();
         // SAFETY: chaining.
@@ -447,9 +447,6 @@ unsafe extern "C-unwind" fn al_process_utility(
             }
         }
     }
-    if drops_extension {
-        capture::release_ring_at_commit();
-    }
     if top {
         // SAFETY: qc is NULL or the completion the statement filled in.
         let rows = unsafe {
@@ -460,50 +457,41 @@ unsafe extern "C-unwind" fn al_process_utility(
     }
 }
 
-unsafe extern "C" {
-    fn kill(pid: c_int, sig: c_int) -> c_int;
-}
-
-/// before_drop prepares for statements that end a database's trail. DROP DATABASE: the
-/// database's writer would keep it busy, so its ring is released and the writer stopped first
-/// (queued records of a database being dropped go with it). DROP EXTENSION activity_log:
-/// returns true so that the ring is released when the drop commits.
-unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+/// before_drop ends the trail's ring and writer before a statement that ends the trail:
+/// DROP DATABASE (a connected writer would block it; queued records of a database being
+/// dropped go with it) and DROP EXTENSION activity_log (the writer gets a moment to store
+/// what is queued, then stops so that it cannot deadlock with the drop). If the drop then
+/// fails, the next commit in the database claims a ring again and a new writer starts.
+unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
     // SAFETY: the caller passes a valid PlannedStmt.
     unsafe {
         let stmt = (*pstmt).utilityStmt;
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
             let name = (*stmt.cast::<pg_sys::DropdbStmt>()).dbname;
             let dboid = pg_sys::get_database_oid(name, true).to_u32();
-            if let Some(i) = crate::ring::slot_of(dboid) {
-                let pid = crate::ring::writer_pid_of(i);
-                crate::ring::release(i);
-                if pid != 0 {
-                    kill(pid, 15); // SIGTERM: the writer sees its ring gone and exits
-                    for _ in 0..500 {
-                        if crate::ring::writer_pid_of(i) != pid {
-                            break;
-                        }
-                        pg_sys::pg_usleep(10_000);
-                    }
-                }
-            }
-            return false;
+            crate::ring::retire(dboid, std::time::Duration::ZERO);
+            return;
         }
         if !pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt) {
-            return false;
+            return;
         }
         let drop = stmt.cast::<pg_sys::DropStmt>();
         if (*drop).removeType != pg_sys::ObjectType::OBJECT_EXTENSION || (*drop).objects.is_null() {
-            return false;
+            return;
         }
         let objects = (*drop).objects;
-        (0..(*objects).length as usize).any(|k| {
+        let ours = (0..(*objects).length as usize).any(|k| {
             let name = (*(*objects).elements.add(k))
                 .ptr_value
                 .cast::<pg_sys::String>();
             CStr::from_ptr((*name).sval) == c"activity_log"
-        })
+        });
+        if ours {
+            crate::ring::retire(
+                pg_sys::MyDatabaseId.to_u32(),
+                std::time::Duration::from_secs(10),
+            );
+        }
     }
 }
 

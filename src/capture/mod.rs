@@ -27,8 +27,6 @@ struct Pending {
     failure_records: u32,
     /// The frame reserved at PRE_COMMIT, made visible at COMMIT or voided at ABORT.
     reservation: Option<Reservation>,
-    /// DROP EXTENSION activity_log ran in this transaction: free the ring when it commits.
-    release_ring: bool,
 }
 
 thread_local! {
@@ -118,14 +116,6 @@ fn has_records() -> bool {
 
 fn has_anything() -> bool {
     PENDING.with_borrow(|p| p.records > 0 || p.failure_records > 0)
-}
-
-pub fn release_ring_at_commit() {
-    PENDING.with_borrow_mut(|p| p.release_ring = true);
-}
-
-fn take_release_ring() -> bool {
-    PENDING.with_borrow_mut(|p| std::mem::take(&mut p.release_ring))
 }
 
 fn set_reservation(r: Reservation) {

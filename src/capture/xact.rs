@@ -42,15 +42,9 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 // SAFETY: no error paths; the stop timestamp was set by the commit record.
                 ring::commit(r, unsafe { pg_sys::GetCurrentTransactionStopTimestamp() });
             }
-            if capture::take_release_ring()
-                && let Some(i) = ring::slot_of(my_database())
-            {
-                ring::release(i); // two LWLocks and stores; the writer notices and exits
-            }
             hooks::forget_statements();
         }
         XACT_EVENT_ABORT => {
-            capture::take_release_ring();
             if let Some(r) = capture::take_reservation() {
                 ring::void(r);
             }
@@ -124,7 +118,9 @@ fn audited_slot(dboid: u32) -> Option<Result<usize, ()>> {
     if !installed {
         return None;
     }
-    match ring::claim(dboid) {
+    // SAFETY: plain read of transaction state.
+    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
+    match ring::claim(dboid, xid) {
         Some(s) => {
             ring::wake_launcher();
             Some(Ok(s))

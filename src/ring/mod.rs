@@ -66,6 +66,7 @@ struct Slot {
     start_requested_at: AtomicI64, // written by the launcher
     failures: AtomicU32,           // consecutive failed writer runs; drives the back-off
     gap_generation: AtomicU32,     // crash_generation the writer has reported a gap for
+    claim_xid: AtomicU32,          // transaction that last claimed the ring (0: none known)
     head: AtomicU64,               // next byte to reserve; written under the slot lock
     tail: AtomicU64,               // first byte not yet in the table; written by the writer only
     published_records: AtomicU64,
@@ -154,6 +155,7 @@ impl PgSharedMemoryInitialization for Shmem {
                         start_requested_at: AtomicI64::new(0),
                         failures: AtomicU32::new(0),
                         gap_generation: AtomicU32::new(0),
+                        claim_xid: AtomicU32::new(0),
                         head: AtomicU64::new(0),
                         tail: AtomicU64::new(0),
                         published_records: AtomicU64::new(0),
@@ -248,14 +250,42 @@ pub fn slot_of(dboid: u32) -> Option<usize> {
     (0..slot_count()).find(|&i| slot(i).dboid.load(Acquire) == dboid)
 }
 
-/// claim returns the slot of `dboid`, taking a free one if it has none.
-pub fn claim(dboid: u32) -> Option<usize> {
+/// claim returns the slot of `dboid`, taking a free one if it has none. `xid` is the claiming
+/// transaction's id when it may have created the extension itself (0 otherwise): a writer that
+/// does not see the extension yet must not release a ring whose claimer is still running.
+pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
     let _g = LockGuard::exclusive(0);
     if let Some(i) = slot_of(dboid) {
+        if xid != 0 {
+            slot(i).claim_xid.store(xid, Release);
+        }
         return Some(i);
     }
     let i = (0..slot_count()).find(|&i| slot(i).dboid.load(Acquire) == 0)?;
-    slot(i).dboid.store(dboid, Release);
+    let s = slot(i);
+    // A reused ring starts from zero: its counters describe the database it now serves.
+    for c in [
+        &s.published_records,
+        &s.published_bytes,
+        &s.written_records,
+        &s.dropped_records,
+        &s.batches,
+        &s.write_errors,
+        &s.overflow_waits,
+    ] {
+        c.store(0, Relaxed);
+    }
+    s.last_flush_at.store(0, Relaxed);
+    s.last_error_at.store(0, Relaxed);
+    s.failures.store(0, Relaxed);
+    s.gap_generation.store(0, Relaxed);
+    s.claim_xid.store(xid, Release);
+    {
+        let _g = LockGuard::exclusive(i + 1);
+        // SAFETY: guarded by the slot lock.
+        unsafe { (*s.last_error.get())[0] = 0 };
+    }
+    s.dboid.store(dboid, Release);
     Some(i)
 }
 
@@ -271,6 +301,38 @@ pub fn release(i: usize) {
     s.dboid.store(0, Release);
     // The writer sees its ring gone when it wakes, and exits.
     set_latch(s.writer_procno.load(Acquire));
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// retire ends a database's ring before DROP EXTENSION or DROP DATABASE: it gives the writer
+/// up to `drain` to store what is queued, then frees the ring and waits (up to 5 s) for the
+/// writer to exit, so that the writer holds no lock and no connection the drop needs.
+pub fn retire(dboid: u32, drain: std::time::Duration) {
+    let Some(i) = slot_of(dboid) else { return };
+    let started = std::time::Instant::now();
+    let target = head(i);
+    while tail(i) < target && writer_pid_of(i) != 0 && started.elapsed() < drain {
+        wake_writer(i);
+        // SAFETY: plain sleep.
+        unsafe { pg_sys::pg_usleep(5_000) };
+    }
+    let pid = writer_pid_of(i);
+    release(i);
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: signalling a process we know; SIGTERM makes the writer leave its loop.
+    unsafe { kill(pid, 15) };
+    for _ in 0..500 {
+        if writer_pid_of(i) != pid {
+            break;
+        }
+        // SAFETY: plain sleep.
+        unsafe { pg_sys::pg_usleep(10_000) };
+    }
 }
 
 pub fn count_unassigned_drop(records: u64) {
@@ -606,11 +668,13 @@ pub fn attach_writer(i: usize, pid: i32, procno: i32) -> bool {
     true
 }
 
-/// detach_writer clears the writer of slot `i` if it is still `pid` (0: whoever it is);
-/// `failed` feeds the launcher's back-off.
+/// detach_writer clears the writer of slot `i` if it is still `pid`; with pid 0 it only ends
+/// a start that never attached. `failed` feeds the launcher's back-off.
 pub fn detach_writer(i: usize, pid: i32, failed: bool) {
     let s = slot(i);
-    if pid != 0 && s.writer_pid.load(Acquire) != pid {
+    let current = s.writer_pid.load(Acquire);
+    if (pid != 0 && current != pid) || (pid == 0 && s.writer_state.load(Acquire) == WRITER_RUNNING)
+    {
         return;
     }
     s.writer_procno.store(-1, Release);
@@ -627,6 +691,10 @@ pub fn reset_failures(i: usize) {
 pub fn failures(i: usize) -> u32 {
     slot(i).failures.load(Relaxed)
 }
+pub fn claim_xid(i: usize) -> u32 {
+    slot(i).claim_xid.load(Acquire)
+}
+
 pub fn slot_dboid(i: usize) -> u32 {
     slot(i).dboid.load(Acquire)
 }

@@ -38,14 +38,25 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         unsafe { pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) != pg_sys::InvalidOid }
     });
     if !installed {
-        // Nothing to do in this database. A ring that was claimed for it (by a CREATE EXTENSION
-        // that has not committed yet, say) stays: DROP EXTENSION and DROP DATABASE release rings.
-        if let Some(i) = ring::slot_of(dboid) {
+        // Nothing to write in this database. Its ring goes too, unless the transaction that
+        // claimed it is still running (a CREATE EXTENSION not yet committed): then the
+        // launcher tries again after a back-off.
+        let Some(i) = ring::slot_of(dboid) else {
+            return;
+        };
+        let claimer = ring::claim_xid(i);
+        // SAFETY: plain lookup in the proc array.
+        let claimer_running =
+            claimer != 0 && unsafe { pg_sys::TransactionIdIsInProgress(claimer.into()) };
+        if claimer_running {
+            ring::detach_writer(i, 0, true);
+        } else {
+            ring::release(i);
             ring::detach_writer(i, 0, false);
         }
         return; // exit code 0
     }
-    let Some(slot) = ring::claim(dboid) else {
+    let Some(slot) = ring::claim(dboid, 0) else {
         log!(
             "activity_log: no ring is free for database {dboid}; raise activity_log.max_databases"
         );
@@ -127,19 +138,59 @@ fn drain_before_exit(slot: usize) {
 /// records are written by the next writer.
 fn write_batch(slot: usize, batch: &ring::Batch) {
     let rows = Rows::from_batch(batch);
-    PgTryBuilder::new(|| BackgroundWorker::transaction(|| rows.insert()))
-        .catch_others(|e| {
-            let message = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                    r.message().to_string()
-                }
-            };
-            ring::note_write_error(slot, &message);
-            e.rethrow()
+    // The same batch failed before: store it record by record, so that one record the table
+    // refuses (a constraint or trigger someone added, say) cannot hold up the rest.
+    let isolate = ring::failures(slot) >= ISOLATE_AFTER_FAILURES;
+    PgTryBuilder::new(|| {
+        BackgroundWorker::transaction(|| {
+            if isolate {
+                rows.insert_one_by_one()
+            } else {
+                rows.insert()
+            }
         })
+    })
+    .catch_others(|e| {
+        ring::note_write_error(slot, &error_message(&e));
+        e.rethrow()
+    })
+    .execute();
+}
+
+/// Consecutive failed runs after which the writer stores a batch record by record.
+const ISOLATE_AFTER_FAILURES: u32 = 2;
+
+fn error_message(e: &pg_sys::panic::CaughtError) -> String {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r)
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+    }
+}
+
+/// in_subtransaction runs `f` in an internal subtransaction and rolls it back on ERROR.
+fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
+    // SAFETY: the pattern PL/pgSQL uses for exception blocks: remember the memory context and
+    // resource owner, and restore both whichever way the subtransaction ends.
+    unsafe {
+        let cxt = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+            f();
+            Ok(())
+        }))
+        .catch_others(|e| Err(error_message(&e)))
         .execute();
+        if result.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+        result
+    }
 }
 
 fn write_gap_event() {
@@ -206,7 +257,7 @@ impl Rows {
                     }
                 }
                 // Cannot happen unless memory is corrupt; say so in the trail, do not stop.
-                Err(e) => r.push_corrupt(frame.commit_ts, &e.to_string()),
+                Err(e) => r.push_gap(frame.commit_ts, &e.to_string()),
             }
         }
         r
@@ -259,7 +310,8 @@ impl Rows {
                     let list: Vec<String> = s.relations.iter().map(u32::to_string).collect();
                     format!("{{{}}}", list.join(","))
                 }));
-                self.query.push(Some(text(&s.query)));
+                self.query
+                    .push((!s.query.is_empty()).then(|| text(&s.query)));
                 self.query_id.push((s.query_id != 0).then_some(s.query_id));
                 self.rows.push(s.rows);
                 self.duration_us.push((!failed).then_some(s.duration_us));
@@ -295,7 +347,7 @@ impl Rows {
         }
     }
 
-    fn push_corrupt(&mut self, committed_at: i64, message: &str) {
+    fn push_gap(&mut self, committed_at: i64, message: &str) {
         self.ts.push(committed_at);
         self.committed_at.push(committed_at);
         self.kind.push("system");
@@ -320,6 +372,58 @@ impl Rows {
         self.jwt_claims.push(None);
         self.details
             .push(Some(json!({ "reason": message }).to_string()));
+    }
+
+    /// row copies record `i` into a batch of its own.
+    fn row(&self, i: usize) -> Rows {
+        macro_rules! pick {
+            ($($f:ident),*) => { Rows { $($f: vec![self.$f[i].clone()]),* } };
+        }
+        pick!(
+            ts,
+            committed_at,
+            kind,
+            category,
+            severity,
+            status,
+            sqlstate,
+            session_user,
+            current_user,
+            actor,
+            application_name,
+            client_addr,
+            backend_pid,
+            xid,
+            command,
+            relations,
+            query,
+            query_id,
+            rows,
+            duration_us,
+            context,
+            jwt_claims,
+            details
+        )
+    }
+
+    /// insert_one_by_one stores each record in its own subtransaction; a record the table
+    /// refuses is replaced by a `gap` record that says why and what it was.
+    fn insert_one_by_one(self) {
+        for i in 0..self.ts.len() {
+            let one = self.row(i);
+            if let Err(message) = in_subtransaction(|| one.insert()) {
+                let mut gap = Rows::default();
+                gap.push_gap(
+                    self.committed_at[i],
+                    &format!(
+                        "{} record \"{}\" could not be stored: {message}",
+                        self.kind[i],
+                        self.command[i].as_deref().unwrap_or("?")
+                    ),
+                );
+                gap.insert();
+            }
+        }
     }
 
     fn insert(self) {

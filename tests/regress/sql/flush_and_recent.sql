@@ -54,20 +54,26 @@ BEGIN;
 INSERT INTO widgets VALUES (10, 'ten');
 UPDATE widgets SET name = NULL WHERE id = 10;
 ROLLBACK;
--- A statement that succeeded inside a rolled-back savepoint is forgotten.
+-- A statement that succeeded inside a rolled-back savepoint is forgotten; one that failed
+-- inside a savepoint is recorded.
 BEGIN;
 SAVEPOINT s1;
 DELETE FROM widgets WHERE id = 1;
 ROLLBACK TO SAVEPOINT s1;
 UPDATE widgets SET name = 'One' WHERE id = 1;
+SAVEPOINT s2;
+INSERT INTO widgets VALUES (2, 'duplicate in savepoint');
+ROLLBACK TO SAVEPOINT s2;
 COMMIT;
+-- A failed DDL statement.
+CREATE TABLE widgets (id int);
 TRUNCATE widgets;
 -- Let the writer store the records that name widgets before the table goes away.
 SELECT activity_log.flush();
 DROP TABLE widgets;
 SELECT activity_log.flush();
 
-SELECT kind, status, sqlstate, command, query, rows, relations, details->>'error' AS error
+SELECT kind, category, severity, status, sqlstate, command, query, rows, relations, details->>'error' AS error
   FROM activity_log.events
  WHERE id > :start_id AND kind IN ('statement', 'ddl') AND query NOT LIKE '%activity_log.%'
  ORDER BY id;
