@@ -50,3 +50,16 @@ COMMENT ON COLUMN activity_log.events.actor IS 'Application-supplied: the activi
 COMMENT ON COLUMN activity_log.events.context IS 'Application-supplied: the activity_log.context setting.';
 COMMENT ON COLUMN activity_log.events.jwt_claims IS 'The request.jwt.claims setting (PostgREST), when set.';
 COMMENT ON COLUMN activity_log.events.relations IS 'Relations a DML statement read or wrote, schema-qualified.';
+
+-- Tables whose rows are captured (old and new images). Kept by pg_dump (configuration).
+CREATE TABLE activity_log.tracked_tables (
+    relid           regclass PRIMARY KEY,
+    exclude_columns text[] NOT NULL DEFAULT '{}',
+    tracked_at      timestamptz NOT NULL DEFAULT now(),
+    tracked_by      text NOT NULL DEFAULT current_user
+);
+COMMENT ON TABLE activity_log.tracked_tables IS
+    'Tables whose row changes are captured; change it with activity_log.track() and untrack().';
+
+-- One row's history: change records by table and key.
+CREATE INDEX events_row_key_idx ON activity_log.events (table_oid, row_key) WHERE kind = 'change';

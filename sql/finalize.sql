@@ -178,5 +178,156 @@ COMMENT ON FUNCTION activity_log.log_event(text, jsonb, text, text, text, text) 
 COMMENT ON FUNCTION activity_log.flush(interval) IS
     'Waits until every record published before the call is in activity_log.events; false on timeout.';
 
+SELECT pg_catalog.pg_extension_config_dump('activity_log.tracked_tables', '');
+
+-- The capture's view of tracked_tables: every partition maps to its tracked root, with the
+-- root's primary-key columns. SECURITY DEFINER: the capture runs as whoever writes.
+CREATE FUNCTION activity_log._tracked(
+    OUT relid oid, OUT root oid, OUT key_columns text[], OUT exclude_columns text[])
+RETURNS SETOF record
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.relid::oid, t.relid::oid,
+           coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
+                       FROM pg_index i
+                       CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                      WHERE i.indrelid = t.relid AND i.indisprimary), '{}'),
+           t.exclude_columns
+      FROM activity_log.tracked_tables t
+     CROSS JOIN LATERAL (SELECT t.relid
+                         UNION
+                         SELECT pt.relid FROM pg_partition_tree(t.relid) pt) p
+$$;
+
+-- track starts capturing a table's rows; validation errors name the problem and the fix.
+CREATE FUNCTION activity_log.track(relation regclass, exclude_columns text[] DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c       pg_class;
+    missing text;
+BEGIN
+    IF relation IS NULL THEN
+        RAISE EXCEPTION 'relation must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF exclude_columns IS NULL THEN
+        RAISE EXCEPTION 'exclude_columns must not be null' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass ''{}'' to capture every column.';
+    END IF;
+    SELECT * INTO c FROM pg_class WHERE oid = relation;
+    IF c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'pg_toast'::regnamespace)
+       OR relation::oid < 16384 THEN
+        RAISE EXCEPTION 'cannot track system catalog "%"', relation USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF c.relnamespace = 'activity_log'::regnamespace THEN
+        RAISE EXCEPTION 'cannot track activity_log''s own table "%"', relation USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF c.relpersistence = 't' THEN
+        RAISE EXCEPTION 'cannot track temporary table "%"', relation USING ERRCODE = 'wrong_object_type',
+            HINT = 'Temporary tables are private to their session and not audited.';
+    END IF;
+    IF c.relkind = 'f' THEN
+        RAISE EXCEPTION 'cannot track foreign table "%"', relation USING ERRCODE = 'wrong_object_type',
+            HINT = 'Changes of a foreign table happen on the remote server; audit them there.';
+    END IF;
+    IF c.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '"%" is not a table', relation USING ERRCODE = 'wrong_object_type',
+            HINT = 'Only ordinary and partitioned tables can be tracked; track the tables behind a view.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid
+                WHERE i.inhparent = relation AND p.relkind = 'f') THEN
+        RAISE EXCEPTION 'cannot track "%": it has foreign partitions', relation USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT string_agg(quote_ident(x), ', ') INTO missing
+      FROM unnest(exclude_columns) x
+     WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = relation AND a.attname = x AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'column % of "%" does not exist', missing, relation USING ERRCODE = 'undefined_column';
+    END IF;
+    INSERT INTO activity_log.tracked_tables AS t (relid, exclude_columns)
+    VALUES (relation, exclude_columns)
+    ON CONFLICT (relid) DO UPDATE SET exclude_columns = EXCLUDED.exclude_columns;
+    PERFORM activity_log._tracking_changed();
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.track(regclass, text[]) IS
+    'Starts capturing the rows of a table (old and new images), leaving out exclude_columns.';
+
+CREATE FUNCTION activity_log.untrack(relation regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF relation IS NULL THEN
+        RAISE EXCEPTION 'relation must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    DELETE FROM activity_log.tracked_tables WHERE relid = relation;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation "%" is not tracked', relation USING ERRCODE = 'undefined_object',
+            HINT = 'See SELECT * FROM activity_log.tracked_tables.';
+    END IF;
+    PERFORM activity_log._tracking_changed();
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.untrack(regclass) IS 'Stops capturing the rows of a table; its trail stays.';
+
+-- A dropped table is no longer tracked; its trail stays.
+CREATE FUNCTION activity_log._untrack_dropped() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM activity_log.tracked_tables t
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objid = t.relid::oid;
+    IF FOUND THEN
+        PERFORM activity_log._tracking_changed();
+    END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER activity_log_untrack_dropped ON sql_drop
+    EXECUTE FUNCTION activity_log._untrack_dropped();
+
+CREATE VIEW activity_log.changes AS
+SELECT id, ts, committed_at, command AS op, schema_name, table_name, table_oid, row_key,
+       old_row, new_row, changed_columns, db_user, actor, context, xid, query, details
+  FROM activity_log.events
+ WHERE kind = 'change';
+
+COMMENT ON VIEW activity_log.changes IS
+    'Row changes of tracked tables in trail order: applying them in id order reproduces the tables.';
+
+CREATE FUNCTION activity_log.history(relation regclass, key jsonb)
+RETURNS SETOF activity_log.changes
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF relation IS NULL OR key IS NULL THEN
+        RAISE EXCEPTION 'relation and key must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF jsonb_typeof(key) <> 'object' THEN
+        RAISE EXCEPTION 'key must be a JSON object of key columns, for example {"id": 42}'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    SELECT * FROM activity_log.changes c
+     WHERE c.table_oid = relation::oid AND (c.row_key = key OR c.new_row @> key OR c.old_row @> key)
+     ORDER BY c.id;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.history(regclass, jsonb) IS
+    'One row''s story, oldest first: every change whose key, old or new image matches key.';
+
 -- Start a writer for this database now rather than at the next restart.
 SELECT activity_log._activate();

@@ -56,10 +56,47 @@ pub struct Event {
     pub severity: Vec<u8>,
 }
 
+/// What happened to the rows of a tracked table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Insert = 1,
+    Update = 2,
+    Delete = 3,
+    /// All rows removed; no images.
+    Truncate = 4,
+    /// Rows loaded by COPY FROM; no images (see README).
+    Copy = 5,
+}
+
+/// One row's (old, new) images as JSON text; INSERT has no old, DELETE no new.
+pub type RowImages = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// One statement's changes to one tracked table: row images as JSON text, copied (and
+/// detoasted) when the statement finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub ts: i64,
+    /// Command id of the statement; orders changes within a transaction.
+    pub command_id: u32,
+    pub op: Op,
+    pub relid: u32,
+    pub schema: Vec<u8>,
+    pub table: Vec<u8>,
+    pub key_columns: Vec<Vec<u8>>,
+    pub exclude_columns: Vec<Vec<u8>>,
+    /// The top-level statement that caused the change.
+    pub query: Vec<u8>,
+    /// Rows affected when there are no images (TRUNCATE, COPY).
+    pub row_count: i64,
+    pub rows: Vec<RowImages>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Statement(Statement),
     Event(Event),
+    Change(Change),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +126,7 @@ impl std::fmt::Display for DecodeError {
 const NONE_LEN: u32 = u32::MAX;
 const KIND_STATEMENT: u8 = 1;
 const KIND_EVENT: u8 = 2;
+const KIND_CHANGE: u8 = 3;
 
 /*---- encoding ----*/
 
@@ -143,6 +181,7 @@ impl Record {
         match &self.body {
             Body::Statement(_) => e.u8(KIND_STATEMENT),
             Body::Event(_) => e.u8(KIND_EVENT),
+            Body::Change(_) => e.u8(KIND_CHANGE),
         }
         e.u32(o.session_user);
         e.u32(o.current_user);
@@ -180,6 +219,29 @@ impl Record {
                 e.opt_bytes(ev.entity_id.as_deref());
                 e.bytes(&ev.category);
                 e.bytes(&ev.severity);
+            }
+            Body::Change(c) => {
+                e.i64(c.ts);
+                e.u32(c.command_id);
+                e.u8(c.op as u8);
+                e.u32(c.relid);
+                e.bytes(&c.schema);
+                e.bytes(&c.table);
+                e.u32(c.key_columns.len() as u32);
+                for k in &c.key_columns {
+                    e.bytes(k);
+                }
+                e.u32(c.exclude_columns.len() as u32);
+                for k in &c.exclude_columns {
+                    e.bytes(k);
+                }
+                e.bytes(&c.query);
+                e.i64(c.row_count);
+                e.u32(c.rows.len() as u32);
+                for (old, new) in &c.rows {
+                    e.opt_bytes(old.as_deref());
+                    e.opt_bytes(new.as_deref());
+                }
             }
         }
         let len = (out.len() - len_at - 4) as u32;
@@ -306,6 +368,37 @@ fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
             category: d.bytes()?,
             severity: d.bytes()?,
         }),
+        KIND_CHANGE => Body::Change(Change {
+            ts: d.i64()?,
+            command_id: d.u32()?,
+            op: match d.u8()? {
+                1 => Op::Insert,
+                2 => Op::Update,
+                3 => Op::Delete,
+                4 => Op::Truncate,
+                5 => Op::Copy,
+                _ => return Err(DecodeError("bad change op")),
+            },
+            relid: d.u32()?,
+            schema: d.bytes()?,
+            table: d.bytes()?,
+            key_columns: {
+                let n = d.u32()? as usize;
+                (0..n).map(|_| d.bytes()).collect::<Result<_, _>>()?
+            },
+            exclude_columns: {
+                let n = d.u32()? as usize;
+                (0..n).map(|_| d.bytes()).collect::<Result<_, _>>()?
+            },
+            query: d.bytes()?,
+            row_count: d.i64()?,
+            rows: {
+                let n = d.u32()? as usize;
+                (0..n)
+                    .map(|_| Ok((d.opt_bytes()?, d.opt_bytes()?)))
+                    .collect::<Result<_, DecodeError>>()?
+            },
+        }),
         _ => return Err(DecodeError("unknown record kind")),
     };
     if d.pos != buf.len() {
@@ -341,6 +434,25 @@ mod tests {
                     query_id: -7,
                     rows: None,
                     relations: vec![16385, 16390],
+                }),
+            },
+            Record {
+                origin: origin.clone(),
+                body: Body::Change(Change {
+                    ts: 5,
+                    command_id: 3,
+                    op: Op::Update,
+                    relid: 16400,
+                    schema: b"public".to_vec(),
+                    table: b"orders".to_vec(),
+                    key_columns: vec![b"id".to_vec()],
+                    exclude_columns: vec![],
+                    query: b"update orders set total = 2".to_vec(),
+                    row_count: 1,
+                    rows: vec![(
+                        Some(br#"{"id":1,"total":1}"#.to_vec()),
+                        Some(br#"{"id":1,"total":2}"#.to_vec()),
+                    )],
                 }),
             },
             Record {

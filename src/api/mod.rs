@@ -279,6 +279,13 @@ fn queue() -> TableIterator<
     TableIterator::new(rows)
 }
 
+/// Tells every backend to reload its list of tracked tables (called by track and untrack).
+#[pg_extern(name = "_tracking_changed")]
+fn tracking_changed() {
+    require_preload_or_error();
+    crate::capture::tracked::note_change();
+}
+
 /// Records lost because no ring was free for their database.
 #[pg_extern(name = "_dropped_unassigned")]
 fn dropped_unassigned() -> i64 {

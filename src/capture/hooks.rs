@@ -21,8 +21,9 @@ use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int};
 
-use crate::capture::{self, clip};
+use crate::capture::{self, clip, rows, tracked};
 use crate::gucs::{self, CaptureStatements};
+use crate::record::Op;
 use crate::record::{Body, Origin, Record, Statement, StatementClass};
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
@@ -60,9 +61,10 @@ thread_local! {
     static CLIENT_ADDR: RefCell<Option<Option<Vec<u8>>>> = const { RefCell::new(None) };
 }
 
-struct Nested;
+/// While alive, statements run by this backend are nested (not top-level) statements.
+pub struct Nested;
 impl Nested {
-    fn enter() -> Self {
+    pub fn enter() -> Self {
         DEPTH.set(DEPTH.get() + 1);
         Nested
     }
@@ -247,6 +249,16 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
     });
 }
 
+/// current_query is the text of the top-level statement running now.
+pub fn current_query() -> Vec<u8> {
+    CURRENT
+        .with_borrow(|c| c.as_ref().map(|a| a.query.clone()))
+        .unwrap_or_else(|| {
+            // SAFETY: debug_query_string is NULL or the query being run.
+            unsafe { cstr_bytes(pg_sys::debug_query_string) }.unwrap_or_default()
+        })
+}
+
 /// forget_statements drops what is known about running statements at transaction end.
 pub fn forget_statements() {
     CURRENT.set(None);
@@ -296,6 +308,7 @@ unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc
             Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
             None => pg_sys::standard_ExecutorStart(query_desc, eflags),
         }
+        rows::after_executor_start(query_desc, eflags);
     }
 }
 
@@ -339,12 +352,15 @@ unsafe extern "C-unwind" fn al_executor_run(
 #[pg_guard]
 unsafe extern "C-unwind" fn al_executor_finish(query_desc: *mut pg_sys::QueryDesc) {
     let _nested = Nested::enter();
-    // SAFETY: chaining.
+    // SAFETY: chaining; the EState stays alive for the whole call.
     unsafe {
+        let estate = (*query_desc).estate;
+        let _finishing = rows::finishing(estate);
         match PREV_EXECUTOR_FINISH {
             Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
             None => pg_sys::standard_ExecutorFinish(query_desc),
         }
+        rows::hide_from_explain(estate);
     }
 }
 
@@ -447,6 +463,8 @@ unsafe extern "C-unwind" fn al_process_utility(
             }
         }
     }
+    // SAFETY: pstmt and qc are valid for the whole call.
+    unsafe { after_utility(pstmt, qc) };
     if top {
         // SAFETY: qc is NULL or the completion the statement filled in.
         let rows = unsafe {
@@ -454,6 +472,55 @@ unsafe extern "C-unwind" fn al_process_utility(
                 .then(|| (*qc).nprocessed as i64)
         };
         end_statement(0, rows, 0);
+    }
+}
+
+/// after_utility records what row capture cannot see of a utility statement: TRUNCATE and
+/// COPY FROM of tracked tables (a record with the row count, no images), and DDL, after which
+/// every backend reloads its tracked tables (partitions attached, keys changed, tables dropped).
+unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryCompletion) {
+    if !capturing() {
+        return;
+    }
+    // SAFETY: a valid PlannedStmt and QueryCompletion of a statement that just succeeded.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        if pg_sys::GetCommandLogLevel(stmt) == pg_sys::LogStmtLevel::LOGSTMT_DDL {
+            tracked::note_change();
+        }
+        let rows = if qc.is_null() {
+            0
+        } else {
+            (*qc).nprocessed as i64
+        };
+        let resolve = |rv: *mut pg_sys::RangeVar| {
+            pg_sys::RangeVarGetRelidExtended(
+                rv,
+                pg_sys::NoLock as i32,
+                pg_sys::RVROption::RVR_MISSING_OK,
+                None,
+                std::ptr::null_mut(),
+            )
+        };
+        let cid = pg_sys::GetCurrentCommandId(false);
+        if pgrx::is_a(stmt, pg_sys::NodeTag::T_TruncateStmt) {
+            let truncate = stmt.cast::<pg_sys::TruncateStmt>();
+            let list = (*truncate).relations;
+            for i in 0..(*list).length as usize {
+                let relid = resolve((*(*list).elements.add(i)).ptr_value.cast());
+                if let Some(t) = tracked::lookup(relid.to_u32()) {
+                    rows::push_change(&t, Op::Truncate, cid, Vec::new(), 0);
+                }
+            }
+        } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_CopyStmt) {
+            let copy = stmt.cast::<pg_sys::CopyStmt>();
+            if (*copy).is_from && !(*copy).relation.is_null() {
+                let relid = resolve((*copy).relation);
+                if let Some(t) = tracked::lookup(relid.to_u32()) {
+                    rows::push_change(&t, Op::Copy, cid, Vec::new(), rows);
+                }
+            }
+        }
     }
 }
 

@@ -9,6 +9,8 @@
 //! PostgreSQL state into plain values and call in.
 
 pub mod hooks;
+pub mod rows;
+pub mod tracked;
 pub mod xact;
 
 use crate::record::Record;

@@ -17,7 +17,7 @@ use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::capture::{self, hooks};
+use crate::capture::{self, hooks, tracked};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
@@ -42,6 +42,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 // SAFETY: no error paths; the stop timestamp was set by the commit record.
                 ring::commit(r, unsafe { pg_sys::GetCurrentTransactionStopTimestamp() });
             }
+            tracked::at_commit();
             hooks::forget_statements();
         }
         XACT_EVENT_ABORT => {
@@ -49,6 +50,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 ring::void(r);
             }
             publish_failures_now();
+            tracked::at_abort();
             hooks::forget_statements();
         }
         XACT_EVENT_PRE_PREPARE if capture::has_records() => raise(

@@ -55,6 +55,8 @@ struct Control {
     launcher_pid: AtomicI32,
     /// Records lost because no slot was free for their database.
     dropped_unassigned: AtomicU64,
+    /// Bumped whenever any database changes its tracked tables; backends reload their cache.
+    tracking_generation: AtomicU64,
 }
 
 #[repr(C)]
@@ -144,6 +146,7 @@ impl PgSharedMemoryInitialization for Shmem {
                     launcher_procno: AtomicI32::new(-1),
                     launcher_pid: AtomicI32::new(0),
                     dropped_unassigned: AtomicU64::new(0),
+                    tracking_generation: AtomicU64::new(1),
                 });
                 let slots = control.add(1).cast::<Slot>();
                 for i in 0..n {
@@ -755,6 +758,14 @@ pub fn stats(i: usize) -> SlotStats {
         last_error_at: s.last_error_at.load(Relaxed),
         last_error,
     }
+}
+
+pub fn tracking_generation() -> u64 {
+    control().tracking_generation.load(Acquire)
+}
+
+pub fn bump_tracking_generation() {
+    control().tracking_generation.fetch_add(1, AcqRel);
 }
 
 pub fn dropped_unassigned() -> u64 {

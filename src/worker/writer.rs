@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::capture::hooks;
 use crate::gucs;
-use crate::record::{self, Body, StatementClass};
+use crate::record::{self, Body, Op, StatementClass};
 use crate::ring;
 
 /// The slot and database this process writes for.
@@ -216,44 +216,96 @@ fn parse_json_or_string(b: &[u8]) -> Value {
     serde_json::from_slice(b).unwrap_or_else(|_| Value::String(text(b)))
 }
 
-/// Column vectors for one `INSERT ... SELECT FROM unnest(...)`.
-#[derive(Default)]
-struct Rows {
-    ts: Vec<i64>,
-    committed_at: Vec<i64>,
-    kind: Vec<&'static str>,
-    category: Vec<String>,
-    severity: Vec<String>,
-    status: Vec<&'static str>,
-    sqlstate: Vec<Option<String>>,
-    session_user: Vec<i64>,
-    current_user: Vec<i64>,
-    actor: Vec<Option<String>>,
-    application_name: Vec<String>,
-    client_addr: Vec<Option<String>>,
-    backend_pid: Vec<i32>,
-    xid: Vec<Option<i64>>,
-    command: Vec<Option<String>>,
-    relations: Vec<Option<String>>,
-    query: Vec<Option<String>>,
-    query_id: Vec<Option<i64>>,
-    rows: Vec<Option<i64>>,
-    duration_us: Vec<Option<i64>>,
-    context: Vec<Option<String>>,
-    jwt_claims: Vec<Option<String>>,
-    details: Vec<Option<String>>,
+/// Column vectors for one `INSERT ... SELECT FROM unnest(...)`; `columns!` lists them once
+/// for the struct, single-row copies and the statement's parameters (in `$n` order).
+macro_rules! columns {
+    ($($name:ident: $ty:ty),* $(,)?) => {
+        #[derive(Default)]
+        struct Rows {
+            $($name: Vec<$ty>),*
+        }
+
+        impl Rows {
+            /// row copies record `i` into a batch of its own.
+            fn row(&self, i: usize) -> Rows {
+                Rows { $($name: vec![self.$name[i].clone()]),* }
+            }
+
+            fn insert(self) {
+                Spi::run_with_args(INSERT, &[$(self.$name.into()),*])
+                    .unwrap_or_else(|e| error!("activity_log: insert failed: {e}"));
+            }
+        }
+    };
+}
+
+columns! {
+    ts: i64,
+    committed_at: i64,
+    kind: String,
+    category: String,
+    severity: String,
+    status: String,
+    sqlstate: Option<String>,
+    session_user: i64,
+    current_user: i64,
+    actor: Option<String>,
+    application_name: String,
+    client_addr: Option<String>,
+    backend_pid: i32,
+    xid: Option<i64>,
+    command: Option<String>,
+    relations: Option<String>,
+    query: Option<String>,
+    query_id: Option<i64>,
+    rows: Option<i64>,
+    duration_us: Option<i64>,
+    context: Option<String>,
+    jwt_claims: Option<String>,
+    details: Option<String>,
+    schema_name: Option<String>,
+    table_name: Option<String>,
+    table_oid: Option<i64>,
+    old_row: Option<String>,
+    new_row: Option<String>,
+    key_columns: Option<String>,
+    exclude_columns: Option<String>,
 }
 
 const INSERT: &str = include_str!("../../sql/queries/insert_events.sql");
+
+/// array_literal renders a text[] literal, quoting every element.
+fn array_literal(items: &[Vec<u8>]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|i| format!("\"{}\"", text(i).replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
+/// The parts of one row that every kind of record has.
+struct Common<'a> {
+    committed_at: i64,
+    info: &'a record::FrameInfo,
+    origin: &'a record::Origin,
+}
 
 impl Rows {
     fn from_batch(batch: &ring::Batch) -> Rows {
         let mut r = Rows::default();
         for frame in &batch.frames {
             match record::decode_frame(&frame.payload) {
-                Ok((info, records)) => {
-                    for rec in records {
-                        r.push(frame.commit_ts, &info, rec);
+                Ok((info, mut records)) => {
+                    order_changes(&mut records);
+                    for rec in &records {
+                        r.push(
+                            Common {
+                                committed_at: frame.commit_ts,
+                                info: &info,
+                                origin: &rec.origin,
+                            },
+                            &rec.body,
+                        );
                     }
                 }
                 // Cannot happen unless memory is corrupt; say so in the trail, do not stop.
@@ -263,9 +315,25 @@ impl Rows {
         r
     }
 
-    fn push(&mut self, committed_at: i64, info: &record::FrameInfo, rec: record::Record) {
-        let o = rec.origin;
-        self.committed_at.push(committed_at);
+    #[allow(clippy::too_many_arguments)]
+    fn push_row(
+        &mut self,
+        c: &Common,
+        ts: i64,
+        kind: &str,
+        category: String,
+        severity: &str,
+        status: &str,
+        command: Option<String>,
+        details: Option<String>,
+    ) {
+        let o = c.origin;
+        self.ts.push(ts);
+        self.committed_at.push(c.committed_at);
+        self.kind.push(kind.into());
+        self.category.push(category);
+        self.severity.push(severity.into());
+        self.status.push(status.into());
         self.session_user.push(o.session_user as i64);
         self.current_user.push(o.current_user as i64);
         self.actor.push(o.actor.as_deref().map(text));
@@ -280,45 +348,65 @@ impl Rows {
                 .as_deref()
                 .map(|c| parse_json_or_string(c).to_string()),
         );
-        self.client_addr.push(info.client_addr.as_deref().map(text));
-        self.backend_pid.push(info.pid);
-        self.xid.push((info.xid != 0).then_some(info.xid as i64));
-        match rec.body {
+        self.client_addr
+            .push(c.info.client_addr.as_deref().map(text));
+        self.backend_pid.push(c.info.pid);
+        self.xid
+            .push((c.info.xid != 0).then_some(c.info.xid as i64));
+        self.command.push(command);
+        self.details.push(details);
+        // Kind-specific columns start empty; the caller fills in its own.
+        self.sqlstate.push(None);
+        self.relations.push(None);
+        self.query.push(None);
+        self.query_id.push(None);
+        self.rows.push(None);
+        self.duration_us.push(None);
+        self.schema_name.push(None);
+        self.table_name.push(None);
+        self.table_oid.push(None);
+        self.old_row.push(None);
+        self.new_row.push(None);
+        self.key_columns.push(None);
+        self.exclude_columns.push(None);
+    }
+
+    fn push(&mut self, c: Common, body: &Body) {
+        match body {
             Body::Statement(s) => {
                 let failed = s.sqlstate.is_some();
-                self.ts.push(s.ts);
-                self.kind.push(if s.class == StatementClass::Ddl {
-                    "ddl"
-                } else {
-                    "statement"
-                });
-                self.category.push(
-                    match s.class {
-                        StatementClass::Ddl => "schema_change",
-                        StatementClass::Mod => "data_change",
-                        StatementClass::Other => "data_access",
-                    }
-                    .into(),
-                );
-                self.severity
-                    .push(if failed { "error" } else { "info" }.into());
-                self.status.push(if failed { "error" } else { "success" });
-                self.sqlstate.push(s.sqlstate.map(|c| text(&c)));
-                self.command
-                    .push((!s.command.is_empty()).then(|| text(&s.command)));
-                self.relations.push((!s.relations.is_empty()).then(|| {
-                    let list: Vec<String> = s.relations.iter().map(u32::to_string).collect();
-                    format!("{{{}}}", list.join(","))
-                }));
-                self.query
-                    .push((!s.query.is_empty()).then(|| text(&s.query)));
-                self.query_id.push((s.query_id != 0).then_some(s.query_id));
-                self.rows.push(s.rows);
-                self.duration_us.push((!failed).then_some(s.duration_us));
-                self.details.push(
+                let (kind, category) = match s.class {
+                    StatementClass::Ddl => ("ddl", "schema_change"),
+                    StatementClass::Mod => ("statement", "data_change"),
+                    StatementClass::Other => ("statement", "data_access"),
+                };
+                self.push_row(
+                    &c,
+                    s.ts,
+                    kind,
+                    category.into(),
+                    if failed { "error" } else { "info" },
+                    if failed { "error" } else { "success" },
+                    (!s.command.is_empty()).then(|| text(&s.command)),
                     s.error_message
-                        .map(|m| json!({ "error": text(&m) }).to_string()),
+                        .as_deref()
+                        .map(|m| json!({ "error": text(m) }).to_string()),
                 );
+                last(&mut self.sqlstate, s.sqlstate.map(|c| text(&c)));
+                last(
+                    &mut self.relations,
+                    (!s.relations.is_empty()).then(|| {
+                        let list: Vec<String> = s.relations.iter().map(u32::to_string).collect();
+                        format!("{{{}}}", list.join(","))
+                    }),
+                );
+                last(
+                    &mut self.query,
+                    (!s.query.is_empty()).then(|| text(&s.query)),
+                );
+                last(&mut self.query_id, (s.query_id != 0).then_some(s.query_id));
+                last(&mut self.rows, s.rows);
+                last(&mut self.duration_us, (!failed).then_some(s.duration_us));
             }
             Body::Event(e) => {
                 let mut details = Map::new();
@@ -330,80 +418,88 @@ impl Rows {
                     details.insert("entity_id".into(), Value::String(text(id)));
                 }
                 details.insert("data".into(), parse_json_or_string(&e.details));
-                self.ts.push(e.ts);
-                self.kind.push("event");
-                self.category.push(text(&e.category));
-                self.severity.push(text(&e.severity));
-                self.status.push("success");
-                self.sqlstate.push(None);
-                self.command.push(Some(text(&e.action)));
-                self.relations.push(None);
-                self.query.push(None);
-                self.query_id.push(None);
-                self.rows.push(None);
-                self.duration_us.push(None);
-                self.details.push(Some(Value::Object(details).to_string()));
+                self.push_row(
+                    &c,
+                    e.ts,
+                    "event",
+                    text(&e.category),
+                    &text(&e.severity),
+                    "success",
+                    Some(text(&e.action)),
+                    Some(Value::Object(details).to_string()),
+                );
+            }
+            Body::Change(ch) => {
+                let op = match ch.op {
+                    Op::Insert => "INSERT",
+                    Op::Update => "UPDATE",
+                    Op::Delete => "DELETE",
+                    Op::Truncate => "TRUNCATE",
+                    Op::Copy => "COPY",
+                };
+                // TRUNCATE and COPY have no images: one record for the statement.
+                let no_images: [record::RowImages; 1] = [(None, None)];
+                let images = if ch.rows.is_empty() {
+                    &no_images[..]
+                } else {
+                    &ch.rows[..]
+                };
+                let details = match ch.op {
+                    Op::Copy => Some(json!({ "rows_captured": false, "note": "COPY FROM bypasses row capture: the loaded rows are counted, not recorded" }).to_string()),
+                    _ => None,
+                };
+                for (old, new) in images {
+                    let (old, new) = (old.as_deref(), new.as_deref());
+                    self.push_row(
+                        &c,
+                        ch.ts,
+                        "change",
+                        "data_change".into(),
+                        "info",
+                        "success",
+                        Some(op.into()),
+                        details.clone(),
+                    );
+                    last(
+                        &mut self.query,
+                        (!ch.query.is_empty()).then(|| text(&ch.query)),
+                    );
+                    last(&mut self.schema_name, Some(text(&ch.schema)));
+                    last(&mut self.table_name, Some(text(&ch.table)));
+                    last(&mut self.table_oid, Some(ch.relid as i64));
+                    last(&mut self.old_row, old.map(text));
+                    last(&mut self.new_row, new.map(text));
+                    last(&mut self.key_columns, Some(array_literal(&ch.key_columns)));
+                    last(
+                        &mut self.exclude_columns,
+                        Some(array_literal(&ch.exclude_columns)),
+                    );
+                    if matches!(ch.op, Op::Copy | Op::Truncate) {
+                        last(&mut self.rows, (ch.op == Op::Copy).then_some(ch.row_count));
+                    }
+                }
             }
         }
     }
 
     fn push_gap(&mut self, committed_at: i64, message: &str) {
-        self.ts.push(committed_at);
-        self.committed_at.push(committed_at);
-        self.kind.push("system");
-        self.category.push("system".into());
-        self.severity.push("critical".into());
-        self.status.push("gap");
-        self.sqlstate.push(None);
-        self.session_user.push(0);
-        self.current_user.push(0);
-        self.actor.push(None);
-        self.application_name.push(String::new());
-        self.client_addr.push(None);
-        self.backend_pid.push(0);
-        self.xid.push(None);
-        self.command.push(Some("GAP".into()));
-        self.relations.push(None);
-        self.query.push(None);
-        self.query_id.push(None);
-        self.rows.push(None);
-        self.duration_us.push(None);
-        self.context.push(None);
-        self.jwt_claims.push(None);
-        self.details
-            .push(Some(json!({ "reason": message }).to_string()));
-    }
-
-    /// row copies record `i` into a batch of its own.
-    fn row(&self, i: usize) -> Rows {
-        macro_rules! pick {
-            ($($f:ident),*) => { Rows { $($f: vec![self.$f[i].clone()]),* } };
-        }
-        pick!(
-            ts,
+        let info = record::FrameInfo::default();
+        let origin = record::Origin::default();
+        let c = Common {
             committed_at,
-            kind,
-            category,
-            severity,
-            status,
-            sqlstate,
-            session_user,
-            current_user,
-            actor,
-            application_name,
-            client_addr,
-            backend_pid,
-            xid,
-            command,
-            relations,
-            query,
-            query_id,
-            rows,
-            duration_us,
-            context,
-            jwt_claims,
-            details
-        )
+            info: &info,
+            origin: &origin,
+        };
+        self.push_row(
+            &c,
+            committed_at,
+            "system",
+            "system".into(),
+            "critical",
+            "gap",
+            Some("GAP".into()),
+            Some(json!({ "reason": message }).to_string()),
+        );
     }
 
     /// insert_one_by_one stores each record in its own subtransaction; a record the table
@@ -425,38 +521,30 @@ impl Rows {
             }
         }
     }
+}
 
-    fn insert(self) {
-        let kind: Vec<String> = self.kind.iter().map(|s| s.to_string()).collect();
-        let status: Vec<String> = self.status.iter().map(|s| s.to_string()).collect();
-        Spi::run_with_args(
-            INSERT,
-            &[
-                self.ts.into(),
-                self.committed_at.into(),
-                kind.into(),
-                self.category.into(),
-                self.severity.into(),
-                status.into(),
-                self.sqlstate.into(),
-                self.session_user.into(),
-                self.current_user.into(),
-                self.actor.into(),
-                self.application_name.into(),
-                self.client_addr.into(),
-                self.backend_pid.into(),
-                self.xid.into(),
-                self.command.into(),
-                self.relations.into(),
-                self.query.into(),
-                self.query_id.into(),
-                self.rows.into(),
-                self.duration_us.into(),
-                self.context.into(),
-                self.jwt_claims.into(),
-                self.details.into(),
-            ],
-        )
-        .unwrap_or_else(|e| error!("activity_log: insert failed: {e}"));
+/// last replaces the value pushed last (the row being built).
+fn last<T>(v: &mut [T], x: T) {
+    if let Some(slot) = v.last_mut() {
+        *slot = x;
+    }
+}
+
+/// order_changes puts a transaction's row changes in command-id order, keeping every other
+/// record where it is. Statements report their changes when they finish, so a statement that
+/// called a function which changed rows reports after that function's changes although it
+/// started first; replaying in command-id order reproduces the table.
+fn order_changes(records: &mut [record::Record]) {
+    let cid = |r: &record::Record| match &r.body {
+        Body::Change(c) => Some(c.command_id),
+        _ => None,
+    };
+    let slots: Vec<usize> = (0..records.len())
+        .filter(|&i| cid(&records[i]).is_some())
+        .collect();
+    let mut changes: Vec<record::Record> = slots.iter().map(|&i| records[i].clone()).collect();
+    changes.sort_by_key(|r| cid(r).unwrap_or(0)); // stable: same command keeps its order
+    for (slot, change) in slots.into_iter().zip(changes) {
+        records[slot] = change;
     }
 }

@@ -1,0 +1,395 @@
+//! capture/rows.rs: exact old/new row images of tracked tables, without a trigger in pg_trigger.
+//!
+//! How it works (research/row-capture.md, mechanism A): after `standard_ExecutorStart`, each
+//! ModifyTable whose root is tracked gets a transition capture state, and its root
+//! ResultRelInfo gets a private copy of its trigger descriptor with three synthetic AFTER
+//! STATEMENT triggers (insert, update, delete) that exist only in executor memory. The core
+//! then fills the OLD/NEW transition tables exactly as stored — after BEFORE triggers,
+//! defaults, generated columns, partition routing (converted to the root's row type), ON
+//! CONFLICT and MERGE — and calls [`al_capture_rows`] once per statement and operation.
+//! It reads the tuplestores, turns each row into JSON text (detoasted: nothing points at
+//! storage) and appends one `Change` record to the pending buffer.
+//!
+//! The fixes the prototype needed: FK cascades run with SKIP_TRIGGERS and fire at the outer
+//! query's level, so the outer EState's ResultRelInfo for the child table is augmented too
+//! (a stack of EStates inside ExecutorFinish); trigger arrays are resized together with the
+//! descriptor, including EXPLAIN ANALYZE instrumentation; foreign tables cannot be tracked
+//! (track() refuses them); changes carry the command id so the writer orders them.
+//!
+//! Runs in every backend's executor path: must not raise an ERROR the user's statement would
+//! not have raised; allocates only in the query's memory context.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char};
+
+use super::tracked::{self, Tracked};
+use super::{clip, hooks};
+use crate::gucs;
+use crate::record::{Body, Change, Op, Record, RowImages};
+
+/// Synthetic trigger and function OIDs: above any OID a real catalog row can get here, and
+/// not an RI trigger function (AfterTriggerSaveEvent asks RI_FKey_trigger_type about it).
+const FAKE_TGOID_BASE: u32 = 4_000_000_000;
+const FAKE_FOID: u32 = 3_999_999_999;
+const NTRIG: usize = 3;
+
+thread_local! {
+    /// EStates inside ExecutorFinish that fire their own AFTER triggers (innermost last).
+    static FINISHING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Pops the EState pushed by [`finishing`] when ExecutorFinish returns or unwinds.
+pub struct Finishing(bool);
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        if self.0 {
+            FINISHING.with_borrow_mut(|f| f.pop());
+        }
+    }
+}
+
+/// finishing notes that `estate` is about to fire its AFTER triggers (ExecutorFinish).
+pub unsafe fn finishing(estate: *mut pg_sys::EState) -> Finishing {
+    // SAFETY: estate is the live EState of the query being finished.
+    let fires_triggers =
+        unsafe { (*estate).es_top_eflags as u32 & pg_sys::EXEC_FLAG_SKIP_TRIGGERS == 0 };
+    if fires_triggers {
+        FINISHING.with_borrow_mut(|f| f.push(estate as usize));
+    }
+    Finishing(fires_triggers)
+}
+
+unsafe fn list_nodes(list: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
+    if list.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: a List of node pointers.
+    unsafe {
+        (0..(*list).length as usize)
+            .map(|i| (*(*list).elements.add(i)).ptr_value.cast())
+            .collect()
+    }
+}
+
+/// after_executor_start sets up capture for every ModifyTable of a tracked table.
+pub unsafe fn after_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
+    // SAFETY: called right after standard_ExecutorStart on a live QueryDesc.
+    unsafe {
+        if eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY != 0 || !hooks::capturing() {
+            return;
+        }
+        let estate = (*query_desc).estate;
+        let top = (*query_desc).planstate.cast::<pg_sys::Node>();
+        let mut states = Vec::new();
+        if pgrx::is_a(top, pg_sys::NodeTag::T_ModifyTableState) {
+            states.push(top);
+        }
+        for node in list_nodes((*estate).es_auxmodifytables) {
+            if node != top && pgrx::is_a(node, pg_sys::NodeTag::T_ModifyTableState) {
+                states.push(node);
+            }
+        }
+        for mt in states {
+            setup(mt.cast(), estate, eflags);
+        }
+    }
+}
+
+unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, eflags: i32) {
+    // SAFETY: mt and estate belong to the query being started.
+    unsafe {
+        let root = (*mt).rootResultRelInfo;
+        let relid = (*(*root).ri_RelationDesc).rd_id;
+        if tracked::lookup(relid.to_u32()).is_none() {
+            return;
+        }
+        let skip_triggers = eflags as u32 & pg_sys::EXEC_FLAG_SKIP_TRIGGERS != 0;
+        let outer = FINISHING.with_borrow(|f| f.last().copied());
+        if skip_triggers && outer.is_none() {
+            // Not inside an outer query's trigger firing: nowhere to collect the rows.
+            return;
+        }
+        augment(root, estate);
+        let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+        (*mt).mt_transition_capture =
+            pg_sys::MakeTransitionCaptureState((*root).ri_TrigDesc, relid, (*mt).operation);
+        let plan = (*mt).ps.plan.cast::<pg_sys::ModifyTable>();
+        if (*plan).operation == pg_sys::CmdType::CMD_INSERT
+            && (*plan).onConflictAction == pg_sys::OnConflictAction::ONCONFLICT_UPDATE
+        {
+            (*mt).mt_oc_transition_capture = pg_sys::MakeTransitionCaptureState(
+                (*root).ri_TrigDesc,
+                relid,
+                pg_sys::CmdType::CMD_UPDATE,
+            );
+        }
+        pg_sys::MemoryContextSwitchTo(old);
+        if skip_triggers && let Some(outer) = outer {
+            // An FK cascade: its rows are handed to the outer query's ResultRelInfo.
+            let outer = outer as *mut pg_sys::EState;
+            let rri = pg_sys::ExecGetTriggerResultRel(outer, relid, std::ptr::null_mut());
+            augment(rri, outer);
+        }
+    }
+}
+
+unsafe fn is_augmented(rri: *mut pg_sys::ResultRelInfo) -> bool {
+    // SAFETY: rri is a live ResultRelInfo.
+    unsafe {
+        let td = (*rri).ri_TrigDesc;
+        !td.is_null()
+            && (0..(*td).numtriggers as usize)
+                .any(|i| (*(*td).triggers.add(i)).tgfoid.to_u32() == FAKE_FOID)
+    }
+}
+
+/// augment gives `rri` a private trigger descriptor with the synthetic triggers appended, and
+/// every array indexed by trigger position resized to match.
+unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) {
+    // SAFETY: rri and estate are live; everything is allocated in the query's context.
+    unsafe {
+        if is_augmented(rri) {
+            return;
+        }
+        let old_cxt = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+        let old = (*rri).ri_TrigDesc;
+        let n = if old.is_null() {
+            0
+        } else {
+            (*old).numtriggers as usize
+        };
+        let td = pg_sys::palloc0(size_of::<pg_sys::TriggerDesc>()).cast::<pg_sys::TriggerDesc>();
+        if !old.is_null() {
+            std::ptr::copy_nonoverlapping(old, td, 1);
+        }
+        let triggers =
+            pg_sys::palloc0(size_of::<pg_sys::Trigger>() * (n + NTRIG)).cast::<pg_sys::Trigger>();
+        if n > 0 {
+            std::ptr::copy_nonoverlapping((*old).triggers, triggers, n);
+        }
+        // The statement's command id travels in the trigger's one argument.
+        let cid = pg_sys::pstrdup(
+            std::ffi::CString::new((*estate).es_output_cid.to_string())
+                .unwrap()
+                .as_ptr(),
+        );
+        let args = pg_sys::palloc(size_of::<*mut c_char>()).cast::<*mut c_char>();
+        *args = cid;
+        let events = [
+            (pg_sys::TRIGGER_TYPE_INSERT, c"activity_log_insert"),
+            (pg_sys::TRIGGER_TYPE_UPDATE, c"activity_log_update"),
+            (pg_sys::TRIGGER_TYPE_DELETE, c"activity_log_delete"),
+        ];
+        for (k, (event, name)) in events.iter().enumerate() {
+            let t = &mut *triggers.add(n + k);
+            t.tgoid = pg_sys::Oid::from(FAKE_TGOID_BASE + k as u32);
+            t.tgname = pg_sys::pstrdup(name.as_ptr());
+            t.tgfoid = pg_sys::Oid::from(FAKE_FOID);
+            t.tgtype = (pg_sys::TRIGGER_TYPE_AFTER | event) as i16; // statement level: no ROW bit
+            t.tgenabled = pg_sys::TRIGGER_FIRES_ALWAYS as c_char;
+            t.tgisinternal = true;
+            t.tgnargs = 1;
+            t.tgargs = args;
+            if *event != pg_sys::TRIGGER_TYPE_INSERT {
+                t.tgoldtable = pg_sys::pstrdup(c"activity_log_old".as_ptr());
+            }
+            if *event != pg_sys::TRIGGER_TYPE_DELETE {
+                t.tgnewtable = pg_sys::pstrdup(c"activity_log_new".as_ptr());
+            }
+        }
+        (*td).triggers = triggers;
+        (*td).numtriggers = (n + NTRIG) as i32;
+        (*td).trig_insert_after_statement = true;
+        (*td).trig_update_after_statement = true;
+        (*td).trig_delete_after_statement = true;
+        (*td).trig_insert_new_table = true;
+        (*td).trig_update_old_table = true;
+        (*td).trig_update_new_table = true;
+        (*td).trig_delete_old_table = true;
+
+        let finfo =
+            pg_sys::palloc0(size_of::<pg_sys::FmgrInfo>() * (n + NTRIG)).cast::<pg_sys::FmgrInfo>();
+        if n > 0 && !(*rri).ri_TrigFunctions.is_null() {
+            std::ptr::copy_nonoverlapping((*rri).ri_TrigFunctions, finfo, n);
+        }
+        for k in 0..NTRIG {
+            let f = &mut *finfo.add(n + k);
+            f.fn_addr = Some(al_capture_rows);
+            f.fn_oid = pg_sys::Oid::from(FAKE_FOID); // non-zero: fmgr_info is never called
+            f.fn_stats = pg_sys::TrackFunctionsLevel::TRACK_FUNC_ALL as u8; // never counted by pgstat
+            f.fn_mcxt = (*estate).es_query_cxt;
+        }
+        let when = pg_sys::palloc0(size_of::<*mut pg_sys::ExprState>() * (n + NTRIG))
+            .cast::<*mut pg_sys::ExprState>();
+        if n > 0 && !(*rri).ri_TrigWhenExprs.is_null() {
+            std::ptr::copy_nonoverlapping((*rri).ri_TrigWhenExprs, when, n);
+        }
+        if (*estate).es_instrument != 0 {
+            let instr = pg_sys::InstrAlloc((n + NTRIG) as i32, (*estate).es_instrument, false);
+            if n > 0 && !(*rri).ri_TrigInstrument.is_null() {
+                std::ptr::copy_nonoverlapping((*rri).ri_TrigInstrument, instr, n);
+            }
+            (*rri).ri_TrigInstrument = instr;
+        }
+        (*rri).ri_TrigDesc = td;
+        (*rri).ri_TrigFunctions = finfo;
+        (*rri).ri_TrigWhenExprs = when;
+        pg_sys::MemoryContextSwitchTo(old_cxt);
+    }
+}
+
+/// hide_from_explain zeroes the synthetic triggers' instrumentation so that EXPLAIN ANALYZE
+/// does not list them (it skips triggers that never ran).
+pub unsafe fn hide_from_explain(estate: *mut pg_sys::EState) {
+    // SAFETY: estate is live (called after standard_ExecutorFinish).
+    unsafe {
+        if (*estate).es_instrument == 0 {
+            return;
+        }
+        for list in [
+            (*estate).es_opened_result_relations,
+            (*estate).es_trig_target_relations,
+        ] {
+            for node in list_nodes(list) {
+                let rri = node.cast::<pg_sys::ResultRelInfo>();
+                if !(*rri).ri_TrigInstrument.is_null() && is_augmented(rri) {
+                    let n = (*(*rri).ri_TrigDesc).numtriggers as usize;
+                    for i in n - NTRIG..n {
+                        std::ptr::write_bytes((*rri).ri_TrigInstrument.add(i), 0, 1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// read_rows turns every tuple of a transition table into JSON text (values detoasted).
+unsafe fn read_rows(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    if store.is_null() {
+        return out;
+    }
+    // SAFETY: reading a transition tuplestore through a private read pointer, as
+    // ExecInitNamedTuplestoreScan does; per-row allocations go into a context reset per row.
+    unsafe {
+        let ptr = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+        pg_sys::tuplestore_select_read_pointer(store, ptr);
+        pg_sys::tuplestore_rescan(store);
+        let slot = pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple);
+        let mut per_row = pgrx::PgMemoryContexts::new("activity_log row");
+        while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
+            let json = per_row.switch_to(|_| {
+                let datum = pg_sys::ExecFetchSlotHeapTupleDatum(slot);
+                let text = pgrx::direct_function_call_as_datum(pg_sys::row_to_json, &[Some(datum)]);
+                text.map(|t| {
+                    let c = pg_sys::text_to_cstring(t.cast_mut_ptr());
+                    CStr::from_ptr(c).to_bytes().to_vec()
+                })
+            });
+            per_row.reset();
+            out.extend(json);
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::tuplestore_select_read_pointer(store, 0);
+    }
+    out
+}
+
+/// The synthetic trigger's function: one call per statement and operation on a tracked table.
+#[pg_guard]
+unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: called by the trigger manager with a TriggerData context.
+    unsafe {
+        let td = (*fcinfo).context.cast::<pg_sys::TriggerData>();
+        let rel = (*td).tg_relation;
+        let Some(tracked) = tracked::lookup((*rel).rd_id.to_u32()) else {
+            return pg_sys::Datum::from(0);
+        };
+        let event = (*td).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+        let cid = CStr::from_ptr(*(*(*td).tg_trigger).tgargs)
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let desc = (*rel).rd_att;
+        let olds = read_rows((*td).tg_oldtable, desc);
+        let news = read_rows((*td).tg_newtable, desc);
+        let (op, rows): (Op, Vec<_>) = match event {
+            pg_sys::TRIGGER_EVENT_INSERT => (
+                Op::Insert,
+                news.into_iter().map(|n| (None, Some(n))).collect(),
+            ),
+            pg_sys::TRIGGER_EVENT_DELETE => (
+                Op::Delete,
+                olds.into_iter().map(|o| (Some(o), None)).collect(),
+            ),
+            _ => {
+                // Old and new are paired by position. An old row without a new one (a row moved
+                // to a partition whose BEFORE trigger refused it) was deleted.
+                let paired = olds.len().min(news.len());
+                let mut olds = olds.into_iter();
+                let mut news = news.into_iter();
+                let mut rows: Vec<_> = (0..paired).map(|_| (olds.next(), news.next())).collect();
+                let orphans: Vec<_> = olds.map(|o| (Some(o), None)).collect();
+                if !orphans.is_empty() {
+                    push_change(&tracked, Op::Update, cid, std::mem::take(&mut rows), 0);
+                    push_change(&tracked, Op::Delete, cid, orphans, 0);
+                    return pg_sys::Datum::from(0);
+                }
+                (Op::Update, rows)
+            }
+        };
+        if !rows.is_empty() {
+            push_change(&tracked, op, cid, rows, 0);
+        }
+        pg_sys::Datum::from(0)
+    }
+}
+
+/// push_change appends a Change record for the tracked root of `tracked`.
+pub fn push_change(
+    tracked: &Tracked,
+    op: Op,
+    command_id: u32,
+    rows: Vec<RowImages>,
+    row_count: i64,
+) {
+    // SAFETY: syscache lookups of a relation that is open (locked) by the running statement.
+    let (schema, table) = unsafe {
+        let relid = pg_sys::Oid::from(tracked.relid);
+        let name = pg_sys::get_rel_name(relid);
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        let bytes = |p: *mut c_char| {
+            if p.is_null() {
+                Vec::new()
+            } else {
+                CStr::from_ptr(p).to_bytes().to_vec()
+            }
+        };
+        (bytes(nsp), bytes(name))
+    };
+    // SAFETY: no error paths.
+    let ts = unsafe { pg_sys::GetCurrentTimestamp() };
+    super::push(&Record {
+        origin: hooks::origin(),
+        body: Body::Change(Change {
+            ts,
+            command_id,
+            op,
+            relid: tracked.relid,
+            schema,
+            table,
+            key_columns: tracked.key_columns.clone(),
+            exclude_columns: tracked.exclude_columns.clone(),
+            query: clip(&hooks::current_query(), gucs::max_query_length()).to_vec(),
+            row_count: if row_count > 0 {
+                row_count
+            } else {
+                rows.len() as i64
+            },
+            rows,
+        }),
+    });
+}

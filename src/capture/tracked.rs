@@ -1,0 +1,121 @@
+//! capture/tracked.rs: this backend's copy of `activity_log.tracked_tables`.
+//!
+//! Runs in the executor start path of every DML statement, so a lookup is one hash probe.
+//! The copy is reloaded (one SPI query) when the shared tracking generation moves: track(),
+//! untrack() and every committed DDL statement move it, because partitions can be attached,
+//! keys changed and tables dropped by DDL. Each partition of a tracked table maps to the
+//! tracked root, so a statement that targets a partition directly is captured as a change of
+//! the root.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::ring;
+
+/// A tracked table, as the capture needs it.
+#[derive(Debug)]
+pub struct Tracked {
+    /// The tracked root (itself, or the partitioned table a partition belongs to).
+    pub relid: u32,
+    /// Primary-key columns of the root; empty when it has none (the key is the whole row).
+    pub key_columns: Vec<Vec<u8>>,
+    pub exclude_columns: Vec<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Cache {
+    generation: u64,
+    loading: bool,
+    tables: HashMap<u32, Rc<Tracked>>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    /// Set when this transaction changed tracking or ran DDL: bump the generation at commit.
+    static CHANGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// SECURITY DEFINER in finalize.sql, so that any role's statements can be captured.
+const LOAD: &str = "SELECT relid, root, key_columns, exclude_columns FROM activity_log._tracked()";
+
+/// lookup returns how `relid` is tracked, if it is (directly or as a partition).
+pub fn lookup(relid: u32) -> Option<Rc<Tracked>> {
+    refresh_if_stale();
+    CACHE.with_borrow(|c| c.tables.get(&relid).cloned())
+}
+
+/// note_change makes every backend reload when this transaction commits, and this one now.
+pub fn note_change() {
+    CHANGED.set(true);
+    CACHE.with_borrow_mut(|c| c.generation = 0);
+}
+
+/// at_commit publishes a change noted in this transaction (an atomic add; cannot fail).
+pub fn at_commit() {
+    if CHANGED.replace(false) {
+        ring::bump_tracking_generation();
+    }
+}
+
+pub fn at_abort() {
+    if CHANGED.replace(false) {
+        CACHE.with_borrow_mut(|c| c.generation = 0);
+    }
+}
+
+fn refresh_if_stale() {
+    let generation = ring::tracking_generation();
+    let stale = CACHE.with_borrow_mut(|c| {
+        let stale = c.generation != generation && !c.loading;
+        c.loading |= stale;
+        stale
+    });
+    if !stale {
+        return;
+    }
+    let tables = load();
+    CACHE.with_borrow_mut(|c| {
+        c.tables = tables;
+        c.generation = generation;
+        c.loading = false;
+    });
+}
+
+/// load reads the tracked tables of this database; none when the extension is not installed.
+fn load() -> HashMap<u32, Rc<Tracked>> {
+    let mut out = HashMap::new();
+    // SAFETY: catalog lookup inside the statement's transaction.
+    let installed =
+        unsafe { pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) } != pg_sys::InvalidOid;
+    if !installed {
+        return out;
+    }
+    let _nested = super::hooks::Nested::enter(); // the query below is not a user statement
+    let rows: Vec<(u32, u32, Vec<String>, Vec<String>)> = Spi::connect(|client| {
+        let table = client.select(LOAD, None, &[])?;
+        let mut rows = Vec::new();
+        for row in table {
+            let relid: pg_sys::Oid = row.get(1)?.unwrap_or(pg_sys::InvalidOid);
+            let root: pg_sys::Oid = row.get(2)?.unwrap_or(pg_sys::InvalidOid);
+            let keys: Vec<String> = row.get(3)?.unwrap_or_default();
+            let excluded: Vec<String> = row.get(4)?.unwrap_or_default();
+            rows.push((relid.to_u32(), root.to_u32(), keys, excluded));
+        }
+        Ok::<_, pgrx::spi::Error>(rows)
+    })
+    .unwrap_or_else(|e| error!("activity_log: could not read activity_log.tracked_tables: {e}"));
+    for (relid, root, keys, excluded) in rows {
+        out.insert(
+            relid,
+            Rc::new(Tracked {
+                relid: root,
+                key_columns: keys.into_iter().map(String::into_bytes).collect(),
+                exclude_columns: excluded.into_iter().map(String::into_bytes).collect(),
+            }),
+        );
+    }
+    out
+}
