@@ -287,7 +287,8 @@ AS $$
 BEGIN
     DELETE FROM activity_log.tracked_tables t
      USING pg_event_trigger_dropped_objects() d
-     WHERE d.classid = 'pg_class'::regclass AND d.objid = t.relid::oid;
+     WHERE d.classid = 'pg_class'::regclass AND d.objid = t.relid::oid
+       AND d.objsubid = 0;  -- a dropped column is not a dropped table
     IF FOUND THEN
         PERFORM activity_log._tracking_changed();
     END IF;

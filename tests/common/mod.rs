@@ -1,0 +1,221 @@
+#![allow(dead_code)] // each test binary uses part of the harness
+//! Shared harness of the real-cluster tests. Each test starts its own throwaway PostgreSQL cluster with activity_log
+//! preloaded (`./dev start-cluster`, run as the `postgres` OS user), talks to it through psql
+//! so that every statement really commits, and checks the exact rows of the trail.
+//!
+//! Needs: the extension installed into the system PostgreSQL (`./dev install`), sudo, and the
+//! `postgres` OS user — `./dev test` arranges all three.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = "/usr/lib/postgresql/15/bin";
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+pub struct Cluster {
+    pub dir: String,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// start creates and starts a cluster; `conf` lines are appended to postgresql.conf.
+    pub fn start(name: &str, conf: &[&str]) -> Cluster {
+        let port = 55000
+            + (std::process::id() % 50) as u16 * 40
+            + NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let dir = format!("/tmp/al-test-{name}");
+        let status = Command::new("./dev")
+            .args(["start-cluster", &dir, &port.to_string()])
+            .args(conf)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run ./dev start-cluster");
+        assert!(status.success(), "could not start cluster {name}");
+        Cluster { dir, port }
+    }
+
+    pub fn psql_command(&self, db: &str) -> Command {
+        let mut c = Command::new(format!("{BIN}/psql"));
+        c.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-F",
+            "|",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &self.dir,
+        ])
+        .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+        .env_remove("PGOPTIONS");
+        c
+    }
+
+    pub fn run(&self, db: &str, script: &str) -> Output {
+        let mut child = self
+            .psql_command(db)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psql");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// sql runs a script (each statement in its own transaction unless the script says
+    /// otherwise) and returns its output rows; it panics on any error.
+    pub fn sql(&self, db: &str, script: &str) -> Vec<String> {
+        let out = self.run(db, script);
+        assert!(
+            out.status.success(),
+            "psql failed on\n{script}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// one returns the single value a query produces.
+    pub fn one(&self, db: &str, query: &str) -> String {
+        let rows = self.sql(db, query);
+        assert_eq!(rows.len(), 1, "expected one row from {query}, got {rows:?}");
+        rows[0].clone()
+    }
+
+    /// error runs a script that must fail and returns its stderr.
+    pub fn error(&self, db: &str, script: &str) -> String {
+        let out = self.run(db, script);
+        assert!(!out.status.success(), "expected an error from\n{script}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// spawn starts a psql session in the background (for blocking scenarios).
+    pub fn spawn(&self, db: &str, appname: &str, script: &str) -> Child {
+        self.psql_command(db)
+            .args(["-c", script])
+            .env("PGAPPNAME", appname)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psql")
+    }
+
+    pub fn flush(&self, db: &str) {
+        assert_eq!(
+            self.one(db, "SELECT activity_log.flush('30 s')"),
+            "t",
+            "flush timed out in {db}"
+        );
+    }
+
+    pub fn writer_pid(&self, db: &str) -> Option<i32> {
+        let v = self.one(db, "SELECT coalesce(writer_pid, 0) FROM activity_log.queue WHERE database = current_database()");
+        Some(v.parse().unwrap()).filter(|&p| p != 0)
+    }
+
+    pub fn wait_for_writer(&self, db: &str, not: Option<i32>) -> i32 {
+        let pid = wait_until(Duration::from_secs(30), || {
+            self.writer_pid(db).filter(|&p| Some(p) != not)
+        });
+        pid.unwrap_or_else(|| panic!("no writer for {db}; log:\n{}", self.log()))
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) -> bool {
+        Command::new("sudo")
+            .args([
+                "-u",
+                "postgres",
+                &format!("{BIN}/pg_ctl"),
+                "-D",
+                &format!("{}/data", self.dir),
+            ])
+            .args(["-l", &format!("{}/server.log", self.dir), "-w"])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(format!("{}/server.log", self.dir)).unwrap_or_default()
+    }
+
+    /// lock_trail holds ACCESS EXCLUSIVE on activity_log.events from another session, so the
+    /// writer blocks and records stay in the ring. Released by [`Cluster::unlock_trail`].
+    pub fn lock_trail(&self, db: &str) -> Child {
+        let child = self.spawn(
+            db,
+            "al_locker",
+            "BEGIN; LOCK TABLE activity_log.events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(300); COMMIT;",
+        );
+        let granted = wait_until(Duration::from_secs(10), || {
+            let n = self.one(
+                db,
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                  WHERE a.application_name = 'al_locker' AND l.granted
+                    AND l.relation = 'activity_log.events'::regclass AND l.mode = 'AccessExclusiveLock'",
+            );
+            (n == "1").then_some(())
+        });
+        assert!(granted.is_some(), "locker never got its lock");
+        child
+    }
+
+    pub fn unlock_trail(&self, db: &str, mut locker: Child) {
+        self.sql(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'al_locker'");
+        let _ = locker.wait();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.pg_ctl(&["-m", "immediate", "stop"]);
+        if !std::thread::panicking() {
+            let _ = Command::new("sudo").args(["rm", "-rf", &self.dir]).status();
+        } else {
+            eprintln!("--- server log of {} ---\n{}", self.dir, self.log());
+        }
+    }
+}
+
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if started.elapsed() > timeout {
+            return None;
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// with_extension creates `db` if it does not exist, installs the extension and waits for its writer.
+pub fn with_extension(c: &Cluster, db: &str) {
+    if c.one(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+    ) == "0"
+    {
+        c.sql("postgres", &format!("CREATE DATABASE {db}"));
+    }
+    c.sql(db, "CREATE EXTENSION activity_log");
+    c.wait_for_writer(db, None);
+}
