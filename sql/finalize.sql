@@ -187,6 +187,7 @@ CREATE FUNCTION activity_log._tracked(
 RETURNS SETOF record
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off  -- pg_partition_tree's row estimate would otherwise JIT-compile this (~150 ms)
 AS $$
     SELECT p.relid::oid, t.relid::oid,
            coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)

@@ -75,6 +75,17 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
     }
 
+    // The batch insert's estimates (unnest of large arrays) would trigger JIT compilation,
+    // which costs far more than it saves for this query.
+    // SAFETY: plain GUC assignment in this process.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"jit".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     if ring::take_gap(slot) {
         BackgroundWorker::transaction(write_gap_event);
     }

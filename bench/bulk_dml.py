@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Bulk DML on a 200 000-row table: no auditing vs activity_log vs a PL/pgSQL audit trigger.
+
+One throwaway cluster (release build), the same settings for every mode, modes interleaved
+(none, activity_log, trigger, none, ...) for several rounds; medians and ratios to `none`.
+Each timing is the client-side wall time of one statement in autocommit (statement + commit).
+activity_log's writer works after the commit; its drain time is reported separately.
+
+    bench/bulk_dml.py [--rows N] [--rounds R] [--smoke]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BIN = "/usr/lib/postgresql/15/bin"
+DIR = "/tmp/al-bench-bulk"
+PORT = 54480
+SETTINGS = [
+    "activity_log.capture_statements = 'none'",
+    "activity_log.buffer_size = '512MB'",
+    "activity_log.max_databases = 1",
+    "shared_buffers = '512MB'",
+    "max_wal_size = '4GB'",
+    "synchronous_commit = off",
+]
+
+REFERENCE_TRIGGER = """
+CREATE TABLE IF NOT EXISTS ref_audit (id bigserial, ts timestamptz DEFAULT now(), db_user text DEFAULT current_user,
+                                      txid bigint DEFAULT txid_current(), tbl text, op text, old jsonb, new jsonb);
+CREATE INDEX IF NOT EXISTS ref_audit_ts ON ref_audit USING brin (ts);
+CREATE OR REPLACE FUNCTION ref_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ref_audit (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
+        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+    RETURN NULL;
+END $$;
+"""
+
+
+def psql(sql, db="bench", timing=False):
+    cmd = [f"{BIN}/psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", DIR, "-p", str(PORT),
+           "-U", "postgres", "-d", db]
+    started = time.perf_counter()
+    out = subprocess.run(cmd + ["-c", sql], check=True, capture_output=True, text=True).stdout
+    return (time.perf_counter() - started) if timing else out.strip()
+
+
+def setup_mode(mode, rows):
+    psql("DROP TABLE IF EXISTS items; TRUNCATE ref_audit;"
+         "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(10,2), updated_at timestamptz);")
+    if mode == "activity_log":
+        psql("SELECT activity_log.track('items')")
+    elif mode == "trigger":
+        psql("CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION ref_audit()")
+    psql("CHECKPOINT")
+
+
+def run_mode(mode, rows):
+    setup_mode(mode, rows)
+    t = {}
+    t["insert"] = psql(f"INSERT INTO items SELECT g, 'item ' || g, g % 100, g / 7.0, now() FROM generate_series(1, {rows}) g",
+                       timing=True)
+    t["update"] = psql("UPDATE items SET qty = qty + 1, updated_at = now()", timing=True)
+    t["delete"] = psql("DELETE FROM items", timing=True)
+    if mode == "activity_log":
+        started = time.perf_counter()
+        assert psql("SELECT activity_log.flush('10 min')") == "t"
+        t["drain"] = time.perf_counter() - started
+        captured = int(psql("SELECT count(*) FROM activity_log.changes WHERE table_name = 'items'"))
+        assert captured == 3 * rows, f"expected {3 * rows} captured rows, found {captured}"
+        psql("TRUNCATE activity_log.events")
+    return t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="a few thousand rows, one round: keeps the script working")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rows, args.rounds = 5000, 1
+    subprocess.run([f"{ROOT}/dev", "install", "--release"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([f"{ROOT}/dev", "start-cluster", DIR, str(PORT)] + SETTINGS, check=True)
+    try:
+        psql("CREATE DATABASE bench", db="postgres")
+        psql("CREATE EXTENSION activity_log")
+        psql(REFERENCE_TRIGGER)
+        modes = ["none", "activity_log", "trigger"]
+        results = {m: [] for m in modes}
+        for _ in range(args.rounds):
+            for m in modes:
+                results[m].append(run_mode(m, args.rows))
+        med = {m: {k: statistics.median(r[k] for r in results[m]) for k in results[m][0]} for m in modes}
+        nproc = os.cpu_count()
+        version = psql("SHOW server_version")
+        lines = [
+            f"# Bulk DML, {args.rows} rows, {args.rounds} round(s), medians",
+            "",
+            f"Machine: {nproc} cores; PostgreSQL {version}; settings: {', '.join(SETTINGS)}.",
+            "",
+            "| operation | none (s) | activity_log (s) | ratio | trigger (s) | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for op in ["insert", "update", "delete"]:
+            n, a, tr = med["none"][op], med["activity_log"][op], med["trigger"][op]
+            lines.append(f"| {op} | {n:.3f} | {a:.3f} | {a / n:.2f}x | {tr:.3f} | {tr / n:.2f}x |")
+        drain = med["activity_log"]["drain"]
+        lines += ["", f"activity_log writer drain after the three statements: {drain:.2f} s "
+                      f"({3 * args.rows / max(drain, 1e-9):,.0f} records/s)."]
+        report = "\n".join(lines) + "\n"
+        print(report)
+        if not args.smoke:
+            os.makedirs(f"{HERE}/results", exist_ok=True)
+            with open(f"{HERE}/results/bulk_dml.md", "w") as f:
+                f.write(report)
+    finally:
+        subprocess.run(["sudo", "-u", "postgres", f"{BIN}/pg_ctl", "-D", f"{DIR}/data", "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
