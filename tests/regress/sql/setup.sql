@@ -38,7 +38,8 @@ SELECT attname FROM pg_attribute
 
 -- Every object belongs to the extension.
 SELECT count(*) > 0 AS has_members,
-       bool_and(classid IN ('pg_proc'::regclass, 'pg_class'::regclass, 'pg_type'::regclass)) AS known_kinds
+       bool_and(classid IN ('pg_proc'::regclass, 'pg_class'::regclass, 'pg_type'::regclass,
+                            'pg_event_trigger'::regclass)) AS known_kinds
   FROM pg_depend
  WHERE refclassid = 'pg_extension'::regclass
    AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'activity_log')
