@@ -69,8 +69,22 @@ pub enum Op {
     Copy = 5,
 }
 
-/// One row's (old, new) images as JSON text; INSERT has no old, DELETE no new.
+/// One row's (old, new) images as PostgreSQL minimal tuples (detoasted); INSERT has no old,
+/// DELETE no new. The writer decodes them with the statement's [`Column`]s.
 pub type RowImages = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// One attribute of the tracked table's row type at capture time, enough to rebuild its tuple
+/// descriptor after the table has been altered (or dropped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: Vec<u8>,
+    pub type_oid: u32,
+    pub typmod: i32,
+    pub len: i16,
+    pub byval: bool,
+    pub align: u8,
+    pub dropped: bool,
+}
 
 /// One statement's changes to one tracked table: row images as JSON text, copied (and
 /// detoasted) when the statement finished.
@@ -89,6 +103,8 @@ pub struct Change {
     pub query: Vec<u8>,
     /// Rows affected when there are no images (TRUNCATE, COPY).
     pub row_count: i64,
+    /// The row type the images are in (empty when there are no images).
+    pub columns: Vec<Column>,
     pub rows: Vec<RowImages>,
 }
 
@@ -237,6 +253,16 @@ impl Record {
                 }
                 e.bytes(&c.query);
                 e.i64(c.row_count);
+                e.u32(c.columns.len() as u32);
+                for col in &c.columns {
+                    e.bytes(&col.name);
+                    e.u32(col.type_oid);
+                    e.i32(col.typmod);
+                    e.u32(col.len as u16 as u32);
+                    e.u8(col.byval as u8);
+                    e.u8(col.align);
+                    e.u8(col.dropped as u8);
+                }
                 e.u32(c.rows.len() as u32);
                 for (old, new) in &c.rows {
                     e.opt_bytes(old.as_deref());
@@ -392,6 +418,22 @@ fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
             },
             query: d.bytes()?,
             row_count: d.i64()?,
+            columns: {
+                let n = d.u32()? as usize;
+                (0..n)
+                    .map(|_| {
+                        Ok(Column {
+                            name: d.bytes()?,
+                            type_oid: d.u32()?,
+                            typmod: d.i32()?,
+                            len: d.u32()? as u16 as i16,
+                            byval: d.u8()? != 0,
+                            align: d.u8()?,
+                            dropped: d.u8()? != 0,
+                        })
+                    })
+                    .collect::<Result<_, DecodeError>>()?
+            },
             rows: {
                 let n = d.u32()? as usize;
                 (0..n)
@@ -449,6 +491,15 @@ mod tests {
                     exclude_columns: vec![],
                     query: b"update orders set total = 2".to_vec(),
                     row_count: 1,
+                    columns: vec![Column {
+                        name: b"id".to_vec(),
+                        type_oid: 23,
+                        typmod: -1,
+                        len: 4,
+                        byval: true,
+                        align: b'i',
+                        dropped: false,
+                    }],
                     rows: vec![(
                         Some(br#"{"id":1,"total":1}"#.to_vec()),
                         Some(br#"{"id":1,"total":2}"#.to_vec()),

@@ -524,3 +524,37 @@ fn replaying_the_trail_reproduces_the_tables_and_matches_a_reference_trigger() {
         assert!(changes.parse::<i64>().unwrap() > 100);
     }
 }
+
+#[test]
+fn images_are_by_value_whatever_happens_before_the_writer_reads_them() {
+    let c = cluster("rows-byvalue");
+    c.sql(
+        DB,
+        "CREATE TABLE doc (id int PRIMARY KEY, body text, n int, tag text);
+         ALTER TABLE doc ALTER COLUMN body SET STORAGE EXTERNAL;  -- stored out of line, uncompressed
+         SELECT activity_log.track('doc');",
+    );
+    // The writer is blocked: the records wait in the ring while the table changes under them.
+    let locker = c.lock_trail(DB);
+    c.sql(
+        DB,
+        "INSERT INTO doc VALUES (1, repeat('0123456789', 5000), 1, 'a');
+         UPDATE doc SET n = 2 WHERE id = 1;           -- body unchanged: a TOAST pointer in both images
+         DELETE FROM doc WHERE id = 1;
+         VACUUM doc;                                  -- the TOAST chunks are gone
+         ALTER TABLE doc DROP COLUMN tag;
+         ALTER TABLE doc ALTER COLUMN n TYPE text USING n::text || '!';
+         ALTER TABLE doc ADD COLUMN extra int;",
+    );
+    c.unlock_trail(DB, locker);
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT op, length(coalesce(new_row, old_row)->>'body'), coalesce(new_row, old_row)->>'n', coalesce(new_row, old_row)->>'tag',
+                    coalesce(new_row, old_row) ? 'extra'
+               FROM activity_log.changes WHERE table_name = 'doc' ORDER BY id"
+        ),
+        ["INSERT|50000|1|a|f", "UPDATE|50000|2|a|f", "DELETE|50000|2|a|f"]
+    );
+}

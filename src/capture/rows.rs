@@ -7,8 +7,9 @@
 //! then fills the OLD/NEW transition tables exactly as stored — after BEFORE triggers,
 //! defaults, generated columns, partition routing (converted to the root's row type), ON
 //! CONFLICT and MERGE — and calls [`al_capture_rows`] once per statement and operation.
-//! It reads the tuplestores, turns each row into JSON text (detoasted: nothing points at
-//! storage) and appends one `Change` record to the pending buffer.
+//! It copies the tuples out of the tuplestores as raw minimal tuples (detoasted: nothing
+//! points at storage), with a description of the row type, and appends one `Change` record to
+//! the pending buffer; the writer turns them into JSON.
 //!
 //! The fixes the prototype needed: FK cascades run with SKIP_TRIGGERS and fire at the outer
 //! query's level, so the outer EState's ResultRelInfo for the child table is augmented too
@@ -27,7 +28,7 @@ use std::ffi::{CStr, c_char};
 use super::tracked::{self, Tracked};
 use super::{clip, hooks};
 use crate::gucs;
-use crate::record::{Body, Change, Op, Record, RowImages};
+use crate::record::{Body, Change, Column, Op, Record, RowImages};
 
 /// Synthetic trigger and function OIDs: above any OID a real catalog row can get here, and
 /// not an RI trigger function (AfterTriggerSaveEvent asks RI_FKey_trigger_type about it).
@@ -265,14 +266,17 @@ pub unsafe fn hide_from_explain(estate: *mut pg_sys::EState) {
     }
 }
 
-/// read_rows turns every tuple of a transition table into JSON text (values detoasted).
+/// read_rows copies every tuple of a transition table as minimal-tuple bytes. Values stored
+/// out of line (TOAST) are fetched first, so nothing refers to storage that can change; the
+/// writer decodes the bytes (decoding is the expensive part, so it happens there).
 unsafe fn read_rows(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     if store.is_null() {
         return out;
     }
     // SAFETY: reading a transition tuplestore through a private read pointer, as
-    // ExecInitNamedTuplestoreScan does; per-row allocations go into a context reset per row.
+    // ExecInitNamedTuplestoreScan does. The slot does not own the tuples it returns; the
+    // bytes are copied before the next fetch. Detoasting allocates in a context reset per row.
     unsafe {
         let ptr = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
         pg_sys::tuplestore_select_read_pointer(store, ptr);
@@ -280,21 +284,62 @@ unsafe fn read_rows(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc
         let slot = pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple);
         let mut per_row = pgrx::PgMemoryContexts::new("activity_log row");
         while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
-            let json = per_row.switch_to(|_| {
-                let datum = pg_sys::ExecFetchSlotHeapTupleDatum(slot);
-                let text = pgrx::direct_function_call_as_datum(pg_sys::row_to_json, &[Some(datum)]);
-                text.map(|t| {
-                    let c = pg_sys::text_to_cstring(t.cast_mut_ptr());
-                    CStr::from_ptr(c).to_bytes().to_vec()
-                })
-            });
-            per_row.reset();
-            out.extend(json);
+            let mut should_free = false;
+            let m = pg_sys::ExecFetchSlotMinimalTuple(slot, &mut should_free);
+            if (*m).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL == 0 {
+                out.push(std::slice::from_raw_parts(m.cast::<u8>(), (*m).t_len as usize).to_vec());
+            } else {
+                out.push(per_row.switch_to(|_| detoasted(m, desc)));
+                per_row.reset();
+            }
+            if should_free {
+                pg_sys::pfree(m.cast());
+            }
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::tuplestore_select_read_pointer(store, 0);
     }
     out
+}
+
+/// detoasted returns the bytes of `m` with every out-of-line value fetched inline.
+unsafe fn detoasted(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> Vec<u8> {
+    // SAFETY: heap_copy_tuple_as_datum expands external values (toast_flatten_tuple_to_datum);
+    // the datum is a HeapTupleHeader whose varlena length is the tuple's length.
+    unsafe {
+        let heap = pg_sys::heap_tuple_from_minimal_tuple(m);
+        let datum = pg_sys::heap_copy_tuple_as_datum(heap, desc);
+        let header = datum.cast_mut_ptr::<pg_sys::HeapTupleHeaderData>();
+        let len = (header.cast::<u32>().read_unaligned() >> 2) & 0x3FFF_FFFF; // VARSIZE, 4-byte header
+        let mut tuple = pg_sys::HeapTupleData {
+            t_len: len,
+            t_data: header,
+            ..Default::default()
+        };
+        let flat = pg_sys::minimal_tuple_from_heap_tuple(&mut tuple);
+        std::slice::from_raw_parts(flat.cast::<u8>(), (*flat).t_len as usize).to_vec()
+    }
+}
+
+/// columns describes a row type so that the writer can rebuild it.
+unsafe fn columns(desc: pg_sys::TupleDesc) -> Vec<Column> {
+    // SAFETY: desc is the relation's live tuple descriptor.
+    unsafe {
+        (*desc)
+            .attrs
+            .as_slice((*desc).natts as usize)
+            .iter()
+            .map(|a| Column {
+                name: CStr::from_ptr(a.attname.data.as_ptr()).to_bytes().to_vec(),
+                type_oid: a.atttypid.to_u32(),
+                typmod: a.atttypmod,
+                len: a.attlen,
+                byval: a.attbyval,
+                align: a.attalign as u8,
+                dropped: a.attisdropped,
+            })
+            .collect()
+    }
 }
 
 /// The synthetic trigger's function: one call per statement and operation on a tracked table.
@@ -334,15 +379,22 @@ unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) ->
                 let mut rows: Vec<_> = (0..paired).map(|_| (olds.next(), news.next())).collect();
                 let orphans: Vec<_> = olds.map(|o| (Some(o), None)).collect();
                 if !orphans.is_empty() {
-                    push_change(&tracked, Op::Update, cid, std::mem::take(&mut rows), 0);
-                    push_change(&tracked, Op::Delete, cid, orphans, 0);
+                    push_change(
+                        &tracked,
+                        Op::Update,
+                        cid,
+                        std::mem::take(&mut rows),
+                        0,
+                        columns(desc),
+                    );
+                    push_change(&tracked, Op::Delete, cid, orphans, 0, columns(desc));
                     return pg_sys::Datum::from(0);
                 }
                 (Op::Update, rows)
             }
         };
         if !rows.is_empty() {
-            push_change(&tracked, op, cid, rows, 0);
+            push_change(&tracked, op, cid, rows, 0, columns(desc));
         }
         pg_sys::Datum::from(0)
     }
@@ -355,6 +407,7 @@ pub fn push_change(
     command_id: u32,
     rows: Vec<RowImages>,
     row_count: i64,
+    columns: Vec<Column>,
 ) {
     // SAFETY: syscache lookups of a relation that is open (locked) by the running statement.
     let (schema, table) = unsafe {
@@ -389,6 +442,7 @@ pub fn push_change(
             } else {
                 rows.len() as i64
             },
+            columns,
             rows,
         }),
     });

@@ -2,5 +2,6 @@
 //! Both run as background workers, never capture their own statements, and never share a
 //! database connection.
 
+mod decode;
 pub mod launcher;
 pub mod writer;

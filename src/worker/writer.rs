@@ -18,6 +18,7 @@ use crate::capture::hooks;
 use crate::gucs;
 use crate::record::{self, Body, Op, StatementClass};
 use crate::ring;
+use crate::worker::decode;
 
 /// The slot and database this process writes for.
 static mut MY_SLOT: i64 = -1;
@@ -148,12 +149,13 @@ fn drain_before_exit(slot: usize) {
 /// then ends the process (the launcher restarts it): the tail has not moved, so the same
 /// records are written by the next writer.
 fn write_batch(slot: usize, batch: &ring::Batch) {
-    let rows = Rows::from_batch(batch);
     // The same batch failed before: store it record by record, so that one record the table
     // refuses (a constraint or trigger someone added, say) cannot hold up the rest.
     let isolate = ring::failures(slot) >= ISOLATE_AFTER_FAILURES;
     PgTryBuilder::new(|| {
         BackgroundWorker::transaction(|| {
+            // Decoding row images needs the catalog, so the batch is built in the transaction.
+            let rows = Rows::from_batch(batch);
             if isolate {
                 rows.insert_one_by_one()
             } else {
@@ -449,18 +451,16 @@ impl Rows {
                     Op::Copy => "COPY",
                 };
                 // TRUNCATE and COPY have no images: one record for the statement.
-                let no_images: [record::RowImages; 1] = [(None, None)];
                 let images = if ch.rows.is_empty() {
-                    &no_images[..]
+                    vec![(None, None)]
                 } else {
-                    &ch.rows[..]
+                    decode::images_to_json(&ch.columns, &ch.rows)
                 };
                 let details = match ch.op {
                     Op::Copy => Some(json!({ "rows_captured": false, "note": "COPY FROM bypasses row capture: the loaded rows are counted, not recorded" }).to_string()),
                     _ => None,
                 };
                 for (old, new) in images {
-                    let (old, new) = (old.as_deref(), new.as_deref());
                     self.push_row(
                         &c,
                         ch.ts,
@@ -478,8 +478,8 @@ impl Rows {
                     last(&mut self.schema_name, Some(text(&ch.schema)));
                     last(&mut self.table_name, Some(text(&ch.table)));
                     last(&mut self.table_oid, Some(ch.relid as i64));
-                    last(&mut self.old_row, old.map(text));
-                    last(&mut self.new_row, new.map(text));
+                    last(&mut self.old_row, old);
+                    last(&mut self.new_row, new);
                     last(&mut self.key_columns, Some(array_literal(&ch.key_columns)));
                     last(
                         &mut self.exclude_columns,
