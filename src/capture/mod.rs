@@ -74,15 +74,15 @@ pub fn subxact_end(subid: u32, aborted: bool) {
     });
 }
 
-/// peek_all copies the transaction's records and failures as one payload body; they stay
-/// pending until [`discard`], so an ERROR before the reservation loses no failure record.
-fn peek_all() -> (Vec<u8>, u32) {
-    PENDING.with_borrow(|p| {
-        let mut bytes = Vec::with_capacity(p.bytes.len() + p.failures.len());
-        bytes.extend_from_slice(&p.bytes);
-        bytes.extend_from_slice(&p.failures);
-        (bytes, p.records + p.failure_records)
-    })
+/// with_pending lends the transaction's records and failures (and their count) to `f`; they
+/// stay pending until [`discard`], so an ERROR before the reservation loses no failure record.
+fn with_pending<R>(f: impl FnOnce(&[u8], &[u8], u32) -> R) -> R {
+    PENDING.with_borrow(|p| f(&p.bytes, &p.failures, p.records + p.failure_records))
+}
+
+/// pending_bytes is the size of what would be published.
+fn pending_bytes() -> usize {
+    PENDING.with_borrow(|p| p.bytes.len() + p.failures.len())
 }
 
 /// counts is the number of records and failures pending.
@@ -171,7 +171,7 @@ mod tests {
         subxact_end(2, true); // ROLLBACK TO: drops 2 and 3
         push(&event(4));
         push_failure(&event(9));
-        let (bytes, n) = peek_all();
+        let (bytes, n) = with_pending(|r, f, n| ([r, f].concat(), n));
         assert_eq!(n, 3);
         discard();
         let mut expected = Vec::new();

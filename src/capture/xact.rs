@@ -84,8 +84,9 @@ unsafe extern "C-unwind" fn al_subxact_callback(
     }
 }
 
-fn frame_payload(body: &[u8]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(body.len() + 64);
+/// frame_info encodes the per-transaction facts that open every frame.
+fn frame_info() -> Vec<u8> {
+    let mut info = Vec::with_capacity(64);
     // SAFETY: plain reads of backend state.
     let (pid, xid) = unsafe {
         (
@@ -98,9 +99,8 @@ fn frame_payload(body: &[u8]) -> Vec<u8> {
         xid,
         client_addr: hooks::cached_client_addr(),
     }
-    .encode(&mut payload);
-    payload.extend_from_slice(body);
-    payload
+    .encode(&mut info);
+    info
 }
 
 fn my_database() -> u32 {
@@ -158,12 +158,17 @@ fn pre_commit() {
         }
     };
     hooks::client_addr();
-    let (body, n) = capture::peek_all();
-    let payload = frame_payload(&body);
+    let info = frame_info();
     let started = Instant::now();
     let mut waited = false;
     loop {
-        match ring::reserve(slot, dboid, &payload, n) {
+        let (reserved, n) = capture::with_pending(|records, failures, n| {
+            (
+                ring::reserve(slot, dboid, &[&info[..], records, failures], n),
+                n,
+            )
+        });
+        match reserved {
             Ok(r) => {
                 capture::discard();
                 capture::set_reservation(r);
@@ -178,7 +183,7 @@ fn pre_commit() {
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "audit records of this transaction ({} bytes) do not fit in activity_log.buffer_size ({} bytes)",
-                    payload.len(),
+                    info.len() + capture::pending_bytes(),
                     ring::capacity()
                 ),
                 Some("Raise activity_log.buffer_size, or split the transaction."),
@@ -248,7 +253,7 @@ fn publish_failures_now() {
     let Some(slot) = ring::slot_of(dboid) else {
         return;
     };
-    match ring::reserve(slot, dboid, &frame_payload(&body), n) {
+    match ring::reserve(slot, dboid, &[&frame_info()[..], &body[..]], n) {
         // SAFETY: no error paths.
         Ok(r) => ring::commit(r, unsafe { pg_sys::GetCurrentTimestamp() }),
         Err(ReserveError::Gone) => {}

@@ -366,16 +366,18 @@ fn align8(n: u64) -> u64 {
     (n + 7) & !7
 }
 
-/// reserve places a PENDING frame for `payload` in the ring of `slot_index` and copies the
-/// payload into it. Safe to call at PRE_COMMIT: it cannot fail half-way.
+/// reserve places a PENDING frame for the concatenation of `parts` in the ring of
+/// `slot_index` and copies the parts into it (no intermediate buffer). Safe to call at
+/// PRE_COMMIT: it cannot fail half-way.
 pub fn reserve(
     slot_index: usize,
     dboid: u32,
-    payload: &[u8],
+    parts: &[&[u8]],
     nrecords: u32,
 ) -> Result<Reservation, ReserveError> {
+    let payload_len: usize = parts.iter().map(|p| p.len()).sum();
     let cap = capacity();
-    let need = align8(HEADER + payload.len() as u64);
+    let need = align8(HEADER + payload_len as u64);
     if need > cap {
         return Err(ReserveError::TooLarge);
     }
@@ -408,7 +410,7 @@ pub fn reserve(
                     len: need as u32,
                     state: AtomicU32::new(STATE_PENDING),
                     nrecords,
-                    payload_len: payload.len() as u32,
+                    payload_len: payload_len as u32,
                     commit_ts: 0,
                 });
             s.head.store(pos + need, Release);
@@ -417,11 +419,11 @@ pub fn reserve(
     };
     // SAFETY: the frame [pos, pos + need) is ours alone while it is PENDING.
     unsafe {
-        std::ptr::copy_nonoverlapping(
-            payload.as_ptr(),
-            base.add((pos % cap + HEADER) as usize),
-            payload.len(),
-        );
+        let mut at = base.add((pos % cap + HEADER) as usize);
+        for part in parts {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
+            at = at.add(part.len());
+        }
     }
     Ok(Reservation {
         slot: slot_index,
