@@ -183,7 +183,8 @@ SELECT pg_catalog.pg_extension_config_dump('activity_log.tracked_tables', '');
 -- The capture's view of tracked_tables: every partition maps to its tracked root, with the
 -- root's primary-key columns. SECURITY DEFINER: the capture runs as whoever writes.
 CREATE FUNCTION activity_log._tracked(
-    OUT relid oid, OUT root oid, OUT key_columns text[], OUT exclude_columns text[])
+    OUT relid oid, OUT root oid, OUT key_columns text[], OUT exclude_columns text[],
+    OUT has_foreign_partition boolean)
 RETURNS SETOF record
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -195,7 +196,9 @@ AS $$
                        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                       WHERE i.indrelid = t.relid AND i.indisprimary), '{}'),
-           t.exclude_columns
+           t.exclude_columns,
+           EXISTS (SELECT 1 FROM pg_partition_tree(t.relid) x JOIN pg_class c ON c.oid = x.relid
+                    WHERE c.relkind = 'f')
       FROM activity_log.tracked_tables t
      CROSS JOIN LATERAL (SELECT t.relid
                          UNION

@@ -67,6 +67,8 @@ pub enum Op {
     Truncate = 4,
     /// Rows loaded by COPY FROM; no images (see README).
     Copy = 5,
+    /// Rows that changed but could not be captured; `query` says which statement.
+    Gap = 6,
 }
 
 /// One row's (old, new) images as PostgreSQL minimal tuples (detoasted); INSERT has no old,
@@ -101,6 +103,8 @@ pub struct Change {
     pub exclude_columns: Vec<Vec<u8>>,
     /// The top-level statement that caused the change.
     pub query: Vec<u8>,
+    /// Why rows are missing (Gap), or empty.
+    pub note: Vec<u8>,
     /// Rows affected when there are no images (TRUNCATE, COPY).
     pub row_count: i64,
     /// The row type the images are in (empty when there are no images).
@@ -252,6 +256,7 @@ impl Record {
                     e.bytes(k);
                 }
                 e.bytes(&c.query);
+                e.bytes(&c.note);
                 e.i64(c.row_count);
                 e.u32(c.columns.len() as u32);
                 for col in &c.columns {
@@ -403,6 +408,7 @@ fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
                 3 => Op::Delete,
                 4 => Op::Truncate,
                 5 => Op::Copy,
+                6 => Op::Gap,
                 _ => return Err(DecodeError("bad change op")),
             },
             relid: d.u32()?,
@@ -417,6 +423,7 @@ fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
                 (0..n).map(|_| d.bytes()).collect::<Result<_, _>>()?
             },
             query: d.bytes()?,
+            note: d.bytes()?,
             row_count: d.i64()?,
             columns: {
                 let n = d.u32()? as usize;
@@ -490,6 +497,7 @@ mod tests {
                     key_columns: vec![b"id".to_vec()],
                     exclude_columns: vec![],
                     query: b"update orders set total = 2".to_vec(),
+                    note: Vec::new(),
                     row_count: 1,
                     columns: vec![Column {
                         name: b"id".to_vec(),

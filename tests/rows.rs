@@ -558,3 +558,95 @@ fn images_are_by_value_whatever_happens_before_the_writer_reads_them() {
         ["INSERT|50000|1|a|f", "UPDATE|50000|2|a|f", "DELETE|50000|2|a|f"]
     );
 }
+
+#[test]
+fn a_foreign_partition_attached_later_leaves_gaps_not_errors() {
+    let c = cluster("rows-foreign");
+    c.sql(
+        DB,
+        &format!(
+            "CREATE EXTENSION postgres_fdw;
+             CREATE SERVER loopback FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '{}', port '{}', dbname 'postgres');
+             CREATE USER MAPPING FOR postgres SERVER loopback OPTIONS (user 'postgres');
+             CREATE TABLE remote_rows (id int, region text);
+             CREATE TABLE p (id int, region text) PARTITION BY LIST (region);
+             CREATE TABLE p_local PARTITION OF p FOR VALUES IN ('local');
+             SELECT activity_log.track('p');
+             INSERT INTO p VALUES (1, 'local');
+             CREATE FOREIGN TABLE p_remote PARTITION OF p FOR VALUES IN ('remote')
+                 SERVER loopback OPTIONS (table_name 'remote_rows');
+             INSERT INTO p VALUES (2, 'remote');
+             INSERT INTO p VALUES (3, 'local');",
+            c.dir, c.port
+        ),
+    );
+    assert_eq!(c.one(DB, "SELECT count(*) FROM remote_rows"), "1");
+    c.flush(DB);
+    assert_eq!(
+        c.sql(DB, "SELECT kind, status, command, coalesce(new_row::text, '-'), coalesce(details->>'reason', '-') FROM activity_log.events WHERE table_name = 'p' ORDER BY id"),
+        [
+            r#"change|success|INSERT|{"id": 1, "region": "local"}|-"#,
+            "system|gap|GAP|-|the table has a foreign partition, so no rows of this statement were captured",
+            "system|gap|GAP|-|the table has a foreign partition, so no rows of this statement were captured",
+        ]
+    );
+}
+
+#[test]
+fn tracking_survives_restart_and_dump_restore() {
+    let c = cluster("rows-dump");
+    c.sql(DB, "CREATE TABLE kept (id int PRIMARY KEY, v text); SELECT activity_log.track('kept', '{v}'); INSERT INTO kept VALUES (1, 'x');");
+    c.flush(DB);
+    assert!(c.pg_ctl(&["-m", "fast", "restart"]));
+    c.sql(DB, "INSERT INTO kept VALUES (2, 'y')");
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT string_agg(new_row::text, ';' ORDER BY id) FROM activity_log.changes"
+        ),
+        r#"{"id": 1};{"id": 2}"#
+    );
+    // pg_dump keeps the tracking configuration (and the trail); a restored database captures.
+    let dump = std::process::Command::new(format!("{BIN}/pg_dump"))
+        .args([
+            "-h",
+            &c.dir,
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            DB,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    c.sql(DB, "CREATE DATABASE restored");
+    c.run("restored", &String::from_utf8_lossy(&dump.stdout));
+    assert_eq!(
+        c.one(
+            "restored",
+            "SELECT relid::text || ' ' || exclude_columns::text FROM activity_log.tracked_tables"
+        ),
+        "kept {v}"
+    );
+    assert_eq!(
+        c.one("restored", "SELECT count(*) FROM activity_log.changes"),
+        "2"
+    );
+    c.wait_for_writer("restored", None);
+    c.sql("restored", "INSERT INTO kept VALUES (3, 'z')");
+    c.flush("restored");
+    assert_eq!(
+        c.one(
+            "restored",
+            "SELECT new_row::text FROM activity_log.changes ORDER BY id DESC LIMIT 1"
+        ),
+        r#"{"id": 3}"#
+    );
+}

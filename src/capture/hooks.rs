@@ -509,7 +509,7 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             for i in 0..(*list).length as usize {
                 let relid = resolve((*(*list).elements.add(i)).ptr_value.cast());
                 if let Some(t) = tracked::lookup(relid.to_u32()) {
-                    rows::push_change(&t, Op::Truncate, cid, Vec::new(), 0, Vec::new());
+                    rows::push_change(&t, Op::Truncate, cid, Vec::new(), 0, Vec::new(), "");
                 }
             }
         } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_CopyStmt) {
@@ -517,7 +517,7 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             if (*copy).is_from && !(*copy).relation.is_null() {
                 let relid = resolve((*copy).relation);
                 if let Some(t) = tracked::lookup(relid.to_u32()) {
-                    rows::push_change(&t, Op::Copy, cid, Vec::new(), rows, Vec::new());
+                    rows::push_change(&t, Op::Copy, cid, Vec::new(), rows, Vec::new(), "");
                 }
             }
         }

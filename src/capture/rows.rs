@@ -103,7 +103,23 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
     unsafe {
         let root = (*mt).rootResultRelInfo;
         let relid = (*(*root).ri_RelationDesc).rd_id;
-        if tracked::lookup(relid.to_u32()).is_none() {
+        let Some(tracked) = tracked::lookup(relid.to_u32()) else {
+            return;
+        };
+        if tracked.has_foreign_partition {
+            // Transition tables cannot hold rows of foreign tables (PostgreSQL raises an ERROR
+            // when asked to): leave the statement alone and say so in the trail.
+            let note =
+                "the table has a foreign partition, so no rows of this statement were captured";
+            push_change(
+                &tracked,
+                Op::Gap,
+                (*estate).es_output_cid,
+                Vec::new(),
+                0,
+                Vec::new(),
+                note,
+            );
             return;
         }
         let skip_triggers = eflags as u32 & pg_sys::EXEC_FLAG_SKIP_TRIGGERS != 0;
@@ -386,15 +402,16 @@ unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) ->
                         std::mem::take(&mut rows),
                         0,
                         columns(desc),
+                        "",
                     );
-                    push_change(&tracked, Op::Delete, cid, orphans, 0, columns(desc));
+                    push_change(&tracked, Op::Delete, cid, orphans, 0, columns(desc), "");
                     return pg_sys::Datum::from(0);
                 }
                 (Op::Update, rows)
             }
         };
         if !rows.is_empty() {
-            push_change(&tracked, op, cid, rows, 0, columns(desc));
+            push_change(&tracked, op, cid, rows, 0, columns(desc), "");
         }
         pg_sys::Datum::from(0)
     }
@@ -408,6 +425,7 @@ pub fn push_change(
     rows: Vec<RowImages>,
     row_count: i64,
     columns: Vec<Column>,
+    note: &str,
 ) {
     // SAFETY: syscache lookups of a relation that is open (locked) by the running statement.
     let (schema, table) = unsafe {
@@ -437,6 +455,7 @@ pub fn push_change(
             key_columns: tracked.key_columns.clone(),
             exclude_columns: tracked.exclude_columns.clone(),
             query: clip(&hooks::current_query(), gucs::max_query_length()).to_vec(),
+            note: note.as_bytes().to_vec(),
             row_count: if row_count > 0 {
                 row_count
             } else {

@@ -23,6 +23,9 @@ pub struct Tracked {
     /// Primary-key columns of the root; empty when it has none (the key is the whole row).
     pub key_columns: Vec<Vec<u8>>,
     pub exclude_columns: Vec<Vec<u8>>,
+    /// A foreign table was attached as a partition after track(): its rows cannot be
+    /// collected (PostgreSQL refuses transition tables there), so statements leave a gap.
+    pub has_foreign_partition: bool,
 }
 
 #[derive(Default)]
@@ -39,7 +42,7 @@ thread_local! {
 }
 
 /// SECURITY DEFINER in finalize.sql, so that any role's statements can be captured.
-const LOAD: &str = "SELECT relid, root, key_columns, exclude_columns FROM activity_log._tracked()";
+const LOAD: &str = "SELECT relid, root, key_columns, exclude_columns, has_foreign_partition FROM activity_log._tracked()";
 
 /// lookup returns how `relid` is tracked, if it is (directly or as a partition).
 pub fn lookup(relid: u32) -> Option<Rc<Tracked>> {
@@ -94,7 +97,7 @@ fn load() -> HashMap<u32, Rc<Tracked>> {
         return out;
     }
     let _nested = super::hooks::Nested::enter(); // the query below is not a user statement
-    let rows: Vec<(u32, u32, Vec<String>, Vec<String>)> = Spi::connect(|client| {
+    let rows: Vec<(u32, Tracked)> = Spi::connect(|client| {
         let table = client.select(LOAD, None, &[])?;
         let mut rows = Vec::new();
         for row in table {
@@ -102,20 +105,22 @@ fn load() -> HashMap<u32, Rc<Tracked>> {
             let root: pg_sys::Oid = row.get(2)?.unwrap_or(pg_sys::InvalidOid);
             let keys: Vec<String> = row.get(3)?.unwrap_or_default();
             let excluded: Vec<String> = row.get(4)?.unwrap_or_default();
-            rows.push((relid.to_u32(), root.to_u32(), keys, excluded));
+            let has_foreign_partition: bool = row.get(5)?.unwrap_or(false);
+            rows.push((
+                relid.to_u32(),
+                Tracked {
+                    relid: root.to_u32(),
+                    key_columns: keys.into_iter().map(String::into_bytes).collect(),
+                    exclude_columns: excluded.into_iter().map(String::into_bytes).collect(),
+                    has_foreign_partition,
+                },
+            ));
         }
         Ok::<_, pgrx::spi::Error>(rows)
     })
     .unwrap_or_else(|e| error!("activity_log: could not read activity_log.tracked_tables: {e}"));
-    for (relid, root, keys, excluded) in rows {
-        out.insert(
-            relid,
-            Rc::new(Tracked {
-                relid: root,
-                key_columns: keys.into_iter().map(String::into_bytes).collect(),
-                exclude_columns: excluded.into_iter().map(String::into_bytes).collect(),
-            }),
-        );
+    for (relid, tracked) in rows {
+        out.insert(relid, Rc::new(tracked));
     }
     out
 }

@@ -449,6 +449,7 @@ impl Rows {
                     Op::Delete => "DELETE",
                     Op::Truncate => "TRUNCATE",
                     Op::Copy => "COPY",
+                    Op::Gap => "GAP",
                 };
                 // TRUNCATE and COPY have no images: one record for the statement.
                 let images = if ch.rows.is_empty() {
@@ -458,16 +459,23 @@ impl Rows {
                 };
                 let details = match ch.op {
                     Op::Copy => Some(json!({ "rows_captured": false, "note": "COPY FROM bypasses row capture: the loaded rows are counted, not recorded" }).to_string()),
+                    Op::Gap => Some(json!({ "rows_captured": false, "reason": text(&ch.note) }).to_string()),
                     _ => None,
+                };
+                // A gap is a system record about the table, not a change of it.
+                let (kind, severity, status) = if ch.op == Op::Gap {
+                    ("system", "critical", "gap")
+                } else {
+                    ("change", "info", "success")
                 };
                 for (old, new) in images {
                     self.push_row(
                         &c,
                         ch.ts,
-                        "change",
+                        kind,
                         "data_change".into(),
-                        "info",
-                        "success",
+                        severity,
+                        status,
                         Some(op.into()),
                         details.clone(),
                     );
