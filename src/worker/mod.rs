@@ -3,5 +3,6 @@
 //! database connection.
 
 mod decode;
+mod images;
 pub mod launcher;
 pub mod writer;

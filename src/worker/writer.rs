@@ -18,7 +18,7 @@ use crate::capture::hooks;
 use crate::gucs;
 use crate::record::{self, Body, Op, StatementClass};
 use crate::ring;
-use crate::worker::decode;
+use crate::worker::{decode, images};
 
 /// The slot and database this process writes for.
 static mut MY_SLOT: i64 = -1;
@@ -281,17 +281,17 @@ columns! {
     table_oid: Option<i64>,
     old_row: Option<String>,
     new_row: Option<String>,
-    key_columns: Option<String>,
-    exclude_columns: Option<String>,
+    row_key: Option<String>,
+    changed_columns: Option<String>,
 }
 
 const INSERT: &str = include_str!("../../sql/queries/insert_events.sql");
 
 /// array_literal renders a text[] literal, quoting every element.
-fn array_literal(items: &[Vec<u8>]) -> String {
+fn array_literal(items: &[String]) -> String {
     let quoted: Vec<String> = items
         .iter()
-        .map(|i| format!("\"{}\"", text(i).replace('\\', "\\\\").replace('"', "\\\"")))
+        .map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\"")))
         .collect();
     format!("{{{}}}", quoted.join(","))
 }
@@ -380,8 +380,8 @@ impl Rows {
         self.table_oid.push(None);
         self.old_row.push(None);
         self.new_row.push(None);
-        self.key_columns.push(None);
-        self.exclude_columns.push(None);
+        self.row_key.push(None);
+        self.changed_columns.push(None);
     }
 
     fn push(&mut self, c: Common, body: &Body) {
@@ -468,6 +468,8 @@ impl Rows {
                 } else {
                     ("change", "info", "success")
                 };
+                let keys: Vec<String> = ch.key_columns.iter().map(|k| text(k)).collect();
+                let excluded: Vec<String> = ch.exclude_columns.iter().map(|k| text(k)).collect();
                 for (old, new) in images {
                     self.push_row(
                         &c,
@@ -486,12 +488,13 @@ impl Rows {
                     last(&mut self.schema_name, Some(text(&ch.schema)));
                     last(&mut self.table_name, Some(text(&ch.table)));
                     last(&mut self.table_oid, Some(ch.relid as i64));
-                    last(&mut self.old_row, old);
-                    last(&mut self.new_row, new);
-                    last(&mut self.key_columns, Some(array_literal(&ch.key_columns)));
+                    let d = images::derive(old.as_deref(), new.as_deref(), &keys, &excluded);
+                    last(&mut self.old_row, d.old_row);
+                    last(&mut self.new_row, d.new_row);
+                    last(&mut self.row_key, d.row_key);
                     last(
-                        &mut self.exclude_columns,
-                        Some(array_literal(&ch.exclude_columns)),
+                        &mut self.changed_columns,
+                        d.changed_columns.map(|c| array_literal(&c)),
                     );
                     if matches!(ch.op, Op::Copy | Op::Truncate) {
                         last(&mut self.rows, (ch.op == Op::Copy).then_some(ch.row_count));
