@@ -2,13 +2,14 @@
 CREATE EXTENSION activity_log;
 
 CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, total numeric(10,2));
+SELECT activity_log.track('orders');   -- row images, without a trigger
 
 SET activity_log.actor = 'alice@example.com';
 SET activity_log.context = '{"request_id": "demo-1", "feature": "checkout"}';
 
-INSERT INTO orders SELECT g, 'customer ' || g, g * 10 FROM generate_series(1, 100) g;
-UPDATE orders SET total = total * 1.1 WHERE id <= 10;
-DELETE FROM orders WHERE id > 90;
+INSERT INTO orders SELECT g, 'customer ' || g, g * 10 FROM generate_series(1, 5) g;
+UPDATE orders SET total = total * 1.1 WHERE id <= 2;
+DELETE FROM orders WHERE id = 5;
 SELECT activity_log.log_event('order_exported', '{"format": "csv", "orders": 90}',
                               entity_type => 'report', category => 'data_export');
 
