@@ -39,7 +39,7 @@ pub enum Overflow {
 /// Master switch for capture in this session (superuser-only).
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Postmaster-only: bytes of ring per database slot, in kB.
-static BUFFER_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(8 * 1024);
+static BUFFER_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 /// Postmaster-only: how many databases can have a ring at once.
 static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(4);
 /// Records per insert statement in the writer.
