@@ -263,6 +263,7 @@ pub fn current_query() -> Vec<u8> {
 pub fn forget_statements() {
     CURRENT.set(None);
     RUNNING.with_borrow_mut(Vec::clear);
+    rows::forget_all();
 }
 
 fn command_name(op: pg_sys::CmdType::Type) -> &'static [u8] {
@@ -361,11 +362,14 @@ unsafe extern "C-unwind" fn al_executor_finish(query_desc: *mut pg_sys::QueryDes
             None => pg_sys::standard_ExecutorFinish(query_desc),
         }
         rows::hide_from_explain(estate);
+        rows::after_finish(estate);
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn al_executor_end(query_desc: *mut pg_sys::QueryDesc) {
+    // SAFETY: reading the EState pointer of a live QueryDesc.
+    rows::forget(unsafe { (*query_desc).estate });
     if DEPTH.get() == 0 {
         // SAFETY: estate is still alive: standard_ExecutorEnd below frees it.
         unsafe {

@@ -24,6 +24,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char};
+use std::rc::Rc;
 
 use super::tracked::{self, Tracked};
 use super::{clip, hooks};
@@ -39,6 +40,41 @@ const NTRIG: usize = 3;
 thread_local! {
     /// EStates inside ExecutorFinish that fire their own AFTER triggers (innermost last).
     static FINISHING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// ModifyTables set up for capture, by EState, until their query finishes.
+    static SET_UP: RefCell<Vec<(usize, usize, Rc<Tracked>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// after_finish checks that every captured ModifyTable of `estate` ran to completion: one that
+/// stopped early (a C caller running DML … RETURNING through SPI with a row limit) fires no
+/// statement triggers, so its changes are missing and the trail says so with a gap record.
+pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
+    for (_, mt, tracked) in take_set_up(estate) {
+        // SAFETY: the ModifyTableState belongs to the EState, which lives until ExecutorEnd.
+        let done = unsafe { (*(mt as *mut pg_sys::ModifyTableState)).mt_done };
+        if !done {
+            // SAFETY: plain read of the EState.
+            let cid = unsafe { (*estate).es_output_cid };
+            let note = "the statement stopped before it finished, so the rows it changed were not captured";
+            push_change(&tracked, Op::Gap, cid, Vec::new(), 0, Vec::new(), note);
+        }
+    }
+}
+
+/// forget drops what is known of `estate` (ExecutorEnd; also after an error).
+pub fn forget(estate: *mut pg_sys::EState) {
+    take_set_up(estate);
+}
+
+pub fn forget_all() {
+    SET_UP.with_borrow_mut(Vec::clear);
+}
+
+fn take_set_up(estate: *mut pg_sys::EState) -> Vec<(usize, usize, Rc<Tracked>)> {
+    SET_UP.with_borrow_mut(|s| {
+        let (mine, rest): (Vec<_>, Vec<_>) = s.drain(..).partition(|e| e.0 == estate as usize);
+        *s = rest;
+        mine
+    })
 }
 
 /// Pops the EState pushed by [`finishing`] when ExecutorFinish returns or unwinds.
@@ -129,6 +165,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
             return;
         }
         augment(root, estate);
+        SET_UP.with_borrow_mut(|s| s.push((estate as usize, mt as usize, tracked.clone())));
         let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
         (*mt).mt_transition_capture =
             pg_sys::MakeTransitionCaptureState((*root).ri_TrigDesc, relid, (*mt).operation);
