@@ -142,7 +142,7 @@ BEGIN
         'reason', CASE WHEN penalty > 0 THEN 'the writer failed to insert a batch: ' || coalesce(q.last_error, '') ELSE 'no write errors' END);
 
     pending := coalesce(q.published_records - q.written_records, 0);
-    penalty := CASE WHEN pending > 0 AND q.last_flush_at < now() - interval '60 seconds' THEN 20 ELSE 0 END;
+    penalty := CASE WHEN pending > 0 AND coalesce(q.last_flush_at, q.started_at) < now() - interval '60 seconds' THEN 20 ELSE 0 END;
     list := list || jsonb_build_object('factor', 'writer_lag', 'value', pending, 'weight', 20, 'penalty', penalty,
         'reason', CASE WHEN penalty > 0 THEN 'records are waiting and the writer has not stored a batch for over a minute' ELSE 'no backlog' END);
 
@@ -150,7 +150,7 @@ BEGIN
      WHERE kind = 'system' AND events.status = 'gap' AND ts > now() - interval '7 days';
     penalty := CASE WHEN gaps > 0 THEN 15 ELSE 0 END;
     list := list || jsonb_build_object('factor', 'gap_events', 'value', gaps, 'weight', 15, 'penalty', penalty,
-        'reason', CASE WHEN penalty > 0 THEN 'the trail has gaps from crash-restarts in the last 7 days' ELSE 'no gaps in the last 7 days' END);
+        'reason', CASE WHEN penalty > 0 THEN 'the trail has gap records (records lost or not capturable) in the last 7 days' ELSE 'no gaps in the last 7 days' END);
 
     score := greatest(0, 100 - (SELECT sum((f->>'penalty')::int) FROM jsonb_array_elements(list) f));
     status := CASE WHEN score >= 90 THEN 'healthy' WHEN score >= 60 THEN 'degraded' ELSE 'critical' END;
@@ -284,8 +284,9 @@ $$;
 COMMENT ON FUNCTION activity_log.untrack(regclass) IS 'Stops capturing the rows of a table; its trail stays.';
 
 -- A dropped table is no longer tracked; its trail stays.
+-- SECURITY DEFINER: event triggers run as whoever drops something.
 CREATE FUNCTION activity_log._untrack_dropped() RETURNS event_trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -333,6 +334,10 @@ $$;
 
 COMMENT ON FUNCTION activity_log.history(regclass, jsonb) IS
     'One row''s story, oldest first: every change whose key, old or new image matches key.';
+
+-- Internal functions are for the extension's own SQL, not for applications.
+REVOKE EXECUTE ON FUNCTION activity_log._activate(), activity_log._queue(), activity_log._dropped_unassigned(),
+    activity_log._launcher_pid(), activity_log._tracking_changed() FROM PUBLIC;
 
 -- Start a writer for this database now rather than at the next restart.
 SELECT activity_log._activate();

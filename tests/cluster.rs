@@ -381,8 +381,8 @@ fn drop_extension_and_drop_database_release_the_ring() {
     c.sql("alpha", "SELECT activity_log.log_event('back')");
     c.flush("alpha");
     assert_eq!(c.one("alpha", "SELECT string_agg(coalesce(command, '?'), ',' ORDER BY id) FROM activity_log.events WHERE kind <> 'statement'"), "CREATE EXTENSION,back");
-    // DROP EXTENSION right after activity: the writer stops first, so there is no deadlock,
-    // and a reinstalled extension starts with clean counters.
+    // DROP EXTENSION right after activity: the writer stores what is queued and stops first,
+    // so there is no deadlock and nothing is lost; the database's ring counters carry on.
     for round in 0..3 {
         c.sql("alpha", &format!("CREATE TABLE IF NOT EXISTS busy (v int); INSERT INTO busy VALUES ({round}); DROP EXTENSION activity_log; CREATE EXTENSION activity_log;"));
     }
@@ -405,6 +405,12 @@ fn drop_extension_and_drop_database_release_the_ring() {
         c.one("alpha", "SELECT relations[1] ~ '^[0-9]+$' FROM activity_log.events WHERE query = 'INSERT INTO gone VALUES (1)'"),
         "t"
     );
+    // A DROP DATABASE that PostgreSQL refuses leaves the ring and its writer alone.
+    c.sql("postgres", "CREATE ROLE intruder LOGIN");
+    let beta_writer = c.wait_for_writer("beta", None);
+    let err = c.error("postgres", "SET ROLE intruder; DROP DATABASE beta;");
+    assert!(err.contains("must be owner of database beta"), "{err}");
+    assert_eq!(c.writer_pid("beta"), Some(beta_writer));
     // A connected writer does not block DROP DATABASE.
     c.sql("postgres", "DROP DATABASE beta");
     assert_eq!(

@@ -650,3 +650,52 @@ fn tracking_survives_restart_and_dump_restore() {
         r#"{"id": 3}"#
     );
 }
+
+#[test]
+fn ordinary_roles_can_drop_and_defaults_added_later_appear_in_old_images() {
+    let c = cluster("rows-roles");
+    c.sql(
+        DB,
+        "CREATE ROLE app LOGIN;
+         GRANT CREATE ON SCHEMA public TO app;
+         CREATE TABLE owned (id int PRIMARY KEY);
+         ALTER TABLE owned OWNER TO app;
+         SELECT activity_log.track('owned');
+         INSERT INTO owned VALUES (1);
+         ALTER TABLE owned ADD COLUMN status text DEFAULT 'new';  -- no rewrite: a missing value
+         SET ROLE app;
+         DELETE FROM owned WHERE id = 1;
+         CREATE TABLE scratch (id int);
+         ALTER TABLE owned DROP COLUMN status;                    -- DDL that drops things, as app
+         DROP TABLE scratch;
+         DROP TABLE owned;
+         RESET ROLE;",
+    );
+    assert_eq!(
+        c.one(DB, "SELECT count(*) FROM activity_log.tracked_tables"),
+        "0"
+    );
+    assert_eq!(
+        changes(&c, "owned"),
+        [
+            r#"INSERT|{"id": 1}|-|{"id": 1}|-"#,
+            r#"DELETE|{"id": 1}|{"id": 1, "status": "new"}|-|-"#
+        ]
+    );
+}
+
+#[test]
+fn row_images_whose_type_is_gone_become_a_gap_not_a_stuck_writer() {
+    let c = cluster("rows-typegone");
+    c.sql(DB, "CREATE TYPE mood AS ENUM ('ok', 'sad'); CREATE TABLE feel (id int PRIMARY KEY, m mood); SELECT activity_log.track('feel');");
+    // One transaction: its frame reaches the writer only after the type is gone.
+    c.sql(DB, "BEGIN; INSERT INTO feel VALUES (1, 'ok'); DROP TABLE feel; DROP TYPE mood; COMMIT; SELECT activity_log.log_event('after');");
+    c.flush(DB);
+    let rows = c.sql(DB, "SELECT kind, status, command, coalesce(details->>'reason', '-') FROM activity_log.events WHERE kind IN ('system', 'event', 'change') ORDER BY id");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].starts_with("system|gap|GAP|INSERT rows of public.feel could not be decoded:"),
+        "{rows:?}"
+    );
+    assert_eq!(rows[1], "event|success|after|-");
+}

@@ -39,6 +39,7 @@ static mut IN_OWN_WORKER: bool = false;
 /// A top-level statement that has started and not yet ended.
 struct Running {
     query_desc: usize, // identity only; 0 for utility statements
+    subxact: u32,      // the subtransaction it started in
     ts: i64,
     class: StatementClass,
     command: &'static [u8],
@@ -108,6 +109,7 @@ pub fn capturing() -> bool {
             && pg_sys::ParallelWorkerNumber < 0
             && !pg_sys::IsBinaryUpgrade
             && crate::ring::is_initialised()
+            && !pg_sys::RecoveryInProgress() // a standby runs no writer and changes nothing
             && gucs::enabled()
     }
 }
@@ -210,6 +212,12 @@ unsafe fn relation_oids(rtable: *mut pg_sys::List) -> Vec<u32> {
     out
 }
 
+/// forget_subxact drops statements that started in an aborted subtransaction (or its children).
+pub fn forget_subxact(subid: u32) {
+    RUNNING.with_borrow_mut(|r| r.retain(|x| x.subxact < subid));
+    rows::forget_subxact(subid);
+}
+
 fn start_statement(running: Running) {
     client_addr();
     CURRENT.set(Some(Attribution {
@@ -287,6 +295,7 @@ unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc
             let modifies = op != pg_sys::CmdType::CMD_SELECT || (*ps).hasModifyingCTE;
             start_statement(Running {
                 query_desc: query_desc as usize,
+                subxact: pg_sys::GetCurrentSubTransactionId(),
                 ts: now(),
                 class: if modifies {
                     StatementClass::Mod
@@ -427,6 +436,7 @@ unsafe extern "C-unwind" fn al_process_utility(
             };
             start_statement(Running {
                 query_desc: 0,
+                subxact: pg_sys::GetCurrentSubTransactionId(),
                 ts: now(),
                 class,
                 command: CStr::from_ptr(pg_sys::GetCommandTagName(tag)).to_bytes(),
@@ -539,8 +549,17 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
         let stmt = (*pstmt).utilityStmt;
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
             let name = (*stmt.cast::<pg_sys::DropdbStmt>()).dbname;
-            let dboid = pg_sys::get_database_oid(name, true).to_u32();
-            crate::ring::retire(dboid, std::time::Duration::ZERO);
+            let dboid = pg_sys::get_database_oid(name, true);
+            // Only when the drop can go ahead: PostgreSQL's own checks come later, and a
+            // refused DROP DATABASE must not cost anybody their queued records.
+            let may_drop = dboid != pg_sys::InvalidOid
+                && dboid != pg_sys::MyDatabaseId
+                && !pg_sys::IsTransactionBlock()
+                && (pg_sys::superuser()
+                    || pg_sys::pg_database_ownercheck(dboid, pg_sys::GetUserId()));
+            if may_drop {
+                crate::ring::retire(dboid.to_u32(), std::time::Duration::ZERO);
+            }
             return;
         }
         if !pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt) {

@@ -81,7 +81,7 @@ fn with_pending<R>(f: impl FnOnce(&[u8], &[u8], u32) -> R) -> R {
 }
 
 /// pending_bytes is the size of what would be published.
-fn pending_bytes() -> usize {
+pub(crate) fn pending_bytes() -> usize {
     PENDING.with_borrow(|p| p.bytes.len() + p.failures.len())
 }
 

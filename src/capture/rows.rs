@@ -40,15 +40,29 @@ const NTRIG: usize = 3;
 thread_local! {
     /// EStates inside ExecutorFinish that fire their own AFTER triggers (innermost last).
     static FINISHING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
-    /// ModifyTables set up for capture, by EState, until their query finishes.
-    static SET_UP: RefCell<Vec<(usize, usize, Rc<Tracked>)>> = const { RefCell::new(Vec::new()) };
+    /// ModifyTables set up for capture (EState, ModifyTableState, table, subtransaction), until
+    /// their query finishes or their subtransaction aborts.
+    static SET_UP: RefCell<Vec<SetUp>> = const { RefCell::new(Vec::new()) };
+}
+
+struct SetUp {
+    estate: usize,
+    mt: usize,
+    tracked: Rc<Tracked>,
+    subxact: u32,
+}
+
+/// forget_subxact drops entries of an aborted subtransaction (and of its children): their
+/// executor state is gone.
+pub fn forget_subxact(subid: u32) {
+    SET_UP.with_borrow_mut(|s| s.retain(|e| e.subxact < subid));
 }
 
 /// after_finish checks that every captured ModifyTable of `estate` ran to completion: one that
 /// stopped early (a C caller running DML … RETURNING through SPI with a row limit) fires no
 /// statement triggers, so its changes are missing and the trail says so with a gap record.
 pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
-    for (_, mt, tracked) in take_set_up(estate) {
+    for SetUp { mt, tracked, .. } in take_set_up(estate) {
         // SAFETY: the ModifyTableState belongs to the EState, which lives until ExecutorEnd.
         let done = unsafe { (*(mt as *mut pg_sys::ModifyTableState)).mt_done };
         if !done {
@@ -69,9 +83,9 @@ pub fn forget_all() {
     SET_UP.with_borrow_mut(Vec::clear);
 }
 
-fn take_set_up(estate: *mut pg_sys::EState) -> Vec<(usize, usize, Rc<Tracked>)> {
+fn take_set_up(estate: *mut pg_sys::EState) -> Vec<SetUp> {
     SET_UP.with_borrow_mut(|s| {
-        let (mine, rest): (Vec<_>, Vec<_>) = s.drain(..).partition(|e| e.0 == estate as usize);
+        let (mine, rest): (Vec<_>, Vec<_>) = s.drain(..).partition(|e| e.estate == estate as usize);
         *s = rest;
         mine
     })
@@ -165,7 +179,15 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
             return;
         }
         augment(root, estate);
-        SET_UP.with_borrow_mut(|s| s.push((estate as usize, mt as usize, tracked.clone())));
+        let subxact = pg_sys::GetCurrentSubTransactionId();
+        SET_UP.with_borrow_mut(|s| {
+            s.push(SetUp {
+                estate: estate as usize,
+                mt: mt as usize,
+                tracked: tracked.clone(),
+                subxact,
+            })
+        });
         let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
         (*mt).mt_transition_capture =
             pg_sys::MakeTransitionCaptureState((*root).ri_TrigDesc, relid, (*mt).operation);
@@ -336,15 +358,42 @@ unsafe fn read_rows(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc
         pg_sys::tuplestore_rescan(store);
         let slot = pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple);
         let mut per_row = pgrx::PgMemoryContexts::new("activity_log row");
+        let limit = crate::ring::capacity() as usize;
+        let mut bytes = super::pending_bytes();
         while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
+            if bytes > limit && gucs::overflow() != gucs::Overflow::Drop {
+                // It could never be published: fail now, before it takes all the memory.
+                crate::errors::raise(
+                    PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "audit records of this transaction exceed activity_log.buffer_size ({limit} bytes)"
+                    ),
+                    Some("Raise activity_log.buffer_size, or split the transaction."),
+                );
+            }
             let mut should_free = false;
             let m = pg_sys::ExecFetchSlotMinimalTuple(slot, &mut should_free);
-            if (*m).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL == 0 {
+            let stored_natts = ((*m).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as i32;
+            if stored_natts < (*desc).natts {
+                // Stored before an ADD COLUMN … DEFAULT: take the defaults ("missing
+                // values") from the descriptor now; the writer's copy of the row type has none.
+                out.push(per_row.switch_to(|_| {
+                    pg_sys::slot_getallattrs(slot);
+                    let full = pg_sys::heap_form_minimal_tuple(
+                        desc,
+                        (*slot).tts_values,
+                        (*slot).tts_isnull,
+                    );
+                    tuple_bytes(full, desc)
+                }));
+                per_row.reset();
+            } else if (*m).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL == 0 {
                 out.push(std::slice::from_raw_parts(m.cast::<u8>(), (*m).t_len as usize).to_vec());
             } else {
                 out.push(per_row.switch_to(|_| detoasted(m, desc)));
                 per_row.reset();
             }
+            bytes += out.last().map_or(0, Vec::len);
             if should_free {
                 pg_sys::pfree(m.cast());
             }
@@ -353,6 +402,18 @@ unsafe fn read_rows(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc
         pg_sys::tuplestore_select_read_pointer(store, 0);
     }
     out
+}
+
+/// tuple_bytes copies a minimal tuple, fetching out-of-line values first if it has any.
+unsafe fn tuple_bytes(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> Vec<u8> {
+    // SAFETY: m is a complete minimal tuple of desc.
+    unsafe {
+        if (*m).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0 {
+            detoasted(m, desc)
+        } else {
+            std::slice::from_raw_parts(m.cast::<u8>(), (*m).t_len as usize).to_vec()
+        }
+    }
 }
 
 /// detoasted returns the bytes of `m` with every out-of-line value fetched inline.

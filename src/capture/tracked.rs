@@ -79,11 +79,18 @@ fn refresh_if_stale() {
     if !stale {
         return;
     }
+    // Cleared however load() ends (an ERROR or a cancel unwinds through here too).
+    struct Loading;
+    impl Drop for Loading {
+        fn drop(&mut self) {
+            CACHE.with_borrow_mut(|c| c.loading = false);
+        }
+    }
+    let _loading = Loading;
     let tables = load();
     CACHE.with_borrow_mut(|c| {
         c.tables = tables;
         c.generation = generation;
-        c.loading = false;
     });
 }
 

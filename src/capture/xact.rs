@@ -79,7 +79,10 @@ unsafe extern "C-unwind" fn al_subxact_callback(
     match event {
         SUBXACT_EVENT_START_SUB => capture::subxact_start(my_subid),
         SUBXACT_EVENT_COMMIT_SUB => capture::subxact_end(my_subid, false),
-        SUBXACT_EVENT_ABORT_SUB => capture::subxact_end(my_subid, true),
+        SUBXACT_EVENT_ABORT_SUB => {
+            capture::subxact_end(my_subid, true);
+            hooks::forget_subxact(my_subid);
+        }
         _ => {}
     }
 }
@@ -175,7 +178,8 @@ fn pre_commit() {
                 return;
             }
             Err(ReserveError::Gone) => {
-                // The extension was dropped while we ran; nothing to audit into.
+                // The extension was dropped while we ran: no trail to write to, but say so.
+                ring::count_unassigned_drop(n as u64);
                 capture::discard();
                 return;
             }

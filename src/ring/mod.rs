@@ -69,6 +69,7 @@ struct Slot {
     failures: AtomicU32,           // consecutive failed writer runs; drives the back-off
     gap_generation: AtomicU32,     // crash_generation the writer has reported a gap for
     claim_xid: AtomicU32,          // transaction that last claimed the ring (0: none known)
+    last_dboid: AtomicU32,         // the database the ring served before its last release
     head: AtomicU64,               // next byte to reserve; written under the slot lock
     tail: AtomicU64,               // first byte not yet in the table; written by the writer only
     published_records: AtomicU64,
@@ -159,6 +160,7 @@ impl PgSharedMemoryInitialization for Shmem {
                         failures: AtomicU32::new(0),
                         gap_generation: AtomicU32::new(0),
                         claim_xid: AtomicU32::new(0),
+                        last_dboid: AtomicU32::new(0),
                         head: AtomicU64::new(0),
                         tail: AtomicU64::new(0),
                         published_records: AtomicU64::new(0),
@@ -250,6 +252,9 @@ pub fn started_at() -> i64 {
 
 /// slot_of finds the slot that belongs to `dboid`, without taking a lock.
 pub fn slot_of(dboid: u32) -> Option<usize> {
+    if dboid == 0 {
+        return None; // a process connected to no database has no trail
+    }
     (0..slot_count()).find(|&i| slot(i).dboid.load(Acquire) == dboid)
 }
 
@@ -264,30 +269,34 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
         }
         return Some(i);
     }
-    let i = (0..slot_count()).find(|&i| slot(i).dboid.load(Acquire) == 0)?;
+    // Prefer the ring this database had before (its counters continue), else any free one.
+    let free = |i: usize| slot(i).dboid.load(Acquire) == 0;
+    let i = (0..slot_count())
+        .find(|&i| free(i) && slot(i).last_dboid.load(Relaxed) == dboid)
+        .or_else(|| (0..slot_count()).find(|&i| free(i)))?;
     let s = slot(i);
-    // A reused ring starts from zero: its counters describe the database it now serves.
-    for c in [
-        &s.published_records,
-        &s.published_bytes,
-        &s.written_records,
-        &s.dropped_records,
-        &s.batches,
-        &s.write_errors,
-        &s.overflow_waits,
-    ] {
-        c.store(0, Relaxed);
-    }
-    s.last_flush_at.store(0, Relaxed);
-    s.last_error_at.store(0, Relaxed);
-    s.failures.store(0, Relaxed);
-    s.gap_generation.store(0, Relaxed);
-    s.claim_xid.store(xid, Release);
-    {
+    if s.last_dboid.load(Relaxed) != dboid {
+        // A ring that served another database starts from zero.
+        for c in [
+            &s.published_records,
+            &s.published_bytes,
+            &s.written_records,
+            &s.dropped_records,
+            &s.batches,
+            &s.write_errors,
+            &s.overflow_waits,
+        ] {
+            c.store(0, Relaxed);
+        }
+        s.last_flush_at.store(0, Relaxed);
+        s.last_error_at.store(0, Relaxed);
+        s.failures.store(0, Relaxed);
+        s.gap_generation.store(0, Relaxed);
         let _g = LockGuard::exclusive(i + 1);
         // SAFETY: guarded by the slot lock.
         unsafe { (*s.last_error.get())[0] = 0 };
     }
+    s.claim_xid.store(xid, Release);
     s.dboid.store(dboid, Release);
     Some(i)
 }
@@ -297,10 +306,13 @@ pub fn release(i: usize) {
     let _c = LockGuard::exclusive(0);
     let _s = LockGuard::exclusive(i + 1);
     let s = slot(i);
-    let lost = count_records(i, s.tail.load(Acquire), s.head.load(Acquire));
+    let head = s.head.load(Acquire);
+    let lost = count_records(i, s.tail.load(Acquire), head);
     s.dropped_records.fetch_add(lost, Relaxed);
-    s.head.store(0, Release);
-    s.tail.store(0, Release);
+    // Positions only ever grow: a producer that reserved before the release still owns its
+    // frame's bytes (behind the new tail) until it marks it, and nobody reads them again.
+    s.tail.store(head, Release);
+    s.last_dboid.store(s.dboid.load(Acquire), Relaxed);
     s.dboid.store(0, Release);
     // The writer sees its ring gone when it wakes, and exits.
     set_latch(s.writer_procno.load(Acquire));
@@ -311,13 +323,15 @@ unsafe extern "C" {
 }
 
 /// retire ends a database's ring before DROP EXTENSION or DROP DATABASE: it gives the writer
-/// up to `drain` to store what is queued, then frees the ring and waits (up to 5 s) for the
-/// writer to exit, so that the writer holds no lock and no connection the drop needs.
+/// up to `drain` to store what is queued (records still queued then are counted as dropped),
+/// frees the ring and waits (up to 5 s) for the writer to exit, so that the writer holds no
+/// lock and no connection the drop needs.
 pub fn retire(dboid: u32, drain: std::time::Duration) {
     let Some(i) = slot_of(dboid) else { return };
     let started = std::time::Instant::now();
     let target = head(i);
-    while tail(i) < target && writer_pid_of(i) != 0 && started.elapsed() < drain {
+    // A writer may be starting (the launcher is woken): wait for it too, within `drain`.
+    while tail(i) < target && started.elapsed() < drain {
         wake_writer(i);
         // SAFETY: plain sleep.
         unsafe { pg_sys::pg_usleep(5_000) };
@@ -388,10 +402,23 @@ pub fn reserve(
         if s.dboid.load(Acquire) != dboid {
             return Err(ReserveError::Gone);
         }
-        let head = s.head.load(Relaxed);
-        let tail = s.tail.load(Acquire);
+        let mut head = s.head.load(Relaxed);
+        let mut tail = s.tail.load(Acquire);
+        let mut pad = if cap - head % cap < need {
+            cap - head % cap
+        } else {
+            0
+        };
+        if pad > 0 && head == tail && pad + need > cap {
+            // An empty ring whose head sits too far along for a large frame plus padding:
+            // restart at the beginning of the buffer (nothing lies between tail and head).
+            head += pad;
+            tail = head;
+            s.tail.store(head, Release);
+            s.head.store(head, Release);
+            pad = 0;
+        }
         let off = head % cap;
-        let pad = if cap - off < need { cap - off } else { 0 };
         if cap - (head - tail) < pad + need {
             return Err(ReserveError::Full);
         }
@@ -562,8 +589,8 @@ pub fn advance(slot_index: usize, dboid: u32, end: u64, records: u64) {
     let s = slot(slot_index);
     {
         let _g = LockGuard::exclusive(slot_index + 1);
-        if s.dboid.load(Acquire) != dboid {
-            return;
+        if s.dboid.load(Acquire) != dboid || end <= s.tail.load(Acquire) {
+            return; // released (and maybe reused) meanwhile, or already past this point
         }
         s.tail.store(end, Release);
     }

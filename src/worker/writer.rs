@@ -155,7 +155,7 @@ fn write_batch(slot: usize, batch: &ring::Batch) {
     PgTryBuilder::new(|| {
         BackgroundWorker::transaction(|| {
             // Decoding row images needs the catalog, so the batch is built in the transaction.
-            let rows = Rows::from_batch(batch);
+            let rows = Rows::from_batch(batch, isolate);
             if isolate {
                 rows.insert_one_by_one()
             } else {
@@ -235,13 +235,15 @@ macro_rules! columns {
     ($($name:ident: $ty:ty),* $(,)?) => {
         #[derive(Default)]
         struct Rows {
+            /// Decode row images one change at a time, in subtransactions (see from_batch).
+            isolate: bool,
             $($name: Vec<$ty>),*
         }
 
         impl Rows {
             /// row copies record `i` into a batch of its own.
             fn row(&self, i: usize) -> Rows {
-                Rows { $($name: vec![self.$name[i].clone()]),* }
+                Rows { isolate: self.isolate, $($name: vec![self.$name[i].clone()]),* }
             }
 
             fn insert(self) {
@@ -304,8 +306,13 @@ struct Common<'a> {
 }
 
 impl Rows {
-    fn from_batch(batch: &ring::Batch) -> Rows {
-        let mut r = Rows::default();
+    /// from_batch builds the rows of a batch. With `isolate`, row images that cannot be decoded
+    /// (their type was dropped, say) become a gap record instead of failing the batch.
+    fn from_batch(batch: &ring::Batch, isolate: bool) -> Rows {
+        let mut r = Rows {
+            isolate,
+            ..Rows::default()
+        };
         for frame in &batch.frames {
             match record::decode_frame(&frame.payload) {
                 Ok((info, mut records)) => {
@@ -454,6 +461,17 @@ impl Rows {
                 // TRUNCATE and COPY have no images: one record for the statement.
                 let images = if ch.rows.is_empty() {
                     vec![(None, None)]
+                } else if self.isolate {
+                    let mut decoded = Vec::new();
+                    if let Err(message) = in_subtransaction(|| {
+                        decoded = decode::images_to_json(&ch.columns, &ch.rows)
+                    }) {
+                        let what = format!("{}.{}", text(&ch.schema), text(&ch.table));
+                        let reason = format!("{op} rows of {what} could not be decoded: {message}");
+                        self.push_gap(c.committed_at, &reason);
+                        return;
+                    }
+                    decoded
                 } else {
                     decode::images_to_json(&ch.columns, &ch.rows)
                 };
