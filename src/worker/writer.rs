@@ -11,6 +11,7 @@
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::{IntoDatum, PgOid};
 use serde_json::{Map, Value, json};
 use std::time::{Duration, Instant};
 
@@ -95,7 +96,12 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             // SAFETY: documented way to reload settings in a worker.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        drain(slot);
+        if drain(slot) < gucs::batch_size() as u64 / 4 {
+            // Small batches: let commits gather for a moment, so that a busy server is written
+            // in batches rather than one tiny insert per commit. Adds at most 10 ms of lag.
+            // SAFETY: plain sleep.
+            unsafe { pg_sys::pg_usleep(10_000) };
+        }
     }
     drain_before_exit(slot);
     // SAFETY: process-local flag read by on_exit.
@@ -118,11 +124,13 @@ fn still_mine(slot: usize) -> bool {
 }
 
 /// drain writes batches until the ring holds no committed frame at its tail.
-fn drain(slot: usize) {
+/// Returns the number of records written.
+fn drain(slot: usize) -> u64 {
+    let mut written = 0;
     while still_mine(slot) {
         let batch = ring::read(slot, gucs::batch_size());
         if batch.end == ring::tail(slot) {
-            return;
+            break;
         }
         if batch.records > 0 {
             write_batch(slot, &batch);
@@ -130,7 +138,9 @@ fn drain(slot: usize) {
         // SAFETY: process-local static.
         ring::advance(slot, unsafe { MY_DB }, batch.end, batch.records);
         ring::reset_failures(slot);
+        written += batch.records;
     }
+    written
 }
 
 /// drain_before_exit also waits, briefly, for frames of transactions still committing.
@@ -247,8 +257,17 @@ macro_rules! columns {
             }
 
             fn insert(self) {
-                Spi::run_with_args(INSERT, &[$(self.$name.into()),*])
-                    .unwrap_or_else(|e| error!("activity_log: insert failed: {e}"));
+                let args = [$(self.$name.into()),*];
+                Spi::connect_mut(|client| {
+                    INSERT_PLAN.with_borrow_mut(|plan| {
+                        if plan.is_none() {
+                            let types = [$(PgOid::from(<Vec<$ty> as IntoDatum>::type_oid())),*];
+                            *plan = Some(client.prepare_mut(INSERT, &types)?.keep());
+                        }
+                        client.update(plan.as_ref().unwrap(), None, &args).map(|_| ())
+                    })
+                })
+                .unwrap_or_else(|e| error!("activity_log: insert failed: {e}"));
             }
         }
     };
@@ -288,6 +307,12 @@ columns! {
 }
 
 const INSERT: &str = include_str!("../../sql/queries/insert_events.sql");
+
+thread_local! {
+    /// The batch insert, planned once per writer (PostgreSQL replans it if the table changes).
+    static INSERT_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 /// array_literal renders a text[] literal, quoting every element.
 fn array_literal(items: &[String]) -> String {
