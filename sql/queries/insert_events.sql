@@ -16,11 +16,12 @@ SELECT timestamptz '2000-01-01 00:00:00+00' + u.ts * interval '1 microsecond',
        pg_catalog.pg_get_userbyid(u.effective_role::oid),
        u.actor, u.application_name, u.client_addr::inet, u.backend_pid,
        u.xid::text::xid8, u.command,
+       CASE WHEN u.relations IS NOT NULL THEN  -- no subquery for rows without relations
        (SELECT pg_catalog.array_agg(coalesce(pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), r.oid::text)
                                     ORDER BY r.ord)
           FROM pg_catalog.unnest(u.relations::oid[]) WITH ORDINALITY AS r(oid, ord)
           LEFT JOIN pg_catalog.pg_class c ON c.oid = r.oid
-          LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace),
+          LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace) END,
        u.query, u.query_id, u.rows, (u.duration_us / 1000.0)::float8,
        u.context::jsonb, u.jwt_claims::jsonb, u.details::jsonb,
        u.schema_name, u.table_name, u.table_oid::oid, u.row_key::jsonb, u.old_row::jsonb,

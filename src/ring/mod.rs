@@ -478,14 +478,26 @@ pub fn commit(r: Reservation, commit_ts: i64) {
     // SAFETY: as above.
     s.published_bytes
         .fetch_add(unsafe { (*h).len } as u64, Relaxed);
-    wake_writer(r.slot);
+    wake_writer_if_needed(r);
+}
+
+/// wake_writer_if_needed wakes the writer only when it may be idle because of this frame: the
+/// frame is the oldest in the ring (the writer stops at the first uncommitted frame, and a busy
+/// writer reaches later ones by itself), or the ring is filling up. Waking it on every commit
+/// costs every committing backend a system call.
+fn wake_writer_if_needed(r: Reservation) {
+    let s = slot(r.slot);
+    let tail = s.tail.load(Acquire);
+    if tail >= r.pos || s.head.load(Acquire).saturating_sub(tail) > capacity() / 4 {
+        wake_writer(r.slot);
+    }
 }
 
 /// void withdraws a reserved frame of a transaction that aborted after PRE_COMMIT.
 pub fn void(r: Reservation) {
     // SAFETY: the frame is PENDING and ours.
     unsafe { (*header(r.slot, r.pos)).state.store(STATE_VOID, Release) };
-    wake_writer(r.slot);
+    wake_writer_if_needed(r);
 }
 
 pub fn count_drop(slot_index: usize, records: u64) {
