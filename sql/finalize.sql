@@ -283,6 +283,24 @@ $$;
 
 COMMENT ON FUNCTION activity_log.untrack(regclass) IS 'Stops capturing the rows of a table; its trail stays.';
 
+-- Follows ALTER TABLE … RENAME COLUMN of an excluded column (called by the utility hook), so
+-- that the column stays excluded. SECURITY DEFINER: whoever may rename the column may do this.
+CREATE FUNCTION activity_log._rename_excluded(relation oid, old_name text, new_name text)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Only a rename that happened: the old name is gone and the new one exists. Anybody may
+    -- call this, and it can do nothing but follow a real rename.
+    UPDATE activity_log.tracked_tables
+       SET exclude_columns = array_replace(exclude_columns, old_name, new_name)
+     WHERE relid = relation::regclass
+       AND NOT EXISTS (SELECT 1 FROM pg_attribute
+                        WHERE attrelid = relation AND attname = old_name AND NOT attisdropped)
+       AND EXISTS (SELECT 1 FROM pg_attribute
+                    WHERE attrelid = relation AND attname = new_name AND NOT attisdropped)
+$$;
+
 -- A dropped table is no longer tracked; its trail stays.
 -- SECURITY DEFINER: event triggers run as whoever drops something.
 CREATE FUNCTION activity_log._untrack_dropped() RETURNS event_trigger

@@ -675,6 +675,23 @@ fn ordinary_roles_can_drop_and_defaults_added_later_appear_in_old_images() {
         c.one(DB, "SELECT count(*) FROM activity_log.tracked_tables"),
         "0"
     );
+    // An excluded column stays excluded when it is renamed; a direct call cannot fake a rename.
+    c.sql(
+        DB,
+        "CREATE TABLE users (id int PRIMARY KEY, password_hash text);
+         SELECT activity_log.track('users', '{password_hash}');
+         ALTER TABLE users RENAME COLUMN password_hash TO pw;
+         SELECT activity_log._rename_excluded('users'::regclass, 'pw', 'id');
+         INSERT INTO users VALUES (1, 'secret');",
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT exclude_columns::text FROM activity_log.tracked_tables"
+        ),
+        "{pw}"
+    );
+    assert_eq!(changes(&c, "users"), [r#"INSERT|{"id": 1}|-|{"id": 1}|-"#]);
     assert_eq!(
         changes(&c, "owned"),
         [

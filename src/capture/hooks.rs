@@ -517,6 +517,36 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             )
         };
         let cid = pg_sys::GetCurrentCommandId(false);
+        if pgrx::is_a(stmt, pg_sys::NodeTag::T_RenameStmt) {
+            let rename = stmt.cast::<pg_sys::RenameStmt>();
+            if (*rename).renameType == pg_sys::ObjectType::OBJECT_COLUMN
+                && !(*rename).relation.is_null()
+            {
+                let relid = resolve((*rename).relation);
+                let old = CStr::from_ptr((*rename).subname).to_bytes();
+                if let Some(t) = tracked::lookup(relid.to_u32())
+                    && t.relid == relid.to_u32()
+                    && t.exclude_columns.iter().any(|c| c == old)
+                {
+                    // An excluded column keeps being excluded under its new name.
+                    let _nested = Nested::enter();
+                    let new = CStr::from_ptr((*rename).newname)
+                        .to_string_lossy()
+                        .into_owned();
+                    Spi::run_with_args(
+                        "SELECT activity_log._rename_excluded($1, $2, $3)",
+                        &[
+                            relid.into(),
+                            String::from_utf8_lossy(old).into_owned().into(),
+                            new.into(),
+                        ],
+                    )
+                    .unwrap_or_else(|e| {
+                        error!("activity_log: could not follow the column rename: {e}")
+                    });
+                }
+            }
+        }
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_TruncateStmt) {
             let truncate = stmt.cast::<pg_sys::TruncateStmt>();
             let list = (*truncate).relations;
