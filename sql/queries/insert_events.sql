@@ -1,6 +1,7 @@
 -- One batch of the writer: column arrays in, one row per record out, in ring order so that
--- the identity column follows commit order. (Multi-argument unnest must be written
--- unqualified: the parser expands it into ROWS FROM.) Names are resolved here, by the writer;
+-- the identity column follows commit order. The unnests sit in a select list, where they run in
+-- lockstep and stream row by row (in FROM they would be materialized into a tuplestore first,
+-- which spills to disk for large batches). Names are resolved here, by the writer;
 -- relation names are schema-qualified whatever the writer's search_path, and a relation
 -- dropped before its record was written shows as its OID. Row images, keys and changed
 -- columns arrive ready (worker/images.rs).
@@ -26,15 +27,35 @@ SELECT timestamptz '2000-01-01 00:00:00+00' + u.ts * interval '1 microsecond',
        u.context::jsonb, u.jwt_claims::jsonb, u.details::jsonb,
        u.schema_name, u.table_name, u.table_oid::oid, u.row_key::jsonb, u.old_row::jsonb,
        u.new_row::jsonb, u.changed_columns::text[]
-  FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-              $7::text[], $8::int8[], $9::int8[], $10::text[], $11::text[], $12::text[],
-              $13::int4[], $14::int8[], $15::text[], $16::text[], $17::text[],
-              $18::int8[], $19::int8[], $20::int8[], $21::text[], $22::text[], $23::text[],
-              $24::text[], $25::text[], $26::int8[], $27::text[], $28::text[], $29::text[], $30::text[])
-       WITH ORDINALITY AS u(ts, committed_at, kind, category, severity, status, sqlstate,
-                            session_role, effective_role, actor, application_name, client_addr,
-                            backend_pid, xid, command, relations, query, query_id, rows,
-                            duration_us, context, jwt_claims, details,
-                            schema_name, table_name, table_oid, old_row, new_row, row_key,
-                            changed_columns, ord)
- ORDER BY u.ord
+  FROM (SELECT
+               pg_catalog.unnest($1::int8[]) AS ts,
+               pg_catalog.unnest($2::int8[]) AS committed_at,
+               pg_catalog.unnest($3::text[]) AS kind,
+               pg_catalog.unnest($4::text[]) AS category,
+               pg_catalog.unnest($5::text[]) AS severity,
+               pg_catalog.unnest($6::text[]) AS status,
+               pg_catalog.unnest($7::text[]) AS sqlstate,
+               pg_catalog.unnest($8::int8[]) AS session_role,
+               pg_catalog.unnest($9::int8[]) AS effective_role,
+               pg_catalog.unnest($10::text[]) AS actor,
+               pg_catalog.unnest($11::text[]) AS application_name,
+               pg_catalog.unnest($12::text[]) AS client_addr,
+               pg_catalog.unnest($13::int4[]) AS backend_pid,
+               pg_catalog.unnest($14::int8[]) AS xid,
+               pg_catalog.unnest($15::text[]) AS command,
+               pg_catalog.unnest($16::text[]) AS relations,
+               pg_catalog.unnest($17::text[]) AS query,
+               pg_catalog.unnest($18::int8[]) AS query_id,
+               pg_catalog.unnest($19::int8[]) AS rows,
+               pg_catalog.unnest($20::int8[]) AS duration_us,
+               pg_catalog.unnest($21::text[]) AS context,
+               pg_catalog.unnest($22::text[]) AS jwt_claims,
+               pg_catalog.unnest($23::text[]) AS details,
+               pg_catalog.unnest($24::text[]) AS schema_name,
+               pg_catalog.unnest($25::text[]) AS table_name,
+               pg_catalog.unnest($26::int8[]) AS table_oid,
+               pg_catalog.unnest($27::text[]) AS old_row,
+               pg_catalog.unnest($28::text[]) AS new_row,
+               pg_catalog.unnest($29::text[]) AS row_key,
+               pg_catalog.unnest($30::text[]) AS changed_columns) u
+
