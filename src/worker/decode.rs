@@ -1,50 +1,196 @@
-//! worker/decode.rs: turns captured row images (raw minimal tuples) into JSON text.
+//! worker/decode.rs: turns captured row images (raw minimal tuples) into the trail's values —
+//! jsonb images without the excluded columns, the row key, the changed columns.
 //!
 //! Runs in the writer, inside its batch transaction (type output functions need the catalog).
 //! The row type is rebuilt from the description captured with the images, not read from the
 //! table: the table may have been altered or dropped since, and the images keep the shape they
-//! were stored in. Allocations go into a context reset per row.
+//! were stored in. jsonb is built by PostgreSQL's own `to_jsonb` straight from the tuple, so
+//! values keep every digit and nothing is printed and parsed again. Scratch allocations go into
+//! a context reset per row; only the finished jsonb values are copied out, into the context
+//! that was current at the call (the batch transaction's), where the insert finds them.
 
 use pgrx::pg_sys;
-use std::ffi::{CStr, CString, c_char};
+use pgrx::varlena;
+use std::ffi::{CString, c_char};
 
 use crate::record::{Column, RowImages};
 
-/// The (old, new) images of one row as JSON objects by column name.
-pub type JsonImages = (Option<String>, Option<String>);
+/// A jsonb value allocated in the batch transaction.
+#[derive(Clone, Copy)]
+pub struct Jsonb(pg_sys::Datum);
 
-/// images_to_json decodes every image of one statement's change.
-pub fn images_to_json(columns: &[Column], images: &[RowImages]) -> Vec<JsonImages> {
-    // SAFETY: builds a tuple descriptor in the current (transaction) memory context and
-    // decodes tuples that capture copied from PostgreSQL's own minimal tuples.
-    unsafe {
-        let desc = row_type(columns);
-        let mut per_row = pgrx::PgMemoryContexts::new("activity_log decode");
-        let mut one = |bytes: &Vec<u8>| {
-            let json = per_row.switch_to(|_| tuple_to_json(bytes, desc));
-            per_row.reset();
-            json
-        };
-        images
-            .iter()
-            .map(|(old, new)| (old.as_ref().map(&mut one), new.as_ref().map(&mut one)))
-            .collect()
+impl Jsonb {
+    pub fn datum(self) -> pg_sys::Datum {
+        self.0
     }
 }
 
-unsafe fn row_type(columns: &[Column]) -> pg_sys::TupleDesc {
-    // SAFETY: a fresh descriptor with one entry per captured attribute, in attribute order.
+/// One change row as the trail stores it.
+#[derive(Default)]
+pub struct ChangeRow {
+    pub old_row: Option<Jsonb>,
+    pub new_row: Option<Jsonb>,
+    /// The key columns of the old image (the new one for an INSERT); the whole row when the
+    /// table has no key.
+    pub row_key: Option<Jsonb>,
+    /// For an UPDATE: the shown columns whose stored value differs, sorted by name.
+    pub changed_columns: Option<Vec<String>>,
+}
+
+/// Decoder decodes the changes of one batch. It lives in the batch transaction: the row types
+/// it builds are reused by every statement of the same shape in the batch.
+pub struct Decoder {
+    to_jsonb: ToJsonb,
+    per_row: pgrx::PgMemoryContexts,
+    shapes: Vec<Shape>,
+}
+
+/// The record types of one table's images, as captured.
+struct Shape {
+    columns: Vec<Column>,
+    key_columns: Vec<Vec<u8>>,
+    exclude: Vec<Vec<u8>>,
+    full: pg_sys::TupleDesc,
+    /// The columns shown in the trail: neither dropped nor excluded.
+    shown: Vec<usize>,
+    /// Set when excluded columns need a narrower row than `full`.
+    shown_type: Option<pg_sys::TupleDesc>,
+    /// Key columns and whether each is shown (an excluded one shows as null).
+    key: Vec<(usize, bool)>,
+    key_type: Option<pg_sys::TupleDesc>,
+}
+
+impl Shape {
+    unsafe fn new(columns: &[Column], key_columns: &[Vec<u8>], exclude: &[Vec<u8>]) -> Shape {
+        let shown: Vec<usize> = (0..columns.len())
+            .filter(|&i| !columns[i].dropped && !exclude.contains(&columns[i].name))
+            .collect();
+        let key: Vec<(usize, bool)> = key_columns
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| !c.dropped && &c.name == k))
+            .map(|i| (i, shown.contains(&i)))
+            .collect();
+        // to_jsonb skips dropped columns itself; excluded ones need a narrower row.
+        let hides = columns
+            .iter()
+            .any(|c| !c.dropped && exclude.contains(&c.name));
+        let key_idx: Vec<usize> = key.iter().map(|k| k.0).collect();
+        // SAFETY: descriptors built in the batch transaction's memory context.
+        unsafe {
+            Shape {
+                full: row_type(columns, &(0..columns.len()).collect::<Vec<_>>()),
+                shown_type: hides.then(|| row_type(columns, &shown)),
+                key_type: (!key.is_empty()).then(|| row_type(columns, &key_idx)),
+                columns: columns.to_vec(),
+                key_columns: key_columns.to_vec(),
+                exclude: exclude.to_vec(),
+                shown,
+                key,
+            }
+        }
+    }
+}
+
+impl Decoder {
+    /// new must be called inside the batch transaction.
+    pub fn new() -> Decoder {
+        Decoder {
+            // SAFETY: fmgr lookup in the transaction's memory context.
+            to_jsonb: unsafe { ToJsonb::new() },
+            per_row: pgrx::PgMemoryContexts::new("activity_log decode"),
+            shapes: Vec::new(),
+        }
+    }
+
+    /// decode_change decodes every image of one statement's change.
+    pub fn decode_change(
+        &mut self,
+        columns: &[Column],
+        key_columns: &[Vec<u8>],
+        exclude: &[Vec<u8>],
+        images: &[RowImages],
+    ) -> Vec<ChangeRow> {
+        let found = self.shapes.iter().position(|s| {
+            s.columns == columns && s.key_columns == key_columns && s.exclude == exclude
+        });
+        let shape = match found {
+            Some(i) => i,
+            None => {
+                // SAFETY: inside the batch transaction (see new).
+                let shape = unsafe { Shape::new(columns, key_columns, exclude) };
+                self.shapes.push(shape);
+                self.shapes.len() - 1
+            }
+        };
+        let shape = &self.shapes[shape];
+        let to_jsonb = &self.to_jsonb;
+        // SAFETY: tuples are PostgreSQL's own minimal tuples, copied at capture, decoded with
+        // the descriptor of their shape; scratch memory is the per-row context, and the
+        // finished values are copied into the context current at this call.
+        unsafe {
+            let out = pg_sys::CurrentMemoryContext;
+            let key_idx: Vec<usize> = shape.key.iter().map(|k| k.0).collect();
+            let mut rows = Vec::with_capacity(images.len());
+            for (old, new) in images {
+                let row = self.per_row.switch_to(|_| {
+                    let old = old.as_ref().map(|b| Deformed::new(b, shape.full));
+                    let new = new.as_ref().map(|b| Deformed::new(b, shape.full));
+                    let image = |d: &Deformed| match shape.shown_type {
+                        Some(t) => to_jsonb.call(d.form(t, &shape.shown, |_| false)),
+                        None => to_jsonb.call(d.datum),
+                    };
+                    let old_row = old.as_ref().map(image);
+                    let new_row = new.as_ref().map(image);
+                    let key_source = old.as_ref().or(new.as_ref());
+                    let row_key = match shape.key_type {
+                        Some(t) => key_source
+                            .map(|d| to_jsonb.call(d.form(t, &key_idx, |n| !shape.key[n].1))),
+                        None => old_row.or(new_row),
+                    };
+                    let changed_columns = match (&old, &new) {
+                        (Some(o), Some(n)) => {
+                            let mut names: Vec<String> = shape
+                                .shown
+                                .iter()
+                                .filter(|&&i| !o.same_value(n, i, shape.full))
+                                .map(|&i| String::from_utf8_lossy(&columns[i].name).into_owned())
+                                .collect();
+                            names.sort();
+                            Some(names)
+                        }
+                        _ => None,
+                    };
+                    let keep = |j: Option<pg_sys::Datum>| j.map(|j| Jsonb(copy_to(out, j)));
+                    ChangeRow {
+                        old_row: keep(old_row),
+                        new_row: keep(new_row),
+                        row_key: keep(row_key),
+                        changed_columns,
+                    }
+                });
+                self.per_row.reset();
+                rows.push(row);
+            }
+            rows
+        }
+    }
+}
+
+/// row_type describes the columns at `idx` (attribute order) as a blessed record type.
+unsafe fn row_type(columns: &[Column], idx: &[usize]) -> pg_sys::TupleDesc {
+    // SAFETY: a fresh descriptor with one entry per chosen attribute.
     unsafe {
-        let desc = pg_sys::CreateTemplateTupleDesc(columns.len() as i32);
-        let attrs = (*desc).attrs.as_mut_slice(columns.len());
-        for (i, c) in columns.iter().enumerate() {
+        let desc = pg_sys::CreateTemplateTupleDesc(idx.len() as i32);
+        let attrs = (*desc).attrs.as_mut_slice(idx.len());
+        for (n, &i) in idx.iter().enumerate() {
+            let c = &columns[i];
             let name = CString::new(c.name.clone()).unwrap_or_default();
-            let attno = (i + 1) as i16;
+            let attno = (n + 1) as i16;
             if c.dropped {
                 // A dropped column keeps its storage shape so that the columns after it are
                 // found; its type may no longer exist.
                 pg_sys::TupleDescInitEntry(desc, attno, name.as_ptr(), pg_sys::INT4OID, -1, 0);
-                let a = &mut attrs[i];
+                let a = &mut attrs[n];
                 a.atttypid = pg_sys::InvalidOid;
                 a.attlen = c.len;
                 a.attbyval = c.byval;
@@ -65,18 +211,131 @@ unsafe fn row_type(columns: &[Column]) -> pg_sys::TupleDesc {
     }
 }
 
-unsafe fn tuple_to_json(bytes: &[u8], desc: pg_sys::TupleDesc) -> String {
-    // SAFETY: bytes are a whole minimal tuple; the palloc'd copy gives it MAXALIGN alignment.
+/// One image as a composite datum and its attribute values.
+struct Deformed {
+    datum: pg_sys::Datum,
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
+}
+
+impl Deformed {
+    unsafe fn new(bytes: &[u8], desc: pg_sys::TupleDesc) -> Deformed {
+        // SAFETY: bytes are a whole minimal tuple of `desc`; the palloc'd copy gives it
+        // MAXALIGN alignment. Values were detoasted at capture, so the datum needs no toast.
+        unsafe {
+            let copy = pg_sys::palloc(bytes.len()).cast::<u8>();
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+            let heap = pg_sys::heap_tuple_from_minimal_tuple(copy.cast());
+            let natts = (*desc).natts as usize;
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![true; natts];
+            pg_sys::heap_deform_tuple(heap, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            Deformed {
+                datum: pg_sys::heap_copy_tuple_as_datum(heap, desc),
+                values,
+                nulls,
+            }
+        }
+    }
+
+    /// form builds a composite of the attributes at `idx` in the record type `desc`;
+    /// `hide(n)` nulls the n-th one.
+    unsafe fn form(
+        &self,
+        desc: pg_sys::TupleDesc,
+        idx: &[usize],
+        hide: impl Fn(usize) -> bool,
+    ) -> pg_sys::Datum {
+        let mut values: Vec<pg_sys::Datum> = idx.iter().map(|&i| self.values[i]).collect();
+        let mut nulls: Vec<bool> = idx
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| self.nulls[i] || hide(n))
+            .collect();
+        // SAFETY: values and nulls match desc's attributes one to one.
+        unsafe {
+            let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::heap_copy_tuple_as_datum(tuple, desc)
+        }
+    }
+
+    /// same_value compares attribute `i` of two images by its stored bytes.
+    unsafe fn same_value(&self, other: &Deformed, i: usize, desc: pg_sys::TupleDesc) -> bool {
+        if self.nulls[i] || other.nulls[i] {
+            return self.nulls[i] == other.nulls[i];
+        }
+        // SAFETY: both values are attribute i of tuples of desc.
+        unsafe {
+            let a = &(*desc).attrs.as_slice((*desc).natts as usize)[i];
+            let (x, y) = (self.values[i], other.values[i]);
+            let bytes = |d: pg_sys::Datum, len: usize| {
+                std::slice::from_raw_parts(d.cast_mut_ptr::<u8>().cast_const(), len)
+            };
+            match a.attlen {
+                _ if a.attbyval => x == y, // both read by fetch_att: same width, same extension
+                -1 => {
+                    // Varlena values may differ only in their header (short or compressed).
+                    let x = pg_sys::pg_detoast_datum_packed(x.cast_mut_ptr());
+                    let y = pg_sys::pg_detoast_datum_packed(y.cast_mut_ptr());
+                    let (lx, ly) = (varlena::varsize_any_exhdr(x), varlena::varsize_any_exhdr(y));
+                    lx == ly
+                        && std::slice::from_raw_parts(varlena::vardata_any(x).cast::<u8>(), lx)
+                            == std::slice::from_raw_parts(varlena::vardata_any(y).cast::<u8>(), ly)
+                }
+                -2 => {
+                    let cstr =
+                        |d: pg_sys::Datum| std::ffi::CStr::from_ptr(d.cast_mut_ptr::<c_char>());
+                    cstr(x) == cstr(y)
+                }
+                len => bytes(x, len as usize) == bytes(y, len as usize),
+            }
+        }
+    }
+}
+
+/// ToJsonb calls `to_jsonb(record)`: the function reads its argument's type from the call's
+/// expression, so the call carries one that says `record`.
+struct ToJsonb {
+    flinfo: pg_sys::FmgrInfo,
+}
+
+impl ToJsonb {
+    unsafe fn new() -> ToJsonb {
+        // SAFETY: plain fmgr setup in the current (transaction) memory context.
+        unsafe {
+            let mut flinfo = pg_sys::FmgrInfo::default();
+            pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), &mut flinfo);
+            let arg = pg_sys::makeNullConst(pg_sys::RECORDOID, -1, pg_sys::InvalidOid);
+            let args = pg_sys::lappend(std::ptr::null_mut(), arg.cast());
+            flinfo.fn_expr = pg_sys::makeFuncExpr(
+                pg_sys::Oid::from(pg_sys::F_TO_JSONB),
+                pg_sys::JSONBOID,
+                args,
+                pg_sys::InvalidOid,
+                pg_sys::InvalidOid,
+                pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+            )
+            .cast();
+            ToJsonb { flinfo }
+        }
+    }
+
+    unsafe fn call(&self, composite: pg_sys::Datum) -> pg_sys::Datum {
+        // SAFETY: composite is a blessed record datum; to_jsonb never returns NULL for one.
+        unsafe {
+            let flinfo = std::ptr::from_ref(&self.flinfo).cast_mut();
+            pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, composite)
+        }
+    }
+}
+
+/// copy_to copies a varlena datum into `cxt`.
+unsafe fn copy_to(cxt: pg_sys::MemoryContext, datum: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: datum is a plain (untoasted) varlena; the copy has its length.
     unsafe {
-        let copy = pg_sys::palloc(bytes.len()).cast::<u8>();
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
-        let heap = pg_sys::heap_tuple_from_minimal_tuple(copy.cast());
-        let datum = pg_sys::heap_copy_tuple_as_datum(heap, desc);
-        let Some(text) = pgrx::direct_function_call_as_datum(pg_sys::row_to_json, &[Some(datum)])
-        else {
-            return "null".into();
-        };
-        let c = pg_sys::text_to_cstring(text.cast_mut_ptr());
-        CStr::from_ptr(c).to_string_lossy().into_owned()
+        let len = varlena::varsize_any(datum.cast_mut_ptr());
+        let copy = pg_sys::MemoryContextAlloc(cxt, len);
+        std::ptr::copy_nonoverlapping(datum.cast_mut_ptr::<u8>(), copy.cast::<u8>(), len);
+        pg_sys::Datum::from(copy)
     }
 }

@@ -3,6 +3,6 @@
 //! database connection.
 
 mod decode;
-mod images;
 pub mod launcher;
+mod store;
 pub mod writer;

@@ -2,7 +2,7 @@
 //! `activity_log.events`.
 //!
 //! The loop: read committed frames from the ring tail (up to `batch_size` records), decode
-//! them, insert them with one set-based `INSERT ... SELECT FROM unnest(...)`, commit, and only
+//! them (worker/decode.rs), store them the way COPY does (worker/store.rs), commit, and only
 //! then move the tail. A failed insert is noted in the ring's metrics and ends the process with
 //! exit code 1; the launcher starts a new writer after a back-off and the same records are
 //! tried again, so nothing published is lost. On SIGTERM the writer drains the ring before it
@@ -11,15 +11,16 @@
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{IntoDatum, PgOid};
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::capture::hooks;
 use crate::gucs;
 use crate::record::{self, Body, Op, StatementClass};
 use crate::ring;
-use crate::worker::{decode, images};
+use crate::worker::decode;
+use crate::worker::store::{self, Col, Row, Trail};
 
 /// The slot and database this process writes for.
 static mut MY_SLOT: i64 = -1;
@@ -77,17 +78,6 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
     }
 
-    // The batch insert's estimates (unnest of large arrays) would trigger JIT compilation,
-    // which costs far more than it saves for this query.
-    // SAFETY: plain GUC assignment in this process.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"jit".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-    }
     if ring::take_gap(slot) {
         BackgroundWorker::transaction(write_gap_event);
     }
@@ -239,90 +229,6 @@ fn parse_json_or_string(b: &[u8]) -> Value {
     serde_json::from_slice(b).unwrap_or_else(|_| Value::String(text(b)))
 }
 
-/// Column vectors for one `INSERT ... SELECT FROM unnest(...)`; `columns!` lists them once
-/// for the struct, single-row copies and the statement's parameters (in `$n` order).
-macro_rules! columns {
-    ($($name:ident: $ty:ty),* $(,)?) => {
-        #[derive(Default)]
-        struct Rows {
-            /// Decode row images one change at a time, in subtransactions (see from_batch).
-            isolate: bool,
-            $($name: Vec<$ty>),*
-        }
-
-        impl Rows {
-            /// row copies record `i` into a batch of its own.
-            fn row(&self, i: usize) -> Rows {
-                Rows { isolate: self.isolate, $($name: vec![self.$name[i].clone()]),* }
-            }
-
-            fn insert(self) {
-                let args = [$(self.$name.into()),*];
-                Spi::connect_mut(|client| {
-                    INSERT_PLAN.with_borrow_mut(|plan| {
-                        if plan.is_none() {
-                            let types = [$(PgOid::from(<Vec<$ty> as IntoDatum>::type_oid())),*];
-                            *plan = Some(client.prepare_mut(INSERT, &types)?.keep());
-                        }
-                        client.update(plan.as_ref().unwrap(), None, &args).map(|_| ())
-                    })
-                })
-                .unwrap_or_else(|e| error!("activity_log: insert failed: {e}"));
-            }
-        }
-    };
-}
-
-columns! {
-    ts: i64,
-    committed_at: i64,
-    kind: String,
-    category: String,
-    severity: String,
-    status: String,
-    sqlstate: Option<String>,
-    session_user: i64,
-    current_user: i64,
-    actor: Option<String>,
-    application_name: String,
-    client_addr: Option<String>,
-    backend_pid: i32,
-    xid: Option<i64>,
-    command: Option<String>,
-    relations: Option<String>,
-    query: Option<String>,
-    query_id: Option<i64>,
-    rows: Option<i64>,
-    duration_us: Option<i64>,
-    context: Option<String>,
-    jwt_claims: Option<String>,
-    details: Option<String>,
-    schema_name: Option<String>,
-    table_name: Option<String>,
-    table_oid: Option<i64>,
-    old_row: Option<String>,
-    new_row: Option<String>,
-    row_key: Option<String>,
-    changed_columns: Option<String>,
-}
-
-const INSERT: &str = include_str!("../../sql/queries/insert_events.sql");
-
-thread_local! {
-    /// The batch insert, planned once per writer (PostgreSQL replans it if the table changes).
-    static INSERT_PLAN: std::cell::RefCell<Option<pgrx::spi::OwnedPreparedStatement>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// array_literal renders a text[] literal, quoting every element.
-fn array_literal(items: &[String]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("{{{}}}", quoted.join(","))
-}
-
 /// The parts of one row that every kind of record has.
 struct Common<'a> {
     committed_at: i64,
@@ -330,20 +236,40 @@ struct Common<'a> {
     origin: &'a record::Origin,
 }
 
+/// The trail rows of one batch, in ring order.
+struct Rows {
+    /// Decode row images one change at a time, in subtransactions (see from_batch).
+    isolate: bool,
+    rows: Vec<Row>,
+    /// With `isolate`: each row's commit time and what it is, for the gap record that replaces
+    /// it if the table refuses it.
+    labels: Vec<(i64, String)>,
+    /// Role names, looked up once per batch.
+    users: HashMap<u32, String>,
+}
+
 impl Rows {
+    fn new(isolate: bool) -> Rows {
+        Rows {
+            isolate,
+            rows: Vec::new(),
+            labels: Vec::new(),
+            users: HashMap::new(),
+        }
+    }
+
     /// from_batch builds the rows of a batch. With `isolate`, row images that cannot be decoded
     /// (their type was dropped, say) become a gap record instead of failing the batch.
     fn from_batch(batch: &ring::Batch, isolate: bool) -> Rows {
-        let mut r = Rows {
-            isolate,
-            ..Rows::default()
-        };
+        let mut r = Rows::new(isolate);
+        let mut decoder = decode::Decoder::new();
         for frame in &batch.frames {
             match record::decode_frame(&frame.payload) {
                 Ok((info, mut records)) => {
                     order_changes(&mut records);
                     for rec in &records {
                         r.push(
+                            &mut decoder,
                             Common {
                                 committed_at: frame.commit_ts,
                                 info: &info,
@@ -360,63 +286,69 @@ impl Rows {
         r
     }
 
+    fn keep(&mut self, row: Row, committed_at: i64, kind: &str, command: Option<&[u8]>) {
+        if self.isolate {
+            let command = text(command.unwrap_or(b"?"));
+            self.labels
+                .push((committed_at, format!("{kind} record \"{command}\"")));
+        }
+        self.rows.push(row);
+    }
+
+    fn user(&mut self, role: u32) -> String {
+        self.users
+            .entry(role)
+            .or_insert_with(|| store::user_name(role))
+            .clone()
+    }
+
+    /// row starts a trail row with the columns every kind of record has.
     #[allow(clippy::too_many_arguments)]
-    fn push_row(
+    fn row(
         &mut self,
         c: &Common,
         ts: i64,
         kind: &str,
-        category: String,
-        severity: &str,
+        category: &[u8],
+        severity: &[u8],
         status: &str,
-        command: Option<String>,
-        details: Option<String>,
-    ) {
+        command: Option<&[u8]>,
+        details: Option<&str>,
+    ) -> Row {
         let o = c.origin;
-        self.ts.push(ts);
-        self.committed_at.push(c.committed_at);
-        self.kind.push(kind.into());
-        self.category.push(category);
-        self.severity.push(severity.into());
-        self.status.push(status.into());
-        self.session_user.push(o.session_user as i64);
-        self.current_user.push(o.current_user as i64);
-        self.actor.push(o.actor.as_deref().map(text));
-        self.application_name.push(text(&o.application_name));
-        self.context.push(
-            o.context
-                .as_deref()
-                .map(|c| parse_json_or_string(c).to_string()),
-        );
-        self.jwt_claims.push(
-            o.jwt_claims
-                .as_deref()
-                .map(|c| parse_json_or_string(c).to_string()),
-        );
-        self.client_addr
-            .push(c.info.client_addr.as_deref().map(text));
-        self.backend_pid.push(c.info.pid);
-        self.xid
-            .push((c.info.xid != 0).then_some(c.info.xid as i64));
-        self.command.push(command);
-        self.details.push(details);
-        // Kind-specific columns start empty; the caller fills in its own.
-        self.sqlstate.push(None);
-        self.relations.push(None);
-        self.query.push(None);
-        self.query_id.push(None);
-        self.rows.push(None);
-        self.duration_us.push(None);
-        self.schema_name.push(None);
-        self.table_name.push(None);
-        self.table_oid.push(None);
-        self.old_row.push(None);
-        self.new_row.push(None);
-        self.row_key.push(None);
-        self.changed_columns.push(None);
+        let mut row = Row::default();
+        row.timestamp(Col::Ts, ts);
+        row.timestamp(Col::CommittedAt, c.committed_at);
+        row.text(Col::Kind, kind.as_bytes());
+        row.text(Col::Category, category);
+        row.text(Col::Severity, severity);
+        row.text(Col::Status, status.as_bytes());
+        row.text(Col::DbUser, self.user(o.session_user).as_bytes());
+        row.text(Col::EffectiveUser, self.user(o.current_user).as_bytes());
+        row.opt_text(Col::Actor, o.actor.as_deref());
+        row.text(Col::ApplicationName, &o.application_name);
+        let json = |b: &Option<Vec<u8>>| b.as_deref().map(|b| parse_json_or_string(b).to_string());
+        if let Some(j) = json(&o.context) {
+            row.json_text(Col::Context, &j);
+        }
+        if let Some(j) = json(&o.jwt_claims) {
+            row.json_text(Col::JwtClaims, &j);
+        }
+        if let Some(addr) = &c.info.client_addr {
+            row.inet(Col::ClientAddr, addr);
+        }
+        row.int4(Col::BackendPid, c.info.pid);
+        if c.info.xid != 0 {
+            row.int8(Col::Xid, c.info.xid as i64);
+        }
+        row.opt_text(Col::Command, command);
+        if let Some(d) = details {
+            row.json_text(Col::Details, d);
+        }
+        row
     }
 
-    fn push(&mut self, c: Common, body: &Body) {
+    fn push(&mut self, decoder: &mut decode::Decoder, c: Common, body: &Body) {
         match body {
             Body::Statement(s) => {
                 let failed = s.sqlstate.is_some();
@@ -425,33 +357,44 @@ impl Rows {
                     StatementClass::Mod => ("statement", "data_change"),
                     StatementClass::Other => ("statement", "data_access"),
                 };
-                self.push_row(
+                let details = s
+                    .error_message
+                    .as_deref()
+                    .map(|m| json!({ "error": text(m) }).to_string());
+                let mut row = self.row(
                     &c,
                     s.ts,
                     kind,
-                    category.into(),
-                    if failed { "error" } else { "info" },
+                    category.as_bytes(),
+                    if failed { b"error" } else { b"info" },
                     if failed { "error" } else { "success" },
-                    (!s.command.is_empty()).then(|| text(&s.command)),
-                    s.error_message
-                        .as_deref()
-                        .map(|m| json!({ "error": text(m) }).to_string()),
+                    (!s.command.is_empty()).then_some(&s.command[..]),
+                    details.as_deref(),
                 );
-                last(&mut self.sqlstate, s.sqlstate.map(|c| text(&c)));
-                last(
-                    &mut self.relations,
-                    (!s.relations.is_empty()).then(|| {
-                        let list: Vec<String> = s.relations.iter().map(u32::to_string).collect();
-                        format!("{{{}}}", list.join(","))
-                    }),
-                );
-                last(
-                    &mut self.query,
-                    (!s.query.is_empty()).then(|| text(&s.query)),
-                );
-                last(&mut self.query_id, (s.query_id != 0).then_some(s.query_id));
-                last(&mut self.rows, s.rows);
-                last(&mut self.duration_us, (!failed).then_some(s.duration_us));
+                if let Some(code) = &s.sqlstate {
+                    row.text(Col::Sqlstate, code);
+                }
+                if !s.relations.is_empty() {
+                    let names: Vec<String> = s
+                        .relations
+                        .iter()
+                        .map(|&r| store::relation_name(r))
+                        .collect();
+                    row.text_array(Col::Relations, &names);
+                }
+                if !s.query.is_empty() {
+                    row.text(Col::Query, &s.query);
+                }
+                if s.query_id != 0 {
+                    row.int8(Col::QueryId, s.query_id);
+                }
+                if let Some(n) = s.rows {
+                    row.int8(Col::Rows, n);
+                }
+                if !failed {
+                    row.float8(Col::DurationMs, s.duration_us as f64 / 1000.0);
+                }
+                self.keep(row, c.committed_at, kind, Some(&s.command));
             }
             Body::Event(e) => {
                 let mut details = Map::new();
@@ -463,16 +406,17 @@ impl Rows {
                     details.insert("entity_id".into(), Value::String(text(id)));
                 }
                 details.insert("data".into(), parse_json_or_string(&e.details));
-                self.push_row(
+                let row = self.row(
                     &c,
                     e.ts,
                     "event",
-                    text(&e.category),
-                    &text(&e.severity),
+                    &e.category,
+                    &e.severity,
                     "success",
-                    Some(text(&e.action)),
-                    Some(Value::Object(details).to_string()),
+                    Some(&e.action),
+                    Some(&Value::Object(details).to_string()),
                 );
+                self.keep(row, c.committed_at, "event", Some(&e.action));
             }
             Body::Change(ch) => {
                 let op = match ch.op {
@@ -484,13 +428,19 @@ impl Rows {
                     Op::Gap => "GAP",
                 };
                 // TRUNCATE and COPY have no images: one record for the statement.
+                let mut decode = || {
+                    decoder.decode_change(
+                        &ch.columns,
+                        &ch.key_columns,
+                        &ch.exclude_columns,
+                        &ch.rows,
+                    )
+                };
                 let images = if ch.rows.is_empty() {
-                    vec![(None, None)]
+                    vec![decode::ChangeRow::default()]
                 } else if self.isolate {
                     let mut decoded = Vec::new();
-                    if let Err(message) = in_subtransaction(|| {
-                        decoded = decode::images_to_json(&ch.columns, &ch.rows)
-                    }) {
+                    if let Err(message) = in_subtransaction(|| decoded = decode()) {
                         let what = format!("{}.{}", text(&ch.schema), text(&ch.table));
                         let reason = format!("{op} rows of {what} could not be decoded: {message}");
                         self.push_gap(c.committed_at, &reason);
@@ -498,7 +448,7 @@ impl Rows {
                     }
                     decoded
                 } else {
-                    decode::images_to_json(&ch.columns, &ch.rows)
+                    decode()
                 };
                 let details = match ch.op {
                     Op::Copy => Some(json!({ "rows_captured": false, "note": "COPY FROM bypasses row capture: the loaded rows are counted, not recorded" }).to_string()),
@@ -511,37 +461,35 @@ impl Rows {
                 } else {
                     ("change", "info", "success")
                 };
-                let keys: Vec<String> = ch.key_columns.iter().map(|k| text(k)).collect();
-                let excluded: Vec<String> = ch.exclude_columns.iter().map(|k| text(k)).collect();
-                for (old, new) in images {
-                    self.push_row(
-                        &c,
-                        ch.ts,
-                        kind,
-                        "data_change".into(),
-                        severity,
-                        status,
-                        Some(op.into()),
-                        details.clone(),
-                    );
-                    last(
-                        &mut self.query,
-                        (!ch.query.is_empty()).then(|| text(&ch.query)),
-                    );
-                    last(&mut self.schema_name, Some(text(&ch.schema)));
-                    last(&mut self.table_name, Some(text(&ch.table)));
-                    last(&mut self.table_oid, Some(ch.relid as i64));
-                    let d = images::derive(old.as_deref(), new.as_deref(), &keys, &excluded);
-                    last(&mut self.old_row, d.old_row);
-                    last(&mut self.new_row, d.new_row);
-                    last(&mut self.row_key, d.row_key);
-                    last(
-                        &mut self.changed_columns,
-                        d.changed_columns.map(|c| array_literal(&c)),
-                    );
-                    if matches!(ch.op, Op::Copy | Op::Truncate) {
-                        last(&mut self.rows, (ch.op == Op::Copy).then_some(ch.row_count));
+                // The parts all rows of the statement share.
+                let mut first = self.row(
+                    &c,
+                    ch.ts,
+                    kind,
+                    b"data_change",
+                    severity.as_bytes(),
+                    status,
+                    Some(op.as_bytes()),
+                    details.as_deref(),
+                );
+                if !ch.query.is_empty() {
+                    first.text(Col::Query, &ch.query);
+                }
+                first.text(Col::SchemaName, &ch.schema);
+                first.text(Col::TableName, &ch.table);
+                first.oid(Col::TableOid, ch.relid);
+                if ch.op == Op::Copy {
+                    first.int8(Col::Rows, ch.row_count);
+                }
+                for image in images {
+                    let mut row = first.clone();
+                    row.jsonb(Col::OldRow, image.old_row);
+                    row.jsonb(Col::NewRow, image.new_row);
+                    row.jsonb(Col::RowKey, image.row_key);
+                    if let Some(names) = image.changed_columns {
+                        row.text_array(Col::ChangedColumns, &names);
                     }
+                    self.keep(row, c.committed_at, kind, Some(op.as_bytes()));
                 }
             }
         }
@@ -555,43 +503,48 @@ impl Rows {
             info: &info,
             origin: &origin,
         };
-        self.push_row(
+        let details = json!({ "reason": message }).to_string();
+        let row = self.row(
             &c,
             committed_at,
             "system",
-            "system".into(),
-            "critical",
+            b"system",
+            b"critical",
             "gap",
-            Some("GAP".into()),
-            Some(json!({ "reason": message }).to_string()),
+            Some(b"GAP"),
+            Some(&details),
         );
+        self.keep(row, committed_at, "system", Some(b"GAP"));
+    }
+
+    fn insert(self) {
+        let mut trail = Trail::open();
+        for row in &self.rows {
+            trail.insert(row);
+        }
+        trail.close();
     }
 
     /// insert_one_by_one stores each record in its own subtransaction; a record the table
     /// refuses is replaced by a `gap` record that says why and what it was.
     fn insert_one_by_one(self) {
-        for i in 0..self.ts.len() {
-            let one = self.row(i);
-            if let Err(message) = in_subtransaction(|| one.insert()) {
-                let mut gap = Rows::default();
+        let mut trail = Trail::open();
+        for (row, (committed_at, what)) in self.rows.iter().zip(&self.labels) {
+            if let Err(message) = in_subtransaction(|| {
+                trail.insert(row);
+                trail.flush();
+            }) {
+                trail.discard();
+                let mut gap = Rows::new(false);
                 gap.push_gap(
-                    self.committed_at[i],
-                    &format!(
-                        "{} record \"{}\" could not be stored: {message}",
-                        self.kind[i],
-                        self.command[i].as_deref().unwrap_or("?")
-                    ),
+                    *committed_at,
+                    &format!("{what} could not be stored: {message}"),
                 );
-                gap.insert();
+                trail.insert(&gap.rows[0]);
+                trail.flush();
             }
         }
-    }
-}
-
-/// last replaces the value pushed last (the row being built).
-fn last<T>(v: &mut [T], x: T) {
-    if let Some(slot) = v.last_mut() {
-        *slot = x;
+        trail.close();
     }
 }
 

@@ -1,0 +1,411 @@
+//! worker/store.rs: puts trail rows into `activity_log.events` the way COPY FROM does — heap
+//! multi-insert, then the indexes — with the table's NOT NULL and CHECK constraints checked and
+//! the identity column drawn from its sequence.
+//!
+//! Runs in the writer, inside its batch transaction; nothing is parsed or planned per batch.
+//! What it does not do: fire triggers on the trail (the trail has none; one added by hand is
+//! not run) or route rows into partitions. Values are Datums allocated in the batch
+//! transaction, valid until it ends.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::{CStr, CString};
+
+use crate::worker::decode::Jsonb;
+
+/// The trail's columns that the writer fills; `id` comes from the identity sequence.
+#[derive(Clone, Copy)]
+pub enum Col {
+    Ts,
+    CommittedAt,
+    Kind,
+    Category,
+    Severity,
+    Status,
+    Sqlstate,
+    DbUser,
+    EffectiveUser,
+    Actor,
+    ApplicationName,
+    ClientAddr,
+    BackendPid,
+    Xid,
+    Command,
+    SchemaName,
+    TableName,
+    TableOid,
+    Relations,
+    RowKey,
+    OldRow,
+    NewRow,
+    ChangedColumns,
+    Query,
+    QueryId,
+    Rows,
+    DurationMs,
+    Context,
+    JwtClaims,
+    Details,
+}
+
+const NCOLS: usize = Col::Details as usize + 1;
+
+const NAMES: [&CStr; NCOLS] = [
+    c"ts",
+    c"committed_at",
+    c"kind",
+    c"category",
+    c"severity",
+    c"status",
+    c"sqlstate",
+    c"db_user",
+    c"effective_user",
+    c"actor",
+    c"application_name",
+    c"client_addr",
+    c"backend_pid",
+    c"xid",
+    c"command",
+    c"schema_name",
+    c"table_name",
+    c"table_oid",
+    c"relations",
+    c"row_key",
+    c"old_row",
+    c"new_row",
+    c"changed_columns",
+    c"query",
+    c"query_id",
+    c"rows",
+    c"duration_ms",
+    c"context",
+    c"jwt_claims",
+    c"details",
+];
+
+/// One trail row; every column starts NULL.
+#[derive(Clone)]
+pub struct Row {
+    values: [pg_sys::Datum; NCOLS],
+    nulls: [bool; NCOLS],
+}
+
+impl Default for Row {
+    fn default() -> Row {
+        Row {
+            values: [pg_sys::Datum::from(0); NCOLS],
+            nulls: [true; NCOLS],
+        }
+    }
+}
+
+impl Row {
+    fn set(&mut self, c: Col, d: pg_sys::Datum) {
+        self.values[c as usize] = d;
+        self.nulls[c as usize] = false;
+    }
+
+    pub fn text(&mut self, c: Col, s: &[u8]) {
+        // Query text cut at max_query_length may end mid-character.
+        let s = String::from_utf8_lossy(s);
+        // SAFETY: copies the bytes into a palloc'd text.
+        let t = unsafe { pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32) };
+        self.set(c, pg_sys::Datum::from(t));
+    }
+
+    pub fn opt_text(&mut self, c: Col, s: Option<&[u8]>) {
+        if let Some(s) = s {
+            self.text(c, s);
+        }
+    }
+
+    pub fn int8(&mut self, c: Col, v: i64) {
+        self.set(c, pg_sys::Datum::from(v));
+    }
+
+    pub fn int4(&mut self, c: Col, v: i32) {
+        self.set(c, pg_sys::Datum::from(v));
+    }
+
+    pub fn float8(&mut self, c: Col, v: f64) {
+        self.set(c, pg_sys::Datum::from(v.to_bits()));
+    }
+
+    /// timestamptz from microseconds since 2000-01-01 UTC (PostgreSQL's own representation).
+    pub fn timestamp(&mut self, c: Col, micros: i64) {
+        self.int8(c, micros);
+    }
+
+    pub fn oid(&mut self, c: Col, v: u32) {
+        self.set(c, pg_sys::Datum::from(v));
+    }
+
+    pub fn jsonb(&mut self, c: Col, v: Option<Jsonb>) {
+        if let Some(v) = v {
+            self.set(c, v.datum());
+        }
+    }
+
+    /// jsonb from JSON text (validated when it was built).
+    pub fn json_text(&mut self, c: Col, json: &str) {
+        self.set(c, call_in(pg_sys::jsonb_in, json));
+    }
+
+    pub fn inet(&mut self, c: Col, addr: &[u8]) {
+        self.set(c, call_in(pg_sys::inet_in, &String::from_utf8_lossy(addr)));
+    }
+
+    pub fn text_array(&mut self, c: Col, items: &[String]) {
+        // SAFETY: an array of fresh text values, built like construct_array's callers do.
+        unsafe {
+            let mut elems: Vec<pg_sys::Datum> = items
+                .iter()
+                .map(|i| {
+                    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+                        i.as_ptr().cast(),
+                        i.len() as i32,
+                    ))
+                })
+                .collect();
+            let array = pg_sys::construct_array(
+                elems.as_mut_ptr(),
+                elems.len() as i32,
+                pg_sys::TEXTOID,
+                -1,
+                false,
+                pg_sys::TYPALIGN_INT as std::ffi::c_char,
+            );
+            self.set(c, pg_sys::Datum::from(array));
+        }
+    }
+}
+
+/// call_in runs a type input function on `s`.
+fn call_in(f: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum, s: &str) -> pg_sys::Datum {
+    let s = CString::new(s.replace('\0', "")).unwrap_or_default();
+    // SAFETY: a type input function with a NUL-terminated string; ERRORs propagate.
+    unsafe {
+        pgrx::direct_function_call_as_datum(f, &[Some(pg_sys::Datum::from(s.as_ptr()))])
+            .unwrap_or(pg_sys::Datum::from(0))
+    }
+}
+
+/// user_name is pg_get_userbyid's answer for a role OID.
+pub fn user_name(role: u32) -> String {
+    // SAFETY: syscache lookup; with noerr a missing role gives NULL.
+    let name = unsafe { pg_sys::GetUserNameFromId(pg_sys::Oid::from(role), true) };
+    if name.is_null() {
+        format!("unknown (OID={role})")
+    } else {
+        // SAFETY: a palloc'd NUL-terminated name.
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// relation_name is a relation's schema-qualified, quoted name, or its OID when it is gone.
+pub fn relation_name(relid: u32) -> String {
+    let oid = pg_sys::Oid::from(relid);
+    // SAFETY: syscache lookups; NULL when the relation or schema no longer exists.
+    unsafe {
+        let rel = pg_sys::get_rel_name(oid);
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(oid));
+        if rel.is_null() || nsp.is_null() {
+            return relid.to_string();
+        }
+        let quoted = |p: *const std::ffi::c_char| {
+            CStr::from_ptr(pg_sys::quote_identifier(p))
+                .to_string_lossy()
+                .into_owned()
+        };
+        format!("{}.{}", quoted(nsp), quoted(rel))
+    }
+}
+
+/// Rows wait here until a multi-insert takes them.
+const BUFFERED: usize = 1000;
+
+/// The trail opened for one batch.
+pub struct Trail {
+    rel: pg_sys::Relation,
+    rri: *mut pg_sys::ResultRelInfo,
+    estate: *mut pg_sys::EState,
+    slots: Vec<*mut pg_sys::TupleTableSlot>,
+    used: usize,
+    /// Attribute index (0-based) of each `Col`, and of `id`.
+    attr: [usize; NCOLS],
+    id_attr: usize,
+    id_sequence: pg_sys::Oid,
+    has_constraints: bool,
+}
+
+impl Trail {
+    /// open locks the trail for inserting; call inside the batch transaction.
+    pub fn open() -> Trail {
+        // SAFETY: the executor's own set-up for a single-table insert (as COPY FROM does),
+        // in the transaction's memory context.
+        unsafe {
+            let nsp = pg_sys::get_namespace_oid(c"activity_log".as_ptr(), false);
+            let relid = pg_sys::get_relname_relid(c"events".as_ptr(), nsp);
+            if relid == pg_sys::InvalidOid {
+                error!("activity_log: the table activity_log.events does not exist");
+            }
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+            let desc = (*rel).rd_att;
+            let attnum = |name: &CStr| {
+                let n = pg_sys::get_attnum(relid, name.as_ptr());
+                if n <= 0 {
+                    error!(
+                        "activity_log: column {} of activity_log.events is missing",
+                        name.to_string_lossy()
+                    );
+                }
+                n
+            };
+            let mut attr = [0; NCOLS];
+            for (i, name) in NAMES.iter().enumerate() {
+                attr[i] = (attnum(name) - 1) as usize;
+            }
+            let id = attnum(c"id");
+            #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+            let id_sequence = pg_sys::getIdentitySequence(relid, id, false);
+            #[cfg(any(feature = "pg17", feature = "pg18"))]
+            let id_sequence = pg_sys::getIdentitySequence(rel, id, false);
+
+            let estate = pg_sys::CreateExecutorState();
+            let rri = pg_sys::palloc0(size_of::<pg_sys::ResultRelInfo>()).cast();
+            // Range-table index 0: the executor state has no range table, and an error report
+            // of a refused row then shows the whole row (the writer may read every column).
+            pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(rri, false);
+            let constr = (*desc).constr;
+            // The first slot now, outside any subtransaction: a slot pins the table's row type
+            // in the resource owner current when it is made, and insert_one_by_one uses only it.
+            let first = pg_sys::MakeSingleTupleTableSlot(desc, pg_sys::table_slot_callbacks(rel));
+            Trail {
+                rel,
+                rri,
+                estate,
+                slots: vec![first],
+                used: 0,
+                attr,
+                id_attr: (id - 1) as usize,
+                id_sequence,
+                has_constraints: !constr.is_null()
+                    && ((*constr).has_not_null || (*constr).num_check > 0),
+            }
+        }
+    }
+
+    /// insert adds one row; it reaches the table at the next multi-insert.
+    pub fn insert(&mut self, row: &Row) {
+        // SAFETY: a slot of the trail's own type, filled as a virtual tuple; the Datums live in
+        // the batch transaction, longer than the slot needs them.
+        unsafe {
+            if self.used == self.slots.len() {
+                self.slots.push(pg_sys::MakeSingleTupleTableSlot(
+                    (*self.rel).rd_att,
+                    pg_sys::table_slot_callbacks(self.rel),
+                ));
+            }
+            let slot = self.slots[self.used];
+            pg_sys::ExecClearTuple(slot);
+            let natts = (*(*self.rel).rd_att).natts as usize;
+            let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
+            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+            nulls.fill(true);
+            for (c, &a) in self.attr.iter().enumerate() {
+                values[a] = row.values[c];
+                nulls[a] = row.nulls[c];
+            }
+            let id = pgrx::direct_function_call_as_datum(
+                pg_sys::nextval_oid,
+                &[Some(pg_sys::Datum::from(self.id_sequence))],
+            );
+            values[self.id_attr] = id.unwrap_or(pg_sys::Datum::from(0));
+            nulls[self.id_attr] = false;
+            pg_sys::ExecStoreVirtualTuple(slot);
+            if self.has_constraints {
+                pg_sys::ExecConstraints(self.rri, slot, self.estate);
+            }
+            self.used += 1;
+        }
+        if self.used == BUFFERED {
+            self.flush();
+        }
+    }
+
+    /// flush writes the buffered rows and their index entries.
+    pub fn flush(&mut self) {
+        if self.used == 0 {
+            return;
+        }
+        // SAFETY: table_multi_insert as COPY FROM calls it, then each slot's index entries
+        // (the multi-insert set every slot's tts_tid).
+        unsafe {
+            let am = (*self.rel).rd_tableam;
+            let multi_insert = (*am).multi_insert.expect("table AM without multi_insert");
+            let cid = pg_sys::GetCurrentCommandId(true);
+            multi_insert(
+                self.rel,
+                self.slots.as_mut_ptr(),
+                self.used as i32,
+                cid,
+                0,
+                std::ptr::null_mut(),
+            );
+            for &slot in &self.slots[..self.used] {
+                let econtext = (*self.estate).es_per_tuple_exprcontext;
+                if !econtext.is_null() {
+                    pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+                }
+                if (*self.rri).ri_NumIndices > 0 {
+                    #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
+                    pg_sys::ExecInsertIndexTuples(
+                        self.rri,
+                        slot,
+                        self.estate,
+                        false,
+                        false,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    );
+                    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+                    pg_sys::ExecInsertIndexTuples(
+                        self.rri,
+                        slot,
+                        self.estate,
+                        false,
+                        false,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        false,
+                    );
+                }
+                pg_sys::ExecClearTuple(slot);
+            }
+        }
+        self.used = 0;
+    }
+
+    /// discard forgets buffered rows (their subtransaction rolled back).
+    pub fn discard(&mut self) {
+        self.used = 0;
+    }
+
+    /// close writes what is buffered and releases the table; call before commit.
+    pub fn close(mut self) {
+        self.flush();
+        // SAFETY: releasing what open() acquired, in reverse order; the lock stays until
+        // commit, as for any insert.
+        unsafe {
+            for &slot in &self.slots {
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+            pg_sys::ExecCloseIndices(self.rri);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
+        }
+    }
+}
