@@ -10,15 +10,12 @@ activity_log's writer works after the commit; its drain time is reported separat
     bench/bulk_dml.py [--rows N] [--rounds R] [--smoke]
 """
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-BIN = "/usr/lib/postgresql/15/bin"
+from benchlib import Cluster, install_release, machine, write_report
+
 DIR = "/tmp/al-bench-bulk"
 PORT = 54480
 SETTINGS = [
@@ -44,12 +41,11 @@ CREATE OR REPLACE FUNCTION noop_statement() RETURNS trigger LANGUAGE plpgsql AS 
 """
 
 
-def psql(sql, db="bench", timing=False):
-    cmd = [f"{BIN}/psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", DIR, "-p", str(PORT),
-           "-U", "postgres", "-d", db]
-    started = time.perf_counter()
-    out = subprocess.run(cmd + ["-c", sql], check=True, capture_output=True, text=True).stdout
-    return (time.perf_counter() - started) if timing else out.strip()
+CLUSTER = None
+
+
+def psql(sql, timing=False):
+    return CLUSTER.psql(sql, timing=timing)
 
 
 def setup_mode(mode, rows):
@@ -93,10 +89,11 @@ def main():
     args = ap.parse_args()
     if args.smoke:
         args.rows, args.rounds = 5000, 1
-    subprocess.run([f"{ROOT}/dev", "install", "--release"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([f"{ROOT}/dev", "start-cluster", DIR, str(PORT)] + SETTINGS, check=True)
+    global CLUSTER
+    install_release()
+    CLUSTER = Cluster(DIR, PORT, SETTINGS)
     try:
-        psql("CREATE DATABASE bench", db="postgres")
+        CLUSTER.psql("CREATE DATABASE bench", db="postgres")
         psql("CREATE EXTENSION activity_log")
         psql(REFERENCE_TRIGGER)
         modes = ["none", "activity_log", "trigger", "floor"]
@@ -105,12 +102,10 @@ def main():
             for m in modes:
                 results[m].append(run_mode(m, args.rows))
         med = {m: {k: statistics.median(r[k] for r in results[m]) for k in results[m][0]} for m in modes}
-        nproc = os.cpu_count()
-        version = psql("SHOW server_version")
         lines = [
             f"# Bulk DML, {args.rows} rows, {args.rounds} round(s), medians",
             "",
-            f"Machine: {nproc} cores; PostgreSQL {version}; settings: {', '.join(SETTINGS)}.",
+            f"Machine: {machine(CLUSTER)}. Settings: {', '.join(SETTINGS)}.",
             "",
             "| operation | none (s) | activity_log (s) | ratio | trigger (s) | ratio | transition-table floor (s) | ratio |",
             "|---|---|---|---|---|---|---|---|",
@@ -124,12 +119,9 @@ def main():
         report = "\n".join(lines) + "\n"
         print(report)
         if not args.smoke:
-            os.makedirs(f"{HERE}/results", exist_ok=True)
-            with open(f"{HERE}/results/bulk_dml.md", "w") as f:
-                f.write(report)
+            write_report("bulk_dml.md", report)
     finally:
-        subprocess.run(["sudo", "-u", "postgres", f"{BIN}/pg_ctl", "-D", f"{DIR}/data", "-m", "immediate", "stop"],
-                       stdout=subprocess.DEVNULL)
+        CLUSTER.stop()
 
 
 if __name__ == "__main__":

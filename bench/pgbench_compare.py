@@ -1,25 +1,34 @@
 #!/usr/bin/env python3
-"""pgbench tpcb-like side by side: no auditing, activity_log (the four pgbench tables tracked),
-the reference PL/pgSQL audit trigger on the same tables, and pgaudit (pgaudit.log = 'write':
-statement text only, no row images).
+"""pgbench tpcb-like side by side: no auditing, activity_log (the four pgbench tables tracked,
+default settings), the reference PL/pgSQL audit trigger on the same tables, and pgaudit
+(pgaudit.log = 'write': statement text only, no row images).
 
 One throwaway cluster preloads both activity_log and pgaudit, so every mode runs with the same
-settings; modes are interleaved for several rounds and medians reported as ratios to none.
-After each activity_log run the trail must hold exactly the committed changes (3 updates and
-1 insert per transaction) and nothing may have been dropped.
+settings. For synchronous_commit off and on, the modes are interleaved for several rounds;
+medians of TPS and of per-transaction latency p50/p99 (pgbench --log) are reported as ratios to
+none. After each activity_log run:
+  - completeness: the trail holds exactly the committed changes (3 updates and 1 insert per
+    transaction, counted from pgbench_history) and nothing was dropped;
+  - lag: for every change row, its writer's commit time (track_commit_timestamp) minus the
+    audited transaction's commit time, p50/p99/max.
+A second phase restarts the cluster with a 1 GB ring and, interleaved with none, runs
+activity_log with its writer paused (SIGSTOP): the capture cost alone, i.e. what the backends
+pay. The writer is then resumed and the time to store the backlog gives its drain rate.
 
     bench/pgbench_compare.py [--seconds S] [--rounds R] [--clients C] [--smoke]
 """
 import argparse
+import glob
 import os
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-BIN = "/usr/lib/postgresql/15/bin"
+from benchlib import BIN, Cluster, install_release, machine, write_report
+
 DIR = "/tmp/al-bench-pgbench"
 PORT = 54490
 TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
@@ -30,30 +39,45 @@ SETTINGS = [
     "shared_buffers = '512MB'",
     "max_wal_size = '4GB'",
     "synchronous_commit = off",
+    "track_commit_timestamp = on",
 ]
+REFERENCE_TRIGGER = """
+CREATE TABLE ref_audit (id bigserial, ts timestamptz DEFAULT now(), db_user text DEFAULT current_user,
+    txid bigint DEFAULT txid_current(), tbl text, op text, old jsonb, new jsonb);
+CREATE INDEX ON ref_audit USING brin (ts);
+CREATE FUNCTION ref_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ref_audit (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
+        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+    RETURN NULL;
+END $$;
+"""
+MODES = ["none", "activity_log", "trigger", "pgaudit"]
 
 
-def psql(sql, db="bench"):
-    cmd = [f"{BIN}/psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", DIR, "-p", str(PORT),
-           "-U", "postgres", "-d", db, "-c", sql]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+def pgbench(cluster, seconds, clients, sync_commit):
+    """Runs pgbench; returns TPS and per-transaction latency p50 and p99 in ms."""
+    with tempfile.TemporaryDirectory() as logs:
+        cmd = [f"{BIN}/pgbench", *cluster.conninfo(), "-c", str(clients), "-j", str(clients), "-T", str(seconds),
+               "-n", "--log", f"--log-prefix={logs}/tx", "bench"]  # -n: no vacuum (it would truncate history)
+        env = dict(os.environ, PGOPTIONS=f"-c synchronous_commit={sync_commit}")
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        latencies = []
+        for path in glob.glob(f"{logs}/tx*"):
+            with open(path) as f:
+                latencies += [int(line.split()[2]) for line in f]
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000.0
+    return float(re.search(r"tps = ([0-9.]+)", out).group(1)), pick(0.50), pick(0.99)
 
 
-def pgbench(seconds, clients):
-    cmd = [f"{BIN}/pgbench", "-h", DIR, "-p", str(PORT), "-U", "postgres", "-c", str(clients), "-j", str(clients),
-           "-T", str(seconds), "-n", "bench"]  # -n: no vacuum (it would truncate pgbench_history)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    tps = float(re.search(r"tps = ([0-9.]+)", out).group(1))
-    lat = float(re.search(r"latency average = ([0-9.]+) ms", out).group(1))
-    return tps, lat
-
-
-def set_mode(mode):
+def set_mode(cluster, mode):
+    psql = cluster.psql
     for t in TABLES:
         psql(f"DROP TRIGGER IF EXISTS audit ON {t}")
     psql("DELETE FROM activity_log.tracked_tables; SELECT activity_log._tracking_changed();")
     psql("ALTER SYSTEM SET pgaudit.log = 'none'")
-    if mode == "activity_log":
+    if mode.startswith("activity_log"):
         for t in TABLES:
             psql(f"SELECT activity_log.track('{t}')")
     elif mode == "trigger":
@@ -65,67 +89,124 @@ def set_mode(mode):
     psql("TRUNCATE activity_log.events, ref_audit; CHECKPOINT")
 
 
+def check_trail(cluster, transactions):
+    """Completeness (asserted) and lag (returned, seconds: p50, p99, max) of one activity_log run."""
+    psql = cluster.psql
+    assert psql("SELECT activity_log.flush('10 min')") == "t"
+    changes = int(psql("SELECT count(*) FROM activity_log.changes"))
+    dropped = int(psql("SELECT dropped_records FROM activity_log.queue"))
+    assert changes == 4 * transactions, f"{changes} changes in the trail for {transactions} transactions"
+    assert dropped == 0, f"{dropped} records dropped"
+    lag = psql("""SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) || ' ' ||
+                         percentile_cont(0.99) WITHIN GROUP (ORDER BY lag) || ' ' || max(lag)
+                    FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - committed_at) AS lag
+                            FROM activity_log.events WHERE kind = 'change') s""")
+    return tuple(float(x) for x in lag.split())
+
+
+def writer(cluster, signal):
+    pid = cluster.psql("SELECT writer_pid FROM activity_log.queue")
+    subprocess.run(["sudo", "kill", f"-{signal}", pid], check=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="2-second runs, one round: keeps the script working")
     args = ap.parse_args()
     if args.smoke:
         args.seconds, args.rounds = 2, 1
-    subprocess.run([f"{ROOT}/dev", "install", "--release"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([f"{ROOT}/dev", "start-cluster", DIR, str(PORT)] + SETTINGS, check=True)
+    install_release()
+    cluster = Cluster(DIR, PORT, SETTINGS)
+    psql = cluster.psql
     try:
         psql("CREATE DATABASE bench", db="postgres")
-        subprocess.run([f"{BIN}/pgbench", "-i", "-q", "-s", "10", "-h", DIR, "-p", str(PORT), "-U", "postgres", "bench"],
+        subprocess.run([f"{BIN}/pgbench", "-i", "-q", "-s", "10", *cluster.conninfo(), "bench"],
                        check=True, capture_output=True)
         psql("CREATE EXTENSION activity_log")
-        psql("""CREATE TABLE ref_audit (id bigserial, ts timestamptz DEFAULT now(), db_user text DEFAULT current_user,
-                    txid bigint DEFAULT txid_current(), tbl text, op text, old jsonb, new jsonb);
-                CREATE INDEX ON ref_audit USING brin (ts);
-                CREATE FUNCTION ref_audit() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN
-                    INSERT INTO ref_audit (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
-                        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
-                    RETURN NULL;
-                END $$;""")
-        modes = ["none", "activity_log", "trigger", "pgaudit"]
-        runs = {m: [] for m in modes}
+        psql(REFERENCE_TRIGGER)
+        facts = machine(cluster)
+        shmem = int(psql("SELECT size FROM pg_shmem_allocations WHERE name = 'activity_log rings'"))
+
+        runs = {}  # (sync_commit, mode) -> [(tps, p50, p99)]
+        lags = []
+        for sync_commit in ["off", "on"]:
+            for _ in range(args.rounds):
+                for m in MODES:
+                    set_mode(cluster, m)
+                    before = int(psql("SELECT count(*) FROM pgbench_history"))
+                    result = pgbench(cluster, args.seconds, args.clients, sync_commit)
+                    if m == "activity_log":
+                        lag = check_trail(cluster, int(psql("SELECT count(*) FROM pgbench_history")) - before)
+                        lags.append((sync_commit,) + lag)
+                    runs.setdefault((sync_commit, m), []).append(result)
+
+        # Phase 2: the backends' share alone (writer paused), then the writer's drain rate.
+        psql("ALTER SYSTEM SET activity_log.buffer_size = '1GB'")
+        psql("ALTER SYSTEM SET activity_log.max_databases = 1")
+        cluster.restart()
+        drains = []
         for _ in range(args.rounds):
-            for m in modes:
-                set_mode(m)
-                before = int(psql("SELECT count(*) FROM pgbench_history"))
-                tps, lat = pgbench(args.seconds, args.clients)
-                if m == "activity_log":
-                    assert psql("SELECT activity_log.flush('10 min')") == "t"
-                    txns = int(psql("SELECT count(*) FROM pgbench_history")) - before
-                    changes = int(psql("SELECT count(*) FROM activity_log.changes"))
-                    dropped = int(psql("SELECT dropped_records FROM activity_log.queue"))
-                    assert changes == 4 * txns, f"{changes} changes for {txns} transactions"
-                    assert dropped == 0, f"{dropped} records dropped"
-                runs[m].append((tps, lat))
-        med = {m: (statistics.median(r[0] for r in runs[m]), statistics.median(r[1] for r in runs[m])) for m in modes}
+            for m in ["none", "activity_log, writer paused"]:
+                set_mode(cluster, m)
+                if m == "none":
+                    runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off"))
+                    continue
+                psql("SELECT activity_log.flush()")
+                writer(cluster, "STOP")
+                try:
+                    runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off"))
+                    backlog = int(psql("SELECT published_records - written_records FROM activity_log.queue"))
+                finally:
+                    writer(cluster, "CONT")
+                started = time.perf_counter()
+                assert psql("SELECT activity_log.flush('10 min')") == "t"
+                drains.append((backlog, time.perf_counter() - started))
+
+        med = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in runs.items()}
         lines = [
             f"# pgbench tpcb-like, scale 10, {args.clients} clients, {args.seconds} s x {args.rounds} rounds, medians",
             "",
-            f"Machine: {os.cpu_count()} cores; PostgreSQL {psql('SHOW server_version')}; settings: {', '.join(SETTINGS)}.",
-            "pgaudit logs statement text only (no row images).",
+            f"Machine: {facts}. Settings: {', '.join(SETTINGS)}.",
+            "activity_log at default settings (16 MB ring per database, 4 databases); pgaudit logs statement "
+            "text only (no row images).",
             "",
-            "| mode | TPS | ratio to none | latency avg (ms) |",
-            "|---|---|---|---|",
         ]
-        for m in modes:
-            lines.append(f"| {m} | {med[m][0]:.0f} | {med[m][0] / med['none'][0]:.2f}x | {med[m][1]:.2f} |")
+        for sync_commit in ["off", "on"]:
+            base = med[(sync_commit, "none")]
+            lines += [f"## synchronous_commit = {sync_commit}", "",
+                      "| mode | TPS | ratio to none | latency p50 (ms) | latency p99 (ms) |", "|---|---|---|---|---|"]
+            for m in MODES:
+                tps, p50, p99 = med[(sync_commit, m)]
+                lines.append(f"| {m} | {tps:.0f} | {tps / base[0]:.2f}x | {p50:.2f} | {p99:.2f} |")
+            lines.append("")
+        lines += ["## activity_log: completeness and lag", "",
+                  "Every activity_log run: trail rows == 4 x committed transactions, 0 dropped (asserted).",
+                  "Lag = the writer's commit time of a change row minus the audited transaction's commit time.", "",
+                  "| synchronous_commit | lag p50 (ms) | lag p99 (ms) | lag max (ms) |", "|---|---|---|---|"]
+        for sync_commit, p50, p99, mx in lags:
+            lines.append(f"| {sync_commit} | {p50 * 1000:.1f} | {p99 * 1000:.1f} | {mx * 1000:.1f} |")
+        base = med[("paused", "none")][0]
+        paused = med[("paused", "activity_log, writer paused")][0]
+        backlog, seconds = max(drains)
+        lines += ["", "## Where the cost is (1 GB ring, synchronous_commit = off)", "",
+                  "| mode | TPS | ratio to none |", "|---|---|---|",
+                  f"| none | {base:.0f} | 1.00x |",
+                  f"| activity_log, writer paused (capture only) | {paused:.0f} | {paused / base:.2f}x |", "",
+                  f"Writer drain of the paused run's backlog: {backlog} records in {seconds:.2f} s = "
+                  f"**{backlog / seconds:,.0f} records/s** (median over rounds: "
+                  f"{statistics.median(b / s for b, s in drains):,.0f} records/s).",
+                  "",
+                  f"Shared memory of activity_log at default settings: {shmem / 2**20:.1f} MB "
+                  "(pg_shmem_allocations, 'activity_log rings')."]
         report = "\n".join(lines) + "\n"
         print(report)
         if not args.smoke:
-            os.makedirs(f"{HERE}/results", exist_ok=True)
-            with open(f"{HERE}/results/pgbench.md", "w") as f:
-                f.write(report)
+            write_report("pgbench.md", report)
     finally:
-        subprocess.run(["sudo", "-u", "postgres", f"{BIN}/pg_ctl", "-D", f"{DIR}/data", "-m", "immediate", "stop"],
-                       stdout=subprocess.DEVNULL)
+        cluster.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""Shared by the benchmark scripts: a throwaway cluster of the system PostgreSQL with the
+release build of activity_log installed, and machine facts for the reports."""
+import os
+import subprocess
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BIN = "/usr/lib/postgresql/15/bin"
+
+
+def install_release():
+    subprocess.run([f"{ROOT}/dev", "install", "--release"], check=True, stdout=subprocess.DEVNULL)
+
+
+class Cluster:
+    """A cluster in `directory`, owned by postgres, reached over its Unix socket."""
+
+    def __init__(self, directory, port, settings):
+        self.dir, self.port, self.settings = directory, port, settings
+        subprocess.run([f"{ROOT}/dev", "start-cluster", directory, str(port)] + settings, check=True)
+
+    def conninfo(self):
+        return ["-h", self.dir, "-p", str(self.port), "-U", "postgres"]
+
+    def psql(self, sql, db="bench", timing=False):
+        cmd = [f"{BIN}/psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *self.conninfo(), "-d", db, "-c", sql]
+        started = time.perf_counter()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        return (time.perf_counter() - started) if timing else out.strip()
+
+    def pg_ctl(self, *args):
+        subprocess.run(["sudo", "-u", "postgres", f"{BIN}/pg_ctl", "-D", f"{self.dir}/data", "-l",
+                        f"{self.dir}/server.log", "-w", *args], check=True, stdout=subprocess.DEVNULL)
+
+    def restart(self):
+        self.pg_ctl("restart", "-m", "fast")
+
+    def stop(self):
+        subprocess.run(["sudo", "-u", "postgres", f"{BIN}/pg_ctl", "-D", f"{self.dir}/data", "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL)
+
+
+def machine(cluster):
+    """One line of machine facts for a report."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} cores ({model}), {mem_gib:.0f} GiB; "
+            f"PostgreSQL {cluster.psql('SHOW server_version', db='postgres')}")
+
+
+def write_report(name, report):
+    os.makedirs(f"{HERE}/results", exist_ok=True)
+    with open(f"{HERE}/results/{name}", "w") as f:
+        f.write(report)
