@@ -65,3 +65,10 @@ COMMENT ON TABLE activity_log.tracked_tables IS
 -- One row's history: change records by key. A hash index: the writer inserts into it for every
 -- change, and hashing a key costs far less than ordering jsonb values in a btree.
 CREATE INDEX events_row_key_idx ON activity_log.events USING hash (row_key) WHERE kind = 'change';
+
+-- The newest changes of one table (ORDER BY id DESC LIMIT n).
+CREATE INDEX events_table_idx ON activity_log.events (table_oid, id) WHERE table_oid IS NOT NULL;
+
+-- history() after a primary-key change: the writer notes the new key of such an UPDATE.
+CREATE INDEX events_new_key_idx ON activity_log.events USING hash ((details->'new_key'))
+    WHERE details ? 'new_key';

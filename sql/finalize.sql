@@ -30,12 +30,16 @@ SELECT d.datname AS database,
        q.last_error,
        q.last_error_at,
        q.published_bytes,
-       q.started_at
+       q.started_at,
+       q.queued_records,
+       q.max_batch_records,
+       q.stats_since,
+       q.oldest_unwritten_at
   FROM activity_log._queue() q
   LEFT JOIN pg_catalog.pg_database d ON d.oid = q.database_oid;
 
 COMMENT ON VIEW activity_log.queue IS
-    'One row per shared-memory ring in use: fill, counters since server start, and its writer.';
+    'One row per shared-memory ring in use: fill, counters (since stats_since), and its writer.';
 
 CREATE VIEW activity_log.recent_activity AS
 SELECT id, ts, committed_at, kind AS source, category, severity, status, sqlstate, db_user,
@@ -104,6 +108,7 @@ COMMENT ON FUNCTION activity_log.recent(interval, text, text, text, text, intege
 CREATE FUNCTION activity_log.health(OUT score integer, OUT status text, OUT factors jsonb)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
 AS $$
 DECLARE
     q       record;
@@ -112,6 +117,15 @@ DECLARE
     pending bigint := 0;
     penalty integer;
     list    jsonb := '[]';
+    stmts   bigint;
+    failed  bigint;
+    rate    numeric;
+    anomalous bigint;
+    today   bigint := 0;
+    week_avg numeric := 0;
+    broken  bigint;
+    missing_idx bigint;
+    trail_factors jsonb := '[]';
 BEGIN
     SELECT * INTO q FROM activity_log.queue WHERE database = current_database();
 
@@ -141,16 +155,71 @@ BEGIN
         'weight', 20, 'penalty', penalty,
         'reason', CASE WHEN penalty > 0 THEN 'the writer failed to insert a batch: ' || coalesce(q.last_error, '') ELSE 'no write errors' END);
 
-    pending := coalesce(q.published_records - q.written_records, 0);
+    pending := coalesce(q.queued_records, 0);
     penalty := CASE WHEN pending > 0 AND coalesce(q.last_flush_at, q.started_at) < now() - interval '60 seconds' THEN 20 ELSE 0 END;
     list := list || jsonb_build_object('factor', 'writer_lag', 'value', pending, 'weight', 20, 'penalty', penalty,
         'reason', CASE WHEN penalty > 0 THEN 'records are waiting and the writer has not stored a batch for over a minute' ELSE 'no backlog' END);
 
-    SELECT count(*) INTO gaps FROM activity_log.events
-     WHERE kind = 'system' AND events.status = 'gap' AND ts > now() - interval '7 days';
-    penalty := CASE WHEN gaps > 0 THEN 15 ELSE 0 END;
-    list := list || jsonb_build_object('factor', 'gap_events', 'value', gaps, 'weight', 15, 'penalty', penalty,
-        'reason', CASE WHEN penalty > 0 THEN 'the trail has gap records (records lost or not capturable) in the last 7 days' ELSE 'no gaps in the last 7 days' END);
+    -- Factors read from the trail. A session holding a lock on it must not hang the health
+    -- report (lock_timeout below): they are then reported as unknown.
+    BEGIN
+        SELECT count(*) INTO gaps FROM activity_log.events
+         WHERE kind = 'system' AND events.status = 'gap' AND ts > now() - interval '7 days';
+        penalty := CASE WHEN gaps > 0 THEN 15 ELSE 0 END;
+        trail_factors := trail_factors || jsonb_build_object('factor', 'gap_events', 'value', gaps, 'weight', 15, 'penalty', penalty,
+            'reason', CASE WHEN penalty > 0 THEN 'the trail has gap records (records lost or not capturable) in the last 7 days' ELSE 'no gaps in the last 7 days' END);
+
+        -- Failed statements in the last hour, out of all captured statements (at least 20).
+        SELECT count(*), count(*) FILTER (WHERE events.status = 'error') INTO stmts, failed
+          FROM activity_log.events WHERE kind IN ('statement', 'ddl') AND ts > now() - interval '1 hour';
+        rate := CASE WHEN stmts >= 20 THEN round(failed::numeric / stmts, 4) ELSE 0 END;
+        penalty := CASE WHEN rate >= 0.20 THEN 15 WHEN rate >= 0.05 THEN 5 ELSE 0 END;
+        trail_factors := trail_factors || jsonb_build_object('factor', 'statement_error_rate', 'value', rate, 'weight', 15, 'penalty', penalty,
+            'reason', CASE WHEN penalty > 0 THEN format('%s of %s statements failed in the last hour', failed, stmts)
+                           ELSE 'statement errors under 5% in the last hour' END);
+
+        -- Anomalies in the last hour against the 24 hours before (anomalies(), robust z-score).
+        SELECT count(*) INTO anomalous
+          FROM activity_log.anomalies(since => interval '1 hour', bucket => interval '1 hour', baseline => interval '24 hours');
+        penalty := CASE WHEN anomalous > 0 THEN 10 ELSE 0 END;
+        trail_factors := trail_factors || jsonb_build_object('factor', 'anomalies', 'value', anomalous, 'weight', 10, 'penalty', penalty,
+            'reason', CASE WHEN penalty > 0 THEN 'volume or error rate of the last hour is far outside the previous 24 hours (see activity_log.anomalies())'
+                           ELSE 'the last hour looks like the 24 hours before' END);
+
+        -- Growth of the trail: today's rows against the daily average of the week before
+        -- (metrics_daily, refreshed by the writer), and its size on disk.
+        IF (SELECT relispopulated FROM pg_class WHERE oid = 'activity_log.metrics_daily'::regclass) THEN
+            SELECT coalesce(sum(events) FILTER (WHERE day = date_trunc('day', now())), 0),
+                   coalesce(sum(events) FILTER (WHERE day < date_trunc('day', now())
+                                                  AND day >= date_trunc('day', now()) - interval '7 days'), 0) / 7.0
+              INTO today, week_avg
+              FROM activity_log.metrics_daily;
+        END IF;
+        penalty := CASE WHEN today > 10000 AND today > 3 * week_avg THEN 5 ELSE 0 END;
+        trail_factors := trail_factors || jsonb_build_object('factor', 'trail_growth',
+            'value', jsonb_build_object('rows_today', today, 'daily_avg_last_7_days', round(week_avg, 1),
+                                        'total_bytes', pg_total_relation_size('activity_log.events')),
+            'weight', 5, 'penalty', penalty,
+            'reason', CASE WHEN penalty > 0 THEN 'the trail grows more than 3 times faster today than in the last 7 days'
+                           ELSE 'trail growth is in line with the last 7 days' END);
+        list := list || trail_factors;
+    EXCEPTION WHEN lock_not_available THEN
+        list := list || jsonb_build_object('factor', 'trail_access', 'value', 'locked', 'weight', 10, 'penalty', 10,
+            'reason', 'activity_log.events is locked by another session: the writer cannot store, and gap_events, statement_error_rate, anomalies and trail_growth are unknown (see pg_locks)');
+    END;
+
+    -- Index health: the trail's indexes exist and are valid.
+    SELECT count(*) FILTER (WHERE NOT i.indisvalid OR NOT i.indisready) INTO broken
+      FROM pg_index i WHERE i.indrelid = 'activity_log.events'::regclass;
+    SELECT 5 - count(*) INTO missing_idx
+      FROM pg_class c
+     WHERE c.relnamespace = 'activity_log'::regnamespace
+       AND c.relname IN ('events_pkey', 'events_ts_brin', 'events_row_key_idx', 'events_table_idx', 'events_new_key_idx');
+    penalty := CASE WHEN broken + missing_idx > 0 THEN 10 ELSE 0 END;
+    list := list || jsonb_build_object('factor', 'index_health', 'value', jsonb_build_object('invalid', broken, 'missing', missing_idx),
+        'weight', 10, 'penalty', penalty,
+        'reason', CASE WHEN penalty > 0 THEN 'an index of the trail is invalid or missing: history and time queries get slow (see activity_log.index_usage)'
+                       ELSE 'the trail''s indexes are in place' END);
 
     score := greatest(0, 100 - (SELECT sum((f->>'penalty')::int) FROM jsonb_array_elements(list) f));
     status := CASE WHEN score >= 90 THEN 'healthy' WHEN score >= 60 THEN 'degraded' ELSE 'critical' END;
@@ -335,6 +404,8 @@ RETURNS SETOF activity_log.changes
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    key_columns text[];
 BEGIN
     IF relation IS NULL OR key IS NULL THEN
         RAISE EXCEPTION 'relation and key must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -343,15 +414,29 @@ BEGIN
         RAISE EXCEPTION 'key must be a JSON object of key columns, for example {"id": 42}'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN QUERY
-    SELECT * FROM activity_log.changes c
-     WHERE c.table_oid = relation::oid AND (c.row_key = key OR c.new_row @> key OR c.old_row @> key)
-     ORDER BY c.id;
+    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attname), '{}') INTO key_columns
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = relation AND i.indisprimary;
+    IF key_columns <> '{}' AND key_columns = (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(key) k) THEN
+        -- The whole primary key: indexed. A change of the key continues the story under the
+        -- new key (the writer notes it as details->'new_key').
+        RETURN QUERY
+        SELECT * FROM activity_log.changes c
+         WHERE c.table_oid = relation::oid
+           AND (c.row_key = key OR (c.details ? 'new_key' AND c.details->'new_key' = key))
+         ORDER BY c.id;
+    ELSE
+        -- Part of a key, or a table without one: every change whose image contains key.
+        RETURN QUERY
+        SELECT * FROM activity_log.changes c
+         WHERE c.table_oid = relation::oid AND (c.row_key = key OR c.new_row @> key OR c.old_row @> key)
+         ORDER BY c.id;
+    END IF;
 END
 $$;
 
 COMMENT ON FUNCTION activity_log.history(regclass, jsonb) IS
-    'One row''s story, oldest first: every change whose key, old or new image matches key.';
+    'One row''s story, oldest first. With the whole primary key: an index lookup that follows key changes; otherwise every change whose image contains key.';
 
 -- Internal functions are for the extension's own SQL, not for applications.
 REVOKE EXECUTE ON FUNCTION activity_log._activate(), activity_log._queue(), activity_log._dropped_unassigned(),

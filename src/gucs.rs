@@ -46,6 +46,7 @@ static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(4);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// Longest time the writer sleeps when nobody wakes it, in ms.
 static FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static METRICS_REFRESH_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
 static CAPTURE_STATEMENTS: GucSetting<CaptureStatements> =
     GucSetting::<CaptureStatements>::new(CaptureStatements::Ddl);
 /// Query text is cut to this many bytes (on a character boundary).
@@ -108,6 +109,16 @@ pub fn init() {
         60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"activity_log.metrics_refresh",
+        c"How often the writer refreshes activity_log.metrics_daily; 0 turns it off.",
+        c"Each refresh reads the whole trail; activity_log.refresh_metrics() refreshes on demand.",
+        &METRICS_REFRESH_S,
+        0,
+        7 * 86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_enum_guc(
         c"activity_log.capture_statements",
@@ -217,6 +228,12 @@ pub fn max_databases() -> usize {
 pub fn batch_size() -> usize {
     BATCH_SIZE.get() as usize
 }
+/// None: the writer does not refresh metrics_daily.
+pub fn metrics_refresh() -> Option<std::time::Duration> {
+    let s = METRICS_REFRESH_S.get();
+    (s > 0).then(|| std::time::Duration::from_secs(s as u64))
+}
+
 pub fn flush_interval() -> std::time::Duration {
     std::time::Duration::from_millis(FLUSH_INTERVAL_MS.get() as u64)
 }

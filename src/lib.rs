@@ -41,4 +41,9 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!(
+    "../sql/analytics.sql",
+    name = "analytics",
+    requires = ["bootstrap", api::queue, api::reset_metrics]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

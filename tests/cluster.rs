@@ -778,6 +778,7 @@ fn pg_regress_suite() {
             "flush_and_recent",
             "settings",
             "health",
+            "analytics",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -788,4 +789,109 @@ fn pg_regress_suite() {
         "pg_regress failed:\n{}\n{diffs}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// The health score, computed from constructed situations: a quiet system scores 100; a ring
+/// 95 % full is degraded; dropped records count until reset_metrics(); no writer is critical.
+#[test]
+fn health_score_reflects_constructed_situations() {
+    let c = Cluster::start(
+        "health",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '64kB'",
+            "activity_log.overflow = 'drop'",
+        ],
+    );
+    with_extension(&c, "postgres");
+    c.flush("postgres");
+    let health = || {
+        c.one(
+            "postgres",
+            "SELECT score || ' ' || status || ' ' || coalesce((SELECT string_agg((f->>'factor') || '=' || (f->>'penalty'), ',')
+                                                             FROM jsonb_array_elements(factors) f WHERE (f->>'penalty')::int > 0), '-')
+               FROM activity_log.health()",
+        )
+    };
+    assert_eq!(health(), "100 healthy -");
+
+    // The writer is paused; events of about 1 % of the ring each fill it to 95 %.
+    let writer = c.one("postgres", "SELECT writer_pid FROM activity_log.metrics()");
+    let signal = |sig: &str, pid: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP", &writer);
+    let fill = || -> f64 {
+        c.one("postgres", "SELECT fill_pct FROM activity_log.metrics()")
+            .parse()
+            .unwrap()
+    };
+    while fill() < 95.0 {
+        c.sql(
+            "postgres",
+            "SELECT activity_log.log_event('fill', jsonb_build_object('pad', repeat('x', 500)))",
+        );
+    }
+    assert_eq!(health(), "60 degraded ring_fill_pct=40");
+    // A record that does not fit is dropped (overflow = drop).
+    c.sql(
+        "postgres",
+        "SELECT activity_log.log_event('too big', jsonb_build_object('pad', repeat('x', 30000)))",
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT dropped_records FROM activity_log.metrics()"
+        ),
+        "1"
+    );
+    assert_eq!(health(), "30 critical ring_fill_pct=40,dropped_records=30");
+    signal("-CONT", &writer);
+    c.flush("postgres");
+    assert_eq!(health(), "70 degraded dropped_records=30");
+    // A session locking the trail does not hang the report: its factors become unknown.
+    let locker = c.lock_trail("postgres");
+    assert_eq!(health(), "60 degraded dropped_records=30,trail_access=10");
+    c.unlock_trail("postgres", locker);
+    c.sql("postgres", "SELECT activity_log.reset_metrics()");
+    assert_eq!(health(), "100 healthy -");
+
+    // No writer: the launcher is paused, so the terminated writer is not restarted.
+    let launcher = c.one("postgres", "SELECT activity_log._launcher_pid()");
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &launcher])
+            .status()
+            .unwrap()
+            .success()
+    );
+    c.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(writer_pid) FROM activity_log.metrics()",
+    );
+    let stopped = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT writer_state FROM activity_log.metrics()",
+        ) != "running")
+            .then_some(())
+    });
+    assert!(stopped.is_some(), "the writer did not stop");
+    assert_eq!(health(), "50 critical writer=50");
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &launcher])
+            .status()
+            .unwrap()
+            .success()
+    );
+    c.wait_for_writer("postgres", None);
+    c.flush("postgres");
+    assert_eq!(health(), "100 healthy -");
 }

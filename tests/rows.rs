@@ -82,6 +82,19 @@ fn inserts_updates_deletes_as_stored_without_a_trigger() {
         c.sql(DB, "SELECT op || ' ' || coalesce(new_row->>'total', '-') FROM activity_log.history('orders', '{\"id\": 1}')"),
         ["INSERT 10", "UPDATE 11", "UPDATE 11", "UPDATE 1"]
     );
+    // A primary-key change continues the story under the new key (an index lookup).
+    assert_eq!(
+        c.sql(DB, "SELECT op || ' ' || row_key::text || ' ' || coalesce(details->>'new_key', '-') FROM activity_log.history('orders', '{\"id\": 3}')"),
+        [r#"UPDATE {"id": 2} {"id": 3}"#, r#"DELETE {"id": 3} -"#]
+    );
+    // Part of a key matches by containment.
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.history('orders', '{\"customer\": \"BOB\"}')"
+        ),
+        "3"
+    );
 }
 
 #[test]

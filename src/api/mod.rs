@@ -223,7 +223,7 @@ fn timestamp(us: i64) -> Option<TimestampWithTimeZone> {
 // The row type must be spelled out here: #[pg_extern] reads the column names from it.
 #[allow(clippy::type_complexity)]
 #[pg_extern(name = "_queue")]
-fn queue() -> TableIterator<
+pub fn queue() -> TableIterator<
     'static,
     (
         name!(database_oid, pg_sys::Oid),
@@ -243,6 +243,12 @@ fn queue() -> TableIterator<
         name!(last_error, Option<String>),
         name!(last_error_at, Option<TimestampWithTimeZone>),
         name!(started_at, Option<TimestampWithTimeZone>),
+        name!(queued_records, i64),
+        name!(max_batch_records, i64),
+        name!(stats_since, Option<TimestampWithTimeZone>),
+        name!(recent_in_per_s, Option<f64>),
+        name!(recent_out_per_s, Option<f64>),
+        name!(oldest_unwritten_at, Option<TimestampWithTimeZone>),
     ),
 > {
     require_preload_or_error();
@@ -273,10 +279,29 @@ fn queue() -> TableIterator<
                 (!s.last_error.is_empty()).then_some(s.last_error),
                 timestamp(s.last_error_at),
                 timestamp(ring::started_at()),
+                s.queued_records as i64,
+                s.max_batch_records as i64,
+                timestamp(if s.reset_at != 0 {
+                    s.reset_at
+                } else {
+                    ring::started_at()
+                }),
+                s.recent_in_per_s,
+                s.recent_out_per_s,
+                s.oldest_unwritten_at.and_then(timestamp),
             )
         })
         .collect();
     TableIterator::new(rows)
+}
+
+/// Starts the current database's metrics counters afresh; the queue itself is untouched.
+#[pg_extern(name = "_reset_metrics")]
+pub fn reset_metrics() {
+    require_preload_or_error();
+    if let Some(slot) = ring::slot_of(my_database()) {
+        ring::reset_metrics(slot);
+    }
 }
 
 /// Tells every backend to reload its list of tracked tables (called by track and untrack).

@@ -82,7 +82,36 @@ struct Slot {
     last_flush_at: AtomicI64,
     last_error_at: AtomicI64,
     last_error: UnsafeCell<[u8; LAST_ERROR_LEN]>, // guarded by the slot lock
+    max_batch_records: AtomicU64,                 // written by the writer; zeroed by reset_metrics
+    /// reset_metrics(): the counters as they were at `reset_at`, subtracted when shown.
+    reset_at: AtomicI64,
+    base: [AtomicU64; COUNTERS],
+    /// Two samples (time, published, written) about a window apart, for recent rates;
+    /// rolled by the writer.
+    window: [Sample; 2],
 }
+
+#[repr(C)]
+struct Sample {
+    at: AtomicI64,
+    published: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Sample {
+    #[allow(clippy::declare_interior_mutable_const)] // only ever copied into shared memory
+    const ZERO: Sample = Sample {
+        at: AtomicI64::new(0),
+        published: AtomicU64::new(0),
+        written: AtomicU64::new(0),
+    };
+}
+
+/// The counters reset_metrics resets, in `Slot::base` order.
+const COUNTERS: usize = 7;
+
+/// Recent rates cover the last one to two windows.
+const WINDOW_US: i64 = 10_000_000;
 
 #[repr(C)]
 struct FrameHeader {
@@ -173,6 +202,10 @@ impl PgSharedMemoryInitialization for Shmem {
                         last_flush_at: AtomicI64::new(0),
                         last_error_at: AtomicI64::new(0),
                         last_error: UnsafeCell::new([0; LAST_ERROR_LEN]),
+                        max_batch_records: AtomicU64::new(0),
+                        reset_at: AtomicI64::new(0),
+                        base: [const { AtomicU64::new(0) }; COUNTERS],
+                        window: [const { Sample::ZERO }; 2],
                     });
                 }
             }
@@ -611,6 +644,7 @@ pub fn advance(slot_index: usize, dboid: u32, end: u64, records: u64) {
     }
     s.written_records.fetch_add(records, Relaxed);
     s.batches.fetch_add(1, Relaxed);
+    s.max_batch_records.fetch_max(records, Relaxed);
     // SAFETY: plain call, no error paths.
     s.last_flush_at
         .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
@@ -652,6 +686,87 @@ fn count_records(slot_index: usize, from: u64, to: u64) -> u64 {
         pos += len;
     }
     n
+}
+
+/// counters reads the resettable counters, in `Slot::base` order.
+fn counters(s: &Slot) -> [u64; COUNTERS] {
+    [
+        s.published_records.load(Relaxed),
+        s.published_bytes.load(Relaxed),
+        s.written_records.load(Relaxed),
+        s.dropped_records.load(Relaxed),
+        s.batches.load(Relaxed),
+        s.write_errors.load(Relaxed),
+        s.overflow_waits.load(Relaxed),
+    ]
+}
+
+/// reset_metrics starts the counters of a ring afresh (pg_stat_statements_reset style); the
+/// queue itself and what it holds are untouched.
+pub fn reset_metrics(slot_index: usize) {
+    let s = slot(slot_index);
+    for (base, now) in s.base.iter().zip(counters(s)) {
+        base.store(now, Relaxed);
+    }
+    s.max_batch_records.store(0, Relaxed);
+    // SAFETY: plain call, no error paths.
+    s.reset_at
+        .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
+}
+
+/// roll_window takes a new rate sample once the last one is a window old; the writer calls
+/// it whenever it wakes.
+pub fn roll_window(slot_index: usize) {
+    let s = slot(slot_index);
+    // SAFETY: plain call, no error paths.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let [older, newer] = &s.window;
+    if now - newer.at.load(Relaxed) < WINDOW_US {
+        return;
+    }
+    older.at.store(newer.at.load(Relaxed), Relaxed);
+    older
+        .published
+        .store(newer.published.load(Relaxed), Relaxed);
+    older.written.store(newer.written.load(Relaxed), Relaxed);
+    newer
+        .published
+        .store(s.published_records.load(Relaxed), Relaxed);
+    newer
+        .written
+        .store(s.written_records.load(Relaxed), Relaxed);
+    newer.at.store(now, Relaxed);
+}
+
+/// oldest_unwritten_at is the commit time of the oldest committed frame the writer has not
+/// stored, looking at most 256 frames past the tail (None: nothing committed waits).
+fn oldest_unwritten_at(slot_index: usize) -> Option<i64> {
+    let s = slot(slot_index);
+    let cap = capacity();
+    // Under the slot lock no frame between tail and head can be reused.
+    let _g = LockGuard::exclusive(slot_index + 1);
+    let (mut pos, head) = (s.tail.load(Acquire), s.head.load(Acquire));
+    for _ in 0..256 {
+        if pos >= head {
+            return None;
+        }
+        // SAFETY: a frame start in [tail, head), read under the slot lock.
+        let (len, state, commit_ts) = unsafe {
+            let p = data(slot_index).add((pos % cap) as usize);
+            let state = (*p.add(4).cast::<AtomicU32>()).load(Acquire);
+            let ts = if state == STATE_COMMITTED {
+                (*p.cast::<FrameHeader>()).commit_ts
+            } else {
+                0
+            };
+            (p.cast::<u32>().read() as u64, state, ts)
+        };
+        if state == STATE_COMMITTED {
+            return Some(commit_ts);
+        }
+        pos += len.max(8);
+    }
+    None
 }
 
 pub fn note_write_error(slot_index: usize, message: &str) {
@@ -770,6 +885,15 @@ pub struct SlotStats {
     pub last_flush_at: i64,
     pub last_error_at: i64,
     pub last_error: String,
+    /// Records published and not yet stored (not affected by reset_metrics).
+    pub queued_records: u64,
+    pub max_batch_records: u64,
+    /// When the counters were last reset (0: never; they count from server start).
+    pub reset_at: i64,
+    /// Records/s in and out over the last one to two windows (None until there is a sample).
+    pub recent_in_per_s: Option<f64>,
+    pub recent_out_per_s: Option<f64>,
+    pub oldest_unwritten_at: Option<i64>,
 }
 
 pub fn stats(i: usize) -> SlotStats {
@@ -781,17 +905,37 @@ pub fn stats(i: usize) -> SlotStats {
         let n = buf.iter().position(|&b| b == 0).unwrap_or(LAST_ERROR_LEN);
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
+    let raw = counters(s);
+    let c: Vec<u64> = raw
+        .iter()
+        .zip(&s.base)
+        .map(|(v, b)| v.saturating_sub(b.load(Relaxed)))
+        .collect();
+    // SAFETY: plain call, no error paths.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let older = &s.window[0];
+    let since = older.at.load(Relaxed);
+    let rate = |now_count: u64, then: u64| {
+        (since > 0 && now > since)
+            .then(|| now_count.saturating_sub(then) as f64 * 1e6 / (now - since) as f64)
+    };
     SlotStats {
         dboid: s.dboid.load(Acquire),
         capacity: capacity(),
         used_bytes: s.head.load(Acquire).saturating_sub(s.tail.load(Acquire)),
-        published_records: s.published_records.load(Relaxed),
-        published_bytes: s.published_bytes.load(Relaxed),
-        written_records: s.written_records.load(Relaxed),
-        dropped_records: s.dropped_records.load(Relaxed),
-        batches: s.batches.load(Relaxed),
-        write_errors: s.write_errors.load(Relaxed),
-        overflow_waits: s.overflow_waits.load(Relaxed),
+        published_records: c[0],
+        published_bytes: c[1],
+        written_records: c[2],
+        dropped_records: c[3],
+        batches: c[4],
+        write_errors: c[5],
+        overflow_waits: c[6],
+        queued_records: raw[0].saturating_sub(raw[2]),
+        max_batch_records: s.max_batch_records.load(Relaxed),
+        reset_at: s.reset_at.load(Relaxed),
+        recent_in_per_s: rate(raw[0], older.published.load(Relaxed)),
+        recent_out_per_s: rate(raw[2], older.written.load(Relaxed)),
+        oldest_unwritten_at: oldest_unwritten_at(i),
         writer_pid: s.writer_pid.load(Acquire),
         writer_state: s.writer_state.load(Acquire),
         writer_failures: s.failures.load(Relaxed),

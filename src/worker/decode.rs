@@ -35,6 +35,8 @@ pub struct ChangeRow {
     pub row_key: Option<Jsonb>,
     /// For an UPDATE: the shown columns whose stored value differs, sorted by name.
     pub changed_columns: Option<Vec<String>>,
+    /// For an UPDATE that changed the key: the new key, as JSON text (history() follows it).
+    pub new_key: Option<String>,
 }
 
 /// Decoder decodes the changes of one batch. It lives in the batch transaction: the row types
@@ -160,12 +162,23 @@ impl Decoder {
                         }
                         _ => None,
                     };
+                    let new_key = match (shape.key_type, &old, &new) {
+                        (Some(t), Some(o), Some(n))
+                            if key_idx.iter().any(|&i| !o.same_value(n, i, shape.full)) =>
+                        {
+                            Some(jsonb_text(
+                                to_jsonb.call(n.form(t, &key_idx, |k| !shape.key[k].1)),
+                            ))
+                        }
+                        _ => None,
+                    };
                     let keep = |j: Option<pg_sys::Datum>| j.map(|j| Jsonb(copy_to(out, j)));
                     ChangeRow {
                         old_row: keep(old_row),
                         new_row: keep(new_row),
                         row_key: keep(row_key),
                         changed_columns,
+                        new_key,
                     }
                 });
                 self.per_row.reset();
@@ -326,6 +339,18 @@ impl ToJsonb {
             let flinfo = std::ptr::from_ref(&self.flinfo).cast_mut();
             pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, composite)
         }
+    }
+}
+
+/// jsonb_text prints a jsonb value.
+unsafe fn jsonb_text(datum: pg_sys::Datum) -> String {
+    // SAFETY: datum is a jsonb value; jsonb_out returns a palloc'd C string.
+    unsafe {
+        let text = pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(datum)])
+            .unwrap_or(pg_sys::Datum::from(c"null".as_ptr()));
+        std::ffi::CStr::from_ptr(text.cast_mut_ptr::<c_char>())
+            .to_string_lossy()
+            .into_owned()
     }
 }
 

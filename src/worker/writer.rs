@@ -81,11 +81,15 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     if ring::take_gap(slot) {
         BackgroundWorker::transaction(write_gap_event);
     }
+    // The first refresh of metrics_daily waits one interval: a restarting writer has a backlog.
+    let mut last_refresh = Instant::now();
     while BackgroundWorker::wait_latch(Some(gucs::flush_interval())) && still_mine(slot) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: documented way to reload settings in a worker.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+        ring::roll_window(slot);
+        refresh_metrics_if_due(&mut last_refresh);
         if drain(slot) < gucs::batch_size() as u64 / 4 {
             // Small batches: let commits gather for a moment, so that a busy server is written
             // in batches rather than one tiny insert per commit. Adds at most 10 ms of lag.
@@ -96,6 +100,26 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     drain_before_exit(slot);
     // SAFETY: process-local flag read by on_exit.
     unsafe { CLEAN_EXIT = true };
+}
+
+/// refresh_metrics_if_due refreshes activity_log.metrics_daily every `metrics_refresh`. A
+/// failed refresh is logged and tried again next interval; it never stops the writer.
+fn refresh_metrics_if_due(last: &mut Instant) {
+    let Some(every) = gucs::metrics_refresh() else {
+        return;
+    };
+    if last.elapsed() < every {
+        return;
+    }
+    *last = Instant::now();
+    let result = BackgroundWorker::transaction(|| {
+        in_subtransaction(|| {
+            Spi::run("SELECT activity_log.refresh_metrics()").unwrap_or_else(|e| error!("{e}"))
+        })
+    });
+    if let Err(message) = result {
+        log!("activity_log: could not refresh activity_log.metrics_daily: {message}");
+    }
 }
 
 #[pg_guard]
@@ -483,6 +507,9 @@ impl Rows {
                 }
                 for image in images {
                     let mut row = first.clone();
+                    if let Some(key) = &image.new_key {
+                        row.json_text(Col::Details, &format!("{{\"new_key\": {key}}}"));
+                    }
                     row.jsonb(Col::OldRow, image.old_row);
                     row.jsonb(Col::NewRow, image.new_row);
                     row.jsonb(Col::RowKey, image.row_key);

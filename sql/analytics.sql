@@ -1,0 +1,397 @@
+-- analytics.sql: metrics of the pipeline and analytics over the trail. Runs after the Rust
+-- functions exist and before finalize.sql (whose health() reads metrics()).
+
+-- Metrics of this database's pipeline. SECURITY DEFINER: like health(), any role may see how
+-- auditing is doing (no trail rows are shown).
+CREATE FUNCTION activity_log.metrics(
+    OUT database name,
+    OUT queued_records bigint,
+    OUT queued_bytes bigint,
+    OUT capacity_bytes bigint,
+    OUT fill_pct numeric,
+    OUT records_in bigint,
+    OUT records_out bigint,
+    OUT records_in_per_s_recent numeric,
+    OUT records_out_per_s_recent numeric,
+    OUT records_in_per_s_avg numeric,
+    OUT records_out_per_s_avg numeric,
+    OUT batches bigint,
+    OUT avg_batch_records numeric,
+    OUT max_batch_records bigint,
+    OUT dropped_records bigint,
+    OUT write_errors bigint,
+    OUT overflow_waits bigint,
+    OUT writer_state text,
+    OUT writer_pid integer,
+    OUT writer_failures integer,
+    OUT last_flush_at timestamptz,
+    OUT oldest_unwritten_age interval,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT stats_since timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT current_database()::name,
+           coalesce(q.queued_records, 0), coalesce(q.used_bytes, 0), coalesce(q.capacity_bytes, 0),
+           coalesce(round(100.0 * q.used_bytes / nullif(q.capacity_bytes, 0), 2), 0),
+           coalesce(q.published_records, 0), coalesce(q.written_records, 0),
+           round(q.recent_in_per_s::numeric, 1), round(q.recent_out_per_s::numeric, 1),
+           coalesce(round(q.published_records / greatest(extract(epoch FROM now() - q.stats_since), 1), 1), 0),
+           coalesce(round(q.written_records / greatest(extract(epoch FROM now() - q.stats_since), 1), 1), 0),
+           coalesce(q.batches, 0),
+           coalesce(round(q.written_records::numeric / nullif(q.batches, 0), 1), 0),
+           coalesce(q.max_batch_records, 0),
+           coalesce(q.dropped_records, 0), coalesce(q.write_errors, 0), coalesce(q.overflow_waits, 0),
+           coalesce(q.writer_state, 'none'), q.writer_pid, coalesce(q.writer_failures, 0),
+           q.last_flush_at,
+           CASE WHEN q.oldest_unwritten_at IS NOT NULL THEN greatest(now() - q.oldest_unwritten_at, interval '0') END,
+           q.last_error, q.last_error_at, q.stats_since
+      FROM (SELECT 1) one
+      LEFT JOIN activity_log._queue() q
+        ON q.database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())
+$$;
+
+COMMENT ON FUNCTION activity_log.metrics() IS
+    'This database''s pipeline: queue, records in/out (recent window and average), batches, errors, drops, writer. writer_state ''none'' means nothing was ever published here.';
+
+CREATE FUNCTION activity_log.reset_metrics() RETURNS timestamptz
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT activity_log._reset_metrics();
+    SELECT stats_since FROM activity_log.metrics();
+$$;
+
+COMMENT ON FUNCTION activity_log.reset_metrics() IS
+    'Starts this database''s counters (records in/out, batches, errors, drops, waits) afresh; returns the new stats_since. The queue is untouched.';
+
+-- Prometheus text exposition (version 0.0.4) of every ring's metrics, for an exporter's
+-- custom query or a scrape through any SQL-to-HTTP bridge.
+CREATE FUNCTION activity_log.metrics_text() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH q AS (
+        SELECT format('database="%s"',
+                      replace(replace(replace(coalesce(d.datname::text, q.database_oid::text), '\', '\\'), '"', '\"'), E'\n', '\n')) AS labels,
+               q.*
+          FROM activity_log._queue() q
+          LEFT JOIN pg_database d ON d.oid = q.database_oid
+    ),
+    m(name, type, help, ord) AS (VALUES
+        ('activity_log_queued_records', 'gauge', 'Records published and not yet stored in the trail.', 1),
+        ('activity_log_queue_bytes', 'gauge', 'Bytes of the ring in use.', 2),
+        ('activity_log_queue_capacity_bytes', 'gauge', 'Size of the ring.', 3),
+        ('activity_log_records_published_total', 'counter', 'Records published into the ring.', 4),
+        ('activity_log_records_written_total', 'counter', 'Records stored in the trail.', 5),
+        ('activity_log_records_dropped_total', 'counter', 'Records dropped (overflow = drop, or larger than the ring).', 6),
+        ('activity_log_batches_total', 'counter', 'Batches the writer stored.', 7),
+        ('activity_log_write_errors_total', 'counter', 'Batches that failed to store.', 8),
+        ('activity_log_overflow_waits_total', 'counter', 'Commits that waited for ring space.', 9),
+        ('activity_log_writer_up', 'gauge', '1 when the writer runs.', 10),
+        ('activity_log_writer_failures', 'gauge', 'Consecutive failed writer runs.', 11),
+        ('activity_log_oldest_unwritten_seconds', 'gauge', 'Age of the oldest committed record not yet stored (0: none).', 12),
+        ('activity_log_last_flush_timestamp_seconds', 'gauge', 'When the writer last stored a batch (Unix time).', 13)),
+    v AS (
+        SELECT m.ord, q.labels,
+               CASE m.ord
+                   WHEN 1 THEN q.queued_records WHEN 2 THEN q.used_bytes WHEN 3 THEN q.capacity_bytes
+                   WHEN 4 THEN q.published_records WHEN 5 THEN q.written_records
+                   WHEN 6 THEN q.dropped_records WHEN 7 THEN q.batches WHEN 8 THEN q.write_errors
+                   WHEN 9 THEN q.overflow_waits
+                   WHEN 10 THEN (q.writer_state = 'running')::int WHEN 11 THEN q.writer_failures
+                   WHEN 12 THEN coalesce(extract(epoch FROM greatest(now() - q.oldest_unwritten_at, interval '0')), 0)
+                   WHEN 13 THEN coalesce(extract(epoch FROM q.last_flush_at), 0)
+               END::numeric AS value
+          FROM m CROSS JOIN q
+    )
+    SELECT coalesce(string_agg(line, E'\n' ORDER BY ord, sub, labels), '') || E'\n'
+      FROM (SELECT m.ord, 0 AS sub, '' AS labels, format('# HELP %s %s', m.name, m.help) AS line FROM m
+            UNION ALL
+            SELECT m.ord, 1, '', format('# TYPE %s %s', m.name, m.type) FROM m
+            UNION ALL
+            SELECT v.ord, 2, v.labels, format('%s{%s} %s', m.name, v.labels, v.value)
+              FROM v JOIN m USING (ord)) lines
+$$;
+
+COMMENT ON FUNCTION activity_log.metrics_text() IS
+    'Every ring''s metrics in Prometheus text exposition format.';
+
+-- The background processes: the launcher and one writer per audited database.
+CREATE VIEW activity_log.workers AS
+SELECT a.pid,
+       CASE WHEN a.backend_type = 'activity_log launcher' THEN 'launcher' ELSE 'writer' END AS kind,
+       a.datname AS database,
+       CASE WHEN a.backend_type = 'activity_log launcher' THEN 'running' ELSE coalesce(q.writer_state, 'running') END AS state,
+       a.backend_start AS started_at,
+       a.wait_event,
+       q.last_flush_at AS last_batch_at,
+       q.batches,
+       q.written_records,
+       q.writer_failures AS failures,
+       q.last_error,
+       q.last_error_at
+  FROM pg_stat_activity a
+  LEFT JOIN activity_log._queue() q ON q.writer_pid = a.pid
+ WHERE a.backend_type IN ('activity_log launcher', 'activity_log writer');
+
+COMMENT ON VIEW activity_log.workers IS
+    'activity_log''s background processes: state, database, last batch and last error.';
+
+-- Scans and sizes of the trail's indexes: which ones the queries use, and what they cost.
+CREATE VIEW activity_log.index_usage AS
+SELECT s.indexrelname AS index_name,
+       pg_get_indexdef(s.indexrelid) AS definition,
+       s.idx_scan AS scans,
+       s.idx_tup_read AS tuples_read,
+       s.idx_tup_fetch AS tuples_fetched,
+       pg_relation_size(s.indexrelid) AS size_bytes,
+       pg_size_pretty(pg_relation_size(s.indexrelid)) AS size,
+       i.indisvalid AS valid
+  FROM pg_stat_all_indexes s
+  JOIN pg_index i ON i.indexrelid = s.indexrelid
+ WHERE s.relid = 'activity_log.events'::regclass;
+
+COMMENT ON VIEW activity_log.index_usage IS
+    'Index scans, tuples and sizes of activity_log.events'' indexes.';
+
+-- _check_window refuses NULL, negative and zero intervals with a clear error.
+CREATE FUNCTION activity_log._check_window(name text, value interval) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be null', name USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF value <= interval '0' THEN
+        RAISE EXCEPTION '% must be a positive interval, not %', name, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Activity over time, in buckets (empty buckets included): volume by kind, errors, error rate.
+CREATE FUNCTION activity_log.trend(since interval DEFAULT '24 hours', bucket interval DEFAULT '1 hour')
+RETURNS TABLE (bucket_start timestamptz, events bigint, changes bigint, statements bigint,
+               app_events bigint, errors bigint, error_rate numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first timestamptz;
+BEGIN
+    PERFORM activity_log._check_window('since', since);
+    PERFORM activity_log._check_window('bucket', bucket);
+    IF extract(epoch FROM since) / extract(epoch FROM bucket) > 10000 THEN
+        RAISE EXCEPTION 'too many buckets: % / % is more than 10000', since, bucket
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a larger bucket or a shorter window.';
+    END IF;
+    first := date_bin(bucket, now() - since, timestamptz '2000-01-01 00:00:00+00');
+    RETURN QUERY
+    SELECT g.b, coalesce(c.events, 0), coalesce(c.changes, 0), coalesce(c.statements, 0),
+           coalesce(c.app_events, 0), coalesce(c.errors, 0),
+           coalesce(round(c.errors::numeric / nullif(c.events, 0), 4), 0)
+      FROM generate_series(first, now(), bucket) g(b)
+      LEFT JOIN (SELECT date_bin(bucket, e.ts, timestamptz '2000-01-01 00:00:00+00') AS b,
+                        count(*) AS events,
+                        count(*) FILTER (WHERE e.kind = 'change') AS changes,
+                        count(*) FILTER (WHERE e.kind IN ('statement', 'ddl')) AS statements,
+                        count(*) FILTER (WHERE e.kind = 'event') AS app_events,
+                        count(*) FILTER (WHERE e.status = 'error') AS errors
+                   FROM activity_log.events e
+                  WHERE e.ts >= first
+                  GROUP BY 1) c ON c.b = g.b
+     ORDER BY g.b;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.trend(interval, interval) IS
+    'Volume and errors per time bucket over a window, empty buckets included.';
+
+-- Patterns: when activity happens (hour of day, day of week), averaged over a window.
+CREATE FUNCTION activity_log.hourly_pattern(since interval DEFAULT '30 days')
+RETURNS TABLE (hour_of_day integer, events bigint, errors bigint, error_rate numeric, avg_events_per_day numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM activity_log._check_window('since', since);
+    RETURN QUERY
+    SELECT g.h, coalesce(c.events, 0), coalesce(c.errors, 0),
+           coalesce(round(c.errors::numeric / nullif(c.events, 0), 4), 0),
+           round(coalesce(c.events, 0) / greatest(extract(epoch FROM since) / 86400, 1)::numeric, 2)
+      FROM generate_series(0, 23) g(h)
+      LEFT JOIN (SELECT extract(hour FROM e.ts)::int AS h, count(*) AS events,
+                        count(*) FILTER (WHERE e.status = 'error') AS errors
+                   FROM activity_log.events e WHERE e.ts > now() - since GROUP BY 1) c ON c.h = g.h
+     ORDER BY g.h;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.hourly_pattern(interval) IS
+    'Activity by hour of day (server time zone) over a window.';
+
+CREATE FUNCTION activity_log.daily_pattern(since interval DEFAULT '90 days')
+RETURNS TABLE (day_of_week integer, day_name text, events bigint, errors bigint, error_rate numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM activity_log._check_window('since', since);
+    RETURN QUERY
+    SELECT g.d, (ARRAY['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'])[g.d + 1],
+           coalesce(c.events, 0), coalesce(c.errors, 0),
+           coalesce(round(c.errors::numeric / nullif(c.events, 0), 4), 0)
+      FROM generate_series(0, 6) g(d)
+      LEFT JOIN (SELECT extract(dow FROM e.ts)::int AS d, count(*) AS events,
+                        count(*) FILTER (WHERE e.status = 'error') AS errors
+                   FROM activity_log.events e WHERE e.ts > now() - since GROUP BY 1) c ON c.d = g.d
+     ORDER BY g.d;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.daily_pattern(interval) IS
+    'Activity by day of week (0 = Sunday) over a window.';
+
+-- Who did what: per database user and application actor.
+CREATE FUNCTION activity_log.user_summary(since interval DEFAULT '30 days')
+RETURNS TABLE (db_user text, actor text, events bigint, errors bigint, success_rate numeric,
+               first_seen timestamptz, last_seen timestamptz, top_tables text[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM activity_log._check_window('since', since);
+    RETURN QUERY
+    WITH w AS (SELECT * FROM activity_log.events e WHERE e.ts > now() - since AND e.kind <> 'system')
+    SELECT w.db_user, w.actor, count(*), count(*) FILTER (WHERE w.status = 'error'),
+           round(count(*) FILTER (WHERE w.status = 'success')::numeric / count(*), 4),
+           min(w.ts), max(w.ts),
+           (SELECT array_agg(t.name ORDER BY t.n DESC, t.name)
+              FROM (SELECT quote_ident(x.schema_name) || '.' || quote_ident(x.table_name) AS name, count(*) AS n
+                      FROM w x
+                     WHERE x.db_user IS NOT DISTINCT FROM w.db_user AND x.actor IS NOT DISTINCT FROM w.actor
+                       AND x.table_name IS NOT NULL
+                     GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5) t)
+      FROM w
+     GROUP BY w.db_user, w.actor
+     ORDER BY count(*) DESC, w.db_user, w.actor;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.user_summary(interval) IS
+    'Per database user and actor: activity, errors, success rate, first/last seen, the 5 most changed tables.';
+
+-- Anomalies: buckets of the recent window whose volume or error rate lies far outside the
+-- trailing baseline. Method (README, "Anomalies"): for each recent bucket, the baseline is the
+-- buckets of the `baseline` interval before it; the robust z-score is
+-- 0.6745 * (x - median) / MAD (median absolute deviation). A bucket is anomalous when
+-- |z| > threshold (3.5, Iglewicz and Hoaglin) and, for volume, it differs from the median by at
+-- least min_events (so that a quiet system is not flagged for a handful of events). When the
+-- MAD is 0 (a flat baseline), any bucket that passes the min_events test counts. A bucket is
+-- judged only when the trail reaches back over its whole baseline (a new trail has no normal).
+CREATE FUNCTION activity_log.anomalies(
+    since     interval DEFAULT '24 hours',
+    bucket    interval DEFAULT '1 hour',
+    baseline  interval DEFAULT '7 days',
+    threshold double precision DEFAULT 3.5,
+    min_events integer DEFAULT 10)
+RETURNS TABLE (bucket_start timestamptz, metric text, value numeric, baseline_median numeric,
+               baseline_mad numeric, robust_z numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first timestamptz;
+BEGIN
+    PERFORM activity_log._check_window('since', since);
+    PERFORM activity_log._check_window('bucket', bucket);
+    PERFORM activity_log._check_window('baseline', baseline);
+    IF threshold IS NULL OR threshold <= 0 THEN
+        RAISE EXCEPTION 'threshold must be positive' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF min_events IS NULL OR min_events < 0 THEN
+        RAISE EXCEPTION 'min_events must not be null or negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF extract(epoch FROM since + baseline) / extract(epoch FROM bucket) > 10000 THEN
+        RAISE EXCEPTION 'too many buckets: (% + %) / % is more than 10000', since, baseline, bucket
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a larger bucket or shorter windows.';
+    END IF;
+    first := date_bin(bucket, now() - since - baseline, timestamptz '2000-01-01 00:00:00+00');
+    RETURN QUERY
+    WITH buckets AS (
+        SELECT g.b, coalesce(c.events, 0)::numeric AS events,
+               coalesce(round(c.errors::numeric / nullif(c.events, 0), 4), 0) AS error_rate
+          FROM generate_series(first, now(), bucket) g(b)
+          LEFT JOIN (SELECT date_bin(bucket, e.ts, timestamptz '2000-01-01 00:00:00+00') AS b, count(*) AS events,
+                            count(*) FILTER (WHERE e.status = 'error') AS errors
+                       FROM activity_log.events e
+                      WHERE e.ts >= first AND e.kind <> 'system'
+                      GROUP BY 1) c ON c.b = g.b
+    ),
+    series AS (
+        SELECT b, 'events' AS metric, events AS value FROM buckets
+        UNION ALL
+        SELECT b, 'error_rate', error_rate FROM buckets
+    ),
+    scored AS (
+        SELECT s.b, s.metric, s.value, m.median,
+               (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(h.value - m.median))::numeric
+                  FROM series h WHERE h.metric = s.metric AND h.b >= s.b - baseline AND h.b < s.b) AS mad
+          FROM series s
+          CROSS JOIN LATERAL (
+              SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY h.value)::numeric AS median
+                FROM series h WHERE h.metric = s.metric AND h.b >= s.b - baseline AND h.b < s.b) m
+         WHERE s.b >= date_bin(bucket, now() - since, timestamptz '2000-01-01 00:00:00+00')
+    )
+    SELECT s.b, s.metric, s.value, round(s.median, 4), round(s.mad, 4),
+           CASE WHEN s.mad > 0 THEN round(0.6745 * (s.value - s.median) / s.mad, 2) END
+      FROM scored s
+     WHERE s.median IS NOT NULL
+       AND s.b - baseline >= (SELECT e.ts FROM activity_log.events e ORDER BY e.id LIMIT 1)
+       AND (s.metric <> 'events' OR abs(s.value - s.median) >= min_events)
+       AND s.value <> s.median
+       AND (s.mad = 0 OR abs(0.6745 * (s.value - s.median) / s.mad) > threshold)
+     ORDER BY s.b, s.metric;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.anomalies(interval, interval, interval, double precision, integer) IS
+    'Recent buckets whose volume or error rate lies far outside the trailing baseline (robust z-score, median/MAD).';
+
+-- Daily rollup for dashboards: refreshed by the writer every activity_log.metrics_refresh
+-- and on demand with refresh_metrics().
+CREATE MATERIALIZED VIEW activity_log.metrics_daily AS
+SELECT date_trunc('day', ts) AS day, kind, category, status,
+       count(*) AS events,
+       round(count(*) FILTER (WHERE status = 'error')::numeric / count(*), 4) AS error_rate,
+       round(avg(duration_ms)::numeric, 3) AS avg_duration_ms,
+       round((percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms))::numeric, 3) AS p95_duration_ms
+  FROM activity_log.events
+ GROUP BY 1, 2, 3, 4
+WITH NO DATA;
+
+-- REFRESH … CONCURRENTLY needs a unique index; readers are never blocked by a refresh.
+CREATE UNIQUE INDEX metrics_daily_key ON activity_log.metrics_daily (day, kind, category, status);
+
+COMMENT ON MATERIALIZED VIEW activity_log.metrics_daily IS
+    'Per day, kind, category and status: events, error rate, average and p95 duration (ms). See refresh_metrics().';
+
+CREATE FUNCTION activity_log.refresh_metrics() RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (SELECT relispopulated FROM pg_class WHERE oid = 'activity_log.metrics_daily'::regclass) THEN
+        REFRESH MATERIALIZED VIEW CONCURRENTLY activity_log.metrics_daily;
+    ELSE
+        REFRESH MATERIALIZED VIEW activity_log.metrics_daily;
+    END IF;
+    RETURN now();
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.refresh_metrics() IS
+    'Recomputes activity_log.metrics_daily now (the writer also does it every activity_log.metrics_refresh).';
