@@ -32,7 +32,7 @@ SELECT ts, ts, kind, category, CASE WHEN err THEN 'error' ELSE 'info' END, CASE 
        'app', 1000 + g % 100, op, sch, tbl, toid, rk,
        CASE WHEN op IN ('UPDATE', 'DELETE') THEN jsonb_build_object('id', g / 20 % 100000, 'qty', g % 7, 'note', 'old ' || g) END,
        CASE WHEN op IN ('UPDATE', 'INSERT') THEN jsonb_build_object('id', g / 20 % 100000, 'qty', g % 11, 'note', 'new ' || g) END,
-       CASE WHEN op = 'UPDATE' THEN '{qty,note}'::text[] END,
+       CASE WHEN op = 'UPDATE' THEN '{{qty,note}}'::text[] END,
        CASE WHEN kind <> 'change' THEN 'UPDATE t SET qty = qty + 1 WHERE id = $1' END,
        CASE WHEN kind = 'statement' THEN (g % 97) / 10.0 END,
        CASE WHEN kind = 'event' THEN jsonb_build_object('action', 'login') END

@@ -178,6 +178,7 @@ RETURNS TABLE (bucket_start timestamptz, events bigint, changes bigint, statemen
                app_events bigint, errors bigint, error_rate numeric)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off  -- bucket arithmetic gets huge estimates; JIT would cost ~0.5 s a call
 AS $$
 DECLARE
     first timestamptz;
@@ -215,6 +216,7 @@ CREATE FUNCTION activity_log.hourly_pattern(since interval DEFAULT '30 days')
 RETURNS TABLE (hour_of_day integer, events bigint, errors bigint, error_rate numeric, avg_events_per_day numeric)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off  -- bucket arithmetic gets huge estimates; JIT would cost ~0.5 s a call
 AS $$
 BEGIN
     PERFORM activity_log._check_window('since', since);
@@ -237,6 +239,7 @@ CREATE FUNCTION activity_log.daily_pattern(since interval DEFAULT '90 days')
 RETURNS TABLE (day_of_week integer, day_name text, events bigint, errors bigint, error_rate numeric)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off  -- bucket arithmetic gets huge estimates; JIT would cost ~0.5 s a call
 AS $$
 BEGIN
     PERFORM activity_log._check_window('since', since);
@@ -261,20 +264,27 @@ RETURNS TABLE (db_user text, actor text, events bigint, errors bigint, success_r
                first_seen timestamptz, last_seen timestamptz, top_tables text[])
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off  -- bucket arithmetic gets huge estimates; JIT would cost ~0.5 s a call
 AS $$
 BEGIN
     PERFORM activity_log._check_window('since', since);
     RETURN QUERY
-    WITH w AS (SELECT * FROM activity_log.events e WHERE e.ts > now() - since AND e.kind <> 'system')
+    WITH w AS (
+        SELECT e.db_user, e.actor, e.status, e.ts, e.schema_name, e.table_name
+          FROM activity_log.events e WHERE e.ts > now() - since AND e.kind <> 'system'
+    ),
+    tables AS MATERIALIZED (  -- once, not once per user
+        SELECT w.db_user, w.actor, quote_ident(w.schema_name) || '.' || quote_ident(w.table_name) AS name,
+               row_number() OVER (PARTITION BY w.db_user, w.actor
+                                  ORDER BY count(*) DESC, quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)) AS rank
+          FROM w WHERE w.table_name IS NOT NULL
+         GROUP BY w.db_user, w.actor, w.schema_name, w.table_name
+    )
     SELECT w.db_user, w.actor, count(*), count(*) FILTER (WHERE w.status = 'error'),
            round(count(*) FILTER (WHERE w.status = 'success')::numeric / count(*), 4),
            min(w.ts), max(w.ts),
-           (SELECT array_agg(t.name ORDER BY t.n DESC, t.name)
-              FROM (SELECT quote_ident(x.schema_name) || '.' || quote_ident(x.table_name) AS name, count(*) AS n
-                      FROM w x
-                     WHERE x.db_user IS NOT DISTINCT FROM w.db_user AND x.actor IS NOT DISTINCT FROM w.actor
-                       AND x.table_name IS NOT NULL
-                     GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5) t)
+           (SELECT array_agg(t.name ORDER BY t.rank) FROM tables t
+             WHERE t.db_user IS NOT DISTINCT FROM w.db_user AND t.actor IS NOT DISTINCT FROM w.actor AND t.rank <= 5)
       FROM w
      GROUP BY w.db_user, w.actor
      ORDER BY count(*) DESC, w.db_user, w.actor;
@@ -291,7 +301,8 @@ COMMENT ON FUNCTION activity_log.user_summary(interval) IS
 -- |z| > threshold (3.5, Iglewicz and Hoaglin) and, for volume, it differs from the median by at
 -- least min_events (so that a quiet system is not flagged for a handful of events). When the
 -- MAD is 0 (a flat baseline), any bucket that passes the min_events test counts. A bucket is
--- judged only when the trail reaches back over its whole baseline (a new trail has no normal).
+-- judged only when it is complete and the trail reaches back over its whole baseline (a new
+-- trail has no normal).
 CREATE FUNCTION activity_log.anomalies(
     since     interval DEFAULT '24 hours',
     bucket    interval DEFAULT '1 hour',
@@ -302,6 +313,7 @@ RETURNS TABLE (bucket_start timestamptz, metric text, value numeric, baseline_me
                baseline_mad numeric, robust_z numeric)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off  -- bucket arithmetic gets huge estimates; JIT would cost ~0.5 s a call
 AS $$
 DECLARE
     first timestamptz;
@@ -345,6 +357,7 @@ BEGIN
               SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY h.value)::numeric AS median
                 FROM series h WHERE h.metric = s.metric AND h.b >= s.b - baseline AND h.b < s.b) m
          WHERE s.b >= date_bin(bucket, now() - since, timestamptz '2000-01-01 00:00:00+00')
+           AND s.b + bucket <= now()  -- complete buckets only: a bucket still filling looks quiet
     )
     SELECT s.b, s.metric, s.value, round(s.median, 4), round(s.mad, 4),
            CASE WHEN s.mad > 0 THEN round(0.6745 * (s.value - s.median) / s.mad, 2) END

@@ -72,3 +72,6 @@ CREATE INDEX events_table_idx ON activity_log.events (table_oid, id) WHERE table
 -- history() after a primary-key change: the writer notes the new key of such an UPDATE.
 CREATE INDEX events_new_key_idx ON activity_log.events USING hash ((details->'new_key'))
     WHERE details ? 'new_key';
+
+-- Gap records (rare) for the health report, without reading a week of the trail.
+CREATE INDEX events_gap_idx ON activity_log.events (ts) WHERE status = 'gap';

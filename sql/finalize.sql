@@ -109,6 +109,7 @@ CREATE FUNCTION activity_log.health(OUT score integer, OUT status text, OUT fact
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '200ms'
+SET jit = off  -- anomalies() gets huge estimates; JIT would cost ~0.5 s a call
 AS $$
 DECLARE
     q       record;
@@ -178,7 +179,7 @@ BEGIN
             'reason', CASE WHEN penalty > 0 THEN format('%s of %s statements failed in the last hour', failed, stmts)
                            ELSE 'statement errors under 5% in the last hour' END);
 
-        -- Anomalies in the last hour against the 24 hours before (anomalies(), robust z-score).
+        -- Anomalies: the last complete hour against the 24 hours before (anomalies(), robust z-score).
         SELECT count(*) INTO anomalous
           FROM activity_log.anomalies(since => interval '1 hour', bucket => interval '1 hour', baseline => interval '24 hours');
         penalty := CASE WHEN anomalous > 0 THEN 10 ELSE 0 END;
@@ -211,10 +212,10 @@ BEGIN
     -- Index health: the trail's indexes exist and are valid.
     SELECT count(*) FILTER (WHERE NOT i.indisvalid OR NOT i.indisready) INTO broken
       FROM pg_index i WHERE i.indrelid = 'activity_log.events'::regclass;
-    SELECT 5 - count(*) INTO missing_idx
+    SELECT 6 - count(*) INTO missing_idx
       FROM pg_class c
      WHERE c.relnamespace = 'activity_log'::regnamespace
-       AND c.relname IN ('events_pkey', 'events_ts_brin', 'events_row_key_idx', 'events_table_idx', 'events_new_key_idx');
+       AND c.relname IN ('events_pkey', 'events_ts_brin', 'events_row_key_idx', 'events_table_idx', 'events_new_key_idx', 'events_gap_idx');
     penalty := CASE WHEN broken + missing_idx > 0 THEN 10 ELSE 0 END;
     list := list || jsonb_build_object('factor', 'index_health', 'value', jsonb_build_object('invalid', broken, 'missing', missing_idx),
         'weight', 10, 'penalty', penalty,

@@ -801,6 +801,7 @@ fn health_score_reflects_constructed_situations() {
             "activity_log.capture_statements = 'none'",
             "activity_log.buffer_size = '64kB'",
             "activity_log.overflow = 'drop'",
+            "activity_log.metrics_refresh = '1s'",
         ],
     );
     with_extension(&c, "postgres");
@@ -864,13 +865,7 @@ fn health_score_reflects_constructed_situations() {
 
     // No writer: the launcher is paused, so the terminated writer is not restarted.
     let launcher = c.one("postgres", "SELECT activity_log._launcher_pid()");
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &launcher])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal("-STOP", &launcher);
     c.sql(
         "postgres",
         "SELECT pg_terminate_backend(writer_pid) FROM activity_log.metrics()",
@@ -884,14 +879,35 @@ fn health_score_reflects_constructed_situations() {
     });
     assert!(stopped.is_some(), "the writer did not stop");
     assert_eq!(health(), "50 critical writer=50");
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &launcher])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal("-CONT", &launcher);
     c.wait_for_writer("postgres", None);
     c.flush("postgres");
     assert_eq!(health(), "100 healthy -");
+
+    // Failing statements: 20 of 20 captured statements in the last hour.
+    let failing = format!(
+        "\\set ON_ERROR_STOP 0\nSET activity_log.capture_statements = 'all';\n{}",
+        "SELECT 1/0;\n".repeat(20)
+    );
+    c.run("postgres", &failing);
+    c.flush("postgres");
+    assert_eq!(health(), "85 degraded statement_error_rate=15");
+    c.sql("postgres", "TRUNCATE activity_log.events");
+    assert_eq!(health(), "100 healthy -");
+
+    // A missing index of the trail.
+    c.sql("postgres", "DROP INDEX activity_log.events_table_idx");
+    assert_eq!(health(), "90 healthy index_health=10");
+    c.sql("postgres", "CREATE INDEX events_table_idx ON activity_log.events (table_oid, id) WHERE table_oid IS NOT NULL");
+    assert_eq!(health(), "100 healthy -");
+
+    // The writer refreshes metrics_daily every activity_log.metrics_refresh (1 s here).
+    let populated = wait_until(Duration::from_secs(10), || {
+        (c.one("postgres", "SELECT relispopulated FROM pg_class WHERE oid = 'activity_log.metrics_daily'::regclass") == "t")
+            .then_some(())
+    });
+    assert!(
+        populated.is_some(),
+        "the writer never refreshed metrics_daily"
+    );
 }

@@ -4,8 +4,9 @@ SET activity_log.capture_statements = none;
 SELECT activity_log.flush();
 TRUNCATE activity_log.events;
 
--- The hour bucket that holds now(); every row is placed relative to it.
-CREATE TEMP TABLE clock AS SELECT date_bin('1 hour', now(), timestamptz '2000-01-01') AS h;
+-- The last complete hour (anomalies() judges complete buckets only); every row is placed
+-- relative to it.
+CREATE TEMP TABLE clock AS SELECT date_bin('1 hour', now(), timestamptz '2000-01-01') - interval '1 hour' AS h;
 -- 25 quiet hours before it (the oldest one only makes the trail reach back over a full
 -- 24-hour baseline): 20 records an hour — alice (actor web) changes 10 orders and
 -- 5 items rows, bob runs 5 statements of which the first fails.
@@ -21,7 +22,7 @@ SELECT t, t, kind, 'data_change', 'info', status, who, actor, 'UPDATE', sch, tbl
                        CASE WHEN n < 15 THEN 'public' END AS sch,
                        CASE WHEN n < 10 THEN 'orders' WHEN n < 15 THEN 'items' END AS tbl) y
  ORDER BY t;  -- ids in time order, as the writer assigns them
--- The current hour: a burst of 100 order changes and 100 failing statements.
+-- The last hour: a burst of 100 order changes and 100 failing statements.
 INSERT INTO activity_log.events (ts, committed_at, kind, category, severity, status, db_user, actor,
                                  command, schema_name, table_name)
 SELECT h, h, 'change', 'data_change', 'info', 'success', 'alice', 'web', 'UPDATE', 'public', 'orders'
@@ -36,10 +37,10 @@ SELECT (extract(epoch FROM (SELECT h FROM clock) - bucket_start) / 3600)::int AS
   FROM activity_log.trend(since => '3 hours', bucket => '1 hour');
 SELECT count(*) AS buckets, sum(events) AS events FROM activity_log.trend('2 days', '1 hour');
 
--- hourly_pattern: every hour of the day has its 20 (the hour 25 hours ago doubles one), the
--- current one also the burst.
+-- hourly_pattern: every hour of the day has its 20 (the hour 25 hours back doubles one), the
+-- burst's hour also the burst; the current hour has nothing yet.
 SELECT events, count(*) AS hours FROM activity_log.hourly_pattern() GROUP BY 1 ORDER BY 1;
-SELECT hour_of_day = extract(hour FROM now())::int AS is_current_hour, errors, error_rate
+SELECT hour_of_day = extract(hour FROM (SELECT h FROM clock))::int AS is_burst_hour, errors, error_rate
   FROM activity_log.hourly_pattern() WHERE events = 220;
 SELECT count(*) AS days, sum(events) AS events, sum(errors) AS errors FROM activity_log.daily_pattern();
 
