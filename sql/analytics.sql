@@ -172,6 +172,68 @@ BEGIN
 END
 $$;
 
+-- rebuild_rollup recomputes activity_hourly from the trail (after a restore, or after rows
+-- were added to the trail by hand); since: only the hours after now() - since.
+CREATE FUNCTION activity_log.rebuild_rollup(since interval DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first timestamptz := '-infinity';
+    n     bigint;
+BEGIN
+    IF since IS NOT NULL THEN
+        PERFORM activity_log._check_window('since', since);
+        first := date_bin('1 hour', now() - since, timestamptz '2000-01-01 00:00:00+00');
+    END IF;
+    -- The writer adds to these rows in its own transactions: keep it out while rebuilding.
+    LOCK TABLE activity_log.activity_hourly IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM activity_log.activity_hourly WHERE hour >= first;
+    INSERT INTO activity_log.activity_hourly (hour, kind, status, events)
+    SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'), kind, status, count(*)
+      FROM activity_log.events WHERE ts >= first
+     GROUP BY 1, 2, 3;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.rebuild_rollup(interval) IS
+    'Recomputes activity_log.activity_hourly from the trail (all of it, or the hours after now() - since); returns the rows written.';
+
+-- _counts: records per bucket from first on — from the hourly rollup when the bucket is a
+-- whole number of hours (a few hundred rows), else from the trail itself.
+CREATE FUNCTION activity_log._counts(first timestamptz, bucket interval,
+    OUT b timestamptz, OUT events bigint, OUT changes bigint, OUT statements bigint,
+    OUT app_events bigint, OUT system bigint, OUT errors bigint)
+RETURNS SETOF record
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+BEGIN
+    IF extract(epoch FROM bucket)::numeric % 3600 = 0 THEN
+        RETURN QUERY
+        SELECT date_bin(bucket, h.hour, timestamptz '2000-01-01 00:00:00+00'), sum(h.events)::bigint,
+               coalesce(sum(h.events) FILTER (WHERE h.kind = 'change'), 0)::bigint,
+               coalesce(sum(h.events) FILTER (WHERE h.kind IN ('statement', 'ddl')), 0)::bigint,
+               coalesce(sum(h.events) FILTER (WHERE h.kind = 'event'), 0)::bigint,
+               coalesce(sum(h.events) FILTER (WHERE h.kind = 'system'), 0)::bigint,
+               coalesce(sum(h.events) FILTER (WHERE h.status = 'error'), 0)::bigint
+          FROM activity_log.activity_hourly h WHERE h.hour >= first GROUP BY 1;
+    ELSE
+        RETURN QUERY
+        SELECT date_bin(bucket, e.ts, timestamptz '2000-01-01 00:00:00+00'), count(*),
+               count(*) FILTER (WHERE e.kind = 'change'),
+               count(*) FILTER (WHERE e.kind IN ('statement', 'ddl')),
+               count(*) FILTER (WHERE e.kind = 'event'),
+               count(*) FILTER (WHERE e.kind = 'system'),
+               count(*) FILTER (WHERE e.status = 'error')
+          FROM activity_log.events e WHERE e.ts >= first GROUP BY 1;
+    END IF;
+END
+$$;
+
 -- Activity over time, in buckets (empty buckets included): volume by kind, errors, error rate.
 CREATE FUNCTION activity_log.trend(since interval DEFAULT '24 hours', bucket interval DEFAULT '1 hour')
 RETURNS TABLE (bucket_start timestamptz, events bigint, changes bigint, statements bigint,
@@ -195,15 +257,7 @@ BEGIN
            coalesce(c.app_events, 0), coalesce(c.errors, 0),
            coalesce(round(c.errors::numeric / nullif(c.events, 0), 4), 0)
       FROM generate_series(first, now(), bucket) g(b)
-      LEFT JOIN (SELECT date_bin(bucket, e.ts, timestamptz '2000-01-01 00:00:00+00') AS b,
-                        count(*) AS events,
-                        count(*) FILTER (WHERE e.kind = 'change') AS changes,
-                        count(*) FILTER (WHERE e.kind IN ('statement', 'ddl')) AS statements,
-                        count(*) FILTER (WHERE e.kind = 'event') AS app_events,
-                        count(*) FILTER (WHERE e.status = 'error') AS errors
-                   FROM activity_log.events e
-                  WHERE e.ts >= first
-                  GROUP BY 1) c ON c.b = g.b
+      LEFT JOIN activity_log._counts(first, bucket) c ON c.b = g.b
      ORDER BY g.b;
 END
 $$;
@@ -225,9 +279,9 @@ BEGIN
            coalesce(round(c.errors::numeric / nullif(c.events, 0), 4), 0),
            round(coalesce(c.events, 0) / greatest(extract(epoch FROM since) / 86400, 1)::numeric, 2)
       FROM generate_series(0, 23) g(h)
-      LEFT JOIN (SELECT extract(hour FROM e.ts)::int AS h, count(*) AS events,
-                        count(*) FILTER (WHERE e.status = 'error') AS errors
-                   FROM activity_log.events e WHERE e.ts > now() - since GROUP BY 1) c ON c.h = g.h
+      LEFT JOIN (SELECT extract(hour FROM r.hour)::int AS h, sum(r.events)::bigint AS events,
+                        coalesce(sum(r.events) FILTER (WHERE r.status = 'error'), 0)::bigint AS errors
+                   FROM activity_log.activity_hourly r WHERE r.hour > now() - since GROUP BY 1) c ON c.h = g.h
      ORDER BY g.h;
 END
 $$;
@@ -248,9 +302,9 @@ BEGIN
            coalesce(c.events, 0), coalesce(c.errors, 0),
            coalesce(round(c.errors::numeric / nullif(c.events, 0), 4), 0)
       FROM generate_series(0, 6) g(d)
-      LEFT JOIN (SELECT extract(dow FROM e.ts)::int AS d, count(*) AS events,
-                        count(*) FILTER (WHERE e.status = 'error') AS errors
-                   FROM activity_log.events e WHERE e.ts > now() - since GROUP BY 1) c ON c.d = g.d
+      LEFT JOIN (SELECT extract(dow FROM r.hour)::int AS d, sum(r.events)::bigint AS events,
+                        coalesce(sum(r.events) FILTER (WHERE r.status = 'error'), 0)::bigint AS errors
+                   FROM activity_log.activity_hourly r WHERE r.hour > now() - since GROUP BY 1) c ON c.d = g.d
      ORDER BY g.d;
 END
 $$;
@@ -337,11 +391,8 @@ BEGIN
         SELECT g.b, coalesce(c.events, 0)::numeric AS events,
                coalesce(round(c.errors::numeric / nullif(c.events, 0), 4), 0) AS error_rate
           FROM generate_series(first, now(), bucket) g(b)
-          LEFT JOIN (SELECT date_bin(bucket, e.ts, timestamptz '2000-01-01 00:00:00+00') AS b, count(*) AS events,
-                            count(*) FILTER (WHERE e.status = 'error') AS errors
-                       FROM activity_log.events e
-                      WHERE e.ts >= first AND e.kind <> 'system'
-                      GROUP BY 1) c ON c.b = g.b
+          LEFT JOIN (SELECT x.b, x.events - x.system AS events, x.errors
+                       FROM activity_log._counts(first, bucket) x) c ON c.b = g.b
     ),
     series AS (
         SELECT b, 'events' AS metric, events AS value FROM buckets
@@ -363,7 +414,7 @@ BEGIN
            CASE WHEN s.mad > 0 THEN round(0.6745 * (s.value - s.median) / s.mad, 2) END
       FROM scored s
      WHERE s.median IS NOT NULL
-       AND s.b - baseline >= (SELECT e.ts FROM activity_log.events e ORDER BY e.id LIMIT 1)
+       AND s.b - baseline >= (SELECT min(r.hour) FROM activity_log.activity_hourly r)
        AND (s.metric <> 'events' OR abs(s.value - s.median) >= min_events)
        AND s.value <> s.median
        AND (s.mad = 0 OR abs(0.6745 * (s.value - s.median) / s.mad) > threshold)

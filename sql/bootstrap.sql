@@ -75,3 +75,16 @@ CREATE INDEX events_new_key_idx ON activity_log.events USING hash ((details->'ne
 
 -- Gap records (rare) for the health report, without reading a week of the trail.
 CREATE INDEX events_gap_idx ON activity_log.events (ts) WHERE status = 'gap';
+
+-- Records per hour, kind and status: the writer adds each batch's counts, so that health,
+-- trends, patterns and anomalies read a few hundred rows instead of the trail.
+-- activity_log.rebuild_rollup() recomputes it from the trail.
+CREATE TABLE activity_log.activity_hourly (
+    hour   timestamptz NOT NULL,
+    kind   text NOT NULL,
+    status text NOT NULL,
+    events bigint NOT NULL,
+    PRIMARY KEY (hour, kind, status)
+);
+COMMENT ON TABLE activity_log.activity_hourly IS
+    'Trail records per hour (UTC-aligned), kind and status; kept by the writer, rebuilt by activity_log.rebuild_rollup().';

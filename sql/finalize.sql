@@ -188,14 +188,12 @@ BEGIN
                            ELSE 'the last hour looks like the 24 hours before' END);
 
         -- Growth of the trail: today's rows against the daily average of the week before
-        -- (metrics_daily, refreshed by the writer), and its size on disk.
-        IF (SELECT relispopulated FROM pg_class WHERE oid = 'activity_log.metrics_daily'::regclass) THEN
-            SELECT coalesce(sum(events) FILTER (WHERE day = date_trunc('day', now())), 0),
-                   coalesce(sum(events) FILTER (WHERE day < date_trunc('day', now())
-                                                  AND day >= date_trunc('day', now()) - interval '7 days'), 0) / 7.0
-              INTO today, week_avg
-              FROM activity_log.metrics_daily;
-        END IF;
+        -- (activity_hourly), and its size on disk.
+        SELECT coalesce(sum(events) FILTER (WHERE hour >= date_trunc('day', now())), 0),
+               coalesce(sum(events) FILTER (WHERE hour < date_trunc('day', now())), 0) / 7.0
+          INTO today, week_avg
+          FROM activity_log.activity_hourly
+         WHERE hour >= date_trunc('day', now()) - interval '7 days';
         penalty := CASE WHEN today > 10000 AND today > 3 * week_avg THEN 5 ELSE 0 END;
         trail_factors := trail_factors || jsonb_build_object('factor', 'trail_growth',
             'value', jsonb_build_object('rows_today', today, 'daily_avg_last_7_days', round(week_avg, 1),
@@ -249,6 +247,7 @@ COMMENT ON FUNCTION activity_log.flush(interval) IS
     'Waits until every record published before the call is in activity_log.events; false on timeout.';
 
 SELECT pg_catalog.pg_extension_config_dump('activity_log.tracked_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('activity_log.activity_hourly', '');
 
 -- The capture's view of tracked_tables: every partition maps to its tracked root, with the
 -- root's primary-key columns. SECURITY DEFINER: the capture runs as whoever writes.
@@ -440,6 +439,8 @@ COMMENT ON FUNCTION activity_log.history(regclass, jsonb) IS
     'One row''s story, oldest first. With the whole primary key: an index lookup that follows key changes; otherwise every change whose image contains key.';
 
 -- Internal functions are for the extension's own SQL, not for applications.
+REVOKE EXECUTE ON FUNCTION activity_log.rebuild_rollup(interval), activity_log.reset_metrics(),
+    activity_log._reset_metrics() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION activity_log._activate(), activity_log._queue(), activity_log._dropped_unassigned(),
     activity_log._launcher_pid(), activity_log._tracking_changed() FROM PUBLIC;
 

@@ -268,8 +268,47 @@ struct Rows {
     /// With `isolate`: each row's commit time and what it is, for the gap record that replaces
     /// it if the table refuses it.
     labels: Vec<(i64, String)>,
+    /// Each row's hour, kind and status, for activity_log.activity_hourly.
+    buckets: Vec<Bucket>,
     /// Role names, looked up once per batch.
     users: HashMap<u32, String>,
+}
+
+/// (hour as microseconds since 2000-01-01 UTC, kind, status)
+type Bucket = (i64, &'static str, &'static str);
+
+const HOUR_US: i64 = 3_600_000_000;
+
+/// Hourly counts of stored rows, added to activity_log.activity_hourly in the batch's
+/// transaction, so the rollup is exact whichever way the batch ends.
+#[derive(Default)]
+struct Hourly(HashMap<Bucket, i64>);
+
+impl Hourly {
+    fn add(&mut self, b: Bucket) {
+        *self.0.entry(b).or_default() += 1;
+    }
+
+    fn store(self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let (mut hours, mut kinds, mut statuses, mut counts) = (vec![], vec![], vec![], vec![]);
+        for ((hour, kind, status), n) in self.0 {
+            hours.push(hour);
+            kinds.push(kind.to_string());
+            statuses.push(status.to_string());
+            counts.push(n);
+        }
+        Spi::run_with_args(
+            "INSERT INTO activity_log.activity_hourly AS h (hour, kind, status, events)
+             SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour * interval '1 microsecond', u.kind, u.status, u.n
+               FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
+             ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events",
+            &[hours.into(), kinds.into(), statuses.into(), counts.into()],
+        )
+        .unwrap_or_else(|e| error!("activity_log: could not update activity_log.activity_hourly: {e}"));
+    }
 }
 
 impl Rows {
@@ -278,6 +317,7 @@ impl Rows {
             isolate,
             rows: Vec::new(),
             labels: Vec::new(),
+            buckets: Vec::new(),
             users: HashMap::new(),
         }
     }
@@ -310,7 +350,18 @@ impl Rows {
         r
     }
 
-    fn keep(&mut self, row: Row, committed_at: i64, kind: &str, command: Option<&[u8]>) {
+    #[allow(clippy::too_many_arguments)]
+    fn keep(
+        &mut self,
+        row: Row,
+        ts: i64,
+        committed_at: i64,
+        kind: &'static str,
+        status: &'static str,
+        command: Option<&[u8]>,
+    ) {
+        self.buckets
+            .push((ts - ts.rem_euclid(HOUR_US), kind, status));
         if self.isolate {
             let command = text(command.unwrap_or(b"?"));
             self.labels
@@ -418,7 +469,8 @@ impl Rows {
                 if !failed {
                     row.float8(Col::DurationMs, s.duration_us as f64 / 1000.0);
                 }
-                self.keep(row, c.committed_at, kind, Some(&s.command));
+                let status = if failed { "error" } else { "success" };
+                self.keep(row, s.ts, c.committed_at, kind, status, Some(&s.command));
             }
             Body::Event(e) => {
                 let mut details = Map::new();
@@ -440,7 +492,14 @@ impl Rows {
                     Some(&e.action),
                     Some(&Value::Object(details).to_string()),
                 );
-                self.keep(row, c.committed_at, "event", Some(&e.action));
+                self.keep(
+                    row,
+                    e.ts,
+                    c.committed_at,
+                    "event",
+                    "success",
+                    Some(&e.action),
+                );
             }
             Body::Change(ch) => {
                 let op = match ch.op {
@@ -516,7 +575,14 @@ impl Rows {
                     if let Some(names) = image.changed_columns {
                         row.text_array(Col::ChangedColumns, &names);
                     }
-                    self.keep(row, c.committed_at, kind, Some(op.as_bytes()));
+                    self.keep(
+                        row,
+                        ch.ts,
+                        c.committed_at,
+                        kind,
+                        status,
+                        Some(op.as_bytes()),
+                    );
                 }
             }
         }
@@ -541,22 +607,34 @@ impl Rows {
             Some(b"GAP"),
             Some(&details),
         );
-        self.keep(row, committed_at, "system", Some(b"GAP"));
+        self.keep(
+            row,
+            committed_at,
+            committed_at,
+            "system",
+            "gap",
+            Some(b"GAP"),
+        );
     }
 
     fn insert(self) {
         let mut trail = Trail::open();
-        for row in &self.rows {
+        let mut hourly = Hourly::default();
+        for (row, &bucket) in self.rows.iter().zip(&self.buckets) {
             trail.insert(row);
+            hourly.add(bucket);
         }
         trail.close();
+        hourly.store();
     }
 
     /// insert_one_by_one stores each record in its own subtransaction; a record the table
     /// refuses is replaced by a `gap` record that says why and what it was.
     fn insert_one_by_one(self) {
         let mut trail = Trail::open();
-        for (row, (committed_at, what)) in self.rows.iter().zip(&self.labels) {
+        let mut hourly = Hourly::default();
+        let stored = self.rows.iter().zip(&self.labels).zip(&self.buckets);
+        for ((row, (committed_at, what)), &bucket) in stored {
             if let Err(message) = in_subtransaction(|| {
                 trail.insert(row);
                 trail.flush();
@@ -569,9 +647,13 @@ impl Rows {
                 );
                 trail.insert(&gap.rows[0]);
                 trail.flush();
+                hourly.add(gap.buckets[0]);
+            } else {
+                hourly.add(bucket);
             }
         }
         trail.close();
+        hourly.store();
     }
 }
 

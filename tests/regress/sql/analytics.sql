@@ -2,7 +2,7 @@
 -- with exact results on constructed rows.
 SET activity_log.capture_statements = none;
 SELECT activity_log.flush();
-TRUNCATE activity_log.events;
+TRUNCATE activity_log.events, activity_log.activity_hourly;
 
 -- The last complete hour (anomalies() judges complete buckets only); every row is placed
 -- relative to it.
@@ -30,6 +30,10 @@ SELECT h, h, 'change', 'data_change', 'info', 'success', 'alice', 'web', 'UPDATE
 UNION ALL
 SELECT h, h, 'statement', 'data_change', 'error', 'error', 'bob', NULL, 'UPDATE', NULL, NULL
   FROM clock, generate_series(1, 100);
+
+-- Rows added by hand reach the hourly rollup through rebuild_rollup() (the writer keeps it for
+-- the rows it stores).
+SELECT activity_log.rebuild_rollup() AS rollup_rows;
 
 -- trend: one row per bucket, empty ones included.
 SELECT (extract(epoch FROM (SELECT h FROM clock) - bucket_start) / 3600)::int AS hours_ago,
@@ -80,6 +84,9 @@ SELECT activity_log.reset_metrics() <= clock_timestamp() AS reset;
 SELECT records_in, records_out, batches, dropped_records, write_errors FROM activity_log.metrics();
 SELECT count(activity_log.log_event('metrics probe')) FROM generate_series(1, 5);
 SELECT activity_log.flush();
+-- The writer counted them in the rollup.
+SELECT kind, status, sum(events) AS events FROM activity_log.activity_hourly
+ WHERE hour >= date_bin('1 hour', now(), timestamptz '2000-01-01') AND kind = 'event' GROUP BY 1, 2;
 SELECT database = current_database() AS this_db, queued_records, records_in, records_out,
        batches >= 1 AS batched, max_batch_records BETWEEN 1 AND 5 AS max_batch,
        writer_state, writer_pid IS NOT NULL AS has_pid, dropped_records, write_errors,
@@ -94,5 +101,5 @@ SELECT l FROM regexp_split_to_table(activity_log.metrics_text(), E'\n') l
     OR l LIKE '# TYPE activity_log_records_written_total %'
  ORDER BY l;
 
-TRUNCATE activity_log.events;
+TRUNCATE activity_log.events, activity_log.activity_hourly;
 RESET activity_log.capture_statements;

@@ -1,7 +1,7 @@
 -- health: the score of a quiet, healthy system, and the queue behind it.
 SELECT activity_log.flush();
 -- A fresh trail: the earlier files failed statements on purpose (statement_error_rate).
-TRUNCATE activity_log.events;
+TRUNCATE activity_log.events, activity_log.activity_hourly;
 
 SELECT score, status FROM activity_log.health();
 SELECT jsonb_array_length(factors) AS factors,
