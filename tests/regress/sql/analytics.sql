@@ -59,6 +59,18 @@ SELECT (extract(epoch FROM (SELECT h FROM clock) - bucket_start) / 3600)::int AS
        metric, value, baseline_median, baseline_mad, robust_z
   FROM activity_log.anomalies(since => '2 hours', baseline => '24 hours');
 SELECT count(*) AS flagged FROM activity_log.anomalies(since => '2 hours', baseline => '24 hours', min_events => 1000);
+-- A noisy baseline (18 and 22 records an hour: median 20, MAD 2) gives a finite robust
+-- z-score: 40 is 0.6745 * 20 / 2 = 6.75 away and flagged; 22 is not.
+TRUNCATE activity_log.activity_hourly;
+INSERT INTO activity_log.activity_hourly (hour, kind, status, events)
+SELECT h - k * interval '1 hour', 'event', 'success', CASE WHEN k % 2 = 0 THEN 18 ELSE 22 END
+  FROM clock, generate_series(1, 25) k
+UNION ALL
+SELECT h, 'event', 'success', 40 FROM clock;
+SELECT (extract(epoch FROM (SELECT h FROM clock) - bucket_start) / 3600)::int AS hours_ago,
+       metric, value, baseline_median, baseline_mad, robust_z
+  FROM activity_log.anomalies(since => '2 hours', baseline => '24 hours');
+TRUNCATE activity_log.activity_hourly;
 
 -- metrics_daily: empty until refreshed, then the same totals.
 SELECT activity_log.refresh_metrics() IS NOT NULL AS refreshed;
