@@ -911,3 +911,43 @@ fn health_score_reflects_constructed_situations() {
         "the writer never refreshed metrics_daily"
     );
 }
+
+/// The hourly rollup is a convenience: when it cannot be updated the trail still gets every
+/// record, and rebuild_rollup() repairs it.
+#[test]
+fn a_broken_rollup_does_not_hold_up_the_trail() {
+    let c = Cluster::start("rollup", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.activity_hourly RENAME TO activity_hourly_away",
+    );
+    c.sql("postgres", "SELECT activity_log.log_event('while broken')");
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'while broken'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT write_errors FROM activity_log.metrics()"
+        ),
+        "0"
+    );
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.activity_hourly_away RENAME TO activity_hourly",
+    );
+    c.sql("postgres", "SELECT activity_log.rebuild_rollup()");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT sum(events) FROM activity_log.activity_hourly WHERE kind = 'event'"
+        ),
+        "1"
+    );
+}

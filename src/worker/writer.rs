@@ -289,10 +289,20 @@ impl Hourly {
         *self.0.entry(b).or_default() += 1;
     }
 
+    /// store adds the counts in a subtransaction: a broken rollup (dropped, locked) must not
+    /// hold up the trail; it is logged, and rebuild_rollup() repairs it.
     fn store(self) {
         if self.0.is_empty() {
             return;
         }
+        if let Err(message) = in_subtransaction(|| self.upsert()) {
+            log!(
+                "activity_log: activity_log.activity_hourly not updated (run activity_log.rebuild_rollup()): {message}"
+            );
+        }
+    }
+
+    fn upsert(self) {
         let (mut hours, mut kinds, mut statuses, mut counts) = (vec![], vec![], vec![], vec![]);
         for ((hour, kind, status), n) in self.0 {
             hours.push(hour);
