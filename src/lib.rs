@@ -46,4 +46,9 @@ pgrx::extension_sql_file!(
     name = "analytics",
     requires = ["bootstrap", api::queue, api::reset_metrics]
 );
+pgrx::extension_sql_file!(
+    "../sql/migration.sql",
+    name = "migration",
+    requires = ["bootstrap"]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

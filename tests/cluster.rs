@@ -779,6 +779,7 @@ fn pg_regress_suite() {
             "settings",
             "health",
             "analytics",
+            "migration",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

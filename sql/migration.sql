@@ -1,0 +1,873 @@
+-- migration.sql: moving a database from legacy audit triggers to activity_log, and back.
+--
+-- Owns migration_plan() (classifies every trigger), migrate_triggers() (phase 1: dual capture,
+-- 2: disable, 3: drop), migration_status() (validates the dual-capture window),
+-- rollback_migration() and their state: activity_log.migration and migration_backup.
+-- Never touches a trigger it did not classify as audit, unless the caller names it; never a
+-- business, constraint or internal trigger. The functions run as the caller (SECURITY
+-- INVOKER): the DDL needs the caller's rights on the tables, as if typed by hand.
+--
+-- Locks: phases 1 and 2 and the rollback take SHARE ROW EXCLUSIVE on each table they move
+-- (reads go on; writes wait for the few milliseconds of the phase, and the phase waits for
+-- writes in flight). That is what makes the switch-over exact: every write either finished
+-- before the phase (and is in the legacy trail only) or starts after it (and sees the new
+-- state). Phase 3's DROP TRIGGER takes ACCESS EXCLUSIVE, as DROP TRIGGER always does.
+
+-- One row per table being migrated.
+CREATE TABLE activity_log.migration (
+    relid          regclass PRIMARY KEY,
+    phase          integer NOT NULL CHECK (phase BETWEEN 1 AND 3),
+    -- The table was tracked before phase 1: rollback leaves it tracked.
+    tracked_before boolean NOT NULL,
+    -- The dual-capture window opens with the transactions committed after dual_start (taken
+    -- holding the table lock) and closes at phase 2.
+    dual_start     pg_snapshot NOT NULL,
+    -- Every trail record of the window has an id above this (the trail's last id at phase 1).
+    trail_from     bigint NOT NULL,
+    -- Phase 2's comparison, kept as it was when the legacy triggers were switched off.
+    validation     jsonb,
+    forced         boolean NOT NULL DEFAULT false,
+    phase1_at      timestamptz NOT NULL DEFAULT now(),
+    phase2_at      timestamptz,
+    phase3_at      timestamptz
+);
+COMMENT ON TABLE activity_log.migration IS
+    'Tables being moved from legacy audit triggers to activity_log, and the phase each has reached.';
+
+-- The backup: everything rollback_migration() needs to put a trigger back as it was.
+CREATE TABLE activity_log.migration_backup (
+    relid           regclass NOT NULL REFERENCES activity_log.migration ON DELETE CASCADE,
+    trigger_name    name NOT NULL,
+    definition      text NOT NULL,      -- pg_get_triggerdef(), schema-qualified
+    enabled         "char" NOT NULL,    -- pg_trigger.tgenabled: O, D, R or A
+    function        text NOT NULL,      -- regprocedure, as text: it survives a DROP FUNCTION
+    function_source text NOT NULL,      -- pg_get_functiondef()
+    verdict         text NOT NULL,
+    audit_table     regclass,
+    -- How to read this table's rows in audit_table (see _legacy_reader) and how many there
+    -- were when phase 1 began.
+    legacy_reader   jsonb NOT NULL,
+    legacy_baseline jsonb,
+    backed_up_at    timestamptz NOT NULL DEFAULT now(),
+    dropped_at      timestamptz,
+    PRIMARY KEY (relid, trigger_name)
+);
+COMMENT ON TABLE activity_log.migration_backup IS
+    'Definitions, enabled state and function source of every trigger migrate_triggers() took over.';
+
+SELECT pg_catalog.pg_extension_config_dump('activity_log.migration', '');
+SELECT pg_catalog.pg_extension_config_dump('activity_log.migration_backup', '');
+
+-- "AFTER INSERT OR UPDATE FOR EACH ROW", from pg_trigger.tgtype.
+CREATE FUNCTION activity_log._trigger_fires(tgtype integer) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN tgtype & 2 <> 0 THEN 'BEFORE' WHEN tgtype & 64 <> 0 THEN 'INSTEAD OF' ELSE 'AFTER' END
+           || ' '
+           || array_to_string(ARRAY[CASE WHEN tgtype & 4 <> 0 THEN 'INSERT' END,
+                                    CASE WHEN tgtype & 16 <> 0 THEN 'UPDATE' END,
+                                    CASE WHEN tgtype & 8 <> 0 THEN 'DELETE' END,
+                                    CASE WHEN tgtype & 32 <> 0 THEN 'TRUNCATE' END], ' OR ')
+           || CASE WHEN tgtype & 1 <> 0 THEN ' FOR EACH ROW' ELSE ' FOR EACH STATEMENT' END
+$$;
+
+-- The table an INSERT INTO in a trigger function means: a qualified name as written; else the
+-- function's pinned search_path, the caller's, the table's schema, the function's schema.
+CREATE FUNCTION activity_log._resolve_table(name text, table_schema oid, function_schema oid,
+                                            function_config text[])
+RETURNS regclass
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    schema text;
+    found  regclass;
+BEGIN
+    IF name ~ '^("[^"]+"|[^".]+)\.' THEN
+        RETURN pg_catalog.to_regclass(name);
+    END IF;
+    FOR schema IN
+        SELECT s FROM unnest(function_config) c,
+                      unnest(pg_catalog.string_to_array(pg_catalog.regexp_replace(substr(c, 13), '\s', '', 'g'), ',')) s
+         WHERE c LIKE 'search_path=%' AND s <> '"$user"'
+    LOOP
+        found := pg_catalog.to_regclass(schema || '.' || name);
+        IF found IS NOT NULL THEN
+            RETURN found;
+        END IF;
+    END LOOP;
+    RETURN coalesce(pg_catalog.to_regclass(name),
+                    pg_catalog.to_regclass(table_schema::regnamespace::text || '.' || name),
+                    pg_catalog.to_regclass(function_schema::regnamespace::text || '.' || name));
+END
+$$;
+
+-- migration_plan lists every trigger on a user table with a verdict: audit (copies the
+-- changed row into another table: migrate_triggers() takes it over), business (anything
+-- else: never touched) or uncertain (reported; migrated only when named). It reads each
+-- trigger function's source for the shapes legacy audit triggers have.
+CREATE FUNCTION activity_log.migration_plan(
+    OUT relation regclass, OUT trigger_name name, OUT function regprocedure, OUT fires text,
+    OUT verdict text, OUT confidence numeric, OUT style text, OUT audit_table regclass,
+    OUT why text, OUT phase integer)
+RETURNS SETOF record
+LANGUAGE plpgsql STABLE
+-- No SET search_path: an unqualified table name in a trigger function resolves through the
+-- caller's search_path, as it does when the trigger fires. Everything here is qualified.
+AS $$
+DECLARE
+    t          record;
+    src        text;
+    target     text;
+    found      regclass;
+    dynamic    boolean;
+    guessed    boolean;
+    whole_row  boolean;
+    row_data   boolean;
+    uses_op    boolean;
+    generic    boolean;
+    image      text;
+    side       text[];
+    score      numeric;
+BEGIN
+    FOR t IN
+        SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype,
+               tg.tgisinternal, tg.tgconstraint, tg.tgnewtable, tg.tgoldtable,
+               c.relnamespace, c.relname, p.prosrc, p.pronamespace, p.proconfig, l.lanname,
+               con.conname, con.contype
+          FROM pg_catalog.pg_trigger tg
+          JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
+          JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid
+          JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+          LEFT JOIN pg_catalog.pg_constraint con ON con.oid = tg.tgconstraint
+         WHERE tg.tgparentid = 0  -- a partition's clone follows its parent's trigger
+           AND c.relpersistence <> 't'
+           AND c.relnamespace::regnamespace::text NOT IN ('information_schema', 'activity_log')
+           AND c.relnamespace::regnamespace::text NOT LIKE 'pg\_%'
+         ORDER BY c.relnamespace::regnamespace::text, c.relname, tg.tgname
+    LOOP
+        relation := t.tgrelid;
+        trigger_name := t.tgname;
+        function := t.tgfoid;
+        fires := activity_log._trigger_fires(t.tgtype);
+        audit_table := NULL;
+        SELECT m.phase INTO phase
+          FROM activity_log.migration m JOIN activity_log.migration_backup b USING (relid)
+         WHERE m.relid = t.tgrelid AND b.trigger_name = t.tgname;
+
+        IF t.tgisinternal OR t.tgconstraint <> 0 THEN
+            verdict := 'business';
+            confidence := 1.00;
+            style := CASE WHEN t.tgisinternal THEN 'internal' ELSE 'constraint' END;
+            why := CASE WHEN t.contype = 'f' THEN format('enforces foreign key %I', t.conname)
+                        WHEN t.tgisinternal THEN 'internal trigger of PostgreSQL'
+                        ELSE format('constraint trigger of %I', t.conname) END;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        IF t.lanname NOT IN ('plpgsql', 'sql') THEN
+            IF t.pronamespace = 'pg_catalog'::regnamespace THEN
+                verdict := 'business';
+                confidence := 0.95;
+                style := 'built-in';
+                why := format('built-in function %s', t.tgfoid::regproc);
+            ELSE
+                verdict := 'uncertain';
+                confidence := 0.30;
+                style := 'unreadable';
+                why := format('%s function: its source cannot be read', t.lanname);
+            END IF;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+
+        -- The source without comments; the patterns below are case-insensitive.
+        src := regexp_replace(regexp_replace(t.prosrc, '/\*.*?\*/', ' ', 'g'), '--[^\n]*', ' ', 'g');
+
+        -- Effects that are not auditing: a trigger with any of them is never taken over.
+        side := ARRAY[]::text[];
+        IF src ~* '(;|\mbegin|\mthen|\melse|\mloop)\s*new\s*(\.\s*("[^"]+"|\w+)\s*)?:?=' THEN
+            side := side || 'modifies NEW'::text;
+        END IF;
+        -- ELSE RAISE EXCEPTION 'unhandled case' guards a function against misuse; it validates nothing.
+        IF regexp_replace(src, '\melse\s+raise\s+exception\s+''[^'']*''[^;]*;', ' ', 'gi') ~* '\mraise\s+((exception|sqlstate|using)\M|'')' THEN
+            side := side || 'raises errors (validation)'::text;
+        ELSIF t.tgtype & 2 <> 0 AND src ~* '\mreturn\s+null\M' THEN
+            side := side || 'skips rows (returns NULL before the change)'::text;
+        END IF;
+        IF src ~* '\mpg_notify\s*\(|\mnotify\s+\w' THEN
+            side := side || 'sends notifications'::text;
+        END IF;
+        IF src ~* '\mupdate\s+\S+\s+(\S+\s+)?set\M|\mdelete\s+from\M' THEN
+            side := side || 'updates or deletes other rows'::text;
+        END IF;
+
+        -- Where it inserts: the first named table that is not the trigger's own.
+        FOR target IN
+            SELECT m[1] FROM regexp_matches(src,
+                'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi') m
+        LOOP
+            found := activity_log._resolve_table(regexp_replace(target, '\s', '', 'g'),
+                                                 t.relnamespace, t.pronamespace, t.proconfig);
+            IF found IS NOT NULL AND found <> t.tgrelid THEN
+                audit_table := found;
+                EXIT;
+            END IF;
+        END LOOP;
+        -- EXECUTE format('INSERT INTO %I ...', TG_TABLE_NAME || '_audit'): try the usual names.
+        dynamic := src ~* '\mexecute\M' AND src ~* '''[^'']*insert\s+into';
+        guessed := false;
+        IF audit_table IS NULL AND dynamic THEN
+            SELECT r INTO audit_table
+              FROM unnest(ARRAY[t.relnamespace::regnamespace::text || '.' || quote_ident(t.relname || '_audit'),
+                                t.relnamespace::regnamespace::text || '.' || quote_ident(t.relname || '_history'),
+                                t.relnamespace::regnamespace::text || '.' || quote_ident(t.relname || '_log'),
+                                'audit.' || quote_ident(t.relname)]) WITH ORDINALITY n(name, ord),
+                   LATERAL (SELECT pg_catalog.to_regclass(n.name) AS r) x
+             WHERE x.r IS NOT NULL
+             ORDER BY n.ord LIMIT 1;
+            guessed := audit_table IS NOT NULL;
+        END IF;
+
+        whole_row := src ~* '\m(to_jsonb|row_to_json|to_json|hstore|row)\s*\(\s*(new|old)\M'
+                     OR src ~* '\m(new|old)\s*\.\s*\*'
+                     OR t.tgnewtable IS NOT NULL OR t.tgoldtable IS NOT NULL;
+        row_data := whole_row OR src ~* '\m(new|old)\s*\.\s*("|[a-z_])';
+        uses_op := src ~* '\mtg_op\M';
+        generic := src ~* '\mtg_(table_name|relid|table_schema|relname)\M';
+        image := CASE WHEN src ~* '\mhstore\s*\(\s*(new|old)\M' THEN 'hstore'
+                      WHEN src ~* '\m(to_jsonb|row_to_json|to_json)\s*\(\s*(new|old)\M' THEN 'jsonb'
+                      WHEN whole_row THEN 'row copy'
+                      ELSE 'column list' END;
+
+        IF audit_table IS NOT NULL AND row_data THEN
+            score := 0.55
+                     + CASE WHEN audit_table::text ~* '(audit|histor|\mlog|_log|logged|change|journal|version|trail)' THEN 0.2 ELSE 0 END
+                     + CASE WHEN whole_row THEN 0.1 ELSE 0 END
+                     + CASE WHEN uses_op THEN 0.1 ELSE 0 END
+                     + CASE WHEN t.tgtype & (2 | 64) = 0 THEN 0.05 ELSE 0 END
+                     - CASE WHEN guessed THEN 0.1 ELSE 0 END;
+            confidence := least(score, 0.99);
+            style := CASE WHEN generic THEN 'generic ' ELSE 'per-table ' END || image || ' audit';
+            why := format('copies the changed row (%s) into %s%s%s',
+                          CASE image WHEN 'hstore' THEN 'hstore(NEW/OLD)' WHEN 'jsonb' THEN 'as jsonb'
+                                     WHEN 'row copy' THEN 'NEW.* / OLD.*' ELSE 'columns of NEW/OLD' END,
+                          audit_table,
+                          CASE WHEN uses_op THEN ' with the operation' ELSE '' END,
+                          CASE WHEN guessed THEN ' (a dynamic INSERT; the table is guessed from its name)' ELSE '' END);
+            IF side <> '{}' THEN
+                verdict := 'uncertain';
+                why := why || ', but also ' || array_to_string(side, ', ') || ': taking it over would lose that';
+            ELSIF confidence >= 0.75 THEN
+                verdict := 'audit';
+            ELSE
+                verdict := 'uncertain';
+                why := why || ', which does not look like an audit table';
+            END IF;
+        ELSIF dynamic AND side = '{}' THEN
+            verdict := 'uncertain';
+            confidence := 0.40;
+            style := 'dynamic';
+            why := 'builds its INSERT at run time; the table it writes could not be determined';
+        ELSIF side <> '{}' THEN
+            verdict := 'business';
+            confidence := 0.90;
+            style := array_to_string(side, ', ');
+            why := initcap(left(style, 1)) || substr(style, 2) || '; does not copy the row elsewhere';
+        ELSE
+            verdict := 'business';
+            confidence := 0.70;
+            style := 'other';
+            why := 'does not copy the changed row into another table';
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.migration_plan() IS
+    'Every trigger on a user table: audit (migrate_triggers takes it over), business (never touched) or uncertain (named explicitly or left alone), with confidence and why.';
+
+-- What the backup keeps of a trigger, schema-qualified whatever the caller's search_path.
+CREATE FUNCTION activity_log._trigger_backup(rel regclass, name name,
+    OUT definition text, OUT enabled "char", OUT function text, OUT function_source text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_get_triggerdef(t.oid), t.tgenabled, t.tgfoid::regprocedure::text, pg_get_functiondef(t.tgfoid)
+      FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgname = name
+$$;
+
+-- The table and, when partitioned, all its partitions: a trigger on a partitioned table
+-- fires (and logs) under the partition that holds the row.
+CREATE FUNCTION activity_log._table_and_partitions(source regclass) RETURNS SETOF oid
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT source::oid UNION SELECT relid::oid FROM pg_partition_tree(source) $$;
+
+-- How to find a source table's rows in a legacy audit table, as SQL over alias "a":
+-- "op" (I, U, D or T), "filter" (this table's rows) and "images" (jsonb row images), or a
+-- "problem" when its rows cannot be told apart.
+CREATE FUNCTION activity_log._legacy_reader(audit regclass, source regclass, dedicated boolean)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    source_columns text[];
+    audit_columns  text[];
+    op_column      text;
+    oid_column     text;
+    name_column    text;
+    schema_column  text;
+    filter         text;
+    images         text[];
+BEGIN
+    SELECT array_agg(attname::text) INTO source_columns
+      FROM pg_attribute WHERE attrelid = source AND attnum > 0 AND NOT attisdropped;
+    SELECT array_agg(attname::text) INTO audit_columns
+      FROM pg_attribute WHERE attrelid = audit AND attnum > 0 AND NOT attisdropped;
+    -- The first of the usual names that is not a column copied from the source table.
+    SELECT n.name INTO op_column
+      FROM unnest(ARRAY['op', 'operation', 'action', 'tg_op', 'dml', 'dml_type', 'action_type',
+                        'audit_action', 'change_type', 'operation_type', 'event_type', 'audit_op',
+                        'kind', 'type']) WITH ORDINALITY n(name, ord)
+     WHERE n.name = ANY (audit_columns) AND NOT n.name = ANY (source_columns)
+     ORDER BY n.ord LIMIT 1;
+    SELECT n.name INTO oid_column
+      FROM unnest(ARRAY['table_oid', 'relid', 'rel_id', 'table_relid', 'tg_relid', 'reloid', 'table_id'])
+           WITH ORDINALITY n(name, ord)
+      JOIN pg_attribute a ON a.attrelid = audit AND a.attname = n.name AND NOT a.attisdropped
+     WHERE a.atttypid IN ('oid'::regtype, 'regclass'::regtype) AND NOT n.name = ANY (source_columns)
+     ORDER BY n.ord LIMIT 1;
+    SELECT n.name INTO name_column
+      FROM unnest(ARRAY['table_name', 'tablename', 'tg_table_name', 'relname', 'tbl', 'table'])
+           WITH ORDINALITY n(name, ord)
+     WHERE n.name = ANY (audit_columns) AND NOT n.name = ANY (source_columns)
+     ORDER BY n.ord LIMIT 1;
+    SELECT n.name INTO schema_column
+      FROM unnest(ARRAY['schema_name', 'table_schema', 'schemaname', 'tg_table_schema', 'nspname'])
+           WITH ORDINALITY n(name, ord)
+     WHERE n.name = ANY (audit_columns) AND NOT n.name = ANY (source_columns)
+     ORDER BY n.ord LIMIT 1;
+
+    IF oid_column IS NOT NULL THEN
+        SELECT format('a.%I::oid IN (%s)', oid_column, string_agg(p.oid::text, ', '))
+          INTO filter FROM activity_log._table_and_partitions(source) p(oid);
+    ELSIF name_column IS NOT NULL AND schema_column IS NOT NULL THEN
+        SELECT format('(a.%I::text, a.%I::text) IN (%s)', schema_column, name_column,
+                      string_agg(format('(%L, %L)', n.nspname, c.relname), ', '))
+          INTO filter
+          FROM activity_log._table_and_partitions(source) p(oid) JOIN pg_class c ON c.oid = p.oid
+          JOIN pg_namespace n ON n.oid = c.relnamespace;
+    ELSIF name_column IS NOT NULL THEN
+        SELECT format('a.%I::text IN (%s)', name_column,
+                      string_agg(format('%L, %L', c.relname, n.nspname || '.' || c.relname), ', '))
+          INTO filter
+          FROM activity_log._table_and_partitions(source) p(oid) JOIN pg_class c ON c.oid = p.oid
+          JOIN pg_namespace n ON n.oid = c.relnamespace;
+    ELSIF dedicated THEN
+        filter := 'true';
+    ELSE
+        RETURN jsonb_build_object('problem',
+            format('%s is written by the audit triggers of several tables and has no table column to tell their rows apart', audit));
+    END IF;
+
+    -- Row images: jsonb, json and hstore columns (whatever keys they share with the source
+    -- table are compared), and the whole audit row when it carries every source column.
+    SELECT coalesce(array_agg(format('a.%I::jsonb', a.attname) ORDER BY a.attnum), '{}') INTO images
+      FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+     WHERE a.attrelid = audit AND a.attnum > 0 AND NOT a.attisdropped
+       AND NOT a.attname = ANY (source_columns)
+       AND (a.atttypid IN ('jsonb'::regtype, 'json'::regtype) OR ty.typname = 'hstore');
+    IF source_columns <@ audit_columns THEN
+        images := images || 'to_jsonb(a)'::text;
+    END IF;
+
+    RETURN jsonb_build_object(
+        'op', CASE WHEN op_column IS NULL THEN NULL ELSE format('upper(left(a.%I::text, 1))', op_column) END,
+        'filter', filter,
+        'images', to_jsonb(images));
+END
+$$;
+
+-- Rows of a source table in its legacy audit table, by operation.
+CREATE FUNCTION activity_log._legacy_counts(audit regclass, reader jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    counts jsonb;
+BEGIN
+    IF reader ? 'problem' THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format(
+        'SELECT jsonb_build_object(''INSERT'', count(*) FILTER (WHERE %1$s = ''I''),
+                                   ''UPDATE'', count(*) FILTER (WHERE %1$s = ''U''),
+                                   ''DELETE'', count(*) FILTER (WHERE %1$s = ''D''),
+                                   ''all'', count(*) FILTER (WHERE %1$s IS DISTINCT FROM ''T''))
+           FROM %2$s a WHERE %3$s',
+        coalesce(reader->>'op', 'NULL::text'), audit, reader->>'filter')
+    INTO counts;
+    RETURN counts;
+END
+$$;
+
+
+-- x restricted to keys.
+CREATE FUNCTION activity_log._pick(x jsonb, keys text[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(jsonb_object_agg(k, v), '{}') FROM jsonb_each(x) e(k, v) WHERE k = ANY (keys) $$;
+
+-- Does a legacy row image show a captured change (its new or its old row)? Compared on the
+-- table columns the image has, after reading all three back through the table's row type
+-- (the caller's job), so hstore text and jsonb values compare alike. NULL: the image says
+-- nothing about the table's columns.
+CREATE FUNCTION activity_log._same_image(columns text[], raw jsonb, legacy jsonb, new_row jsonb, old_row jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN cardinality(k.keys) > 0 AND legacy IS NOT NULL
+                THEN coalesce(activity_log._pick(legacy, k.keys) = activity_log._pick(new_row, k.keys), false)
+                  OR coalesce(activity_log._pick(legacy, k.keys) = activity_log._pick(old_row, k.keys), false)
+           END
+      FROM (SELECT ARRAY(SELECT jsonb_object_keys(raw) WHERE jsonb_typeof(raw) = 'object'
+                         INTERSECT SELECT unnest(columns)) AS keys) k
+$$;
+
+-- The dual-capture comparison of one table: per legacy audit table, its rows for the table
+-- since phase 1 against activity_log's records of the same transactions, by operation, plus
+-- up to 5 captured changes looked up by row image. window_end is the snapshot both sides
+-- were read in.
+CREATE FUNCTION activity_log._compare(rel regclass,
+    OUT window_end pg_snapshot, OUT audit_table regclass, OUT legacy jsonb, OUT captured jsonb,
+    OUT samples integer, OUT samples_matched integer, OUT matches boolean, OUT difference text)
+RETURNS SETOF record
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m          activity_log.migration;
+    b          record;
+    now_counts jsonb;
+    by_op      boolean;
+    columns    text[];
+    checks     text[];
+    first_miss bigint;
+BEGIN
+    SELECT * INTO m FROM activity_log.migration WHERE relid = rel;
+    -- One statement, one snapshot: the legacy rows counted are those of the transactions
+    -- visible in window_end (a STABLE function reads with its caller's snapshot).
+    SELECT pg_current_snapshot(), jsonb_object_agg(x.audit_table::oid::text, activity_log._legacy_counts(x.audit_table, x.legacy_reader))
+      INTO window_end, now_counts
+      FROM (SELECT DISTINCT ON (y.audit_table) y.audit_table, y.legacy_reader
+              FROM activity_log.migration_backup y WHERE y.relid = rel AND y.audit_table IS NOT NULL) x;
+    -- Every transaction visible in window_end has reserved its records in the ring already.
+    IF NOT activity_log.flush('30 seconds') THEN
+        RAISE EXCEPTION 'the activity_log writer did not store the captured records within 30 seconds'
+            USING ERRCODE = 'lock_not_available', HINT = 'See SELECT * FROM activity_log.workers.';
+    END IF;
+    SELECT jsonb_build_object('INSERT', count(*) FILTER (WHERE e.command = 'INSERT'),
+                              'UPDATE', count(*) FILTER (WHERE e.command = 'UPDATE'),
+                              'DELETE', count(*) FILTER (WHERE e.command = 'DELETE'),
+                              'all', count(*))
+      INTO captured
+      FROM activity_log.events e
+     WHERE e.kind = 'change' AND e.table_oid = rel::oid AND e.id > m.trail_from
+       AND NOT pg_visible_in_snapshot(e.xid, m.dual_start) AND pg_visible_in_snapshot(e.xid, window_end);
+    SELECT array_agg(attname::text) INTO columns
+      FROM pg_attribute
+     WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
+       AND NOT attname = ANY (SELECT unnest(exclude_columns) FROM activity_log.tracked_tables WHERE relid = rel);
+
+    FOR b IN SELECT DISTINCT ON (x.audit_table) x.audit_table, x.legacy_reader, x.legacy_baseline
+               FROM activity_log.migration_backup x
+              WHERE x.relid = rel
+              ORDER BY x.audit_table
+    LOOP
+        audit_table := b.audit_table;
+        legacy := NULL;
+        samples := 0;
+        samples_matched := 0;
+        difference := CASE WHEN b.audit_table IS NULL THEN 'the table its audit trigger writes is not known: nothing to compare'
+                           ELSE b.legacy_reader->>'problem' END;
+        IF difference IS NULL THEN
+            SELECT jsonb_object_agg(k, (now_counts->(b.audit_table::oid::text)->>k)::bigint - (b.legacy_baseline->>k)::bigint)
+              INTO legacy FROM unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'all']) k;
+            by_op := b.legacy_reader->>'op' IS NOT NULL;
+            IF NOT by_op THEN
+                legacy := jsonb_build_object('all', legacy->'all');
+            END IF;
+            SELECT array_agg(format('activity_log._same_image(%L, %s, %s, %s, %s)', columns, img,
+                                    format('CASE WHEN jsonb_typeof(%1$s) = ''object'' THEN to_jsonb(jsonb_populate_record(NULL::%2$s, %1$s)) END', img, rel),
+                                    format('to_jsonb(jsonb_populate_record(NULL::%s, e.new_row))', rel),
+                                    format('to_jsonb(jsonb_populate_record(NULL::%s, e.old_row))', rel)))
+              INTO checks
+              FROM jsonb_array_elements_text(b.legacy_reader->'images') img;
+            BEGIN
+                EXECUTE format(
+                    'SELECT count(*)::int, (count(*) FILTER (WHERE found))::int, min(id) FILTER (WHERE NOT found)
+                       FROM (SELECT e.id, EXISTS (SELECT 1 FROM %1$s a WHERE %2$s AND %3$s AND %4$s) AS found
+                               FROM activity_log.events e
+                              WHERE e.kind = ''change'' AND e.table_oid = $1 AND e.id > $2
+                                AND NOT pg_visible_in_snapshot(e.xid, $3) AND pg_visible_in_snapshot(e.xid, $4)
+                              ORDER BY e.id DESC LIMIT 5) s',
+                    b.audit_table, b.legacy_reader->>'filter',
+                    CASE WHEN by_op THEN (b.legacy_reader->>'op') || ' = left(e.command, 1)' ELSE 'true' END,
+                    CASE WHEN checks IS NULL THEN 'true'
+                         ELSE format('(SELECT bool_and(v) AND count(v) > 0 FROM unnest(ARRAY[%s]) v)', array_to_string(checks, ', ')) END)
+                INTO samples, samples_matched, first_miss
+                USING rel::oid, m.trail_from, m.dual_start, window_end;
+            EXCEPTION WHEN OTHERS THEN
+                difference := 'row images could not be compared: ' || SQLERRM;
+            END;
+        END IF;
+        IF difference IS NULL THEN
+            IF (by_op AND (legacy->'INSERT', legacy->'UPDATE', legacy->'DELETE')
+                          IS DISTINCT FROM (captured->'INSERT', captured->'UPDATE', captured->'DELETE'))
+               OR (NOT by_op AND legacy->'all' IS DISTINCT FROM captured->'all') THEN
+                difference := CASE WHEN by_op
+                    THEN format('%s has %s inserts, %s updates, %s deletes; activity_log %s, %s, %s',
+                                b.audit_table, legacy->'INSERT', legacy->'UPDATE', legacy->'DELETE',
+                                captured->'INSERT', captured->'UPDATE', captured->'DELETE')
+                    ELSE format('%s has %s rows; activity_log %s changes', b.audit_table, legacy->'all', captured->'all') END;
+            ELSIF (captured->>'all')::bigint = 0 THEN
+                difference := 'no changes in the dual-capture window yet';
+            ELSIF samples_matched < samples THEN
+                difference := format('trail record %s has no matching row image in %s', first_miss, b.audit_table);
+            END IF;
+        END IF;
+        matches := difference IS NULL;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- _compare's rows as one jsonb array: what phase 2 keeps and migration_status() shows.
+CREATE FUNCTION activity_log._comparison(rel regclass) RETURNS jsonb
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.audit_table::text), '[]') FROM activity_log._compare(rel) c $$;
+
+CREATE FUNCTION activity_log.migration_status(
+    OUT relation regclass, OUT phase integer, OUT since timestamptz, OUT audit_table regclass,
+    OUT legacy_inserts bigint, OUT legacy_updates bigint, OUT legacy_deletes bigint,
+    OUT captured_inserts bigint, OUT captured_updates bigint, OUT captured_deletes bigint,
+    OUT samples integer, OUT samples_matched integer, OUT matches boolean, OUT difference text)
+RETURNS SETOF record
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m          activity_log.migration;
+    comparison jsonb;
+BEGIN
+    FOR m IN SELECT * FROM activity_log.migration ORDER BY relid::text LOOP
+        -- After phase 2 the window is closed: report the comparison phase 2 made.
+        comparison := CASE WHEN m.phase = 1 THEN activity_log._comparison(m.relid) ELSE m.validation END;
+        RETURN QUERY
+        SELECT m.relid, m.phase, m.phase1_at, c.audit_table,
+               (c.legacy->>'INSERT')::bigint, (c.legacy->>'UPDATE')::bigint, (c.legacy->>'DELETE')::bigint,
+               (c.captured->>'INSERT')::bigint, (c.captured->>'UPDATE')::bigint, (c.captured->>'DELETE')::bigint,
+               c.samples, c.samples_matched, c.matches, c.difference
+          FROM jsonb_to_recordset(comparison) AS c(audit_table regclass, legacy jsonb, captured jsonb,
+                                                 samples integer, samples_matched integer, matches boolean,
+                                                 difference text);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.migration_status() IS
+    'Per migrating table and legacy audit table: rows the legacy triggers wrote since phase 1 against the changes activity_log captured in the same transactions, by operation, and row images of up to 5 of them.';
+
+-- Runs one statement of a migration step, or only shows it (dry run): both return the same.
+CREATE FUNCTION activity_log._step(statement text, dry_run boolean) RETURNS text
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF NOT dry_run THEN
+        EXECUTE statement;
+    END IF;
+    RETURN statement;
+END
+$$;
+
+-- migrate_triggers moves tables from their legacy audit triggers to activity_log:
+-- phase 1 tracks them (both capture), phase 2 disables the triggers where the comparison
+-- matches, phase 3 drops them. Returns the statements it ran (with dry_run: would run).
+CREATE FUNCTION activity_log.migrate_triggers(
+    phase integer, tables regclass[] DEFAULT NULL, include_triggers name[] DEFAULT '{}',
+    force boolean DEFAULT false, dry_run boolean DEFAULT false)
+RETURNS SETOF text
+LANGUAGE plpgsql
+-- No SET search_path: migration_plan() resolves the tables trigger functions name through
+-- the caller's search_path. Everything here is qualified.
+AS $$
+#variable_conflict use_variable
+DECLARE
+    rel        regclass;
+    t          record;
+    chosen     jsonb;
+    snap       pg_snapshot;
+    trail_from bigint;
+    comparison jsonb;
+    refused    text[] := '{}';
+    selected   regclass[];
+    names      text;
+BEGIN
+    IF phase IS NULL OR include_triggers IS NULL OR force IS NULL OR dry_run IS NULL THEN
+        RAISE EXCEPTION 'phase, include_triggers, force and dry_run must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF phase NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'phase must be 1, 2 or 3, not %', phase USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Phase 1 starts capturing next to the triggers, 2 disables them, 3 drops them.';
+    END IF;
+    IF array_position(tables, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'tables must not contain null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT dry_run AND current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'migrate_triggers must run at READ COMMITTED, not %', upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state',
+            HINT = 'The switch-over must see the writes that finished while it waited for the table lock.';
+    END IF;
+
+    IF phase = 1 THEN
+        SELECT string_agg(quote_ident(n), ', ') INTO names
+          FROM unnest(include_triggers) n
+         WHERE NOT EXISTS (SELECT 1 FROM activity_log.migration_plan() p
+                            WHERE p.trigger_name = n AND (tables IS NULL OR p.relation = ANY (tables)));
+        IF names IS NOT NULL THEN
+            RAISE EXCEPTION 'trigger % does not exist%', names,
+                CASE WHEN tables IS NULL THEN '' ELSE ' on the tables given' END
+                USING ERRCODE = 'undefined_object', HINT = 'SELECT * FROM activity_log.migration_plan() lists every trigger.';
+        END IF;
+        FOR t IN SELECT * FROM activity_log.migration_plan() p
+                  WHERE p.trigger_name = ANY (include_triggers) AND p.verdict = 'business'
+                    AND (tables IS NULL OR p.relation = ANY (tables))
+        LOOP
+            RAISE EXCEPTION 'trigger % on % is a business trigger (%), not an audit trigger', quote_ident(t.trigger_name), t.relation, t.style
+                USING ERRCODE = 'wrong_object_type', HINT = 'activity_log never takes over business triggers.';
+        END LOOP;
+        SELECT jsonb_agg(jsonb_build_object('relation', p.relation::oid, 'trigger_name', p.trigger_name,
+                                            'verdict', p.verdict, 'audit_table', p.audit_table::oid)
+                         ORDER BY p.relation::oid, p.trigger_name)
+          INTO chosen
+          FROM activity_log.migration_plan() p
+         WHERE (p.verdict = 'audit' OR (p.verdict = 'uncertain' AND p.trigger_name = ANY (include_triggers)))
+           AND (tables IS NULL OR p.relation = ANY (tables))
+           AND NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid = p.relation);
+        FOR rel IN SELECT x FROM unnest(tables) x
+                    WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(chosen) c WHERE (c->>'relation')::oid = x)
+                      AND NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid = x)
+        LOOP
+            RAISE EXCEPTION 'table % has no audit trigger to migrate', rel USING ERRCODE = 'undefined_object',
+                HINT = 'SELECT * FROM activity_log.migration_plan() shows its triggers and why; name an uncertain one with include_triggers.';
+        END LOOP;
+        SELECT array_agg(DISTINCT (c->>'relation')::oid::regclass) INTO selected FROM jsonb_array_elements(chosen) c;
+        IF selected IS NULL THEN
+            RAISE NOTICE 'no audit triggers left to migrate';
+            RETURN;
+        END IF;
+        FOREACH rel IN ARRAY selected LOOP
+            RETURN NEXT activity_log._step(format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel), dry_run);
+        END LOOP;
+        IF NOT dry_run THEN
+            -- Taken holding the locks: every write to these tables that is not in this
+            -- snapshot will run after this phase commits, with both captures in place.
+            snap := pg_current_snapshot();
+            SELECT coalesce(max(id), 0) INTO trail_from FROM activity_log.events;
+        END IF;
+        FOREACH rel IN ARRAY selected LOOP
+            IF NOT dry_run THEN
+                INSERT INTO activity_log.migration (relid, phase, tracked_before, dual_start, trail_from)
+                VALUES (rel, 1, EXISTS (SELECT 1 FROM activity_log.tracked_tables WHERE relid = rel), snap, trail_from);
+                FOR t IN SELECT c.trigger_name, c.verdict, c.audit_table::regclass AS audit_table,
+                                -- Only this table's triggers write the audit table: every row in it is this table's.
+                                c.audit_table IS NOT NULL AND NOT EXISTS (
+                                    SELECT 1 FROM activity_log.migration_plan() p
+                                     WHERE p.audit_table = c.audit_table::regclass AND p.relation <> rel
+                                    UNION ALL
+                                    SELECT 1 FROM activity_log.migration_backup b
+                                     WHERE b.audit_table = c.audit_table::regclass AND b.relid <> rel) AS dedicated
+                           FROM jsonb_to_recordset(chosen) c(relation oid, trigger_name name, verdict text, audit_table oid)
+                          WHERE c.relation = rel::oid
+                LOOP
+                    INSERT INTO activity_log.migration_backup
+                        (relid, trigger_name, definition, enabled, function, function_source, verdict,
+                         audit_table, legacy_reader)
+                    SELECT rel, t.trigger_name, k.definition, k.enabled, k.function, k.function_source, t.verdict,
+                           t.audit_table,
+                           CASE WHEN t.audit_table IS NULL THEN '{}'
+                                ELSE activity_log._legacy_reader(t.audit_table, rel, t.dedicated) END
+                      FROM activity_log._trigger_backup(rel, t.trigger_name) k;
+                END LOOP;
+                UPDATE activity_log.migration_backup b
+                   SET legacy_baseline = activity_log._legacy_counts(b.audit_table, b.legacy_reader)
+                 WHERE b.relid = rel AND b.audit_table IS NOT NULL;
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM activity_log.tracked_tables WHERE relid = rel) THEN
+                RETURN NEXT activity_log._step(format('SELECT activity_log.track(%L)', rel), dry_run);
+            END IF;
+        END LOOP;
+        RETURN;
+    END IF;
+
+    -- Phases 2 and 3 continue tables that the previous phase moved.
+    FOR rel IN SELECT x FROM unnest(tables) x
+                WHERE NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid = x)
+    LOOP
+        RAISE EXCEPTION 'table % is not being migrated', rel USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Start with SELECT activity_log.migrate_triggers(phase => 1).';
+    END LOOP;
+    SELECT array_agg(m.relid ORDER BY m.relid::oid) INTO selected
+      FROM activity_log.migration m
+     WHERE m.phase = phase - 1 AND (tables IS NULL OR m.relid = ANY (tables));
+    FOR rel IN SELECT m.relid FROM activity_log.migration m
+                WHERE m.phase < phase - 1 AND (tables IS NULL OR m.relid = ANY (tables))
+    LOOP
+        IF tables IS NULL AND selected IS NOT NULL THEN
+            RAISE NOTICE 'table % stays in phase 1: phase 3 needs phase 2 first', rel;
+        ELSE
+            RAISE EXCEPTION 'phase 3 needs phase 2 first: the audit triggers of % are still enabled', rel
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                HINT = 'Run SELECT activity_log.migrate_triggers(phase => 2) first.';
+        END IF;
+    END LOOP;
+    IF selected IS NULL THEN
+        IF EXISTS (SELECT 1 FROM activity_log.migration m WHERE tables IS NULL OR m.relid = ANY (tables)) THEN
+            RAISE NOTICE 'phase % is done already', phase;
+            RETURN;
+        END IF;
+        RAISE EXCEPTION 'phase % needs phase 1 first: no table is being migrated', phase
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Start with SELECT activity_log.migrate_triggers(phase => 1).';
+    END IF;
+
+    IF phase = 2 THEN
+        FOREACH rel IN ARRAY selected LOOP
+            RETURN NEXT activity_log._step(format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel), dry_run);
+        END LOOP;
+        FOREACH rel IN ARRAY selected LOOP
+            comparison := activity_log._comparison(rel);
+            SELECT refused || array_agg(format('%s: %s', rel, c->>'difference'))
+              INTO refused
+              FROM jsonb_array_elements(comparison) c WHERE NOT (c->>'matches')::boolean;
+            IF NOT dry_run THEN
+                UPDATE activity_log.migration
+                   SET phase = 2, validation = comparison, phase2_at = now(),
+                       forced = EXISTS (SELECT 1 FROM jsonb_array_elements(comparison) c WHERE NOT (c->>'matches')::boolean)
+                 WHERE relid = rel;
+            END IF;
+        END LOOP;
+        IF refused <> '{}' AND NOT force THEN
+            RAISE EXCEPTION 'phase 2 refused: the dual capture does not match the legacy audit rows'
+                USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = array_to_string(refused, E'\n'),
+                HINT = 'See SELECT * FROM activity_log.migration_status(); pass force => true to disable the triggers anyway, or tables => to move the others.';
+        END IF;
+    END IF;
+
+    FOREACH rel IN ARRAY selected LOOP
+        FOR t IN SELECT b.trigger_name FROM activity_log.migration_backup b WHERE b.relid = rel ORDER BY b.trigger_name LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = rel AND tgname = t.trigger_name) THEN
+                RAISE NOTICE 'trigger % on % was dropped outside the migration; skipping it (rollback_migration() recreates it from the backup)',
+                    quote_ident(t.trigger_name), rel;
+                CONTINUE;
+            END IF;
+            RETURN NEXT activity_log._step(
+                CASE phase WHEN 2 THEN format('ALTER TABLE %s DISABLE TRIGGER %I', rel, t.trigger_name)
+                           ELSE format('DROP TRIGGER %I ON %s', t.trigger_name, rel) END,
+                dry_run);
+        END LOOP;
+        IF phase = 3 AND NOT dry_run THEN
+            UPDATE activity_log.migration SET phase = 3, phase3_at = now() WHERE relid = rel;
+            UPDATE activity_log.migration_backup SET dropped_at = now() WHERE relid = rel;
+        END IF;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean) IS
+    'Phase 1: track the tables of the legacy audit triggers (both capture); 2: disable the triggers where migration_status() matches; 3: drop them (backed up). Returns the statements; dry_run only shows them.';
+
+-- rollback_migration puts the legacy triggers back as they were before phase 1 (definition,
+-- enabled state, and the function when it was dropped since) and stops the tracking phase 1
+-- started. Returns the statements it ran (with dry_run: would run).
+CREATE FUNCTION activity_log.rollback_migration(tables regclass[] DEFAULT NULL, dry_run boolean DEFAULT false)
+RETURNS SETOF text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    mig       activity_log.migration;
+    bk        activity_log.migration_backup;
+    rel       regclass;
+    enabled   "char";
+    recreated text[] := '{}';
+BEGIN
+    IF dry_run IS NULL THEN
+        RAISE EXCEPTION 'dry_run must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF array_position(tables, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'tables must not contain null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    FOR rel IN SELECT x FROM unnest(tables) x
+                WHERE NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid = x)
+    LOOP
+        RAISE EXCEPTION 'table % is not being migrated', rel USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'SELECT * FROM activity_log.migration lists the tables being migrated.';
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM activity_log.migration WHERE tables IS NULL OR relid = ANY (tables)) THEN
+        RAISE NOTICE 'nothing to roll back: no table is being migrated';
+        RETURN;
+    END IF;
+    FOR mig IN SELECT * FROM activity_log.migration
+              WHERE (tables IS NULL OR relid = ANY (tables))
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = relid)
+              ORDER BY relid::oid
+    LOOP
+        RETURN NEXT activity_log._step(format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', mig.relid), dry_run);
+    END LOOP;
+    FOR mig IN SELECT * FROM activity_log.migration WHERE tables IS NULL OR relid = ANY (tables) ORDER BY relid::oid LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = mig.relid) THEN
+            RAISE NOTICE 'table with oid % was dropped; forgetting its migration', mig.relid::oid;
+        ELSE
+            FOR bk IN SELECT * FROM activity_log.migration_backup x WHERE x.relid = mig.relid ORDER BY x.trigger_name LOOP
+                SELECT tgenabled INTO enabled FROM pg_catalog.pg_trigger WHERE tgrelid = mig.relid AND tgname = bk.trigger_name;
+                IF NOT FOUND THEN
+                    IF pg_catalog.to_regprocedure(bk.function) IS NULL AND NOT bk.function = ANY (recreated) THEN
+                        RETURN NEXT activity_log._step(bk.function_source, dry_run);
+                        recreated := recreated || bk.function;
+                    END IF;
+                    RETURN NEXT activity_log._step(bk.definition, dry_run);
+                    enabled := 'O';  -- as CREATE TRIGGER makes it
+                END IF;
+                IF enabled <> bk.enabled THEN
+                    RETURN NEXT activity_log._step(format('ALTER TABLE %s %s TRIGGER %I', mig.relid,
+                        CASE bk.enabled WHEN 'D' THEN 'DISABLE' WHEN 'A' THEN 'ENABLE ALWAYS'
+                                       WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE' END,
+                        bk.trigger_name), dry_run);
+                END IF;
+            END LOOP;
+            -- After the triggers are back (same transaction, table locked): no write falls between.
+            IF NOT mig.tracked_before AND EXISTS (SELECT 1 FROM activity_log.tracked_tables WHERE relid = mig.relid) THEN
+                RETURN NEXT activity_log._step(format('SELECT activity_log.untrack(%L)', mig.relid), dry_run);
+            END IF;
+        END IF;
+        IF NOT dry_run THEN
+            DELETE FROM activity_log.migration WHERE relid = mig.relid;
+        END IF;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.rollback_migration(regclass[], boolean) IS
+    'Restores the legacy triggers of migrating tables (all, or tables) exactly as they were before phase 1, and stops the tracking phase 1 started. Returns the statements; dry_run only shows them.';
+
+-- Internals: _step runs whatever it is given, the readers run SQL built from their arguments.
+REVOKE EXECUTE ON FUNCTION activity_log._step(text, boolean), activity_log._legacy_counts(regclass, jsonb),
+    activity_log._legacy_reader(regclass, regclass, boolean), activity_log._compare(regclass),
+    activity_log._comparison(regclass), activity_log._resolve_table(text, oid, oid, text[]),
+    activity_log._trigger_backup(regclass, name) FROM PUBLIC;
