@@ -508,9 +508,15 @@ BEGIN
               INTO checks
               FROM jsonb_array_elements_text(b.legacy_reader->'images') img;
             BEGIN
+                -- The legacy row is looked for among the rows its transaction wrote first (xmin:
+                -- cheap), then anywhere (a trigger that ran in a subtransaction has its xmin).
                 EXECUTE format(
                     'SELECT count(*)::int, (count(*) FILTER (WHERE found))::int, min(id) FILTER (WHERE NOT found)
-                       FROM (SELECT e.id, EXISTS (SELECT 1 FROM %1$s a WHERE %2$s AND %3$s AND %4$s) AS found
+                       FROM (SELECT e.id,
+                                    CASE WHEN EXISTS (SELECT 1 FROM %1$s a WHERE %2$s AND %3$s AND %4$s
+                                                         AND a.xmin = (e.xid::text::bigint %% 4294967296)::text::xid)
+                                         THEN true
+                                         ELSE EXISTS (SELECT 1 FROM %1$s a WHERE %2$s AND %3$s AND %4$s) END AS found
                                FROM activity_log.events e
                               WHERE e.kind = ''change'' AND e.table_oid = $1 AND e.id > $2
                                 AND NOT pg_visible_in_snapshot(e.xid, $3) AND pg_visible_in_snapshot(e.xid, $4)
