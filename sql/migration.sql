@@ -229,14 +229,16 @@ BEGIN
             guessed := audit_table IS NOT NULL;
         END IF;
 
-        whole_row := src ~* '\m(to_jsonb|row_to_json|to_json|hstore|row)\s*\(\s*(new|old)\M'
+        whole_row := src ~* '\m(to_jsonb|row_to_json|to_json|hstore|row)\s*\(\s*((coalesce|nullif)\s*\(\s*)?(new|old)\M'
                      OR src ~* '\m(new|old)\s*\.\s*\*'
+                     OR src ~* '\musing\s+(\w+\s*,\s*)*(new|old)\M'
                      OR t.tgnewtable IS NOT NULL OR t.tgoldtable IS NOT NULL;
         row_data := whole_row OR src ~* '\m(new|old)\s*\.\s*("|[a-z_])';
         uses_op := src ~* '\mtg_op\M';
         generic := src ~* '\mtg_(table_name|relid|table_schema|relname)\M';
         image := CASE WHEN src ~* '\mhstore\s*\(\s*(new|old)\M' THEN 'hstore'
-                      WHEN src ~* '\m(to_jsonb|row_to_json|to_json)\s*\(\s*(new|old)\M' THEN 'jsonb'
+                      WHEN src ~* '\m(to_jsonb|row_to_json|to_json)\s*\(\s*((coalesce|nullif)\s*\(\s*)?(new|old)\M' THEN 'jsonb'
+                      WHEN t.tgnewtable IS NOT NULL OR t.tgoldtable IS NOT NULL THEN 'transition table'
                       WHEN whole_row THEN 'row copy'
                       ELSE 'column list' END;
 
@@ -251,6 +253,7 @@ BEGIN
             style := CASE WHEN generic THEN 'generic ' ELSE 'per-table ' END || image || ' audit';
             why := format('copies the changed row (%s) into %s%s%s',
                           CASE image WHEN 'hstore' THEN 'hstore(NEW/OLD)' WHEN 'jsonb' THEN 'as jsonb'
+                                     WHEN 'transition table' THEN 'from the transition table'
                                      WHEN 'row copy' THEN 'NEW.* / OLD.*' ELSE 'columns of NEW/OLD' END,
                           audit_table,
                           CASE WHEN uses_op THEN ' with the operation' ELSE '' END,

@@ -154,6 +154,32 @@ SELECT activity_log.rollback_migration(tables => '{shop.customers}');
 SELECT relid FROM activity_log.tracked_tables;
 SELECT activity_log.untrack('shop.customers');
 
+
+-- Two more shapes: a dynamic INSERT into <table>_audit, and a statement trigger that copies
+-- its transition table.
+CREATE TABLE shop.notes (id int PRIMARY KEY, body text);
+CREATE TABLE shop.notes_audit (op text, at timestamptz DEFAULT now(), row_data jsonb);
+CREATE FUNCTION shop.dynamic_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('INSERT INTO %I.%I (op, row_data) VALUES ($1, $2)', TG_TABLE_SCHEMA, TG_TABLE_NAME || '_audit')
+        USING TG_OP, to_jsonb(coalesce(NEW, OLD));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER notes_audit AFTER INSERT OR UPDATE OR DELETE ON shop.notes
+    FOR EACH ROW EXECUTE FUNCTION shop.dynamic_audit();
+CREATE TABLE shop.notes_log (op text, body text);
+CREATE FUNCTION shop.log_new_notes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO shop.notes_log SELECT TG_OP, n.body FROM new_notes n;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER notes_log AFTER INSERT ON shop.notes REFERENCING NEW TABLE AS new_notes
+    FOR EACH STATEMENT EXECUTE FUNCTION shop.log_new_notes();
+SELECT trigger_name, verdict, confidence, style, audit_table, why
+  FROM activity_log.migration_plan() WHERE relation = 'shop.notes'::regclass;
+
 DROP TABLE mig_before, mig_functions_before;
 DROP SCHEMA shop, audit CASCADE;
 DROP EXTENSION hstore;
