@@ -370,13 +370,17 @@ AS $$
                     WHERE attrelid = relation AND attname = new_name AND NOT attisdropped)
 $$;
 
--- A dropped table is no longer tracked; its trail stays.
+-- A dropped table is no longer tracked, nor being migrated (its trigger backup goes with it:
+-- there is nothing to restore the triggers on); its trail stays.
 -- SECURITY DEFINER: event triggers run as whoever drops something.
 CREATE FUNCTION activity_log._untrack_dropped() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    DELETE FROM activity_log.migration m
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objid = m.relid::oid AND d.objsubid = 0;
     DELETE FROM activity_log.tracked_tables t
      USING pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_class'::regclass AND d.objid = t.relid::oid

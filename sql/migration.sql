@@ -833,37 +833,31 @@ BEGIN
         RETURN;
     END IF;
     FOR mig IN SELECT * FROM activity_log.migration
-              WHERE (tables IS NULL OR relid = ANY (tables))
-                AND EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = relid)
-              ORDER BY relid::oid
+              WHERE tables IS NULL OR relid = ANY (tables) ORDER BY relid::oid
     LOOP
         RETURN NEXT activity_log._step(format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', mig.relid), dry_run);
     END LOOP;
     FOR mig IN SELECT * FROM activity_log.migration WHERE tables IS NULL OR relid = ANY (tables) ORDER BY relid::oid LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = mig.relid) THEN
-            RAISE NOTICE 'table with oid % was dropped; forgetting its migration', mig.relid::oid;
-        ELSE
-            FOR bk IN SELECT * FROM activity_log.migration_backup x WHERE x.relid = mig.relid ORDER BY x.trigger_name LOOP
-                SELECT tgenabled INTO enabled FROM pg_catalog.pg_trigger WHERE tgrelid = mig.relid AND tgname = bk.trigger_name;
-                IF NOT FOUND THEN
-                    IF pg_catalog.to_regprocedure(bk.function) IS NULL AND NOT bk.function = ANY (recreated) THEN
-                        RETURN NEXT activity_log._step(bk.function_source, dry_run);
-                        recreated := recreated || bk.function;
-                    END IF;
-                    RETURN NEXT activity_log._step(bk.definition, dry_run);
-                    enabled := 'O';  -- as CREATE TRIGGER makes it
+        FOR bk IN SELECT * FROM activity_log.migration_backup x WHERE x.relid = mig.relid ORDER BY x.trigger_name LOOP
+            SELECT tgenabled INTO enabled FROM pg_catalog.pg_trigger WHERE tgrelid = mig.relid AND tgname = bk.trigger_name;
+            IF NOT FOUND THEN
+                IF pg_catalog.to_regprocedure(bk.function) IS NULL AND NOT bk.function = ANY (recreated) THEN
+                    RETURN NEXT activity_log._step(bk.function_source, dry_run);
+                    recreated := recreated || bk.function;
                 END IF;
-                IF enabled <> bk.enabled THEN
-                    RETURN NEXT activity_log._step(format('ALTER TABLE %s %s TRIGGER %I', mig.relid,
-                        CASE bk.enabled WHEN 'D' THEN 'DISABLE' WHEN 'A' THEN 'ENABLE ALWAYS'
-                                       WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE' END,
-                        bk.trigger_name), dry_run);
-                END IF;
-            END LOOP;
-            -- After the triggers are back (same transaction, table locked): no write falls between.
-            IF NOT mig.tracked_before AND EXISTS (SELECT 1 FROM activity_log.tracked_tables WHERE relid = mig.relid) THEN
-                RETURN NEXT activity_log._step(format('SELECT activity_log.untrack(%L)', mig.relid), dry_run);
+                RETURN NEXT activity_log._step(bk.definition, dry_run);
+                enabled := 'O';  -- as CREATE TRIGGER makes it
             END IF;
+            IF enabled <> bk.enabled THEN
+                RETURN NEXT activity_log._step(format('ALTER TABLE %s %s TRIGGER %I', mig.relid,
+                    CASE bk.enabled WHEN 'D' THEN 'DISABLE' WHEN 'A' THEN 'ENABLE ALWAYS'
+                                   WHEN 'R' THEN 'ENABLE REPLICA' ELSE 'ENABLE' END,
+                    bk.trigger_name), dry_run);
+            END IF;
+        END LOOP;
+        -- After the triggers are back (same transaction, table locked): no write falls between.
+        IF NOT mig.tracked_before AND EXISTS (SELECT 1 FROM activity_log.tracked_tables WHERE relid = mig.relid) THEN
+            RETURN NEXT activity_log._step(format('SELECT activity_log.untrack(%L)', mig.relid), dry_run);
         END IF;
         IF NOT dry_run THEN
             DELETE FROM activity_log.migration WHERE relid = mig.relid;

@@ -179,6 +179,11 @@ CREATE TRIGGER notes_log AFTER INSERT ON shop.notes REFERENCING NEW TABLE AS new
     FOR EACH STATEMENT EXECUTE FUNCTION shop.log_new_notes();
 SELECT trigger_name, verdict, confidence, style, audit_table, why
   FROM activity_log.migration_plan() WHERE relation = 'shop.notes'::regclass;
+-- A table dropped mid-migration leaves the migration.
+SELECT activity_log.migrate_triggers(phase => 1, tables => '{shop.notes}');
+DROP TABLE shop.notes;
+SELECT count(*) AS migrating FROM activity_log.migration;
+SELECT activity_log.rollback_migration();
 
 DROP TABLE mig_before, mig_functions_before;
 DROP SCHEMA shop, audit CASCADE;
