@@ -448,5 +448,44 @@ REVOKE EXECUTE ON FUNCTION activity_log.rebuild_rollup(interval), activity_log.r
 REVOKE EXECUTE ON FUNCTION activity_log._activate(), activity_log._queue(), activity_log._dropped_unassigned(),
     activity_log._launcher_pid(), activity_log._tracking_changed() FROM PUBLIC;
 
+-- Two roles (cluster-wide, so made once and kept by DROP EXTENSION): activity_log_reader
+-- reads the trail and its views; activity_log_admin also tracks tables, migrates triggers
+-- and maintains the rollup and metrics. Nobody but the writer (running as the extension's
+-- owner) writes the trail: no role is granted INSERT, UPDATE, DELETE or TRUNCATE on it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'activity_log_reader') THEN
+        CREATE ROLE activity_log_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'activity_log_admin') THEN
+        CREATE ROLE activity_log_admin NOLOGIN;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('activity_log_admin', 'activity_log_reader', 'MEMBER') THEN
+        GRANT activity_log_reader TO activity_log_admin;
+    END IF;
+END
+$$;
+GRANT SELECT ON activity_log.events, activity_log.tracked_tables, activity_log.activity_hourly,
+    activity_log.metrics_daily, activity_log.migration, activity_log.migration_backup,
+    activity_log.queue, activity_log.recent_activity, activity_log.changes, activity_log.workers,
+    activity_log.index_usage
+    TO activity_log_reader;
+-- track(), untrack() and the migration run as the caller and keep their state in these tables.
+GRANT INSERT, UPDATE, DELETE ON activity_log.tracked_tables, activity_log.migration,
+    activity_log.migration_backup TO activity_log_admin;
+REVOKE EXECUTE ON FUNCTION activity_log.track(regclass, text[]), activity_log.untrack(regclass),
+    activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean),
+    activity_log.rollback_migration(regclass[], boolean), activity_log.migration_status(),
+    activity_log.refresh_metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[]), activity_log.untrack(regclass),
+    activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean),
+    activity_log.rollback_migration(regclass[], boolean), activity_log.migration_status(),
+    activity_log.refresh_metrics(), activity_log.rebuild_rollup(interval), activity_log.reset_metrics(),
+    activity_log._reset_metrics(), activity_log._tracking_changed(), activity_log._step(text, boolean),
+    activity_log._legacy_counts(regclass, jsonb), activity_log._legacy_reader(regclass, regclass, boolean),
+    activity_log._compare(regclass), activity_log._comparison(regclass),
+    activity_log._resolve_table(text, oid, oid, text[]), activity_log._trigger_backup(regclass, name)
+    TO activity_log_admin;
+
 -- Start a writer for this database now rather than at the next restart.
 SELECT activity_log._activate();

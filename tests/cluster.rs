@@ -780,6 +780,7 @@ fn pg_regress_suite() {
             "health",
             "analytics",
             "migration",
+            "hostile",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

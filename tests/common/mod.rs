@@ -37,6 +37,10 @@ impl Cluster {
     }
 
     pub fn psql_command(&self, db: &str) -> Command {
+        self.psql_command_as("postgres", db)
+    }
+
+    pub fn psql_command_as(&self, user: &str, db: &str) -> Command {
         let mut c = Command::new(format!("{BIN}/psql"));
         c.args([
             "-X",
@@ -50,14 +54,19 @@ impl Cluster {
             "-h",
             &self.dir,
         ])
-        .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+        .args(["-p", &self.port.to_string(), "-U", user, "-d", db])
         .env_remove("PGOPTIONS");
         c
     }
 
     pub fn run(&self, db: &str, script: &str) -> Output {
+        self.run_as("postgres", db, script)
+    }
+
+    /// run_as runs a script as another role (the test clusters trust local connections).
+    pub fn run_as(&self, user: &str, db: &str, script: &str) -> Output {
         let mut child = self
-            .psql_command(db)
+            .psql_command_as(user, db)
             .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -77,10 +86,14 @@ impl Cluster {
     /// sql runs a script (each statement in its own transaction unless the script says
     /// otherwise) and returns its output rows; it panics on any error.
     pub fn sql(&self, db: &str, script: &str) -> Vec<String> {
-        let out = self.run(db, script);
+        self.sql_as("postgres", db, script)
+    }
+
+    pub fn sql_as(&self, user: &str, db: &str, script: &str) -> Vec<String> {
+        let out = self.run_as(user, db, script);
         assert!(
             out.status.success(),
-            "psql failed on\n{script}\nstderr:\n{}",
+            "psql as {user} failed on\n{script}\nstderr:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout)
@@ -90,18 +103,26 @@ impl Cluster {
             .collect()
     }
 
-    /// one returns the single value a query produces.
-    pub fn one(&self, db: &str, query: &str) -> String {
-        let rows = self.sql(db, query);
+    pub fn one_as(&self, user: &str, db: &str, query: &str) -> String {
+        let rows = self.sql_as(user, db, query);
         assert_eq!(rows.len(), 1, "expected one row from {query}, got {rows:?}");
         rows[0].clone()
     }
 
-    /// error runs a script that must fail and returns its stderr.
-    pub fn error(&self, db: &str, script: &str) -> String {
-        let out = self.run(db, script);
+    pub fn error_as(&self, user: &str, db: &str, script: &str) -> String {
+        let out = self.run_as(user, db, script);
         assert!(!out.status.success(), "expected an error from\n{script}");
         String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// one returns the single value a query produces.
+    pub fn one(&self, db: &str, query: &str) -> String {
+        self.one_as("postgres", db, query)
+    }
+
+    /// error runs a script that must fail and returns its stderr.
+    pub fn error(&self, db: &str, script: &str) -> String {
+        self.error_as("postgres", db, script)
     }
 
     /// spawn starts a psql session in the background (for blocking scenarios).
