@@ -92,10 +92,10 @@ def main():
         psql("CREATE DATABASE bench", db="postgres")
         subprocess.run([f"{BIN}/pgbench", *cluster.conninfo(), "-i", "-q", "-s", "10", "bench"],
                        check=True, capture_output=True)
+        psql("TRUNCATE pgbench_history")  # before tracking: its TRUNCATE record is not a transaction
         psql("CREATE EXTENSION activity_log")
         for t in TABLES:
             psql(f"SELECT activity_log.track('{t}')")
-        psql("TRUNCATE pgbench_history")
 
         half = args.minutes * 30
         started = time.monotonic()
@@ -122,14 +122,14 @@ def main():
         report = f"""# Soak: pgbench with a 1 MB ring, the writer killed every {args.kill_every:.0f} s, one fast restart
 
 Machine: {machine(cluster)}. Release build; settings: {'; '.join(SETTINGS[1:])}.
-`bench/soak.py` — pgbench tpcb-like, scale 10, {args.clients} clients, {args.minutes:g} minutes in two halves with
+`bench/soak.py` — pgbench tpcb-like, scale 10, {args.clients} clients, {args.minutes * 60:.0f} s in two halves with
 a fast restart between them; `pg_terminate_backend(writer_pid)` every {args.kill_every:.0f} s.
 
 | | first half | second half |
 |---|---|---|
 | TPS | {first[1]:.0f} | {second[1]:.0f} |
 | transactions committed (pgbench) | {first[0]} | {second[0]} |
-| writer terminated | {len(first[2])} times | {len(second[2])} times |
+| writer terminated (times) | {len(first[2])} | {len(second[2])} |
 | highest ring fill seen | {first[3]:.1f} % | {second[3]:.1f} % |
 | commits that waited for room (overflow_waits) | {first[4]} | {second[4]} |
 

@@ -88,3 +88,16 @@ CREATE TABLE activity_log.activity_hourly (
 );
 COMMENT ON TABLE activity_log.activity_hourly IS
     'Trail records per hour (UTC-aligned), kind and status; kept by the writer, rebuilt by activity_log.rebuild_rollup().';
+
+-- Rows the trail refused (say, a record that fails a constraint someone added to the trail),
+-- kept whole so that nothing is lost silently; a gap record in the trail points here.
+CREATE TABLE activity_log.dead_letters (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    failed_at    timestamptz NOT NULL DEFAULT now(),
+    committed_at timestamptz,
+    what         text NOT NULL,
+    error        text NOT NULL,
+    record       jsonb NOT NULL
+);
+COMMENT ON TABLE activity_log.dead_letters IS
+    'Trail rows the writer could not store, as jsonb of activity_log.events; jsonb_populate_record(NULL::activity_log.events, record) gives the row back.';

@@ -248,6 +248,7 @@ COMMENT ON FUNCTION activity_log.flush(interval) IS
 
 SELECT pg_catalog.pg_extension_config_dump('activity_log.tracked_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.activity_hourly', '');
+SELECT pg_catalog.pg_extension_config_dump('activity_log.dead_letters', '');
 
 -- The capture's view of tracked_tables: every partition maps to its tracked root, with the
 -- root's primary-key columns. SECURITY DEFINER: the capture runs as whoever writes.
@@ -465,7 +466,7 @@ BEGIN
     END IF;
 END
 $$;
-GRANT SELECT ON activity_log.events, activity_log.tracked_tables, activity_log.activity_hourly,
+GRANT SELECT ON activity_log.events, activity_log.dead_letters, activity_log.tracked_tables, activity_log.activity_hourly,
     activity_log.metrics_daily, activity_log.migration, activity_log.migration_backup,
     activity_log.queue, activity_log.recent_activity, activity_log.changes, activity_log.workers,
     activity_log.index_usage

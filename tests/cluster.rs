@@ -160,7 +160,8 @@ fn a_failing_batch_is_retried_after_a_back_off_and_nothing_is_lost() {
     );
 
     // If the cause stays, the third try stores the batch record by record: the refused record
-    // becomes a gap record that says why, and the others arrive.
+    // goes to the dead-letter table, a gap record in the trail says why and where, and the
+    // others arrive.
     c.sql(
         "postgres",
         "ALTER TABLE activity_log.events ADD CONSTRAINT no_toxic CHECK (command <> 'toxic')",
@@ -175,9 +176,18 @@ fn a_failing_batch_is_retried_after_a_back_off_and_nothing_is_lost() {
         rows,
         [
             "event|success|fine 1|-",
-            "system|gap|GAP|event record \"toxic\" could not be stored: new row for relation \"events\" violates check constraint \"no_toxic\"",
+            "system|gap|GAP|event record \"toxic\" could not be stored: new row for relation \"events\" violates check constraint \"no_toxic\" (kept as activity_log.dead_letters id 1)",
             "event|success|fine 2|-",
         ]
+    );
+    // The refused row itself is kept whole in the dead-letter table.
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT d.id, d.what, d.error, r.kind, r.command, r.details->>'action', r.committed_at = d.committed_at
+               FROM activity_log.dead_letters d, jsonb_populate_record(NULL::activity_log.events, d.record) r"
+        ),
+        ["1|event record \"toxic\"|new row for relation \"events\" violates check constraint \"no_toxic\"|event|toxic|toxic|t"]
     );
 }
 

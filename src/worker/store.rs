@@ -336,6 +336,28 @@ impl Trail {
         }
     }
 
+    /// as_text prints a row as the trail's row type does (id NULL): what the dead-letter
+    /// table keeps of a row the trail refused.
+    pub fn as_text(&self, row: &Row) -> String {
+        // SAFETY: a tuple formed from the row's Datums with the trail's own descriptor and
+        // printed by record_out, all palloc'd in the current (sub)transaction.
+        unsafe {
+            let desc = (*self.rel).rd_att;
+            let natts = (*desc).natts as usize;
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![true; natts];
+            for (c, &a) in self.attr.iter().enumerate() {
+                values[a] = row.values[c];
+                nulls[a] = row.nulls[c];
+            }
+            let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let datum = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
+            let text =
+                pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_RECORD_OUT), datum);
+            CStr::from_ptr(text).to_string_lossy().into_owned()
+        }
+    }
+
     /// flush writes the buffered rows and their index entries.
     pub fn flush(&mut self) {
         if self.used == 0 {

@@ -230,6 +230,24 @@ fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
     }
 }
 
+/// dead_letter keeps a row the trail refused in activity_log.dead_letters (as jsonb of the
+/// trail's row type); returns its id, or None when even that fails (the gap record says why).
+fn dead_letter(trail: &Trail, row: &Row, what: &str, error: &str) -> Option<i64> {
+    let mut id = None;
+    let kept = in_subtransaction(|| {
+        let text = trail.as_text(row);
+        id = Spi::get_one_with_args::<i64>(
+            "INSERT INTO activity_log.dead_letters (committed_at, what, error, record)
+             SELECT (r).committed_at, $1, $2, to_jsonb(r) FROM (SELECT $3::activity_log.events AS r) x
+             RETURNING id",
+            &[what.into(), error.into(), text.into()],
+        )
+        .ok()
+        .flatten();
+    });
+    kept.ok().and(id)
+}
+
 fn write_gap_event() {
     let details = json!({
         "reason": "the server restarted after a crash; records that were in shared memory were lost",
@@ -650,10 +668,16 @@ impl Rows {
                 trail.flush();
             }) {
                 trail.discard();
+                let letter = dead_letter(&trail, row, what, &message);
                 let mut gap = Rows::new(false);
                 gap.push_gap(
                     *committed_at,
-                    &format!("{what} could not be stored: {message}"),
+                    &match letter {
+                        Some(id) => format!(
+                            "{what} could not be stored: {message} (kept as activity_log.dead_letters id {id})"
+                        ),
+                        None => format!("{what} could not be stored: {message}"),
+                    },
                 );
                 trail.insert(&gap.rows[0]);
                 trail.flush();
