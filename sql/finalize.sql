@@ -249,6 +249,7 @@ COMMENT ON FUNCTION activity_log.flush(interval) IS
 SELECT pg_catalog.pg_extension_config_dump('activity_log.tracked_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.activity_hourly', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('activity_log.dead_letters', 'id'), '');
 
 -- The capture's view of tracked_tables: every partition maps to its tracked root, with the
 -- root's primary-key columns. SECURITY DEFINER: the capture runs as whoever writes.
