@@ -33,7 +33,9 @@ CREATE TABLE activity_log.events (
     duration_ms      double precision,
     context          jsonb,
     jwt_claims       jsonb,
-    details          jsonb
+    details          jsonb,
+    -- sha256(chain of the previous row || this row's stored bytes): see activity_log.verify().
+    chain            bytea
 );
 
 -- Time-range scans of an append-only table: BRIN is tiny and matches insertion order.
@@ -50,6 +52,7 @@ COMMENT ON COLUMN activity_log.events.effective_user IS 'The current user when t
 COMMENT ON COLUMN activity_log.events.actor IS 'Application-supplied: the activity_log.actor setting.';
 COMMENT ON COLUMN activity_log.events.context IS 'Application-supplied: the activity_log.context setting.';
 COMMENT ON COLUMN activity_log.events.jwt_claims IS 'The request.jwt.claims setting (PostgREST), when set.';
+COMMENT ON COLUMN activity_log.events.chain IS 'Hash chain: sha256 of the previous row''s chain and this row''s stored bytes; checked by activity_log.verify().';
 COMMENT ON COLUMN activity_log.events.relations IS 'Relations a DML statement read or wrote, schema-qualified.';
 
 -- Tables whose rows are captured (old and new images). Kept by pg_dump (configuration).

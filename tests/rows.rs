@@ -662,6 +662,14 @@ fn tracking_survives_restart_and_dump_restore() {
         ),
         r#"{"id": 3}"#
     );
+    // The hash chain survives the dump and restore, and the restored writer continues it.
+    assert_eq!(
+        c.one(
+            "restored",
+            "SELECT intact::text || ' ' || (rows_checked = (SELECT count(*) FROM activity_log.events))::text FROM activity_log.verify()"
+        ),
+        "true true"
+    );
 }
 
 #[test]

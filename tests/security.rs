@@ -145,3 +145,115 @@ fn only_the_writer_writes_the_trail_and_roles_grant_what_they_say() {
         ["event|alice|app_role|bob", "change|alice|alice|bob"]
     );
 }
+
+/// The hash chain: a row changed, removed or added by a superuser is found by verify(), at the
+/// exact row; a range after the break verifies on its own.
+#[test]
+fn verify_finds_the_first_row_a_superuser_changed_removed_or_added() {
+    let c = Cluster::start("verify", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT activity_log.track('t');",
+    );
+    for i in 0..20 {
+        c.sql(
+            DB,
+            &format!("INSERT INTO t VALUES ({i}, repeat('x', {i} * 500)); SELECT activity_log.log_event('e{i}');"),
+        );
+    }
+    c.sql(
+        DB,
+        "UPDATE t SET v = 'changed' WHERE id < 10; DELETE FROM t WHERE id > 15;",
+    );
+    c.flush(DB);
+    let rows = c.one(DB, "SELECT count(*) FROM activity_log.events");
+    let verify = "SELECT rows_checked, intact, coalesce(first_broken_id::text, '-'), coalesce(problem, '-'), length(head) FROM activity_log.verify()";
+    assert_eq!(c.one(DB, verify), format!("{rows}|t|-|-|32"));
+
+    // A changed value, then the same value put back: the chain is over content.
+    let mid = c.one(
+        DB,
+        "SELECT id FROM activity_log.events WHERE command = 'e7'",
+    );
+    c.sql(
+        DB,
+        &format!("UPDATE activity_log.events SET actor = 'mallory' WHERE id = {mid}"),
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT first_broken_id, problem FROM activity_log.verify()"
+        ),
+        format!(
+            "{mid}|the chain breaks at row {mid}: the row was changed, or a row just before it was removed or added"
+        )
+    );
+    c.sql(
+        DB,
+        &format!("UPDATE activity_log.events SET actor = NULL WHERE id = {mid}"),
+    );
+    assert_eq!(c.one(DB, "SELECT intact FROM activity_log.verify()"), "t");
+
+    // A removed row breaks the chain at the row after it; the range after that is intact.
+    let gone = c.one(
+        DB,
+        "SELECT id FROM activity_log.events WHERE kind = 'change' ORDER BY id OFFSET 5 LIMIT 1",
+    );
+    let next = c.one(
+        DB,
+        &format!("SELECT min(id) FROM activity_log.events WHERE id > {gone}"),
+    );
+    c.sql(
+        DB,
+        &format!("DELETE FROM activity_log.events WHERE id = {gone}"),
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT intact, first_broken_id FROM activity_log.verify()"
+        ),
+        format!("f|{next}")
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            &format!("SELECT intact FROM activity_log.verify(from_id => {next} + 1)")
+        ),
+        "t"
+    );
+
+    // A row added by hand has no chain; the writer goes on after it.
+    let added = c.one(
+        DB,
+        "INSERT INTO activity_log.events (ts, committed_at, kind, category, severity, status, command)
+         VALUES (now(), now(), 'event', 'application', 'info', 'success', 'forged') RETURNING id",
+    );
+    c.sql(DB, "SELECT activity_log.log_event('after')");
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            &format!(
+                "SELECT first_broken_id, problem FROM activity_log.verify(from_id => {next} + 1)"
+            )
+        ),
+        format!("{added}|row {added} has no chain value: the writer did not store it")
+    );
+    // Around it (the writer's ids may run on either side of it: it draws them in blocks).
+    assert_eq!(
+        c.one(
+            DB,
+            &format!(
+                "SELECT bool_and(intact), sum(rows_checked) = (SELECT count(*) - 1 FROM activity_log.events WHERE id > {next})
+                   FROM (SELECT * FROM activity_log.verify({next} + 1, {added} - 1)
+                         UNION ALL SELECT * FROM activity_log.verify(from_id => {added} + 1)) v"
+            )
+        ),
+        "t|t"
+    );
+    assert!(
+        c.error(DB, "SELECT * FROM activity_log.verify(5, 1)")
+            .contains("from_id (5) must not be greater than to_id (1)")
+    );
+}

@@ -10,6 +10,7 @@ use crate::capture::{self, hooks};
 use crate::errors::raise;
 use crate::record::{Body, Event, Record};
 use crate::ring;
+use crate::worker::chain;
 
 /// Categories accepted by `log_event`, documented in the README.
 pub const CATEGORIES: &[&str] = &[
@@ -164,6 +165,40 @@ fn log_event(
 
 /// Longest wait `flush` accepts.
 const MAX_FLUSH_WAIT_US: i128 = 3_600_000_000;
+
+/// Recomputes the trail's hash chain for ids from_id..to_id (default: the whole trail).
+#[pg_extern]
+fn verify(
+    from_id: default!(Option<i64>, "NULL"),
+    to_id: default!(Option<i64>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(rows_checked, i64),
+        name!(intact, bool),
+        name!(first_broken_id, Option<i64>),
+        name!(problem, Option<String>),
+        name!(head, Option<Vec<u8>>),
+    ),
+> {
+    let from = from_id.unwrap_or(i64::MIN);
+    let to = to_id.unwrap_or(i64::MAX);
+    if from > to {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("from_id ({from}) must not be greater than to_id ({to})"),
+            None,
+        );
+    }
+    let v = chain::verify(from, to);
+    TableIterator::once((
+        v.rows_checked,
+        v.first_broken_id.is_none(),
+        v.first_broken_id,
+        v.problem,
+        v.head,
+    ))
+}
 
 /// Waits until every record published before the call is in activity_log.events.
 #[pg_extern]

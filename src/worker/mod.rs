@@ -2,6 +2,7 @@
 //! Both run as background workers, never capture their own statements, and never share a
 //! database connection.
 
+pub mod chain;
 mod decode;
 pub mod launcher;
 mod store;

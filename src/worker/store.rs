@@ -1,6 +1,7 @@
 //! worker/store.rs: puts trail rows into `activity_log.events` the way COPY FROM does — heap
 //! multi-insert, then the indexes — with the table's NOT NULL and CHECK constraints checked and
-//! the identity column drawn from its sequence.
+//! the identity column drawn from its sequence and each row linked into the hash chain
+//! (worker/chain.rs).
 //!
 //! Runs in the writer, inside its batch transaction; nothing is parsed or planned per batch.
 //! What it does not do: fire triggers on the trail (the trail has none; one added by hand is
@@ -11,6 +12,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
 
+use crate::worker::chain;
 use crate::worker::decode::Jsonb;
 
 /// The trail's columns that the writer fills; `id` comes from the identity sequence.
@@ -238,6 +240,12 @@ pub struct Trail {
     id_attr: usize,
     id_sequence: pg_sys::Oid,
     has_constraints: bool,
+    chain_attr: usize,
+    /// The chain value of the last row inserted, and of the last row flushed (a discarded
+    /// row's link is undone).
+    chain: Vec<u8>,
+    chain_flushed: Vec<u8>,
+    row_bytes: Vec<u8>,
 }
 
 impl Trail {
@@ -283,6 +291,13 @@ impl Trail {
             // The first slot now, outside any subtransaction: a slot pins the table's row type
             // in the resource owner current when it is made, and insert_one_by_one uses only it.
             let first = pg_sys::MakeSingleTupleTableSlot(desc, pg_sys::table_slot_callbacks(rel));
+            // The chain links the writer's rows in id order and continues from its newest;
+            // rows added by others have no chain value and are not links (verify reports them).
+            let last = Spi::get_one::<Vec<u8>>(
+                "SELECT (SELECT chain FROM activity_log.events WHERE chain IS NOT NULL ORDER BY id DESC LIMIT 1)",
+            )
+            .unwrap_or_else(|e| error!("activity_log: could not read the trail's chain: {e}"))
+            .unwrap_or_else(|| chain::GENESIS.to_vec());
             Trail {
                 rel,
                 rri,
@@ -294,6 +309,10 @@ impl Trail {
                 id_sequence,
                 has_constraints: !constr.is_null()
                     && ((*constr).has_not_null || (*constr).num_check > 0),
+                chain_attr: (attnum(c"chain") - 1) as usize,
+                chain: last.clone(),
+                chain_flushed: last,
+                row_bytes: Vec::new(),
             }
         }
     }
@@ -325,6 +344,18 @@ impl Trail {
             );
             values[self.id_attr] = id.unwrap_or(pg_sys::Datum::from(0));
             nulls[self.id_attr] = false;
+            self.row_bytes.clear();
+            chain::row_bytes(
+                (*self.rel).rd_att,
+                values,
+                nulls,
+                self.chain_attr,
+                &mut self.row_bytes,
+            );
+            let (link, digest) = chain::link(&self.chain, &self.row_bytes);
+            values[self.chain_attr] = link;
+            nulls[self.chain_attr] = false;
+            self.chain = digest;
             pg_sys::ExecStoreVirtualTuple(slot);
             if self.has_constraints {
                 pg_sys::ExecConstraints(self.rri, slot, self.estate);
@@ -409,11 +440,13 @@ impl Trail {
             }
         }
         self.used = 0;
+        self.chain_flushed.clone_from(&self.chain);
     }
 
     /// discard forgets buffered rows (their subtransaction rolled back).
     pub fn discard(&mut self) {
         self.used = 0;
+        self.chain.clone_from(&self.chain_flushed);
     }
 
     /// close writes what is buffered and releases the table; call before commit.

@@ -249,17 +249,18 @@ fn dead_letter(trail: &Trail, row: &Row, what: &str, error: &str) -> Option<i64>
 }
 
 fn write_gap_event() {
-    let details = json!({
-        "reason": "the server restarted after a crash; records that were in shared memory were lost",
-        "shared_memory_started_at_us": ring::started_at(),
-        "crash_restarts": ring::crash_generation(),
-    });
-    Spi::run_with_args(
-        "INSERT INTO activity_log.events (ts, committed_at, kind, category, severity, status, command, details)
-         VALUES (now(), now(), 'system', 'system', 'critical', 'gap', 'GAP', $1::text::jsonb)",
-        &[details.to_string().into()],
-    )
-    .unwrap_or_else(|e| error!("activity_log: could not record the gap event: {e}"));
+    let mut gap = Rows::new(false);
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    gap.push_gap(
+        now,
+        json!({
+            "reason": "the server restarted after a crash; records that were in shared memory were lost",
+            "shared_memory_started_at_us": ring::started_at(),
+            "crash_restarts": ring::crash_generation(),
+        }),
+    );
+    gap.insert();
 }
 
 fn text(b: &[u8]) -> String {
@@ -372,7 +373,7 @@ impl Rows {
                     }
                 }
                 // Cannot happen unless memory is corrupt; say so in the trail, do not stop.
-                Err(e) => r.push_gap(frame.commit_ts, &e.to_string()),
+                Err(e) => r.push_gap(frame.commit_ts, json!({ "reason": e.to_string() })),
             }
         }
         r
@@ -554,7 +555,7 @@ impl Rows {
                     if let Err(message) = in_subtransaction(|| decoded = decode()) {
                         let what = format!("{}.{}", text(&ch.schema), text(&ch.table));
                         let reason = format!("{op} rows of {what} could not be decoded: {message}");
-                        self.push_gap(c.committed_at, &reason);
+                        self.push_gap(c.committed_at, json!({ "reason": reason }));
                         return;
                     }
                     decoded
@@ -616,7 +617,7 @@ impl Rows {
         }
     }
 
-    fn push_gap(&mut self, committed_at: i64, message: &str) {
+    fn push_gap(&mut self, committed_at: i64, details: Value) {
         let info = record::FrameInfo::default();
         let origin = record::Origin::default();
         let c = Common {
@@ -624,7 +625,7 @@ impl Rows {
             info: &info,
             origin: &origin,
         };
-        let details = json!({ "reason": message }).to_string();
+        let details = details.to_string();
         let row = self.row(
             &c,
             committed_at,
@@ -670,15 +671,13 @@ impl Rows {
                 trail.discard();
                 let letter = dead_letter(&trail, row, what, &message);
                 let mut gap = Rows::new(false);
-                gap.push_gap(
-                    *committed_at,
-                    &match letter {
-                        Some(id) => format!(
-                            "{what} could not be stored: {message} (kept as activity_log.dead_letters id {id})"
-                        ),
-                        None => format!("{what} could not be stored: {message}"),
-                    },
-                );
+                let reason = match letter {
+                    Some(id) => format!(
+                        "{what} could not be stored: {message} (kept as activity_log.dead_letters id {id})"
+                    ),
+                    None => format!("{what} could not be stored: {message}"),
+                };
+                gap.push_gap(*committed_at, json!({ "reason": reason }));
                 trail.insert(&gap.rows[0]);
                 trail.flush();
                 hourly.add(gap.buckets[0]);

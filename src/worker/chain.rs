@@ -1,0 +1,181 @@
+//! worker/chain.rs: the trail's hash chain. Each row the writer stores carries
+//! `chain = sha256(chain of the row before || the row's bytes)`, so that a row changed, removed
+//! or added by anybody but the writer breaks the chain from there on; `activity_log.verify()`
+//! recomputes it.
+//!
+//! A row's bytes are its columns in table order (the `chain` column and dropped columns left
+//! out): a NULL flag, then the value as PostgreSQL stores it — by-value types as their bytes,
+//! varlena types (text, jsonb, inet, arrays …) detoasted with a length prefix. The same bytes
+//! come back from the table after compression, TOAST or a dump and restore, and nothing
+//! depends on output formats or settings. Runs in the writer's batch transaction and in the
+//! calling backend for verify(); touches no shared state.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// The chain value before the first row of the trail.
+pub const GENESIS: [u8; 0] = [];
+
+/// row_bytes appends the bytes of one row (see the module comment) to `out`.
+///
+/// # Safety
+/// `values` and `nulls` are a deformed row of `desc` (every non-NULL value a valid Datum of its
+/// column's type), valid for the duration of the call.
+pub unsafe fn row_bytes(
+    desc: pg_sys::TupleDesc,
+    values: &[pg_sys::Datum],
+    nulls: &[bool],
+    skip: usize,
+    out: &mut Vec<u8>,
+) {
+    unsafe {
+        let natts = (*desc).natts as usize;
+        let attrs = (*desc).attrs.as_slice(natts);
+        for (i, att) in attrs.iter().enumerate() {
+            if i == skip || att.attisdropped {
+                continue;
+            }
+            if nulls[i] {
+                out.push(0);
+                continue;
+            }
+            out.push(1);
+            let len = att.attlen as usize;
+            if att.attbyval {
+                out.extend_from_slice(&values[i].value().to_le_bytes()[..len]);
+            } else if att.attlen == -1 {
+                let v = pg_sys::pg_detoast_datum_packed(values[i].cast_mut_ptr());
+                let n = pgrx::varsize_any_exhdr(v);
+                out.extend_from_slice(&(n as u32).to_le_bytes());
+                out.extend_from_slice(std::slice::from_raw_parts(pgrx::vardata_any(v).cast(), n));
+            } else {
+                out.extend_from_slice(std::slice::from_raw_parts(
+                    values[i].cast_mut_ptr::<u8>(),
+                    len,
+                ));
+            }
+        }
+    }
+}
+
+/// link returns sha256(prev || row) as a palloc'd bytea Datum, and its 32 bytes.
+pub fn link(prev: &[u8], row: &[u8]) -> (pg_sys::Datum, Vec<u8>) {
+    let mut input = Vec::with_capacity(prev.len() + row.len());
+    input.extend_from_slice(prev);
+    input.extend_from_slice(row);
+    let bytea = pgrx::rust_byte_slice_to_bytea(&input).into_pg();
+    // SAFETY: sha256_bytea takes one non-NULL bytea and returns a new bytea.
+    unsafe {
+        let digest = pgrx::direct_function_call_as_datum(
+            pg_sys::sha256_bytea,
+            &[Some(pg_sys::Datum::from(bytea))],
+        )
+        .expect("sha256 returned NULL");
+        let v = digest.cast_mut_ptr::<pg_sys::varlena>();
+        let bytes = std::slice::from_raw_parts(
+            pgrx::vardata_any(v).cast::<u8>(),
+            pgrx::varsize_any_exhdr(v),
+        )
+        .to_vec();
+        (digest, bytes)
+    }
+}
+
+/// What verify() found.
+pub struct Verdict {
+    pub rows_checked: i64,
+    pub first_broken_id: Option<i64>,
+    pub problem: Option<String>,
+    pub head: Option<Vec<u8>>,
+}
+
+/// verify recomputes the chain of the rows with from <= id <= to, starting from the stored
+/// chain of the writer's row before `from`, and stops at the first row whose chain differs or
+/// is missing.
+pub fn verify(from: i64, to: i64) -> Verdict {
+    let prev = Spi::get_one_with_args::<Vec<u8>>(
+        "SELECT (SELECT chain FROM activity_log.events WHERE id < $1 AND chain IS NOT NULL ORDER BY id DESC LIMIT 1)",
+        &[from.into()],
+    )
+    .unwrap_or_else(|e| error!("activity_log: verify could not read the trail: {e}"));
+    walk(prev.unwrap_or_default(), from, to)
+}
+
+fn walk(mut prev: Vec<u8>, from: i64, to: i64) -> Verdict {
+    let mut verdict = Verdict {
+        rows_checked: 0,
+        first_broken_id: None,
+        problem: None,
+        head: None,
+    };
+    let query = c"SELECT * FROM activity_log.events WHERE id BETWEEN $1 AND $2 ORDER BY id";
+    // SAFETY: SPI as its C API documents it: a read-only cursor over the trail, fetched in
+    // chunks; each tuple is deformed with the result's descriptor and read before the next
+    // fetch frees it.
+    unsafe {
+        pg_sys::SPI_connect();
+        let mut types = [pg_sys::INT8OID, pg_sys::INT8OID];
+        let mut args = [pg_sys::Datum::from(from), pg_sys::Datum::from(to)];
+        let nulls = c"  ";
+        let portal = pg_sys::SPI_cursor_open_with_args(
+            std::ptr::null(),
+            query.as_ptr(),
+            2,
+            types.as_mut_ptr(),
+            args.as_mut_ptr(),
+            nulls.as_ptr(),
+            true,
+            0,
+        );
+        let mut bytes = Vec::new();
+        'fetch: loop {
+            pg_sys::SPI_cursor_fetch(portal, true, 10_000);
+            let n = pg_sys::SPI_processed as usize;
+            if n == 0 {
+                break;
+            }
+            let table = pg_sys::SPI_tuptable;
+            let desc = (*table).tupdesc;
+            let natts = (*desc).natts as usize;
+            let id_col = pg_sys::SPI_fnumber(desc, c"id".as_ptr()) as usize - 1;
+            let chain_col = pg_sys::SPI_fnumber(desc, c"chain".as_ptr()) as usize - 1;
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut isnull = vec![true; natts];
+            for i in 0..n {
+                let tuple = *(*table).vals.add(i);
+                pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), isnull.as_mut_ptr());
+                let id = values[id_col].value() as i64;
+                bytes.clear();
+                row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
+                let (_, expected) = link(&prev, &bytes);
+                let stored = (!isnull[chain_col]).then(|| {
+                    let v = pg_sys::pg_detoast_datum_packed(values[chain_col].cast_mut_ptr());
+                    std::slice::from_raw_parts(
+                        pgrx::vardata_any(v).cast::<u8>(),
+                        pgrx::varsize_any_exhdr(v),
+                    )
+                    .to_vec()
+                });
+                verdict.rows_checked += 1;
+                if stored.as_deref() != Some(&expected[..]) {
+                    verdict.first_broken_id = Some(id);
+                    verdict.problem = Some(match stored {
+                        None => format!("row {id} has no chain value: the writer did not store it"),
+                        Some(_) => format!(
+                            "the chain breaks at row {id}: the row was changed, or a row just before it was removed or added"
+                        ),
+                    });
+                    break 'fetch;
+                }
+                prev = expected;
+            }
+            pg_sys::SPI_freetuptable(table);
+        }
+        pg_sys::SPI_cursor_close(portal);
+        pg_sys::SPI_finish();
+    }
+    if verdict.first_broken_id.is_none() && verdict.rows_checked > 0 {
+        verdict.head = Some(prev);
+    }
+    verdict
+}
