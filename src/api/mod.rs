@@ -167,6 +167,8 @@ fn log_event(
 const MAX_FLUSH_WAIT_US: i128 = 3_600_000_000;
 
 /// Recomputes the trail's hash chain for ids from_id..to_id (default: the whole trail).
+// The named columns must be spelled out here for pg_extern: no type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern]
 fn verify(
     from_id: default!(Option<i64>, "NULL"),
