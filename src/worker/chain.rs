@@ -58,12 +58,10 @@ pub unsafe fn row_bytes(
     }
 }
 
-/// link returns sha256(prev || row) as a palloc'd bytea Datum, and its 32 bytes.
-pub fn link(prev: &[u8], row: &[u8]) -> (pg_sys::Datum, Vec<u8>) {
-    let mut input = Vec::with_capacity(prev.len() + row.len());
-    input.extend_from_slice(prev);
-    input.extend_from_slice(row);
-    let bytea = pgrx::rust_byte_slice_to_bytea(&input).into_pg();
+/// link returns sha256(input) — input being the previous chain value followed by the row's
+/// bytes — as a palloc'd bytea Datum, and its 32 bytes.
+pub fn link(input: &[u8]) -> (pg_sys::Datum, Vec<u8>) {
+    let bytea = pgrx::rust_byte_slice_to_bytea(input).into_pg();
     // SAFETY: sha256_bytea takes one non-NULL bytea and returns a new bytea.
     unsafe {
         let digest = pgrx::direct_function_call_as_datum(
@@ -146,8 +144,9 @@ fn walk(mut prev: Vec<u8>, from: i64, to: i64) -> Verdict {
                 pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), isnull.as_mut_ptr());
                 let id = values[id_col].value() as i64;
                 bytes.clear();
+                bytes.extend_from_slice(&prev);
                 row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
-                let (_, expected) = link(&prev, &bytes);
+                let (_, expected) = link(&bytes);
                 let stored = (!isnull[chain_col]).then(|| {
                     let v = pg_sys::pg_detoast_datum_packed(values[chain_col].cast_mut_ptr());
                     std::slice::from_raw_parts(

@@ -245,6 +245,7 @@ pub struct Trail {
     /// row's link is undone).
     chain: Vec<u8>,
     chain_flushed: Vec<u8>,
+    /// Scratch: the previous chain value and the row's bytes, hashed together.
     row_bytes: Vec<u8>,
 }
 
@@ -345,6 +346,7 @@ impl Trail {
             values[self.id_attr] = id.unwrap_or(pg_sys::Datum::from(0));
             nulls[self.id_attr] = false;
             self.row_bytes.clear();
+            self.row_bytes.extend_from_slice(&self.chain);
             chain::row_bytes(
                 (*self.rel).rd_att,
                 values,
@@ -352,7 +354,7 @@ impl Trail {
                 self.chain_attr,
                 &mut self.row_bytes,
             );
-            let (link, digest) = chain::link(&self.chain, &self.row_bytes);
+            let (link, digest) = chain::link(&self.row_bytes);
             values[self.chain_attr] = link;
             nulls[self.chain_attr] = false;
             self.chain = digest;
