@@ -503,6 +503,17 @@ fn killed_writer_crash_restart_leaves_a_gap_event_in_every_trail() {
         ),
         "1"
     );
+    // The window in which records may be missing: after the newest stored, before the restart.
+    assert_eq!(
+        c.one(
+            "alpha",
+            "SELECT (details->>'lost_after')::timestamptz = (SELECT committed_at FROM activity_log.events WHERE command = 'before crash'),
+                    (details->>'lost_before')::timestamptz > (details->>'lost_after')::timestamptz,
+                    (details->>'lost_before')::timestamptz <= ts
+               FROM activity_log.events WHERE status = 'gap'"
+        ),
+        "t|t|t"
+    );
 }
 
 #[test]

@@ -248,18 +248,32 @@ fn dead_letter(trail: &Trail, row: &Row, what: &str, error: &str) -> Option<i64>
     kept.ok().and(id)
 }
 
+/// write_gap_event records that a crash-restart lost whatever was queued: records committed
+/// after the newest one stored (lost_after) and before shared memory was made anew
+/// (lost_before) may be missing.
 fn write_gap_event() {
+    let window = Spi::get_one_with_args::<String>(
+        "SELECT jsonb_build_object(
+                    'lost_after', (SELECT committed_at FROM activity_log.events ORDER BY id DESC LIMIT 1),
+                    'lost_before', timestamptz '2000-01-01 00:00:00+00' + make_interval(secs => $1::float8 / 1e6))::text",
+        &[ring::started_at().into()],
+    )
+    .unwrap_or_else(|e| error!("activity_log: could not read the trail: {e}"))
+    .unwrap_or_default();
+    let mut details = json!({
+        "reason": "the server restarted after a crash; records that were in shared memory were lost",
+        "shared_memory_started_at_us": ring::started_at(),
+        "crash_restarts": ring::crash_generation(),
+    });
+    if let (Some(d), Ok(Value::Object(w))) =
+        (details.as_object_mut(), serde_json::from_str(&window))
+    {
+        d.extend(w);
+    }
     let mut gap = Rows::new(false);
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    gap.push_gap(
-        now,
-        json!({
-            "reason": "the server restarted after a crash; records that were in shared memory were lost",
-            "shared_memory_started_at_us": ring::started_at(),
-            "crash_restarts": ring::crash_generation(),
-        }),
-    );
+    gap.push_gap(now, details);
     gap.insert();
 }
 
