@@ -16,6 +16,18 @@ use pgrx::prelude::*;
 /// The chain value before the first row of the trail.
 pub const GENESIS: [u8; 0] = [];
 
+/// varlena_bytes is the data of a varlena Datum, detoasted (a palloc'd copy when it was
+/// compressed or out of line).
+///
+/// # Safety
+/// `d` is a non-NULL varlena Datum.
+unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    unsafe {
+        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        std::slice::from_raw_parts(pgrx::vardata_any(v).cast(), pgrx::varsize_any_exhdr(v))
+    }
+}
+
 /// row_bytes appends the bytes of one row (see the module comment) to `out`.
 ///
 /// # Safety
@@ -44,10 +56,9 @@ pub unsafe fn row_bytes(
             if att.attbyval {
                 out.extend_from_slice(&values[i].value().to_le_bytes()[..len]);
             } else if att.attlen == -1 {
-                let v = pg_sys::pg_detoast_datum_packed(values[i].cast_mut_ptr());
-                let n = pgrx::varsize_any_exhdr(v);
-                out.extend_from_slice(&(n as u32).to_le_bytes());
-                out.extend_from_slice(std::slice::from_raw_parts(pgrx::vardata_any(v).cast(), n));
+                let data = varlena_bytes(values[i]);
+                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                out.extend_from_slice(data);
             } else {
                 out.extend_from_slice(std::slice::from_raw_parts(
                     values[i].cast_mut_ptr::<u8>(),
@@ -69,13 +80,7 @@ pub fn link(input: &[u8]) -> (pg_sys::Datum, Vec<u8>) {
             &[Some(pg_sys::Datum::from(bytea))],
         )
         .expect("sha256 returned NULL");
-        let v = digest.cast_mut_ptr::<pg_sys::varlena>();
-        let bytes = std::slice::from_raw_parts(
-            pgrx::vardata_any(v).cast::<u8>(),
-            pgrx::varsize_any_exhdr(v),
-        )
-        .to_vec();
-        (digest, bytes)
+        (digest, varlena_bytes(digest).to_vec())
     }
 }
 
@@ -126,6 +131,15 @@ fn walk(mut prev: Vec<u8>, from: i64, to: i64) -> Verdict {
             0,
         );
         let mut bytes = Vec::new();
+        // Detoasted values and hashes of one row live until the next: a whole trail can be
+        // verified in one call.
+        let per_row = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CurrentMemoryContext,
+            c"activity_log verify".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
         'fetch: loop {
             pg_sys::SPI_cursor_fetch(portal, true, 10_000);
             let n = pg_sys::SPI_processed as usize;
@@ -140,6 +154,8 @@ fn walk(mut prev: Vec<u8>, from: i64, to: i64) -> Verdict {
             let mut values = vec![pg_sys::Datum::from(0); natts];
             let mut isnull = vec![true; natts];
             for i in 0..n {
+                pg_sys::MemoryContextReset(per_row);
+                let caller = pg_sys::MemoryContextSwitchTo(per_row);
                 let tuple = *(*table).vals.add(i);
                 pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), isnull.as_mut_ptr());
                 let id = values[id_col].value() as i64;
@@ -147,14 +163,9 @@ fn walk(mut prev: Vec<u8>, from: i64, to: i64) -> Verdict {
                 bytes.extend_from_slice(&prev);
                 row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
                 let (_, expected) = link(&bytes);
-                let stored = (!isnull[chain_col]).then(|| {
-                    let v = pg_sys::pg_detoast_datum_packed(values[chain_col].cast_mut_ptr());
-                    std::slice::from_raw_parts(
-                        pgrx::vardata_any(v).cast::<u8>(),
-                        pgrx::varsize_any_exhdr(v),
-                    )
-                    .to_vec()
-                });
+                let stored =
+                    (!isnull[chain_col]).then(|| varlena_bytes(values[chain_col]).to_vec());
+                pg_sys::MemoryContextSwitchTo(caller);
                 verdict.rows_checked += 1;
                 if stored.as_deref() != Some(&expected[..]) {
                     verdict.first_broken_id = Some(id);
