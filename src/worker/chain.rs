@@ -69,19 +69,69 @@ pub unsafe fn row_bytes(
     }
 }
 
-/// link returns sha256(input) — input being the previous chain value followed by the row's
-/// bytes — as a palloc'd bytea Datum, and its 32 bytes.
-pub fn link(input: &[u8]) -> (pg_sys::Datum, Vec<u8>) {
-    let bytea = pgrx::rust_byte_slice_to_bytea(input).into_pg();
-    // SAFETY: sha256_bytea takes one non-NULL bytea and returns a new bytea.
-    unsafe {
-        let digest = pgrx::direct_function_call_as_datum(
-            pg_sys::sha256_bytea,
-            &[Some(pg_sys::Datum::from(bytea))],
-        )
-        .expect("sha256 returned NULL");
-        (digest, varlena_bytes(digest).to_vec())
+/// PostgreSQL's hash API (common/cryptohash.h), exported by the server; pgrx has no bindings
+/// for it. One context serves many rows: made afresh per row (as sha256() does), OpenSSL's
+/// set-up cost more than hashing the row.
+#[repr(C)]
+struct PgCryptohashCtx {
+    _opaque: [u8; 0],
+}
+
+const PG_SHA256: i32 = 3; // pg_cryptohash_type
+
+// Called through pg_guard_ffi_boundary: create can raise an ERROR (out of memory).
+unsafe extern "C-unwind" {
+    fn pg_cryptohash_create(kind: i32) -> *mut PgCryptohashCtx;
+    fn pg_cryptohash_init(ctx: *mut PgCryptohashCtx) -> i32;
+    fn pg_cryptohash_update(ctx: *mut PgCryptohashCtx, data: *const u8, len: usize) -> i32;
+    fn pg_cryptohash_final(ctx: *mut PgCryptohashCtx, dest: *mut u8, len: usize) -> i32;
+    fn pg_cryptohash_free(ctx: *mut PgCryptohashCtx);
+}
+
+/// Sha256 links rows: link = sha256(previous link || row bytes). The context belongs to the
+/// current resource owner until dropped.
+pub struct Sha256 {
+    ctx: *mut PgCryptohashCtx,
+}
+
+impl Sha256 {
+    pub fn new() -> Sha256 {
+        // SAFETY: allocates a context registered with the current resource owner; an ERROR
+        // becomes a Rust panic at the boundary.
+        let ctx = unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| pg_cryptohash_create(PG_SHA256)) };
+        if ctx.is_null() {
+            error!("activity_log: could not create a SHA-256 context");
+        }
+        Sha256 { ctx }
     }
+
+    pub fn link(&mut self, prev: &[u8], row: &[u8]) -> [u8; 32] {
+        let mut digest = [0u8; 32];
+        // SAFETY: a live context; each slice is valid for its length. These report failure
+        // by their result (OpenSSL or the built-in code), not by ERROR.
+        let ok = unsafe {
+            pg_cryptohash_init(self.ctx) == 0
+                && pg_cryptohash_update(self.ctx, prev.as_ptr(), prev.len()) == 0
+                && pg_cryptohash_update(self.ctx, row.as_ptr(), row.len()) == 0
+                && pg_cryptohash_final(self.ctx, digest.as_mut_ptr(), digest.len()) == 0
+        };
+        if !ok {
+            error!("activity_log: SHA-256 failed");
+        }
+        digest
+    }
+}
+
+impl Drop for Sha256 {
+    fn drop(&mut self) {
+        // SAFETY: frees the context and forgets it in its resource owner (no ERROR path).
+        unsafe { pg_cryptohash_free(self.ctx) };
+    }
+}
+
+/// bytea makes a palloc'd bytea Datum of `bytes`.
+pub fn bytea(bytes: &[u8]) -> pg_sys::Datum {
+    pg_sys::Datum::from(pgrx::rust_byte_slice_to_bytea(bytes).into_pg())
 }
 
 /// What verify() found.
@@ -131,6 +181,7 @@ fn walk(mut prev: Vec<u8>, from: i64, to: i64) -> Verdict {
             0,
         );
         let mut bytes = Vec::new();
+        let mut sha = Sha256::new();
         // Detoasted values and hashes of one row live until the next: a whole trail can be
         // verified in one call.
         let per_row = pg_sys::AllocSetContextCreateInternal(
@@ -160,9 +211,8 @@ fn walk(mut prev: Vec<u8>, from: i64, to: i64) -> Verdict {
                 pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), isnull.as_mut_ptr());
                 let id = values[id_col].value() as i64;
                 bytes.clear();
-                bytes.extend_from_slice(&prev);
                 row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
-                let (_, expected) = link(&bytes);
+                let expected = sha.link(&prev, &bytes).to_vec();
                 let stored =
                     (!isnull[chain_col]).then(|| varlena_bytes(values[chain_col]).to_vec());
                 pg_sys::MemoryContextSwitchTo(caller);

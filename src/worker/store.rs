@@ -245,8 +245,9 @@ pub struct Trail {
     /// row's link is undone).
     chain: Vec<u8>,
     chain_flushed: Vec<u8>,
-    /// Scratch: the previous chain value and the row's bytes, hashed together.
+    /// Scratch: the row's bytes, hashed after the previous chain value.
     row_bytes: Vec<u8>,
+    sha: chain::Sha256,
 }
 
 impl Trail {
@@ -314,6 +315,7 @@ impl Trail {
                 chain: last.clone(),
                 chain_flushed: last,
                 row_bytes: Vec::new(),
+                sha: chain::Sha256::new(),
             }
         }
     }
@@ -346,7 +348,6 @@ impl Trail {
             values[self.id_attr] = id.unwrap_or(pg_sys::Datum::from(0));
             nulls[self.id_attr] = false;
             self.row_bytes.clear();
-            self.row_bytes.extend_from_slice(&self.chain);
             chain::row_bytes(
                 (*self.rel).rd_att,
                 values,
@@ -354,10 +355,10 @@ impl Trail {
                 self.chain_attr,
                 &mut self.row_bytes,
             );
-            let (link, digest) = chain::link(&self.row_bytes);
-            values[self.chain_attr] = link;
+            let link = self.sha.link(&self.chain, &self.row_bytes);
+            values[self.chain_attr] = chain::bytea(&link);
             nulls[self.chain_attr] = false;
-            self.chain = digest;
+            self.chain = link.to_vec();
             pg_sys::ExecStoreVirtualTuple(slot);
             if self.has_constraints {
                 pg_sys::ExecConstraints(self.rri, slot, self.estate);
