@@ -604,6 +604,22 @@ BEGIN
 END
 $$;
 
+-- Every table named must be in the migration (phases 2, 3 and the rollback continue it).
+CREATE FUNCTION activity_log._require_migrating(tables regclass[], hint text) RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    rel regclass;
+BEGIN
+    FOR rel IN SELECT x FROM unnest(tables) x
+                WHERE NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid = x)
+    LOOP
+        RAISE EXCEPTION 'table % is not being migrated', rel USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = hint;
+    END LOOP;
+END
+$$;
+
 -- migrate_triggers moves tables from their legacy audit triggers to activity_log:
 -- phase 1 tracks them (both capture), phase 2 disables the triggers where the comparison
 -- matches, phase 3 drops them. Returns the statements it ran (with dry_run: would run).
@@ -619,6 +635,7 @@ AS $$
 DECLARE
     rel        regclass;
     t          record;
+    plan       jsonb;
     chosen     jsonb;
     snap       pg_snapshot;
     trail_from bigint;
@@ -645,30 +662,32 @@ BEGIN
     END IF;
 
     IF phase = 1 THEN
+        -- The plan once (it reads every trigger function's source): everything below uses it.
+        SELECT jsonb_agg(jsonb_build_object('relation', p.relation::oid, 'trigger_name', p.trigger_name,
+                                            'verdict', p.verdict, 'style', p.style, 'audit_table', p.audit_table::oid))
+          INTO plan FROM activity_log.migration_plan() p;
         SELECT string_agg(quote_ident(n), ', ') INTO names
           FROM unnest(include_triggers) n
-         WHERE NOT EXISTS (SELECT 1 FROM activity_log.migration_plan() p
-                            WHERE p.trigger_name = n AND (tables IS NULL OR p.relation = ANY (tables)));
+         WHERE NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(plan) p(relation oid, trigger_name name, verdict text, style text, audit_table oid)
+                            WHERE p.trigger_name = n AND (tables IS NULL OR p.relation::regclass = ANY (tables)));
         IF names IS NOT NULL THEN
             RAISE EXCEPTION 'trigger % does not exist%', names,
                 CASE WHEN tables IS NULL THEN '' ELSE ' on the tables given' END
                 USING ERRCODE = 'undefined_object', HINT = 'SELECT * FROM activity_log.migration_plan() lists every trigger.';
         END IF;
-        FOR t IN SELECT * FROM activity_log.migration_plan() p
+        FOR t IN SELECT * FROM jsonb_to_recordset(plan) p(relation oid, trigger_name name, verdict text, style text, audit_table oid)
                   WHERE p.trigger_name = ANY (include_triggers) AND p.verdict = 'business'
-                    AND (tables IS NULL OR p.relation = ANY (tables))
+                    AND (tables IS NULL OR p.relation::regclass = ANY (tables))
         LOOP
-            RAISE EXCEPTION 'trigger % on % is a business trigger (%), not an audit trigger', quote_ident(t.trigger_name), t.relation, t.style
+            RAISE EXCEPTION 'trigger % on % is a business trigger (%), not an audit trigger', quote_ident(t.trigger_name), t.relation::regclass, t.style
                 USING ERRCODE = 'wrong_object_type', HINT = 'activity_log never takes over business triggers.';
         END LOOP;
-        SELECT jsonb_agg(jsonb_build_object('relation', p.relation::oid, 'trigger_name', p.trigger_name,
-                                            'verdict', p.verdict, 'audit_table', p.audit_table::oid)
-                         ORDER BY p.relation::oid, p.trigger_name)
+        SELECT jsonb_agg(to_jsonb(p) ORDER BY p.relation, p.trigger_name)
           INTO chosen
-          FROM activity_log.migration_plan() p
+          FROM jsonb_to_recordset(plan) p(relation oid, trigger_name name, verdict text, style text, audit_table oid)
          WHERE (p.verdict = 'audit' OR (p.verdict = 'uncertain' AND p.trigger_name = ANY (include_triggers)))
-           AND (tables IS NULL OR p.relation = ANY (tables))
-           AND NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid = p.relation);
+           AND (tables IS NULL OR p.relation::regclass = ANY (tables))
+           AND NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid::oid = p.relation);
         FOR rel IN SELECT x FROM unnest(tables) x
                     WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(chosen) c WHERE (c->>'relation')::oid = x)
                       AND NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid = x)
@@ -697,8 +716,8 @@ BEGIN
                 FOR t IN SELECT c.trigger_name, c.verdict, c.audit_table::regclass AS audit_table,
                                 -- Only this table's triggers write the audit table: every row in it is this table's.
                                 c.audit_table IS NOT NULL AND NOT EXISTS (
-                                    SELECT 1 FROM activity_log.migration_plan() p
-                                     WHERE p.audit_table = c.audit_table::regclass AND p.relation <> rel
+                                    SELECT 1 FROM jsonb_to_recordset(plan) p(relation oid, trigger_name name, verdict text, style text, audit_table oid)
+                                     WHERE p.audit_table = c.audit_table AND p.relation <> rel::oid
                                     UNION ALL
                                     SELECT 1 FROM activity_log.migration_backup b
                                      WHERE b.audit_table = c.audit_table::regclass AND b.relid <> rel) AS dedicated
@@ -726,12 +745,7 @@ BEGIN
     END IF;
 
     -- Phases 2 and 3 continue tables that the previous phase moved.
-    FOR rel IN SELECT x FROM unnest(tables) x
-                WHERE NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid = x)
-    LOOP
-        RAISE EXCEPTION 'table % is not being migrated', rel USING ERRCODE = 'object_not_in_prerequisite_state',
-            HINT = 'Start with SELECT activity_log.migrate_triggers(phase => 1).';
-    END LOOP;
+    PERFORM activity_log._require_migrating(tables, 'Start with SELECT activity_log.migrate_triggers(phase => 1).');
     SELECT array_agg(m.relid ORDER BY m.relid::oid) INTO selected
       FROM activity_log.migration m
      WHERE m.phase = phase - 1 AND (tables IS NULL OR m.relid = ANY (tables));
@@ -812,7 +826,6 @@ AS $$
 DECLARE
     mig       activity_log.migration;
     bk        activity_log.migration_backup;
-    rel       regclass;
     enabled   "char";
     recreated text[] := '{}';
 BEGIN
@@ -822,12 +835,7 @@ BEGIN
     IF array_position(tables, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'tables must not contain null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    FOR rel IN SELECT x FROM unnest(tables) x
-                WHERE NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid = x)
-    LOOP
-        RAISE EXCEPTION 'table % is not being migrated', rel USING ERRCODE = 'object_not_in_prerequisite_state',
-            HINT = 'SELECT * FROM activity_log.migration lists the tables being migrated.';
-    END LOOP;
+    PERFORM activity_log._require_migrating(tables, 'SELECT * FROM activity_log.migration lists the tables being migrated.');
     IF NOT EXISTS (SELECT 1 FROM activity_log.migration WHERE tables IS NULL OR relid = ANY (tables)) THEN
         RAISE NOTICE 'nothing to roll back: no table is being migrated';
         RETURN;
