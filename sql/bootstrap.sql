@@ -59,11 +59,28 @@ COMMENT ON COLUMN activity_log.events.relations IS 'Relations a DML statement re
 CREATE TABLE activity_log.tracked_tables (
     relid           regclass PRIMARY KEY,
     exclude_columns text[] NOT NULL DEFAULT '{}',
+    -- 'sync': the transaction's records are staged in durable_queue inside the transaction.
+    durability      text NOT NULL DEFAULT 'async' CHECK (durability IN ('async', 'sync')),
     tracked_at      timestamptz NOT NULL DEFAULT now(),
     tracked_by      text NOT NULL DEFAULT current_user
 );
 COMMENT ON TABLE activity_log.tracked_tables IS
     'Tables whose row changes are captured; change it with activity_log.track() and untrack().';
+
+-- Transactions that changed a table tracked with durability 'sync' leave their records here,
+-- written by the committing backend at pre-commit (one row per transaction, the same bytes
+-- the ring would carry), so that they commit or vanish with the transaction. The writer moves
+-- them into the trail and deletes them in one transaction. No index: the backend inserts
+-- with heap_insert (no executor), and the writer reads it whole. EXTERNAL: big frames are
+-- moved out of line but not compressed, which would cost the committing backend CPU.
+CREATE TABLE activity_log.durable_queue (
+    staged_at timestamptz NOT NULL,
+    records   integer NOT NULL,
+    frame     bytea NOT NULL
+);
+ALTER TABLE activity_log.durable_queue ALTER COLUMN frame SET STORAGE EXTERNAL;
+COMMENT ON TABLE activity_log.durable_queue IS
+    'Records of committed transactions on durability ''sync'' tables that the writer has not moved into activity_log.events yet.';
 
 -- One row's history: change records by key. A hash index: the writer inserts into it for every
 -- change, and hashing a key costs far less than ordering jsonb values in a btree.

@@ -255,7 +255,7 @@ SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ac
 -- root's primary-key columns. SECURITY DEFINER: the capture runs as whoever writes.
 CREATE FUNCTION activity_log._tracked(
     OUT relid oid, OUT root oid, OUT key_columns text[], OUT exclude_columns text[],
-    OUT has_foreign_partition boolean)
+    OUT has_foreign_partition boolean, OUT durable boolean)
 RETURNS SETOF record
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -269,7 +269,8 @@ AS $$
                       WHERE i.indrelid = t.relid AND i.indisprimary), '{}'),
            t.exclude_columns,
            EXISTS (SELECT 1 FROM pg_partition_tree(t.relid) x JOIN pg_class c ON c.oid = x.relid
-                    WHERE c.relkind = 'f')
+                    WHERE c.relkind = 'f'),
+           t.durability = 'sync'
       FROM activity_log.tracked_tables t
      CROSS JOIN LATERAL (SELECT t.relid
                          UNION
@@ -277,7 +278,8 @@ AS $$
 $$;
 
 -- track starts capturing a table's rows; validation errors name the problem and the fix.
-CREATE FUNCTION activity_log.track(relation regclass, exclude_columns text[] DEFAULT '{}')
+CREATE FUNCTION activity_log.track(relation regclass, exclude_columns text[] DEFAULT '{}',
+                                   durability text DEFAULT 'async')
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -292,6 +294,11 @@ BEGIN
     IF exclude_columns IS NULL THEN
         RAISE EXCEPTION 'exclude_columns must not be null' USING ERRCODE = 'null_value_not_allowed',
             HINT = 'Pass ''{}'' to capture every column.';
+    END IF;
+    IF durability IS NULL OR durability NOT IN ('async', 'sync') THEN
+        RAISE EXCEPTION 'durability must be ''async'' or ''sync'', not %', coalesce(quote_literal(durability), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = '''sync'' writes the records inside the transaction, so that they survive any crash the transaction survives.';
     END IF;
     SELECT * INTO c FROM pg_class WHERE oid = relation;
     IF c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'pg_toast'::regnamespace)
@@ -324,15 +331,15 @@ BEGIN
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'column % of "%" does not exist', missing, relation USING ERRCODE = 'undefined_column';
     END IF;
-    INSERT INTO activity_log.tracked_tables AS t (relid, exclude_columns)
-    VALUES (relation, exclude_columns)
-    ON CONFLICT (relid) DO UPDATE SET exclude_columns = EXCLUDED.exclude_columns;
+    INSERT INTO activity_log.tracked_tables AS t (relid, exclude_columns, durability)
+    VALUES (relation, exclude_columns, durability)
+    ON CONFLICT (relid) DO UPDATE SET exclude_columns = EXCLUDED.exclude_columns, durability = EXCLUDED.durability;
     PERFORM activity_log._tracking_changed();
 END
 $$;
 
-COMMENT ON FUNCTION activity_log.track(regclass, text[]) IS
-    'Starts capturing the rows of a table (old and new images), leaving out exclude_columns.';
+COMMENT ON FUNCTION activity_log.track(regclass, text[], text) IS
+    'Starts capturing the rows of a table (old and new images), leaving out exclude_columns; durability ''sync'' stores the records inside the transaction.';
 
 CREATE FUNCTION activity_log.untrack(relation regclass)
 RETURNS void
@@ -468,6 +475,7 @@ BEGIN
 END
 $$;
 GRANT SELECT ON activity_log.events, activity_log.dead_letters, activity_log.tracked_tables, activity_log.activity_hourly,
+    activity_log.durable_queue,
     activity_log.metrics_daily, activity_log.migration, activity_log.migration_backup,
     activity_log.queue, activity_log.recent_activity, activity_log.changes, activity_log.workers,
     activity_log.index_usage
@@ -475,11 +483,11 @@ GRANT SELECT ON activity_log.events, activity_log.dead_letters, activity_log.tra
 -- track(), untrack() and the migration run as the caller and keep their state in these tables.
 GRANT INSERT, UPDATE, DELETE ON activity_log.tracked_tables, activity_log.migration,
     activity_log.migration_backup TO activity_log_admin;
-REVOKE EXECUTE ON FUNCTION activity_log.track(regclass, text[]), activity_log.untrack(regclass),
+REVOKE EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_log.untrack(regclass),
     activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean),
     activity_log.rollback_migration(regclass[], boolean), activity_log.migration_status(),
     activity_log.refresh_metrics() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[]), activity_log.untrack(regclass),
+GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_log.untrack(regclass),
     activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean),
     activity_log.rollback_migration(regclass[], boolean), activity_log.migration_status(),
     activity_log.refresh_metrics(), activity_log.rebuild_rollup(interval), activity_log.reset_metrics(),

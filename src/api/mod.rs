@@ -225,10 +225,11 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
         return true; // nothing was ever published for this database
     };
     let target = ring::head(slot);
+    let staged_target = ring::staged_commits(slot);
     let timeout = Duration::from_micros(micros as u64);
     let started = Instant::now();
     loop {
-        if ring::tail(slot) >= target {
+        if ring::tail(slot) >= target && ring::staged_swept(slot) >= staged_target {
             return true;
         }
         if started.elapsed() >= timeout {

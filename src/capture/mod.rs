@@ -8,6 +8,7 @@
 //! No `pg_sys` here: the hooks (`hooks.rs`) and transaction callbacks (`xact.rs`) translate
 //! PostgreSQL state into plain values and call in.
 
+pub mod durable;
 pub mod hooks;
 pub mod rows;
 pub mod tracked;
@@ -27,8 +28,14 @@ struct Pending {
     /// Failed-statement records; published when the top-level transaction ends, however it ends.
     failures: Vec<u8>,
     failure_records: u32,
+    /// A change of a table tracked with durability 'sync' is pending: publish through
+    /// durable_queue instead of the ring. Kept when a subtransaction that set it rolls back
+    /// (staging is correct for any transaction, only slower).
+    durable: bool,
     /// The frame reserved at PRE_COMMIT, made visible at COMMIT or voided at ABORT.
     reservation: Option<Reservation>,
+    /// Set at PRE_COMMIT when the records were staged: (the ring to notify, records).
+    staged: Option<(Option<usize>, u32)>,
 }
 
 thread_local! {
@@ -43,6 +50,15 @@ pub fn push(record: &Record) {
         record.encode(&mut p.bytes);
         p.records += 1;
     });
+}
+
+/// mark_durable makes the open transaction publish through durable_queue.
+pub fn mark_durable() {
+    PENDING.with_borrow_mut(|p| p.durable = true);
+}
+
+fn is_durable() -> bool {
+    PENDING.with_borrow(|p| p.durable)
 }
 
 /// push_failure adds a failed-statement record; it survives the rollback that follows.
@@ -98,6 +114,7 @@ fn discard() {
         p.marks.clear();
         p.failures.clear();
         p.failure_records = 0;
+        p.durable = false;
     });
 }
 
@@ -107,6 +124,7 @@ fn take_failures() -> (Vec<u8>, u32) {
         p.bytes.clear();
         p.records = 0;
         p.marks.clear();
+        p.durable = false;
         let n = std::mem::replace(&mut p.failure_records, 0);
         (std::mem::take(&mut p.failures), n)
     })
@@ -126,6 +144,14 @@ fn set_reservation(r: Reservation) {
 
 fn take_reservation() -> Option<Reservation> {
     PENDING.with_borrow_mut(|p| p.reservation.take())
+}
+
+fn set_staged(slot: Option<usize>, records: u32) {
+    PENDING.with_borrow_mut(|p| p.staged = Some((slot, records)));
+}
+
+fn take_staged() -> Option<(Option<usize>, u32)> {
+    PENDING.with_borrow_mut(|p| p.staged.take())
 }
 
 /// clip cuts `text` to at most `max` bytes without splitting a UTF-8 character.

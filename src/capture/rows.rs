@@ -541,6 +541,9 @@ pub fn push_change(
     };
     // SAFETY: no error paths.
     let ts = unsafe { pg_sys::GetCurrentTimestamp() };
+    if tracked.durable {
+        super::mark_durable();
+    }
     super::push(&Record {
         origin: hooks::origin(),
         body: Body::Change(Change {

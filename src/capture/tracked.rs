@@ -26,6 +26,8 @@ pub struct Tracked {
     /// A foreign table was attached as a partition after track(): its rows cannot be
     /// collected (PostgreSQL refuses transition tables there), so statements leave a gap.
     pub has_foreign_partition: bool,
+    /// Tracked with durability 'sync': records are staged inside the transaction.
+    pub durable: bool,
 }
 
 #[derive(Default)]
@@ -42,7 +44,7 @@ thread_local! {
 }
 
 /// SECURITY DEFINER in finalize.sql, so that any role's statements can be captured.
-const LOAD: &str = "SELECT relid, root, key_columns, exclude_columns, has_foreign_partition FROM activity_log._tracked()";
+const LOAD: &str = "SELECT relid, root, key_columns, exclude_columns, has_foreign_partition, durable FROM activity_log._tracked()";
 
 /// lookup returns how `relid` is tracked, if it is (directly or as a partition).
 pub fn lookup(relid: u32) -> Option<Rc<Tracked>> {
@@ -113,6 +115,7 @@ fn load() -> HashMap<u32, Rc<Tracked>> {
             let keys: Vec<String> = row.get(3)?.unwrap_or_default();
             let excluded: Vec<String> = row.get(4)?.unwrap_or_default();
             let has_foreign_partition: bool = row.get(5)?.unwrap_or(false);
+            let durable: bool = row.get(6)?.unwrap_or(false);
             rows.push((
                 relid.to_u32(),
                 Tracked {
@@ -120,6 +123,7 @@ fn load() -> HashMap<u32, Rc<Tracked>> {
                     key_columns: keys.into_iter().map(String::into_bytes).collect(),
                     exclude_columns: excluded.into_iter().map(String::into_bytes).collect(),
                     has_foreign_partition,
+                    durable,
                 },
             ));
         }

@@ -2,10 +2,11 @@
 //!
 //! Runs in every backend at every transaction end. The protocol:
 //! - PRE_COMMIT: find the database's ring, reserve a frame and copy the records into it,
-//!   applying `activity_log.overflow` when there is no room. This is the last point where an
-//!   ERROR is allowed, so everything that can fail happens here.
-//! - COMMIT: mark the frame committed and wake the writer. Two stores and a latch: no
-//!   allocation, no ERROR, no panic.
+//!   applying `activity_log.overflow` when there is no room; a transaction that changed a
+//!   durability 'sync' table stages its records in durable_queue instead (capture/durable.rs).
+//!   This is the last point where an ERROR is allowed, so everything that can fail happens here.
+//! - COMMIT: mark the frame committed (or count the staged row) and wake the writer. Stores
+//!   and a latch: no allocation, no ERROR, no panic.
 //! - ABORT: void the frame if one was reserved; publish failed-statement records without
 //!   waiting (a full ring counts them as dropped).
 //! - Subtransactions: a mark per subtransaction; ROLLBACK TO SAVEPOINT drops what it added.
@@ -17,7 +18,7 @@ use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::capture::{self, hooks, tracked};
+use crate::capture::{self, durable, hooks, tracked};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
@@ -42,6 +43,9 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 // SAFETY: no error paths; the stop timestamp was set by the commit record.
                 ring::commit(r, unsafe { pg_sys::GetCurrentTransactionStopTimestamp() });
             }
+            if let Some((Some(slot), n)) = capture::take_staged() {
+                ring::commit_staged(slot, n);
+            }
             tracked::at_commit();
             hooks::forget_statements();
         }
@@ -49,6 +53,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             if let Some(r) = capture::take_reservation() {
                 ring::void(r);
             }
+            capture::take_staged(); // the staged row vanished with the transaction
             publish_failures_now();
             tracked::at_abort();
             hooks::forget_statements();
@@ -144,21 +149,33 @@ fn pre_commit() {
             capture::discard();
             return;
         }
-        Some(Ok(s)) => s,
-        Some(Err(())) => {
-            let n = capture::counts();
-            ring::count_unassigned_drop(n as u64);
-            if gucs::overflow() == Overflow::Error {
-                raise(
-                    PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                    "no activity_log ring is free for this database",
-                    Some("Raise activity_log.max_databases and restart the server."),
-                );
-            }
-            warning!("activity_log dropped {n} records: no ring is free for this database");
-            capture::discard();
-            return;
+        Some(slot) => slot.ok(),
+    };
+    if capture::is_durable() {
+        // Staged even when no ring is free: the writer finds the row when it starts.
+        hooks::client_addr();
+        let info = frame_info();
+        let n = capture::with_pending(|records, failures, n| {
+            durable::stage(&[&info[..], records, failures], n);
+            n
+        });
+        capture::discard();
+        capture::set_staged(slot, n);
+        return;
+    }
+    let Some(slot) = slot else {
+        let n = capture::counts();
+        ring::count_unassigned_drop(n as u64);
+        if gucs::overflow() == Overflow::Error {
+            raise(
+                PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+                "no activity_log ring is free for this database",
+                Some("Raise activity_log.max_databases and restart the server."),
+            );
         }
+        warning!("activity_log dropped {n} records: no ring is free for this database");
+        capture::discard();
+        return;
     };
     hooks::client_addr();
     let info = frame_info();

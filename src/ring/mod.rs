@@ -48,6 +48,8 @@ struct Control {
     nslots: u32,
     /// How many crash-restarts of the postmaster preceded this shared memory; set once.
     crash_generation: u32,
+    /// The server's previous run stopped without every ring drained (see STATE_FILE); set once.
+    unclean_stop: bool,
     slot_bytes: u64,
     /// When this shared memory was initialised (PostgreSQL timestamp).
     started_at: i64,
@@ -72,6 +74,11 @@ struct Slot {
     last_dboid: AtomicU32,         // the database the ring served before its last release
     head: AtomicU64,               // next byte to reserve; written under the slot lock
     tail: AtomicU64,               // first byte not yet in the table; written by the writer only
+    /// Durable transactions (see capture/durable.rs) bypass the ring: each one that commits
+    /// bumps `staged_commits`; the writer sweeps activity_log.durable_queue when it moved and
+    /// then stores the value it read before the sweep in `staged_swept`.
+    staged_commits: AtomicU64,
+    staged_swept: AtomicU64,
     published_records: AtomicU64,
     published_bytes: AtomicU64,
     written_records: AtomicU64,
@@ -168,9 +175,16 @@ impl PgSharedMemoryInitialization for Shmem {
             let control = base.cast::<Control>();
             if !found {
                 INIT_COUNT += 1;
+                let postmaster = !pg_sys::IsUnderPostmaster;
+                let unclean_stop = postmaster && INIT_COUNT == 1 && previous_stop_was_unclean();
+                if postmaster {
+                    write_state("running");
+                    pg_sys::on_shmem_exit(Some(al_rings_exit), pg_sys::Datum::from(0));
+                }
                 control.write(Control {
                     nslots: n as u32,
                     crash_generation: INIT_COUNT - 1,
+                    unclean_stop,
                     slot_bytes: slot_bytes as u64,
                     started_at: pg_sys::GetCurrentTimestamp(),
                     launcher_procno: AtomicI32::new(-1),
@@ -192,6 +206,8 @@ impl PgSharedMemoryInitialization for Shmem {
                         last_dboid: AtomicU32::new(0),
                         head: AtomicU64::new(0),
                         tail: AtomicU64::new(0),
+                        staged_commits: AtomicU64::new(0),
+                        staged_swept: AtomicU64::new(0),
                         published_records: AtomicU64::new(0),
                         published_bytes: AtomicU64::new(0),
                         written_records: AtomicU64::new(0),
@@ -213,6 +229,43 @@ impl PgSharedMemoryInitialization for Shmem {
             *self.locks.get() = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
             pg_sys::LWLockRelease(init_lock);
         }
+    }
+}
+
+/// In the data directory: "running" while the server runs, "drained" once it stopped with
+/// every ring empty. "running" at start means the previous run ended with records possibly
+/// in shared memory (an immediate shutdown, a killed postmaster, a power cut): they are lost,
+/// and every trail gets a gap record. No file: the first start with activity_log.
+const STATE_FILE: &str = "activity_log.state";
+
+fn previous_stop_was_unclean() -> bool {
+    std::fs::read_to_string(STATE_FILE).is_ok_and(|s| s.trim() == "running")
+}
+
+/// write_state replaces the state file durably; runs in the postmaster only.
+fn write_state(state: &str) {
+    let written = (|| {
+        let tmp = format!("{STATE_FILE}.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("{state}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, STATE_FILE)
+    })();
+    if let Err(e) = written {
+        log!("activity_log: could not write {STATE_FILE}: {e}");
+    }
+}
+
+/// al_rings_exit runs when the postmaster releases shared memory (at shutdown, and before a
+/// crash-restart): it notes a clean stop only if no record is left in any ring.
+#[pg_guard]
+unsafe extern "C-unwind" fn al_rings_exit(_code: i32, _arg: pg_sys::Datum) {
+    let drained = (0..slot_count()).all(|i| {
+        let s = slot(i);
+        s.dboid.load(Acquire) == 0 || s.head.load(Acquire) == s.tail.load(Acquire)
+    });
+    if drained {
+        write_state("drained");
     }
 }
 
@@ -279,6 +332,9 @@ pub fn capacity() -> u64 {
 pub fn crash_generation() -> u32 {
     control().crash_generation
 }
+pub fn unclean_stop() -> bool {
+    control().unclean_stop
+}
 pub fn started_at() -> i64 {
     control().started_at
 }
@@ -329,6 +385,10 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
         // SAFETY: guarded by the slot lock.
         unsafe { (*s.last_error.get())[0] = 0 };
     }
+    // The new writer sweeps durable_queue once before anything waits on it: after a crash it
+    // may hold transactions that committed while no ring existed.
+    s.staged_commits.store(1, Relaxed);
+    s.staged_swept.store(0, Relaxed);
     s.claim_xid.store(xid, Release);
     s.dboid.store(dboid, Release);
     Some(i)
@@ -533,6 +593,38 @@ pub fn void(r: Reservation) {
     wake_writer_if_needed(r);
 }
 
+/// commit_staged tells the writer that a committed transaction left its records in
+/// activity_log.durable_queue. Runs after the commit: atomics and a latch, nothing that fails.
+pub fn commit_staged(slot_index: usize, nrecords: u32) {
+    let s = slot(slot_index);
+    s.published_records.fetch_add(nrecords as u64, Relaxed);
+    s.staged_commits.fetch_add(1, Release);
+    wake_writer(slot_index);
+}
+
+/// count_published adds records that reached the trail without passing a commit callback in
+/// this shared memory (staged before a crash-restart).
+pub fn count_published(slot_index: usize, records: u64) {
+    slot(slot_index)
+        .published_records
+        .fetch_add(records, Relaxed);
+}
+
+/// staged_commits is the count a sweep of durable_queue must reach to include every
+/// transaction that has committed so far.
+pub fn staged_commits(slot_index: usize) -> u64 {
+    slot(slot_index).staged_commits.load(Acquire)
+}
+
+pub fn staged_swept(slot_index: usize) -> u64 {
+    slot(slot_index).staged_swept.load(Acquire)
+}
+
+/// mark_swept records that durable_queue held nothing committed before `commits` was read.
+pub fn mark_swept(slot_index: usize, commits: u64) {
+    slot(slot_index).staged_swept.fetch_max(commits, Release);
+}
+
 pub fn count_drop(slot_index: usize, records: u64) {
     slot(slot_index).dropped_records.fetch_add(records, Relaxed);
 }
@@ -571,6 +663,7 @@ pub fn wake_launcher() {
 /// One committed frame copied out of the ring.
 pub struct Frame {
     pub commit_ts: i64,
+    pub nrecords: u32,
     pub payload: Vec<u8>,
 }
 
@@ -579,6 +672,17 @@ pub struct Batch {
     pub frames: Vec<Frame>,
     pub records: u64,
     pub end: u64,
+}
+
+impl Batch {
+    /// carried_over counts the records of frames committed before `since`.
+    pub fn carried_over(&self, since: i64) -> u64 {
+        self.frames
+            .iter()
+            .filter(|f| f.commit_ts < since)
+            .map(|f| f.nrecords as u64)
+            .sum()
+    }
 }
 
 /// read copies committed frames from the tail until `max_records` (whole frames) or the first
@@ -616,6 +720,7 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
                     batch.records += (*h).nrecords as u64;
                     batch.frames.push(Frame {
                         commit_ts: (*h).commit_ts,
+                        nrecords: (*h).nrecords,
                         payload,
                     });
                 }
@@ -639,9 +744,14 @@ pub fn advance(slot_index: usize, dboid: u32, end: u64, records: u64) {
         }
         s.tail.store(end, Release);
     }
-    if records == 0 {
-        return; // only withdrawn frames or padding
+    if records > 0 {
+        count_written(slot_index, records); // else only withdrawn frames or padding
     }
+}
+
+/// count_written adds a stored batch to the metrics.
+pub fn count_written(slot_index: usize, records: u64) {
+    let s = slot(slot_index);
     s.written_records.fetch_add(records, Relaxed);
     s.batches.fetch_add(1, Relaxed);
     s.max_batch_records.fetch_max(records, Relaxed);
@@ -860,7 +970,7 @@ pub fn slot_dboid(i: usize) -> u32 {
 
 /// take_gap tells the writer of slot `i` whether it still has to report a crash-restart gap.
 pub fn take_gap(i: usize) -> bool {
-    let g = crash_generation();
+    let g = crash_generation() + unclean_stop() as u32;
     g > 0 && slot(i).gap_generation.swap(g, AcqRel) != g
 }
 

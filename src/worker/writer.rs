@@ -137,17 +137,18 @@ fn still_mine(slot: usize) -> bool {
     ring::slot_dboid(slot) == unsafe { MY_DB }
 }
 
-/// drain writes batches until the ring holds no committed frame at its tail.
+/// drain writes batches until the ring holds no committed frame at its tail, and sweeps
+/// durable_queue when durable transactions committed since the last sweep.
 /// Returns the number of records written.
 fn drain(slot: usize) -> u64 {
-    let mut written = 0;
+    let mut written = drain_staged(slot);
     while still_mine(slot) {
         let batch = ring::read(slot, gucs::batch_size());
         if batch.end == ring::tail(slot) {
             break;
         }
         if batch.records > 0 {
-            write_batch(slot, &batch);
+            write_batch(slot, Source::Ring(&batch));
         }
         // SAFETY: process-local static.
         ring::advance(slot, unsafe { MY_DB }, batch.end, batch.records);
@@ -155,6 +156,65 @@ fn drain(slot: usize) -> u64 {
         written += batch.records;
     }
     written
+}
+
+/// drain_staged moves staged records into the trail until durable_queue is empty. Every
+/// transaction counted in `staged_commits` before the sweep was visible to it, so the sweep
+/// then covers them all (flush() waits on that).
+fn drain_staged(slot: usize) -> u64 {
+    let commits = ring::staged_commits(slot);
+    if commits == ring::staged_swept(slot) {
+        return 0;
+    }
+    let mut written = 0;
+    while still_mine(slot) {
+        let (records, carried_over) = write_batch(slot, Source::Staged);
+        if records == 0 {
+            ring::mark_swept(slot, commits);
+            break;
+        }
+        ring::count_published(slot, carried_over);
+        ring::count_written(slot, records);
+        ring::reset_failures(slot);
+        written += records;
+    }
+    written
+}
+
+/// take_staged deletes up to `max_frames` of the oldest staged transactions from
+/// durable_queue and returns them as a batch; the delete commits with their trail rows.
+fn take_staged(max_frames: usize) -> ring::Batch {
+    let mut batch = ring::Batch {
+        frames: Vec::new(),
+        records: 0,
+        end: 0,
+    };
+    Spi::connect_mut(|client| {
+        let rows = client.update(
+            "DELETE FROM activity_log.durable_queue
+              WHERE ctid = ANY (ARRAY(SELECT ctid FROM activity_log.durable_queue
+                                       ORDER BY staged_at LIMIT $1))
+             RETURNING (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, records, frame",
+            None,
+            &[(max_frames as i64).into()],
+        )?;
+        for row in rows {
+            let commit_ts: i64 = row.get(1)?.unwrap_or_default();
+            let records: i32 = row.get(2)?.unwrap_or_default();
+            let payload: Vec<u8> = row.get(3)?.unwrap_or_default();
+            batch.records += records as u64;
+            batch.frames.push(ring::Frame {
+                commit_ts,
+                nrecords: records as u32,
+                payload,
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| error!("activity_log: could not read activity_log.durable_queue: {e}"));
+    // Reservation order is ring order; staged rows come back in heap order.
+    batch.frames.sort_by_key(|f| f.commit_ts);
+    batch
 }
 
 /// drain_before_exit also waits, briefly, for frames of transactions still committing.
@@ -169,15 +229,38 @@ fn drain_before_exit(slot: usize) {
     }
 }
 
-/// write_batch inserts one batch in its own transaction. An ERROR is noted in the metrics and
-/// then ends the process (the launcher restarts it): the tail has not moved, so the same
-/// records are written by the next writer.
-fn write_batch(slot: usize, batch: &ring::Batch) {
+/// Where a batch comes from.
+enum Source<'a> {
+    /// Frames already read from the ring; the tail moves after the commit.
+    Ring(&'a ring::Batch),
+    /// Staged transactions, taken from durable_queue inside the batch's transaction.
+    Staged,
+}
+
+/// write_batch inserts one batch in its own transaction and returns its record count, and how
+/// many of them were staged before this shared memory existed (so never counted as published
+/// in it: the leftovers of a crash). An ERROR is noted in the metrics and then ends the process
+/// (the launcher restarts it): the tail has not moved and the staged rows are not deleted, so
+/// the same records are written by the next writer.
+fn write_batch(slot: usize, source: Source) -> (u64, u64) {
     // The same batch failed before: store it record by record, so that one record the table
     // refuses (a constraint or trigger someone added, say) cannot hold up the rest.
     let isolate = ring::failures(slot) >= ISOLATE_AFTER_FAILURES;
     PgTryBuilder::new(|| {
         BackgroundWorker::transaction(|| {
+            let staged;
+            let batch = match source {
+                Source::Ring(batch) => batch,
+                Source::Staged => {
+                    // A transaction holds at least one record, pgbench's four: a quarter of
+                    // batch_size transactions is about one batch of records.
+                    staged = take_staged((gucs::batch_size() / 4).max(1));
+                    &staged
+                }
+            };
+            if batch.frames.is_empty() {
+                return (0, 0);
+            }
             // Decoding row images needs the catalog, so the batch is built in the transaction.
             let rows = Rows::from_batch(batch, isolate);
             if isolate {
@@ -185,13 +268,18 @@ fn write_batch(slot: usize, batch: &ring::Batch) {
             } else {
                 rows.insert()
             }
+            let carried_over = match source {
+                Source::Ring(_) => 0,
+                Source::Staged => batch.carried_over(ring::started_at()),
+            };
+            (batch.records, carried_over)
         })
     })
     .catch_others(|e| {
         ring::note_write_error(slot, &error_message(&e));
         e.rethrow()
     })
-    .execute();
+    .execute()
 }
 
 /// Consecutive failed runs after which the writer stores a batch record by record.
@@ -248,7 +336,7 @@ fn dead_letter(trail: &Trail, row: &Row, what: &str, error: &str) -> Option<i64>
     kept.ok().and(id)
 }
 
-/// write_gap_event records that a crash-restart lost whatever was queued: records committed
+/// write_gap_event records that a crash-restart or an unclean stop lost whatever was queued: records committed
 /// after the newest one stored (lost_after) and before shared memory was made anew
 /// (lost_before) may be missing.
 fn write_gap_event() {
@@ -260,10 +348,16 @@ fn write_gap_event() {
     )
     .unwrap_or_else(|e| error!("activity_log: could not read the trail: {e}"))
     .unwrap_or_default();
+    let reason = if ring::crash_generation() > 0 {
+        "the server restarted after a crash; records that were in shared memory were lost"
+    } else {
+        "the server stopped before the rings were drained (immediate shutdown, killed postmaster or power loss); records that were in shared memory were lost"
+    };
     let mut details = json!({
-        "reason": "the server restarted after a crash; records that were in shared memory were lost",
+        "reason": reason,
         "shared_memory_started_at_us": ring::started_at(),
         "crash_restarts": ring::crash_generation(),
+        "unclean_stop": ring::unclean_stop(),
     });
     if let (Some(d), Ok(Value::Object(w))) =
         (details.as_object_mut(), serde_json::from_str(&window))

@@ -23,6 +23,8 @@ SELECT activity_log.track('x; DROP TABLE y');
 SELECT activity_log.track('"Ödd ""Table""; DROP TABLE x; --"', exclude_columns => '{"nope; DROP TABLE z"}');
 SELECT activity_log.track('"Ödd ""Table""; DROP TABLE x; --"', exclude_columns => NULL);
 SELECT activity_log.track(NULL);
+SELECT activity_log.track('"Ödd ""Table""; DROP TABLE x; --"', durability => 'SYNC''; DROP TABLE y; --');
+SELECT activity_log.track('"Ödd ""Table""; DROP TABLE x; --"', durability => NULL);
 SELECT activity_log.untrack('pg_class');
 SELECT activity_log.history('"Ödd ""Table""; DROP TABLE x; --"', '[1]');
 SELECT activity_log.history('"Ödd ""Table""; DROP TABLE x; --"', NULL);
