@@ -85,6 +85,13 @@ def main():
         psql("CREATE DATABASE bench", db="postgres")
         psql("CREATE EXTENSION activity_log")
         psql("; ".join(f"CREATE TABLE t{i} (id int PRIMARY KEY, qty int, note text)" for i in range(20)))
+        assert psql("SELECT activity_log.flush()") == "t"  # the writer has made today's partitions
+        # A trail that grew over 30 days has a partition per day, as the writer made them.
+        psql("""SET TimeZone = 'UTC'; DO $$ BEGIN FOR d IN 1..31 LOOP
+                 EXECUTE format('CREATE TABLE activity_log.%I PARTITION OF activity_log.events FOR VALUES FROM (%L) TO (%L)',
+                                'events_' || to_char(date_trunc('day', now()) - d * interval '1 day', 'YYYYMMDD'),
+                                date_trunc('day', now()) - d * interval '1 day', date_trunc('day', now()) - (d - 1) * interval '1 day');
+                 END LOOP; END $$""")
         started = time.perf_counter()
         chunk = 1_000_000
         for start in range(1, args.rows + 1, chunk):
@@ -94,7 +101,7 @@ def main():
         # The writer keeps the hourly rollup for the rows it stores; these rows bypassed it.
         rollup_ms = psql("SELECT activity_log.rebuild_rollup()", timing=True) * 1000
         refresh_ms = psql("SELECT activity_log.refresh_metrics()", timing=True) * 1000
-        size = psql("SELECT pg_size_pretty(pg_total_relation_size('activity_log.events'))")
+        size = psql("SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) FROM pg_partition_tree('activity_log.events')")
         history_rows = psql("SELECT count(*) FROM activity_log.history('t7', '{\"id\": 4242}')")
         lines = [f"# Queries on a trail of {args.rows:,} rows", "",
                  f"Machine: {machine(cluster)}. Settings: {', '.join(SETTINGS)}.",

@@ -88,7 +88,8 @@ def set_mode(cluster, mode):
     elif mode == "pgaudit":
         psql("ALTER SYSTEM SET pgaudit.log = 'write'")
     psql("SELECT pg_reload_conf()")
-    psql("TRUNCATE activity_log.events, ref_audit; VACUUM activity_log.durable_queue; CHECKPOINT")
+    psql("VACUUM activity_log.durable_queue")  # its own statement: VACUUM cannot run in a transaction block
+    psql("TRUNCATE activity_log.events, ref_audit; CHECKPOINT")
 
 
 def check_trail(cluster, transactions):

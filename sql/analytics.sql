@@ -141,20 +141,24 @@ COMMENT ON VIEW activity_log.workers IS
 
 -- Scans and sizes of the trail's indexes: which ones the queries use, and what they cost.
 CREATE VIEW activity_log.index_usage AS
-SELECT s.indexrelname AS index_name,
-       pg_get_indexdef(s.indexrelid) AS definition,
-       s.idx_scan AS scans,
-       s.idx_tup_read AS tuples_read,
-       s.idx_tup_fetch AS tuples_fetched,
-       pg_relation_size(s.indexrelid) AS size_bytes,
-       pg_size_pretty(pg_relation_size(s.indexrelid)) AS size,
-       i.indisvalid AS valid
-  FROM pg_stat_all_indexes s
-  JOIN pg_index i ON i.indexrelid = s.indexrelid
- WHERE s.relid = 'activity_log.events'::regclass;
+SELECT c.relname AS index_name,
+       pg_get_indexdef(c.oid) AS definition,
+       coalesce(sum(s.idx_scan), 0)::bigint AS scans,
+       coalesce(sum(s.idx_tup_read), 0)::bigint AS tuples_read,
+       coalesce(sum(s.idx_tup_fetch), 0)::bigint AS tuples_fetched,
+       coalesce(sum(pg_relation_size(t.relid)), 0)::bigint AS size_bytes,
+       pg_size_pretty(coalesce(sum(pg_relation_size(t.relid)), 0)) AS size,
+       bool_and(li.indisvalid) AS valid
+  FROM pg_index pi
+  JOIN pg_class c ON c.oid = pi.indexrelid
+ CROSS JOIN LATERAL pg_partition_tree(c.oid) t
+  JOIN pg_index li ON li.indexrelid = t.relid
+  LEFT JOIN pg_stat_all_indexes s ON s.indexrelid = t.relid
+ WHERE pi.indrelid = 'activity_log.events'::regclass
+ GROUP BY c.oid, c.relname;
 
 COMMENT ON VIEW activity_log.index_usage IS
-    'Index scans, tuples and sizes of activity_log.events'' indexes.';
+    'Index scans, tuples and sizes of activity_log.events'' indexes, summed over the partitions.';
 
 -- _check_window refuses NULL, negative and zero intervals with a clear error.
 CREATE FUNCTION activity_log._check_window(name text, value interval) RETURNS void

@@ -1,9 +1,15 @@
 -- bootstrap.sql: the audit trail itself. Runs first in CREATE EXTENSION.
 -- The schema is created by CREATE EXTENSION from the control file.
 
+-- CACHE: the one writer takes ids 100 at a time (a restart may skip some; order holds).
+-- A plain sequence: PostgreSQL 15 has no identity columns on partitioned tables.
+CREATE SEQUENCE activity_log.events_id_seq CACHE 100;
+
+-- Partitioned by day of committed_at (UTC); the writer creates the partitions two days ahead
+-- and drops those older than activity_log.retention. Rows no partition takes (the writer was
+-- down for days, say) go to events_default.
 CREATE TABLE activity_log.events (
-    -- CACHE: the one writer takes ids 100 at a time (a restart may skip some; order holds).
-    id               bigint GENERATED ALWAYS AS IDENTITY (CACHE 100) PRIMARY KEY,
+    id               bigint NOT NULL DEFAULT nextval('activity_log.events_id_seq'),
     ts               timestamptz NOT NULL,
     committed_at     timestamptz NOT NULL,
     kind             text NOT NULL CHECK (kind IN ('change', 'statement', 'ddl', 'event', 'system')),
@@ -35,14 +41,18 @@ CREATE TABLE activity_log.events (
     jwt_claims       jsonb,
     details          jsonb,
     -- sha256(chain of the previous row || this row's stored bytes): see activity_log.verify().
-    chain            bytea
-);
+    chain            bytea,
+    -- A partitioned table's unique key must hold the partition key; id alone is unique too.
+    PRIMARY KEY (id, committed_at)
+) PARTITION BY RANGE (committed_at);
+ALTER SEQUENCE activity_log.events_id_seq OWNED BY activity_log.events.id;
+CREATE TABLE activity_log.events_default PARTITION OF activity_log.events DEFAULT;
 
 -- Time-range scans of an append-only table: BRIN is tiny and matches insertion order.
 CREATE INDEX events_ts_brin ON activity_log.events USING brin (ts);
 
 COMMENT ON TABLE activity_log.events IS
-    'The audit trail of this database, written by the activity_log writer in commit order (id).';
+    'The audit trail of this database, written by the activity_log writer in commit order (id); one partition per day.';
 COMMENT ON COLUMN activity_log.events.ts IS 'When the statement started or the event was logged.';
 COMMENT ON COLUMN activity_log.events.committed_at IS 'When the transaction ended (committed, or rolled back for failed statements).';
 COMMENT ON COLUMN activity_log.events.kind IS 'change, statement, ddl, event (log_event) or system (gap).';
@@ -121,3 +131,26 @@ CREATE TABLE activity_log.dead_letters (
 );
 COMMENT ON TABLE activity_log.dead_letters IS
     'Trail rows the writer could not store, as jsonb of activity_log.events; jsonb_populate_record(NULL::activity_log.events, record) gives the row back.';
+
+-- Partitions dropped by retention (activity_log.retention), one row each.
+CREATE TABLE activity_log.retention_log (
+    dropped_at  timestamptz NOT NULL DEFAULT now(),
+    partition   text NOT NULL,
+    range_from  timestamptz,
+    range_to    timestamptz,
+    rows        bigint NOT NULL,
+    first_id    bigint,
+    last_id     bigint
+);
+COMMENT ON TABLE activity_log.retention_log IS
+    'Trail partitions the writer dropped because they were older than activity_log.retention.';
+
+-- The chain values of dropped rows that the remaining rows link to, so that verify() can
+-- check the trail that is left: every dropped row from the newest one below the oldest
+-- remaining id on (rows of two days interleave in id order around midnight).
+CREATE TABLE activity_log.chain_anchors (
+    id    bigint PRIMARY KEY,
+    chain bytea NOT NULL
+);
+COMMENT ON TABLE activity_log.chain_anchors IS
+    'Hash-chain values of rows dropped by retention that later rows link to; read by activity_log.verify().';

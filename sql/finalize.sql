@@ -5,8 +5,12 @@ SELECT activity_log._require_preload();
 
 -- pg_dump keeps the trail (it is data, not configuration, but losing it on dump/restore
 -- would lose the audit history).
-SELECT pg_catalog.pg_extension_config_dump('activity_log.events', '');
-SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('activity_log.events', 'id'), '');
+-- The day partitions the writer creates are not members of the extension, so pg_dump keeps
+-- them (definition and rows) anyway; the default partition is a member.
+SELECT pg_catalog.pg_extension_config_dump('activity_log.events_default', '');
+SELECT pg_catalog.pg_extension_config_dump('activity_log.events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('activity_log.retention_log', '');
+SELECT pg_catalog.pg_extension_config_dump('activity_log.chain_anchors', '');
 
 GRANT USAGE ON SCHEMA activity_log TO PUBLIC;
 
@@ -197,7 +201,8 @@ BEGIN
         penalty := CASE WHEN today > 10000 AND today > 3 * week_avg THEN 5 ELSE 0 END;
         trail_factors := trail_factors || jsonb_build_object('factor', 'trail_growth',
             'value', jsonb_build_object('rows_today', today, 'daily_avg_last_7_days', round(week_avg, 1),
-                                        'total_bytes', pg_total_relation_size('activity_log.events')),
+                                        'total_bytes', (SELECT sum(pg_total_relation_size(relid))::bigint
+                                                          FROM pg_partition_tree('activity_log.events'))),
             'weight', 5, 'penalty', penalty,
             'reason', CASE WHEN penalty > 0 THEN 'the trail grows more than 3 times faster today than in the last 7 days'
                            ELSE 'trail growth is in line with the last 7 days' END);
@@ -250,6 +255,104 @@ SELECT pg_catalog.pg_extension_config_dump('activity_log.tracked_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.activity_hourly', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.dead_letters', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('activity_log.dead_letters', 'id'), '');
+
+-- _maintain_partitions keeps the trail's day partitions (UTC): it creates those from today to
+-- two days ahead and, given a retention, drops every partition whose whole day is older than
+-- it (and deletes such rows from events_default), first keeping in chain_anchors the chain
+-- values the remaining rows link to. Returns what it dropped. The writer calls it at start and
+-- every hour, in its own transaction; lock_timeout: readers of the trail are not held up.
+CREATE FUNCTION activity_log._maintain_partitions(retention interval)
+RETURNS TABLE (partition text, range_from timestamptz, range_to timestamptz, rows bigint,
+               first_id bigint, last_id bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+SET lock_timeout = '1s'
+AS $$
+DECLARE
+    day    timestamptz;
+    cutoff timestamptz := now() - retention;
+    part   record;
+    kept   bigint;
+    m      oid;
+BEGIN
+    FOR day IN SELECT generate_series(date_trunc('day', now()), date_trunc('day', now()) + interval '2 days', interval '1 day')
+    LOOP
+        partition := 'events_' || to_char(day, 'YYYYMMDD');
+        CONTINUE WHEN to_regclass('activity_log.' || partition) IS NOT NULL;
+        -- No partition can be made for a day events_default already holds rows of.
+        CONTINUE WHEN EXISTS (SELECT 1 FROM activity_log.events_default d
+                               WHERE d.committed_at >= day AND d.committed_at < day + interval '1 day');
+        BEGIN
+            EXECUTE format('CREATE TABLE activity_log.%I PARTITION OF activity_log.events FOR VALUES FROM (%L) TO (%L)',
+                           partition, day, day + interval '1 day');
+        EXCEPTION WHEN invalid_object_definition THEN
+            NULL;  -- overlaps a partition made by hand: that one takes the rows
+        END;
+    END LOOP;
+    IF retention IS NULL OR retention <= interval '0' THEN
+        RETURN;
+    END IF;
+    FOR part IN
+        SELECT c.oid::regclass AS rel, c.relname::text AS name, b.v[1]::timestamptz AS lo, b.v[2]::timestamptz AS hi
+          FROM pg_inherits i
+          JOIN pg_class c ON c.oid = i.inhrelid
+         CROSS JOIN LATERAL (SELECT regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                                 'FROM \(''([^'']*)''\) TO \(''([^'']*)''\)') AS v) b
+         WHERE i.inhparent = 'activity_log.events'::regclass AND b.v IS NOT NULL
+           AND b.v[2]::timestamptz <= cutoff
+         ORDER BY 4
+    LOOP
+        EXECUTE format('SELECT count(*), min(id), max(id) FROM %s', part.rel) INTO rows, first_id, last_id;
+        -- The oldest id that stays, partition by partition (each an index probe).
+        kept := NULL;
+        FOR m IN SELECT c.oid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                  WHERE i.inhparent = 'activity_log.events'::regclass AND c.oid <> part.rel
+        LOOP
+            EXECUTE format('SELECT least($1, (SELECT min(id) FROM %s))', m::regclass) INTO kept USING kept;
+        END LOOP;
+        PERFORM activity_log._keep_anchors(part.rel, 'true', kept);
+        EXECUTE format('DROP TABLE %s', part.rel);
+        INSERT INTO activity_log.retention_log (partition, range_from, range_to, rows, first_id, last_id)
+        VALUES (part.name, part.lo, part.hi, rows, first_id, last_id);
+        partition := part.name; range_from := part.lo; range_to := part.hi;
+        RETURN NEXT;
+    END LOOP;
+    -- Rows in events_default older than the retention.
+    SELECT count(*), min(d.id), max(d.id) INTO rows, first_id, last_id
+      FROM activity_log.events_default d WHERE d.committed_at < cutoff;
+    IF rows > 0 THEN
+        SELECT min(e.id) INTO kept FROM activity_log.events e WHERE e.committed_at >= cutoff;
+        PERFORM activity_log._keep_anchors('activity_log.events_default', format('committed_at < %L', cutoff), kept);
+        DELETE FROM activity_log.events_default d WHERE d.committed_at < cutoff;
+        INSERT INTO activity_log.retention_log (partition, range_from, range_to, rows, first_id, last_id)
+        VALUES ('events_default', NULL, cutoff, rows, first_id, last_id);
+        partition := 'events_default'; range_from := NULL; range_to := cutoff;
+        RETURN NEXT;
+    END IF;
+END
+$$;
+
+-- _keep_anchors saves the chain values of the rows of `rel` matching `filter` that remaining
+-- rows (the oldest of which has id `kept`) may link to: the newest such row below `kept` and
+-- every one above it. Without remaining rows, the newest: the next row the writer stores
+-- links to it.
+CREATE FUNCTION activity_log._keep_anchors(rel regclass, filter text, kept bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format(
+        'INSERT INTO activity_log.chain_anchors (id, chain)
+         SELECT id, chain FROM %1$s
+          WHERE %2$s AND chain IS NOT NULL
+            AND id >= (SELECT CASE WHEN $1 IS NULL THEN max(id)
+                                   ELSE coalesce(max(id) FILTER (WHERE id < $1), min(id)) END
+                         FROM %1$s WHERE %2$s)
+         ON CONFLICT (id) DO NOTHING', rel, filter) USING kept;
+END
+$$;
 
 -- The capture's view of tracked_tables: every partition maps to its tracked root, with the
 -- root's primary-key columns. SECURITY DEFINER: the capture runs as whoever writes.
@@ -475,7 +578,7 @@ BEGIN
 END
 $$;
 GRANT SELECT ON activity_log.events, activity_log.dead_letters, activity_log.tracked_tables, activity_log.activity_hourly,
-    activity_log.durable_queue,
+    activity_log.durable_queue, activity_log.retention_log, activity_log.chain_anchors,
     activity_log.metrics_daily, activity_log.migration, activity_log.migration_backup,
     activity_log.queue, activity_log.recent_activity, activity_log.changes, activity_log.workers,
     activity_log.index_usage
@@ -486,7 +589,8 @@ GRANT INSERT, UPDATE, DELETE ON activity_log.tracked_tables, activity_log.migrat
 REVOKE EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_log.untrack(regclass),
     activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean),
     activity_log.rollback_migration(regclass[], boolean), activity_log.migration_status(),
-    activity_log.refresh_metrics() FROM PUBLIC;
+    activity_log.refresh_metrics(), activity_log._maintain_partitions(interval),
+    activity_log._keep_anchors(regclass, text, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_log.untrack(regclass),
     activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean),
     activity_log.rollback_migration(regclass[], boolean), activity_log.migration_status(),

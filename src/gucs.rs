@@ -47,6 +47,8 @@ static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// Longest time the writer sleeps when nobody wakes it, in ms.
 static FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 static METRICS_REFRESH_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+/// How long the trail keeps records, in minutes; 0 keeps them for ever.
+static RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(0);
 static CAPTURE_STATEMENTS: GucSetting<CaptureStatements> =
     GucSetting::<CaptureStatements>::new(CaptureStatements::Ddl);
 /// Query text is cut to this many bytes (on a character boundary).
@@ -119,6 +121,16 @@ pub fn init() {
         7 * 86_400,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"activity_log.retention",
+        c"How long the trail keeps records; 0 keeps them for ever.",
+        c"The trail has one partition per day (UTC); the writer drops each partition once its whole day is older than this (checked hourly). Set it in days, e.g. '90d'.",
+        &RETENTION_MIN,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MIN,
     );
     GucRegistry::define_enum_guc(
         c"activity_log.capture_statements",
@@ -232,6 +244,11 @@ pub fn batch_size() -> usize {
 pub fn metrics_refresh() -> Option<std::time::Duration> {
     let s = METRICS_REFRESH_S.get();
     (s > 0).then(|| std::time::Duration::from_secs(s as u64))
+}
+/// Minutes the trail keeps records; None: for ever.
+pub fn retention_minutes() -> Option<i32> {
+    let m = RETENTION_MIN.get();
+    (m > 0).then_some(m)
 }
 
 pub fn flush_interval() -> std::time::Duration {

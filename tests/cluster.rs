@@ -1114,3 +1114,170 @@ fn sync_tables_keep_their_records_through_a_crash() {
         "1,1"
     );
 }
+
+/// activity_log.retention: the trail has a partition per day, made ahead by the writer; a
+/// partition whose day is older than the retention is dropped by the writer, the drop is
+/// recorded, and verify() still checks the rows that are left. Aging a partition takes a
+/// superuser's hand: detach it, move its rows ten days back, attach it for that day.
+#[test]
+fn retention_drops_old_partitions_and_the_rest_still_verifies() {
+    let c = Cluster::start(
+        "retention",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.retention = '2d'",
+        ],
+    );
+    with_extension(&c, "postgres");
+    let writer = c.wait_for_writer("postgres", None);
+    let partitions = "SELECT c.relname || ' ' || pg_get_expr(c.relpartbound, c.oid)
+                        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                       WHERE i.inhparent = 'activity_log.events'::regclass ORDER BY c.relname";
+    let day = |offset: i32| {
+        c.one(
+            "postgres",
+            &format!("SELECT to_char(date_trunc('day', now() AT TIME ZONE 'UTC') + interval '{offset} days', 'YYYYMMDD')"),
+        )
+    };
+    let bound = |offset: i32| {
+        c.one(
+            "postgres",
+            &format!(
+                "SET TimeZone = 'UTC'; SELECT date_trunc('day', now()) + interval '{offset} days'"
+            ),
+        )
+    };
+    // Today and two days ahead, and the default partition.
+    let expected = |days: &[i32]| {
+        let mut lines: Vec<String> = days
+            .iter()
+            .map(|&d| {
+                format!(
+                    "events_{} FOR VALUES FROM ('{}') TO ('{}')",
+                    day(d),
+                    bound(d),
+                    bound(d + 1)
+                )
+            })
+            .collect();
+        lines.push("events_default DEFAULT".into());
+        lines.sort();
+        lines
+    };
+    assert_eq!(
+        c.sql("postgres", &format!("SET TimeZone = 'UTC'; {partitions}")),
+        expected(&[0, 1, 2])
+    );
+
+    c.sql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         SELECT activity_log.track('t');
+         INSERT INTO t SELECT g, 'old' FROM generate_series(1, 50) g;",
+    );
+    c.flush("postgres");
+    let (first_id, last_id) = {
+        let v = c.one(
+            "postgres",
+            "SELECT min(id) || ',' || max(id) FROM activity_log.events",
+        );
+        let (a, b) = v.split_once(',').unwrap();
+        (a.to_string(), b.to_string())
+    };
+    let (today, old) = (day(0), day(-10));
+    c.sql(
+        "postgres",
+        &format!(
+            "ALTER TABLE activity_log.events DETACH PARTITION activity_log.events_{today};
+             UPDATE activity_log.events_{today} SET committed_at = committed_at - interval '10 days';
+             ALTER TABLE activity_log.events_{today} RENAME TO events_{old};
+             ALTER TABLE activity_log.events ATTACH PARTITION activity_log.events_{old}
+                   FOR VALUES FROM ('{}') TO ('{}');",
+            bound(-10),
+            bound(-9)
+        ),
+    );
+    // The next writer maintains the partitions when it starts.
+    c.sql(
+        "postgres",
+        &format!("SELECT pg_terminate_backend({writer})"),
+    );
+    c.wait_for_writer("postgres", Some(writer));
+    c.sql(
+        "postgres",
+        "UPDATE t SET v = 'new' WHERE id = 1; DELETE FROM t WHERE id = 2;",
+    );
+    c.flush("postgres");
+
+    assert_eq!(
+        c.sql("postgres", &format!("SET TimeZone = 'UTC'; {partitions}")),
+        expected(&[0, 1, 2])
+    );
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SET TimeZone = 'UTC'; SELECT partition, range_from, range_to, rows, first_id, last_id FROM activity_log.retention_log"
+        ),
+        [format!(
+            "events_{old}|{}|{}|50|{first_id}|{last_id}",
+            bound(-10),
+            bound(-9)
+        )]
+    );
+    // The drop is in the trail; the rows of the dropped day are not.
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT kind, status, command, details->>'partition', details->>'rows', details->>'retention'
+               FROM activity_log.events WHERE kind = 'system'"
+        ),
+        [format!("system|success|RETENTION|events_{old}|50|2 days")]
+    );
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT op, row_key, new_row->>'v' FROM activity_log.history('t', '{\"id\": 1}')"
+        ),
+        [r#"UPDATE|{"id": 1}|new"#]
+    );
+    assert_eq!(
+        c.one("postgres", "SELECT count(*) FROM activity_log.changes"),
+        "2"
+    );
+    // The rows left link to the dropped rows' chain: anchors keep it.
+    assert_eq!(
+        c.sql("postgres", "SELECT id FROM activity_log.chain_anchors"),
+        [last_id.clone()]
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT rows_checked || ',' || intact FROM activity_log.verify()"
+        ),
+        "3,true"
+    );
+    // Changing a row that is left is still found.
+    c.sql(
+        "postgres",
+        "UPDATE activity_log.events SET new_row = '{\"id\": 1, \"v\": \"forged\"}' WHERE command = 'UPDATE'",
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT intact || ',' || (first_broken_id = (SELECT id FROM activity_log.events WHERE command = 'UPDATE')) FROM activity_log.verify()"
+        ),
+        "false,true"
+    );
+    // One row's history looks at every partition through its own index.
+    let plan = c.sql(
+        "postgres",
+        "SET enable_seqscan = off; EXPLAIN (COSTS OFF) SELECT * FROM activity_log.changes WHERE table_oid = 't'::regclass AND row_key = '{\"id\": 1}'",
+    );
+    for d in [0, 1, 2] {
+        assert!(
+            plan.iter()
+                .any(|l| l.contains(&format!("events_{}_row_key_idx", day(d)))),
+            "{plan:?}"
+        );
+    }
+}

@@ -190,14 +190,32 @@ unsafe fn statement_text(source: *const c_char, location: c_int, len: c_int) -> 
     clip(text, gucs::max_query_length()).to_vec()
 }
 
-unsafe fn relation_oids(rtable: *mut pg_sys::List) -> Vec<u32> {
+/// relation_oids lists the tables a plan reads or writes, once each.
+unsafe fn relation_oids(ps: *mut pg_sys::PlannedStmt) -> Vec<u32> {
     let mut out = Vec::new();
-    if rtable.is_null() {
-        return out;
-    }
-    // SAFETY: rtable is a List of RangeTblEntry pointers owned by the plan.
+    // SAFETY: the plan's range table is a List of RangeTblEntry pointers and appendRelations
+    // a List of AppendRelInfo pointers, both owned by the plan.
     unsafe {
+        let rtable = (*ps).rtable;
+        if rtable.is_null() {
+            return out;
+        }
+        // The partitions (and inheritance children) the planner added to the range table:
+        // the statement named their parent, which is listed.
+        let mut children = Vec::new();
+        let appends = (*ps).appendRelations;
+        if !appends.is_null() {
+            for i in 0..(*appends).length as usize {
+                let info = (*(*appends).elements.add(i))
+                    .ptr_value
+                    .cast::<pg_sys::AppendRelInfo>();
+                children.push((*info).child_relid as usize);
+            }
+        }
         for i in 0..(*rtable).length as usize {
+            if children.contains(&(i + 1)) {
+                continue; // range-table indexes count from 1
+            }
             let rte = (*(*rtable).elements.add(i))
                 .ptr_value
                 .cast::<pg_sys::RangeTblEntry>();
@@ -308,7 +326,7 @@ unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc
                     (*ps).stmt_location,
                     (*ps).stmt_len,
                 ),
-                relations: relation_oids((*ps).rtable),
+                relations: relation_oids(ps),
             });
         }
     }

@@ -598,8 +598,13 @@ pub fn void(r: Reservation) {
 pub fn commit_staged(slot_index: usize, nrecords: u32) {
     let s = slot(slot_index);
     s.published_records.fetch_add(nrecords as u64, Relaxed);
-    s.staged_commits.fetch_add(1, Release);
-    wake_writer(slot_index);
+    // A busy writer sweeps again by itself (drain_staged); only one that had swept everything
+    // may be asleep. SeqCst against mark_swept/staged_commits in the writer: each side stores,
+    // then loads the other's value, and one of them must see the other's store.
+    let before = s.staged_commits.fetch_add(1, SeqCst);
+    if before <= s.staged_swept.load(SeqCst) {
+        wake_writer(slot_index);
+    }
 }
 
 /// count_published adds records that reached the trail without passing a commit callback in
@@ -613,16 +618,16 @@ pub fn count_published(slot_index: usize, records: u64) {
 /// staged_commits is the count a sweep of durable_queue must reach to include every
 /// transaction that has committed so far.
 pub fn staged_commits(slot_index: usize) -> u64 {
-    slot(slot_index).staged_commits.load(Acquire)
+    slot(slot_index).staged_commits.load(SeqCst)
 }
 
 pub fn staged_swept(slot_index: usize) -> u64 {
-    slot(slot_index).staged_swept.load(Acquire)
+    slot(slot_index).staged_swept.load(SeqCst)
 }
 
 /// mark_swept records that durable_queue held nothing committed before `commits` was read.
 pub fn mark_swept(slot_index: usize, commits: u64) {
-    slot(slot_index).staged_swept.fetch_max(commits, Release);
+    slot(slot_index).staged_swept.fetch_max(commits, SeqCst);
 }
 
 pub fn count_drop(slot_index: usize, records: u64) {

@@ -12,6 +12,7 @@
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use std::collections::BTreeMap;
 
 /// The chain value before the first row of the trail.
 pub const GENESIS: [u8; 0] = [];
@@ -144,23 +145,47 @@ pub struct Verdict {
 
 /// verify recomputes the chain of the rows with from <= id <= to, starting from the stored
 /// chain of the writer's row before `from`, and stops at the first row whose chain differs or
-/// is missing.
+/// is missing. Rows dropped by retention left their chain values in activity_log.chain_anchors:
+/// a row whose predecessor was dropped links to the anchor before it.
 pub fn verify(from: i64, to: i64) -> Verdict {
     let prev = Spi::get_one_with_args::<Vec<u8>>(
-        "SELECT (SELECT chain FROM activity_log.events WHERE id < $1 AND chain IS NOT NULL ORDER BY id DESC LIMIT 1)",
+        "SELECT (SELECT chain FROM (
+                    (SELECT id, chain FROM activity_log.events WHERE id < $1 AND chain IS NOT NULL ORDER BY id DESC LIMIT 1)
+                    UNION ALL
+                    (SELECT id, chain FROM activity_log.chain_anchors WHERE id < $1 ORDER BY id DESC LIMIT 1)) s
+                  ORDER BY id DESC LIMIT 1)",
         &[from.into()],
     )
     .unwrap_or_else(|e| error!("activity_log: verify could not read the trail: {e}"));
-    walk(prev.unwrap_or_default(), from, to)
+    let anchors = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT id, chain FROM activity_log.chain_anchors WHERE id BETWEEN $1 AND $2",
+            None,
+            &[from.into(), to.into()],
+        )?;
+        rows.map(|r| {
+            Ok((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<Vec<u8>>(2)?.unwrap_or_default(),
+            ))
+        })
+        .collect::<Result<BTreeMap<_, _>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| {
+        error!("activity_log: verify could not read activity_log.chain_anchors: {e}")
+    });
+    walk(prev.unwrap_or_default(), from, to, &anchors)
 }
 
-fn walk(mut prev: Vec<u8>, from: i64, to: i64) -> Verdict {
+fn walk(mut prev: Vec<u8>, from: i64, to: i64, anchors: &BTreeMap<i64, Vec<u8>>) -> Verdict {
     let mut verdict = Verdict {
         rows_checked: 0,
         first_broken_id: None,
         problem: None,
         head: None,
     };
+    // Ids above this one and below the next row may be dropped rows it links to.
+    let mut last_id = from.saturating_sub(1);
     let query = c"SELECT * FROM activity_log.events WHERE id BETWEEN $1 AND $2 ORDER BY id";
     // SAFETY: SPI as its C API documents it: a read-only cursor over the trail, fetched in
     // chunks; each tuple is deformed with the result's descriptor and read before the next
@@ -210,6 +235,13 @@ fn walk(mut prev: Vec<u8>, from: i64, to: i64) -> Verdict {
                 let tuple = *(*table).vals.add(i);
                 pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), isnull.as_mut_ptr());
                 let id = values[id_col].value() as i64;
+                // (A hand-inserted duplicate id would make an empty, reversed range.)
+                if last_id < id
+                    && let Some((_, chain)) = anchors.range(last_id + 1..id).next_back()
+                {
+                    prev.clone_from(chain);
+                }
+                last_id = id;
                 bytes.clear();
                 row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
                 let expected = sha.link(&prev, &bytes).to_vec();

@@ -1,16 +1,18 @@
-//! worker/store.rs: puts trail rows into `activity_log.events` the way COPY FROM does — heap
-//! multi-insert, then the indexes — with the table's NOT NULL and CHECK constraints checked and
-//! the identity column drawn from its sequence and each row linked into the hash chain
+//! worker/store.rs: puts trail rows into `activity_log.events` the way COPY FROM does — each
+//! row routed to its day partition by PostgreSQL's own tuple routing, heap multi-insert per
+//! partition, then the partition's indexes — with the table's NOT NULL and CHECK constraints
+//! checked, `id` drawn from its sequence and each row linked into the hash chain
 //! (worker/chain.rs).
 //!
 //! Runs in the writer, inside its batch transaction; nothing is parsed or planned per batch.
 //! What it does not do: fire triggers on the trail (the trail has none; one added by hand is
-//! not run) or route rows into partitions. Values are Datums allocated in the batch
-//! transaction, valid until it ends.
+//! not run), or store into a partition whose columns are laid out differently from the trail's
+//! (one attached by hand after a column was dropped): that is an error. Values are Datums
+//! allocated in the batch transaction, valid until it ends.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, c_void};
 
 use crate::worker::chain;
 use crate::worker::decode::Jsonb;
@@ -228,11 +230,33 @@ pub fn relation_name(relid: u32) -> String {
 /// Rows wait here until a multi-insert takes them.
 const BUFFERED: usize = 1000;
 
+// executor/execPartition.h, which pgrx does not bind: tuple routing as COPY FROM uses it.
+// Called through pg_guard_ffi_boundary (each can raise an ERROR).
+unsafe extern "C-unwind" {
+    fn ExecSetupPartitionTupleRouting(
+        estate: *mut pg_sys::EState,
+        rel: pg_sys::Relation,
+    ) -> *mut c_void;
+    fn ExecFindPartition(
+        mtstate: *mut pg_sys::ModifyTableState,
+        root: *mut pg_sys::ResultRelInfo,
+        proute: *mut c_void,
+        slot: *mut pg_sys::TupleTableSlot,
+        estate: *mut pg_sys::EState,
+    ) -> *mut pg_sys::ResultRelInfo;
+    fn ExecCleanupTupleRouting(mtstate: *mut pg_sys::ModifyTableState, proute: *mut c_void);
+}
+
 /// The trail opened for one batch.
 pub struct Trail {
+    /// The partitioned trail, its result relation (for constraints) and the routing state.
     rel: pg_sys::Relation,
     rri: *mut pg_sys::ResultRelInfo,
     estate: *mut pg_sys::EState,
+    mtstate: *mut pg_sys::ModifyTableState,
+    proute: *mut c_void,
+    /// The partition the buffered rows go to.
+    target: *mut pg_sys::ResultRelInfo,
     slots: Vec<*mut pg_sys::TupleTableSlot>,
     used: usize,
     /// Attribute index (0-based) of each `Col`, and of `id`.
@@ -278,25 +302,40 @@ impl Trail {
                 attr[i] = (attnum(name) - 1) as usize;
             }
             let id = attnum(c"id");
-            #[cfg(not(any(feature = "pg17", feature = "pg18")))]
-            let id_sequence = pg_sys::getIdentitySequence(relid, id, false);
-            #[cfg(any(feature = "pg17", feature = "pg18"))]
-            let id_sequence = pg_sys::getIdentitySequence(rel, id, false);
+            let id_sequence = pg_sys::get_relname_relid(c"events_id_seq".as_ptr(), nsp);
+            if id_sequence == pg_sys::InvalidOid {
+                error!("activity_log: the sequence activity_log.events_id_seq does not exist");
+            }
 
             let estate = pg_sys::CreateExecutorState();
             let rri = pg_sys::palloc0(size_of::<pg_sys::ResultRelInfo>()).cast();
             // Range-table index 0: the executor state has no range table, and an error report
             // of a refused row then shows the whole row (the writer may read every column).
             pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
-            pg_sys::ExecOpenIndices(rri, false);
+            // The ModifyTableState COPY FROM makes for routing: no plan, one result relation.
+            let mtstate: *mut pg_sys::ModifyTableState =
+                pg_sys::palloc0(size_of::<pg_sys::ModifyTableState>()).cast();
+            (*mtstate).ps.type_ = pg_sys::NodeTag::T_ModifyTableState;
+            (*mtstate).ps.state = estate;
+            (*mtstate).operation = pg_sys::CmdType::CMD_INSERT;
+            (*mtstate).mt_nrels = 1;
+            (*mtstate).resultRelInfo = rri;
+            (*mtstate).rootResultRelInfo = rri;
+            let proute =
+                pg_sys::ffi::pg_guard_ffi_boundary(|| ExecSetupPartitionTupleRouting(estate, rel));
             let constr = (*desc).constr;
             // The first slot now, outside any subtransaction: a slot pins the table's row type
             // in the resource owner current when it is made, and insert_one_by_one uses only it.
             let first = pg_sys::MakeSingleTupleTableSlot(desc, pg_sys::table_slot_callbacks(rel));
-            // The chain links the writer's rows in id order and continues from its newest;
-            // rows added by others have no chain value and are not links (verify reports them).
+            // The chain links the writer's rows in id order and continues from its newest (or,
+            // when retention dropped every row, from the newest dropped one); rows added by
+            // others have no chain value and are not links (verify reports them).
             let last = Spi::get_one::<Vec<u8>>(
-                "SELECT (SELECT chain FROM activity_log.events WHERE chain IS NOT NULL ORDER BY id DESC LIMIT 1)",
+                "SELECT (SELECT chain FROM (
+                            (SELECT id, chain FROM activity_log.events WHERE chain IS NOT NULL ORDER BY id DESC LIMIT 1)
+                            UNION ALL
+                            (SELECT id, chain FROM activity_log.chain_anchors ORDER BY id DESC LIMIT 1)) s
+                          ORDER BY id DESC LIMIT 1)",
             )
             .unwrap_or_else(|e| error!("activity_log: could not read the trail's chain: {e}"))
             .unwrap_or_else(|| chain::GENESIS.to_vec());
@@ -304,6 +343,9 @@ impl Trail {
                 rel,
                 rri,
                 estate,
+                mtstate,
+                proute,
+                target: std::ptr::null_mut(),
                 slots: vec![first],
                 used: 0,
                 attr,
@@ -322,16 +364,59 @@ impl Trail {
 
     /// insert adds one row; it reaches the table at the next multi-insert.
     pub fn insert(&mut self, row: &Row) {
-        // SAFETY: a slot of the trail's own type, filled as a virtual tuple; the Datums live in
-        // the batch transaction, longer than the slot needs them.
-        unsafe {
-            if self.used == self.slots.len() {
-                self.slots.push(pg_sys::MakeSingleTupleTableSlot(
+        if self.used == self.slots.len() {
+            // SAFETY: a new slot of the trail's own type.
+            self.slots.push(unsafe {
+                pg_sys::MakeSingleTupleTableSlot(
                     (*self.rel).rd_att,
                     pg_sys::table_slot_callbacks(self.rel),
-                ));
+                )
+            });
+        }
+        let slot = self.slots[self.used];
+        self.fill(slot, row);
+        // SAFETY: the slot holds a stored virtual tuple of the trail's type; routing may open
+        // the partition (kept in the routing state until close()).
+        let partition = unsafe { self.route(slot) };
+        if partition != self.target {
+            // The buffer holds one partition's rows: store them, and move this row's slot first.
+            let at = self.used;
+            self.flush();
+            self.slots.swap(0, at);
+            self.target = partition;
+        }
+        // SAFETY: values and nulls of a stored virtual tuple of the trail's descriptor; the
+        // Datums live in the batch transaction, longer than the slot needs them.
+        unsafe {
+            let natts = (*(*self.rel).rd_att).natts as usize;
+            let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
+            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+            self.row_bytes.clear();
+            chain::row_bytes(
+                (*self.rel).rd_att,
+                values,
+                nulls,
+                self.chain_attr,
+                &mut self.row_bytes,
+            );
+            let link = self.sha.link(&self.chain, &self.row_bytes);
+            values[self.chain_attr] = chain::bytea(&link);
+            nulls[self.chain_attr] = false;
+            self.chain = link.to_vec();
+            if self.has_constraints {
+                pg_sys::ExecConstraints(self.rri, slot, self.estate);
             }
-            let slot = self.slots[self.used];
+        }
+        self.used += 1;
+        if self.used == BUFFERED {
+            self.flush();
+        }
+    }
+
+    /// fill stores `row` with a fresh id and no chain value in `slot` as a virtual tuple.
+    fn fill(&self, slot: *mut pg_sys::TupleTableSlot, row: &Row) {
+        // SAFETY: a slot of the trail's own type; its values/isnull arrays have natts entries.
+        unsafe {
             pg_sys::ExecClearTuple(slot);
             let natts = (*(*self.rel).rd_att).natts as usize;
             let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
@@ -347,26 +432,57 @@ impl Trail {
             );
             values[self.id_attr] = id.unwrap_or(pg_sys::Datum::from(0));
             nulls[self.id_attr] = false;
-            self.row_bytes.clear();
-            chain::row_bytes(
-                (*self.rel).rd_att,
-                values,
-                nulls,
-                self.chain_attr,
-                &mut self.row_bytes,
-            );
-            let link = self.sha.link(&self.chain, &self.row_bytes);
-            values[self.chain_attr] = chain::bytea(&link);
-            nulls[self.chain_attr] = false;
-            self.chain = link.to_vec();
             pg_sys::ExecStoreVirtualTuple(slot);
-            if self.has_constraints {
-                pg_sys::ExecConstraints(self.rri, slot, self.estate);
-            }
-            self.used += 1;
         }
-        if self.used == BUFFERED {
-            self.flush();
+    }
+
+    /// route finds (opening it the first time) the partition a filled slot belongs to.
+    ///
+    /// # Safety
+    /// `slot` holds a stored tuple of the trail's descriptor.
+    unsafe fn route(&self, slot: *mut pg_sys::TupleTableSlot) -> *mut pg_sys::ResultRelInfo {
+        unsafe {
+            let partition = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                ExecFindPartition(self.mtstate, self.rri, self.proute, slot, self.estate)
+            });
+            if !(*partition).ri_RootToPartitionMap.is_null() {
+                let name =
+                    CStr::from_ptr(pg_sys::get_rel_name((*(*partition).ri_RelationDesc).rd_id));
+                error!(
+                    "activity_log: partition {} of activity_log.events has its columns laid out differently from the trail",
+                    name.to_string_lossy()
+                );
+            }
+            partition
+        }
+    }
+
+    /// open_partitions opens the partitions `rows` go to before any of them is inserted, so
+    /// that none is opened inside a subtransaction that may roll back (insert_one_by_one):
+    /// the partition stays in the routing state after the subtransaction is gone.
+    pub fn open_partitions<'a>(&mut self, rows: impl Iterator<Item = &'a Row>) {
+        let probe = self.slots[0];
+        let mut committed_at = None;
+        for row in rows {
+            let at = row.values[Col::CommittedAt as usize];
+            if committed_at == Some(at) {
+                continue;
+            }
+            committed_at = Some(at);
+            // SAFETY: a virtual tuple with only the partition key set, cleared again before
+            // any insert uses the slot.
+            unsafe {
+                pg_sys::ExecClearTuple(probe);
+                let natts = (*(*self.rel).rd_att).natts as usize;
+                let values = std::slice::from_raw_parts_mut((*probe).tts_values, natts);
+                let nulls = std::slice::from_raw_parts_mut((*probe).tts_isnull, natts);
+                nulls.fill(true);
+                values[self.attr[Col::CommittedAt as usize]] = at;
+                nulls[self.attr[Col::CommittedAt as usize]] = row.nulls[Col::CommittedAt as usize];
+                pg_sys::ExecStoreVirtualTuple(probe);
+                self.route(probe);
+                pg_sys::ExecClearTuple(probe);
+            }
         }
     }
 
@@ -400,11 +516,12 @@ impl Trail {
         // SAFETY: table_multi_insert as COPY FROM calls it, then each slot's index entries
         // (the multi-insert set every slot's tts_tid).
         unsafe {
-            let am = (*self.rel).rd_tableam;
+            let partition = (*self.target).ri_RelationDesc;
+            let am = (*partition).rd_tableam;
             let multi_insert = (*am).multi_insert.expect("table AM without multi_insert");
             let cid = pg_sys::GetCurrentCommandId(true);
             multi_insert(
-                self.rel,
+                partition,
                 self.slots.as_mut_ptr(),
                 self.used as i32,
                 cid,
@@ -416,10 +533,10 @@ impl Trail {
                 if !econtext.is_null() {
                     pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
                 }
-                if (*self.rri).ri_NumIndices > 0 {
+                if (*self.target).ri_NumIndices > 0 {
                     #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
                     pg_sys::ExecInsertIndexTuples(
-                        self.rri,
+                        self.target,
                         slot,
                         self.estate,
                         false,
@@ -429,7 +546,7 @@ impl Trail {
                     );
                     #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
                     pg_sys::ExecInsertIndexTuples(
-                        self.rri,
+                        self.target,
                         slot,
                         self.estate,
                         false,
@@ -461,7 +578,10 @@ impl Trail {
             for &slot in &self.slots {
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
-            pg_sys::ExecCloseIndices(self.rri);
+            // Closes every partition routing opened, with its indexes.
+            pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                ExecCleanupTupleRouting(self.mtstate, self.proute)
+            });
             pg_sys::FreeExecutorState(self.estate);
             pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
         }

@@ -78,6 +78,10 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
     }
 
+    // Partitions first: a record stored before today's partition exists would go to
+    // events_default and keep that day's partition from being made.
+    let mut next_maintenance = Instant::now();
+    maintain_partitions_if_due(&mut next_maintenance);
     if ring::take_gap(slot) {
         BackgroundWorker::transaction(write_gap_event);
     }
@@ -90,6 +94,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         }
         ring::roll_window(slot);
         refresh_metrics_if_due(&mut last_refresh);
+        maintain_partitions_if_due(&mut next_maintenance);
         if drain(slot) < gucs::batch_size() as u64 / 4 {
             // Small batches: let commits gather for a moment, so that a busy server is written
             // in batches rather than one tiny insert per commit. Adds at most 10 ms of lag.
@@ -120,6 +125,56 @@ fn refresh_metrics_if_due(last: &mut Instant) {
     if let Err(message) = result {
         log!("activity_log: could not refresh activity_log.metrics_daily: {message}");
     }
+}
+
+/// maintain_partitions_if_due runs activity_log._maintain_partitions() every hour: the day
+/// partitions two days ahead and, with activity_log.retention, the old ones dropped, each drop
+/// recorded in the trail as a `system` record with command RETENTION. A failure (a reader
+/// holding the trail's lock past the function's lock_timeout, say) is logged and tried again
+/// in five minutes; partitions exist two days ahead, so that is time enough.
+fn maintain_partitions_if_due(next: &mut Instant) {
+    if Instant::now() < *next {
+        return;
+    }
+    let result = BackgroundWorker::transaction(|| {
+        in_subtransaction(|| {
+            let retention = gucs::retention_minutes();
+            let dropped = Spi::connect_mut(|client| {
+                let rows = client.update(
+                    "SELECT jsonb_build_object('partition', partition, 'range_from', range_from, 'range_to', range_to,
+                                               'rows', rows, 'first_id', first_id, 'last_id', last_id,
+                                               'retention', justify_hours(make_interval(mins => $1))::text)::text
+                       FROM activity_log._maintain_partitions(make_interval(mins => $1))",
+                    None,
+                    &[retention.into()],
+                )?;
+                rows.map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or_else(|e| error!("{e}"));
+            if dropped.is_empty() {
+                return;
+            }
+            let mut records = Rows::new(false);
+            // SAFETY: reads the clock.
+            let now = unsafe { pg_sys::GetCurrentTimestamp() };
+            for details in dropped {
+                let details = serde_json::from_str(&details).unwrap_or(Value::Null);
+                records.push_system(now, "info", "success", b"RETENTION", details);
+            }
+            records.insert();
+        })
+    });
+    let again = match result {
+        Ok(()) => Duration::from_secs(3600),
+        Err(message) => {
+            log!(
+                "activity_log: could not maintain the partitions of activity_log.events: {message}"
+            );
+            Duration::from_secs(300)
+        }
+    };
+    *next = Instant::now() + again;
 }
 
 #[pg_guard]
@@ -158,50 +213,73 @@ fn drain(slot: usize) -> u64 {
     written
 }
 
-/// drain_staged moves staged records into the trail until durable_queue is empty. Every
-/// transaction counted in `staged_commits` before the sweep was visible to it, so the sweep
-/// then covers them all (flush() waits on that).
+/// drain_staged moves staged records into the trail until durable_queue is empty, and again
+/// while transactions committed during the sweep. Every transaction counted in
+/// `staged_commits` before a sweep was visible to it, so the sweep covers them all (flush()
+/// waits on that; a committing backend wakes a writer that has swept everything).
 fn drain_staged(slot: usize) -> u64 {
-    let commits = ring::staged_commits(slot);
-    if commits == ring::staged_swept(slot) {
-        return 0;
-    }
     let mut written = 0;
-    while still_mine(slot) {
-        let (records, carried_over) = write_batch(slot, Source::Staged);
-        if records == 0 {
-            ring::mark_swept(slot, commits);
-            break;
+    loop {
+        let commits = ring::staged_commits(slot);
+        if commits == ring::staged_swept(slot) {
+            return written;
         }
-        ring::count_published(slot, carried_over);
-        ring::count_written(slot, records);
-        ring::reset_failures(slot);
-        written += records;
+        // One pass in physical order, each batch resuming after the last row it took (a TID
+        // range scan: no sort of the whole queue per batch), then passes from the start for
+        // rows put into space freed behind the pass, until one finds nothing.
+        let mut after = TID_START.to_string();
+        loop {
+            if !still_mine(slot) {
+                return written;
+            }
+            let stored = write_batch(slot, Source::Staged { after: &after });
+            if stored.records == 0 {
+                if after == TID_START {
+                    break;
+                }
+                after = TID_START.to_string();
+                continue;
+            }
+            ring::count_published(slot, stored.carried_over);
+            ring::count_written(slot, stored.records);
+            ring::reset_failures(slot);
+            written += stored.records;
+            after = stored.resume_after.unwrap_or_else(|| TID_START.to_string());
+        }
+        ring::mark_swept(slot, commits);
     }
-    written
 }
 
-/// take_staged deletes up to `max_frames` of the oldest staged transactions from
-/// durable_queue and returns them as a batch; the delete commits with their trail rows.
-fn take_staged(max_frames: usize) -> ring::Batch {
+/// Before the first row of a table.
+const TID_START: &str = "(0,0)";
+
+/// take_staged deletes up to `max_frames` staged transactions after the row `after` (a ctid)
+/// from durable_queue and returns them as a batch with the ctid to resume after; the delete
+/// commits with their trail rows.
+fn take_staged(max_frames: usize, after: &str) -> (ring::Batch, Option<String>) {
     let mut batch = ring::Batch {
         frames: Vec::new(),
         records: 0,
         end: 0,
     };
+    let mut resume_after = None;
     Spi::connect_mut(|client| {
         let rows = client.update(
-            "DELETE FROM activity_log.durable_queue
-              WHERE ctid = ANY (ARRAY(SELECT ctid FROM activity_log.durable_queue
-                                       ORDER BY staged_at LIMIT $1))
-             RETURNING (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, records, frame",
+            "WITH taken AS (
+                 DELETE FROM activity_log.durable_queue
+                  WHERE ctid = ANY (ARRAY(SELECT ctid FROM activity_log.durable_queue WHERE ctid > $2::tid LIMIT $1))
+                 RETURNING ctid AS at, staged_at, records, frame)
+             SELECT (max(at) OVER ())::text,
+                    (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, records, frame
+               FROM taken",
             None,
-            &[(max_frames as i64).into()],
+            &[(max_frames as i64).into(), after.into()],
         )?;
         for row in rows {
-            let commit_ts: i64 = row.get(1)?.unwrap_or_default();
-            let records: i32 = row.get(2)?.unwrap_or_default();
-            let payload: Vec<u8> = row.get(3)?.unwrap_or_default();
+            resume_after = row.get::<String>(1)?;
+            let commit_ts: i64 = row.get(2)?.unwrap_or_default();
+            let records: i32 = row.get(3)?.unwrap_or_default();
+            let payload: Vec<u8> = row.get(4)?.unwrap_or_default();
             batch.records += records as u64;
             batch.frames.push(ring::Frame {
                 commit_ts,
@@ -212,9 +290,9 @@ fn take_staged(max_frames: usize) -> ring::Batch {
         Ok::<_, pgrx::spi::Error>(())
     })
     .unwrap_or_else(|e| error!("activity_log: could not read activity_log.durable_queue: {e}"));
-    // Reservation order is ring order; staged rows come back in heap order.
+    // In commit order within the batch (rows come back in heap order).
     batch.frames.sort_by_key(|f| f.commit_ts);
-    batch
+    (batch, resume_after)
 }
 
 /// drain_before_exit also waits, briefly, for frames of transactions still committing.
@@ -233,33 +311,44 @@ fn drain_before_exit(slot: usize) {
 enum Source<'a> {
     /// Frames already read from the ring; the tail moves after the commit.
     Ring(&'a ring::Batch),
-    /// Staged transactions, taken from durable_queue inside the batch's transaction.
-    Staged,
+    /// Staged transactions after the row `after` (a ctid), taken from durable_queue inside
+    /// the batch's transaction.
+    Staged { after: &'a str },
 }
 
-/// write_batch inserts one batch in its own transaction and returns its record count, and how
-/// many of them were staged before this shared memory existed (so never counted as published
-/// in it: the leftovers of a crash). An ERROR is noted in the metrics and then ends the process
-/// (the launcher restarts it): the tail has not moved and the staged rows are not deleted, so
-/// the same records are written by the next writer.
-fn write_batch(slot: usize, source: Source) -> (u64, u64) {
+/// What one batch transaction stored.
+#[derive(Default)]
+struct Stored {
+    records: u64,
+    /// Records staged before this shared memory existed (never counted as published in it:
+    /// the leftovers of a crash).
+    carried_over: u64,
+    /// The ctid of the last staged row taken.
+    resume_after: Option<String>,
+}
+
+/// write_batch inserts one batch in its own transaction. An ERROR is noted in the metrics and
+/// then ends the process (the launcher restarts it): the tail has not moved and the staged
+/// rows are not deleted, so the same records are written by the next writer.
+fn write_batch(slot: usize, source: Source) -> Stored {
     // The same batch failed before: store it record by record, so that one record the table
     // refuses (a constraint or trigger someone added, say) cannot hold up the rest.
     let isolate = ring::failures(slot) >= ISOLATE_AFTER_FAILURES;
     PgTryBuilder::new(|| {
         BackgroundWorker::transaction(|| {
             let staged;
+            let mut resume_after = None;
             let batch = match source {
                 Source::Ring(batch) => batch,
-                Source::Staged => {
+                Source::Staged { after } => {
                     // A transaction holds at least one record, pgbench's four: a quarter of
                     // batch_size transactions is about one batch of records.
-                    staged = take_staged((gucs::batch_size() / 4).max(1));
+                    (staged, resume_after) = take_staged((gucs::batch_size() / 4).max(1), after);
                     &staged
                 }
             };
             if batch.frames.is_empty() {
-                return (0, 0);
+                return Stored::default();
             }
             // Decoding row images needs the catalog, so the batch is built in the transaction.
             let rows = Rows::from_batch(batch, isolate);
@@ -270,9 +359,13 @@ fn write_batch(slot: usize, source: Source) -> (u64, u64) {
             }
             let carried_over = match source {
                 Source::Ring(_) => 0,
-                Source::Staged => batch.carried_over(ring::started_at()),
+                Source::Staged { .. } => batch.carried_over(ring::started_at()),
             };
-            (batch.records, carried_over)
+            Stored {
+                records: batch.records,
+                carried_over,
+                resume_after,
+            }
         })
     })
     .catch_others(|e| {
@@ -726,6 +819,18 @@ impl Rows {
     }
 
     fn push_gap(&mut self, committed_at: i64, details: Value) {
+        self.push_system(committed_at, "critical", "gap", b"GAP", details);
+    }
+
+    /// push_system adds a record of the pipeline itself (kind and category `system`).
+    fn push_system(
+        &mut self,
+        committed_at: i64,
+        severity: &str,
+        status: &'static str,
+        command: &'static [u8],
+        details: Value,
+    ) {
         let info = record::FrameInfo::default();
         let origin = record::Origin::default();
         let c = Common {
@@ -739,9 +844,9 @@ impl Rows {
             committed_at,
             "system",
             b"system",
-            b"critical",
-            "gap",
-            Some(b"GAP"),
+            severity.as_bytes(),
+            status,
+            Some(command),
             Some(&details),
         );
         self.keep(
@@ -749,8 +854,8 @@ impl Rows {
             committed_at,
             committed_at,
             "system",
-            "gap",
-            Some(b"GAP"),
+            status,
+            Some(command),
         );
     }
 
@@ -769,6 +874,7 @@ impl Rows {
     /// refuses is replaced by a `gap` record that says why and what it was.
     fn insert_one_by_one(self) {
         let mut trail = Trail::open();
+        trail.open_partitions(self.rows.iter());
         let mut hourly = Hourly::default();
         let stored = self.rows.iter().zip(&self.labels).zip(&self.buckets);
         for ((row, (committed_at, what)), &bucket) in stored {

@@ -18,11 +18,12 @@ SELECT p.proname, pg_get_function_arguments(p.oid) AS arguments
  WHERE n.nspname = 'activity_log' AND p.proname IN ('log_event', 'flush', 'recent')
  ORDER BY p.proname;
 
--- Tables, views, sequences and indexes.
+-- Tables, views, sequences and indexes (without the writer's day partitions, named by date).
 SELECT c.relname, c.relkind
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'activity_log'
+ WHERE n.nspname = 'activity_log' AND c.relname !~ '^events_[0-9]{8}'
  ORDER BY c.relname;
+
 
 -- Columns of the trail.
 SELECT attname, format_type(atttypid, atttypmod) AS type, attnotnull
@@ -50,6 +51,14 @@ SELECT array_length(extconfig, 1) AS config_tables FROM pg_extension WHERE extna
 
 -- A writer was started by CREATE EXTENSION: everything so far reaches the table.
 SELECT activity_log.flush();
+
+-- The writer made the partitions of today and the next two days (UTC), besides the default.
+SELECT count(*) AS partitions,
+       count(*) FILTER (WHERE c.relname IN (SELECT 'events_' || to_char(now() AT TIME ZONE 'UTC' + d * interval '1 day', 'YYYYMMDD')
+                                             FROM generate_series(0, 2) d)) AS days_ahead,
+       count(*) FILTER (WHERE c.relname = 'events_default') AS default_partition
+  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+ WHERE i.inhparent = 'activity_log.events'::regclass;
 
 -- CREATE EXTENSION itself is the first record of the trail.
 SELECT kind, category, severity, status, command, query
