@@ -1247,7 +1247,7 @@ fn retention_drops_old_partitions_and_the_rest_still_verifies() {
     // The rows left link to the dropped rows' chain: anchors keep it.
     assert_eq!(
         c.sql("postgres", "SELECT id FROM activity_log.chain_anchors"),
-        [last_id.clone()]
+        [last_id]
     );
     assert_eq!(
         c.one(
