@@ -1164,10 +1164,12 @@ fn retention_drops_old_partitions_and_the_rest_still_verifies() {
         lines.sort();
         lines
     };
-    assert_eq!(
-        c.sql("postgres", &format!("SET TimeZone = 'UTC'; {partitions}")),
-        expected(&[0, 1, 2])
-    );
+    // The writer makes them when it starts, just after it shows up in activity_log.queue.
+    let made = wait_until(Duration::from_secs(30), || {
+        (c.sql("postgres", &format!("SET TimeZone = 'UTC'; {partitions}")) == expected(&[0, 1, 2]))
+            .then_some(())
+    });
+    assert!(made.is_some(), "{:?}", c.sql("postgres", partitions));
 
     c.sql(
         "postgres",
