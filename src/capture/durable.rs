@@ -43,6 +43,15 @@ pub fn stage(parts: &[&[u8]], nrecords: u32) {
             );
         }
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+        if (*(*rel).rd_att).natts != 3 {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                "activity_log.durable_queue does not have the expected columns",
+                Some(
+                    "Reinstall the extension: DROP EXTENSION activity_log; CREATE EXTENSION activity_log.",
+                ),
+            );
+        }
         let frame = pg_sys::palloc(size).cast::<u8>();
         pgrx::set_varsize_4b(frame.cast(), size as i32);
         let mut at = frame.add(pg_sys::VARHDRSZ);
@@ -56,15 +65,6 @@ pub fn stage(parts: &[&[u8]], nrecords: u32) {
             pg_sys::Datum::from(frame),
         ];
         let mut nulls = [false; 3];
-        if (*(*rel).rd_att).natts != 3 {
-            raise(
-                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-                "activity_log.durable_queue does not have the expected columns",
-                Some(
-                    "Reinstall the extension: DROP EXTENSION activity_log; CREATE EXTENSION activity_log.",
-                ),
-            );
-        }
         let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::simple_heap_insert(rel, tuple);
         pg_sys::heap_freetuple(tuple);
