@@ -195,7 +195,7 @@ BEGIN
     DELETE FROM activity_log.activity_hourly WHERE hour >= first;
     INSERT INTO activity_log.activity_hourly (hour, kind, status, events)
     SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'), kind, status, count(*)
-      FROM activity_log.events WHERE ts >= first
+      FROM activity_log.events WHERE ts >= first AND committed_at >= first  -- see recent()
      GROUP BY 1, 2, 3;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
@@ -233,7 +233,7 @@ BEGIN
                count(*) FILTER (WHERE e.kind = 'event'),
                count(*) FILTER (WHERE e.kind = 'system'),
                count(*) FILTER (WHERE e.status = 'error')
-          FROM activity_log.events e WHERE e.ts >= first GROUP BY 1;
+          FROM activity_log.events e WHERE e.ts >= first AND e.committed_at >= first GROUP BY 1;
     END IF;
 END
 $$;
@@ -329,7 +329,8 @@ BEGIN
     RETURN QUERY
     WITH w AS (
         SELECT e.db_user, e.actor, e.status, e.ts, e.schema_name, e.table_name
-          FROM activity_log.events e WHERE e.ts > now() - since AND e.kind <> 'system'
+          FROM activity_log.events e
+         WHERE e.ts > now() - since AND e.committed_at > now() - since AND e.kind <> 'system'
     ),
     tables AS MATERIALIZED (  -- once, not once per user
         SELECT w.db_user, w.actor, quote_ident(w.schema_name) || '.' || quote_ident(w.table_name) AS name,

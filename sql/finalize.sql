@@ -50,7 +50,7 @@ SELECT id, ts, committed_at, kind AS source, category, severity, status, sqlstat
        actor, application_name, client_addr, command, schema_name, table_name, relations,
        query, rows, duration_ms, context, details
   FROM activity_log.events
- WHERE ts > now() - interval '24 hours';
+ WHERE ts > now() - interval '24 hours' AND committed_at > now() - interval '24 hours';
 
 COMMENT ON VIEW activity_log.recent_activity IS
     'The last 24 hours of the trail; filter with WHERE source / category / status / severity / ts.';
@@ -95,6 +95,9 @@ BEGIN
            e.table_name, e.relations, e.query, e.rows, e.duration_ms, e.context, e.details
       FROM activity_log.events e
      WHERE e.ts > now() - since
+       -- Implied (a record commits after it starts), and it is the partition key: only the
+       -- partitions of the window are read.
+       AND e.committed_at > now() - since
        AND (recent.source IS NULL OR e.kind = recent.source)
        AND (recent.category IS NULL OR e.category = recent.category)
        AND (recent.status IS NULL OR e.status = recent.status)
@@ -169,14 +172,16 @@ BEGIN
     -- report (lock_timeout below): they are then reported as unknown.
     BEGIN
         SELECT count(*) INTO gaps FROM activity_log.events
-         WHERE kind = 'system' AND events.status = 'gap' AND ts > now() - interval '7 days';
+         WHERE kind = 'system' AND events.status = 'gap' AND ts > now() - interval '7 days'
+           AND committed_at > now() - interval '7 days';
         penalty := CASE WHEN gaps > 0 THEN 15 ELSE 0 END;
         trail_factors := trail_factors || jsonb_build_object('factor', 'gap_events', 'value', gaps, 'weight', 15, 'penalty', penalty,
             'reason', CASE WHEN penalty > 0 THEN 'the trail has gap records (records lost or not capturable) in the last 7 days' ELSE 'no gaps in the last 7 days' END);
 
         -- Failed statements in the last hour, out of all captured statements (at least 20).
         SELECT count(*), count(*) FILTER (WHERE events.status = 'error') INTO stmts, failed
-          FROM activity_log.events WHERE kind IN ('statement', 'ddl') AND ts > now() - interval '1 hour';
+          FROM activity_log.events WHERE kind IN ('statement', 'ddl') AND ts > now() - interval '1 hour'
+           AND committed_at > now() - interval '1 hour';
         rate := CASE WHEN stmts >= 20 THEN round(failed::numeric / stmts, 4) ELSE 0 END;
         penalty := CASE WHEN rate >= 0.20 THEN 15 WHEN rate >= 0.05 THEN 5 ELSE 0 END;
         trail_factors := trail_factors || jsonb_build_object('factor', 'statement_error_rate', 'value', rate, 'weight', 15, 'penalty', penalty,

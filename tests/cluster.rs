@@ -1283,3 +1283,111 @@ fn retention_drops_old_partitions_and_the_rest_still_verifies() {
         );
     }
 }
+
+/// Disk full: today's partition of the trail is moved to a tablespace on a 1 MB tmpfs and
+/// overfilled. Each batch fails ("could not extend file … No space left on device"), the
+/// records wait in the ring, the health score shows it; the error says nothing about the
+/// records, so however often it repeats none goes to the dead letters; once there is room
+/// (the tmpfs grown) every record arrives. Mounting needs root with CAP_SYS_ADMIN: where that is
+/// refused the test says so and does nothing.
+#[test]
+fn a_full_disk_keeps_records_waiting_until_there_is_room() {
+    const SPACE: &str = "/tmp/al-test-tiny-space";
+    let _ = Command::new("umount").arg(SPACE).status();
+    std::fs::create_dir_all(SPACE).unwrap();
+    let mount = |options: &str| {
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", SPACE])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !mount("size=1m") {
+        eprintln!("SKIPPED: mount -t tmpfs is not permitted here (needs root with CAP_SYS_ADMIN)");
+        return;
+    }
+    struct Unmount;
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").args(["-l", SPACE]).status();
+        }
+    }
+    let _unmount = Unmount;
+    assert!(
+        Command::new("chown")
+            .args(["postgres", SPACE])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let c = Cluster::start("diskfull", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.wait_for_writer("postgres", None);
+    let today = c.one(
+        "postgres",
+        "SELECT 'activity_log.events_' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')",
+    );
+    let made = wait_until(Duration::from_secs(30), || {
+        (c.one(
+            "postgres",
+            &format!("SELECT to_regclass('{today}') IS NOT NULL"),
+        ) == "t")
+            .then_some(())
+    });
+    assert!(made.is_some());
+    c.sql(
+        "postgres",
+        &format!("CREATE TABLESPACE tiny LOCATION '{SPACE}'"),
+    );
+    c.sql(
+        "postgres",
+        &format!("ALTER TABLE {today} SET TABLESPACE tiny"),
+    );
+    // 100 application events of 40 kB that compress badly: 4 MB for a 1 MB disk.
+    c.sql(
+        "postgres",
+        &"SELECT activity_log.log_event('big', jsonb_build_object('blob', (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 1250))));\n"
+            .repeat(100),
+    );
+    // Three failed runs: more than it takes the writer to start isolating records.
+    let failing = wait_until(Duration::from_secs(60), || {
+        let v = c.sql(
+            "postgres",
+            "SELECT writer_failures >= 3 AND last_error LIKE '%No space left on device%' FROM activity_log.queue",
+        );
+        (v == ["t"]).then_some(())
+    });
+    assert!(
+        failing.is_some(),
+        "{:?}",
+        c.sql("postgres", "SELECT * FROM activity_log.queue")
+    );
+    // Those that found room are stored, the rest wait in the ring.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT published_records || ',' || (written_records < 100) || ',' || (queued_records = 100 - written_records)
+                    || ',' || dropped_records || ',' || (write_errors >= 3)
+               FROM activity_log.queue"
+        ),
+        "100,true,true,0,true"
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT (SELECT (f->>'penalty')::int > 0 FROM jsonb_array_elements(activity_health()->'factors') f WHERE f->>'factor' = 'write_errors')
+                    || ',' || (activity_health()->>'status' <> 'healthy')"
+        ),
+        "true,true"
+    );
+    assert!(mount("remount,size=64m"));
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT (SELECT count(*) FROM activity_log.events WHERE command = 'big')
+                    || ',' || (SELECT count(*) FROM activity_log.events WHERE status = 'gap')
+                    || ',' || (SELECT count(*) FROM activity_log.dead_letters)"
+        ),
+        "100,0,0"
+    );
+}

@@ -17,6 +17,11 @@ fn write_attempts(c: &Cluster, role: &str) -> Vec<String> {
         "ALTER TABLE activity_log.events DISABLE TRIGGER ALL",
         "CREATE RULE hide AS ON INSERT TO activity_log.events DO INSTEAD NOTHING",
         "UPDATE activity_log.activity_hourly SET events = 0",
+        // A partition directly, and what later becomes trail rows or vouches for them.
+        "DELETE FROM activity_log.events_default",
+        "INSERT INTO activity_log.durable_queue VALUES (now(), 1, '\\x00')",
+        "DELETE FROM activity_log.chain_anchors",
+        "UPDATE activity_log.retention_log SET rows = 0",
     ]
     .iter()
     .map(|statement| {
@@ -67,6 +72,10 @@ fn only_the_writer_writes_the_trail_and_roles_grant_what_they_say() {
                 "must be owner of table events",
                 "must be owner of table events",
                 "permission denied for table activity_hourly",
+                "permission denied for table events_default",
+                "permission denied for table durable_queue",
+                "permission denied for table chain_anchors",
+                "permission denied for table retention_log",
             ],
             "{role}"
         );

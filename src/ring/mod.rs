@@ -25,7 +25,7 @@ use pgrx::prelude::*;
 use pgrx::shmem::PgSharedMemoryInitialization;
 use std::cell::UnsafeCell;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 
 use crate::gucs;
 
@@ -89,7 +89,9 @@ struct Slot {
     last_flush_at: AtomicI64,
     last_error_at: AtomicI64,
     last_error: UnsafeCell<[u8; LAST_ERROR_LEN]>, // guarded by the slot lock
-    max_batch_records: AtomicU64,                 // written by the writer; zeroed by reset_metrics
+    /// The last failed batch failed for a reason that says nothing about its records.
+    last_error_transient: AtomicBool,
+    max_batch_records: AtomicU64, // written by the writer; zeroed by reset_metrics
     /// reset_metrics(): the counters as they were at `reset_at`, subtracted when shown.
     reset_at: AtomicI64,
     base: [AtomicU64; COUNTERS],
@@ -218,6 +220,7 @@ impl PgSharedMemoryInitialization for Shmem {
                         last_flush_at: AtomicI64::new(0),
                         last_error_at: AtomicI64::new(0),
                         last_error: UnsafeCell::new([0; LAST_ERROR_LEN]),
+                        last_error_transient: AtomicBool::new(false),
                         max_batch_records: AtomicU64::new(0),
                         reset_at: AtomicI64::new(0),
                         base: [const { AtomicU64::new(0) }; COUNTERS],
@@ -884,9 +887,10 @@ fn oldest_unwritten_at(slot_index: usize) -> Option<i64> {
     None
 }
 
-pub fn note_write_error(slot_index: usize, message: &str) {
+pub fn note_write_error(slot_index: usize, message: &str, transient: bool) {
     let s = slot(slot_index);
     s.write_errors.fetch_add(1, Relaxed);
+    s.last_error_transient.store(transient, Relaxed);
     let _g = LockGuard::exclusive(slot_index + 1);
     // SAFETY: guarded by the slot lock.
     unsafe {
@@ -957,6 +961,10 @@ pub fn detach_writer(i: usize, pid: i32, failed: bool) {
         s.failures.fetch_add(1, Relaxed);
     }
     s.writer_state.store(WRITER_NONE, Release);
+}
+
+pub fn last_error_transient(i: usize) -> bool {
+    slot(i).last_error_transient.load(Relaxed)
 }
 
 pub fn reset_failures(i: usize) {

@@ -520,14 +520,13 @@ impl Trail {
             let am = (*partition).rd_tableam;
             let multi_insert = (*am).multi_insert.expect("table AM without multi_insert");
             let cid = pg_sys::GetCurrentCommandId(true);
-            multi_insert(
-                partition,
-                self.slots.as_mut_ptr(),
-                self.used as i32,
-                cid,
-                0,
-                std::ptr::null_mut(),
-            );
+            let slots = self.slots.as_mut_ptr();
+            let n = self.used as i32;
+            // A table AM callback is a raw C function pointer: its ERRORs (a full disk, say)
+            // must become Rust panics here, or they would jump past every catch of ours.
+            pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                multi_insert(partition, slots, n, cid, 0, std::ptr::null_mut())
+            });
             for &slot in &self.slots[..self.used] {
                 let econtext = (*self.estate).es_per_tuple_exprcontext;
                 if !econtext.is_null() {

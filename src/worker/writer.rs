@@ -331,9 +331,11 @@ struct Stored {
 /// then ends the process (the launcher restarts it): the tail has not moved and the staged
 /// rows are not deleted, so the same records are written by the next writer.
 fn write_batch(slot: usize, source: Source) -> Stored {
-    // The same batch failed before: store it record by record, so that one record the table
-    // refuses (a constraint or trigger someone added, say) cannot hold up the rest.
-    let isolate = ring::failures(slot) >= ISOLATE_AFTER_FAILURES;
+    // The same batch failed before, not for a passing reason: store it record by record, so
+    // that one record the table refuses (a constraint or trigger someone added, say) cannot
+    // hold up the rest.
+    let isolate =
+        ring::failures(slot) >= ISOLATE_AFTER_FAILURES && !ring::last_error_transient(slot);
     PgTryBuilder::new(|| {
         BackgroundWorker::transaction(|| {
             let staged;
@@ -369,10 +371,34 @@ fn write_batch(slot: usize, source: Source) -> Stored {
         })
     })
     .catch_others(|e| {
-        ring::note_write_error(slot, &error_message(&e));
+        ring::note_write_error(slot, &error_message(&e), is_transient(&e));
         e.rethrow()
     })
     .execute()
+}
+
+/// is_transient tells errors that say nothing about the records — a full disk, memory, a lock
+/// or statement timeout, a cancel, a deadlock, an I/O error — from those a record may cause.
+/// The first kind is retried as it is (with the back-off) however often it happens; isolating
+/// records then would only move good ones to the dead letters.
+fn is_transient(e: &pg_sys::panic::CaughtError) -> bool {
+    use PgSqlErrorCode::*;
+    let code = match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r)
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.sql_error_code(),
+    };
+    // The low 12 bits of an encoded SQLSTATE are its two-character class.
+    let class = |c: PgSqlErrorCode| c as u32 & 0xFFF;
+    [
+        ERRCODE_INSUFFICIENT_RESOURCES,
+        ERRCODE_TRANSACTION_ROLLBACK,
+        ERRCODE_OPERATOR_INTERVENTION,
+        ERRCODE_SYSTEM_ERROR,
+    ]
+    .into_iter()
+    .any(|c| class(c) == class(code))
+        || matches!(code, ERRCODE_LOCK_NOT_AVAILABLE | ERRCODE_OBJECT_IN_USE)
 }
 
 /// Consecutive failed runs after which the writer stores a batch record by record.
