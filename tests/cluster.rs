@@ -1391,3 +1391,76 @@ fn a_full_disk_keeps_records_waiting_until_there_is_room() {
         "100,0,0"
     );
 }
+
+/// Durable transactions arriving faster than the writer stores them do not hold up the ring:
+/// the writer sweeps durable_queue a few batches at a time, so an async table's record is
+/// stored while four sessions keep committing 50-row transactions to a sync table, and
+/// afterwards both trails are exact.
+#[test]
+fn async_records_are_stored_while_sync_transactions_keep_coming() {
+    let c = Cluster::start("mixed", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE s (id bigserial PRIMARY KEY, v int);
+         CREATE TABLE a (id int PRIMARY KEY);
+         SELECT activity_log.track('s', durability => 'sync');
+         SELECT activity_log.track('a');",
+    );
+    c.wait_for_writer("postgres", None);
+    let script = format!("{}/sync.sql", c.dir);
+    std::fs::write(
+        &script,
+        "INSERT INTO s (v) SELECT 1 FROM generate_series(1, 50);\n",
+    )
+    .unwrap();
+    let mut load = Command::new(format!("{BIN}/pgbench"))
+        .args(["-n", "-c", "4", "-j", "4", "-T", "8", "-f", &script])
+        .args([
+            "-h",
+            &c.dir,
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(2));
+    c.sql("postgres", "INSERT INTO a VALUES (1)");
+    let stored = wait_until(Duration::from_secs(4), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE table_name = 'a'",
+        ) == "1")
+            .then_some(())
+    });
+    let load_still_running = load.try_wait().unwrap().is_none();
+    assert!(
+        stored.is_some(),
+        "the async record waited behind the sync ones: {:?} {:?}",
+        c.sql("postgres", "SELECT * FROM activity_log.queue"),
+        c.sql(
+            "postgres",
+            "SELECT count(*), sum(records) FROM activity_log.durable_queue"
+        )
+    );
+    assert!(
+        load_still_running,
+        "the sync load ended too early to show anything"
+    );
+    assert!(load.wait().unwrap().success());
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT (SELECT count(*) FROM s) = (SELECT count(*) FROM activity_log.changes WHERE table_name = 's')
+                    AND (SELECT count(*) FROM s) > 1000
+                    AND (SELECT count(*) FROM activity_log.durable_queue) = 0"
+        ),
+        "t"
+    );
+}

@@ -87,7 +87,15 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     }
     // The first refresh of metrics_daily waits one interval: a restarting writer has a backlog.
     let mut last_refresh = Instant::now();
-    while BackgroundWorker::wait_latch(Some(gucs::flush_interval())) && still_mine(slot) {
+    // Staged transactions left for the next round: do not sleep (no commit wakes the writer
+    // while it is sweeping), only look at signals.
+    let mut more = false;
+    while BackgroundWorker::wait_latch(Some(if more {
+        Duration::ZERO
+    } else {
+        gucs::flush_interval()
+    })) && still_mine(slot)
+    {
         if BackgroundWorker::sighup_received() {
             // SAFETY: documented way to reload settings in a worker.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -95,7 +103,9 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         ring::roll_window(slot);
         refresh_metrics_if_due(&mut last_refresh);
         maintain_partitions_if_due(&mut next_maintenance);
-        if drain(slot) < gucs::batch_size() as u64 / 4 {
+        let written = drain(slot);
+        more = sweeping(slot);
+        if written < gucs::batch_size() as u64 / 4 {
             // Small batches: let commits gather for a moment, so that a busy server is written
             // in batches rather than one tiny insert per commit. Adds at most 10 ms of lag.
             // SAFETY: plain sleep.
@@ -213,73 +223,126 @@ fn drain(slot: usize) -> u64 {
     written
 }
 
-/// drain_staged moves staged records into the trail until durable_queue is empty, and again
-/// while transactions committed during the sweep. Every transaction counted in
-/// `staged_commits` before a sweep was visible to it, so the sweep covers them all (flush()
-/// waits on that; a committing backend wakes a writer that has swept everything).
+/// A sweep of durable_queue in progress: the staged_commits it must cover, and the ctid its
+/// pass has reached.
+struct Sweep {
+    commits: u64,
+    after: String,
+}
+
+thread_local! {
+    // The writer is single-threaded; a sweep may span several calls of drain_staged.
+    static SWEEP: std::cell::RefCell<Option<Sweep>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Batches of staged transactions one call of drain_staged stores at most, so that the ring,
+/// signals and the partitions are seen to while durable transactions keep coming.
+const STAGED_BATCHES_PER_DRAIN: usize = 4;
+
+/// drain_staged moves staged records into the trail. A sweep is one pass over durable_queue in
+/// physical order, each batch resuming after the last row it took (a TID range scan: no sort
+/// of the queue per batch); every transaction counted in `staged_commits` when the sweep began
+/// was in the table then, at or after (0,0), so the pass finds it, and when it reaches the end
+/// that count is marked swept (flush() waits on it; a committing backend wakes a writer that
+/// has swept everything). A sweep that has not reached the end goes on at the next call.
 fn drain_staged(slot: usize) -> u64 {
     let mut written = 0;
-    loop {
-        let commits = ring::staged_commits(slot);
-        if commits == ring::staged_swept(slot) {
-            return written;
-        }
-        // One pass in physical order, each batch resuming after the last row it took (a TID
-        // range scan: no sort of the whole queue per batch), then passes from the start for
-        // rows put into space freed behind the pass, until one finds nothing.
-        let mut after = TID_START.to_string();
-        loop {
-            if !still_mine(slot) {
-                return written;
-            }
-            let stored = write_batch(slot, Source::Staged { after: &after });
-            if stored.records == 0 {
-                if after == TID_START {
-                    break;
+    for _ in 0..STAGED_BATCHES_PER_DRAIN {
+        let Some(after) = SWEEP.with_borrow_mut(|sweep| {
+            if sweep.is_none() {
+                let commits = ring::staged_commits(slot);
+                if commits == ring::staged_swept(slot) {
+                    return None;
                 }
-                after = TID_START.to_string();
-                continue;
+                *sweep = Some(Sweep {
+                    commits,
+                    after: TID_START.to_string(),
+                });
             }
+            sweep.as_ref().map(|s| s.after.clone())
+        }) else {
+            break;
+        };
+        if !still_mine(slot) {
+            break;
+        }
+        let stored = write_batch(slot, Source::Staged { after: &after });
+        SWEEP.with_borrow_mut(|sweep| match (stored.records, sweep.take()) {
+            (0, Some(done)) => ring::mark_swept(slot, done.commits),
+            (_, Some(going)) => {
+                *sweep = Some(Sweep {
+                    commits: going.commits,
+                    after: stored.resume_after.clone().unwrap_or(going.after),
+                })
+            }
+            (_, None) => {}
+        });
+        if stored.records > 0 {
             ring::count_published(slot, stored.carried_over);
             ring::count_written(slot, stored.records);
             ring::reset_failures(slot);
             written += stored.records;
-            after = stored.resume_after.unwrap_or_else(|| TID_START.to_string());
         }
-        ring::mark_swept(slot, commits);
     }
+    written
 }
+
+/// sweeping tells whether durable_queue may hold transactions the writer has not taken yet.
+fn sweeping(slot: usize) -> bool {
+    SWEEP.with_borrow(Option::is_some) || ring::staged_commits(slot) != ring::staged_swept(slot)
+}
+
+/// Bytes of staged frames per record of batch_size in one batch (a pgbench transaction's frame
+/// is about 300 bytes per row it changed).
+const STAGED_BYTES_PER_RECORD: usize = 300;
 
 /// Before the first row of a table.
 const TID_START: &str = "(0,0)";
 
-/// take_staged deletes up to `max_frames` staged transactions after the row `after` (a ctid)
-/// from durable_queue and returns them as a batch with the ctid to resume after; the delete
-/// commits with their trail rows.
-fn take_staged(max_frames: usize, after: &str) -> (ring::Batch, Option<String>) {
+/// take_staged deletes the staged transactions after the row `after` (a ctid), in physical
+/// order, from durable_queue and returns them as a batch with the ctid to resume after; the
+/// delete commits with their trail rows. A batch holds at least one transaction, at most
+/// `max_records` transactions and, beyond the first, about STAGED_BYTES_PER_RECORD bytes per
+/// record of `max_records`: a record can hold many rows (one per row a statement changed), so
+/// the frames' size, not their record count, says how much work they are.
+fn take_staged(max_records: usize, after: &str) -> (ring::Batch, Option<String>) {
     let mut batch = ring::Batch {
         frames: Vec::new(),
         records: 0,
         end: 0,
     };
     let mut resume_after = None;
+    let budget = max_records * STAGED_BYTES_PER_RECORD;
     Spi::connect_mut(|client| {
-        let rows = client.update(
-            "WITH taken AS (
-                 DELETE FROM activity_log.durable_queue
-                  WHERE ctid = ANY (ARRAY(SELECT ctid FROM activity_log.durable_queue WHERE ctid > $2::tid LIMIT $1))
-                 RETURNING ctid AS at, staged_at, records, frame)
-             SELECT (max(at) OVER ())::text,
-                    (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, records, frame
-               FROM taken",
+        // Which rows: ctids and sizes only (octet_length reads no out-of-line value).
+        let mut picked = Vec::new();
+        let mut bytes = 0;
+        let candidates = client.select(
+            "SELECT ctid::text, octet_length(frame) FROM activity_log.durable_queue WHERE ctid > $2::tid LIMIT $1",
             None,
-            &[(max_frames as i64).into(), after.into()],
+            &[(max_records as i64).into(), after.into()],
+        )?;
+        for row in candidates {
+            if !picked.is_empty() && bytes >= budget {
+                break;
+            }
+            bytes += row.get::<i32>(2)?.unwrap_or(0).max(0) as usize;
+            picked.push(row.get::<String>(1)?.unwrap_or_default());
+        }
+        resume_after = picked.last().cloned();
+        if picked.is_empty() {
+            return Ok(());
+        }
+        let rows = client.update(
+            "DELETE FROM activity_log.durable_queue WHERE ctid = ANY ($1::tid[])
+             RETURNING (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, records, frame",
+            None,
+            &[picked.into()],
         )?;
         for row in rows {
-            resume_after = row.get::<String>(1)?;
-            let commit_ts: i64 = row.get(2)?.unwrap_or_default();
-            let records: i32 = row.get(3)?.unwrap_or_default();
-            let payload: Vec<u8> = row.get(4)?.unwrap_or_default();
+            let commit_ts: i64 = row.get(1)?.unwrap_or_default();
+            let records: i32 = row.get(2)?.unwrap_or_default();
+            let payload: Vec<u8> = row.get(3)?.unwrap_or_default();
             batch.records += records as u64;
             batch.frames.push(ring::Frame {
                 commit_ts,
@@ -343,9 +406,7 @@ fn write_batch(slot: usize, source: Source) -> Stored {
             let batch = match source {
                 Source::Ring(batch) => batch,
                 Source::Staged { after } => {
-                    // A transaction holds at least one record, pgbench's four: a quarter of
-                    // batch_size transactions is about one batch of records.
-                    (staged, resume_after) = take_staged((gucs::batch_size() / 4).max(1), after);
+                    (staged, resume_after) = take_staged(gucs::batch_size(), after);
                     &staged
                 }
             };
