@@ -1414,16 +1414,10 @@ fn async_records_are_stored_while_sync_transactions_keep_coming() {
         "INSERT INTO s (v) SELECT 1 FROM generate_series(1, 50);\n",
     )
     .unwrap();
-    let mut load = Command::new(format!("{BIN}/pgbench"))
-        .args(["-n", "-c", "4", "-j", "4", "-T", "8", "-f", &script])
+    let mut load = c
+        .client("pgbench")
         .args([
-            "-h",
-            &c.dir,
-            "-p",
-            &c.port.to_string(),
-            "-U",
-            "postgres",
-            "postgres",
+            "-n", "-c", "4", "-j", "4", "-T", "8", "-f", &script, "postgres",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::{BIN, Cluster};
-use std::process::{Command, Stdio};
+use common::Cluster;
+use std::process::Stdio;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -106,9 +106,9 @@ fn migration_under_load_has_no_gap_and_rolls_back_exactly() {
 
     let script = format!("{}/workload.pgbench", c.dir);
     std::fs::write(&script, WORKLOAD).unwrap();
-    let pgbench = Command::new(format!("{BIN}/pgbench"))
-        .args(["-n", "-c", "2", "-T", "20", "-f", &script, "-h", &c.dir])
-        .args(["-p", &c.port.to_string(), "-U", "postgres", DB])
+    let pgbench = c
+        .client("pgbench")
+        .args(["-n", "-c", "2", "-T", "20", "-f", &script, DB])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

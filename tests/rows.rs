@@ -621,19 +621,7 @@ fn tracking_survives_restart_and_dump_restore() {
         r#"{"id": 1};{"id": 2}"#
     );
     // pg_dump keeps the tracking configuration (and the trail); a restored database captures.
-    let dump = std::process::Command::new(format!("{BIN}/pg_dump"))
-        .args([
-            "-h",
-            &c.dir,
-            "-p",
-            &c.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            DB,
-        ])
-        .output()
-        .unwrap();
+    let dump = c.client("pg_dump").args(["-d", DB]).output().unwrap();
     assert!(
         dump.status.success(),
         "{}",

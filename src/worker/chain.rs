@@ -135,6 +135,22 @@ pub fn bytea(bytes: &[u8]) -> pg_sys::Datum {
     pg_sys::Datum::from(pgrx::rust_byte_slice_to_bytea(bytes).into_pg())
 }
 
+/// link_before is the chain value the row with id `id` links to: that of the newest writer row
+/// before it, or of the newest row retention dropped before it (activity_log.chain_anchors),
+/// whichever is newer; GENESIS when there is none. The writer continues from link_before(MAX).
+pub fn link_before(id: i64) -> Vec<u8> {
+    Spi::get_one_with_args::<Vec<u8>>(
+        "SELECT (SELECT chain FROM (
+                    (SELECT id, chain FROM activity_log.events WHERE id < $1 AND chain IS NOT NULL ORDER BY id DESC LIMIT 1)
+                    UNION ALL
+                    (SELECT id, chain FROM activity_log.chain_anchors WHERE id < $1 ORDER BY id DESC LIMIT 1)) s
+                  ORDER BY id DESC LIMIT 1)",
+        &[id.into()],
+    )
+    .unwrap_or_else(|e| error!("activity_log: could not read the trail's chain: {e}"))
+    .unwrap_or_else(|| GENESIS.to_vec())
+}
+
 /// What verify() found.
 pub struct Verdict {
     pub rows_checked: i64,
@@ -148,15 +164,7 @@ pub struct Verdict {
 /// is missing. Rows dropped by retention left their chain values in activity_log.chain_anchors:
 /// a row whose predecessor was dropped links to the anchor before it.
 pub fn verify(from: i64, to: i64) -> Verdict {
-    let prev = Spi::get_one_with_args::<Vec<u8>>(
-        "SELECT (SELECT chain FROM (
-                    (SELECT id, chain FROM activity_log.events WHERE id < $1 AND chain IS NOT NULL ORDER BY id DESC LIMIT 1)
-                    UNION ALL
-                    (SELECT id, chain FROM activity_log.chain_anchors WHERE id < $1 ORDER BY id DESC LIMIT 1)) s
-                  ORDER BY id DESC LIMIT 1)",
-        &[from.into()],
-    )
-    .unwrap_or_else(|e| error!("activity_log: verify could not read the trail: {e}"));
+    let prev = link_before(from);
     let anchors = Spi::connect(|client| {
         let rows = client.select(
             "SELECT id, chain FROM activity_log.chain_anchors WHERE id BETWEEN $1 AND $2",
@@ -174,7 +182,7 @@ pub fn verify(from: i64, to: i64) -> Verdict {
     .unwrap_or_else(|e| {
         error!("activity_log: verify could not read activity_log.chain_anchors: {e}")
     });
-    walk(prev.unwrap_or_default(), from, to, &anchors)
+    walk(prev, from, to, &anchors)
 }
 
 fn walk(mut prev: Vec<u8>, from: i64, to: i64, anchors: &BTreeMap<i64, Vec<u8>>) -> Verdict {

@@ -330,15 +330,7 @@ impl Trail {
             // The chain links the writer's rows in id order and continues from its newest (or,
             // when retention dropped every row, from the newest dropped one); rows added by
             // others have no chain value and are not links (verify reports them).
-            let last = Spi::get_one::<Vec<u8>>(
-                "SELECT (SELECT chain FROM (
-                            (SELECT id, chain FROM activity_log.events WHERE chain IS NOT NULL ORDER BY id DESC LIMIT 1)
-                            UNION ALL
-                            (SELECT id, chain FROM activity_log.chain_anchors ORDER BY id DESC LIMIT 1)) s
-                          ORDER BY id DESC LIMIT 1)",
-            )
-            .unwrap_or_else(|e| error!("activity_log: could not read the trail's chain: {e}"))
-            .unwrap_or_else(|| chain::GENESIS.to_vec());
+            let last = chain::link_before(i64::MAX);
             Trail {
                 rel,
                 rri,
@@ -388,9 +380,7 @@ impl Trail {
         // SAFETY: values and nulls of a stored virtual tuple of the trail's descriptor; the
         // Datums live in the batch transaction, longer than the slot needs them.
         unsafe {
-            let natts = (*(*self.rel).rd_att).natts as usize;
-            let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
-            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+            let (values, nulls) = self.columns(slot);
             self.row_bytes.clear();
             chain::row_bytes(
                 (*self.rel).rd_att,
@@ -413,14 +403,29 @@ impl Trail {
         }
     }
 
+    /// columns lends a slot's values and nulls arrays.
+    ///
+    /// # Safety
+    /// `slot` is a slot of the trail's own descriptor, not otherwise borrowed meanwhile.
+    unsafe fn columns<'s>(
+        &self,
+        slot: *mut pg_sys::TupleTableSlot,
+    ) -> (&'s mut [pg_sys::Datum], &'s mut [bool]) {
+        unsafe {
+            let natts = (*(*self.rel).rd_att).natts as usize;
+            (
+                std::slice::from_raw_parts_mut((*slot).tts_values, natts),
+                std::slice::from_raw_parts_mut((*slot).tts_isnull, natts),
+            )
+        }
+    }
+
     /// fill stores `row` with a fresh id and no chain value in `slot` as a virtual tuple.
     fn fill(&self, slot: *mut pg_sys::TupleTableSlot, row: &Row) {
         // SAFETY: a slot of the trail's own type; its values/isnull arrays have natts entries.
         unsafe {
             pg_sys::ExecClearTuple(slot);
-            let natts = (*(*self.rel).rd_att).natts as usize;
-            let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
-            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+            let (values, nulls) = self.columns(slot);
             nulls.fill(true);
             for (c, &a) in self.attr.iter().enumerate() {
                 values[a] = row.values[c];
@@ -473,9 +478,7 @@ impl Trail {
             // any insert uses the slot.
             unsafe {
                 pg_sys::ExecClearTuple(probe);
-                let natts = (*(*self.rel).rd_att).natts as usize;
-                let values = std::slice::from_raw_parts_mut((*probe).tts_values, natts);
-                let nulls = std::slice::from_raw_parts_mut((*probe).tts_isnull, natts);
+                let (values, nulls) = self.columns(probe);
                 nulls.fill(true);
                 values[self.attr[Col::CommittedAt as usize]] = at;
                 nulls[self.attr[Col::CommittedAt as usize]] = row.nulls[Col::CommittedAt as usize];

@@ -444,11 +444,7 @@ fn write_batch(slot: usize, source: Source) -> Stored {
 /// records then would only move good ones to the dead letters.
 fn is_transient(e: &pg_sys::panic::CaughtError) -> bool {
     use PgSqlErrorCode::*;
-    let code = match e {
-        pg_sys::panic::CaughtError::PostgresError(r)
-        | pg_sys::panic::CaughtError::ErrorReport(r)
-        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.sql_error_code(),
-    };
+    let code = error_report(e).sql_error_code();
     // The low 12 bits of an encoded SQLSTATE are its two-character class.
     let class = |c: PgSqlErrorCode| c as u32 & 0xFFF;
     [
@@ -465,12 +461,16 @@ fn is_transient(e: &pg_sys::panic::CaughtError) -> bool {
 /// Consecutive failed runs after which the writer stores a batch record by record.
 const ISOLATE_AFTER_FAILURES: u32 = 2;
 
-fn error_message(e: &pg_sys::panic::CaughtError) -> String {
+fn error_report(e: &pg_sys::panic::CaughtError) -> &pg_sys::panic::ErrorReportWithLevel {
     match e {
         pg_sys::panic::CaughtError::PostgresError(r)
         | pg_sys::panic::CaughtError::ErrorReport(r)
-        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r,
     }
+}
+
+fn error_message(e: &pg_sys::panic::CaughtError) -> String {
+    error_report(e).message().to_string()
 }
 
 /// in_subtransaction runs `f` in an internal subtransaction and rolls it back on ERROR.

@@ -36,6 +36,21 @@ impl Cluster {
         Cluster { dir, port }
     }
 
+    /// client is a PostgreSQL client program (pgbench, pg_dump …) connected to this cluster's
+    /// socket as postgres; the database and the rest are the caller's.
+    pub fn client(&self, program: &str) -> Command {
+        let mut c = Command::new(format!("{BIN}/{program}"));
+        c.args([
+            "-h",
+            &self.dir,
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
+        c
+    }
+
     pub fn psql_command(&self, db: &str) -> Command {
         self.psql_command_as("postgres", db)
     }
