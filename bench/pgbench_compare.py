@@ -14,7 +14,9 @@ none. After each activity_log run:
     audited transaction's commit time, p50/p99/max.
 A second phase restarts the cluster with a 1 GB ring and, interleaved with none, runs
 activity_log with its writer paused (SIGSTOP): the capture cost alone, i.e. what the backends
-pay. The writer is then resumed and the time to store the backlog gives its drain rate.
+pay. The writer is then resumed and the time to store the backlog gives its drain rate. The
+same phase runs the transition-table floor: empty AFTER STATEMENT triggers with OLD/NEW TABLE
+on the four tables, the core's own cost of the mechanism activity_log's capture builds on.
 
     bench/pgbench_compare.py [--seconds S] [--rounds R] [--clients C] [--smoke]
 """
@@ -53,6 +55,11 @@ BEGIN
     RETURN NULL;
 END $$;
 """
+# The core's own cost of filling transition tables, which activity_log's capture builds on:
+# empty AFTER STATEMENT triggers that only ask for OLD/NEW TABLE (as in bulk_dml.py).
+FLOOR_TRIGGERS = [("insert", "NEW TABLE AS n"), ("update", "OLD TABLE AS o NEW TABLE AS n"), ("delete", "OLD TABLE AS o")]
+NOOP_STATEMENT = "CREATE FUNCTION noop_statement() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$"
+FLOOR = "transition-table floor"
 MODES = ["none", "activity_log", "activity_log sync", "trigger", "pgaudit"]
 
 
@@ -76,6 +83,8 @@ def set_mode(cluster, mode):
     psql = cluster.psql
     for t in TABLES:
         psql(f"DROP TRIGGER IF EXISTS audit ON {t}")
+        for op, _ in FLOOR_TRIGGERS:
+            psql(f"DROP TRIGGER IF EXISTS floor_{op} ON {t}")
     psql("DELETE FROM activity_log.tracked_tables; SELECT activity_log._tracking_changed();")
     psql("ALTER SYSTEM SET pgaudit.log = 'none'")
     if mode.startswith("activity_log"):
@@ -87,6 +96,11 @@ def set_mode(cluster, mode):
             psql(f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION ref_audit()")
     elif mode == "pgaudit":
         psql("ALTER SYSTEM SET pgaudit.log = 'write'")
+    elif mode == FLOOR:
+        for t in TABLES:
+            for op, ref in FLOOR_TRIGGERS:
+                psql(f"CREATE TRIGGER floor_{op} AFTER {op.upper()} ON {t} REFERENCING {ref} "
+                     "FOR EACH STATEMENT EXECUTE FUNCTION noop_statement()")
     psql("SELECT pg_reload_conf()")
     psql("VACUUM activity_log.durable_queue")  # its own statement: VACUUM cannot run in a transaction block
     psql("TRUNCATE activity_log.events, ref_audit; CHECKPOINT")
@@ -130,6 +144,7 @@ def main():
                        check=True, capture_output=True)
         psql("CREATE EXTENSION activity_log")
         psql(REFERENCE_TRIGGER)
+        psql(NOOP_STATEMENT)
         facts = machine(cluster)
         shmem = int(psql("SELECT size FROM pg_shmem_allocations WHERE name = 'activity_log rings'"))
 
@@ -152,9 +167,9 @@ def main():
         cluster.restart()
         drains = []
         for _ in range(args.rounds):
-            for m in ["none", "activity_log, writer paused"]:
+            for m in ["none", "activity_log, writer paused", FLOOR]:
                 set_mode(cluster, m)
-                if m == "none":
+                if m != "activity_log, writer paused":
                     runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off"))
                     continue
                 psql("SELECT activity_log.flush()")
@@ -194,11 +209,13 @@ def main():
             lines.append(f"| {sync_commit} | {m} | {p50 * 1000:.1f} | {p99 * 1000:.1f} | {mx * 1000:.1f} |")
         base = med[("paused", "none")][0]
         paused = med[("paused", "activity_log, writer paused")][0]
+        floor = med[("paused", FLOOR)][0]
         backlog, seconds = max(drains)
         lines += ["", "## Where the cost is (1 GB ring, synchronous_commit = off)", "",
                   "| mode | TPS | ratio to none |", "|---|---|---|",
                   f"| none | {base:.0f} | 1.00x |",
-                  f"| activity_log, writer paused (capture only) | {paused:.0f} | {paused / base:.2f}x |", "",
+                  f"| activity_log, writer paused (capture only) | {paused:.0f} | {paused / base:.2f}x |",
+                  f"| {FLOOR}: empty statement triggers with OLD/NEW TABLE, no auditing | {floor:.0f} | {floor / base:.2f}x |", "",
                   f"Writer drain of the paused run's backlog: {backlog} records in {seconds:.2f} s = "
                   f"**{backlog / seconds:,.0f} records/s** (median over rounds: "
                   f"{statistics.median(b / s for b, s in drains):,.0f} records/s).",

@@ -92,9 +92,13 @@ ALTER TABLE activity_log.durable_queue ALTER COLUMN frame SET STORAGE EXTERNAL;
 COMMENT ON TABLE activity_log.durable_queue IS
     'Records of committed transactions on durability ''sync'' tables that the writer has not moved into activity_log.events yet.';
 
--- One row's history: change records by key. A hash index: the writer inserts into it for every
--- change, and hashing a key costs far less than ordering jsonb values in a btree.
-CREATE INDEX events_row_key_idx ON activity_log.events USING hash (row_key) WHERE kind = 'change';
+-- One row's history: change records by table and a hash of the key. A btree of two integers:
+-- the writer inserts into it for every change, and comparing integers costs far less than
+-- comparing jsonb keys. Not a hash index: all changes of one key land in one bucket, and a hash
+-- index walks the bucket's whole overflow chain on every insert (a pgbench branch row is
+-- changed by every tenth transaction: the writer slowed down as the day's partition grew).
+CREATE INDEX events_row_key_idx ON activity_log.events (table_oid, jsonb_hash_extended(row_key, 0))
+    WHERE kind = 'change';
 
 -- The newest changes of one table (ORDER BY id DESC LIMIT n).
 CREATE INDEX events_table_idx ON activity_log.events (table_oid, id) WHERE table_oid IS NOT NULL;

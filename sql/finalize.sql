@@ -544,7 +544,8 @@ BEGIN
         RETURN QUERY
         SELECT * FROM activity_log.changes c
          WHERE c.table_oid = relation::oid
-           AND (c.row_key = key OR (c.details ? 'new_key' AND c.details->'new_key' = key))
+           AND ((jsonb_hash_extended(c.row_key, 0) = jsonb_hash_extended(key, 0) AND c.row_key = key)
+                OR (c.details ? 'new_key' AND c.details->'new_key' = key))
          ORDER BY c.id;
     ELSE
         -- Part of a key, or a table without one: every change whose image contains key.

@@ -12,6 +12,8 @@
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 /// The chain value before the first row of the trail.
@@ -139,14 +141,24 @@ pub fn bytea(bytes: &[u8]) -> pg_sys::Datum {
 /// before it, or of the newest row retention dropped before it (activity_log.chain_anchors),
 /// whichever is newer; GENESIS when there is none. The writer continues from link_before(MAX).
 pub fn link_before(id: i64) -> Vec<u8> {
-    Spi::get_one_with_args::<Vec<u8>>(
-        "SELECT (SELECT chain FROM (
-                    (SELECT id, chain FROM activity_log.events WHERE id < $1 AND chain IS NOT NULL ORDER BY id DESC LIMIT 1)
-                    UNION ALL
-                    (SELECT id, chain FROM activity_log.chain_anchors WHERE id < $1 ORDER BY id DESC LIMIT 1)) s
-                  ORDER BY id DESC LIMIT 1)",
-        &[id.into()],
-    )
+    thread_local! {
+        static PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+    }
+    PLAN.with(|plan| {
+        Spi::connect(|client| {
+            let plan = super::kept_plan(
+                plan,
+                client,
+                "SELECT (SELECT chain FROM (
+                            (SELECT id, chain FROM activity_log.events WHERE id < $1 AND chain IS NOT NULL ORDER BY id DESC LIMIT 1)
+                            UNION ALL
+                            (SELECT id, chain FROM activity_log.chain_anchors WHERE id < $1 ORDER BY id DESC LIMIT 1)) s
+                          ORDER BY id DESC LIMIT 1)",
+                &[pg_sys::INT8OID],
+            )?;
+            client.select(plan, Some(1), &[id.into()])?.first().get_one::<Vec<u8>>()
+        })
+    })
     .unwrap_or_else(|e| error!("activity_log: could not read the trail's chain: {e}"))
     .unwrap_or_else(|| GENESIS.to_vec())
 }

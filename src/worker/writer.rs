@@ -11,7 +11,9 @@
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
 use serde_json::{Map, Value, json};
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -617,13 +619,34 @@ impl Hourly {
             statuses.push(status.to_string());
             counts.push(n);
         }
-        Spi::run_with_args(
-            "INSERT INTO activity_log.activity_hourly AS h (hour, kind, status, events)
-             SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour * interval '1 microsecond', u.kind, u.status, u.n
-               FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
-             ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events",
-            &[hours.into(), kinds.into(), statuses.into(), counts.into()],
-        )
+        thread_local! {
+            static PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+        }
+        PLAN.with(|plan| {
+            Spi::connect_mut(|client| {
+                let plan = super::kept_plan(
+                    plan,
+                    client,
+                    "INSERT INTO activity_log.activity_hourly AS h (hour, kind, status, events)
+                     SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour * interval '1 microsecond', u.kind, u.status, u.n
+                       FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
+                     ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events",
+                    &[
+                        pg_sys::INT8ARRAYOID,
+                        pg_sys::TEXTARRAYOID,
+                        pg_sys::TEXTARRAYOID,
+                        pg_sys::INT8ARRAYOID,
+                    ],
+                )?;
+                client
+                    .update(
+                        plan,
+                        None,
+                        &[hours.into(), kinds.into(), statuses.into(), counts.into()],
+                    )
+                    .map(drop)
+            })
+        })
         .unwrap_or_else(|e| error!("activity_log: could not update activity_log.activity_hourly: {e}"));
     }
 }

@@ -159,9 +159,11 @@ impl Cluster {
         );
     }
 
+    /// writer_pid is the pid of the database's writer; None while it has none, or while no
+    /// ring is assigned to the database yet (right after CREATE EXTENSION on a busy machine).
     pub fn writer_pid(&self, db: &str) -> Option<i32> {
-        let v = self.one(db, "SELECT coalesce(writer_pid, 0) FROM activity_log.queue WHERE database = current_database()");
-        Some(v.parse().unwrap()).filter(|&p| p != 0)
+        let rows = self.sql(db, "SELECT coalesce(writer_pid, 0) FROM activity_log.queue WHERE database = current_database()");
+        rows.first().map(|v| v.parse().unwrap()).filter(|&p| p != 0)
     }
 
     pub fn wait_for_writer(&self, db: &str, not: Option<i32>) -> i32 {
