@@ -397,9 +397,16 @@ fn drop_extension_and_drop_database_release_the_ring() {
         c.sql("alpha", &format!("CREATE TABLE IF NOT EXISTS busy (v int); INSERT INTO busy VALUES ({round}); DROP EXTENSION activity_log; CREATE EXTENSION activity_log;"));
     }
     c.flush("alpha");
-    assert_eq!(
-        c.one("alpha", "SELECT published_records = written_records AND dropped_records = 0 AND write_errors = 0 FROM activity_log.queue WHERE database = 'alpha'"),
-        "t"
+    // Statements are captured here: each query below publishes its own record after it reads
+    // the counters, so they match once the writer has stored the records of the queries before.
+    let settled = wait_until(Duration::from_secs(10), || {
+        let q = "SELECT published_records = written_records AND dropped_records = 0 AND write_errors = 0 FROM activity_log.queue WHERE database = 'alpha'";
+        (c.one("alpha", q) == "t").then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "{:?}",
+        c.sql("alpha", "SELECT published_records, written_records, dropped_records, write_errors, last_error FROM activity_log.queue")
     );
     assert_eq!(
         c.one("alpha", "SELECT score FROM activity_log.health()"),

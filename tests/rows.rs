@@ -77,6 +77,7 @@ fn inserts_updates_deletes_as_stored_without_a_trigger() {
     // EXPLAIN ANALYZE does not show the capture.
     let plan = c.sql(DB, "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) UPDATE orders SET total = 1 WHERE id = 1");
     assert!(!plan.iter().any(|l| l.contains("activity_log")), "{plan:?}");
+    c.flush(DB);
     // history(): one row's story, oldest first.
     assert_eq!(
         c.sql(DB, "SELECT op || ' ' || coalesce(new_row->>'total', '-') FROM activity_log.history('orders', '{\"id\": 1}')"),

@@ -170,7 +170,14 @@ impl Cluster {
         let pid = wait_until(Duration::from_secs(30), || {
             self.writer_pid(db).filter(|&p| Some(p) != not)
         });
-        pid.unwrap_or_else(|| panic!("no writer for {db}; log:\n{}", self.log()))
+        pid.unwrap_or_else(|| {
+            panic!(
+                "no writer for {db}; rings: {:?}; workers: {:?}; log:\n{}",
+                self.sql(db, "SELECT database, writer_state, writer_pid, writer_failures FROM activity_log.queue"),
+                self.sql(db, "SELECT pid, backend_type, wait_event, xact_start FROM pg_stat_activity WHERE backend_type LIKE 'activity_log%'"),
+                self.log()
+            )
+        })
     }
 
     pub fn pg_ctl(&self, args: &[&str]) -> bool {
