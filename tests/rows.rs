@@ -629,13 +629,15 @@ fn tracking_survives_restart_and_dump_restore() {
         String::from_utf8_lossy(&dump.stderr)
     );
     c.sql(DB, "CREATE DATABASE restored");
-    c.run("restored", &String::from_utf8_lossy(&dump.stdout));
+    let restore = c.run("restored", &String::from_utf8_lossy(&dump.stdout));
     assert_eq!(
-        c.one(
+        c.sql(
             "restored",
             "SELECT relid::text || ' ' || exclude_columns::text FROM activity_log.tracked_tables"
         ),
-        "kept {v}"
+        ["kept {v}"],
+        "restore: {}",
+        String::from_utf8_lossy(&restore.stderr)
     );
     assert_eq!(
         c.one("restored", "SELECT count(*) FROM activity_log.changes"),

@@ -24,6 +24,12 @@ use crate::ring;
 use crate::worker::decode;
 use crate::worker::store::{self, Col, Row, Trail};
 
+/// How long a writer whose database's CREATE EXTENSION has just committed waits before it
+/// makes day partitions: a pg_dump restore creates the dumped partitions of the trail right
+/// after CREATE EXTENSION, and a partition made by the writer first would make the restore's
+/// CREATE TABLE fail. (A restore that takes longer to reach them still collides: see README.)
+const RESTORE_HEAD_START: Duration = Duration::from_secs(2);
+
 /// The slot and database this process writes for.
 static mut MY_SLOT: i64 = -1;
 static mut MY_DB: u32 = 0;
@@ -43,6 +49,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     // here. Wait for that transaction rather than exit (an exit would count as a failed run).
     // Whether it runs is read before looking for the extension: had it been read after, a
     // commit in between would make an installed extension look absent and its ring released.
+    let mut just_created = false;
     loop {
         let claimer = ring::slot_of(dboid).map(ring::claim_xid).unwrap_or(0);
         // SAFETY: plain lookup in the proc array.
@@ -70,6 +77,13 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             ring::detach_writer(i, 0, false);
             return; // shutting down; the launcher starts a writer when it is needed again
         }
+        just_created = true;
+    }
+    if just_created && !BackgroundWorker::wait_latch(Some(RESTORE_HEAD_START)) {
+        if let Some(i) = ring::slot_of(dboid) {
+            ring::detach_writer(i, 0, false);
+        }
+        return; // shutting down
     }
     let Some(slot) = ring::claim(dboid, 0) else {
         log!(
