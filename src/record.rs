@@ -191,9 +191,36 @@ impl FrameInfo {
     }
 }
 
+/// RowSink appends a Change's row images one by one, straight from where the capture reads
+/// them: a bulk statement's rows are copied once, not first into a `Vec` each.
+pub struct RowSink<'a> {
+    out: &'a mut Vec<u8>,
+    count: u32,
+}
+
+impl RowSink<'_> {
+    pub fn push(&mut self, old: Option<&[u8]>, new: Option<&[u8]>) {
+        let mut e = Enc(self.out);
+        e.opt_bytes(old);
+        e.opt_bytes(new);
+        self.count += 1;
+    }
+
+    /// bytes is the size of the buffer being appended to.
+    pub fn bytes(&self) -> usize {
+        self.out.len()
+    }
+}
+
 impl Record {
     /// encode appends the record, length-prefixed, to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_with_rows(out, |_| {});
+    }
+
+    /// encode_with_rows is [`Record::encode`] with the row images of a Change appended after
+    /// its `rows` by `more` (ignored for other bodies).
+    pub fn encode_with_rows(&self, out: &mut Vec<u8>, more: impl FnOnce(&mut RowSink)) {
         let len_at = out.len();
         out.extend_from_slice(&[0; 4]);
         let mut e = Enc(out);
@@ -268,11 +295,15 @@ impl Record {
                     e.u8(col.align);
                     e.u8(col.dropped as u8);
                 }
-                e.u32(c.rows.len() as u32);
+                let count_at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                let mut sink = RowSink { out, count: 0 };
                 for (old, new) in &c.rows {
-                    e.opt_bytes(old.as_deref());
-                    e.opt_bytes(new.as_deref());
+                    sink.push(old.as_deref(), new.as_deref());
                 }
+                more(&mut sink);
+                let count = sink.count;
+                out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
             }
         }
         let len = (out.len() - len_at - 4) as u32;

@@ -708,6 +708,44 @@ fn a_transaction_larger_than_the_ring_is_refused_with_a_hint() {
         c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
         "1"
     );
+    // A statement's row images are streamed into the transaction's buffer; one that outgrows
+    // the ring fails while it is being captured, and rolling back to a savepoint drops the
+    // part of its record already written: the trail holds exactly the rest.
+    c.sql(
+        "postgres",
+        "CREATE TABLE wide (id int PRIMARY KEY, v text); SELECT activity_log.track('wide');",
+    );
+    let err = c.error(
+        "postgres",
+        "INSERT INTO wide SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g",
+    );
+    assert!(
+        err.contains(
+            "audit records of this transaction exceed activity_log.buffer_size (65536 bytes)"
+        ),
+        "{err}"
+    );
+    c.sql(
+        "postgres",
+        "DO $$
+         BEGIN
+             INSERT INTO wide VALUES (0, 'before');
+             BEGIN
+                 INSERT INTO wide SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g;
+             EXCEPTION WHEN program_limit_exceeded THEN
+                 RAISE NOTICE 'refused';
+             END;
+             INSERT INTO wide VALUES (1, 'after');
+         END $$;",
+    );
+    c.flush("postgres");
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT op || ' ' || (new_row->>'v') FROM activity_log.changes WHERE table_name = 'wide' ORDER BY id"
+        ),
+        ["INSERT before", "INSERT after"]
+    );
 }
 
 #[test]

@@ -149,18 +149,21 @@ fn log_event(
     hooks::client_addr();
     // SAFETY: no error paths.
     let ts = unsafe { pg_sys::GetCurrentTimestamp() };
-    capture::push(&Record {
-        origin: hooks::origin(),
-        body: Body::Event(Event {
-            ts,
-            action: action.into_bytes(),
-            details,
-            entity_type: entity_type.map(|s| s.as_bytes().to_vec()),
-            entity_id: entity_id.map(|s| s.as_bytes().to_vec()),
-            category: category.into_bytes(),
-            severity: severity.into_bytes(),
-        }),
-    });
+    capture::push(
+        &Record {
+            origin: hooks::origin(),
+            body: Body::Event(Event {
+                ts,
+                action: action.into_bytes(),
+                details,
+                entity_type: entity_type.map(|s| s.as_bytes().to_vec()),
+                entity_id: entity_id.map(|s| s.as_bytes().to_vec()),
+                category: category.into_bytes(),
+                severity: severity.into_bytes(),
+            }),
+        },
+        |_| {},
+    );
 }
 
 /// Longest wait `flush` accepts.

@@ -258,21 +258,24 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
         return;
     };
     let end = now();
-    capture::push(&Record {
-        origin: origin(),
-        body: Body::Statement(Statement {
-            ts: run.ts,
-            duration_us: end - run.ts,
-            class: run.class,
-            command: run.command.to_vec(),
-            sqlstate: None,
-            error_message: None,
-            query: run.query,
-            query_id,
-            rows,
-            relations: run.relations,
-        }),
-    });
+    capture::push(
+        &Record {
+            origin: origin(),
+            body: Body::Statement(Statement {
+                ts: run.ts,
+                duration_us: end - run.ts,
+                class: run.class,
+                command: run.command.to_vec(),
+                sqlstate: None,
+                error_message: None,
+                query: run.query,
+                query_id,
+                rows,
+                relations: run.relations,
+            }),
+        },
+        |_| {},
+    );
 }
 
 /// current_query is the text of the top-level statement running now.
@@ -571,7 +574,7 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             for i in 0..(*list).length as usize {
                 let relid = resolve((*(*list).elements.add(i)).ptr_value.cast());
                 if let Some(t) = tracked::lookup(relid.to_u32()) {
-                    rows::push_change(&t, Op::Truncate, cid, Vec::new(), 0, Vec::new(), "");
+                    rows::push_change(&t, Op::Truncate, cid, 0, Vec::new(), "", |_| {});
                 }
             }
         } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_CopyStmt) {
@@ -579,7 +582,7 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             if (*copy).is_from && !(*copy).relation.is_null() {
                 let relid = resolve((*copy).relation);
                 if let Some(t) = tracked::lookup(relid.to_u32()) {
-                    rows::push_change(&t, Op::Copy, cid, Vec::new(), rows, Vec::new(), "");
+                    rows::push_change(&t, Op::Copy, cid, rows, Vec::new(), "", |_| {});
                 }
             }
         }

@@ -14,7 +14,7 @@ pub mod rows;
 pub mod tracked;
 pub mod xact;
 
-use crate::record::Record;
+use crate::record::{Record, RowSink};
 use crate::ring::Reservation;
 use std::cell::RefCell;
 
@@ -44,10 +44,12 @@ thread_local! {
     static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
 }
 
-/// push adds a record to the open transaction.
-pub fn push(record: &Record) {
+/// push adds a record to the open transaction; `rows` appends a Change's row images. The
+/// buffer stays borrowed while `rows` runs: it must not call back into capture. An ERROR
+/// inside it leaves part of a record behind, which the (sub)transaction's abort drops.
+pub fn push(record: &Record, rows: impl FnOnce(&mut RowSink)) {
     PENDING.with_borrow_mut(|p| {
-        record.encode(&mut p.bytes);
+        record.encode_with_rows(&mut p.bytes, rows);
         p.records += 1;
     });
 }
@@ -188,14 +190,14 @@ mod tests {
 
     #[test]
     fn savepoint_rollback_drops_exactly_its_records() {
-        push(&event(1));
+        push(&event(1), |_| {});
         subxact_start(2);
-        push(&event(2));
+        push(&event(2), |_| {});
         subxact_start(3);
-        push(&event(3));
+        push(&event(3), |_| {});
         subxact_end(3, false); // RELEASE: record 3 now belongs to subxact 2
         subxact_end(2, true); // ROLLBACK TO: drops 2 and 3
-        push(&event(4));
+        push(&event(4), |_| {});
         push_failure(&event(9));
         let (bytes, n) = with_pending(|r, f, n| ([r, f].concat(), n));
         assert_eq!(n, 3);
@@ -210,7 +212,7 @@ mod tests {
 
     #[test]
     fn abort_keeps_only_failures() {
-        push(&event(1));
+        push(&event(1), |_| {});
         push_failure(&event(7));
         let (bytes, n) = take_failures();
         assert_eq!(n, 1);

@@ -29,7 +29,7 @@ use std::rc::Rc;
 use super::tracked::{self, Tracked};
 use super::{clip, hooks};
 use crate::gucs;
-use crate::record::{Body, Change, Column, Op, Record, RowImages};
+use crate::record::{Body, Change, Column, Op, Record, RowSink};
 
 /// Synthetic trigger and function OIDs: above any OID a real catalog row can get here, and
 /// not an RI trigger function (AfterTriggerSaveEvent asks RI_FKey_trigger_type about it).
@@ -69,7 +69,7 @@ pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
             // SAFETY: plain read of the EState.
             let cid = unsafe { (*estate).es_output_cid };
             let note = "the statement stopped before it finished, so the rows it changed were not captured";
-            push_change(&tracked, Op::Gap, cid, Vec::new(), 0, Vec::new(), note);
+            push_change(&tracked, Op::Gap, cid, 0, Vec::new(), note, |_| {});
         }
     }
 }
@@ -165,10 +165,10 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
                 &tracked,
                 Op::Gap,
                 (*estate).es_output_cid,
-                Vec::new(),
                 0,
                 Vec::new(),
                 note,
+                |_| {},
             );
             return;
         }
@@ -341,83 +341,147 @@ pub unsafe fn hide_from_explain(estate: *mut pg_sys::EState) {
     }
 }
 
-/// read_rows copies every tuple of a transition table as minimal-tuple bytes. Values stored
-/// out of line (TOAST) are fetched first, so nothing refers to storage that can change; the
-/// writer decodes the bytes (decoding is the expensive part, so it happens there).
-unsafe fn read_rows(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    if store.is_null() {
-        return out;
+/// Reads a transition table one tuple at a time as minimal-tuple bytes, through a private read
+/// pointer (as ExecInitNamedTuplestoreScan does). Values stored out of line (TOAST) are fetched
+/// first, and defaults of columns added after a row was stored are filled in, so nothing refers
+/// to storage that can change; the writer decodes the bytes (decoding is the expensive part, so
+/// it happens there).
+struct Reader {
+    store: *mut pg_sys::Tuplestorestate,
+    desc: pg_sys::TupleDesc,
+    slot: *mut pg_sys::TupleTableSlot,
+    /// Scratch for tuples that must be rebuilt, reset per row; made on first use.
+    per_row: Option<pgrx::PgMemoryContexts>,
+    /// The last tuple fetched when the slot handed out a copy to free.
+    to_free: *mut pg_sys::MinimalTupleData,
+}
+
+impl Reader {
+    /// open starts reading `store` (None when the statement has no such table).
+    ///
+    /// # Safety
+    /// `store` is NULL or a transition tuplestore of rows of `desc`, live for the reader's life.
+    unsafe fn open(store: *mut pg_sys::Tuplestorestate, desc: pg_sys::TupleDesc) -> Option<Reader> {
+        if store.is_null() {
+            return None;
+        }
+        // SAFETY: as documented for the caller; the slot is dropped with the reader.
+        unsafe {
+            let ptr = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+            pg_sys::tuplestore_select_read_pointer(store, ptr);
+            pg_sys::tuplestore_rescan(store);
+            Some(Reader {
+                store,
+                desc,
+                slot: pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple),
+                per_row: None,
+                to_free: std::ptr::null_mut(),
+            })
+        }
     }
-    // SAFETY: reading a transition tuplestore through a private read pointer, as
-    // ExecInitNamedTuplestoreScan does. The slot does not own the tuples it returns; the
-    // bytes are copied before the next fetch. Detoasting allocates in a context reset per row.
-    unsafe {
-        let ptr = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
-        pg_sys::tuplestore_select_read_pointer(store, ptr);
-        pg_sys::tuplestore_rescan(store);
-        let slot = pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple);
-        let mut per_row = pgrx::PgMemoryContexts::new("activity_log row");
-        let limit = crate::ring::capacity() as usize;
-        let mut bytes = super::pending_bytes();
-        while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
-            if bytes > limit && gucs::overflow() != gucs::Overflow::Drop {
-                // It could never be published: fail now, before it takes all the memory.
-                crate::errors::raise(
-                    PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-                    format!(
-                        "audit records of this transaction exceed activity_log.buffer_size ({limit} bytes)"
-                    ),
-                    Some("Raise activity_log.buffer_size, or split the transaction."),
-                );
+
+    fn len(&self) -> usize {
+        // SAFETY: a live tuplestore.
+        unsafe { pg_sys::tuplestore_tuple_count(self.store) as usize }
+    }
+
+    /// next is the next row's bytes, valid until the following call.
+    fn next(&mut self) -> Option<&[u8]> {
+        // SAFETY: the slot does not own the tuples it returns; what we allocate for a row lives
+        // in per_row (reset here) or is the slot's copy (freed here).
+        unsafe {
+            self.release();
+            // Each store has its own read pointers; this one was selected at open.
+            if !pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot) {
+                return None;
             }
             let mut should_free = false;
-            let m = pg_sys::ExecFetchSlotMinimalTuple(slot, &mut should_free);
+            let m = pg_sys::ExecFetchSlotMinimalTuple(self.slot, &mut should_free);
+            if should_free {
+                self.to_free = m;
+            }
             let stored_natts = ((*m).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as i32;
-            if stored_natts < (*desc).natts {
-                // Stored before an ADD COLUMN … DEFAULT: take the defaults ("missing
-                // values") from the descriptor now; the writer's copy of the row type has none.
-                out.push(per_row.switch_to(|_| {
+            let rebuilt = if stored_natts < (*self.desc).natts {
+                // Stored before an ADD COLUMN … DEFAULT: take the defaults ("missing values")
+                // from the descriptor now; the writer's copy of the row type has none.
+                let (slot, desc) = (self.slot, self.desc);
+                Some(self.scratch().switch_to(|_| {
                     pg_sys::slot_getallattrs(slot);
                     let full = pg_sys::heap_form_minimal_tuple(
                         desc,
                         (*slot).tts_values,
                         (*slot).tts_isnull,
                     );
-                    tuple_bytes(full, desc)
-                }));
-                per_row.reset();
-            } else if (*m).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL == 0 {
-                out.push(std::slice::from_raw_parts(m.cast::<u8>(), (*m).t_len as usize).to_vec());
+                    if (*full).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0 {
+                        detoasted(full, desc)
+                    } else {
+                        full
+                    }
+                }))
+            } else if (*m).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0 {
+                let desc = self.desc;
+                Some(self.scratch().switch_to(|_| detoasted(m, desc)))
             } else {
-                out.push(per_row.switch_to(|_| detoasted(m, desc)));
-                per_row.reset();
-            }
-            bytes += out.last().map_or(0, Vec::len);
-            if should_free {
-                pg_sys::pfree(m.cast());
-            }
-        }
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
-        pg_sys::tuplestore_select_read_pointer(store, 0);
-    }
-    out
-}
-
-/// tuple_bytes copies a minimal tuple, fetching out-of-line values first if it has any.
-unsafe fn tuple_bytes(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> Vec<u8> {
-    // SAFETY: m is a complete minimal tuple of desc.
-    unsafe {
-        if (*m).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0 {
-            detoasted(m, desc)
-        } else {
-            std::slice::from_raw_parts(m.cast::<u8>(), (*m).t_len as usize).to_vec()
+                None
+            };
+            let t = rebuilt.unwrap_or(m);
+            Some(std::slice::from_raw_parts(
+                t.cast::<u8>(),
+                (*t).t_len as usize,
+            ))
         }
     }
+
+    fn scratch(&mut self) -> &mut pgrx::PgMemoryContexts {
+        self.per_row
+            .get_or_insert_with(|| pgrx::PgMemoryContexts::new("activity_log row"))
+    }
+
+    /// release frees what the previous row needed.
+    fn release(&mut self) {
+        // SAFETY: to_free is the slot's palloc'd copy of the previous tuple, if any.
+        unsafe {
+            if !self.to_free.is_null() {
+                pg_sys::pfree(self.to_free.cast());
+                self.to_free = std::ptr::null_mut();
+            }
+        }
+        if let Some(cxt) = self.per_row.as_mut() {
+            // SAFETY: nothing allocated in it for the previous row is used any more.
+            unsafe { cxt.reset() };
+        }
+    }
 }
 
-/// detoasted returns the bytes of `m` with every out-of-line value fetched inline.
-unsafe fn detoasted(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> Vec<u8> {
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.release();
+        // SAFETY: the slot is ours; read pointer 0 is the one the trigger manager uses.
+        unsafe {
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::tuplestore_select_read_pointer(self.store, 0);
+        }
+    }
+}
+
+/// check_size fails the statement when its records could never be published.
+fn check_size(bytes: usize) {
+    let limit = crate::ring::capacity() as usize;
+    if bytes > limit && gucs::overflow() != gucs::Overflow::Drop {
+        // Fail now, before it takes all the memory.
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "audit records of this transaction exceed activity_log.buffer_size ({limit} bytes)"
+            ),
+            Some("Raise activity_log.buffer_size, or split the transaction."),
+        );
+    }
+}
+
+/// detoasted returns a copy of `m` with every out-of-line value fetched inline, allocated in
+/// the current memory context.
+unsafe fn detoasted(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> pg_sys::MinimalTuple {
     // SAFETY: heap_copy_tuple_as_datum expands external values (toast_flatten_tuple_to_datum);
     // the datum is a HeapTupleHeader whose varlena length is the tuple's length.
     unsafe {
@@ -430,8 +494,7 @@ unsafe fn detoasted(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> Vec<u8>
             t_data: header,
             ..Default::default()
         };
-        let flat = pg_sys::minimal_tuple_from_heap_tuple(&mut tuple);
-        std::slice::from_raw_parts(flat.cast::<u8>(), (*flat).t_len as usize).to_vec()
+        pg_sys::minimal_tuple_from_heap_tuple(&mut tuple)
     }
 }
 
@@ -473,57 +536,66 @@ unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) ->
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let desc = (*rel).rd_att;
-        let olds = read_rows((*td).tg_oldtable, desc);
-        let news = read_rows((*td).tg_newtable, desc);
-        let (op, rows): (Op, Vec<_>) = match event {
-            pg_sys::TRIGGER_EVENT_INSERT => (
-                Op::Insert,
-                news.into_iter().map(|n| (None, Some(n))).collect(),
-            ),
-            pg_sys::TRIGGER_EVENT_DELETE => (
-                Op::Delete,
-                olds.into_iter().map(|o| (Some(o), None)).collect(),
-            ),
-            _ => {
+        let olds = Reader::open((*td).tg_oldtable, desc);
+        let news = Reader::open((*td).tg_newtable, desc);
+        let push = |op, n: usize, rows: &mut dyn FnMut(&mut RowSink)| {
+            if n > 0 {
+                push_change(&tracked, op, cid, n as i64, columns(desc), "", |sink| {
+                    rows(sink)
+                });
+            }
+        };
+        match (event, olds, news) {
+            (pg_sys::TRIGGER_EVENT_INSERT, _, Some(mut news)) => {
+                push(Op::Insert, news.len(), &mut |sink| {
+                    while let Some(n) = news.next() {
+                        check_size(sink.bytes());
+                        sink.push(None, Some(n));
+                    }
+                })
+            }
+            (pg_sys::TRIGGER_EVENT_DELETE, Some(mut olds), _) => {
+                push(Op::Delete, olds.len(), &mut |sink| {
+                    while let Some(o) = olds.next() {
+                        check_size(sink.bytes());
+                        sink.push(Some(o), None);
+                    }
+                })
+            }
+            (pg_sys::TRIGGER_EVENT_UPDATE, Some(mut olds), Some(mut news)) => {
                 // Old and new are paired by position. An old row without a new one (a row moved
                 // to a partition whose BEFORE trigger refused it) was deleted.
                 let paired = olds.len().min(news.len());
-                let mut olds = olds.into_iter();
-                let mut news = news.into_iter();
-                let mut rows: Vec<_> = (0..paired).map(|_| (olds.next(), news.next())).collect();
-                let orphans: Vec<_> = olds.map(|o| (Some(o), None)).collect();
-                if !orphans.is_empty() {
-                    push_change(
-                        &tracked,
-                        Op::Update,
-                        cid,
-                        std::mem::take(&mut rows),
-                        0,
-                        columns(desc),
-                        "",
-                    );
-                    push_change(&tracked, Op::Delete, cid, orphans, 0, columns(desc), "");
-                    return pg_sys::Datum::from(0);
-                }
-                (Op::Update, rows)
+                let orphans = olds.len() - paired;
+                push(Op::Update, paired, &mut |sink| {
+                    for _ in 0..paired {
+                        check_size(sink.bytes());
+                        sink.push(olds.next(), news.next());
+                    }
+                });
+                push(Op::Delete, orphans, &mut |sink| {
+                    while let Some(o) = olds.next() {
+                        check_size(sink.bytes());
+                        sink.push(Some(o), None);
+                    }
+                });
             }
-        };
-        if !rows.is_empty() {
-            push_change(&tracked, op, cid, rows, 0, columns(desc), "");
+            _ => {}
         }
         pg_sys::Datum::from(0)
     }
 }
 
 /// push_change appends a Change record for the tracked root of `tracked`.
+/// `rows` appends its row images (see [`super::push`]); `row_count` is how many rows changed.
 pub fn push_change(
     tracked: &Tracked,
     op: Op,
     command_id: u32,
-    rows: Vec<RowImages>,
     row_count: i64,
     columns: Vec<Column>,
     note: &str,
+    rows: impl FnOnce(&mut RowSink),
 ) {
     // SAFETY: syscache lookups of a relation that is open (locked) by the running statement.
     let (schema, table) = unsafe {
@@ -544,7 +616,7 @@ pub fn push_change(
     if tracked.durable {
         super::mark_durable();
     }
-    super::push(&Record {
+    let record = Record {
         origin: hooks::origin(),
         body: Body::Change(Change {
             ts,
@@ -557,13 +629,10 @@ pub fn push_change(
             exclude_columns: tracked.exclude_columns.clone(),
             query: clip(&hooks::current_query(), gucs::max_query_length()).to_vec(),
             note: note.as_bytes().to_vec(),
-            row_count: if row_count > 0 {
-                row_count
-            } else {
-                rows.len() as i64
-            },
+            row_count,
             columns,
-            rows,
+            rows: Vec::new(),
         }),
-    });
+    };
+    super::push(&record, rows);
 }
