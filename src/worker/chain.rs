@@ -144,21 +144,16 @@ pub fn link_before(id: i64) -> Vec<u8> {
     thread_local! {
         static PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
     }
-    PLAN.with(|plan| {
-        Spi::connect(|client| {
-            let plan = super::kept_plan(
-                plan,
-                client,
-                "SELECT (SELECT chain FROM (
-                            (SELECT id, chain FROM activity_log.events WHERE id < $1 AND chain IS NOT NULL ORDER BY id DESC LIMIT 1)
-                            UNION ALL
-                            (SELECT id, chain FROM activity_log.chain_anchors WHERE id < $1 ORDER BY id DESC LIMIT 1)) s
-                          ORDER BY id DESC LIMIT 1)",
-                &[pg_sys::INT8OID],
-            )?;
-            client.select(plan, Some(1), &[id.into()])?.first().get_one::<Vec<u8>>()
-        })
-    })
+    super::with_kept_plan(
+        &PLAN,
+        "SELECT (SELECT chain FROM (
+                    (SELECT id, chain FROM activity_log.events WHERE id < $1 AND chain IS NOT NULL ORDER BY id DESC LIMIT 1)
+                    UNION ALL
+                    (SELECT id, chain FROM activity_log.chain_anchors WHERE id < $1 ORDER BY id DESC LIMIT 1)) s
+                  ORDER BY id DESC LIMIT 1)",
+        &[pg_sys::INT8OID],
+        |client, plan| client.select(plan, Some(1), &[id.into()])?.first().get_one::<Vec<u8>>(),
+    )
     .unwrap_or_else(|e| error!("activity_log: could not read the trail's chain: {e}"))
     .unwrap_or_else(|| GENESIS.to_vec())
 }

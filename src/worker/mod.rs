@@ -9,23 +9,36 @@ mod store;
 pub mod writer;
 
 use pgrx::pg_sys::{self, PgOid};
+use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult};
 use std::cell::OnceCell;
+use std::thread::LocalKey;
 
-/// kept_plan is the statement in `cell`, parsed and planned the first time this process runs
-/// it and kept (SPI_keepplan) for the next ones: the writer runs a few statements for every
-/// batch, and planning them each time cost more than running them. PostgreSQL plans a kept
-/// statement again when a table it reads changes (a partition made or dropped, say).
-fn kept_plan<'a>(
-    cell: &'a OnceCell<OwnedPreparedStatement>,
-    client: &SpiClient,
+/// A statement a process plans once (see [`with_kept_plan`]).
+type KeptPlan = LocalKey<OnceCell<OwnedPreparedStatement>>;
+
+/// with_kept_plan runs `run` with the statement `query`, parsed and planned the first time this
+/// process runs it and kept in `plan` (SPI_keepplan) for the next ones: the writer runs a few
+/// statements for every batch, and planning them each time cost more than running them.
+/// PostgreSQL plans a kept statement again when a table it reads changes (a partition made or
+/// dropped, say).
+fn with_kept_plan<R>(
+    plan: &'static KeptPlan,
     query: &str,
     args: &[pg_sys::Oid],
-) -> SpiResult<&'a OwnedPreparedStatement> {
-    if let Some(plan) = cell.get() {
-        return Ok(plan);
-    }
-    let types: Vec<PgOid> = args.iter().map(|&t| PgOid::from(t)).collect();
-    let plan = client.prepare(query, &types)?.keep();
-    Ok(cell.get_or_init(|| plan))
+    run: impl FnOnce(&mut SpiClient, &OwnedPreparedStatement) -> SpiResult<R>,
+) -> SpiResult<R> {
+    plan.with(|cell| {
+        Spi::connect_mut(|client| {
+            let kept = match cell.get() {
+                Some(kept) => kept,
+                None => {
+                    let types: Vec<PgOid> = args.iter().map(|&t| PgOid::from(t)).collect();
+                    let prepared = client.prepare(query, &types)?.keep();
+                    cell.get_or_init(|| prepared)
+                }
+            };
+            run(client, kept)
+        })
+    })
 }

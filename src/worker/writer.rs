@@ -648,31 +648,23 @@ impl Hourly {
         thread_local! {
             static PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
         }
-        PLAN.with(|plan| {
-            Spi::connect_mut(|client| {
-                let plan = super::kept_plan(
-                    plan,
-                    client,
-                    "INSERT INTO activity_log.activity_hourly AS h (hour, kind, status, events)
-                     SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour * interval '1 microsecond', u.kind, u.status, u.n
-                       FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
-                     ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events",
-                    &[
-                        pg_sys::INT8ARRAYOID,
-                        pg_sys::TEXTARRAYOID,
-                        pg_sys::TEXTARRAYOID,
-                        pg_sys::INT8ARRAYOID,
-                    ],
-                )?;
-                client
-                    .update(
-                        plan,
-                        None,
-                        &[hours.into(), kinds.into(), statuses.into(), counts.into()],
-                    )
-                    .map(drop)
-            })
-        })
+        super::with_kept_plan(
+            &PLAN,
+            "INSERT INTO activity_log.activity_hourly AS h (hour, kind, status, events)
+             SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour * interval '1 microsecond', u.kind, u.status, u.n
+               FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
+             ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events",
+            &[
+                pg_sys::INT8ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT8ARRAYOID,
+            ],
+            |client, plan| {
+                let args = [hours.into(), kinds.into(), statuses.into(), counts.into()];
+                client.update(plan, None, &args).map(drop)
+            },
+        )
         .unwrap_or_else(|e| error!("activity_log: could not update activity_log.activity_hourly: {e}"));
     }
 }
