@@ -189,6 +189,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
             })
         });
         let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+        let _memory = InMemoryTransitionTables::new();
         (*mt).mt_transition_capture =
             pg_sys::MakeTransitionCaptureState((*root).ri_TrigDesc, relid, (*mt).operation);
         let plan = (*mt).ps.plan.cast::<pg_sys::ModifyTable>();
@@ -208,6 +209,37 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
             let rri = pg_sys::ExecGetTriggerResultRel(outer, relid, std::ptr::null_mut());
             augment(rri, outer);
         }
+    }
+}
+
+/// Transition tables larger than `work_mem` spill to a temporary file, and the capture reads
+/// them back from it. A statement whose rows outgrow the ring is refused anyway
+/// ([`check_size`]), so the tuplestores made while this lives (MakeTransitionCaptureState takes
+/// their budget from `work_mem`) keep up to that much in memory, capped at
+/// [`TRANSITION_MEMORY_CAP_KB`]: a bulk DELETE then reads its old rows back from memory.
+struct InMemoryTransitionTables(i32);
+
+/// Largest in-memory budget given to a transition table (64 MB): beyond it a statement's rows
+/// would be held twice in the backend's memory (tuplestore and pending records) for little
+/// gain, since reading a spilled table is a small part of capturing it.
+const TRANSITION_MEMORY_CAP_KB: i32 = 64 * 1024;
+
+impl InMemoryTransitionTables {
+    fn new() -> Self {
+        let ring_kb = (crate::ring::capacity() / 1024).min(TRANSITION_MEMORY_CAP_KB as u64) as i32;
+        // SAFETY: work_mem is a plain GUC variable of this backend; restored on drop.
+        unsafe {
+            let saved = pg_sys::work_mem;
+            pg_sys::work_mem = saved.max(ring_kb);
+            InMemoryTransitionTables(saved)
+        }
+    }
+}
+
+impl Drop for InMemoryTransitionTables {
+    fn drop(&mut self) {
+        // SAFETY: see new.
+        unsafe { pg_sys::work_mem = self.0 };
     }
 }
 
@@ -352,8 +384,6 @@ struct Reader {
     slot: *mut pg_sys::TupleTableSlot,
     /// Scratch for tuples that must be rebuilt, reset per row; made on first use.
     per_row: Option<pgrx::PgMemoryContexts>,
-    /// The last tuple fetched when the slot handed out a copy to free.
-    to_free: *mut pg_sys::MinimalTupleData,
 }
 
 impl Reader {
@@ -375,7 +405,6 @@ impl Reader {
                 desc,
                 slot: pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple),
                 per_row: None,
-                to_free: std::ptr::null_mut(),
             })
         }
     }
@@ -387,19 +416,17 @@ impl Reader {
 
     /// next is the next row's bytes, valid until the following call.
     fn next(&mut self) -> Option<&[u8]> {
-        // SAFETY: the slot does not own the tuples it returns; what we allocate for a row lives
-        // in per_row (reset here) or is the slot's copy (freed here).
+        // SAFETY: the slot holds the tuple until the next call (a tuple read back from a spilled
+        // store is the slot's to free); what we allocate for a row lives in per_row (reset here).
         unsafe {
             self.release();
             // Each store has its own read pointers; this one was selected at open.
             if !pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot) {
                 return None;
             }
-            let mut should_free = false;
-            let m = pg_sys::ExecFetchSlotMinimalTuple(self.slot, &mut should_free);
-            if should_free {
-                self.to_free = m;
-            }
+            // The slot is a minimal-tuple slot that gettupleslot filled: its tuple is there to
+            // read, without ExecFetchSlotMinimalTuple's call per row.
+            let m = (*self.slot.cast::<pg_sys::MinimalTupleTableSlot>()).mintuple;
             let stored_natts = ((*m).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as i32;
             let rebuilt = if stored_natts < (*self.desc).natts {
                 // Stored before an ADD COLUMN … DEFAULT: take the defaults ("missing values")
@@ -439,13 +466,6 @@ impl Reader {
 
     /// release frees what the previous row needed.
     fn release(&mut self) {
-        // SAFETY: to_free is the slot's palloc'd copy of the previous tuple, if any.
-        unsafe {
-            if !self.to_free.is_null() {
-                pg_sys::pfree(self.to_free.cast());
-                self.to_free = std::ptr::null_mut();
-            }
-        }
         if let Some(cxt) = self.per_row.as_mut() {
             // SAFETY: nothing allocated in it for the previous row is used any more.
             unsafe { cxt.reset() };
