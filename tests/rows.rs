@@ -728,3 +728,36 @@ fn row_images_whose_type_is_gone_become_a_gap_not_a_stuck_writer() {
     );
     assert_eq!(rows[1], "event|success|after|-");
 }
+
+#[test]
+fn a_bulk_statement_keeps_its_rows_in_memory_not_in_a_temporary_file() {
+    let c = cluster("rows-inmemory");
+    c.sql(
+        DB,
+        "CREATE TABLE bulk (id int PRIMARY KEY, payload text); SELECT activity_log.track('bulk');
+         INSERT INTO bulk SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g;",
+    );
+    // About 2.6 MB of old rows, 40 times work_mem: PostgreSQL's own transition tables would
+    // spill, and with temp_file_limit = 0 the DELETE would fail ("temporary file size exceeds
+    // temp_file_limit"). activity_log's stay in memory up to the ring's size.
+    c.sql(
+        DB,
+        "SET work_mem = '64kB'; SET temp_file_limit = 0; DELETE FROM bulk;",
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) || ' ' || count(DISTINCT row_key) || ' ' || min((row_key->>'id')::int) || ' ' || max((row_key->>'id')::int)
+               FROM activity_log.changes WHERE table_name = 'bulk' AND op = 'DELETE'"
+        ),
+        "20000 20000 1 20000"
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT old_row::text FROM activity_log.history('bulk', '{\"id\": 7}') WHERE op = 'DELETE'"
+        ),
+        format!(r#"{{"id": 7, "payload": "{}"}}"#, "x".repeat(100))
+    );
+}
