@@ -565,6 +565,7 @@ pub fn reserve(
 /// Frames from this size on have their pages mapped in one system call before the copy.
 const POPULATE_FROM: usize = 256 * 1024;
 
+#[cfg(target_os = "linux")]
 unsafe extern "C" {
     fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: std::ffi::c_int)
     -> std::ffi::c_int;
@@ -574,6 +575,7 @@ unsafe extern "C" {
 /// every page at start, but each backend still takes a page fault the first time it writes to
 /// one; a large frame written by a new connection would take one per 4 kB. MADV_POPULATE_WRITE
 /// (Linux 5.14) maps them all in one call; on older kernels it fails and nothing changes.
+#[cfg(target_os = "linux")]
 unsafe fn populate(at: *mut u8, len: usize) {
     const MADV_POPULATE_WRITE: std::ffi::c_int = 23;
     const PAGE: usize = 4096;
@@ -583,6 +585,9 @@ unsafe fn populate(at: *mut u8, len: usize) {
     // same shared mapping); populating changes no contents.
     unsafe { madvise(start as *mut _, end - start, MADV_POPULATE_WRITE) };
 }
+
+#[cfg(not(target_os = "linux"))]
+unsafe fn populate(_at: *mut u8, _len: usize) {}
 
 fn header(slot_index: usize, pos: u64) -> *mut FrameHeader {
     // SAFETY: pos is a frame start inside [tail, head) of this slot.
