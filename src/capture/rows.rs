@@ -189,7 +189,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
             })
         });
         let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
-        let _memory = InMemoryTransitionTables::new();
+        let in_memory = InMemoryTransitionTables::new();
         (*mt).mt_transition_capture =
             pg_sys::MakeTransitionCaptureState((*root).ri_TrigDesc, relid, (*mt).operation);
         let plan = (*mt).ps.plan.cast::<pg_sys::ModifyTable>();
@@ -202,6 +202,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
                 pg_sys::CmdType::CMD_UPDATE,
             );
         }
+        drop(in_memory); // only the transition tables get the larger budget
         pg_sys::MemoryContextSwitchTo(old);
         if skip_triggers && let Some(outer) = outer {
             // An FK cascade: its rows are handed to the outer query's ResultRelInfo.
