@@ -4,10 +4,13 @@
 //! Runs in the writer, inside its batch transaction (type output functions need the catalog).
 //! The row type is rebuilt from the description captured with the images, not read from the
 //! table: the table may have been altered or dropped since, and the images keep the shape they
-//! were stored in. jsonb is built by PostgreSQL's own `to_jsonb` straight from the tuple, so
-//! values keep every digit and nothing is printed and parsed again. Scratch allocations go into
-//! a context reset per row; only the finished jsonb values are copied out, into the context
-//! that was current at the call (the batch transaction's), where the insert finds them.
+//! were stored in. The jsonb values are exactly what `to_jsonb(row)` gives. When every column
+//! is of a common scalar type ([`Scalar`]), the writer builds them from the deformed values
+//! itself: `to_jsonb` prints each number and parses it back, which made it the writer's
+//! largest cost after the inserts. Other rows go through `to_jsonb`. Scratch allocations go
+//! into a context reset per row; only the finished jsonb values are copied out, into the
+//! context that was current at the call (the batch transaction's), where the insert finds
+//! them.
 
 use pgrx::pg_sys;
 use pgrx::varlena;
@@ -60,6 +63,208 @@ struct Shape {
     /// Key columns and whether each is shown (an excluded one shows as null).
     key: Vec<(usize, bool)>,
     key_type: Option<pg_sys::TupleDesc>,
+    /// Set when every shown column is a [`Scalar`]: images are built without `to_jsonb`.
+    direct: Option<Direct>,
+}
+
+/// What building a shape's jsonb values directly needs: each column's conversion, and the
+/// shown and key columns in jsonb's key order (shorter names first, then bytewise), the order
+/// `to_jsonb` ends up with, so that the pairs are handed over already sorted.
+struct Direct {
+    scalars: Vec<Option<Scalar>>,
+    shown: Vec<(usize, bool)>,
+    key: Vec<(usize, bool)>,
+}
+
+impl Direct {
+    /// new is None when a shown column is not a [`Scalar`].
+    unsafe fn new(columns: &[Column], shown: &[usize], key: &[(usize, bool)]) -> Option<Direct> {
+        // SAFETY: catalog lookups inside the batch transaction.
+        let scalars: Vec<Option<Scalar>> = columns
+            .iter()
+            .map(|c| match c.dropped {
+                true => None,
+                false => unsafe { Scalar::of(c.type_oid) },
+            })
+            .collect();
+        if shown.iter().any(|&i| scalars[i].is_none()) {
+            return None;
+        }
+        let key_order = |cols: &mut Vec<(usize, bool)>| {
+            cols.sort_by(|a, b| {
+                let (x, y) = (&columns[a.0].name, &columns[b.0].name);
+                (x.len(), x).cmp(&(y.len(), y))
+            })
+        };
+        let mut shown: Vec<(usize, bool)> = shown.iter().map(|&i| (i, true)).collect();
+        key_order(&mut shown);
+        let mut key = key.to_vec();
+        key_order(&mut key);
+        Some(Direct {
+            scalars,
+            shown,
+            key,
+        })
+    }
+
+    /// object is the jsonb object of the columns `cols` (index, shown) of `d`; a column that
+    /// is not shown is null, as are NULL values.
+    unsafe fn object(
+        &self,
+        d: &Deformed,
+        columns: &[Column],
+        cols: &[(usize, bool)],
+    ) -> pg_sys::Datum {
+        // SAFETY: d's values are valid Datums of the columns' types; the pairs and the strings
+        // they point to live until JsonbValueToJsonb has copied them.
+        unsafe {
+            let mut pairs: Vec<pg_sys::JsonbPair> = cols
+                .iter()
+                .enumerate()
+                .map(|(order, &(i, shown))| {
+                    let name = &columns[i].name;
+                    let value = match self.scalars[i] {
+                        Some(scalar) if shown && !d.nulls[i] => scalar.jsonb(d.values[i]),
+                        _ => JSONB_NULL,
+                    };
+                    pg_sys::JsonbPair {
+                        key: jsonb_string(name.as_ptr(), name.len()),
+                        value,
+                        order: order as u32,
+                    }
+                })
+                .collect();
+            let mut object = pg_sys::JsonbValue {
+                type_: pg_sys::jbvType::jbvObject,
+                val: pg_sys::JsonbValue__bindgen_ty_1 {
+                    object: pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_3 {
+                        nPairs: pairs.len() as i32,
+                        pairs: pairs.as_mut_ptr(),
+                    },
+                },
+            };
+            pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(&mut object))
+        }
+    }
+}
+
+const JSONB_NULL: pg_sys::JsonbValue = pg_sys::JsonbValue {
+    type_: pg_sys::jbvType::jbvNull,
+    val: pg_sys::JsonbValue__bindgen_ty_1 { boolean: false },
+};
+
+fn jsonb_string(ptr: *const u8, len: usize) -> pg_sys::JsonbValue {
+    pg_sys::JsonbValue {
+        type_: pg_sys::jbvType::jbvString,
+        val: pg_sys::JsonbValue__bindgen_ty_1 {
+            string: pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 {
+                len: len as i32,
+                val: ptr.cast_mut().cast(),
+            },
+        },
+    }
+}
+
+/// The column types whose jsonb value the writer makes itself, each the way `to_jsonb` makes
+/// it (datum_to_jsonb in jsonb.c) for the type or a domain over it: numbers become jsonb
+/// numerics without being printed, text is taken as stored.
+#[derive(Clone, Copy)]
+enum Scalar {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Numeric,
+    Text,
+    DateTime(pg_sys::Oid),
+}
+
+impl Scalar {
+    unsafe fn of(type_oid: u32) -> Option<Scalar> {
+        // SAFETY: a catalog lookup; an unknown type is its own base type.
+        let base = unsafe { pg_sys::getBaseType(pg_sys::Oid::from(type_oid)) };
+        Some(match base {
+            pg_sys::BOOLOID => Scalar::Bool,
+            pg_sys::INT2OID => Scalar::Int2,
+            pg_sys::INT4OID => Scalar::Int4,
+            pg_sys::INT8OID => Scalar::Int8,
+            pg_sys::NUMERICOID => Scalar::Numeric,
+            pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => Scalar::Text,
+            pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => {
+                Scalar::DateTime(base)
+            }
+            _ => return None,
+        })
+    }
+
+    /// jsonb is the value of a non-NULL datum of this type, allocated in the current context.
+    unsafe fn jsonb(self, v: pg_sys::Datum) -> pg_sys::JsonbValue {
+        let numeric = |n: pg_sys::Numeric| pg_sys::JsonbValue {
+            type_: pg_sys::jbvType::jbvNumeric,
+            val: pg_sys::JsonbValue__bindgen_ty_1 { numeric: n },
+        };
+        let c_string = |s: *mut c_char| {
+            // SAFETY: a NUL-terminated string from PostgreSQL.
+            jsonb_string(
+                s.cast(),
+                unsafe { std::ffi::CStr::from_ptr(s) }.count_bytes(),
+            )
+        };
+        // SAFETY: v is a valid Datum of this type (see the caller).
+        unsafe {
+            match self {
+                Scalar::Bool => pg_sys::JsonbValue {
+                    type_: pg_sys::jbvType::jbvBool,
+                    val: pg_sys::JsonbValue__bindgen_ty_1 {
+                        boolean: v.value() != 0,
+                    },
+                },
+                Scalar::Int2 => numeric(pg_sys::int64_to_numeric(v.value() as i16 as i64)),
+                Scalar::Int4 => numeric(pg_sys::int64_to_numeric(v.value() as i32 as i64)),
+                Scalar::Int8 => numeric(pg_sys::int64_to_numeric(v.value() as i64)),
+                Scalar::Numeric => {
+                    // A jsonb numeric needs the 4-byte header (a stored one may be short).
+                    let n = pg_sys::pg_detoast_datum(v.cast_mut_ptr()).cast();
+                    if pg_sys::numeric_is_nan(n) || pg_sys::numeric_is_inf(n) {
+                        // Not a JSON number: to_jsonb gives its text.
+                        c_string(pg_sys::OidOutputFunctionCall(
+                            pg_sys::Oid::from(pg_sys::F_NUMERIC_OUT),
+                            pg_sys::Datum::from(n),
+                        ))
+                    } else {
+                        numeric(n)
+                    }
+                }
+                Scalar::Text => {
+                    let t = pg_sys::pg_detoast_datum_packed(v.cast_mut_ptr());
+                    let len = varlena::varsize_any_exhdr(t);
+                    if len > pg_sys::JENTRY_OFFLENMASK as usize {
+                        too_long();
+                    }
+                    jsonb_string(varlena::vardata_any(t).cast(), len)
+                }
+                Scalar::DateTime(oid) => c_string(pg_sys::JsonEncodeDateTime(
+                    std::ptr::null_mut(),
+                    v,
+                    oid,
+                    std::ptr::null(),
+                )),
+            }
+        }
+    }
+}
+
+/// too_long raises to_jsonb's error for a string jsonb cannot hold.
+fn too_long() -> ! {
+    pgrx::ereport!(
+        ERROR,
+        pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+        "string too long to represent as jsonb string",
+        format!(
+            "Due to an implementation restriction, jsonb strings cannot exceed {} bytes.",
+            pg_sys::JENTRY_OFFLENMASK
+        ),
+    );
 }
 
 impl Shape {
@@ -80,6 +285,7 @@ impl Shape {
         // SAFETY: descriptors built in the batch transaction's memory context.
         unsafe {
             Shape {
+                direct: Direct::new(columns, &shown, &key),
                 full: row_type(columns, &(0..columns.len()).collect::<Vec<_>>()),
                 shown_type: hides.then(|| row_type(columns, &shown)),
                 key_type: (!key.is_empty()).then(|| row_type(columns, &key_idx)),
@@ -135,20 +341,36 @@ impl Decoder {
             let mut rows = Vec::with_capacity(images.len());
             for (old, new) in images {
                 let row = self.per_row.switch_to(|_| {
-                    let old = old.as_ref().map(|b| Deformed::new(b, shape.full));
-                    let new = new.as_ref().map(|b| Deformed::new(b, shape.full));
-                    let image = |d: &Deformed| match shape.shown_type {
-                        Some(t) => to_jsonb.call(d.form(t, &shape.shown, |_| false)),
-                        None => to_jsonb.call(d.datum),
-                    };
-                    let old_row = old.as_ref().map(image);
-                    let new_row = new.as_ref().map(image);
+                    let composite = shape.direct.is_none();
+                    let old = old
+                        .as_ref()
+                        .map(|b| Deformed::new(b, shape.full, composite));
+                    let new = new
+                        .as_ref()
+                        .map(|b| Deformed::new(b, shape.full, composite));
                     let key_source = old.as_ref().or(new.as_ref());
-                    let row_key = match shape.key_type {
-                        Some(t) => key_source
-                            .map(|d| to_jsonb.call(d.form(t, &key_idx, |n| !shape.key[n].1))),
-                        None => old_row.or(new_row),
-                    };
+                    let (old_row, new_row, row_key);
+                    if let Some(direct) = &shape.direct {
+                        let image = |d: &Deformed| direct.object(d, columns, &direct.shown);
+                        old_row = old.as_ref().map(image);
+                        new_row = new.as_ref().map(image);
+                        row_key = match shape.key_type {
+                            Some(_) => key_source.map(|d| direct.object(d, columns, &direct.key)),
+                            None => old_row.or(new_row),
+                        };
+                    } else {
+                        let image = |d: &Deformed| match shape.shown_type {
+                            Some(t) => to_jsonb.call(d.form(t, &shape.shown, |_| false)),
+                            None => to_jsonb.call(d.datum),
+                        };
+                        old_row = old.as_ref().map(image);
+                        new_row = new.as_ref().map(image);
+                        row_key = match shape.key_type {
+                            Some(t) => key_source
+                                .map(|d| to_jsonb.call(d.form(t, &key_idx, |n| !shape.key[n].1))),
+                            None => old_row.or(new_row),
+                        };
+                    }
                     let changed_columns = match (&old, &new) {
                         (Some(o), Some(n)) => {
                             let mut names: Vec<String> = shape
@@ -166,9 +388,10 @@ impl Decoder {
                         (Some(t), Some(o), Some(n))
                             if key_idx.iter().any(|&i| !o.same_value(n, i, shape.full)) =>
                         {
-                            Some(jsonb_text(
-                                to_jsonb.call(n.form(t, &key_idx, |k| !shape.key[k].1)),
-                            ))
+                            Some(jsonb_text(match &shape.direct {
+                                Some(direct) => direct.object(n, columns, &direct.key),
+                                None => to_jsonb.call(n.form(t, &key_idx, |k| !shape.key[k].1)),
+                            }))
                         }
                         _ => None,
                     };
@@ -224,7 +447,7 @@ unsafe fn row_type(columns: &[Column], idx: &[usize]) -> pg_sys::TupleDesc {
     }
 }
 
-/// One image as a composite datum and its attribute values.
+/// One image's attribute values, and the image as a composite datum (for `to_jsonb`).
 struct Deformed {
     datum: pg_sys::Datum,
     values: Vec<pg_sys::Datum>,
@@ -232,7 +455,8 @@ struct Deformed {
 }
 
 impl Deformed {
-    unsafe fn new(bytes: &[u8], desc: pg_sys::TupleDesc) -> Deformed {
+    /// new deforms `bytes`; `composite` also makes the datum (otherwise it is 0).
+    unsafe fn new(bytes: &[u8], desc: pg_sys::TupleDesc, composite: bool) -> Deformed {
         // SAFETY: bytes are a whole minimal tuple of `desc`; the palloc'd copy gives it
         // MAXALIGN alignment. Values were detoasted at capture, so the datum needs no toast.
         unsafe {
@@ -244,7 +468,11 @@ impl Deformed {
             let mut nulls = vec![true; natts];
             pg_sys::heap_deform_tuple(heap, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
             Deformed {
-                datum: pg_sys::heap_copy_tuple_as_datum(heap, desc),
+                datum: if composite {
+                    pg_sys::heap_copy_tuple_as_datum(heap, desc)
+                } else {
+                    pg_sys::Datum::from(0)
+                },
                 values,
                 nulls,
             }
