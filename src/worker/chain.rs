@@ -72,63 +72,19 @@ pub unsafe fn row_bytes(
     }
 }
 
-/// PostgreSQL's hash API (common/cryptohash.h), exported by the server; pgrx has no bindings
-/// for it. One context serves many rows: made afresh per row (as sha256() does), OpenSSL's
-/// set-up cost more than hashing the row.
-#[repr(C)]
-struct PgCryptohashCtx {
-    _opaque: [u8; 0],
-}
-
-const PG_SHA256: i32 = 3; // pg_cryptohash_type
-
-// Called through pg_guard_ffi_boundary: create can raise an ERROR (out of memory).
-unsafe extern "C-unwind" {
-    fn pg_cryptohash_create(kind: i32) -> *mut PgCryptohashCtx;
-    fn pg_cryptohash_init(ctx: *mut PgCryptohashCtx) -> i32;
-    fn pg_cryptohash_update(ctx: *mut PgCryptohashCtx, data: *const u8, len: usize) -> i32;
-    fn pg_cryptohash_final(ctx: *mut PgCryptohashCtx, dest: *mut u8, len: usize) -> i32;
-    fn pg_cryptohash_free(ctx: *mut PgCryptohashCtx);
-}
-
-/// Sha256 links rows: link = sha256(previous link || row bytes). The context belongs to the
-/// current resource owner until dropped.
-pub struct Sha256 {
-    ctx: *mut PgCryptohashCtx,
-}
+/// Sha256 links rows: link = sha256(previous link || row bytes).
+pub struct Sha256(sha2::Sha256);
 
 impl Sha256 {
     pub fn new() -> Sha256 {
-        // SAFETY: allocates a context registered with the current resource owner; an ERROR
-        // becomes a Rust panic at the boundary.
-        let ctx = unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| pg_cryptohash_create(PG_SHA256)) };
-        if ctx.is_null() {
-            error!("activity_log: could not create a SHA-256 context");
-        }
-        Sha256 { ctx }
+        Sha256(sha2::Sha256::default())
     }
 
     pub fn link(&mut self, prev: &[u8], row: &[u8]) -> [u8; 32] {
-        let mut digest = [0u8; 32];
-        // SAFETY: a live context; each slice is valid for its length. These report failure
-        // by their result (OpenSSL or the built-in code), not by ERROR.
-        let ok = unsafe {
-            pg_cryptohash_init(self.ctx) == 0
-                && pg_cryptohash_update(self.ctx, prev.as_ptr(), prev.len()) == 0
-                && pg_cryptohash_update(self.ctx, row.as_ptr(), row.len()) == 0
-                && pg_cryptohash_final(self.ctx, digest.as_mut_ptr(), digest.len()) == 0
-        };
-        if !ok {
-            error!("activity_log: SHA-256 failed");
-        }
-        digest
-    }
-}
-
-impl Drop for Sha256 {
-    fn drop(&mut self) {
-        // SAFETY: frees the context and forgets it in its resource owner (no ERROR path).
-        unsafe { pg_cryptohash_free(self.ctx) };
+        use sha2::Digest;
+        self.0.update(prev);
+        self.0.update(row);
+        self.0.finalize_reset().into()
     }
 }
 
@@ -285,4 +241,34 @@ fn walk(mut prev: Vec<u8>, from: i64, to: i64, anchors: &BTreeMap<i64, Vec<u8>>)
         verdict.head = Some(prev);
     }
     verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sha256;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn a_link_is_sha256_of_the_previous_link_and_the_row() {
+        let mut sha = Sha256::new();
+        // FIPS 180-2 test vectors; the context is reused, as the writer does.
+        assert_eq!(
+            hex(&sha.link(b"", b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex(&sha.link(
+                b"abcdbcdecdefdefgefghfghighij",
+                b"hijkijkljklmklmnlmnomnopnopq"
+            )),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
+        assert_eq!(
+            hex(&sha.link(b"", b"")),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 }
