@@ -5,18 +5,24 @@
 //! resolved by the writer. A frame payload is one [`FrameInfo`] followed by records, each a
 //! `u32` length and its body; bump [`VERSION`] on any layout change.
 
+use std::borrow::Cow;
+
+/// Bytes of a record: owned where capture builds one, borrowed from the frame where the writer
+/// decodes one, so that a batch's records are read in place rather than copied field by field.
+pub type Bytes<'a> = Cow<'a, [u8]>;
+
 pub const MAGIC: u32 = 0x414C_5231; // "ALR1"
 pub const VERSION: u32 = 1;
 
 /// Where a record came from: the parts that can change from statement to statement.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Origin {
+pub struct Origin<'a> {
     pub session_user: u32,
     pub current_user: u32,
-    pub actor: Option<Vec<u8>>,
-    pub context: Option<Vec<u8>>,
-    pub jwt_claims: Option<Vec<u8>>,
-    pub application_name: Vec<u8>,
+    pub actor: Option<Bytes<'a>>,
+    pub context: Option<Bytes<'a>>,
+    pub jwt_claims: Option<Bytes<'a>>,
+    pub application_name: Bytes<'a>,
 }
 
 /// Statement classes, as `log_statement` sees them.
@@ -29,31 +35,31 @@ pub enum StatementClass {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Statement {
+pub struct Statement<'a> {
     /// Start time, PostgreSQL microseconds since 2000-01-01.
     pub ts: i64,
     pub duration_us: i64,
     pub class: StatementClass,
-    pub command: Vec<u8>,
+    pub command: Bytes<'a>,
     /// Five-character SQLSTATE when the statement failed.
     pub sqlstate: Option<[u8; 5]>,
-    pub error_message: Option<Vec<u8>>,
-    pub query: Vec<u8>,
+    pub error_message: Option<Bytes<'a>>,
+    pub query: Bytes<'a>,
     pub query_id: i64,
     pub rows: Option<i64>,
     pub relations: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct Event<'a> {
     pub ts: i64,
-    pub action: Vec<u8>,
+    pub action: Bytes<'a>,
     /// JSON text, validated by PostgreSQL's jsonb input before it got here.
-    pub details: Vec<u8>,
-    pub entity_type: Option<Vec<u8>>,
-    pub entity_id: Option<Vec<u8>>,
-    pub category: Vec<u8>,
-    pub severity: Vec<u8>,
+    pub details: Bytes<'a>,
+    pub entity_type: Option<Bytes<'a>>,
+    pub entity_id: Option<Bytes<'a>>,
+    pub category: Bytes<'a>,
+    pub severity: Bytes<'a>,
 }
 
 /// What happened to the rows of a tracked table.
@@ -73,13 +79,13 @@ pub enum Op {
 
 /// One row's (old, new) images as PostgreSQL minimal tuples (detoasted); INSERT has no old,
 /// DELETE no new. The writer decodes them with the statement's [`Column`]s.
-pub type RowImages = (Option<Vec<u8>>, Option<Vec<u8>>);
+pub type RowImages<'a> = (Option<Bytes<'a>>, Option<Bytes<'a>>);
 
 /// One attribute of the tracked table's row type at capture time, enough to rebuild its tuple
 /// descriptor after the table has been altered (or dropped).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
-    pub name: Vec<u8>,
+pub struct Column<'a> {
+    pub name: Bytes<'a>,
     pub type_oid: u32,
     pub typmod: i32,
     pub len: i16,
@@ -91,38 +97,38 @@ pub struct Column {
 /// One statement's changes to one tracked table: row images as JSON text, copied (and
 /// detoasted) when the statement finished.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
+pub struct Change<'a> {
     pub ts: i64,
     /// Command id of the statement; orders changes within a transaction.
     pub command_id: u32,
     pub op: Op,
     pub relid: u32,
-    pub schema: Vec<u8>,
-    pub table: Vec<u8>,
-    pub key_columns: Vec<Vec<u8>>,
-    pub exclude_columns: Vec<Vec<u8>>,
+    pub schema: Bytes<'a>,
+    pub table: Bytes<'a>,
+    pub key_columns: Vec<Bytes<'a>>,
+    pub exclude_columns: Vec<Bytes<'a>>,
     /// The top-level statement that caused the change.
-    pub query: Vec<u8>,
+    pub query: Bytes<'a>,
     /// Why rows are missing (Gap), or empty.
-    pub note: Vec<u8>,
+    pub note: Bytes<'a>,
     /// Rows affected when there are no images (TRUNCATE, COPY).
     pub row_count: i64,
     /// The row type the images are in (empty when there are no images).
-    pub columns: Vec<Column>,
-    pub rows: Vec<RowImages>,
+    pub columns: Vec<Column<'a>>,
+    pub rows: Vec<RowImages<'a>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body {
-    Statement(Statement),
-    Event(Event),
-    Change(Change),
+pub enum Body<'a> {
+    Statement(Statement<'a>),
+    Event(Event<'a>),
+    Change(Change<'a>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub origin: Origin,
-    pub body: Body,
+pub struct Record<'a> {
+    pub origin: Origin<'a>,
+    pub body: Body<'a>,
 }
 
 /// Per-transaction facts, written once at the start of a frame payload.
@@ -212,7 +218,7 @@ impl RowSink<'_> {
     }
 }
 
-impl Record {
+impl Record<'_> {
     /// encode appends the record, length-prefixed, to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         self.encode_with_rows(out, |_| {});
@@ -346,19 +352,19 @@ impl<'a> Dec<'a> {
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
-    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+    fn bytes(&mut self) -> Result<Bytes<'a>, DecodeError> {
         self.opt_bytes()?.ok_or(DecodeError("unexpected null"))
     }
-    fn opt_bytes(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
+    fn opt_bytes(&mut self) -> Result<Option<Bytes<'a>>, DecodeError> {
         match self.u32()? {
             NONE_LEN => Ok(None),
-            n => Ok(Some(self.take(n as usize)?.to_vec())),
+            n => Ok(Some(Cow::Borrowed(self.take(n as usize)?))),
         }
     }
 }
 
 /// decode_frame splits a frame payload into its [`FrameInfo`] and records.
-pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record>), DecodeError> {
+pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record<'_>>), DecodeError> {
     let mut d = Dec {
         buf: payload,
         pos: 0,
@@ -372,7 +378,7 @@ pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record>), DecodeEr
     let info = FrameInfo {
         pid: d.i32()?,
         xid: d.u64()?,
-        client_addr: d.opt_bytes()?,
+        client_addr: d.opt_bytes()?.map(Cow::into_owned),
     };
     let mut records = Vec::new();
     while d.pos < payload.len() {
@@ -383,7 +389,7 @@ pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record>), DecodeEr
     Ok((info, records))
 }
 
-fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
+fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
     let mut d = Dec { buf, pos: 0 };
     let kind = d.u8()?;
     let origin = Origin {
@@ -406,7 +412,7 @@ fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
             },
             command: d.bytes()?,
             sqlstate: match d.opt_bytes()? {
-                Some(s) => Some(s.try_into().map_err(|_| DecodeError("bad sqlstate"))?),
+                Some(s) => Some(s[..].try_into().map_err(|_| DecodeError("bad sqlstate"))?),
                 None => None,
             },
             error_message: d.opt_bytes()?,
@@ -491,14 +497,14 @@ fn decode_record(buf: &[u8]) -> Result<Record, DecodeError> {
 mod tests {
     use super::*;
 
-    fn sample() -> Vec<Record> {
+    fn sample() -> Vec<Record<'static>> {
         let origin = Origin {
             session_user: 10,
             current_user: 16384,
-            actor: Some(b"alice@example.com".to_vec()),
-            context: Some(br#"{"request_id":"r1"}"#.to_vec()),
+            actor: Some(b"alice@example.com"[..].into()),
+            context: Some(br#"{"request_id":"r1"}"#[..].into()),
             jwt_claims: None,
-            application_name: b"psql".to_vec(),
+            application_name: b"psql"[..].into(),
         };
         vec![
             Record {
@@ -507,10 +513,10 @@ mod tests {
                     ts: 123,
                     duration_us: 45,
                     class: StatementClass::Mod,
-                    command: b"UPDATE".to_vec(),
+                    command: b"UPDATE"[..].into(),
                     sqlstate: Some(*b"23505"),
-                    error_message: Some("dupe é".as_bytes().to_vec()),
-                    query: b"update t set a = 1".to_vec(),
+                    error_message: Some("dupe é".as_bytes().into()),
+                    query: b"update t set a = 1"[..].into(),
                     query_id: -7,
                     rows: None,
                     relations: vec![16385, 16390],
@@ -523,15 +529,15 @@ mod tests {
                     command_id: 3,
                     op: Op::Update,
                     relid: 16400,
-                    schema: b"public".to_vec(),
-                    table: b"orders".to_vec(),
-                    key_columns: vec![b"id".to_vec()],
+                    schema: b"public"[..].into(),
+                    table: b"orders"[..].into(),
+                    key_columns: vec![b"id"[..].into()],
                     exclude_columns: vec![],
-                    query: b"update orders set total = 2".to_vec(),
-                    note: Vec::new(),
+                    query: b"update orders set total = 2"[..].into(),
+                    note: Bytes::default(),
                     row_count: 1,
                     columns: vec![Column {
-                        name: b"id".to_vec(),
+                        name: b"id"[..].into(),
                         type_oid: 23,
                         typmod: -1,
                         len: 4,
@@ -540,8 +546,8 @@ mod tests {
                         dropped: false,
                     }],
                     rows: vec![(
-                        Some(br#"{"id":1,"total":1}"#.to_vec()),
-                        Some(br#"{"id":1,"total":2}"#.to_vec()),
+                        Some(br#"{"id":1,"total":1}"#[..].into()),
+                        Some(br#"{"id":1,"total":2}"#[..].into()),
                     )],
                 }),
             },
@@ -549,12 +555,12 @@ mod tests {
                 origin,
                 body: Body::Event(Event {
                     ts: -1,
-                    action: b"user_login".to_vec(),
-                    details: b"{}".to_vec(),
-                    entity_type: Some(b"user".to_vec()),
+                    action: b"user_login"[..].into(),
+                    details: b"{}"[..].into(),
+                    entity_type: Some(b"user"[..].into()),
                     entity_id: None,
-                    category: b"authentication".to_vec(),
-                    severity: b"info".to_vec(),
+                    category: b"authentication"[..].into(),
+                    severity: b"info"[..].into(),
                 }),
             },
         ]
@@ -565,7 +571,7 @@ mod tests {
         let info = FrameInfo {
             pid: 42,
             xid: 1 << 40,
-            client_addr: Some(b"127.0.0.1".to_vec()),
+            client_addr: Some(b"127.0.0.1"[..].into()),
         };
         let mut buf = Vec::new();
         info.encode(&mut buf);

@@ -129,17 +129,19 @@ fn now() -> i64 {
 }
 
 /// origin copies who is acting, and in which context, right now.
-pub fn origin() -> Origin {
+pub fn origin() -> Origin<'static> {
     // SAFETY: plain reads of backend globals and GUC strings; none of these raise errors.
     unsafe {
         let jwt = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
         Origin {
             session_user: pg_sys::GetSessionUserId().to_u32(),
             current_user: pg_sys::GetUserId().to_u32(),
-            actor: gucs::actor(),
-            context: gucs::context(),
-            jwt_claims: cstr_bytes(jwt).filter(|b| !b.is_empty()),
-            application_name: cstr_bytes(pg_sys::application_name).unwrap_or_default(),
+            actor: gucs::actor().map(Into::into),
+            context: gucs::context().map(Into::into),
+            jwt_claims: cstr_bytes(jwt).filter(|b| !b.is_empty()).map(Into::into),
+            application_name: cstr_bytes(pg_sys::application_name)
+                .unwrap_or_default()
+                .into(),
         }
     }
 }
@@ -265,10 +267,10 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
                 ts: run.ts,
                 duration_us: end - run.ts,
                 class: run.class,
-                command: run.command.to_vec(),
+                command: run.command.into(),
                 sqlstate: None,
                 error_message: None,
-                query: run.query,
+                query: run.query.into(),
                 query_id,
                 rows,
                 relations: run.relations,
@@ -683,11 +685,11 @@ unsafe fn record_failure(edata: &pg_sys::ErrorData) {
             ts,
             duration_us: 0,
             class,
-            command: command.to_vec(),
+            command: command.into(),
             sqlstate: Some(state),
             // SAFETY: message is NULL or the formatted error message.
-            error_message: unsafe { cstr_bytes(edata.message) },
-            query,
+            error_message: unsafe { cstr_bytes(edata.message) }.map(Into::into),
+            query: query.into(),
             query_id: 0,
             rows: None,
             relations: Vec::new(),

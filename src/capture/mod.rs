@@ -173,17 +173,17 @@ mod tests {
     use super::*;
     use crate::record::{Body, Event, Origin};
 
-    fn event(n: u8) -> Record {
+    fn event(n: u8) -> Record<'static> {
         Record {
             origin: Origin::default(),
             body: Body::Event(Event {
                 ts: n as i64,
-                action: vec![n],
-                details: b"{}".to_vec(),
+                action: vec![n].into(),
+                details: b"{}"[..].into(),
                 entity_type: None,
                 entity_id: None,
-                category: b"application".to_vec(),
-                severity: b"info".to_vec(),
+                category: b"application"[..].into(),
+                severity: b"info"[..].into(),
             }),
         }
     }

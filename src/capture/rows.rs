@@ -29,7 +29,7 @@ use std::rc::Rc;
 use super::tracked::{self, Tracked};
 use super::{clip, hooks};
 use crate::gucs;
-use crate::record::{Body, Change, Column, Op, Record, RowSink};
+use crate::record::{Body, Bytes, Change, Column, Op, Record, RowSink};
 
 /// Synthetic trigger and function OIDs: above any OID a real catalog row can get here, and
 /// not an RI trigger function (AfterTriggerSaveEvent asks RI_FKey_trigger_type about it).
@@ -520,7 +520,7 @@ unsafe fn detoasted(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> pg_sys:
 }
 
 /// columns describes a row type so that the writer can rebuild it.
-unsafe fn columns(desc: pg_sys::TupleDesc) -> Vec<Column> {
+unsafe fn columns(desc: pg_sys::TupleDesc) -> Vec<Column<'static>> {
     // SAFETY: desc is the relation's live tuple descriptor.
     unsafe {
         (*desc)
@@ -528,7 +528,10 @@ unsafe fn columns(desc: pg_sys::TupleDesc) -> Vec<Column> {
             .as_slice((*desc).natts as usize)
             .iter()
             .map(|a| Column {
-                name: CStr::from_ptr(a.attname.data.as_ptr()).to_bytes().to_vec(),
+                name: CStr::from_ptr(a.attname.data.as_ptr())
+                    .to_bytes()
+                    .to_vec()
+                    .into(),
                 type_oid: a.atttypid.to_u32(),
                 typmod: a.atttypmod,
                 len: a.attlen,
@@ -644,16 +647,22 @@ pub fn push_change(
             command_id,
             op,
             relid: tracked.relid,
-            schema,
-            table,
-            key_columns: tracked.key_columns.clone(),
-            exclude_columns: tracked.exclude_columns.clone(),
-            query: clip(&hooks::current_query(), gucs::max_query_length()).to_vec(),
-            note: note.as_bytes().to_vec(),
+            schema: schema.into(),
+            table: table.into(),
+            key_columns: borrowed(&tracked.key_columns),
+            exclude_columns: borrowed(&tracked.exclude_columns),
+            query: clip(&hooks::current_query(), gucs::max_query_length())
+                .to_vec()
+                .into(),
+            note: note.as_bytes().into(),
             row_count,
             columns,
             rows: Vec::new(),
         }),
     };
     super::push(&record, rows);
+}
+
+fn borrowed(names: &[Vec<u8>]) -> Vec<Bytes<'_>> {
+    names.iter().map(|n| n.as_slice().into()).collect()
 }

@@ -16,7 +16,7 @@ use pgrx::pg_sys;
 use pgrx::varlena;
 use std::ffi::{CString, c_char};
 
-use crate::record::{Column, RowImages};
+use crate::record::{Bytes, Column, RowImages};
 
 /// A jsonb value allocated in the batch transaction.
 #[derive(Clone, Copy)]
@@ -44,17 +44,17 @@ pub struct ChangeRow {
 
 /// Decoder decodes the changes of one batch. It lives in the batch transaction: the row types
 /// it builds are reused by every statement of the same shape in the batch.
-pub struct Decoder {
+pub struct Decoder<'a> {
     to_jsonb: ToJsonb,
     per_row: pgrx::PgMemoryContexts,
-    shapes: Vec<Shape>,
+    shapes: Vec<Shape<'a>>,
 }
 
 /// The record types of one table's images, as captured.
-struct Shape {
-    columns: Vec<Column>,
-    key_columns: Vec<Vec<u8>>,
-    exclude: Vec<Vec<u8>>,
+struct Shape<'a> {
+    columns: Vec<Column<'a>>,
+    key_columns: Vec<Bytes<'a>>,
+    exclude: Vec<Bytes<'a>>,
     full: pg_sys::TupleDesc,
     /// The columns shown in the trail: neither dropped nor excluded.
     shown: Vec<usize>,
@@ -267,8 +267,12 @@ fn too_long() -> ! {
     );
 }
 
-impl Shape {
-    unsafe fn new(columns: &[Column], key_columns: &[Vec<u8>], exclude: &[Vec<u8>]) -> Shape {
+impl<'a> Shape<'a> {
+    unsafe fn new(
+        columns: &[Column<'a>],
+        key_columns: &[Bytes<'a>],
+        exclude: &[Bytes<'a>],
+    ) -> Shape<'a> {
         let shown: Vec<usize> = (0..columns.len())
             .filter(|&i| !columns[i].dropped && !exclude.contains(&columns[i].name))
             .collect();
@@ -299,9 +303,9 @@ impl Shape {
     }
 }
 
-impl Decoder {
+impl<'a> Decoder<'a> {
     /// new must be called inside the batch transaction.
-    pub fn new() -> Decoder {
+    pub fn new() -> Decoder<'a> {
         Decoder {
             // SAFETY: fmgr lookup in the transaction's memory context.
             to_jsonb: unsafe { ToJsonb::new() },
@@ -313,10 +317,10 @@ impl Decoder {
     /// decode_change decodes every image of one statement's change.
     pub fn decode_change(
         &mut self,
-        columns: &[Column],
-        key_columns: &[Vec<u8>],
-        exclude: &[Vec<u8>],
-        images: &[RowImages],
+        columns: &[Column<'a>],
+        key_columns: &[Bytes<'a>],
+        exclude: &[Bytes<'a>],
+        images: &[RowImages<'a>],
     ) -> Vec<ChangeRow> {
         let found = self.shapes.iter().position(|s| {
             s.columns == columns && s.key_columns == key_columns && s.exclude == exclude

@@ -617,7 +617,7 @@ fn parse_json_or_string(b: &[u8]) -> Value {
 struct Common<'a> {
     committed_at: i64,
     info: &'a record::FrameInfo,
-    origin: &'a record::Origin,
+    origin: &'a record::Origin<'a>,
 }
 
 /// The trail rows of one batch, in ring order.
@@ -785,7 +785,8 @@ impl Rows {
         row.text(Col::EffectiveUser, self.user(o.current_user).as_bytes());
         row.opt_text(Col::Actor, o.actor.as_deref());
         row.text(Col::ApplicationName, &o.application_name);
-        let json = |b: &Option<Vec<u8>>| b.as_deref().map(|b| parse_json_or_string(b).to_string());
+        let json =
+            |b: &Option<record::Bytes>| b.as_deref().map(|b| parse_json_or_string(b).to_string());
         if let Some(j) = json(&o.context) {
             row.json_text(Col::Context, &j);
         }
@@ -806,7 +807,7 @@ impl Rows {
         row
     }
 
-    fn push(&mut self, decoder: &mut decode::Decoder, c: Common, body: &Body) {
+    fn push<'a>(&mut self, decoder: &mut decode::Decoder<'a>, c: Common, body: &Body<'a>) {
         match body {
             Body::Statement(s) => {
                 let failed = s.sqlstate.is_some();
