@@ -1,7 +1,8 @@
 //! record.rs: the byte format shared by capture (encodes) and the writer (decodes).
 //!
-//! Pure Rust, no `pg_sys`: a record holds plain bytes and numbers copied on the write path —
-//! never a pointer into PostgreSQL memory. Names (roles, relations) travel as OIDs and are
+//! Pure Rust, no `pg_sys`: an encoded record is plain bytes and numbers copied on the write
+//! path — never a pointer into PostgreSQL memory. (A [`Record`] may borrow what it encodes, but
+//! only for as long as the encoding takes.) Names (roles, relations) travel as OIDs and are
 //! resolved by the writer. A frame payload is one [`FrameInfo`] followed by records, each a
 //! `u32` length and its body; bump [`VERSION`] on any layout change.
 
