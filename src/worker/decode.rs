@@ -352,29 +352,22 @@ impl<'a> Decoder<'a> {
                     let new = new
                         .as_ref()
                         .map(|b| Deformed::new(b, shape.full, composite));
-                    let key_source = old.as_ref().or(new.as_ref());
-                    let (old_row, new_row, row_key);
-                    if let Some(direct) = &shape.direct {
-                        let image = |d: &Deformed| direct.object(d, columns, &direct.shown);
-                        old_row = old.as_ref().map(image);
-                        new_row = new.as_ref().map(image);
-                        row_key = match shape.key_type {
-                            Some(_) => key_source.map(|d| direct.object(d, columns, &direct.key)),
-                            None => old_row.or(new_row),
-                        };
-                    } else {
-                        let image = |d: &Deformed| match shape.shown_type {
-                            Some(t) => to_jsonb.call(d.form(t, &shape.shown, |_| false)),
-                            None => to_jsonb.call(d.datum),
-                        };
-                        old_row = old.as_ref().map(image);
-                        new_row = new.as_ref().map(image);
-                        row_key = match shape.key_type {
-                            Some(t) => key_source
-                                .map(|d| to_jsonb.call(d.form(t, &key_idx, |n| !shape.key[n].1))),
-                            None => old_row.or(new_row),
-                        };
-                    }
+                    // The shown columns, and the key columns, as jsonb objects.
+                    let image = |d: &Deformed| match (&shape.direct, shape.shown_type) {
+                        (Some(direct), _) => direct.object(d, columns, &direct.shown),
+                        (None, Some(t)) => to_jsonb.call(d.form(t, &shape.shown, |_| false)),
+                        (None, None) => to_jsonb.call(d.datum),
+                    };
+                    let key = |d: &Deformed, t: pg_sys::TupleDesc| match &shape.direct {
+                        Some(direct) => direct.object(d, columns, &direct.key),
+                        None => to_jsonb.call(d.form(t, &key_idx, |n| !shape.key[n].1)),
+                    };
+                    let old_row = old.as_ref().map(image);
+                    let new_row = new.as_ref().map(image);
+                    let row_key = match shape.key_type {
+                        Some(t) => old.as_ref().or(new.as_ref()).map(|d| key(d, t)),
+                        None => old_row.or(new_row),
+                    };
                     let changed_columns = match (&old, &new) {
                         (Some(o), Some(n)) => {
                             let mut names: Vec<String> = shape
@@ -392,10 +385,7 @@ impl<'a> Decoder<'a> {
                         (Some(t), Some(o), Some(n))
                             if key_idx.iter().any(|&i| !o.same_value(n, i, shape.full)) =>
                         {
-                            Some(jsonb_text(match &shape.direct {
-                                Some(direct) => direct.object(n, columns, &direct.key),
-                                None => to_jsonb.call(n.form(t, &key_idx, |k| !shape.key[k].1)),
-                            }))
+                            Some(jsonb_text(key(n, t)))
                         }
                         _ => None,
                     };
