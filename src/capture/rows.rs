@@ -663,6 +663,7 @@ pub fn push_change(
     super::push(&record, rows);
 }
 
+/// borrowed lends column names to a record for as long as it is being encoded.
 fn borrowed(names: &[Vec<u8>]) -> Vec<Bytes<'_>> {
     names.iter().map(|n| n.as_slice().into()).collect()
 }
