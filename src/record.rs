@@ -95,8 +95,8 @@ pub struct Column<'a> {
     pub dropped: bool,
 }
 
-/// One statement's changes to one tracked table: row images as JSON text, copied (and
-/// detoasted) when the statement finished.
+/// One statement's changes to one tracked table: row images as minimal tuples, copied (and
+/// detoasted) when the statement finished; the writer turns them into jsonb.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change<'a> {
     pub ts: i64,
