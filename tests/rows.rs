@@ -242,6 +242,10 @@ fn savepoints_truncate_copy_and_table_lifecycle() {
         INSERT INTO t_renamed VALUES (8, 'after add column');
         ALTER TABLE t_renamed DROP COLUMN v;
         UPDATE t_renamed SET extra = 43 WHERE id = 8;
+        CREATE SCHEMA moved;
+        BEGIN; ALTER TABLE t_renamed SET SCHEMA moved; INSERT INTO moved.t_renamed VALUES (9, 44); COMMIT;
+        ALTER SCHEMA moved RENAME TO renamed;
+        DELETE FROM renamed.t_renamed WHERE id = 9;
         ",
     );
     c.flush(DB);
@@ -259,15 +263,35 @@ fn savepoints_truncate_copy_and_table_lifecycle() {
             r#"INSERT|t_renamed|{"id": 7}|{"v": "after rename", "id": 7}|-"#,
             r#"INSERT|t_renamed|{"id": 8}|{"v": "after add column", "id": 8, "extra": 42}|-"#,
             r#"UPDATE|t_renamed|{"id": 8}|{"id": 8, "extra": 43}|-"#,
+            r#"INSERT|t_renamed|{"id": 9}|{"id": 9, "extra": 44}|-"#,
+            r#"DELETE|t_renamed|{"id": 9}|-|-"#,
+        ]
+    );
+    // Each change names the table as it was called when the change was made, including a move
+    // and an insert in one transaction.
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT schema_name || '.' || table_name FROM activity_log.changes ORDER BY id"
+        ),
+        [
+            "public.t",
+            "public.t",
+            "public.t",
+            "public.t_renamed",
+            "public.t_renamed",
+            "public.t_renamed",
+            "moved.t_renamed",
+            "renamed.t_renamed"
         ]
     );
     // Dropped: tracking ends, the trail stays.
-    c.sql(DB, "DROP TABLE t_renamed");
+    c.sql(DB, "DROP TABLE renamed.t_renamed");
     assert_eq!(
         c.one(DB, "SELECT count(*) FROM activity_log.tracked_tables"),
         "0"
     );
-    assert_eq!(c.one(DB, "SELECT count(*) FROM activity_log.changes"), "6");
+    assert_eq!(c.one(DB, "SELECT count(*) FROM activity_log.changes"), "8");
 }
 
 #[test]

@@ -24,6 +24,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char};
+use std::io::Write;
 use std::rc::Rc;
 
 use super::tracked::{self, Tracked};
@@ -262,30 +263,49 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) 
         if is_augmented(rri) {
             return;
         }
-        let old_cxt = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
         let old = (*rri).ri_TrigDesc;
         let n = if old.is_null() {
             0
         } else {
             (*old).numtriggers as usize
         };
-        let td = pg_sys::palloc0(size_of::<pg_sys::TriggerDesc>()).cast::<pg_sys::TriggerDesc>();
+        let total = n + NTRIG;
+        // This runs for every statement on a tracked table, and each call into PostgreSQL costs
+        // a sigsetjmp (pgrx's guard): the descriptor, its three arrays, the argument vector and
+        // the command id's text share one zeroed allocation in the query's context.
+        let mut size = 0;
+        let mut take = |bytes: usize| {
+            let at = size;
+            size += bytes.next_multiple_of(align_of::<pg_sys::Datum>());
+            at
+        };
+        let td_at = take(size_of::<pg_sys::TriggerDesc>());
+        let triggers_at = take(size_of::<pg_sys::Trigger>() * total);
+        let finfo_at = take(size_of::<pg_sys::FmgrInfo>() * total);
+        let when_at = take(size_of::<*mut pg_sys::ExprState>() * total);
+        let args_at = take(size_of::<*mut c_char>());
+        let cid_at = take(CID_TEXT_BYTES);
+        let block = pg_sys::MemoryContextAllocZero((*estate).es_query_cxt, size).cast::<u8>();
+        let td = block.add(td_at).cast::<pg_sys::TriggerDesc>();
+        let triggers = block.add(triggers_at).cast::<pg_sys::Trigger>();
+        let finfo = block.add(finfo_at).cast::<pg_sys::FmgrInfo>();
+        let when = block.add(when_at).cast::<*mut pg_sys::ExprState>();
+        let args = block.add(args_at).cast::<*mut c_char>();
+        let cid = block.add(cid_at);
+
         if !old.is_null() {
             std::ptr::copy_nonoverlapping(old, td, 1);
         }
-        let triggers =
-            pg_sys::palloc0(size_of::<pg_sys::Trigger>() * (n + NTRIG)).cast::<pg_sys::Trigger>();
         if n > 0 {
             std::ptr::copy_nonoverlapping((*old).triggers, triggers, n);
         }
         // The statement's command id travels in the trigger's one argument.
-        let cid = pg_sys::pstrdup(
-            std::ffi::CString::new((*estate).es_output_cid.to_string())
-                .unwrap()
-                .as_ptr(),
-        );
-        let args = pg_sys::palloc(size_of::<*mut c_char>()).cast::<*mut c_char>();
-        *args = cid;
+        // Any u32 fits in the ten bytes, and the zeroed block ends it with a NUL.
+        let mut text = std::slice::from_raw_parts_mut(cid, CID_TEXT_BYTES - 1);
+        let _ = write!(text, "{}", (*estate).es_output_cid);
+        *args = cid.cast::<c_char>();
+        // The names are static: PostgreSQL only reads a trigger's strings, and frees or copies
+        // only the relation cache's descriptors, never an executor's private one.
         let events = [
             (pg_sys::TRIGGER_TYPE_INSERT, c"activity_log_insert"),
             (pg_sys::TRIGGER_TYPE_UPDATE, c"activity_log_update"),
@@ -294,7 +314,7 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) 
         for (k, (event, name)) in events.iter().enumerate() {
             let t = &mut *triggers.add(n + k);
             t.tgoid = pg_sys::Oid::from(FAKE_TGOID_BASE + k as u32);
-            t.tgname = pg_sys::pstrdup(name.as_ptr());
+            t.tgname = name.as_ptr().cast_mut();
             t.tgfoid = pg_sys::Oid::from(FAKE_FOID);
             t.tgtype = (pg_sys::TRIGGER_TYPE_AFTER | event) as i16; // statement level: no ROW bit
             t.tgenabled = pg_sys::TRIGGER_FIRES_ALWAYS as c_char;
@@ -302,14 +322,14 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) 
             t.tgnargs = 1;
             t.tgargs = args;
             if *event != pg_sys::TRIGGER_TYPE_INSERT {
-                t.tgoldtable = pg_sys::pstrdup(c"activity_log_old".as_ptr());
+                t.tgoldtable = c"activity_log_old".as_ptr().cast_mut();
             }
             if *event != pg_sys::TRIGGER_TYPE_DELETE {
-                t.tgnewtable = pg_sys::pstrdup(c"activity_log_new".as_ptr());
+                t.tgnewtable = c"activity_log_new".as_ptr().cast_mut();
             }
         }
         (*td).triggers = triggers;
-        (*td).numtriggers = (n + NTRIG) as i32;
+        (*td).numtriggers = total as i32;
         (*td).trig_insert_after_statement = true;
         (*td).trig_update_after_statement = true;
         (*td).trig_delete_after_statement = true;
@@ -318,8 +338,6 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) 
         (*td).trig_update_new_table = true;
         (*td).trig_delete_old_table = true;
 
-        let finfo =
-            pg_sys::palloc0(size_of::<pg_sys::FmgrInfo>() * (n + NTRIG)).cast::<pg_sys::FmgrInfo>();
         if n > 0 && !(*rri).ri_TrigFunctions.is_null() {
             std::ptr::copy_nonoverlapping((*rri).ri_TrigFunctions, finfo, n);
         }
@@ -330,13 +348,13 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) 
             f.fn_stats = pg_sys::TrackFunctionsLevel::TRACK_FUNC_ALL as u8; // never counted by pgstat
             f.fn_mcxt = (*estate).es_query_cxt;
         }
-        let when = pg_sys::palloc0(size_of::<*mut pg_sys::ExprState>() * (n + NTRIG))
-            .cast::<*mut pg_sys::ExprState>();
         if n > 0 && !(*rri).ri_TrigWhenExprs.is_null() {
             std::ptr::copy_nonoverlapping((*rri).ri_TrigWhenExprs, when, n);
         }
         if (*estate).es_instrument != 0 {
-            let instr = pg_sys::InstrAlloc((n + NTRIG) as i32, (*estate).es_instrument, false);
+            let old_cxt = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+            let instr = pg_sys::InstrAlloc(total as i32, (*estate).es_instrument, false);
+            pg_sys::MemoryContextSwitchTo(old_cxt);
             if n > 0 && !(*rri).ri_TrigInstrument.is_null() {
                 std::ptr::copy_nonoverlapping((*rri).ri_TrigInstrument, instr, n);
             }
@@ -345,9 +363,11 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) 
         (*rri).ri_TrigDesc = td;
         (*rri).ri_TrigFunctions = finfo;
         (*rri).ri_TrigWhenExprs = when;
-        pg_sys::MemoryContextSwitchTo(old_cxt);
     }
 }
+
+/// Room for a command id in decimal and its NUL: u32::MAX has ten digits.
+const CID_TEXT_BYTES: usize = 11;
 
 /// hide_from_explain zeroes the synthetic triggers' instrumentation so that EXPLAIN ANALYZE
 /// does not list them (it skips triggers that never ran).
@@ -519,19 +539,20 @@ unsafe fn detoasted(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> pg_sys:
     }
 }
 
-/// columns describes a row type so that the writer can rebuild it.
-unsafe fn columns(desc: pg_sys::TupleDesc) -> Vec<Column<'static>> {
-    // SAFETY: desc is the relation's live tuple descriptor.
+/// columns describes a row type so that the writer can rebuild it, naming the columns with
+/// the descriptor's own strings.
+///
+/// # Safety
+/// `desc` is a live tuple descriptor that outlives `'a`.
+unsafe fn columns<'a>(desc: pg_sys::TupleDesc) -> Vec<Column<'a>> {
+    // SAFETY: as documented for the caller.
     unsafe {
         (*desc)
             .attrs
             .as_slice((*desc).natts as usize)
             .iter()
             .map(|a| Column {
-                name: CStr::from_ptr(a.attname.data.as_ptr())
-                    .to_bytes()
-                    .to_vec()
-                    .into(),
+                name: CStr::from_ptr(a.attname.data.as_ptr()).to_bytes().into(),
                 type_oid: a.atttypid.to_u32(),
                 typmod: a.atttypmod,
                 len: a.attlen,
@@ -621,22 +642,9 @@ pub fn push_change(
     note: &str,
     rows: impl FnOnce(&mut RowSink),
 ) {
-    // SAFETY: syscache lookups of a relation that is open (locked) by the running statement.
-    let (schema, table) = unsafe {
-        let relid = pg_sys::Oid::from(tracked.relid);
-        let name = pg_sys::get_rel_name(relid);
-        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
-        let bytes = |p: *mut c_char| {
-            if p.is_null() {
-                Vec::new()
-            } else {
-                CStr::from_ptr(p).to_bytes().to_vec()
-            }
-        };
-        (bytes(nsp), bytes(name))
-    };
     // SAFETY: no error paths.
     let ts = unsafe { pg_sys::GetCurrentTimestamp() };
+    let query = hooks::current_query();
     if tracked.durable {
         super::mark_durable();
     }
@@ -647,13 +655,11 @@ pub fn push_change(
             command_id,
             op,
             relid: tracked.relid,
-            schema: schema.into(),
-            table: table.into(),
+            schema: tracked.schema.as_slice().into(),
+            table: tracked.table.as_slice().into(),
             key_columns: borrowed(&tracked.key_columns),
             exclude_columns: borrowed(&tracked.exclude_columns),
-            query: clip(&hooks::current_query(), gucs::max_query_length())
-                .to_vec()
-                .into(),
+            query: clip(&query, gucs::max_query_length()).into(),
             note: note.as_bytes().into(),
             row_count,
             columns,

@@ -20,6 +20,9 @@ use crate::ring;
 pub struct Tracked {
     /// The tracked root (itself, or the partitioned table a partition belongs to).
     pub relid: u32,
+    /// The root's schema and name. A rename is DDL, which reloads this copy.
+    pub schema: Vec<u8>,
+    pub table: Vec<u8>,
     /// Primary-key columns of the root; empty when it has none (the key is the whole row).
     pub key_columns: Vec<Vec<u8>>,
     pub exclude_columns: Vec<Vec<u8>>,
@@ -96,6 +99,23 @@ fn refresh_if_stale() {
     });
 }
 
+/// names is the schema and name of `relid` (empty when it no longer exists).
+fn names(relid: pg_sys::Oid) -> (Vec<u8>, Vec<u8>) {
+    let bytes = |p: *mut std::ffi::c_char| {
+        if p.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: a NUL-terminated string palloc'd by the syscache lookup below.
+            unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes().to_vec()
+        }
+    };
+    // SAFETY: syscache lookups inside the loading statement's transaction.
+    unsafe {
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+        (bytes(nsp), bytes(pg_sys::get_rel_name(relid)))
+    }
+}
+
 /// load reads the tracked tables of this database; none when the extension is not installed.
 fn load() -> HashMap<u32, Rc<Tracked>> {
     let mut out = HashMap::new();
@@ -116,10 +136,13 @@ fn load() -> HashMap<u32, Rc<Tracked>> {
             let excluded: Vec<String> = row.get(4)?.unwrap_or_default();
             let has_foreign_partition: bool = row.get(5)?.unwrap_or(false);
             let durable: bool = row.get(6)?.unwrap_or(false);
+            let (schema, table) = names(root);
             rows.push((
                 relid.to_u32(),
                 Tracked {
                     relid: root.to_u32(),
+                    schema,
+                    table,
                     key_columns: keys.into_iter().map(String::into_bytes).collect(),
                     exclude_columns: excluded.into_iter().map(String::into_bytes).collect(),
                     has_foreign_partition,
