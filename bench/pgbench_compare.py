@@ -126,6 +126,21 @@ def check_trail(cluster, transactions):
 def writer(cluster, signal):
     pid = cluster.psql("SELECT writer_pid FROM activity_log.queue")
     subprocess.run(["sudo", "kill", f"-{signal}", pid], check=True)
+    return pid
+
+
+def pause_writer(cluster):
+    """Stops the writer between transactions: stopped inside one, it would hold back the xmin
+    horizon, and the backends would walk ever longer HOT chains (a cost that is not capture's)."""
+    for _ in range(50):
+        pid = writer(cluster, "STOP")
+        busy = cluster.psql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} "
+                            "AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)")
+        if busy == "0":
+            return
+        writer(cluster, "CONT")
+        time.sleep(0.1)
+    raise RuntimeError("the writer never paused outside a transaction")
 
 
 def main():
@@ -185,7 +200,7 @@ def main():
                     runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off"))
                     continue
                 psql("SELECT activity_log.flush()")
-                writer(cluster, "STOP")
+                pause_writer(cluster)
                 try:
                     runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off"))
                     backlog = int(psql("SELECT published_records - written_records FROM activity_log.queue"))
