@@ -99,6 +99,66 @@ fn inserts_updates_deletes_as_stored_without_a_trigger() {
 }
 
 #[test]
+fn statement_triggers_reading_the_same_transition_tables_see_every_row() {
+    // The capture reads the transition tables the table's own statement triggers read; each
+    // reader rewinds, so both see every row.
+    let c = cluster("rows-transition");
+    c.sql(
+        DB,
+        r#"
+        CREATE TABLE t (id int PRIMARY KEY, v text);
+        CREATE TABLE seen (op text, old_ids text, new_ids text);
+        CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                INSERT INTO seen SELECT TG_OP, '-', string_agg(id::text, ',' ORDER BY id) FROM new_rows;
+            ELSIF TG_OP = 'UPDATE' THEN
+                INSERT INTO seen SELECT TG_OP, (SELECT string_agg(id::text, ',' ORDER BY id) FROM old_rows),
+                                       (SELECT string_agg(v, ',' ORDER BY id) FROM new_rows);
+            ELSE
+                INSERT INTO seen SELECT TG_OP, string_agg(id::text, ',' ORDER BY id), '-' FROM old_rows;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER note_insert AFTER INSERT ON t REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION note();
+        CREATE TRIGGER note_update AFTER UPDATE ON t REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION note();
+        CREATE TRIGGER note_delete AFTER DELETE ON t REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION note();
+        SELECT activity_log.track('t');
+        INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3) g;
+        UPDATE t SET v = v || '!' WHERE id < 3;
+        DELETE FROM t WHERE id > 1;
+        "#,
+    );
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT op || ' ' || old_ids || ' ' || new_ids FROM seen"
+        ),
+        ["INSERT - 1,2,3", "UPDATE 1,2 v1!,v2!", "DELETE 2,3 -"]
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT op || ' ' || row_key::text || ' ' || coalesce(new_row->>'v', '-')
+               FROM activity_log.changes WHERE table_name = 't' ORDER BY id"
+        ),
+        [
+            r#"INSERT {"id": 1} v1"#,
+            r#"INSERT {"id": 2} v2"#,
+            r#"INSERT {"id": 3} v3"#,
+            r#"UPDATE {"id": 1} v1!"#,
+            r#"UPDATE {"id": 2} v2!"#,
+            r#"DELETE {"id": 2} -"#,
+            r#"DELETE {"id": 3} -"#,
+        ]
+    );
+}
+
+#[test]
 fn upsert_merge_ctes_functions_and_prepared_statements() {
     let c = cluster("rows-constructs");
     c.sql(

@@ -394,15 +394,18 @@ pub unsafe fn hide_from_explain(estate: *mut pg_sys::EState) {
     }
 }
 
-/// Reads a transition table one tuple at a time as minimal-tuple bytes, through a private read
-/// pointer (as ExecInitNamedTuplestoreScan does). Values stored out of line (TOAST) are fetched
-/// first, and defaults of columns added after a row was stored are filled in, so nothing refers
-/// to storage that can change; the writer decodes the bytes (decoding is the expensive part, so
-/// it happens there).
+/// Reads a transition table one tuple at a time as minimal-tuple bytes, through the store's
+/// first read pointer: nobody else reads through it (a trigger's query over a transition table
+/// takes a pointer of its own and rewinds it, see ExecInitNamedTuplestoreScan), and each of its
+/// own costs a call into PostgreSQL on every statement. Values stored out of line (TOAST) are
+/// fetched first, and defaults of columns added after a row was stored are filled in, so
+/// nothing refers to storage that can change; the writer decodes the bytes (decoding is the
+/// expensive part, so it happens there).
 struct Reader {
     store: *mut pg_sys::Tuplestorestate,
     desc: pg_sys::TupleDesc,
     slot: *mut pg_sys::TupleTableSlot,
+    len: usize,
     /// Scratch for tuples that must be rebuilt, reset per row; made on first use.
     per_row: Option<pgrx::PgMemoryContexts>,
 }
@@ -416,23 +419,24 @@ impl Reader {
         if store.is_null() {
             return None;
         }
-        // SAFETY: as documented for the caller; the slot is dropped with the reader.
+        // SAFETY: as documented for the caller; the slot is dropped with the reader. Read
+        // pointer 0 may rewind: transition tables are made with randomAccess false, which
+        // gives it EXEC_FLAG_REWIND.
         unsafe {
-            let ptr = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
-            pg_sys::tuplestore_select_read_pointer(store, ptr);
+            pg_sys::tuplestore_select_read_pointer(store, 0);
             pg_sys::tuplestore_rescan(store);
             Some(Reader {
                 store,
                 desc,
                 slot: pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple),
+                len: pg_sys::tuplestore_tuple_count(store) as usize,
                 per_row: None,
             })
         }
     }
 
     fn len(&self) -> usize {
-        // SAFETY: a live tuplestore.
-        unsafe { pg_sys::tuplestore_tuple_count(self.store) as usize }
+        self.len
     }
 
     /// next is the next row's bytes, valid until the following call.
@@ -441,7 +445,7 @@ impl Reader {
         // store is the slot's to free); what we allocate for a row lives in per_row (reset here).
         unsafe {
             self.release();
-            // Each store has its own read pointers; this one was selected at open.
+            // Read pointer 0 of this store was selected at open.
             if !pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot) {
                 return None;
             }
@@ -497,11 +501,8 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.release();
-        // SAFETY: the slot is ours; read pointer 0 is the one the trigger manager uses.
-        unsafe {
-            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
-            pg_sys::tuplestore_select_read_pointer(self.store, 0);
-        }
+        // SAFETY: the slot is ours.
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) };
     }
 }
 
