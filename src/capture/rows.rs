@@ -396,11 +396,11 @@ pub unsafe fn hide_from_explain(estate: *mut pg_sys::EState) {
 
 /// Reads a transition table one tuple at a time as minimal-tuple bytes, through the store's
 /// first read pointer: nobody else reads through it (a trigger's query over a transition table
-/// takes a pointer of its own and rewinds it, see ExecInitNamedTuplestoreScan), and each of its
-/// own costs a call into PostgreSQL on every statement. Values stored out of line (TOAST) are
-/// fetched first, and defaults of columns added after a row was stored are filled in, so
-/// nothing refers to storage that can change; the writer decodes the bytes (decoding is the
-/// expensive part, so it happens there).
+/// takes a pointer of its own and rewinds it, see ExecInitNamedTuplestoreScan), and a private
+/// one would cost two more calls into PostgreSQL per table and statement. Values stored out of
+/// line (TOAST) are fetched first, and defaults of columns added after a row was stored are
+/// filled in, so nothing refers to storage that can change; the writer decodes the bytes
+/// (decoding is the expensive part, so it happens there).
 struct Reader {
     store: *mut pg_sys::Tuplestorestate,
     desc: pg_sys::TupleDesc,
