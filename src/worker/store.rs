@@ -110,17 +110,13 @@ impl Row {
     }
 
     pub fn text(&mut self, c: Col, s: &[u8]) {
-        // Query text cut at max_query_length may end mid-character.
-        let s = String::from_utf8_lossy(s);
-        // SAFETY: copies the bytes into a palloc'd text.
-        let t = unsafe { pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32) };
-        self.set(c, pg_sys::Datum::from(t));
+        self.set(c, text_value(s));
     }
 
-    pub fn opt_text(&mut self, c: Col, s: Option<&[u8]>) {
-        if let Some(s) = s {
-            self.text(c, s);
-        }
+    /// shared_text sets a text made by [`text_value`] that other rows may hold too: a row's
+    /// values are copied into its tuple, never freed one by one.
+    pub fn shared_text(&mut self, c: Col, text: pg_sys::Datum) {
+        self.set(c, text);
     }
 
     pub fn int8(&mut self, c: Col, v: i64) {
@@ -182,6 +178,15 @@ impl Row {
             self.set(c, pg_sys::Datum::from(array));
         }
     }
+}
+
+/// text_value is `s` as a palloc'd text.
+pub fn text_value(s: &[u8]) -> pg_sys::Datum {
+    // Query text cut at max_query_length may end mid-character.
+    let s = String::from_utf8_lossy(s);
+    // SAFETY: copies the bytes into a palloc'd text.
+    let t = unsafe { pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32) };
+    pg_sys::Datum::from(t)
 }
 
 /// call_in runs a type input function on `s`.

@@ -630,8 +630,12 @@ struct Rows {
     labels: Vec<(i64, String)>,
     /// Each row's hour, kind and status, for activity_log.activity_hourly.
     buckets: Vec<Bucket>,
-    /// Role names, looked up once per batch.
-    users: HashMap<u32, String>,
+    /// Role names as text, looked up once per batch.
+    users: HashMap<u32, pg_sys::Datum>,
+    /// Texts made in this batch, by content. Most repeat from row to row (kind, status,
+    /// application, command, the table's names), and rows can share one as the rows of a
+    /// statement share their common columns; each text costs a guarded call into PostgreSQL.
+    texts: HashMap<Vec<u8>, pg_sys::Datum>,
 }
 
 /// (hour as microseconds since 2000-01-01 UTC, kind, status)
@@ -702,6 +706,7 @@ impl Rows {
             labels: Vec::new(),
             buckets: Vec::new(),
             users: HashMap::new(),
+            texts: HashMap::new(),
         }
     }
 
@@ -753,11 +758,23 @@ impl Rows {
         self.rows.push(row);
     }
 
-    fn user(&mut self, role: u32) -> String {
-        self.users
+    fn user(&mut self, role: u32) -> pg_sys::Datum {
+        *self
+            .users
             .entry(role)
-            .or_insert_with(|| store::user_name(role))
-            .clone()
+            .or_insert_with(|| store::text_value(store::user_name(role).as_bytes()))
+    }
+
+    /// text sets a column to a text this batch made already, or makes it.
+    fn text(&mut self, row: &mut Row, c: Col, s: &[u8]) {
+        let text = match self.texts.get(s) {
+            Some(&text) => text,
+            None => *self
+                .texts
+                .entry(s.to_vec())
+                .or_insert_with(|| store::text_value(s)),
+        };
+        row.shared_text(c, text);
     }
 
     /// row starts a trail row with the columns every kind of record has.
@@ -777,14 +794,18 @@ impl Rows {
         let mut row = Row::default();
         row.timestamp(Col::Ts, ts);
         row.timestamp(Col::CommittedAt, c.committed_at);
-        row.text(Col::Kind, kind.as_bytes());
-        row.text(Col::Category, category);
-        row.text(Col::Severity, severity);
-        row.text(Col::Status, status.as_bytes());
-        row.text(Col::DbUser, self.user(o.session_user).as_bytes());
-        row.text(Col::EffectiveUser, self.user(o.current_user).as_bytes());
-        row.opt_text(Col::Actor, o.actor.as_deref());
-        row.text(Col::ApplicationName, &o.application_name);
+        self.text(&mut row, Col::Kind, kind.as_bytes());
+        self.text(&mut row, Col::Category, category);
+        self.text(&mut row, Col::Severity, severity);
+        self.text(&mut row, Col::Status, status.as_bytes());
+        let db_user = self.user(o.session_user);
+        row.shared_text(Col::DbUser, db_user);
+        let effective_user = self.user(o.current_user);
+        row.shared_text(Col::EffectiveUser, effective_user);
+        if let Some(actor) = o.actor.as_deref() {
+            self.text(&mut row, Col::Actor, actor);
+        }
+        self.text(&mut row, Col::ApplicationName, &o.application_name);
         let json =
             |b: &Option<record::Bytes>| b.as_deref().map(|b| parse_json_or_string(b).to_string());
         if let Some(j) = json(&o.context) {
@@ -800,7 +821,9 @@ impl Rows {
         if c.info.xid != 0 {
             row.int8(Col::Xid, c.info.xid as i64);
         }
-        row.opt_text(Col::Command, command);
+        if let Some(command) = command {
+            self.text(&mut row, Col::Command, command);
+        }
         if let Some(d) = details {
             row.json_text(Col::Details, d);
         }
@@ -942,8 +965,8 @@ impl Rows {
                 if !ch.query.is_empty() {
                     first.text(Col::Query, &ch.query);
                 }
-                first.text(Col::SchemaName, &ch.schema);
-                first.text(Col::TableName, &ch.table);
+                self.text(&mut first, Col::SchemaName, &ch.schema);
+                self.text(&mut first, Col::TableName, &ch.table);
                 first.oid(Col::TableOid, ch.relid);
                 if ch.op == Op::Copy {
                     first.int8(Col::Rows, ch.row_count);
