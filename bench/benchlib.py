@@ -1,6 +1,7 @@
 """Shared by the benchmark scripts: a throwaway cluster of the system PostgreSQL with the
 release build of activity_log installed, and machine facts for the reports."""
 import os
+import random
 import subprocess
 import time
 
@@ -58,3 +59,25 @@ def write_report(name, report):
     os.makedirs(f"{HERE}/results", exist_ok=True)
     with open(f"{HERE}/results/{name}", "w") as f:
         f.write(report)
+
+
+# The four tables of pgbench's tpcb-like workload, as activity_log tracks them.
+TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+
+
+def transactions(n):
+    """pgbench's tpcb-like script at scale 1, with fixed random choices."""
+    rng = random.Random(1)
+    out = []
+    for _ in range(n):
+        aid, tid, delta = rng.randint(1, 100_000), rng.randint(1, 10), rng.randint(-5000, 5000)
+        out.append(
+            "BEGIN;\n"
+            f"UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};\n"
+            f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};\n"
+            f"UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid};\n"
+            f"UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1;\n"
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
+            f"VALUES ({tid}, 1, {aid}, {delta}, CURRENT_TIMESTAMP);\n"
+            "END;\n")
+    return "".join(out)

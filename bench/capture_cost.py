@@ -14,11 +14,10 @@ stop and first-use work (loading the tracked tables, say).
 """
 import argparse
 import os
-import random
 import re
 import subprocess
 
-from benchlib import BIN, Cluster, install_release, machine, write_report
+from benchlib import BIN, TABLES, Cluster, install_release, machine, transactions, write_report
 
 DIR = "/tmp/al-bench-capture"
 PORT = 54485
@@ -26,27 +25,6 @@ SETTINGS = [
     "activity_log.capture_statements = 'none'",
     "activity_log.max_databases = 1",
 ]
-TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
-
-
-def transactions(n):
-    """pgbench's tpcb-like script at scale 1, with fixed random choices."""
-    rng = random.Random(1)
-    out = []
-    for _ in range(n):
-        aid, tid, delta = rng.randint(1, 100_000), rng.randint(1, 10), rng.randint(-5000, 5000)
-        out.append(
-            "BEGIN;\n"
-            f"UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};\n"
-            f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};\n"
-            f"UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid};\n"
-            f"UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1;\n"
-            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
-            f"VALUES ({tid}, 1, {aid}, {delta}, CURRENT_TIMESTAMP);\n"
-            "END;\n")
-    return "".join(out)
-
-
 def instructions(cluster, mode, n):
     """Fresh pgbench tables (tracked or not), then n transactions in single-user mode under
     callgrind; returns the instructions executed and the callgrind file."""
