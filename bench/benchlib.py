@@ -65,6 +65,15 @@ def write_report(name, report):
 TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
 
 
+def fresh_pgbench_tables(cluster, tracked):
+    """pgbench -i at scale 1 in database bench (the tables made anew), tracked or not."""
+    subprocess.run([f"{BIN}/pgbench", *cluster.conninfo(), "-i", "-q", "-s", "1", "bench"],
+                   check=True, capture_output=True)
+    if tracked:
+        for t in TABLES:
+            cluster.psql(f"SELECT activity_log.track('{t}')")
+
+
 def transactions(n):
     """pgbench's tpcb-like script at scale 1, with fixed random choices."""
     rng = random.Random(1)

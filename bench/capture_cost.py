@@ -17,7 +17,7 @@ import os
 import re
 import subprocess
 
-from benchlib import BIN, TABLES, Cluster, install_release, machine, transactions, write_report
+from benchlib import BIN, Cluster, fresh_pgbench_tables, install_release, machine, transactions, write_report
 
 DIR = "/tmp/al-bench-capture"
 PORT = 54485
@@ -29,11 +29,7 @@ def instructions(cluster, mode, n):
     """Fresh pgbench tables (tracked or not), then n transactions in single-user mode under
     callgrind; returns the instructions executed and the callgrind file."""
     cluster.pg_ctl("start")
-    subprocess.run([f"{BIN}/pgbench", *cluster.conninfo(), "-i", "-q", "-s", "1", "bench"],
-                   check=True, capture_output=True)
-    if mode == "tracked":
-        for t in TABLES:
-            cluster.psql(f"SELECT activity_log.track('{t}')")
+    fresh_pgbench_tables(cluster, tracked=mode == "tracked")
     cluster.psql("CHECKPOINT")
     cluster.pg_ctl("stop", "-m", "fast")
     out = f"{DIR}/callgrind.{mode}.{n}"

@@ -16,7 +16,7 @@ import re
 import subprocess
 import time
 
-from benchlib import BIN, TABLES, Cluster, install_release, machine, transactions, write_report
+from benchlib import BIN, Cluster, fresh_pgbench_tables, install_release, machine, transactions, write_report
 
 DIR = "/tmp/al-bench-writer-cost"
 PORT = 54486
@@ -57,10 +57,7 @@ def main():
     cluster = Cluster(DIR, PORT, SETTINGS)
     cluster.psql("CREATE DATABASE bench", db="postgres")
     cluster.psql("CREATE EXTENSION activity_log")
-    subprocess.run([f"{BIN}/pgbench", *cluster.conninfo(), "-i", "-q", "-s", "1", "bench"],
-                   check=True, capture_output=True)
-    for t in TABLES:
-        cluster.psql(f"SELECT activity_log.track('{t}')")
+    fresh_pgbench_tables(cluster, tracked=True)
     facts = machine(cluster)
     cluster.pg_ctl("stop", "-m", "fast")
 
