@@ -55,11 +55,13 @@ def main():
     n = args.transactions
     install_release()
     cluster = Cluster(DIR, PORT, SETTINGS)
-    cluster.psql("CREATE DATABASE bench", db="postgres")
-    cluster.psql("CREATE EXTENSION activity_log")
-    fresh_pgbench_tables(cluster, tracked=True)
-    facts = machine(cluster)
-    cluster.pg_ctl("stop", "-m", "fast")
+    try:
+        cluster.psql("CREATE DATABASE bench", db="postgres")
+        cluster.psql("CREATE EXTENSION activity_log")
+        fresh_pgbench_tables(cluster, tracked=True)
+        facts = machine(cluster)
+    finally:
+        cluster.pg_ctl("stop", "-m", "fast")
 
     postmaster = subprocess.Popen(
         ["sudo", "-u", "postgres", "valgrind", "--tool=callgrind", f"--callgrind-out-file={DIR}/callgrind.%p",
