@@ -24,20 +24,11 @@ use crate::ring;
 use crate::worker::decode;
 use crate::worker::store::{self, Col, Row, Trail};
 
-/// How long a writer whose database's CREATE EXTENSION has just committed waits at least
-/// before it makes day partitions: a pg_dump restore creates the dumped partitions of the trail
+/// How long a writer whose database's CREATE EXTENSION has just committed waits before it
+/// makes day partitions: a pg_dump restore creates the dumped partitions of the trail right
 /// after CREATE EXTENSION, and a partition made by the writer first would make the restore's
-/// CREATE TABLE fail. After it, the writer also waits for the database to be quiet (see
-/// [`wait_for_quiet_database`]).
+/// CREATE TABLE fail. (A restore that takes longer to reach them still collides: see README.)
 const RESTORE_HEAD_START: Duration = Duration::from_secs(2);
-
-/// The longest a just-created trail waits for its database to be quiet: a restore still
-/// running after it collides (see README, Known gaps), but nothing waits for ever.
-const RESTORE_WAIT_LIMIT: Duration = Duration::from_secs(30);
-
-/// How long no other session of the database may run a statement before the writer starts:
-/// a restore runs its statements back to back, an interactive CREATE EXTENSION goes idle.
-const QUIET_FOR: Duration = Duration::from_secs(1);
 
 /// The slot and database this process writes for.
 static mut MY_SLOT: i64 = -1;
@@ -113,7 +104,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         }
         just_created = true;
     }
-    if just_created && !wait_for_quiet_database() {
+    if just_created && !BackgroundWorker::wait_latch(Some(RESTORE_HEAD_START)) {
         if let Some(i) = ring::slot_of(dboid) {
             ring::detach_writer(i, 0, false);
         }
@@ -177,34 +168,6 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     drain_before_exit(slot);
     // SAFETY: process-local flag read by on_exit.
     unsafe { CLEAN_EXIT = true };
-}
-
-/// wait_for_quiet_database waits [`RESTORE_HEAD_START`], then until no other session of this
-/// database has run a statement for [`QUIET_FOR`] (a restore that created the extension is
-/// still going), for at most [`RESTORE_WAIT_LIMIT`]. False when the server is shutting down.
-fn wait_for_quiet_database() -> bool {
-    if !BackgroundWorker::wait_latch(Some(RESTORE_HEAD_START)) {
-        return false;
-    }
-    const POLL: Duration = Duration::from_millis(100);
-    let started = Instant::now();
-    let mut quiet_since = Instant::now();
-    while started.elapsed() < RESTORE_WAIT_LIMIT && quiet_since.elapsed() < QUIET_FOR {
-        let busy = BackgroundWorker::transaction(|| {
-            Spi::get_one::<i64>(
-                "SELECT count(*) FROM pg_catalog.pg_stat_activity
-                  WHERE datid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
-                    AND backend_type = 'client backend' AND state = 'active'",
-            )
-        });
-        if !matches!(busy, Ok(Some(0))) {
-            quiet_since = Instant::now();
-        }
-        if !BackgroundWorker::wait_latch(Some(POLL)) {
-            return false;
-        }
-    }
-    true
 }
 
 /// refresh_metrics_if_due refreshes activity_log.metrics_daily every `metrics_refresh`. A
