@@ -154,9 +154,9 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         ring::roll_window(slot);
         refresh_metrics_if_due(&mut last_refresh);
         maintain_partitions_if_due(&mut next_maintenance);
-        let written = drain(slot);
-        more = sweeping(slot);
-        if written < gucs::batch_size() as u64 / 4 {
+        let drained = drain(slot);
+        more = sweeping(slot) || drained.left_some;
+        if drained.written < small_batch() {
             // Small batches: let commits gather for a moment, so that a busy server is written
             // in batches rather than one tiny insert per commit. Adds at most 50 ms of lag;
             // with 10 ms the writer spent a fifth more CPU per record under pgbench (a batch
@@ -255,25 +255,52 @@ fn still_mine(slot: usize) -> bool {
     ring::slot_dboid(slot) == unsafe { MY_DB }
 }
 
+/// A batch of fewer records than this costs noticeably more per record: a batch's own work
+/// (its transaction, opening the partition and its indexes, the chain's head, the rollup
+/// upsert) is about 2 million instructions, as much as 25 pgbench rows.
+fn small_batch() -> u64 {
+    gucs::batch_size() as u64 / 4
+}
+
+/// What one call of [`drain`] did.
+struct Drained {
+    written: u64,
+    /// Committed frames were left for the next round (see drain).
+    left_some: bool,
+}
+
 /// drain writes batches until the ring holds no committed frame at its tail, and sweeps
-/// durable_queue when durable transactions committed since the last sweep.
-/// Returns the number of records written.
-fn drain(slot: usize) -> u64 {
+/// durable_queue when durable transactions committed since the last sweep. After the first
+/// batch it leaves a small one for the next round: while a batch is written, commits go on, so
+/// chasing them would write ever smaller batches (under pgbench, five per round, most of a few
+/// dozen records).
+fn drain(slot: usize) -> Drained {
     let mut written = drain_staged(slot);
+    let mut first = true;
     while still_mine(slot) {
         let batch = ring::read(slot, gucs::batch_size());
         if batch.end == ring::tail(slot) {
             break;
         }
+        if !first && batch.records > 0 && batch.records < small_batch() {
+            return Drained {
+                written,
+                left_some: true,
+            };
+        }
         if batch.records > 0 {
             write_batch(slot, Source::Ring(&batch));
+            first = false;
         }
         // SAFETY: process-local static.
         ring::advance(slot, unsafe { MY_DB }, batch.end, batch.records);
         ring::reset_failures(slot);
         written += batch.records;
     }
-    written
+    Drained {
+        written,
+        left_some: false,
+    }
 }
 
 /// A sweep of durable_queue in progress: the staged_commits it must cover, and the ctid its
@@ -416,8 +443,7 @@ fn drain_before_exit(slot: usize) {
     let started = Instant::now();
     while still_mine(slot) && ring::has_frames(slot) && started.elapsed() < Duration::from_secs(10)
     {
-        drain(slot);
-        if ring::has_frames(slot) {
+        if !drain(slot).left_some && ring::has_frames(slot) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
