@@ -26,7 +26,7 @@ pub const GENESIS: [u8; 0] = [];
 /// `d` is a non-NULL varlena Datum.
 unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
     unsafe {
-        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        let v = super::detoast_packed(d.cast_mut_ptr());
         std::slice::from_raw_parts(pgrx::vardata_any(v).cast(), pgrx::varsize_any_exhdr(v))
     }
 }

@@ -236,7 +236,7 @@ impl Scalar {
                     }
                 }
                 Scalar::Text => {
-                    let t = pg_sys::pg_detoast_datum_packed(v.cast_mut_ptr());
+                    let t = super::detoast_packed(v.cast_mut_ptr());
                     let len = varlena::varsize_any_exhdr(t);
                     if len > pg_sys::JENTRY_OFFLENMASK as usize {
                         too_long();
@@ -510,8 +510,8 @@ impl Deformed {
                 _ if a.attbyval => x == y, // both read by fetch_att: same width, same extension
                 -1 => {
                     // Varlena values may differ only in their header (short or compressed).
-                    let x = pg_sys::pg_detoast_datum_packed(x.cast_mut_ptr());
-                    let y = pg_sys::pg_detoast_datum_packed(y.cast_mut_ptr());
+                    let x = super::detoast_packed(x.cast_mut_ptr());
+                    let y = super::detoast_packed(y.cast_mut_ptr());
                     let (lx, ly) = (varlena::varsize_any_exhdr(x), varlena::varsize_any_exhdr(y));
                     lx == ly
                         && std::slice::from_raw_parts(varlena::vardata_any(x).cast::<u8>(), lx)

@@ -14,6 +14,24 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult};
 use std::cell::OnceCell;
 use std::thread::LocalKey;
 
+/// detoast_packed is pg_detoast_datum_packed without the call for a value stored plainly (a
+/// short header included), which is nearly every value the writer reads: each call into
+/// PostgreSQL from Rust runs under a guard (a sigsetjmp), and the writer reads a dozen varlena
+/// values per row.
+///
+/// # Safety
+/// `v` points to a valid varlena.
+unsafe fn detoast_packed(v: *mut pg_sys::varlena) -> *mut pg_sys::varlena {
+    // SAFETY: as documented for the caller.
+    unsafe {
+        if pgrx::varatt_is_4b_c(v) || pgrx::varatt_is_1b_e(v) {
+            pg_sys::pg_detoast_datum_packed(v)
+        } else {
+            v
+        }
+    }
+}
+
 /// A statement a process plans once (see [`with_kept_plan`]).
 type KeptPlan = LocalKey<OnceCell<OwnedPreparedStatement>>;
 
