@@ -24,10 +24,12 @@ use crate::ring;
 use crate::worker::decode;
 use crate::worker::store::{self, Col, Row, Trail};
 
-/// How long a writer whose database's CREATE EXTENSION has just committed waits before it
-/// makes day partitions: a pg_dump restore creates the dumped partitions of the trail right
-/// after CREATE EXTENSION, and a partition made by the writer first would make the restore's
-/// CREATE TABLE fail. (A restore that takes longer to reach them still collides: see README.)
+/// How long a writer whose trail has no day partition yet (a CREATE EXTENSION just committed,
+/// or a pg_dump restore is running) waits before it makes them: a restore creates the dumped
+/// partitions of the trail right after CREATE EXTENSION, and a partition made by the writer
+/// first would make the restore's CREATE TABLE fail. Commits wake the writer all the while
+/// (the restore's own DDL is audited), so the wait does not end at a wake-up. A restore that
+/// takes longer to reach the partitions still collides: see README.
 const RESTORE_HEAD_START: Duration = Duration::from_secs(2);
 
 /// The slot and database this process writes for.
@@ -74,7 +76,6 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     // here. Wait for that transaction rather than exit (an exit would count as a failed run).
     // Whether it runs is read before looking for the extension: had it been read after, a
     // commit in between would make an installed extension look absent and its ring released.
-    let mut just_created = false;
     loop {
         let claimer = ring::slot_of(dboid).map(ring::claim_xid).unwrap_or(0);
         // SAFETY: plain lookup in the proc array.
@@ -102,13 +103,6 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             ring::detach_writer(i, 0, false);
             return; // shutting down; the launcher starts a writer when it is needed again
         }
-        just_created = true;
-    }
-    if just_created && !BackgroundWorker::wait_latch(Some(RESTORE_HEAD_START)) {
-        if let Some(i) = ring::slot_of(dboid) {
-            ring::detach_writer(i, 0, false);
-        }
-        return; // shutting down
     }
     let Some(slot) = ring::claim(dboid, 0) else {
         log!(
@@ -129,6 +123,9 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
     }
 
+    // Told to stop during the head start: the partitions are made all the same, and what is
+    // queued is drained before exit.
+    let stopping = !has_day_partitions() && !sleep_through_wake_ups(RESTORE_HEAD_START);
     // Partitions first: a record stored before today's partition exists would go to
     // events_default and keep that day's partition from being made.
     let mut next_maintenance = Instant::now();
@@ -141,11 +138,13 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     // Staged transactions left for the next round: do not sleep (no commit wakes the writer
     // while it is sweeping), only look at signals.
     let mut more = false;
-    while BackgroundWorker::wait_latch(Some(if more {
-        Duration::ZERO
-    } else {
-        gucs::flush_interval()
-    })) && still_mine(slot)
+    while !stopping
+        && BackgroundWorker::wait_latch(Some(if more {
+            Duration::ZERO
+        } else {
+            gucs::flush_interval()
+        }))
+        && still_mine(slot)
     {
         if BackgroundWorker::sighup_received() {
             // SAFETY: documented way to reload settings in a worker.
@@ -168,6 +167,34 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     drain_before_exit(slot);
     // SAFETY: process-local flag read by on_exit.
     unsafe { CLEAN_EXIT = true };
+}
+
+/// has_day_partitions tells whether the trail has a partition besides events_default.
+fn has_day_partitions() -> bool {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits
+                             WHERE inhparent = 'activity_log.events'::regclass
+                               AND inhrelid <> 'activity_log.events_default'::regclass)",
+        )
+        .unwrap_or_else(|e| error!("activity_log: could not list the trail's partitions: {e}"))
+        .unwrap_or(false)
+    })
+}
+
+/// sleep_through_wake_ups waits `how_long` whatever sets the latch meanwhile; false when the
+/// writer was told to stop (pgrx then forgets the SIGTERM: the caller must remember it).
+fn sleep_through_wake_ups(how_long: Duration) -> bool {
+    let until = Instant::now() + how_long;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        if !BackgroundWorker::wait_latch(Some(left)) {
+            return false;
+        }
+    }
 }
 
 /// refresh_metrics_if_due refreshes activity_log.metrics_daily every `metrics_refresh`. A
