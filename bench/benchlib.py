@@ -74,6 +74,40 @@ def fresh_pgbench_tables(cluster, tracked):
             cluster.psql(f"SELECT activity_log.track('{t}')")
 
 
+# The bulk statements' table (bulk_dml.py, capture_cost.py).
+ITEMS = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(10,2), updated_at timestamptz)"
+
+
+def bulk_statements(rows):
+    return {
+        "insert": f"INSERT INTO items SELECT g, 'item ' || g, g % 100, g / 7.0, now() FROM generate_series(1, {rows}) g",
+        "update": "UPDATE items SET qty = qty + 1, updated_at = now()",
+        "delete": "DELETE FROM items",
+    }
+
+
+def fresh_items(cluster, mode):
+    """The items table made anew: untracked ("none"), tracked ("activity_log") or with the
+    transition-table floor ("floor")."""
+    cluster.psql(f"DROP TABLE IF EXISTS items; {ITEMS}")
+    if mode == "activity_log":
+        cluster.psql("SELECT activity_log.track('items')")
+    elif mode == "floor":
+        create_floor_triggers(cluster, "items")
+
+
+# The transition-table floor: empty AFTER STATEMENT triggers that only ask for OLD/NEW TABLE,
+# the core's own cost of the mechanism activity_log's capture builds on.
+FLOOR_TRIGGERS = [("insert", "NEW TABLE AS n"), ("update", "OLD TABLE AS o NEW TABLE AS n"), ("delete", "OLD TABLE AS o")]
+
+
+def create_floor_triggers(cluster, table):
+    cluster.psql("CREATE OR REPLACE FUNCTION noop_statement() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$")
+    for op, ref in FLOOR_TRIGGERS:
+        cluster.psql(f"CREATE TRIGGER floor_{op} AFTER {op.upper()} ON {table} REFERENCING {ref} "
+                     "FOR EACH STATEMENT EXECUTE FUNCTION noop_statement()")
+
+
 def transactions(n):
     """pgbench's tpcb-like script at scale 1, with fixed random choices."""
     rng = random.Random(1)

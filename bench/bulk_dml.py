@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from benchlib import Cluster, install_release, machine, write_report
+from benchlib import Cluster, bulk_statements, fresh_items, install_release, machine, write_report
 
 DIR = "/tmp/al-bench-bulk"
 PORT = 54480
@@ -39,7 +39,6 @@ BEGIN
         CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
     RETURN NULL;
 END $$;
-CREATE OR REPLACE FUNCTION noop_statement() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
 """
 
 
@@ -50,31 +49,18 @@ def psql(sql, timing=False):
     return CLUSTER.psql(sql, timing=timing)
 
 
-def setup_mode(mode, rows):
-    psql("DROP TABLE IF EXISTS items; TRUNCATE ref_audit;"
-         "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(10,2), updated_at timestamptz);")
-    if mode == "activity_log":
-        psql("SELECT activity_log.track('items')")
-    elif mode == "trigger":
+def setup_mode(mode):
+    psql("TRUNCATE ref_audit")
+    fresh_items(CLUSTER, mode)
+    if mode == "trigger":
         psql("CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION ref_audit()")
-    elif mode == "floor":
-        # The core's own cost of filling transition tables, which activity_log's capture builds
-        # on: empty AFTER STATEMENT triggers that only ask for OLD/NEW TABLE.
-        for op, ref in [("INSERT", "NEW TABLE AS n"), ("UPDATE", "OLD TABLE AS o NEW TABLE AS n"), ("DELETE", "OLD TABLE AS o")]:
-            psql(f"CREATE TRIGGER floor_{op.lower()} AFTER {op} ON items REFERENCING {ref} "
-                 "FOR EACH STATEMENT EXECUTE FUNCTION noop_statement()")
     psql("CHECKPOINT")
 
 
 def run_mode(mode, rows):
-    setup_mode(mode, rows)
-    statements = {
-        "insert": f"INSERT INTO items SELECT g, 'item ' || g, g % 100, g / 7.0, now() FROM generate_series(1, {rows}) g",
-        "update": "UPDATE items SET qty = qty + 1, updated_at = now()",
-        "delete": "DELETE FROM items",
-    }
+    setup_mode(mode)
     t = {"drain": 0.0}
-    for op, sql in statements.items():
+    for op, sql in bulk_statements(rows).items():
         t[op] = psql(sql, timing=True)
         if mode == "activity_log":
             # The writer stores the statement's rows after its commit, in its own process; wait

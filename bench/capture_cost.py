@@ -1,54 +1,89 @@
 #!/usr/bin/env python3
 """Capture's own cost in instructions: the same pgbench tpcb-like transactions run by one backend
-in single-user mode under callgrind, with the four tables untracked and then tracked.
+in single-user mode under callgrind, with the four tables untracked and then tracked; and one
+bulk INSERT, UPDATE and DELETE with no auditing, with the transition-table floor and tracked.
 
 Single-user mode starts no writer, so this is the backends' share alone: setting up the
-transition tables, copying the rows out of them and into the ring at commit. Instruction counts
-do not move with this VM's timing noise (two runs of one build differ by well under 0.1 %), so
-the figure compares builds where a pgbench run cannot. Each run starts from a fresh
-`pgbench -i`, so all run the same transactions on the same data; each mode runs N and 2N
-transactions, and the difference is what N transactions cost, without the backend's start,
-stop and first-use work (loading the tracked tables, say).
+transition tables, copying the rows out of them and into the ring at commit. Instruction
+counts do not move with this VM's timing noise (two runs of one build differ by well under
+0.1 %), so the figure compares builds where a pgbench run cannot. Each run starts from fresh
+tables, so all run the same statements on the same data.
+  - pgbench: each mode runs N and 2N transactions, and the difference is what N transactions
+    cost, without the backend's start, stop and first-use work (loading the tracked tables).
+  - bulk: each statement's run minus a run of `SELECT 1` in the same mode. The floor's
+    transition tables spill to a temporary file beyond work_mem; activity_log keeps them in
+    memory. What instructions cannot show is the page faults of that memory (bench/README.md).
 
-    bench/capture_cost.py [--transactions N] [--smoke]
+    bench/capture_cost.py [--transactions N] [--rows N] [--smoke]
 """
 import argparse
 import os
 import re
 import subprocess
 
-from benchlib import BIN, Cluster, fresh_pgbench_tables, install_release, machine, transactions, write_report
+from benchlib import (BIN, Cluster, bulk_statements, fresh_items, fresh_pgbench_tables, install_release, machine,
+                      transactions, write_report)
 
 DIR = "/tmp/al-bench-capture"
 PORT = 54485
 SETTINGS = [
     "activity_log.capture_statements = 'none'",
     "activity_log.max_databases = 1",
+    "activity_log.buffer_size = '64MB'",  # a bulk UPDATE's records
 ]
-def instructions(cluster, mode, n):
-    """Fresh pgbench tables (tracked or not), then n transactions in single-user mode under
-    callgrind; returns the instructions executed and the callgrind file."""
-    cluster.pg_ctl("start")
-    fresh_pgbench_tables(cluster, tracked=mode == "tracked")
-    cluster.psql("CHECKPOINT")
-    cluster.pg_ctl("stop", "-m", "fast")
-    out = f"{DIR}/callgrind.{mode}.{n}"
+BULK_MODES = ["none", "floor", "activity_log"]
+def single_user(name, sql):
+    """Runs `sql` in a single-user backend under callgrind; returns the instructions executed
+    and the callgrind file."""
+    out = f"{DIR}/callgrind.{name}"
     run = subprocess.run(
         ["sudo", "-u", "postgres", "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
          f"{BIN}/postgres", "--single", "-D", f"{DIR}/data", "bench"],
-        input=transactions(n), capture_output=True, text=True, check=True)
+        input=sql, capture_output=True, text=True, check=True)
     if re.search(r"\bERROR:", run.stdout + run.stderr):
-        raise RuntimeError(f"a transaction failed in single-user mode:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
+        raise RuntimeError(f"a statement failed in single-user mode:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
     return int(re.search(r"Collected : (\d+)", run.stderr).group(1)), out
+
+
+def prepared(cluster, set_up):
+    """Runs `set_up` on the running cluster, then stops it for a single-user run."""
+    cluster.pg_ctl("start")
+    set_up()
+    cluster.psql("CHECKPOINT")
+    cluster.pg_ctl("stop", "-m", "fast")
+
+
+def pgbench_instructions(cluster, mode, n):
+    """n pgbench transactions on fresh pgbench tables, tracked or not."""
+    prepared(cluster, lambda: fresh_pgbench_tables(cluster, tracked=mode == "tracked"))
+    return single_user(f"{mode}.{n}", transactions(n))
+
+
+def bulk_instructions(cluster, mode, op, rows):
+    """One bulk statement on a fresh items table (filled first for UPDATE and DELETE)."""
+    statements = bulk_statements(rows)
+
+    def set_up():
+        fresh_items(cluster, mode)
+        if op != "insert":
+            cluster.psql(statements["insert"])
+            if mode == "activity_log":
+                # The writer's transaction storing those rows would keep VACUUM from marking
+                # the pages all-visible, and the statement would pay for visibility checks.
+                cluster.psql("SELECT activity_log.flush('10 min')")
+            cluster.psql("VACUUM ANALYZE items")
+    prepared(cluster, set_up)
+    return single_user(f"{mode}.{op}", statements[op] + ";\n")[0]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--transactions", type=int, default=2000)
-    ap.add_argument("--smoke", action="store_true", help="a few transactions: keeps the script working")
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--smoke", action="store_true", help="a few transactions and rows: keeps the script working")
     args = ap.parse_args()
     if args.smoke:
-        args.transactions = 20
+        args.transactions, args.rows = 20, 1000
     install_release()
     cluster = Cluster(DIR, PORT, SETTINGS)
     try:
@@ -57,8 +92,14 @@ def main():
         facts = machine(cluster)
         cluster.pg_ctl("stop", "-m", "fast")
         n = args.transactions
-        runs = {(mode, k): instructions(cluster, mode, k * n)
+        runs = {(mode, k): pgbench_instructions(cluster, mode, k * n)
                 for mode in ["untracked", "tracked"] for k in [1, 2]}
+        bulk = {}
+        for mode in BULK_MODES:
+            prepared(cluster, lambda: fresh_items(cluster, mode))
+            idle = single_user(f"{mode}.idle", "SELECT 1;\n")[0]
+            for op in ["insert", "update", "delete"]:
+                bulk[(mode, op)] = bulk_instructions(cluster, mode, op, args.rows) - idle
     finally:
         if os.path.exists(f"{DIR}/data/postmaster.pid"):
             cluster.stop()
@@ -83,7 +124,20 @@ def main():
         f"({100 * (tracked - untracked) / untracked:.1f} % on top of an untracked transaction).",
         "",
         f"Where they go: `callgrind_annotate --inclusive=yes {profile}` (kept until the next run).",
+        "",
+        f"## One bulk statement of {args.rows:,} rows (bulk_dml.py's), instructions per row",
+        "",
+        "Each statement in its own single-user session, minus a session that runs `SELECT 1`. The",
+        "floor: empty AFTER STATEMENT triggers with OLD/NEW TABLE (the core filling transition",
+        "tables, as activity_log's capture needs).",
+        "",
+        "| statement | none | transition-table floor | activity_log | activity_log over the floor |",
+        "|---|---|---|---|---|",
     ]
+    for op in ["insert", "update", "delete"]:
+        none, floor, tracked = (bulk[(m, op)] / args.rows for m in BULK_MODES)
+        lines.append(f"| {op.upper()} | {none:,.0f} | {floor:,.0f} ({floor / none:.2f}x) | "
+                     f"{tracked:,.0f} ({tracked / none:.2f}x) | {tracked - floor:+,.0f} |")
     report = "\n".join(lines) + "\n"
     print(report)
     if not args.smoke:

@@ -31,11 +31,10 @@ import sys
 import tempfile
 import time
 
-from benchlib import BIN, Cluster, install_release, machine, write_report
+from benchlib import BIN, FLOOR_TRIGGERS, TABLES, Cluster, create_floor_triggers, install_release, machine, write_report
 
 DIR = "/tmp/al-bench-pgbench"
 PORT = 54490
-TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
 SETTINGS = [
     "shared_preload_libraries = 'activity_log, pgaudit'",
     "activity_log.capture_statements = 'none'",
@@ -56,10 +55,6 @@ BEGIN
     RETURN NULL;
 END $$;
 """
-# The core's own cost of filling transition tables, which activity_log's capture builds on:
-# empty AFTER STATEMENT triggers that only ask for OLD/NEW TABLE (as in bulk_dml.py).
-FLOOR_TRIGGERS = [("insert", "NEW TABLE AS n"), ("update", "OLD TABLE AS o NEW TABLE AS n"), ("delete", "OLD TABLE AS o")]
-NOOP_STATEMENT = "CREATE FUNCTION noop_statement() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$"
 FLOOR = "transition-table floor"
 MODES = ["none", "activity_log", "activity_log sync", "trigger", "pgaudit"]
 SPARE_CORE_MODES = ["none", "activity_log", "trigger", "pgaudit"]
@@ -100,9 +95,7 @@ def set_mode(cluster, mode):
         psql("ALTER SYSTEM SET pgaudit.log = 'write'")
     elif mode == FLOOR:
         for t in TABLES:
-            for op, ref in FLOOR_TRIGGERS:
-                psql(f"CREATE TRIGGER floor_{op} AFTER {op.upper()} ON {t} REFERENCING {ref} "
-                     "FOR EACH STATEMENT EXECUTE FUNCTION noop_statement()")
+            create_floor_triggers(cluster, t)
     psql("SELECT pg_reload_conf()")
     psql("VACUUM activity_log.durable_queue")  # its own statement: VACUUM cannot run in a transaction block
     psql("TRUNCATE activity_log.events, ref_audit; CHECKPOINT")
@@ -161,7 +154,6 @@ def main():
                        check=True, capture_output=True)
         psql("CREATE EXTENSION activity_log")
         psql(REFERENCE_TRIGGER)
-        psql(NOOP_STATEMENT)
         facts = machine(cluster)
         shmem = int(psql("SELECT size FROM pg_shmem_allocations WHERE name = 'activity_log rings'"))
 
