@@ -264,7 +264,7 @@ pub struct Trail {
     target: *mut pg_sys::ResultRelInfo,
     /// An unpinned copy of the trail's row type for the slots. A slot of the relation's own
     /// descriptor pins it in the resource owner, and a batch makes up to BUFFERED slots: the
-    /// pins cost about 10 000 instructions per slot, as much as a sixth of storing its row.
+    /// pins cost about 10 000 instructions per slot, a seventh of storing its row.
     slot_desc: pg_sys::TupleDesc,
     slots: Vec<*mut pg_sys::TupleTableSlot>,
     used: usize,

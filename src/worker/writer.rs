@@ -284,7 +284,7 @@ fn still_mine(slot: usize) -> bool {
 
 /// A batch of fewer records than this costs noticeably more per record: a batch's own work
 /// (its transaction, opening the partition and its indexes, the chain's head, the rollup
-/// upsert) is about 2 million instructions, as much as 25 pgbench rows.
+/// upsert) is about 2 million instructions, as much as storing 28 pgbench rows.
 fn small_batch() -> u64 {
     gucs::batch_size() as u64 / 4
 }
