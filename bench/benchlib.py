@@ -55,7 +55,11 @@ def machine(cluster):
             f"PostgreSQL {cluster.psql('SHOW server_version', db='postgres')}")
 
 
-def write_report(name, report):
+def publish(name, report, smoke):
+    """Prints a report and, unless this is a smoke run, writes it to results/`name`."""
+    print(report)
+    if smoke:
+        return
     os.makedirs(f"{HERE}/results", exist_ok=True)
     with open(f"{HERE}/results/{name}", "w") as f:
         f.write(report)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import BIN, Cluster, install_release, machine, write_report
+from benchlib import BIN, Cluster, install_release, machine, publish
 
 DIR = "/tmp/al-bench-big"
 PORT = 54460
@@ -117,10 +117,7 @@ def main():
         plans = psql("EXPLAIN (COSTS OFF) SELECT * FROM activity_log.changes WHERE table_oid = 't7'::regclass "
                      "ORDER BY id DESC LIMIT 100")
         lines += ["", "Plan of the last-100 query:", "", "```", plans, "```"]
-        report = "\n".join(lines) + "\n"
-        print(report)
-        if not args.smoke:
-            write_report("big_trail.md", report)
+        publish("big_trail.md", "\n".join(lines) + "\n", args.smoke)
     finally:
         cluster.stop()
 

@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from benchlib import Cluster, bulk_statements, fresh_items, install_release, machine, write_report
+from benchlib import Cluster, bulk_statements, fresh_items, install_release, machine, publish
 
 DIR = "/tmp/al-bench-bulk"
 PORT = 54480
@@ -110,10 +110,7 @@ def main():
         drain = med["activity_log"]["drain"]
         lines += ["", f"activity_log writer drain of the three statements' rows: {drain:.2f} s "
                       f"({3 * args.rows / max(drain, 1e-9):,.0f} records/s)."]
-        report = "\n".join(lines) + "\n"
-        print(report)
-        if not args.smoke:
-            write_report("bulk_dml.md", report)
+        publish("bulk_dml.md", "\n".join(lines) + "\n", args.smoke)
     finally:
         CLUSTER.stop()
 

@@ -22,7 +22,7 @@ import re
 import subprocess
 
 from benchlib import (BIN, Cluster, bulk_statements, fresh_items, fresh_pgbench_tables, install_release, machine,
-                      transactions, write_report)
+                      transactions, publish)
 
 DIR = "/tmp/al-bench-capture"
 PORT = 54485
@@ -32,6 +32,8 @@ SETTINGS = [
     "activity_log.buffer_size = '64MB'",  # a bulk UPDATE's records
 ]
 BULK_MODES = ["none", "floor", "activity_log"]
+
+
 def single_user(name, sql):
     """Runs `sql` in a single-user backend under callgrind; returns the instructions executed
     and the callgrind file."""
@@ -138,10 +140,7 @@ def main():
         none, floor, tracked = (bulk[(m, op)] / args.rows for m in BULK_MODES)
         lines.append(f"| {op.upper()} | {none:,.0f} | {floor:,.0f} ({floor / none:.2f}x) | "
                      f"{tracked:,.0f} ({tracked / none:.2f}x) | {tracked - floor:+,.0f} |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if not args.smoke:
-        write_report("capture_cost.md", report)
+    publish("capture_cost.md", "\n".join(lines) + "\n", args.smoke)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import BIN, FLOOR_TRIGGERS, TABLES, Cluster, create_floor_triggers, install_release, machine, write_report
+from benchlib import BIN, FLOOR_TRIGGERS, TABLES, Cluster, create_floor_triggers, install_release, machine, publish
 
 DIR = "/tmp/al-bench-pgbench"
 PORT = 54490
@@ -248,10 +248,7 @@ def main():
                   "",
                   f"Shared memory of activity_log at default settings: {shmem / 2**20:.1f} MB "
                   "(pg_shmem_allocations, 'activity_log rings')."]
-        report = "\n".join(lines) + "\n"
-        print(report)
-        if not args.smoke:
-            write_report("pgbench.md", report)
+        publish("pgbench.md", "\n".join(lines) + "\n", args.smoke)
     finally:
         cluster.stop()
 

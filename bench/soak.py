@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from benchlib import BIN, Cluster, install_release, machine, write_report
+from benchlib import BIN, Cluster, install_release, machine, publish
 
 DIR = "/tmp/al-bench-soak"
 PORT = 54493
@@ -144,9 +144,7 @@ a fast restart between them; `pg_terminate_backend(writer_pid)` every {args.kill
 Writer terminated {kills} times in all; the fast restart took {restart_s:.1f} s; after pgbench stopped,
 the last records were stored {drain_s:.1f} s later. Wall time {wall_min:.1f} min.
 """
-        print(report)
-        if not args.smoke:
-            write_report("soak.md", report)
+        publish("soak.md", report, args.smoke)
         if not ok:
             raise SystemExit("soak: the trail does not match the committed transactions")
     finally:

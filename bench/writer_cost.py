@@ -16,7 +16,7 @@ import re
 import subprocess
 import time
 
-from benchlib import BIN, Cluster, fresh_pgbench_tables, install_release, machine, transactions, write_report
+from benchlib import BIN, Cluster, fresh_pgbench_tables, install_release, machine, transactions, publish
 
 DIR = "/tmp/al-bench-writer-cost"
 PORT = 54486
@@ -114,10 +114,7 @@ def main():
         "",
         f"Where they go: `callgrind_annotate --inclusive=yes {DIR}/callgrind.{writer}` (kept until the next run).",
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if not args.smoke:
-        write_report("writer_cost.md", report)
+    publish("writer_cost.md", "\n".join(lines) + "\n", args.smoke)
 
 
 if __name__ == "__main__":
