@@ -30,6 +30,17 @@ class Cluster:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return (time.perf_counter() - started) if timing else out.strip()
 
+    def timed_session(self, statements, db="bench"):
+        """Runs `statements` one after another in one session, each in autocommit, and returns
+        psql's \\timing of each in seconds (the round trip of statement and commit; the session's
+        start is not in it)."""
+        script = "\\timing on\n" + "".join(f"{s};\n" for s in statements)
+        cmd = [f"{BIN}/psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *self.conninfo(), "-d", db]
+        out = subprocess.run(cmd, input=script, check=True, capture_output=True, text=True).stdout
+        times = [float(line.split()[1]) / 1000 for line in out.splitlines() if line.startswith("Time: ")]
+        assert len(times) == len(statements), out
+        return times
+
     def pg_ctl(self, *args):
         subprocess.run(["sudo", "-u", "postgres", f"{BIN}/pg_ctl", "-D", f"{self.dir}/data", "-l",
                         f"{self.dir}/server.log", "-w", *args], check=True, stdout=subprocess.DEVNULL)
