@@ -13,11 +13,13 @@ After each activity_log run:
     transaction, counted from pgbench_history) and nothing was dropped;
   - lag: for every change row, its writer's commit time (track_commit_timestamp) minus the
     audited transaction's commit time, p50/p99/max.
-A second phase restarts the cluster with a 1 GB ring and, interleaved with none, runs
-activity_log with its writer paused (SIGSTOP): the capture cost alone, i.e. what the backends
-pay. The writer is then resumed and the time to store the backlog gives its drain rate. The
-same phase runs the transition-table floor: empty AFTER STATEMENT triggers with OLD/NEW TABLE
-on the four tables, the core's own cost of the mechanism activity_log's capture builds on.
+A second phase shows where the time goes. It restarts the cluster with a 1 GB ring and runs,
+interleaved: none; activity_log; activity_log with its writer paused (SIGSTOP), the capture
+cost alone; and the transition-table floor, empty AFTER STATEMENT triggers with OLD/NEW TABLE
+on the four tables (the core's own cost of the mechanism activity_log's capture builds on).
+Each run counts the CPU time per transaction of pgbench's backends, the writer, pgbench itself
+and the rest of the machine (/proc). After the paused run the writer is resumed: the time to
+store the backlog gives its drain rate, and its CPU time its cost with the machine to itself.
 
     bench/pgbench_compare.py [--seconds S] [--rounds R] [--clients C] [--smoke]
 """
@@ -57,23 +59,86 @@ END $$;
 """
 FLOOR = "transition-table floor"
 MODES = ["none", "activity_log", "activity_log sync", "trigger", "pgaudit"]
+PAUSED = "activity_log, writer paused"
+PHASE2_MODES = ["none", "activity_log", PAUSED, FLOOR]
 SPARE_CORE_MODES = ["none", "activity_log", "trigger", "pgaudit"]
 
 
-def pgbench(cluster, seconds, clients, sync_commit):
-    """Runs pgbench; returns TPS and per-transaction latency p50 and p99 in ms."""
+def pgbench(cluster, seconds, clients, sync_commit, cpu=None):
+    """Runs pgbench; returns TPS and per-transaction latency p50 and p99 in ms. With `cpu` (a
+    dict), also fills in the CPU time per transaction, in µs, of each part of the machine."""
     with tempfile.TemporaryDirectory() as logs:
         cmd = [f"{BIN}/pgbench", *cluster.conninfo(), "-c", str(clients), "-j", str(clients), "-T", str(seconds),
                "-n", "--log", f"--log-prefix={logs}/tx", "bench"]  # -n: no vacuum (it would truncate history)
         env = dict(os.environ, PGOPTIONS=f"-c synchronous_commit={sync_commit}")
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        writer_pid = int(cluster.psql("SELECT writer_pid FROM activity_log.queue") or 0) if cpu is not None else 0
+        with open(f"{logs}/out", "w+") as out_file:
+            machine_before, writer_before = busy_ticks(), ticks([writer_pid])
+            proc = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.PIPE, env=env, text=True)
+            backends = {}
+            while True:
+                # wait4, not poll: it also gives pgbench's own CPU time.
+                done, status, usage = os.wait4(proc.pid, 0 if cpu is None else os.WNOHANG)
+                if done:
+                    break
+                # A backend's ticks so far: it exits with pgbench, so the last sample counts.
+                for pid in backend_pids():
+                    backends[pid] = ticks([pid])
+                time.sleep(0.1)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            machine_ticks, writer_ticks = busy_ticks() - machine_before, ticks([writer_pid]) - writer_before
+            if proc.returncode != 0:
+                raise RuntimeError(f"pgbench failed: {proc.stderr.read()}")
+            out_file.seek(0)
+            out = out_file.read()
         latencies = []
         for path in glob.glob(f"{logs}/tx*"):
             with open(path) as f:
                 latencies += [int(line.split()[2]) for line in f]
+    if cpu is not None:
+        us = 1e6 / os.sysconf("SC_CLK_TCK") / len(latencies)
+        cpu["backends"] = sum(backends.values()) * us
+        cpu["writer"] = writer_ticks * us
+        cpu["pgbench"] = (usage.ru_utime + usage.ru_stime) * 1e6 / len(latencies)
+        cpu["all"] = machine_ticks * us
+        cpu["rest"] = cpu["all"] - cpu["backends"] - cpu["writer"] - cpu["pgbench"]
+        cpu["transactions"] = len(latencies)
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000.0
     return float(re.search(r"tps = ([0-9.]+)", out).group(1)), pick(0.50), pick(0.99)
+
+
+def ticks(pids):
+    """CPU time (user + system, clock ticks) the processes used so far; 0 for one that is gone."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def busy_ticks():
+    """CPU time the whole machine spent busy (user, nice, system, irq, softirq), clock ticks."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in f.readline().split()[1:8])
+    return user + nice + system + irq + softirq
+
+
+def backend_pids():
+    """The backends of database bench (pgbench's connections while it runs)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().startswith(b"postgres: postgres bench "):
+                    pids.append(pid)
+        except OSError:
+            pass
+    return pids
 
 
 def set_mode(cluster, mode):
@@ -185,22 +250,31 @@ def main():
         psql("ALTER SYSTEM SET activity_log.max_databases = 1")
         cluster.restart()
         drains = []
+        cpu = {}  # mode -> [{part: µs per transaction}]
         for _ in range(args.rounds):
-            for m in ["none", "activity_log, writer paused", FLOOR]:
-                set_mode(cluster, m)
-                if m != "activity_log, writer paused":
-                    runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off"))
+            for m in PHASE2_MODES:
+                set_mode(cluster, "activity_log" if m == PAUSED else m)
+                usage = {}
+                if m != PAUSED:
+                    runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off", usage))
+                    if m == "activity_log":
+                        check_trail(cluster, int(usage["transactions"]))
+                    cpu.setdefault(m, []).append(usage)
                     continue
                 psql("SELECT activity_log.flush()")
                 pause_writer(cluster)
                 try:
-                    runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off"))
+                    runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off", usage))
                     backlog = int(psql("SELECT published_records - written_records FROM activity_log.queue"))
                 finally:
-                    writer(cluster, "CONT")
+                    pid = writer(cluster, "CONT")
+                before = ticks([pid])
                 started = time.perf_counter()
                 assert psql("SELECT activity_log.flush('10 min')") == "t"
                 drains.append((backlog, time.perf_counter() - started))
+                # The writer's CPU per transaction when it has the machine to itself.
+                usage["writer alone"] = (ticks([pid]) - before) * 1e6 / os.sysconf("SC_CLK_TCK") / (backlog / 4)
+                cpu.setdefault(m, []).append(usage)
 
         med = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in runs.items()}
         lines = [
@@ -234,14 +308,33 @@ def main():
         for sync_commit, m, p50, p99, mx in lags:
             lines.append(f"| {sync_commit} | {m} | {p50 * 1000:.1f} | {p99 * 1000:.1f} | {mx * 1000:.1f} |")
         base = med[("paused", "none")][0]
-        paused = med[("paused", "activity_log, writer paused")][0]
-        floor = med[("paused", FLOOR)][0]
+        parts = ["backends", "writer", "pgbench", "rest", "all"]
+        use = {m: {k: statistics.median(u[k] for u in cpu[m]) for k in cpu[m][0]} for m in PHASE2_MODES}
         backlog, seconds = max(drains)
-        lines += ["", "## Where the cost is (1 GB ring, synchronous_commit = off)", "",
-                  "| mode | TPS | ratio to none |", "|---|---|---|",
-                  f"| none | {base:.0f} | 1.00x |",
-                  f"| activity_log, writer paused (capture only) | {paused:.0f} | {paused / base:.2f}x |",
-                  f"| {FLOOR}: empty statement triggers with OLD/NEW TABLE, no auditing | {floor:.0f} | {floor / base:.2f}x |", "",
+        budget = use["none"]["all"] / 0.9 - use["none"]["all"]
+        extra = lambda m, k: use[m][k] - use["none"][k]
+        lines += ["", "## Where the time goes (1 GB ring, synchronous_commit = off)", "",
+                  f"CPU time per transaction in µs (/proc), medians over the rounds; {args.clients} clients keep "
+                  "both cores busy, so every µs any process spends is a µs the transactions do not get. "
+                  "backends: pgbench's connections; rest: the other processes of the machine (walwriter, "
+                  "checkpointer, autovacuum, the kernel's interrupts).", "",
+                  "| mode | TPS | ratio to none | " + " | ".join(parts) + " |", "|---|---|---|" + "---|" * len(parts)]
+        for m in PHASE2_MODES:
+            label = {PAUSED: f"{PAUSED} (capture only)",
+                     FLOOR: f"{FLOOR}: empty statement triggers with OLD/NEW TABLE, no auditing"}.get(m, m)
+            tps = med[("paused", m)][0]
+            lines.append(f"| {label} | {tps:.0f} | {tps / base:.2f}x | " + " | ".join(f"{use[m][k]:.0f}" for k in parts) + " |")
+        lines += ["",
+                  f"- At 0.90x a transaction may take {budget:.0f} µs more than with no auditing "
+                  f"({use['none']['all']:.0f} µs / 0.9 - {use['none']['all']:.0f} µs).",
+                  f"- activity_log took {extra('activity_log', 'all'):.0f} µs more: backends "
+                  f"{extra('activity_log', 'backends'):+.0f}, writer {use['activity_log']['writer']:.0f}, pgbench "
+                  f"{extra('activity_log', 'pgbench'):+.0f}, rest {extra('activity_log', 'rest'):+.0f}.",
+                  f"- Capture alone (writer paused): backends {extra(PAUSED, 'backends'):+.0f} µs; the "
+                  f"transition-table floor: backends {extra(FLOOR, 'backends'):+.0f} µs.",
+                  f"- The writer alone, storing the paused run's backlog with the machine to itself: "
+                  f"{use[PAUSED]['writer alone']:.0f} µs per transaction.",
+                  "",
                   f"Writer drain of the paused run's backlog: {backlog} records in {seconds:.2f} s = "
                   f"**{backlog / seconds:,.0f} records/s** (median over rounds: "
                   f"{statistics.median(b / s for b, s in drains):,.0f} records/s).",
