@@ -52,7 +52,7 @@ pub enum Col {
     Details,
 }
 
-const NCOLS: usize = Col::Details as usize + 1;
+pub const NCOLS: usize = Col::Details as usize + 1;
 
 const NAMES: [&CStr; NCOLS] = [
     c"ts",
@@ -252,6 +252,12 @@ unsafe extern "C-unwind" {
     fn ExecCleanupTupleRouting(mtstate: *mut pg_sys::ModifyTableState, proute: *mut c_void);
 }
 
+// commands/sequence.h, not bound either: nextval without the SQL function's privilege check on
+// every row (the sequence is the extension's own; a third of nextval's cost per row).
+unsafe extern "C-unwind" {
+    fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+}
+
 /// The trail opened for one batch.
 pub struct Trail {
     /// The partitioned trail, its result relation (for constraints) and the routing state.
@@ -435,6 +441,7 @@ impl Trail {
     /// fill stores `row` with a fresh id and no chain value in `slot` as a virtual tuple.
     fn fill(&self, slot: *mut pg_sys::TupleTableSlot, row: &Row) {
         // SAFETY: a slot of the trail's own type; its values/isnull arrays have natts entries.
+        // id_sequence is the trail's sequence, looked up when the trail was opened.
         unsafe {
             pg_sys::ExecClearTuple(slot);
             let (values, nulls) = self.columns(slot);
@@ -443,11 +450,9 @@ impl Trail {
                 values[a] = row.values[c];
                 nulls[a] = row.nulls[c];
             }
-            let id = pgrx::direct_function_call_as_datum(
-                pg_sys::nextval_oid,
-                &[Some(pg_sys::Datum::from(self.id_sequence))],
-            );
-            values[self.id_attr] = id.unwrap_or(pg_sys::Datum::from(0));
+            let sequence = self.id_sequence;
+            let id = pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(sequence, false));
+            values[self.id_attr] = pg_sys::Datum::from(id);
             nulls[self.id_attr] = false;
             pg_sys::ExecStoreVirtualTuple(slot);
         }
