@@ -689,6 +689,9 @@ struct Rows {
     /// application, command, the table's names), and rows can share one as the rows of a
     /// statement share their common columns; each text costs a guarded call into PostgreSQL.
     texts: HashMap<Vec<u8>, pg_sys::Datum>,
+    /// The text each column got last, by [`Col`]: most rows repeat the row before them, and
+    /// comparing the bytes costs a tenth of hashing them for `texts`.
+    last_texts: Vec<(Vec<u8>, Option<pg_sys::Datum>)>,
 }
 
 /// (hour as microseconds since 2000-01-01 UTC, kind, status)
@@ -760,6 +763,7 @@ impl Rows {
             buckets: Vec::new(),
             users: HashMap::new(),
             texts: HashMap::new(),
+            last_texts: vec![(Vec::new(), None); store::NCOLS],
         }
     }
 
@@ -820,12 +824,22 @@ impl Rows {
 
     /// text sets a column to a text this batch made already, or makes it.
     fn text(&mut self, row: &mut Row, c: Col, s: &[u8]) {
-        let text = match self.texts.get(s) {
-            Some(&text) => text,
-            None => *self
-                .texts
-                .entry(s.to_vec())
-                .or_insert_with(|| store::text_value(s)),
+        let last = &mut self.last_texts[c as usize];
+        let text = match last.1 {
+            Some(text) if last.0 == s => text,
+            _ => {
+                let text = match self.texts.get(s) {
+                    Some(&text) => text,
+                    None => *self
+                        .texts
+                        .entry(s.to_vec())
+                        .or_insert_with(|| store::text_value(s)),
+                };
+                last.0.clear();
+                last.0.extend_from_slice(s);
+                last.1 = Some(text);
+                text
+            }
         };
         row.shared_text(c, text);
     }
