@@ -15,7 +15,6 @@ machine no statement is timed against the writer's work on the previous one.
 import argparse
 import statistics
 import sys
-import time
 
 from benchlib import Cluster, bulk_statements, fresh_items, install_release, machine, publish
 
@@ -46,8 +45,8 @@ END $$;
 CLUSTER = None
 
 
-def psql(sql, timing=False):
-    return CLUSTER.psql(sql, timing=timing)
+def psql(sql):
+    return CLUSTER.psql(sql)
 
 
 def setup_mode(mode):

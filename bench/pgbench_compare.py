@@ -273,7 +273,7 @@ def main():
                 assert psql("SELECT activity_log.flush('10 min')") == "t"
                 drains.append((backlog, time.perf_counter() - started))
                 # The writer's CPU per transaction when it has the machine to itself.
-                usage["writer alone"] = (ticks([pid]) - before) * 1e6 / os.sysconf("SC_CLK_TCK") / (backlog / 4)
+                usage["writer alone"] = (ticks([pid]) - before) * 1e6 / os.sysconf("SC_CLK_TCK") / max(backlog / 4, 1)
                 cpu.setdefault(m, []).append(usage)
 
         med = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in runs.items()}
