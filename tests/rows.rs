@@ -868,9 +868,11 @@ fn a_bulk_statement_keeps_its_rows_in_memory_not_in_a_temporary_file() {
 #[test]
 fn images_equal_to_jsonb_for_every_common_type_and_its_edge_values() {
     let c = cluster("rows-types");
-    // `kinds` has only types whose images the writer builds itself; `mixed` has others, which
-    // go through to_jsonb. The reference is to_jsonb(OLD/NEW) in a row trigger, compared as
-    // text: key order, numeric scale and string bytes all show there.
+    // `kinds` and `wide` have only types whose images the writer builds itself; `mixed` has
+    // others, which go through to_jsonb. The reference is to_jsonb(OLD/NEW) in a row trigger,
+    // compared as text (key order, numeric scale, string bytes) and as the stored bytes (a
+    // binary-coercible cast to bytea): the writer lays out jsonb itself for `kinds` and `wide`
+    // (40 columns: jsonb stores an offset instead of a length in every 32nd entry).
     c.sql(
         DB,
         r#"
@@ -879,18 +881,23 @@ fn images_equal_to_jsonb_for_every_common_type_and_its_edge_values() {
                             b boolean, t text, v varchar(10), c char(5), d date, ts timestamp, tz timestamptz,
                             big text, secret text);
         CREATE TABLE mixed (id uuid PRIMARY KEY, doc jsonb, tags text[], f float8, k int);
-        CREATE TABLE ref (tbl text, op text, old text, new text);
+        SELECT format('CREATE TABLE wide (id int PRIMARY KEY, %s)',
+                      string_agg(format('c%s int', i), ', ' ORDER BY i)) FROM generate_series(1, 39) i \gexec
+        CREATE TABLE ref (tbl text, op text, old jsonb, new jsonb);
         CREATE FUNCTION ref() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             INSERT INTO ref VALUES (TG_TABLE_NAME, TG_OP,
-                CASE WHEN TG_OP <> 'INSERT' THEN (to_jsonb(OLD) - 'secret')::text END,
-                CASE WHEN TG_OP <> 'DELETE' THEN (to_jsonb(NEW) - 'secret')::text END);
+                CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) - 'secret' END,
+                CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) - 'secret' END);
             RETURN NULL;
         END $$;
+        CREATE CAST (jsonb AS bytea) WITHOUT FUNCTION;
         CREATE TRIGGER ref AFTER INSERT OR UPDATE OR DELETE ON kinds FOR EACH ROW EXECUTE FUNCTION ref();
         CREATE TRIGGER ref AFTER INSERT OR UPDATE OR DELETE ON mixed FOR EACH ROW EXECUTE FUNCTION ref();
+        CREATE TRIGGER ref AFTER INSERT OR UPDATE OR DELETE ON wide FOR EACH ROW EXECUTE FUNCTION ref();
         SELECT activity_log.track('kinds', exclude_columns => '{secret}');
         SELECT activity_log.track('mixed');
+        SELECT activity_log.track('wide');
         INSERT INTO kinds VALUES
             (-9223372036854775808, -32768, -2147483648, 1, 'NaN', -0.01, true, E'h\u00e9llo "q" \\ \n\t', '', 'ab',
              '2024-02-29', 'infinity', '-infinity', repeat('abc', 1000), 'pw'),
@@ -908,26 +915,45 @@ fn images_equal_to_jsonb_for_every_common_type_and_its_edge_values() {
                                  ('00000000-0000-0000-0000-000000000002', 'null', '{}', 1e-300, NULL);
         UPDATE mixed SET f = -0.0, doc = doc || '{"b": true}' WHERE k = 1;
         DELETE FROM mixed WHERE k IS NULL;
+        INSERT INTO wide
+        SELECT (jsonb_populate_record(NULL::wide, jsonb_build_object('id', i)
+                    || (SELECT jsonb_object_agg('c' || j, i * 100000 + j) FROM generate_series(1, 39) j))).*
+          FROM generate_series(1, 2) i;
+        UPDATE wide SET c33 = NULL, c39 = -c39 WHERE id = 1;
+        DELETE FROM wide WHERE id = 2;
         "#,
     );
     c.flush(DB);
-    for table in ["kinds", "mixed"] {
+    let image = "op || '|' || coalesce({o}::text, '-') || '|' || coalesce({n}::text, '-') || '|'
+                 || coalesce(encode({o}::bytea, 'hex'), '-') || '|' || coalesce(encode({n}::bytea, 'hex'), '-')";
+    for (table, changes) in [("kinds", 11), ("mixed", 4), ("wide", 4)] {
         let ours = c.sql(
             DB,
             &format!(
-                "SELECT op || '|' || coalesce(old_row::text, '-') || '|' || coalesce(new_row::text, '-')
-                   FROM activity_log.changes WHERE table_name = '{table}' ORDER BY id"
+                "SELECT {} FROM activity_log.changes WHERE table_name = '{table}' ORDER BY id",
+                image.replace("{o}", "old_row").replace("{n}", "new_row")
             ),
         );
         let reference = c.sql(
             DB,
             &format!(
-                "SELECT op || '|' || coalesce(old, '-') || '|' || coalesce(new, '-') FROM ref WHERE tbl = '{table}'"
+                "SELECT {} FROM ref WHERE tbl = '{table}'",
+                image.replace("{o}", "old").replace("{n}", "new")
             ),
         );
-        assert_eq!(ours.len(), if table == "kinds" { 11 } else { 4 });
+        assert_eq!(ours.len(), changes);
         assert_eq!(ours, reference, "{table}: images differ from to_jsonb's");
     }
+    // The keys, built the same way, are the bytes PostgreSQL makes of the same object.
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FILTER (WHERE row_key::bytea = jsonb_build_object('id', coalesce(old_row, new_row)->'id')::bytea)
+                    || ' of ' || count(*)
+               FROM activity_log.changes WHERE table_name IN ('kinds', 'wide')"
+        ),
+        "15 of 15"
+    );
     // Spot checks of what the comparison covers.
     assert_eq!(
         c.sql(

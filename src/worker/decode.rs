@@ -6,16 +6,18 @@
 //! table: the table may have been altered or dropped since, and the images keep the shape they
 //! were stored in. The jsonb values are exactly what `to_jsonb(row)` gives. When every column
 //! is of a common scalar type ([`Scalar`]), the writer builds them from the deformed values
-//! itself: `to_jsonb` prints each number and parses it back, which made it the writer's
-//! largest cost after the inserts. Other rows go through `to_jsonb`. Scratch allocations go
-//! into a context reset per row; only the finished jsonb values are copied out, into the
-//! context that was current at the call (the batch transaction's), where the insert finds
-//! them.
+//! itself, in jsonb's binary layout ([`super::jsonb`]): `to_jsonb` prints each number and
+//! parses it back, which made it the writer's largest cost after the inserts. Other rows go
+//! through `to_jsonb`. Scratch allocations go into a context reset per row; only the finished
+//! jsonb values are copied out, into the context that was current at the call (the batch
+//! transaction's), where the insert finds them.
 
 use pgrx::pg_sys;
 use pgrx::varlena;
+use std::cell::RefCell;
 use std::ffi::{CString, c_char};
 
+use super::jsonb;
 use crate::record::{Bytes, Column, RowImages};
 
 /// A jsonb value allocated in the batch transaction.
@@ -74,6 +76,8 @@ struct Direct {
     scalars: Vec<Option<Scalar>>,
     shown: Vec<(usize, bool)>,
     key: Vec<(usize, bool)>,
+    /// The object being built, kept from row to row for its capacity.
+    bytes: RefCell<Vec<u8>>,
 }
 
 impl Direct {
@@ -104,64 +108,46 @@ impl Direct {
             scalars,
             shown,
             key,
+            bytes: RefCell::new(Vec::new()),
         })
     }
 
-    /// object is the jsonb object of the columns `cols` (index, shown) of `d`; a column that
-    /// is not shown is null, as are NULL values.
+    /// object is the jsonb object of the columns `cols` (index, shown) of `d`, allocated in
+    /// the current context; a column that is not shown is null, as are NULL values.
     unsafe fn object(
         &self,
         d: &Deformed,
         columns: &[Column],
         cols: &[(usize, bool)],
     ) -> pg_sys::Datum {
-        // SAFETY: d's values are valid Datums of the columns' types; the pairs and the strings
-        // they point to live until JsonbValueToJsonb has copied them.
+        // SAFETY: d's values are valid Datums of the columns' types; what the values point to
+        // lives in the current context until the object is copied out of `bytes`.
         unsafe {
-            let mut pairs: Vec<pg_sys::JsonbPair> = cols
+            let pairs: Vec<(&[u8], jsonb::Value)> = cols
                 .iter()
-                .enumerate()
-                .map(|(order, &(i, shown))| {
-                    let name = &columns[i].name;
+                .map(|&(i, shown)| {
                     let value = match self.scalars[i] {
                         Some(scalar) if shown && !d.nulls[i] => scalar.jsonb(d.values[i]),
-                        _ => JSONB_NULL,
+                        _ => jsonb::Value::Null,
                     };
-                    pg_sys::JsonbPair {
-                        key: jsonb_string(name.as_ptr(), name.len()),
-                        value,
-                        order: order as u32,
-                    }
+                    (&columns[i].name[..], value)
                 })
                 .collect();
-            let mut object = pg_sys::JsonbValue {
-                type_: pg_sys::jbvType::jbvObject,
-                val: pg_sys::JsonbValue__bindgen_ty_1 {
-                    object: pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_3 {
-                        nPairs: pairs.len() as i32,
-                        pairs: pairs.as_mut_ptr(),
-                    },
-                },
-            };
-            pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(&mut object))
+            let mut bytes = self.bytes.borrow_mut();
+            if jsonb::object(&mut bytes, &pairs).is_err() {
+                pgrx::ereport!(
+                    ERROR,
+                    pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "total size of jsonb object elements exceeds the maximum of {} bytes",
+                        jsonb::MAX_LEN
+                    )
+                );
+            }
+            let datum = pg_sys::palloc(bytes.len()).cast::<u8>();
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), datum, bytes.len());
+            pg_sys::Datum::from(datum)
         }
-    }
-}
-
-const JSONB_NULL: pg_sys::JsonbValue = pg_sys::JsonbValue {
-    type_: pg_sys::jbvType::jbvNull,
-    val: pg_sys::JsonbValue__bindgen_ty_1 { boolean: false },
-};
-
-fn jsonb_string(ptr: *const u8, len: usize) -> pg_sys::JsonbValue {
-    pg_sys::JsonbValue {
-        type_: pg_sys::jbvType::jbvString,
-        val: pg_sys::JsonbValue__bindgen_ty_1 {
-            string: pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 {
-                len: len as i32,
-                val: ptr.cast_mut().cast(),
-            },
-        },
     }
 }
 
@@ -197,51 +183,48 @@ impl Scalar {
         })
     }
 
-    /// jsonb is the value of a non-NULL datum of this type, allocated in the current context.
-    unsafe fn jsonb(self, v: pg_sys::Datum) -> pg_sys::JsonbValue {
-        let numeric = |n: pg_sys::Numeric| pg_sys::JsonbValue {
-            type_: pg_sys::jbvType::jbvNumeric,
-            val: pg_sys::JsonbValue__bindgen_ty_1 { numeric: n },
-        };
+    /// jsonb is the value of a non-NULL datum of this type; what it points to is the datum's
+    /// own bytes or allocated in the current context.
+    unsafe fn jsonb<'v>(self, v: pg_sys::Datum) -> jsonb::Value<'v> {
         let c_string = |s: *mut c_char| {
             // SAFETY: a NUL-terminated string from PostgreSQL.
-            jsonb_string(
-                s.cast(),
-                unsafe { std::ffi::CStr::from_ptr(s) }.count_bytes(),
-            )
+            jsonb::Value::String(unsafe { std::ffi::CStr::from_ptr(s) }.to_bytes())
         };
         // SAFETY: v is a valid Datum of this type (see the caller).
         unsafe {
             match self {
-                Scalar::Bool => pg_sys::JsonbValue {
-                    type_: pg_sys::jbvType::jbvBool,
-                    val: pg_sys::JsonbValue__bindgen_ty_1 {
-                        boolean: v.value() != 0,
-                    },
-                },
-                Scalar::Int2 => numeric(pg_sys::int64_to_numeric(v.value() as i16 as i64)),
-                Scalar::Int4 => numeric(pg_sys::int64_to_numeric(v.value() as i32 as i64)),
-                Scalar::Int8 => numeric(pg_sys::int64_to_numeric(v.value() as i64)),
+                Scalar::Bool => jsonb::Value::Bool(v.value() != 0),
+                Scalar::Int2 => jsonb::Value::Int(v.value() as i16 as i64),
+                Scalar::Int4 => jsonb::Value::Int(v.value() as i32 as i64),
+                Scalar::Int8 => jsonb::Value::Int(v.value() as i64),
                 Scalar::Numeric => {
-                    // A jsonb numeric needs the 4-byte header (a stored one may be short).
-                    let n = pg_sys::pg_detoast_datum(v.cast_mut_ptr()).cast();
-                    if pg_sys::numeric_is_nan(n) || pg_sys::numeric_is_inf(n) {
-                        // Not a JSON number: to_jsonb gives its text.
-                        c_string(pg_sys::OidOutputFunctionCall(
-                            pg_sys::Oid::from(pg_sys::F_NUMERIC_OUT),
-                            pg_sys::Datum::from(n),
-                        ))
-                    } else {
-                        numeric(n)
+                    let n = super::detoast_packed(v.cast_mut_ptr());
+                    let payload = std::slice::from_raw_parts(
+                        varlena::vardata_any(n).cast::<u8>(),
+                        varlena::varsize_any_exhdr(n),
+                    );
+                    // NaN and the infinities (NUMERIC_SPECIAL in the first header bits) are not
+                    // JSON numbers: to_jsonb gives their text.
+                    match payload {
+                        [a, b, ..] if u16::from_ne_bytes([*a, *b]) & 0xC000 == 0xC000 => {
+                            c_string(pg_sys::OidOutputFunctionCall(
+                                pg_sys::Oid::from(pg_sys::F_NUMERIC_OUT),
+                                pg_sys::Datum::from(n),
+                            ))
+                        }
+                        _ => jsonb::Value::Numeric(payload),
                     }
                 }
                 Scalar::Text => {
                     let t = super::detoast_packed(v.cast_mut_ptr());
                     let len = varlena::varsize_any_exhdr(t);
-                    if len > pg_sys::JENTRY_OFFLENMASK as usize {
+                    if len > jsonb::MAX_LEN {
                         too_long();
                     }
-                    jsonb_string(varlena::vardata_any(t).cast(), len)
+                    jsonb::Value::String(std::slice::from_raw_parts(
+                        varlena::vardata_any(t).cast(),
+                        len,
+                    ))
                 }
                 Scalar::DateTime(oid) => c_string(pg_sys::JsonEncodeDateTime(
                     std::ptr::null_mut(),
@@ -262,7 +245,7 @@ fn too_long() -> ! {
         "string too long to represent as jsonb string",
         format!(
             "Due to an implementation restriction, jsonb strings cannot exceed {} bytes.",
-            pg_sys::JENTRY_OFFLENMASK
+            jsonb::MAX_LEN
         ),
     );
 }

@@ -4,6 +4,7 @@
 
 pub mod chain;
 mod decode;
+mod jsonb;
 pub mod launcher;
 mod store;
 pub mod writer;
