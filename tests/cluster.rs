@@ -1018,6 +1018,27 @@ fn a_broken_rollup_does_not_hold_up_the_trail() {
         ),
         "1"
     );
+    // Counted batch by batch, the rollup is what a rebuild recomputes from the trail.
+    c.sql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY); SELECT activity_log.track('t');
+         INSERT INTO t SELECT generate_series(1, 5); UPDATE t SET id = id + 10 WHERE id < 3;
+         SELECT activity_log.log_event('after'), activity_log.log_event('after')",
+    );
+    c.flush("postgres");
+    let rollup = "SELECT hour || ' ' || kind || ' ' || status || ' ' || events
+                    FROM activity_log.activity_hourly ORDER BY hour, kind, status";
+    let counted = c.sql("postgres", rollup);
+    c.sql("postgres", "SELECT activity_log.rebuild_rollup()");
+    assert_eq!(counted, c.sql("postgres", rollup));
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT string_agg(kind || ' ' || n, ', ' ORDER BY kind)
+               FROM (SELECT kind, sum(events) n FROM activity_log.activity_hourly GROUP BY kind) k"
+        ),
+        "change 7, event 3"
+    );
 }
 
 /// A table tracked with durability 'sync' has its records inside the transaction: a crash

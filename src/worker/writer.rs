@@ -700,13 +700,17 @@ type Bucket = (i64, &'static str, &'static str);
 const HOUR_US: i64 = 3_600_000_000;
 
 /// Hourly counts of stored rows, added to activity_log.activity_hourly in the batch's
-/// transaction, so the rollup is exact whichever way the batch ends.
+/// transaction, so the rollup is exact whichever way the batch ends. A batch has a handful of
+/// buckets and rows mostly fall into the one before them: a list, not a hash map.
 #[derive(Default)]
-struct Hourly(HashMap<Bucket, i64>);
+struct Hourly(Vec<(Bucket, i64)>);
 
 impl Hourly {
     fn add(&mut self, b: Bucket) {
-        *self.0.entry(b).or_default() += 1;
+        match self.0.iter_mut().rev().find(|(seen, _)| *seen == b) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((b, 1)),
+        }
     }
 
     /// store adds the counts in a subtransaction: a broken rollup (dropped, locked) must not
