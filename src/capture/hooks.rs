@@ -21,7 +21,7 @@ use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int};
 
-use crate::capture::{self, clip, rows, tracked};
+use crate::capture::{self, clip, rows, tracked, unguarded};
 use crate::gucs::{self, CaptureStatements};
 use crate::record::Op;
 use crate::record::{Body, Origin, Record, Statement, StatementClass};
@@ -109,9 +109,24 @@ pub fn capturing() -> bool {
             && pg_sys::ParallelWorkerNumber < 0
             && !pg_sys::IsBinaryUpgrade
             && crate::ring::is_initialised()
-            && !pg_sys::RecoveryInProgress() // a standby runs no writer and changes nothing
+            && !in_recovery() // a standby runs no writer and changes nothing
             && gucs::enabled()
     }
+}
+
+thread_local! {
+    /// Set once recovery is seen to be over: it does not come back in this process.
+    static RECOVERY_DONE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn in_recovery() -> bool {
+    if RECOVERY_DONE.get() {
+        return false;
+    }
+    // SAFETY: reads shared state.
+    let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
+    RECOVERY_DONE.set(!in_recovery);
+    in_recovery
 }
 
 fn wanted(class: StatementClass) -> bool {
@@ -125,17 +140,17 @@ fn wanted(class: StatementClass) -> bool {
 
 fn now() -> i64 {
     // SAFETY: no error paths.
-    unsafe { pg_sys::GetCurrentTimestamp() }
+    unsafe { unguarded::GetCurrentTimestamp() }
 }
 
 /// origin copies who is acting, and in which context, right now.
 pub fn origin() -> Origin<'static> {
     // SAFETY: plain reads of backend globals and GUC strings; none of these raise errors.
     unsafe {
-        let jwt = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
+        let jwt = unguarded::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
         Origin {
-            session_user: pg_sys::GetSessionUserId().to_u32(),
-            current_user: pg_sys::GetUserId().to_u32(),
+            session_user: unguarded::GetSessionUserId().to_u32(),
+            current_user: unguarded::GetUserId().to_u32(),
             actor: gucs::actor().map(Into::into),
             context: gucs::context().map(Into::into),
             jwt_claims: cstr_bytes(jwt).filter(|b| !b.is_empty()).map(Into::into),
@@ -318,7 +333,7 @@ unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc
             let modifies = op != pg_sys::CmdType::CMD_SELECT || (*ps).hasModifyingCTE;
             start_statement(Running {
                 query_desc: query_desc as usize,
-                subxact: pg_sys::GetCurrentSubTransactionId(),
+                subxact: unguarded::GetCurrentSubTransactionId(),
                 ts: now(),
                 class: if modifies {
                     StatementClass::Mod
@@ -459,7 +474,7 @@ unsafe extern "C-unwind" fn al_process_utility(
             };
             start_statement(Running {
                 query_desc: 0,
-                subxact: pg_sys::GetCurrentSubTransactionId(),
+                subxact: unguarded::GetCurrentSubTransactionId(),
                 ts: now(),
                 class,
                 command: CStr::from_ptr(pg_sys::GetCommandTagName(tag)).to_bytes(),

@@ -12,6 +12,7 @@ pub mod durable;
 pub mod hooks;
 pub mod rows;
 pub mod tracked;
+mod unguarded;
 pub mod xact;
 
 use crate::record::{Record, RowSink};

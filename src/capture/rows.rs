@@ -28,7 +28,7 @@ use std::io::Write;
 use std::rc::Rc;
 
 use super::tracked::{self, Tracked};
-use super::{clip, hooks};
+use super::{clip, hooks, unguarded};
 use crate::gucs;
 use crate::record::{Body, Bytes, Change, Column, Op, Record, RowSink};
 
@@ -180,7 +180,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
             return;
         }
         augment(root, estate);
-        let subxact = pg_sys::GetCurrentSubTransactionId();
+        let subxact = unguarded::GetCurrentSubTransactionId();
         SET_UP.with_borrow_mut(|s| {
             s.push(SetUp {
                 estate: estate as usize,
@@ -421,18 +421,27 @@ impl Reader {
         }
         // SAFETY: as documented for the caller; the slot is dropped with the reader. Read
         // pointer 0 may rewind: transition tables are made with randomAccess false, which
-        // gives it EXEC_FLAG_REWIND.
-        unsafe {
-            pg_sys::tuplestore_select_read_pointer(store, 0);
-            pg_sys::tuplestore_rescan(store);
-            Some(Reader {
-                store,
-                desc,
-                slot: pg_sys::MakeSingleTupleTableSlot(desc, &raw const pg_sys::TTSOpsMinimalTuple),
-                len: pg_sys::tuplestore_tuple_count(store) as usize,
-                per_row: None,
+        // gives it EXEC_FLAG_REWIND. One guard for the four calls (see unguarded).
+        let (slot, len) = unsafe {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                unguarded::tuplestore_select_read_pointer(store, 0);
+                unguarded::tuplestore_rescan(store);
+                (
+                    unguarded::MakeSingleTupleTableSlot(
+                        desc,
+                        &raw const pg_sys::TTSOpsMinimalTuple,
+                    ),
+                    unguarded::tuplestore_tuple_count(store) as usize,
+                )
             })
-        }
+        };
+        Some(Reader {
+            store,
+            desc,
+            slot,
+            len,
+            per_row: None,
+        })
     }
 
     fn len(&self) -> usize {

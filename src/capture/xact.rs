@@ -18,7 +18,7 @@ use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::capture::{self, durable, hooks, tracked};
+use crate::capture::{self, durable, hooks, tracked, unguarded};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
@@ -41,7 +41,9 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
         XACT_EVENT_COMMIT => {
             if let Some(r) = capture::take_reservation() {
                 // SAFETY: no error paths; the stop timestamp was set by the commit record.
-                ring::commit(r, unsafe { pg_sys::GetCurrentTransactionStopTimestamp() });
+                ring::commit(r, unsafe {
+                    unguarded::GetCurrentTransactionStopTimestamp()
+                });
             }
             if let Some((Some(slot), n)) = capture::take_staged() {
                 ring::commit_staged(slot, n);
@@ -99,7 +101,7 @@ fn frame_info() -> Vec<u8> {
     let (pid, xid) = unsafe {
         (
             pg_sys::MyProcPid,
-            pg_sys::GetTopFullTransactionIdIfAny().value,
+            unguarded::GetTopFullTransactionIdIfAny().value,
         )
     };
     FrameInfo {
