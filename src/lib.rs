@@ -11,6 +11,7 @@ mod errors;
 mod gucs;
 mod record;
 mod ring;
+mod unguarded;
 mod worker;
 
 pgrx::pg_module_magic!();

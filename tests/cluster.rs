@@ -189,6 +189,29 @@ fn a_failing_batch_is_retried_after_a_back_off_and_nothing_is_lost() {
         ),
         ["1|event record \"toxic\"|new row for relation \"events\" violates check constraint \"no_toxic\"|event|toxic|toxic|t"]
     );
+
+    // A refusal by an index, which comes after the heap insert (when the buffered rows are
+    // flushed), takes the same way.
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.events DROP CONSTRAINT no_toxic;
+         CREATE UNIQUE INDEX twin ON activity_log.events (command, committed_at) WHERE command = 'twin'",
+    );
+    c.sql("postgres", "BEGIN; SELECT activity_log.log_event('twin'); SELECT activity_log.log_event('twin'); COMMIT;");
+    c.flush("postgres");
+    let rows = c.sql(
+        "postgres",
+        "SELECT kind || '|' || status || '|' || command || '|' || coalesce(details->>'reason', '-')
+           FROM activity_log.events WHERE id > (SELECT max(id) FROM activity_log.events WHERE command = 'fine 2') ORDER BY id",
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0], "event|success|twin|-");
+    assert!(
+        rows[1].starts_with("system|gap|GAP|event record \"twin\" could not be stored: duplicate key value violates unique constraint")
+            && rows[1].ends_with("(kept as activity_log.dead_letters id 2)"),
+        "{}",
+        rows[1]
+    );
 }
 
 #[test]

@@ -21,10 +21,11 @@ use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int};
 
-use crate::capture::{self, clip, rows, tracked, unguarded};
+use crate::capture::{self, clip, rows, tracked};
 use crate::gucs::{self, CaptureStatements};
 use crate::record::Op;
 use crate::record::{Body, Origin, Record, Statement, StatementClass};
+use crate::unguarded;
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;

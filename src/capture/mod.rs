@@ -12,7 +12,6 @@ pub mod durable;
 pub mod hooks;
 pub mod rows;
 pub mod tracked;
-mod unguarded;
 pub mod xact;
 
 use crate::record::{Record, RowSink};

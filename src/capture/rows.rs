@@ -28,9 +28,10 @@ use std::io::Write;
 use std::rc::Rc;
 
 use super::tracked::{self, Tracked};
-use super::{clip, hooks, unguarded};
+use super::{clip, hooks};
 use crate::gucs;
 use crate::record::{Body, Bytes, Change, Column, Op, Record, RowSink};
+use crate::unguarded;
 
 /// Synthetic trigger and function OIDs: above any OID a real catalog row can get here, and
 /// not an RI trigger function (AfterTriggerSaveEvent asks RI_FKey_trigger_type about it).
@@ -421,7 +422,7 @@ impl Reader {
         }
         // SAFETY: as documented for the caller; the slot is dropped with the reader. Read
         // pointer 0 may rewind: transition tables are made with randomAccess false, which
-        // gives it EXEC_FLAG_REWIND. One guard for the four calls (see unguarded).
+        // gives it EXEC_FLAG_REWIND. One guard for the four calls (see crate::unguarded).
         let (slot, len) = unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 unguarded::tuplestore_select_read_pointer(store, 0);

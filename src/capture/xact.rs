@@ -18,11 +18,12 @@ use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::capture::{self, durable, hooks, tracked, unguarded};
+use crate::capture::{self, durable, hooks, tracked};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
 use crate::ring::{self, ReserveError};
+use crate::unguarded;
 
 /// install registers the permanent callbacks; called once from `_PG_init`.
 pub fn install() {

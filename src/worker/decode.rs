@@ -19,6 +19,7 @@ use std::ffi::{CString, c_char};
 
 use super::jsonb;
 use crate::record::{Bytes, Column, RowImages};
+use crate::unguarded;
 
 /// A jsonb value allocated in the batch transaction.
 #[derive(Clone, Copy)]
@@ -437,13 +438,18 @@ impl Deformed {
         // SAFETY: bytes are a whole minimal tuple of `desc`; the palloc'd copy gives it
         // MAXALIGN alignment. Values were detoasted at capture, so the datum needs no toast.
         unsafe {
-            let copy = pg_sys::palloc(bytes.len()).cast::<u8>();
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
-            let heap = pg_sys::heap_tuple_from_minimal_tuple(copy.cast());
             let natts = (*desc).natts as usize;
             let mut values = vec![pg_sys::Datum::from(0); natts];
             let mut nulls = vec![true; natts];
-            pg_sys::heap_deform_tuple(heap, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let (v, n) = (values.as_mut_ptr(), nulls.as_mut_ptr());
+            // One guard for the three calls (see crate::unguarded).
+            let heap = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                let copy = unguarded::palloc(bytes.len()).cast::<u8>();
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+                let heap = unguarded::heap_tuple_from_minimal_tuple(copy.cast());
+                unguarded::heap_deform_tuple(heap, desc, v, n);
+                heap
+            });
             Deformed {
                 datum: if composite {
                     pg_sys::heap_copy_tuple_as_datum(heap, desc)

@@ -14,6 +14,10 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString, c_void};
 
+use crate::unguarded::{self, clear_slot};
+use crate::unguarded::{
+    ExecCleanupTupleRouting, ExecFindPartition, ExecSetupPartitionTupleRouting, nextval_internal,
+};
 use crate::worker::chain;
 use crate::worker::decode::Jsonb;
 
@@ -235,29 +239,6 @@ pub fn relation_name(relid: u32) -> String {
 /// Rows wait here until a multi-insert takes them.
 const BUFFERED: usize = 1000;
 
-// executor/execPartition.h, which pgrx does not bind: tuple routing as COPY FROM uses it.
-// Called through pg_guard_ffi_boundary (each can raise an ERROR).
-unsafe extern "C-unwind" {
-    fn ExecSetupPartitionTupleRouting(
-        estate: *mut pg_sys::EState,
-        rel: pg_sys::Relation,
-    ) -> *mut c_void;
-    fn ExecFindPartition(
-        mtstate: *mut pg_sys::ModifyTableState,
-        root: *mut pg_sys::ResultRelInfo,
-        proute: *mut c_void,
-        slot: *mut pg_sys::TupleTableSlot,
-        estate: *mut pg_sys::EState,
-    ) -> *mut pg_sys::ResultRelInfo;
-    fn ExecCleanupTupleRouting(mtstate: *mut pg_sys::ModifyTableState, proute: *mut c_void);
-}
-
-// commands/sequence.h, not bound either: nextval without the SQL function's privilege check on
-// every row (the sequence is the extension's own; a third of nextval's cost per row).
-unsafe extern "C-unwind" {
-    fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
-}
-
 /// The trail opened for one batch.
 pub struct Trail {
     /// The partitioned trail, its result relation (for constraints) and the routing state.
@@ -443,18 +424,21 @@ impl Trail {
         // SAFETY: a slot of the trail's own type; its values/isnull arrays have natts entries.
         // id_sequence is the trail's sequence, looked up when the trail was opened.
         unsafe {
-            pg_sys::ExecClearTuple(slot);
+            let sequence = self.id_sequence;
+            // One guard for the three calls (see crate::unguarded).
+            let id = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                clear_slot(slot);
+                nextval_internal(sequence, false)
+            });
             let (values, nulls) = self.columns(slot);
             nulls.fill(true);
             for (c, &a) in self.attr.iter().enumerate() {
                 values[a] = row.values[c];
                 nulls[a] = row.nulls[c];
             }
-            let sequence = self.id_sequence;
-            let id = pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(sequence, false));
             values[self.id_attr] = pg_sys::Datum::from(id);
             nulls[self.id_attr] = false;
-            pg_sys::ExecStoreVirtualTuple(slot);
+            pg_sys::ffi::pg_guard_ffi_boundary(|| unguarded::ExecStoreVirtualTuple(slot));
         }
     }
 
@@ -543,40 +527,43 @@ impl Trail {
             let slots = self.slots.as_mut_ptr();
             let n = self.used as i32;
             // A table AM callback is a raw C function pointer: its ERRORs (a full disk, say)
-            // must become Rust panics here, or they would jump past every catch of ours.
+            // must become Rust panics here, or they would jump past every catch of ours. One
+            // guard for the whole flush (see crate::unguarded).
+            let (target, estate) = (self.target, self.estate);
+            let buffered = &self.slots[..self.used];
             pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                multi_insert(partition, slots, n, cid, 0, std::ptr::null_mut())
+                multi_insert(partition, slots, n, cid, 0, std::ptr::null_mut());
+                for &slot in buffered {
+                    let econtext = (*estate).es_per_tuple_exprcontext;
+                    if !econtext.is_null() {
+                        unguarded::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+                    }
+                    if (*target).ri_NumIndices > 0 {
+                        #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
+                        unguarded::ExecInsertIndexTuples(
+                            target,
+                            slot,
+                            estate,
+                            false,
+                            false,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                        );
+                        #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+                        unguarded::ExecInsertIndexTuples(
+                            target,
+                            slot,
+                            estate,
+                            false,
+                            false,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            false,
+                        );
+                    }
+                    clear_slot(slot);
+                }
             });
-            for &slot in &self.slots[..self.used] {
-                let econtext = (*self.estate).es_per_tuple_exprcontext;
-                if !econtext.is_null() {
-                    pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
-                }
-                if (*self.target).ri_NumIndices > 0 {
-                    #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
-                    pg_sys::ExecInsertIndexTuples(
-                        self.target,
-                        slot,
-                        self.estate,
-                        false,
-                        false,
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                    );
-                    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
-                    pg_sys::ExecInsertIndexTuples(
-                        self.target,
-                        slot,
-                        self.estate,
-                        false,
-                        false,
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        false,
-                    );
-                }
-                pg_sys::ExecClearTuple(slot);
-            }
         }
         self.used = 0;
         self.chain_flushed.clone_from(&self.chain);

@@ -1,0 +1,103 @@
+//! unguarded.rs: PostgreSQL functions activity_log declares itself, to call them without
+//! pgrx's guard around each call. A guarded call sets up a sigsetjmp and checks the thread,
+//! about 120 instructions: the hooks made about 90 such calls per pgbench transaction (a sixth
+//! of capture's instructions), the writer about 24 per stored row. Also the few functions
+//! pgrx does not bind.
+//!
+//! Two kinds, and nothing else belongs here:
+//! - readers of backend state that cannot raise an ERROR: called directly;
+//! - functions that can raise one: called only inside `pg_guard_ffi_boundary`, alone or in a
+//!   group whose closure owns nothing to drop, so that an ERROR's longjmp out of it skips no
+//!   destructor.
+
+use pgrx::pg_sys::{
+    EState, FullTransactionId, HeapTuple, List, MemoryContext, MinimalTuple, ModifyTableState, Oid,
+    Relation, ResultRelInfo, SubTransactionId, TimestampTz, TupleDesc, TupleTableSlot,
+    TupleTableSlotOps, Tuplestorestate,
+};
+use std::ffi::{c_char, c_int, c_void};
+
+// Readers: no ERROR.
+unsafe extern "C-unwind" {
+    pub fn GetUserId() -> Oid;
+    pub fn GetSessionUserId() -> Oid;
+    pub fn GetCurrentSubTransactionId() -> SubTransactionId;
+    pub fn GetTopFullTransactionIdIfAny() -> FullTransactionId;
+    pub fn GetCurrentTimestamp() -> TimestampTz;
+    pub fn GetCurrentTransactionStopTimestamp() -> TimestampTz;
+    /// Raises only when missing_ok is false or restrict_privileged is true.
+    pub fn GetConfigOption(
+        name: *const c_char,
+        missing_ok: bool,
+        restrict_privileged: bool,
+    ) -> *const c_char;
+}
+
+// Only inside pg_guard_ffi_boundary.
+unsafe extern "C-unwind" {
+    pub fn palloc(size: usize) -> *mut c_void;
+    pub fn MemoryContextReset(context: MemoryContext);
+    pub fn tuplestore_select_read_pointer(state: *mut Tuplestorestate, ptr: c_int);
+    pub fn tuplestore_rescan(state: *mut Tuplestorestate);
+    pub fn tuplestore_tuple_count(state: *mut Tuplestorestate) -> i64;
+    pub fn MakeSingleTupleTableSlot(
+        desc: TupleDesc,
+        ops: *const TupleTableSlotOps,
+    ) -> *mut TupleTableSlot;
+    pub fn ExecStoreVirtualTuple(slot: *mut TupleTableSlot) -> *mut TupleTableSlot;
+    pub fn heap_tuple_from_minimal_tuple(mtup: MinimalTuple) -> HeapTuple;
+    pub fn heap_deform_tuple(
+        tuple: HeapTuple,
+        desc: TupleDesc,
+        values: *mut pgrx::pg_sys::Datum,
+        isnull: *mut bool,
+    );
+    #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
+    pub fn ExecInsertIndexTuples(
+        rri: *mut ResultRelInfo,
+        slot: *mut TupleTableSlot,
+        estate: *mut EState,
+        update: bool,
+        no_dup_err: bool,
+        spec_conflict: *mut bool,
+        arbiter_indexes: *mut List,
+    ) -> *mut List;
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    pub fn ExecInsertIndexTuples(
+        rri: *mut ResultRelInfo,
+        slot: *mut TupleTableSlot,
+        estate: *mut EState,
+        update: bool,
+        no_dup_err: bool,
+        spec_conflict: *mut bool,
+        arbiter_indexes: *mut List,
+        only_summarizing: bool,
+    ) -> *mut List;
+    // Not bound by pgrx: executor/execPartition.h (tuple routing as COPY FROM uses it) and
+    // commands/sequence.h (nextval without the SQL function's privilege check on every row;
+    // the sequence is the extension's own).
+    pub fn ExecSetupPartitionTupleRouting(estate: *mut EState, rel: Relation) -> *mut c_void;
+    pub fn ExecFindPartition(
+        mtstate: *mut ModifyTableState,
+        root: *mut ResultRelInfo,
+        proute: *mut c_void,
+        slot: *mut TupleTableSlot,
+        estate: *mut EState,
+    ) -> *mut ResultRelInfo;
+    pub fn ExecCleanupTupleRouting(mtstate: *mut ModifyTableState, proute: *mut c_void);
+    pub fn nextval_internal(relid: Oid, check_permissions: bool) -> i64;
+}
+
+/// clear_slot is ExecClearTuple (a static inline function in PostgreSQL): the slot's own
+/// clear callback. Only inside pg_guard_ffi_boundary.
+///
+/// # Safety
+/// `slot` is a valid slot.
+pub unsafe fn clear_slot(slot: *mut TupleTableSlot) {
+    // SAFETY: every slot has its ops' clear callback.
+    unsafe {
+        if let Some(clear) = (*(*slot).tts_ops).clear {
+            clear(slot);
+        }
+    }
+}
