@@ -53,7 +53,7 @@ unsafe extern "C-unwind" {
         isnull: *mut bool,
     );
     #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
-    pub fn ExecInsertIndexTuples(
+    fn ExecInsertIndexTuples(
         rri: *mut ResultRelInfo,
         slot: *mut TupleTableSlot,
         estate: *mut EState,
@@ -63,7 +63,7 @@ unsafe extern "C-unwind" {
         arbiter_indexes: *mut List,
     ) -> *mut List;
     #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
-    pub fn ExecInsertIndexTuples(
+    fn ExecInsertIndexTuples(
         rri: *mut ResultRelInfo,
         slot: *mut TupleTableSlot,
         estate: *mut EState,
@@ -86,6 +86,26 @@ unsafe extern "C-unwind" {
     ) -> *mut ResultRelInfo;
     pub fn ExecCleanupTupleRouting(mtstate: *mut ModifyTableState, proute: *mut c_void);
     pub fn nextval_internal(relid: Oid, check_permissions: bool) -> i64;
+}
+
+/// insert_index_tuples is ExecInsertIndexTuples for a plain insert (no arbiter indexes, no
+/// conflict check), whatever the version's signature. Only inside pg_guard_ffi_boundary.
+///
+/// # Safety
+/// As ExecInsertIndexTuples: `slot` holds a tuple just inserted into `rri`'s relation.
+pub unsafe fn insert_index_tuples(
+    rri: *mut ResultRelInfo,
+    slot: *mut TupleTableSlot,
+    estate: *mut EState,
+) {
+    let (none, no_list) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: as documented for the caller.
+    unsafe {
+        #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
+        ExecInsertIndexTuples(rri, slot, estate, false, false, none, no_list);
+        #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+        ExecInsertIndexTuples(rri, slot, estate, false, false, none, no_list, false);
+    }
 }
 
 /// clear_slot is ExecClearTuple (a static inline function in PostgreSQL): the slot's own

@@ -9,8 +9,8 @@
 //! itself, in jsonb's binary layout ([`super::jsonb`]): `to_jsonb` prints each number and
 //! parses it back, which made it the writer's largest cost after the inserts. Other rows go
 //! through `to_jsonb`. Scratch allocations go into a context reset per row; only the finished
-//! jsonb values are copied out, into the context that was current at the call (the batch
-//! transaction's), where the insert finds them.
+//! jsonb values go into the context that was current at the call (the batch transaction's),
+//! where the insert finds them.
 
 use pgrx::pg_sys;
 use pgrx::varlena;
@@ -114,28 +114,24 @@ impl Direct {
     }
 
     /// object is the jsonb object of the columns `cols` (index, shown) of `d`, allocated in
-    /// the current context; a column that is not shown is null, as are NULL values.
+    /// `cxt`; a column that is not shown is null, as are NULL values.
     unsafe fn object(
         &self,
         d: &Deformed,
         columns: &[Column],
         cols: &[(usize, bool)],
+        cxt: pg_sys::MemoryContext,
     ) -> pg_sys::Datum {
         // SAFETY: d's values are valid Datums of the columns' types; what the values point to
         // lives in the current context until the object is copied out of `bytes`.
         unsafe {
-            let pairs: Vec<(&[u8], jsonb::Value)> = cols
-                .iter()
-                .map(|&(i, shown)| {
-                    let value = match self.scalars[i] {
-                        Some(scalar) if shown && !d.nulls[i] => scalar.jsonb(d.values[i]),
-                        _ => jsonb::Value::Null,
-                    };
-                    (&columns[i].name[..], value)
-                })
-                .collect();
+            let keys = cols.iter().map(|&(i, _)| &columns[i].name[..]);
+            let values = cols.iter().map(|&(i, shown)| match self.scalars[i] {
+                Some(scalar) if shown && !d.nulls[i] => scalar.jsonb(d.values[i]),
+                _ => jsonb::Value::Null,
+            });
             let mut bytes = self.bytes.borrow_mut();
-            if jsonb::object(&mut bytes, &pairs).is_err() {
+            if jsonb::object(&mut bytes, keys, values).is_err() {
                 pgrx::ereport!(
                     ERROR,
                     pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
@@ -145,7 +141,7 @@ impl Direct {
                     )
                 );
             }
-            let datum = pg_sys::palloc(bytes.len()).cast::<u8>();
+            let datum = pg_sys::MemoryContextAlloc(cxt, bytes.len()).cast::<u8>();
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), datum, bytes.len());
             pg_sys::Datum::from(datum)
         }
@@ -322,14 +318,15 @@ impl<'a> Decoder<'a> {
         let to_jsonb = &self.to_jsonb;
         // SAFETY: tuples are PostgreSQL's own minimal tuples, copied at capture, decoded with
         // the descriptor of their shape; scratch memory is the per-row context, and the
-        // finished values are copied into the context current at this call.
+        // finished values are made in, or copied into, the context current at this call.
         unsafe {
             let out = pg_sys::CurrentMemoryContext;
             let key_idx: Vec<usize> = shape.key.iter().map(|k| k.0).collect();
             let mut rows = Vec::with_capacity(images.len());
+            let direct = shape.direct.is_some();
             for (old, new) in images {
                 let row = self.per_row.switch_to(|_| {
-                    let composite = shape.direct.is_none();
+                    let composite = !direct;
                     let old = old
                         .as_ref()
                         .map(|b| Deformed::new(b, shape.full, composite));
@@ -338,12 +335,12 @@ impl<'a> Decoder<'a> {
                         .map(|b| Deformed::new(b, shape.full, composite));
                     // The shown columns, and the key columns, as jsonb objects.
                     let image = |d: &Deformed| match (&shape.direct, shape.shown_type) {
-                        (Some(direct), _) => direct.object(d, columns, &direct.shown),
+                        (Some(direct), _) => direct.object(d, columns, &direct.shown, out),
                         (None, Some(t)) => to_jsonb.call(d.form(t, &shape.shown, |_| false)),
                         (None, None) => to_jsonb.call(d.datum),
                     };
                     let key = |d: &Deformed, t: pg_sys::TupleDesc| match &shape.direct {
-                        Some(direct) => direct.object(d, columns, &direct.key),
+                        Some(direct) => direct.object(d, columns, &direct.key, out),
                         None => to_jsonb.call(d.form(t, &key_idx, |n| !shape.key[n].1)),
                     };
                     let old_row = old.as_ref().map(image);
@@ -373,7 +370,10 @@ impl<'a> Decoder<'a> {
                         }
                         _ => None,
                     };
-                    let keep = |j: Option<pg_sys::Datum>| j.map(|j| Jsonb(copy_to(out, j)));
+                    // Direct objects are made in `out` already; to_jsonb's are copied there.
+                    let keep = |j: Option<pg_sys::Datum>| {
+                        j.map(|j| Jsonb(if direct { j } else { copy_to(out, j) }))
+                    };
                     ChangeRow {
                         old_row: keep(old_row),
                         new_row: keep(new_row),

@@ -39,15 +39,20 @@ const NBASE: u64 = 10_000;
 #[derive(Debug, PartialEq)]
 pub struct TooBig;
 
-/// object writes the jsonb datum (varlena header included) of `pairs` into `out`, which it
-/// clears first. The keys must be unique and in jsonb's order: shorter first, then bytewise.
-pub fn object(out: &mut Vec<u8>, pairs: &[(&[u8], Value)]) -> Result<(), TooBig> {
+/// object writes the jsonb datum (varlena header included) of the pairs of `keys` and
+/// `values` into `out`, which it clears first. The keys must be unique and in jsonb's order:
+/// shorter first, then bytewise. Values are taken as they are written, after all the keys.
+pub fn object<'k, 'v>(
+    out: &mut Vec<u8>,
+    keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone,
+    values: impl Iterator<Item = Value<'v>>,
+) -> Result<(), TooBig> {
     debug_assert!(
-        pairs
-            .windows(2)
-            .all(|w| (w[0].0.len(), w[0].0) < (w[1].0.len(), w[1].0))
+        keys.clone()
+            .zip(keys.clone().skip(1))
+            .all(|(a, b)| (a.len(), a) < (b.len(), b))
     );
-    let n = pairs.len();
+    let n = keys.len();
     out.clear();
     out.extend_from_slice(&[0; 4]); // the varlena header, set at the end
     out.extend_from_slice(&(n as u32 | JB_FOBJECT).to_ne_bytes());
@@ -68,13 +73,15 @@ pub fn object(out: &mut Vec<u8>, pairs: &[(&[u8], Value)]) -> Result<(), TooBig>
         out[entries + 4 * i..entries + 4 * i + 4].copy_from_slice(&meta.to_ne_bytes());
         Ok(())
     };
-    for (i, (key, _)) in pairs.iter().enumerate() {
+    for (i, key) in keys.enumerate() {
         out.extend_from_slice(key);
         entry(out, i, 0, key.len())?;
     }
-    for (i, (_, value)) in pairs.iter().enumerate() {
+    let mut written = 0;
+    for (i, value) in values.enumerate() {
+        written += 1;
         let start = out.len();
-        let meta = match *value {
+        let meta = match value {
             Value::Null => JENTRY_ISNULL,
             Value::Bool(false) => JENTRY_ISBOOL_FALSE,
             Value::Bool(true) => JENTRY_ISBOOL_TRUE,
@@ -96,6 +103,7 @@ pub fn object(out: &mut Vec<u8>, pairs: &[(&[u8], Value)]) -> Result<(), TooBig>
         };
         entry(out, n + i, meta, out.len() - start)?;
     }
+    debug_assert_eq!(written, n, "one value per key");
     let len = out.len();
     out[..4].copy_from_slice(&varlena_header(len));
     Ok(())
@@ -143,7 +151,11 @@ fn numeric_of_i64(out: &mut Vec<u8>, v: i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{TooBig, Value, numeric_of_i64, object};
+    use super::{TooBig, Value, numeric_of_i64};
+
+    fn object(out: &mut Vec<u8>, pairs: &[(&[u8], Value)]) -> Result<(), TooBig> {
+        super::object(out, pairs.iter().map(|p| p.0), pairs.iter().map(|p| p.1))
+    }
 
     fn numeric(v: i64) -> Vec<u8> {
         let mut out = Vec::new();

@@ -117,10 +117,10 @@ impl Row {
         self.set(c, text_value(s));
     }
 
-    /// shared_text sets a text made by [`text_value`] that other rows may hold too: a row's
-    /// values are copied into its tuple, never freed one by one.
-    pub fn shared_text(&mut self, c: Col, text: pg_sys::Datum) {
-        self.set(c, text);
+    /// shared sets a value made once for several rows ([`text_value`], [`text_array`]): a
+    /// row's values are copied into its tuple, never freed one by one.
+    pub fn shared(&mut self, c: Col, value: pg_sys::Datum) {
+        self.set(c, value);
     }
 
     pub fn int8(&mut self, c: Col, v: i64) {
@@ -160,27 +160,32 @@ impl Row {
     }
 
     pub fn text_array(&mut self, c: Col, items: &[String]) {
-        // SAFETY: an array of fresh text values, built like construct_array's callers do.
-        unsafe {
-            let mut elems: Vec<pg_sys::Datum> = items
-                .iter()
-                .map(|i| {
-                    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-                        i.as_ptr().cast(),
-                        i.len() as i32,
-                    ))
-                })
-                .collect();
-            let array = pg_sys::construct_array(
-                elems.as_mut_ptr(),
-                elems.len() as i32,
-                pg_sys::TEXTOID,
-                -1,
-                false,
-                pg_sys::TYPALIGN_INT as std::ffi::c_char,
-            );
-            self.set(c, pg_sys::Datum::from(array));
-        }
+        self.set(c, text_array(items));
+    }
+}
+
+/// text_array is `items` as a palloc'd text[].
+pub fn text_array(items: &[String]) -> pg_sys::Datum {
+    // SAFETY: an array of fresh text values, built like construct_array's callers do.
+    unsafe {
+        let mut elems: Vec<pg_sys::Datum> = items
+            .iter()
+            .map(|i| {
+                pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+                    i.as_ptr().cast(),
+                    i.len() as i32,
+                ))
+            })
+            .collect();
+        let array = pg_sys::construct_array(
+            elems.as_mut_ptr(),
+            elems.len() as i32,
+            pg_sys::TEXTOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        );
+        pg_sys::Datum::from(array)
     }
 }
 
@@ -539,27 +544,7 @@ impl Trail {
                         unguarded::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
                     }
                     if (*target).ri_NumIndices > 0 {
-                        #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
-                        unguarded::ExecInsertIndexTuples(
-                            target,
-                            slot,
-                            estate,
-                            false,
-                            false,
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                        );
-                        #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
-                        unguarded::ExecInsertIndexTuples(
-                            target,
-                            slot,
-                            estate,
-                            false,
-                            false,
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                            false,
-                        );
+                        unguarded::insert_index_tuples(target, slot, estate);
                     }
                     clear_slot(slot);
                 }

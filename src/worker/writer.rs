@@ -692,7 +692,13 @@ struct Rows {
     /// The text each column got last, by [`Col`]: most rows repeat the row before them, and
     /// comparing the bytes costs a tenth of hashing them for `texts`.
     last_texts: Vec<(Vec<u8>, Option<pg_sys::Datum>)>,
+    /// changed_columns arrays made in this batch, by content (see [`Rows::changed_columns`]).
+    changed: Vec<(Vec<String>, pg_sys::Datum)>,
 }
+
+/// The changed_columns arrays a batch keeps: enough for the tables and update shapes of a
+/// busy batch, few enough that looking one up stays cheaper than making it.
+const MAX_CHANGED_SETS: usize = 32;
 
 /// (hour as microseconds since 2000-01-01 UTC, kind, status)
 type Bucket = (i64, &'static str, &'static str);
@@ -767,6 +773,7 @@ impl Rows {
             buckets: Vec::new(),
             users: HashMap::new(),
             texts: HashMap::new(),
+            changed: Vec::new(),
             last_texts: vec![(Vec::new(), None); store::NCOLS],
         }
     }
@@ -845,7 +852,24 @@ impl Rows {
                 text
             }
         };
-        row.shared_text(c, text);
+        row.shared(c, text);
+    }
+
+    /// changed_columns sets a change's changed_columns to an array this batch made already,
+    /// or makes it: a table's updates mostly change the same columns, and an array costs a
+    /// call into PostgreSQL per name and one more to build it.
+    fn changed_columns(&mut self, row: &mut Row, names: Vec<String>) {
+        let array = match self.changed.iter().find(|(seen, _)| *seen == names) {
+            Some(&(_, array)) => array,
+            None => {
+                let array = store::text_array(&names);
+                if self.changed.len() < MAX_CHANGED_SETS {
+                    self.changed.push((names, array));
+                }
+                array
+            }
+        };
+        row.shared(Col::ChangedColumns, array);
     }
 
     /// row starts a trail row with the columns every kind of record has.
@@ -870,9 +894,9 @@ impl Rows {
         self.text(&mut row, Col::Severity, severity);
         self.text(&mut row, Col::Status, status.as_bytes());
         let db_user = self.user(o.session_user);
-        row.shared_text(Col::DbUser, db_user);
+        row.shared(Col::DbUser, db_user);
         let effective_user = self.user(o.current_user);
-        row.shared_text(Col::EffectiveUser, effective_user);
+        row.shared(Col::EffectiveUser, effective_user);
         if let Some(actor) = o.actor.as_deref() {
             self.text(&mut row, Col::Actor, actor);
         }
@@ -1051,7 +1075,7 @@ impl Rows {
                     row.jsonb(Col::NewRow, image.new_row);
                     row.jsonb(Col::RowKey, image.row_key);
                     if let Some(names) = image.changed_columns {
-                        row.text_array(Col::ChangedColumns, &names);
+                        self.changed_columns(&mut row, names);
                     }
                     self.keep(
                         row,
