@@ -44,7 +44,6 @@ unsafe extern "C-unwind" {
         desc: TupleDesc,
         ops: *const TupleTableSlotOps,
     ) -> *mut TupleTableSlot;
-    pub fn ExecStoreVirtualTuple(slot: *mut TupleTableSlot) -> *mut TupleTableSlot;
     pub fn heap_tuple_from_minimal_tuple(mtup: MinimalTuple) -> HeapTuple;
     pub fn heap_deform_tuple(
         tuple: HeapTuple,

@@ -430,7 +430,7 @@ impl Trail {
         // id_sequence is the trail's sequence, looked up when the trail was opened.
         unsafe {
             let sequence = self.id_sequence;
-            // One guard for the three calls (see crate::unguarded).
+            // One guard for the two calls (see crate::unguarded).
             let id = pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 clear_slot(slot);
                 nextval_internal(sequence, false)
@@ -443,7 +443,7 @@ impl Trail {
             }
             values[self.id_attr] = pg_sys::Datum::from(id);
             nulls[self.id_attr] = false;
-            pg_sys::ffi::pg_guard_ffi_boundary(|| unguarded::ExecStoreVirtualTuple(slot));
+            pg_sys::ExecStoreVirtualTuple(slot);
         }
     }
 
