@@ -51,7 +51,6 @@ unsafe extern "C-unwind" {
         values: *mut pgrx::pg_sys::Datum,
         isnull: *mut bool,
     );
-    #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
     fn ExecInsertIndexTuples(
         rri: *mut ResultRelInfo,
         slot: *mut TupleTableSlot,
@@ -60,17 +59,7 @@ unsafe extern "C-unwind" {
         no_dup_err: bool,
         spec_conflict: *mut bool,
         arbiter_indexes: *mut List,
-    ) -> *mut List;
-    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
-    fn ExecInsertIndexTuples(
-        rri: *mut ResultRelInfo,
-        slot: *mut TupleTableSlot,
-        estate: *mut EState,
-        update: bool,
-        no_dup_err: bool,
-        spec_conflict: *mut bool,
-        arbiter_indexes: *mut List,
-        only_summarizing: bool,
+        #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))] only_summarizing: bool,
     ) -> *mut List;
     // Not bound by pgrx: executor/execPartition.h (tuple routing as COPY FROM uses it) and
     // commands/sequence.h (nextval without the SQL function's privilege check on every row;
