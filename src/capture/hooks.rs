@@ -20,6 +20,7 @@ use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int};
+use std::rc::Rc;
 
 use crate::capture::{self, clip, rows, tracked};
 use crate::gucs::{self, CaptureStatements};
@@ -44,14 +45,15 @@ struct Running {
     ts: i64,
     class: StatementClass,
     command: &'static [u8],
-    query: Vec<u8>,
+    query: Rc<[u8]>,
     relations: Vec<u32>,
 }
 
 /// What an error report is attributed to: the top-level statement that was running.
 struct Attribution {
     command: &'static [u8],
-    query: Vec<u8>,
+    // Shared with the statement's Running entry and lent to each of its change records.
+    query: Rc<[u8]>,
     class: StatementClass,
 }
 
@@ -144,7 +146,9 @@ fn now() -> i64 {
     unsafe { unguarded::GetCurrentTimestamp() }
 }
 
-/// origin copies who is acting, and in which context, right now.
+/// origin tells who is acting, and in which context, right now. It borrows the strings of
+/// settings, which stay put until a setting changes: encode the record it goes into at once
+/// (every caller does), not after anything that could run SET.
 pub fn origin() -> Origin<'static> {
     // SAFETY: plain reads of backend globals and GUC strings; none of these raise errors.
     unsafe {
@@ -154,12 +158,18 @@ pub fn origin() -> Origin<'static> {
             current_user: unguarded::GetUserId().to_u32(),
             actor: gucs::actor().map(Into::into),
             context: gucs::context().map(Into::into),
-            jwt_claims: cstr_bytes(jwt).filter(|b| !b.is_empty()).map(Into::into),
-            application_name: cstr_bytes(pg_sys::application_name)
+            jwt_claims: setting_bytes(jwt).filter(|b| !b.is_empty()).map(Into::into),
+            application_name: setting_bytes(pg_sys::application_name)
                 .unwrap_or_default()
                 .into(),
         }
     }
+}
+
+/// setting_bytes borrows the string value of a setting (see [`origin`]).
+unsafe fn setting_bytes(p: *const c_char) -> Option<&'static [u8]> {
+    // SAFETY: p is NULL or a NUL-terminated string owned by the GUC machinery.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
 }
 
 /// client_addr returns the client's address as text (NULL for Unix sockets), computed once.
@@ -189,11 +199,12 @@ unsafe fn cstr_bytes(p: *const c_char) -> Option<Vec<u8>> {
 }
 
 /// statement_text cuts one statement out of a (possibly multi-statement) query string.
-unsafe fn statement_text(source: *const c_char, location: c_int, len: c_int) -> Vec<u8> {
-    // SAFETY: source is NULL or the NUL-terminated query string of the statement.
-    let Some(all) = (unsafe { cstr_bytes(source) }) else {
-        return Vec::new();
-    };
+unsafe fn statement_text(source: *const c_char, location: c_int, len: c_int) -> Rc<[u8]> {
+    if source.is_null() {
+        return Rc::from(&b""[..]);
+    }
+    // SAFETY: source is the NUL-terminated query string of the statement.
+    let all = unsafe { CStr::from_ptr(source) }.to_bytes();
     let start = if location >= 0 && (location as usize) <= all.len() {
         location as usize
     } else {
@@ -205,7 +216,7 @@ unsafe fn statement_text(source: *const c_char, location: c_int, len: c_int) -> 
         all.len()
     };
     let text = all[start..end].trim_ascii();
-    clip(text, gucs::max_query_length()).to_vec()
+    Rc::from(clip(text, gucs::max_query_length()))
 }
 
 /// relation_oids lists the tables a plan reads or writes, once each.
@@ -286,7 +297,7 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
                 command: run.command.into(),
                 sqlstate: None,
                 error_message: None,
-                query: run.query.into(),
+                query: run.query[..].into(),
                 query_id,
                 rows,
                 relations: run.relations,
@@ -297,12 +308,12 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
 }
 
 /// current_query is the text of the top-level statement running now.
-pub fn current_query() -> Vec<u8> {
+pub fn current_query() -> Rc<[u8]> {
     CURRENT
         .with_borrow(|c| c.as_ref().map(|a| a.query.clone()))
         .unwrap_or_else(|| {
             // SAFETY: debug_query_string is NULL or the query being run.
-            unsafe { cstr_bytes(pg_sys::debug_query_string) }.unwrap_or_default()
+            Rc::from(unsafe { setting_bytes(pg_sys::debug_query_string) }.unwrap_or_default())
         })
 }
 
@@ -332,22 +343,28 @@ unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc
             let ps = (*query_desc).plannedstmt;
             let op = (*query_desc).operation;
             let modifies = op != pg_sys::CmdType::CMD_SELECT || (*ps).hasModifyingCTE;
+            let class = if modifies {
+                StatementClass::Mod
+            } else {
+                StatementClass::Other
+            };
             start_statement(Running {
                 query_desc: query_desc as usize,
                 subxact: unguarded::GetCurrentSubTransactionId(),
                 ts: now(),
-                class: if modifies {
-                    StatementClass::Mod
-                } else {
-                    StatementClass::Other
-                },
+                class,
                 command: command_name(op),
                 query: statement_text(
                     (*query_desc).sourceText,
                     (*ps).stmt_location,
                     (*ps).stmt_len,
                 ),
-                relations: relation_oids(ps),
+                // Only a statement record lists them.
+                relations: if wanted(class) {
+                    relation_oids(ps)
+                } else {
+                    Vec::new()
+                },
             });
         }
     }
@@ -690,7 +707,7 @@ unsafe fn record_failure(edata: &pg_sys::ErrorData) {
         let q = q.strip_suffix(b";").unwrap_or(q).trim_ascii_end();
         Attribution {
             command: b"",
-            query: clip(q, gucs::max_query_length()).to_vec(),
+            query: Rc::from(clip(q, gucs::max_query_length())),
             class: StatementClass::Other,
         }
     });
@@ -705,7 +722,7 @@ unsafe fn record_failure(edata: &pg_sys::ErrorData) {
             sqlstate: Some(state),
             // SAFETY: message is NULL or the formatted error message.
             error_message: unsafe { cstr_bytes(edata.message) }.map(Into::into),
-            query: query.into(),
+            query: query[..].into(),
             query_id: 0,
             rows: None,
             relations: Vec::new(),

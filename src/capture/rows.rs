@@ -64,33 +64,32 @@ pub fn forget_subxact(subid: u32) {
 /// stopped early (a C caller running DML … RETURNING through SPI with a row limit) fires no
 /// statement triggers, so its changes are missing and the trail says so with a gap record.
 pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
-    for SetUp { mt, tracked, .. } in take_set_up(estate) {
-        // SAFETY: the ModifyTableState belongs to the EState, which lives until ExecutorEnd.
-        let done = unsafe { (*(mt as *mut pg_sys::ModifyTableState)).mt_done };
-        if !done {
-            // SAFETY: plain read of the EState.
-            let cid = unsafe { (*estate).es_output_cid };
-            let note = "the statement stopped before it finished, so the rows it changed were not captured";
-            push_change(&tracked, Op::Gap, cid, 0, Vec::new(), note, |_| {});
-        }
+    // Nearly always none: then nothing is allocated here, statement after statement.
+    let unfinished: Vec<Rc<Tracked>> = SET_UP.with_borrow(|s| {
+        s.iter()
+            .filter(|e| e.estate == estate as usize)
+            // SAFETY: the ModifyTableState belongs to the EState, which lives until ExecutorEnd.
+            .filter(|e| !unsafe { (*(e.mt as *mut pg_sys::ModifyTableState)).mt_done })
+            .map(|e| e.tracked.clone())
+            .collect()
+    });
+    forget(estate);
+    for tracked in unfinished {
+        // SAFETY: plain read of the EState.
+        let cid = unsafe { (*estate).es_output_cid };
+        let note =
+            "the statement stopped before it finished, so the rows it changed were not captured";
+        push_change(&tracked, Op::Gap, cid, 0, Vec::new(), note, |_| {});
     }
 }
 
 /// forget drops what is known of `estate` (ExecutorEnd; also after an error).
 pub fn forget(estate: *mut pg_sys::EState) {
-    take_set_up(estate);
+    SET_UP.with_borrow_mut(|s| s.retain(|e| e.estate != estate as usize));
 }
 
 pub fn forget_all() {
     SET_UP.with_borrow_mut(Vec::clear);
-}
-
-fn take_set_up(estate: *mut pg_sys::EState) -> Vec<SetUp> {
-    SET_UP.with_borrow_mut(|s| {
-        let (mine, rest): (Vec<_>, Vec<_>) = s.drain(..).partition(|e| e.estate == estate as usize);
-        *s = rest;
-        mine
-    })
 }
 
 /// Pops the EState pushed by [`finishing`] when ExecutorFinish returns or unwinds.
@@ -135,17 +134,14 @@ pub unsafe fn after_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i
         }
         let estate = (*query_desc).estate;
         let top = (*query_desc).planstate.cast::<pg_sys::Node>();
-        let mut states = Vec::new();
         if pgrx::is_a(top, pg_sys::NodeTag::T_ModifyTableState) {
-            states.push(top);
+            setup(top.cast(), estate, eflags);
         }
+        // Data-modifying WITH queries; the list is empty for a plain statement.
         for node in list_nodes((*estate).es_auxmodifytables) {
             if node != top && pgrx::is_a(node, pg_sys::NodeTag::T_ModifyTableState) {
-                states.push(node);
+                setup(node.cast(), estate, eflags);
             }
-        }
-        for mt in states {
-            setup(mt.cast(), estate, eflags);
         }
     }
 }
