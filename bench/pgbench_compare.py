@@ -58,9 +58,10 @@ BEGIN
 END $$;
 """
 FLOOR = "transition-table floor"
+NOOP = "floor triggers without transition tables"
 MODES = ["none", "activity_log", "activity_log sync", "trigger", "pgaudit"]
 PAUSED = "activity_log, writer paused"
-PHASE2_MODES = ["none", "activity_log", PAUSED, FLOOR]
+PHASE2_MODES = ["none", "activity_log", PAUSED, FLOOR, NOOP]
 SPARE_CORE_MODES = ["none", "activity_log", "trigger", "pgaudit"]
 
 
@@ -158,9 +159,9 @@ def set_mode(cluster, mode):
             psql(f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION ref_audit()")
     elif mode == "pgaudit":
         psql("ALTER SYSTEM SET pgaudit.log = 'write'")
-    elif mode == FLOOR:
+    elif mode in (FLOOR, NOOP):
         for t in TABLES:
-            create_floor_triggers(cluster, t)
+            create_floor_triggers(cluster, t, transition_tables=mode == FLOOR)
     psql("SELECT pg_reload_conf()")
     psql("VACUUM activity_log.durable_queue")  # its own statement: VACUUM cannot run in a transaction block
     psql("TRUNCATE activity_log.events, ref_audit; CHECKPOINT")
@@ -201,6 +202,40 @@ def pause_writer(cluster):
     raise RuntimeError("the writer never paused outside a transaction")
 
 
+STORING_FLOOR = """
+CREATE TABLE storing_floor (LIKE activity_log.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+"""
+
+
+def wal_lsn(cluster):
+    return int(cluster.psql("SELECT pg_current_wal_lsn() - '0/0'"))
+
+
+def storing_floor(cluster, first_id):
+    """PostgreSQL's own cost of storing rows like the trail's, with none of activity_log's code:
+    one backend copies the trail rows from id `first_id` on into `storing_floor` (the trail's
+    columns, constraints and indexes, not partitioned) with INSERT ... SELECT. Returns that
+    backend's CPU time in µs and the WAL it wrote, in bytes. Reading the rows back is in the
+    time too (a sequential scan: a small part)."""
+    psql = cluster.psql
+    psql("TRUNCATE storing_floor; CHECKPOINT")
+    cmd = [f"{BIN}/psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *cluster.conninfo(), "-d", "bench"]
+    session = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        session.stdin.write("SELECT pg_backend_pid();\n")
+        session.stdin.flush()
+        pid = session.stdout.readline().strip()
+        before, lsn = ticks([pid]), wal_lsn(cluster)
+        session.stdin.write(f"INSERT INTO storing_floor SELECT * FROM activity_log.events WHERE id >= {first_id};\n"
+                            "SELECT 'stored';\n")
+        session.stdin.flush()
+        assert session.stdout.readline().strip() == "stored"
+        return (ticks([pid]) - before) * 1e6 / os.sysconf("SC_CLK_TCK"), wal_lsn(cluster) - lsn
+    finally:
+        session.stdin.close()
+        session.wait()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=20)
@@ -219,6 +254,7 @@ def main():
                        check=True, capture_output=True)
         psql("CREATE EXTENSION activity_log")
         psql(REFERENCE_TRIGGER)
+        psql(STORING_FLOOR)
         facts = machine(cluster)
         shmem = int(psql("SELECT size FROM pg_shmem_allocations WHERE name = 'activity_log rings'"))
 
@@ -256,7 +292,9 @@ def main():
                 set_mode(cluster, "activity_log" if m == PAUSED else m)
                 usage = {}
                 if m != PAUSED:
+                    lsn = wal_lsn(cluster)
                     runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off", usage))
+                    usage["wal"] = (wal_lsn(cluster) - lsn) / usage["transactions"]
                     if m == "activity_log":
                         check_trail(cluster, int(usage["transactions"]))
                     cpu.setdefault(m, []).append(usage)
@@ -264,16 +302,24 @@ def main():
                 psql("SELECT activity_log.flush()")
                 pause_writer(cluster)
                 try:
+                    lsn = wal_lsn(cluster)
                     runs.setdefault(("paused", m), []).append(pgbench(cluster, args.seconds, args.clients, "off", usage))
+                    usage["wal"] = (wal_lsn(cluster) - lsn) / usage["transactions"]
                     backlog = int(psql("SELECT published_records - written_records FROM activity_log.queue"))
+                    first_id = int(psql("SELECT coalesce(max(id), 0) + 1 FROM activity_log.events"))
                 finally:
                     pid = writer(cluster, "CONT")
-                before = ticks([pid])
+                before, lsn = ticks([pid]), wal_lsn(cluster)
                 started = time.perf_counter()
                 assert psql("SELECT activity_log.flush('10 min')") == "t"
                 drains.append((backlog, time.perf_counter() - started))
-                # The writer's CPU per transaction when it has the machine to itself.
-                usage["writer alone"] = (ticks([pid]) - before) * 1e6 / os.sysconf("SC_CLK_TCK") / max(backlog / 4, 1)
+                # The writer's CPU and WAL per transaction when it has the machine to itself, and
+                # PostgreSQL's for storing the same rows again without activity_log's code.
+                transactions = max(backlog / 4, 1)
+                usage["writer alone"] = (ticks([pid]) - before) * 1e6 / os.sysconf("SC_CLK_TCK") / transactions
+                usage["writer wal"] = (wal_lsn(cluster) - lsn) / transactions
+                floor_us, floor_wal = storing_floor(cluster, first_id)
+                usage["storing floor"], usage["storing floor wal"] = floor_us / transactions, floor_wal / transactions
                 cpu.setdefault(m, []).append(usage)
 
         med = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in runs.items()}
@@ -308,7 +354,7 @@ def main():
         for sync_commit, m, p50, p99, mx in lags:
             lines.append(f"| {sync_commit} | {m} | {p50 * 1000:.1f} | {p99 * 1000:.1f} | {mx * 1000:.1f} |")
         base = med[("paused", "none")][0]
-        parts = ["backends", "writer", "pgbench", "rest", "all"]
+        parts = ["backends", "writer", "pgbench", "rest", "all", "wal"]
         use = {m: {k: statistics.median(u[k] for u in cpu[m]) for k in cpu[m][0]} for m in PHASE2_MODES}
         backlog, seconds = max(drains)
         budget = use["none"]["all"] / 0.9 - use["none"]["all"]
@@ -317,11 +363,14 @@ def main():
                   f"CPU time per transaction in µs (/proc), medians over the rounds; {args.clients} clients keep "
                   "both cores busy, so every µs any process spends is a µs the transactions do not get. "
                   "backends: pgbench's connections; rest: the other processes of the machine (walwriter, "
-                  "checkpointer, autovacuum, the kernel's interrupts).", "",
+                  "checkpointer, autovacuum, the kernel's interrupts); wal: bytes of WAL per transaction "
+                  "(pg_current_wal_lsn, all processes; the writer's share of the paused run is written later, "
+                  "below).", "",
                   "| mode | TPS | ratio to none | " + " | ".join(parts) + " |", "|---|---|---|" + "---|" * len(parts)]
         for m in PHASE2_MODES:
             label = {PAUSED: f"{PAUSED} (capture only)",
-                     FLOOR: f"{FLOOR}: empty statement triggers with OLD/NEW TABLE, no auditing"}.get(m, m)
+                     FLOOR: f"{FLOOR}: empty statement triggers with OLD/NEW TABLE, no auditing",
+                     NOOP: f"{NOOP}: the same triggers asking for no OLD/NEW TABLE"}.get(m, m)
             tps = med[("paused", m)][0]
             lines.append(f"| {label} | {tps:.0f} | {tps / base:.2f}x | " + " | ".join(f"{use[m][k]:.0f}" for k in parts) + " |")
         lines += ["",
@@ -331,9 +380,20 @@ def main():
                   f"{extra('activity_log', 'backends'):+.0f}, writer {use['activity_log']['writer']:.0f}, pgbench "
                   f"{extra('activity_log', 'pgbench'):+.0f}, rest {extra('activity_log', 'rest'):+.0f}.",
                   f"- Capture alone (writer paused): backends {extra(PAUSED, 'backends'):+.0f} µs; the "
-                  f"transition-table floor: backends {extra(FLOOR, 'backends'):+.0f} µs.",
+                  f"transition-table floor: backends {extra(FLOOR, 'backends'):+.0f} µs, of which its triggers' "
+                  f"PL/pgSQL calls (the same triggers without transition tables) {extra(NOOP, 'backends'):+.0f} µs.",
                   f"- The writer alone, storing the paused run's backlog with the machine to itself: "
-                  f"{use[PAUSED]['writer alone']:.0f} µs per transaction.",
+                  f"{use[PAUSED]['writer alone']:.0f} µs and {use[PAUSED]['writer wal']:.0f} bytes of WAL per "
+                  "transaction.",
+                  f"- PostgreSQL storing the same rows again, with none of activity_log's code (INSERT ... SELECT "
+                  f"into a table with the trail's columns and indexes, one backend): "
+                  f"{use[PAUSED]['storing floor']:.0f} µs and {use[PAUSED]['storing floor wal']:.0f} bytes of WAL "
+                  "per transaction.",
+                  f"- So the floor, with this trail and this capture mechanism: PostgreSQL storing the rows "
+                  f"({use[PAUSED]['storing floor']:.0f} µs) plus the transition tables (the whole machine's CPU "
+                  f"with the floor's triggers minus without: {use[FLOOR]['all'] - use[NOOP]['all']:+.0f} µs) = "
+                  f"{use[PAUSED]['storing floor'] + use[FLOOR]['all'] - use[NOOP]['all']:.0f} µs, against the "
+                  f"{budget:.0f} µs that 0.90x allows.",
                   "",
                   f"Writer drain of the paused run's backlog: {backlog} records in {seconds:.2f} s = "
                   f"**{backlog / seconds:,.0f} records/s** (median over rounds: "
