@@ -158,17 +158,18 @@ pub fn origin() -> Origin<'static> {
             current_user: unguarded::GetUserId().to_u32(),
             actor: gucs::actor().map(Into::into),
             context: gucs::context().map(Into::into),
-            jwt_claims: setting_bytes(jwt).filter(|b| !b.is_empty()).map(Into::into),
-            application_name: setting_bytes(pg_sys::application_name)
+            jwt_claims: borrowed_cstr(jwt).filter(|b| !b.is_empty()).map(Into::into),
+            application_name: borrowed_cstr(pg_sys::application_name)
                 .unwrap_or_default()
                 .into(),
         }
     }
 }
 
-/// setting_bytes borrows the string value of a setting (see [`origin`]).
-unsafe fn setting_bytes(p: *const c_char) -> Option<&'static [u8]> {
-    // SAFETY: p is NULL or a NUL-terminated string owned by the GUC machinery.
+/// borrowed_cstr lends a string PostgreSQL owns (a setting's value, the query string) for as
+/// long as the caller knows it stays put (see [`origin`]); [`cstr_bytes`] copies one.
+unsafe fn borrowed_cstr(p: *const c_char) -> Option<&'static [u8]> {
+    // SAFETY: p is NULL or a NUL-terminated string owned by PostgreSQL.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
 }
 
@@ -313,7 +314,7 @@ pub fn current_query() -> Rc<[u8]> {
         .with_borrow(|c| c.as_ref().map(|a| a.query.clone()))
         .unwrap_or_else(|| {
             // SAFETY: debug_query_string is NULL or the query being run.
-            Rc::from(unsafe { setting_bytes(pg_sys::debug_query_string) }.unwrap_or_default())
+            Rc::from(unsafe { borrowed_cstr(pg_sys::debug_query_string) }.unwrap_or_default())
         })
 }
 
