@@ -238,6 +238,17 @@ def storing_floor(cluster, first_id, table="storing_floor"):
         session.wait()
 
 
+def prepare(cluster):
+    """Database bench with pgbench's tables at scale 10, the extension, the reference trigger's
+    audit table and the storing floor's tables (set_mode empties the first two)."""
+    cluster.psql("CREATE DATABASE bench", db="postgres")
+    subprocess.run([f"{BIN}/pgbench", "-i", "-q", "-s", "10", *cluster.conninfo(), "bench"],
+                   check=True, capture_output=True)
+    cluster.psql("CREATE EXTENSION activity_log")
+    cluster.psql(REFERENCE_TRIGGER)
+    cluster.psql(STORING_FLOOR)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=20)
@@ -251,12 +262,7 @@ def main():
     cluster = Cluster(DIR, PORT, SETTINGS)
     psql = cluster.psql
     try:
-        psql("CREATE DATABASE bench", db="postgres")
-        subprocess.run([f"{BIN}/pgbench", "-i", "-q", "-s", "10", *cluster.conninfo(), "bench"],
-                       check=True, capture_output=True)
-        psql("CREATE EXTENSION activity_log")
-        psql(REFERENCE_TRIGGER)
-        psql(STORING_FLOOR)
+        prepare(cluster)
         facts = machine(cluster)
         shmem = int(psql("SELECT size FROM pg_shmem_allocations WHERE name = 'activity_log rings'"))
 

@@ -20,7 +20,7 @@ import subprocess
 import time
 
 import pgbench_compare as pc
-from benchlib import BIN, Cluster, install_release, machine, publish
+from benchlib import Cluster, install_release, machine, publish
 
 DIR = "/tmp/al-bench-profile"
 PORT = 54491
@@ -113,11 +113,7 @@ def main():
     install_release()
     cluster = Cluster(DIR, PORT, pc.SETTINGS)
     try:
-        cluster.psql("CREATE DATABASE bench", db="postgres")
-        subprocess.run([f"{BIN}/pgbench", "-i", "-q", "-s", "10", *cluster.conninfo(), "bench"],
-                       check=True, capture_output=True)
-        cluster.psql("CREATE EXTENSION activity_log")
-        cluster.psql(pc.REFERENCE_TRIGGER)  # set_mode empties its table
+        pc.prepare(cluster)
         facts = machine(cluster)
         runs = {m: profile(cluster, m, args.seconds) for m in MODES}
     finally:
