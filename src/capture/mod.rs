@@ -108,13 +108,24 @@ fn counts() -> u32 {
     PENDING.with_borrow(|p| p.records + p.failure_records)
 }
 
+/// What the pending buffers keep of their capacity between transactions: an OLTP transaction's
+/// records (a few KB) then cost no allocation, and a backend that once ran a bulk statement
+/// does not hold its records' memory (up to activity_log.buffer_size) for the rest of its life.
+const RETAINED_CAPACITY: usize = 1 << 20;
+
+/// emptied clears `buffer`, giving its memory back when it grew beyond [`RETAINED_CAPACITY`].
+fn emptied(buffer: &mut Vec<u8>) {
+    buffer.clear();
+    buffer.shrink_to(RETAINED_CAPACITY);
+}
+
 /// discard forgets everything pending (records, failures, marks).
 fn discard() {
     PENDING.with_borrow_mut(|p| {
-        p.bytes.clear();
+        emptied(&mut p.bytes);
         p.records = 0;
         p.marks.clear();
-        p.failures.clear();
+        emptied(&mut p.failures);
         p.failure_records = 0;
         p.durable = false;
     });
@@ -123,7 +134,7 @@ fn discard() {
 /// take_failures hands out the failure records and discards the transaction's other records.
 fn take_failures() -> (Vec<u8>, u32) {
     PENDING.with_borrow_mut(|p| {
-        p.bytes.clear();
+        emptied(&mut p.bytes);
         p.records = 0;
         p.marks.clear();
         p.durable = false;
@@ -174,12 +185,16 @@ mod tests {
     use crate::record::{Body, Event, Origin};
 
     fn event(n: u8) -> Record<'static> {
+        event_with_details(n, b"{}".to_vec())
+    }
+
+    fn event_with_details(n: u8, details: Vec<u8>) -> Record<'static> {
         Record {
             origin: Origin::default(),
             body: Body::Event(Event {
                 ts: n as i64,
                 action: vec![n].into(),
-                details: b"{}"[..].into(),
+                details: details.into(),
                 entity_type: None,
                 entity_id: None,
                 category: b"application"[..].into(),
@@ -220,6 +235,26 @@ mod tests {
         event(7).encode(&mut expected);
         assert_eq!(bytes, expected);
         assert!(!has_anything());
+    }
+
+    #[test]
+    fn a_large_transaction_gives_its_memory_back() {
+        let big = event_with_details(2, vec![b'x'; 4 * RETAINED_CAPACITY]);
+        push(&event(1), |_| {});
+        let small = PENDING.with_borrow(|p| p.bytes.capacity());
+        discard();
+        assert_eq!(PENDING.with_borrow(|p| p.bytes.capacity()), small);
+        push(&big, |_| {});
+        push_failure(&big);
+        discard();
+        let kept = PENDING.with_borrow(|p| (p.bytes.capacity(), p.failures.capacity()));
+        assert!(
+            kept.0 <= RETAINED_CAPACITY && kept.1 <= RETAINED_CAPACITY,
+            "{kept:?}"
+        );
+        push(&big, |_| {});
+        let _ = take_failures();
+        assert!(PENDING.with_borrow(|p| p.bytes.capacity()) <= RETAINED_CAPACITY);
     }
 
     #[test]
