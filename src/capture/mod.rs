@@ -114,9 +114,13 @@ fn counts() -> u32 {
 const RETAINED_CAPACITY: usize = 1 << 20;
 
 /// emptied clears `buffer`, giving its memory back when it grew beyond [`RETAINED_CAPACITY`].
+/// Freed, not shrunk: a shrinking realloc is an allocation, and this runs after commit.
 fn emptied(buffer: &mut Vec<u8>) {
-    buffer.clear();
-    buffer.shrink_to(RETAINED_CAPACITY);
+    if buffer.capacity() > RETAINED_CAPACITY {
+        *buffer = Vec::new();
+    } else {
+        buffer.clear();
+    }
 }
 
 /// discard forgets everything pending (records, failures, marks).
