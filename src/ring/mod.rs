@@ -23,7 +23,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::shmem::PgSharedMemoryInitialization;
-use std::cell::UnsafeCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 
@@ -497,6 +497,14 @@ pub fn reserve(
     }
     let s = slot(slot_index);
     let base = data(slot_index);
+    // Map where the frame will most likely go before taking the lock: a page fault under it
+    // would hold up every other committing backend.
+    let likely = s.head.load(Relaxed) % cap;
+    map(
+        slot_index,
+        if cap - likely < need { 0 } else { likely },
+        need,
+    );
     let pos = {
         let _g = LockGuard::exclusive(slot_index + 1);
         if s.dboid.load(Acquire) != dboid {
@@ -544,12 +552,10 @@ pub fn reserve(
             pos
         }
     };
+    map(slot_index, pos % cap, need);
     // SAFETY: the frame [pos, pos + need) is ours alone while it is PENDING.
     unsafe {
         let mut at = base.add((pos % cap + HEADER) as usize);
-        if payload_len >= POPULATE_FROM {
-            populate(at, payload_len);
-        }
         for part in parts {
             std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
             at = at.add(part.len());
@@ -562,8 +568,48 @@ pub fn reserve(
     })
 }
 
-/// Frames from this size on have their pages mapped in one system call before the copy.
-const POPULATE_FROM: usize = 256 * 1024;
+/// The ring is mapped into a process this much at a time (see [`map`]).
+const MAP_CHUNK: u64 = 256 * 1024;
+
+thread_local! {
+    /// The chunks of the data areas this process has mapped, a bit each (slot by slot).
+    static MAPPED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// map maps the chunks of `slot_index`'s data area that [off, off + len) touches into this
+/// process, each the first time only. The postmaster touched every page at start, but a
+/// process still takes a page fault the first time it touches a page of shared memory: one per
+/// 4 kB of frames for every backend and for the writer, until each has gone round the ring
+/// once (on this VM about 1.4 per pgbench transaction in the backends and 1.2 in the writer
+/// with a 1 GB ring, each costing far more than its share of one system call).
+/// MADV_POPULATE_WRITE (Linux 5.14) maps a whole chunk in one call and changes no contents; on
+/// older kernels it fails and the pages fault in as before.
+fn map(slot_index: usize, off: u64, len: u64) {
+    let cap = capacity();
+    let per_slot = cap.div_ceil(MAP_CHUNK);
+    let first = off / MAP_CHUNK;
+    let last = ((off + len).min(cap) - 1) / MAP_CHUNK;
+    MAPPED.with_borrow_mut(|mapped| {
+        if mapped.is_empty() {
+            mapped.resize((slot_count() as u64 * per_slot).div_ceil(64) as usize, 0);
+        }
+        for chunk in first..=last {
+            let bit = slot_index as u64 * per_slot + chunk;
+            let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+            if mapped[word] & mask == 0 {
+                mapped[word] |= mask;
+                let start = chunk * MAP_CHUNK;
+                // SAFETY: [start, end) lies inside this slot's data area.
+                unsafe {
+                    populate(
+                        data(slot_index).add(start as usize),
+                        (cap.min(start + MAP_CHUNK) - start) as usize,
+                    )
+                };
+            }
+        }
+    });
+}
 
 #[cfg(target_os = "linux")]
 unsafe extern "C" {
@@ -571,17 +617,14 @@ unsafe extern "C" {
     -> std::ffi::c_int;
 }
 
-/// populate maps the ring pages of [at, at + len) into this process. The postmaster touched
-/// every page at start, but each backend still takes a page fault the first time it writes to
-/// one; a large frame written by a new connection would take one per 4 kB. MADV_POPULATE_WRITE
-/// (Linux 5.14) maps them all in one call; on older kernels it fails and nothing changes.
+/// populate maps the pages of [at, at + len) of shared memory into this process.
 #[cfg(target_os = "linux")]
 unsafe fn populate(at: *mut u8, len: usize) {
     const MADV_POPULATE_WRITE: std::ffi::c_int = 23;
     const PAGE: usize = 4096;
     let start = (at as usize) & !(PAGE - 1);
     let end = (at as usize + len + PAGE - 1) & !(PAGE - 1);
-    // SAFETY: the range lies inside this slot's data area (rounded out to whole pages of the
+    // SAFETY: the range lies inside one slot's data area (rounded out to whole pages of the
     // same shared mapping); populating changes no contents.
     unsafe { madvise(start as *mut _, end - start, MADV_POPULATE_WRITE) };
 }
@@ -741,6 +784,7 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
     };
     while pos < head && (batch.records as usize) < max_records {
         let base = data(slot_index);
+        map(slot_index, pos % cap, HEADER);
         // SAFETY: pos is a frame start in [tail, head); its len and state were written before
         // head moved past it (Release/Acquire on head).
         let (len, state) = unsafe {
@@ -754,6 +798,7 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
             STATE_PENDING => break,
             STATE_COMMITTED => {
                 let h = header(slot_index, pos);
+                map(slot_index, pos % cap, len);
                 // SAFETY: a COMMITTED frame is immutable until tail passes it.
                 unsafe {
                     let start = base.add((pos % cap + HEADER) as usize);
