@@ -11,7 +11,11 @@ with no auditing, with activity_log, and with three variants that each take one 
     activity_log's code: every 50 ms, four rows (of a trail recorded beforehand) per
     transaction committed meanwhile, with INSERT ... SELECT into a table with the trail's
     columns, constraints and indexes. It runs in another database, so that it counts as the
-    writer, not as one of pgbench's backends.
+    writer, not as one of pgbench's backends;
+  - the same into a table with only the trail's primary key: what the trail's indexes cost;
+  - no auditing, but a session that only burns CPU, every 50 ms and in proportion to the
+    transactions committed meanwhile, about as much as the storing session uses: whether what
+    storing costs pgbench is its CPU or something else it does (WAL, I/O, locks).
 
 pgbench tpcb-like updates one of only ten pgbench_branches rows per transaction (scale 10), so
 four clients queue on those rows' locks: a transaction that holds its branch longer makes the
@@ -43,7 +47,11 @@ PAUSED = "activity_log, writer paused"
 PK_ONLY = "activity_log, trail with only its primary key"
 IDLE = "activity_log, writer at SCHED_IDLE"
 STORING = "none, PostgreSQL storing the same rows"
-MODES = ["none", "activity_log", PAUSED, PK_ONLY, IDLE, STORING]
+STORING_PK = "none, PostgreSQL storing them with only the primary key"
+BURNING = "none, a session burning CPU"
+MODES = ["none", "activity_log", PAUSED, PK_ONLY, IDLE, STORING, STORING_PK, BURNING]
+# The sessions beside pgbench in the last three modes, in database storing: (table, SQL).
+BESIDE = {STORING: "storing_floor", STORING_PK: "storing_floor_bare", BURNING: None}
 SECONDARY = ["events_row_key_idx", "events_table_idx", "events_new_key_idx", "events_gap_idx", "events_ts_brin"]
 STATEMENTS = [
     ("UPDATE pgbench_accounts", "UPDATE accounts"),
@@ -87,7 +95,7 @@ BEGIN
         owed := owed + 4 * greatest(now_xid - seen - 1, 0);
         seen := now_xid;
         n := least(owed, total - taken % total);
-        INSERT INTO storing_floor ({columns})
+        INSERT INTO {table} ({columns})
             SELECT {select_list} FROM storing_source
              WHERE rn > taken % total AND rn <= taken % total + n;
         taken := taken + n;
@@ -98,28 +106,64 @@ END $$
 """
 
 
-def store_like_the_writer(cluster):
-    """Starts the storing session; returns it and its backend's pid."""
+# The burning session: generate_series elements counted per transaction committed since the
+# last round; about 0.09 µs each on the machine of results/contention.md, so about what the
+# storing session uses (its CPU is reported, whatever the machine).
+BURN_PER_TRANSACTION = 300
+BURN = """
+DO $$
+DECLARE
+    seen bigint := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+    now_xid bigint;
+BEGIN
+    LOOP
+        PERFORM pg_sleep(0.05);
+        now_xid := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+        PERFORM count(*) FROM generate_series(1, greatest(now_xid - seen - 1, 0) * {per_transaction});
+        seen := now_xid;
+        COMMIT;
+    END LOOP;
+END $$
+"""
+
+
+def session_beside(cluster, table):
+    """Starts the storing session (into `table`), or the burning one (table None); returns it
+    and its backend's pid."""
     psql = cluster.psql
-    psql("TRUNCATE storing_floor", db="storing")
-    columns = psql("SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
-                   "WHERE attrelid = 'storing_floor'::regclass AND attnum > 0 AND NOT attisdropped", db="storing")
-    select_list = columns.replace("id,", "id + (taken / total + 1) * 1000000000,", 1)
-    sql = STORE_LIKE_THE_WRITER.format(columns=columns, select_list=select_list)
+    if table:
+        psql(f"TRUNCATE {table}", db="storing")
+        columns = psql("SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
+                       f"WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped", db="storing")
+        select_list = columns.replace("id,", "id + (taken / total + 1) * 1000000000,", 1)
+        sql = STORE_LIKE_THE_WRITER.format(table=table, columns=columns, select_list=select_list)
+    else:
+        sql = BURN.format(per_transaction=BURN_PER_TRANSACTION)
     session = subprocess.Popen([f"{BIN}/psql", "-X", "-q", *cluster.conninfo(), "-d", "storing", "-c", sql],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for _ in range(100):
-        pid = psql("SELECT pid FROM pg_stat_activity WHERE datname = 'storing' AND state = 'active' "
-                   "AND pid <> pg_backend_pid()", db="postgres")
-        if pid:
-            return session, pid
+        pids = psql("SELECT pid FROM pg_stat_activity WHERE datname = 'storing' AND state = 'active' AND backend_type = 'client backend' "
+                    "AND pid <> pg_backend_pid()", db="postgres").split()
+        assert len(pids) <= 1, f"storing sessions left from an earlier run: {pids}"
+        if pids:
+            return session, pids[0]
         time.sleep(0.05)
-    raise RuntimeError(f"the storing session did not start: {session.stderr.read()}")
+    raise RuntimeError(f"the session beside pgbench did not start: {session.stderr.read()}")
+
+
+def stop_session_beside(cluster, session, pid):
+    """Ends a session started by session_beside. Its backend must be terminated: the DO loop
+    never writes to its client, so it would not notice psql gone and would go on through later
+    runs."""
+    session.kill()
+    session.wait()
+    cluster.psql(f"SELECT pg_terminate_backend({pid}, 10000)", db="postgres")
 
 
 def record_a_trail(cluster, seconds):
     """Database storing: the trail of a pgbench run with activity_log (storing_source, numbered
-    in commit order) and an empty copy of the trail's table (storing_floor)."""
+    in commit order) and empty copies of the trail's table (storing_floor, and storing_floor_bare
+    with only its primary key)."""
     psql = cluster.psql
     pc.set_mode(cluster, "activity_log")
     pc.pgbench(cluster, seconds, 4, "off")
@@ -128,8 +172,9 @@ def record_a_trail(cluster, seconds):
          "CREATE INDEX ON storing_source (rn)")
     psql("CREATE DATABASE storing", db="postgres")
     # Its id default names the extension's sequence; the writer gives every row its id anyway.
-    psql("ALTER TABLE storing_floor ALTER COLUMN id DROP DEFAULT")
-    dump = subprocess.run([f"{BIN}/pg_dump", *cluster.conninfo(), "-t", "storing_source", "-t", "storing_floor", "bench"],
+    psql("ALTER TABLE storing_floor ALTER COLUMN id DROP DEFAULT; ALTER TABLE storing_floor_bare ALTER COLUMN id DROP DEFAULT")
+    dump = subprocess.run([f"{BIN}/pg_dump", *cluster.conninfo(), "-t", "storing_source", "-t", "storing_floor",
+                           "-t", "storing_floor_bare", "bench"],
                           check=True, capture_output=True, text=True).stdout
     subprocess.run([f"{BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *cluster.conninfo(), "-d", "storing"],
                    input=dump, check=True, text=True, stdout=subprocess.DEVNULL)
@@ -147,26 +192,26 @@ def run(cluster, mode, seconds, secondary_indexes):
         subprocess.run(["chrt", "--idle", "-p", "0", writer_pid], check=True)
     if mode == PAUSED:
         pc.pause_writer(cluster)
-    storing = None
-    if mode == STORING:
-        storing, storing_pid = store_like_the_writer(cluster)
-        before = pc.ticks([storing_pid])
+    beside = None
+    if mode in BESIDE:
+        beside, beside_pid = session_beside(cluster, BESIDE[mode])
+        before = pc.ticks([beside_pid])
     psql("SELECT pg_stat_statements_reset()")
     cpu = {}
     try:
         tps, _, _ = pc.pgbench(cluster, seconds, 4, "off", cpu=cpu)
         times = statement_times(cluster)
-        if storing:
+        if beside:
             us = 1e6 / os.sysconf("SC_CLK_TCK") / cpu["transactions"]
-            cpu["writer"] = (pc.ticks([storing_pid]) - before) * us
+            cpu["writer"] = (pc.ticks([beside_pid]) - before) * us
             cpu["rest"] -= cpu["writer"]
-            stored = int(psql("SELECT count(*) FROM storing_floor", db="storing"))
+        if BESIDE.get(mode):
+            stored = int(psql(f"SELECT count(*) FROM {BESIDE[mode]}", db="storing"))
             # The last round's rows may still be on their way: within one round of 4 per transaction.
             assert stored > 3 * cpu["transactions"], f"stored {stored} rows for {cpu['transactions']} transactions"
     finally:
-        if storing:
-            storing.kill()
-            storing.wait()
+        if beside:
+            stop_session_beside(cluster, beside, beside_pid)
         if mode == PAUSED:
             pc.writer(cluster, "CONT")
         if mode == IDLE:
@@ -240,9 +285,12 @@ def main():
             "(every UPDATE pays about the same); what grows beyond that on pgbench_branches and",
             "pgbench_tellers only, the hot rows, is time spent waiting for another transaction's",
             "row lock. The primary-key-only and SCHED_IDLE rows show whether the writer's storing",
-            "work or its claim on a CPU is what lengthens those waits; the last row is what storing",
-            "the rows within the lag bar costs pgbench when PostgreSQL does it with none of our code",
-            "(its session's CPU is in the writer column).",
+            "work or its claim on a CPU is what lengthens those waits. The last three rows have no",
+            "auditing but a session beside pgbench (its CPU in the writer column): one storing the",
+            "same rows within the lag bar the way PostgreSQL would with none of our code, into a",
+            "table with the trail's indexes or with only its primary key, and one that only burns",
+            "about as much CPU: what storing the trail must cost pgbench on this machine, and",
+            "whether that cost is the CPU it takes.",
         ]
         publish("contention.md", "\n".join(lines) + "\n", args.smoke)
     finally:
