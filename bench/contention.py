@@ -50,7 +50,8 @@ STORING = "none, PostgreSQL storing the same rows"
 STORING_PK = "none, PostgreSQL storing them with only the primary key"
 BURNING = "none, a session burning CPU"
 MODES = ["none", "activity_log", PAUSED, PK_ONLY, IDLE, STORING, STORING_PK, BURNING]
-# The sessions beside pgbench in the last three modes, in database storing: (table, SQL).
+# The sessions beside pgbench in the last three modes (in database storing): the table each
+# stores into, None for the one that only burns CPU.
 BESIDE = {STORING: "storing_floor", STORING_PK: "storing_floor_bare", BURNING: None}
 SECONDARY = ["events_row_key_idx", "events_table_idx", "events_new_key_idx", "events_gap_idx", "events_ts_brin"]
 STATEMENTS = [

@@ -580,8 +580,8 @@ thread_local! {
 /// process, each the first time only. The postmaster touched every page at start, but a
 /// process still takes a page fault the first time it touches a page of shared memory: one per
 /// 4 kB of frames for every backend and for the writer, until each has gone round the ring
-/// once (on this VM about 1.4 per pgbench transaction in the backends and 1.2 in the writer
-/// with a 1 GB ring, each costing far more than its share of one system call).
+/// once (on this VM 1.4 per pgbench transaction in the backends with a 1 GB ring, each costing
+/// far more than its share of one system call).
 /// MADV_POPULATE_WRITE (Linux 5.14) maps a whole chunk in one call and changes no contents; on
 /// older kernels it fails and the pages fault in as before.
 fn map(slot_index: usize, off: u64, len: u64) {
