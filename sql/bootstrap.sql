@@ -68,7 +68,10 @@ COMMENT ON COLUMN activity_log.events.relations IS 'Relations a DML statement re
 -- Tables whose rows are captured (old and new images). Kept by pg_dump (configuration).
 CREATE TABLE activity_log.tracked_tables (
     relid           regclass PRIMARY KEY,
-    exclude_columns text[] NOT NULL DEFAULT '{}',
+    -- One-dimensional, no NULL element: every backend's capture reads the list.
+    exclude_columns text[] NOT NULL DEFAULT '{}'
+        CHECK (CASE WHEN array_ndims(exclude_columns) > 1 THEN false
+                    ELSE array_position(exclude_columns, NULL) IS NULL END),
     -- 'sync': the transaction's records are staged in durable_queue inside the transaction.
     durability      text NOT NULL DEFAULT 'async' CHECK (durability IN ('async', 'sync')),
     tracked_at      timestamptz NOT NULL DEFAULT now(),
@@ -158,3 +161,17 @@ CREATE TABLE activity_log.chain_anchors (
 );
 COMMENT ON TABLE activity_log.chain_anchors IS
     'Hash-chain values of rows dropped by retention that later rows link to; read by activity_log.verify().';
+
+-- Values removed from the trail by activity_log.redact(): which row, which values, why, who
+-- and when, and the SHA-256 of the row as it is now (with the values replaced), which
+-- verify() checks in place of the row's chain link. Kept by pg_dump (with the trail).
+CREATE TABLE activity_log.redactions (
+    id          bigint PRIMARY KEY,
+    columns     text[] NOT NULL,
+    rest_digest bytea NOT NULL,
+    reason      text NOT NULL,
+    redacted_by text NOT NULL DEFAULT session_user,
+    redacted_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE activity_log.redactions IS
+    'Values removed from the trail with activity_log.redact(); verify() vouches for the rest of each row.';

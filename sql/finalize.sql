@@ -11,6 +11,7 @@ SELECT pg_catalog.pg_extension_config_dump('activity_log.events_default', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.events_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.retention_log', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.chain_anchors', '');
+SELECT pg_catalog.pg_extension_config_dump('activity_log.redactions', '');
 
 GRANT USAGE ON SCHEMA activity_log TO PUBLIC;
 
@@ -161,7 +162,7 @@ BEGIN
                     WHEN q.last_error_at > now() - interval '15 minutes' THEN 20 ELSE 10 END;
     list := list || jsonb_build_object('factor', 'write_errors', 'value', coalesce(q.write_errors, 0),
         'weight', 20, 'penalty', penalty,
-        'reason', CASE WHEN penalty > 0 THEN 'the writer failed to insert a batch: ' || coalesce(q.last_error, '') ELSE 'no write errors' END);
+        'reason', CASE WHEN penalty > 0 THEN 'the writer failed to insert a batch (its error: last_error in activity_log.queue)' ELSE 'no write errors' END);
 
     pending := coalesce(q.queued_records, 0);
     penalty := CASE WHEN pending > 0 AND coalesce(q.last_flush_at, q.started_at) < now() - interval '60 seconds' THEN 20 ELSE 0 END;
@@ -385,7 +386,58 @@ AS $$
                          SELECT pt.relid FROM pg_partition_tree(t.relid) pt) p
 $$;
 
+-- Who may change what is tracked: the table's owner (or a member of the owning role, or a
+-- superuser), as for CREATE TRIGGER on it. Rows of tracked_tables follow the same rule,
+-- whoever writes them and however (track(), or DML by a member of activity_log_admin).
+ALTER TABLE activity_log.tracked_tables ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tracked_tables_read ON activity_log.tracked_tables FOR SELECT USING (true);
+CREATE POLICY tracked_tables_track ON activity_log.tracked_tables FOR INSERT
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
+CREATE POLICY tracked_tables_change ON activity_log.tracked_tables FOR UPDATE
+    USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
+CREATE POLICY tracked_tables_untrack ON activity_log.tracked_tables FOR DELETE
+    USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
+
+-- _may_change_tracking refuses, with the error PostgreSQL gives for CREATE TRIGGER, a caller
+-- who does not own the table; then locks it against DROP and ALTER until the transaction
+-- ends, and makes sure it still exists.
+CREATE FUNCTION activity_log._may_change_tracking(relation regclass, verb text)
+RETURNS pg_class
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c pg_class;
+BEGIN
+    IF relation IS NULL THEN
+        RAISE EXCEPTION 'relation must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO c FROM pg_class WHERE oid = relation;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', relation::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'pg_toast'::regnamespace)
+       OR relation::oid < 16384 THEN
+        RAISE EXCEPTION 'cannot % system catalog "%"', verb, relation USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF NOT pg_has_role(c.relowner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', c.relname USING ERRCODE = 'insufficient_privilege',
+            HINT = format('Only the owner of a table (or a superuser) may %s it, as for CREATE TRIGGER on it.', verb);
+    END IF;
+    EXECUTE format('LOCK TABLE ONLY %s IN SHARE UPDATE EXCLUSIVE MODE', relation);
+    SELECT * INTO c FROM pg_class WHERE oid = relation;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', relation::oid USING ERRCODE = 'undefined_table',
+            DETAIL = 'It was dropped meanwhile.';
+    END IF;
+    RETURN c;
+END
+$$;
+
 -- track starts capturing a table's rows; validation errors name the problem and the fix.
+-- What it changes is itself recorded: tracked_tables is captured like a tracked table, and
+-- the writer stores its changes as system records (TRACK, RETRACK, UNTRACK).
 CREATE FUNCTION activity_log.track(relation regclass, exclude_columns text[] DEFAULT '{}',
                                    durability text DEFAULT 'async')
 RETURNS void
@@ -395,24 +447,33 @@ AS $$
 DECLARE
     c       pg_class;
     missing text;
+    old     activity_log.tracked_tables;
+    keys    text[];
 BEGIN
-    IF relation IS NULL THEN
-        RAISE EXCEPTION 'relation must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
     IF exclude_columns IS NULL THEN
         RAISE EXCEPTION 'exclude_columns must not be null' USING ERRCODE = 'null_value_not_allowed',
             HINT = 'Pass ''{}'' to capture every column.';
+    END IF;
+    IF array_ndims(exclude_columns) > 1 THEN
+        RAISE EXCEPTION 'exclude_columns must be a one-dimensional array of column names'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF array_position(exclude_columns, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'exclude_columns must not contain NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'List the names of the columns to leave out of the row images.';
+    END IF;
+    SELECT string_agg(quote_ident(d.x), ', ') INTO missing
+      FROM (SELECT x FROM unnest(exclude_columns) x GROUP BY x HAVING count(*) > 1) d;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'column % is listed more than once in exclude_columns', missing
+            USING ERRCODE = 'duplicate_column';
     END IF;
     IF durability IS NULL OR durability NOT IN ('async', 'sync') THEN
         RAISE EXCEPTION 'durability must be ''async'' or ''sync'', not %', coalesce(quote_literal(durability), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
             HINT = '''sync'' writes the records inside the transaction, so that they survive any crash the transaction survives.';
     END IF;
-    SELECT * INTO c FROM pg_class WHERE oid = relation;
-    IF c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'pg_toast'::regnamespace)
-       OR relation::oid < 16384 THEN
-        RAISE EXCEPTION 'cannot track system catalog "%"', relation USING ERRCODE = 'wrong_object_type';
-    END IF;
+    c := activity_log._may_change_tracking(relation, 'track');
     IF c.relnamespace = 'activity_log'::regnamespace THEN
         RAISE EXCEPTION 'cannot track activity_log''s own table "%"', relation USING ERRCODE = 'wrong_object_type';
     END IF;
@@ -439,15 +500,39 @@ BEGIN
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'column % of "%" does not exist', missing, relation USING ERRCODE = 'undefined_column';
     END IF;
-    INSERT INTO activity_log.tracked_tables AS t (relid, exclude_columns, durability)
-    VALUES (relation, exclude_columns, durability)
-    ON CONFLICT (relid) DO UPDATE SET exclude_columns = EXCLUDED.exclude_columns, durability = EXCLUDED.durability;
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO keys
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = relation AND i.indisprimary AND a.attname = ANY (exclude_columns);
+    IF keys IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot exclude primary-key column % of "%"', array_to_string(keys, ', '), relation
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Changes name their row by its primary key (row_key, history()); exclude other columns.';
+    END IF;
+    SELECT * INTO old FROM activity_log.tracked_tables t WHERE t.relid = relation;
+    IF FOUND THEN
+        IF old.exclude_columns = exclude_columns AND old.durability = durability THEN
+            RAISE NOTICE '"%" is already tracked that way', relation;
+            RETURN;
+        END IF;
+        IF old.exclude_columns <> exclude_columns THEN
+            RAISE NOTICE 'excluded columns of "%" change from % to %', relation, old.exclude_columns, exclude_columns;
+        END IF;
+        IF old.durability <> durability THEN
+            RAISE NOTICE 'durability of "%" changes from % to %', relation, old.durability, durability;
+        END IF;
+        UPDATE activity_log.tracked_tables t
+           SET exclude_columns = track.exclude_columns, durability = track.durability
+         WHERE t.relid = relation;
+    ELSE
+        INSERT INTO activity_log.tracked_tables (relid, exclude_columns, durability)
+        VALUES (relation, exclude_columns, durability);
+    END IF;
     PERFORM activity_log._tracking_changed();
 END
 $$;
 
 COMMENT ON FUNCTION activity_log.track(regclass, text[], text) IS
-    'Starts capturing the rows of a table (old and new images), leaving out exclude_columns; durability ''sync'' stores the records inside the transaction.';
+    'Starts capturing the rows of a table (old and new images), leaving out exclude_columns; durability ''sync'' stores the records inside the transaction. Only the table''s owner may.';
 
 CREATE FUNCTION activity_log.untrack(relation regclass)
 RETURNS void
@@ -455,9 +540,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF relation IS NULL THEN
-        RAISE EXCEPTION 'relation must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
+    PERFORM activity_log._may_change_tracking(relation, 'untrack');
     DELETE FROM activity_log.tracked_tables WHERE relid = relation;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'relation "%" is not tracked', relation USING ERRCODE = 'undefined_object',
@@ -467,17 +550,17 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION activity_log.untrack(regclass) IS 'Stops capturing the rows of a table; its trail stays.';
+COMMENT ON FUNCTION activity_log.untrack(regclass) IS 'Stops capturing the rows of a table; its trail stays. Only the table''s owner may.';
 
--- Follows ALTER TABLE … RENAME COLUMN of an excluded column (called by the utility hook), so
--- that the column stays excluded. SECURITY DEFINER: whoever may rename the column may do this.
+-- Follows ALTER TABLE … RENAME COLUMN of an excluded column, so that the column stays
+-- excluded. Called by the utility hook only, with the extension owner's rights; not
+-- executable by PUBLIC (it would let anybody move a stale exclusion onto another column).
 CREATE FUNCTION activity_log._rename_excluded(relation oid, old_name text, new_name text)
 RETURNS void
-LANGUAGE sql SECURITY DEFINER
+LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- Only a rename that happened: the old name is gone and the new one exists. Anybody may
-    -- call this, and it can do nothing but follow a real rename.
+    -- Only a rename that happened: the old name is gone and the new one exists.
     UPDATE activity_log.tracked_tables
        SET exclude_columns = array_replace(exclude_columns, old_name, new_name)
      WHERE relid = relation::regclass
@@ -560,11 +643,98 @@ $$;
 COMMENT ON FUNCTION activity_log.history(regclass, jsonb) IS
     'One row''s story, oldest first. With the whole primary key: an index lookup that follows key changes; otherwise every change whose image contains key.';
 
--- Internal functions are for the extension's own SQL, not for applications.
+-- redact removes values from one trail row for good (a password typed into a statement, a
+-- secret in a row image): each entry of `columns` is a column of the trail (query, details,
+-- old_row, new_row, row_key, context, jwt_claims, actor, application_name) or a top-level key
+-- of a jsonb one ('new_row.password'). The row must verify first; the values become
+-- '<REDACTED>'; activity_log.redactions keeps the digest of the row as it is now, so that
+-- verify() still vouches for every other value of it and for the chain around it; and the
+-- redaction itself is recorded in the trail (a system record REDACT, staged inside this
+-- transaction). SECURITY DEFINER: only the extension's owner writes the trail.
+CREATE FUNCTION activity_log.redact(id bigint, columns text[], reason text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    allowed CONSTANT text[] := '{query,details,old_row,new_row,row_key,context,jwt_claims,actor,application_name}';
+    entry   text;
+    col     text;
+    key     text;
+    checked record;
+BEGIN
+    IF id IS NULL OR columns IS NULL OR reason IS NULL THEN
+        RAISE EXCEPTION 'id, columns and reason must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF btrim(reason) = '' THEN
+        RAISE EXCEPTION 'reason must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Say why the values are removed; the trail keeps the reason.';
+    END IF;
+    IF cardinality(columns) = 0 OR array_ndims(columns) > 1 OR array_position(columns, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'columns must list the values to remove, for example ''{query}'' or ''{new_row.password}'''
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH entry IN ARRAY columns LOOP
+        col := split_part(entry, '.', 1);
+        IF NOT col = ANY (allowed)
+           OR (entry LIKE '%.%' AND col NOT IN ('details', 'old_row', 'new_row', 'row_key', 'context', 'jwt_claims')) THEN
+            RAISE EXCEPTION 'cannot redact "%"', entry USING ERRCODE = 'invalid_parameter_value',
+                HINT = format('Redact one of %s, or a top-level key of a jsonb one (new_row.password).', array_to_string(allowed, ', '));
+        END IF;
+    END LOOP;
+    PERFORM 1 FROM activity_log.events e WHERE e.id = redact.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'trail row % does not exist', id USING ERRCODE = 'no_data_found';
+    END IF;
+    IF EXISTS (SELECT 1 FROM activity_log.redactions r WHERE r.id = redact.id) THEN
+        RAISE EXCEPTION 'trail row % was redacted already', id USING ERRCODE = 'unique_violation',
+            HINT = 'See activity_log.redactions: a row is redacted once, with every value to remove.';
+    END IF;
+    SELECT * INTO checked FROM activity_log.verify(id, id);
+    IF NOT checked.intact THEN
+        RAISE EXCEPTION 'trail row % does not verify: %', id, checked.problem USING ERRCODE = 'data_corrupted',
+            HINT = 'redact() vouches for the rest of the row, so it only redacts a row the chain still proves.';
+    END IF;
+    FOREACH entry IN ARRAY columns LOOP
+        col := split_part(entry, '.', 1);
+        key := nullif(substr(entry, length(col) + 2), '');
+        IF key IS NULL AND col IN ('query', 'actor', 'application_name') THEN
+            EXECUTE format('UPDATE activity_log.events SET %I = ''<REDACTED>'' WHERE id = $1 AND %1$I IS NOT NULL', col)
+                USING id;
+        ELSIF key IS NULL THEN
+            EXECUTE format('UPDATE activity_log.events SET %I = ''"<REDACTED>"''::jsonb WHERE id = $1 AND %1$I IS NOT NULL', col)
+                USING id;
+        ELSE
+            EXECUTE format('UPDATE activity_log.events SET %I = jsonb_set(%1$I, ARRAY[$2], ''"<REDACTED>"''::jsonb)
+                             WHERE id = $1 AND jsonb_typeof(%1$I) = ''object'' AND %1$I ? $2', col)
+                USING id, key;
+        END IF;
+    END LOOP;
+    INSERT INTO activity_log.redactions (id, columns, rest_digest, reason)
+    VALUES (id, columns, activity_log._row_digest(id), reason);
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.redact(bigint, text[], text) IS
+    'Removes values (columns, or top-level keys of jsonb columns) from one trail row; verify() keeps vouching for the rest, and the redaction is recorded.';
+
+-- What PUBLIC may run: log_event(), flush(), verify() (which reads the trail as the caller),
+-- categories(), severities() and activity_health() (health(): the score and its factors,
+-- without error texts). Everything starting with an underscore is internal: the extension's
+-- own SQL calls it, as its owner or as a member of the two roles below (granted there).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'activity_log'::regnamespace AND p.proname LIKE '\_%'
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$$;
 REVOKE EXECUTE ON FUNCTION activity_log.rebuild_rollup(interval), activity_log.reset_metrics(),
-    activity_log._reset_metrics() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION activity_log._activate(), activity_log._queue(), activity_log._dropped_unassigned(),
-    activity_log._launcher_pid(), activity_log._tracking_changed() FROM PUBLIC;
+    activity_log.metrics(), activity_log.metrics_text(), activity_log.redact(bigint, text[], text) FROM PUBLIC;
 
 -- Two roles (cluster-wide, so made once and kept by DROP EXTENSION): activity_log_reader
 -- reads the trail and its views; activity_log_admin also tracks tables, migrates triggers
@@ -585,7 +755,7 @@ END
 $$;
 GRANT SELECT ON activity_log.events, activity_log.dead_letters, activity_log.tracked_tables, activity_log.activity_hourly,
     activity_log.durable_queue, activity_log.retention_log, activity_log.chain_anchors,
-    activity_log.metrics_daily, activity_log.migration, activity_log.migration_backup,
+    activity_log.metrics_daily, activity_log.migration, activity_log.migration_backup, activity_log.redactions,
     activity_log.queue, activity_log.recent_activity, activity_log.changes, activity_log.workers,
     activity_log.index_usage
     TO activity_log_reader;
@@ -604,8 +774,16 @@ GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_l
     activity_log._reset_metrics(), activity_log._tracking_changed(), activity_log._step(text, boolean),
     activity_log._legacy_counts(regclass, jsonb), activity_log._legacy_reader(regclass, regclass, boolean),
     activity_log._compare(regclass), activity_log._comparison(regclass),
-    activity_log._resolve_table(text, oid, oid, text[]), activity_log._trigger_backup(regclass, name)
+    activity_log._resolve_table(text, oid, oid, text[]), activity_log._trigger_backup(regclass, name),
+    activity_log._may_change_tracking(regclass, text), activity_log._require_migrating(regclass[], text),
+    activity_log._table_and_partitions(regclass), activity_log._pick(jsonb, text[]),
+    activity_log._same_image(text[], jsonb, jsonb, jsonb, jsonb), activity_log._trigger_fires(integer),
+    activity_log.redact(bigint, text[], text)
     TO activity_log_admin;
+-- The analytics run as the caller (a reader) and share these checks and counts.
+GRANT EXECUTE ON FUNCTION activity_log.metrics(), activity_log.metrics_text(),
+    activity_log._check_window(text, interval), activity_log._counts(timestamptz, interval)
+    TO activity_log_reader;
 
 -- Start a writer for this database now rather than at the next restart.
 SELECT activity_log._activate();

@@ -53,6 +53,8 @@ static CAPTURE_STATEMENTS: GucSetting<CaptureStatements> =
     GucSetting::<CaptureStatements>::new(CaptureStatements::Ddl);
 /// Query text is cut to this many bytes (on a character boundary).
 static MAX_QUERY_LENGTH: GucSetting<i32> = GucSetting::<i32>::new(4096);
+/// Largest `details` a role that is not a superuser may pass to log_event, in bytes.
+static MAX_EVENT_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 static OVERFLOW: GucSetting<Overflow> = GucSetting::<Overflow>::new(Overflow::Wait);
 /// How long `overflow = wait` waits for room before failing the transaction, in ms.
 static OVERFLOW_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
@@ -147,6 +149,16 @@ pub fn init() {
         &MAX_QUERY_LENGTH,
         0,
         1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"activity_log.max_event_size",
+        c"Largest details (as jsonb text) log_event accepts from a role that is not a superuser.",
+        c"Together with the half of the ring that application events may fill, it keeps one role's events from crowding out everybody's records.",
+        &MAX_EVENT_SIZE,
+        1024,
+        1024 * 1024 * 1024,
         GucContext::Suset,
         GucFlags::UNIT_BYTE,
     );
@@ -259,6 +271,9 @@ pub fn capture_statements() -> CaptureStatements {
 }
 pub fn max_query_length() -> usize {
     MAX_QUERY_LENGTH.get() as usize
+}
+pub fn max_event_size() -> usize {
+    MAX_EVENT_SIZE.get() as usize
 }
 pub fn overflow() -> Overflow {
     OVERFLOW.get()

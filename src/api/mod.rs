@@ -103,11 +103,68 @@ fn check_name(what: &str, value: Option<&str>, allowed: &[&str]) -> String {
     v.to_string()
 }
 
+/// A jsonb argument as its exact text (jsonb_out). pgrx's JsonB goes through serde_json,
+/// whose f64 numbers round `123456789012345678901234567890` and `1e-400` and refuse `1e400`
+/// and nesting deeper than 127 levels: an audit record must keep what the caller passed.
+pub struct JsonbText(Vec<u8>);
+
+impl FromDatum for JsonbText {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<JsonbText> {
+        if is_null {
+            return None;
+        }
+        // SAFETY: a jsonb Datum; jsonb_out detoasts it and returns a palloc'd C string.
+        unsafe {
+            let text = pg_sys::OidOutputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_OUT), datum);
+            Some(JsonbText(
+                std::ffi::CStr::from_ptr(text).to_bytes().to_vec(),
+            ))
+        }
+    }
+}
+
+// SAFETY: unboxed through FromDatum, as pgrx does for its own JsonB.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbText {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        // SAFETY: the argument is declared jsonb.
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+    unsafe fn unbox_nullable_arg(
+        arg: pgrx::callconv::Arg<'_, 'fcx>,
+    ) -> pgrx::nullable::Nullable<Self> {
+        // SAFETY: the argument is declared jsonb.
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+// SAFETY: the SQL type is jsonb, whose Datums FromDatum above reads.
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for JsonbText {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonbText);
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+    const ARGUMENT_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
+    ));
+}
+
 /// Records an application event in the current transaction.
 #[pg_extern]
 fn log_event(
     action: Option<&str>,
-    details: default!(Option<pgrx::JsonB>, "'{}'"),
+    details: default!(Option<JsonbText>, "'{}'"),
     entity_type: default!(Option<&str>, "NULL"),
     entity_id: default!(Option<&str>, "NULL"),
     category: default!(Option<&str>, "'application'"),
@@ -135,18 +192,36 @@ fn log_event(
     let category = check_name("category", category, CATEGORIES);
     let severity = check_name("severity", severity, SEVERITIES);
     let details = match details {
-        Some(pgrx::JsonB(v)) if !v.is_object() => raise(
+        Some(JsonbText(text)) if !text.starts_with(b"{") => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "details must be a JSON object",
             Some("Wrap other values, for example jsonb_build_object('value', ...)."),
         ),
-        Some(pgrx::JsonB(v)) => serde_json::to_vec(&v).unwrap_or_else(|_| b"{}".to_vec()),
+        Some(JsonbText(text)) => text,
         None => b"{}".to_vec(),
     };
+    // SAFETY: reads of the session's user id.
+    let privileged = unsafe { pg_sys::superuser() };
+    if !privileged && details.len() > crate::gucs::max_event_size() {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "details of {} bytes exceed activity_log.max_event_size ({} bytes)",
+                details.len(),
+                crate::gucs::max_event_size()
+            ),
+            Some(
+                "Store large documents in a table and log their key; a superuser may raise the limit.",
+            ),
+        );
+    }
     if !hooks::capturing() {
         return;
     }
     hooks::client_addr();
+    if !privileged {
+        capture::note_unprivileged_event();
+    }
     // SAFETY: no error paths.
     let ts = unsafe { pg_sys::GetCurrentTimestamp() };
     capture::push(

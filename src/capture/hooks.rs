@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int};
 use std::rc::Rc;
 
-use crate::capture::{self, clip, rows, tracked};
+use crate::capture::{self, clip, redact, rows, tracked};
 use crate::gucs::{self, CaptureStatements};
 use crate::record::Op;
 use crate::record::{Body, Origin, Record, Statement, StatementClass};
@@ -77,6 +77,31 @@ impl Drop for Nested {
     fn drop(&mut self) {
         DEPTH.set(DEPTH.get() - 1);
     }
+}
+
+/// as_extension_owner runs `f` with the rights of the bootstrap superuser, who owns the
+/// extension's objects: the way a SECURITY DEFINER function of the extension would run, for
+/// the internal functions the capture calls on anybody's behalf and PUBLIC may not execute.
+/// The user id is restored however `f` ends (an ERROR's abort restores it too).
+pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(pg_sys::Oid, c_int);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: puts back what GetUserIdAndSecContext returned.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: what fmgr_security_definer does around a SECURITY DEFINER call.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as c_int,
+        );
+    }
+    let _restore = Restore(user, context);
+    f()
 }
 
 /// install chains every hook; called once from `_PG_init`.
@@ -216,8 +241,14 @@ unsafe fn statement_text(source: *const c_char, location: c_int, len: c_int) -> 
     } else {
         all.len()
     };
-    let text = all[start..end].trim_ascii();
-    Rc::from(clip(text, gucs::max_query_length()))
+    recorded_text(all[start..end].trim_ascii())
+}
+
+/// recorded_text is a statement's text as the trail gets it: cut to max_query_length, then
+/// secrets redacted (after the cut, which bounds the work: the cut keeps a prefix, so every
+/// literal in it reads the same, and a secret the cut ends is redacted to the end).
+fn recorded_text(text: &[u8]) -> Rc<[u8]> {
+    Rc::from(&*redact::redact(clip(text, gucs::max_query_length())))
 }
 
 /// relation_oids lists the tables a plan reads or writes, once each.
@@ -273,9 +304,35 @@ fn start_statement(running: Running) {
         query: running.query.clone(),
         class: running.class,
     }));
-    if wanted(running.class) {
+    // At `mod`, a statement that only reads may still write through what it calls (a DO
+    // block, a function in a SELECT): it is kept until it ends, when note_nested_write may
+    // have made it a Mod statement.
+    if wanted(running.class) || wanted(StatementClass::Mod) {
         RUNNING.with_borrow_mut(|r| r.push(running));
     }
+}
+
+/// note_nested_write makes the running top-level statement a data-modifying one (recorded at
+/// `mod`, as pgaudit's `write` class logs nested statements) and adds the tables the nested
+/// statement `ps` names to the statement record's relations.
+unsafe fn note_nested_write(ps: *mut pg_sys::PlannedStmt) {
+    if !wanted(StatementClass::Mod) {
+        return;
+    }
+    // SAFETY: the caller passes the nested statement's valid PlannedStmt.
+    let relations = unsafe { relation_oids(ps) };
+    RUNNING.with_borrow_mut(|r| {
+        if let Some(top) = r.last_mut() {
+            if top.class == StatementClass::Other {
+                top.class = StatementClass::Mod;
+            }
+            for oid in relations {
+                if !top.relations.contains(&oid) {
+                    top.relations.push(oid);
+                }
+            }
+        }
+    });
 }
 
 /// end_statement turns a finished top-level statement into a pending record.
@@ -287,6 +344,9 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
     }) else {
         return;
     };
+    if !wanted(run.class) {
+        return;
+    }
     let end = now();
     capture::push(
         &Record {
@@ -314,7 +374,7 @@ pub fn current_query() -> Rc<[u8]> {
         .with_borrow(|c| c.as_ref().map(|a| a.query.clone()))
         .unwrap_or_else(|| {
             // SAFETY: debug_query_string is NULL or the query being run.
-            Rc::from(unsafe { borrowed_cstr(pg_sys::debug_query_string) }.unwrap_or_default())
+            recorded_text(unsafe { borrowed_cstr(pg_sys::debug_query_string) }.unwrap_or_default())
         })
 }
 
@@ -367,6 +427,14 @@ unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc
                     Vec::new()
                 },
             });
+        }
+    } else if capturing() {
+        // SAFETY: as above.
+        unsafe {
+            let ps = (*query_desc).plannedstmt;
+            if (*query_desc).operation != pg_sys::CmdType::CMD_SELECT || (*ps).hasModifyingCTE {
+                note_nested_write(ps);
+            }
         }
     }
     // SAFETY: chaining to the previous hook or the standard implementation.
@@ -590,14 +658,16 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
                     let new = CStr::from_ptr((*rename).newname)
                         .to_string_lossy()
                         .into_owned();
-                    Spi::run_with_args(
-                        "SELECT activity_log._rename_excluded($1, $2, $3)",
-                        &[
-                            relid.into(),
-                            String::from_utf8_lossy(old).into_owned().into(),
-                            new.into(),
-                        ],
-                    )
+                    as_extension_owner(|| {
+                        Spi::run_with_args(
+                            "SELECT activity_log._rename_excluded($1, $2, $3)",
+                            &[
+                                relid.into(),
+                                String::from_utf8_lossy(old).into_owned().into(),
+                                new.into(),
+                            ],
+                        )
+                    })
                     .unwrap_or_else(|e| {
                         error!("activity_log: could not follow the column rename: {e}")
                     });
@@ -708,7 +778,7 @@ unsafe fn record_failure(edata: &pg_sys::ErrorData) {
         let q = q.strip_suffix(b";").unwrap_or(q).trim_ascii_end();
         Attribution {
             command: b"",
-            query: Rc::from(clip(q, gucs::max_query_length())),
+            query: recorded_text(q),
             class: StatementClass::Other,
         }
     });

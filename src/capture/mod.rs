@@ -10,6 +10,7 @@
 
 pub mod durable;
 pub mod hooks;
+pub mod redact;
 pub mod rows;
 pub mod tracked;
 pub mod xact;
@@ -32,6 +33,9 @@ struct Pending {
     /// durable_queue instead of the ring. Kept when a subtransaction that set it rolls back
     /// (staging is correct for any transaction, only slower).
     durable: bool,
+    /// Application events of a role that is not a superuser are pending: the frame may fill
+    /// only half the ring (ring::Share). Kept when a subtransaction rolls back, like durable.
+    unprivileged_events: bool,
     /// The frame reserved at PRE_COMMIT, made visible at COMMIT or voided at ABORT.
     reservation: Option<Reservation>,
     /// Set at PRE_COMMIT when the records were staged: (the ring to notify, records).
@@ -61,6 +65,16 @@ pub fn mark_durable() {
 
 fn is_durable() -> bool {
     PENDING.with_borrow(|p| p.durable)
+}
+
+/// note_unprivileged_event marks the open transaction as carrying application events of a
+/// role that is not a superuser.
+pub fn note_unprivileged_event() {
+    PENDING.with_borrow_mut(|p| p.unprivileged_events = true);
+}
+
+fn has_unprivileged_events() -> bool {
+    PENDING.with_borrow(|p| p.unprivileged_events)
 }
 
 /// push_failure adds a failed-statement record; it survives the rollback that follows.
@@ -132,6 +146,7 @@ fn discard() {
         emptied(&mut p.failures);
         p.failure_records = 0;
         p.durable = false;
+        p.unprivileged_events = false;
     });
 }
 
@@ -142,6 +157,7 @@ fn take_failures() -> (Vec<u8>, u32) {
         p.records = 0;
         p.marks.clear();
         p.durable = false;
+        p.unprivileged_events = false;
         let n = std::mem::replace(&mut p.failure_records, 0);
         (std::mem::take(&mut p.failures), n)
     })

@@ -6,6 +6,11 @@
 //! keys changed and tables dropped by DDL. Each partition of a tracked table maps to the
 //! tracked root, so a statement that targets a partition directly is captured as a change of
 //! the root.
+//!
+//! `activity_log.tracked_tables` itself is in the copy too: whoever changes what is tracked,
+//! and however (track(), untrack(), a dropped table, plain DML), the change is captured, and
+//! the writer stores it as a system record; so is `activity_log.redactions`. Nothing in tracked_tables may make a statement
+//! fail: the loader skips what it cannot use, with a WARNING.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -69,7 +74,7 @@ thread_local! {
     static CHANGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// SECURITY DEFINER in finalize.sql, so that any role's statements can be captured.
+/// Not executable by PUBLIC: run with the extension owner's rights.
 const LOAD: &str = "SELECT relid, root, key_columns, exclude_columns, has_foreign_partition, durable FROM activity_log._tracked()";
 
 /// lookup returns how `relid` is tracked, if it is (directly or as a partition).
@@ -149,35 +154,72 @@ fn load() -> ByRelid {
         return out;
     }
     let _nested = super::hooks::Nested::enter(); // the query below is not a user statement
-    let rows: Vec<(u32, Tracked)> = Spi::connect(|client| {
-        let table = client.select(LOAD, None, &[])?;
-        let mut rows = Vec::new();
-        for row in table {
-            let relid: pg_sys::Oid = row.get(1)?.unwrap_or(pg_sys::InvalidOid);
-            let root: pg_sys::Oid = row.get(2)?.unwrap_or(pg_sys::InvalidOid);
-            let keys: Vec<String> = row.get(3)?.unwrap_or_default();
-            let excluded: Vec<String> = row.get(4)?.unwrap_or_default();
-            let has_foreign_partition: bool = row.get(5)?.unwrap_or(false);
-            let durable: bool = row.get(6)?.unwrap_or(false);
-            let (schema, table) = names(root);
-            rows.push((
-                relid.to_u32(),
-                Tracked {
-                    relid: root.to_u32(),
-                    schema,
-                    table,
-                    key_columns: keys.into_iter().map(String::into_bytes).collect(),
-                    exclude_columns: excluded.into_iter().map(String::into_bytes).collect(),
-                    has_foreign_partition,
-                    durable,
-                },
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(rows)
+    let rows: Vec<(u32, Tracked)> = super::hooks::as_extension_owner(|| {
+        Spi::connect(|client| {
+            let table = client.select(LOAD, None, &[])?;
+            let mut rows = Vec::new();
+            for row in table {
+                let relid: pg_sys::Oid = row.get(1)?.unwrap_or(pg_sys::InvalidOid);
+                let root: pg_sys::Oid = row.get(2)?.unwrap_or(pg_sys::InvalidOid);
+                let keys: Vec<Option<String>> = row.get(3)?.unwrap_or_default();
+                let excluded: Vec<Option<String>> = row.get(4)?.unwrap_or_default();
+                if excluded.contains(&None) {
+                    warning!(
+                        "activity_log: ignoring NULL in exclude_columns of table {}",
+                        root.to_u32()
+                    );
+                }
+                let has_foreign_partition: bool = row.get(5)?.unwrap_or(false);
+                let durable: bool = row.get(6)?.unwrap_or(false);
+                let (schema, table) = names(root);
+                rows.push((
+                    relid.to_u32(),
+                    Tracked {
+                        relid: root.to_u32(),
+                        schema,
+                        table,
+                        key_columns: keys.into_iter().flatten().map(String::into_bytes).collect(),
+                        exclude_columns: excluded
+                            .into_iter()
+                            .flatten()
+                            .map(String::into_bytes)
+                            .collect(),
+                        has_foreign_partition,
+                        durable,
+                    },
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(rows)
+        })
     })
     .unwrap_or_else(|e| error!("activity_log: could not read activity_log.tracked_tables: {e}"));
     for (relid, tracked) in rows {
         out.insert(relid, Rc::new(tracked));
+    }
+    // What is tracked, and what was redact()ed (staged inside the transaction: the trail
+    // then holds the redaction whenever the redacted row shows it).
+    for (name, key, durable) in [
+        (c"tracked_tables", "relid", false),
+        (c"redactions", "id", true),
+    ] {
+        // SAFETY: catalog lookups inside the statement's transaction.
+        let own = unsafe {
+            let schema = pg_sys::get_namespace_oid(c"activity_log".as_ptr(), true);
+            pg_sys::get_relname_relid(name.as_ptr(), schema)
+        };
+        if own != pg_sys::InvalidOid {
+            let (schema, table) = names(own);
+            let tracked = Tracked {
+                relid: own.to_u32(),
+                schema,
+                table,
+                key_columns: vec![key.as_bytes().to_vec()],
+                exclude_columns: Vec::new(),
+                has_foreign_partition: false,
+                durable,
+            };
+            out.insert(own.to_u32(), Rc::new(tracked));
+        }
     }
     out
 }

@@ -22,7 +22,7 @@ use crate::capture::{self, durable, hooks, tracked};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
-use crate::ring::{self, ReserveError};
+use crate::ring::{self, ReserveError, Share};
 use crate::unguarded;
 
 /// install registers the permanent callbacks; called once from `_PG_init`.
@@ -182,12 +182,16 @@ fn pre_commit() {
     };
     hooks::client_addr();
     let info = frame_info();
+    let share = match capture::has_unprivileged_events() {
+        true => Share::Half,
+        false => Share::Whole,
+    };
     let started = Instant::now();
     let mut waited = false;
     loop {
         let (reserved, n) = capture::with_pending(|records, failures, n| {
             (
-                ring::reserve(slot, dboid, &[&info[..], records, failures], n),
+                ring::reserve(slot, dboid, &[&info[..], records, failures], n, share),
                 n,
             )
         });
@@ -277,7 +281,13 @@ fn publish_failures_now() {
     let Some(slot) = ring::slot_of(dboid) else {
         return;
     };
-    match ring::reserve(slot, dboid, &[&frame_info()[..], &body[..]], n) {
+    match ring::reserve(
+        slot,
+        dboid,
+        &[&frame_info()[..], &body[..]],
+        n,
+        Share::Whole,
+    ) {
         // SAFETY: no error paths.
         Ok(r) => ring::commit(r, unsafe { pg_sys::GetCurrentTimestamp() }),
         Err(ReserveError::Gone) => {}

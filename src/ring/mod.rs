@@ -480,19 +480,34 @@ fn align8(n: u64) -> u64 {
     (n + 7) & !7
 }
 
+/// How much of a ring a frame may fill.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// All of it.
+    Whole,
+    /// Up to half: frames with application events of roles that are not superusers, so that
+    /// a flood of them leaves the other half to everybody's changes and statements.
+    Half,
+}
+
 /// reserve places a PENDING frame for the concatenation of `parts` in the ring of
-/// `slot_index` and copies the parts into it (no intermediate buffer). Safe to call at
-/// PRE_COMMIT: it cannot fail half-way.
+/// `slot_index` and copies the parts into it (no intermediate buffer), within `share` of the
+/// ring. Safe to call at PRE_COMMIT: it cannot fail half-way.
 pub fn reserve(
     slot_index: usize,
     dboid: u32,
     parts: &[&[u8]],
     nrecords: u32,
+    share: Share,
 ) -> Result<Reservation, ReserveError> {
     let payload_len: usize = parts.iter().map(|p| p.len()).sum();
     let cap = capacity();
+    let limit = match share {
+        Share::Whole => cap,
+        Share::Half => cap / 2,
+    };
     let need = align8(HEADER + payload_len as u64);
-    if need > cap {
+    if need > limit {
         return Err(ReserveError::TooLarge);
     }
     let s = slot(slot_index);
@@ -527,7 +542,7 @@ pub fn reserve(
             pad = 0;
         }
         let off = head % cap;
-        if cap - (head - tail) < pad + need {
+        if cap - (head - tail) < pad + need || (head - tail) + pad + need > limit {
             return Err(ReserveError::Full);
         }
         // SAFETY: [off, off + pad) and the new frame's header lie inside this slot's data area

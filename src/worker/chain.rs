@@ -126,29 +126,91 @@ pub struct Verdict {
 /// chain of the writer's row before `from`, and stops at the first row whose chain differs or
 /// is missing. Rows dropped by retention left their chain values in activity_log.chain_anchors:
 /// a row whose predecessor was dropped links to the anchor before it.
+///
+/// A row redacted with activity_log.redact() no longer has the bytes its link was made of:
+/// instead, its bytes as they are now must hash to the digest redact() kept in
+/// activity_log.redactions (after checking the row's link), and its stored link carries the
+/// chain on.
 pub fn verify(from: i64, to: i64) -> Verdict {
     let prev = link_before(from);
-    let anchors = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT id, chain FROM activity_log.chain_anchors WHERE id BETWEEN $1 AND $2",
-            None,
-            &[from.into(), to.into()],
-        )?;
-        rows.map(|r| {
-            Ok((
-                r.get::<i64>(1)?.unwrap_or(0),
-                r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-            ))
+    let by_id = |table: &str, column: &str| {
+        Spi::connect(|client| {
+            let rows = client.select(
+                &format!(
+                    "SELECT id, {column} FROM activity_log.{table} WHERE id BETWEEN $1 AND $2"
+                ),
+                None,
+                &[from.into(), to.into()],
+            )?;
+            rows.map(|r| {
+                Ok((
+                    r.get::<i64>(1)?.unwrap_or(0),
+                    r.get::<Vec<u8>>(2)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<BTreeMap<_, _>, pgrx::spi::Error>>()
         })
-        .collect::<Result<BTreeMap<_, _>, pgrx::spi::Error>>()
-    })
-    .unwrap_or_else(|e| {
-        error!("activity_log: verify could not read activity_log.chain_anchors: {e}")
-    });
-    walk(prev, from, to, &anchors)
+        .unwrap_or_else(|e| error!("activity_log: verify could not read activity_log.{table}: {e}"))
+    };
+    let anchors = by_id("chain_anchors", "chain");
+    let redacted = by_id("redactions", "rest_digest");
+    walk(prev, from, to, &anchors, &redacted)
 }
 
-fn walk(mut prev: Vec<u8>, from: i64, to: i64, anchors: &BTreeMap<i64, Vec<u8>>) -> Verdict {
+/// row_digest is the SHA-256 of the bytes of trail row `id` as it is stored now (what
+/// redact() keeps), None when there is no such row.
+pub fn row_digest(id: i64) -> Option<Vec<u8>> {
+    let mut digest = None;
+    // SAFETY: SPI as its C API documents it; the tuple is deformed with the result's
+    // descriptor and read before SPI_finish frees it.
+    unsafe {
+        pg_sys::SPI_connect();
+        let mut types = [pg_sys::INT8OID];
+        let mut args = [pg_sys::Datum::from(id)];
+        pg_sys::SPI_execute_with_args(
+            c"SELECT * FROM activity_log.events WHERE id = $1".as_ptr(),
+            1,
+            types.as_mut_ptr(),
+            args.as_mut_ptr(),
+            c" ".as_ptr(),
+            true,
+            1,
+        );
+        if pg_sys::SPI_processed == 1 {
+            let table = pg_sys::SPI_tuptable;
+            let desc = (*table).tupdesc;
+            let natts = (*desc).natts as usize;
+            let chain_col = pg_sys::SPI_fnumber(desc, c"chain".as_ptr()) as usize - 1;
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut isnull = vec![true; natts];
+            pg_sys::heap_deform_tuple(
+                *(*table).vals,
+                desc,
+                values.as_mut_ptr(),
+                isnull.as_mut_ptr(),
+            );
+            let mut bytes = Vec::new();
+            row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
+            digest = Some(Sha256::new().link(&GENESIS, &bytes).to_vec());
+        }
+        pg_sys::SPI_finish();
+    }
+    digest
+}
+
+/// The SQL face of [`row_digest`], for redact() (not executable by PUBLIC).
+#[pg_extern(name = "_row_digest")]
+fn row_digest_sql(id: i64) -> Option<Vec<u8>> {
+    row_digest(id)
+}
+
+fn walk(
+    mut prev: Vec<u8>,
+    from: i64,
+    to: i64,
+    anchors: &BTreeMap<i64, Vec<u8>>,
+    redacted: &BTreeMap<i64, Vec<u8>>,
+) -> Verdict {
     let mut verdict = Verdict {
         rows_checked: 0,
         first_broken_id: None,
@@ -215,12 +277,18 @@ fn walk(mut prev: Vec<u8>, from: i64, to: i64, anchors: &BTreeMap<i64, Vec<u8>>)
                 last_id = id;
                 bytes.clear();
                 row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
-                let expected = sha.link(&prev, &bytes).to_vec();
                 let stored =
                     (!isnull[chain_col]).then(|| varlena_bytes(values[chain_col]).to_vec());
+                let expected = match redacted.get(&id) {
+                    Some(digest) if sha.link(&GENESIS, &bytes)[..] == digest[..] => {
+                        stored.clone().unwrap_or_default()
+                    }
+                    Some(_) => Vec::new(), // changed since it was redacted
+                    None => sha.link(&prev, &bytes).to_vec(),
+                };
                 pg_sys::MemoryContextSwitchTo(caller);
                 verdict.rows_checked += 1;
-                if stored.as_deref() != Some(&expected[..]) {
+                if stored.is_none() || stored.as_deref() != Some(&expected[..]) {
                     verdict.first_broken_id = Some(id);
                     verdict.problem = Some(match stored {
                         None => format!("row {id} has no chain value: the writer did not store it"),

@@ -11,6 +11,12 @@
 //! through `to_jsonb`. Scratch allocations go into a context reset per row; only the finished
 //! jsonb values go into the context that was current at the call (the batch transaction's),
 //! where the insert finds them.
+//!
+//! Must not run code a non-superuser wrote: the writer runs as the bootstrap superuser, and
+//! `to_jsonb` calls a type's `CAST (… AS json)` function, which its owner may write in
+//! PL/pgSQL. Only type output functions (which only a superuser can create) and C casts run
+//! here; a column whose type is owned by another role, or has any other cast to json, is
+//! recorded as its text output ([`runs_user_code`]).
 
 use pgrx::pg_sys;
 use pgrx::varlena;
@@ -61,7 +67,9 @@ struct Shape<'a> {
     full: pg_sys::TupleDesc,
     /// The columns shown in the trail: neither dropped nor excluded.
     shown: Vec<usize>,
-    /// Set when excluded columns need a narrower row than `full`.
+    /// Per column: the output function of a column recorded as its text ([`runs_user_code`]).
+    as_text: Vec<Option<pg_sys::Oid>>,
+    /// Set when excluded columns need a narrower row than `full`, or columns become text.
     shown_type: Option<pg_sys::TupleDesc>,
     /// Key columns and whether each is shown (an excluded one shows as null).
     key: Vec<(usize, bool)>,
@@ -261,18 +269,29 @@ impl<'a> Shape<'a> {
             .filter_map(|k| columns.iter().position(|c| !c.dropped && &c.name == k))
             .map(|i| (i, shown.contains(&i)))
             .collect();
-        // to_jsonb skips dropped columns itself; excluded ones need a narrower row.
+        // SAFETY: catalog lookups inside the batch transaction.
+        let as_text: Vec<Option<pg_sys::Oid>> = columns
+            .iter()
+            .map(|c| match c.dropped {
+                true => None,
+                false => unsafe { text_output_if_untrusted(c.type_oid) },
+            })
+            .collect();
+        // to_jsonb skips dropped columns itself; excluded ones need a narrower row, and text
+        // columns a row type of their own.
         let hides = columns
             .iter()
-            .any(|c| !c.dropped && exclude.contains(&c.name));
+            .any(|c| !c.dropped && exclude.contains(&c.name))
+            || as_text.iter().any(Option::is_some);
         let key_idx: Vec<usize> = key.iter().map(|k| k.0).collect();
         // SAFETY: descriptors built in the batch transaction's memory context.
         unsafe {
             Shape {
                 direct: Direct::new(columns, &shown, &key),
-                full: row_type(columns, &(0..columns.len()).collect::<Vec<_>>()),
-                shown_type: hides.then(|| row_type(columns, &shown)),
-                key_type: (!key.is_empty()).then(|| row_type(columns, &key_idx)),
+                full: row_type(columns, &(0..columns.len()).collect::<Vec<_>>(), &[]),
+                shown_type: hides.then(|| row_type(columns, &shown, &as_text)),
+                key_type: (!key.is_empty()).then(|| row_type(columns, &key_idx, &as_text)),
+                as_text,
                 columns: columns.to_vec(),
                 key_columns: key_columns.to_vec(),
                 exclude: exclude.to_vec(),
@@ -326,7 +345,8 @@ impl<'a> Decoder<'a> {
             let direct = shape.direct.is_some();
             for (old, new) in images {
                 let row = self.per_row.switch_to(|_| {
-                    let composite = !direct;
+                    // The whole row as a composite: only when it goes to to_jsonb as it is.
+                    let composite = !direct && shape.shown_type.is_none();
                     let old = old
                         .as_ref()
                         .map(|b| Deformed::new(b, shape.full, composite));
@@ -336,12 +356,16 @@ impl<'a> Decoder<'a> {
                     // The shown columns, and the key columns, as jsonb objects.
                     let image = |d: &Deformed| match (&shape.direct, shape.shown_type) {
                         (Some(direct), _) => direct.object(d, columns, &direct.shown, out),
-                        (None, Some(t)) => to_jsonb.call(d.form(t, &shape.shown, |_| false)),
+                        (None, Some(t)) => {
+                            to_jsonb.call(d.form(t, &shape.shown, &shape.as_text, |_| false))
+                        }
                         (None, None) => to_jsonb.call(d.datum),
                     };
                     let key = |d: &Deformed, t: pg_sys::TupleDesc| match &shape.direct {
                         Some(direct) => direct.object(d, columns, &direct.key, out),
-                        None => to_jsonb.call(d.form(t, &key_idx, |n| !shape.key[n].1)),
+                        None => {
+                            to_jsonb.call(d.form(t, &key_idx, &shape.as_text, |n| !shape.key[n].1))
+                        }
                     };
                     let old_row = old.as_ref().map(image);
                     let new_row = new.as_ref().map(image);
@@ -390,8 +414,109 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// row_type describes the columns at `idx` (attribute order) as a blessed record type.
-unsafe fn row_type(columns: &[Column], idx: &[usize]) -> pg_sys::TupleDesc {
+/// text_output_if_untrusted is the output function of `type_oid` when [`runs_user_code`]
+/// says its values must be recorded as text.
+unsafe fn text_output_if_untrusted(type_oid: u32) -> Option<pg_sys::Oid> {
+    // SAFETY: catalog lookups (see the caller).
+    unsafe {
+        let typid = pg_sys::Oid::from(type_oid);
+        if !runs_user_code(typid, 0) {
+            return None;
+        }
+        let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
+        pg_sys::getTypeOutputInfo(typid, &mut output, &mut varlena);
+        Some(output)
+    }
+}
+
+/// runs_user_code tells whether `to_jsonb` could run, for a value of `typid`, code that a
+/// role other than a superuser wrote or can change: a cast to json(b) of the type, of an
+/// element type, or of a field of a composite. Types owned by a superuser (built-in ones,
+/// and those of extensions: hstore's C cast stays in use) are looked into; a type owned by
+/// any other role is untrusted as a whole, since its owner may add a cast, or fields, after
+/// this check. Domains are looked through, as `to_jsonb` does.
+unsafe fn runs_user_code(typid: pg_sys::Oid, depth: u32) -> bool {
+    // SAFETY: catalog lookups inside a transaction; the tuple and descriptor are released.
+    unsafe {
+        let base = pg_sys::getBaseType(typid);
+        if base.to_u32() < pg_sys::FirstNormalObjectId {
+            return false; // built in: no cast can be added to it by anybody but a superuser
+        }
+        if depth > 16 || !owned_by_superuser(base) {
+            return true;
+        }
+        let element = pg_sys::get_element_type(base);
+        if element != pg_sys::InvalidOid {
+            return runs_user_code(element, depth + 1);
+        }
+        if pg_sys::type_is_rowtype(base) {
+            let desc = pg_sys::lookup_rowtype_tupdesc(base, -1);
+            let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+            let any = attrs
+                .iter()
+                .any(|a| !a.attisdropped && runs_user_code(a.atttypid, depth + 1));
+            pg_sys::DecrTupleDescRefCount(desc);
+            return any;
+        }
+        [pg_sys::JSONOID, pg_sys::JSONBOID]
+            .into_iter()
+            .any(|target| {
+                let mut cast = pg_sys::InvalidOid;
+                let path = pg_sys::find_coercion_pathway(
+                    target,
+                    base,
+                    pg_sys::CoercionContext::COERCION_EXPLICIT,
+                    &mut cast,
+                );
+                path == pg_sys::CoercionPathType::COERCION_PATH_FUNC
+                    && cast != pg_sys::InvalidOid
+                    && !in_c(cast)
+            })
+    }
+}
+
+/// owned_by_superuser: the type's owner is a superuser (a type that vanished is not).
+unsafe fn owned_by_superuser(typid: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup; the tuple is released before returning.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::TYPEOID as i32,
+            pg_sys::Datum::from(typid),
+        );
+        if tuple.is_null() {
+            return false;
+        }
+        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tuple)).typowner;
+        pg_sys::ReleaseSysCache(tuple);
+        pg_sys::superuser_arg(owner)
+    }
+}
+
+/// in_c: the function is written in C or is internal, which only a superuser can create.
+unsafe fn in_c(func: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup; the tuple is released before returning.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::PROCOID as i32,
+            pg_sys::Datum::from(func),
+        );
+        if tuple.is_null() {
+            return false;
+        }
+        let lang = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_proc>(tuple)).prolang;
+        pg_sys::ReleaseSysCache(tuple);
+        // pg_language.dat: internal is 12, c is 13 (their OIDs are fixed).
+        lang == pg_sys::Oid::from(12) || lang == pg_sys::Oid::from(13)
+    }
+}
+
+/// row_type describes the columns at `idx` (attribute order) as a blessed record type; a
+/// column with an output function in `as_text` is of type text.
+unsafe fn row_type(
+    columns: &[Column],
+    idx: &[usize],
+    as_text: &[Option<pg_sys::Oid>],
+) -> pg_sys::TupleDesc {
     // SAFETY: a fresh descriptor with one entry per chosen attribute.
     unsafe {
         let desc = pg_sys::CreateTemplateTupleDesc(idx.len() as i32);
@@ -410,6 +535,8 @@ unsafe fn row_type(columns: &[Column], idx: &[usize]) -> pg_sys::TupleDesc {
                 a.attbyval = c.byval;
                 a.attalign = c.align as c_char;
                 a.attisdropped = true;
+            } else if as_text.get(i).is_some_and(Option::is_some) {
+                pg_sys::TupleDescInitEntry(desc, attno, name.as_ptr(), pg_sys::TEXTOID, -1, 0);
             } else {
                 pg_sys::TupleDescInitEntry(
                     desc,
@@ -463,14 +590,27 @@ impl Deformed {
     }
 
     /// form builds a composite of the attributes at `idx` in the record type `desc`;
-    /// `hide(n)` nulls the n-th one.
+    /// `hide(n)` nulls the n-th one, and a column with an output function in `as_text`
+    /// becomes its text.
     unsafe fn form(
         &self,
         desc: pg_sys::TupleDesc,
         idx: &[usize],
+        as_text: &[Option<pg_sys::Oid>],
         hide: impl Fn(usize) -> bool,
     ) -> pg_sys::Datum {
-        let mut values: Vec<pg_sys::Datum> = idx.iter().map(|&i| self.values[i]).collect();
+        let mut values: Vec<pg_sys::Datum> = idx
+            .iter()
+            .map(|&i| match as_text[i] {
+                // SAFETY: a valid non-NULL Datum of the column's type, printed by its type's
+                // own output function.
+                Some(output) if !self.nulls[i] => unsafe {
+                    let text = pg_sys::OidOutputFunctionCall(output, self.values[i]);
+                    pg_sys::Datum::from(pg_sys::cstring_to_text(text))
+                },
+                _ => self.values[i],
+            })
+            .collect();
         let mut nulls: Vec<bool> = idx
             .iter()
             .enumerate()

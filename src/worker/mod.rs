@@ -33,6 +33,24 @@ unsafe fn detoast_packed(v: *mut pg_sys::varlena) -> *mut pg_sys::varlena {
     }
 }
 
+/// pin_search_path makes every name in the worker's SQL resolve in pg_catalog (its own
+/// temporary schema, listed last, it never uses). Workers run as the bootstrap superuser: an
+/// object planted in a schema of the default search_path would run with its rights — an
+/// operator `public.*(bigint, interval)` even wins over pg_catalog's, which needs an implicit
+/// cast. PGC_S_OVERRIDE, as autovacuum does: it outranks ALTER DATABASE / ALTER ROLE settings
+/// applied at connect and the configuration file reread on SIGHUP.
+pub fn pin_search_path() {
+    // SAFETY: a plain GUC assignment; search_path's check hook only parses the list.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
 /// A statement a process plans once (see [`with_kept_plan`]).
 type KeptPlan = LocalKey<OnceCell<OwnedPreparedStatement>>;
 

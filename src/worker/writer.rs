@@ -70,6 +70,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     hooks::mark_own_worker();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
+    super::pin_search_path();
 
     // A ring is claimed by the first transaction that audits something in the database, and
     // that may be the CREATE EXTENSION itself: until it commits, the extension is not visible
@@ -746,7 +747,7 @@ impl Hourly {
         super::with_kept_plan(
             &PLAN,
             "INSERT INTO activity_log.activity_hourly AS h (hour, kind, status, events)
-             SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour * interval '1 microsecond', u.kind, u.status, u.n
+             SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour::float8 * interval '1 microsecond', u.kind, u.status, u.n
                FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
              ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events",
             &[
@@ -975,6 +976,8 @@ impl Rows {
                 self.keep(row, s.ts, c.committed_at, kind, status, Some(&s.command));
             }
             Body::Event(e) => {
+                // `data` is the jsonb text log_event got from jsonb_out, spliced in as it is:
+                // parsed here (serde_json's numbers are f64) it would not stay exact.
                 let mut details = Map::new();
                 details.insert("action".into(), Value::String(text(&e.action)));
                 if let Some(t) = &e.entity_type {
@@ -983,7 +986,11 @@ impl Rows {
                 if let Some(id) = &e.entity_id {
                     details.insert("entity_id".into(), Value::String(text(id)));
                 }
-                details.insert("data".into(), parse_json_or_string(&e.details));
+                let mut details = Value::Object(details).to_string();
+                details.pop(); // the closing brace
+                details.push_str(", \"data\": ");
+                details.push_str(&String::from_utf8_lossy(&e.details));
+                details.push('}');
                 let row = self.row(
                     &c,
                     e.ts,
@@ -992,7 +999,7 @@ impl Rows {
                     &e.severity,
                     "success",
                     Some(&e.action),
-                    Some(&Value::Object(details).to_string()),
+                    Some(&details),
                 );
                 self.keep(
                     row,
@@ -1040,18 +1047,31 @@ impl Rows {
                     Op::Gap => Some(json!({ "rows_captured": false, "reason": text(&ch.note) }).to_string()),
                     _ => None,
                 };
-                // A gap is a system record about the table, not a change of it.
-                let (kind, severity, status) = if ch.op == Op::Gap {
-                    ("system", "critical", "gap")
+                // A gap is a system record about the table, not a change of it; so is a
+                // change of what is tracked (capture/tracked.rs).
+                let own = &ch.schema[..] == b"activity_log";
+                let tracking = own && &ch.table[..] == b"tracked_tables";
+                let redaction = own && &ch.table[..] == b"redactions";
+                let (kind, category, severity, status) = if ch.op == Op::Gap {
+                    ("system", "data_change", "critical", "gap")
+                } else if tracking || redaction {
+                    ("system", "configuration", "notice", "success")
                 } else {
-                    ("change", "info", "success")
+                    ("change", "data_change", "info", "success")
+                };
+                let op = match ch.op {
+                    Op::Insert | Op::Copy if tracking => "TRACK",
+                    Op::Update if tracking => "RETRACK",
+                    Op::Delete | Op::Truncate if tracking => "UNTRACK",
+                    Op::Insert if redaction => "REDACT",
+                    _ => op,
                 };
                 // The parts all rows of the statement share.
                 let mut first = self.row(
                     &c,
                     ch.ts,
                     kind,
-                    b"data_change",
+                    category.as_bytes(),
                     severity.as_bytes(),
                     status,
                     Some(op.as_bytes()),
