@@ -130,6 +130,12 @@ fn only_the_writer_writes_the_trail_and_roles_grant_what_they_say() {
         c.error_as("rita", DB, "SELECT activity_log.track('accounts')")
             .contains("permission denied for function track")
     );
+    // The admin changes tracking only of tables its role owns, as for CREATE TRIGGER.
+    assert!(
+        c.error_as("adam", DB, "SELECT activity_log.untrack('accounts')")
+            .contains("must be owner of table accounts")
+    );
+    c.sql(DB, "GRANT bob TO adam");
     c.sql_as(
         "adam",
         DB,

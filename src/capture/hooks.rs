@@ -322,7 +322,9 @@ unsafe fn note_nested_write(ps: *mut pg_sys::PlannedStmt) {
     // SAFETY: the caller passes the nested statement's valid PlannedStmt.
     let relations = unsafe { relation_oids(ps) };
     RUNNING.with_borrow_mut(|r| {
-        if let Some(top) = r.last_mut() {
+        // DDL is recorded at `mod` anyway; what it writes is the extension's bookkeeping
+        // (a dropped table leaves tracked_tables), not the statement's data.
+        if let Some(top) = r.last_mut().filter(|t| t.class != StatementClass::Ddl) {
             if top.class == StatementClass::Other {
                 top.class = StatementClass::Mod;
             }

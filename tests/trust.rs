@@ -1,0 +1,593 @@
+//! Trust: each attack of the December 2026 review (shared/research/security-review-2026-12.md),
+//! run as the role that found it, and what a user gets instead. One cluster per test.
+
+mod common;
+
+use common::{Cluster, with_extension};
+use std::time::{Duration, Instant};
+
+const DB: &str = "postgres";
+
+/// D1: the owner of a tracked table adds a column whose type has a PL/pgSQL cast to json that
+/// makes its caller superuser, and sleeps. The writer runs as the bootstrap superuser; it
+/// records the value as its text and never calls the cast: nobody is promoted, nothing stalls.
+#[test]
+fn the_writer_runs_no_code_of_a_table_owner() {
+    let c = Cluster::start("trust-cast", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE ROLE mallory LOGIN;
+         CREATE SCHEMA mal AUTHORIZATION mallory;
+         CREATE TABLE mal.widgets (id int PRIMARY KEY, label text);
+         ALTER TABLE mal.widgets OWNER TO mallory;
+         SELECT activity_log.track('mal.widgets');",
+    );
+    c.sql_as(
+        "mallory",
+        DB,
+        "CREATE TYPE mal.mood AS ENUM ('happy');
+         CREATE TYPE mal.pair AS (a int, m mal.mood);
+         CREATE FUNCTION mal.mood_to_json(mal.mood) RETURNS json LANGUAGE plpgsql AS $$
+         BEGIN
+             EXECUTE 'ALTER ROLE mallory SUPERUSER';
+             PERFORM pg_sleep(60);
+             RETURN to_json($1::text);
+         END $$;
+         CREATE CAST (mal.mood AS json) WITH FUNCTION mal.mood_to_json(mal.mood);
+         CREATE DOMAIN mal.positive AS int CHECK (VALUE > 0);
+         ALTER TABLE mal.widgets ADD COLUMN m mal.mood, ADD COLUMN ms mal.mood[],
+                                 ADD COLUMN p mal.pair, ADD COLUMN n mal.positive;
+         INSERT INTO mal.widgets VALUES (1, 'x', 'happy', '{happy}', '(1,happy)', 7);",
+    );
+    let started = Instant::now();
+    c.sql(DB, "SELECT activity_log.flush('20 s')");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the writer stalled in the cast"
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'"
+        ),
+        "f"
+    );
+    // Enum labels read the same either way; the array and the composite as their text; a
+    // domain over a built-in type as that type.
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT new_row FROM activity_log.changes WHERE table_name = 'widgets'"
+        ),
+        r#"{"m": "happy", "n": 7, "p": "(1,happy)", "id": 1, "ms": "{happy}", "label": "x"}"#
+    );
+    // A C cast of a superuser's type (an extension's) still serves: not user code.
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.events WHERE kind = 'system' AND status = 'gap'"
+        ),
+        "0"
+    );
+}
+
+/// D2: a database owner plants objects in public that shadow what the writer's SQL calls and
+/// that promote a superuser caller. A superuser then installs the extension: nothing planted
+/// runs, on any batch.
+#[test]
+fn the_writer_ignores_objects_planted_in_the_search_path() {
+    let c = Cluster::start("trust-path", &["activity_log.capture_statements = 'all'"]);
+    c.sql(
+        "postgres",
+        "CREATE ROLE mallory LOGIN; CREATE DATABASE mdb OWNER mallory;",
+    );
+    // Each planted function notes who called it; a superuser caller also promotes mallory.
+    let mut plant = String::from(
+        "CREATE TABLE public.called (who text, what text);
+         GRANT INSERT ON public.called TO PUBLIC;
+         CREATE FUNCTION public.note(what text) RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO public.called VALUES (current_user, what);
+             IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                 EXECUTE 'ALTER ROLE mallory SUPERUSER';
+             END IF;
+         END $$;
+         CREATE FUNCTION public.evil_mul(bigint, interval) RETURNS interval LANGUAGE plpgsql AS $$
+         BEGIN PERFORM public.note('*'); RETURN $1::float8 * $2; END $$;
+         CREATE OPERATOR public.* (LEFTARG = bigint, RIGHTARG = interval, FUNCTION = public.evil_mul);
+         CREATE FUNCTION public.evil_add(timestamptz, double precision) RETURNS timestamptz LANGUAGE plpgsql AS $$
+         BEGIN PERFORM public.note('+'); RETURN $1; END $$;
+         CREATE OPERATOR public.+ (LEFTARG = timestamptz, RIGHTARG = double precision, FUNCTION = public.evil_add);
+         ALTER DATABASE mdb SET search_path = public, pg_catalog;",
+    );
+    // Every function name the writer's statements use, with argument types that would win
+    // over pg_catalog's through an implicit cast.
+    for name in [
+        "jsonb_build_object",
+        "make_interval",
+        "justify_hours",
+        "to_jsonb",
+        "octet_length",
+        "nextval",
+        "unnest",
+        "now",
+        "date_trunc",
+        "format",
+        "pg_partition_tree",
+        "array_agg",
+    ] {
+        for arg in ["bigint", "integer", "text", "varchar"] {
+            plant.push_str(&format!(
+                "CREATE FUNCTION public.{name}({arg}) RETURNS text LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM public.note('{name}({arg})'); RETURN ''; END $$;"
+            ));
+        }
+    }
+    c.sql_as("mallory", "mdb", &plant);
+    c.sql(
+        "mdb",
+        "CREATE EXTENSION activity_log;
+         CREATE TABLE t (id bigint PRIMARY KEY, v text);
+         SELECT activity_log.track('t');",
+    );
+    c.wait_for_writer("mdb", None);
+    for i in 0..5 {
+        c.sql(
+            "mdb",
+            &format!("INSERT INTO t VALUES ({i}, 'v'); SELECT activity_log.log_event('e{i}', '{{\"n\": {i}}}');"),
+        );
+        c.flush("mdb");
+    }
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'"
+        ),
+        "f"
+    );
+    assert_eq!(
+        c.sql(
+            "mdb",
+            "SELECT DISTINCT who || ' ' || what FROM public.called WHERE who <> 'mallory'"
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        c.one(
+            "mdb",
+            "SELECT count(*) FROM activity_log.changes WHERE table_name = 't'"
+        ),
+        "5"
+    );
+    assert_eq!(
+        c.one(
+            "mdb",
+            "SELECT sum(events) >= 10 FROM activity_log.activity_hourly"
+        ),
+        "t"
+    );
+}
+
+/// D4, D10, D12 and item 6: track()'s arguments are checked; only the table's owner may change
+/// its tracking, whichever way; every change of what is tracked leaves a system record at the
+/// default capture level; nothing in tracked_tables can make another user's statement fail.
+#[test]
+fn tracking_changes_are_checked_owned_and_recorded() {
+    let c = Cluster::start("trust-track", &[]); // capture_statements = 'ddl'
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE ROLE bob LOGIN; CREATE ROLE adam LOGIN IN ROLE activity_log_admin;
+         CREATE TABLE ledger (id int PRIMARY KEY, amount int, note text);
+         CREATE TABLE other (id int PRIMARY KEY);
+         ALTER TABLE ledger OWNER TO bob; GRANT ALL ON ledger, other TO PUBLIC;",
+    );
+    let refused = [
+        (
+            "SELECT activity_log.track('ledger', exclude_columns => '{NULL}')",
+            "exclude_columns must not contain NULL",
+        ),
+        (
+            "SELECT activity_log.track('ledger', exclude_columns => '{id}')",
+            "cannot exclude primary-key column id of \"public.ledger\"",
+        ),
+        (
+            "SELECT activity_log.track('ledger', exclude_columns => '{note,note}')",
+            "column note is listed more than once in exclude_columns",
+        ),
+        (
+            "SELECT activity_log.track('ledger', exclude_columns => '{nope}')",
+            "column nope of \"public.ledger\" does not exist",
+        ),
+        (
+            "SELECT activity_log.track(999999::oid::regclass)",
+            "relation with OID 999999 does not exist",
+        ),
+    ];
+    for (statement, error) in refused {
+        let stderr = c.error(DB, statement);
+        assert!(stderr.contains(error), "{statement}: {stderr}");
+    }
+    // The admin role alone does not reach a table it does not own (D10).
+    assert!(
+        c.error_as("adam", DB, "SELECT activity_log.track('ledger')")
+            .contains("must be owner of table ledger")
+    );
+    assert!(
+        c.error_as(
+            "adam",
+            DB,
+            "INSERT INTO activity_log.tracked_tables (relid) VALUES ('ledger')"
+        )
+        .contains("violates row-level security policy")
+    );
+    c.sql(DB, "GRANT bob TO adam");
+    c.sql_as("adam", DB, "SELECT activity_log.track('ledger', '{note}')");
+    assert!(
+        c.error(
+            DB,
+            "UPDATE activity_log.tracked_tables SET exclude_columns = '{NULL}'"
+        )
+        .contains("violates check constraint")
+    );
+    let notice = c.run_as("adam", DB, "SELECT activity_log.track('ledger')");
+    assert!(
+        String::from_utf8_lossy(&notice.stderr)
+            .contains("NOTICE:  excluded columns of \"public.ledger\" change from {note} to {}"),
+        "{notice:?}"
+    );
+    c.sql_as("adam", DB, "SELECT activity_log.untrack('ledger')");
+    c.sql(
+        DB,
+        "SELECT activity_log.track('other'); INSERT INTO other VALUES (1);",
+    );
+    c.flush(DB); // the TRACK record names the table while it exists
+    c.sql(DB, "DROP TABLE other");
+    c.sql_as("bob", DB, "INSERT INTO ledger VALUES (1, 10, 'x')");
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT command || ' ' || db_user || ' ' || coalesce(old_row->>'relid', '-') || ' '
+                    || coalesce(new_row->>'relid', '-') || ' ' || coalesce(new_row->>'exclude_columns', '-')
+               FROM activity_log.events WHERE kind = 'system' ORDER BY id"
+        ),
+        [
+            // The writer names tables schema-qualified: its search_path is pg_catalog only.
+            "TRACK adam - public.ledger [\"note\"]",
+            "RETRACK adam public.ledger public.ledger []",
+            "UNTRACK adam public.ledger - -",
+            "TRACK postgres - public.other []",
+            // Dropped with the table: the event trigger's delete, in the DROP's transaction.
+            &format!(
+                "UNTRACK postgres {} - -",
+                c.one(DB, "SELECT table_oid FROM activity_log.changes WHERE table_name = 'other'")
+            ),
+        ]
+    );
+    // Whatever a superuser writes into tracked_tables by hand, other users' writes go on.
+    c.sql(
+        DB,
+        "ALTER TABLE activity_log.tracked_tables DROP CONSTRAINT tracked_tables_exclude_columns_check;
+         INSERT INTO activity_log.tracked_tables (relid, exclude_columns) VALUES ('ledger', '{NULL,note}');
+         SELECT activity_log._tracking_changed();",
+    );
+    c.sql_as("bob", DB, "INSERT INTO ledger VALUES (2, 20, 'hidden')");
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT new_row FROM activity_log.changes WHERE table_name = 'ledger' AND row_key = '{\"id\": 2}'"
+        ),
+        r#"{"id": 2, "amount": 20}"#
+    );
+}
+
+/// D11, D15 and item 5: what PUBLIC may execute in the extension, exactly; internal helpers
+/// and other databases' counters are not among it; health shows no error text.
+#[test]
+fn public_runs_only_what_it_may() {
+    let c = Cluster::start(
+        "trust-public",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    with_extension(&c, DB);
+    c.sql(DB, "CREATE ROLE mallory LOGIN");
+    assert_eq!(
+        c.sql_as(
+            "mallory",
+            DB,
+            "SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'activity_log'::regnamespace
+                AND has_function_privilege('mallory', p.oid, 'EXECUTE')
+              ORDER BY 1::text"
+        ),
+        [
+            "activity_log.anomalies(interval,interval,interval,double precision,integer)",
+            "activity_log.categories()",
+            "activity_log.daily_pattern(interval)",
+            "activity_log.flush(interval)",
+            "activity_log.health()",
+            "activity_log.history(regclass,jsonb)",
+            "activity_log.hourly_pattern(interval)",
+            "activity_log.log_event(text,jsonb,text,text,text,text)",
+            "activity_log.migration_plan()",
+            "activity_log.recent(interval,text,text,text,text,integer)",
+            "activity_log.severities()",
+            "activity_log.trend(interval,interval)",
+            "activity_log.user_summary(interval)",
+            "activity_log.verify(bigint,bigint)",
+        ]
+    );
+    for (statement, error) in [
+        (
+            "SELECT activity_log._rename_excluded(1, 'a', 'b')",
+            "permission denied for function _rename_excluded",
+        ),
+        (
+            "SELECT * FROM activity_log._tracked()",
+            "permission denied for function _tracked",
+        ),
+        (
+            "SELECT activity_log.metrics_text()",
+            "permission denied for function metrics_text",
+        ),
+        (
+            "SELECT activity_log.redact(1, '{query}', 'x')",
+            "permission denied for function redact",
+        ),
+    ] {
+        assert!(
+            c.error_as("mallory", DB, statement).contains(error),
+            "{statement}"
+        );
+    }
+    assert_eq!(
+        c.one_as("mallory", DB, "SELECT activity_health()->>'status'"),
+        "healthy"
+    );
+}
+
+/// D5 and item 7: secrets never reach the trail in clear, whatever the level; redact() removes
+/// a value later and verify() still vouches for everything else, and the redaction is recorded.
+#[test]
+fn secrets_are_redacted_and_redact_keeps_the_chain() {
+    let c = Cluster::start(
+        "trust-secrets",
+        &["activity_log.capture_statements = 'all'"],
+    );
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE ROLE auditor LOGIN IN ROLE activity_log_reader;
+         CREATE ROLE adam LOGIN IN ROLE activity_log_admin;
+         CREATE EXTENSION postgres_fdw;
+         CREATE SERVER rsrv FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host 'nowhere', dbname 'x');",
+    );
+    let statements = [
+        "CREATE ROLE alice LOGIN PASSWORD 'secret-1'",
+        "ALTER ROLE alice PASSWORD 'secret-2'",
+        "ALTER USER alice WITH ENCRYPTED PASSWORD E'secret-3\\'s'",
+        "CREATE USER carol PASSWORD 'secret-4' VALID UNTIL 'infinity'",
+        "CREATE USER MAPPING FOR alice SERVER rsrv OPTIONS (user 'postgres', password 'secret-5')",
+        "ALTER USER MAPPING FOR alice SERVER rsrv OPTIONS (SET password 'secret-6')",
+        "DO $$ BEGIN EXECUTE 'ALTER ROLE carol PASSWORD ''secret-7'''; END $$",
+        "SELECT 'host=nowhere user=x password=secret-8' AS conninfo",
+        "SELECT 'postgresql://x:secret-9@nowhere/db' AS uri",
+    ];
+    for s in statements {
+        c.sql(DB, s);
+    }
+    // Failed statements, at the default level too.
+    c.error(DB, "CREATE ROLE dave PASSWORD 'secret-10' LOGGIN");
+    c.error(
+        DB,
+        "SET activity_log.capture_statements = 'ddl'; ALTER ROLE nobody PASSWORD 'secret-11'",
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one_as(
+            "auditor",
+            DB,
+            "SELECT count(*) FROM activity_log.events e WHERE e::text LIKE '%sec' || 'ret-%'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        c.sql_as(
+            "auditor",
+            DB,
+            "SELECT query FROM activity_log.events WHERE query LIKE '%REDACTED%' ORDER BY id"
+        ),
+        [
+            "CREATE ROLE alice LOGIN PASSWORD '<REDACTED>'",
+            "ALTER ROLE alice PASSWORD '<REDACTED>'",
+            "ALTER USER alice WITH ENCRYPTED PASSWORD E'<REDACTED>'",
+            "CREATE USER carol PASSWORD '<REDACTED>' VALID UNTIL 'infinity'",
+            "CREATE USER MAPPING FOR alice SERVER rsrv OPTIONS (user 'postgres', password '<REDACTED>')",
+            "ALTER USER MAPPING FOR alice SERVER rsrv OPTIONS (SET password '<REDACTED>')",
+            "DO $$ BEGIN EXECUTE 'ALTER ROLE carol PASSWORD ''<REDACTED>'''; END $$",
+            "SELECT 'host=nowhere user=x password=<REDACTED>' AS conninfo",
+            "SELECT 'postgresql://x:<REDACTED>@nowhere/db' AS uri",
+            "CREATE ROLE dave PASSWORD '<REDACTED>' LOGGIN",
+            "ALTER ROLE nobody PASSWORD '<REDACTED>'",
+        ]
+    );
+
+    // A secret that reached a row image: redact it, and the query that carried it.
+    c.sql(
+        DB,
+        "CREATE TABLE creds (id int PRIMARY KEY, pw text); SELECT activity_log.track('creds');
+         INSERT INTO creds VALUES (1, 'hunter2');",
+    );
+    c.flush(DB);
+    let id = c.one(
+        DB,
+        "SELECT id FROM activity_log.changes WHERE table_name = 'creds'",
+    );
+    c.sql_as(
+        "adam",
+        DB,
+        &format!("SELECT activity_log.redact({id}, '{{new_row.pw,query}}', 'a password in a row')"),
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            &format!("SELECT new_row, query FROM activity_log.events WHERE id = {id}")
+        ),
+        r#"{"id": 1, "pw": "<REDACTED>"}|<REDACTED>"#
+    );
+    // At `all` the INSERT's statement record holds it too. (The queries below spell the
+    // secret in two parts: at `all` their own text is recorded.)
+    let statement = c.one(
+        DB,
+        "SELECT id FROM activity_log.events WHERE kind = 'statement' AND query LIKE '%hunt' || 'er2%'",
+    );
+    c.sql_as(
+        "adam",
+        DB,
+        &format!("SELECT activity_log.redact({statement}, '{{query}}', 'a password in a row')"),
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.events e WHERE e::text LIKE '%hunt' || 'er2%'"
+        ),
+        "0"
+    );
+    let rows = c.one(DB, "SELECT count(*) FROM activity_log.events");
+    assert_eq!(
+        c.one(DB, "SELECT rows_checked, intact FROM activity_log.verify()"),
+        format!("{rows}|t")
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT db_user || ' ' || (new_row->>'id') || ' ' || (new_row->>'columns') || ' ' || (new_row->>'reason')
+               FROM activity_log.events WHERE kind = 'system' AND command = 'REDACT' ORDER BY id LIMIT 1"
+        ),
+        format!("adam {id} [\"new_row.pw\", \"query\"] a password in a row")
+    );
+    for (statement, error) in [
+        (
+            format!("SELECT activity_log.redact({id}, '{{query}}', 'again')"),
+            "was redacted already",
+        ),
+        (
+            format!("SELECT activity_log.redact({id} + 1, '{{chain}}', 'x')"),
+            "cannot redact \"chain\"",
+        ),
+        (
+            format!("SELECT activity_log.redact({id} + 1, '{{query}}', ' ')"),
+            "reason must not be empty",
+        ),
+        (
+            "SELECT activity_log.redact(-1, '{query}', 'x')".to_string(),
+            "trail row -1 does not exist",
+        ),
+    ] {
+        assert!(
+            c.error_as("adam", DB, &statement).contains(error),
+            "{statement}"
+        );
+    }
+    // The rest of a redacted row is still vouched for.
+    c.sql(
+        DB,
+        &format!("UPDATE activity_log.events SET actor = 'mallory' WHERE id = {id}"),
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT intact, first_broken_id FROM activity_log.verify()"
+        ),
+        format!("f|{id}")
+    );
+}
+
+/// D8, D9 and item 10: log_event stores details exactly; roles other than superusers are held
+/// to activity_log.max_event_size; at `mod`, writes inside DO blocks and functions are
+/// recorded with their top-level statement.
+#[test]
+fn events_stay_exact_and_nested_writes_are_recorded() {
+    let c = Cluster::start("trust-events", &["activity_log.capture_statements = 'mod'"]);
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE ROLE bob LOGIN;
+         CREATE SCHEMA bobs AUTHORIZATION bob;
+         CREATE TABLE ledger (id int PRIMARY KEY); INSERT INTO ledger SELECT generate_series(1, 10);
+         ALTER TABLE ledger OWNER TO bob;",
+    );
+    let deep = format!("{}1{}", "{\"a\": ".repeat(1000), "}".repeat(1000));
+    c.sql_as(
+        "bob",
+        DB,
+        &format!(
+            "SELECT activity_log.log_event('numbers', '{{\"big\": 123456789012345678901234567890, \"amount\": 1234567.8912345678912345, \"id\": 9007199254740993, \"tiny\": 1e-400, \"huge\": 1e400}}');
+             SELECT activity_log.log_event('deep', '{deep}');"
+        ),
+    );
+    assert!(
+        c.error_as(
+            "bob",
+            DB,
+            "SELECT activity_log.log_event('big', jsonb_build_object('x', repeat('x', 2000000)))"
+        )
+        .contains("exceed activity_log.max_event_size")
+    );
+    c.sql(
+        DB,
+        "SELECT activity_log.log_event('big', jsonb_build_object('x', repeat('x', 2000000)))",
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT details->'data' = '{\"big\": 123456789012345678901234567890, \"amount\": 1234567.8912345678912345, \"id\": 9007199254740993, \"tiny\": 1e-400, \"huge\": 1e400}'::jsonb
+               FROM activity_log.events WHERE command = 'numbers'"
+        ),
+        "t"
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            &format!("SELECT details->'data' = '{deep}'::jsonb FROM activity_log.events WHERE command = 'deep'")
+        ),
+        "t"
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT length(details->'data'->>'x') FROM activity_log.events WHERE command = 'big'"
+        ),
+        "2000000"
+    );
+
+    c.sql_as(
+        "bob",
+        DB,
+        "SELECT count(*) FROM ledger;
+         DO $$ BEGIN DELETE FROM public.ledger WHERE id = 2; END $$;
+         CREATE FUNCTION bobs.del(i int) RETURNS int LANGUAGE sql AS 'DELETE FROM public.ledger WHERE id = i RETURNING id';
+         SELECT bobs.del(4);
+         SELECT bobs.del(id) FROM ledger WHERE id = 7;",
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT command || ' ' || category || ' ' || coalesce(relations::text, '-') || ' ' || query
+               FROM activity_log.events WHERE kind = 'statement' AND db_user = 'bob' AND status = 'success'
+              ORDER BY id"
+        ),
+        [
+            "DO data_change {public.ledger} DO $$ BEGIN DELETE FROM public.ledger WHERE id = 2; END $$",
+            "SELECT data_change {public.ledger} SELECT bobs.del(4)",
+            "SELECT data_change {public.ledger} SELECT bobs.del(id) FROM ledger WHERE id = 7",
+        ]
+    );
+}
