@@ -425,7 +425,9 @@ BEGIN
         RAISE EXCEPTION 'must be owner of table %', c.relname USING ERRCODE = 'insufficient_privilege',
             HINT = format('Only the owner of a table (or a superuser) may %s it, as for CREATE TRIGGER on it.', verb);
     END IF;
-    EXECUTE format('LOCK TABLE ONLY %s IN SHARE UPDATE EXCLUSIVE MODE', relation);
+    IF c.relkind IN ('r', 'p') THEN  -- what else there is, track() refuses
+        EXECUTE format('LOCK TABLE ONLY %s IN SHARE UPDATE EXCLUSIVE MODE', relation);
+    END IF;
     SELECT * INTO c FROM pg_class WHERE oid = relation;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'relation with OID % does not exist', relation::oid USING ERRCODE = 'undefined_table',
