@@ -163,12 +163,14 @@ COMMENT ON TABLE activity_log.chain_anchors IS
     'Hash-chain values of rows dropped by retention that later rows link to; read by activity_log.verify().';
 
 -- Values removed from the trail by activity_log.redact(): which row, which values, why, who
--- and when, and the SHA-256 of the row as it is now (with the values replaced), which
--- verify() checks in place of the row's chain link. Kept by pg_dump (with the trail).
+-- and when, the SHA-256 of the row as it is now (with the values replaced) and the chain value
+-- it links to. Each insert is captured and stored as a REDACT record in the chain, and that
+-- record is what verify() checks a redacted row against. Kept by pg_dump (with the trail).
 CREATE TABLE activity_log.redactions (
     id          bigint PRIMARY KEY,
     columns     text[] NOT NULL,
     rest_digest bytea NOT NULL,
+    prev_link   bytea NOT NULL,  -- the chain value the row links to
     reason      text NOT NULL,
     redacted_by text NOT NULL DEFAULT session_user,
     redacted_at timestamptz NOT NULL DEFAULT now()

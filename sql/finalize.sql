@@ -392,12 +392,26 @@ $$;
 ALTER TABLE activity_log.tracked_tables ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tracked_tables_read ON activity_log.tracked_tables FOR SELECT USING (true);
 CREATE POLICY tracked_tables_track ON activity_log.tracked_tables FOR INSERT
-    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE')
+                AND (SELECT relkind FROM pg_catalog.pg_class WHERE oid = relid) IN ('r', 'p'));
 CREATE POLICY tracked_tables_change ON activity_log.tracked_tables FOR UPDATE
     USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'))
     WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
 CREATE POLICY tracked_tables_untrack ON activity_log.tracked_tables FOR DELETE
     USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
+
+-- The migration's state follows the same rule: its SQL is run later (by whoever rolls back),
+-- so only a table's owner may write the rows of that table.
+ALTER TABLE activity_log.migration ENABLE ROW LEVEL SECURITY;
+ALTER TABLE activity_log.migration_backup ENABLE ROW LEVEL SECURITY;
+CREATE POLICY migration_read ON activity_log.migration FOR SELECT USING (true);
+CREATE POLICY migration_owner ON activity_log.migration FOR ALL
+    USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
+CREATE POLICY migration_backup_read ON activity_log.migration_backup FOR SELECT USING (true);
+CREATE POLICY migration_backup_owner ON activity_log.migration_backup FOR ALL
+    USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
 
 -- _may_change_tracking refuses, with the error PostgreSQL gives for CREATE TRIGGER, a caller
 -- who does not own the table; then locks it against DROP and ALTER until the transaction
@@ -712,8 +726,8 @@ BEGIN
                 USING id, key;
         END IF;
     END LOOP;
-    INSERT INTO activity_log.redactions (id, columns, rest_digest, reason)
-    VALUES (id, columns, activity_log._row_digest(id), reason);
+    INSERT INTO activity_log.redactions (id, columns, rest_digest, prev_link, reason)
+    VALUES (id, columns, activity_log._row_digest(id), activity_log._link_before(id), reason);
 END
 $$;
 
@@ -780,7 +794,8 @@ GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_l
     activity_log._may_change_tracking(regclass, text), activity_log._require_migrating(regclass[], text),
     activity_log._table_and_partitions(regclass), activity_log._pick(jsonb, text[]),
     activity_log._same_image(text[], jsonb, jsonb, jsonb, jsonb), activity_log._trigger_fires(integer),
-    activity_log.redact(bigint, text[], text)
+    activity_log.redact(bigint, text[], text), activity_log._run_as_owner(oid, text),
+    activity_log._checked_reader(regclass, regclass, jsonb)
     TO activity_log_admin;
 -- The analytics run as the caller (a reader) and share these checks and counts.
 GRANT EXECUTE ON FUNCTION activity_log.metrics(), activity_log.metrics_text(),

@@ -394,6 +394,21 @@ BEGIN
 END
 $$;
 
+-- _checked_reader is `reader` when it is what _legacy_reader derives from the catalog for the
+-- audit table and source table, else a problem: its SQL is run as the caller, and a row of
+-- migration_backup written by hand must not choose it.
+CREATE FUNCTION activity_log._checked_reader(audit regclass, source regclass, reader jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN reader IN (activity_log._legacy_reader(audit, source, true),
+                                activity_log._legacy_reader(audit, source, false))
+                THEN reader
+                ELSE jsonb_build_object('problem', format(
+                    'the reader of %s kept in activity_log.migration_backup is not what phase 1 derives from the catalog (the audit table changed, or the row was written by hand)',
+                    audit)) END
+$$;
+
 -- Rows of a source table in its legacy audit table, by operation.
 CREATE FUNCTION activity_log._legacy_counts(audit regclass, reader jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE
@@ -466,7 +481,8 @@ BEGIN
     -- visible in window_end (a STABLE function reads with its caller's snapshot).
     SELECT pg_current_snapshot(), jsonb_object_agg(x.audit_table::oid::text, activity_log._legacy_counts(x.audit_table, x.legacy_reader))
       INTO window_end, now_counts
-      FROM (SELECT DISTINCT ON (y.audit_table) y.audit_table, y.legacy_reader
+      FROM (SELECT DISTINCT ON (y.audit_table) y.audit_table,
+                   activity_log._checked_reader(y.audit_table, rel, y.legacy_reader) AS legacy_reader
               FROM activity_log.migration_backup y WHERE y.relid = rel AND y.audit_table IS NOT NULL) x;
     -- Every transaction visible in window_end has reserved its records in the ring already.
     IF NOT activity_log.flush('30 seconds') THEN
@@ -486,7 +502,10 @@ BEGIN
      WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
        AND NOT attname = ANY (SELECT unnest(exclude_columns) FROM activity_log.tracked_tables WHERE relid = rel);
 
-    FOR b IN SELECT DISTINCT ON (x.audit_table) x.audit_table, x.legacy_reader, x.legacy_baseline
+    FOR b IN SELECT DISTINCT ON (x.audit_table) x.audit_table,
+                    CASE WHEN x.audit_table IS NULL THEN x.legacy_reader
+                         ELSE activity_log._checked_reader(x.audit_table, rel, x.legacy_reader) END AS legacy_reader,
+                    x.legacy_baseline
                FROM activity_log.migration_backup x
               WHERE x.relid = rel
               ORDER BY x.audit_table
@@ -849,11 +868,19 @@ BEGIN
         FOR bk IN SELECT * FROM activity_log.migration_backup x WHERE x.relid = mig.relid ORDER BY x.trigger_name LOOP
             SELECT tgenabled INTO enabled FROM pg_catalog.pg_trigger WHERE tgrelid = mig.relid AND tgname = bk.trigger_name;
             IF NOT FOUND THEN
+                -- Kept SQL runs as the table's owner (see _run_as_owner): a row of
+                -- migration_backup written by hand can do no more than its owner could.
                 IF pg_catalog.to_regprocedure(bk.function) IS NULL AND NOT bk.function = ANY (recreated) THEN
-                    RETURN NEXT activity_log._step(bk.function_source, dry_run);
+                    IF NOT dry_run THEN
+                        PERFORM activity_log._run_as_owner(mig.relid, bk.function_source);
+                    END IF;
+                    RETURN NEXT bk.function_source;
                     recreated := recreated || bk.function;
                 END IF;
-                RETURN NEXT activity_log._step(bk.definition, dry_run);
+                IF NOT dry_run THEN
+                    PERFORM activity_log._run_as_owner(mig.relid, bk.definition);
+                END IF;
+                RETURN NEXT bk.definition;
                 enabled := 'O';  -- as CREATE TRIGGER makes it
             END IF;
             IF enabled <> bk.enabled THEN

@@ -99,7 +99,11 @@ fn the_writer_ignores_objects_planted_in_the_search_path() {
          CREATE FUNCTION public.evil_add(timestamptz, double precision) RETURNS timestamptz LANGUAGE plpgsql AS $$
          BEGIN PERFORM public.note('+'); RETURN $1; END $$;
          CREATE OPERATOR public.+ (LEFTARG = timestamptz, RIGHTARG = double precision, FUNCTION = public.evil_add);
-         ALTER DATABASE mdb SET search_path = public, pg_catalog;",
+         ALTER DATABASE mdb SET search_path = public, pg_catalog;
+         -- Settings that would change what the writer stores, or stop it.
+         ALTER DATABASE mdb SET extra_float_digits = -15;
+         ALTER DATABASE mdb SET IntervalStyle = 'sql_standard';
+         ALTER DATABASE mdb SET bytea_output = 'escape';",
     );
     // Every function name the writer's statements use, with argument types that would win
     // over pg_catalog's through an implicit cast.
@@ -128,14 +132,14 @@ fn the_writer_ignores_objects_planted_in_the_search_path() {
     c.sql(
         "mdb",
         "CREATE EXTENSION activity_log;
-         CREATE TABLE t (id bigint PRIMARY KEY, v text);
+         CREATE TABLE t (id bigint PRIMARY KEY, v text, f float8, i interval, b bytea);
          SELECT activity_log.track('t');",
     );
     c.wait_for_writer("mdb", None);
     for i in 0..5 {
         c.sql(
             "mdb",
-            &format!("INSERT INTO t VALUES ({i}, 'v'); SELECT activity_log.log_event('e{i}', '{{\"n\": {i}}}');"),
+            &format!("INSERT INTO t VALUES ({i}, 'v', 1234.56789012345, '1 day 2 hours', '\\x00ff'); SELECT activity_log.log_event('e{i}', '{{\"n\": {i}}}');"),
         );
         c.flush("mdb");
     }
@@ -160,6 +164,14 @@ fn the_writer_ignores_objects_planted_in_the_search_path() {
         ),
         "5"
     );
+    // Stored as PostgreSQL's defaults print them, not as the database's settings would.
+    assert_eq!(
+        c.one(
+            "mdb",
+            "SELECT new_row - 'id' FROM activity_log.changes WHERE table_name = 't' ORDER BY id LIMIT 1"
+        ),
+        r#"{"b": "\\x00ff", "f": 1234.56789012345, "i": "1 day 02:00:00", "v": "v"}"#
+    );
     assert_eq!(
         c.one(
             "mdb",
@@ -179,6 +191,7 @@ fn tracking_changes_are_checked_owned_and_recorded() {
     c.sql(
         DB,
         "CREATE ROLE bob LOGIN; CREATE ROLE adam LOGIN IN ROLE activity_log_admin;
+         CREATE SCHEMA bobs AUTHORIZATION bob;
          CREATE TABLE ledger (id int PRIMARY KEY, amount int, note text);
          CREATE TABLE other (id int PRIMARY KEY);
          ALTER TABLE ledger OWNER TO bob; GRANT ALL ON ledger, other TO PUBLIC;",
@@ -264,6 +277,28 @@ fn tracking_changes_are_checked_owned_and_recorded() {
                 "UNTRACK postgres {} - -",
                 c.one(DB, "SELECT table_oid FROM activity_log.changes WHERE table_name = 'other'")
             ),
+        ]
+    );
+    // DDL run through a DO block or a function is recorded at the default level, with the
+    // statement that ran it.
+    c.sql_as(
+        "bob",
+        DB,
+        "DO $$ BEGIN EXECUTE 'ALTER TABLE public.ledger ADD COLUMN extra int'; END $$;
+         CREATE FUNCTION bobs.sneaky() RETURNS void LANGUAGE plpgsql AS $$ BEGIN ALTER TABLE public.ledger DROP COLUMN extra; END $$;
+         SELECT bobs.sneaky();",
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT kind || ' ' || command || ' ' || query FROM activity_log.events
+              WHERE db_user = 'bob' AND kind = 'ddl' ORDER BY id"
+        ),
+        [
+            "ddl DO DO $$ BEGIN EXECUTE 'ALTER TABLE public.ledger ADD COLUMN extra int'; END $$",
+            "ddl CREATE FUNCTION CREATE FUNCTION bobs.sneaky() RETURNS void LANGUAGE plpgsql AS $$ BEGIN ALTER TABLE public.ledger DROP COLUMN extra; END $$",
+            "ddl SELECT SELECT bobs.sneaky()",
         ]
     );
     // Whatever a superuser writes into tracked_tables by hand, other users' writes go on.
@@ -494,6 +529,45 @@ fn secrets_are_redacted_and_redact_keeps_the_chain() {
             "{statement}"
         );
     }
+    // A row listed in redactions by hand, with no REDACT record in the chain, is not vouched
+    // for: a superuser cannot launder a change that way.
+    let other = c.one(
+        DB,
+        "SELECT min(id) FROM activity_log.events WHERE kind = 'ddl'",
+    );
+    c.sql(
+        DB,
+        &format!(
+            "UPDATE activity_log.events SET query = 'SELECT 1' WHERE id = {other};
+             INSERT INTO activity_log.redactions (id, columns, rest_digest, prev_link, reason)
+             VALUES ({other}, '{{query}}', activity_log._row_digest({other}), activity_log._link_before({other}), 'routine');"
+        ),
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT first_broken_id, problem FROM activity_log.verify()"
+        ),
+        format!(
+            "{other}|row {other} is listed in activity_log.redactions, but the trail holds no REDACT record of it (yet: flush() first)"
+        )
+    );
+    c.sql(
+        DB,
+        &format!("DELETE FROM activity_log.redactions WHERE id = {other}"),
+    );
+    // Removing the row before a redacted one breaks the chain at the redacted row.
+    c.sql(
+        DB,
+        &format!("DELETE FROM activity_log.events WHERE id = {id} - 1"),
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            &format!("SELECT first_broken_id FROM activity_log.verify({other} + 1)")
+        ),
+        id.clone()
+    );
     // The rest of a redacted row is still vouched for.
     c.sql(
         DB,
@@ -502,7 +576,7 @@ fn secrets_are_redacted_and_redact_keeps_the_chain() {
     assert_eq!(
         c.one(
             DB,
-            "SELECT intact, first_broken_id FROM activity_log.verify()"
+            &format!("SELECT intact, first_broken_id FROM activity_log.verify({id})")
         ),
         format!("f|{id}")
     );
@@ -567,10 +641,27 @@ fn events_stay_exact_and_nested_writes_are_recorded() {
         "2000000"
     );
 
+    // Oversized client-set fields are left out, not carried by every record.
+    c.sql_as(
+        "bob",
+        DB,
+        "SELECT set_config('request.jwt.claims', jsonb_build_object('sub', repeat('x', 20000))::text, false),
+                activity_log.log_event('claims');",
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT jwt_claims FROM activity_log.events WHERE command = 'claims'"
+        ),
+        r#"{"activity_log": "left out: 20011 bytes, over the 8192 a record keeps"}"#
+    );
     c.sql_as(
         "bob",
         DB,
         "SELECT count(*) FROM ledger;
+         CREATE TABLE bobs.scratch (a int); INSERT INTO bobs.scratch VALUES (1);
+         DO $$ BEGIN TRUNCATE bobs.scratch; END $$;
          DO $$ BEGIN DELETE FROM public.ledger WHERE id = 2; END $$;
          CREATE FUNCTION bobs.del(i int) RETURNS int LANGUAGE sql AS 'DELETE FROM public.ledger WHERE id = i RETURNING id';
          SELECT bobs.del(4);
@@ -585,9 +676,60 @@ fn events_stay_exact_and_nested_writes_are_recorded() {
               ORDER BY id"
         ),
         [
+            "INSERT data_change {bobs.scratch} INSERT INTO bobs.scratch VALUES (1)",
+            "DO data_change - DO $$ BEGIN TRUNCATE bobs.scratch; END $$",
             "DO data_change {public.ledger} DO $$ BEGIN DELETE FROM public.ledger WHERE id = 2; END $$",
             "SELECT data_change {public.ledger} SELECT bobs.del(4)",
             "SELECT data_change {public.ledger} SELECT bobs.del(id) FROM ledger WHERE id = 7",
         ]
+    );
+}
+
+/// C1 of the second review: the migration keeps trigger definitions and runs them again on
+/// rollback. A member of activity_log_admin who writes that state by hand cannot have a
+/// superuser's rollback run SQL of its choosing as the superuser, nor write it for tables it
+/// does not own.
+#[test]
+fn migration_state_written_by_hand_gains_nothing() {
+    let c = Cluster::start(
+        "trust-migration",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE ROLE aladmin LOGIN IN ROLE activity_log_admin;
+         CREATE SCHEMA adm AUTHORIZATION aladmin;
+         CREATE TABLE public.notmine (id int PRIMARY KEY);",
+    );
+    let forged = |table: &str| {
+        format!(
+            "INSERT INTO activity_log.migration (relid, phase, tracked_before, dual_start, trail_from)
+             VALUES ('{table}', 1, true, pg_current_snapshot(), 0);
+             INSERT INTO activity_log.migration_backup
+                    (relid, trigger_name, definition, enabled, function, function_source, verdict, legacy_reader)
+             VALUES ('{table}', 'zz', 'ALTER ROLE aladmin SUPERUSER', 'O', 'pg_catalog.now()', 'SELECT 1', 'replaceable', '{{}}');"
+        )
+    };
+    assert!(
+        c.error_as("aladmin", DB, &forged("public.notmine"))
+            .contains("violates row-level security policy")
+    );
+    c.sql_as(
+        "aladmin",
+        DB,
+        &format!(
+            "CREATE TABLE adm.own (id int PRIMARY KEY); {}",
+            forged("adm.own")
+        ),
+    );
+    let err = c.error(DB, "SELECT * FROM activity_log.rollback_migration()");
+    assert!(err.contains("superuser"), "{err}");
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'aladmin'"
+        ),
+        "f"
     );
 }

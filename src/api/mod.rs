@@ -427,6 +427,63 @@ fn tracking_changed() {
     crate::capture::tracked::note_change();
 }
 
+/// Runs `statement` with the rights of the owner of `relation`, inside a security-restricted
+/// operation (as REFRESH MATERIALIZED VIEW runs a view's query): for SQL the migration kept
+/// (a legacy trigger's definition and function), which whoever may write
+/// activity_log.migration_backup could have forged. So it can do nothing its table's owner
+/// could not, and cannot SET ROLE its way out. The caller must have the owner's privileges.
+#[pg_extern(name = "_run_as_owner")]
+fn run_as_owner(relation: pg_sys::Oid, statement: &str) {
+    // SAFETY: a syscache lookup; the tuple is released before use of its copy.
+    let owner = unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            pg_sys::Datum::from(relation),
+        );
+        if tuple.is_null() {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("relation with OID {} does not exist", relation.to_u32()),
+                None,
+            );
+        }
+        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple)).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        owner
+    };
+    // SAFETY: reads of the current user and a catalog lookup.
+    if !unsafe { pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner) } {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "must have the privileges of the table's owner",
+            None,
+        );
+    }
+    struct Restore(pg_sys::Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: puts back what GetUserIdAndSecContext returned.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: what RefreshMatViewByOid does around the view's query.
+    let nest = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context
+                | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
+                    as i32,
+        );
+        pg_sys::NewGUCNestLevel()
+    };
+    let _restore = Restore(user, context);
+    Spi::run(statement).unwrap_or_else(|e| error!("{e}"));
+    // SAFETY: ends the GUC nest level opened above (an ERROR's abort ends it otherwise).
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+}
+
 /// Records lost because no ring was free for their database.
 #[pg_extern(name = "_dropped_unassigned")]
 fn dropped_unassigned() -> i64 {

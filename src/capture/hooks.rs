@@ -25,7 +25,7 @@ use std::rc::Rc;
 use crate::capture::{self, clip, redact, rows, tracked};
 use crate::gucs::{self, CaptureStatements};
 use crate::record::Op;
-use crate::record::{Body, Origin, Record, Statement, StatementClass};
+use crate::record::{Body, Bytes, Origin, Record, Statement, StatementClass};
 use crate::unguarded;
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
@@ -181,14 +181,35 @@ pub fn origin() -> Origin<'static> {
         Origin {
             session_user: unguarded::GetSessionUserId().to_u32(),
             current_user: unguarded::GetUserId().to_u32(),
-            actor: gucs::actor().map(Into::into),
-            context: gucs::context().map(Into::into),
-            jwt_claims: borrowed_cstr(jwt).filter(|b| !b.is_empty()).map(Into::into),
+            actor: gucs::actor().map(|a| clip(&a, ORIGIN_FIELD_MAX).to_vec().into()),
+            context: gucs::context().map(|c| bounded_json(c.into())),
+            jwt_claims: borrowed_cstr(jwt)
+                .filter(|b| !b.is_empty())
+                .map(|j| bounded_json(j.into())),
             application_name: borrowed_cstr(pg_sys::application_name)
                 .unwrap_or_default()
                 .into(),
         }
     }
+}
+
+/// The most bytes of actor, context and jwt_claims a record carries. They are the client's to
+/// set and every record repeats them: 17 MB of claims made each record too large for the ring,
+/// so that a session's own DDL and changes could be made to vanish under `overflow = drop`.
+const ORIGIN_FIELD_MAX: usize = 8192;
+
+/// bounded_json is `json`, or when it is longer than ORIGIN_FIELD_MAX a JSON object that says
+/// so (a cut would not be JSON).
+fn bounded_json(json: Bytes<'static>) -> Bytes<'static> {
+    if json.len() <= ORIGIN_FIELD_MAX {
+        return json;
+    }
+    format!(
+        "{{\"activity_log\": \"left out: {} bytes, over the {ORIGIN_FIELD_MAX} a record keeps\"}}",
+        json.len()
+    )
+    .into_bytes()
+    .into()
 }
 
 /// borrowed_cstr lends a string PostgreSQL owns (a setting's value, the query string) for as
@@ -304,31 +325,30 @@ fn start_statement(running: Running) {
         query: running.query.clone(),
         class: running.class,
     }));
-    // At `mod`, a statement that only reads may still write through what it calls (a DO
-    // block, a function in a SELECT): it is kept until it ends, when note_nested_write may
-    // have made it a Mod statement.
-    if wanted(running.class) || wanted(StatementClass::Mod) {
+    // A statement may still write, or change the schema, through what it calls (a DO block,
+    // a function in a SELECT): it is kept until it ends, when note_nested may have made it a
+    // Mod or a Ddl statement.
+    if wanted(running.class) || wanted(StatementClass::Ddl) {
         RUNNING.with_borrow_mut(|r| r.push(running));
     }
 }
 
-/// note_nested_write makes the running top-level statement a data-modifying one (recorded at
-/// `mod`, as pgaudit's `write` class logs nested statements) and adds the tables the nested
-/// statement `ps` names to the statement record's relations.
-unsafe fn note_nested_write(ps: *mut pg_sys::PlannedStmt) {
-    if !wanted(StatementClass::Mod) {
+/// note_nested makes the running top-level statement one of `class` (Mod: it wrote data; Ddl:
+/// it changed the schema) when a statement it runs is, so that it is recorded at that level —
+/// pgaudit logs nested statements too — and adds the tables `relations` the nested statement
+/// named to the statement record's.
+fn note_nested(class: StatementClass, relations: impl FnOnce() -> Vec<u32>) {
+    if class == StatementClass::Other || !wanted(class) {
         return;
     }
-    // SAFETY: the caller passes the nested statement's valid PlannedStmt.
-    let relations = unsafe { relation_oids(ps) };
     RUNNING.with_borrow_mut(|r| {
-        // DDL is recorded at `mod` anyway; what it writes is the extension's bookkeeping
+        // A DDL statement is recorded already; what it writes is the extension's bookkeeping
         // (a dropped table leaves tracked_tables), not the statement's data.
         if let Some(top) = r.last_mut().filter(|t| t.class != StatementClass::Ddl) {
-            if top.class == StatementClass::Other {
-                top.class = StatementClass::Mod;
+            if top.class == StatementClass::Other || class == StatementClass::Ddl {
+                top.class = class;
             }
-            for oid in relations {
+            for oid in relations() {
                 if !top.relations.contains(&oid) {
                     top.relations.push(oid);
                 }
@@ -435,7 +455,7 @@ unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc
         unsafe {
             let ps = (*query_desc).plannedstmt;
             if (*query_desc).operation != pg_sys::CmdType::CMD_SELECT || (*ps).hasModifyingCTE {
-                note_nested_write(ps);
+                note_nested(StatementClass::Mod, || relation_oids(ps));
             }
         }
     }
@@ -570,6 +590,15 @@ unsafe extern "C-unwind" fn al_process_utility(
                 query: statement_text(query_string, (*pstmt).stmt_location, (*pstmt).stmt_len),
                 relations: Vec::new(),
             });
+        }
+    }
+    if !top && DEPTH.get() > 0 && capturing() {
+        // SAFETY: as above; only inspects the parse tree.
+        let level = unsafe { pg_sys::GetCommandLogLevel((*pstmt).utilityStmt) };
+        match level {
+            pg_sys::LogStmtLevel::LOGSTMT_DDL => note_nested(StatementClass::Ddl, Vec::new),
+            pg_sys::LogStmtLevel::LOGSTMT_MOD => note_nested(StatementClass::Mod, Vec::new),
+            _ => {}
         }
     }
     // SAFETY: utilityStmt is a valid node for the whole call.

@@ -127,34 +127,77 @@ pub struct Verdict {
 /// is missing. Rows dropped by retention left their chain values in activity_log.chain_anchors:
 /// a row whose predecessor was dropped links to the anchor before it.
 ///
-/// A row redacted with activity_log.redact() no longer has the bytes its link was made of:
-/// instead, its bytes as they are now must hash to the digest redact() kept in
-/// activity_log.redactions (after checking the row's link), and its stored link carries the
-/// chain on.
+/// A row redacted with activity_log.redact() no longer has the bytes its link was made of.
+/// redact() checked that link, and its REDACT record — a row of the chain itself, written
+/// later — holds the SHA-256 of the row as redacted and the chain value the row linked to: the
+/// row must still hash to the one and follow the other, and its stored link carries the chain
+/// on. A row listed in activity_log.redactions (only a table) without a REDACT record is broken.
 pub fn verify(from: i64, to: i64) -> Verdict {
     let prev = link_before(from);
-    let by_id = |table: &str, column: &str| {
-        Spi::connect(|client| {
-            let rows = client.select(
-                &format!(
-                    "SELECT id, {column} FROM activity_log.{table} WHERE id BETWEEN $1 AND $2"
-                ),
+    let anchors = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT id, chain FROM activity_log.chain_anchors WHERE id BETWEEN $1 AND $2",
+            None,
+            &[from.into(), to.into()],
+        )?;
+        rows.map(|r| {
+            Ok((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<Vec<u8>>(2)?.unwrap_or_default(),
+            ))
+        })
+        .collect::<Result<BTreeMap<_, _>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| {
+        error!("activity_log: verify could not read activity_log.chain_anchors: {e}")
+    });
+    let redacted = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT (new_row->>'id')::int8,
+                    decode(substr(new_row->>'rest_digest', 3), 'hex'),
+                    decode(substr(new_row->>'prev_link', 3), 'hex')
+               FROM activity_log.events
+              WHERE table_oid = 'activity_log.redactions'::regclass::oid AND kind = 'system'
+                AND command = 'REDACT' AND (new_row->>'id')::int8 BETWEEN $1 AND $2",
+            None,
+            &[from.into(), to.into()],
+        )?;
+        rows.map(|r| {
+            Ok((
+                r.get::<i64>(1)?.unwrap_or(0),
+                Redaction {
+                    digest: r.get::<Vec<u8>>(2)?.unwrap_or_default(),
+                    prev_link: r.get::<Vec<u8>>(3)?.unwrap_or_default(),
+                },
+            ))
+        })
+        .collect::<Result<BTreeMap<_, _>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("activity_log: verify could not read the REDACT records: {e}"));
+    let listed: Vec<i64> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT id FROM activity_log.redactions WHERE id BETWEEN $1 AND $2",
                 None,
                 &[from.into(), to.into()],
-            )?;
-            rows.map(|r| {
-                Ok((
-                    r.get::<i64>(1)?.unwrap_or(0),
-                    r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                ))
-            })
-            .collect::<Result<BTreeMap<_, _>, pgrx::spi::Error>>()
-        })
-        .unwrap_or_else(|e| error!("activity_log: verify could not read activity_log.{table}: {e}"))
-    };
-    let anchors = by_id("chain_anchors", "chain");
-    let redacted = by_id("redactions", "rest_digest");
-    walk(prev, from, to, &anchors, &redacted)
+            )?
+            .map(|r| Ok(r.get::<i64>(1)?.unwrap_or(0)))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("activity_log: verify could not read activity_log.redactions: {e}"));
+    walk(prev, from, to, &anchors, &redacted, &listed)
+}
+
+/// What a REDACT record of the trail says about the row it redacted.
+struct Redaction {
+    digest: Vec<u8>,
+    prev_link: Vec<u8>,
+}
+
+/// The chain value row `id` links to, for redact() (not executable by PUBLIC).
+#[pg_extern(name = "_link_before")]
+fn link_before_sql(id: i64) -> Vec<u8> {
+    link_before(id)
 }
 
 /// row_digest is the SHA-256 of the bytes of trail row `id` as it is stored now (what
@@ -209,7 +252,8 @@ fn walk(
     from: i64,
     to: i64,
     anchors: &BTreeMap<i64, Vec<u8>>,
-    redacted: &BTreeMap<i64, Vec<u8>>,
+    redacted: &BTreeMap<i64, Redaction>,
+    listed: &[i64],
 ) -> Verdict {
     let mut verdict = Verdict {
         rows_checked: 0,
@@ -279,19 +323,30 @@ fn walk(
                 row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
                 let stored =
                     (!isnull[chain_col]).then(|| varlena_bytes(values[chain_col]).to_vec());
-                let expected = match redacted.get(&id) {
-                    Some(digest) if sha.link(&GENESIS, &bytes)[..] == digest[..] => {
+                let redaction = redacted.get(&id);
+                let expected = match redaction {
+                    Some(r)
+                        if sha.link(&GENESIS, &bytes)[..] == r.digest[..]
+                            && prev == r.prev_link =>
+                    {
                         stored.clone().unwrap_or_default()
                     }
-                    Some(_) => Vec::new(), // changed since it was redacted
+                    Some(_) => Vec::new(), // changed since, or its neighbours
                     None => sha.link(&prev, &bytes).to_vec(),
                 };
                 pg_sys::MemoryContextSwitchTo(caller);
                 verdict.rows_checked += 1;
-                if stored.is_none() || stored.as_deref() != Some(&expected[..]) {
+                let unrecorded = redaction.is_none() && listed.contains(&id);
+                if unrecorded || stored.is_none() || stored.as_deref() != Some(&expected[..]) {
                     verdict.first_broken_id = Some(id);
                     verdict.problem = Some(match stored {
                         None => format!("row {id} has no chain value: the writer did not store it"),
+                        Some(_) if unrecorded => format!(
+                            "row {id} is listed in activity_log.redactions, but the trail holds no REDACT record of it (yet: flush() first)"
+                        ),
+                        Some(_) if redaction.is_some() => format!(
+                            "the chain breaks at row {id}: the row was changed since it was redacted, or a row just before it was removed or added"
+                        ),
                         Some(_) => format!(
                             "the chain breaks at row {id}: the row was changed, or a row just before it was removed or added"
                         ),

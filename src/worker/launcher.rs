@@ -34,7 +34,7 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     hooks::mark_own_worker();
     BackgroundWorker::connect_worker_to_spi(None, None);
-    super::pin_search_path();
+    super::pin_settings();
     // SAFETY: MyProc is set in every process attached to shared memory.
     unsafe { ring::set_launcher((*pg_sys::MyProc).pgprocno, pg_sys::MyProcPid) };
 

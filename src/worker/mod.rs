@@ -33,21 +33,51 @@ unsafe fn detoast_packed(v: *mut pg_sys::varlena) -> *mut pg_sys::varlena {
     }
 }
 
-/// pin_search_path makes every name in the worker's SQL resolve in pg_catalog (its own
-/// temporary schema, listed last, it never uses). Workers run as the bootstrap superuser: an
-/// object planted in a schema of the default search_path would run with its rights — an
-/// operator `public.*(bigint, interval)` even wins over pg_catalog's, which needs an implicit
-/// cast. PGC_S_OVERRIDE, as autovacuum does: it outranks ALTER DATABASE / ALTER ROLE settings
-/// applied at connect and the configuration file reread on SIGHUP.
-pub fn pin_search_path() {
-    // SAFETY: a plain GUC assignment; search_path's check hook only parses the list.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
+/// pin_settings makes the worker's session its own, whatever the database's owner set with
+/// ALTER DATABASE … SET (applied at connect). Workers run as the bootstrap superuser:
+///
+/// - every name in their SQL resolves in pg_catalog (their temporary schema, listed last, they
+///   never use): an object planted in a schema of the default search_path would run with
+///   their rights — an operator `public.*(bigint, interval)` even wins over pg_catalog's, which
+///   needs an implicit cast. PGC_S_OVERRIDE, as autovacuum does: it also outranks the
+///   configuration file reread on SIGHUP;
+/// - what they store reads the same in every database: the settings that change a value's
+///   text (floats, intervals, dates, bytea, xml) are PostgreSQL's defaults;
+/// - nothing stops them: no read-only default, no statement timeout, no SET ROLE.
+///
+/// The rest at PGC_S_SESSION, which outranks the database's settings and lets the extension's
+/// own functions SET what they need (lock_timeout).
+pub fn pin_settings() {
+    let set = |name: &std::ffi::CStr, value: &std::ffi::CStr, source| {
+        // SAFETY: plain GUC assignments outside a transaction, as autovacuum makes; none of
+        // these check hooks reads the catalog for these values.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                source,
+            );
+        }
+    };
+    set(
+        c"search_path",
+        c"pg_catalog, pg_temp",
+        pg_sys::GucSource::PGC_S_OVERRIDE,
+    );
+    for (name, value) in [
+        (c"role", c"none"),
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"statement_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+        (c"extra_float_digits", c"1"),
+        (c"DateStyle", c"ISO, MDY"),
+        (c"IntervalStyle", c"postgres"),
+        (c"bytea_output", c"hex"),
+        (c"xmloption", c"content"),
+    ] {
+        set(name, value, pg_sys::GucSource::PGC_S_SESSION);
     }
 }
 

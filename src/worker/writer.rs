@@ -70,7 +70,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     hooks::mark_own_worker();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
-    super::pin_search_path();
+    super::pin_settings();
 
     // A ring is claimed by the first transaction that audits something in the database, and
     // that may be the CREATE EXTENSION itself: until it commits, the extension is not visible
