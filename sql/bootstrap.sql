@@ -162,18 +162,17 @@ CREATE TABLE activity_log.chain_anchors (
 COMMENT ON TABLE activity_log.chain_anchors IS
     'Hash-chain values of rows dropped by retention that later rows link to; read by activity_log.verify().';
 
--- Values removed from the trail by activity_log.redact(): which row, which values, why, who
--- and when, the SHA-256 of the row as it is now (with the values replaced) and the chain value
--- it links to. Each insert is captured and stored as a REDACT record in the chain, and that
--- record is what verify() checks a redacted row against. Kept by pg_dump (with the trail).
+-- Values removed from the trail by activity_log.redact(): which row, which columns, the
+-- SHA-256 of each value removed (as the chain takes it; null for NULL), why, who and when.
+-- Each insert is captured and stored as a REDACT record in the chain, and that record is what
+-- verify() recomputes a redacted row's link with. Kept by pg_dump (with the trail).
 CREATE TABLE activity_log.redactions (
     id          bigint PRIMARY KEY,
     columns     text[] NOT NULL,
-    rest_digest bytea NOT NULL,
-    prev_link   bytea NOT NULL,  -- the chain value the row links to
+    originals   jsonb NOT NULL,
     reason      text NOT NULL,
     redacted_by text NOT NULL DEFAULT session_user,
     redacted_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE activity_log.redactions IS
-    'Values removed from the trail with activity_log.redact(); verify() vouches for the rest of each row.';
+    'Values removed from the trail with activity_log.redact(); verify() keeps proving the rest of each row.';

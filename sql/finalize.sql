@@ -400,8 +400,9 @@ CREATE POLICY tracked_tables_change ON activity_log.tracked_tables FOR UPDATE
 CREATE POLICY tracked_tables_untrack ON activity_log.tracked_tables FOR DELETE
     USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
 
--- The migration's state follows the same rule: its SQL is run later (by whoever rolls back),
--- so only a table's owner may write the rows of that table.
+-- The migration's state follows the same rule: only a table's owner may write the rows of that
+-- table, each as itself (kept_by) and naming only a function owner it may act as; its SQL is
+-- run later (by whoever rolls back) as those roles.
 ALTER TABLE activity_log.migration ENABLE ROW LEVEL SECURITY;
 ALTER TABLE activity_log.migration_backup ENABLE ROW LEVEL SECURITY;
 CREATE POLICY migration_read ON activity_log.migration FOR SELECT USING (true);
@@ -409,9 +410,15 @@ CREATE POLICY migration_owner ON activity_log.migration FOR ALL
     USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'))
     WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
 CREATE POLICY migration_backup_read ON activity_log.migration_backup FOR SELECT USING (true);
-CREATE POLICY migration_backup_owner ON activity_log.migration_backup FOR ALL
+CREATE POLICY migration_backup_keep ON activity_log.migration_backup FOR INSERT
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE')
+                AND kept_by = current_user::regrole AND pg_catalog.pg_has_role(function_owner, 'USAGE'));
+CREATE POLICY migration_backup_change ON activity_log.migration_backup FOR UPDATE
     USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'))
-    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE')
+                AND pg_catalog.pg_has_role(kept_by, 'USAGE') AND pg_catalog.pg_has_role(function_owner, 'USAGE'));
+CREATE POLICY migration_backup_drop ON activity_log.migration_backup FOR DELETE
+    USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
 
 -- _may_change_tracking refuses, with the error PostgreSQL gives for CREATE TRIGGER, a caller
 -- who does not own the table; then locks it against DROP and ALTER until the transaction
@@ -660,13 +667,14 @@ COMMENT ON FUNCTION activity_log.history(regclass, jsonb) IS
     'One row''s story, oldest first. With the whole primary key: an index lookup that follows key changes; otherwise every change whose image contains key.';
 
 -- redact removes values from one trail row for good (a password typed into a statement, a
--- secret in a row image): each entry of `columns` is a column of the trail (query, details,
--- old_row, new_row, row_key, context, jwt_claims, actor, application_name) or a top-level key
--- of a jsonb one ('new_row.password'). The row must verify first; the values become
--- '<REDACTED>'; activity_log.redactions keeps the digest of the row as it is now, so that
--- verify() still vouches for every other value of it and for the chain around it; and the
--- redaction itself is recorded in the trail (a system record REDACT, staged inside this
--- transaction). SECURITY DEFINER: only the extension's owner writes the trail.
+-- secret in a row image): `columns` names columns of the trail (query, details, old_row,
+-- new_row, row_key, context, jwt_claims, actor, application_name). The row must verify
+-- first; each value becomes '<REDACTED>' (text) or "<REDACTED>" (jsonb);
+-- activity_log.redactions keeps the SHA-256 of each removed value, as the chain takes it, and
+-- the redaction is itself recorded in the trail (a system record REDACT, staged inside this
+-- transaction) with those digests: verify() recomputes the row's link from them, so the
+-- chain still proves every other value of the row. SECURITY DEFINER: only the extension's
+-- owner writes the trail.
 CREATE FUNCTION activity_log.redact(id bigint, columns text[], reason text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -674,10 +682,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     allowed CONSTANT text[] := '{query,details,old_row,new_row,row_key,context,jwt_claims,actor,application_name}';
-    entry   text;
-    col     text;
-    key     text;
-    checked record;
+    col       text;
+    checked   record;
+    originals jsonb;
 BEGIN
     IF id IS NULL OR columns IS NULL OR reason IS NULL THEN
         RAISE EXCEPTION 'id, columns and reason must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -687,17 +694,18 @@ BEGIN
             HINT = 'Say why the values are removed; the trail keeps the reason.';
     END IF;
     IF cardinality(columns) = 0 OR array_ndims(columns) > 1 OR array_position(columns, NULL) IS NOT NULL THEN
-        RAISE EXCEPTION 'columns must list the values to remove, for example ''{query}'' or ''{new_row.password}'''
+        RAISE EXCEPTION 'columns must list the columns to empty, for example ''{query}'''
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOREACH entry IN ARRAY columns LOOP
-        col := split_part(entry, '.', 1);
-        IF NOT col = ANY (allowed)
-           OR (entry LIKE '%.%' AND col NOT IN ('details', 'old_row', 'new_row', 'row_key', 'context', 'jwt_claims')) THEN
-            RAISE EXCEPTION 'cannot redact "%"', entry USING ERRCODE = 'invalid_parameter_value',
-                HINT = format('Redact one of %s, or a top-level key of a jsonb one (new_row.password).', array_to_string(allowed, ', '));
+    FOREACH col IN ARRAY columns LOOP
+        IF NOT col = ANY (allowed) THEN
+            RAISE EXCEPTION 'cannot redact "%"', col USING ERRCODE = 'invalid_parameter_value',
+                HINT = format('Redact one of %s.', array_to_string(allowed, ', '));
         END IF;
     END LOOP;
+    IF cardinality(columns) <> (SELECT count(DISTINCT c) FROM unnest(columns) c) THEN
+        RAISE EXCEPTION 'columns must not name a column twice' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM 1 FROM activity_log.events e WHERE e.id = redact.id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'trail row % does not exist', id USING ERRCODE = 'no_data_found';
@@ -709,30 +717,21 @@ BEGIN
     SELECT * INTO checked FROM activity_log.verify(id, id);
     IF NOT checked.intact THEN
         RAISE EXCEPTION 'trail row % does not verify: %', id, checked.problem USING ERRCODE = 'data_corrupted',
-            HINT = 'redact() vouches for the rest of the row, so it only redacts a row the chain still proves.';
+            HINT = 'redact() keeps the chain proving the rest of the row, so it only redacts a row the chain still proves.';
     END IF;
-    FOREACH entry IN ARRAY columns LOOP
-        col := split_part(entry, '.', 1);
-        key := nullif(substr(entry, length(col) + 2), '');
-        IF key IS NULL AND col IN ('query', 'actor', 'application_name') THEN
-            EXECUTE format('UPDATE activity_log.events SET %I = ''<REDACTED>'' WHERE id = $1 AND %1$I IS NOT NULL', col)
-                USING id;
-        ELSIF key IS NULL THEN
-            EXECUTE format('UPDATE activity_log.events SET %I = ''"<REDACTED>"''::jsonb WHERE id = $1 AND %1$I IS NOT NULL', col)
-                USING id;
-        ELSE
-            EXECUTE format('UPDATE activity_log.events SET %I = jsonb_set(%1$I, ARRAY[$2], ''"<REDACTED>"''::jsonb)
-                             WHERE id = $1 AND jsonb_typeof(%1$I) = ''object'' AND %1$I ? $2', col)
-                USING id, key;
-        END IF;
+    originals := activity_log._column_digests(id, columns);
+    FOREACH col IN ARRAY columns LOOP
+        EXECUTE format('UPDATE activity_log.events SET %I = %L WHERE id = $1 AND %1$I IS NOT NULL', col,
+                       CASE WHEN col IN ('query', 'actor', 'application_name') THEN '<REDACTED>' ELSE '"<REDACTED>"' END)
+            USING id;
     END LOOP;
-    INSERT INTO activity_log.redactions (id, columns, rest_digest, prev_link, reason)
-    VALUES (id, columns, activity_log._row_digest(id), activity_log._link_before(id), reason);
+    INSERT INTO activity_log.redactions (id, columns, originals, reason)
+    VALUES (id, columns, originals, reason);
 END
 $$;
 
 COMMENT ON FUNCTION activity_log.redact(bigint, text[], text) IS
-    'Removes values (columns, or top-level keys of jsonb columns) from one trail row; verify() keeps vouching for the rest, and the redaction is recorded.';
+    'Empties columns of one trail row for good; the redaction is recorded, and verify() keeps proving the rest of the row.';
 
 -- What PUBLIC may run: log_event(), flush(), verify() (which reads the trail as the caller),
 -- categories(), severities() and activity_health() (health(): the score and its factors,
@@ -794,7 +793,7 @@ GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_l
     activity_log._may_change_tracking(regclass, text), activity_log._require_migrating(regclass[], text),
     activity_log._table_and_partitions(regclass), activity_log._pick(jsonb, text[]),
     activity_log._same_image(text[], jsonb, jsonb, jsonb, jsonb), activity_log._trigger_fires(integer),
-    activity_log.redact(bigint, text[], text), activity_log._run_as_owner(oid, text),
+    activity_log.redact(bigint, text[], text), activity_log._run_as(oid, text), activity_log._runs_user_code(oid),
     activity_log._checked_reader(regclass, regclass, jsonb)
     TO activity_log_admin;
 -- The analytics run as the caller (a reader) and share these checks and counts.

@@ -42,6 +42,10 @@ CREATE TABLE activity_log.migration_backup (
     enabled         "char" NOT NULL,    -- pg_trigger.tgenabled: O, D, R or A
     function        text NOT NULL,      -- regprocedure, as text: it survives a DROP FUNCTION
     function_source text NOT NULL,      -- pg_get_functiondef()
+    -- Who kept this row, and the function's owner: rollback_migration() runs definition as the
+    -- one and function_source as the other (see _run_as), never as whoever rolls back.
+    kept_by         regrole NOT NULL DEFAULT current_user::regrole,
+    function_owner  regrole NOT NULL DEFAULT current_user::regrole,
     verdict         text NOT NULL,
     audit_table     regclass,
     -- How to read this table's rows in audit_table (see _legacy_reader) and how many there
@@ -293,12 +297,14 @@ COMMENT ON FUNCTION activity_log.migration_plan() IS
 
 -- What the backup keeps of a trigger, schema-qualified whatever the caller's search_path.
 CREATE FUNCTION activity_log._trigger_backup(rel regclass, name name,
-    OUT definition text, OUT enabled "char", OUT function text, OUT function_source text)
+    OUT definition text, OUT enabled "char", OUT function text, OUT function_source text,
+    OUT function_owner regrole)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT pg_get_triggerdef(t.oid), t.tgenabled, t.tgfoid::regprocedure::text, pg_get_functiondef(t.tgfoid)
-      FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgname = name
+    SELECT pg_get_triggerdef(t.oid), t.tgenabled, t.tgfoid::regprocedure::text, pg_get_functiondef(t.tgfoid),
+           p.proowner::regrole
+      FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = rel AND t.tgname = name
 $$;
 
 -- The table and, when partitioned, all its partitions: a trigger on a partitioned table
@@ -396,12 +402,17 @@ $$;
 
 -- _checked_reader is `reader` when it is what _legacy_reader derives from the catalog for the
 -- audit table and source table, else a problem: its SQL is run as the caller, and a row of
--- migration_backup written by hand must not choose it.
+-- migration_backup written by hand must not choose it. Nor may the tables' types run their
+-- owners' code (a domain's CHECK, a cast) as the caller while rows are compared.
 CREATE FUNCTION activity_log._checked_reader(audit regclass, source regclass, reader jsonb) RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE WHEN reader IN (activity_log._legacy_reader(audit, source, true),
+    SELECT CASE WHEN activity_log._runs_user_code(source) OR activity_log._runs_user_code(audit)
+                THEN jsonb_build_object('problem', format(
+                    '%s or %s has a column whose type is owned by a role that is not a superuser (or has a cast not written in C): comparing their rows would run that role''s code with your rights',
+                    source, audit))
+                WHEN reader IN (activity_log._legacy_reader(audit, source, true),
                                 activity_log._legacy_reader(audit, source, false))
                 THEN reader
                 ELSE jsonb_build_object('problem', format(
@@ -417,8 +428,8 @@ AS $$
 DECLARE
     counts jsonb;
 BEGIN
-    IF reader ? 'problem' THEN
-        RETURN NULL;
+    IF reader ? 'problem' OR activity_log._runs_user_code(audit) THEN
+        RETURN NULL;  -- the caller reports why (see _compare)
     END IF;
     EXECUTE format(
         'SELECT jsonb_build_object(''INSERT'', count(*) FILTER (WHERE %1$s = ''I''),
@@ -744,9 +755,10 @@ BEGIN
                           WHERE c.relation = rel::oid
                 LOOP
                     INSERT INTO activity_log.migration_backup
-                        (relid, trigger_name, definition, enabled, function, function_source, verdict,
-                         audit_table, legacy_reader)
-                    SELECT rel, t.trigger_name, k.definition, k.enabled, k.function, k.function_source, t.verdict,
+                        (relid, trigger_name, definition, enabled, function, function_source, function_owner,
+                         verdict, audit_table, legacy_reader)
+                    SELECT rel, t.trigger_name, k.definition, k.enabled, k.function, k.function_source,
+                           k.function_owner, t.verdict,
                            t.audit_table,
                            CASE WHEN t.audit_table IS NULL THEN '{}'
                                 ELSE activity_log._legacy_reader(t.audit_table, rel, t.dedicated) END
@@ -841,6 +853,7 @@ COMMENT ON FUNCTION activity_log.migrate_triggers(integer, regclass[], name[], b
 CREATE FUNCTION activity_log.rollback_migration(tables regclass[] DEFAULT NULL, dry_run boolean DEFAULT false)
 RETURNS SETOF text
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     mig       activity_log.migration;
@@ -868,17 +881,18 @@ BEGIN
         FOR bk IN SELECT * FROM activity_log.migration_backup x WHERE x.relid = mig.relid ORDER BY x.trigger_name LOOP
             SELECT tgenabled INTO enabled FROM pg_catalog.pg_trigger WHERE tgrelid = mig.relid AND tgname = bk.trigger_name;
             IF NOT FOUND THEN
-                -- Kept SQL runs as the table's owner (see _run_as_owner): a row of
-                -- migration_backup written by hand can do no more than its owner could.
+                -- Kept SQL runs as the role that kept it, the function as its owner (see
+                -- _run_as): a row of migration_backup written by hand can do no more than
+                -- its writer could, whoever rolls back and whoever owns the table by then.
                 IF pg_catalog.to_regprocedure(bk.function) IS NULL AND NOT bk.function = ANY (recreated) THEN
                     IF NOT dry_run THEN
-                        PERFORM activity_log._run_as_owner(mig.relid, bk.function_source);
+                        PERFORM activity_log._run_as(bk.function_owner, bk.function_source);
                     END IF;
                     RETURN NEXT bk.function_source;
                     recreated := recreated || bk.function;
                 END IF;
                 IF NOT dry_run THEN
-                    PERFORM activity_log._run_as_owner(mig.relid, bk.definition);
+                    PERFORM activity_log._run_as(bk.kept_by, bk.definition);
                 END IF;
                 RETURN NEXT bk.definition;
                 enabled := 'O';  -- as CREATE TRIGGER makes it

@@ -464,15 +464,15 @@ fn secrets_are_redacted_and_redact_keeps_the_chain() {
     c.sql_as(
         "adam",
         DB,
-        &format!("SELECT activity_log.redact({id}, '{{new_row.pw,query}}', 'a password in a row')"),
+        &format!("SELECT activity_log.redact({id}, '{{new_row,query}}', 'a password in a row')"),
     );
     c.flush(DB);
     assert_eq!(
         c.one(
             DB,
-            &format!("SELECT new_row, query FROM activity_log.events WHERE id = {id}")
+            &format!("SELECT new_row, query, row_key FROM activity_log.events WHERE id = {id}")
         ),
-        r#"{"id": 1, "pw": "<REDACTED>"}|<REDACTED>"#
+        r#""<REDACTED>"|<REDACTED>|{"id": 1}"#
     );
     // At `all` the INSERT's statement record holds it too. (The queries below spell the
     // secret in two parts: at `all` their own text is recorded.)
@@ -504,7 +504,7 @@ fn secrets_are_redacted_and_redact_keeps_the_chain() {
             "SELECT db_user || ' ' || (new_row->>'id') || ' ' || (new_row->>'columns') || ' ' || (new_row->>'reason')
                FROM activity_log.events WHERE kind = 'system' AND command = 'REDACT' ORDER BY id LIMIT 1"
         ),
-        format!("adam {id} [\"new_row.pw\", \"query\"] a password in a row")
+        format!("adam {id} [\"new_row\", \"query\"] a password in a row")
     );
     for (statement, error) in [
         (
@@ -529,49 +529,94 @@ fn secrets_are_redacted_and_redact_keeps_the_chain() {
             "{statement}"
         );
     }
-    // A row listed in redactions by hand, with no REDACT record in the chain, is not vouched
-    // for: a superuser cannot launder a change that way.
+
+    // A superuser changing rows, as the second review did: each is found at its row, with
+    // the head kept elsewhere no longer matching.
     let other = c.one(
         DB,
         "SELECT min(id) FROM activity_log.events WHERE kind = 'ddl'",
     );
+    let broken = |c: &Cluster| {
+        c.one(
+            DB,
+            "SELECT first_broken_id || ' ' || problem FROM activity_log.verify()",
+        )
+    };
+    // 1. Another row changed, then listed as redacted through a hand-made redactions row
+    //    (captured: its REDACT record is real), with the digest of the value it had.
     c.sql(
         DB,
         &format!(
-            "UPDATE activity_log.events SET query = 'SELECT 1' WHERE id = {other};
-             INSERT INTO activity_log.redactions (id, columns, rest_digest, prev_link, reason)
-             VALUES ({other}, '{{query}}', activity_log._row_digest({other}), activity_log._link_before({other}), 'routine');"
+            "CREATE TEMP TABLE was AS SELECT activity_log._column_digests({other}, '{{query}}') AS d;
+             SET activity_log.enabled = off;
+             UPDATE activity_log.events SET query = '<REDACTED>', db_user = 'nobody' WHERE id = {other};
+             SET activity_log.enabled = on;
+             INSERT INTO activity_log.redactions (id, columns, originals, reason)
+             SELECT {other}, '{{query}}', d, 'routine' FROM was;"
         ),
     );
+    c.flush(DB);
     assert_eq!(
-        c.one(
-            DB,
-            "SELECT first_broken_id, problem FROM activity_log.verify()"
-        ),
+        broken(&c),
         format!(
-            "{other}|row {other} is listed in activity_log.redactions, but the trail holds no REDACT record of it (yet: flush() first)"
+            "{other} the chain breaks at row {other}: the row was changed, or a row just before it was removed or added"
         )
     );
     c.sql(
         DB,
-        &format!("DELETE FROM activity_log.redactions WHERE id = {other}"),
+        &format!("SET activity_log.enabled = off; UPDATE activity_log.events SET db_user = 'postgres' WHERE id = {other}"),
     );
-    // Removing the row before a redacted one breaks the chain at the redacted row.
-    c.sql(
-        DB,
-        &format!("DELETE FROM activity_log.events WHERE id = {id} - 1"),
-    );
-    assert_eq!(
+    // (Only the query changed, to what redact() leaves: a redaction, recorded in the chain.)
+    assert_eq!(c.one(DB, "SELECT intact FROM activity_log.verify()"), "t");
+    let after = |id: &str| {
         c.one(
             DB,
-            &format!("SELECT first_broken_id FROM activity_log.verify({other} + 1)")
-        ),
-        id.clone()
-    );
-    // The rest of a redacted row is still vouched for.
+            &format!("SELECT min(id) FROM activity_log.events WHERE id > {id}"),
+        )
+    };
+    let second = after(&other);
+    let third = after(&second);
+    // 2. Listed as redacted with no REDACT record at all.
     c.sql(
         DB,
-        &format!("UPDATE activity_log.events SET actor = 'mallory' WHERE id = {id}"),
+        &format!(
+            "SET activity_log.enabled = off;
+             INSERT INTO activity_log.redactions (id, columns, originals, reason)
+             VALUES ({second}, '{{query}}', '{{}}', 'routine');"
+        ),
+    );
+    assert_eq!(
+        broken(&c),
+        format!(
+            "{} row {0} is listed in activity_log.redactions, but the trail holds no REDACT record of it (yet: flush() first)",
+            second
+        )
+    );
+    c.sql(DB, &format!("SET activity_log.enabled = off; DELETE FROM activity_log.redactions WHERE id = {second}"));
+    // 3. A row removed, and an anchor made for it as if retention had dropped it.
+    c.sql(
+        DB,
+        &format!(
+            "SET activity_log.enabled = off;
+             INSERT INTO activity_log.chain_anchors SELECT id, chain FROM activity_log.events WHERE id = {third};
+             DELETE FROM activity_log.events WHERE id = {third};"
+        ),
+    );
+    let next = c.one(
+        DB,
+        &format!("SELECT min(id) FROM activity_log.events WHERE id > {third}"),
+    );
+    assert_eq!(
+        broken(&c),
+        format!(
+            "{next} rows before row {next} are missing: chain_anchors has a value for row {}, but no RETENTION record of the trail dropped it",
+            third
+        )
+    );
+    // 4. The rest of a redacted row is still proved.
+    c.sql(
+        DB,
+        &format!("SET activity_log.enabled = off; UPDATE activity_log.events SET actor = 'mallory' WHERE id = {id}"),
     );
     assert_eq!(
         c.one(
@@ -641,6 +686,29 @@ fn events_stay_exact_and_nested_writes_are_recorded() {
         "2000000"
     );
 
+    // A huge error message is cut, so that the failure record is stored.
+    c.error_as(
+        "bob",
+        DB,
+        "DO $$ BEGIN RAISE EXCEPTION 'huge %', repeat('y', 20000000); END $$",
+    );
+    assert!(
+        c.error_as(
+            "bob",
+            DB,
+            "SELECT activity_log.log_event('x', entity_id => repeat('x', 2000))"
+        )
+        .contains("entity_id must be at most 1024 bytes long")
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT length(details->>'error') FROM activity_log.events
+              WHERE status = 'error' AND query LIKE 'DO $$ BEGIN RAISE EXCEPTION%'"
+        ),
+        "8192"
+    );
     // Oversized client-set fields are left out, not carried by every record.
     c.sql_as(
         "bob",
@@ -725,6 +793,53 @@ fn migration_state_written_by_hand_gains_nothing() {
     );
     let err = c.error(DB, "SELECT * FROM activity_log.rollback_migration()");
     assert!(err.contains("superuser"), "{err}");
+    // The kept SQL runs as the role that kept it, also once the table has another owner.
+    c.sql(
+        DB,
+        "UPDATE activity_log.migration_backup SET definition = 'GRANT pg_execute_server_program TO aladmin';
+         ALTER TABLE adm.own OWNER TO postgres;",
+    );
+    let err = c.error(DB, "SELECT * FROM activity_log.rollback_migration()");
+    assert!(err.contains("must have admin option on role"), "{err}");
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT rolsuper || ' ' || pg_has_role('aladmin', 'pg_execute_server_program', 'MEMBER')
+               FROM pg_roles WHERE rolname = 'aladmin'"
+        ),
+        "false false"
+    );
+    c.sql(DB, "DELETE FROM activity_log.migration");
+
+    // Comparing rows would run the owner's code as the caller (a domain's CHECK makes its
+    // caller's role superuser): migration_status() refuses to compare instead.
+    c.sql_as(
+        "aladmin",
+        DB,
+        "CREATE FUNCTION adm.evil(int) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN
+             IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                 EXECUTE 'ALTER ROLE aladmin SUPERUSER';
+             END IF;
+             RETURN true;
+         END $$;
+         CREATE DOMAIN adm.d AS int CHECK (adm.evil(VALUE));
+         CREATE TABLE adm.t (id int PRIMARY KEY, v adm.d);
+         CREATE TABLE adm.t_audit (id bigserial PRIMARY KEY, op text, row_data jsonb);
+         CREATE FUNCTION adm.audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO adm.t_audit (op, row_data) VALUES (left(TG_OP, 1), to_jsonb(NEW)); RETURN NEW; END $$;
+         CREATE TRIGGER t_audit AFTER INSERT OR UPDATE OR DELETE ON adm.t FOR EACH ROW EXECUTE FUNCTION adm.audit();
+         SELECT count(*) FROM activity_log.migrate_triggers(phase => 1, tables => '{adm.t}');
+         INSERT INTO adm.t VALUES (1, 5);",
+    );
+    let status = c.one(
+        DB,
+        "SELECT difference FROM activity_log.migration_status() WHERE relation = 'adm.t'::regclass",
+    );
+    assert!(
+        status.contains("is owned by a role that is not a superuser"),
+        "{status}"
+    );
     assert_eq!(
         c.one(
             DB,

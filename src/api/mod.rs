@@ -160,6 +160,9 @@ unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for JsonbText
     ));
 }
 
+/// Longest entity_type and entity_id log_event accepts: identifiers, not documents.
+const MAX_ENTITY_LEN: usize = 1024;
+
 /// Records an application event in the current transaction.
 #[pg_extern]
 fn log_event(
@@ -189,6 +192,15 @@ fn log_event(
         ),
         Some(a) => a.to_string(),
     };
+    for (what, value) in [("entity_type", entity_type), ("entity_id", entity_id)] {
+        if value.is_some_and(|v| v.len() > MAX_ENTITY_LEN) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{what} must be at most {MAX_ENTITY_LEN} bytes long"),
+                Some("Put long text into details."),
+            );
+        }
+    }
     let category = check_name("category", category, CATEGORIES);
     let severity = check_name("severity", severity, SEVERITIES);
     let details = match details {
@@ -427,36 +439,23 @@ fn tracking_changed() {
     crate::capture::tracked::note_change();
 }
 
-/// Runs `statement` with the rights of the owner of `relation`, inside a security-restricted
-/// operation (as REFRESH MATERIALIZED VIEW runs a view's query): for SQL the migration kept
-/// (a legacy trigger's definition and function), which whoever may write
-/// activity_log.migration_backup could have forged. So it can do nothing its table's owner
-/// could not, and cannot SET ROLE its way out. The caller must have the owner's privileges.
-#[pg_extern(name = "_run_as_owner")]
-fn run_as_owner(relation: pg_sys::Oid, statement: &str) {
-    // SAFETY: a syscache lookup; the tuple is released before use of its copy.
-    let owner = unsafe {
-        let tuple = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::RELOID as i32,
-            pg_sys::Datum::from(relation),
-        );
-        if tuple.is_null() {
-            raise(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                format!("relation with OID {} does not exist", relation.to_u32()),
-                None,
-            );
-        }
-        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple)).relowner;
-        pg_sys::ReleaseSysCache(tuple);
-        owner
-    };
+/// Runs `statement` with the rights of `role`, inside a security-restricted operation (as
+/// REFRESH MATERIALIZED VIEW runs a view's query as its owner): for the SQL the migration kept
+/// (a legacy trigger's definition, as the role that kept it; its function, as the function's
+/// owner). A row of activity_log.migration_backup written by hand then does no more than its
+/// writer could, whoever rolls back, and cannot SET ROLE its way out. The caller must have
+/// `role`'s privileges.
+#[pg_extern(name = "_run_as")]
+fn run_as(role: pg_sys::Oid, statement: &str) {
     // SAFETY: reads of the current user and a catalog lookup.
-    if !unsafe { pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner) } {
+    if !unsafe { pg_sys::has_privs_of_role(pg_sys::GetUserId(), role) } {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "must have the privileges of the table's owner",
-            None,
+            format!(
+                "must have the privileges of role with OID {}",
+                role.to_u32()
+            ),
+            Some("The kept SQL runs as the role that kept it; roll back as a member of that role."),
         );
     }
     struct Restore(pg_sys::Oid, i32);
@@ -471,7 +470,7 @@ fn run_as_owner(relation: pg_sys::Oid, statement: &str) {
     let nest = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         pg_sys::SetUserIdAndSecContext(
-            owner,
+            role,
             context
                 | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
                     as i32,
@@ -482,6 +481,13 @@ fn run_as_owner(relation: pg_sys::Oid, statement: &str) {
     Spi::run(statement).unwrap_or_else(|e| error!("{e}"));
     // SAFETY: ends the GUC nest level opened above (an ERROR's abort ends it otherwise).
     unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+}
+
+/// Whether reading `relation`'s rows could run code of a role that is not a superuser (a
+/// domain's CHECK, a cast): the migration then does not compare them as its caller.
+#[pg_extern(name = "_runs_user_code")]
+fn runs_user_code(relation: pg_sys::Oid) -> bool {
+    crate::worker::decode::relation_runs_user_code(relation)
 }
 
 /// Records lost because no ring was free for their database.

@@ -181,7 +181,10 @@ pub fn origin() -> Origin<'static> {
         Origin {
             session_user: unguarded::GetSessionUserId().to_u32(),
             current_user: unguarded::GetUserId().to_u32(),
-            actor: gucs::actor().map(|a| clip(&a, ORIGIN_FIELD_MAX).to_vec().into()),
+            actor: gucs::actor().map(|mut a| {
+                a.truncate(clip(&a, ORIGIN_FIELD_MAX).len());
+                a.into()
+            }),
             context: gucs::context().map(|c| bounded_json(c.into())),
             jwt_claims: borrowed_cstr(jwt)
                 .filter(|b| !b.is_empty())
@@ -193,9 +196,10 @@ pub fn origin() -> Origin<'static> {
     }
 }
 
-/// The most bytes of actor, context and jwt_claims a record carries. They are the client's to
-/// set and every record repeats them: 17 MB of claims made each record too large for the ring,
-/// so that a session's own DDL and changes could be made to vanish under `overflow = drop`.
+/// The most bytes of actor, context, jwt_claims and an error message a record carries. They
+/// are the client's to set, and 17 MB of claims (repeated by every record) made records too
+/// large for the ring: a session's own DDL and changes could be made to vanish under
+/// `overflow = drop`.
 const ORIGIN_FIELD_MAX: usize = 8192;
 
 /// bounded_json is `json`, or when it is longer than ORIGIN_FIELD_MAX a JSON object that says
@@ -823,7 +827,9 @@ unsafe fn record_failure(edata: &pg_sys::ErrorData) {
             command: command.into(),
             sqlstate: Some(state),
             // SAFETY: message is NULL or the formatted error message.
-            error_message: unsafe { cstr_bytes(edata.message) }.map(Into::into),
+            // Cut like the query: a message is the client's to make as long as it likes.
+            error_message: unsafe { cstr_bytes(edata.message) }
+                .map(|m| clip(&m, ORIGIN_FIELD_MAX).to_vec().into()),
             query: query[..].into(),
             query_id: 0,
             rows: None,

@@ -5,7 +5,10 @@
 //!
 //! A row's bytes are its columns in table order (the `chain` column and dropped columns left
 //! out): a NULL flag, then the value as PostgreSQL stores it — by-value types as their bytes,
-//! varlena types (text, jsonb, inet, arrays …) detoasted with a length prefix. The same bytes
+//! varlena types (text, jsonb, inet, arrays …) detoasted with a length prefix — except the
+//! columns redact() may empty ([`REDACTABLE`]), which count by the SHA-256 of their value: a
+//! REDACT record keeps the digest of what it removed, and verify() recomputes the link of a
+//! redacted row exactly, every other value of it included. The same bytes
 //! come back from the table after compression, TOAST or a dump and restore, and nothing
 //! depends on output formats or settings. Runs in the writer's batch transaction and in the
 //! calling backend for verify(); touches no shared state.
@@ -31,16 +34,58 @@ unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
     }
 }
 
-/// row_bytes appends the bytes of one row (see the module comment) to `out`.
+/// The trail columns activity_log.redact() may empty (see the module comment).
+pub const REDACTABLE: [&str; 9] = [
+    "actor",
+    "application_name",
+    "row_key",
+    "old_row",
+    "new_row",
+    "query",
+    "context",
+    "jwt_claims",
+    "details",
+];
+
+/// digested marks the attributes of `desc` the chain takes by their digest ([`REDACTABLE`]).
+///
+/// # Safety
+/// `desc` is a valid tuple descriptor.
+pub unsafe fn digested(desc: pg_sys::TupleDesc) -> Vec<bool> {
+    unsafe {
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        attrs
+            .iter()
+            .map(|a| {
+                let name = std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
+                !a.attisdropped && REDACTABLE.iter().any(|r| r.as_bytes() == name)
+            })
+            .collect()
+    }
+}
+
+/// column_digest is how the chain takes a value of a [`REDACTABLE`] column: the SHA-256 of
+/// its detoasted bytes.
+pub fn column_digest(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// row_bytes appends the bytes of one row (see the module comment) to `out`. `digested` marks
+/// the columns taken by their digest; `replaced` gives, for some of them, the digest to use
+/// instead of the value's (None: the value was NULL): what a redacted row held.
 ///
 /// # Safety
 /// `values` and `nulls` are a deformed row of `desc` (every non-NULL value a valid Datum of its
 /// column's type), valid for the duration of the call.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn row_bytes(
     desc: pg_sys::TupleDesc,
     values: &[pg_sys::Datum],
     nulls: &[bool],
     skip: usize,
+    digested: &[bool],
+    replaced: &[(usize, Option<[u8; 32]>)],
     out: &mut Vec<u8>,
 ) {
     unsafe {
@@ -50,13 +95,25 @@ pub unsafe fn row_bytes(
             if i == skip || att.attisdropped {
                 continue;
             }
+            if let Some((_, was)) = replaced.iter().find(|r| r.0 == i) {
+                match was {
+                    Some(digest) => {
+                        out.push(1);
+                        out.extend_from_slice(digest);
+                    }
+                    None => out.push(0),
+                }
+                continue;
+            }
             if nulls[i] {
                 out.push(0);
                 continue;
             }
             out.push(1);
             let len = att.attlen as usize;
-            if att.attbyval {
+            if digested[i] && att.attlen == -1 {
+                out.extend_from_slice(&column_digest(varlena_bytes(values[i])));
+            } else if att.attbyval {
                 out.extend_from_slice(&values[i].value().to_le_bytes()[..len]);
             } else if att.attlen == -1 {
                 let data = varlena_bytes(values[i]);
@@ -153,9 +210,7 @@ pub fn verify(from: i64, to: i64) -> Verdict {
     });
     let redacted = Spi::connect(|client| {
         let rows = client.select(
-            "SELECT (new_row->>'id')::int8,
-                    decode(substr(new_row->>'rest_digest', 3), 'hex'),
-                    decode(substr(new_row->>'prev_link', 3), 'hex')
+            "SELECT (new_row->>'id')::int8, new_row->'columns', new_row->'originals'
                FROM activity_log.events
               WHERE table_oid = 'activity_log.redactions'::regclass::oid AND kind = 'system'
                 AND command = 'REDACT' AND (new_row->>'id')::int8 BETWEEN $1 AND $2",
@@ -163,13 +218,10 @@ pub fn verify(from: i64, to: i64) -> Verdict {
             &[from.into(), to.into()],
         )?;
         rows.map(|r| {
-            Ok((
-                r.get::<i64>(1)?.unwrap_or(0),
-                Redaction {
-                    digest: r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                    prev_link: r.get::<Vec<u8>>(3)?.unwrap_or_default(),
-                },
-            ))
+            let id = r.get::<i64>(1)?.unwrap_or(0);
+            let columns = r.get::<pgrx::JsonB>(2)?.map(|j| j.0).unwrap_or_default();
+            let originals = r.get::<pgrx::JsonB>(3)?.map(|j| j.0).unwrap_or_default();
+            Ok((id, Redaction::from_record(&columns, &originals)))
         })
         .collect::<Result<BTreeMap<_, _>, pgrx::spi::Error>>()
     })
@@ -185,27 +237,82 @@ pub fn verify(from: i64, to: i64) -> Verdict {
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error!("activity_log: verify could not read activity_log.redactions: {e}"));
-    walk(prev, from, to, &anchors, &redacted, &listed)
+    // What retention dropped, as the trail's own RETENTION records say (not retention_log:
+    // only a row of the chain proves it).
+    let dropped: Vec<(i64, i64)> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT (details->>'first_id')::int8, (details->>'last_id')::int8
+                   FROM activity_log.events WHERE kind = 'system' AND command = 'RETENTION'",
+                None,
+                &[],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<i64>(1)?.unwrap_or(i64::MAX),
+                    r.get::<i64>(2)?.unwrap_or(i64::MIN),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| error!("activity_log: verify could not read the RETENTION records: {e}"));
+    walk(prev, from, to, &anchors, &redacted, &listed, &dropped)
 }
 
-/// What a REDACT record of the trail says about the row it redacted.
+/// What a REDACT record of the trail says about the row it redacted: each column emptied, and
+/// the digest of the value it held (None: NULL). A record that does not read so names no
+/// column, and then proves nothing.
 struct Redaction {
-    digest: Vec<u8>,
-    prev_link: Vec<u8>,
+    columns: Vec<(String, Option<[u8; 32]>)>,
 }
 
-/// The chain value row `id` links to, for redact() (not executable by PUBLIC).
-#[pg_extern(name = "_link_before")]
-fn link_before_sql(id: i64) -> Vec<u8> {
-    link_before(id)
+impl Redaction {
+    fn from_record(columns: &serde_json::Value, originals: &serde_json::Value) -> Redaction {
+        let hex = |s: &str| -> Option<[u8; 32]> {
+            let s = s.strip_prefix("\\x")?;
+            let mut out = [0u8; 32];
+            for (n, b) in out.iter_mut().enumerate() {
+                *b = u8::from_str_radix(s.get(2 * n..2 * n + 2)?, 16).ok()?;
+            }
+            (s.len() == 64).then_some(out)
+        };
+        let columns = columns
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str())
+            .filter_map(|c| match originals.get(c) {
+                Some(serde_json::Value::Null) => Some((c.to_string(), None)),
+                Some(serde_json::Value::String(d)) => hex(d).map(|d| (c.to_string(), Some(d))),
+                _ => None,
+            })
+            .collect();
+        Redaction { columns }
+    }
 }
 
-/// row_digest is the SHA-256 of the bytes of trail row `id` as it is stored now (what
-/// redact() keeps), None when there is no such row.
-pub fn row_digest(id: i64) -> Option<Vec<u8>> {
-    let mut digest = None;
-    // SAFETY: SPI as its C API documents it; the tuple is deformed with the result's
-    // descriptor and read before SPI_finish frees it.
+/// The value redact() leaves in a column it empties, as the chain takes it: '<REDACTED>' in a
+/// text column, the JSON string "<REDACTED>" in a jsonb one.
+fn marker_digests() -> ([u8; 32], [u8; 32]) {
+    // SAFETY: jsonb_in of a constant; the result is a plain varlena in the current context.
+    let jsonb = unsafe {
+        let datum = pg_sys::OidInputFunctionCall(
+            pg_sys::Oid::from(pg_sys::F_JSONB_IN),
+            c"\"<REDACTED>\"".as_ptr().cast_mut(),
+            pg_sys::InvalidOid,
+            -1,
+        );
+        column_digest(varlena_bytes(datum))
+    };
+    (column_digest(b"<REDACTED>"), jsonb)
+}
+
+/// The digests of the values of `columns` of trail row `id` as the chain takes them, as a
+/// JSON object (hex, or null for NULL), for redact() to keep before it empties them; None when
+/// there is no such row.
+pub fn column_digests(id: i64, columns: &[String]) -> Option<serde_json::Value> {
+    let mut out = None;
+    // SAFETY: SPI as its C API documents it; the tuple is read before SPI_finish frees it.
     unsafe {
         pg_sys::SPI_connect();
         let mut types = [pg_sys::INT8OID];
@@ -222,31 +329,44 @@ pub fn row_digest(id: i64) -> Option<Vec<u8>> {
         if pg_sys::SPI_processed == 1 {
             let table = pg_sys::SPI_tuptable;
             let desc = (*table).tupdesc;
-            let natts = (*desc).natts as usize;
-            let chain_col = pg_sys::SPI_fnumber(desc, c"chain".as_ptr()) as usize - 1;
-            let mut values = vec![pg_sys::Datum::from(0); natts];
-            let mut isnull = vec![true; natts];
-            pg_sys::heap_deform_tuple(
-                *(*table).vals,
-                desc,
-                values.as_mut_ptr(),
-                isnull.as_mut_ptr(),
-            );
-            let mut bytes = Vec::new();
-            row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
-            digest = Some(Sha256::new().link(&GENESIS, &bytes).to_vec());
+            let tuple = *(*table).vals;
+            let mut map = serde_json::Map::new();
+            for c in columns {
+                let name = std::ffi::CString::new(c.as_str()).unwrap_or_default();
+                let attno = pg_sys::SPI_fnumber(desc, name.as_ptr());
+                if attno <= 0 {
+                    continue;
+                }
+                let mut isnull = false;
+                let datum = pg_sys::SPI_getbinval(tuple, desc, attno, &mut isnull);
+                map.insert(
+                    c.clone(),
+                    match isnull {
+                        true => serde_json::Value::Null,
+                        false => serde_json::Value::String(format!(
+                            "\\x{}",
+                            column_digest(varlena_bytes(datum))
+                                .iter()
+                                .map(|b| format!("{b:02x}"))
+                                .collect::<String>()
+                        )),
+                    },
+                );
+            }
+            out = Some(serde_json::Value::Object(map));
         }
         pg_sys::SPI_finish();
     }
-    digest
+    out
 }
 
-/// The SQL face of [`row_digest`], for redact() (not executable by PUBLIC).
-#[pg_extern(name = "_row_digest")]
-fn row_digest_sql(id: i64) -> Option<Vec<u8>> {
-    row_digest(id)
+/// The SQL face of [`column_digests`], for redact() (not executable by PUBLIC).
+#[pg_extern(name = "_column_digests")]
+fn column_digests_sql(id: i64, columns: Vec<String>) -> Option<pgrx::JsonB> {
+    column_digests(id, &columns).map(pgrx::JsonB)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn walk(
     mut prev: Vec<u8>,
     from: i64,
@@ -254,7 +374,10 @@ fn walk(
     anchors: &BTreeMap<i64, Vec<u8>>,
     redacted: &BTreeMap<i64, Redaction>,
     listed: &[i64],
+    dropped: &[(i64, i64)],
 ) -> Verdict {
+    let (text_marker, jsonb_marker) = marker_digests();
+    let mut digested: Option<Vec<bool>> = None;
     let mut verdict = Verdict {
         rows_checked: 0,
         first_broken_id: None,
@@ -312,40 +435,71 @@ fn walk(
                 let tuple = *(*table).vals.add(i);
                 pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), isnull.as_mut_ptr());
                 let id = values[id_col].value() as i64;
-                // (A hand-inserted duplicate id would make an empty, reversed range.)
+                // (A hand-inserted duplicate id would make an empty, reversed range.) An
+                // anchor stands for rows retention dropped: one that no RETENTION record of
+                // the trail covers was made by hand, and the rows it skips are missing.
+                let mut unexplained = None;
                 if last_id < id
-                    && let Some((_, chain)) = anchors.range(last_id + 1..id).next_back()
+                    && let Some((&at, chain)) = anchors.range(last_id + 1..id).next_back()
                 {
-                    prev.clone_from(chain);
+                    if dropped
+                        .iter()
+                        .any(|&(first, last)| first <= at && at <= last)
+                    {
+                        prev.clone_from(chain);
+                    } else {
+                        unexplained = Some(at);
+                    }
                 }
                 last_id = id;
+                let redaction = redacted.get(&id);
+                let digested = digested.get_or_insert_with(|| super::chain::digested(desc));
+                // A redacted row: each emptied column holds what redact() leaves, and counts
+                // by the digest of the value it held.
+                let mut replaced = Vec::new();
+                let mut emptied_right = true;
+                for (column, was) in redaction.map(|r| &r.columns[..]).unwrap_or_default() {
+                    let name = std::ffi::CString::new(column.as_str()).unwrap_or_default();
+                    let attno = pg_sys::SPI_fnumber(desc, name.as_ptr());
+                    if attno <= 0 || !digested[attno as usize - 1] {
+                        emptied_right = false;
+                        continue;
+                    }
+                    let i = attno as usize - 1;
+                    let now = (!isnull[i]).then(|| column_digest(varlena_bytes(values[i])));
+                    emptied_right &= match was {
+                        None => now.is_none(),
+                        Some(_) => now == Some(text_marker) || now == Some(jsonb_marker),
+                    };
+                    replaced.push((i, *was));
+                }
                 bytes.clear();
-                row_bytes(desc, &values, &isnull, chain_col, &mut bytes);
+                row_bytes(
+                    desc, &values, &isnull, chain_col, digested, &replaced, &mut bytes,
+                );
                 let stored =
                     (!isnull[chain_col]).then(|| varlena_bytes(values[chain_col]).to_vec());
-                let redaction = redacted.get(&id);
-                let expected = match redaction {
-                    Some(r)
-                        if sha.link(&GENESIS, &bytes)[..] == r.digest[..]
-                            && prev == r.prev_link =>
-                    {
-                        stored.clone().unwrap_or_default()
-                    }
-                    Some(_) => Vec::new(), // changed since, or its neighbours
-                    None => sha.link(&prev, &bytes).to_vec(),
-                };
+                let expected = sha.link(&prev, &bytes).to_vec();
                 pg_sys::MemoryContextSwitchTo(caller);
                 verdict.rows_checked += 1;
                 let unrecorded = redaction.is_none() && listed.contains(&id);
-                if unrecorded || stored.is_none() || stored.as_deref() != Some(&expected[..]) {
+                if unexplained.is_some()
+                    || unrecorded
+                    || !emptied_right
+                    || stored.as_deref() != Some(&expected[..])
+                {
                     verdict.first_broken_id = Some(id);
                     verdict.problem = Some(match stored {
+                        _ if unexplained.is_some() => format!(
+                            "rows before row {id} are missing: chain_anchors has a value for row {}, but no RETENTION record of the trail dropped it",
+                            unexplained.unwrap_or_default()
+                        ),
                         None => format!("row {id} has no chain value: the writer did not store it"),
                         Some(_) if unrecorded => format!(
                             "row {id} is listed in activity_log.redactions, but the trail holds no REDACT record of it (yet: flush() first)"
                         ),
-                        Some(_) if redaction.is_some() => format!(
-                            "the chain breaks at row {id}: the row was changed since it was redacted, or a row just before it was removed or added"
+                        Some(_) if !emptied_right => format!(
+                            "row {id} was redacted, and a column its REDACT record names does not hold what redact() left"
                         ),
                         Some(_) => format!(
                             "the chain breaks at row {id}: the row was changed, or a row just before it was removed or added"

@@ -420,7 +420,7 @@ unsafe fn text_output_if_untrusted(type_oid: u32) -> Option<pg_sys::Oid> {
     // SAFETY: catalog lookups (see the caller).
     unsafe {
         let typid = pg_sys::Oid::from(type_oid);
-        if !runs_user_code(typid, 0) {
+        if !runs_user_code(typid, false, 0) {
             return None;
         }
         let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
@@ -429,15 +429,43 @@ unsafe fn text_output_if_untrusted(type_oid: u32) -> Option<pg_sys::Oid> {
     }
 }
 
+/// relation_runs_user_code tells whether reading the rows of `relid` the way SQL does —
+/// casting its values to text or json, or making values of its row type (a domain's CHECK) —
+/// could run code of a role other than a superuser (see [`runs_user_code`]).
+pub fn relation_runs_user_code(relid: pg_sys::Oid) -> bool {
+    // SAFETY: a relation descriptor opened and closed around the catalog lookups.
+    unsafe {
+        let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as i32);
+        if rel.is_null() {
+            return false;
+        }
+        let desc = (*rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let any = attrs
+            .iter()
+            .any(|a| !a.attisdropped && runs_user_code(a.atttypid, true, 0));
+        pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
+        any
+    }
+}
+
 /// runs_user_code tells whether `to_jsonb` could run, for a value of `typid`, code that a
 /// role other than a superuser wrote or can change: a cast to json(b) of the type, of an
 /// element type, or of a field of a composite. Types owned by a superuser (built-in ones,
 /// and those of extensions: hstore's C cast stays in use) are looked into; a type owned by
 /// any other role is untrusted as a whole, since its owner may add a cast, or fields, after
-/// this check. Domains are looked through, as `to_jsonb` does.
-unsafe fn runs_user_code(typid: pg_sys::Oid, depth: u32) -> bool {
+/// this check. Domains are looked through, as `to_jsonb` does; `strict` also counts a domain
+/// owned by such a role (its CHECK runs when a value is made) and casts to text.
+unsafe fn runs_user_code(typid: pg_sys::Oid, strict: bool, depth: u32) -> bool {
     // SAFETY: catalog lookups inside a transaction; the tuple and descriptor are released.
     unsafe {
+        if strict
+            && typid.to_u32() >= pg_sys::FirstNormalObjectId
+            && pg_sys::get_typtype(typid) == pg_sys::TYPTYPE_DOMAIN as std::ffi::c_char
+            && !owned_by_superuser(typid)
+        {
+            return true;
+        }
         let base = pg_sys::getBaseType(typid);
         if base.to_u32() < pg_sys::FirstNormalObjectId {
             return false; // built in: no cast can be added to it by anybody but a superuser
@@ -447,31 +475,33 @@ unsafe fn runs_user_code(typid: pg_sys::Oid, depth: u32) -> bool {
         }
         let element = pg_sys::get_element_type(base);
         if element != pg_sys::InvalidOid {
-            return runs_user_code(element, depth + 1);
+            return runs_user_code(element, strict, depth + 1);
         }
         if pg_sys::type_is_rowtype(base) {
             let desc = pg_sys::lookup_rowtype_tupdesc(base, -1);
             let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
             let any = attrs
                 .iter()
-                .any(|a| !a.attisdropped && runs_user_code(a.atttypid, depth + 1));
+                .any(|a| !a.attisdropped && runs_user_code(a.atttypid, strict, depth + 1));
             pg_sys::DecrTupleDescRefCount(desc);
             return any;
         }
-        [pg_sys::JSONOID, pg_sys::JSONBOID]
-            .into_iter()
-            .any(|target| {
-                let mut cast = pg_sys::InvalidOid;
-                let path = pg_sys::find_coercion_pathway(
-                    target,
-                    base,
-                    pg_sys::CoercionContext::COERCION_EXPLICIT,
-                    &mut cast,
-                );
-                path == pg_sys::CoercionPathType::COERCION_PATH_FUNC
-                    && cast != pg_sys::InvalidOid
-                    && !in_c(cast)
-            })
+        let targets: &[pg_sys::Oid] = match strict {
+            true => &[pg_sys::JSONOID, pg_sys::JSONBOID, pg_sys::TEXTOID],
+            false => &[pg_sys::JSONOID, pg_sys::JSONBOID],
+        };
+        targets.iter().any(|&target| {
+            let mut cast = pg_sys::InvalidOid;
+            let path = pg_sys::find_coercion_pathway(
+                target,
+                base,
+                pg_sys::CoercionContext::COERCION_EXPLICIT,
+                &mut cast,
+            );
+            path == pg_sys::CoercionPathType::COERCION_PATH_FUNC
+                && cast != pg_sys::InvalidOid
+                && !in_c(cast)
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 //! database connection.
 
 pub mod chain;
-mod decode;
+pub mod decode;
 mod jsonb;
 pub mod launcher;
 mod store;

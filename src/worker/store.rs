@@ -273,6 +273,8 @@ pub struct Trail {
     /// Scratch: the row's bytes, hashed after the previous chain value.
     row_bytes: Vec<u8>,
     sha: chain::Sha256,
+    /// The columns the chain takes by their digest (chain::REDACTABLE).
+    digested: Vec<bool>,
 }
 
 impl Trail {
@@ -354,6 +356,7 @@ impl Trail {
                 chain_flushed: last,
                 row_bytes: Vec::new(),
                 sha: chain::Sha256::new(),
+                digested: chain::digested(desc),
             }
         }
     }
@@ -391,6 +394,8 @@ impl Trail {
                 values,
                 nulls,
                 self.chain_attr,
+                &self.digested,
+                &[],
                 &mut self.row_bytes,
             );
             let link = self.sha.link(&self.chain, &self.row_bytes);
