@@ -749,7 +749,8 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION activity_log.rebuild_rollup(interval), activity_log.reset_metrics(),
-    activity_log.metrics(), activity_log.metrics_text(), activity_log.redact(bigint, text[], text) FROM PUBLIC;
+    activity_log.metrics(), activity_log.metrics_text(), activity_log.redact(bigint, text[], text),
+    activity_log.migration_plan() FROM PUBLIC;
 
 -- Two roles (cluster-wide, so made once and kept by DROP EXTENSION): activity_log_reader
 -- reads the trail and its views; activity_log_admin also tracks tables, migrates triggers
@@ -789,11 +790,13 @@ GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_l
     activity_log._reset_metrics(), activity_log._tracking_changed(), activity_log._step(text, boolean),
     activity_log._legacy_counts(regclass, jsonb), activity_log._legacy_reader(regclass, regclass, boolean),
     activity_log._compare(regclass), activity_log._comparison(regclass),
-    activity_log._resolve_table(text, oid, oid, text[]), activity_log._trigger_backup(regclass, name),
+    activity_log._resolve_table(text, oid, oid, text[], text), activity_log._trigger_backup(regclass, name),
     activity_log._may_change_tracking(regclass, text), activity_log._require_migrating(regclass[], text),
     activity_log._table_and_partitions(regclass), activity_log._pick(jsonb, text[]),
     activity_log._same_image(text[], jsonb, jsonb, jsonb, jsonb), activity_log._trigger_fires(integer),
     activity_log.redact(bigint, text[], text), activity_log._run_as(oid, text), activity_log._runs_user_code(oid),
+    activity_log.migration_plan(), activity_log._migration_plan(text),
+    activity_log._migrate_triggers(integer, regclass[], name[], boolean, boolean, text),
     activity_log._checked_reader(regclass, regclass, jsonb)
     TO activity_log_admin;
 -- The analytics run as the caller (a reader) and share these checks and counts.

@@ -77,11 +77,13 @@ AS $$
 $$;
 
 -- The table an INSERT INTO in a trigger function means: a qualified name as written; else the
--- function's pinned search_path, the caller's, the table's schema, the function's schema.
+-- function's pinned search_path, the caller's (caller_search_path: this function's own is
+-- pinned), the table's schema, the function's schema.
 CREATE FUNCTION activity_log._resolve_table(name text, table_schema oid, function_schema oid,
-                                            function_config text[])
+                                            function_config text[], caller_search_path text)
 RETURNS regclass
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     schema text;
@@ -100,8 +102,18 @@ BEGIN
             RETURN found;
         END IF;
     END LOOP;
-    RETURN coalesce(pg_catalog.to_regclass(name),
-                    pg_catalog.to_regclass(table_schema::regnamespace::text || '.' || name),
+    FOR schema IN
+        SELECT CASE WHEN x.s IN ('"$user"', '$user') THEN quote_ident(session_user) ELSE x.s END
+          FROM unnest(ARRAY['pg_temp'] || string_to_array(regexp_replace(caller_search_path, '\s', '', 'g'), ','))
+               WITH ORDINALITY AS x(s, n)
+         ORDER BY x.n
+    LOOP
+        found := to_regclass(schema || '.' || name);
+        IF found IS NOT NULL THEN
+            RETURN found;
+        END IF;
+    END LOOP;
+    RETURN coalesce(pg_catalog.to_regclass(table_schema::regnamespace::text || '.' || name),
                     pg_catalog.to_regclass(function_schema::regnamespace::text || '.' || name));
 END
 $$;
@@ -110,14 +122,15 @@ $$;
 -- changed row into another table: migrate_triggers() takes it over), business (anything
 -- else: never touched) or uncertain (reported; migrated only when named). It reads each
 -- trigger function's source for the shapes legacy audit triggers have.
-CREATE FUNCTION activity_log.migration_plan(
+CREATE FUNCTION activity_log._migration_plan(caller_search_path text,
     OUT relation regclass, OUT trigger_name name, OUT function regprocedure, OUT fires text,
     OUT verdict text, OUT confidence numeric, OUT style text, OUT audit_table regclass,
     OUT why text, OUT phase integer)
 RETURNS SETOF record
 LANGUAGE plpgsql STABLE
--- No SET search_path: an unqualified table name in a trigger function resolves through the
--- caller's search_path, as it does when the trigger fires. Everything here is qualified.
+-- Pinned like every function here: an unqualified table name in a trigger function resolves
+-- through caller_search_path (the caller's, as when the trigger fires; see migration_plan()).
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t          record;
@@ -212,7 +225,8 @@ BEGIN
                 'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi') m
         LOOP
             found := activity_log._resolve_table(regexp_replace(target, '\s', '', 'g'),
-                                                 t.relnamespace, t.pronamespace, t.proconfig);
+                                                 t.relnamespace, t.pronamespace, t.proconfig,
+                                                 caller_search_path);
             IF found IS NOT NULL AND found <> t.tgrelid THEN
                 audit_table := found;
                 EXIT;
@@ -291,6 +305,17 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- migration_plan hands the caller's search_path to _migration_plan, which pins its own: a
+-- function planted in a schema of the caller's path (public.format(text, regclass) beats
+-- pg_catalog's through an implicit cast) must not run with a superuser caller's rights.
+CREATE FUNCTION activity_log.migration_plan(
+    OUT relation regclass, OUT trigger_name name, OUT function regprocedure, OUT fires text,
+    OUT verdict text, OUT confidence numeric, OUT style text, OUT audit_table regclass,
+    OUT why text, OUT phase integer)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+AS $$ SELECT * FROM activity_log._migration_plan(pg_catalog.current_setting('search_path')) $$;
 
 COMMENT ON FUNCTION activity_log.migration_plan() IS
     'Every trigger on a user table: audit (migrate_triggers takes it over), business (never touched) or uncertain (named explicitly or left alone), with confidence and why.';
@@ -653,13 +678,13 @@ $$;
 -- migrate_triggers moves tables from their legacy audit triggers to activity_log:
 -- phase 1 tracks them (both capture), phase 2 disables the triggers where the comparison
 -- matches, phase 3 drops them. Returns the statements it ran (with dry_run: would run).
-CREATE FUNCTION activity_log.migrate_triggers(
-    phase integer, tables regclass[] DEFAULT NULL, include_triggers name[] DEFAULT '{}',
-    force boolean DEFAULT false, dry_run boolean DEFAULT false)
+CREATE FUNCTION activity_log._migrate_triggers(
+    phase integer, tables regclass[], include_triggers name[], force boolean, dry_run boolean,
+    caller_search_path text)
 RETURNS SETOF text
 LANGUAGE plpgsql
--- No SET search_path: migration_plan() resolves the tables trigger functions name through
--- the caller's search_path. Everything here is qualified.
+-- Pinned; the plan resolves the tables trigger functions name through caller_search_path.
+SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -695,7 +720,7 @@ BEGIN
         -- The plan once (it reads every trigger function's source): everything below uses it.
         SELECT jsonb_agg(jsonb_build_object('relation', p.relation::oid, 'trigger_name', p.trigger_name,
                                             'verdict', p.verdict, 'style', p.style, 'audit_table', p.audit_table::oid))
-          INTO plan FROM activity_log.migration_plan() p;
+          INTO plan FROM activity_log._migration_plan(caller_search_path) p;
         SELECT string_agg(quote_ident(n), ', ') INTO names
           FROM unnest(include_triggers) n
          WHERE NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(plan) p(relation oid, trigger_name name, verdict text, style text, audit_table oid)
@@ -844,6 +869,14 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION activity_log.migrate_triggers(
+    phase integer, tables regclass[] DEFAULT NULL, include_triggers name[] DEFAULT '{}',
+    force boolean DEFAULT false, dry_run boolean DEFAULT false)
+RETURNS SETOF text
+LANGUAGE sql
+AS $$ SELECT * FROM activity_log._migrate_triggers(phase, tables, include_triggers, force, dry_run,
+                                                  pg_catalog.current_setting('search_path')) $$;
+
 COMMENT ON FUNCTION activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean) IS
     'Phase 1: track the tables of the legacy audit triggers (both capture); 2: disable the triggers where migration_status() matches; 3: drop them (backed up). Returns the statements; dry_run only shows them.';
 
@@ -921,5 +954,5 @@ COMMENT ON FUNCTION activity_log.rollback_migration(regclass[], boolean) IS
 -- Internals: _step runs whatever it is given, the readers run SQL built from their arguments.
 REVOKE EXECUTE ON FUNCTION activity_log._step(text, boolean), activity_log._legacy_counts(regclass, jsonb),
     activity_log._legacy_reader(regclass, regclass, boolean), activity_log._compare(regclass),
-    activity_log._comparison(regclass), activity_log._resolve_table(text, oid, oid, text[]),
+    activity_log._comparison(regclass), activity_log._resolve_table(text, oid, oid, text[], text),
     activity_log._trigger_backup(regclass, name) FROM PUBLIC;
