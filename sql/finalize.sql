@@ -269,7 +269,7 @@ SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ac
 -- every hour, in its own transaction; lock_timeout: readers of the trail are not held up.
 CREATE FUNCTION activity_log._maintain_partitions(retention interval)
 RETURNS TABLE (partition text, range_from timestamptz, range_to timestamptz, rows bigint,
-               first_id bigint, last_id bigint)
+               first_id bigint, last_id bigint, anchors bigint[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC'
@@ -317,7 +317,7 @@ BEGIN
         LOOP
             EXECUTE format('SELECT least($1, (SELECT min(id) FROM %s))', m::regclass) INTO kept USING kept;
         END LOOP;
-        PERFORM activity_log._keep_anchors(part.rel, 'true', kept);
+        anchors := activity_log._keep_anchors(part.rel, 'true', kept);
         EXECUTE format('DROP TABLE %s', part.rel);
         INSERT INTO activity_log.retention_log (partition, range_from, range_to, rows, first_id, last_id)
         VALUES (part.name, part.lo, part.hi, rows, first_id, last_id);
@@ -329,7 +329,7 @@ BEGIN
       FROM activity_log.events_default d WHERE d.committed_at < cutoff;
     IF rows > 0 THEN
         SELECT min(e.id) INTO kept FROM activity_log.events e WHERE e.committed_at >= cutoff;
-        PERFORM activity_log._keep_anchors('activity_log.events_default', format('committed_at < %L', cutoff), kept);
+        anchors := activity_log._keep_anchors('activity_log.events_default', format('committed_at < %L', cutoff), kept);
         DELETE FROM activity_log.events_default d WHERE d.committed_at < cutoff;
         INSERT INTO activity_log.retention_log (partition, range_from, range_to, rows, first_id, last_id)
         VALUES ('events_default', NULL, cutoff, rows, first_id, last_id);
@@ -344,19 +344,26 @@ $$;
 -- every one above it. Without remaining rows, the newest: the next row the writer stores
 -- links to it.
 CREATE FUNCTION activity_log._keep_anchors(rel regclass, filter text, kept bigint)
-RETURNS void
+RETURNS bigint[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    ids bigint[];
 BEGIN
+    -- The ids go into the RETENTION record: verify() honours an anchor only where a record
+    -- of the chain names it.
     EXECUTE format(
-        'INSERT INTO activity_log.chain_anchors (id, chain)
-         SELECT id, chain FROM %1$s
-          WHERE %2$s AND chain IS NOT NULL
-            AND id >= (SELECT CASE WHEN $1 IS NULL THEN max(id)
-                                   ELSE coalesce(max(id) FILTER (WHERE id < $1), min(id)) END
-                         FROM %1$s WHERE %2$s)
-         ON CONFLICT (id) DO NOTHING', rel, filter) USING kept;
+        'WITH kept AS (
+             SELECT id, chain FROM %1$s
+              WHERE %2$s AND chain IS NOT NULL
+                AND id >= (SELECT CASE WHEN $1 IS NULL THEN max(id)
+                                       ELSE coalesce(max(id) FILTER (WHERE id < $1), min(id)) END
+                             FROM %1$s WHERE %2$s)),
+              saved AS (INSERT INTO activity_log.chain_anchors (id, chain) SELECT id, chain FROM kept
+                        ON CONFLICT (id) DO NOTHING)
+         SELECT coalesce(array_agg(id ORDER BY id), ''{}'') FROM kept', rel, filter) USING kept INTO ids;
+    RETURN ids;
 END
 $$;
 

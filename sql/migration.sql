@@ -435,7 +435,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN activity_log._runs_user_code(source) OR activity_log._runs_user_code(audit)
                 THEN jsonb_build_object('problem', format(
-                    '%s or %s has a column whose type is owned by a role that is not a superuser (or has a cast not written in C): comparing their rows would run that role''s code with your rights',
+                    '%s or %s is not a table, or has a column whose type is owned by a role that is not a superuser (or has a cast not written in C): comparing their rows would run that role''s code with your rights',
                     source, audit))
                 WHEN reader IN (activity_log._legacy_reader(audit, source, true),
                                 activity_log._legacy_reader(audit, source, false))

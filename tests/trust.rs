@@ -608,7 +608,7 @@ fn secrets_are_redacted_and_redact_keeps_the_chain() {
     assert_eq!(
         broken(&c),
         format!(
-            "{next} rows before row {next} are missing: chain_anchors has a value for row {}, but no RETENTION record of the trail dropped it",
+            "{next} rows before row {next} are missing: chain_anchors has a value for row {}, but no RETENTION record of the trail kept it",
             third
         )
     );
@@ -859,6 +859,24 @@ fn migration_state_written_by_hand_gains_nothing() {
         status.contains("is owned by a role that is not a superuser"),
         "{status}"
     );
+    // Nor through a view as the audit table, whose query calls the same function.
+    c.sql_as(
+        "aladmin",
+        DB,
+        "CREATE TABLE adm.real_audit (id bigserial PRIMARY KEY, op text, table_name text, new_data jsonb);
+         CREATE VIEW adm.audit_log AS SELECT * FROM adm.real_audit WHERE adm.evil(1);
+         CREATE TABLE adm.src (id int PRIMARY KEY, v text);
+         CREATE FUNCTION adm.audit_src() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO adm.audit_log (op, table_name, new_data) VALUES (TG_OP, TG_TABLE_NAME, to_jsonb(NEW)); RETURN NULL; END $$;
+         CREATE TRIGGER audit_src AFTER INSERT OR UPDATE OR DELETE ON adm.src FOR EACH ROW EXECUTE FUNCTION adm.audit_src();
+         SELECT count(*) FROM activity_log.migrate_triggers(phase => 1, tables => '{adm.src}');
+         INSERT INTO adm.src VALUES (1, 'x');",
+    );
+    let status = c.one(
+        DB,
+        "SELECT difference FROM activity_log.migration_status() WHERE relation = 'adm.src'::regclass",
+    );
+    assert!(status.contains("is not a table"), "{status}");
     assert_eq!(
         c.one(
             DB,

@@ -237,22 +237,19 @@ pub fn verify(from: i64, to: i64) -> Verdict {
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error!("activity_log: verify could not read activity_log.redactions: {e}"));
-    // What retention dropped, as the trail's own RETENTION records say (not retention_log:
-    // only a row of the chain proves it).
-    let dropped: Vec<(i64, i64)> = Spi::connect(|client| {
+    // The anchors retention kept, as the trail's own RETENTION records name them (not
+    // chain_anchors or retention_log alone: only a row of the chain proves it).
+    let dropped: Vec<i64> = Spi::connect(|client| {
         client
             .select(
-                "SELECT (details->>'first_id')::int8, (details->>'last_id')::int8
-                   FROM activity_log.events WHERE kind = 'system' AND command = 'RETENTION'",
+                "SELECT a::int8 FROM activity_log.events e,
+                        jsonb_array_elements_text(CASE jsonb_typeof(e.details->'anchors')
+                                                  WHEN 'array' THEN e.details->'anchors' ELSE '[]' END) a
+                  WHERE e.kind = 'system' AND e.command = 'RETENTION'",
                 None,
                 &[],
             )?
-            .map(|r| {
-                Ok((
-                    r.get::<i64>(1)?.unwrap_or(i64::MAX),
-                    r.get::<i64>(2)?.unwrap_or(i64::MIN),
-                ))
-            })
+            .map(|r| Ok(r.get::<i64>(1)?.unwrap_or(i64::MIN)))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| error!("activity_log: verify could not read the RETENTION records: {e}"));
@@ -374,7 +371,7 @@ fn walk(
     anchors: &BTreeMap<i64, Vec<u8>>,
     redacted: &BTreeMap<i64, Redaction>,
     listed: &[i64],
-    dropped: &[(i64, i64)],
+    dropped: &[i64],
 ) -> Verdict {
     let (text_marker, jsonb_marker) = marker_digests();
     let mut digested: Option<Vec<bool>> = None;
@@ -437,15 +434,12 @@ fn walk(
                 let id = values[id_col].value() as i64;
                 // (A hand-inserted duplicate id would make an empty, reversed range.) An
                 // anchor stands for rows retention dropped: one that no RETENTION record of
-                // the trail covers was made by hand, and the rows it skips are missing.
+                // the trail names was made by hand, and the rows it skips are missing.
                 let mut unexplained = None;
                 if last_id < id
                     && let Some((&at, chain)) = anchors.range(last_id + 1..id).next_back()
                 {
-                    if dropped
-                        .iter()
-                        .any(|&(first, last)| first <= at && at <= last)
-                    {
+                    if dropped.contains(&at) {
                         prev.clone_from(chain);
                     } else {
                         unexplained = Some(at);
@@ -491,7 +485,7 @@ fn walk(
                     verdict.first_broken_id = Some(id);
                     verdict.problem = Some(match stored {
                         _ if unexplained.is_some() => format!(
-                            "rows before row {id} are missing: chain_anchors has a value for row {}, but no RETENTION record of the trail dropped it",
+                            "rows before row {id} are missing: chain_anchors has a value for row {}, but no RETENTION record of the trail kept it",
                             unexplained.unwrap_or_default()
                         ),
                         None => format!("row {id} has no chain value: the writer did not store it"),

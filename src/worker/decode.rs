@@ -431,13 +431,20 @@ unsafe fn text_output_if_untrusted(type_oid: u32) -> Option<pg_sys::Oid> {
 
 /// relation_runs_user_code tells whether reading the rows of `relid` the way SQL does —
 /// casting its values to text or json, or making values of its row type (a domain's CHECK) —
-/// could run code of a role other than a superuser (see [`runs_user_code`]).
+/// could run code of a role other than a superuser (see [`runs_user_code`]). Anything but a
+/// table (a view's query) counts as code.
 pub fn relation_runs_user_code(relid: pg_sys::Oid) -> bool {
     // SAFETY: a relation descriptor opened and closed around the catalog lookups.
     unsafe {
         let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as i32);
         if rel.is_null() {
             return false;
+        }
+        // Reading a view runs its query, functions and all: only tables are read as they are.
+        let kind = (*(*rel).rd_rel).relkind as u8;
+        if kind != pg_sys::RELKIND_RELATION && kind != pg_sys::RELKIND_PARTITIONED_TABLE {
+            pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
+            return true;
         }
         let desc = (*rel).rd_att;
         let attrs = (*desc).attrs.as_slice((*desc).natts as usize);

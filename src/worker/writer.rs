@@ -234,6 +234,7 @@ fn maintain_partitions_if_due(next: &mut Instant) {
                 let rows = client.update(
                     "SELECT jsonb_build_object('partition', partition, 'range_from', range_from, 'range_to', range_to,
                                                'rows', rows, 'first_id', first_id, 'last_id', last_id,
+                                               'anchors', anchors,
                                                'retention', justify_hours(make_interval(mins => $1))::text)::text
                        FROM activity_log._maintain_partitions(make_interval(mins => $1))",
                     None,
