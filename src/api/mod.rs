@@ -458,29 +458,14 @@ fn run_as(role: pg_sys::Oid, statement: &str) {
             Some("The kept SQL runs as the role that kept it; roll back as a member of that role."),
         );
     }
-    struct Restore(pg_sys::Oid, i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: puts back what GetUserIdAndSecContext returned.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
-        }
-    }
-    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-    // SAFETY: what RefreshMatViewByOid does around the view's query.
-    let nest = unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            context
-                | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
-                    as i32,
-        );
-        pg_sys::NewGUCNestLevel()
-    };
-    let _restore = Restore(user, context);
-    Spi::run(statement).unwrap_or_else(|e| error!("{e}"));
-    // SAFETY: ends the GUC nest level opened above (an ERROR's abort ends it otherwise).
-    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    hooks::as_role(role, true, || {
+        // SAFETY: a GUC nest level, so that what the statement SETs ends with it (an ERROR's
+        // abort ends it otherwise).
+        let nest = unsafe { pg_sys::NewGUCNestLevel() };
+        Spi::run(statement).unwrap_or_else(|e| error!("{e}"));
+        // SAFETY: ends the level opened above.
+        unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    });
 }
 
 /// Whether reading `relation`'s rows could run code of a role that is not a superuser (a

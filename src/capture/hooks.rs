@@ -84,6 +84,14 @@ impl Drop for Nested {
 /// the internal functions the capture calls on anybody's behalf and PUBLIC may not execute.
 /// The user id is restored however `f` ends (an ERROR's abort restores it too).
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
+    as_role(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), false, f)
+}
+
+/// as_role runs `f` as `role` (a local user id change, as SECURITY DEFINER makes), and with
+/// `restricted` inside a security-restricted operation, where SET ROLE and the like are
+/// refused (as REFRESH MATERIALIZED VIEW runs a view's query). The user id and context are
+/// restored however `f` ends (an ERROR's abort restores them too).
+pub fn as_role<R>(role: pg_sys::Oid, restricted: bool, f: impl FnOnce() -> R) -> R {
     struct Restore(pg_sys::Oid, c_int);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -92,13 +100,14 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+    let mut flags = pg_sys::SECURITY_LOCAL_USERID_CHANGE as c_int;
+    if restricted {
+        flags |= pg_sys::SECURITY_RESTRICTED_OPERATION as c_int;
+    }
     // SAFETY: what fmgr_security_definer does around a SECURITY DEFINER call.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as c_int,
-        );
+        pg_sys::SetUserIdAndSecContext(role, context | flags);
     }
     let _restore = Restore(user, context);
     f()
@@ -269,11 +278,13 @@ unsafe fn statement_text(source: *const c_char, location: c_int, len: c_int) -> 
     recorded_text(all[start..end].trim_ascii())
 }
 
-/// recorded_text is a statement's text as the trail gets it: cut to max_query_length, then
-/// secrets redacted (after the cut, which bounds the work: the cut keeps a prefix, so every
-/// literal in it reads the same, and a secret the cut ends is redacted to the end).
+/// recorded_text is a statement's text as a record may carry it: cut to max_query_length.
+/// Secrets are redacted from it when a record takes it (redact::redact, after the cut, which
+/// bounds the work: the cut keeps a prefix, so every literal in it reads the same, and a
+/// secret the cut ends is redacted to the end) — not for every statement, most of which leave
+/// no record — and still in the backend, so that no secret reaches durable_queue or its WAL.
 fn recorded_text(text: &[u8]) -> Rc<[u8]> {
-    Rc::from(&*redact::redact(clip(text, gucs::max_query_length())))
+    Rc::from(clip(text, gucs::max_query_length()))
 }
 
 /// relation_oids lists the tables a plan reads or writes, once each.
@@ -384,7 +395,7 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
                 command: run.command.into(),
                 sqlstate: None,
                 error_message: None,
-                query: run.query[..].into(),
+                query: redact::redact(&run.query),
                 query_id,
                 rows,
                 relations: run.relations,
@@ -830,7 +841,7 @@ unsafe fn record_failure(edata: &pg_sys::ErrorData) {
             // Cut like the query: a message is the client's to make as long as it likes.
             error_message: unsafe { cstr_bytes(edata.message) }
                 .map(|m| clip(&m, ORIGIN_FIELD_MAX).to_vec().into()),
-            query: query[..].into(),
+            query: redact::redact(&query),
             query_id: 0,
             rows: None,
             relations: Vec::new(),

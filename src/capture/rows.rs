@@ -666,7 +666,7 @@ pub fn push_change(
             table: tracked.table.as_slice().into(),
             key_columns: borrowed(&tracked.key_columns),
             exclude_columns: borrowed(&tracked.exclude_columns),
-            query: clip(&query, gucs::max_query_length()).into(),
+            query: super::redact::redact(clip(&query, gucs::max_query_length())),
             note: note.as_bytes().into(),
             row_count,
             columns,

@@ -512,39 +512,49 @@ unsafe fn runs_user_code(typid: pg_sys::Oid, strict: bool, depth: u32) -> bool {
     }
 }
 
+/// catalog_row reads `read` from the syscache row of `oid` in `cache` (None when it vanished).
+unsafe fn catalog_row<T, R>(
+    cache: pg_sys::SysCacheIdentifier::Type,
+    oid: pg_sys::Oid,
+    read: impl FnOnce(&T) -> R,
+) -> Option<R> {
+    // SAFETY: a syscache lookup whose tuple is of catalog struct T; released before returning.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(cache as i32, pg_sys::Datum::from(oid));
+        if tuple.is_null() {
+            return None;
+        }
+        let value = read(&*pg_sys::heap_tuple_get_struct::<T>(tuple));
+        pg_sys::ReleaseSysCache(tuple);
+        Some(value)
+    }
+}
+
 /// owned_by_superuser: the type's owner is a superuser (a type that vanished is not).
 unsafe fn owned_by_superuser(typid: pg_sys::Oid) -> bool {
-    // SAFETY: a syscache lookup; the tuple is released before returning.
+    // SAFETY: a catalog lookup inside a transaction.
     unsafe {
-        let tuple = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::TYPEOID as i32,
-            pg_sys::Datum::from(typid),
-        );
-        if tuple.is_null() {
-            return false;
-        }
-        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tuple)).typowner;
-        pg_sys::ReleaseSysCache(tuple);
-        pg_sys::superuser_arg(owner)
+        catalog_row(
+            pg_sys::SysCacheIdentifier::TYPEOID,
+            typid,
+            |t: &pg_sys::FormData_pg_type| t.typowner,
+        )
+        .is_some_and(|owner| pg_sys::superuser_arg(owner))
     }
 }
 
 /// in_c: the function is written in C or is internal, which only a superuser can create.
 unsafe fn in_c(func: pg_sys::Oid) -> bool {
-    // SAFETY: a syscache lookup; the tuple is released before returning.
-    unsafe {
-        let tuple = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::PROCOID as i32,
-            pg_sys::Datum::from(func),
-        );
-        if tuple.is_null() {
-            return false;
-        }
-        let lang = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_proc>(tuple)).prolang;
-        pg_sys::ReleaseSysCache(tuple);
-        // pg_language.dat: internal is 12, c is 13 (their OIDs are fixed).
-        lang == pg_sys::Oid::from(12) || lang == pg_sys::Oid::from(13)
-    }
+    // SAFETY: a catalog lookup inside a transaction.
+    let lang = unsafe {
+        catalog_row(
+            pg_sys::SysCacheIdentifier::PROCOID,
+            func,
+            |p: &pg_sys::FormData_pg_proc| p.prolang,
+        )
+    };
+    // pg_language.dat: internal is 12, c is 13 (their OIDs are fixed).
+    lang.is_some_and(|l| l == pg_sys::Oid::from(12) || l == pg_sys::Oid::from(13))
 }
 
 /// row_type describes the columns at `idx` (attribute order) as a blessed record type; a
