@@ -430,37 +430,96 @@ $$;
 COMMENT ON FUNCTION activity_log.anomalies(interval, interval, interval, double precision, integer) IS
     'Recent buckets whose volume or error rate lies far outside the trailing baseline (robust z-score, median/MAD).';
 
--- Daily rollup for dashboards: refreshed by the writer every activity_log.metrics_refresh
--- and on demand with refresh_metrics().
-CREATE MATERIALIZED VIEW activity_log.metrics_daily AS
-SELECT date_trunc('day', ts) AS day, kind, category, status,
-       count(*) AS events,
-       round(count(*) FILTER (WHERE status = 'error')::numeric / count(*), 4) AS error_rate,
-       round(avg(duration_ms)::numeric, 3) AS avg_duration_ms,
-       round((percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms))::numeric, 3) AS p95_duration_ms
-  FROM activity_log.events
- GROUP BY 1, 2, 3, 4
-WITH NO DATA;
+-- Daily rollup for dashboards. A table kept by the writer, not a materialized view: refreshing
+-- a view reads the whole trail (10 s for 10 million rows), and the writer stores nothing
+-- meanwhile. Every activity_log.metrics_refresh the writer recomputes only the days of the
+-- rows it stored since its last refresh (worker/maintenance.rs) — today, and yesterday just
+-- after midnight — one day per transaction, so its work is bounded by a day's rows whatever
+-- the trail's length. The p95 is why a day is recomputed rather than added to, as the hourly
+-- rollup is: a percentile does not add up. Days are UTC days, like the trail's partitions
+-- and the hourly rollup, so that whoever computes a day gets the same rows.
+CREATE TABLE activity_log.metrics_daily (
+    day             timestamptz NOT NULL,
+    kind            text NOT NULL,
+    category        text NOT NULL,
+    status          text NOT NULL,
+    events          bigint NOT NULL,
+    error_rate      numeric NOT NULL,
+    avg_duration_ms numeric,
+    p95_duration_ms numeric,
+    CONSTRAINT metrics_daily_key PRIMARY KEY (day, kind, category, status)
+);
 
--- REFRESH … CONCURRENTLY needs a unique index; readers are never blocked by a refresh.
-CREATE UNIQUE INDEX metrics_daily_key ON activity_log.metrics_daily (day, kind, category, status);
+COMMENT ON TABLE activity_log.metrics_daily IS
+    'Per day (UTC), kind, category and status: events, error rate, average and p95 duration (ms). Kept by the writer for the days it stores rows of; activity_log.refresh_metrics() recomputes it all.';
 
-COMMENT ON MATERIALIZED VIEW activity_log.metrics_daily IS
-    'Per day, kind, category and status: events, error rate, average and p95 duration (ms). See refresh_metrics().';
+-- _metrics_of computes metrics_daily's rows of the days from first (a UTC midnight) to before
+-- last. committed_at >= first: a row commits after its ts (see recent()), and the bound keeps
+-- the older partitions out of the scan.
+CREATE FUNCTION activity_log._metrics_of(first timestamptz, last timestamptz)
+RETURNS SETOF activity_log.metrics_daily
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT date_trunc('day', ts, 'UTC'), kind, category, status,
+           count(*),
+           round(count(*) FILTER (WHERE status = 'error')::numeric / count(*), 4),
+           round(avg(duration_ms)::numeric, 3),
+           round((percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms))::numeric, 3)
+      FROM activity_log.events
+     WHERE ts >= first AND ts < last AND committed_at >= first
+     GROUP BY 1, 2, 3, 4
+$$;
+
+-- _metrics_changes: the last id of the trail and the UTC days of the rows after after_id —
+-- the days the writer must recompute. Reads only those rows (the primary key's index, id
+-- first): EXECUTE plans with the value, so every older partition is one index probe.
+CREATE FUNCTION activity_log._metrics_changes(after_id bigint, OUT through_id bigint, OUT days timestamptz[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE 'SELECT max(id), array_agg(DISTINCT date_trunc(''day'', ts, ''UTC'') ORDER BY date_trunc(''day'', ts, ''UTC''))
+               FROM activity_log.events WHERE id > $1'
+       INTO through_id, days USING coalesce(after_id, -1);
+    through_id := coalesce(through_id, after_id, 0);
+END
+$$;
+
+-- _refresh_metrics_day recomputes one day of metrics_daily (the UTC day holding day): reads
+-- that day's rows only. NOWAIT: the writer calls it, and must not wait behind a
+-- refresh_metrics() (it tries again later). Readers are never blocked.
+CREATE FUNCTION activity_log._refresh_metrics_day(day timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first timestamptz := date_trunc('day', day, 'UTC');
+    n     bigint;
+BEGIN
+    LOCK TABLE activity_log.metrics_daily IN SHARE ROW EXCLUSIVE MODE NOWAIT;
+    DELETE FROM activity_log.metrics_daily m WHERE m.day = first;
+    INSERT INTO activity_log.metrics_daily
+    SELECT * FROM activity_log._metrics_of(first, first + interval '1 day');
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
 
 CREATE FUNCTION activity_log.refresh_metrics() RETURNS timestamptz
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF (SELECT relispopulated FROM pg_class WHERE oid = 'activity_log.metrics_daily'::regclass) THEN
-        REFRESH MATERIALIZED VIEW CONCURRENTLY activity_log.metrics_daily;
-    ELSE
-        REFRESH MATERIALIZED VIEW activity_log.metrics_daily;
-    END IF;
+    -- The writer's own refreshes wait (they take this lock with NOWAIT and try again later);
+    -- readers do not: they see the old rows until this commits.
+    LOCK TABLE activity_log.metrics_daily IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM activity_log.metrics_daily;
+    INSERT INTO activity_log.metrics_daily
+    SELECT * FROM activity_log._metrics_of('-infinity', 'infinity');
     RETURN now();
 END
 $$;
 
 COMMENT ON FUNCTION activity_log.refresh_metrics() IS
-    'Recomputes activity_log.metrics_daily now (the writer also does it every activity_log.metrics_refresh).';
+    'Recomputes all of activity_log.metrics_daily from the trail: reads the whole trail (about 10 s for 10 million rows). Needed only after rows were added to, changed in or removed from the trail by hand; the writer keeps the days it stores rows of.';

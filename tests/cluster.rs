@@ -992,14 +992,133 @@ fn health_score_reflects_constructed_situations() {
     c.sql("postgres", "CREATE INDEX events_table_idx ON activity_log.events (table_oid, id) WHERE table_oid IS NOT NULL");
     assert_eq!(health(), "100 healthy -");
 
-    // The writer refreshes metrics_daily every activity_log.metrics_refresh (1 s here).
-    let populated = wait_until(Duration::from_secs(10), || {
-        (c.one("postgres", "SELECT relispopulated FROM pg_class WHERE oid = 'activity_log.metrics_daily'::regclass") == "t")
+    // The writer refreshes metrics_daily every activity_log.metrics_refresh (1 s here): today's
+    // row follows the trail (truncated above, so today's events are now this one).
+    c.sql("postgres", "SELECT activity_log.log_event('metrics')");
+    c.flush("postgres");
+    let refreshed = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT (SELECT sum(events) FROM activity_log.metrics_daily
+                      WHERE kind = 'event' AND day = date_trunc('day', now(), 'UTC'))
+                  = (SELECT count(*) FROM activity_log.events WHERE kind = 'event')",
+        ) == "t")
             .then_some(())
     });
     assert!(
-        populated.is_some(),
+        refreshed.is_some(),
         "the writer never refreshed metrics_daily"
+    );
+}
+
+/// metrics_daily is kept by the writer day by day: each refresh recomputes the days it stored
+/// rows of (today here), never the older ones, whatever happened to their rows; refresh_metrics()
+/// recomputes every day.
+#[test]
+fn metrics_daily_refreshes_only_the_days_that_changed() {
+    let c = Cluster::start(
+        "metrics-daily",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.metrics_refresh = '2s'",
+        ],
+    );
+    with_extension(&c, "postgres");
+    c.flush("postgres");
+    // Two old days, added by hand (as a restore would): 3 and 4 days ago (UTC), in
+    // events_default (no partition holds them). Negative ids: not the writer's.
+    c.sql(
+        "postgres",
+        "INSERT INTO activity_log.events (id, ts, committed_at, kind, category, severity, status, duration_ms, command)
+         SELECT -g, t, t, kind, cat, 'info', status, dur, 'X'
+           FROM generate_series(1, 30) g,
+                LATERAL (SELECT date_trunc('day', now(), 'UTC') - (3 + g % 2) * interval '1 day' + g * interval '1 minute' AS t,
+                                CASE WHEN g <= 20 THEN 'statement' ELSE 'change' END AS kind,
+                                CASE WHEN g <= 20 THEN 'data_access' ELSE 'data_change' END AS cat,
+                                CASE WHEN g <= 20 AND g % 5 = 0 THEN 'error' ELSE 'success' END AS status,
+                                CASE WHEN g <= 20 THEN g::float8 END AS dur) x",
+    );
+    // The writer never looks at them; refresh_metrics() does.
+    let old_days = "SET TimeZone = 'UTC';
+                    SELECT string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s', (day::date - current_date), kind, category, status,
+                                             events, error_rate, avg_duration_ms, p95_duration_ms), ' ' ORDER BY day, kind, category, status)
+                      FROM activity_log.metrics_daily WHERE day < date_trunc('day', now(), 'UTC') - interval '1 day'";
+    c.sql("postgres", "SELECT activity_log.refresh_metrics()");
+    // 3 days ago: the even g (10 statements: 2, 4, …, 20, of which 10 and 20 failed; 5
+    // changes, no duration); 4 days ago: the odd ones (5 and 15 failed).
+    let exact = [
+        "-4|change|data_change|success|5|0.0000||",
+        "-4|statement|data_access|error|2|1.0000|10.000|14.500",
+        "-4|statement|data_access|success|8|0.0000|10.000|18.300",
+        "-3|change|data_change|success|5|0.0000||",
+        "-3|statement|data_access|error|2|1.0000|15.000|19.500",
+        "-3|statement|data_access|success|8|0.0000|10.000|17.300",
+    ]
+    .join(" ");
+    assert_eq!(c.one("postgres", old_days), exact);
+
+    // Today, through the writer: its periodic refresh counts the new events.
+    let today = |what: &str| {
+        c.one(
+            "postgres",
+            &format!(
+                "SELECT coalesce(sum(events), 0) FROM activity_log.metrics_daily
+                  WHERE day = date_trunc('day', now(), 'UTC') AND kind = 'event' AND category = '{what}'"
+            ),
+        )
+    };
+    let wait_for_today = |what: &str, n: &str| {
+        let seen = wait_until(Duration::from_secs(15), || (today(what) == n).then_some(()));
+        assert!(
+            seen.is_some(),
+            "today's {what} events are {}, not {n}",
+            today(what)
+        );
+    };
+    c.sql(
+        "postgres",
+        "SELECT activity_log.log_event('a', category => 'billing') FROM generate_series(1, 7)",
+    );
+    c.flush("postgres");
+    wait_for_today("billing", "7");
+
+    // The old days' rows are changed behind the writer's back: its refreshes do not see it.
+    c.sql(
+        "postgres",
+        "UPDATE activity_log.events SET status = 'error' WHERE id < 0;
+         DELETE FROM activity_log.events WHERE id IN (-1, -2)",
+    );
+    c.sql(
+        "postgres",
+        "SELECT activity_log.log_event('b', category => 'billing') FROM generate_series(1, 5)",
+    );
+    c.flush("postgres");
+    wait_for_today("billing", "12");
+    // Another refresh after that one, still not reading the old days.
+    c.sql(
+        "postgres",
+        "SELECT activity_log.log_event('c', category => 'payment')",
+    );
+    c.flush("postgres");
+    wait_for_today("payment", "1");
+    assert_eq!(c.one("postgres", old_days), exact);
+
+    // refresh_metrics() recomputes them: every old row failed now, two fewer.
+    c.sql("postgres", "SELECT activity_log.refresh_metrics()");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT string_agg(format('%s|%s|%s|%s', (day::date - current_date), kind, status, events), ' ' ORDER BY day, kind)
+               FROM activity_log.metrics_daily WHERE day < date_trunc('day', now(), 'UTC') - interval '1 day'"
+        ),
+        "-4|change|error|5 -4|statement|error|9 -3|change|error|5 -3|statement|error|9"
+    );
+    assert_eq!(today("billing"), "12");
+    assert!(
+        !c.log()
+            .contains("could not refresh activity_log.metrics_daily"),
+        "{}",
+        c.log()
     );
 }
 

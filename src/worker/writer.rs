@@ -22,6 +22,7 @@ use crate::gucs;
 use crate::record::{self, Body, Op, StatementClass};
 use crate::ring;
 use crate::worker::decode;
+use crate::worker::maintenance;
 use crate::worker::store::{self, Col, Row, Trail};
 
 /// How long a writer whose trail has no day partition yet (a CREATE EXTENSION just committed,
@@ -134,8 +135,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     if ring::take_gap(slot) {
         BackgroundWorker::transaction(write_gap_event);
     }
-    // The first refresh of metrics_daily waits one interval: a restarting writer has a backlog.
-    let mut last_refresh = Instant::now();
+    let mut metrics = maintenance::Metrics::start();
     // Staged transactions left for the next round: do not sleep (no commit wakes the writer
     // while it is sweeping), only look at signals.
     let mut more = false;
@@ -152,7 +152,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         ring::roll_window(slot);
-        refresh_metrics_if_due(&mut last_refresh);
+        metrics.run();
         maintain_partitions_if_due(&mut next_maintenance);
         let drained = drain(slot);
         more = sweeping(slot) || drained.left_some;
@@ -195,26 +195,6 @@ fn sleep_through_wake_ups(how_long: Duration) -> bool {
         if !BackgroundWorker::wait_latch(Some(left)) {
             return false;
         }
-    }
-}
-
-/// refresh_metrics_if_due refreshes activity_log.metrics_daily every `metrics_refresh`. A
-/// failed refresh is logged and tried again next interval; it never stops the writer.
-fn refresh_metrics_if_due(last: &mut Instant) {
-    let Some(every) = gucs::metrics_refresh() else {
-        return;
-    };
-    if last.elapsed() < every {
-        return;
-    }
-    *last = Instant::now();
-    let result = BackgroundWorker::transaction(|| {
-        in_subtransaction(|| {
-            Spi::run("SELECT activity_log.refresh_metrics()").unwrap_or_else(|e| error!("{e}"))
-        })
-    });
-    if let Err(message) = result {
-        log!("activity_log: could not refresh activity_log.metrics_daily: {message}");
     }
 }
 
@@ -582,7 +562,7 @@ fn error_message(e: &pg_sys::panic::CaughtError) -> String {
 }
 
 /// in_subtransaction runs `f` in an internal subtransaction and rolls it back on ERROR.
-fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
+pub(super) fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
     // SAFETY: the pattern PL/pgSQL uses for exception blocks: remember the memory context and
     // resource owner, and restore both whichever way the subtransaction ends.
     unsafe {
