@@ -981,3 +981,139 @@ fn images_equal_to_jsonb_for_every_common_type_and_its_edge_values() {
         ]
     );
 }
+
+/// elsewhere is a psql meta-command that runs `sql` in another session of `db` and waits for
+/// it to commit: the script's own session keeps the copy of tracked_tables it loaded before.
+fn elsewhere(c: &Cluster, db: &str, sql: &str) -> String {
+    format!(
+        "\\! {BIN}/psql -X -q -v ON_ERROR_STOP=1 -h {} -p {} -U postgres -d {db} -c \"{sql}\" >/dev/null || echo FAILED\n",
+        c.dir, c.port
+    )
+}
+
+#[test]
+fn a_session_sees_what_other_sessions_change_in_tracking() {
+    // One long session loads its copy of tracked_tables at its first INSERT; each change made
+    // by another session must reach that copy (PostgreSQL's invalidation messages).
+    let c = cluster("rows-invalidation");
+    c.sql(
+        DB,
+        "CREATE TABLE a (id int PRIMARY KEY, v text);
+         CREATE TABLE b (id int, v text);
+         CREATE SCHEMA s1;
+         CREATE TABLE s1.n (id int PRIMARY KEY);
+         CREATE TABLE p (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE p_eu PARTITION OF p FOR VALUES IN ('eu');
+         CREATE TABLE p_us (id int NOT NULL, region text NOT NULL);
+         CREATE TABLE d (id int PRIMARY KEY);
+         CREATE TABLE r (id int PRIMARY KEY);
+         SELECT activity_log.track('a'); SELECT activity_log.track('s1.n');
+         SELECT activity_log.track('p'); SELECT activity_log.track('d');",
+    );
+    let e = |sql: &str| elsewhere(&c, DB, sql);
+    let script = [
+        "INSERT INTO a VALUES (1, 'x'); INSERT INTO b VALUES (1, 'x');\n".to_string(),
+        e("SELECT activity_log.track('b')"),
+        "INSERT INTO b VALUES (2, 'y');\n".into(),
+        e("SELECT activity_log.untrack('a')"),
+        "INSERT INTO a VALUES (2, 'y');\n".into(),
+        e("ALTER TABLE b ADD PRIMARY KEY (id)"),
+        "UPDATE b SET v = 'z' WHERE id = 2;\n".into(),
+        e("ALTER TABLE b RENAME TO b2"),
+        "INSERT INTO b2 VALUES (3, 'w');\n".into(),
+        "INSERT INTO s1.n VALUES (1);\n".into(),
+        e("ALTER SCHEMA s1 RENAME TO s2"),
+        "INSERT INTO s2.n VALUES (2);\n".into(),
+        "INSERT INTO p_eu VALUES (1, 'eu');\n".into(),
+        e("ALTER TABLE p ATTACH PARTITION p_us FOR VALUES IN ('us')"),
+        "INSERT INTO p_us VALUES (2, 'us');\n".into(),
+        e("CREATE TABLE p_asia PARTITION OF p FOR VALUES IN ('asia')"),
+        "INSERT INTO p_asia VALUES (3, 'asia');\n".into(),
+        e("DELETE FROM activity_log.tracked_tables WHERE relid = 'd'::regclass"),
+        "INSERT INTO d VALUES (1);\n".into(),
+        // What this session tracks and rolls back is not tracked afterwards.
+        "BEGIN; SELECT activity_log.track('r'); INSERT INTO r VALUES (1); ROLLBACK;\n".into(),
+        "INSERT INTO r VALUES (2);\n".into(),
+    ]
+    .concat();
+    let out = c.sql(DB, &script);
+    assert!(!out.iter().any(|l| l.starts_with("FAILED")), "{out:?}");
+    c.flush(DB);
+    let trail = |table: &str| {
+        c.sql(
+            DB,
+            &format!(
+                "SELECT op || '|' || schema_name || '.' || table_name || '|' || coalesce(row_key::text, '-')
+                   FROM activity_log.changes WHERE table_oid = '{table}'::regclass ORDER BY id"
+            ),
+        )
+    };
+    assert_eq!(trail("a"), [r#"INSERT|public.a|{"id": 1}"#]);
+    assert_eq!(
+        trail("b2"),
+        [
+            r#"INSERT|public.b|{"v": "y", "id": 2}"#,
+            r#"UPDATE|public.b|{"id": 2}"#,
+            r#"INSERT|public.b2|{"id": 3}"#,
+        ]
+    );
+    assert_eq!(
+        trail("s2.n"),
+        [r#"INSERT|s1.n|{"id": 1}"#, r#"INSERT|s2.n|{"id": 2}"#]
+    );
+    assert_eq!(
+        trail("p"),
+        [
+            r#"INSERT|public.p|{"id": 1, "region": "eu"}"#,
+            r#"INSERT|public.p|{"id": 2, "region": "us"}"#,
+            r#"INSERT|public.p|{"id": 3, "region": "asia"}"#,
+        ]
+    );
+    assert_eq!(trail("d"), Vec::<String>::new());
+    assert_eq!(trail("r"), Vec::<String>::new());
+}
+
+#[test]
+fn ddl_in_one_database_does_not_reload_the_tracked_tables_of_another() {
+    // Each reload of a backend's copy says so at DEBUG1; the session of database b shows its
+    // own reloads (client_min_messages) while database a creates tables, temporary and not.
+    let c = cluster("rows-reload");
+    with_extension(&c, "b");
+    c.sql(
+        "b",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);
+         SELECT activity_log.track('t');",
+    );
+    c.sql(
+        "postgres",
+        "CREATE TABLE other (id int PRIMARY KEY); SELECT activity_log.track('other');",
+    );
+    let script = [
+        "SET client_min_messages = debug1;\nINSERT INTO t VALUES (1);\n".to_string(),
+        elsewhere(&c, "postgres", "CREATE TEMP TABLE x (i int); INSERT INTO x VALUES (1)"),
+        elsewhere(&c, "postgres", "CREATE TABLE y (i int); ALTER TABLE other ADD COLUMN w int; SELECT activity_log.untrack('other')"),
+        elsewhere(&c, "b", "CREATE TEMP TABLE x (i int); CREATE TABLE y (i int); ALTER TABLE u ADD COLUMN w int"),
+        "INSERT INTO t VALUES (2);\n".into(),
+        elsewhere(&c, "b", "SELECT activity_log.track('u')"),
+        "INSERT INTO t VALUES (3); INSERT INTO u VALUES (1);\n".into(),
+    ]
+    .concat();
+    let out = c.run("b", &script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("activity_log: reloading tracked tables")
+            .count(),
+        2,
+        "{stderr}"
+    );
+    c.flush("b");
+    assert_eq!(
+        c.one(
+            "b",
+            "SELECT count(*) FROM activity_log.changes WHERE table_name IN ('t', 'u')"
+        ),
+        "4"
+    );
+}

@@ -435,6 +435,9 @@ fn command_name(op: pg_sys::CmdType::Type) -> &'static [u8] {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn al_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: c_int) {
+    // SAFETY: query_desc and its plannedstmt are valid for the whole call. Whether capturing
+    // or not: another backend's copy of tracked_tables must hear of any write to it.
+    unsafe { tracked::note_targets((*query_desc).plannedstmt) };
     if DEPTH.get() == 0 && capturing() {
         // SAFETY: query_desc and its plannedstmt are valid for the whole call.
         unsafe {
@@ -661,8 +664,8 @@ unsafe extern "C-unwind" fn al_process_utility(
 }
 
 /// after_utility records what row capture cannot see of a utility statement: TRUNCATE and
-/// COPY FROM of tracked tables (a record with the row count, no images), and DDL, after which
-/// every backend reloads its tracked tables (partitions attached, keys changed, tables dropped).
+/// COPY FROM of tracked tables (a record with the row count, no images). DDL needs nothing
+/// here: PostgreSQL's invalidations reach the backends' copies of tracked_tables (tracked.rs).
 unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryCompletion) {
     if !capturing() {
         return;
@@ -670,9 +673,6 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
     // SAFETY: a valid PlannedStmt and QueryCompletion of a statement that just succeeded.
     unsafe {
         let stmt = (*pstmt).utilityStmt;
-        if pg_sys::GetCommandLogLevel(stmt) == pg_sys::LogStmtLevel::LOGSTMT_DDL {
-            tracked::note_change();
-        }
         let rows = if qc.is_null() {
             0
         } else {
@@ -733,6 +733,7 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             let copy = stmt.cast::<pg_sys::CopyStmt>();
             if (*copy).is_from && !(*copy).relation.is_null() {
                 let relid = resolve((*copy).relation);
+                tracked::note_copy(relid);
                 if let Some(t) = tracked::lookup(relid.to_u32()) {
                     rows::push_change(&t, Op::Copy, cid, rows, Vec::new(), "", |_| {});
                 }
