@@ -82,18 +82,23 @@ COMMENT ON TABLE activity_log.tracked_tables IS
 
 -- Transactions that changed a table tracked with durability 'sync' leave their records here,
 -- written by the committing backend at pre-commit (one row per transaction, the same bytes
--- the ring would carry), so that they commit or vanish with the transaction. The writer moves
+-- the ring would carry), so that they commit or vanish with the transaction. So do
+-- transactions whose records outgrow the backend's buffer: they stage them in pieces as they
+-- come, each inserted by the (sub)transaction that made the records, numbered by `seq` (their
+-- place in the transaction's record stream) under the transaction's `xid`. The writer moves
 -- them into the trail and deletes them in one transaction. No index: the backend inserts
 -- with heap_insert (no executor), and the writer reads it whole. EXTERNAL: big frames are
 -- moved out of line but not compressed, which would cost the committing backend CPU.
 CREATE TABLE activity_log.durable_queue (
     staged_at timestamptz NOT NULL,
     records   integer NOT NULL,
-    frame     bytea NOT NULL
+    frame     bytea NOT NULL,
+    xid       xid8 NOT NULL,
+    seq       bigint  -- NULL: the transaction's only row
 );
 ALTER TABLE activity_log.durable_queue ALTER COLUMN frame SET STORAGE EXTERNAL;
 COMMENT ON TABLE activity_log.durable_queue IS
-    'Records of committed transactions on durability ''sync'' tables that the writer has not moved into activity_log.events yet.';
+    'Records of committed transactions (on durability ''sync'' tables, or too large for the backend''s buffer) that the writer has not moved into activity_log.events yet.';
 
 -- One row's history: change records by table and a hash of the key. A btree of two integers:
 -- the writer inserts into it for every change, and comparing integers costs far less than

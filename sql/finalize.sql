@@ -135,13 +135,26 @@ DECLARE
     broken  bigint;
     missing_idx bigint;
     trail_factors jsonb := '[]';
+    staged  bigint;
+    oldest_staged timestamptz;
 BEGIN
     SELECT * INTO q FROM activity_log.queue WHERE database = current_database();
 
-    penalty := CASE WHEN q.writer_state IS DISTINCT FROM 'running' THEN 50 ELSE 0 END;
-    list := list || jsonb_build_object('factor', 'writer', 'value', coalesce(q.writer_state, 'stopped'),
-        'weight', 50, 'penalty', penalty,
-        'reason', CASE WHEN penalty > 0 THEN 'no writer is running for this database: records wait in shared memory' ELSE 'writer running' END);
+    IF FOUND THEN
+        penalty := CASE WHEN q.writer_state IS DISTINCT FROM 'running' THEN 50 ELSE 0 END;
+        list := list || jsonb_build_object('factor', 'writer', 'value', coalesce(q.writer_state, 'stopped'),
+            'weight', 50, 'penalty', penalty,
+            'reason', CASE WHEN penalty > 0 THEN 'no writer is running for this database: records wait in shared memory' ELSE 'writer running' END);
+    ELSE
+        -- More audited databases than rings: this one has none now, and its transactions
+        -- wait in durable_queue for its turn (README, "Limits").
+        SELECT count(*), min(staged_at) INTO staged, oldest_staged FROM activity_log.durable_queue;
+        penalty := CASE WHEN oldest_staged < now() - interval '60 seconds' THEN 20 ELSE 0 END;
+        list := list || jsonb_build_object('factor', 'writer', 'value', 'waiting for a ring',
+            'weight', 50, 'penalty', penalty,
+            'reason', CASE WHEN staged = 0 THEN 'no ring assigned now, and no transaction waits for one'
+                           ELSE format('no ring assigned now (more audited databases than activity_log.max_databases): %s staged transactions wait in activity_log.durable_queue for this database''s turn, the oldest since %s', staged, oldest_staged) END);
+    END IF;
 
     penalty := least(20, 5 * coalesce(q.writer_failures, 0));
     list := list || jsonb_build_object('factor', 'writer_restarts', 'value', coalesce(q.writer_failures, 0),
@@ -156,7 +169,7 @@ BEGIN
     penalty := CASE WHEN coalesce(q.dropped_records, 0) > 0 THEN 30 ELSE 0 END;
     list := list || jsonb_build_object('factor', 'dropped_records', 'value', coalesce(q.dropped_records, 0),
         'weight', 30, 'penalty', penalty,
-        'reason', CASE WHEN penalty > 0 THEN 'records were dropped since the server started (activity_log.overflow = drop, or a transaction larger than the ring)' ELSE 'nothing dropped' END);
+        'reason', CASE WHEN penalty > 0 THEN 'records were dropped since this database got its ring (activity_log.overflow = drop with a full ring); each drop has a gap record in the trail' ELSE 'nothing dropped since this database got its ring' END);
 
     penalty := CASE WHEN coalesce(q.write_errors, 0) = 0 THEN 0
                     WHEN q.last_error_at > now() - interval '15 minutes' THEN 20 ELSE 10 END;
@@ -172,9 +185,15 @@ BEGIN
     -- Factors read from the trail. A session holding a lock on it must not hang the health
     -- report (lock_timeout below): they are then reported as unknown.
     BEGIN
+        -- Gap records of drops are not counted while the dropped_records factor shows them, nor
+        -- once reset_metrics() acknowledged them; they are when the counter starts afresh for
+        -- another reason (a restart, the ring handed to another database).
         SELECT count(*) INTO gaps FROM activity_log.events
          WHERE kind = 'system' AND events.status = 'gap' AND ts > now() - interval '7 days'
-           AND committed_at > now() - interval '7 days';
+           AND committed_at > now() - interval '7 days'
+           AND NOT (events.details ? 'dropped_records'
+                    AND (coalesce(q.dropped_records, 0) > 0
+                         OR (q.stats_since > q.started_at AND events.committed_at <= q.stats_since)));
         penalty := CASE WHEN gaps > 0 THEN 15 ELSE 0 END;
         trail_factors := trail_factors || jsonb_build_object('factor', 'gap_events', 'value', gaps, 'weight', 15, 'penalty', penalty,
             'reason', CASE WHEN penalty > 0 THEN 'the trail has gap records (records lost or not capturable) in the last 7 days' ELSE 'no gaps in the last 7 days' END);

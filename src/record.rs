@@ -390,7 +390,7 @@ pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record<'_>>), Deco
     Ok((info, records))
 }
 
-fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
+pub(crate) fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
     let mut d = Dec { buf, pos: 0 };
     let kind = d.u8()?;
     let origin = Origin {

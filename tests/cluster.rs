@@ -618,7 +618,15 @@ fn overflow_policies_count_exactly() {
             "SELECT score || ',' || status FROM activity_log.health()"
         ),
         "70,degraded",
-        "drops cost 30 points"
+        "drops cost 30 points (their gap record no more while the counter shows them)"
+    );
+    // The loss is in the trail too, before any record committed after it.
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT status, (details->>'dropped_records')::int FROM activity_log.events WHERE status = 'gap'"
+        ),
+        [format!("gap|{dropped}")]
     );
     assert_eq!(
         c.one(
@@ -704,8 +712,11 @@ fn overflow_policies_count_exactly() {
     );
 }
 
+/// A transaction whose records are larger than the whole ring (64 kB here) is neither refused
+/// nor dropped, under any overflow policy: it publishes through durable_queue. Rolling back
+/// to a savepoint drops exactly what the subtransaction added, staged or not.
 #[test]
-fn a_transaction_larger_than_the_ring_is_refused_with_a_hint() {
+fn a_transaction_larger_than_the_ring_commits_and_is_stored_whole() {
     let c = Cluster::start(
         "toolarge",
         &[
@@ -714,39 +725,18 @@ fn a_transaction_larger_than_the_ring_is_refused_with_a_hint() {
         ],
     );
     with_extension(&c, "postgres");
-    let err = c.error(
-        "postgres",
-        "SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('x', 100000)))",
-    );
-    assert!(
-        err.contains("do not fit in activity_log.buffer_size (65536 bytes)"),
-        "{err}"
-    );
-    assert!(
-        err.contains("HINT:  Raise activity_log.buffer_size, or split the transaction."),
-        "{err}"
-    );
-    c.sql("postgres", "SET activity_log.overflow = 'drop'; SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('x', 100000)));");
-    assert_eq!(
-        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
-        "1"
-    );
-    // A statement's row images are streamed into the transaction's buffer; one that outgrows
-    // the ring fails while it is being captured, and rolling back to a savepoint drops the
-    // part of its record already written: the trail holds exactly the rest.
     c.sql(
         "postgres",
-        "CREATE TABLE wide (id int PRIMARY KEY, v text); SELECT activity_log.track('wide');",
+        "SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('x', 100000)));
+         SET activity_log.overflow = 'drop';
+         SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('y', 100000)));
+         SET activity_log.overflow = 'error';
+         SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('z', 100000)));",
     );
-    let err = c.error(
+    c.sql(
         "postgres",
-        "INSERT INTO wide SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g",
-    );
-    assert!(
-        err.contains(
-            "audit records of this transaction exceed activity_log.buffer_size (65536 bytes)"
-        ),
-        "{err}"
+        "CREATE TABLE wide (id int PRIMARY KEY, v text); SELECT activity_log.track('wide');
+         INSERT INTO wide SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g;",
     );
     c.sql(
         "postgres",
@@ -754,20 +744,41 @@ fn a_transaction_larger_than_the_ring_is_refused_with_a_hint() {
          BEGIN
              INSERT INTO wide VALUES (0, 'before');
              BEGIN
-                 INSERT INTO wide SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g;
-             EXCEPTION WHEN program_limit_exceeded THEN
-                 RAISE NOTICE 'refused';
+                 INSERT INTO wide SELECT g, repeat('x', 100) FROM generate_series(10001, 30000) g;
+                 RAISE EXCEPTION 'changed my mind';
+             EXCEPTION WHEN raise_exception THEN
+                 RAISE NOTICE 'rolled back';
              END;
-             INSERT INTO wide VALUES (1, 'after');
+             INSERT INTO wide VALUES (-1, 'after');
          END $$;",
     );
     c.flush("postgres");
     assert_eq!(
         c.sql(
             "postgres",
-            "SELECT op || ' ' || (new_row->>'v') FROM activity_log.changes WHERE table_name = 'wide' ORDER BY id"
+            "SELECT left(details->'data'->>'pad', 1), length(details->'data'->>'pad') FROM activity_log.events WHERE command = 'huge' ORDER BY id"
+        ),
+        ["x|100000", "y|100000", "z|100000"]
+    );
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT count(*), min((new_row->>'id')::int), max((new_row->>'id')::int)
+               FROM activity_log.changes WHERE table_name = 'wide' AND new_row->>'v' LIKE 'x%'"
+        ),
+        ["2000|1|2000"]
+    );
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT op || ' ' || (new_row->>'v') FROM activity_log.changes
+              WHERE table_name = 'wide' AND new_row->>'v' NOT LIKE 'x%' ORDER BY id"
         ),
         ["INSERT before", "INSERT after"]
+    );
+    assert_eq!(
+        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
+        "0"
     );
 }
 

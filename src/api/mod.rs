@@ -236,21 +236,18 @@ fn log_event(
     }
     // SAFETY: no error paths.
     let ts = unsafe { pg_sys::GetCurrentTimestamp() };
-    capture::push(
-        &Record {
-            origin: hooks::origin(),
-            body: Body::Event(Event {
-                ts,
-                action: action.as_bytes().into(),
-                details: details.into(),
-                entity_type: entity_type.map(|s| s.as_bytes().into()),
-                entity_id: entity_id.map(|s| s.as_bytes().into()),
-                category: category.as_bytes().into(),
-                severity: severity.as_bytes().into(),
-            }),
-        },
-        |_| {},
-    );
+    capture::push(&Record {
+        origin: hooks::origin(),
+        body: Body::Event(Event {
+            ts,
+            action: action.as_bytes().into(),
+            details: details.into(),
+            entity_type: entity_type.map(|s| s.as_bytes().into()),
+            entity_id: entity_id.map(|s| s.as_bytes().into()),
+            category: category.as_bytes().into(),
+            severity: severity.as_bytes().into(),
+        }),
+    });
 }
 
 /// Longest wait `flush` accepts.
@@ -311,13 +308,27 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
             None,
         );
     }
-    let Some(slot) = ring::slot_of(my_database()) else {
-        return true; // nothing was ever published for this database
+    let timeout = Duration::from_micros(micros as u64);
+    let started = Instant::now();
+    let dboid = my_database();
+    // Without a ring (more audited databases than rings), records wait in durable_queue for
+    // the database's turn: wait for it, and for the first sweep of the ring it gets.
+    let mut first = true;
+    let slot = loop {
+        match ring::slot_of(dboid) {
+            Some(slot) if ring::serves(slot, dboid) => break slot,
+            None if first && !staged_rows_exist() => return true,
+            _ => {}
+        }
+        first = false;
+        if started.elapsed() >= timeout {
+            return false;
+        }
+        ring::note_waiting(dboid);
+        wait_a_moment();
     };
     let target = ring::head(slot);
     let staged_target = ring::staged_commits(slot);
-    let timeout = Duration::from_micros(micros as u64);
-    let started = Instant::now();
     loop {
         if ring::tail(slot) >= target && ring::staged_swept(slot) >= staged_target {
             return true;
@@ -326,18 +337,34 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
             return false;
         }
         ring::wake_writer(slot);
-        // SAFETY: waiting on our own latch.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                5,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
+        wait_a_moment();
     }
+}
+
+/// wait_a_moment sleeps 5 ms on the latch (a writer or the launcher may set it).
+fn wait_a_moment() {
+    // SAFETY: waiting on our own latch.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            5,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
+
+/// staged_rows_exist tells whether durable_queue holds committed transactions (read as the
+/// extension's owner: the caller may not read the queue).
+fn staged_rows_exist() -> bool {
+    hooks::as_extension_owner(|| {
+        Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM activity_log.durable_queue)")
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    })
 }
 
 fn timestamp(us: i64) -> Option<TimestampWithTimeZone> {

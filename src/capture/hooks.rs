@@ -385,24 +385,21 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
         return;
     }
     let end = now();
-    capture::push(
-        &Record {
-            origin: origin(),
-            body: Body::Statement(Statement {
-                ts: run.ts,
-                duration_us: end - run.ts,
-                class: run.class,
-                command: run.command.into(),
-                sqlstate: None,
-                error_message: None,
-                query: redact::redact(&run.query),
-                query_id,
-                rows,
-                relations: run.relations,
-            }),
-        },
-        |_| {},
-    );
+    capture::push(&Record {
+        origin: origin(),
+        body: Body::Statement(Statement {
+            ts: run.ts,
+            duration_us: end - run.ts,
+            class: run.class,
+            command: run.command.into(),
+            sqlstate: None,
+            error_message: None,
+            query: redact::redact(&run.query),
+            query_id,
+            rows,
+            relations: run.relations,
+        }),
+    });
 }
 
 /// current_query is the text of the top-level statement running now.
@@ -726,7 +723,7 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             for i in 0..(*list).length as usize {
                 let relid = resolve((*(*list).elements.add(i)).ptr_value.cast());
                 if let Some(t) = tracked::lookup(relid.to_u32()) {
-                    rows::push_change(&t, Op::Truncate, cid, 0, Vec::new(), "", |_| {});
+                    rows::push_change(&t, Op::Truncate, cid, 0, Vec::new(), "", |_| false);
                 }
             }
         } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_CopyStmt) {
@@ -735,7 +732,7 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
                 let relid = resolve((*copy).relation);
                 tracked::note_copy(relid);
                 if let Some(t) = tracked::lookup(relid.to_u32()) {
-                    rows::push_change(&t, Op::Copy, cid, rows, Vec::new(), "", |_| {});
+                    rows::push_change(&t, Op::Copy, cid, rows, Vec::new(), "", |_| false);
                 }
             }
         }

@@ -79,7 +79,7 @@ pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
         let cid = unsafe { (*estate).es_output_cid };
         let note =
             "the statement stopped before it finished, so the rows it changed were not captured";
-        push_change(&tracked, Op::Gap, cid, 0, Vec::new(), note, |_| {});
+        push_change(&tracked, Op::Gap, cid, 0, Vec::new(), note, |_| false);
     }
 }
 
@@ -166,7 +166,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
                 0,
                 Vec::new(),
                 note,
-                |_| {},
+                |_| false,
             );
             return;
         }
@@ -212,10 +212,10 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
 }
 
 /// Transition tables larger than `work_mem` spill to a temporary file, and the capture reads
-/// them back from it. A statement whose rows outgrow the ring is refused anyway
-/// ([`check_size`]), so the tuplestores made while this lives (MakeTransitionCaptureState takes
-/// their budget from `work_mem`) keep up to that much in memory, capped at
-/// [`TRANSITION_MEMORY_CAP_KB`]: a bulk DELETE then reads its old rows back from memory.
+/// them back from it. The tuplestores made while this lives (MakeTransitionCaptureState takes
+/// their budget from `work_mem`) keep up to the ring's size in memory instead, capped at
+/// [`TRANSITION_MEMORY_CAP_KB`]: a bulk statement of a few hundred thousand rows then reads its
+/// rows back from memory, and a larger one from the temporary file, as without us.
 struct InMemoryTransitionTables(i32);
 
 /// Largest in-memory budget given to a transition table (64 MB): beyond it a statement's rows
@@ -512,21 +512,6 @@ impl Drop for Reader {
     }
 }
 
-/// check_size fails the statement when its records could never be published.
-fn check_size(bytes: usize) {
-    let limit = crate::ring::capacity() as usize;
-    if bytes > limit && gucs::overflow() != gucs::Overflow::Drop {
-        // Fail now, before it takes all the memory.
-        crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!(
-                "audit records of this transaction exceed activity_log.buffer_size ({limit} bytes)"
-            ),
-            Some("Raise activity_log.buffer_size, or split the transaction."),
-        );
-    }
-}
-
 /// detoasted returns a copy of `m` with every out-of-line value fetched inline, allocated in
 /// the current memory context.
 unsafe fn detoasted(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> pg_sys::MinimalTuple {
@@ -590,28 +575,28 @@ unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) ->
         let desc = (*rel).rd_att;
         let olds = Reader::open((*td).tg_oldtable, desc);
         let news = Reader::open((*td).tg_newtable, desc);
-        let push = |op, n: usize, rows: &mut dyn FnMut(&mut RowSink)| {
+        let push = |op, n: usize, next_row: &mut dyn FnMut(&mut RowSink) -> bool| {
             if n > 0 {
-                push_change(&tracked, op, cid, n as i64, columns(desc), "", |sink| {
-                    rows(sink)
-                });
+                push_change(&tracked, op, cid, n as i64, columns(desc), "", next_row);
             }
         };
         match (event, olds, news) {
             (pg_sys::TRIGGER_EVENT_INSERT, _, Some(mut news)) => {
-                push(Op::Insert, news.len(), &mut |sink| {
-                    while let Some(n) = news.next() {
-                        check_size(sink.bytes());
+                push(Op::Insert, news.len(), &mut |sink| match news.next() {
+                    Some(n) => {
                         sink.push(None, Some(n));
+                        true
                     }
+                    None => false,
                 })
             }
             (pg_sys::TRIGGER_EVENT_DELETE, Some(mut olds), _) => {
-                push(Op::Delete, olds.len(), &mut |sink| {
-                    while let Some(o) = olds.next() {
-                        check_size(sink.bytes());
+                push(Op::Delete, olds.len(), &mut |sink| match olds.next() {
+                    Some(o) => {
                         sink.push(Some(o), None);
+                        true
                     }
+                    None => false,
                 })
             }
             (pg_sys::TRIGGER_EVENT_UPDATE, Some(mut olds), Some(mut news)) => {
@@ -619,17 +604,21 @@ unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) ->
                 // to a partition whose BEFORE trigger refused it) was deleted.
                 let paired = olds.len().min(news.len());
                 let orphans = olds.len() - paired;
+                let mut left = paired;
                 push(Op::Update, paired, &mut |sink| {
-                    for _ in 0..paired {
-                        check_size(sink.bytes());
-                        sink.push(olds.next(), news.next());
+                    if left == 0 {
+                        return false;
                     }
+                    left -= 1;
+                    sink.push(olds.next(), news.next());
+                    true
                 });
-                push(Op::Delete, orphans, &mut |sink| {
-                    while let Some(o) = olds.next() {
-                        check_size(sink.bytes());
+                push(Op::Delete, orphans, &mut |sink| match olds.next() {
+                    Some(o) => {
                         sink.push(Some(o), None);
+                        true
                     }
+                    None => false,
                 });
             }
             _ => {}
@@ -639,7 +628,8 @@ unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) ->
 }
 
 /// push_change appends a Change record for the tracked root of `tracked`.
-/// `rows` appends its row images (see [`super::push`]); `row_count` is how many rows changed.
+/// `next_row` appends its row images (see [`super::push_rows`]); `row_count` is how many rows
+/// changed.
 pub fn push_change(
     tracked: &Tracked,
     op: Op,
@@ -647,7 +637,7 @@ pub fn push_change(
     row_count: i64,
     columns: Vec<Column>,
     note: &str,
-    rows: impl FnOnce(&mut RowSink),
+    next_row: impl FnMut(&mut RowSink) -> bool,
 ) {
     // SAFETY: no error paths.
     let ts = unsafe { pg_sys::GetCurrentTimestamp() };
@@ -673,7 +663,7 @@ pub fn push_change(
             rows: Vec::new(),
         }),
     };
-    super::push(&record, rows);
+    super::push_rows(&record, next_row);
 }
 
 /// borrowed lends column names to a record for as long as it is being encoded.

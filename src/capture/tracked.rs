@@ -40,12 +40,6 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
-use crate::ring;
-
-// The shared tracking generation this module used to poll is no longer read or moved: invalidation
-// messages replaced it. Kept referenced until ring/mod.rs drops it.
-const _: (fn() -> u64, fn()) = (ring::tracking_generation, ring::bump_tracking_generation);
-
 /// A tracked table, as the capture needs it.
 #[derive(Debug)]
 pub struct Tracked {
@@ -202,13 +196,6 @@ pub fn note_copy(relid: pg_sys::Oid) {
         note_change();
     }
 }
-
-/// at_commit is kept for the commit callback; invalidation messages now carry every change.
-pub fn at_commit() {}
-
-/// at_abort is kept for the abort callback: an abort replays this transaction's
-/// invalidations in this backend, which marks a copy holding rolled-back rows stale.
-pub fn at_abort() {}
 
 /// tracked_tables is the oid of activity_log.tracked_tables, InvalidOid without the extension.
 fn tracked_tables() -> pg_sys::Oid {

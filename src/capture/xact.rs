@@ -3,13 +3,15 @@
 //! Runs in every backend at every transaction end. The protocol:
 //! - PRE_COMMIT: find the database's ring, reserve a frame and copy the records into it,
 //!   applying `activity_log.overflow` when there is no room; a transaction that changed a
-//!   durability 'sync' table stages its records in durable_queue instead (capture/durable.rs).
+//!   durability 'sync' table, staged records already (capture/mod.rs), or whose frame is larger
+//!   than the ring stages its records in durable_queue instead (capture/durable.rs).
 //!   This is the last point where an ERROR is allowed, so everything that can fail happens here.
 //! - COMMIT: mark the frame committed (or count the staged row) and wake the writer. Stores
 //!   and a latch: no allocation, no ERROR, no panic.
 //! - ABORT: void the frame if one was reserved; publish failed-statement records without
 //!   waiting (a full ring counts them as dropped).
 //! - Subtransactions: a mark per subtransaction; ROLLBACK TO SAVEPOINT drops what it added.
+//!   PRE_COMMIT_SUB stages the parent's part of the buffer when it has grown too large.
 //! - PREPARE TRANSACTION with pending records is refused: the commit would happen in another
 //!   session, which cannot publish them.
 
@@ -18,7 +20,7 @@ use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::capture::{self, durable, hooks, tracked};
+use crate::capture::{self, durable, hooks};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
@@ -46,10 +48,18 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                     unguarded::GetCurrentTransactionStopTimestamp()
                 });
             }
-            if let Some((Some(slot), n)) = capture::take_staged() {
-                ring::commit_staged(slot, n);
+            if let Some((slot, n)) = capture::take_staged() {
+                let dboid = my_database();
+                if let Some(slot) = slot {
+                    ring::commit_staged(slot, n);
+                }
+                // Without a ring, or with one being handed back (it may be gone before its
+                // writer sweeps again): the database waits for its turn, and whoever gets
+                // its next ring sweeps durable_queue first.
+                if !slot.is_some_and(|s| ring::serves(s, dboid)) {
+                    ring::note_waiting(dboid);
+                }
             }
-            tracked::at_commit();
             hooks::forget_statements();
         }
         XACT_EVENT_ABORT => {
@@ -57,8 +67,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 ring::void(r);
             }
             capture::take_staged(); // the staged row vanished with the transaction
-            publish_failures_now();
-            tracked::at_abort();
+            publish_failures_now(capture::take_failures());
             hooks::forget_statements();
         }
         XACT_EVENT_PRE_PREPARE if capture::has_records() => raise(
@@ -69,7 +78,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             ),
         ),
         XACT_EVENT_PREPARE => {
-            publish_failures_now();
+            publish_failures_now(capture::take_failures());
             hooks::forget_statements();
         }
         _ => {}
@@ -86,17 +95,25 @@ unsafe extern "C-unwind" fn al_subxact_callback(
     use pg_sys::SubXactEvent::*;
     match event {
         SUBXACT_EVENT_START_SUB => capture::subxact_start(my_subid),
+        SUBXACT_EVENT_PRE_COMMIT_SUB => {
+            capture::spill_if_due(capture::Level::Parent);
+        }
         SUBXACT_EVENT_COMMIT_SUB => capture::subxact_end(my_subid, false),
         SUBXACT_EVENT_ABORT_SUB => {
             capture::subxact_end(my_subid, true);
             hooks::forget_subxact(my_subid);
+            // A loop of failing statements, each in its own subtransaction, must not pile up
+            // failure records without bound: past SPILL_BYTES they are published now.
+            if capture::failure_bytes() >= capture::SPILL_BYTES {
+                publish_failures_now(capture::take_failures_only());
+            }
         }
         _ => {}
     }
 }
 
 /// frame_info encodes the per-transaction facts that open every frame.
-fn frame_info() -> Vec<u8> {
+pub(super) fn frame_info() -> Vec<u8> {
     let mut info = Vec::with_capacity(64);
     // SAFETY: plain reads of backend state.
     let (pid, xid) = unsafe {
@@ -155,18 +172,16 @@ fn pre_commit() {
         Some(slot) => slot.ok(),
     };
     if capture::is_durable() {
-        // Staged even when no ring is free: the writer finds the row when it starts.
-        hooks::client_addr();
-        let info = frame_info();
-        let n = capture::with_pending(|records, failures, n| {
-            durable::stage(&[&info[..], records, failures], n);
-            n
-        });
-        capture::discard();
-        capture::set_staged(slot, n);
+        stage(slot);
         return;
     }
     let Some(slot) = slot else {
+        // More audited databases than rings: this one waits for its turn, its records safe
+        // in durable_queue meanwhile.
+        if durable::can_stage() {
+            stage(None);
+            return;
+        }
         let n = capture::counts();
         ring::count_unassigned_drop(n as u64);
         if gucs::overflow() == Overflow::Error {
@@ -201,10 +216,22 @@ fn pre_commit() {
                 capture::set_reservation(r);
                 return;
             }
+            // The ring is being handed to another database: wait for the next turn in
+            // durable_queue.
+            Err(ReserveError::Gone) if durable::can_stage() => {
+                stage(None);
+                return;
+            }
             Err(ReserveError::Gone) => {
                 // The extension was dropped while we ran: no trail to write to, but say so.
                 ring::count_unassigned_drop(n as u64);
                 capture::discard();
+                return;
+            }
+            // Larger than the ring can carry (failure records or pieces that could not be
+            // staged while they came): through durable_queue, like a 'sync' transaction.
+            Err(ReserveError::TooLarge) if durable::can_stage() => {
+                stage(Some(slot));
                 return;
             }
             Err(ReserveError::TooLarge) if gucs::overflow() != Overflow::Drop => raise(
@@ -256,6 +283,19 @@ fn pre_commit() {
     }
 }
 
+/// stage publishes the transaction's records through durable_queue: each piece still pending
+/// is one row. Staged even when no ring is free: the writer finds the rows when it starts.
+fn stage(slot: Option<usize>) {
+    let spilled = capture::has_spilled();
+    let mut n = capture::spilled_records();
+    capture::with_pieces(|seq, parts, records| {
+        durable::stage(parts, records, spilled.then_some(seq));
+        n += records;
+    });
+    capture::discard();
+    capture::set_staged(slot, n);
+}
+
 fn wait_a_moment() {
     // SAFETY: waiting on our own latch; interrupts are processed afterwards.
     unsafe {
@@ -270,10 +310,10 @@ fn wait_a_moment() {
     pgrx::check_for_interrupts!();
 }
 
-/// publish_failures_now stores failed-statement records of a transaction that did not commit.
-/// Runs in the abort path: never waits, never raises; a full ring counts them as dropped.
-fn publish_failures_now() {
-    let (body, n) = capture::take_failures();
+/// publish_failures_now stores failed-statement records `(body, n)` of a transaction that did
+/// not commit, or of subtransactions that rolled back. Runs in the abort path: never waits,
+/// never raises; a full ring counts them as dropped.
+fn publish_failures_now((body, n): (Vec<u8>, u32)) {
     if n == 0 || !ring::is_initialised() {
         return;
     }

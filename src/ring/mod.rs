@@ -29,6 +29,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, 
 
 use crate::gucs;
 
+mod waiting;
+use waiting::Waiting;
+
 const TRANCHE: &CStr = c"activity_log";
 const SHMEM_NAME: &CStr = c"activity_log rings";
 const LAST_ERROR_LEN: usize = 256;
@@ -55,10 +58,11 @@ struct Control {
     started_at: i64,
     launcher_procno: AtomicI32, // -1 when no launcher; written by the launcher
     launcher_pid: AtomicI32,
-    /// Records lost because no slot was free for their database.
+    /// Records lost because their database had no ring and they could not be staged (a
+    /// standby, or the extension being dropped).
     dropped_unassigned: AtomicU64,
-    /// Bumped whenever any database changes its tracked tables; backends reload their cache.
-    tracking_generation: AtomicU64,
+    /// Databases that staged records while they had no ring (ring/waiting.rs).
+    waiting: Waiting,
 }
 
 #[repr(C)]
@@ -72,8 +76,16 @@ struct Slot {
     gap_generation: AtomicU32,     // crash_generation the writer has reported a gap for
     claim_xid: AtomicU32,          // transaction that last claimed the ring (0: none known)
     last_dboid: AtomicU32,         // the database the ring served before its last release
-    head: AtomicU64,               // next byte to reserve; written under the slot lock
-    tail: AtomicU64,               // first byte not yet in the table; written by the writer only
+    /// The launcher asks the writer to hand the ring back: another database waits for one.
+    hand_back_requested: AtomicBool,
+    /// The writer is handing the ring back: no new frame is reserved (a committing
+    /// transaction stages its records instead), and the ring is released once drained.
+    closing: AtomicBool,
+    claimed_at: AtomicI64, // when the ring was given to its database
+    /// dropped_records the writer has put a gap record in the trail for.
+    dropped_reported: AtomicU64,
+    head: AtomicU64, // next byte to reserve; written under the slot lock
+    tail: AtomicU64, // first byte not yet in the table; written by the writer only
     /// Durable transactions (see capture/durable.rs) bypass the ring: each one that commits
     /// bumps `staged_commits`; the writer sweeps activity_log.durable_queue when it moved and
     /// then stores the value it read before the sweep in `staged_swept`.
@@ -192,7 +204,7 @@ impl PgSharedMemoryInitialization for Shmem {
                     launcher_procno: AtomicI32::new(-1),
                     launcher_pid: AtomicI32::new(0),
                     dropped_unassigned: AtomicU64::new(0),
-                    tracking_generation: AtomicU64::new(1),
+                    waiting: Waiting::new(),
                 });
                 let slots = control.add(1).cast::<Slot>();
                 for i in 0..n {
@@ -206,6 +218,10 @@ impl PgSharedMemoryInitialization for Shmem {
                         gap_generation: AtomicU32::new(0),
                         claim_xid: AtomicU32::new(0),
                         last_dboid: AtomicU32::new(0),
+                        hand_back_requested: AtomicBool::new(false),
+                        closing: AtomicBool::new(false),
+                        claimed_at: AtomicI64::new(0),
+                        dropped_reported: AtomicU64::new(0),
                         head: AtomicU64::new(0),
                         tail: AtomicU64::new(0),
                         staged_commits: AtomicU64::new(0),
@@ -381,6 +397,7 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
             &s.batches,
             &s.write_errors,
             &s.overflow_waits,
+            &s.dropped_reported,
         ] {
             c.store(0, Relaxed);
         }
@@ -397,8 +414,97 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
     s.staged_commits.store(1, Relaxed);
     s.staged_swept.store(0, Relaxed);
     s.claim_xid.store(xid, Release);
+    s.hand_back_requested.store(false, Relaxed);
+    s.closing.store(false, Relaxed);
+    // SAFETY: reads the clock.
+    s.claimed_at
+        .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
     s.dboid.store(dboid, Release);
+    control().waiting.remove(dboid);
     Some(i)
+}
+
+/// note_waiting puts `dboid` on the list of databases waiting for a ring and wakes the
+/// launcher. Atomics and a latch: callable after commit.
+pub fn note_waiting(dboid: u32) {
+    control().waiting.note(dboid);
+    wake_launcher();
+}
+
+/// waiting_databases lists the databases waiting for a ring.
+pub fn waiting_databases() -> Vec<u32> {
+    control().waiting.databases()
+}
+
+/// stop_waiting takes `dboid` off the waiting list.
+pub fn stop_waiting(dboid: u32) {
+    control().waiting.remove(dboid);
+}
+
+/// serves tells whether slot `i` is `dboid`'s ring and takes frames (is not being handed back).
+pub fn serves(i: usize, dboid: u32) -> bool {
+    let s = slot(i);
+    s.dboid.load(Acquire) == dboid && !s.closing.load(Acquire)
+}
+
+pub fn closing(i: usize) -> bool {
+    slot(i).closing.load(Acquire)
+}
+
+/// request_sweep makes the writer of slot `i` sweep durable_queue (again): its database
+/// staged transactions that no commit counted in this slot.
+pub fn request_sweep(i: usize) {
+    commit_staged(i, 0);
+}
+
+/// request_hand_back asks the writer of slot `i` to hand its ring back.
+pub fn request_hand_back(i: usize) {
+    slot(i).hand_back_requested.store(true, Release);
+    wake_writer(i);
+}
+
+pub fn hand_back_requested(i: usize) -> bool {
+    slot(i).hand_back_requested.load(Acquire)
+}
+
+pub fn claimed_at(i: usize) -> i64 {
+    slot(i).claimed_at.load(Relaxed)
+}
+
+/// close stops new reservations in slot `i`: from now on its database's transactions stage
+/// their records (reserve says Gone). Frames reserved before stay and are drained.
+pub fn close(i: usize) {
+    let _s = LockGuard::exclusive(i + 1);
+    slot(i).closing.store(true, Release);
+}
+
+/// release_closed frees slot `i` after [`close`] once every frame is stored: false while some
+/// are still there.
+pub fn release_closed(i: usize) -> bool {
+    let s = slot(i);
+    {
+        let _s = LockGuard::exclusive(i + 1);
+        if s.tail.load(Acquire) != s.head.load(Acquire) {
+            return false;
+        }
+    }
+    release(i);
+    true
+}
+
+/// unreported_drops is (records of slot `i` dropped so far, how many of them have no gap
+/// record in the trail yet); [`mark_drops_reported`] with the first once the record is stored.
+pub fn unreported_drops(i: usize) -> (u64, u64) {
+    let s = slot(i);
+    let dropped = s.dropped_records.load(Acquire);
+    (
+        dropped,
+        dropped.saturating_sub(s.dropped_reported.load(Acquire)),
+    )
+}
+
+pub fn mark_drops_reported(i: usize, dropped: u64) {
+    slot(i).dropped_reported.fetch_max(dropped, AcqRel);
 }
 
 /// release frees the slot of a database that no longer has the extension; its records go.
@@ -472,7 +578,8 @@ pub enum ReserveError {
     Full,
     /// Larger than the whole ring; it can never fit.
     TooLarge,
-    /// The slot was released (the extension was dropped) since it was looked up.
+    /// The slot was released (the extension was dropped, or the ring handed to another
+    /// database) or is being handed back, since it was looked up.
     Gone,
 }
 
@@ -522,7 +629,7 @@ pub fn reserve(
     );
     let pos = {
         let _g = LockGuard::exclusive(slot_index + 1);
-        if s.dboid.load(Acquire) != dboid {
+        if s.dboid.load(Acquire) != dboid || s.closing.load(Acquire) {
             return Err(ReserveError::Gone);
         }
         let mut head = s.head.load(Relaxed);
@@ -726,7 +833,7 @@ pub fn mark_swept(slot_index: usize, commits: u64) {
 }
 
 pub fn count_drop(slot_index: usize, records: u64) {
-    slot(slot_index).dropped_records.fetch_add(records, Relaxed);
+    slot(slot_index).dropped_records.fetch_add(records, Release);
 }
 
 pub fn count_overflow_wait(slot_index: usize) {
@@ -1037,6 +1144,10 @@ pub fn attach_writer(i: usize, pid: i32, procno: i32) -> bool {
     }
     s.writer_pid.store(pid, Release);
     s.writer_procno.store(procno, Release);
+    // A writer that was handing the ring back stopped half-way: the ring is its database's
+    // again.
+    s.hand_back_requested.store(false, Relaxed);
+    s.closing.store(false, Release);
     true
 }
 
@@ -1160,14 +1271,6 @@ pub fn stats(i: usize) -> SlotStats {
         last_error_at: s.last_error_at.load(Relaxed),
         last_error,
     }
-}
-
-pub fn tracking_generation() -> u64 {
-    control().tracking_generation.load(Acquire)
-}
-
-pub fn bump_tracking_generation() {
-    control().tracking_generation.fetch_add(1, AcqRel);
 }
 
 pub fn dropped_unassigned() -> u64 {

@@ -1,10 +1,14 @@
-//! worker/launcher.rs: the one static background worker; keeps a writer running per audited
-//! database.
+//! worker/launcher.rs: the one static background worker; keeps a writer running for every
+//! database that has a ring, and gives rings to databases that wait for one.
 //!
-//! At start it starts a writer for every connectable database (a writer whose database lacks
-//! the extension exits at once). Afterwards the rings are the source of truth: a ring with a
-//! database and no writer gets one, after a back-off that doubles with each failed run
-//! (1 s, 2 s, ... 60 s). It connects to no database and only scans `pg_database`.
+//! A ring with a database and no writer gets one, after a back-off that doubles with each
+//! failed run (1 s, 2 s, ... 60 s). Databases that staged records while they had no ring wait
+//! on a list (ring/waiting.rs): each gets a free ring and a writer; when no ring is free, the
+//! writer that has held its ring longest is asked to hand it back (at once when idle, after its
+//! turn when busy; worker/writer.rs), so any number of databases share `max_databases` rings
+//! and as many writers. At start every connectable database is put on the list, so that what a
+//! database staged before a restart is found (a writer whose database lacks the extension
+//! frees its ring and exits at once). It connects to no database and only scans `pg_database`.
 
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -39,7 +43,7 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
     unsafe { ring::set_launcher((*pg_sys::MyProc).pgprocno, pg_sys::MyProcPid) };
 
     for dboid in connectable_databases() {
-        start_writer(dboid);
+        ring::note_waiting(dboid);
     }
     while BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
         if BackgroundWorker::sighup_received() {
@@ -54,8 +58,10 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// supervise starts a writer for every ring that needs one and whose back-off has passed.
+/// supervise starts a writer for every ring that needs one and whose back-off has passed, and
+/// gives rings to the databases that wait for one.
 fn supervise() {
+    give_rings();
     // SAFETY: no error paths.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     for i in 0..ring::slot_count() {
@@ -75,6 +81,57 @@ fn supervise() {
             ring::WRITER_STARTING if since > 30_000_000 => ring::detach_writer(i, 0, true),
             _ => {}
         }
+    }
+}
+
+/// give_rings gives each waiting database a free ring and a writer, and asks for a ring back
+/// when none is free.
+fn give_rings() {
+    let waiting = ring::waiting_databases();
+    if waiting.is_empty() {
+        return;
+    }
+    let existing = connectable_databases();
+    let mut asked = false;
+    for dboid in waiting {
+        if !existing.contains(&dboid) {
+            ring::stop_waiting(dboid); // dropped, or no longer accepts connections
+            continue;
+        }
+        if let Some(i) = ring::slot_of(dboid) {
+            // It got a ring meanwhile (a committing backend claims a free one): its writer
+            // sweeps durable_queue for what was staged without one. One being handed back
+            // is no ring: the database waits for the next.
+            if !ring::closing(i) {
+                ring::stop_waiting(dboid);
+                ring::request_sweep(i);
+            }
+            continue;
+        }
+        if ring::claim(dboid, 0).is_some() {
+            start_writer(dboid);
+        } else if !asked {
+            ask_for_a_ring();
+            asked = true;
+        }
+    }
+}
+
+/// ask_for_a_ring asks the writer that has held its ring longest to hand it back, unless a
+/// ring is being handed back already (one at a time: each hand-back serves one database).
+fn ask_for_a_ring() {
+    let held = (0..ring::slot_count()).filter(|&i| ring::slot_dboid(i) != 0);
+    if held
+        .clone()
+        .any(|i| ring::hand_back_requested(i) || ring::closing(i))
+    {
+        return;
+    }
+    if let Some(i) = held
+        .filter(|&i| ring::writer_state(i) == ring::WRITER_RUNNING)
+        .min_by_key(|&i| ring::claimed_at(i))
+    {
+        ring::request_hand_back(i);
     }
 }
 

@@ -107,9 +107,11 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         }
     }
     let Some(slot) = ring::claim(dboid, 0) else {
-        log!(
-            "activity_log: no ring is free for database {dboid}; raise activity_log.max_databases"
-        );
+        // Every ring is taken: when transactions wait in durable_queue, the launcher gives
+        // this database a ring at its turn.
+        if staged_rows_left() {
+            ring::note_waiting(dboid);
+        }
         return;
     };
     // SAFETY: MyProc is set in every process attached to shared memory.
@@ -156,6 +158,13 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         maintain_partitions_if_due(&mut next_maintenance);
         let drained = drain(slot);
         more = sweeping(slot) || drained.left_some;
+        if ring::hand_back_requested(slot) && (drained.written == 0 && !more || turn_is_over(slot))
+        {
+            hand_back(slot);
+            // SAFETY: process-local flag read by on_exit.
+            unsafe { CLEAN_EXIT = true };
+            return;
+        }
         if drained.written < small_batch() {
             // Small batches: let commits gather for a moment, so that a busy server is written
             // in batches rather than one tiny insert per commit. Adds at most 50 ms of lag;
@@ -168,6 +177,55 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     drain_before_exit(slot);
     // SAFETY: process-local flag read by on_exit.
     unsafe { CLEAN_EXIT = true };
+}
+
+/// How long a writer keeps its ring, once another database waits for one, while its own
+/// database keeps it busy: a database without a ring commits through durable_queue (slower,
+/// nothing lost), and its records reach the trail at its turn.
+const TURN: Duration = Duration::from_secs(5);
+
+fn turn_is_over(slot: usize) -> bool {
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    now - ring::claimed_at(slot) >= TURN.as_micros() as i64
+}
+
+/// hand_back gives the ring up for another database (the launcher asked): no new frame is
+/// reserved from now on (committing transactions stage theirs), what is in the ring and in
+/// durable_queue is stored, and the ring is released. Transactions staged meanwhile put the
+/// database back on the waiting list; so does this writer when it sees some left.
+fn hand_back(slot: usize) {
+    ring::close(slot);
+    // What committed before the close; later commits put the database back on the list.
+    let staged = ring::staged_commits(slot);
+    while ring::has_frames(slot) || ring::staged_swept(slot) < staged {
+        if drain(slot).written == 0 && !BackgroundWorker::wait_latch(Some(Duration::from_millis(5)))
+        {
+            return; // stopping: the ring stays closed, and the next writer opens it again
+        }
+    }
+    // SAFETY: process-local statics; detached before the release so that the writer that
+    // gets the ring next finds it free.
+    unsafe {
+        ring::detach_writer(slot, pg_sys::MyProcPid, false);
+        MY_SLOT = -1;
+    }
+    ring::release_closed(slot);
+    if staged_rows_left() {
+        // SAFETY: process-local static.
+        ring::note_waiting(unsafe { MY_DB });
+    }
+}
+
+/// staged_rows_left tells whether durable_queue holds committed transactions.
+fn staged_rows_left() -> bool {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM activity_log.durable_queue)")
+            .unwrap_or_else(|e| {
+                error!("activity_log: could not read activity_log.durable_queue: {e}")
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// has_day_partitions tells whether the trail has a partition besides events_default.
@@ -288,6 +346,13 @@ fn drain(slot: usize) -> Drained {
     let mut first = true;
     while still_mine(slot) {
         let batch = ring::read(slot, gucs::batch_size());
+        // Read after the batch: a drop that happened before a frame of the batch was
+        // reserved is counted by now, so its gap record precedes every later record.
+        let (dropped, unreported) = ring::unreported_drops(slot);
+        if unreported > 0 {
+            BackgroundWorker::transaction(|| write_drop_gap(unreported));
+            ring::mark_drops_reported(slot, dropped);
+        }
         if batch.end == ring::tail(slot) {
             break;
         }
@@ -312,11 +377,13 @@ fn drain(slot: usize) -> Drained {
     }
 }
 
-/// A sweep of durable_queue in progress: the staged_commits it must cover, and the ctid its
-/// pass has reached.
+/// A sweep of durable_queue in progress: the staged_commits it must cover, the ctid its pass
+/// has reached, and the transaction staged in pieces it is taking, if any (its pieces are
+/// taken before anything else, so that its records are one run in the trail).
 struct Sweep {
     commits: u64,
     after: String,
+    pieces_of: Option<String>,
 }
 
 thread_local! {
@@ -337,7 +404,7 @@ const STAGED_BATCHES_PER_DRAIN: usize = 4;
 fn drain_staged(slot: usize) -> u64 {
     let mut written = 0;
     for _ in 0..STAGED_BATCHES_PER_DRAIN {
-        let Some(after) = SWEEP.with_borrow_mut(|sweep| {
+        let Some((after, pieces_of)) = SWEEP.with_borrow_mut(|sweep| {
             if sweep.is_none() {
                 let commits = ring::staged_commits(slot);
                 if commits == ring::staged_swept(slot) {
@@ -346,22 +413,32 @@ fn drain_staged(slot: usize) -> u64 {
                 *sweep = Some(Sweep {
                     commits,
                     after: TID_START.to_string(),
+                    pieces_of: None,
                 });
             }
-            sweep.as_ref().map(|s| s.after.clone())
+            sweep
+                .as_ref()
+                .map(|s| (s.after.clone(), s.pieces_of.clone()))
         }) else {
             break;
         };
         if !still_mine(slot) {
             break;
         }
-        let stored = write_batch(slot, Source::Staged { after: &after });
+        let stored = write_batch(
+            slot,
+            Source::Staged {
+                after: &after,
+                pieces_of: pieces_of.as_deref(),
+            },
+        );
         SWEEP.with_borrow_mut(|sweep| match (stored.records, sweep.take()) {
             (0, Some(done)) => ring::mark_swept(slot, done.commits),
             (_, Some(going)) => {
                 *sweep = Some(Sweep {
                     commits: going.commits,
                     after: stored.resume_after.clone().unwrap_or(going.after),
+                    pieces_of: stored.pieces_of.clone(),
                 })
             }
             (_, None) => {}
@@ -388,35 +465,69 @@ const STAGED_BYTES_PER_RECORD: usize = 300;
 /// Before the first row of a table.
 const TID_START: &str = "(0,0)";
 
+/// What take_staged took: the batch, the ctid to resume after, and the transaction staged in
+/// pieces whose remaining pieces come next.
+struct Taken {
+    batch: ring::Batch,
+    resume_after: Option<String>,
+    pieces_of: Option<String>,
+}
+
 /// take_staged deletes the staged transactions after the row `after` (a ctid), in physical
 /// order, from durable_queue and returns them as a batch with the ctid to resume after; the
-/// delete commits with their trail rows. A batch holds at least one transaction, at most
+/// delete commits with their trail rows. The rest of a transaction staged in pieces
+/// (`pieces_of`) comes first. A batch holds at least one transaction, at most
 /// `max_records` transactions and, beyond the first, about STAGED_BYTES_PER_RECORD bytes per
 /// record of `max_records`: a record can hold many rows (one per row a statement changed), so
-/// the frames' size, not their record count, says how much work they are.
-fn take_staged(max_records: usize, after: &str) -> (ring::Batch, Option<String>) {
+/// the frames' size, not their record count, says how much work they are. A transaction staged
+/// in pieces is a batch (or several) of its own: see [`take_pieces`].
+fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>) -> Taken {
     let mut batch = ring::Batch {
         frames: Vec::new(),
         records: 0,
         end: 0,
     };
     let mut resume_after = None;
+    let mut more_pieces_of = None;
     let budget = max_records * STAGED_BYTES_PER_RECORD;
     Spi::connect_mut(|client| {
+        if let Some(xid) = pieces_of {
+            if take_pieces(client, xid, budget, &mut batch)? {
+                more_pieces_of = Some(xid.to_string());
+            }
+            if !batch.frames.is_empty() {
+                return Ok(());
+            }
+        }
         // Which rows: ctids and sizes only (octet_length reads no out-of-line value).
         let mut picked = Vec::new();
         let mut bytes = 0;
         let candidates = client.select(
-            "SELECT ctid::text, octet_length(frame) FROM activity_log.durable_queue WHERE ctid > $2::tid LIMIT $1",
+            "SELECT ctid::text, octet_length(frame), xid::text, seq IS NOT NULL
+               FROM activity_log.durable_queue WHERE ctid > $2::tid LIMIT $1",
             None,
             &[(max_records as i64).into(), after.into()],
         )?;
+        let mut first_pieces_of = None;
         for row in candidates {
+            if row.get::<bool>(4)?.unwrap_or(false) {
+                if picked.is_empty() {
+                    first_pieces_of = row.get::<String>(3)?;
+                }
+                break;
+            }
             if !picked.is_empty() && bytes >= budget {
                 break;
             }
             bytes += row.get::<i32>(2)?.unwrap_or(0).max(0) as usize;
             picked.push(row.get::<String>(1)?.unwrap_or_default());
+        }
+        if let Some(xid) = first_pieces_of {
+            // The sweep stays where it is; the transaction's other pieces come next.
+            if take_pieces(client, &xid, budget, &mut batch)? {
+                more_pieces_of = Some(xid);
+            }
+            return Ok(());
         }
         resume_after = picked.last().cloned();
         if picked.is_empty() {
@@ -442,9 +553,70 @@ fn take_staged(max_records: usize, after: &str) -> (ring::Batch, Option<String>)
         Ok::<_, pgrx::spi::Error>(())
     })
     .unwrap_or_else(|e| error!("activity_log: could not read activity_log.durable_queue: {e}"));
-    // In commit order within the batch (rows come back in heap order).
+    // In commit order within the batch (rows come back in heap order; a transaction's pieces
+    // share their time and keep their order).
     batch.frames.sort_by_key(|f| f.commit_ts);
-    (batch, resume_after)
+    Taken {
+        batch,
+        resume_after,
+        pieces_of: more_pieces_of,
+    }
+}
+
+/// take_pieces deletes the first pieces (by seq) of the transaction `xid` staged in pieces,
+/// about `budget` bytes and at least one, into `batch`; true when pieces are left. Every piece is visible once one is
+/// (they commit together), so the pieces are the whole transaction; they take the time of the
+/// last one, staged at its commit, which stays until the end (it has the highest seq).
+fn take_pieces(
+    client: &mut pgrx::spi::SpiClient,
+    xid: &str,
+    budget: usize,
+    batch: &mut ring::Batch,
+) -> Result<bool, pgrx::spi::Error> {
+    let mut picked = Vec::new();
+    let mut bytes = 0;
+    let mut commit_ts = 0;
+    let mut left = false;
+    let pieces = client.select(
+        "SELECT ctid::text, octet_length(frame),
+                (extract(epoch FROM max(staged_at) OVER ()) * 1000000)::int8 - 946684800000000
+           FROM activity_log.durable_queue WHERE xid = $1::xid8 ORDER BY seq",
+        None,
+        &[xid.into()],
+    )?;
+    for row in pieces {
+        if !picked.is_empty() && bytes >= budget {
+            left = true;
+            break;
+        }
+        bytes += row.get::<i32>(2)?.unwrap_or(0).max(0) as usize;
+        commit_ts = row.get::<i64>(3)?.unwrap_or_default();
+        picked.push(row.get::<String>(1)?.unwrap_or_default());
+    }
+    let rows = client.update(
+        "DELETE FROM activity_log.durable_queue WHERE ctid = ANY ($1::tid[])
+         RETURNING seq, records, frame",
+        None,
+        &[picked.into()],
+    )?;
+    let mut frames = Vec::new();
+    for row in rows {
+        let seq: i64 = row.get(1)?.unwrap_or_default();
+        let records: i32 = row.get(2)?.unwrap_or_default();
+        let payload: Vec<u8> = row.get(3)?.unwrap_or_default();
+        batch.records += records as u64;
+        frames.push((
+            seq,
+            ring::Frame {
+                commit_ts,
+                nrecords: records as u32,
+                payload,
+            },
+        ));
+    }
+    frames.sort_by_key(|f| f.0);
+    batch.frames.extend(frames.into_iter().map(|f| f.1));
+    Ok(left)
 }
 
 /// drain_before_exit also waits, briefly, for frames of transactions still committing.
@@ -463,8 +635,11 @@ enum Source<'a> {
     /// Frames already read from the ring; the tail moves after the commit.
     Ring(&'a ring::Batch),
     /// Staged transactions after the row `after` (a ctid), taken from durable_queue inside
-    /// the batch's transaction.
-    Staged { after: &'a str },
+    /// the batch's transaction; the rest of the transaction `pieces_of` first.
+    Staged {
+        after: &'a str,
+        pieces_of: Option<&'a str>,
+    },
 }
 
 /// What one batch transaction stored.
@@ -476,6 +651,8 @@ struct Stored {
     carried_over: u64,
     /// The ctid of the last staged row taken.
     resume_after: Option<String>,
+    /// The transaction staged in pieces whose remaining pieces come next.
+    pieces_of: Option<String>,
 }
 
 /// write_batch inserts one batch in its own transaction. An ERROR is noted in the metrics and
@@ -490,11 +667,16 @@ fn write_batch(slot: usize, source: Source) -> Stored {
     PgTryBuilder::new(|| {
         BackgroundWorker::transaction(|| {
             let staged;
-            let mut resume_after = None;
+            let (mut resume_after, mut pieces_of) = (None, None);
             let batch = match source {
                 Source::Ring(batch) => batch,
-                Source::Staged { after } => {
-                    (staged, resume_after) = take_staged(gucs::batch_size(), after);
+                Source::Staged {
+                    after,
+                    pieces_of: of,
+                } => {
+                    let taken = take_staged(gucs::batch_size(), after, of);
+                    (staged, resume_after, pieces_of) =
+                        (taken.batch, taken.resume_after, taken.pieces_of);
                     &staged
                 }
             };
@@ -516,6 +698,7 @@ fn write_batch(slot: usize, source: Source) -> Stored {
                 records: batch.records,
                 carried_over,
                 resume_after,
+                pieces_of,
             }
         })
     })
@@ -636,6 +819,22 @@ fn write_gap_event() {
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     gap.push_gap(now, details);
+    gap.insert();
+}
+
+/// write_drop_gap records that `dropped` records were dropped (activity_log.overflow = drop
+/// with a full ring) since the last such record.
+fn write_drop_gap(dropped: u64) {
+    let mut gap = Rows::new(false);
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    gap.push_gap(
+        now,
+        json!({
+            "reason": "the ring was full and activity_log.overflow = drop: committed transactions' records were dropped",
+            "dropped_records": dropped,
+        }),
+    );
     gap.insert();
 }
 
