@@ -94,7 +94,11 @@ CREATE TABLE activity_log.durable_queue (
     records   integer NOT NULL,
     frame     bytea NOT NULL,
     xid       xid8 NOT NULL,
-    seq       bigint  -- NULL: the transaction's only row
+    seq       bigint,  -- NULL: the transaction's only row
+    -- The turn of the ring that announced the transaction: the writer stores its rows when it
+    -- reaches the announcement, in the ring's order; NULL (no ring, or no room) or another
+    -- turn's mark (a crash-restart since): swept in the queue's order.
+    ring_mark bigint
 );
 ALTER TABLE activity_log.durable_queue ALTER COLUMN frame SET STORAGE EXTERNAL;
 COMMENT ON TABLE activity_log.durable_queue IS

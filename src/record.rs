@@ -364,8 +364,8 @@ impl<'a> Dec<'a> {
     }
 }
 
-/// decode_frame splits a frame payload into its [`FrameInfo`] and records.
-pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record<'_>>), DecodeError> {
+/// decode_info reads the [`FrameInfo`] that opens a frame payload, and how many bytes it took.
+pub fn decode_info(payload: &[u8]) -> Result<(FrameInfo, usize), DecodeError> {
     let mut d = Dec {
         buf: payload,
         pos: 0,
@@ -381,6 +381,13 @@ pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record<'_>>), Deco
         xid: d.u64()?,
         client_addr: d.opt_bytes()?.map(Cow::into_owned),
     };
+    Ok((info, d.pos))
+}
+
+/// decode_frame splits a frame payload into its [`FrameInfo`] and records.
+pub fn decode_frame(payload: &[u8]) -> Result<(FrameInfo, Vec<Record<'_>>), DecodeError> {
+    let (info, pos) = decode_info(payload)?;
+    let mut d = Dec { buf: payload, pos };
     let mut records = Vec::new();
     while d.pos < payload.len() {
         let len = d.u32()? as usize;

@@ -320,3 +320,132 @@ fn fifty_databases_share_the_rings_and_lose_nothing() {
         c.log()
     );
 }
+
+/// The trail's order is the commit order of conflicting transactions, also when one of them
+/// staged its records: a staged transaction is announced in the ring at pre-commit, and the
+/// writer stores its rows when it reaches the announcement. Replaying the trail gives the
+/// table.
+#[test]
+fn staged_transactions_keep_their_place_in_the_commit_order() {
+    let c = Cluster::start("limits-order", &[]);
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE TABLE other (id int PRIMARY KEY, pad text NOT NULL);
+         INSERT INTO other SELECT g, 'start' FROM generate_series(1, 20000) g;
+         CREATE TABLE acct (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO acct VALUES (1, 0);
+         CREATE TABLE ledger (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO ledger VALUES (1, 0);
+         SELECT activity_log.track('other');
+         SELECT activity_log.track('acct');
+         SELECT activity_log.track('ledger', durability => 'sync');",
+    );
+    for round in 0..3 {
+        // A big transaction, then small ones changing the same rows right after it.
+        c.sql(
+            DB,
+            &format!(
+                "UPDATE other SET pad = repeat('{round}', 1000);
+                 UPDATE other SET pad = 'after {round}' WHERE id % 1000 = 0;
+                 UPDATE ledger SET v = v + 1;"
+            ),
+        );
+        // A small transaction holds a row that a big one then waits for: the small one
+        // commits first, and its change must come first in the trail.
+        let small = c.spawn(
+            DB,
+            "al_small",
+            &format!("BEGIN; UPDATE acct SET v = {round} * 10 + 1 WHERE id = 1; SELECT pg_sleep(2); COMMIT;"),
+        );
+        let held = common::wait_until(std::time::Duration::from_secs(10), || {
+            (c.one(DB, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'al_small' AND wait_event = 'PgSleep'") == "1").then_some(())
+        });
+        assert!(held.is_some());
+        c.sql(
+            DB,
+            &format!(
+                "BEGIN;
+                 UPDATE other SET pad = repeat('b', 1000) WHERE id <= 5000;
+                 UPDATE acct SET v = {round} * 10 + 2 WHERE id = 1;
+                 UPDATE ledger SET v = v + 1;
+                 COMMIT;"
+            ),
+        );
+        let out = small.wait_with_output().unwrap();
+        assert!(out.status.success());
+    }
+    assert_eq!(c.one(DB, "SELECT activity_log.flush('300 s')"), "t");
+    for table in ["other", "acct", "ledger"] {
+        assert_eq!(
+            c.one(
+                DB,
+                &format!(
+                    "SELECT count(*) FROM {table} t
+                       FULL JOIN (SELECT DISTINCT ON (row_key) row_key, new_row FROM activity_log.changes
+                                   WHERE table_name = '{table}' ORDER BY row_key, id DESC) last
+                         ON last.row_key = jsonb_build_object('id', t.id)
+                      WHERE last.new_row IS DISTINCT FROM to_jsonb(t)"
+                )
+            ),
+            "0",
+            "replaying {table} in id order does not give the table"
+        );
+    }
+    // Each big transaction's records are one run of ids: nothing committed later in between.
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FROM (SELECT xid, max(id) - min(id) + 1 AS span, count(*) AS n
+                                      FROM activity_log.events WHERE xid IS NOT NULL GROUP BY xid) x
+              WHERE span <> n"
+        ),
+        "0"
+    );
+}
+
+/// Failure records of a database without a ring are stored when it can take a free ring, and
+/// otherwise counted, with a gap record, by the ring it gets next: never lost silently.
+#[test]
+fn failures_in_a_database_without_a_ring_are_not_lost_silently() {
+    let c = Cluster::start(
+        "limits-failures",
+        &[
+            "activity_log.max_databases = 1",
+            "activity_log.capture_statements = 'all'",
+        ],
+    );
+    for db in ["x1", "x2", "x3"] {
+        c.sql(DB, &format!("CREATE DATABASE {db}"));
+        c.sql(
+            db,
+            "CREATE EXTENSION activity_log; CREATE TABLE t (id int PRIMARY KEY, v int);",
+        );
+    }
+    for db in ["x1", "x2", "x3"] {
+        let _ = c.run(db, "SELECT 1/0;");
+        let _ = c.run(db, "INSERT INTO t VALUES (1, 1), (1, 2);");
+    }
+    for db in ["x1", "x2", "x3"] {
+        assert_eq!(c.one(db, "SELECT activity_log.flush('120 s')"), "t", "{db}");
+        let stored: i64 = c
+            .one(
+                db,
+                "SELECT count(*) FROM activity_log.events WHERE status = 'error'",
+            )
+            .parse()
+            .unwrap();
+        let reported: i64 = c
+            .one(
+                db,
+                "SELECT coalesce(sum((details->>'dropped_records')::int), 0) FROM activity_log.events WHERE status = 'gap'",
+            )
+            .parse()
+            .unwrap();
+        assert_eq!(
+            stored + reported,
+            2,
+            "{db}: {stored} stored, {reported} reported lost"
+        );
+    }
+}

@@ -1117,3 +1117,42 @@ fn ddl_in_one_database_does_not_reload_the_tracked_tables_of_another() {
         "4"
     );
 }
+
+/// A REPEATABLE READ transaction loads its copy of tracked_tables with its own snapshot, which
+/// may predate a track() committed meanwhile: the copy serves that transaction only, and the
+/// session's next transactions see the change (hostile review of issue 24).
+#[test]
+fn a_repeatable_read_transaction_does_not_leave_a_stale_copy_behind() {
+    let c = cluster("rows-rr");
+    c.sql(
+        DB,
+        "CREATE TABLE sec (id int PRIMARY KEY, ssn text);
+         CREATE TABLE newt (id int PRIMARY KEY);
+         SELECT activity_log.track('sec');",
+    );
+    let e = |sql: &str| elsewhere(&c, DB, sql);
+    let script = [
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; INSERT INTO sec VALUES (1, 's1');\n".to_string(),
+        e("SELECT activity_log.track('newt')"),
+        e("SELECT activity_log.track('sec', exclude_columns => '{ssn}')"),
+        "INSERT INTO newt VALUES (1); COMMIT;\n".into(),
+        "INSERT INTO newt VALUES (2);\n".into(),
+        "INSERT INTO sec VALUES (2, 's2');\n".into(),
+    ]
+    .concat();
+    let out = c.sql(DB, &script);
+    assert!(!out.iter().any(|l| l.starts_with("FAILED")), "{out:?}");
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT table_name || '|' || new_row::text FROM activity_log.changes
+              WHERE table_name IN ('sec', 'newt') ORDER BY id"
+        ),
+        [
+            r#"sec|{"id": 1, "ssn": "s1"}"#,
+            r#"newt|{"id": 2}"#,
+            r#"sec|{"id": 2}"#,
+        ]
+    );
+}

@@ -885,3 +885,46 @@ fn migration_state_written_by_hand_gains_nothing() {
         "f"
     );
 }
+
+/// An event logged in a parallel worker (through a function someone marked PARALLEL SAFE)
+/// would end with the worker: it is refused with a hint, never lost silently.
+#[test]
+fn log_event_refuses_to_run_in_a_parallel_worker() {
+    let c = Cluster::start(
+        "trust-parallel",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE ROLE eve LOGIN;
+         CREATE FUNCTION public.note_it() RETURNS int LANGUAGE plpgsql PARALLEL SAFE AS
+         $$ BEGIN PERFORM activity_log.log_event('from a worker'); RETURN 1; END $$;",
+    );
+    let err = c.error_as(
+        "eve",
+        DB,
+        "SET force_parallel_mode = on; SET parallel_setup_cost = 0; SELECT public.note_it();",
+    );
+    assert!(
+        err.contains("activity_log.log_event() cannot run in a parallel worker"),
+        "{err}"
+    );
+    assert!(
+        err.contains("HINT:  Mark the function that calls it PARALLEL UNSAFE"),
+        "{err}"
+    );
+    assert_eq!(
+        c.sql_as("eve", DB, "SELECT public.note_it()"),
+        ["1"],
+        "outside a parallel worker it works"
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.events WHERE command = 'from a worker'"
+        ),
+        "1"
+    );
+}

@@ -174,6 +174,15 @@ fn log_event(
     severity: default!(Option<&str>, "'info'"),
 ) {
     require_preload_or_error();
+    // SAFETY: read of a backend global. A parallel worker's records would end with it: reached
+    // through a function someone marked PARALLEL SAFE, the event is refused, never lost.
+    if unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            "activity_log.log_event() cannot run in a parallel worker",
+            Some("Mark the function that calls it PARALLEL UNSAFE (or RESTRICTED)."),
+        );
+    }
     let action = match action.map(str::trim) {
         None => raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,

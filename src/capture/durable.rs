@@ -17,7 +17,7 @@ use super::{hooks, xact};
 use crate::errors::raise;
 
 /// durable_queue's columns, in order.
-const NATTS: i32 = 5;
+const NATTS: i32 = 6;
 
 /// queue_relid is durable_queue's OID, or InvalidOid when the extension is not (or no longer)
 /// in this database.
@@ -45,8 +45,9 @@ pub fn can_stage() -> bool {
 /// stage inserts the concatenation of `parts` (encoded records, `nrecords` of them) as one
 /// durable_queue row, behind the transaction's frame info. `seq` is the piece's position in
 /// the transaction's record stream, for a transaction that stages several pieces; None for
-/// one staged whole.
-pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>) {
+/// one staged whole. `ring_mark`: the turn mark of the ring that announced the transaction
+/// (capture/xact.rs), if one did.
+pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>, ring_mark: Option<i64>) {
     let relid = queue_relid();
     if relid == pg_sys::InvalidOid {
         raise(
@@ -103,8 +104,16 @@ pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>) {
             pg_sys::Datum::from(frame),
             pg_sys::Datum::from(xid),
             pg_sys::Datum::from(seq.unwrap_or(0) as i64),
+            pg_sys::Datum::from(ring_mark.unwrap_or(0)),
         ];
-        let mut nulls = [false, false, false, false, seq.is_none()];
+        let mut nulls = [
+            false,
+            false,
+            false,
+            false,
+            seq.is_none(),
+            ring_mark.is_none(),
+        ];
         let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::simple_heap_insert(rel, tuple);
         pg_sys::heap_freetuple(tuple);

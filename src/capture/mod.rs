@@ -219,7 +219,11 @@ pub fn spill_if_due(level: Level) -> bool {
     if !stager_ready() {
         return false;
     }
-    PENDING.with_borrow(|p| p.pieces(from, |seq, bytes, n| durable::stage(&[bytes], n, Some(seq))));
+    PENDING.with_borrow(|p| {
+        p.pieces(from, |seq, bytes, n| {
+            durable::stage(&[bytes], n, Some(seq), None)
+        })
+    });
     PENDING.with_borrow_mut(|p| p.cut(from));
     true
 }

@@ -261,6 +261,19 @@ fn note(inval: Inval) {
     }
 }
 
+thread_local! {
+    /// The copy was loaded with a transaction snapshot: reloaded after the transaction.
+    static LOADED_UNDER_OLD_SNAPSHOT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// at_transaction_end marks the copy stale when this transaction loaded it with its own
+/// (REPEATABLE READ or SERIALIZABLE) snapshot. Runs after commit and abort: no ERROR.
+pub fn at_transaction_end() {
+    if LOADED_UNDER_OLD_SNAPSHOT.replace(false) {
+        CACHE.with_borrow_mut(|c| c.valid = false);
+    }
+}
+
 fn refresh_if_stale() {
     let stale = CACHE.with_borrow_mut(|c| {
         if MISSED.replace(false) {
@@ -287,6 +300,12 @@ fn refresh_if_stale() {
     let _loading = Loading;
     debug1!("activity_log: reloading tracked tables");
     let (tables, namespaces) = load();
+    // SAFETY: read of a backend global. Under REPEATABLE READ or SERIALIZABLE the copy was
+    // read with the transaction's snapshot, which may predate a committed track(): good for
+    // this transaction, which sees that snapshot too, not for the next ones.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        LOADED_UNDER_OLD_SNAPSHOT.set(true);
+    }
     CACHE.with_borrow_mut(|c| {
         c.tables = tables;
         c.namespaces = namespaces;

@@ -20,7 +20,7 @@ use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::capture::{self, durable, hooks};
+use crate::capture::{self, durable, hooks, tracked};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
@@ -60,6 +60,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                     ring::note_waiting(dboid);
                 }
             }
+            tracked::at_transaction_end();
             hooks::forget_statements();
         }
         XACT_EVENT_ABORT => {
@@ -68,6 +69,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             }
             capture::take_staged(); // the staged row vanished with the transaction
             publish_failures_now(capture::take_failures());
+            tracked::at_transaction_end();
             hooks::forget_statements();
         }
         XACT_EVENT_PRE_PREPARE if capture::has_records() => raise(
@@ -284,16 +286,69 @@ fn pre_commit() {
 }
 
 /// stage publishes the transaction's records through durable_queue: each piece still pending
-/// is one row. Staged even when no ring is free: the writer finds the rows when it starts.
+/// is one row. With a ring, the transaction is first announced in it (see [`announce`]), so
+/// that its records take their place in the ring's order, which is the commit order of
+/// conflicting transactions. Staged even when no ring is free: the writer finds the rows when
+/// it starts.
 fn stage(slot: Option<usize>) {
+    let dboid = my_database();
     let spilled = capture::has_spilled();
+    // A transaction staged in one row is announced with its record count: the writer takes
+    // its row into the batch the announcement is in. One staged in pieces stands alone in the
+    // ring (no count): the writer stores its pieces in batches of their own.
+    let single = (!spilled).then(capture::counts);
+    let mark = slot.and_then(|s| announce(s, dboid, single.unwrap_or(0)));
     let mut n = capture::spilled_records();
     capture::with_pieces(|seq, parts, records| {
-        durable::stage(parts, records, spilled.then_some(seq));
+        durable::stage(parts, records, spilled.then_some(seq), mark);
         n += records;
     });
     capture::discard();
-    capture::set_staged(slot, n);
+    if mark.is_none() || single.is_none() {
+        // Published through durable_queue; the ring's writer sweeps it (or, announced in
+        // pieces, stores it at the announcement and only counts it here).
+        capture::set_staged(slot, n);
+    }
+}
+
+/// announce reserves a frame without records in the ring: it holds the place of the staged
+/// transaction, and the writer stores the transaction's staged rows when it reaches it.
+/// `nrecords` is their count for a transaction staged in one row, 0 for one in pieces.
+/// Returns the ring's turn mark, which the staged rows carry so that the writer's sweep of
+/// durable_queue leaves them to the announcement; None when the ring has no room (after
+/// `overflow_timeout` under `wait`): the rows are then swept in the queue's order.
+fn announce(slot: usize, dboid: u32, nrecords: u32) -> Option<i64> {
+    if !ring::serves(slot, dboid) {
+        return None;
+    }
+    let mark = ring::claimed_at(slot);
+    let info = frame_info_with_xid();
+    let started = Instant::now();
+    loop {
+        match ring::reserve(slot, dboid, &[&info[..]], nrecords, Share::Whole) {
+            Ok(r) => {
+                capture::set_reservation(r);
+                return Some(mark);
+            }
+            Err(ReserveError::Full)
+                if gucs::overflow() == Overflow::Wait
+                    && started.elapsed() < gucs::overflow_timeout() =>
+            {
+                ring::wake_writer(slot);
+                wait_a_moment();
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// frame_info_with_xid is [`frame_info`] of a transaction given its xid now (the staged rows
+/// name it, and so must the announcement).
+fn frame_info_with_xid() -> Vec<u8> {
+    // SAFETY: inside the committing transaction, at PRE_COMMIT, which may still write.
+    unsafe { pg_sys::GetTopFullTransactionId() };
+    hooks::client_addr();
+    frame_info()
 }
 
 fn wait_a_moment() {
@@ -318,9 +373,18 @@ fn publish_failures_now((body, n): (Vec<u8>, u32)) {
         return;
     }
     let dboid = my_database();
-    let Some(slot) = ring::slot_of(dboid) else {
+    // No ring (more audited databases than rings): take a free one if there is one (the
+    // launcher starts its writer). Failure records cannot be staged (their transaction did not
+    // commit): without a ring they are lost, and counted so that the database's next ring
+    // puts a gap record in its trail.
+    let had = ring::slot_of(dboid);
+    let Some(slot) = had.or_else(|| ring::claim(dboid, 0)) else {
+        ring::count_waiting_drop(dboid, n as u64);
         return;
     };
+    if had.is_none() {
+        ring::wake_launcher();
+    }
     match ring::reserve(
         slot,
         dboid,
@@ -330,7 +394,9 @@ fn publish_failures_now((body, n): (Vec<u8>, u32)) {
     ) {
         // SAFETY: no error paths.
         Ok(r) => ring::commit(r, unsafe { pg_sys::GetCurrentTimestamp() }),
-        Err(ReserveError::Gone) => {}
+        // Being handed back: its next ring reports the loss. (Or the extension is being
+        // dropped: nobody will read the count.)
+        Err(ReserveError::Gone) => ring::count_waiting_drop(dboid, n as u64),
         Err(_) => ring::count_drop(slot, n as u64),
     }
 }

@@ -420,7 +420,9 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
     s.claimed_at
         .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
     s.dboid.store(dboid, Release);
-    control().waiting.remove(dboid);
+    // What the database lost while it waited is this ring's to report (a gap record).
+    let lost = control().waiting.remove(dboid);
+    s.dropped_records.fetch_add(lost, Release);
     Some(i)
 }
 
@@ -436,9 +438,23 @@ pub fn waiting_databases() -> Vec<u32> {
     control().waiting.databases()
 }
 
-/// stop_waiting takes `dboid` off the waiting list.
+/// stop_waiting takes `dboid` off the waiting list: it has a ring now (which takes over what it
+/// lost while it waited), or it is gone.
 pub fn stop_waiting(dboid: u32) {
-    control().waiting.remove(dboid);
+    let lost = control().waiting.remove(dboid);
+    match slot_of(dboid) {
+        Some(i) => count_drop(i, lost),
+        None => count_unassigned_drop(lost),
+    }
+}
+
+/// count_waiting_drop counts `records` lost by `dboid` while it has no ring; its next ring
+/// reports them.
+pub fn count_waiting_drop(dboid: u32, records: u64) {
+    if !control().waiting.note_dropped(dboid, records) {
+        count_unassigned_drop(records);
+    }
+    wake_launcher();
 }
 
 /// serves tells whether slot `i` is `dboid`'s ring and takes frames (is not being handed back).
@@ -467,6 +483,9 @@ pub fn hand_back_requested(i: usize) -> bool {
     slot(i).hand_back_requested.load(Acquire)
 }
 
+/// claimed_at is when slot `i` was given to its database: with the shared memory's start it
+/// tells one turn of a database on a ring from any other, so it marks the staged rows that
+/// this turn's ring announces (see capture/xact.rs, `announce`).
 pub fn claimed_at(i: usize) -> i64 {
     slot(i).claimed_at.load(Relaxed)
 }
@@ -879,6 +898,12 @@ pub struct Batch {
     pub frames: Vec<Frame>,
     pub records: u64,
     pub end: u64,
+    /// The batch is one announcement of a transaction staged in pieces: a frame without
+    /// records (and a record count of 0) that holds the transaction's place in the ring's
+    /// order (see capture/xact.rs, `announce`); its payload is the transaction's frame info.
+    /// An announcement of a transaction staged in one row has its record count and goes in
+    /// batches like any frame; the writer takes the row into the batch.
+    pub announcement: bool,
 }
 
 impl Batch {
@@ -903,6 +928,7 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
         frames: Vec::new(),
         records: 0,
         end: pos,
+        announcement: false,
     };
     while pos < head && (batch.records as usize) < max_records {
         let base = data(slot_index);
@@ -920,6 +946,11 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
             STATE_PENDING => break,
             STATE_COMMITTED => {
                 let h = header(slot_index, pos);
+                // SAFETY: as above.
+                let announcement = unsafe { (*h).nrecords } == 0;
+                if announcement && !batch.frames.is_empty() {
+                    break; // it is a batch of its own
+                }
                 map(slot_index, pos % cap, len);
                 // SAFETY: a COMMITTED frame is immutable until tail passes it.
                 unsafe {
@@ -932,6 +963,11 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
                         nrecords: (*h).nrecords,
                         payload,
                     });
+                }
+                if announcement {
+                    batch.announcement = true;
+                    batch.end = pos + len;
+                    break;
                 }
             }
             _ => {} // PAD or VOID

@@ -356,6 +356,13 @@ fn drain(slot: usize) -> Drained {
         if batch.end == ring::tail(slot) {
             break;
         }
+        if batch.announcement {
+            written += store_announced(slot, &batch);
+            // SAFETY: process-local static.
+            ring::advance(slot, unsafe { MY_DB }, batch.end, 0);
+            ring::reset_failures(slot);
+            continue;
+        }
         if !first && batch.records > 0 && batch.records < small_batch() {
             return Drained {
                 written,
@@ -374,6 +381,103 @@ fn drain(slot: usize) -> Drained {
     Drained {
         written,
         left_some: false,
+    }
+}
+
+/// has_announcements tells whether `batch` holds announcements of transactions staged in one
+/// row.
+fn has_announcements(batch: &ring::Batch) -> bool {
+    batch.frames.iter().any(|f| announced_xid(f).is_some())
+}
+
+/// announced_xid is the transaction a frame announces: a frame with a record count whose
+/// payload is its frame info alone.
+fn announced_xid(frame: &ring::Frame) -> Option<u64> {
+    if frame.nrecords == 0 {
+        return None;
+    }
+    match record::decode_info(&frame.payload) {
+        Ok((info, len)) if len == frame.payload.len() => Some(info.xid),
+        _ => None,
+    }
+}
+
+/// with_staged_rows is `batch` with each announcement replaced by its transaction's staged
+/// row, deleted from durable_queue in the batch's transaction. A row that is not there (only a
+/// superuser's DELETE can do that) leaves a WARNING in the server log.
+fn with_staged_rows(batch: &ring::Batch) -> ring::Batch {
+    let xids: Vec<String> = batch
+        .frames
+        .iter()
+        .filter_map(announced_xid)
+        .map(|xid| xid.to_string())
+        .collect();
+    let mut staged = std::collections::HashMap::new();
+    Spi::connect_mut(|client| {
+        let rows = client.update(
+            "DELETE FROM activity_log.durable_queue WHERE xid = ANY ($1::xid8[]) AND seq IS NULL
+             RETURNING xid::text, frame",
+            None,
+            &[xids.into()],
+        )?;
+        for row in rows {
+            let xid: String = row.get(1)?.unwrap_or_default();
+            let frame: Vec<u8> = row.get(2)?.unwrap_or_default();
+            staged.insert(xid, frame);
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| error!("activity_log: could not read activity_log.durable_queue: {e}"));
+    let frames = batch
+        .frames
+        .iter()
+        .map(|f| {
+            let payload = match announced_xid(f).map(|xid| xid.to_string()) {
+                Some(xid) => staged.remove(&xid).unwrap_or_else(|| {
+                    warning!("activity_log: the staged records of transaction {xid} are missing from durable_queue");
+                    f.payload.clone()
+                }),
+                None => f.payload.clone(),
+            };
+            ring::Frame {
+                commit_ts: f.commit_ts,
+                nrecords: f.nrecords,
+                payload,
+            }
+        })
+        .collect();
+    ring::Batch {
+        frames,
+        records: batch.records,
+        end: batch.end,
+        announcement: false,
+    }
+}
+
+/// store_announced stores the staged rows of the transaction an announcement (`batch`) stands
+/// for, in their order, in as many batches as they need; the ring does not move past the
+/// announcement meanwhile, so that what committed after the transaction is stored after it.
+fn store_announced(slot: usize, batch: &ring::Batch) -> u64 {
+    let frame = &batch.frames[0];
+    let xid = match crate::record::decode_frame(&frame.payload) {
+        Ok((info, _)) => info.xid,
+        Err(e) => error!("activity_log: an announcement in the ring is unreadable: {e}"),
+    };
+    let xid = xid.to_string();
+    let mut written = 0;
+    loop {
+        let stored = write_batch(
+            slot,
+            Source::Announced {
+                xid: &xid,
+                commit_ts: frame.commit_ts,
+            },
+        );
+        ring::count_written(slot, stored.records);
+        written += stored.records;
+        if stored.pieces_of.is_none() || !still_mine(slot) {
+            return written;
+        }
     }
 }
 
@@ -433,7 +537,9 @@ fn drain_staged(slot: usize) -> u64 {
             },
         );
         SWEEP.with_borrow_mut(|sweep| match (stored.records, sweep.take()) {
-            (0, Some(done)) => ring::mark_swept(slot, done.commits),
+            (0, Some(done)) if stored.resume_after.is_none() => {
+                ring::mark_swept(slot, done.commits)
+            }
             (_, Some(going)) => {
                 *sweep = Some(Sweep {
                     commits: going.commits,
@@ -481,18 +587,19 @@ struct Taken {
 /// record of `max_records`: a record can hold many rows (one per row a statement changed), so
 /// the frames' size, not their record count, says how much work they are. A transaction staged
 /// in pieces is a batch (or several) of its own: see [`take_pieces`].
-fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>) -> Taken {
+fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>, mark: i64) -> Taken {
     let mut batch = ring::Batch {
         frames: Vec::new(),
         records: 0,
         end: 0,
+        announcement: false,
     };
     let mut resume_after = None;
     let mut more_pieces_of = None;
     let budget = max_records * STAGED_BYTES_PER_RECORD;
     Spi::connect_mut(|client| {
         if let Some(xid) = pieces_of {
-            if take_pieces(client, xid, budget, &mut batch)? {
+            if take_pieces(client, xid, budget, None, &mut batch)? {
                 more_pieces_of = Some(xid.to_string());
             }
             if !batch.frames.is_empty() {
@@ -502,14 +609,24 @@ fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>) -> Take
         // Which rows: ctids and sizes only (octet_length reads no out-of-line value).
         let mut picked = Vec::new();
         let mut bytes = 0;
+        // Rows this turn's ring announced are the announcement's to store (store_announced):
+        // skipped, the sweep moves past them.
         let candidates = client.select(
-            "SELECT ctid::text, octet_length(frame), xid::text, seq IS NOT NULL
-               FROM activity_log.durable_queue WHERE ctid > $2::tid LIMIT $1",
+            "SELECT q.ctid::text, octet_length(q.frame), q.xid::text, q.seq IS NOT NULL,
+                    coalesce(CASE WHEN q.seq IS NULL THEN q.ring_mark = $3
+                                  ELSE EXISTS (SELECT FROM activity_log.durable_queue a
+                                                WHERE a.xid = q.xid AND a.ring_mark = $3) END, false)
+               FROM activity_log.durable_queue q WHERE q.ctid > $2::tid LIMIT $1",
             None,
-            &[(max_records as i64).into(), after.into()],
+            &[(max_records as i64).into(), after.into(), mark.into()],
         )?;
         let mut first_pieces_of = None;
+        let mut skipped = None;
         for row in candidates {
+            if row.get::<bool>(5)?.unwrap_or(false) {
+                skipped = row.get::<String>(1)?;
+                continue;
+            }
             if row.get::<bool>(4)?.unwrap_or(false) {
                 if picked.is_empty() {
                     first_pieces_of = row.get::<String>(3)?;
@@ -521,15 +638,17 @@ fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>) -> Take
             }
             bytes += row.get::<i32>(2)?.unwrap_or(0).max(0) as usize;
             picked.push(row.get::<String>(1)?.unwrap_or_default());
+            skipped = None;
         }
         if let Some(xid) = first_pieces_of {
             // The sweep stays where it is; the transaction's other pieces come next.
-            if take_pieces(client, &xid, budget, &mut batch)? {
+            if take_pieces(client, &xid, budget, None, &mut batch)? {
                 more_pieces_of = Some(xid);
             }
+            resume_after = skipped;
             return Ok(());
         }
-        resume_after = picked.last().cloned();
+        resume_after = skipped.or_else(|| picked.last().cloned());
         if picked.is_empty() {
             return Ok(());
         }
@@ -563,24 +682,26 @@ fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>) -> Take
     }
 }
 
-/// take_pieces deletes the first pieces (by seq) of the transaction `xid` staged in pieces,
-/// about `budget` bytes and at least one, into `batch`; true when pieces are left. Every piece is visible once one is
-/// (they commit together), so the pieces are the whole transaction; they take the time of the
-/// last one, staged at its commit, which stays until the end (it has the highest seq).
+/// take_pieces deletes the first rows (by seq) of the transaction `xid` staged in durable_queue
+/// (one row, or pieces), about `budget` bytes and at least one, into `batch`; true when rows
+/// are left. Every row is visible once one is (they commit together), so they are the whole
+/// transaction. They take the time `commit_ts` (an announcement's), else that of the last
+/// one, staged at pre-commit, which stays until the end (it has the highest seq).
 fn take_pieces(
     client: &mut pgrx::spi::SpiClient,
     xid: &str,
     budget: usize,
+    commit_ts: Option<i64>,
     batch: &mut ring::Batch,
 ) -> Result<bool, pgrx::spi::Error> {
     let mut picked = Vec::new();
     let mut bytes = 0;
-    let mut commit_ts = 0;
+    let mut last_ts = 0;
     let mut left = false;
     let pieces = client.select(
         "SELECT ctid::text, octet_length(frame),
                 (extract(epoch FROM max(staged_at) OVER ()) * 1000000)::int8 - 946684800000000
-           FROM activity_log.durable_queue WHERE xid = $1::xid8 ORDER BY seq",
+           FROM activity_log.durable_queue WHERE xid = $1::xid8 ORDER BY seq NULLS FIRST",
         None,
         &[xid.into()],
     )?;
@@ -590,9 +711,13 @@ fn take_pieces(
             break;
         }
         bytes += row.get::<i32>(2)?.unwrap_or(0).max(0) as usize;
-        commit_ts = row.get::<i64>(3)?.unwrap_or_default();
+        last_ts = row.get::<i64>(3)?.unwrap_or_default();
         picked.push(row.get::<String>(1)?.unwrap_or_default());
     }
+    if picked.is_empty() {
+        return Ok(false);
+    }
+    let commit_ts = commit_ts.unwrap_or(last_ts);
     let rows = client.update(
         "DELETE FROM activity_log.durable_queue WHERE ctid = ANY ($1::tid[])
          RETURNING seq, records, frame",
@@ -601,7 +726,7 @@ fn take_pieces(
     )?;
     let mut frames = Vec::new();
     for row in rows {
-        let seq: i64 = row.get(1)?.unwrap_or_default();
+        let seq: i64 = row.get::<i64>(1)?.unwrap_or(-1);
         let records: i32 = row.get(2)?.unwrap_or_default();
         let payload: Vec<u8> = row.get(3)?.unwrap_or_default();
         batch.records += records as u64;
@@ -640,6 +765,8 @@ enum Source<'a> {
         after: &'a str,
         pieces_of: Option<&'a str>,
     },
+    /// The staged rows of the transaction `xid`, announced in the ring at `commit_ts`.
+    Announced { xid: &'a str, commit_ts: i64 },
 }
 
 /// What one batch transaction stored.
@@ -668,15 +795,38 @@ fn write_batch(slot: usize, source: Source) -> Stored {
         BackgroundWorker::transaction(|| {
             let staged;
             let (mut resume_after, mut pieces_of) = (None, None);
+            let spliced;
             let batch = match source {
+                Source::Ring(batch) if has_announcements(batch) => {
+                    spliced = with_staged_rows(batch);
+                    &spliced
+                }
                 Source::Ring(batch) => batch,
                 Source::Staged {
                     after,
                     pieces_of: of,
                 } => {
-                    let taken = take_staged(gucs::batch_size(), after, of);
+                    let taken = take_staged(gucs::batch_size(), after, of, ring::claimed_at(slot));
                     (staged, resume_after, pieces_of) =
                         (taken.batch, taken.resume_after, taken.pieces_of);
+                    &staged
+                }
+                Source::Announced { xid, commit_ts } => {
+                    let mut batch = ring::Batch {
+                        frames: Vec::new(),
+                        records: 0,
+                        end: 0,
+                        announcement: false,
+                    };
+                    let budget = gucs::batch_size() * STAGED_BYTES_PER_RECORD;
+                    let left = Spi::connect_mut(|client| {
+                        take_pieces(client, xid, budget, Some(commit_ts), &mut batch)
+                    })
+                    .unwrap_or_else(|e| {
+                        error!("activity_log: could not read activity_log.durable_queue: {e}")
+                    });
+                    pieces_of = left.then(|| xid.to_string());
+                    staged = batch;
                     &staged
                 }
             };
@@ -691,7 +841,7 @@ fn write_batch(slot: usize, source: Source) -> Stored {
                 rows.insert()
             }
             let carried_over = match source {
-                Source::Ring(_) => 0,
+                Source::Ring(_) | Source::Announced { .. } => 0,
                 Source::Staged { .. } => batch.carried_over(ring::started_at()),
             };
             Stored {
@@ -822,8 +972,7 @@ fn write_gap_event() {
     gap.insert();
 }
 
-/// write_drop_gap records that `dropped` records were dropped (activity_log.overflow = drop
-/// with a full ring) since the last such record.
+/// write_drop_gap records that `dropped` records were dropped since the last such record.
 fn write_drop_gap(dropped: u64) {
     let mut gap = Rows::new(false);
     // SAFETY: reads the clock.
@@ -831,7 +980,7 @@ fn write_drop_gap(dropped: u64) {
     gap.push_gap(
         now,
         json!({
-            "reason": "the ring was full and activity_log.overflow = drop: committed transactions' records were dropped",
+            "reason": "records were dropped: committed transactions' records when the ring was full under activity_log.overflow = drop, or failed statements' records of rolled-back transactions while the database had no ring",
             "dropped_records": dropped,
         }),
     );
