@@ -8,12 +8,14 @@
 //! say) was stored. The first look of a writer process also takes yesterday, which the
 //! previous writer may have stored rows of after its last look.
 //!
-//! Rules: the writer drains its ring between two calls, so a call must stay small — it never
-//! reads more than one day of the trail (never the whole of it: refresh_metrics() does that,
-//! on demand), and never waits for a lock (`_refresh_metrics_day` takes metrics_daily's with
-//! NOWAIT; the day is tried again later). A failure is logged, never raised: metrics are a
-//! convenience, the trail is not, and refresh_metrics() repairs what was missed. It writes
-//! nothing but metrics_daily.
+//! Rules: the writer drains its ring between two calls, so a call must stay small — it reads
+//! one day of the trail, or the rows stored since the last look, never the whole trail
+//! (refresh_metrics() does that, on demand) — and never waits for a lock
+//! (`_refresh_metrics_day` takes metrics_daily's with NOWAIT; the day is tried again later).
+//! A day's work grows with that day's rows: a day of millions of rows still holds the writer
+//! for seconds (bench/results/metrics_refresh.md). A failure is logged, never raised: metrics
+//! are a convenience, the trail is not, and refresh_metrics() repairs what was missed. It
+//! writes nothing but metrics_daily.
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
