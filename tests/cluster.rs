@@ -1010,7 +1010,7 @@ fn health_score_reflects_constructed_situations() {
     let refreshed = wait_until(Duration::from_secs(10), || {
         (c.one(
             "postgres",
-            "SELECT (SELECT sum(events) FROM activity_log.metrics_daily
+            "SELECT (SELECT coalesce(sum(events), 0) FROM activity_log.metrics_daily
                       WHERE kind = 'event' AND day = date_trunc('day', now(), 'UTC'))
                   = (SELECT count(*) FROM activity_log.events WHERE kind = 'event')",
         ) == "t")
