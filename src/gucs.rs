@@ -117,7 +117,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"activity_log.metrics_refresh",
         c"How often the writer refreshes activity_log.metrics_daily; 0 turns it off.",
-        c"Each refresh reads the whole trail; activity_log.refresh_metrics() refreshes on demand.",
+        c"Each refresh recomputes the days the writer stored rows of since the last one, a day at a time; activity_log.refresh_metrics() recomputes every day on demand.",
         &METRICS_REFRESH_S,
         0,
         7 * 86_400,

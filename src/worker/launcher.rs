@@ -149,13 +149,32 @@ fn start_writer(dboid: u32) {
         .enable_spi_access()
         .load_dynamic();
     if started.is_err() {
-        log!(
-            "activity_log: could not start a writer for database {dboid}; no background worker slot is free"
-        );
-        if let Some(i) = ring::slot_of(dboid) {
-            ring::detach_writer(i, 0, true);
+        // While rings change hands, a writer that handed its ring back may still hold its
+        // worker slot for a moment: tried again at the next pass, not a failed run. Said in
+        // the log only when a database has waited for a slot for a while.
+        let first = NO_SLOT_SINCE.with_borrow_mut(|m| *m.entry(dboid).or_insert(now));
+        if now - first > NO_SLOT_LOG_AFTER_US {
+            log!(
+                "activity_log: could not start a writer for database {dboid} for {} s; no background worker slot is free (raise max_worker_processes)",
+                (now - first) / 1_000_000
+            );
+            NO_SLOT_SINCE.with_borrow_mut(|m| m.insert(dboid, now));
         }
+        if let Some(i) = ring::slot_of(dboid) {
+            ring::detach_writer(i, 0, false);
+        }
+    } else {
+        NO_SLOT_SINCE.with_borrow_mut(|m| m.remove(&dboid));
     }
+}
+
+/// How long a database may wait for a background worker slot before the log says so.
+const NO_SLOT_LOG_AFTER_US: i64 = 30_000_000;
+
+thread_local! {
+    /// Databases whose writer found no free background worker slot, since when.
+    static NO_SLOT_SINCE: std::cell::RefCell<std::collections::HashMap<u32, i64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// connectable_databases lists databases that accept connections, read straight from the
