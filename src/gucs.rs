@@ -40,7 +40,7 @@ pub enum Overflow {
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Postmaster-only: bytes of ring per database slot, in kB.
 static BUFFER_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
-/// Postmaster-only: how many databases can have a ring at once.
+/// Postmaster-only: how many rings (and writers) exist; databases take turns on them.
 static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(4);
 /// Records per insert statement in the writer.
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
@@ -86,8 +86,8 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"activity_log.max_databases",
-        c"Number of databases that can be audited at the same time.",
-        c"Each database with the extension uses one ring of buffer_size bytes.",
+        c"Number of shared-memory rings, and so of writers, at the same time.",
+        c"Any number of databases can be audited: they take turns on the rings of buffer_size bytes each; a database without one publishes through durable_queue meanwhile.",
         &MAX_DATABASES,
         1,
         64,

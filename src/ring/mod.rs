@@ -1,8 +1,11 @@
 //! ring: the shared-memory rings that carry committed records from backends to writers.
 //!
 //! Layout: one [`Control`] block, `max_databases` [`Slot`]s, then one data area of
-//! `buffer_size` bytes per slot. A slot belongs to one database while its `dboid` is set.
-//! Many backends produce into a slot; exactly one writer consumes from it.
+//! `buffer_size` bytes per slot. A slot belongs to one database while its `dboid` is set, for
+//! a turn: databases without one wait on a list (waiting.rs) and the launcher hands rings
+//! around (worker/launcher.rs). Many backends produce into a slot; exactly one writer consumes
+//! from it. A frame without records is an announcement: it holds the place, in the ring's
+//! order, of a transaction whose records are staged in durable_queue (capture/xact.rs).
 //!
 //! Locking:
 //! - the control lock (tranche lock 0) guards claiming and releasing slots (`Slot::dboid`);
