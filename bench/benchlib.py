@@ -89,6 +89,21 @@ def fresh_pgbench_tables(cluster, tracked):
             cluster.psql(f"SELECT activity_log.track('{t}')")
 
 
+# The reference row trigger the bulk benchmarks compare with (bulk_dml.py, big_transaction.py):
+# a PL/pgSQL AFTER ROW trigger writing jsonb images, as trigger-based audits do.
+REFERENCE_TRIGGER = """
+CREATE TABLE IF NOT EXISTS ref_audit (id bigserial, ts timestamptz DEFAULT now(), db_user text DEFAULT current_user,
+                                      txid bigint DEFAULT txid_current(), tbl text, op text, old jsonb, new jsonb);
+CREATE INDEX IF NOT EXISTS ref_audit_ts ON ref_audit USING brin (ts);
+CREATE OR REPLACE FUNCTION ref_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ref_audit (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
+        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+    RETURN NULL;
+END $$;
+"""
+
+
 # The bulk statements' table (bulk_dml.py, capture_cost.py).
 ITEMS = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(10,2), updated_at timestamptz)"
 

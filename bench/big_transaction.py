@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from benchlib import BIN, Cluster, fresh_items, install_release, machine, publish
+from benchlib import BIN, REFERENCE_TRIGGER, Cluster, fresh_items, install_release, machine, publish
 
 DIR = "/tmp/al-bench-bigtx"
 PORT = 54490
@@ -32,16 +32,6 @@ SETTINGS = [
     "synchronous_commit = off",
 ]
 
-REFERENCE_TRIGGER = """
-CREATE TABLE IF NOT EXISTS ref_audit (id bigserial, ts timestamptz DEFAULT now(), db_user text DEFAULT current_user,
-                                      txid bigint DEFAULT txid_current(), tbl text, op text, old jsonb, new jsonb);
-CREATE OR REPLACE FUNCTION ref_audit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO ref_audit (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
-        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
-    RETURN NULL;
-END $$;
-"""
 
 CLUSTER = None
 APP = "al_bigtx"

@@ -16,7 +16,7 @@ import argparse
 import statistics
 import sys
 
-from benchlib import Cluster, bulk_statements, fresh_items, install_release, machine, publish
+from benchlib import REFERENCE_TRIGGER, Cluster, bulk_statements, fresh_items, install_release, machine, publish
 
 DIR = "/tmp/al-bench-bulk"
 PORT = 54480
@@ -28,18 +28,6 @@ SETTINGS = [
     "max_wal_size = '4GB'",
     "synchronous_commit = off",
 ]
-
-REFERENCE_TRIGGER = """
-CREATE TABLE IF NOT EXISTS ref_audit (id bigserial, ts timestamptz DEFAULT now(), db_user text DEFAULT current_user,
-                                      txid bigint DEFAULT txid_current(), tbl text, op text, old jsonb, new jsonb);
-CREATE INDEX IF NOT EXISTS ref_audit_ts ON ref_audit USING brin (ts);
-CREATE OR REPLACE FUNCTION ref_audit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO ref_audit (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
-        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
-    RETURN NULL;
-END $$;
-"""
 
 
 CLUSTER = None
