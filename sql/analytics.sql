@@ -430,96 +430,107 @@ $$;
 COMMENT ON FUNCTION activity_log.anomalies(interval, interval, interval, double precision, integer) IS
     'Recent buckets whose volume or error rate lies far outside the trailing baseline (robust z-score, median/MAD).';
 
--- Daily rollup for dashboards. A table kept by the writer, not a materialized view: refreshing
--- a view reads the whole trail (10 s for 10 million rows), and the writer stores nothing
--- meanwhile. Every activity_log.metrics_refresh the writer recomputes only the days of the
--- rows it stored since its last refresh (worker/maintenance.rs) — today, and yesterday just
--- after midnight — one day per transaction, so its work is bounded by a day's rows whatever
--- the trail's length. The p95 is why a day is recomputed rather than added to, as the hourly
--- rollup is: a percentile does not add up. Days are UTC days, like the trail's partitions
--- and the hourly rollup, so that whoever computes a day gets the same rows.
-CREATE TABLE activity_log.metrics_daily (
-    day             timestamptz NOT NULL,
-    kind            text NOT NULL,
-    category        text NOT NULL,
-    status          text NOT NULL,
-    events          bigint NOT NULL,
-    error_rate      numeric NOT NULL,
-    avg_duration_ms numeric,
-    p95_duration_ms numeric,
-    CONSTRAINT metrics_daily_key PRIMARY KEY (day, kind, category, status)
+-- Daily rollup for dashboards: per day (UTC, like the trail's partitions and the hourly
+-- rollup), kind, category and status. The writer adds each batch's rows in the batch's own
+-- transaction (worker/rollup.rs), as it does for activity_hourly, so the rollup costs a
+-- statement per batch and never a pass over the trail. Sums only, so that batches add up:
+-- durations as a count, a sum and a histogram, from which metrics_daily derives the average
+-- and the p95. Bucket k of duration_buckets counts the durations in (e^(0.02(k-1)),
+-- e^(0.02k)] ms, bucket -1000 those of zero; the middle of a bucket is within 1 % of every
+-- duration in it.
+CREATE TABLE activity_log.activity_daily (
+    day              timestamptz NOT NULL,
+    kind             text NOT NULL,
+    category         text NOT NULL,
+    status           text NOT NULL,
+    events           bigint NOT NULL,
+    durations        bigint NOT NULL,
+    duration_sum_ms  numeric NOT NULL,
+    duration_buckets jsonb NOT NULL,
+    PRIMARY KEY (day, kind, category, status)
 );
 
-COMMENT ON TABLE activity_log.metrics_daily IS
-    'Per day (UTC), kind, category and status: events, error rate, average and p95 duration (ms). Kept by the writer for the days it stores rows of; activity_log.refresh_metrics() recomputes it all.';
+COMMENT ON TABLE activity_log.activity_daily IS
+    'Trail records per day (UTC), kind, category and status, with their durations as a count, a sum and a histogram (bucket k: durations in (e^(0.02(k-1)), e^(0.02k)] ms; -1000: zero). Kept by the writer; activity_log.refresh_metrics() recomputes it. Read it through activity_log.metrics_daily.';
 
--- _metrics_of computes metrics_daily's rows of the days from first (a UTC midnight) to before
--- last. committed_at >= first: a row commits after its ts (see recent()), and the bound keeps
--- the older partitions out of the scan.
-CREATE FUNCTION activity_log._metrics_of(first timestamptz, last timestamptz)
-RETURNS SETOF activity_log.metrics_daily
-LANGUAGE sql STABLE
+-- _add_buckets adds factor times the histogram b to the histogram a, dropping empty buckets.
+CREATE FUNCTION activity_log._add_buckets(a jsonb, b jsonb, factor bigint) RETURNS jsonb
+LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT date_trunc('day', ts, 'UTC'), kind, category, status,
-           count(*),
-           round(count(*) FILTER (WHERE status = 'error')::numeric / count(*), 4),
-           round(avg(duration_ms)::numeric, 3),
-           round((percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms))::numeric, 3)
-      FROM activity_log.events
-     WHERE ts >= first AND ts < last AND committed_at >= first
-     GROUP BY 1, 2, 3, 4
+    SELECT coalesce(jsonb_object_agg(s.k, s.n), '{}')
+      FROM (SELECT e.k, sum(e.n) AS n
+              FROM (SELECT key, value::bigint FROM jsonb_each_text(a)
+                    UNION ALL
+                    SELECT key, value::bigint * factor FROM jsonb_each_text(b)) AS e(k, n)
+             GROUP BY e.k) s
+     WHERE s.n <> 0
 $$;
 
--- _metrics_changes: the last id of the trail and the UTC days of the rows after after_id —
--- the days the writer must recompute. Reads only those rows (the primary key's index, id
--- first): EXECUTE plans with the value, so every older partition is one index probe.
-CREATE FUNCTION activity_log._metrics_changes(after_id bigint, OUT through_id bigint, OUT days timestamptz[])
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    EXECUTE 'SELECT max(id), array_agg(DISTINCT date_trunc(''day'', ts, ''UTC'') ORDER BY date_trunc(''day'', ts, ''UTC''))
-               FROM activity_log.events WHERE id > $1'
-       INTO through_id, days USING coalesce(after_id, -1);
-    through_id := coalesce(through_id, after_id, 0);
-END
-$$;
+-- The p95 is the middle of the bucket holding the duration percentile_disc(0.95) picks (the
+-- ceil(0.95 n)-th smallest): within 1 % of it.
+CREATE VIEW activity_log.metrics_daily AS
+SELECT d.day, d.kind, d.category, d.status, d.events,
+       CASE WHEN d.status = 'error' THEN 1.0000 ELSE 0.0000 END AS error_rate,
+       round(d.duration_sum_ms / nullif(d.durations, 0), 3) AS avg_duration_ms,
+       (SELECT round((CASE WHEN b.k = -1000 THEN 0
+                           ELSE 2 * exp(0.02::float8 * b.k) / (1 + exp(0.02::float8)) END)::numeric, 3)
+          FROM (SELECT e.key::int AS k, sum(e.value::bigint) OVER (ORDER BY e.key::int) AS upto
+                  FROM jsonb_each_text(d.duration_buckets) e) b
+         WHERE b.upto >= ceil(0.95 * d.durations)
+         ORDER BY b.k
+         LIMIT 1) AS p95_duration_ms
+  FROM activity_log.activity_daily d;
 
--- _refresh_metrics_day recomputes one day of metrics_daily (the UTC day holding day): reads
--- that day's rows only. NOWAIT: the writer calls it, and must not wait behind a
--- refresh_metrics() (it tries again later). Readers are never blocked.
-CREATE FUNCTION activity_log._refresh_metrics_day(day timestamptz) RETURNS bigint
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    first timestamptz := date_trunc('day', day, 'UTC');
-    n     bigint;
-BEGIN
-    LOCK TABLE activity_log.metrics_daily IN SHARE ROW EXCLUSIVE MODE NOWAIT;
-    DELETE FROM activity_log.metrics_daily m WHERE m.day = first;
-    INSERT INTO activity_log.metrics_daily
-    SELECT * FROM activity_log._metrics_of(first, first + interval '1 day');
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
-END
-$$;
+COMMENT ON VIEW activity_log.metrics_daily IS
+    'Per day (UTC), kind, category and status: events, error rate, average and p95 duration (ms; the p95 within 1 %). Kept by the writer as it stores rows; activity_log.refresh_metrics() recomputes it from the trail.';
 
 CREATE FUNCTION activity_log.refresh_metrics() RETURNS timestamptz
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    corrections jsonb;
 BEGIN
-    -- The writer's own refreshes wait (they take this lock with NOWAIT and try again later);
-    -- readers do not: they see the old rows until this commits.
-    LOCK TABLE activity_log.metrics_daily IN SHARE ROW EXCLUSIVE MODE;
-    DELETE FROM activity_log.metrics_daily;
-    INSERT INTO activity_log.metrics_daily
-    SELECT * FROM activity_log._metrics_of('-infinity', 'infinity');
+    -- One refresh at a time. The writer goes on storing batches, and adding them to the
+    -- rollup, all the while: this lock does not conflict with its.
+    LOCK TABLE activity_log.activity_daily IN SHARE UPDATE EXCLUSIVE MODE;
+    -- What the trail says less what the rollup says, both read in one snapshot: a batch the
+    -- writer stores after it is in neither, and the writer adds it to the rollup itself.
+    SELECT coalesce(jsonb_agg(c), '[]') INTO corrections
+      FROM (SELECT day, kind, category, status,
+                   coalesce(t.events, 0) - coalesce(r.events, 0) AS events,
+                   coalesce(t.durations, 0) - coalesce(r.durations, 0) AS durations,
+                   coalesce(t.duration_sum_ms, 0) - coalesce(r.duration_sum_ms, 0) AS duration_sum_ms,
+                   activity_log._add_buckets(coalesce(t.duration_buckets, '{}'), coalesce(r.duration_buckets, '{}'), -1)
+                       AS duration_buckets
+              FROM (SELECT day, kind, category, status,
+                           sum(n)::bigint AS events,
+                           coalesce(sum(n) FILTER (WHERE bucket IS NOT NULL), 0)::bigint AS durations,
+                           coalesce(sum(ms), 0) AS duration_sum_ms,
+                           coalesce(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL), '{}') AS duration_buckets
+                      FROM (SELECT date_trunc('day', e.ts, 'UTC') AS day, e.kind, e.category, e.status,
+                                   activity_log._duration_bucket(e.duration_ms) AS bucket,
+                                   count(*) AS n, sum(e.duration_ms::numeric) AS ms
+                              FROM activity_log.events e
+                             GROUP BY 1, 2, 3, 4, 5) per_bucket
+                     GROUP BY 1, 2, 3, 4) t
+              FULL JOIN activity_log.activity_daily r USING (day, kind, category, status)
+             WHERE (t.events, t.durations, t.duration_sum_ms, t.duration_buckets)
+                   IS DISTINCT FROM (r.events, r.durations, r.duration_sum_ms, r.duration_buckets)) c;
+    -- The writer waits for the few rows below only.
+    LOCK TABLE activity_log.activity_daily IN SHARE ROW EXCLUSIVE MODE;
+    INSERT INTO activity_log.activity_daily AS d
+    SELECT * FROM jsonb_populate_recordset(NULL::activity_log.activity_daily, corrections)
+    ON CONFLICT (day, kind, category, status) DO UPDATE
+       SET events = d.events + EXCLUDED.events,
+           durations = d.durations + EXCLUDED.durations,
+           duration_sum_ms = d.duration_sum_ms + EXCLUDED.duration_sum_ms,
+           duration_buckets = activity_log._add_buckets(d.duration_buckets, EXCLUDED.duration_buckets, 1);
+    DELETE FROM activity_log.activity_daily WHERE events <= 0;
     RETURN now();
 END
 $$;
 
 COMMENT ON FUNCTION activity_log.refresh_metrics() IS
-    'Recomputes all of activity_log.metrics_daily from the trail: reads the whole trail (about 10 s for 10 million rows). Needed only after rows were added to, changed in or removed from the trail by hand; the writer keeps the days it stores rows of.';
+    'Recomputes activity_log.metrics_daily from the trail: reads the whole trail (about 10 s for 10 million rows) while the writer goes on. Needed only after rows were added to, changed in or removed from the trail by hand; the writer keeps it for the rows it stores.';

@@ -278,6 +278,7 @@ COMMENT ON FUNCTION activity_log.flush(interval) IS
 
 SELECT pg_catalog.pg_extension_config_dump('activity_log.tracked_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.activity_hourly', '');
+SELECT pg_catalog.pg_extension_config_dump('activity_log.activity_daily', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.dead_letters', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('activity_log.dead_letters', 'id'), '');
 
@@ -796,7 +797,7 @@ BEGIN
 END
 $$;
 GRANT SELECT ON activity_log.events, activity_log.dead_letters, activity_log.tracked_tables, activity_log.activity_hourly,
-    activity_log.durable_queue, activity_log.retention_log, activity_log.chain_anchors,
+    activity_log.activity_daily, activity_log.durable_queue, activity_log.retention_log, activity_log.chain_anchors,
     activity_log.metrics_daily, activity_log.migration, activity_log.migration_backup, activity_log.redactions,
     activity_log.queue, activity_log.recent_activity, activity_log.changes, activity_log.workers,
     activity_log.index_usage

@@ -46,7 +46,6 @@ static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(4);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// Longest time the writer sleeps when nobody wakes it, in ms.
 static FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
-static METRICS_REFRESH_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
 /// How long the trail keeps records, in minutes; 0 keeps them for ever.
 static RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(0);
 static CAPTURE_STATEMENTS: GucSetting<CaptureStatements> =
@@ -113,16 +112,6 @@ pub fn init() {
         60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"activity_log.metrics_refresh",
-        c"How often the writer refreshes activity_log.metrics_daily; 0 turns it off.",
-        c"Each refresh recomputes the days the writer stored rows of since the last one, a day at a time; activity_log.refresh_metrics() recomputes every day on demand.",
-        &METRICS_REFRESH_S,
-        0,
-        7 * 86_400,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"activity_log.retention",
@@ -251,11 +240,6 @@ pub fn max_databases() -> usize {
 }
 pub fn batch_size() -> usize {
     BATCH_SIZE.get() as usize
-}
-/// None: the writer does not refresh metrics_daily.
-pub fn metrics_refresh() -> Option<std::time::Duration> {
-    let s = METRICS_REFRESH_S.get();
-    (s > 0).then(|| std::time::Duration::from_secs(s as u64))
 }
 /// Minutes the trail keeps records; None: for ever.
 pub fn retention_minutes() -> Option<i32> {

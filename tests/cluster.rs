@@ -903,7 +903,6 @@ fn health_score_reflects_constructed_situations() {
             "activity_log.capture_statements = 'none'",
             "activity_log.buffer_size = '64kB'",
             "activity_log.overflow = 'drop'",
-            "activity_log.metrics_refresh = '1s'",
         ],
     );
     with_extension(&c, "postgres");
@@ -1003,36 +1002,33 @@ fn health_score_reflects_constructed_situations() {
     c.sql("postgres", "CREATE INDEX events_table_idx ON activity_log.events (table_oid, id) WHERE table_oid IS NOT NULL");
     assert_eq!(health(), "100 healthy -");
 
-    // The writer refreshes metrics_daily every activity_log.metrics_refresh (1 s here): today's
-    // row follows the trail (truncated above, so today's events are now this one).
-    c.sql("postgres", "SELECT activity_log.log_event('metrics')");
-    c.flush("postgres");
-    let refreshed = wait_until(Duration::from_secs(10), || {
-        (c.one(
+    // metrics_daily has the rows of every batch as soon as the batch is stored.
+    let events_today = || -> i64 {
+        c.one(
             "postgres",
-            "SELECT (SELECT coalesce(sum(events), 0) FROM activity_log.metrics_daily
-                      WHERE kind = 'event' AND day = date_trunc('day', now(), 'UTC'))
-                  = (SELECT count(*) FROM activity_log.events WHERE kind = 'event')",
-        ) == "t")
-            .then_some(())
-    });
-    assert!(
-        refreshed.is_some(),
-        "the writer never refreshed metrics_daily"
+            "SELECT coalesce(sum(events), 0) FROM activity_log.metrics_daily
+              WHERE kind = 'event' AND day = date_trunc('day', now(), 'UTC')",
+        )
+        .parse()
+        .unwrap()
+    };
+    let before = events_today();
+    c.sql(
+        "postgres",
+        "SELECT activity_log.log_event('metrics') FROM generate_series(1, 3)",
     );
+    c.flush("postgres");
+    assert_eq!(events_today(), before + 3);
 }
 
-/// metrics_daily is kept by the writer day by day: each refresh recomputes the days it stored
-/// rows of (today here), never the older ones, whatever happened to their rows; refresh_metrics()
-/// recomputes every day.
+/// metrics_daily is kept by the writer batch by batch: the rows it stores are counted in the
+/// batch's own transaction, and rows added or changed by hand are not, until refresh_metrics()
+/// recomputes every day from the trail — while the writer goes on storing and counting.
 #[test]
-fn metrics_daily_refreshes_only_the_days_that_changed() {
+fn metrics_daily_is_kept_batch_by_batch_and_refresh_metrics_repairs_it() {
     let c = Cluster::start(
         "metrics-daily",
-        &[
-            "activity_log.capture_statements = 'none'",
-            "activity_log.metrics_refresh = '2s'",
-        ],
+        &["activity_log.capture_statements = 'none'"],
     );
     with_extension(&c, "postgres");
     c.flush("postgres");
@@ -1049,26 +1045,41 @@ fn metrics_daily_refreshes_only_the_days_that_changed() {
                                 CASE WHEN g <= 20 AND g % 5 = 0 THEN 'error' ELSE 'success' END AS status,
                                 CASE WHEN g <= 20 THEN g::float8 END AS dur) x",
     );
-    // The writer never looks at them; refresh_metrics() does.
     let old_days = "SET TimeZone = 'UTC';
-                    SELECT string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s', (day::date - current_date), kind, category, status,
-                                             events, error_rate, avg_duration_ms, p95_duration_ms), ' ' ORDER BY day, kind, category, status)
+                    SELECT coalesce(string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s', (day::date - current_date), kind, category, status,
+                                             events, error_rate, avg_duration_ms, p95_duration_ms), ' ' ORDER BY day, kind, category, status), '-')
                       FROM activity_log.metrics_daily WHERE day < date_trunc('day', now(), 'UTC') - interval '1 day'";
+    // The writer did not store them: they are not counted.
+    assert_eq!(c.one("postgres", old_days), "-");
     c.sql("postgres", "SELECT activity_log.refresh_metrics()");
     // 3 days ago: the even g (10 statements: 2, 4, …, 20, of which 10 and 20 failed; 5
-    // changes, no duration); 4 days ago: the odd ones (5 and 15 failed).
+    // changes, no duration); 4 days ago: the odd ones (5 and 15 failed). The p95 is the middle
+    // of the histogram bucket of percentile_disc(0.95): 15 is shown as 15.029, 18 as 17.992,
+    // 19 as 19.105 and 20 as 19.885.
     let exact = [
         "-4|change|data_change|success|5|0.0000||",
-        "-4|statement|data_access|error|2|1.0000|10.000|14.500",
-        "-4|statement|data_access|success|8|0.0000|10.000|18.300",
+        "-4|statement|data_access|error|2|1.0000|10.000|15.029",
+        "-4|statement|data_access|success|8|0.0000|10.000|19.105",
         "-3|change|data_change|success|5|0.0000||",
-        "-3|statement|data_access|error|2|1.0000|15.000|19.500",
-        "-3|statement|data_access|success|8|0.0000|10.000|17.300",
+        "-3|statement|data_access|error|2|1.0000|15.000|19.885",
+        "-3|statement|data_access|success|8|0.0000|10.000|17.992",
     ]
     .join(" ");
     assert_eq!(c.one("postgres", old_days), exact);
+    // Within 1 % of percentile_disc(0.95) of the trail, for every group.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.metrics_daily m
+               JOIN (SELECT date_trunc('day', ts, 'UTC') AS day, kind, category, status,
+                            percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95
+                       FROM activity_log.events GROUP BY 1, 2, 3, 4) e USING (day, kind, category, status)
+              WHERE e.p95 IS NOT NULL AND abs(m.p95_duration_ms - e.p95::numeric) <= 0.01 * e.p95::numeric"
+        ),
+        "4"
+    );
 
-    // Today, through the writer: its periodic refresh counts the new events.
+    // Today, through the writer: counted as soon as flush() returns.
     let today = |what: &str| {
         c.one(
             "postgres",
@@ -1078,22 +1089,14 @@ fn metrics_daily_refreshes_only_the_days_that_changed() {
             ),
         )
     };
-    let wait_for_today = |what: &str, n: &str| {
-        let seen = wait_until(Duration::from_secs(15), || (today(what) == n).then_some(()));
-        assert!(
-            seen.is_some(),
-            "today's {what} events are {}, not {n}",
-            today(what)
-        );
-    };
     c.sql(
         "postgres",
         "SELECT activity_log.log_event('a', category => 'billing') FROM generate_series(1, 7)",
     );
     c.flush("postgres");
-    wait_for_today("billing", "7");
+    assert_eq!(today("billing"), "7");
 
-    // The old days' rows are changed behind the writer's back: its refreshes do not see it.
+    // The old days' rows are changed behind the writer's back: it does not see it.
     c.sql(
         "postgres",
         "UPDATE activity_log.events SET status = 'error' WHERE id < 0;
@@ -1104,18 +1107,32 @@ fn metrics_daily_refreshes_only_the_days_that_changed() {
         "SELECT activity_log.log_event('b', category => 'billing') FROM generate_series(1, 5)",
     );
     c.flush("postgres");
-    wait_for_today("billing", "12");
-    // Another refresh after that one, still not reading the old days.
-    c.sql(
-        "postgres",
-        "SELECT activity_log.log_event('c', category => 'payment')",
-    );
-    c.flush("postgres");
-    wait_for_today("payment", "1");
+    assert_eq!(today("billing"), "12");
     assert_eq!(c.one("postgres", old_days), exact);
 
-    // refresh_metrics() recomputes them: every old row failed now, two fewer.
-    c.sql("postgres", "SELECT activity_log.refresh_metrics()");
+    // refresh_metrics() recomputes them: every old row failed now, two fewer. It runs while
+    // two sessions log events, committing all the while: none is lost or counted twice.
+    let loggers: Vec<_> = (0..2)
+        .map(|i| {
+            c.spawn(
+                "postgres",
+                &format!("logger{i}"),
+                "DO $$ BEGIN
+                   FOR i IN 1..400 LOOP
+                     PERFORM activity_log.log_event('c', category => 'payment');
+                     COMMIT;
+                   END LOOP;
+                 END $$;",
+            )
+        })
+        .collect();
+    for _ in 0..3 {
+        c.sql("postgres", "SELECT activity_log.refresh_metrics()");
+    }
+    for mut logger in loggers {
+        assert!(logger.wait().unwrap().success());
+    }
+    c.flush("postgres");
     assert_eq!(
         c.one(
             "postgres",
@@ -1125,11 +1142,17 @@ fn metrics_daily_refreshes_only_the_days_that_changed() {
         "-4|change|error|5 -4|statement|error|9 -3|change|error|5 -3|statement|error|9"
     );
     assert_eq!(today("billing"), "12");
-    assert!(
-        !c.log()
-            .contains("could not refresh activity_log.metrics_daily"),
-        "{}",
-        c.log()
+    assert_eq!(today("payment"), "800");
+    // And every group equals a count of the trail.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.metrics_daily m
+               FULL JOIN (SELECT date_trunc('day', ts, 'UTC') AS day, kind, category, status, count(*) AS events
+                            FROM activity_log.events GROUP BY 1, 2, 3, 4) e USING (day, kind, category, status)
+              WHERE m.events IS DISTINCT FROM e.events"
+        ),
+        "0"
     );
 }
 

@@ -11,9 +11,7 @@
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use serde_json::{Map, Value, json};
-use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -22,7 +20,7 @@ use crate::gucs;
 use crate::record::{self, Body, Op, StatementClass};
 use crate::ring;
 use crate::worker::decode;
-use crate::worker::maintenance;
+use crate::worker::rollup::{Categories, Fact, Rollups};
 use crate::worker::store::{self, Col, Row, Trail};
 
 /// How long a writer whose trail has no day partition yet (a CREATE EXTENSION just committed,
@@ -137,7 +135,6 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     if ring::take_gap(slot) {
         BackgroundWorker::transaction(write_gap_event);
     }
-    let mut metrics = maintenance::Metrics::start();
     // Staged transactions left for the next round: do not sleep (no commit wakes the writer
     // while it is sweeping), only look at signals.
     let mut more = false;
@@ -154,7 +151,6 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         ring::roll_window(slot);
-        metrics.run();
         maintain_partitions_if_due(&mut next_maintenance);
         let drained = drain(slot);
         more = sweeping(slot) || drained.left_some;
@@ -1011,8 +1007,9 @@ struct Rows {
     /// With `isolate`: each row's commit time and what it is, for the gap record that replaces
     /// it if the table refuses it.
     labels: Vec<(i64, String)>,
-    /// Each row's hour, kind and status, for activity_log.activity_hourly.
-    buckets: Vec<Bucket>,
+    /// What the rollups need of each row, and the categories it names.
+    facts: Vec<Fact>,
+    categories: Categories,
     /// Role names as text, looked up once per batch.
     users: HashMap<u32, pg_sys::Datum>,
     /// Texts made in this batch, by content. Most repeat from row to row (kind, status,
@@ -1030,77 +1027,14 @@ struct Rows {
 /// busy batch, few enough that looking one up stays cheaper than making it.
 const MAX_CHANGED_SETS: usize = 32;
 
-/// (hour as microseconds since 2000-01-01 UTC, kind, status)
-type Bucket = (i64, &'static str, &'static str);
-
-const HOUR_US: i64 = 3_600_000_000;
-
-/// Hourly counts of stored rows, added to activity_log.activity_hourly in the batch's
-/// transaction, so the rollup is exact whichever way the batch ends. A batch has a handful of
-/// buckets and rows mostly fall into the one before them: a list, not a hash map.
-#[derive(Default)]
-struct Hourly(Vec<(Bucket, i64)>);
-
-impl Hourly {
-    fn add(&mut self, b: Bucket) {
-        match self.0.iter_mut().rev().find(|(seen, _)| *seen == b) {
-            Some((_, n)) => *n += 1,
-            None => self.0.push((b, 1)),
-        }
-    }
-
-    /// store adds the counts in a subtransaction: a broken rollup (dropped, locked) must not
-    /// hold up the trail; it is logged, and rebuild_rollup() repairs it.
-    fn store(self) {
-        if self.0.is_empty() {
-            return;
-        }
-        if let Err(message) = in_subtransaction(|| self.upsert()) {
-            log!(
-                "activity_log: activity_log.activity_hourly not updated (run activity_log.rebuild_rollup()): {message}"
-            );
-        }
-    }
-
-    fn upsert(self) {
-        let (mut hours, mut kinds, mut statuses, mut counts) = (vec![], vec![], vec![], vec![]);
-        for ((hour, kind, status), n) in self.0 {
-            hours.push(hour);
-            kinds.push(kind.to_string());
-            statuses.push(status.to_string());
-            counts.push(n);
-        }
-        thread_local! {
-            static PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
-        }
-        super::with_kept_plan(
-            &PLAN,
-            "INSERT INTO activity_log.activity_hourly AS h (hour, kind, status, events)
-             SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour::float8 * interval '1 microsecond', u.kind, u.status, u.n
-               FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
-             ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events",
-            &[
-                pg_sys::INT8ARRAYOID,
-                pg_sys::TEXTARRAYOID,
-                pg_sys::TEXTARRAYOID,
-                pg_sys::INT8ARRAYOID,
-            ],
-            |client, plan| {
-                let args = [hours.into(), kinds.into(), statuses.into(), counts.into()];
-                client.update(plan, None, &args).map(drop)
-            },
-        )
-        .unwrap_or_else(|e| error!("activity_log: could not update activity_log.activity_hourly: {e}"));
-    }
-}
-
 impl Rows {
     fn new(isolate: bool) -> Rows {
         Rows {
             isolate,
             rows: Vec::new(),
             labels: Vec::new(),
-            buckets: Vec::new(),
+            facts: Vec::new(),
+            categories: Categories::default(),
             users: HashMap::new(),
             texts: HashMap::new(),
             changed: Vec::new(),
@@ -1143,11 +1077,19 @@ impl Rows {
         ts: i64,
         committed_at: i64,
         kind: &'static str,
+        category: &[u8],
         status: &'static str,
+        duration_us: Option<i64>,
         command: Option<&[u8]>,
     ) {
-        self.buckets
-            .push((ts - ts.rem_euclid(HOUR_US), kind, status));
+        let category = self.categories.id(category);
+        self.facts.push(Fact {
+            ts,
+            kind,
+            category,
+            status,
+            duration_us,
+        });
         if self.isolate {
             let command = text(command.unwrap_or(b"?"));
             self.labels
@@ -1298,11 +1240,21 @@ impl Rows {
                 if let Some(n) = s.rows {
                     row.int8(Col::Rows, n);
                 }
-                if !failed {
-                    row.float8(Col::DurationMs, s.duration_us as f64 / 1000.0);
+                let duration_us = (!failed).then_some(s.duration_us);
+                if let Some(us) = duration_us {
+                    row.float8(Col::DurationMs, us as f64 / 1000.0);
                 }
                 let status = if failed { "error" } else { "success" };
-                self.keep(row, s.ts, c.committed_at, kind, status, Some(&s.command));
+                self.keep(
+                    row,
+                    s.ts,
+                    c.committed_at,
+                    kind,
+                    category.as_bytes(),
+                    status,
+                    duration_us,
+                    Some(&s.command),
+                );
             }
             Body::Event(e) => {
                 // `data` is the jsonb text log_event got from jsonb_out, spliced in as it is:
@@ -1335,7 +1287,9 @@ impl Rows {
                     e.ts,
                     c.committed_at,
                     "event",
+                    &e.category,
                     "success",
+                    None,
                     Some(&e.action),
                 );
             }
@@ -1431,7 +1385,9 @@ impl Rows {
                         ch.ts,
                         c.committed_at,
                         kind,
+                        category.as_bytes(),
                         status,
+                        None,
                         Some(op.as_bytes()),
                     );
                 }
@@ -1475,30 +1431,32 @@ impl Rows {
             committed_at,
             committed_at,
             "system",
+            b"system",
             status,
+            None,
             Some(command),
         );
     }
 
     fn insert(self) {
         let mut trail = Trail::open();
-        let mut hourly = Hourly::default();
-        for (row, &bucket) in self.rows.iter().zip(&self.buckets) {
+        let mut rollups = Rollups::default();
+        for (row, fact) in self.rows.iter().zip(&self.facts) {
             trail.insert(row);
-            hourly.add(bucket);
+            rollups.add(fact);
         }
         trail.close();
-        hourly.store();
+        rollups.store(&self.categories);
     }
 
     /// insert_one_by_one stores each record in its own subtransaction; a record the table
     /// refuses is replaced by a `gap` record that says why and what it was.
-    fn insert_one_by_one(self) {
+    fn insert_one_by_one(mut self) {
         let mut trail = Trail::open();
         trail.open_partitions(self.rows.iter());
-        let mut hourly = Hourly::default();
-        let stored = self.rows.iter().zip(&self.labels).zip(&self.buckets);
-        for ((row, (committed_at, what)), &bucket) in stored {
+        let mut rollups = Rollups::default();
+        let stored = self.rows.iter().zip(&self.labels).zip(&self.facts);
+        for ((row, (committed_at, what)), fact) in stored {
             if let Err(message) = in_subtransaction(|| {
                 trail.insert(row);
                 trail.flush();
@@ -1515,13 +1473,16 @@ impl Rows {
                 gap.push_gap(*committed_at, json!({ "reason": reason }));
                 trail.insert(&gap.rows[0]);
                 trail.flush();
-                hourly.add(gap.buckets[0]);
+                rollups.add(&Fact {
+                    category: self.categories.id(b"system"),
+                    ..gap.facts[0]
+                });
             } else {
-                hourly.add(bucket);
+                rollups.add(fact);
             }
         }
         trail.close();
-        hourly.store();
+        rollups.store(&self.categories);
     }
 }
 

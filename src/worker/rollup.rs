@@ -1,0 +1,267 @@
+//! worker/rollup.rs: runs in the writer, inside each batch's transaction; owns the two
+//! rollups the writer keeps as it stores rows: `activity_log.activity_hourly` (records per
+//! hour, kind and status) and `activity_log.activity_daily`, behind the `metrics_daily` view
+//! (per day, kind, category and status: records, and their durations as a count, a sum and a
+//! log-scale histogram for the p95). See sql/analytics.sql.
+//!
+//! Both are sums, so a batch adds its own rows and nothing else: the writer's cost is one
+//! statement per batch whatever the trail's length, and no maintenance runs between batches.
+//! A percentile does not add up; a histogram does, which is why the p95 comes from one with
+//! buckets 2 % wide (within 1 % of a duration of the day; [`duration_bucket`]).
+//!
+//! Rules: only counts of rows this batch stores are added (the rollups are exact whichever way
+//! the batch ends); a broken rollup (dropped, locked, refused) is logged and must not hold up
+//! the trail: rebuild_rollup() and refresh_metrics() repair it.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::worker::writer::in_subtransaction;
+
+const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 24 * HOUR_US;
+
+/// ln of the ratio between a histogram bucket's two bounds (the buckets are 2.02 % wide): a
+/// bucket's middle is within 1 % of every duration in it.
+const BUCKET_LN_WIDTH: f64 = 0.02;
+/// The bucket of durations that are zero, negative or not a number.
+const ZERO_BUCKET: i32 = -1000;
+/// The range of the other buckets: about 2e-9 ms to 7e86 ms.
+const LOWEST_BUCKET: i32 = -999;
+const HIGHEST_BUCKET: i32 = 10_000;
+
+/// duration_bucket is the histogram bucket of a duration in ms: bucket k holds the durations
+/// in (e^(0.02(k-1)), e^(0.02k)]. The writer and refresh_metrics() (through
+/// `_duration_bucket`) share this one function, so that both put a duration in the same bucket.
+pub fn duration_bucket(ms: f64) -> i32 {
+    if ms > 0.0 {
+        // `as` saturates an infinite value; the clamp keeps the range the view knows.
+        ((ms.ln() / BUCKET_LN_WIDTH).ceil() as i32).clamp(LOWEST_BUCKET, HIGHEST_BUCKET)
+    } else {
+        ZERO_BUCKET
+    }
+}
+
+/// The SQL face of [`duration_bucket`], for refresh_metrics() (not executable by PUBLIC).
+#[pg_extern(name = "_duration_bucket", immutable, parallel_safe)]
+fn duration_bucket_sql(ms: f64) -> i32 {
+    duration_bucket(ms)
+}
+
+/// What the rollups need of one stored row.
+#[derive(Clone, Copy)]
+pub struct Fact {
+    /// The row's ts, in microseconds since 2000-01-01 UTC.
+    pub ts: i64,
+    pub kind: &'static str,
+    /// An index into the batch's [`Categories`].
+    pub category: u32,
+    pub status: &'static str,
+    pub duration_us: Option<i64>,
+}
+
+/// The categories of a batch's rows, each kept once: a batch's rows share a handful, but
+/// log_event() takes any text, so a batch may bring thousands.
+#[derive(Default)]
+pub struct Categories {
+    names: Vec<String>,
+    ids: HashMap<Vec<u8>, u32>,
+}
+
+impl Categories {
+    pub fn id(&mut self, category: &[u8]) -> u32 {
+        if let Some(last) = self.names.last()
+            && last.as_bytes() == category
+        {
+            return (self.names.len() - 1) as u32;
+        }
+        if let Some(&id) = self.ids.get(category) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names
+            .push(String::from_utf8_lossy(category).into_owned());
+        self.ids.insert(category.to_vec(), id);
+        id
+    }
+}
+
+/// (hour as microseconds since 2000-01-01 UTC, kind, status)
+type HourKey = (i64, &'static str, &'static str);
+/// (day as microseconds since 2000-01-01 UTC, kind, category, status)
+type DayKey = (i64, &'static str, u32, &'static str);
+
+#[derive(Default)]
+struct DayTotals {
+    events: i64,
+    durations: i64,
+    duration_us: i64,
+    buckets: BTreeMap<i32, i64>,
+}
+
+/// The counts of one batch's stored rows.
+#[derive(Default)]
+pub struct Rollups {
+    /// A batch has a handful of hours and rows mostly fall into the one before them: a list.
+    hourly: Vec<(HourKey, i64)>,
+    daily: HashMap<DayKey, DayTotals>,
+}
+
+impl Rollups {
+    pub fn add(&mut self, f: &Fact) {
+        let hour = (f.ts - f.ts.rem_euclid(HOUR_US), f.kind, f.status);
+        match self.hourly.iter_mut().rev().find(|(seen, _)| *seen == hour) {
+            Some((_, n)) => *n += 1,
+            None => self.hourly.push((hour, 1)),
+        }
+        let day = (f.ts - f.ts.rem_euclid(DAY_US), f.kind, f.category, f.status);
+        let totals = self.daily.entry(day).or_default();
+        totals.events += 1;
+        if let Some(us) = f.duration_us {
+            totals.durations += 1;
+            totals.duration_us += us;
+            // The trail stores the duration in ms as float8: bucket that value, as
+            // refresh_metrics() does from the trail.
+            *totals
+                .buckets
+                .entry(duration_bucket(us as f64 / 1000.0))
+                .or_default() += 1;
+        }
+    }
+
+    /// store adds the counts to both rollups, in a subtransaction of the batch's transaction.
+    pub fn store(self, categories: &Categories) {
+        if self.hourly.is_empty() {
+            return;
+        }
+        if let Err(message) = in_subtransaction(|| self.upsert(categories)) {
+            log!(
+                "activity_log: activity_log.activity_hourly and activity_daily not updated (run activity_log.rebuild_rollup() and activity_log.refresh_metrics()): {message}"
+            );
+        }
+    }
+
+    fn upsert(self, categories: &Categories) {
+        let (mut hours, mut hour_kinds, mut hour_statuses, mut hour_counts) =
+            (vec![], vec![], vec![], vec![]);
+        for ((hour, kind, status), n) in self.hourly {
+            hours.push(hour);
+            hour_kinds.push(kind.to_string());
+            hour_statuses.push(status.to_string());
+            hour_counts.push(n);
+        }
+        let n = self.daily.len();
+        let (mut days, mut kinds, mut names, mut statuses) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut events, mut durations, mut duration_us, mut buckets) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((day, kind, category, status), t) in self.daily {
+            days.push(day);
+            kinds.push(kind.to_string());
+            names.push(categories.names[category as usize].clone());
+            statuses.push(status.to_string());
+            events.push(t.events);
+            durations.push(t.durations);
+            duration_us.push(t.duration_us);
+            let object: serde_json::Map<String, serde_json::Value> = t
+                .buckets
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n.into()))
+                .collect();
+            buckets.push(serde_json::Value::Object(object).to_string());
+        }
+        thread_local! {
+            static PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+        }
+        // One statement for both: the writer runs it for every batch. A data-modifying WITH
+        // runs whether or not it is read.
+        super::with_kept_plan(
+            &PLAN,
+            "WITH hourly AS (
+                 INSERT INTO activity_log.activity_hourly AS h (hour, kind, status, events)
+                 SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour::float8 * interval '1 microsecond', u.kind, u.status, u.n
+                   FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
+                 ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events)
+             INSERT INTO activity_log.activity_daily AS d
+                    (day, kind, category, status, events, durations, duration_sum_ms, duration_buckets)
+             SELECT timestamptz '2000-01-01 00:00:00+00' + u.day::float8 * interval '1 microsecond',
+                    u.kind, u.category, u.status, u.events, u.durations, u.us / 1000.0, u.buckets::jsonb
+               FROM unnest($5::int8[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[],
+                           $11::int8[], $12::text[]) AS u(day, kind, category, status, events, durations, us, buckets)
+             ON CONFLICT (day, kind, category, status) DO UPDATE
+                SET events = d.events + EXCLUDED.events,
+                    durations = d.durations + EXCLUDED.durations,
+                    duration_sum_ms = d.duration_sum_ms + EXCLUDED.duration_sum_ms,
+                    duration_buckets = activity_log._add_buckets(d.duration_buckets, EXCLUDED.duration_buckets, 1)",
+            &[
+                pg_sys::INT8ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+            ],
+            |client, plan| {
+                let args = [
+                    hours.into(),
+                    hour_kinds.into(),
+                    hour_statuses.into(),
+                    hour_counts.into(),
+                    days.into(),
+                    kinds.into(),
+                    names.into(),
+                    statuses.into(),
+                    events.into(),
+                    durations.into(),
+                    duration_us.into(),
+                    buckets.into(),
+                ];
+                client.update(plan, None, &args).map(drop)
+            },
+        )
+        .unwrap_or_else(|e| error!("activity_log: could not update the rollups: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_is_within_one_percent_of_its_bucket_middle() {
+        let middle =
+            |k: i32| 2.0 * (BUCKET_LN_WIDTH * k as f64).exp() / (1.0 + BUCKET_LN_WIDTH.exp());
+        for ms in [0.001, 0.017, 0.5, 1.0, 3.3, 250.0, 59_999.0, 3.6e6] {
+            let k = duration_bucket(ms);
+            let error = (middle(k) - ms).abs() / ms;
+            assert!(error <= 0.01, "{ms} ms in bucket {k}: {error}");
+        }
+    }
+
+    #[test]
+    fn zero_and_odd_durations_have_their_own_buckets() {
+        assert_eq!(duration_bucket(0.0), ZERO_BUCKET);
+        assert_eq!(duration_bucket(-5.0), ZERO_BUCKET);
+        assert_eq!(duration_bucket(f64::NAN), ZERO_BUCKET);
+        assert_eq!(duration_bucket(f64::INFINITY), HIGHEST_BUCKET);
+        assert_eq!(duration_bucket(f64::MIN_POSITIVE), LOWEST_BUCKET);
+        assert_eq!(duration_bucket(1.0), 0);
+    }
+}
