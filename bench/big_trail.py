@@ -111,7 +111,7 @@ def main():
         for name, sql in QUERIES:
             lines.append(f"| {name} | {timed(cluster, sql):.1f} |")
         lines += ["", f"One row's history returned {history_rows} changes. "
-                      f"`refresh_metrics()` (the writer runs it every `activity_log.metrics_refresh`): {refresh_ms:.0f} ms. "
+                      f"`refresh_metrics()` (on demand; the writer keeps metrics_daily batch by batch): {refresh_ms:.0f} ms. "
                       f"`rebuild_rollup()` of the whole trail (the rows were inserted by SQL, not by the writer, "
                       f"which keeps the rollup as it stores): {rollup_ms:.0f} ms."]
         plans = psql("EXPLAIN (COSTS OFF) SELECT * FROM activity_log.changes WHERE table_oid = 't7'::regclass "

@@ -31,6 +31,7 @@ PARTS = {
     "Trail::flush (heap, indexes, WAL)": "activity_log::worker::store::Trail::flush",
     "SHA-256 (portable code under valgrind)": "activity_log::worker::chain::Sha256::link",
     "Rows::from_batch (decode, jsonb)": "activity_log::worker::writer::Rows::from_batch",
+    "Rollups::store (activity_hourly, activity_daily)": "activity_log::worker::rollup::Rollups::store",
 }
 
 

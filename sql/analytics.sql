@@ -432,12 +432,16 @@ COMMENT ON FUNCTION activity_log.anomalies(interval, interval, interval, double 
 
 -- Daily rollup for dashboards: per day (UTC, like the trail's partitions and the hourly
 -- rollup), kind, category and status. The writer adds each batch's rows in the batch's own
--- transaction (worker/rollup.rs), as it does for activity_hourly, so the rollup costs a
--- statement per batch and never a pass over the trail. Sums only, so that batches add up:
--- durations as a count, a sum and a histogram, from which metrics_daily derives the average
--- and the p95. Bucket k of duration_buckets counts the durations in (e^(0.02(k-1)),
--- e^(0.02k)] ms, bucket -1000 those of zero; the middle of a bucket is within 1 % of every
--- duration in it.
+-- transaction (worker/rollup.rs), so the rollup costs a statement per batch and never a pass
+-- over the trail. Durations are kept as a count, a sum and a histogram, from which
+-- metrics_daily derives the average and the p95: sums, so that batches add up. Bucket k of
+-- duration_buckets counts the durations in (e^(0.02(k-1)), e^(0.02k)] ms, bucket -1000 those
+-- of zero; the middle of a bucket is within 1 % of every duration in it.
+--
+-- A key may have several rows, which add up: each batch inserts its own and never updates
+-- one, so that nothing — refresh_metrics(), a transaction someone left open after it — can
+-- make the writer wait on a lock here. The writer merges a day's rows every few seconds
+-- (_compact_daily), skipping rows somebody holds.
 CREATE TABLE activity_log.activity_daily (
     day              timestamptz NOT NULL,
     kind             text NOT NULL,
@@ -446,25 +450,55 @@ CREATE TABLE activity_log.activity_daily (
     events           bigint NOT NULL,
     durations        bigint NOT NULL,
     duration_sum_ms  numeric NOT NULL,
-    duration_buckets jsonb NOT NULL,
-    PRIMARY KEY (day, kind, category, status)
+    duration_buckets jsonb NOT NULL
 );
+CREATE INDEX activity_daily_day_idx ON activity_log.activity_daily (day);
 
 COMMENT ON TABLE activity_log.activity_daily IS
-    'Trail records per day (UTC), kind, category and status, with their durations as a count, a sum and a histogram (bucket k: durations in (e^(0.02(k-1)), e^(0.02k)] ms; -1000: zero). Kept by the writer; activity_log.refresh_metrics() recomputes it. Read it through activity_log.metrics_daily.';
+    'Trail records per day (UTC), kind, category and status, with their durations as a count, a sum and a histogram (bucket k: durations in (e^(0.02(k-1)), e^(0.02k)] ms; -1000: zero); the rows of a key add up. Kept by the writer; activity_log.refresh_metrics() recomputes it. Read it through activity_log.metrics_daily.';
 
--- _add_buckets adds factor times the histogram b to the histogram a, dropping empty buckets.
-CREATE FUNCTION activity_log._add_buckets(a jsonb, b jsonb, factor bigint) RETURNS jsonb
+-- _add_buckets adds two histograms, dropping empty buckets.
+CREATE FUNCTION activity_log._add_buckets(a jsonb, b jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(jsonb_object_agg(s.k, s.n), '{}')
-      FROM (SELECT e.k, sum(e.n) AS n
-              FROM (SELECT key, value::bigint FROM jsonb_each_text(a)
-                    UNION ALL
-                    SELECT key, value::bigint * factor FROM jsonb_each_text(b)) AS e(k, n)
-             GROUP BY e.k) s
+      FROM (SELECT e.key AS k, sum(e.value::bigint) AS n
+              FROM (SELECT * FROM jsonb_each_text(a) UNION ALL SELECT * FROM jsonb_each_text(b)) e
+             GROUP BY e.key) s
      WHERE s.n <> 0
+$$;
+
+CREATE AGGREGATE activity_log._sum_buckets(jsonb) (
+    SFUNC = activity_log._add_buckets,
+    STYPE = jsonb,
+    INITCOND = '{}'
+);
+
+-- _compact_daily merges the rows of each key of the days from since on into one, skipping
+-- rows another transaction holds: it never waits. Returns the rows it merged.
+CREATE FUNCTION activity_log._compact_daily(since timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    WITH merged AS (
+        DELETE FROM activity_log.activity_daily d
+         WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM activity_log.activity_daily
+                                    WHERE day >= since FOR UPDATE SKIP LOCKED))
+        RETURNING d.*)
+    INSERT INTO activity_log.activity_daily
+    SELECT day, kind, category, status, sum(events), sum(durations), sum(duration_sum_ms),
+           activity_log._sum_buckets(duration_buckets)
+      FROM merged
+     GROUP BY 1, 2, 3, 4
+    HAVING sum(events) <> 0 OR sum(durations) <> 0 OR sum(duration_sum_ms) <> 0
+        OR activity_log._sum_buckets(duration_buckets) <> '{}';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
 $$;
 
 -- The p95 is the middle of the bucket holding the duration percentile_disc(0.95) picks (the
@@ -480,7 +514,12 @@ SELECT d.day, d.kind, d.category, d.status, d.events,
          WHERE b.upto >= ceil(0.95 * d.durations)
          ORDER BY b.k
          LIMIT 1) AS p95_duration_ms
-  FROM activity_log.activity_daily d;
+  FROM (SELECT day, kind, category, status, sum(events)::bigint AS events,
+               sum(durations)::bigint AS durations, sum(duration_sum_ms) AS duration_sum_ms,
+               activity_log._sum_buckets(duration_buckets) AS duration_buckets
+          FROM activity_log.activity_daily
+         GROUP BY 1, 2, 3, 4
+        HAVING sum(events) <> 0) d;
 
 COMMENT ON VIEW activity_log.metrics_daily IS
     'Per day (UTC), kind, category and status: events, error rate, average and p95 duration (ms; the p95 within 1 %). Kept by the writer as it stores rows; activity_log.refresh_metrics() recomputes it from the trail.';
@@ -489,45 +528,38 @@ CREATE FUNCTION activity_log.refresh_metrics() RETURNS timestamptz
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    corrections jsonb;
 BEGIN
-    -- One refresh at a time. The writer goes on storing batches, and adding them to the
-    -- rollup, all the while: this lock does not conflict with its.
+    -- One refresh at a time. This lock does not conflict with the writer's inserts.
     LOCK TABLE activity_log.activity_daily IN SHARE UPDATE EXCLUSIVE MODE;
-    -- What the trail says less what the rollup says, both read in one snapshot: a batch the
-    -- writer stores after it is in neither, and the writer adds it to the rollup itself.
-    SELECT coalesce(jsonb_agg(c), '[]') INTO corrections
-      FROM (SELECT day, kind, category, status,
-                   coalesce(t.events, 0) - coalesce(r.events, 0) AS events,
-                   coalesce(t.durations, 0) - coalesce(r.durations, 0) AS durations,
-                   coalesce(t.duration_sum_ms, 0) - coalesce(r.duration_sum_ms, 0) AS duration_sum_ms,
-                   activity_log._add_buckets(coalesce(t.duration_buckets, '{}'), coalesce(r.duration_buckets, '{}'), -1)
-                       AS duration_buckets
-              FROM (SELECT day, kind, category, status,
-                           sum(n)::bigint AS events,
-                           coalesce(sum(n) FILTER (WHERE bucket IS NOT NULL), 0)::bigint AS durations,
-                           coalesce(sum(ms), 0) AS duration_sum_ms,
-                           coalesce(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL), '{}') AS duration_buckets
-                      FROM (SELECT date_trunc('day', e.ts, 'UTC') AS day, e.kind, e.category, e.status,
-                                   activity_log._duration_bucket(e.duration_ms) AS bucket,
-                                   count(*) AS n, sum(e.duration_ms::numeric) AS ms
-                              FROM activity_log.events e
-                             GROUP BY 1, 2, 3, 4, 5) per_bucket
-                     GROUP BY 1, 2, 3, 4) t
-              FULL JOIN activity_log.activity_daily r USING (day, kind, category, status)
-             WHERE (t.events, t.durations, t.duration_sum_ms, t.duration_buckets)
-                   IS DISTINCT FROM (r.events, r.durations, r.duration_sum_ms, r.duration_buckets)) c;
-    -- The writer waits for the few rows below only.
-    LOCK TABLE activity_log.activity_daily IN SHARE ROW EXCLUSIVE MODE;
-    INSERT INTO activity_log.activity_daily AS d
-    SELECT * FROM jsonb_populate_recordset(NULL::activity_log.activity_daily, corrections)
-    ON CONFLICT (day, kind, category, status) DO UPDATE
-       SET events = d.events + EXCLUDED.events,
-           durations = d.durations + EXCLUDED.durations,
-           duration_sum_ms = d.duration_sum_ms + EXCLUDED.duration_sum_ms,
-           duration_buckets = activity_log._add_buckets(d.duration_buckets, EXCLUDED.duration_buckets, 1);
-    DELETE FROM activity_log.activity_daily WHERE events <= 0;
+    -- Adds what the trail says less what the rollup says, both read in the statement's one
+    -- snapshot: a batch the writer stores after it is in neither, and the writer adds it to
+    -- the rollup itself.
+    WITH parts (day, kind, category, status, events, durations, duration_sum_ms, bucket, n) AS (
+        SELECT date_trunc('day', e.ts, 'UTC'), e.kind, e.category, e.status, count(*),
+               count(e.duration_ms), coalesce(sum(e.duration_ms::numeric), 0),
+               activity_log._duration_bucket(e.duration_ms), count(e.duration_ms)
+          FROM activity_log.events e
+         GROUP BY 1, 2, 3, 4, 8
+        UNION ALL
+        SELECT d.day, d.kind, d.category, d.status, -d.events, -d.durations, -d.duration_sum_ms, NULL, 0
+          FROM activity_log.activity_daily d
+        UNION ALL
+        SELECT d.day, d.kind, d.category, d.status, 0, 0, 0, b.key::int, -b.value::bigint
+          FROM activity_log.activity_daily d, jsonb_each_text(d.duration_buckets) b
+    ), per_bucket AS (
+        SELECT day, kind, category, status, bucket, sum(events) AS events, sum(durations) AS durations,
+               sum(duration_sum_ms) AS duration_sum_ms, sum(n) AS n
+          FROM parts
+         GROUP BY 1, 2, 3, 4, 5
+    )
+    INSERT INTO activity_log.activity_daily
+    SELECT day, kind, category, status, sum(events), sum(durations), sum(duration_sum_ms),
+           coalesce(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL AND n <> 0), '{}')
+      FROM per_bucket
+     GROUP BY 1, 2, 3, 4
+    HAVING sum(events) <> 0 OR sum(durations) <> 0 OR sum(duration_sum_ms) <> 0
+        OR count(*) FILTER (WHERE bucket IS NOT NULL AND n <> 0) > 0;
+    PERFORM activity_log._compact_daily('-infinity');
     RETURN now();
 END
 $$;

@@ -1110,6 +1110,47 @@ fn metrics_daily_is_kept_batch_by_batch_and_refresh_metrics_repairs_it() {
     assert_eq!(today("billing"), "12");
     assert_eq!(c.one("postgres", old_days), exact);
 
+    // Nobody holding activity_daily makes the writer wait: a transaction left open after
+    // refresh_metrics(), and one holding today's rows.
+    let holders = [
+        c.spawn(
+            "postgres",
+            "refresher",
+            "BEGIN; SELECT activity_log.refresh_metrics(); SELECT pg_sleep(30); COMMIT;",
+        ),
+        c.spawn(
+            "postgres",
+            "holder",
+            "BEGIN; SELECT count(*) FROM (SELECT FROM activity_log.activity_daily FOR UPDATE) held; SELECT pg_sleep(30); COMMIT;",
+        ),
+    ];
+    let held = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name IN ('refresher', 'holder')
+                AND query LIKE '%pg_sleep%' AND state = 'active'",
+        ) == "2")
+            .then_some(())
+    });
+    assert!(held.is_some(), "the two sessions never got their locks");
+    // Over the writer's merge interval (10 s), so that it merges while they hold.
+    for _ in 0..6 {
+        c.sql(
+            "postgres",
+            "SELECT activity_log.log_event('d', category => 'order') FROM generate_series(1, 10)",
+        );
+        assert_eq!(c.one("postgres", "SELECT activity_log.flush('5 s')"), "t");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(today("order"), "60");
+    c.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name IN ('refresher', 'holder')",
+    );
+    for mut holder in holders {
+        holder.wait().unwrap();
+    }
+
     // refresh_metrics() recomputes them: every old row failed now, two fewer. It runs while
     // two sessions log events, committing all the while: none is lost or counted twice.
     let loggers: Vec<_> = (0..2)
@@ -1143,6 +1184,21 @@ fn metrics_daily_is_kept_batch_by_batch_and_refresh_metrics_repairs_it() {
     );
     assert_eq!(today("billing"), "12");
     assert_eq!(today("payment"), "800");
+    // The writer merges the rows of each key it added to (each batch adds its own) every 10 s.
+    std::thread::sleep(Duration::from_secs(11));
+    c.sql(
+        "postgres",
+        "SELECT activity_log.log_event('e', category => 'payment')",
+    );
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) || ' ' || sum(events) FROM activity_log.activity_daily
+              WHERE day = date_trunc('day', now(), 'UTC') AND category = 'payment'"
+        ),
+        "1 801"
+    );
     // And every group equals a count of the trail.
     assert_eq!(
         c.one(

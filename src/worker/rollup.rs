@@ -7,7 +7,11 @@
 //! Both are sums, so a batch adds its own rows and nothing else: the writer's cost is one
 //! statement per batch whatever the trail's length, and no maintenance runs between batches.
 //! A percentile does not add up; a histogram does, which is why the p95 comes from one with
-//! buckets 2 % wide (within 1 % of a duration of the day; [`duration_bucket`]).
+//! buckets 2 % wide (within 1 % of a duration of the day; [`duration_bucket`]). A batch
+//! inserts its own rows of activity_daily (a key's rows add up) and updates none, so no lock
+//! anybody holds there — refresh_metrics(), a transaction left open after it — makes the
+//! writer wait; every [`COMPACT_EVERY`] it merges the rows of the days it added to
+//! (`_compact_daily`, which skips rows somebody holds).
 //!
 //! Rules: only counts of rows this batch stores are added (the rollups are exact whichever way
 //! the batch ends); a broken rollup (dropped, locked, refused) is logged and must not hold up
@@ -16,13 +20,32 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use crate::worker::writer::in_subtransaction;
 
 const HOUR_US: i64 = 3_600_000_000;
 const DAY_US: i64 = 24 * HOUR_US;
+
+/// How often the writer merges activity_daily's rows of the days it added to: a busy writer
+/// adds a row per key and batch, a hundred a second, and metrics_daily reads them all.
+const COMPACT_EVERY: Duration = Duration::from_secs(10);
+
+/// What the writer added to activity_daily since it last merged: the oldest day (µs since
+/// 2000-01-01 UTC; i64::MAX: nothing) and when it last merged.
+#[derive(Clone, Copy)]
+struct Uncompacted {
+    oldest_day: i64,
+    merged_at: Option<Instant>,
+}
+
+thread_local! {
+    static UNCOMPACTED: Cell<Uncompacted> = const {
+        Cell::new(Uncompacted { oldest_day: i64::MAX, merged_at: None })
+    };
+}
 
 /// ln of the ratio between a histogram bucket's two bounds (the buckets are 2.02 % wide): a
 /// bucket's middle is within 1 % of every duration in it.
@@ -132,19 +155,41 @@ impl Rollups {
         }
     }
 
-    /// store adds the counts to both rollups, in a subtransaction of the batch's transaction.
+    /// store adds the counts to both rollups, in a subtransaction of the batch's transaction,
+    /// and merges activity_daily's rows when that is due. Never inlined: bench/writer_cost.py
+    /// reports its cost by name.
+    #[inline(never)]
     pub fn store(self, categories: &Categories) {
         if self.hourly.is_empty() {
             return;
         }
-        if let Err(message) = in_subtransaction(|| self.upsert(categories)) {
+        let oldest_day = self.daily.keys().map(|k| k.0).min().unwrap_or(i64::MAX);
+        let mut state = UNCOMPACTED.get();
+        state.oldest_day = state.oldest_day.min(oldest_day);
+        let due = state
+            .merged_at
+            .is_none_or(|at| at.elapsed() >= COMPACT_EVERY);
+        let stored = in_subtransaction(|| {
+            self.insert(categories);
+            if due {
+                compact_daily(state.oldest_day);
+            }
+        });
+        if stored.is_ok() && due {
+            state = Uncompacted {
+                oldest_day: i64::MAX,
+                merged_at: Some(Instant::now()),
+            };
+        }
+        UNCOMPACTED.set(state);
+        if let Err(message) = stored {
             log!(
                 "activity_log: activity_log.activity_hourly and activity_daily not updated (run activity_log.rebuild_rollup() and activity_log.refresh_metrics()): {message}"
             );
         }
     }
 
-    fn upsert(self, categories: &Categories) {
+    fn insert(self, categories: &Categories) {
         let (mut hours, mut hour_kinds, mut hour_statuses, mut hour_counts) =
             (vec![], vec![], vec![], vec![]);
         for ((hour, kind, status), n) in self.hourly {
@@ -193,17 +238,12 @@ impl Rollups {
                  SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour::float8 * interval '1 microsecond', u.kind, u.status, u.n
                    FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
                  ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events)
-             INSERT INTO activity_log.activity_daily AS d
+             INSERT INTO activity_log.activity_daily
                     (day, kind, category, status, events, durations, duration_sum_ms, duration_buckets)
              SELECT timestamptz '2000-01-01 00:00:00+00' + u.day::float8 * interval '1 microsecond',
                     u.kind, u.category, u.status, u.events, u.durations, u.us / 1000.0, u.buckets::jsonb
                FROM unnest($5::int8[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[],
-                           $11::int8[], $12::text[]) AS u(day, kind, category, status, events, durations, us, buckets)
-             ON CONFLICT (day, kind, category, status) DO UPDATE
-                SET events = d.events + EXCLUDED.events,
-                    durations = d.durations + EXCLUDED.durations,
-                    duration_sum_ms = d.duration_sum_ms + EXCLUDED.duration_sum_ms,
-                    duration_buckets = activity_log._add_buckets(d.duration_buckets, EXCLUDED.duration_buckets, 1)",
+                           $11::int8[], $12::text[]) AS u(day, kind, category, status, events, durations, us, buckets)",
             &[
                 pg_sys::INT8ARRAYOID,
                 pg_sys::TEXTARRAYOID,
@@ -238,6 +278,21 @@ impl Rollups {
         )
         .unwrap_or_else(|e| error!("activity_log: could not update the rollups: {e}"));
     }
+}
+
+/// compact_daily merges activity_daily's rows of the days from `since` (µs since 2000-01-01
+/// UTC) on.
+fn compact_daily(since: i64) {
+    thread_local! {
+        static PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+    }
+    super::with_kept_plan(
+        &PLAN,
+        "SELECT activity_log._compact_daily(timestamptz '2000-01-01 00:00:00+00' + $1::float8 * interval '1 microsecond')",
+        &[pg_sys::INT8OID],
+        |client, plan| client.select(plan, None, &[since.into()]).map(drop),
+    )
+    .unwrap_or_else(|e| error!("activity_log: could not merge activity_log.activity_daily: {e}"));
 }
 
 #[cfg(test)]
