@@ -190,20 +190,28 @@ BEGIN
         PERFORM activity_log._check_window('since', since);
         first := date_bin('1 hour', now() - since, timestamptz '2000-01-01 00:00:00+00');
     END IF;
-    -- The writer adds to these rows in its own transactions: keep it out while rebuilding.
-    LOCK TABLE activity_log.activity_hourly IN SHARE ROW EXCLUSIVE MODE;
-    DELETE FROM activity_log.activity_hourly WHERE hour >= first;
+    -- One rebuild at a time. This lock does not conflict with the writer's inserts.
+    LOCK TABLE activity_log.activity_hourly IN SHARE UPDATE EXCLUSIVE MODE;
+    -- Adds what the trail says less what the rollup says, both read in the statement's one
+    -- snapshot: a batch the writer stores after it is in neither, and the writer adds it.
     INSERT INTO activity_log.activity_hourly (hour, kind, status, events)
-    SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'), kind, status, count(*)
-      FROM activity_log.events WHERE ts >= first AND committed_at >= first  -- see recent()
-     GROUP BY 1, 2, 3;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    SELECT d.hour, d.kind, d.status, sum(d.events)
+      FROM (SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'), kind, status, count(*)
+              FROM activity_log.events WHERE ts >= first AND committed_at >= first  -- see recent()
+             GROUP BY 1, 2, 3
+            UNION ALL
+            SELECT h.hour, h.kind, h.status, -h.events
+              FROM activity_log.activity_hourly h WHERE h.hour >= first) d (hour, kind, status, events)
+     GROUP BY 1, 2, 3
+    HAVING sum(d.events) <> 0;
+    PERFORM activity_log._compact_rollups(first);
+    SELECT count(*) INTO n FROM activity_log.activity_hourly WHERE hour >= first;
     RETURN n;
 END
 $$;
 
 COMMENT ON FUNCTION activity_log.rebuild_rollup(interval) IS
-    'Recomputes activity_log.activity_hourly from the trail (all of it, or the hours after now() - since); returns the rows written.';
+    'Recomputes activity_log.activity_hourly from the trail (all of it, or the hours after now() - since) while the writer goes on; returns its rows of those hours.';
 
 -- _counts: records per bucket from first on — from the hourly rollup when the bucket is a
 -- whole number of hours (a few hundred rows), else from the trail itself.
@@ -438,10 +446,10 @@ COMMENT ON FUNCTION activity_log.anomalies(interval, interval, interval, double 
 -- duration_buckets counts the durations in (e^(0.02(k-1)), e^(0.02k)] ms, bucket -1000 those
 -- of zero; the middle of a bucket is within 1 % of every duration in it.
 --
--- A key may have several rows, which add up: each batch inserts its own and never updates
--- one, so that nothing — refresh_metrics(), a transaction someone left open after it — can
--- make the writer wait on a lock here. The writer merges a day's rows every few seconds
--- (_compact_daily), skipping rows somebody holds.
+-- A key may have several rows, which add up, as in activity_hourly: each batch inserts its
+-- own and never updates one, so that nothing — refresh_metrics(), a transaction someone left
+-- open after it — can make the writer wait on a lock here. The writer merges the rows of the
+-- days it added to every few seconds (_compact_rollups), skipping rows somebody holds.
 CREATE TABLE activity_log.activity_daily (
     day              timestamptz NOT NULL,
     kind             text NOT NULL,
@@ -475,19 +483,25 @@ CREATE AGGREGATE activity_log._sum_buckets(jsonb) (
     INITCOND = '{}'
 );
 
--- _compact_daily merges the rows of each key of the days from since on into one, skipping
--- rows another transaction holds: it never waits. Returns the rows it merged.
-CREATE FUNCTION activity_log._compact_daily(since timestamptz) RETURNS bigint
+-- _compact_rollups merges the rows of each key of both rollups from since on (the hours
+-- from since, the days from since's) into one, skipping rows another transaction holds: it
+-- never waits.
+CREATE FUNCTION activity_log._compact_rollups(since timestamptz) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    n bigint;
 BEGIN
+    WITH merged AS (
+        DELETE FROM activity_log.activity_hourly h
+         WHERE h.ctid = ANY (ARRAY(SELECT ctid FROM activity_log.activity_hourly
+                                    WHERE hour >= since FOR UPDATE SKIP LOCKED))
+        RETURNING h.*)
+    INSERT INTO activity_log.activity_hourly
+    SELECT hour, kind, status, sum(events) FROM merged GROUP BY 1, 2, 3 HAVING sum(events) <> 0;
     WITH merged AS (
         DELETE FROM activity_log.activity_daily d
          WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM activity_log.activity_daily
-                                    WHERE day >= since FOR UPDATE SKIP LOCKED))
+                                    WHERE day >= date_trunc('day', since, 'UTC') FOR UPDATE SKIP LOCKED))
         RETURNING d.*)
     INSERT INTO activity_log.activity_daily
     SELECT day, kind, category, status, sum(events), sum(durations), sum(duration_sum_ms),
@@ -496,8 +510,6 @@ BEGIN
      GROUP BY 1, 2, 3, 4
     HAVING sum(events) <> 0 OR sum(durations) <> 0 OR sum(duration_sum_ms) <> 0
         OR activity_log._sum_buckets(duration_buckets) <> '{}';
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
 END
 $$;
 
@@ -559,7 +571,7 @@ BEGIN
      GROUP BY 1, 2, 3, 4
     HAVING sum(events) <> 0 OR sum(durations) <> 0 OR sum(duration_sum_ms) <> 0
         OR count(*) FILTER (WHERE bucket IS NOT NULL AND n <> 0) > 0;
-    PERFORM activity_log._compact_daily('-infinity');
+    PERFORM activity_log._compact_rollups('-infinity');
     RETURN now();
 END
 $$;

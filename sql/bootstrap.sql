@@ -124,16 +124,17 @@ CREATE INDEX events_gap_idx ON activity_log.events (ts) WHERE status = 'gap';
 
 -- Records per hour, kind and status: the writer adds each batch's counts, so that health,
 -- trends, patterns and anomalies read a few hundred rows instead of the trail.
--- activity_log.rebuild_rollup() recomputes it from the trail.
+-- activity_log.rebuild_rollup() recomputes it from the trail. A key may have several rows,
+-- which add up: see activity_daily (sql/analytics.sql).
 CREATE TABLE activity_log.activity_hourly (
     hour   timestamptz NOT NULL,
     kind   text NOT NULL,
     status text NOT NULL,
-    events bigint NOT NULL,
-    PRIMARY KEY (hour, kind, status)
+    events bigint NOT NULL
 );
+CREATE INDEX activity_hourly_hour_idx ON activity_log.activity_hourly (hour);
 COMMENT ON TABLE activity_log.activity_hourly IS
-    'Trail records per hour (UTC-aligned), kind and status; kept by the writer, rebuilt by activity_log.rebuild_rollup().';
+    'Trail records per hour (UTC-aligned), kind and status; the rows of a key add up. Kept by the writer, rebuilt by activity_log.rebuild_rollup().';
 
 -- Rows the trail refused (say, a record that fails a constraint someone added to the trail),
 -- kept whole so that nothing is lost silently; a gap record in the trail points here.

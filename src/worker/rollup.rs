@@ -8,10 +8,10 @@
 //! statement per batch whatever the trail's length, and no maintenance runs between batches.
 //! A percentile does not add up; a histogram does, which is why the p95 comes from one with
 //! buckets 2 % wide (within 1 % of a duration of the day; [`duration_bucket`]). A batch
-//! inserts its own rows of activity_daily (a key's rows add up) and updates none, so no lock
-//! anybody holds there — refresh_metrics(), a transaction left open after it — makes the
-//! writer wait; every [`COMPACT_EVERY`] it merges the rows of the days it added to
-//! (`_compact_daily`, which skips rows somebody holds).
+//! inserts its own rows (a key's rows add up) and updates none, so no lock anybody holds on
+//! the rollups — rebuild_rollup(), refresh_metrics(), a transaction left open after them —
+//! makes the writer wait; every [`COMPACT_EVERY`] it merges the rows of the days it added to
+//! (`_compact_rollups`, which skips rows somebody holds).
 //!
 //! Rules: only counts of rows this batch stores are added (the rollups are exact whichever way
 //! the batch ends); a broken rollup (dropped, locked, refused) is logged and must not hold up
@@ -29,11 +29,11 @@ use crate::worker::writer::in_subtransaction;
 const HOUR_US: i64 = 3_600_000_000;
 const DAY_US: i64 = 24 * HOUR_US;
 
-/// How often the writer merges activity_daily's rows of the days it added to: a busy writer
-/// adds a row per key and batch, a hundred a second, and metrics_daily reads them all.
+/// How often the writer merges the rollups' rows of the days it added to: a busy writer adds
+/// a row per key and batch, a hundred a second, and their readers read them all.
 const COMPACT_EVERY: Duration = Duration::from_secs(10);
 
-/// What the writer added to activity_daily since it last merged: the oldest day (µs since
+/// What the writer added to the rollups since it last merged: the oldest day (µs since
 /// 2000-01-01 UTC; i64::MAX: nothing) and when it last merged.
 #[derive(Clone, Copy)]
 struct Uncompacted {
@@ -156,7 +156,7 @@ impl Rollups {
     }
 
     /// store adds the counts to both rollups, in a subtransaction of the batch's transaction,
-    /// and merges activity_daily's rows when that is due. Never inlined: bench/writer_cost.py
+    /// and merges the rollups' rows when that is due. Never inlined: bench/writer_cost.py
     /// reports its cost by name.
     #[inline(never)]
     pub fn store(self, categories: &Categories) {
@@ -172,7 +172,7 @@ impl Rollups {
         let stored = in_subtransaction(|| {
             self.insert(categories);
             if due {
-                compact_daily(state.oldest_day);
+                compact(state.oldest_day);
             }
         });
         if stored.is_ok() && due {
@@ -234,10 +234,9 @@ impl Rollups {
         super::with_kept_plan(
             &PLAN,
             "WITH hourly AS (
-                 INSERT INTO activity_log.activity_hourly AS h (hour, kind, status, events)
+                 INSERT INTO activity_log.activity_hourly (hour, kind, status, events)
                  SELECT timestamptz '2000-01-01 00:00:00+00' + u.hour::float8 * interval '1 microsecond', u.kind, u.status, u.n
-                   FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n)
-                 ON CONFLICT (hour, kind, status) DO UPDATE SET events = h.events + EXCLUDED.events)
+                   FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(hour, kind, status, n))
              INSERT INTO activity_log.activity_daily
                     (day, kind, category, status, events, durations, duration_sum_ms, duration_buckets)
              SELECT timestamptz '2000-01-01 00:00:00+00' + u.day::float8 * interval '1 microsecond',
@@ -280,19 +279,18 @@ impl Rollups {
     }
 }
 
-/// compact_daily merges activity_daily's rows of the days from `since` (µs since 2000-01-01
-/// UTC) on.
-fn compact_daily(since: i64) {
+/// compact merges the rollups' rows of the days from `since` (µs since 2000-01-01 UTC) on.
+fn compact(since: i64) {
     thread_local! {
         static PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
     }
     super::with_kept_plan(
         &PLAN,
-        "SELECT activity_log._compact_daily(timestamptz '2000-01-01 00:00:00+00' + $1::float8 * interval '1 microsecond')",
+        "SELECT activity_log._compact_rollups(timestamptz '2000-01-01 00:00:00+00' + $1::float8 * interval '1 microsecond')",
         &[pg_sys::INT8OID],
         |client, plan| client.select(plan, None, &[since.into()]).map(drop),
     )
-    .unwrap_or_else(|e| error!("activity_log: could not merge activity_log.activity_daily: {e}"));
+    .unwrap_or_else(|e| error!("activity_log: could not merge the rollups' rows: {e}"));
 }
 
 #[cfg(test)]
