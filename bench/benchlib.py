@@ -7,7 +7,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-BIN = "/usr/lib/postgresql/15/bin"
+BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")  # as in ./dev
 
 
 def install_release():

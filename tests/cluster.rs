@@ -74,7 +74,7 @@ fn truncate_copy_and_tcp_clients_are_recorded() {
          COPY t TO stdout;
          TRUNCATE t;",
     );
-    let out = Command::new(format!("{BIN}/psql"))
+    let out = Command::new(format!("{}/psql", *BIN))
         .args([
             "-X",
             "-h",
@@ -859,7 +859,7 @@ fn pg_regress_suite() {
     c.sql("postgres", "CREATE DATABASE al_regress");
     let out_dir = format!("{}/target/regress", env!("CARGO_MANIFEST_DIR"));
     let _ = std::fs::remove_dir_all(&out_dir);
-    let out = Command::new("/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress")
+    let out = Command::new(format!("{}/../lib/pgxs/src/test/regress/pg_regress", *BIN))
         .args([
             "--use-existing",
             &format!("--host={}", c.dir),
@@ -871,7 +871,7 @@ fn pg_regress_suite() {
             "--inputdir=tests/regress",
         ])
         .arg(format!("--outputdir={out_dir}"))
-        .arg(format!("--bindir={BIN}"))
+        .arg(format!("--bindir={}", *BIN))
         .args([
             "setup",
             "log_event",

@@ -986,8 +986,10 @@ fn images_equal_to_jsonb_for_every_common_type_and_its_edge_values() {
 /// it to commit: the script's own session keeps the copy of tracked_tables it loaded before.
 fn elsewhere(c: &Cluster, db: &str, sql: &str) -> String {
     format!(
-        "\\! {BIN}/psql -X -q -v ON_ERROR_STOP=1 -h {} -p {} -U postgres -d {db} -c \"{sql}\" >/dev/null || echo FAILED\n",
-        c.dir, c.port
+        "\\! {bin}/psql -X -q -v ON_ERROR_STOP=1 -h {} -p {} -U postgres -d {db} -c \"{sql}\" >/dev/null || echo FAILED\n",
+        c.dir,
+        c.port,
+        bin = *BIN
     )
 }
 

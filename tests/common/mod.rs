@@ -4,14 +4,20 @@
 //! so that every statement really commits, and checks the exact rows of the trail.
 //!
 //! Needs: the extension installed into the system PostgreSQL (`./dev install`), sudo, and the
-//! `postgres` OS user — `./dev test` arranges all three.
+//! `postgres` OS user — `./dev test` arranges all three. `PG_BIN` points them at another
+//! PostgreSQL 15 (a copy of Debian's, say, so that two clones can test side by side).
 
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The PostgreSQL whose binaries the tests run: `PG_BIN`, or Debian's PostgreSQL 15. The
+/// extension must be installed into that same PostgreSQL (`PG_BIN=… ./dev install`).
+pub static BIN: LazyLock<String> = LazyLock::new(|| {
+    std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string())
+});
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 pub struct Cluster {
@@ -39,7 +45,7 @@ impl Cluster {
     /// client is a PostgreSQL client program (pgbench, pg_dump …) connected to this cluster's
     /// socket as postgres; the database and the rest are the caller's.
     pub fn client(&self, program: &str) -> Command {
-        let mut c = Command::new(format!("{BIN}/{program}"));
+        let mut c = Command::new(format!("{}/{program}", *BIN));
         c.args([
             "-h",
             &self.dir,
@@ -56,7 +62,7 @@ impl Cluster {
     }
 
     pub fn psql_command_as(&self, user: &str, db: &str) -> Command {
-        let mut c = Command::new(format!("{BIN}/psql"));
+        let mut c = Command::new(format!("{}/psql", *BIN));
         c.args([
             "-X",
             "-q",
@@ -185,7 +191,7 @@ impl Cluster {
             .args([
                 "-u",
                 "postgres",
-                &format!("{BIN}/pg_ctl"),
+                &format!("{}/pg_ctl", *BIN),
                 "-D",
                 &format!("{}/data", self.dir),
             ])
