@@ -1778,3 +1778,54 @@ fn sync_and_async_transactions_reach_the_trail_in_commit_order() {
         "t"
     );
 }
+
+/// Only processes that run statements for a user are audited: an autovacuum worker cancelled
+/// by a lock conflict is the server's business, not a failed statement of the bootstrap
+/// superuser with an empty query.
+#[test]
+fn a_cancelled_autovacuum_is_not_a_failed_statement() {
+    let c = Cluster::start("autovacuum", &["autovacuum_naptime = 1"]);
+    with_extension(&c, "postgres");
+    // Slow enough that autovacuum is still on it when the lock comes.
+    c.sql(
+        "postgres",
+        "CREATE TABLE big (id int, pad text) WITH (autovacuum_vacuum_cost_delay = 100,
+             autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_threshold = 1,
+             autovacuum_vacuum_scale_factor = 0, autovacuum_analyze_threshold = 1000000000);
+         INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 200000) g;
+         DELETE FROM big WHERE id % 2 = 0;",
+    );
+    let worker = wait_until(Duration::from_secs(60), || {
+        c.sql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity
+              WHERE backend_type = 'autovacuum worker' AND query LIKE '%public.big%'",
+        )
+        .into_iter()
+        .next()
+    })
+    .expect("autovacuum never started on big");
+    // Waits for autovacuum to be cancelled (after deadlock_timeout), then commits.
+    c.sql(
+        "postgres",
+        "BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE; COMMIT;",
+    );
+    c.error("postgres", "SELECT 1 / 0");
+    c.flush("postgres");
+    assert!(
+        c.log().contains("canceling autovacuum task"),
+        "autovacuum was not cancelled:\n{}",
+        c.log()
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            &format!(
+                "SELECT count(*) FILTER (WHERE backend_pid = {worker} OR sqlstate = '57014') || ' '
+                        || count(*) FILTER (WHERE sqlstate = '22012' AND query = 'SELECT 1 / 0')
+                   FROM activity_log.events WHERE status = 'error'"
+            )
+        ),
+        "0 1"
+    );
+}

@@ -138,11 +138,20 @@ pub fn mark_own_worker() {
     unsafe { IN_OWN_WORKER = true };
 }
 
-/// capturing tells whether this process records anything at all.
+/// capturing tells whether this process records anything at all: processes that run
+/// statements for a user (client backends, background workers such as pg_cron's, walsenders of
+/// `replication=database` connections), not the server's own (autovacuum, whose cancelled
+/// task must not read as a user's failed statement, and the auxiliary processes).
 pub fn capturing() -> bool {
     // SAFETY: reads of process-local globals.
     unsafe {
         !IN_OWN_WORKER
+            && matches!(
+                pg_sys::MyBackendType,
+                pg_sys::BackendType::B_BACKEND
+                    | pg_sys::BackendType::B_BG_WORKER
+                    | pg_sys::BackendType::B_WAL_SENDER
+            )
             && pg_sys::ParallelWorkerNumber < 0
             && !pg_sys::IsBinaryUpgrade
             && crate::ring::is_initialised()
