@@ -76,6 +76,9 @@ pub enum Op {
     Copy = 5,
     /// Rows that changed but could not be captured; `query` says which statement.
     Gap = 6,
+    /// The rows of one partition of the table removed (TRUNCATE of the partition); no images.
+    /// `note` is a JSON object with the partition and its partition constraint.
+    TruncatePartition = 7,
 }
 
 /// One row's (old, new) images as PostgreSQL minimal tuples (detoasted); INSERT has no old,
@@ -454,6 +457,7 @@ pub(crate) fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
                 4 => Op::Truncate,
                 5 => Op::Copy,
                 6 => Op::Gap,
+                7 => Op::TruncatePartition,
                 _ => return Err(DecodeError("bad change op")),
             },
             relid: d.u32()?,

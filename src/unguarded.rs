@@ -74,6 +74,15 @@ unsafe extern "C-unwind" {
     ) -> *mut ResultRelInfo;
     pub fn ExecCleanupTupleRouting(mtstate: *mut ModifyTableState, proute: *mut c_void);
     pub fn nextval_internal(relid: Oid, check_permissions: bool) -> i64;
+    // Not bound by pgrx: catalog/pg_inherits.h, catalog/partition.h and utils/partcache.h, to find what a
+    // TRUNCATE emptied as ExecuteTruncate does.
+    pub fn find_all_inheritors(
+        parent: Oid,
+        lockmode: c_int,
+        numparents: *mut *mut List,
+    ) -> *mut List;
+    pub fn get_partition_parent(relid: Oid, even_if_detached: bool) -> Oid;
+    pub fn get_partition_qual_relid(relid: Oid) -> *mut pgrx::pg_sys::Node;
 }
 
 /// insert_index_tuples is ExecInsertIndexTuples for a plain insert (no arbiter indexes, no

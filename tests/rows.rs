@@ -451,7 +451,7 @@ fn workload(seed: u64, session: u64, transactions: usize) -> (String, usize) {
             let id = base + r.next(40);
             let other = base + r.next(40);
             let region = ["eu", "us"][r.next(2) as usize];
-            let stmt = match r.next(12) {
+            let stmt = match r.next(13) {
                 0 | 1 => format!(
                     "INSERT INTO a VALUES ({id}, {}, 'n{id}') ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v",
                     r.next(100)
@@ -488,6 +488,11 @@ fn workload(seed: u64, session: u64, transactions: usize) -> (String, usize) {
                     "WITH moved AS (DELETE FROM b WHERE id = {id} RETURNING *) INSERT INTO b SELECT id + 1, region, amount FROM moved WHERE id + 1 < {} ON CONFLICT DO NOTHING",
                     base + 1000
                 ),
+                // Rarely: a TRUNCATE that cascades, one of a partition (TRUNCATE PARTITION of
+                // b), one of a referencing table alone.
+                12 if r.next(3) == 0 => ["TRUNCATE a CASCADE", "TRUNCATE b_eu", "TRUNCATE c"]
+                    [r.next(3) as usize]
+                    .to_string(),
                 _ => format!("SELECT bump_and_insert({id}, {other})"),
             };
             statements += 1;
@@ -541,6 +546,11 @@ const REPLAY: &str = r#"
     DECLARE ch record; n int;
     BEGIN
         FOR ch IN SELECT * FROM activity_log.changes WHERE table_name IN ('a', 'b', 'c') ORDER BY id LOOP
+            IF ch.op = 'TRUNCATE' THEN
+                EXECUTE format('DELETE FROM %I', ch.table_name || '_r');
+            ELSIF ch.op = 'TRUNCATE PARTITION' THEN
+                EXECUTE format('DELETE FROM %I WHERE %s', ch.table_name || '_r', ch.details->>'partition_constraint');
+            END IF;
             IF ch.op IN ('UPDATE', 'DELETE') THEN
                 EXECUTE format('DELETE FROM %I t WHERE to_jsonb(t) @> $1', ch.table_name || '_r') USING ch.row_key;
                 GET DIAGNOSTICS n = ROW_COUNT;
@@ -597,12 +607,14 @@ fn replaying_the_trail_reproduces_the_tables_and_matches_a_reference_trigger() {
             );
             assert_eq!(diff, "0", "seed {seed}: {real} differs from its replay");
         }
-        // The same changes as the reference trigger (which sees a partition move as DELETE + INSERT).
+        // The same row changes as the reference trigger (which sees a partition move as DELETE +
+        // INSERT, and no TRUNCATE: the replay above checks those).
         let diff = c.one(
             DB,
             "WITH ours AS (
                  SELECT table_name AS tbl, op, old_row AS old, new_row AS new FROM activity_log.changes
                   WHERE NOT (table_name = 'b' AND op = 'UPDATE' AND old_row->>'region' <> new_row->>'region')
+                    AND op NOT LIKE 'TRUNCATE%'
                  UNION ALL
                  SELECT 'b', m.op, m.old, m.new FROM activity_log.changes ch,
                         LATERAL (VALUES ('DELETE', ch.old_row, NULL::jsonb), ('INSERT', NULL, ch.new_row)) m(op, old, new)
@@ -620,7 +632,79 @@ fn replaying_the_trail_reproduces_the_tables_and_matches_a_reference_trigger() {
             n1 + n2
         );
         assert!(changes.parse::<i64>().unwrap() > 100);
+        let truncates = c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.changes WHERE op LIKE 'TRUNCATE%'",
+        );
+        eprintln!("seed {seed}: {truncates} truncate records replayed");
     }
+}
+
+/// One TRUNCATE record per tracked table a TRUNCATE empties: the tables a CASCADE reaches, the
+/// inheritance children it reaches, and for a partition emptied without its root a TRUNCATE
+/// PARTITION of the root with the partition's constraint; RESTART IDENTITY is noted.
+#[test]
+fn truncate_records_every_tracked_table_it_empties() {
+    let c = cluster("rows-truncate");
+    c.sql(
+        DB,
+        "CREATE TABLE par (id int PRIMARY KEY);
+         CREATE TABLE chi (id int PRIMARY KEY, par_id int REFERENCES par);
+         CREATE TABLE gchi (id int PRIMARY KEY, chi_id int REFERENCES chi);
+         CREATE TABLE ip (id int PRIMARY KEY, v text);
+         CREATE TABLE ic (extra int) INHERITS (ip);
+         CREATE TABLE proot (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+         CREATE TABLE pa PARTITION OF proot FOR VALUES FROM (0) TO (100);
+         CREATE TABLE pb PARTITION OF proot FOR VALUES FROM (100) TO (200) PARTITION BY RANGE (id);
+         CREATE TABLE pb1 PARTITION OF pb FOR VALUES FROM (100) TO (150);
+         CREATE TABLE pb2 PARTITION OF pb FOR VALUES FROM (150) TO (200);
+         CREATE TABLE seqt (id serial PRIMARY KEY);
+         CREATE TABLE untracked_ref (id int PRIMARY KEY, par_id int REFERENCES par);
+         SELECT activity_log.track(t) FROM unnest('{par,chi,gchi,ip,ic,proot,seqt}'::regclass[]) t;
+         INSERT INTO par VALUES (1); INSERT INTO chi VALUES (1, 1); INSERT INTO gchi VALUES (1, 1);
+         INSERT INTO ip VALUES (1, 'p'); INSERT INTO ic VALUES (2, 'c', 7);
+         INSERT INTO proot VALUES (10, 'a'), (120, 'b1'), (170, 'b2');
+         INSERT INTO seqt DEFAULT VALUES;",
+    );
+    c.flush(DB);
+    let first = c.one(DB, "SELECT coalesce(max(id), 0) FROM activity_log.events");
+    c.sql(
+        DB,
+        "TRUNCATE par, par CASCADE;
+         TRUNCATE ip;
+         TRUNCATE pa;
+         TRUNCATE pb;
+         TRUNCATE ONLY seqt RESTART IDENTITY;
+         BEGIN; TRUNCATE proot; ROLLBACK;
+         INSERT INTO ip VALUES (3, 'again'); INSERT INTO ic VALUES (4, 'again', 8);
+         TRUNCATE ONLY ip;",
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            &format!(
+                "SELECT op || ' ' || table_name || ' ' || coalesce(details::text, '-')
+                   FROM activity_log.changes WHERE id > {first} AND op LIKE 'TRUNCATE%' ORDER BY table_name, op, details::text"
+            )
+        ),
+        [
+            "TRUNCATE chi -",
+            "TRUNCATE gchi -",
+            "TRUNCATE ic -",
+            "TRUNCATE ip -",
+            "TRUNCATE ip -",
+            "TRUNCATE par -",
+            r#"TRUNCATE PARTITION proot {"partition": "public.pa", "partition_constraint": "((id IS NOT NULL) AND (id >= 0) AND (id < 100))"}"#,
+            r#"TRUNCATE PARTITION proot {"partition": "public.pb", "partition_constraint": "((id IS NOT NULL) AND (id >= 100) AND (id < 200))"}"#,
+            r#"TRUNCATE seqt {"restart_identity": true}"#,
+        ]
+    );
+    // The tables still hold exactly what a replay of the trail gives.
+    assert_eq!(
+        c.one(DB, "SELECT (SELECT count(*) FROM ONLY ip) || ' ' || (SELECT count(*) FROM ic) || ' ' || (SELECT count(*) FROM proot)"),
+        "0 1 0"
+    );
 }
 
 #[test]

@@ -729,12 +729,12 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_TruncateStmt) {
             let truncate = stmt.cast::<pg_sys::TruncateStmt>();
             let list = (*truncate).relations;
-            for i in 0..(*list).length as usize {
-                let relid = resolve((*(*list).elements.add(i)).ptr_value.cast());
-                if let Some(t) = tracked::lookup(relid.to_u32()) {
-                    rows::push_change(&t, Op::Truncate, cid, 0, Vec::new(), "", |_| false);
-                }
-            }
+            let named = (0..(*list).length as usize).map(|i| {
+                let rv: *mut pg_sys::RangeVar = (*(*list).elements.add(i)).ptr_value.cast();
+                (resolve(rv), (*rv).inh)
+            });
+            let cascade = (*truncate).behavior == pg_sys::DropBehavior::DROP_CASCADE;
+            record_truncate(truncated(named, cascade), (*truncate).restart_seqs, cid);
         } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_CopyStmt) {
             let copy = stmt.cast::<pg_sys::CopyStmt>();
             if (*copy).is_from && !(*copy).relation.is_null() {
@@ -745,6 +745,123 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
                 }
             }
         }
+    }
+}
+
+/// truncated lists the relations a TRUNCATE that just succeeded emptied, found the way
+/// ExecuteTruncate found them: the ones named, their inheritors and partitions unless ONLY,
+/// and with CASCADE the tables referencing any of them, to a fixpoint. They are all still
+/// locked, so nothing has changed since.
+unsafe fn truncated(
+    named: impl Iterator<Item = (pg_sys::Oid, bool)>,
+    cascade: bool,
+) -> Vec<pg_sys::Oid> {
+    let oids = |list: *mut pg_sys::List| -> Vec<pg_sys::Oid> {
+        // SAFETY: an OID list PostgreSQL just built (NIL is null).
+        unsafe {
+            if list.is_null() {
+                return Vec::new();
+            }
+            (0..(*list).length as usize)
+                .map(|i| (*(*list).elements.add(i)).oid_value)
+                .collect()
+        }
+    };
+    let mut all: Vec<pg_sys::Oid> = Vec::new();
+    let add = |all: &mut Vec<pg_sys::Oid>, relid: pg_sys::Oid| {
+        if relid != pg_sys::InvalidOid && !all.contains(&relid) {
+            all.push(relid);
+        }
+    };
+    // SAFETY: catalog lookups of locked relations, under pgrx's guard.
+    unsafe {
+        for (relid, inherited) in named {
+            add(&mut all, relid);
+            if inherited && relid != pg_sys::InvalidOid {
+                let children = pg_guard_ffi_boundary(|| {
+                    unguarded::find_all_inheritors(
+                        relid,
+                        pg_sys::NoLock as c_int,
+                        std::ptr::null_mut(),
+                    )
+                });
+                for child in oids(children) {
+                    add(&mut all, child);
+                }
+            }
+        }
+        if cascade {
+            loop {
+                let mut list: *mut pg_sys::List = std::ptr::null_mut();
+                for &relid in &all {
+                    list = pg_sys::lappend_oid(list, relid);
+                }
+                let referencing = oids(pg_sys::heap_truncate_find_FKs(list));
+                if referencing.is_empty() {
+                    break;
+                }
+                for relid in referencing {
+                    add(&mut all, relid);
+                }
+            }
+        }
+    }
+    all
+}
+
+/// record_truncate records one TRUNCATE per tracked table among the emptied relations. A
+/// partition emptied without its tracked root is a TRUNCATE PARTITION of the root, with the
+/// partition's constraint (in the root's column names), so that replaying it removes only
+/// those rows; only the topmost emptied partition of a subtree is recorded.
+unsafe fn record_truncate(emptied: Vec<pg_sys::Oid>, restart_identity: bool, cid: u32) {
+    for &relid in &emptied {
+        let Some(t) = tracked::lookup(relid.to_u32()) else {
+            continue;
+        };
+        let mut note = serde_json::Map::new();
+        if restart_identity {
+            note.insert("restart_identity".into(), true.into());
+        }
+        let op = if t.relid == relid.to_u32() {
+            Op::Truncate
+        } else {
+            let root = pg_sys::Oid::from(t.relid);
+            // SAFETY: catalog lookups of a locked partition, under pgrx's guard.
+            let (parent, name, constraint) = unsafe {
+                pg_guard_ffi_boundary(|| {
+                    let parent = unguarded::get_partition_parent(relid, false);
+                    let name = pg_sys::quote_qualified_identifier(
+                        pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid)),
+                        pg_sys::get_rel_name(relid),
+                    );
+                    // As pg_get_partition_constraintdef() writes it: no table prefix.
+                    let qual = unguarded::get_partition_qual_relid(relid);
+                    let constraint = if qual.is_null() {
+                        std::ptr::null_mut()
+                    } else {
+                        let names = pg_sys::deparse_context_for(pg_sys::get_rel_name(relid), relid);
+                        pg_sys::deparse_expression(qual, names, false, false)
+                    };
+                    (parent, name, constraint)
+                })
+            };
+            if emptied.contains(&root) || emptied.contains(&parent) {
+                continue;
+            }
+            // SAFETY: strings PostgreSQL just made (the constraint may be missing).
+            let text = |s: *mut c_char| unsafe {
+                (!s.is_null()).then(|| CStr::from_ptr(s).to_string_lossy().into_owned())
+            };
+            note.insert("partition".into(), text(name).into());
+            note.insert("partition_constraint".into(), text(constraint).into());
+            Op::TruncatePartition
+        };
+        let note = if note.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Object(note).to_string()
+        };
+        rows::push_change(&t, op, cid, 0, Vec::new(), &note, |_| false);
     }
 }
 

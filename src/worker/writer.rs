@@ -1299,6 +1299,7 @@ impl Rows {
                     Op::Update => "UPDATE",
                     Op::Delete => "DELETE",
                     Op::Truncate => "TRUNCATE",
+                    Op::TruncatePartition => "TRUNCATE PARTITION",
                     Op::Copy => "COPY",
                     Op::Gap => "GAP",
                 };
@@ -1328,6 +1329,8 @@ impl Rows {
                 let details = match ch.op {
                     Op::Copy => Some(json!({ "rows_captured": false, "note": "COPY FROM bypasses row capture: the loaded rows are counted, not recorded" }).to_string()),
                     Op::Gap => Some(json!({ "rows_captured": false, "reason": text(&ch.note) }).to_string()),
+                    // What capture noted of the TRUNCATE (the partition, RESTART IDENTITY).
+                    Op::Truncate | Op::TruncatePartition if !ch.note.is_empty() => Some(text(&ch.note)),
                     _ => None,
                 };
                 // A gap is a system record about the table, not a change of it; so is a
