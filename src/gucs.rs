@@ -38,6 +38,7 @@ pub enum Overflow {
 
 /// Master switch for capture in this session (superuser-only).
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+static ALLOW_DROP_TRAIL: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Postmaster-only: bytes of ring per database slot, in kB.
 static BUFFER_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 /// Postmaster-only: how many rings (and writers) exist; databases take turns on them.
@@ -70,6 +71,14 @@ pub fn init() {
         c"Captures audit records in this session.",
         c"When off, nothing the session does is recorded. Only superusers can change it.",
         &ENABLED,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"activity_log.allow_drop_trail",
+        c"Lets DROP EXTENSION activity_log drop an audit trail that holds records.",
+        c"Off: dropping the extension (or its schema) is refused while the trail or its queue holds records. Only superusers can change it.",
+        &ALLOW_DROP_TRAIL,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -231,6 +240,9 @@ unsafe extern "C-unwind" fn check_context(
 
 pub fn enabled() -> bool {
     ENABLED.get()
+}
+pub fn allow_drop_trail() -> bool {
+    ALLOW_DROP_TRAIL.get()
 }
 pub fn ring_bytes() -> usize {
     BUFFER_SIZE_KB.get() as usize * 1024

@@ -388,7 +388,10 @@ fn drop_extension_and_drop_database_release_the_ring() {
     with_extension(&c, "alpha");
     with_extension(&c, "beta");
     let alpha_writer = c.wait_for_writer("alpha", None);
-    c.sql("alpha", "DROP EXTENSION activity_log");
+    c.sql(
+        "alpha",
+        "SET activity_log.allow_drop_trail = on; DROP EXTENSION activity_log",
+    );
     // Work goes on in alpha, unaudited and without errors; its writer goes away.
     c.sql(
         "alpha",
@@ -417,7 +420,7 @@ fn drop_extension_and_drop_database_release_the_ring() {
     // DROP EXTENSION right after activity: the writer stores what is queued and stops first,
     // so there is no deadlock and nothing is lost; the database's ring counters carry on.
     for round in 0..3 {
-        c.sql("alpha", &format!("CREATE TABLE IF NOT EXISTS busy (v int); INSERT INTO busy VALUES ({round}); DROP EXTENSION activity_log; CREATE EXTENSION activity_log;"));
+        c.sql("alpha", &format!("CREATE TABLE IF NOT EXISTS busy (v int); INSERT INTO busy VALUES ({round}); SET activity_log.allow_drop_trail = on; DROP EXTENSION activity_log; CREATE EXTENSION activity_log;"));
     }
     c.flush("alpha");
     // Statements are captured here: each query below publishes its own record after it reads
@@ -1611,12 +1614,13 @@ fn retention_drops_old_partitions_and_the_rest_still_verifies() {
 /// refused the test says so and does nothing.
 #[test]
 fn a_full_disk_keeps_records_waiting_until_there_is_room() {
-    const SPACE: &str = "/tmp/al-test-tiny-space";
-    let _ = Command::new("umount").arg(SPACE).status();
-    std::fs::create_dir_all(SPACE).unwrap();
+    let space = format!("/tmp/al-test-tiny-space-{}", std::process::id());
+    let space = space.as_str();
+    let _ = Command::new("umount").arg(space).status();
+    std::fs::create_dir_all(space).unwrap();
     let mount = |options: &str| {
         Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs", SPACE])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", space])
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -1624,16 +1628,16 @@ fn a_full_disk_keeps_records_waiting_until_there_is_room() {
         eprintln!("SKIPPED: mount -t tmpfs is not permitted here (needs root with CAP_SYS_ADMIN)");
         return;
     }
-    struct Unmount;
+    struct Unmount(String);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = Command::new("umount").args(["-l", SPACE]).status();
+            let _ = Command::new("umount").args(["-l", &self.0]).status();
         }
     }
-    let _unmount = Unmount;
+    let _unmount = Unmount(space.to_string());
     assert!(
         Command::new("chown")
-            .args(["postgres", SPACE])
+            .args(["postgres", space])
             .status()
             .unwrap()
             .success()
@@ -1655,11 +1659,11 @@ fn a_full_disk_keeps_records_waiting_until_there_is_room() {
     assert!(made.is_some());
     c.sql(
         "postgres",
-        &format!("CREATE TABLESPACE tiny LOCATION '{SPACE}'"),
+        &format!("CREATE TABLEspace tiny LOCATION '{space}'"),
     );
     c.sql(
         "postgres",
-        &format!("ALTER TABLE {today} SET TABLESPACE tiny"),
+        &format!("ALTER TABLE {today} SET TABLEspace tiny"),
     );
     // 100 application events of 40 kB that compress badly: 4 MB for a 1 MB disk.
     c.sql(
@@ -1827,5 +1831,147 @@ fn a_cancelled_autovacuum_is_not_a_failed_statement() {
             )
         ),
         "0 1"
+    );
+}
+
+/// DROP EXTENSION activity_log is refused while the trail holds records, whichever way it is
+/// dropped, unless a superuser says so with activity_log.allow_drop_trail.
+#[test]
+fn dropping_the_extension_is_refused_while_the_trail_holds_records() {
+    let c = Cluster::start("drop-refused", &[]);
+    with_extension(&c, "postgres");
+    c.flush("postgres");
+    let last = c.one("postgres", "SELECT max(id) FROM activity_log.events");
+    let err = c.error("postgres", "DROP EXTENSION activity_log");
+    assert!(
+        err.contains(&format!(
+            "cannot drop extension activity_log: its audit trail holds records (the last has id {last})"
+        )) && err.contains("SET activity_log.allow_drop_trail = on"),
+        "{err}"
+    );
+    let err = c.error("postgres", "DROP SCHEMA activity_log CASCADE");
+    assert!(
+        err.contains("cannot drop extension activity_log this way"),
+        "{err}"
+    );
+    c.sql("postgres", "CREATE ROLE eve LOGIN");
+    let err = c.error_as("eve", "postgres", "SET activity_log.allow_drop_trail = on");
+    assert!(err.contains("permission denied"), "{err}");
+    // The trail goes on.
+    c.sql("postgres", "SELECT activity_log.log_event('still here')");
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'still here'"
+        ),
+        "1"
+    );
+    c.sql(
+        "postgres",
+        "SET activity_log.allow_drop_trail = on; DROP EXTENSION activity_log",
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'activity_log'::regnamespace"
+        ),
+        "0"
+    );
+}
+
+/// A drop that does not happen costs no record: a DROP DATABASE PostgreSQL refuses (another
+/// session is connected) and a DROP EXTENSION cancelled by statement_timeout leave every queued
+/// record to the writer, and the cancelled drop returns at its timeout.
+#[test]
+fn a_refused_or_cancelled_drop_loses_no_record() {
+    let c = Cluster::start("drop-kept", &["activity_log.capture_statements = 'none'"]);
+    c.sql("postgres", "CREATE DATABASE d");
+    with_extension(&c, "d");
+    c.sql(
+        "d",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT activity_log.track('t');",
+    );
+    c.flush("d");
+    let gaps = "SELECT count(*) FROM activity_log.events WHERE status = 'gap'";
+    // The writer takes the first row and waits for the lock; the next 40 wait in the ring.
+    let locker = c.lock_trail("d");
+    c.sql("d", "INSERT INTO t VALUES (1, 'a')");
+    std::thread::sleep(Duration::from_secs(1));
+    c.sql(
+        "d",
+        "INSERT INTO t SELECT g, 'b' FROM generate_series(2, 41) g",
+    );
+    let err = c.error("postgres", "DROP DATABASE d");
+    assert!(err.contains("is being accessed by other users"), "{err}");
+    c.unlock_trail("d", locker);
+    c.flush("d");
+    assert_eq!(
+        c.one(
+            "d",
+            "SELECT count(*) FROM activity_log.changes WHERE table_name = 't'"
+        ),
+        "41"
+    );
+    assert_eq!(c.one("d", gaps), "0");
+
+    // A session merely connected: the writer stops for the drop and starts again after it.
+    let idle = c.spawn("d", "idle", "SELECT pg_sleep(20)");
+    let connected = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'idle'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(connected.is_some(), "the idle session never connected");
+    let err = c.error("postgres", "DROP DATABASE d");
+    assert!(err.contains("is being accessed by other users"), "{err}");
+    c.sql("d", "INSERT INTO t VALUES (42, 'after')");
+    c.flush("d");
+    c.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'idle'",
+    );
+    let _ = idle.wait_with_output();
+
+    // A cancelled DROP EXTENSION: it waits for the writer, which waits for the lock.
+    let locker = c.lock_trail("d");
+    c.sql("d", "INSERT INTO t VALUES (43, 'c')");
+    std::thread::sleep(Duration::from_secs(1));
+    c.sql(
+        "d",
+        "INSERT INTO t SELECT g, 'd' FROM generate_series(44, 63) g",
+    );
+    let started = std::time::Instant::now();
+    let err = c.error(
+        "d",
+        "SET statement_timeout = '1s'; SET activity_log.allow_drop_trail = on; DROP EXTENSION activity_log",
+    );
+    let took = started.elapsed();
+    assert!(
+        err.contains("canceling statement due to statement timeout"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "the cancelled drop took {took:?}"
+    );
+    c.unlock_trail("d", locker);
+    c.flush("d");
+    assert_eq!(
+        c.one(
+            "d",
+            "SELECT count(*) FROM activity_log.changes WHERE table_name = 't'"
+        ),
+        "63"
+    );
+    assert_eq!(c.one("d", gaps), "0");
+    assert_eq!(
+        c.one(
+            "d",
+            "SELECT rows_checked > 0 AND intact FROM activity_log.verify()"
+        ),
+        "t"
     );
 }

@@ -334,7 +334,7 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
             return false;
         }
         ring::note_waiting(dboid);
-        wait_a_moment();
+        ring::wait_a_moment();
     };
     let target = ring::head(slot);
     let staged_target = ring::staged_commits(slot);
@@ -346,23 +346,8 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
             return false;
         }
         ring::wake_writer(slot);
-        wait_a_moment();
+        ring::wait_a_moment();
     }
-}
-
-/// wait_a_moment sleeps 5 ms on the latch (a writer or the launcher may set it).
-fn wait_a_moment() {
-    // SAFETY: waiting on our own latch.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            5,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
 }
 
 /// staged_rows_exist tells whether durable_queue holds committed transactions (read as the

@@ -23,9 +23,11 @@ use std::ffi::{CStr, c_char, c_int};
 use std::rc::Rc;
 
 use crate::capture::{self, clip, redact, rows, tracked};
+use crate::errors::{raise, raise_with_detail};
 use crate::gucs::{self, CaptureStatements};
 use crate::record::Op;
 use crate::record::{Body, Bytes, Origin, Record, Statement, StatementClass};
+use crate::ring;
 use crate::unguarded;
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
@@ -34,6 +36,7 @@ static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
+static mut PREV_OBJECT_ACCESS: pg_sys::object_access_hook_type = None;
 
 /// Set in activity_log's own background workers, whose writes are never captured.
 static mut IN_OWN_WORKER: bool = false;
@@ -129,6 +132,8 @@ pub fn install() {
         pg_sys::ProcessUtility_hook = Some(al_process_utility);
         PREV_EMIT_LOG = pg_sys::emit_log_hook;
         pg_sys::emit_log_hook = Some(al_emit_log);
+        PREV_OBJECT_ACCESS = pg_sys::object_access_hook;
+        pg_sys::object_access_hook = Some(al_object_access);
     }
 }
 
@@ -865,11 +870,28 @@ unsafe fn record_truncate(emptied: Vec<pg_sys::Oid>, restart_identity: bool, cid
     }
 }
 
-/// before_drop ends the trail's ring and writer before a statement that ends the trail:
-/// DROP DATABASE (a connected writer would block it; queued records of a database being
-/// dropped go with it) and DROP EXTENSION activity_log (the writer gets a moment to store
-/// what is queued, then stops so that it cannot deadlock with the drop). If the drop then
-/// fails, the next commit in the database claims a ring again and a new writer starts.
+/// A ring whose writer a DROP DATABASE or DROP EXTENSION of this transaction stopped.
+#[derive(Clone, Copy)]
+struct PendingDrop {
+    slot: usize,
+    dboid: u32,
+    /// Whether the ring is freed if the transaction commits: not when the extension is there
+    /// again at commit (created anew, or its drop rolled back to a savepoint).
+    release: bool,
+}
+
+thread_local! {
+    static PENDING_DROP: Cell<Option<PendingDrop>> = const { Cell::new(None) };
+    /// This transaction's DROP EXTENSION activity_log passed the trail check.
+    static DROP_CHECKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// before_drop stops the writer of a trail the statement ends, so that it holds no lock and
+/// no connection the drop needs: DROP DATABASE (a connected writer would make PostgreSQL
+/// refuse it) and DROP EXTENSION activity_log (the writer gets a moment to store what is
+/// queued first). Nothing is released until the drop commits ([`settle_drop`]): a refused or
+/// cancelled drop costs no record. DROP EXTENSION is refused while the trail holds records,
+/// unless `activity_log.allow_drop_trail` says otherwise.
 unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
     // SAFETY: the caller passes a valid PlannedStmt.
     unsafe {
@@ -877,15 +899,16 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
             let name = (*stmt.cast::<pg_sys::DropdbStmt>()).dbname;
             let dboid = pg_sys::get_database_oid(name, true);
-            // Only when the drop can go ahead: PostgreSQL's own checks come later, and a
-            // refused DROP DATABASE must not cost anybody their queued records.
+            // Only for a drop PostgreSQL may let through: stopping a writer for a drop it
+            // refuses at once (not the owner, in a transaction block) would let anybody
+            // hold up another database's writer.
             let may_drop = dboid != pg_sys::InvalidOid
                 && dboid != pg_sys::MyDatabaseId
                 && !pg_sys::IsTransactionBlock()
                 && (pg_sys::superuser()
                     || pg_sys::pg_database_ownercheck(dboid, pg_sys::GetUserId()));
             if may_drop {
-                crate::ring::retire(dboid.to_u32(), std::time::Duration::ZERO);
+                stop_writer_for_drop(dboid.to_u32(), std::time::Duration::ZERO);
             }
             return;
         }
@@ -903,12 +926,130 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
                 .cast::<pg_sys::String>();
             CStr::from_ptr((*name).sval) == c"activity_log"
         });
-        if ours {
-            crate::ring::retire(
-                pg_sys::MyDatabaseId.to_u32(),
-                std::time::Duration::from_secs(10),
-            );
+        if !ours || pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) == pg_sys::InvalidOid
+        {
+            return;
         }
+    }
+    if !gucs::allow_drop_trail()
+        && let Some(what) = what_the_trail_holds()
+    {
+        raise_with_detail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot drop extension activity_log: its audit trail holds {what}"),
+            Some(
+                "Dropping it drops activity_log.events with every day partition, and what is still queued.",
+            ),
+            Some(
+                "Keep a copy first (pg_dump --schema=activity_log), then SET activity_log.allow_drop_trail = on and drop it again.",
+            ),
+        );
+    }
+    DROP_CHECKED.set(true);
+    // SAFETY: reads a process-local global.
+    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    stop_writer_for_drop(dboid, std::time::Duration::from_secs(10));
+}
+
+/// what_the_trail_holds says what dropping the extension would lose: the trail's records, or
+/// records still queued; None when there is nothing.
+fn what_the_trail_holds() -> Option<String> {
+    let (last, staged) = as_extension_owner(|| {
+        Spi::get_two::<i64, bool>(
+            "SELECT (SELECT max(id) FROM activity_log.events), EXISTS (SELECT FROM activity_log.durable_queue)",
+        )
+    })
+    .unwrap_or_else(|e| error!("activity_log: could not read the trail: {e}"));
+    // SAFETY: reads a process-local global.
+    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let queued = ring::slot_of(dboid).is_some_and(ring::has_frames);
+    match last {
+        Some(id) => Some(format!("records (the last has id {id})")),
+        None if staged == Some(true) || queued => Some("queued records".into()),
+        None => None,
+    }
+}
+
+fn stop_writer_for_drop(dboid: u32, drain: std::time::Duration) {
+    let Some(i) = ring::slot_of(dboid) else {
+        return;
+    };
+    PENDING_DROP.set(Some(PendingDrop {
+        slot: i,
+        dboid,
+        release: true,
+    }));
+    ring::stop_writer_for_drop(i, drain);
+}
+
+/// trail_dropped_at_pre_commit tells whether this transaction dropped the extension of its own
+/// database: its records then have no trail to go to. When the extension is there again, the
+/// ring stays. Runs at PRE_COMMIT, where the catalog can still be read.
+pub fn trail_dropped_at_pre_commit() -> bool {
+    let Some(mut pending) = PENDING_DROP.get() else {
+        return false;
+    };
+    // SAFETY: reads a process-local global; a catalog lookup inside the committing transaction.
+    unsafe {
+        if pending.dboid != pg_sys::MyDatabaseId.to_u32() {
+            return false;
+        }
+        if pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) == pg_sys::InvalidOid {
+            return true;
+        }
+    }
+    pending.release = false;
+    PENDING_DROP.set(Some(pending));
+    false
+}
+
+/// settle_drop ends what [`before_drop`] began, at the end of the transaction: a drop that
+/// committed frees its ring (what is still in it is counted as dropped), one that did not lets
+/// the launcher start a writer again. Runs in the commit and abort paths: stores, short locks
+/// and latches.
+pub fn settle_drop(committed: bool) {
+    DROP_CHECKED.set(false);
+    if let Some(p) = PENDING_DROP.take() {
+        if committed && p.release && ring::slot_dboid(p.slot) == p.dboid {
+            ring::release(p.slot);
+        }
+        ring::resume(p.slot);
+    }
+}
+
+/// al_object_access refuses to drop the extension by any other way than a DROP EXTENSION that
+/// passed [`before_drop`]'s check (DROP SCHEMA activity_log CASCADE, say), unless
+/// `activity_log.allow_drop_trail` is on.
+#[pg_guard]
+unsafe extern "C-unwind" fn al_object_access(
+    access: pg_sys::ObjectAccessType::Type,
+    class_id: pg_sys::Oid,
+    object_id: pg_sys::Oid,
+    sub_id: c_int,
+    arg: *mut std::ffi::c_void,
+) {
+    // SAFETY: chaining with the arguments we were given.
+    unsafe {
+        if let Some(prev) = PREV_OBJECT_ACCESS {
+            pg_guard_ffi_boundary(|| prev(access, class_id, object_id, sub_id, arg));
+        }
+    }
+    if access != pg_sys::ObjectAccessType::OAT_DROP
+        || class_id != pg_sys::ExtensionRelationId
+        || DROP_CHECKED.get()
+        || gucs::allow_drop_trail()
+    {
+        return;
+    }
+    // SAFETY: a catalog lookup inside the dropping transaction.
+    if object_id == unsafe { pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) } {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "cannot drop extension activity_log this way: its audit trail may hold records",
+            Some(
+                "Use DROP EXTENSION activity_log, which checks the trail, or SET activity_log.allow_drop_trail = on.",
+            ),
+        );
     }
 }
 

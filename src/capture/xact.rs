@@ -62,6 +62,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             }
             tracked::at_transaction_end();
             hooks::forget_statements();
+            hooks::settle_drop(true);
         }
         XACT_EVENT_ABORT => {
             if let Some(r) = capture::take_reservation() {
@@ -71,6 +72,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             publish_failures_now(capture::take_failures());
             tracked::at_transaction_end();
             hooks::forget_statements();
+            hooks::settle_drop(false);
         }
         XACT_EVENT_PRE_PREPARE if capture::has_records() => raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -162,6 +164,11 @@ fn audited_slot(dboid: u32) -> Option<Result<usize, ()>> {
 }
 
 fn pre_commit() {
+    if hooks::trail_dropped_at_pre_commit() {
+        // This transaction dropped the trail its records were for.
+        capture::discard();
+        return;
+    }
     if !capture::has_anything() || !ring::is_initialised() {
         return;
     }
@@ -278,7 +285,7 @@ fn pre_commit() {
                         );
                     }
                     ring::wake_writer(slot);
-                    wait_a_moment();
+                    ring::wait_a_moment();
                 }
             },
         }
@@ -335,7 +342,7 @@ fn announce(slot: usize, dboid: u32, nrecords: u32) -> Option<i64> {
                     && started.elapsed() < gucs::overflow_timeout() =>
             {
                 ring::wake_writer(slot);
-                wait_a_moment();
+                ring::wait_a_moment();
             }
             Err(_) => return None,
         }
@@ -349,20 +356,6 @@ fn frame_info_with_xid() -> Vec<u8> {
     unsafe { pg_sys::GetTopFullTransactionId() };
     hooks::client_addr();
     frame_info()
-}
-
-fn wait_a_moment() {
-    // SAFETY: waiting on our own latch; interrupts are processed afterwards.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            10,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
 }
 
 /// publish_failures_now stores failed-statement records `(body, n)` of a transaction that did

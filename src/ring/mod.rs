@@ -84,6 +84,10 @@ struct Slot {
     /// The writer is handing the ring back: no new frame is reserved (a committing
     /// transaction stages its records instead), and the ring is released once drained.
     closing: AtomicBool,
+    /// A backend about to drop the database or the extension stopped the writer: pid of that
+    /// backend, 0 when none. The ring keeps its records; the drop releases it at commit, and
+    /// an abort lets the launcher start a writer again.
+    paused_by: AtomicI32,
     claimed_at: AtomicI64, // when the ring was given to its database
     /// dropped_records the writer has put a gap record in the trail for.
     dropped_reported: AtomicU64,
@@ -223,6 +227,7 @@ impl PgSharedMemoryInitialization for Shmem {
                         last_dboid: AtomicU32::new(0),
                         hand_back_requested: AtomicBool::new(false),
                         closing: AtomicBool::new(false),
+                        paused_by: AtomicI32::new(0),
                         claimed_at: AtomicI64::new(0),
                         dropped_reported: AtomicU64::new(0),
                         head: AtomicU64::new(0),
@@ -546,38 +551,60 @@ pub fn release(i: usize) {
     set_latch(s.writer_procno.load(Acquire));
 }
 
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-/// retire ends a database's ring before DROP EXTENSION or DROP DATABASE: it gives the writer
-/// up to `drain` to store what is queued (records still queued then are counted as dropped),
-/// frees the ring and waits (up to 5 s) for the writer to exit, so that the writer holds no
-/// lock and no connection the drop needs.
-pub fn retire(dboid: u32, drain: std::time::Duration) {
-    let Some(i) = slot_of(dboid) else { return };
+/// stop_writer_for_drop stops the writer of ring `i` before DROP EXTENSION or DROP DATABASE,
+/// so that it holds no lock and no connection the drop needs: it first gives the writer up to
+/// `drain` to store what is queued, then pauses the ring (the writer exits at its next wake,
+/// keeping the records; the launcher starts none) and waits up to 5 s for it to go. Runs in
+/// the dropping backend; every wait can be cancelled. The caller releases the ring at commit
+/// ([`release`]) or lets it go on at abort ([`resume`]).
+pub fn stop_writer_for_drop(i: usize, drain: std::time::Duration) {
     let started = std::time::Instant::now();
     let target = head(i);
     // A writer may be starting (the launcher is woken): wait for it too, within `drain`.
     while tail(i) < target && started.elapsed() < drain {
         wake_writer(i);
-        // SAFETY: plain sleep.
-        unsafe { pg_sys::pg_usleep(5_000) };
+        wait_a_moment();
     }
-    let pid = writer_pid_of(i);
-    release(i);
-    if pid == 0 {
-        return;
+    let s = slot(i);
+    // SAFETY: reads this process's pid.
+    s.paused_by.store(unsafe { pg_sys::MyProcPid }, Release);
+    set_latch(s.writer_procno.load(Acquire));
+    let started = std::time::Instant::now();
+    while writer_pid_of(i) != 0 && started.elapsed() < std::time::Duration::from_secs(5) {
+        wait_a_moment();
     }
-    // SAFETY: signalling a process we know; SIGTERM makes the writer leave its loop.
-    unsafe { kill(pid, 15) };
-    for _ in 0..500 {
-        if writer_pid_of(i) != pid {
-            break;
-        }
-        // SAFETY: plain sleep.
-        unsafe { pg_sys::pg_usleep(10_000) };
+}
+
+/// paused tells the writer and the launcher that a drop stopped the ring's writer.
+pub fn paused(i: usize) -> bool {
+    slot(i).paused_by.load(Acquire) != 0
+}
+
+pub fn paused_by(i: usize) -> i32 {
+    slot(i).paused_by.load(Acquire)
+}
+
+/// resume lets the launcher start a writer for the ring again (the drop that paused it
+/// ended). Valid in the commit and abort paths: a store and a latch.
+pub fn resume(i: usize) {
+    slot(i).paused_by.store(0, Release);
+    wake_launcher();
+}
+
+/// wait_a_moment sleeps up to 5 ms on the process latch (a writer or the launcher may set it),
+/// then serves interrupts: a backend's waits on the pipeline can be cancelled.
+pub fn wait_a_moment() {
+    // SAFETY: waiting on our own latch.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            5,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
     }
+    pgrx::check_for_interrupts!();
 }
 
 pub fn count_unassigned_drop(records: u64) {

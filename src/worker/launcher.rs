@@ -69,6 +69,15 @@ fn supervise() {
         if dboid == 0 {
             continue;
         }
+        if ring::paused(i) {
+            // A drop stopped its writer: none until the drop ends, even if the backend that
+            // paused it left without ending it.
+            // SAFETY: a lookup in the proc array.
+            if unsafe { pg_sys::BackendPidGetProc(ring::paused_by(i)) }.is_null() {
+                ring::resume(i);
+            }
+            continue;
+        }
         let since = now - ring::start_requested_at(i);
         match ring::writer_state(i) {
             ring::WRITER_NONE => {

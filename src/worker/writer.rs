@@ -124,6 +124,12 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         MY_DB = dboid;
         pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
     }
+    if ring::paused(slot) {
+        // A drop stopped the ring's writer while this one started.
+        // SAFETY: process-local flag read by on_exit.
+        unsafe { CLEAN_EXIT = true };
+        return;
+    }
 
     // Told to stop during the head start: the partitions are made all the same, and what is
     // queued is drained before exit.
@@ -145,6 +151,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             gucs::flush_interval()
         }))
         && still_mine(slot)
+        && !ring::paused(slot)
     {
         if BackgroundWorker::sighup_received() {
             // SAFETY: documented way to reload settings in a worker.
@@ -170,7 +177,11 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::pg_usleep(50_000) };
         }
     }
-    drain_before_exit(slot);
+    // A drop stopped the writer: it leaves at once, and the records stay in the ring (gone
+    // with the trail if the drop commits, stored by the next writer if not).
+    if !ring::paused(slot) {
+        drain_before_exit(slot);
+    }
     // SAFETY: process-local flag read by on_exit.
     unsafe { CLEAN_EXIT = true };
 }
@@ -195,9 +206,13 @@ fn hand_back(slot: usize) {
     // What committed before the close; later commits put the database back on the list.
     let staged = ring::staged_commits(slot);
     while ring::has_frames(slot) || ring::staged_swept(slot) < staged {
-        if drain(slot).written == 0 && !BackgroundWorker::wait_latch(Some(Duration::from_millis(5)))
+        if ring::paused(slot)
+            || drain(slot).written == 0
+                && !BackgroundWorker::wait_latch(Some(Duration::from_millis(5)))
         {
-            return; // stopping: the ring stays closed, and the next writer opens it again
+            // Stopping, or a drop stopped the writer: the ring stays closed, and the next
+            // writer opens it again.
+            return;
         }
     }
     // SAFETY: process-local statics; detached before the release so that the writer that

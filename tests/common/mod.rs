@@ -31,7 +31,8 @@ impl Cluster {
         let port = 55000
             + (std::process::id() % 50) as u16 * 40
             + NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        let dir = format!("/tmp/al-test-{name}");
+        // The process id keeps two clones' runs of the same test apart.
+        let dir = format!("/tmp/al-test-{name}-{}", std::process::id());
         let status = Command::new("./dev")
             .args(["start-cluster", &dir, &port.to_string()])
             .args(conf)
