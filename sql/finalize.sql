@@ -808,12 +808,12 @@ GRANT EXECUTE ON FUNCTION activity_log._sum_buckets(jsonb) TO activity_log_reade
 GRANT INSERT, UPDATE, DELETE ON activity_log.tracked_tables, activity_log.migration,
     activity_log.migration_backup TO activity_log_admin;
 REVOKE EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_log.untrack(regclass),
-    activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean),
+    activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean, boolean),
     activity_log.rollback_migration(regclass[], boolean), activity_log.migration_status(),
     activity_log.refresh_metrics(), activity_log._maintain_partitions(interval),
     activity_log._keep_anchors(regclass, text, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_log.untrack(regclass),
-    activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean),
+    activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean, boolean),
     activity_log.rollback_migration(regclass[], boolean), activity_log.migration_status(),
     activity_log.refresh_metrics(), activity_log.rebuild_rollup(interval), activity_log.reset_metrics(),
     activity_log._reset_metrics(), activity_log._tracking_changed(), activity_log._step(text, boolean),
@@ -823,9 +823,10 @@ GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_l
     activity_log._may_change_tracking(regclass, text), activity_log._require_migrating(regclass[], text),
     activity_log._table_and_partitions(regclass), activity_log._pick(jsonb, text[]),
     activity_log._same_image(text[], jsonb, jsonb, jsonb, jsonb), activity_log._trigger_fires(integer),
+    activity_log._trigger_state("char"), activity_log._skipped_updates(oid),
     activity_log.redact(bigint, text[], text), activity_log._run_as(oid, text), activity_log._runs_user_code(oid),
     activity_log.migration_plan(), activity_log._migration_plan(text),
-    activity_log._migrate_triggers(integer, regclass[], name[], boolean, boolean, text),
+    activity_log._migrate_triggers(integer, regclass[], name[], boolean, boolean, boolean, text),
     activity_log._checked_reader(regclass, regclass, jsonb)
     TO activity_log_admin;
 -- The analytics run as the caller (a reader) and share these checks and counts.

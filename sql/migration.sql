@@ -76,6 +76,17 @@ AS $$
            || CASE WHEN tgtype & 1 <> 0 THEN ' FOR EACH ROW' ELSE ' FOR EACH STATEMENT' END
 $$;
 
+-- pg_trigger.tgenabled in the words of ALTER TABLE … ENABLE / DISABLE TRIGGER: enabled
+-- (fires in ordinary sessions), disabled, replica only (fires only when
+-- session_replication_role = replica, as logical replication applies changes), always.
+CREATE FUNCTION activity_log._trigger_state(tgenabled "char") RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE tgenabled WHEN 'O' THEN 'enabled' WHEN 'D' THEN 'disabled'
+                          WHEN 'R' THEN 'replica only' WHEN 'A' THEN 'always' END
+$$;
+
 -- The table an INSERT INTO in a trigger function means: a qualified name as written; else the
 -- function's pinned search_path, the caller's (caller_search_path: this function's own is
 -- pinned), the table's schema, the function's schema.
@@ -121,11 +132,12 @@ $$;
 -- migration_plan lists every trigger on a user table with a verdict: audit (copies the
 -- changed row into another table: migrate_triggers() takes it over), business (anything
 -- else: never touched) or uncertain (reported; migrated only when named). It reads each
--- trigger function's source for the shapes legacy audit triggers have.
+-- trigger function's source for the shapes legacy audit triggers have. state is the
+-- trigger's ALTER TABLE … ENABLE / DISABLE state: enabled, disabled, replica only, always.
 CREATE FUNCTION activity_log._migration_plan(caller_search_path text,
     OUT relation regclass, OUT trigger_name name, OUT function regprocedure, OUT fires text,
     OUT verdict text, OUT confidence numeric, OUT style text, OUT audit_table regclass,
-    OUT why text, OUT phase integer)
+    OUT why text, OUT phase integer, OUT state text)
 RETURNS SETOF record
 LANGUAGE plpgsql STABLE
 -- Pinned like every function here: an unqualified table name in a trigger function resolves
@@ -148,7 +160,7 @@ DECLARE
     score      numeric;
 BEGIN
     FOR t IN
-        SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype,
+        SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype, tg.tgenabled,
                tg.tgisinternal, tg.tgconstraint, tg.tgnewtable, tg.tgoldtable,
                c.relnamespace, c.relname, p.prosrc, p.pronamespace, p.proconfig, l.lanname,
                con.conname, con.contype
@@ -167,6 +179,7 @@ BEGIN
         trigger_name := t.tgname;
         function := t.tgfoid;
         fires := activity_log._trigger_fires(t.tgtype);
+        state := activity_log._trigger_state(t.tgenabled);
         audit_table := NULL;
         SELECT m.phase INTO phase
           FROM activity_log.migration m JOIN activity_log.migration_backup b USING (relid)
@@ -312,13 +325,13 @@ $$;
 CREATE FUNCTION activity_log.migration_plan(
     OUT relation regclass, OUT trigger_name name, OUT function regprocedure, OUT fires text,
     OUT verdict text, OUT confidence numeric, OUT style text, OUT audit_table regclass,
-    OUT why text, OUT phase integer)
+    OUT why text, OUT phase integer, OUT state text)
 RETURNS SETOF record
 LANGUAGE sql STABLE
 AS $$ SELECT * FROM activity_log._migration_plan(pg_catalog.current_setting('search_path')) $$;
 
 COMMENT ON FUNCTION activity_log.migration_plan() IS
-    'Every trigger on a user table: audit (migrate_triggers takes it over), business (never touched) or uncertain (named explicitly or left alone), with confidence and why.';
+    'Every trigger on a user table: audit (migrate_triggers takes it over), business (never touched) or uncertain (named explicitly or left alone), with confidence, why, and its state (enabled, disabled, replica only, always).';
 
 -- What the backup keeps of a trigger, schema-qualified whatever the caller's search_path.
 CREATE FUNCTION activity_log._trigger_backup(rel regclass, name name,
@@ -492,13 +505,75 @@ AS $$
                          INTERSECT SELECT unnest(columns)) AS keys) k
 $$;
 
+-- _skipped_updates tells which UPDATEs a legacy audit trigger leaves out of its audit table:
+-- NULL when it logs every UPDATE it fires on; else the columns it ignores ('{}': it skips
+-- only UPDATEs that change nothing). It recognises a WHEN (OLD.* IS DISTINCT FROM NEW.*)
+-- clause, and PL/pgSQL that returns early when NEW equals OLD or when the changed fields are
+-- empty (2ndQuadrant's audit-trigger: changed_fields = hstore('') or '{}'::jsonb, after
+-- taking out the columns TG_ARGV[1]::text[] names).
+CREATE FUNCTION activity_log._skipped_updates(trigger oid) RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t       record;
+    src     text;
+    args    bytea;
+    ignored text[] := '{}';
+BEGIN
+    SELECT tg.tgnargs, tg.tgargs, pg_get_triggerdef(tg.oid) AS def, p.prosrc, l.lanname
+      INTO t
+      FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid JOIN pg_language l ON l.oid = p.prolang
+     WHERE tg.oid = trigger AND tg.tgtype & 16 <> 0;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF t.def ~ ' FOR EACH ROW WHEN \(\((old\.\* IS DISTINCT FROM new\.\*|new\.\* IS DISTINCT FROM old\.\*)\)\) EXECUTE ' THEN
+        RETURN '{}';
+    END IF;
+    IF t.lanname <> 'plpgsql' THEN
+        RETURN NULL;
+    END IF;
+    src := regexp_replace(regexp_replace(t.prosrc, '/\*.*?\*/', ' ', 'g'), '--[^\n]*', ' ', 'g');
+    IF NOT (src ~* '=\s*(hstore\s*\(\s*''''\s*\)|''''\s*::\s*hstore|''\{\}''\s*::\s*jsonb)\s*then\s+return\M'
+            OR src ~* '\mif\s+[(\s]*(row\s*\(\s*|to_jsonb\s*\(\s*)?(new|old)(\s*\.\s*\*)?[\s)]*(is\s+not\s+distinct\s+from|=)[\s(]*(row\s*\(\s*|to_jsonb\s*\(\s*)?(new|old)(\s*\.\s*\*)?[\s)]*then\s+return\M') THEN
+        RETURN NULL;
+    END IF;
+    -- audit-trigger's ignored columns: its second argument, a text[] literal.
+    IF t.tgnargs >= 2 AND src ~* '\mtg_argv\s*\[\s*1\s*\]\s*::\s*text\s*\[\s*\]' THEN
+        args := substr(t.tgargs, position('\x00'::bytea IN t.tgargs) + 1);
+        BEGIN
+            ignored := array_remove(convert_from(substr(args, 1, position('\x00'::bytea IN args) - 1),
+                                                 getdatabaseencoding())::text[], NULL);
+        EXCEPTION WHEN OTHERS THEN
+            ignored := '{}';  -- not a text[]: the trigger fails on it as well
+        END;
+    END IF;
+    RETURN ignored;
+END
+$$;
+
 -- The dual-capture comparison of one table: per legacy audit table, its rows for the table
 -- since phase 1 against activity_log's records of the same transactions, by operation, plus
 -- up to 5 captured changes looked up by row image. window_end is the snapshot both sides
 -- were read in.
+--
+-- What the audit triggers should have written depends on them: only the operations of the
+-- triggers that fired in ordinary sessions (enabled, or always) at phase 1 or since count,
+-- and UPDATEs a trigger skips (see _skipped_updates) do not. status says what came of it:
+--   verified        the rows match: phase 2 moves the table;
+--   differs         they do not: phase 2 refuses the table (unless force);
+--   cannot compare  no comparison is possible (see difference): phase 2 refuses it too;
+--   disabled        its audit triggers are disabled: they write nothing, so phase 2 moves
+--                   the table without a comparison;
+--   idle            no changes in the window: phase 2 leaves the table in phase 1 (unless
+--                   include_idle).
+-- note says what was not counted, and which triggers were enabled, disabled or dropped
+-- during the window.
 CREATE FUNCTION activity_log._compare(rel regclass,
     OUT window_end pg_snapshot, OUT audit_table regclass, OUT legacy jsonb, OUT captured jsonb,
-    OUT samples integer, OUT samples_matched integer, OUT matches boolean, OUT difference text)
+    OUT samples integer, OUT samples_matched integer, OUT matches boolean, OUT difference text,
+    OUT status text, OUT unchanged_updates bigint, OUT note text)
 RETURNS SETOF record
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -506,11 +581,28 @@ AS $$
 DECLARE
     m          activity_log.migration;
     b          record;
+    t          record;
     now_counts jsonb;
     by_op      boolean;
     columns    text[];
+    excluded   text[];
     checks     text[];
     first_miss bigint;
+    ops        text[];     -- the operations the audit triggers write (enabled at phase 1 or since)
+    off        text[];     -- triggers that write nothing: disabled
+    replica    text[];     -- triggers that fire only with session_replication_role = replica
+    skippers   text[];     -- triggers that skip some UPDATEs ...
+    ignored    text[];     -- ... those that change no column but these
+    logs_all   boolean;    -- a trigger logs every UPDATE
+    ambiguous  boolean;    -- activity_log does not record every column such a trigger looks at
+    writers    integer;    -- triggers that write INSERTs, UPDATEs or DELETEs
+    fired_then boolean;
+    fired_now  boolean;
+    changed    boolean;    -- a trigger was enabled, disabled or dropped during the window
+    notes      text[];
+    left_out   text[];     -- what the expected counts leave out, and why
+    expect     bigint[];   -- INSERT, UPDATE, DELETE, all; then the most UPDATEs and all
+    got        bigint[];
 BEGIN
     SELECT * INTO m FROM activity_log.migration WHERE relid = rel;
     -- One statement, one snapshot: the legacy rows counted are those of the transactions
@@ -533,10 +625,10 @@ BEGIN
       FROM activity_log.events e
      WHERE e.kind = 'change' AND e.table_oid = rel::oid AND e.id > m.trail_from
        AND NOT pg_visible_in_snapshot(e.xid, m.dual_start) AND pg_visible_in_snapshot(e.xid, window_end);
+    SELECT coalesce((SELECT exclude_columns FROM activity_log.tracked_tables WHERE relid = rel), '{}') INTO excluded;
     SELECT array_agg(attname::text) INTO columns
       FROM pg_attribute
-     WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
-       AND NOT attname = ANY (SELECT unnest(exclude_columns) FROM activity_log.tracked_tables WHERE relid = rel);
+     WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped AND NOT attname = ANY (excluded);
 
     FOR b IN SELECT DISTINCT ON (x.audit_table) x.audit_table,
                     CASE WHEN x.audit_table IS NULL THEN x.legacy_reader
@@ -550,8 +642,76 @@ BEGIN
         legacy := NULL;
         samples := 0;
         samples_matched := 0;
-        difference := CASE WHEN b.audit_table IS NULL THEN 'the table its audit trigger writes is not known: nothing to compare'
-                           ELSE b.legacy_reader->>'problem' END;
+        status := NULL;
+        unchanged_updates := NULL;
+        difference := NULL;
+
+        -- The triggers that write this audit table: what they fire on, and whether they fired
+        -- in ordinary sessions at phase 1 (the backup's state) and now. All of them disabled
+        -- now: the table's legacy trail has stopped already, and phase 2 has nothing to
+        -- compare nor to switch off. A trigger dropped since counts as the INSERT, UPDATE and
+        -- DELETE trigger it was, and is compared.
+        ops := '{}'; off := '{}'; replica := '{}'; skippers := '{}'; ignored := NULL;
+        logs_all := false; notes := '{}'; left_out := '{}'; writers := 0;
+        FOR t IN SELECT k.trigger_name, k.enabled AS enabled_then, tg.oid AS tgoid, tg.tgenabled AS enabled_now,
+                        CASE WHEN tg.oid IS NULL THEN ARRAY['INSERT', 'UPDATE', 'DELETE']
+                             ELSE array_remove(ARRAY[CASE WHEN tg.tgtype & 4 <> 0 THEN 'INSERT' END,
+                                                     CASE WHEN tg.tgtype & 16 <> 0 THEN 'UPDATE' END,
+                                                     CASE WHEN tg.tgtype & 8 <> 0 THEN 'DELETE' END], NULL) END AS fires
+                   FROM activity_log.migration_backup k
+                   LEFT JOIN pg_trigger tg ON tg.tgrelid = rel AND tg.tgname = k.trigger_name
+                  WHERE k.relid = rel AND k.audit_table IS NOT DISTINCT FROM b.audit_table
+                  ORDER BY k.trigger_name
+        LOOP
+            CONTINUE WHEN t.fires = '{}';  -- TRUNCATE only: its rows are not compared
+            writers := writers + 1;
+            fired_then := t.enabled_then IN ('O', 'A');
+            fired_now := coalesce(t.enabled_now IN ('O', 'A'), false);
+            IF t.enabled_now = 'R' THEN
+                replica := replica || quote_ident(t.trigger_name);
+            ELSIF t.enabled_now = 'D' THEN
+                off := off || quote_ident(t.trigger_name);
+            END IF;
+            IF fired_then OR fired_now THEN
+                ops := ops || t.fires;
+                IF 'UPDATE' = ANY (t.fires) THEN
+                    IF activity_log._skipped_updates(t.tgoid) IS NULL THEN
+                        logs_all := true;
+                    ELSE
+                        skippers := skippers || quote_ident(t.trigger_name);
+                        ignored := CASE WHEN ignored IS NULL THEN activity_log._skipped_updates(t.tgoid)
+                                        ELSE ARRAY(SELECT unnest(ignored) INTERSECT SELECT unnest(activity_log._skipped_updates(t.tgoid)) ORDER BY 1) END;
+                    END IF;
+                END IF;
+            END IF;
+            IF fired_then <> fired_now THEN
+                notes := notes || format('audit trigger %I was %s during the dual-capture window', t.trigger_name,
+                                         CASE WHEN t.tgoid IS NULL THEN 'dropped' WHEN fired_now THEN 'enabled' ELSE 'disabled' END);
+            END IF;
+        END LOOP;
+        IF logs_all THEN
+            skippers := '{}';
+        END IF;
+        changed := notes <> '{}';
+
+        IF replica <> '{}' THEN
+            difference := format('audit trigger %s fires only for changes made with session_replication_role = replica (ENABLE REPLICA), as logical replication applies them: its rows cannot be compared with the changes activity_log captures',
+                                 array_to_string(replica, ', '));
+        ELSIF writers > 0 AND cardinality(off) = writers THEN
+            status := 'disabled';
+            notes := ARRAY[CASE WHEN NOT changed
+                                THEN format('audit trigger%s %s %s disabled: %s nothing, so there is nothing to compare',
+                                            CASE WHEN cardinality(off) > 1 THEN 's' ELSE '' END, array_to_string(off, ', '),
+                                            CASE WHEN cardinality(off) > 1 THEN 'are' ELSE 'is' END,
+                                            CASE WHEN cardinality(off) > 1 THEN 'they write' ELSE 'it writes' END)
+                                ELSE format('%s: %s nothing now, so there is nothing to compare', array_to_string(notes, '; '),
+                                            CASE WHEN cardinality(off) > 1 THEN 'they write' ELSE 'it writes' END) END];
+        ELSIF b.audit_table IS NULL THEN
+            difference := 'the table its audit trigger writes is not known: nothing to compare';
+        ELSE
+            difference := b.legacy_reader->>'problem';
+        END IF;
+
         IF difference IS NULL THEN
             SELECT jsonb_object_agg(k, (now_counts->(b.audit_table::oid::text)->>k)::bigint - (b.legacy_baseline->>k)::bigint)
               INTO legacy FROM unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'all']) k;
@@ -559,6 +719,53 @@ BEGIN
             IF NOT by_op THEN
                 legacy := jsonb_build_object('all', legacy->'all');
             END IF;
+        END IF;
+        IF status = 'disabled' AND NOT changed AND (legacy->>'all')::bigint > 0 THEN
+            notes := notes || format('yet %s has %s of its rows from the window: it was enabled for part of it',
+                                     b.audit_table, legacy->>'all');
+        END IF;
+
+        IF difference IS NULL AND status IS NULL THEN
+            -- What the legacy rows should count: the captured changes of the operations the
+            -- triggers write, less the UPDATEs they skip. Where activity_log leaves out a column
+            -- such a trigger looks at (exclude_columns), an UPDATE that changed no other column
+            -- may or may not be in the audit table: the count may be anywhere in between.
+            IF skippers <> '{}' THEN
+                SELECT count(*) INTO unchanged_updates
+                  FROM activity_log.events e
+                 WHERE e.kind = 'change' AND e.table_oid = rel::oid AND e.id > m.trail_from
+                   AND NOT pg_visible_in_snapshot(e.xid, m.dual_start) AND pg_visible_in_snapshot(e.xid, window_end)
+                   AND e.command = 'UPDATE' AND coalesce(e.changed_columns, '{}') <@ ignored;
+            END IF;
+            ambiguous := skippers <> '{}' AND NOT excluded <@ ignored;
+            SELECT array_agg(CASE WHEN o = ANY (ops) THEN (captured->>o)::bigint ELSE 0 END ORDER BY n)
+              INTO expect FROM unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) WITH ORDINALITY x(o, n);
+            expect[2] := expect[2] - coalesce(unchanged_updates, 0);
+            expect := expect || (expect[1] + expect[2] + expect[3])
+                             || (expect[2] + CASE WHEN ambiguous THEN unchanged_updates ELSE 0 END);
+            expect := expect || (expect[4] + expect[5] - expect[2]);
+            IF unchanged_updates > 0 AND ambiguous THEN
+                left_out := left_out || format('%s %s changed no column activity_log records%s: audit trigger%s %s %s them only if they changed %s, which activity_log leaves out',
+                    unchanged_updates, CASE WHEN unchanged_updates = 1 THEN 'UPDATE' ELSE 'UPDATEs' END,
+                    CASE WHEN ignored = '{}' THEN '' ELSE ' but ' || array_to_string(ignored, ', ') END,
+                    CASE WHEN cardinality(skippers) > 1 THEN 's' ELSE '' END, array_to_string(skippers, ', '),
+                    CASE WHEN cardinality(skippers) > 1 THEN 'log' ELSE 'logs' END,
+                    array_to_string(ARRAY(SELECT unnest(excluded) EXCEPT SELECT unnest(ignored) ORDER BY 1), ', '));
+            ELSIF unchanged_updates > 0 THEN
+                left_out := left_out || format('%s %s that changed %s %s not counted: audit trigger%s %s %s those',
+                    unchanged_updates, CASE WHEN unchanged_updates = 1 THEN 'UPDATE' ELSE 'UPDATEs' END,
+                    CASE WHEN ignored = '{}' THEN 'nothing' ELSE 'no column but ' || array_to_string(ignored, ', ') END,
+                    CASE WHEN unchanged_updates = 1 THEN 'is' ELSE 'are' END,
+                    CASE WHEN cardinality(skippers) > 1 THEN 's' ELSE '' END, array_to_string(skippers, ', '),
+                    CASE WHEN cardinality(skippers) > 1 THEN 'skip' ELSE 'skips' END);
+            END IF;
+            SELECT left_out || array_agg(format('%s %s %s not counted: no enabled audit trigger writes %ss to %s',
+                                                (captured->>o)::bigint, CASE WHEN (captured->>o)::bigint = 1 THEN o ELSE o || 's' END,
+                                                CASE WHEN (captured->>o)::bigint = 1 THEN 'is' ELSE 'are' END, o, b.audit_table) ORDER BY n)
+              INTO left_out
+              FROM unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) WITH ORDINALITY x(o, n)
+             WHERE NOT o = ANY (ops) AND (captured->>o)::bigint > 0;
+
             SELECT array_agg(format('activity_log._same_image(%L, %s, %s, %s, %s)', columns, img,
                                     format('CASE WHEN jsonb_typeof(%1$s) = ''object'' THEN to_jsonb(jsonb_populate_record(NULL::%2$s, %1$s)) END', img, rel),
                                     format('to_jsonb(jsonb_populate_record(NULL::%s, e.new_row))', rel),
@@ -568,6 +775,7 @@ BEGIN
             BEGIN
                 -- The legacy row is looked for among the rows its transaction wrote first (xmin:
                 -- cheap), then anywhere (a trigger that ran in a subtransaction has its xmin).
+                -- Only changes the triggers write are looked for.
                 EXECUTE format(
                     'SELECT count(*)::int, (count(*) FILTER (WHERE found))::int, min(id) FILTER (WHERE NOT found)
                        FROM (SELECT e.id,
@@ -578,33 +786,49 @@ BEGIN
                                FROM activity_log.events e
                               WHERE e.kind = ''change'' AND e.table_oid = $1 AND e.id > $2
                                 AND NOT pg_visible_in_snapshot(e.xid, $3) AND pg_visible_in_snapshot(e.xid, $4)
+                                AND e.command = ANY ($5)
+                                AND NOT (e.command = ''UPDATE'' AND $6 AND coalesce(e.changed_columns, ''{}'') <@ $7)
                               ORDER BY e.id DESC LIMIT 5) s',
                     b.audit_table, b.legacy_reader->>'filter',
                     CASE WHEN by_op THEN (b.legacy_reader->>'op') || ' = left(e.command, 1)' ELSE 'true' END,
                     CASE WHEN checks IS NULL THEN 'true'
                          ELSE format('(SELECT bool_and(v) AND count(v) > 0 FROM unnest(ARRAY[%s]) v)', array_to_string(checks, ', ')) END)
                 INTO samples, samples_matched, first_miss
-                USING rel::oid, m.trail_from, m.dual_start, window_end;
+                USING rel::oid, m.trail_from, m.dual_start, window_end, ops, skippers <> '{}', coalesce(ignored, '{}');
             EXCEPTION WHEN OTHERS THEN
                 difference := 'row images could not be compared: ' || SQLERRM;
             END;
         END IF;
-        IF difference IS NULL THEN
-            IF (by_op AND (legacy->'INSERT', legacy->'UPDATE', legacy->'DELETE')
-                          IS DISTINCT FROM (captured->'INSERT', captured->'UPDATE', captured->'DELETE'))
-               OR (NOT by_op AND legacy->'all' IS DISTINCT FROM captured->'all') THEN
+        IF difference IS NULL AND status IS NULL THEN
+            got := ARRAY[(legacy->>'INSERT')::bigint, (legacy->>'UPDATE')::bigint, (legacy->>'DELETE')::bigint, (legacy->>'all')::bigint];
+            IF coalesce(CASE WHEN by_op THEN got[1] <> expect[1] OR got[3] <> expect[3] OR got[2] NOT BETWEEN expect[2] AND expect[5]
+                             ELSE got[4] NOT BETWEEN expect[4] AND expect[6] END, true) THEN
+                status := 'differs';
                 difference := CASE WHEN by_op
                     THEN format('%s has %s inserts, %s updates, %s deletes; activity_log %s, %s, %s',
-                                b.audit_table, legacy->'INSERT', legacy->'UPDATE', legacy->'DELETE',
-                                captured->'INSERT', captured->'UPDATE', captured->'DELETE')
-                    ELSE format('%s has %s rows; activity_log %s changes', b.audit_table, legacy->'all', captured->'all') END;
-            ELSIF (captured->>'all')::bigint = 0 THEN
-                difference := 'no changes in the dual-capture window yet';
+                                b.audit_table, legacy->'INSERT', legacy->'UPDATE', legacy->'DELETE', expect[1],
+                                CASE WHEN expect[5] > expect[2] THEN expect[2] || ' to ' || expect[5] ELSE expect[2]::text END, expect[3])
+                    ELSE format('%s has %s rows; activity_log %s changes', b.audit_table, legacy->'all',
+                                CASE WHEN expect[6] > expect[4] THEN expect[4] || ' to ' || expect[6] ELSE expect[4]::text END) END
+                    || CASE WHEN left_out = '{}' THEN '' ELSE ' (' || array_to_string(left_out, '; ') || ')' END;
+            ELSIF got[4] = 0 THEN
+                status := 'idle';
+                notes := ARRAY['no changes in the dual-capture window yet'] || notes;
             ELSIF samples_matched < samples THEN
+                status := 'differs';
                 difference := format('trail record %s has no matching row image in %s', first_miss, b.audit_table);
+            ELSE
+                status := 'verified';
             END IF;
         END IF;
-        matches := difference IS NULL;
+        IF difference IS NOT NULL AND status IS NULL THEN
+            status := 'cannot compare';
+        END IF;
+        IF status <> 'differs' THEN
+            notes := notes || left_out;
+        END IF;
+        matches := CASE status WHEN 'verified' THEN true WHEN 'differs' THEN false WHEN 'cannot compare' THEN false END;
+        note := nullif(array_to_string(notes, '; '), '');
         RETURN NEXT;
     END LOOP;
 END
@@ -620,7 +844,8 @@ CREATE FUNCTION activity_log.migration_status(
     OUT relation regclass, OUT phase integer, OUT since timestamptz, OUT audit_table regclass,
     OUT legacy_inserts bigint, OUT legacy_updates bigint, OUT legacy_deletes bigint,
     OUT captured_inserts bigint, OUT captured_updates bigint, OUT captured_deletes bigint,
-    OUT samples integer, OUT samples_matched integer, OUT matches boolean, OUT difference text)
+    OUT samples integer, OUT samples_matched integer, OUT matches boolean, OUT difference text,
+    OUT status text, OUT captured_unchanged_updates bigint, OUT note text)
 RETURNS SETOF record
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -636,16 +861,16 @@ BEGIN
         SELECT m.relid, m.phase, m.phase1_at, c.audit_table,
                (c.legacy->>'INSERT')::bigint, (c.legacy->>'UPDATE')::bigint, (c.legacy->>'DELETE')::bigint,
                (c.captured->>'INSERT')::bigint, (c.captured->>'UPDATE')::bigint, (c.captured->>'DELETE')::bigint,
-               c.samples, c.samples_matched, c.matches, c.difference
+               c.samples, c.samples_matched, c.matches, c.difference, c.status, c.unchanged_updates, c.note
           FROM jsonb_to_recordset(comparison) AS c(audit_table regclass, legacy jsonb, captured jsonb,
                                                  samples integer, samples_matched integer, matches boolean,
-                                                 difference text);
+                                                 difference text, status text, unchanged_updates bigint, note text);
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION activity_log.migration_status() IS
-    'Per migrating table and legacy audit table: rows the legacy triggers wrote since phase 1 against the changes activity_log captured in the same transactions, by operation, and row images of up to 5 of them.';
+    'Per migrating table and legacy audit table: rows the legacy triggers wrote since phase 1 against the changes activity_log captured in the same transactions, by operation, and row images of up to 5 of them; status verified, differs, cannot compare, disabled or idle, and a note on what was not counted.';
 
 -- Runs one statement of a migration step, or only shows it (dry run): both return the same.
 CREATE FUNCTION activity_log._step(statement text, dry_run boolean) RETURNS text
@@ -677,10 +902,12 @@ $$;
 
 -- migrate_triggers moves tables from their legacy audit triggers to activity_log:
 -- phase 1 tracks them (both capture), phase 2 disables the triggers where the comparison
--- matches, phase 3 drops them. Returns the statements it ran (with dry_run: would run).
+-- matches (or the triggers were disabled already; a table without changes in the window
+-- stays in phase 1 unless include_idle), phase 3 drops them. Returns the statements it ran
+-- (with dry_run: would run).
 CREATE FUNCTION activity_log._migrate_triggers(
     phase integer, tables regclass[], include_triggers name[], force boolean, dry_run boolean,
-    caller_search_path text)
+    include_idle boolean, caller_search_path text)
 RETURNS SETOF text
 LANGUAGE plpgsql
 -- Pinned; the plan resolves the tables trigger functions name through caller_search_path.
@@ -696,12 +923,18 @@ DECLARE
     trail_from bigint;
     comparison jsonb;
     refused    text[] := '{}';
+    problems   text[];
+    idle       boolean;
     selected   regclass[];
+    moving     regclass[] := '{}';
     names      text;
 BEGIN
     IF phase IS NULL OR include_triggers IS NULL OR force IS NULL OR dry_run IS NULL THEN
         RAISE EXCEPTION 'phase, include_triggers, force and dry_run must not be null'
             USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF include_idle IS NULL THEN
+        RAISE EXCEPTION 'include_idle must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF phase NOT BETWEEN 1 AND 3 THEN
         RAISE EXCEPTION 'phase must be 1, 2 or 3, not %', phase USING ERRCODE = 'invalid_parameter_value',
@@ -830,15 +1063,25 @@ BEGIN
         FOREACH rel IN ARRAY selected LOOP
             RETURN NEXT activity_log._step(format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel), dry_run);
         END LOOP;
+        -- Verified and disabled tables move; a table that differs refuses the phase (force
+        -- moves it); an idle one stays in phase 1 (include_idle or force moves it).
         FOREACH rel IN ARRAY selected LOOP
             comparison := activity_log._comparison(rel);
-            SELECT refused || array_agg(format('%s: %s', rel, c->>'difference'))
-              INTO refused
-              FROM jsonb_array_elements(comparison) c WHERE NOT (c->>'matches')::boolean;
+            SELECT coalesce(array_agg(format('%s: %s', rel, c->>'difference')) FILTER (WHERE c->>'status' IN ('differs', 'cannot compare')), '{}'),
+                   coalesce(bool_or(c->>'status' = 'idle'), false)
+              INTO problems, idle
+              FROM jsonb_array_elements(comparison) c;
+            refused := refused || problems;
+            IF problems = '{}' AND idle AND NOT include_idle AND NOT force THEN
+                RAISE NOTICE 'table % stays in phase 1: no changes in the dual-capture window yet', rel
+                    USING HINT = 'Phase 2 moves it once its audit trigger and activity_log have both recorded changes to it; include_idle => true moves it without that comparison.';
+                CONTINUE;
+            END IF;
+            moving := moving || rel;
             IF NOT dry_run THEN
                 UPDATE activity_log.migration
                    SET phase = 2, validation = comparison, phase2_at = now(),
-                       forced = EXISTS (SELECT 1 FROM jsonb_array_elements(comparison) c WHERE NOT (c->>'matches')::boolean)
+                       forced = problems <> '{}' OR (idle AND NOT include_idle)
                  WHERE relid = rel;
             END IF;
         END LOOP;
@@ -847,6 +1090,7 @@ BEGIN
                 USING ERRCODE = 'object_not_in_prerequisite_state', DETAIL = array_to_string(refused, E'\n'),
                 HINT = 'See SELECT * FROM activity_log.migration_status(); pass force => true to disable the triggers anyway, or tables => to move the others.';
         END IF;
+        selected := moving;
     END IF;
 
     FOREACH rel IN ARRAY selected LOOP
@@ -871,14 +1115,14 @@ $$;
 
 CREATE FUNCTION activity_log.migrate_triggers(
     phase integer, tables regclass[] DEFAULT NULL, include_triggers name[] DEFAULT '{}',
-    force boolean DEFAULT false, dry_run boolean DEFAULT false)
+    force boolean DEFAULT false, dry_run boolean DEFAULT false, include_idle boolean DEFAULT false)
 RETURNS SETOF text
 LANGUAGE sql
-AS $$ SELECT * FROM activity_log._migrate_triggers(phase, tables, include_triggers, force, dry_run,
+AS $$ SELECT * FROM activity_log._migrate_triggers(phase, tables, include_triggers, force, dry_run, include_idle,
                                                   pg_catalog.current_setting('search_path')) $$;
 
-COMMENT ON FUNCTION activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean) IS
-    'Phase 1: track the tables of the legacy audit triggers (both capture); 2: disable the triggers where migration_status() matches; 3: drop them (backed up). Returns the statements; dry_run only shows them.';
+COMMENT ON FUNCTION activity_log.migrate_triggers(integer, regclass[], name[], boolean, boolean, boolean) IS
+    'Phase 1: track the tables of the legacy audit triggers (both capture); 2: disable the triggers where migration_status() is verified or disabled (include_idle: also where the window saw no changes); 3: drop them (backed up). Returns the statements; dry_run only shows them.';
 
 -- rollback_migration puts the legacy triggers back as they were before phase 1 (definition,
 -- enabled state, and the function when it was dropped since) and stops the tracking phase 1
@@ -955,4 +1199,4 @@ COMMENT ON FUNCTION activity_log.rollback_migration(regclass[], boolean) IS
 REVOKE EXECUTE ON FUNCTION activity_log._step(text, boolean), activity_log._legacy_counts(regclass, jsonb),
     activity_log._legacy_reader(regclass, regclass, boolean), activity_log._compare(regclass),
     activity_log._comparison(regclass), activity_log._resolve_table(text, oid, oid, text[], text),
-    activity_log._trigger_backup(regclass, name) FROM PUBLIC;
+    activity_log._trigger_backup(regclass, name), activity_log._skipped_updates(oid) FROM PUBLIC;

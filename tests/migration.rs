@@ -238,3 +238,170 @@ fn migration_under_load_has_no_gap_and_rolls_back_exactly() {
         history.parse::<u64>().unwrap() + 1
     );
 }
+
+/// run_with_messages returns a script's rows and its messages ("NOTICE:  …", "HINT:  …").
+fn run_with_messages(c: &Cluster, script: &str) -> (Vec<String>, Vec<String>) {
+    let out = c.run(DB, script);
+    let rows = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    let messages = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| match l.strip_prefix("psql:") {
+            Some(rest) => rest.splitn(3, ':').nth(2).unwrap_or(rest).trim_start(),
+            None => l,
+        })
+        .map(str::to_string)
+        .collect();
+    (rows, messages)
+}
+
+/// Issue 25, item 11: a disabled legacy audit trigger writes nothing, so phase 2 needs no
+/// comparison for its table; a table without traffic in the window stays in phase 1 (with a
+/// notice) while the verified tables move, until `include_idle => true`; and an UPDATE that
+/// changes nothing, which audit-trigger skips, is not counted against it.
+#[test]
+fn phase2_moves_disabled_and_verified_tables_and_leaves_idle_ones() {
+    let c = Cluster::start(
+        "migration-idle",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, DB);
+    c.sql(DB, include_str!("fixtures/legacy_audit.sql"));
+    c.sql(
+        DB,
+        "CREATE TABLE shop.notes (id int PRIMARY KEY, body text);
+         CREATE TRIGGER audit_trigger_row AFTER INSERT OR UPDATE OR DELETE ON shop.notes
+             FOR EACH ROW EXECUTE FUNCTION audit.if_modified_func();
+         INSERT INTO shop.notes VALUES (1, 'x'), (2, 'y');
+         ALTER TABLE shop.deliveries DISABLE TRIGGER audit_i_u_d;",
+    );
+    let catalog_before = c.sql(DB, CATALOG);
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT relation, trigger_name, state FROM activity_log.migration_plan()
+              WHERE verdict = 'audit' ORDER BY relation::text, trigger_name"
+        ),
+        [
+            "shop.customers|audit_i_u_d|enabled",
+            "shop.deliveries|audit_i_u_d|disabled",
+            "shop.notes|audit_trigger_row|enabled",
+            "shop.order_lines|order_lines_history|enabled",
+            "shop.orders|audit_trigger_row|enabled",
+            "shop.orders|audit_trigger_stm|enabled"
+        ]
+    );
+    assert_eq!(phase(&c, "phase => 1").len(), 10); // 5 locks, 5 track() calls
+
+    // The window: order_lines sees no change; deliveries only one its disabled trigger misses;
+    // the second UPDATE of notes changes nothing.
+    c.sql(
+        DB,
+        "INSERT INTO shop.customers (name) VALUES ('Cy');
+         UPDATE shop.orders SET status = 'shipped' WHERE id = 2;
+         INSERT INTO shop.deliveries VALUES (3, '2027-03-01', 2, 'bike');
+         UPDATE shop.notes SET body = 'x2' WHERE id = 1;
+         UPDATE shop.notes SET body = body WHERE id = 2;",
+    );
+    let status = "SELECT relation, phase, status, legacy_inserts, legacy_updates, legacy_deletes,
+                         captured_inserts, captured_updates, captured_deletes, captured_unchanged_updates,
+                         matches, difference, note
+                    FROM activity_log.migration_status()";
+    let verified = [
+        "shop.customers|1|verified|1|0|0|1|0|0||t||",
+        "shop.deliveries|1|disabled|0|0|0|1|0|0||||audit trigger audit_i_u_d is disabled: it writes nothing, so there is nothing to compare",
+        "shop.notes|1|verified|0|1|0|0|2|0|1|t||1 UPDATE that changed nothing is not counted: audit trigger audit_trigger_row skips those",
+        "shop.order_lines|1|idle|0|0|0|0|0|0||||no changes in the dual-capture window yet",
+        "shop.orders|1|verified|0|1|0|0|1|0|0|t||",
+    ];
+    assert_eq!(c.sql(DB, status), verified);
+
+    // Phase 2 moves the verified tables and the disabled one; order_lines stays, with a notice.
+    let dry = run_with_messages(
+        &c,
+        "SELECT activity_log.migrate_triggers(phase => 2, dry_run => true)",
+    );
+    let done = run_with_messages(&c, "SELECT activity_log.migrate_triggers(phase => 2)");
+    assert_eq!(dry, done);
+    assert_eq!(
+        done.0,
+        [
+            "LOCK TABLE shop.customers IN SHARE ROW EXCLUSIVE MODE",
+            "LOCK TABLE shop.orders IN SHARE ROW EXCLUSIVE MODE",
+            "LOCK TABLE shop.order_lines IN SHARE ROW EXCLUSIVE MODE",
+            "LOCK TABLE shop.deliveries IN SHARE ROW EXCLUSIVE MODE",
+            "LOCK TABLE shop.notes IN SHARE ROW EXCLUSIVE MODE",
+            "ALTER TABLE shop.customers DISABLE TRIGGER audit_i_u_d",
+            "ALTER TABLE shop.orders DISABLE TRIGGER audit_trigger_row",
+            "ALTER TABLE shop.orders DISABLE TRIGGER audit_trigger_stm",
+            "ALTER TABLE shop.deliveries DISABLE TRIGGER audit_i_u_d",
+            "ALTER TABLE shop.notes DISABLE TRIGGER audit_trigger_row"
+        ]
+    );
+    assert_eq!(
+        done.1,
+        [
+            "NOTICE:  table shop.order_lines stays in phase 1: no changes in the dual-capture window yet",
+            "HINT:  Phase 2 moves it once its audit trigger and activity_log have both recorded changes to it; include_idle => true moves it without that comparison."
+        ]
+    );
+    let migration = "SELECT relid, phase, forced FROM activity_log.migration ORDER BY relid::text";
+    assert_eq!(
+        c.sql(DB, migration),
+        [
+            "shop.customers|2|f",
+            "shop.deliveries|2|f",
+            "shop.notes|2|f",
+            "shop.order_lines|1|f",
+            "shop.orders|2|f"
+        ]
+    );
+    // The comparison phase 2 kept, and the one still open for order_lines.
+    assert_eq!(
+        c.sql(DB, status),
+        verified.map(|r| r
+            .replacen("|1|", "|2|", 1)
+            .replace("order_lines|2|", "order_lines|1|"))
+    );
+
+    // Named explicitly, the idle table moves without a comparison.
+    assert_eq!(
+        run_with_messages(
+            &c,
+            "SELECT activity_log.migrate_triggers(phase => 2, include_idle => true)"
+        ),
+        (
+            vec![
+                "LOCK TABLE shop.order_lines IN SHARE ROW EXCLUSIVE MODE".to_string(),
+                "ALTER TABLE shop.order_lines DISABLE TRIGGER order_lines_history".to_string()
+            ],
+            vec![]
+        )
+    );
+    assert_eq!(
+        c.sql(DB, migration),
+        [
+            "shop.customers|2|f",
+            "shop.deliveries|2|f",
+            "shop.notes|2|f",
+            "shop.order_lines|2|f",
+            "shop.orders|2|f"
+        ]
+    );
+
+    // Phase 3 drops them all; the rollback puts the disabled trigger back disabled.
+    assert_eq!(phase(&c, "phase => 3").len(), 6);
+    c.sql(DB, "SELECT activity_log.rollback_migration()");
+    assert_eq!(c.sql(DB, CATALOG), catalog_before);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT string_agg(format('%s %s', tgrelid::regclass, tgenabled), ', ' ORDER BY tgrelid::regclass::text)
+               FROM pg_trigger WHERE tgname = 'audit_i_u_d'"
+        ),
+        "shop.customers O, shop.deliveries D, shop.deliveries_2026 D, shop.deliveries_2027 D"
+    );
+}

@@ -185,6 +185,111 @@ DROP TABLE shop.notes;
 SELECT count(*) AS migrating FROM activity_log.migration;
 SELECT activity_log.rollback_migration();
 
-DROP TABLE mig_before, mig_functions_before;
+-- Triggers that are not simply enabled, tables without traffic, UPDATEs that change nothing.
+-- Disabled triggers write nothing: no comparison. An ENABLE REPLICA trigger logs only what
+-- replication applies: it cannot be compared. ENABLE ALWAYS is compared like enabled. A table
+-- without changes in the window stays in phase 1. audit-trigger skips UPDATEs that change
+-- nothing or only its ignored columns.
+CREATE TABLE shop.notes (id int PRIMARY KEY, body text, touched_at int, secret text);
+CREATE TRIGGER audit_trigger_row AFTER INSERT OR UPDATE OR DELETE ON shop.notes
+    FOR EACH ROW EXECUTE FUNCTION audit.if_modified_func('true', '{touched_at}');
+INSERT INTO shop.notes VALUES (1, 'x', 0, 's'), (2, 'y', 0, 's');
+ALTER TABLE shop.deliveries DISABLE TRIGGER audit_i_u_d;
+ALTER TABLE shop.customers ENABLE REPLICA TRIGGER audit_i_u_d;
+ALTER TABLE shop.orders ENABLE ALWAYS TRIGGER audit_trigger_row;
+CREATE TABLE mig_states AS
+SELECT tgrelid::regclass::text AS rel, tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal;
+SELECT relation, trigger_name, verdict, state FROM activity_log.migration_plan()
+ WHERE verdict <> 'business' ORDER BY relation::text, trigger_name;
+SELECT count(*) AS statements FROM activity_log.migrate_triggers(phase => 1);
+INSERT INTO shop.customers (name) VALUES ('Di');
+UPDATE shop.orders SET status = 'shipped' WHERE id = 3;
+INSERT INTO shop.deliveries VALUES (5, '2027-05-01', 3, 'van');
+UPDATE shop.notes SET body = 'x2' WHERE id = 1;
+UPDATE shop.notes SET body = body WHERE id = 2;
+UPDATE shop.notes SET touched_at = 1 WHERE id = 2;
+SELECT relation, status, legacy_inserts, legacy_updates, legacy_deletes, captured_inserts, captured_updates,
+       captured_deletes, captured_unchanged_updates, matches, difference, note
+  FROM activity_log.migration_status();
+SELECT activity_log.migrate_triggers(phase => 2);
+SELECT activity_log.migrate_triggers(phase => 2, include_idle => NULL);
+SELECT activity_log.migrate_triggers(phase => 2, tables => '{shop.orders,shop.order_lines,shop.deliveries,shop.notes}');
+SELECT relid, phase, forced FROM activity_log.migration ORDER BY relid::text;
+-- include_idle moves the idle table; force moves it too, and the replica-only one, recorded
+-- as forced.
+SELECT activity_log.migrate_triggers(phase => 2, tables => '{shop.order_lines}', include_idle => true, dry_run => true);
+SELECT activity_log.migrate_triggers(phase => 2, force => true);
+SELECT relid, phase, forced FROM activity_log.migration ORDER BY relid::text;
+SELECT relation, status, matches, note FROM activity_log.migration_status();
+SELECT count(*) AS statements FROM activity_log.migrate_triggers(phase => 3);
+-- Rollback brings back each trigger's state: replica only, always, disabled.
+SELECT count(*) AS statements FROM activity_log.rollback_migration();
+(SELECT * FROM mig_states
+ EXCEPT SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal)
+UNION ALL
+(SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal
+ EXCEPT SELECT * FROM mig_states);
+SELECT tgrelid::regclass, tgname, tgenabled FROM pg_trigger
+ WHERE tgname IN ('audit_i_u_d', 'audit_trigger_row') ORDER BY tgrelid::regclass::text, tgname;
+
+-- A careless DBA changes triggers during the window. Disabled during it: the legacy trail
+-- has stopped, nothing to compare. Enabled during it: compared, and the rows before are
+-- missing. Enabled and disabled again: reported. A table that activity_log tracks without a
+-- column the legacy trigger looks at: the UPDATEs that changed only that column may or may not
+-- be in the audit table. A WHEN (OLD.* IS DISTINCT FROM NEW.*) clause skips no-op UPDATEs; an
+-- operation no trigger fires on is not counted.
+ALTER TABLE shop.customers ENABLE TRIGGER audit_i_u_d;
+ALTER TABLE shop.orders ENABLE TRIGGER audit_trigger_row;
+ALTER TABLE shop.deliveries ENABLE TRIGGER audit_i_u_d;
+ALTER TABLE shop.order_lines DISABLE TRIGGER order_lines_history;
+ALTER TABLE shop.orders DISABLE TRIGGER audit_trigger_row;
+SELECT activity_log.track('shop.notes', exclude_columns => '{secret}');
+CREATE TABLE shop.tags (id int PRIMARY KEY, tag text);
+CREATE TABLE shop.tags_history (op text, at timestamptz DEFAULT now(), row_data jsonb);
+CREATE FUNCTION shop.tags_history() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO shop.tags_history (op, row_data) VALUES (TG_OP, to_jsonb(NEW));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tags_history AFTER UPDATE ON shop.tags
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION shop.tags_history();
+CREATE TRIGGER tags_history_insert AFTER INSERT ON shop.tags
+    FOR EACH ROW EXECUTE FUNCTION shop.tags_history();
+SELECT count(*) AS statements FROM activity_log.migrate_triggers(phase => 1, tables => '{shop.orders,shop.order_lines,shop.deliveries,shop.notes,shop.tags}');
+INSERT INTO shop.deliveries VALUES (6, '2027-06-01', 3, 'bike');
+ALTER TABLE shop.deliveries DISABLE TRIGGER audit_i_u_d;
+INSERT INTO shop.deliveries VALUES (7, '2027-06-02', 3, 'bike');
+INSERT INTO shop.order_lines VALUES (3, 3, 'honey', 1);
+ALTER TABLE shop.order_lines ENABLE TRIGGER order_lines_history;
+INSERT INTO shop.order_lines VALUES (3, 4, 'butter', 1);
+ALTER TABLE shop.orders ENABLE TRIGGER audit_trigger_row;
+UPDATE shop.orders SET status = 'returned' WHERE id = 3;
+ALTER TABLE shop.orders DISABLE TRIGGER audit_trigger_row;
+UPDATE shop.notes SET touched_at = 2 WHERE id = 1;
+UPDATE shop.notes SET secret = 't' WHERE id = 1;
+UPDATE shop.notes SET body = 'x3' WHERE id = 1;
+INSERT INTO shop.tags VALUES (1, 'a'), (2, 'b');
+UPDATE shop.tags SET tag = tag;
+UPDATE shop.tags SET tag = 'c' WHERE id = 1;
+DELETE FROM shop.tags WHERE id = 2;
+SELECT relation, status, legacy_inserts, legacy_updates, legacy_deletes, captured_inserts, captured_updates,
+       captured_deletes, captured_unchanged_updates, matches, difference, note
+  FROM activity_log.migration_status();
+SELECT activity_log.migrate_triggers(phase => 2);
+SELECT activity_log.migrate_triggers(phase => 2, tables => '{shop.orders,shop.deliveries,shop.notes,shop.tags}');
+SELECT relid, phase, forced FROM activity_log.migration ORDER BY relid::text;
+SELECT count(*) AS statements FROM activity_log.rollback_migration();
+SELECT tgrelid::regclass, tgname, tgenabled FROM pg_trigger
+ WHERE tgname IN ('audit_i_u_d', 'audit_trigger_row', 'order_lines_history') ORDER BY tgrelid::regclass::text, tgname;
+SELECT relid, exclude_columns FROM activity_log.tracked_tables;
+SELECT activity_log.untrack('shop.notes');
+ALTER TABLE shop.orders ENABLE TRIGGER audit_trigger_row;
+ALTER TABLE shop.order_lines ENABLE TRIGGER order_lines_history;
+ALTER TABLE shop.deliveries ENABLE TRIGGER audit_i_u_d;
+-- The signature, with its defaults, as \df shows it.
+SELECT pg_get_function_arguments('activity_log.migrate_triggers'::regproc) AS arguments;
+
+DROP TABLE mig_before, mig_functions_before, mig_states;
 DROP SCHEMA shop, audit CASCADE;
 DROP EXTENSION hstore;
