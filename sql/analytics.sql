@@ -190,28 +190,24 @@ BEGIN
         PERFORM activity_log._check_window('since', since);
         first := date_bin('1 hour', now() - since, timestamptz '2000-01-01 00:00:00+00');
     END IF;
-    -- One rebuild at a time. This lock does not conflict with the writer's inserts.
-    LOCK TABLE activity_log.activity_hourly IN SHARE UPDATE EXCLUSIVE MODE;
-    -- Adds what the trail says less what the rollup says, both read in the statement's one
-    -- snapshot: a batch the writer stores after it is in neither, and the writer adds it.
+    PERFORM activity_log._require_read_committed('rebuild_rollup()');
+    -- One at a time, and no merge of the writer's meanwhile; its inserts go on.
+    PERFORM pg_advisory_xact_lock('activity_log.activity_daily'::regclass::oid::int, 0);
+    -- Replaces the rows of those hours this statement's snapshot sees with what the same
+    -- snapshot of the trail says: a batch the writer stores after it is in neither, and the
+    -- writer adds it.
+    WITH replaced AS (DELETE FROM activity_log.activity_hourly WHERE hour >= first RETURNING 1)
     INSERT INTO activity_log.activity_hourly (hour, kind, status, events)
-    SELECT d.hour, d.kind, d.status, sum(d.events)
-      FROM (SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'), kind, status, count(*)
-              FROM activity_log.events WHERE ts >= first AND committed_at >= first  -- see recent()
-             GROUP BY 1, 2, 3
-            UNION ALL
-            SELECT h.hour, h.kind, h.status, -h.events
-              FROM activity_log.activity_hourly h WHERE h.hour >= first) d (hour, kind, status, events)
-     GROUP BY 1, 2, 3
-    HAVING sum(d.events) <> 0;
-    PERFORM activity_log._compact_rollups(first);
-    SELECT count(*) INTO n FROM activity_log.activity_hourly WHERE hour >= first;
+    SELECT date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00'), kind, status, count(*)
+      FROM activity_log.events WHERE ts >= first AND committed_at >= first  -- see recent()
+     GROUP BY 1, 2, 3;
+    GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
 $$;
 
 COMMENT ON FUNCTION activity_log.rebuild_rollup(interval) IS
-    'Recomputes activity_log.activity_hourly from the trail (all of it, or the hours after now() - since) while the writer goes on; returns its rows of those hours.';
+    'Recomputes activity_log.activity_hourly from the trail (all of it, or the hours after now() - since) while the writer goes on; returns the rows written.';
 
 -- _counts: records per bucket from first on — from the hourly rollup when the bucket is a
 -- whole number of hours (a few hundred rows), else from the trail itself.
@@ -465,18 +461,8 @@ CREATE INDEX activity_daily_day_idx ON activity_log.activity_daily (day);
 COMMENT ON TABLE activity_log.activity_daily IS
     'Trail records per day (UTC), kind, category and status, with their durations as a count, a sum and a histogram (bucket k: durations in (e^(0.02(k-1)), e^(0.02k)] ms; -1000: zero); the rows of a key add up. Kept by the writer; activity_log.refresh_metrics() recomputes it. Read it through activity_log.metrics_daily.';
 
--- _add_buckets adds two histograms, dropping empty buckets.
-CREATE FUNCTION activity_log._add_buckets(a jsonb, b jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(jsonb_object_agg(s.k, s.n), '{}')
-      FROM (SELECT e.key AS k, sum(e.value::bigint) AS n
-              FROM (SELECT * FROM jsonb_each_text(a) UNION ALL SELECT * FROM jsonb_each_text(b)) e
-             GROUP BY e.key) s
-     WHERE s.n <> 0
-$$;
-
+-- _sum_buckets adds histograms (its step, _add_buckets, and _bucket_p95 are in Rust:
+-- worker/rollup.rs).
 CREATE AGGREGATE activity_log._sum_buckets(jsonb) (
     SFUNC = activity_log._add_buckets,
     STYPE = jsonb,
@@ -484,32 +470,60 @@ CREATE AGGREGATE activity_log._sum_buckets(jsonb) (
 );
 
 -- _compact_rollups merges the rows of each key of both rollups from since on (the hours
--- from since, the days from since's) into one, skipping rows another transaction holds: it
--- never waits.
+-- from since, the days from since's) that has several, skipping rows another transaction
+-- holds: it never waits. Not while refresh_metrics() or rebuild_rollup() runs (they hold the
+-- advisory lock and replace the rows).
 CREATE FUNCTION activity_log._compact_rollups(since timestamptz) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF NOT pg_try_advisory_xact_lock('activity_log.activity_daily'::regclass::oid::int, 0) THEN
+        RETURN;
+    END IF;
     WITH merged AS (
         DELETE FROM activity_log.activity_hourly h
-         WHERE h.ctid = ANY (ARRAY(SELECT ctid FROM activity_log.activity_hourly
-                                    WHERE hour >= since FOR UPDATE SKIP LOCKED))
+         WHERE h.ctid = ANY (ARRAY(
+                   SELECT ctid FROM activity_log.activity_hourly
+                    WHERE hour >= since
+                      AND (hour, kind, status) IN (SELECT hour, kind, status FROM activity_log.activity_hourly
+                                                    WHERE hour >= since GROUP BY 1, 2, 3 HAVING count(*) > 1)
+                      FOR UPDATE SKIP LOCKED))
         RETURNING h.*)
     INSERT INTO activity_log.activity_hourly
     SELECT hour, kind, status, sum(events) FROM merged GROUP BY 1, 2, 3 HAVING sum(events) <> 0;
     WITH merged AS (
         DELETE FROM activity_log.activity_daily d
-         WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM activity_log.activity_daily
-                                    WHERE day >= date_trunc('day', since, 'UTC') FOR UPDATE SKIP LOCKED))
+         WHERE d.ctid = ANY (ARRAY(
+                   SELECT ctid FROM activity_log.activity_daily
+                    WHERE day >= date_trunc('day', since, 'UTC')
+                      AND (day, kind, category, status) IN (
+                          SELECT day, kind, category, status FROM activity_log.activity_daily
+                           WHERE day >= date_trunc('day', since, 'UTC') GROUP BY 1, 2, 3, 4 HAVING count(*) > 1)
+                      FOR UPDATE SKIP LOCKED))
         RETURNING d.*)
     INSERT INTO activity_log.activity_daily
     SELECT day, kind, category, status, sum(events), sum(durations), sum(duration_sum_ms),
            activity_log._sum_buckets(duration_buckets)
       FROM merged
      GROUP BY 1, 2, 3, 4
-    HAVING sum(events) <> 0 OR sum(durations) <> 0 OR sum(duration_sum_ms) <> 0
-        OR activity_log._sum_buckets(duration_buckets) <> '{}';
+    HAVING sum(events) <> 0;
+END
+$$;
+
+-- _require_read_committed: refresh_metrics() and rebuild_rollup() replace the rollups' rows
+-- with what one statement's snapshot of the trail says; in an older snapshot, batches stored
+-- since would be counted twice.
+CREATE FUNCTION activity_log._require_read_committed(what text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION '% must run at the READ COMMITTED isolation level', what
+              USING ERRCODE = 'active_sql_transaction',
+                    HINT = 'Run it in its own transaction, or after SET TRANSACTION ISOLATION LEVEL READ COMMITTED.';
+    END IF;
 END
 $$;
 
@@ -519,13 +533,7 @@ CREATE VIEW activity_log.metrics_daily AS
 SELECT d.day, d.kind, d.category, d.status, d.events,
        CASE WHEN d.status = 'error' THEN 1.0000 ELSE 0.0000 END AS error_rate,
        round(d.duration_sum_ms / nullif(d.durations, 0), 3) AS avg_duration_ms,
-       (SELECT round((CASE WHEN b.k = -1000 THEN 0
-                           ELSE 2 * exp(0.02::float8 * b.k) / (1 + exp(0.02::float8)) END)::numeric, 3)
-          FROM (SELECT e.key::int AS k, sum(e.value::bigint) OVER (ORDER BY e.key::int) AS upto
-                  FROM jsonb_each_text(d.duration_buckets) e) b
-         WHERE b.upto >= ceil(0.95 * d.durations)
-         ORDER BY b.k
-         LIMIT 1) AS p95_duration_ms
+       round(activity_log._bucket_p95(d.duration_buckets, d.durations)::numeric, 3) AS p95_duration_ms
   FROM (SELECT day, kind, category, status, sum(events)::bigint AS events,
                sum(durations)::bigint AS durations, sum(duration_sum_ms) AS duration_sum_ms,
                activity_log._sum_buckets(duration_buckets) AS duration_buckets
@@ -541,37 +549,24 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- One refresh at a time. This lock does not conflict with the writer's inserts.
-    LOCK TABLE activity_log.activity_daily IN SHARE UPDATE EXCLUSIVE MODE;
-    -- Adds what the trail says less what the rollup says, both read in the statement's one
-    -- snapshot: a batch the writer stores after it is in neither, and the writer adds it to
-    -- the rollup itself.
-    WITH parts (day, kind, category, status, events, durations, duration_sum_ms, bucket, n) AS (
-        SELECT date_trunc('day', e.ts, 'UTC'), e.kind, e.category, e.status, count(*),
-               count(e.duration_ms), coalesce(sum(e.duration_ms::numeric), 0),
-               activity_log._duration_bucket(e.duration_ms), count(e.duration_ms)
+    PERFORM activity_log._require_read_committed('refresh_metrics()');
+    -- One at a time, and no merge of the writer's meanwhile; its inserts go on.
+    PERFORM pg_advisory_xact_lock('activity_log.activity_daily'::regclass::oid::int, 0);
+    -- Replaces the rows this statement's snapshot sees with what the same snapshot of the
+    -- trail says: a batch the writer stores after it is in neither, and the writer adds it.
+    WITH replaced AS (DELETE FROM activity_log.activity_daily RETURNING 1),
+         per_bucket AS (
+        SELECT date_trunc('day', e.ts, 'UTC') AS day, e.kind, e.category, e.status,
+               activity_log._duration_bucket(e.duration_ms) AS bucket,
+               count(*) AS events, count(e.duration_ms) AS durations,
+               coalesce(sum(e.duration_ms::numeric), 0) AS duration_sum_ms
           FROM activity_log.events e
-         GROUP BY 1, 2, 3, 4, 8
-        UNION ALL
-        SELECT d.day, d.kind, d.category, d.status, -d.events, -d.durations, -d.duration_sum_ms, NULL, 0
-          FROM activity_log.activity_daily d
-        UNION ALL
-        SELECT d.day, d.kind, d.category, d.status, 0, 0, 0, b.key::int, -b.value::bigint
-          FROM activity_log.activity_daily d, jsonb_each_text(d.duration_buckets) b
-    ), per_bucket AS (
-        SELECT day, kind, category, status, bucket, sum(events) AS events, sum(durations) AS durations,
-               sum(duration_sum_ms) AS duration_sum_ms, sum(n) AS n
-          FROM parts
-         GROUP BY 1, 2, 3, 4, 5
-    )
+         GROUP BY 1, 2, 3, 4, 5)
     INSERT INTO activity_log.activity_daily
     SELECT day, kind, category, status, sum(events), sum(durations), sum(duration_sum_ms),
-           coalesce(jsonb_object_agg(bucket, n) FILTER (WHERE bucket IS NOT NULL AND n <> 0), '{}')
+           coalesce(jsonb_object_agg(bucket, durations) FILTER (WHERE bucket IS NOT NULL), '{}')
       FROM per_bucket
-     GROUP BY 1, 2, 3, 4
-    HAVING sum(events) <> 0 OR sum(durations) <> 0 OR sum(duration_sum_ms) <> 0
-        OR count(*) FILTER (WHERE bucket IS NOT NULL AND n <> 0) > 0;
-    PERFORM activity_log._compact_rollups('-infinity');
+     GROUP BY 1, 2, 3, 4;
     RETURN now();
 END
 $$;

@@ -45,7 +45,13 @@ pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap)
 pgrx::extension_sql_file!(
     "../sql/analytics.sql",
     name = "analytics",
-    requires = ["bootstrap", api::queue, api::reset_metrics]
+    requires = [
+        "bootstrap",
+        api::queue,
+        api::reset_metrics,
+        worker::rollup::add_buckets_sql,
+        worker::rollup::bucket_p95_sql
+    ]
 );
 pgrx::extension_sql_file!(
     "../sql/migration.sql",

@@ -1207,6 +1207,43 @@ fn metrics_daily_is_kept_batch_by_batch_and_refresh_metrics_repairs_it() {
         ),
         "1 801"
     );
+    // The repair runs only where its snapshot is one statement's.
+    let err = c.error(
+        "postgres",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT activity_log.refresh_metrics(); COMMIT;",
+    );
+    assert!(
+        err.contains("refresh_metrics() must run at the READ COMMITTED isolation level"),
+        "{err}"
+    );
+    // A row broken by hand costs the writer neither its counting nor the repair: the merge
+    // that fails on it is its own subtransaction.
+    c.sql(
+        "postgres",
+        r#"INSERT INTO activity_log.activity_daily
+           VALUES (date_trunc('day', now(), 'UTC'), 'event', 'payment', 'success', 1, 1, 1, '{"1": 1.5}')"#,
+    );
+    std::thread::sleep(Duration::from_secs(11));
+    c.sql(
+        "postgres",
+        "SELECT activity_log.log_event('f', category => 'payment') FROM generate_series(1, 2)",
+    );
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT sum(events) FROM activity_log.activity_daily
+              WHERE day = date_trunc('day', now(), 'UTC') AND category = 'payment'"
+        ),
+        "804"
+    );
+    assert!(
+        c.log().contains("the rollups' rows were not merged"),
+        "{}",
+        c.log()
+    );
+    c.sql("postgres", "SELECT activity_log.refresh_metrics()");
+    assert_eq!(today("payment"), "803");
     // A role with activity_log_reader only reads it (the view runs an internal aggregate).
     c.sql(
         "postgres",
@@ -1219,7 +1256,7 @@ fn metrics_daily_is_kept_batch_by_batch_and_refresh_metrics_repairs_it() {
             "SELECT events FROM activity_log.metrics_daily
               WHERE day = date_trunc('day', now(), 'UTC') AND category = 'payment'"
         ),
-        "801"
+        "803"
     );
     // And every group equals a count of the trail.
     assert_eq!(

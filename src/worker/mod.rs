@@ -6,7 +6,7 @@ pub mod chain;
 pub mod decode;
 mod jsonb;
 pub mod launcher;
-mod rollup;
+pub mod rollup;
 mod store;
 pub mod writer;
 

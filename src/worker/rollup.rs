@@ -74,6 +74,70 @@ fn duration_bucket_sql(ms: f64) -> i32 {
     duration_bucket(ms)
 }
 
+/// A histogram as the rollup stores it: a JSON object of bucket → durations.
+fn histogram(value: &serde_json::Value) -> BTreeMap<i32, i64> {
+    let mut out = BTreeMap::new();
+    if let Some(object) = value.as_object() {
+        for (k, n) in object {
+            match (k.parse::<i32>(), n.as_i64()) {
+                (Ok(k), Some(n)) => *out.entry(k).or_default() += n,
+                _ => error!(
+                    "activity_log: a histogram holds {k}: {n}, not a bucket and a count (run activity_log.refresh_metrics())"
+                ),
+            }
+        }
+    }
+    out
+}
+
+fn histogram_json(buckets: &BTreeMap<i32, i64>) -> serde_json::Value {
+    serde_json::Value::Object(
+        buckets
+            .iter()
+            .filter(|(_, n)| **n != 0)
+            .map(|(k, n)| (k.to_string(), (*n).into()))
+            .collect(),
+    )
+}
+
+/// The step of the `_sum_buckets` aggregate: two histograms added (not executable by PUBLIC).
+#[pg_extern(name = "_add_buckets", immutable, parallel_safe)]
+fn add_buckets_sql(a: pgrx::JsonB, b: pgrx::JsonB) -> pgrx::JsonB {
+    let mut sum = histogram(&a.0);
+    for (k, n) in histogram(&b.0) {
+        *sum.entry(k).or_default() += n;
+    }
+    pgrx::JsonB(histogram_json(&sum))
+}
+
+/// bucket_p95 is the middle of the bucket holding the ceil(0.95 n)-th smallest of `n`
+/// durations (the one percentile_disc(0.95) picks): within 1 % of it.
+fn bucket_p95(buckets: &BTreeMap<i32, i64>, n: i64) -> Option<f64> {
+    if n <= 0 {
+        return None;
+    }
+    let rank = ((95 * n as i128 + 99) / 100) as i64;
+    let mut seen = 0;
+    let k = *buckets
+        .iter()
+        .find(|(_, count)| {
+            seen += **count;
+            seen >= rank
+        })?
+        .0;
+    Some(if k == ZERO_BUCKET {
+        0.0
+    } else {
+        2.0 * (BUCKET_LN_WIDTH * k as f64).exp() / (1.0 + BUCKET_LN_WIDTH.exp())
+    })
+}
+
+/// The SQL face of [`bucket_p95`], for metrics_daily (run by its readers).
+#[pg_extern(name = "_bucket_p95", immutable, parallel_safe)]
+fn bucket_p95_sql(buckets: pgrx::JsonB, durations: i64) -> Option<f64> {
+    bucket_p95(&histogram(&buckets.0), durations)
+}
+
 /// What the rollups need of one stored row.
 #[derive(Clone, Copy)]
 pub struct Fact {
@@ -156,7 +220,7 @@ impl Rollups {
     }
 
     /// store adds the counts to both rollups, in a subtransaction of the batch's transaction,
-    /// and merges the rollups' rows when that is due. Never inlined: bench/writer_cost.py
+    /// and merges the rollups' rows when that is due, in another. Never inlined: bench/writer_cost.py
     /// reports its cost by name.
     #[inline(never)]
     pub fn store(self, categories: &Categories) {
@@ -164,29 +228,29 @@ impl Rollups {
             return;
         }
         let oldest_day = self.daily.keys().map(|k| k.0).min().unwrap_or(i64::MAX);
-        let mut state = UNCOMPACTED.get();
-        state.oldest_day = state.oldest_day.min(oldest_day);
-        let due = state
-            .merged_at
-            .is_none_or(|at| at.elapsed() >= COMPACT_EVERY);
-        let stored = in_subtransaction(|| {
-            self.insert(categories);
-            if due {
-                compact(state.oldest_day);
-            }
-        });
-        if stored.is_ok() && due {
-            state = Uncompacted {
-                oldest_day: i64::MAX,
-                merged_at: Some(Instant::now()),
-            };
-        }
-        UNCOMPACTED.set(state);
-        if let Err(message) = stored {
+        if let Err(message) = in_subtransaction(|| self.insert(categories)) {
             log!(
                 "activity_log: activity_log.activity_hourly and activity_daily not updated (run activity_log.rebuild_rollup() and activity_log.refresh_metrics()): {message}"
             );
+            return;
         }
+        let mut state = UNCOMPACTED.get();
+        state.oldest_day = state.oldest_day.min(oldest_day);
+        if state
+            .merged_at
+            .is_none_or(|at| at.elapsed() >= COMPACT_EVERY)
+        {
+            // Its own subtransaction: a merge that fails (a row somebody broke) costs no
+            // batch its counts, and is tried again an interval later.
+            match in_subtransaction(|| compact(state.oldest_day)) {
+                Ok(()) => state.oldest_day = i64::MAX,
+                Err(message) => log!(
+                    "activity_log: the rollups' rows were not merged (activity_log.refresh_metrics() and rebuild_rollup() rebuild them): {message}"
+                ),
+            }
+            state.merged_at = Some(Instant::now());
+        }
+        UNCOMPACTED.set(state);
     }
 
     fn insert(self, categories: &Categories) {
@@ -219,12 +283,7 @@ impl Rollups {
             events.push(t.events);
             durations.push(t.durations);
             duration_us.push(t.duration_us);
-            let object: serde_json::Map<String, serde_json::Value> = t
-                .buckets
-                .into_iter()
-                .map(|(k, n)| (k.to_string(), n.into()))
-                .collect();
-            buckets.push(serde_json::Value::Object(object).to_string());
+            buckets.push(histogram_json(&t.buckets).to_string());
         }
         thread_local! {
             static PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
@@ -306,6 +365,22 @@ mod tests {
             let error = (middle(k) - ms).abs() / ms;
             assert!(error <= 0.01, "{ms} ms in bucket {k}: {error}");
         }
+    }
+
+    #[test]
+    fn the_p95_is_the_bucket_of_the_rank_percentile_disc_picks() {
+        // 20 durations 1..=20 ms: percentile_disc(0.95) is the 19th, 19 ms.
+        let mut buckets = BTreeMap::new();
+        for ms in 1..=20 {
+            *buckets.entry(duration_bucket(ms as f64)).or_default() += 1;
+        }
+        let p95 = bucket_p95(&buckets, 20).unwrap();
+        assert!((p95 - 19.0).abs() / 19.0 <= 0.01, "{p95}");
+        assert_eq!(bucket_p95(&buckets, 0), None);
+        assert_eq!(
+            bucket_p95(&BTreeMap::from([(ZERO_BUCKET, 3)]), 3),
+            Some(0.0)
+        );
     }
 
     #[test]

@@ -160,6 +160,10 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         ring::roll_window(slot);
         maintain_partitions_if_due(&mut next_maintenance);
         let drained = drain(slot);
+        // The batches' inserts and deletes reach the statistics autovacuum reads, as a
+        // backend's do when it goes idle (at most once a second; outside any transaction).
+        // SAFETY: between transactions of this background worker.
+        unsafe { pg_sys::pgstat_report_stat(false) };
         more = sweeping(slot) || drained.left_some;
         if ring::hand_back_requested(slot) && (drained.written == 0 && !more || turn_is_over(slot))
         {
