@@ -1894,6 +1894,62 @@ fn dropping_the_extension_is_refused_while_the_trail_holds_records() {
     c.sql("postgres", "CREATE ROLE eve LOGIN");
     let err = c.error_as("eve", "postgres", "SET activity_log.allow_drop_trail = on");
     assert!(err.contains("permission denied"), "{err}");
+    // A max() planted in the search_path does not run in the trail check, for the owner nor
+    // for anybody else (who is refused before any check).
+    c.sql(
+        "postgres",
+        "CREATE SCHEMA eve_s AUTHORIZATION eve;
+         CREATE TABLE eve_s.ran (who text); GRANT INSERT ON eve_s.ran TO PUBLIC;
+         SET ROLE eve;
+         CREATE FUNCTION eve_s.fin(bigint) RETURNS bigint LANGUAGE plpgsql
+             AS $$ BEGIN INSERT INTO eve_s.ran VALUES (current_user); RETURN $1; END $$;
+         CREATE AGGREGATE eve_s.max(bigint) (SFUNC = int8larger, STYPE = bigint, FINALFUNC = eve_s.fin);
+         RESET ROLE;",
+    );
+    let err = c.error_as(
+        "eve",
+        "postgres",
+        "SET search_path = eve_s, pg_catalog; DROP EXTENSION activity_log",
+    );
+    assert!(
+        err.contains("must be owner of extension activity_log"),
+        "{err}"
+    );
+    let err = c.error(
+        "postgres",
+        "SET search_path = eve_s, pg_catalog; DROP EXTENSION activity_log",
+    );
+    assert!(err.contains("its audit trail holds records"), "{err}");
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM eve_s.ran"), "0");
+    // A drop rolled back to a savepoint lets the writer go on at once, while its
+    // transaction is still open.
+    let dropper = c.spawn(
+        "postgres",
+        "dropper",
+        "BEGIN; SAVEPOINT a; SET LOCAL activity_log.allow_drop_trail = on; DROP EXTENSION activity_log;
+         ROLLBACK TO a; SELECT pg_sleep(30); COMMIT;",
+    );
+    let sleeping = wait_until(Duration::from_secs(20), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dropper' AND wait_event = 'PgSleep'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(
+        sleeping.is_some(),
+        "the dropping session never got to sleep"
+    );
+    c.sql(
+        "postgres",
+        "SELECT activity_log.log_event('after the savepoint')",
+    );
+    assert_eq!(c.one("postgres", "SELECT activity_log.flush('10 s')"), "t");
+    c.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dropper'",
+    );
+    let _ = dropper.wait_with_output();
     // The trail goes on.
     c.sql("postgres", "SELECT activity_log.log_event('still here')");
     c.flush("postgres");
@@ -2010,5 +2066,49 @@ fn a_refused_or_cancelled_drop_loses_no_record() {
             "SELECT rows_checked > 0 AND intact FROM activity_log.verify()"
         ),
         "t"
+    );
+}
+
+/// Changes made by autovacuum are captured like any other: an index expression can write to a
+/// tracked table while autoanalyze samples rows (only autovacuum's own errors are not
+/// statements).
+#[test]
+fn changes_made_during_an_autoanalyze_are_captured() {
+    let c = Cluster::start(
+        "autoanalyze",
+        &[
+            "autovacuum_naptime = 1",
+            "activity_log.capture_statements = 'none'",
+        ],
+    );
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE t (id serial PRIMARY KEY, what text); SELECT activity_log.track('t');
+         CREATE FUNCTION note_it(x int) RETURNS int LANGUAGE plpgsql VOLATILE
+             AS $$ BEGIN INSERT INTO public.t (what) VALUES ('evaluated'); RETURN x; END $$;
+         -- Schema-qualified: autovacuum's search_path is pg_catalog only.
+         CREATE FUNCTION wrapped(x int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT public.note_it(x) $$;
+         CREATE TABLE s (x int) WITH (autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0);
+         CREATE INDEX ON s (wrapped(x));
+         INSERT INTO s SELECT generate_series(1, 100);",
+    );
+    let analyzed = wait_until(Duration::from_secs(60), || {
+        (c.one(
+            "postgres",
+            "SELECT last_autoanalyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 's'",
+        ) == "t")
+            .then_some(())
+    });
+    assert!(analyzed.is_some(), "autoanalyze never ran on s");
+    c.flush("postgres");
+    let rows: i64 = c.one("postgres", "SELECT count(*) FROM t").parse().unwrap();
+    assert!(rows > 100, "autoanalyze wrote nothing to t ({rows} rows)");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.changes WHERE table_name = 't' AND op = 'INSERT'"
+        ),
+        rows.to_string()
     );
 }

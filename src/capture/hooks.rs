@@ -143,26 +143,32 @@ pub fn mark_own_worker() {
     unsafe { IN_OWN_WORKER = true };
 }
 
-/// capturing tells whether this process records anything at all: processes that run
-/// statements for a user (client backends, background workers such as pg_cron's, walsenders of
-/// `replication=database` connections), not the server's own (autovacuum, whose cancelled
-/// task must not read as a user's failed statement, and the auxiliary processes).
+/// capturing tells whether this process records anything at all.
 pub fn capturing() -> bool {
     // SAFETY: reads of process-local globals.
     unsafe {
         !IN_OWN_WORKER
-            && matches!(
-                pg_sys::MyBackendType,
-                pg_sys::BackendType::B_BACKEND
-                    | pg_sys::BackendType::B_BG_WORKER
-                    | pg_sys::BackendType::B_WAL_SENDER
-            )
             && pg_sys::ParallelWorkerNumber < 0
             && !pg_sys::IsBinaryUpgrade
             && crate::ring::is_initialised()
             && !in_recovery() // a standby runs no writer and changes nothing
             && gucs::enabled()
     }
+}
+
+/// runs_statements_for_a_user tells whether this process's errors are failed statements of a
+/// user: client backends, background workers (pg_cron's jobs, say) and walsenders of
+/// `replication=database` connections; not autovacuum (a cancelled task is the server's
+/// business) nor the auxiliary processes. Their changes are captured all the same: an index
+/// expression can write to a tracked table during an autoanalyze.
+fn runs_statements_for_a_user() -> bool {
+    // SAFETY: reads a process-local global.
+    matches!(
+        unsafe { pg_sys::MyBackendType },
+        pg_sys::BackendType::B_BACKEND
+            | pg_sys::BackendType::B_BG_WORKER
+            | pg_sys::BackendType::B_WAL_SENDER
+    )
 }
 
 thread_local! {
@@ -875,6 +881,8 @@ unsafe fn record_truncate(emptied: Vec<pg_sys::Oid>, restart_identity: bool, cid
 struct PendingDrop {
     slot: usize,
     dboid: u32,
+    /// The subtransaction that dropped: its rollback lets the writer go on at once.
+    subxact: pg_sys::SubTransactionId,
     /// Whether the ring is freed if the transaction commits: not when the extension is there
     /// again at commit (created anew, or its drop rolled back to a savepoint).
     release: bool,
@@ -902,11 +910,16 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
             // Only for a drop PostgreSQL may let through: stopping a writer for a drop it
             // refuses at once (not the owner, in a transaction block) would let anybody
             // hold up another database's writer.
+            let dropdb = stmt.cast::<pg_sys::DropdbStmt>();
+            let force = !(*dropdb).options.is_null() && (*(*dropdb).options).length > 0;
+            // Nor when a client is connected to it and FORCE does not end it: PostgreSQL
+            // refuses then, and an owner could keep the writer stopped by trying in a loop.
             let may_drop = dboid != pg_sys::InvalidOid
                 && dboid != pg_sys::MyDatabaseId
                 && !pg_sys::IsTransactionBlock()
                 && (pg_sys::superuser()
-                    || pg_sys::pg_database_ownercheck(dboid, pg_sys::GetUserId()));
+                    || pg_sys::pg_database_ownercheck(dboid, pg_sys::GetUserId()))
+                && (force || pg_sys::CountDBConnections(dboid) == 0);
             if may_drop {
                 stop_writer_for_drop(dboid.to_u32(), std::time::Duration::ZERO);
             }
@@ -926,7 +939,12 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
                 .cast::<pg_sys::String>();
             CStr::from_ptr((*name).sval) == c"activity_log"
         });
-        if !ours || pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) == pg_sys::InvalidOid
+        let extension = pg_sys::get_extension_oid(c"activity_log".as_ptr(), true);
+        // Only for whoever may drop it: PostgreSQL refuses everybody else, and before that
+        // nothing of theirs should run here (the trail check runs as the extension's owner).
+        if !ours
+            || extension == pg_sys::InvalidOid
+            || !pg_sys::pg_extension_ownercheck(extension, pg_sys::GetUserId())
         {
             return;
         }
@@ -954,9 +972,11 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
 /// what_the_trail_holds says what dropping the extension would lose: the trail's records, or
 /// records still queued; None when there is nothing.
 fn what_the_trail_holds() -> Option<String> {
+    // Schema-qualified: it runs as the extension's owner with the caller's search_path.
     let (last, staged) = as_extension_owner(|| {
         Spi::get_two::<i64, bool>(
-            "SELECT (SELECT max(id) FROM activity_log.events), EXISTS (SELECT FROM activity_log.durable_queue)",
+            "SELECT (SELECT pg_catalog.max(id) FROM activity_log.events),
+                    EXISTS (SELECT FROM activity_log.durable_queue)",
         )
     })
     .unwrap_or_else(|e| error!("activity_log: could not read the trail: {e}"));
@@ -977,6 +997,8 @@ fn stop_writer_for_drop(dboid: u32, drain: std::time::Duration) {
     PENDING_DROP.set(Some(PendingDrop {
         slot: i,
         dboid,
+        // SAFETY: reads transaction state.
+        subxact: unsafe { unguarded::GetCurrentSubTransactionId() },
         release: true,
     }));
     ring::stop_writer_for_drop(i, drain);
@@ -1014,6 +1036,29 @@ pub fn settle_drop(committed: bool) {
             ring::release(p.slot);
         }
         ring::resume(p.slot);
+    }
+}
+
+/// settle_drop_in_subxact follows a subtransaction's end: a drop rolled back to a savepoint
+/// lets the writer go on at once; a committed one belongs to the parent now.
+pub fn settle_drop_in_subxact(
+    subxact: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    committed: bool,
+) {
+    let Some(mut pending) = PENDING_DROP.get() else {
+        return;
+    };
+    if pending.subxact != subxact {
+        return;
+    }
+    if committed {
+        pending.subxact = parent;
+        PENDING_DROP.set(Some(pending));
+    } else {
+        PENDING_DROP.set(None);
+        DROP_CHECKED.set(false);
+        ring::resume(pending.slot);
     }
 }
 
@@ -1058,6 +1103,7 @@ unsafe extern "C-unwind" fn al_emit_log(edata: *mut pg_sys::ErrorData) {
     // SAFETY: edata is the error being reported, valid for the call.
     unsafe {
         if (*edata).elevel == pg_sys::PGERROR as c_int
+            && runs_statements_for_a_user()
             && capturing()
             && gucs::capture_statements() != CaptureStatements::None
         {

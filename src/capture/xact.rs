@@ -93,7 +93,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
 unsafe extern "C-unwind" fn al_subxact_callback(
     event: pg_sys::SubXactEvent::Type,
     my_subid: pg_sys::SubTransactionId,
-    _parent_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
     _arg: *mut c_void,
 ) {
     use pg_sys::SubXactEvent::*;
@@ -102,10 +102,14 @@ unsafe extern "C-unwind" fn al_subxact_callback(
         SUBXACT_EVENT_PRE_COMMIT_SUB => {
             capture::spill_if_due(capture::Level::Parent);
         }
-        SUBXACT_EVENT_COMMIT_SUB => capture::subxact_end(my_subid, false),
+        SUBXACT_EVENT_COMMIT_SUB => {
+            capture::subxact_end(my_subid, false);
+            hooks::settle_drop_in_subxact(my_subid, parent_subid, true);
+        }
         SUBXACT_EVENT_ABORT_SUB => {
             capture::subxact_end(my_subid, true);
             hooks::forget_subxact(my_subid);
+            hooks::settle_drop_in_subxact(my_subid, parent_subid, false);
             // A loop of failing statements, each in its own subtransaction, must not pile up
             // failure records without bound: past SPILL_BYTES they are published now.
             if capture::failure_bytes() >= capture::SPILL_BYTES {

@@ -584,11 +584,20 @@ pub fn paused_by(i: usize) -> i32 {
     slot(i).paused_by.load(Acquire)
 }
 
-/// resume lets the launcher start a writer for the ring again (the drop that paused it
-/// ended). Valid in the commit and abort paths: a store and a latch.
+/// resume lets the launcher start a writer for the ring again: the drop this backend paused
+/// it for ended (another backend's pause stays). Valid in the commit and abort paths: an
+/// atomic and a latch.
 pub fn resume(i: usize) {
-    slot(i).paused_by.store(0, Release);
+    // SAFETY: reads this process's pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    let _ = slot(i).paused_by.compare_exchange(me, 0, AcqRel, Acquire);
     wake_launcher();
+}
+
+/// resume_abandoned lets the launcher start a writer again for a ring whose pausing backend
+/// is gone (it could not end its drop).
+pub fn resume_abandoned(i: usize, pid: i32) {
+    let _ = slot(i).paused_by.compare_exchange(pid, 0, AcqRel, Acquire);
 }
 
 /// wait_a_moment sleeps up to 5 ms on the process latch (a writer or the launcher may set it),

@@ -73,8 +73,9 @@ fn supervise() {
             // A drop stopped its writer: none until the drop ends, even if the backend that
             // paused it left without ending it.
             // SAFETY: a lookup in the proc array.
-            if unsafe { pg_sys::BackendPidGetProc(ring::paused_by(i)) }.is_null() {
-                ring::resume(i);
+            let pid = ring::paused_by(i);
+            if unsafe { pg_sys::BackendPidGetProc(pid) }.is_null() {
+                ring::resume_abandoned(i, pid);
             }
             continue;
         }
