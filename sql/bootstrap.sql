@@ -137,17 +137,20 @@ COMMENT ON TABLE activity_log.activity_hourly IS
     'Trail records per hour (UTC-aligned), kind and status; the rows of a key add up. Kept by the writer, rebuilt by activity_log.rebuild_rollup().';
 
 -- Rows the trail refused (say, a record that fails a constraint someone added to the trail),
--- kept whole so that nothing is lost silently; a gap record in the trail points here.
+-- kept whole so that nothing is lost silently; a gap record in the trail points here. So are
+-- frames the writer could not read (a durable_queue row corrupted on disk or edited by hand):
+-- `frame` holds their bytes as they were, `record` their durable_queue row's other columns.
 CREATE TABLE activity_log.dead_letters (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     failed_at    timestamptz NOT NULL DEFAULT now(),
     committed_at timestamptz,
     what         text NOT NULL,
     error        text NOT NULL,
-    record       jsonb NOT NULL
+    record       jsonb NOT NULL,
+    frame        bytea
 );
 COMMENT ON TABLE activity_log.dead_letters IS
-    'Trail rows the writer could not store, as jsonb of activity_log.events; jsonb_populate_record(NULL::activity_log.events, record) gives the row back.';
+    'Trail rows the writer could not store, as jsonb of activity_log.events (jsonb_populate_record(NULL::activity_log.events, record) gives the row back); and, where frame is not null, frames it could not read, as bytes, with their durable_queue row''s other columns in record.';
 
 -- Partitions dropped by retention (activity_log.retention), one row each.
 CREATE TABLE activity_log.retention_log (

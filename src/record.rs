@@ -144,8 +144,15 @@ pub struct FrameInfo {
     pub client_addr: Option<Vec<u8>>,
 }
 
+/// Why bytes are not a valid frame (or record, or seal); says what is wrong where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub &'static str);
+pub struct DecodeError(pub Cow<'static, str>);
+
+impl DecodeError {
+    const fn new(what: &'static str) -> DecodeError {
+        DecodeError(Cow::Borrowed(what))
+    }
+}
 
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -333,11 +340,11 @@ impl<'a> Dec<'a> {
         let end = self
             .pos
             .checked_add(n)
-            .ok_or(DecodeError("length overflow"))?;
+            .ok_or(DecodeError::new("length overflow"))?;
         let s = self
             .buf
             .get(self.pos..end)
-            .ok_or(DecodeError("truncated"))?;
+            .ok_or(DecodeError::new("truncated"))?;
         self.pos = end;
         Ok(s)
     }
@@ -357,7 +364,7 @@ impl<'a> Dec<'a> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
     fn bytes(&mut self) -> Result<Bytes<'a>, DecodeError> {
-        self.opt_bytes()?.ok_or(DecodeError("unexpected null"))
+        self.opt_bytes()?.ok_or(DecodeError::new("unexpected null"))
     }
     fn opt_bytes(&mut self) -> Result<Option<Bytes<'a>>, DecodeError> {
         match self.u32()? {
@@ -374,10 +381,10 @@ pub fn decode_info(payload: &[u8]) -> Result<(FrameInfo, usize), DecodeError> {
         pos: 0,
     };
     if d.u32()? != MAGIC {
-        return Err(DecodeError("bad magic"));
+        return Err(DecodeError::new("bad magic"));
     }
     if d.u32()? != VERSION {
-        return Err(DecodeError("unknown version"));
+        return Err(DecodeError::new("unknown version"));
     }
     let info = FrameInfo {
         pid: d.i32()?,
@@ -419,11 +426,15 @@ pub(crate) fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
                 1 => StatementClass::Ddl,
                 2 => StatementClass::Mod,
                 3 => StatementClass::Other,
-                _ => return Err(DecodeError("bad statement class")),
+                _ => return Err(DecodeError::new("bad statement class")),
             },
             command: d.bytes()?,
             sqlstate: match d.opt_bytes()? {
-                Some(s) => Some(s[..].try_into().map_err(|_| DecodeError("bad sqlstate"))?),
+                Some(s) => Some(
+                    s[..]
+                        .try_into()
+                        .map_err(|_| DecodeError::new("bad sqlstate"))?,
+                ),
                 None => None,
             },
             error_message: d.opt_bytes()?,
@@ -458,7 +469,7 @@ pub(crate) fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
                 5 => Op::Copy,
                 6 => Op::Gap,
                 7 => Op::TruncatePartition,
-                _ => return Err(DecodeError("bad change op")),
+                _ => return Err(DecodeError::new("bad change op")),
             },
             relid: d.u32()?,
             schema: d.bytes()?,
@@ -497,12 +508,316 @@ pub(crate) fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
                     .collect::<Result<_, DecodeError>>()?
             },
         }),
-        _ => return Err(DecodeError("unknown record kind")),
+        _ => return Err(DecodeError::new("unknown record kind")),
     };
     if d.pos != buf.len() {
-        return Err(DecodeError("trailing bytes"));
+        return Err(DecodeError::new("trailing bytes"));
     }
     Ok(Record { origin, body })
+}
+
+/*---- sealing staged frames ----*/
+
+/// The last four bytes of a frame staged in durable_queue.
+pub const SEAL_MAGIC: u32 = 0x414C_5331; // "ALS1"
+/// A seal's size: a staged frame is followed by the CRC-32C of the frame and its row (see
+/// [`StagedRow`]), the frame's length and [`SEAL_MAGIC`], each a little-endian `u32`.
+pub const SEAL_LEN: usize = 12;
+
+/// The columns of a durable_queue row that the writer relies on besides the frame: its seal
+/// covers them, so that an edited `records` or `staged_at` is caught like an edited frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagedRow {
+    pub xid: u64,
+    /// The piece's place in the transaction's record stream; None for a transaction staged in
+    /// one row.
+    pub seq: Option<i64>,
+    pub records: u32,
+    /// PostgreSQL microseconds since 2000-01-01.
+    pub staged_at: i64,
+}
+
+impl StagedRow {
+    fn checksum(&self, frame: &[u8]) -> u32 {
+        let mut crc = Crc32c::new();
+        crc.update(frame);
+        crc.update(&self.xid.to_le_bytes());
+        crc.update(&self.seq.unwrap_or(-1).to_le_bytes());
+        crc.update(&self.records.to_le_bytes());
+        crc.update(&self.staged_at.to_le_bytes());
+        crc.value()
+    }
+}
+
+/// seal is what follows `frame` in its durable_queue row `row`.
+pub fn seal(frame: &[u8], row: &StagedRow) -> [u8; SEAL_LEN] {
+    let mut out = [0; SEAL_LEN];
+    out[0..4].copy_from_slice(&row.checksum(frame).to_le_bytes());
+    out[4..8].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+    out[8..12].copy_from_slice(&SEAL_MAGIC.to_le_bytes());
+    out
+}
+
+/// unseal checks the bytes of a durable_queue row (a frame and its [`seal`]) against the row's
+/// other columns, and returns the frame.
+pub fn unseal<'a>(staged: &'a [u8], row: &StagedRow) -> Result<&'a [u8], DecodeError> {
+    let u32_at = |at: usize| u32::from_le_bytes(staged[at..at + 4].try_into().unwrap());
+    let Some(len) = staged.len().checked_sub(SEAL_LEN) else {
+        return Err(DecodeError::new(
+            "it is shorter than a seal (cut short, or staged by an older version)",
+        ));
+    };
+    if u32_at(len + 8) != SEAL_MAGIC {
+        return Err(DecodeError::new(
+            "it does not end in a seal (cut short, or staged by an older version)",
+        ));
+    }
+    let sealed_len = u32_at(len + 4) as usize;
+    if sealed_len != len {
+        return Err(DecodeError(
+            format!("its seal gives a length of {sealed_len} bytes, but the frame has {len}")
+                .into(),
+        ));
+    }
+    let frame = &staged[..len];
+    if u32_at(len) != row.checksum(frame) {
+        return Err(DecodeError::new(
+            "checksum mismatch: the frame, or its row's xid, seq, records or staged_at, changed after it was staged",
+        ));
+    }
+    Ok(frame)
+}
+
+/// Crc32c is CRC-32C (Castagnoli), the checksum of PostgreSQL's WAL: with the CPU's crc32
+/// instruction where there is one (SSE 4.2, about 8 bytes a cycle), else a byte at a time.
+struct Crc32c(u32);
+
+/// CRC-32C of every byte value, reflected (polynomial 0x82F63B78).
+const CRC32C_TABLE: [u32; 256] = {
+    let mut table = [0; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
+            bit += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+impl Crc32c {
+    fn new() -> Crc32c {
+        Crc32c(!0)
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the CPU has SSE 4.2.
+            self.0 = unsafe { crc32c_sse42(self.0, data) };
+            return;
+        }
+        self.0 = crc32c_bytes(self.0, data);
+    }
+
+    fn value(&self) -> u32 {
+        !self.0
+    }
+}
+
+fn crc32c_bytes(mut crc: u32, data: &[u8]) -> u32 {
+    for &b in data {
+        crc = CRC32C_TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    crc
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+fn crc32c_sse42(crc: u32, data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    let mut words = data.chunks_exact(8);
+    let mut crc = crc as u64;
+    for w in &mut words {
+        crc = _mm_crc32_u64(crc, u64::from_le_bytes(w.try_into().unwrap()));
+    }
+    let mut crc = crc as u32;
+    for &b in words.remainder() {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    crc
+}
+
+/*---- row images ----*/
+
+/// The layout of PostgreSQL's minimal tuple on a 64-bit server (MAXALIGN 8; htup_details.h),
+/// checked against pg_sys in worker/decode.rs.
+pub mod tuple {
+    /// Where `t_infomask2`, `t_infomask`, `t_hoff` and the null bitmap are.
+    pub const INFOMASK2: usize = 10;
+    pub const INFOMASK: usize = 12;
+    pub const HOFF: usize = 14;
+    pub const BITS: usize = 15;
+    /// `t_hoff` counts from a heap tuple header this many bytes before the minimal tuple.
+    pub const MINIMAL_TUPLE_OFFSET: usize = 8;
+    pub const MAXALIGN: usize = 8;
+    pub const HEAP_HASNULL: u16 = 0x0001;
+    pub const HEAP_NATTS_MASK: u16 = 0x07FF;
+}
+
+impl Column<'_> {
+    /// alignment is the column's alignment in bytes, if its storage description is one that
+    /// PostgreSQL can make.
+    fn alignment(&self) -> Result<usize, String> {
+        let align = match self.align {
+            b'c' => 1,
+            b's' => 2,
+            b'i' => 4,
+            b'd' => 8,
+            other => return Err(format!("alignment {other}")),
+        };
+        match (self.len, self.byval) {
+            (1 | 2 | 4 | 8, true) | (1.., false) | (-1 | -2, false) => Ok(align),
+            (len, byval) => Err(format!("length {len} (by value: {byval})")),
+        }
+    }
+}
+
+impl Change<'_> {
+    /// check_images checks every row image the way heap_deform_tuple will read it with the
+    /// change's columns: the header, then each attribute's alignment and length (fixed, a
+    /// varlena header, a C string's end) inside the image, which they must fill exactly. Values
+    /// are detoasted at capture: an out-of-line pointer is refused too. A corrupt frame could
+    /// otherwise send the writer reading far past a buffer.
+    pub fn check_images(&self) -> Result<(), DecodeError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let name = |i: usize| String::from_utf8_lossy(&self.columns[i].name).into_owned();
+        let aligns = (0..self.columns.len())
+            .map(|i| {
+                self.columns[i].alignment().map_err(|e| {
+                    DecodeError(format!("column {} ({}) has {e}", i + 1, name(i)).into())
+                })
+            })
+            .collect::<Result<Vec<usize>, DecodeError>>()?;
+        for (n, (old, new)) in self.rows.iter().enumerate() {
+            for (which, image) in [("old", old), ("new", new)] {
+                let Some(image) = image else { continue };
+                check_tuple(image, &self.columns, &aligns).map_err(|e| {
+                    DecodeError(format!("the {which} image of row {}: {e}", n + 1).into())
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn align_to(off: usize, align: usize) -> usize {
+    off.next_multiple_of(align)
+}
+
+/// check_tuple: see [`Change::check_images`]. `aligns` are the columns' alignments.
+fn check_tuple(t: &[u8], columns: &[Column], aligns: &[usize]) -> Result<(), String> {
+    use tuple::*;
+    if t.len() < BITS {
+        return Err(format!("{} bytes, shorter than a tuple header", t.len()));
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([t[at], t[at + 1]]);
+    let t_len = u32::from_le_bytes(t[0..4].try_into().unwrap()) as usize;
+    if t_len != t.len() {
+        return Err(format!("its tuple length is {t_len}, its size {}", t.len()));
+    }
+    let natts = (u16_at(INFOMASK2) & HEAP_NATTS_MASK) as usize;
+    if natts > columns.len() {
+        return Err(format!(
+            "it has {natts} attributes, its row type {}",
+            columns.len()
+        ));
+    }
+    let nulls = u16_at(INFOMASK) & HEAP_HASNULL != 0;
+    let bitmap = if nulls { natts.div_ceil(8) } else { 0 };
+    let hoff = align_to(BITS + bitmap, MAXALIGN) + MINIMAL_TUPLE_OFFSET;
+    if t[HOFF] as usize != hoff {
+        return Err(format!("its header length is {}, not {hoff}", t[HOFF]));
+    }
+    let Some(data) = t.get(hoff - MINIMAL_TUPLE_OFFSET..) else {
+        return Err(format!("its {} bytes end inside its header", t.len()));
+    };
+    let mut off = 0;
+    for (i, c) in columns[..natts].iter().enumerate() {
+        if nulls && t[BITS + i / 8] & (1 << (i % 8)) == 0 {
+            continue; // NULL
+        }
+        let at = |what: String| {
+            let name = String::from_utf8_lossy(&c.name);
+            format!("column {} ({name}) {what}", i + 1)
+        };
+        let len = match c.len {
+            len if len > 0 => {
+                off = align_to(off, aligns[i]);
+                len as usize
+            }
+            -1 => {
+                // A byte other than 0 starts a 1-byte header, which is not aligned
+                // (att_align_pointer); a 4-byte header is, after pad bytes of 0.
+                if data.get(off).is_none_or(|&b| b == 0) {
+                    off = align_to(off, aligns[i]);
+                }
+                match data.get(off) {
+                    None => return Err(at("starts past the end of the tuple".into())),
+                    Some(0x01) => {
+                        return Err(at(
+                            "is an out-of-line (TOAST) pointer, which a captured image never holds"
+                                .into(),
+                        ));
+                    }
+                    Some(&b) if b & 0x01 == 0x01 => (b >> 1) as usize,
+                    Some(&b) => {
+                        let Some(header) = data.get(off..off + 4) else {
+                            return Err(at("starts past the end of the tuple".into()));
+                        };
+                        let len = (u32::from_le_bytes(header.try_into().unwrap()) >> 2) as usize;
+                        // Compressed values have their raw size after the header.
+                        let least = if b & 0x03 == 0x02 { 8 } else { 4 };
+                        if len < least {
+                            return Err(at(format!("has a length of {len} bytes")));
+                        }
+                        len
+                    }
+                }
+            }
+            _ => {
+                off = align_to(off, aligns[i]);
+                match data.get(off..).and_then(|d| d.iter().position(|&b| b == 0)) {
+                    Some(end) => end + 1,
+                    None => return Err(at("is a C string without an end".into())),
+                }
+            }
+        };
+        if off + len > data.len() {
+            return Err(at(format!(
+                "ends past the end of the tuple ({len} bytes at {off} of {})",
+                data.len()
+            )));
+        }
+        off += len;
+    }
+    if off != data.len() {
+        return Err(format!(
+            "{} bytes follow its last attribute",
+            data.len() - off
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -605,6 +920,327 @@ mod tests {
         }
         let mut bad = buf.clone();
         bad[0] ^= 0xff;
-        assert_eq!(decode_frame(&bad).unwrap_err(), DecodeError("bad magic"));
+        assert_eq!(
+            decode_frame(&bad).unwrap_err(),
+            DecodeError::new("bad magic")
+        );
+    }
+
+    #[test]
+    fn no_byte_of_a_frame_makes_decoding_panic() {
+        let mut buf = Vec::new();
+        FrameInfo::default().encode(&mut buf);
+        for r in sample() {
+            r.encode(&mut buf);
+        }
+        // A cut between records leaves a valid frame of fewer records: the seal of a staged
+        // frame (its length, its row's record count) is what catches that.
+        for cut in 0..buf.len() {
+            let _ = decode_frame(&buf[..cut]);
+        }
+        for at in 0..buf.len() {
+            for v in [0x00, 0x01, 0x7f, 0x80, 0xfe, 0xff] {
+                let mut bad = buf.clone();
+                bad[at] = v;
+                let _ = decode_frame(&bad);
+            }
+        }
+    }
+
+    #[test]
+    fn crc32c_is_castagnoli() {
+        // The check value of CRC-32C (RFC 3720, appendix B.4 gives the same polynomial).
+        let mut crc = Crc32c::new();
+        crc.update(b"123456789");
+        assert_eq!(crc.value(), 0xE306_9283);
+        assert_eq!(!crc32c_bytes(!0, b"123456789"), 0xE306_9283);
+        // The instruction and the table agree at every length and split.
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + i / 3) as u8).collect();
+        for len in 0..data.len() {
+            let mut crc = Crc32c::new();
+            crc.update(&data[..len / 3]);
+            crc.update(&data[len / 3..len]);
+            assert_eq!(crc.value(), !crc32c_bytes(!0, &data[..len]), "length {len}");
+        }
+    }
+
+    fn staged() -> (Vec<u8>, StagedRow) {
+        let mut frame = Vec::new();
+        FrameInfo {
+            pid: 7,
+            xid: 745,
+            client_addr: None,
+        }
+        .encode(&mut frame);
+        sample()[2].encode(&mut frame);
+        let row = StagedRow {
+            xid: 745,
+            seq: None,
+            records: 1,
+            staged_at: 831_000_000_000_000,
+        };
+        let mut bytes = frame.clone();
+        bytes.extend_from_slice(&seal(&frame, &row));
+        (bytes, row)
+    }
+
+    #[test]
+    fn a_sealed_frame_unseals_to_itself() {
+        let (bytes, row) = staged();
+        assert_eq!(unseal(&bytes, &row), Ok(&bytes[..bytes.len() - SEAL_LEN]));
+        let (info, records) = decode_frame(unseal(&bytes, &row).unwrap()).unwrap();
+        assert_eq!((info.xid, records), (745, vec![sample()[2].clone()]));
+    }
+
+    #[test]
+    fn any_change_to_a_sealed_frame_or_its_row_is_caught() {
+        let (bytes, row) = staged();
+        let checksum = DecodeError::new(
+            "checksum mismatch: the frame, or its row's xid, seq, records or staged_at, changed after it was staged",
+        );
+        // Every bit of the frame and of its checksum.
+        for at in 0..bytes.len() - 8 {
+            for bit in 0..8 {
+                let mut bad = bytes.clone();
+                bad[at] ^= 1 << bit;
+                assert_eq!(
+                    unseal(&bad, &row),
+                    Err(checksum.clone()),
+                    "byte {at} bit {bit}"
+                );
+            }
+        }
+        // The row's columns.
+        for other in [
+            StagedRow { xid: 746, ..row },
+            StagedRow {
+                seq: Some(0),
+                ..row
+            },
+            StagedRow { records: 2, ..row },
+            StagedRow {
+                staged_at: row.staged_at + 1,
+                ..row
+            },
+        ] {
+            assert_eq!(unseal(&bytes, &other), Err(checksum.clone()), "{other:?}");
+        }
+        // Its length.
+        let len = bytes.len() - SEAL_LEN;
+        let mut bad = bytes.clone();
+        bad[len + 4..len + 8].copy_from_slice(&(len as u32 + 1).to_le_bytes());
+        assert_eq!(
+            unseal(&bad, &row),
+            Err(DecodeError(
+                format!(
+                    "its seal gives a length of {} bytes, but the frame has {len}",
+                    len + 1
+                )
+                .into()
+            ))
+        );
+        // Cut short anywhere, or never sealed (a frame of an older version).
+        for cut in 0..bytes.len() {
+            assert!(unseal(&bytes[..cut], &row).is_err(), "cut at {cut}");
+        }
+        assert_eq!(
+            unseal(&bytes[..len], &row),
+            Err(DecodeError::new(
+                "it does not end in a seal (cut short, or staged by an older version)"
+            ))
+        );
+        assert_eq!(
+            unseal(&bytes[..5], &row),
+            Err(DecodeError::new(
+                "it is shorter than a seal (cut short, or staged by an older version)"
+            ))
+        );
+    }
+
+    /// The columns (id int, v text, n bigint), and a minimal tuple of them as PostgreSQL makes
+    /// it: (9, 'ZZZZZZZZ', NULL) when `null_n`, else (9, 'ZZZZZZZZ') of a two-column row.
+    fn columns() -> Vec<Column<'static>> {
+        let col = |name: &'static str, type_oid, len, byval, align| Column {
+            name: name.as_bytes().into(),
+            type_oid,
+            typmod: -1,
+            len,
+            byval,
+            align,
+            dropped: false,
+        };
+        vec![
+            col("id", 23, 4, true, b'i'),
+            col("v", 25, -1, false, b'i'),
+            col("n", 20, 8, true, b'd'),
+        ]
+    }
+
+    fn tuple(null_n: bool) -> Vec<u8> {
+        let mut t = vec![0; 16];
+        let natts: u16 = if null_n { 3 } else { 2 };
+        t[tuple::INFOMASK2..tuple::INFOMASK2 + 2].copy_from_slice(&natts.to_le_bytes());
+        if null_n {
+            t[tuple::INFOMASK] = tuple::HEAP_HASNULL as u8;
+            t[tuple::BITS] = 0b011;
+        }
+        t[tuple::HOFF] = 24;
+        t.extend_from_slice(&9i32.to_le_bytes());
+        t.push((9 << 1) | 1); // 1-byte varlena header: 9 bytes with itself
+        t.extend_from_slice(b"ZZZZZZZZ");
+        let len = t.len() as u32;
+        t[0..4].copy_from_slice(&len.to_le_bytes());
+        t
+    }
+
+    fn check(t: &[u8]) -> Result<(), String> {
+        let cols = columns();
+        let aligns: Vec<usize> = cols.iter().map(|c| c.alignment().unwrap()).collect();
+        check_tuple(t, &cols, &aligns)
+    }
+
+    #[test]
+    fn row_images_are_walked_within_their_bytes() {
+        assert_eq!(check(&tuple(false)), Ok(()));
+        assert_eq!(check(&tuple(true)), Ok(()));
+        let with = |at: usize, bytes: &[u8]| {
+            let mut t = tuple(false);
+            t[at..at + bytes.len()].copy_from_slice(bytes);
+            check(&t)
+        };
+        // The reproductions of issue 25: a tuple length of 64 MiB; a varlena header turned
+        // into a 4-byte one of 379 MB.
+        assert_eq!(
+            with(0, &(64u32 << 20).to_le_bytes()),
+            Err("its tuple length is 67108864, its size 29".into())
+        );
+        assert_eq!(
+            with(20, &[0x00]),
+            Err("column 2 (v) ends past the end of the tuple (378967680 bytes at 4 of 13)".into())
+        );
+        assert_eq!(
+            with(20, &[0x01]),
+            Err("column 2 (v) is an out-of-line (TOAST) pointer, which a captured image never holds".into())
+        );
+        assert_eq!(
+            with(20, &[0x15]),
+            Err("column 2 (v) ends past the end of the tuple (10 bytes at 4 of 13)".into())
+        );
+        assert_eq!(
+            with(20, &[0x11]),
+            Err("1 bytes follow its last attribute".into())
+        );
+        assert_eq!(
+            with(tuple::HOFF, &[16]),
+            Err("its header length is 16, not 24".into())
+        );
+        assert_eq!(
+            with(tuple::INFOMASK2, &[4, 0]),
+            Err("it has 4 attributes, its row type 3".into())
+        );
+        // Three attributes, n not null: its 8 bytes are not there.
+        assert_eq!(
+            with(tuple::INFOMASK2, &[3, 0]),
+            Err("column 3 (n) ends past the end of the tuple (8 bytes at 16 of 13)".into())
+        );
+        assert_eq!(
+            check(&tuple(false)[..14]),
+            Err("14 bytes, shorter than a tuple header".into())
+        );
+        // A 4-byte header that says less than itself; a compressed one without its raw size.
+        let mut t = tuple(false);
+        t.truncate(20);
+        t.extend_from_slice(&(3u32 << 2).to_le_bytes());
+        t[0] = 24;
+        assert_eq!(
+            check(&t),
+            Err("column 2 (v) has a length of 3 bytes".into())
+        );
+        t[20] = (6 << 2) | 0x02;
+        assert_eq!(
+            check(&t),
+            Err("column 2 (v) has a length of 6 bytes".into())
+        );
+        // A C string must end inside the tuple.
+        let mut cols = columns();
+        cols[1].len = -2;
+        cols[1].align = b'c';
+        let aligns: Vec<usize> = cols.iter().map(|c| c.alignment().unwrap()).collect();
+        assert_eq!(
+            check_tuple(&tuple(false), &cols, &aligns),
+            Err("column 2 (v) is a C string without an end".into())
+        );
+    }
+
+    #[test]
+    fn no_byte_of_a_row_image_makes_the_walk_read_outside_it() {
+        // check_tuple indexes slices only where it checked they reach: any byte value at any
+        // place, and any cut, gives Ok or an error, never a panic.
+        for t in [tuple(false), tuple(true)] {
+            for at in 0..t.len() {
+                for v in 0..=255 {
+                    let mut bad = t.clone();
+                    bad[at] = v;
+                    let _ = check(&bad);
+                }
+            }
+            for cut in 0..t.len() {
+                let mut bad = t[..cut].to_vec();
+                if cut >= 4 {
+                    bad[0..4].copy_from_slice(&(cut as u32).to_le_bytes());
+                }
+                let _ = check(&bad);
+            }
+        }
+    }
+
+    #[test]
+    fn columns_must_describe_storage_postgresql_can_make() {
+        let change = |columns: Vec<Column<'static>>| Change {
+            ts: 0,
+            command_id: 0,
+            op: Op::Insert,
+            relid: 1,
+            schema: b"public"[..].into(),
+            table: b"t"[..].into(),
+            key_columns: vec![],
+            exclude_columns: vec![],
+            query: Bytes::default(),
+            note: Bytes::default(),
+            row_count: 1,
+            columns,
+            rows: vec![(None, Some(tuple(false).into()))],
+        };
+        assert_eq!(change(columns()).check_images(), Ok(()));
+        let mut cols = columns();
+        cols[0].len = 3;
+        assert_eq!(
+            change(cols).check_images(),
+            Err(DecodeError::new(
+                "column 1 (id) has length 3 (by value: true)"
+            ))
+        );
+        let mut cols = columns();
+        cols[1].align = b'x';
+        assert_eq!(
+            change(cols).check_images(),
+            Err(DecodeError::new("column 2 (v) has alignment 120"))
+        );
+        let mut cols = columns();
+        cols[1].len = -3;
+        assert_eq!(
+            change(cols).check_images(),
+            Err(DecodeError::new(
+                "column 2 (v) has length -3 (by value: false)"
+            ))
+        );
+        let mut bad = change(columns());
+        bad.rows[0].1 = Some(tuple(false)[..20].to_vec().into());
+        assert_eq!(
+            bad.check_images(),
+            Err(DecodeError::new(
+                "the new image of row 1: its tuple length is 29, its size 20"
+            ))
+        );
     }
 }

@@ -15,6 +15,7 @@ use pgrx::prelude::*;
 
 use super::{hooks, xact};
 use crate::errors::raise;
+use crate::record;
 
 /// durable_queue's columns, in order.
 const NATTS: i32 = 6;
@@ -43,7 +44,8 @@ pub fn can_stage() -> bool {
 }
 
 /// stage inserts the concatenation of `parts` (encoded records, `nrecords` of them) as one
-/// durable_queue row, behind the transaction's frame info. `seq` is the piece's position in
+/// durable_queue row, behind the transaction's frame info and followed by its seal (a CRC-32C
+/// of the frame and of the row's columns, see record.rs). `seq` is the piece's position in
 /// the transaction's record stream, for a transaction that stages several pieces; None for
 /// one staged whole. `ring_mark`: the turn mark of the ring that announced the transaction
 /// (capture/xact.rs), if one did.
@@ -64,7 +66,7 @@ pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>, ring_mark: Option
     hooks::client_addr();
     let info = xact::frame_info();
     let len: usize = info.len() + parts.iter().map(|p| p.len()).sum::<usize>();
-    let size = len + pg_sys::VARHDRSZ;
+    let size = len + record::SEAL_LEN + pg_sys::VARHDRSZ;
     // MaxAllocSize: the largest varlena PostgreSQL can allocate (bindgen misses the macro).
     const MAX_ALLOC_SIZE: usize = 0x3fff_ffff;
     if size > MAX_ALLOC_SIZE {
@@ -98,8 +100,21 @@ pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>, ring_mark: Option
             std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
             at = at.add(part.len());
         }
+        // The seal: the writer refuses a row whose bytes or columns changed after this.
+        let staged_at = pg_sys::GetCurrentTimestamp();
+        let row = record::StagedRow {
+            xid,
+            seq: seq.map(|s| s as i64),
+            records: nrecords,
+            staged_at,
+        };
+        let seal = record::seal(
+            std::slice::from_raw_parts(frame.add(pg_sys::VARHDRSZ), len),
+            &row,
+        );
+        std::ptr::copy_nonoverlapping(seal.as_ptr(), at, seal.len());
         let mut values = [
-            pg_sys::Datum::from(pg_sys::GetCurrentTimestamp()),
+            pg_sys::Datum::from(staged_at),
             pg_sys::Datum::from(nrecords as i32),
             pg_sys::Datum::from(frame),
             pg_sys::Datum::from(xid),

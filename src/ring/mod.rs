@@ -925,11 +925,15 @@ pub fn wake_launcher() {
 
 /*---- consuming (the writer) ----*/
 
-/// One committed frame copied out of the ring.
+/// One committed frame copied out of the ring (or, for the writer, a row of durable_queue).
+#[derive(Clone)]
 pub struct Frame {
     pub commit_ts: i64,
     pub nrecords: u32,
     pub payload: Vec<u8>,
+    /// Set for a frame the writer took from durable_queue: the row's columns, which its seal
+    /// covers; `payload` is then the frame and its seal.
+    pub staged: Option<crate::record::StagedRow>,
 }
 
 /// A batch read from the ring; pass `end` to [`advance`] once it is stored.
@@ -1001,6 +1005,7 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
                         commit_ts: (*h).commit_ts,
                         nrecords: (*h).nrecords,
                         payload,
+                        staged: None,
                     });
                 }
                 if announcement {

@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::ffi::{CString, c_char};
 
 use super::jsonb;
-use crate::record::{Bytes, Column, RowImages};
+use crate::record::{Bytes, Column, DecodeError, RowImages};
 use crate::unguarded;
 
 /// A jsonb value allocated in the batch transaction.
@@ -57,7 +57,27 @@ pub struct Decoder<'a> {
     to_jsonb: ToJsonb,
     per_row: pgrx::PgMemoryContexts,
     shapes: Vec<Shape<'a>>,
+    /// Column lists [`Decoder::check_types`] found right.
+    checked: Vec<Vec<Column<'a>>>,
 }
+
+// record.rs checks row images with its own copy of the minimal tuple's layout: the same as
+// this server's.
+const _: () = {
+    use crate::record::tuple;
+    use std::mem::offset_of;
+    assert!(offset_of!(pg_sys::MinimalTupleData, t_infomask2) == tuple::INFOMASK2);
+    assert!(offset_of!(pg_sys::MinimalTupleData, t_infomask) == tuple::INFOMASK);
+    assert!(offset_of!(pg_sys::MinimalTupleData, t_hoff) == tuple::HOFF);
+    assert!(offset_of!(pg_sys::MinimalTupleData, t_bits) == tuple::BITS);
+    assert!(
+        offset_of!(pg_sys::HeapTupleHeaderData, t_infomask2) - tuple::INFOMASK2
+            == tuple::MINIMAL_TUPLE_OFFSET
+    );
+    assert!(pg_sys::MAXIMUM_ALIGNOF as usize == tuple::MAXALIGN);
+    assert!(pg_sys::HEAP_HASNULL as u16 == tuple::HEAP_HASNULL);
+    assert!(pg_sys::HEAP_NATTS_MASK as u16 == tuple::HEAP_NATTS_MASK);
+};
 
 /// The record types of one table's images, as captured.
 struct Shape<'a> {
@@ -310,7 +330,45 @@ impl<'a> Decoder<'a> {
             to_jsonb: unsafe { ToJsonb::new() },
             per_row: pgrx::PgMemoryContexts::new("activity_log decode"),
             shapes: Vec::new(),
+            checked: Vec::new(),
         }
+    }
+
+    /// check_types checks that each column's storage (length, by value, alignment) is its
+    /// type's: the images are checked with the columns' (record.rs), and deformed with the
+    /// types'. A type that no longer exists is left to decode_change, whose error says so.
+    pub fn check_types(&mut self, columns: &[Column<'a>]) -> Result<(), DecodeError> {
+        if columns.is_empty() || self.checked.iter().any(|c| c == columns) {
+            return Ok(());
+        }
+        for c in columns.iter().filter(|c| !c.dropped) {
+            // SAFETY: a catalog lookup inside the batch transaction.
+            let stored = unsafe {
+                catalog_row(
+                    pg_sys::SysCacheIdentifier::TYPEOID,
+                    pg_sys::Oid::from(c.type_oid),
+                    |t: &pg_sys::FormData_pg_type| (t.typlen, t.typbyval, t.typalign as u8),
+                )
+            };
+            if let Some((len, byval, align)) = stored
+                && (len, byval, align) != (c.len, c.byval, c.align)
+            {
+                return Err(DecodeError(
+                    format!(
+                        "column {} is of type {} (length {len}, by value: {byval}, alignment {}), but the frame describes it with length {}, by value: {}, alignment {}",
+                        String::from_utf8_lossy(&c.name),
+                        c.type_oid,
+                        align as char,
+                        c.len,
+                        c.byval,
+                        c.align as char
+                    )
+                    .into(),
+                ));
+            }
+        }
+        self.checked.push(columns.to_vec());
+        Ok(())
     }
 
     /// decode_change decodes every image of one statement's change.

@@ -417,6 +417,29 @@ fn announced_xid(frame: &ring::Frame) -> Option<u64> {
     }
 }
 
+/// The durable_queue columns the writer takes with each staged row, in [`staged_frame`]'s
+/// order; staged_at as PostgreSQL microseconds (extract gives an exact numeric).
+const STAGED_COLUMNS: &str = "xid::text, seq, records,
+    (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, frame";
+
+/// staged_frame is a durable_queue row, read with [`STAGED_COLUMNS`], as a frame committed when
+/// it was staged; its seal is checked when the batch is built (see [`check_frame`]).
+fn staged_frame(row: &pgrx::spi::SpiHeapTupleData) -> Result<ring::Frame, pgrx::spi::Error> {
+    let xid: String = row.get(1)?.unwrap_or_default();
+    let staged = record::StagedRow {
+        xid: xid.parse().unwrap_or_default(),
+        seq: row.get(2)?,
+        records: row.get::<i32>(3)?.unwrap_or_default() as u32,
+        staged_at: row.get(4)?.unwrap_or_default(),
+    };
+    Ok(ring::Frame {
+        commit_ts: staged.staged_at,
+        nrecords: staged.records,
+        payload: row.get(5)?.unwrap_or_default(),
+        staged: Some(staged),
+    })
+}
+
 /// with_staged_rows is `batch` with each announcement replaced by its transaction's staged
 /// row, deleted from durable_queue in the batch's transaction. A row that is not there (only a
 /// superuser's DELETE can do that) leaves a WARNING in the server log.
@@ -430,15 +453,18 @@ fn with_staged_rows(batch: &ring::Batch) -> ring::Batch {
     let mut staged = std::collections::HashMap::new();
     Spi::connect_mut(|client| {
         let rows = client.update(
-            "DELETE FROM activity_log.durable_queue WHERE xid = ANY ($1::xid8[]) AND seq IS NULL
-             RETURNING xid::text, frame",
+            &format!(
+                "DELETE FROM activity_log.durable_queue WHERE xid = ANY ($1::xid8[]) AND seq IS NULL
+                 RETURNING {STAGED_COLUMNS}"
+            ),
             None,
             &[xids.into()],
         )?;
         for row in rows {
-            let xid: String = row.get(1)?.unwrap_or_default();
-            let frame: Vec<u8> = row.get(2)?.unwrap_or_default();
-            staged.insert(xid, frame);
+            let frame = staged_frame(&row)?;
+            if let Some(row) = &frame.staged {
+                staged.insert(row.xid, frame);
+            }
         }
         Ok::<_, pgrx::spi::Error>(())
     })
@@ -446,19 +472,19 @@ fn with_staged_rows(batch: &ring::Batch) -> ring::Batch {
     let frames = batch
         .frames
         .iter()
-        .map(|f| {
-            let payload = match announced_xid(f).map(|xid| xid.to_string()) {
-                Some(xid) => staged.remove(&xid).unwrap_or_else(|| {
+        .map(|f| match announced_xid(f) {
+            Some(xid) => match staged.remove(&xid) {
+                // At the announcement's place and time.
+                Some(row) => ring::Frame {
+                    commit_ts: f.commit_ts,
+                    ..row
+                },
+                None => {
                     warning!("activity_log: the staged records of transaction {xid} are missing from durable_queue");
-                    f.payload.clone()
-                }),
-                None => f.payload.clone(),
-            };
-            ring::Frame {
-                commit_ts: f.commit_ts,
-                nrecords: f.nrecords,
-                payload,
-            }
+                    f.clone()
+                }
+            },
+            None => f.clone(),
         })
         .collect();
     ring::Batch {
@@ -668,21 +694,17 @@ fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>, mark: i
             return Ok(());
         }
         let rows = client.update(
-            "DELETE FROM activity_log.durable_queue WHERE ctid = ANY ($1::tid[])
-             RETURNING (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, records, frame",
+            &format!(
+                "DELETE FROM activity_log.durable_queue WHERE ctid = ANY ($1::tid[])
+                 RETURNING {STAGED_COLUMNS}"
+            ),
             None,
             &[picked.into()],
         )?;
         for row in rows {
-            let commit_ts: i64 = row.get(1)?.unwrap_or_default();
-            let records: i32 = row.get(2)?.unwrap_or_default();
-            let payload: Vec<u8> = row.get(3)?.unwrap_or_default();
-            batch.records += records as u64;
-            batch.frames.push(ring::Frame {
-                commit_ts,
-                nrecords: records as u32,
-                payload,
-            });
+            let frame = staged_frame(&row)?;
+            batch.records += frame.nrecords as u64;
+            batch.frames.push(frame);
         }
         Ok::<_, pgrx::spi::Error>(())
     })
@@ -734,28 +756,24 @@ fn take_pieces(
     }
     let commit_ts = commit_ts.unwrap_or(last_ts);
     let rows = client.update(
-        "DELETE FROM activity_log.durable_queue WHERE ctid = ANY ($1::tid[])
-         RETURNING seq, records, frame",
+        &format!(
+            "DELETE FROM activity_log.durable_queue WHERE ctid = ANY ($1::tid[])
+             RETURNING {STAGED_COLUMNS}"
+        ),
         None,
         &[picked.into()],
     )?;
     let mut frames = Vec::new();
     for row in rows {
-        let seq: i64 = row.get::<i64>(1)?.unwrap_or(-1);
-        let records: i32 = row.get(2)?.unwrap_or_default();
-        let payload: Vec<u8> = row.get(3)?.unwrap_or_default();
-        batch.records += records as u64;
-        frames.push((
-            seq,
-            ring::Frame {
-                commit_ts,
-                nrecords: records as u32,
-                payload,
-            },
-        ));
+        let frame = ring::Frame {
+            commit_ts,
+            ..staged_frame(&row)?
+        };
+        batch.records += frame.nrecords as u64;
+        frames.push(frame);
     }
-    frames.sort_by_key(|f| f.0);
-    batch.frames.extend(frames.into_iter().map(|f| f.1));
+    frames.sort_by_key(|f| f.staged.and_then(|s| s.seq).unwrap_or(-1));
+    batch.frames.extend(frames);
     Ok(left)
 }
 
@@ -952,6 +970,80 @@ fn dead_letter(trail: &Trail, row: &Row, what: &str, error: &str) -> Option<i64>
     kept.ok().and(id)
 }
 
+/// check_frame validates a frame before any of it is decoded, and splits it into its frame
+/// info and records: a staged frame's seal against its row (see record.rs), the frame's
+/// structure, a staged frame's record count and transaction id against its row, and every
+/// row image against the columns it is described by, and those against their types, so that
+/// no length in the frame can make the decoder read past a buffer.
+fn check_frame<'a>(
+    decoder: &mut decode::Decoder<'a>,
+    frame: &'a ring::Frame,
+) -> Result<(record::FrameInfo, Vec<record::Record<'a>>), String> {
+    let payload = match &frame.staged {
+        Some(row) => record::unseal(&frame.payload, row).map_err(|e| e.0.into_owned())?,
+        None => &frame.payload[..],
+    };
+    let (info, records) = record::decode_frame(payload).map_err(|e| e.0.into_owned())?;
+    if let Some(row) = &frame.staged {
+        if records.len() != row.records as usize {
+            return Err(format!(
+                "it holds {} records, its row says {}",
+                records.len(),
+                row.records
+            ));
+        }
+        if info.xid != row.xid {
+            return Err(format!(
+                "it is of transaction {}, its row says {}",
+                info.xid, row.xid
+            ));
+        }
+    }
+    for (n, rec) in records.iter().enumerate() {
+        if let Body::Change(ch) = &rec.body {
+            let table = || format!("{}.{}", text(&ch.schema), text(&ch.table));
+            ch.check_images()
+                .and_then(|()| decoder.check_types(&ch.columns))
+                .map_err(|e| format!("record {} (a change of {}): {}", n + 1, table(), e.0))?;
+        }
+    }
+    Ok((info, records))
+}
+
+/// dead_letter_frame keeps a frame that could not be read in activity_log.dead_letters: its
+/// bytes as they were (seal included), and its durable_queue row's other columns.
+fn dead_letter_frame(frame: &ring::Frame, what: &str, error: &str) -> Result<i64, String> {
+    let mut id = None;
+    let (row, staged_at) = match &frame.staged {
+        Some(row) => (
+            json!({ "xid": row.xid, "seq": row.seq, "records": row.records }),
+            Some(row.staged_at),
+        ),
+        None => (json!({ "records": frame.nrecords }), None),
+    };
+    in_subtransaction(|| {
+        id = Spi::get_one_with_args::<i64>(
+            "INSERT INTO activity_log.dead_letters (committed_at, what, error, record, frame)
+             SELECT epoch + $1 * interval '1 microsecond', $2, $3,
+                    $4::jsonb || CASE WHEN $6 IS NULL THEN '{}'
+                                      ELSE jsonb_build_object('staged_at', epoch + $6 * interval '1 microsecond') END,
+                    $5
+               FROM (SELECT timestamptz '2000-01-01 00:00:00+00' AS epoch) e
+             RETURNING id",
+            &[
+                frame.commit_ts.into(),
+                what.into(),
+                error.into(),
+                row.to_string().into(),
+                frame.payload.as_slice().into(),
+                staged_at.into(),
+            ],
+        )
+        .unwrap_or_else(|e| error!("{e}"));
+    })?;
+    id.ok_or_else(|| "no id returned".to_string())
+}
+
 /// write_gap_event records that a crash-restart or an unclean stop lost whatever was queued: records committed
 /// after the newest one stored (lost_after) and before shared memory was made anew
 /// (lost_before) may be missing.
@@ -1061,13 +1153,15 @@ impl Rows {
         }
     }
 
-    /// from_batch builds the rows of a batch. With `isolate`, row images that cannot be decoded
-    /// (their type was dropped, say) become a gap record instead of failing the batch.
+    /// from_batch builds the rows of a batch. A frame that is not valid ([`check_frame`])
+    /// becomes a dead letter and a gap record at its place; the other frames are stored. With
+    /// `isolate`, row images that cannot be decoded (their type was dropped, say) become a gap
+    /// record instead of failing the batch.
     fn from_batch(batch: &ring::Batch, isolate: bool) -> Rows {
         let mut r = Rows::new(isolate);
         let mut decoder = decode::Decoder::new();
         for frame in &batch.frames {
-            match record::decode_frame(&frame.payload) {
+            match check_frame(&mut decoder, frame) {
                 Ok((info, mut records)) => {
                     order_changes(&mut records);
                     for rec in &records {
@@ -1082,11 +1176,47 @@ impl Rows {
                         );
                     }
                 }
-                // Cannot happen unless memory is corrupt; say so in the trail, do not stop.
-                Err(e) => r.push_gap(frame.commit_ts, json!({ "reason": e.to_string() })),
+                Err(e) => r.quarantine(frame, &e),
             }
         }
         r
+    }
+
+    /// quarantine keeps a frame that is not valid in activity_log.dead_letters, as it is, and
+    /// records in the trail that its records are missing and why.
+    fn quarantine(&mut self, frame: &ring::Frame, error: &str) {
+        let what = match &frame.staged {
+            Some(row) => match row.seq {
+                None => format!(
+                    "the records of transaction {} staged in activity_log.durable_queue",
+                    row.xid
+                ),
+                Some(seq) => format!(
+                    "the records of transaction {} staged in activity_log.durable_queue (piece {seq})",
+                    row.xid
+                ),
+            },
+            None => "the records of a frame in the ring".to_string(),
+        };
+        let letter = dead_letter_frame(frame, &what, error);
+        let reason = match &letter {
+            Ok(id) => format!(
+                "{what} could not be read, and are not in the trail: {error}; the frame is kept as activity_log.dead_letters id {id}"
+            ),
+            Err(e) => format!(
+                "{what} could not be read, and are not in the trail: {error}; the frame could not be kept either: {e}"
+            ),
+        };
+        warning!("activity_log: {reason}");
+        let mut details = json!({ "reason": reason, "records": frame.nrecords });
+        if let Some(row) = &frame.staged {
+            details["xid"] = json!(row.xid);
+            details["seq"] = json!(row.seq);
+        }
+        if let Ok(id) = letter {
+            details["dead_letter"] = json!(id);
+        }
+        self.push_gap(frame.commit_ts, details);
     }
 
     #[allow(clippy::too_many_arguments)]
