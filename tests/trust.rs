@@ -970,6 +970,52 @@ fn unhex(text: &str) -> Vec<u8> {
         .collect()
 }
 
+/// reseal edits the frame of the durable_queue row of transaction `xid` (staged in one row)
+/// with `edit` and seals it again, as a superuser who knows the format can; returns the row's
+/// new bytes in hex. (A frame without a seal is edited as it is.)
+fn reseal(c: &Cluster, xid: &str, edit: impl FnOnce(&mut Vec<u8>)) -> String {
+    let row = c.one(
+        DB,
+        &format!(
+            "SELECT encode(frame, 'hex') || '|' || records || '|' || ((extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000)
+               FROM activity_log.durable_queue WHERE xid = '{xid}'"
+        ),
+    );
+    let row: Vec<&str> = row.split('|').collect();
+    let mut frame = unhex(row[0]);
+    let sealed = frame.ends_with(&unhex("31534c41"));
+    if sealed {
+        frame.truncate(frame.len() - 12);
+    }
+    edit(&mut frame);
+    if sealed {
+        let mut covered = frame.clone();
+        covered.extend_from_slice(&xid.parse::<u64>().unwrap().to_le_bytes());
+        covered.extend_from_slice(&(-1i64).to_le_bytes());
+        covered.extend_from_slice(&row[1].parse::<u32>().unwrap().to_le_bytes());
+        covered.extend_from_slice(&row[2].parse::<i64>().unwrap().to_le_bytes());
+        let len = frame.len() as u32;
+        frame.extend_from_slice(&crc32c(&covered).to_le_bytes());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&unhex("31534c41"));
+    }
+    let bytes = hex(&frame);
+    c.sql(
+        DB,
+        &format!("UPDATE activity_log.durable_queue SET frame = decode('{bytes}', 'hex') WHERE xid = '{xid}'"),
+    );
+    bytes
+}
+
+/// position is where `pattern` (hex) starts in `frame`.
+fn position(frame: &[u8], pattern: &str) -> usize {
+    let pattern = unhex(pattern);
+    frame
+        .windows(pattern.len())
+        .position(|w| w == pattern)
+        .unwrap()
+}
+
 /// Issue 25, item 9: staged rows of durable_queue survive crashes, so a corrupt one would be
 /// read by every writer after it. Corrupted by hand while the writer is stopped — a tuple
 /// length, the frame's length, a byte of the query text, the frame cut short, a tuple length
@@ -1075,38 +1121,11 @@ fn corrupt_staged_frames_become_dead_letters_and_gaps() {
     );
     let bad6 = edit(&x6, "substr(frame, 1, octet_length(frame) - 5)");
     // A superuser edits the tuple length and seals the frame again: the seal is right, the
-    // tuple is not.
-    let row7 = c.one(
-        DB,
-        &format!(
-            "SELECT encode(frame, 'hex') || '|' || records || '|' || ((extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000)
-               FROM activity_log.durable_queue WHERE xid = '{x7}'"
-        ),
-    );
-    let row7: Vec<&str> = row7.split('|').collect();
-    let mut frame7 = unhex(row7[0]);
-    // (A version without seals fails here further on: this tuple length crashed its writer.)
-    let sealed = frame7.ends_with(&unhex("31534c41"));
-    if sealed {
-        frame7.truncate(frame7.len() - 12);
-    }
-    let at = frame7
-        .windows(13)
-        .position(|w| w == unhex("07000000135959595959595959"))
-        .unwrap();
-    frame7[at - 16..at - 12].copy_from_slice(&(64u32 << 20).to_le_bytes());
-    if sealed {
-        let mut covered = frame7.clone();
-        covered.extend_from_slice(&x7.parse::<u64>().unwrap().to_le_bytes());
-        covered.extend_from_slice(&(-1i64).to_le_bytes());
-        covered.extend_from_slice(&row7[1].parse::<u32>().unwrap().to_le_bytes());
-        covered.extend_from_slice(&row7[2].parse::<i64>().unwrap().to_le_bytes());
-        let len7 = frame7.len() as u32;
-        frame7.extend_from_slice(&crc32c(&covered).to_le_bytes());
-        frame7.extend_from_slice(&len7.to_le_bytes());
-        frame7.extend_from_slice(&unhex("31534c41"));
-    }
-    let bad7 = edit(&x7, &format!("decode('{}', 'hex')", hex(&frame7)));
+    // tuple is not. (A version without seals crashed its writer on this tuple length.)
+    let bad7 = reseal(&c, &x7, |frame| {
+        let at = position(frame, "07000000135959595959595959");
+        frame[at - 16..at - 12].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    });
     // One byte in the middle of the big transaction's second piece.
     let seq = &pieces[1];
     c.sql(
@@ -1326,4 +1345,173 @@ fn corrupt_staged_frames_become_dead_letters_and_gaps() {
         assert!(!log.contains(crash), "{crash} in the log:\n{log}");
     }
     assert_eq!(c.one(DB, "SELECT intact FROM activity_log.verify()"), "t");
+}
+
+/// Issue 25, item 9, what the checks cannot see: a superuser forges an array's dimensions in a
+/// staged frame and seals it again. Reading the value crashes the writer, and the server
+/// restarts; the writer then reads the frames of that batch one at a time, and the one it
+/// crashes on alone is kept as a dead letter, not read again: two crash-restarts, not a crash
+/// loop, and the other transactions are stored.
+#[test]
+fn a_frame_that_crashes_the_writer_is_read_alone_then_dead_lettered() {
+    let c = Cluster::start(
+        "trust-crashing-frame",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE TABLE t (id int PRIMARY KEY, arr int[]);
+         SELECT activity_log.track('t', durability => 'sync');",
+    );
+    c.flush(DB);
+    let before = c.one(DB, "SELECT max(id) FROM activity_log.events");
+    let pid = c.wait_for_writer(DB, None);
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    let stage = |id: i32, arr: &str| {
+        c.one(
+            DB,
+            &format!(
+                "BEGIN; INSERT INTO t VALUES ({id}, '{arr}'); SELECT pg_current_xact_id(); COMMIT;"
+            ),
+        )
+    };
+    stage(1, "{1,2,3}");
+    let xid = stage(2, "{111111,222222,333333}");
+    stage(3, "{4,5,6}");
+    // The array's first dimension, 8 bytes before its elements: 3 becomes 20 million.
+    let bad = reseal(&c, &xid, |frame| {
+        let at = position(frame, "07b201000e64030015160500");
+        frame[at - 8..at - 4].copy_from_slice(&20_000_000i32.to_le_bytes());
+    });
+    signal("-CONT");
+    // The server restarts (twice): ask until it answers and the queue is empty.
+    let emptied = common::wait_until(Duration::from_secs(120), || {
+        let out = c.run(
+            DB,
+            "SELECT count(*) FROM activity_log.durable_queue; SELECT activity_log.flush('1 s');",
+        );
+        (out.status.success() && String::from_utf8_lossy(&out.stdout) == "0\nt\n").then_some(())
+    });
+    assert!(emptied.is_some(), "the queue was never emptied");
+    c.flush(DB);
+    let log = c.log();
+    assert_eq!(
+        log.matches("was terminated by signal 11: Segmentation fault")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains(&format!(
+        "the server crashed while the writer read the staged records of transaction {xid} alone, for the second time"
+    )));
+    assert_eq!(
+        c.sql(
+            DB,
+            &format!(
+                "SELECT CASE WHEN status <> 'gap' THEN new_row::text
+                             WHEN details ? 'dead_letter' THEN 'dead letter ' || (details->>'dead_letter')
+                             ELSE 'crash ' || (details->>'crash_restarts') END
+                   FROM activity_log.events WHERE id > {before} ORDER BY id"
+            )
+        ),
+        // One batch per row after the first crash, in the queue's physical order, where the
+        // UPDATE moved the forged row to the end.
+        [
+            "crash 1",
+            r#"{"id": 1, "arr": [1, 2, 3]}"#,
+            r#"{"id": 3, "arr": [4, 5, 6]}"#,
+            "crash 2",
+            "dead letter 1",
+        ]
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT what || '|' || error || '|' || encode(frame, 'hex') FROM activity_log.dead_letters"
+        ),
+        format!(
+            "the records of transaction {xid} staged in activity_log.durable_queue|the server crashed twice while the writer read it, the second time alone, so it is not read again (see the server log)|{bad}"
+        )
+    );
+    assert_eq!(c.one(DB, "SELECT intact FROM activity_log.verify()"), "t");
+}
+
+/// Issue 25, item 9: a re-sealed frame whose value PostgreSQL refuses (an event's details
+/// that are no longer JSON) fails the batch; after two failed runs the writer builds the batch
+/// frame by frame, and that frame becomes a dead letter and a gap record instead of holding up
+/// the trail for good.
+#[test]
+fn a_frame_that_fails_every_batch_becomes_a_dead_letter() {
+    let c = Cluster::start(
+        "trust-failing-frame",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE TABLE s (id int PRIMARY KEY);
+         SELECT activity_log.track('s', durability => 'sync');",
+    );
+    c.flush(DB);
+    let before = c.one(DB, "SELECT max(id) FROM activity_log.events");
+    let pid = c.wait_for_writer(DB, None);
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    c.sql(DB, "INSERT INTO s VALUES (1)");
+    let xid = c.one(
+        DB,
+        "BEGIN; INSERT INTO s VALUES (2); SELECT activity_log.log_event('probe', '{\"a\": 1}');
+         SELECT pg_current_xact_id(); COMMIT;",
+    );
+    c.sql(DB, "INSERT INTO s VALUES (3)");
+    let bad = reseal(&c, &xid, |frame| {
+        let at = position(frame, &hex(br#"{"a": 1}"#));
+        frame[at + 7] = b']';
+    });
+    signal("-CONT");
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            &format!(
+                "SELECT CASE WHEN status = 'gap' THEN details->>'reason' ELSE new_row::text END
+                   FROM activity_log.events WHERE id > {before} ORDER BY id"
+            )
+        ),
+        [
+            r#"{"id": 1}"#.to_string(),
+            format!(
+                "the records of transaction {xid} staged in activity_log.durable_queue could not be read, and are not in the trail: invalid input syntax for type json; the frame is kept as activity_log.dead_letters id 1"
+            ),
+            r#"{"id": 3}"#.to_string(),
+        ]
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT encode(frame, 'hex') FROM activity_log.dead_letters"
+        ),
+        bad
+    );
+    let log = c.log();
+    assert_eq!(log.matches("exited with exit code 1").count(), 2, "{log}");
+    assert!(!log.contains("terminated by signal"), "{log}");
 }

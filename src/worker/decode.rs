@@ -334,6 +334,13 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// forget drops the row types made so far: after a rollback of the subtransaction they
+    /// were made in, their memory is gone.
+    pub fn forget(&mut self) {
+        self.shapes.clear();
+        self.checked.clear();
+    }
+
     /// check_types checks that each column's storage (length, by value, alignment) is its
     /// type's: the images are checked with the columns' (record.rs), and deformed with the
     /// types'. A type that no longer exists is left to decode_change, whose error says so.

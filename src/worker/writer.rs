@@ -22,6 +22,7 @@ use crate::ring;
 use crate::worker::decode;
 use crate::worker::rollup::{Categories, Fact, Rollups};
 use crate::worker::store::{self, Col, Row, Trail};
+use crate::worker::suspects;
 
 /// How long a writer whose trail has no day partition yet (a CREATE EXTENSION just committed,
 /// or a pg_dump restore is running) waits before it makes them: a restore creates the dumped
@@ -130,6 +131,8 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         unsafe { CLEAN_EXIT = true };
         return;
     }
+    // Staged frames a crash happened with: not read again, or read alone.
+    suspects::load(dboid);
 
     // Told to stop during the head start: the partitions are made all the same, and what is
     // queued is drained before exit.
@@ -674,12 +677,18 @@ fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>, mark: i
                 }
                 break;
             }
-            if !picked.is_empty() && bytes >= budget {
+            // A row a crash happened with goes alone (worker/suspects.rs).
+            let xid = row.get::<String>(3)?.unwrap_or_default();
+            let alone = suspects::alone(xid.parse().unwrap_or_default(), None);
+            if !picked.is_empty() && (bytes >= budget || alone) {
                 break;
             }
             bytes += row.get::<i32>(2)?.unwrap_or(0).max(0) as usize;
             picked.push(row.get::<String>(1)?.unwrap_or_default());
             skipped = None;
+            if alone {
+                break;
+            }
         }
         if let Some(xid) = first_pieces_of {
             // The sweep stays where it is; the transaction's other pieces come next.
@@ -735,21 +744,27 @@ fn take_pieces(
     let mut bytes = 0;
     let mut last_ts = 0;
     let mut left = false;
-    let pieces = client.select(
+    let mut pieces = client.select(
         "SELECT ctid::text, octet_length(frame),
-                (extract(epoch FROM max(staged_at) OVER ()) * 1000000)::int8 - 946684800000000
+                (extract(epoch FROM max(staged_at) OVER ()) * 1000000)::int8 - 946684800000000, seq
            FROM activity_log.durable_queue WHERE xid = $1::xid8 ORDER BY seq NULLS FIRST",
         None,
         &[xid.into()],
     )?;
-    for row in pieces {
-        if !picked.is_empty() && bytes >= budget {
+    while let Some(row) = pieces.next() {
+        // A piece a crash happened with goes alone (worker/suspects.rs).
+        let alone = suspects::alone(xid.parse().unwrap_or_default(), row.get::<i64>(4)?);
+        if !picked.is_empty() && (bytes >= budget || alone) {
             left = true;
             break;
         }
         bytes += row.get::<i32>(2)?.unwrap_or(0).max(0) as usize;
         last_ts = row.get::<i64>(3)?.unwrap_or_default();
         picked.push(row.get::<String>(1)?.unwrap_or_default());
+        if alone {
+            left = pieces.next().is_some();
+            break;
+        }
     }
     if picked.is_empty() {
         return Ok(false);
@@ -824,7 +839,7 @@ fn write_batch(slot: usize, source: Source) -> Stored {
     // hold up the rest.
     let isolate =
         ring::failures(slot) >= ISOLATE_AFTER_FAILURES && !ring::last_error_transient(slot);
-    PgTryBuilder::new(|| {
+    let stored = PgTryBuilder::new(|| {
         BackgroundWorker::transaction(|| {
             let staged;
             let (mut resume_after, mut pieces_of) = (None, None);
@@ -866,6 +881,7 @@ fn write_batch(slot: usize, source: Source) -> Stored {
             if batch.frames.is_empty() {
                 return Stored::default();
             }
+            suspects::reading(batch.frames.iter().filter_map(|f| f.staged.as_ref()));
             // Decoding row images needs the catalog, so the batch is built in the transaction.
             let rows = Rows::from_batch(batch, isolate);
             if isolate {
@@ -886,10 +902,13 @@ fn write_batch(slot: usize, source: Source) -> Stored {
         })
     })
     .catch_others(|e| {
+        suspects::done();
         ring::note_write_error(slot, &error_message(&e), is_transient(&e));
         e.rethrow()
     })
-    .execute()
+    .execute();
+    suspects::done();
+    stored
 }
 
 /// is_transient tells errors that say nothing about the records — a full disk, memory, a lock
@@ -929,6 +948,11 @@ fn error_message(e: &pg_sys::panic::CaughtError) -> String {
 
 /// in_subtransaction runs `f` in an internal subtransaction and rolls it back on ERROR.
 pub(super) fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
+    try_in_subtransaction(f).map_err(|e| error_message(&e))
+}
+
+/// try_in_subtransaction is [`in_subtransaction`] returning the error itself.
+fn try_in_subtransaction(f: impl FnOnce()) -> Result<(), Box<pg_sys::panic::CaughtError>> {
     // SAFETY: the pattern PL/pgSQL uses for exception blocks: remember the memory context and
     // resource owner, and restore both whichever way the subtransaction ends.
     unsafe {
@@ -939,7 +963,7 @@ pub(super) fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
             f();
             Ok(())
         }))
-        .catch_others(|e| Err(error_message(&e)))
+        .catch_others(|e| Err(Box::new(e)))
         .execute();
         if result.is_ok() {
             pg_sys::ReleaseCurrentSubTransaction();
@@ -1157,29 +1181,65 @@ impl Rows {
     /// becomes a dead letter and a gap record at its place; the other frames are stored. With
     /// `isolate`, row images that cannot be decoded (their type was dropped, say) become a gap
     /// record instead of failing the batch.
-    fn from_batch(batch: &ring::Batch, isolate: bool) -> Rows {
+    fn from_batch<'a>(batch: &'a ring::Batch, isolate: bool) -> Rows {
         let mut r = Rows::new(isolate);
         let mut decoder = decode::Decoder::new();
         for frame in &batch.frames {
+            if frame.staged.as_ref().is_some_and(suspects::condemned) {
+                r.quarantine(frame, "the server crashed twice while the writer read it, the second time alone, so it is not read again (see the server log)");
+                continue;
+            }
             match check_frame(&mut decoder, frame) {
                 Ok((info, mut records)) => {
                     order_changes(&mut records);
-                    for rec in &records {
-                        r.push(
-                            &mut decoder,
-                            Common {
+                    let push = |r: &mut Rows, decoder: &mut decode::Decoder<'a>| {
+                        for rec in &records {
+                            let c = Common {
                                 committed_at: frame.commit_ts,
                                 info: &info,
                                 origin: &rec.origin,
-                            },
-                            &rec.body,
-                        );
+                            };
+                            r.push(decoder, c, &rec.body);
+                        }
+                    };
+                    if !isolate {
+                        push(&mut r, &mut decoder);
+                        continue;
+                    }
+                    // The batch failed before: a frame whose records raise an ERROR (a value
+                    // its type's functions refuse, in a frame whose seal was forged) is kept
+                    // aside like an unreadable one, unless the error says nothing about it.
+                    let mark = r.mark();
+                    if let Err(e) = try_in_subtransaction(|| push(&mut r, &mut decoder)) {
+                        if is_transient(&e) {
+                            e.rethrow();
+                        }
+                        r.rewind(mark);
+                        decoder.forget();
+                        r.quarantine(frame, &error_message(&e));
                     }
                 }
                 Err(e) => r.quarantine(frame, &e),
             }
         }
         r
+    }
+
+    /// mark is where the rows end now, for [`Rows::rewind`].
+    fn mark(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// rewind forgets the rows made since `mark`, in a subtransaction that was rolled back,
+    /// and every value cached since, which went with it.
+    fn rewind(&mut self, mark: usize) {
+        self.rows.truncate(mark);
+        self.facts.truncate(mark);
+        self.labels.truncate(mark);
+        self.users.clear();
+        self.texts.clear();
+        self.changed.clear();
+        self.last_texts = vec![(Vec::new(), None); store::NCOLS];
     }
 
     /// quarantine keeps a frame that is not valid in activity_log.dead_letters, as it is, and
@@ -1466,6 +1526,8 @@ impl Rows {
                 } else if self.isolate {
                     let mut decoded = Vec::new();
                     if let Err(message) = in_subtransaction(|| decoded = decode()) {
+                        // Row types made in the subtransaction went with it.
+                        decoder.forget();
                         let what = format!("{}.{}", text(&ch.schema), text(&ch.table));
                         let reason = format!("{op} rows of {what} could not be decoded: {message}");
                         self.push_gap(c.committed_at, json!({ "reason": reason }));
