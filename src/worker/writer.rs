@@ -1190,6 +1190,19 @@ impl Rows {
                 continue;
             }
             match check_frame(&mut decoder, frame) {
+                // An announcement whose row with_staged_rows did not find: say so in the trail.
+                Ok((info, records))
+                    if records.is_empty() && frame.staged.is_none() && frame.nrecords > 0 =>
+                {
+                    let reason = format!(
+                        "the records of transaction {} were announced in the ring but are missing from activity_log.durable_queue (deleted by hand?)",
+                        info.xid
+                    );
+                    r.push_gap(
+                        frame.commit_ts,
+                        json!({ "reason": reason, "xid": info.xid, "records": frame.nrecords }),
+                    );
+                }
                 Ok((info, mut records)) => {
                     order_changes(&mut records);
                     let push = |r: &mut Rows, decoder: &mut decode::Decoder<'a>| {
