@@ -5,6 +5,11 @@
 //! only for as long as the encoding takes.) Names (roles, relations) travel as OIDs and are
 //! resolved by the writer. A frame payload is one [`FrameInfo`] followed by records, each a
 //! `u32` length and its body; bump [`VERSION`] on any layout change.
+//!
+//! A frame staged in durable_queue outlives crashes, so it is followed by a seal (a CRC-32C,
+//! [`seal`]), and the writer checks what it reads before anything trusts it: the seal
+//! ([`unseal`]), the structure ([`decode_frame`], which bounds-checks every length), and the
+//! row images, which PostgreSQL will read as minimal tuples ([`Change::check_images`]).
 
 use std::borrow::Cow;
 
