@@ -41,15 +41,10 @@ CREATE TABLE activity_log.events (
     jwt_claims       jsonb,
     details          jsonb,
     -- sha256(chain of the previous row || this row's stored bytes): see activity_log.verify().
-    chain            bytea,
-    -- A partitioned table's unique key must hold the partition key; id alone is unique too.
-    PRIMARY KEY (id, committed_at)
+    chain            bytea
 ) PARTITION BY RANGE (committed_at);
 ALTER SEQUENCE activity_log.events_id_seq OWNED BY activity_log.events.id;
 CREATE TABLE activity_log.events_default PARTITION OF activity_log.events DEFAULT;
-
--- Time-range scans of an append-only table: BRIN is tiny and matches insertion order.
-CREATE INDEX events_ts_brin ON activity_log.events USING brin (ts);
 
 COMMENT ON TABLE activity_log.events IS
     'The audit trail of this database, written by the activity_log writer in commit order (id); one partition per day.';
@@ -104,23 +99,40 @@ ALTER TABLE activity_log.durable_queue ALTER COLUMN frame SET STORAGE EXTERNAL;
 COMMENT ON TABLE activity_log.durable_queue IS
     'Records of committed transactions (on durability ''sync'' tables, or too large for the backend''s buffer) that the writer has not moved into activity_log.events yet.';
 
--- One row's history: change records by table and a hash of the key. A btree of two integers:
--- the writer inserts into it for every change, and comparing integers costs far less than
--- comparing jsonb keys. Not a hash index: all changes of one key land in one bucket, and a hash
--- index walks the bucket's whole overflow chain on every insert (a pgbench branch row is
--- changed by every tenth transaction: the writer slowed down as the day's partition grew).
-CREATE INDEX events_row_key_idx ON activity_log.events (table_oid, jsonb_hash_extended(row_key, 0))
-    WHERE kind = 'change';
-
--- The newest changes of one table (ORDER BY id DESC LIMIT n).
-CREATE INDEX events_table_idx ON activity_log.events (table_oid, id) WHERE table_oid IS NOT NULL;
-
--- history() after a primary-key change: the writer notes the new key of such an UPDATE.
-CREATE INDEX events_new_key_idx ON activity_log.events USING hash ((details->'new_key'))
-    WHERE details ? 'new_key';
-
--- Gap records (rare) for the health report, without reading a week of the trail.
-CREATE INDEX events_gap_idx ON activity_log.events (ts) WHERE status = 'gap';
+-- The trail's indexes belong to each partition, not to activity_log.events: a dump then
+-- restores a day partition with exactly its own (made by its dumped CREATE INDEX and ADD
+-- CONSTRAINT), where an index of the parent would give it a second set when it is attached.
+-- _index_trail_partition makes them, for events_default here and for each day partition
+-- _maintain_partitions creates; they are named after the partition.
+CREATE FUNCTION activity_log._index_trail_partition(part regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    name text := (SELECT relname FROM pg_class WHERE oid = part);
+BEGIN
+    -- id is unique across the trail (one sequence); committed_at only picks the partition.
+    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY (id)', part, name || '_pkey');
+    -- Time-range scans of an append-only table: BRIN is tiny and matches insertion order.
+    EXECUTE format('CREATE INDEX %I ON %s USING brin (ts)', name || '_ts_brin', part);
+    -- One row's history: change records by table and a hash of the key. A btree of two
+    -- integers: the writer inserts into it for every change, and comparing integers costs far
+    -- less than comparing jsonb keys. Not a hash index: all changes of one key land in one
+    -- bucket, and a hash index walks the bucket's whole overflow chain on every insert (a
+    -- pgbench branch row is changed by every tenth transaction).
+    EXECUTE format('CREATE INDEX %I ON %s (table_oid, jsonb_hash_extended(row_key, 0)) WHERE kind = %L',
+                   name || '_row_key_idx', part, 'change');
+    -- The newest changes of one table (ORDER BY id DESC LIMIT n).
+    EXECUTE format('CREATE INDEX %I ON %s (table_oid, id) WHERE table_oid IS NOT NULL',
+                   name || '_table_idx', part);
+    -- history() after a primary-key change: the writer notes the new key of such an UPDATE.
+    EXECUTE format('CREATE INDEX %I ON %s USING hash ((details->%L)) WHERE details ? %L',
+                   name || '_new_key_idx', part, 'new_key', 'new_key');
+    -- Gap records (rare) for the health report, without reading a week of the trail.
+    EXECUTE format('CREATE INDEX %I ON %s (ts) WHERE status = %L', name || '_gap_idx', part, 'gap');
+END
+$$;
+SELECT activity_log._index_trail_partition('activity_log.events_default');
 
 -- Records per hour, kind and status: the writer adds each batch's counts, so that health,
 -- trends, patterns and anomalies read a few hundred rows instead of the trail.

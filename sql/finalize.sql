@@ -6,7 +6,8 @@ SELECT activity_log._require_preload();
 -- pg_dump keeps the trail (it is data, not configuration, but losing it on dump/restore
 -- would lose the audit history).
 -- The day partitions the writer creates are not members of the extension, so pg_dump keeps
--- them (definition and rows) anyway; the default partition is a member.
+-- them (definition, their own indexes and rows) anyway; the default partition is a member.
+-- A restore holds the new database's writer off until it ends (capture/restore.rs).
 SELECT pg_catalog.pg_extension_config_dump('activity_log.events_default', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.events_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.retention_log', '');
@@ -237,13 +238,17 @@ BEGIN
             'reason', 'activity_log.events is locked by another session: the writer cannot store, and gap_events, statement_error_rate, anomalies and trail_growth are unknown (see pg_locks)');
     END;
 
-    -- Index health: the trail's indexes exist and are valid.
-    SELECT count(*) FILTER (WHERE NOT i.indisvalid OR NOT i.indisready) INTO broken
-      FROM pg_index i WHERE i.indrelid = 'activity_log.events'::regclass;
-    SELECT 6 - count(*) INTO missing_idx
-      FROM pg_class c
-     WHERE c.relnamespace = 'activity_log'::regnamespace
-       AND c.relname IN ('events_pkey', 'events_ts_brin', 'events_row_key_idx', 'events_table_idx', 'events_new_key_idx', 'events_gap_idx');
+    -- Index health: every partition of the trail has its six indexes, valid
+    -- (_index_trail_partition names them after the partition).
+    SELECT count(*) FILTER (WHERE i.indexrelid IS NULL),
+           count(*) FILTER (WHERE NOT i.indisvalid OR NOT i.indisready)
+      INTO missing_idx, broken
+      FROM pg_inherits p  -- not pg_partition_tree(), which locks every partition
+      JOIN pg_class t ON t.oid = p.inhrelid
+     CROSS JOIN unnest(ARRAY['_pkey', '_ts_brin', '_row_key_idx', '_table_idx', '_new_key_idx', '_gap_idx']) AS suffix
+      LEFT JOIN pg_class c ON c.relnamespace = t.relnamespace AND c.relname = t.relname || suffix
+      LEFT JOIN pg_index i ON i.indexrelid = c.oid AND i.indrelid = t.oid
+     WHERE p.inhparent = 'activity_log.events'::regclass;
     penalty := CASE WHEN broken + missing_idx > 0 THEN 10 ELSE 0 END;
     list := list || jsonb_build_object('factor', 'index_health', 'value', jsonb_build_object('invalid', broken, 'missing', missing_idx),
         'weight', 10, 'penalty', penalty,
@@ -312,6 +317,7 @@ BEGIN
         BEGIN
             EXECUTE format('CREATE TABLE activity_log.%I PARTITION OF activity_log.events FOR VALUES FROM (%L) TO (%L)',
                            partition, day, day + interval '1 day');
+            PERFORM activity_log._index_trail_partition(format('activity_log.%I', partition)::regclass);
         EXCEPTION WHEN invalid_object_definition THEN
             NULL;  -- overlaps a partition made by hand: that one takes the rows
         END;

@@ -1000,9 +1000,12 @@ fn health_score_reflects_constructed_situations() {
     assert_eq!(health(), "100 healthy -");
 
     // A missing index of the trail.
-    c.sql("postgres", "DROP INDEX activity_log.events_table_idx");
+    c.sql(
+        "postgres",
+        "DROP INDEX activity_log.events_default_table_idx",
+    );
     assert_eq!(health(), "90 healthy index_health=10");
-    c.sql("postgres", "CREATE INDEX events_table_idx ON activity_log.events (table_oid, id) WHERE table_oid IS NOT NULL");
+    c.sql("postgres", "CREATE INDEX events_default_table_idx ON activity_log.events_default (table_oid, id) WHERE table_oid IS NOT NULL");
     assert_eq!(health(), "100 healthy -");
 
     // metrics_daily has the rows of every batch as soon as the batch is stored.
@@ -1634,10 +1637,8 @@ fn retention_drops_old_partitions_and_the_rest_still_verifies() {
     );
     for d in [0, 1, 2] {
         assert!(
-            plan.iter().any(|l| l.contains(&format!(
-                "events_{}_table_oid_jsonb_hash_extended_idx",
-                day(d)
-            ))),
+            plan.iter()
+                .any(|l| l.contains(&format!("events_{}_row_key_idx", day(d)))),
             "{plan:?}"
         );
     }

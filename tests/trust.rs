@@ -1522,3 +1522,211 @@ fn a_frame_that_fails_every_batch_becomes_a_dead_letter() {
     assert_eq!(log.matches("exited with exit code 1").count(), 2, "{log}");
     assert!(!log.contains("terminated by signal"), "{log}");
 }
+
+/// Issue 25, item 5: a dump restores whole, with `pg_restore --single-transaction
+/// --exit-on-error` and with a script through `psql -v ON_ERROR_STOP=1`, slow enough that the new
+/// database's writer starts long before the restore reaches the trail. The restored trail is
+/// the dumped one, id for id and link for link; the writer made no partition and stored nothing
+/// while the restore ran (what another session logged meanwhile waited); afterwards tracking
+/// is active and the writer continues the hash chain.
+#[test]
+fn a_dump_restores_whole_and_the_writer_continues_the_chain() {
+    let c = Cluster::start("trust-restore", &[]);
+    with_extension(&c, "src");
+    c.sql(
+        "src",
+        "-- Restoring kept's rows runs this check: 2 s in the middle of the restore.
+         CREATE FUNCTION slowly(int) RETURNS boolean LANGUAGE sql AS 'SELECT pg_sleep(0.1) IS NOT NULL';
+         CREATE TABLE kept (id int PRIMARY KEY CHECK (slowly(id)), v text);
+         CREATE TABLE parts (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE parts_eu PARTITION OF parts FOR VALUES IN ('eu');
+         CREATE TABLE parts_us PARTITION OF parts FOR VALUES IN ('us');
+         SELECT activity_log.track('kept');
+         SELECT activity_log.track('parts');
+         INSERT INTO kept SELECT g, 'v' || g FROM generate_series(1, 20) g;
+         UPDATE kept SET v = 'w' WHERE id <= 5;
+         DELETE FROM kept WHERE id = 20;
+         INSERT INTO parts VALUES (1, 'eu'), (2, 'us');
+         UPDATE parts SET region = 'us' WHERE id = 1;
+         SELECT activity_log.log_event('before the dump');",
+    );
+    c.flush("src");
+    let trail = "SELECT id || ' ' || encode(chain, 'hex') FROM activity_log.events ORDER BY id";
+    let dumped = c.sql("src", trail);
+    let last: i64 = dumped
+        .last()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(dumped.len() > 30, "{dumped:?}");
+
+    let archive = format!("{}/src.dump", c.dir);
+    let out = c
+        .client("pg_dump")
+        .args(["-Fc", "-d", "src", "-f", &archive])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = c.client("pg_dump").args(["-d", "src"]).output().unwrap();
+    assert!(script.status.success());
+    // The script sleeps 3 s right after CREATE EXTENSION: the writer starts meanwhile.
+    let script = String::from_utf8_lossy(&script.stdout).replacen(
+        "WITH SCHEMA activity_log;\n",
+        "WITH SCHEMA activity_log;\nSELECT pg_sleep(3);\n",
+        1,
+    );
+    assert!(script.contains("pg_sleep(3)"));
+    c.sql(
+        "postgres",
+        "CREATE DATABASE by_restore; CREATE DATABASE by_psql",
+    );
+
+    let restore = c
+        .client("pg_restore")
+        .args([
+            "--single-transaction",
+            "--exit-on-error",
+            "-d",
+            "by_restore",
+            &archive,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&restore.stderr);
+    assert!(
+        restore.status.success() && stderr.is_empty(),
+        "pg_restore: {stderr}"
+    );
+
+    let mut psql = c
+        .psql_command("by_psql")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        psql.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+    }
+    // While the restore sleeps: the writer runs, has made no partition, and what another
+    // session logs waits.
+    common::wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "by_psql",
+            "SELECT count(*) FROM pg_extension WHERE extname = 'activity_log'",
+        ) == "1")
+            .then_some(())
+    })
+    .expect("the restore creates the extension");
+    c.wait_for_writer("by_psql", None);
+    c.sql(
+        "by_psql",
+        "SELECT activity_log.log_event('during the restore')",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.one(
+            "by_psql",
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'activity_log.events'::regclass"
+        ),
+        "1",
+        "only events_default while the restore sleeps"
+    );
+    assert!(
+        psql.try_wait().unwrap().is_none(),
+        "the restore is still running"
+    );
+    let out = psql.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("ERROR"),
+        "psql: {stderr}"
+    );
+
+    for db in ["by_restore", "by_psql"] {
+        // The dumped trail, id for id and link for link.
+        assert_eq!(
+            c.sql(
+                db,
+                &trail.replace("ORDER BY", &format!("WHERE id <= {last} ORDER BY"))
+            ),
+            dumped,
+            "{db}"
+        );
+        assert_eq!(
+            c.sql(
+                db,
+                "SELECT relid::text FROM activity_log.tracked_tables ORDER BY 1"
+            ),
+            ["kept", "parts"]
+        );
+        c.sql(
+            db,
+            "INSERT INTO kept VALUES (100, 'after'); UPDATE parts SET id = 3 WHERE id = 2",
+        );
+        assert!(
+            common::wait_until(Duration::from_secs(20), || {
+                (c.one(db, "SELECT activity_log.flush('1 s')") == "t").then_some(())
+            })
+            .is_some(),
+            "{db}: the writer stores what came after the restore"
+        );
+        // The restoring session's own records: pg_restore's statements before its CREATE
+        // EXTENSION are in the same transaction, and then the restore is recorded as such;
+        // another session's event committed meanwhile waited.
+        let mut expected = if db == "by_restore" {
+            vec![
+                "ddl|CREATE SCHEMA|-|-",
+                "ddl|ALTER SCHEMA|-|-",
+                "event|restore started|-|-",
+            ]
+        } else {
+            vec!["event|restore started|-|-", "event|during the restore|-|-"]
+        };
+        expected.extend([
+            "change|COPY|kept|19",
+            "change|COPY|parts|0",
+            "change|COPY|parts|2",
+            r#"change|INSERT|kept|{"v": "after", "id": 100}"#,
+            r#"change|UPDATE|parts|{"id": 3, "region": "us"}"#,
+        ]);
+        assert_eq!(
+            c.sql(
+                db,
+                &format!(
+                    "SELECT kind || '|' || coalesce(command, '-') || '|' || coalesce(table_name, '-') || '|'
+                            || coalesce(new_row::text, rows::text, '-')
+                       FROM activity_log.events WHERE id > {last} ORDER BY id"
+                )
+            ),
+            expected,
+            "{db}"
+        );
+        assert_eq!(
+            c.one(
+                db,
+                "SELECT intact || ' ' || (rows_checked = (SELECT count(*) FROM activity_log.events)) FROM activity_log.verify()"
+            ),
+            "true true",
+            "{db}"
+        );
+        assert_eq!(
+            c.one(db, "SELECT f->>'penalty' FROM activity_log.health(), jsonb_array_elements(factors) f WHERE f->>'factor' = 'index_health'"),
+            "0",
+            "{db}: every restored partition has its indexes"
+        );
+    }
+}

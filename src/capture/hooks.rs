@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int};
 use std::rc::Rc;
 
-use crate::capture::{self, clip, redact, rows, tracked};
+use crate::capture::{self, clip, redact, restore, rows, tracked};
 use crate::errors::{raise, raise_with_detail};
 use crate::gucs::{self, CaptureStatements};
 use crate::record::Op;
@@ -153,6 +153,7 @@ pub fn capturing() -> bool {
             && crate::ring::is_initialised()
             && !in_recovery() // a standby runs no writer and changes nothing
             && gucs::enabled()
+            && !restore::active()
     }
 }
 
@@ -401,7 +402,8 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
     }) else {
         return;
     };
-    if !wanted(run.class) {
+    // A restore's own statements are not recorded (restore.rs), from its CREATE EXTENSION on.
+    if !wanted(run.class) || restore::active() {
         return;
     }
     let end = now();
@@ -683,10 +685,8 @@ unsafe extern "C-unwind" fn al_process_utility(
 /// after_utility records what row capture cannot see of a utility statement: TRUNCATE and
 /// COPY FROM of tracked tables (a record with the row count, no images). DDL needs nothing
 /// here: PostgreSQL's invalidations reach the backends' copies of tracked_tables (tracked.rs).
+/// A CREATE EXTENSION of activity_log may start a restore (restore.rs).
 unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryCompletion) {
-    if !capturing() {
-        return;
-    }
     // SAFETY: a valid PlannedStmt and QueryCompletion of a statement that just succeeded.
     unsafe {
         let stmt = (*pstmt).utilityStmt;
@@ -705,6 +705,31 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             )
         };
         let cid = pg_sys::GetCurrentCommandId(false);
+        if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreateExtensionStmt)
+            && CStr::from_ptr((*stmt.cast::<pg_sys::CreateExtensionStmt>()).extname).to_bytes()
+                == b"activity_log"
+            && crate::ring::is_initialised()
+        {
+            restore::after_create_extension(capturing());
+        }
+        if pgrx::is_a(stmt, pg_sys::NodeTag::T_CopyStmt) {
+            let copy = stmt.cast::<pg_sys::CopyStmt>();
+            if (*copy).is_from && !(*copy).relation.is_null() {
+                let relid = resolve((*copy).relation);
+                // Whoever loads tracked_tables, and however, every backend must see it.
+                tracked::note_copy(relid);
+                if restore::active()
+                    && let Some(t) = tracked::lookup(relid.to_u32())
+                    && &t.schema[..] != b"activity_log"
+                {
+                    let note = "restored from a dump: the loaded rows are counted, not recorded (they are those of the restored trail)";
+                    rows::push_change(&t, Op::Copy, cid, rows, Vec::new(), note, |_| false);
+                }
+            }
+        }
+        if !capturing() {
+            return;
+        }
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_RenameStmt) {
             let rename = stmt.cast::<pg_sys::RenameStmt>();
             if (*rename).renameType == pg_sys::ObjectType::OBJECT_COLUMN
@@ -750,7 +775,6 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             let copy = stmt.cast::<pg_sys::CopyStmt>();
             if (*copy).is_from && !(*copy).relation.is_null() {
                 let relid = resolve((*copy).relation);
-                tracked::note_copy(relid);
                 if let Some(t) = tracked::lookup(relid.to_u32()) {
                     rows::push_change(&t, Op::Copy, cid, rows, Vec::new(), "", |_| false);
                 }

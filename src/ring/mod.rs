@@ -88,6 +88,10 @@ struct Slot {
     /// backend, 0 when none. The ring keeps its records; the drop releases it at commit, and
     /// an abort lets the launcher start a writer again.
     paused_by: AtomicI32,
+    /// A session restoring a dump into the database holds the writer off: its pid, 0 when
+    /// none (see capture/restore.rs). Cleared by that session, or by the writer once the
+    /// session is gone.
+    restored_by: AtomicI32,
     claimed_at: AtomicI64, // when the ring was given to its database
     /// dropped_records the writer has put a gap record in the trail for.
     dropped_reported: AtomicU64,
@@ -228,6 +232,7 @@ impl PgSharedMemoryInitialization for Shmem {
                         hand_back_requested: AtomicBool::new(false),
                         closing: AtomicBool::new(false),
                         paused_by: AtomicI32::new(0),
+                        restored_by: AtomicI32::new(0),
                         claimed_at: AtomicI64::new(0),
                         dropped_reported: AtomicU64::new(0),
                         head: AtomicU64::new(0),
@@ -424,6 +429,7 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
     s.claim_xid.store(xid, Release);
     s.hand_back_requested.store(false, Relaxed);
     s.closing.store(false, Relaxed);
+    s.restored_by.store(0, Relaxed);
     // SAFETY: reads the clock.
     s.claimed_at
         .store(unsafe { pg_sys::GetCurrentTimestamp() }, Relaxed);
@@ -598,6 +604,33 @@ pub fn resume(i: usize) {
 /// is gone (it could not end its drop).
 pub fn resume_abandoned(i: usize, pid: i32) {
     let _ = slot(i).paused_by.compare_exchange(pid, 0, AcqRel, Acquire);
+}
+
+/// hold_for_restore keeps the writer of ring `i` from touching the trail while this backend
+/// restores a dump into the database (capture/restore.rs).
+pub fn hold_for_restore(i: usize) {
+    // SAFETY: reads this process's pid.
+    slot(i)
+        .restored_by
+        .store(unsafe { pg_sys::MyProcPid }, Release);
+}
+
+/// restored_by is the pid of the backend restoring a dump into the ring's database, 0 when
+/// none.
+pub fn restored_by(i: usize) -> i32 {
+    slot(i).restored_by.load(Acquire)
+}
+
+/// end_restore_hold lets the writer go on: the restore of backend `pid` ended (it said so, or
+/// it is gone). Another backend's hold stays. An atomic and a latch: callable anywhere.
+pub fn end_restore_hold(i: usize, pid: i32) {
+    let s = slot(i);
+    if s.restored_by
+        .compare_exchange(pid, 0, AcqRel, Acquire)
+        .is_ok()
+    {
+        set_latch(s.writer_procno.load(Acquire));
+    }
 }
 
 /// wait_a_moment sleeps up to 5 ms on the process latch (a writer or the launcher may set it),

@@ -24,14 +24,6 @@ use crate::worker::rollup::{Categories, Fact, Rollups};
 use crate::worker::store::{self, Col, Row, Trail};
 use crate::worker::suspects;
 
-/// How long a writer whose trail has no day partition yet (a CREATE EXTENSION just committed,
-/// or a pg_dump restore is running) waits before it makes them: a restore creates the dumped
-/// partitions of the trail right after CREATE EXTENSION, and a partition made by the writer
-/// first would make the restore's CREATE TABLE fail. Commits wake the writer all the while
-/// (the restore's own DDL is audited), so the wait does not end at a wake-up. A restore that
-/// takes longer to reach the partitions still collides: see README.
-const RESTORE_HEAD_START: Duration = Duration::from_secs(2);
-
 /// The slot and database this process writes for.
 static mut MY_SLOT: i64 = -1;
 static mut MY_DB: u32 = 0;
@@ -134,15 +126,18 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     // Staged frames a crash happened with: not read again, or read alone.
     suspects::load(dboid);
 
-    // Told to stop during the head start: the partitions are made all the same, and what is
-    // queued is drained before exit.
-    let stopping = !has_day_partitions() && !sleep_through_wake_ups(RESTORE_HEAD_START);
+    // A restore holds the writer off before it touches the trail: the restore makes the
+    // dumped day partitions and rows first (capture/restore.rs). Told to stop meanwhile, it
+    // leaves at once and the records stay in the ring for the next writer.
+    let stopping = !wait_for_restore(slot);
     // Partitions first: a record stored before today's partition exists would go to
     // events_default and keep that day's partition from being made.
     let mut next_maintenance = Instant::now();
-    maintain_partitions_if_due(&mut next_maintenance);
-    if ring::take_gap(slot) {
-        BackgroundWorker::transaction(write_gap_event);
+    if !stopping {
+        maintain_partitions_if_due(&mut next_maintenance);
+        if ring::take_gap(slot) {
+            BackgroundWorker::transaction(write_gap_event);
+        }
     }
     // Staged transactions left for the next round: do not sleep (no commit wakes the writer
     // while it is sweeping), only look at signals.
@@ -161,6 +156,9 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         ring::roll_window(slot);
+        if !wait_for_restore(slot) {
+            break;
+        }
         maintain_partitions_if_due(&mut next_maintenance);
         let drained = drain(slot);
         // The batches' inserts and deletes reach the statistics autovacuum reads, as a
@@ -185,8 +183,9 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         }
     }
     // A drop stopped the writer: it leaves at once, and the records stay in the ring (gone
-    // with the trail if the drop commits, stored by the next writer if not).
-    if !ring::paused(slot) {
+    // with the trail if the drop commits, stored by the next writer if not). So do they
+    // while a restore holds the trail.
+    if !ring::paused(slot) && ring::restored_by(slot) == 0 {
         drain_before_exit(slot);
     }
     // SAFETY: process-local flag read by on_exit.
@@ -246,29 +245,23 @@ fn staged_rows_left() -> bool {
     })
 }
 
-/// has_day_partitions tells whether the trail has a partition besides events_default.
-fn has_day_partitions() -> bool {
-    BackgroundWorker::transaction(|| {
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits
-                             WHERE inhparent = 'activity_log.events'::regclass
-                               AND inhrelid <> 'activity_log.events_default'::regclass)",
-        )
-        .unwrap_or_else(|e| error!("activity_log: could not list the trail's partitions: {e}"))
-        .unwrap_or(false)
-    })
-}
-
-/// sleep_through_wake_ups waits `how_long` whatever sets the latch meanwhile; false when the
-/// writer was told to stop (pgrx then forgets the SIGTERM: the caller must remember it).
-fn sleep_through_wake_ups(how_long: Duration) -> bool {
-    let until = Instant::now() + how_long;
+/// wait_for_restore waits while a backend restores a dump into the database (see
+/// capture/restore.rs), ending the hold when that backend is gone; false when told to stop.
+fn wait_for_restore(slot: usize) -> bool {
     loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let pid = ring::restored_by(slot);
+        if pid == 0 {
             return true;
         }
-        if !BackgroundWorker::wait_latch(Some(left)) {
+        // SAFETY: a lookup in the proc array (a shared lock).
+        if unsafe { pg_sys::BackendPidGetProc(pid) }.is_null() {
+            ring::end_restore_hold(slot, pid);
+            return true;
+        }
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(500)))
+            || !still_mine(slot)
+            || ring::paused(slot)
+        {
             return false;
         }
     }
@@ -1551,10 +1544,21 @@ impl Rows {
                     decode()
                 };
                 let details = match ch.op {
-                    Op::Copy => Some(json!({ "rows_captured": false, "note": "COPY FROM bypasses row capture: the loaded rows are counted, not recorded" }).to_string()),
-                    Op::Gap => Some(json!({ "rows_captured": false, "reason": text(&ch.note) }).to_string()),
+                    Op::Copy => {
+                        let note = if ch.note.is_empty() {
+                            "COPY FROM bypassed row capture: the loaded rows are counted, not recorded".into()
+                        } else {
+                            text(&ch.note)
+                        };
+                        Some(json!({ "rows_captured": false, "note": note }).to_string())
+                    }
+                    Op::Gap => Some(
+                        json!({ "rows_captured": false, "reason": text(&ch.note) }).to_string(),
+                    ),
                     // What capture noted of the TRUNCATE (the partition, RESTART IDENTITY).
-                    Op::Truncate | Op::TruncatePartition if !ch.note.is_empty() => Some(text(&ch.note)),
+                    Op::Truncate | Op::TruncatePartition if !ch.note.is_empty() => {
+                        Some(text(&ch.note))
+                    }
                     _ => None,
                 };
                 // A gap is a system record about the table, not a change of it; so is a
