@@ -11,6 +11,15 @@
 //! points at storage), with a description of the row type, and appends one `Change` record to
 //! the pending buffer; the writer turns them into JSON.
 //!
+//! A tracked table changed through an untracked ancestor (an inheritance parent, or a
+//! partitioned root it was attached to) is one of the ModifyTable's result relations but not
+//! its root: the root's transition tables, were they made, would not say whose a row is. Its
+//! own ResultRelInfo gets synthetic AFTER ROW triggers instead ([`Level::Row`]), which the
+//! core calls per row at the end of the query ([`al_capture_row`]); the rows are gathered into
+//! one record per table and statement. Rows the core routes into it through the untracked root
+//! reach a ResultRelInfo made only when the first row arrives, which nothing can augment in
+//! time: the statement leaves a gap record naming the table ([`note_rows_routed_past_capture`]).
+//!
 //! The fixes the prototype needed: FK cascades run with SKIP_TRIGGERS and fire at the outer
 //! query's level, so the outer EState's ResultRelInfo for the child table is augmented too
 //! (a stack of EStates inside ExecutorFinish); trigger arrays are resized together with the
@@ -36,8 +45,33 @@ use crate::unguarded;
 /// Synthetic trigger and function OIDs: above any OID a real catalog row can get here, and
 /// not an RI trigger function (AfterTriggerSaveEvent asks RI_FKey_trigger_type about it).
 const FAKE_TGOID_BASE: u32 = 4_000_000_000;
-const FAKE_FOID: u32 = 3_999_999_999;
 const NTRIG: usize = 3;
+
+/// The two sets of synthetic triggers. A tracked table named by the statement (or its
+/// partition) gets statement triggers with transition tables; a tracked table reached through
+/// an untracked ancestor (inheritance, or a partitioned root it was attached to) gets row
+/// triggers on its own ResultRelInfo, since the ModifyTable's transition tables hold the
+/// ancestor's rows without saying whose they are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Statement,
+    Row,
+}
+
+impl Level {
+    fn foid(self) -> u32 {
+        match self {
+            Level::Statement => 3_999_999_999,
+            Level::Row => 3_999_999_998,
+        }
+    }
+    fn first_tgoid(self) -> u32 {
+        match self {
+            Level::Statement => FAKE_TGOID_BASE,
+            Level::Row => FAKE_TGOID_BASE + NTRIG as u32,
+        }
+    }
+}
 
 thread_local! {
     /// EStates inside ExecutorFinish that fire their own AFTER triggers (innermost last).
@@ -45,7 +79,26 @@ thread_local! {
     /// ModifyTables set up for capture (EState, ModifyTableState, table, subtransaction), until
     /// their query finishes or their subtransaction aborts.
     static SET_UP: RefCell<Vec<SetUp>> = const { RefCell::new(Vec::new()) };
+    /// Rows the row triggers collected, not yet in a record (see [`RowBatch`]).
+    static ROW_BATCH: RefCell<Option<RowBatch>> = const { RefCell::new(None) };
 }
+
+/// Consecutive rows the row triggers captured for one table, operation and command, made into
+/// one Change record when the query's AFTER triggers have fired (or every [`BATCH_ROWS`]).
+struct RowBatch {
+    tracked: Rc<Tracked>,
+    relid: u32,
+    op: Op,
+    cid: u32,
+    subxact: u32,
+    columns: Vec<Column<'static>>,
+    rows: Vec<OldNew>,
+}
+
+/// A row's old and new images (minimal-tuple bytes), as a row trigger saw them.
+type OldNew = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+const BATCH_ROWS: usize = 1000;
 
 struct SetUp {
     estate: usize,
@@ -58,12 +111,21 @@ struct SetUp {
 /// executor state is gone.
 pub fn forget_subxact(subid: u32) {
     SET_UP.with_borrow_mut(|s| s.retain(|e| e.subxact < subid));
+    ROW_BATCH.with_borrow_mut(|b| {
+        if b.as_ref().is_some_and(|b| b.subxact >= subid) {
+            *b = None;
+        }
+    });
 }
 
 /// after_finish checks that every captured ModifyTable of `estate` ran to completion: one that
 /// stopped early (a C caller running DML … RETURNING through SPI with a row limit) fires no
 /// statement triggers, so its changes are missing and the trail says so with a gap record.
 pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
+    flush_row_batch();
+    // SAFETY: estate is live; its routing list holds the ResultRelInfos of partitions that
+    // received rows.
+    unsafe { note_rows_routed_past_capture(estate) };
     // Nearly always none: then nothing is allocated here, statement after statement.
     let unfinished: Vec<Rc<Tracked>> = SET_UP.with_borrow(|s| {
         s.iter()
@@ -90,6 +152,56 @@ pub fn forget(estate: *mut pg_sys::EState) {
 
 pub fn forget_all() {
     SET_UP.with_borrow_mut(Vec::clear);
+    ROW_BATCH.set(None);
+}
+
+/// note_rows_routed_past_capture leaves a gap record for each tracked table that received
+/// rows routed through an untracked partitioned table (INSERT, MERGE or an UPDATE moving rows
+/// into it): PostgreSQL makes such a partition's ResultRelInfo only when the first row is
+/// routed to it, too late for row triggers, and the root's transition tables do not say
+/// which partition a row went to.
+unsafe fn note_rows_routed_past_capture(estate: *mut pg_sys::EState) {
+    // SAFETY: as for the caller; empty for nearly every statement.
+    unsafe {
+        for node in list_nodes((*estate).es_tuple_routing_result_relations) {
+            let rri = node.cast::<pg_sys::ResultRelInfo>();
+            let root = (*rri).ri_RootResultRelInfo;
+            if root.is_null() || is_augmented(rri, Level::Row) {
+                continue;
+            }
+            let relid = (*(*rri).ri_RelationDesc).rd_id.to_u32();
+            let root_relid = (*(*root).ri_RelationDesc).rd_id.to_u32();
+            if tracked::lookup(root_relid).is_some() {
+                continue; // the root's transition tables have them
+            }
+            let Some(tracked) = tracked::lookup(relid) else {
+                continue;
+            };
+            let name = |r: *mut pg_sys::ResultRelInfo| {
+                let rel = (*r).ri_RelationDesc;
+                CStr::from_ptr(pg_sys::quote_qualified_identifier(
+                    pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace),
+                    (*(*rel).rd_rel).relname.data.as_ptr(),
+                ))
+                .to_string_lossy()
+                .into_owned()
+            };
+            let note = format!(
+                "rows were routed into {} through the untracked partitioned table {}, and were not captured",
+                name(rri),
+                name(root)
+            );
+            push_change(
+                &tracked,
+                Op::Gap,
+                (*estate).es_output_cid,
+                0,
+                Vec::new(),
+                &note,
+                |_| false,
+            );
+        }
+    }
 }
 
 /// Pops the EState pushed by [`finishing`] when ExecutorFinish returns or unwinds.
@@ -152,6 +264,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
         let root = (*mt).rootResultRelInfo;
         let relid = (*(*root).ri_RelationDesc).rd_id;
         let Some(tracked) = tracked::lookup(relid.to_u32()) else {
+            setup_below_untracked(mt, estate, eflags);
             return;
         };
         if tracked.has_foreign_partition {
@@ -176,7 +289,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
             // Not inside an outer query's trigger firing: nowhere to collect the rows.
             return;
         }
-        augment(root, estate);
+        augment(root, estate, Level::Statement);
         let subxact = unguarded::GetCurrentSubTransactionId();
         SET_UP.with_borrow_mut(|s| {
             s.push(SetUp {
@@ -206,7 +319,63 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
             // An FK cascade: its rows are handed to the outer query's ResultRelInfo.
             let outer = outer as *mut pg_sys::EState;
             let rri = pg_sys::ExecGetTriggerResultRel(outer, relid, std::ptr::null_mut());
-            augment(rri, outer);
+            augment(rri, outer, Level::Statement);
+        }
+    }
+}
+
+/// setup_below_untracked gives row triggers to the tracked tables among the result relations
+/// of a ModifyTable whose root is not tracked: an UPDATE, DELETE or MERGE through an untracked
+/// inheritance parent or partitioned root changes them too.
+unsafe fn setup_below_untracked(
+    mt: *mut pg_sys::ModifyTableState,
+    estate: *mut pg_sys::EState,
+    eflags: i32,
+) {
+    // SAFETY: mt and estate belong to the query being started.
+    unsafe {
+        let skip_triggers = eflags as u32 & pg_sys::EXEC_FLAG_SKIP_TRIGGERS != 0;
+        let outer = FINISHING.with_borrow(|f| f.last().copied());
+        if skip_triggers && outer.is_none() {
+            return;
+        }
+        for i in 0..(*mt).mt_nrels as usize {
+            let rri = (*mt).resultRelInfo.add(i);
+            if rri == (*mt).rootResultRelInfo {
+                continue;
+            }
+            let rel = (*rri).ri_RelationDesc;
+            let relid = (*rel).rd_id;
+            let Some(tracked) = tracked::lookup(relid.to_u32()) else {
+                continue;
+            };
+            if (*(*rel).rd_rel).relkind == pg_sys::RELKIND_FOREIGN_TABLE as c_char {
+                let note =
+                    "the table has a foreign partition, so no rows of this statement were captured";
+                push_change(
+                    &tracked,
+                    Op::Gap,
+                    (*estate).es_output_cid,
+                    0,
+                    Vec::new(),
+                    note,
+                    |_| false,
+                );
+                continue;
+            }
+            augment(rri, estate, Level::Row);
+            // The events fire through the ResultRelInfo ExecGetTriggerResultRel finds for the
+            // table with no root, and since PostgreSQL 15.? that is not a child's own (whose
+            // root is the ModifyTable's): it makes one from the relation cache then, without
+            // our triggers, and the trigger manager skips an event whose trigger it lacks.
+            let fires = pg_sys::ExecGetTriggerResultRel(estate, relid, std::ptr::null_mut());
+            augment(fires, estate, Level::Row);
+            if skip_triggers && let Some(outer) = outer {
+                // An FK cascade: the rows' events fire at the outer query's level.
+                let outer = outer as *mut pg_sys::EState;
+                let orri = pg_sys::ExecGetTriggerResultRel(outer, relid, std::ptr::null_mut());
+                augment(orri, outer, Level::Row);
+            }
         }
     }
 }
@@ -242,22 +411,22 @@ impl Drop for InMemoryTransitionTables {
     }
 }
 
-unsafe fn is_augmented(rri: *mut pg_sys::ResultRelInfo) -> bool {
+unsafe fn is_augmented(rri: *mut pg_sys::ResultRelInfo, level: Level) -> bool {
     // SAFETY: rri is a live ResultRelInfo.
     unsafe {
         let td = (*rri).ri_TrigDesc;
         !td.is_null()
             && (0..(*td).numtriggers as usize)
-                .any(|i| (*(*td).triggers.add(i)).tgfoid.to_u32() == FAKE_FOID)
+                .any(|i| (*(*td).triggers.add(i)).tgfoid.to_u32() == level.foid())
     }
 }
 
-/// augment gives `rri` a private trigger descriptor with the synthetic triggers appended, and
-/// every array indexed by trigger position resized to match.
-unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) {
+/// augment gives `rri` a private trigger descriptor with the synthetic triggers of `level`
+/// appended, and every array indexed by trigger position resized to match.
+unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState, level: Level) {
     // SAFETY: rri and estate are live; everything is allocated in the query's context.
     unsafe {
-        if is_augmented(rri) {
+        if is_augmented(rri, level) {
             return;
         }
         let old = (*rri).ri_TrigDesc;
@@ -310,14 +479,18 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) 
         ];
         for (k, (event, name)) in events.iter().enumerate() {
             let t = &mut *triggers.add(n + k);
-            t.tgoid = pg_sys::Oid::from(FAKE_TGOID_BASE + k as u32);
+            t.tgoid = pg_sys::Oid::from(level.first_tgoid() + k as u32);
             t.tgname = name.as_ptr().cast_mut();
-            t.tgfoid = pg_sys::Oid::from(FAKE_FOID);
-            t.tgtype = (pg_sys::TRIGGER_TYPE_AFTER | event) as i16; // statement level: no ROW bit
+            t.tgfoid = pg_sys::Oid::from(level.foid());
             t.tgenabled = pg_sys::TRIGGER_FIRES_ALWAYS as c_char;
             t.tgisinternal = true;
             t.tgnargs = 1;
             t.tgargs = args;
+            if level == Level::Row {
+                t.tgtype = (pg_sys::TRIGGER_TYPE_AFTER | pg_sys::TRIGGER_TYPE_ROW | event) as i16;
+                continue;
+            }
+            t.tgtype = (pg_sys::TRIGGER_TYPE_AFTER | event) as i16; // statement level: no ROW bit
             if *event != pg_sys::TRIGGER_TYPE_INSERT {
                 t.tgoldtable = c"activity_log_old".as_ptr().cast_mut();
             }
@@ -327,21 +500,30 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) 
         }
         (*td).triggers = triggers;
         (*td).numtriggers = total as i32;
-        (*td).trig_insert_after_statement = true;
-        (*td).trig_update_after_statement = true;
-        (*td).trig_delete_after_statement = true;
-        (*td).trig_insert_new_table = true;
-        (*td).trig_update_old_table = true;
-        (*td).trig_update_new_table = true;
-        (*td).trig_delete_old_table = true;
+        if level == Level::Row {
+            (*td).trig_insert_after_row = true;
+            (*td).trig_update_after_row = true;
+            (*td).trig_delete_after_row = true;
+        } else {
+            (*td).trig_insert_after_statement = true;
+            (*td).trig_update_after_statement = true;
+            (*td).trig_delete_after_statement = true;
+            (*td).trig_insert_new_table = true;
+            (*td).trig_update_old_table = true;
+            (*td).trig_update_new_table = true;
+            (*td).trig_delete_old_table = true;
+        }
 
         if n > 0 && !(*rri).ri_TrigFunctions.is_null() {
             std::ptr::copy_nonoverlapping((*rri).ri_TrigFunctions, finfo, n);
         }
         for k in 0..NTRIG {
             let f = &mut *finfo.add(n + k);
-            f.fn_addr = Some(al_capture_rows);
-            f.fn_oid = pg_sys::Oid::from(FAKE_FOID); // non-zero: fmgr_info is never called
+            f.fn_addr = Some(match level {
+                Level::Statement => al_capture_rows,
+                Level::Row => al_capture_row,
+            });
+            f.fn_oid = pg_sys::Oid::from(level.foid()); // non-zero: fmgr_info is never called
             f.fn_stats = pg_sys::TrackFunctionsLevel::TRACK_FUNC_ALL as u8; // never counted by pgstat
             f.fn_mcxt = (*estate).es_query_cxt;
         }
@@ -380,9 +562,13 @@ pub unsafe fn hide_from_explain(estate: *mut pg_sys::EState) {
         ] {
             for node in list_nodes(list) {
                 let rri = node.cast::<pg_sys::ResultRelInfo>();
-                if !(*rri).ri_TrigInstrument.is_null() && is_augmented(rri) {
-                    let n = (*(*rri).ri_TrigDesc).numtriggers as usize;
-                    for i in n - NTRIG..n {
+                if (*rri).ri_TrigInstrument.is_null() {
+                    continue;
+                }
+                let td = (*rri).ri_TrigDesc;
+                for i in 0..(*td).numtriggers as usize {
+                    let foid = (*(*td).triggers.add(i)).tgfoid.to_u32();
+                    if foid == Level::Statement.foid() || foid == Level::Row.foid() {
                         std::ptr::write_bytes((*rri).ri_TrigInstrument.add(i), 0, 1);
                     }
                 }
@@ -458,31 +644,12 @@ impl Reader {
             // The slot is a minimal-tuple slot that gettupleslot filled: its tuple is there to
             // read, without ExecFetchSlotMinimalTuple's call per row.
             let m = (*self.slot.cast::<pg_sys::MinimalTupleTableSlot>()).mintuple;
-            let stored_natts = ((*m).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as i32;
-            let rebuilt = if stored_natts < (*self.desc).natts {
-                // Stored before an ADD COLUMN … DEFAULT: take the defaults ("missing values")
-                // from the descriptor now; the writer's copy of the row type has none.
+            let t = if needs_completing(m, self.desc) {
                 let (slot, desc) = (self.slot, self.desc);
-                Some(self.scratch().switch_to(|_| {
-                    pg_sys::slot_getallattrs(slot);
-                    let full = pg_sys::heap_form_minimal_tuple(
-                        desc,
-                        (*slot).tts_values,
-                        (*slot).tts_isnull,
-                    );
-                    if (*full).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0 {
-                        detoasted(full, desc)
-                    } else {
-                        full
-                    }
-                }))
-            } else if (*m).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0 {
-                let desc = self.desc;
-                Some(self.scratch().switch_to(|_| detoasted(m, desc)))
+                self.scratch().switch_to(|_| completed(slot, m, desc))
             } else {
-                None
+                m
             };
-            let t = rebuilt.unwrap_or(m);
             Some(std::slice::from_raw_parts(
                 t.cast::<u8>(),
                 (*t).t_len as usize,
@@ -509,6 +676,42 @@ impl Drop for Reader {
         self.release();
         // SAFETY: the slot is ours.
         unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) };
+    }
+}
+
+/// needs_completing tells whether stored row `m` refers to storage (a TOAST pointer) or lacks
+/// columns added after it was stored.
+unsafe fn needs_completing(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> bool {
+    // SAFETY: a valid minimal tuple of a row type with descriptor desc.
+    unsafe {
+        let stored_natts = ((*m).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as i32;
+        stored_natts < (*desc).natts || (*m).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0
+    }
+}
+
+/// completed is stored row `m` (the tuple in `slot`) with every value inline and every column
+/// present, allocated in the current memory context: values stored out of line are fetched,
+/// and the defaults ("missing values") of columns added by ADD COLUMN … DEFAULT after the row
+/// was stored are taken from the descriptor now (the writer's copy of the row type has none).
+unsafe fn completed(
+    slot: *mut pg_sys::TupleTableSlot,
+    m: pg_sys::MinimalTuple,
+    desc: pg_sys::TupleDesc,
+) -> pg_sys::MinimalTuple {
+    // SAFETY: as for needs_completing; slot holds m.
+    unsafe {
+        let stored_natts = ((*m).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as i32;
+        let full = if stored_natts < (*desc).natts {
+            pg_sys::slot_getallattrs(slot);
+            pg_sys::heap_form_minimal_tuple(desc, (*slot).tts_values, (*slot).tts_isnull)
+        } else {
+            m
+        };
+        if (*full).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0 {
+            detoasted(full, desc)
+        } else {
+            full
+        }
     }
 }
 
@@ -625,6 +828,105 @@ unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) ->
         }
         pg_sys::Datum::from(0)
     }
+}
+
+/// The synthetic row trigger's function: one call per row of a tracked table changed through an
+/// untracked ancestor, when the query's AFTER triggers fire. Rows are gathered into
+/// [`ROW_BATCH`], made into records by [`flush_row_batch`].
+#[pg_guard]
+unsafe extern "C-unwind" fn al_capture_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: called by the trigger manager with a TriggerData context; the slots hold the
+    // row versions for the duration of the call.
+    unsafe {
+        let td = (*fcinfo).context.cast::<pg_sys::TriggerData>();
+        let rel = (*td).tg_relation;
+        let relid = (*rel).rd_id.to_u32();
+        let Some(tracked) = tracked::lookup(relid) else {
+            return pg_sys::Datum::from(0);
+        };
+        let cid = CStr::from_ptr(*(*(*td).tg_trigger).tgargs)
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let desc = (*rel).rd_att;
+        let image = |slot: *mut pg_sys::TupleTableSlot| -> Vec<u8> {
+            let mut should_free = false;
+            let m = pg_sys::ExecFetchSlotMinimalTuple(slot, &mut should_free);
+            let t = if needs_completing(m, desc) {
+                completed(slot, m, desc)
+            } else {
+                m
+            };
+            // Allocated in the trigger call's memory, which the trigger manager resets.
+            std::slice::from_raw_parts(t.cast::<u8>(), (*t).t_len as usize).to_vec()
+        };
+        let (op, old, new) = match (*td).tg_event & pg_sys::TRIGGER_EVENT_OPMASK {
+            pg_sys::TRIGGER_EVENT_INSERT => (Op::Insert, None, Some(image((*td).tg_trigslot))),
+            pg_sys::TRIGGER_EVENT_DELETE => (Op::Delete, Some(image((*td).tg_trigslot)), None),
+            pg_sys::TRIGGER_EVENT_UPDATE => (
+                Op::Update,
+                Some(image((*td).tg_trigslot)),
+                Some(image((*td).tg_newslot)),
+            ),
+            _ => return pg_sys::Datum::from(0),
+        };
+        let subxact = unguarded::GetCurrentSubTransactionId();
+        let same = ROW_BATCH.with_borrow(|b| {
+            b.as_ref().is_some_and(|b| {
+                b.relid == relid && b.op == op && b.cid == cid && b.rows.len() < BATCH_ROWS
+            })
+        });
+        if !same {
+            flush_row_batch();
+            let columns = columns(desc)
+                .into_iter()
+                .map(|c| Column {
+                    name: c.name.into_owned().into(),
+                    ..c
+                })
+                .collect();
+            ROW_BATCH.set(Some(RowBatch {
+                tracked,
+                relid,
+                op,
+                cid,
+                subxact,
+                columns,
+                rows: Vec::new(),
+            }));
+        }
+        ROW_BATCH.with_borrow_mut(|b| {
+            if let Some(b) = b {
+                b.subxact = b.subxact.max(subxact);
+                b.rows.push((old, new));
+            }
+        });
+        pg_sys::Datum::from(0)
+    }
+}
+
+/// flush_row_batch makes the rows the row triggers gathered into one Change record.
+fn flush_row_batch() {
+    let Some(batch) = ROW_BATCH.take() else {
+        return;
+    };
+    let mut rows = batch.rows.iter();
+    push_change(
+        &batch.tracked,
+        batch.op,
+        batch.cid,
+        batch.rows.len() as i64,
+        batch.columns.clone(),
+        "",
+        |sink| match rows.next() {
+            Some((old, new)) => {
+                sink.push(old.as_deref(), new.as_deref());
+                true
+            }
+            None => false,
+        },
+    );
 }
 
 /// push_change appends a Change record for the tracked root of `tracked`.
