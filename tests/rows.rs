@@ -697,7 +697,18 @@ fn writes_through_an_untracked_ancestor_are_captured_or_leave_a_gap() {
          UPDATE uroot SET region = 'eu' WHERE id = 6;
          UPDATE uroot SET region = 'us' WHERE id = 12;
          INSERT INTO uroot VALUES (5, 'eu');
-         INSERT INTO uroot VALUES (8, 'us');",
+         INSERT INTO uroot VALUES (8, 'us');
+
+         -- An FK cascade through the untracked partitioned table that references owners.
+         CREATE TABLE owners (id int PRIMARY KEY);
+         INSERT INTO owners VALUES (1), (2);
+         CREATE TABLE uref (id int, owner int REFERENCES owners ON DELETE CASCADE, region text)
+             PARTITION BY LIST (region);
+         CREATE TABLE tref (id int, owner int, region text);
+         SELECT activity_log.track('tref');
+         ALTER TABLE uref ATTACH PARTITION tref FOR VALUES IN ('eu');
+         INSERT INTO tref VALUES (1, 1, 'eu'), (2, 2, 'eu');
+         DELETE FROM owners WHERE id = 1;",
     );
     c.flush(DB);
     assert_eq!(
@@ -705,7 +716,7 @@ fn writes_through_an_untracked_ancestor_are_captured_or_leave_a_gap() {
             DB,
             "SELECT table_name || '|' || command || '|' || coalesce(old_row::text, '-') || '|'
                     || coalesce(new_row::text, details->>'reason', '-')
-               FROM activity_log.events WHERE table_name IN ('kid', 'tpart') ORDER BY id"
+               FROM activity_log.events WHERE table_name IN ('kid', 'tpart', 'tref') ORDER BY id"
         ),
         [
             r#"kid|INSERT|-|{"v": "a", "id": 1}"#,
@@ -722,6 +733,9 @@ fn writes_through_an_untracked_ancestor_are_captured_or_leave_a_gap() {
             r#"tpart|INSERT|-|{"id": 6, "region": "eu"}"#,
             r#"tpart|DELETE|{"id": 12, "region": "eu"}|-"#,
             "tpart|GAP|-|rows were routed into public.tpart through the untracked partitioned table public.uroot, and were not captured",
+            r#"tref|INSERT|-|{"id": 1, "owner": 1, "region": "eu"}"#,
+            r#"tref|INSERT|-|{"id": 2, "owner": 2, "region": "eu"}"#,
+            r#"tref|DELETE|{"id": 1, "owner": 1, "region": "eu"}|-"#,
         ]
     );
     assert_eq!(
