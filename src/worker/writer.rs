@@ -1111,6 +1111,21 @@ fn write_drop_gap(dropped: u64) {
     gap.insert();
 }
 
+/// gap_details is the `details` of a gap record of a tracked table. Its note is the reason, or
+/// a JSON object with a `reason` and more facts (logical replication: the counts, the
+/// subscription and the origin, capture/replication.rs), which `details` then carries too.
+fn gap_details(note: &[u8]) -> String {
+    let mut details = Map::new();
+    details.insert("rows_captured".into(), Value::Bool(false));
+    match serde_json::from_slice::<Value>(note) {
+        Ok(Value::Object(facts)) if facts.contains_key("reason") => details.extend(facts),
+        _ => {
+            details.insert("reason".into(), Value::String(text(note)));
+        }
+    }
+    Value::Object(details).to_string()
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -1552,9 +1567,7 @@ impl Rows {
                         };
                         Some(json!({ "rows_captured": false, "note": note }).to_string())
                     }
-                    Op::Gap => Some(
-                        json!({ "rows_captured": false, "reason": text(&ch.note) }).to_string(),
-                    ),
+                    Op::Gap => Some(gap_details(&ch.note)),
                     // What capture noted of the TRUNCATE (the partition, RESTART IDENTITY).
                     Op::Truncate | Op::TruncatePartition if !ch.note.is_empty() => {
                         Some(text(&ch.note))
@@ -1597,7 +1610,8 @@ impl Rows {
                 self.text(&mut first, Col::SchemaName, &ch.schema);
                 self.text(&mut first, Col::TableName, &ch.table);
                 first.oid(Col::TableOid, ch.relid);
-                if ch.op == Op::Copy {
+                // COPY's rows loaded, a gap's rows known to be missing.
+                if ch.op == Op::Copy || (ch.op == Op::Gap && ch.row_count > 0) {
                     first.int8(Col::Rows, ch.row_count);
                 }
                 for image in images {
@@ -1733,5 +1747,29 @@ fn order_changes(records: &mut [record::Record]) {
     changes.sort_by_key(|r| cid(r).unwrap_or(0)); // stable: same command keeps its order
     for (slot, change) in slots.into_iter().zip(changes) {
         records[slot] = change;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gap_details;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn a_gap_note_is_its_reason_or_carries_its_facts() {
+        let plain: Value = serde_json::from_str(&gap_details(b"the statement stopped")).unwrap();
+        assert_eq!(
+            plain,
+            json!({ "rows_captured": false, "reason": "the statement stopped" })
+        );
+        let facts = br#"{"reason": "3 rows inserted", "inserted": 3, "subscription": "s"}"#;
+        let with: Value = serde_json::from_str(&gap_details(facts)).unwrap();
+        assert_eq!(
+            with,
+            json!({ "rows_captured": false, "reason": "3 rows inserted", "inserted": 3, "subscription": "s" })
+        );
+        // A JSON object without a reason is a reason like any other text.
+        let odd: Value = serde_json::from_str(&gap_details(br#"{"x": 1}"#)).unwrap();
+        assert_eq!(odd["reason"], r#"{"x": 1}"#);
     }
 }
