@@ -505,6 +505,8 @@ DECLARE
     missing text;
     old     activity_log.tracked_tables;
     keys    text[];
+    target  regclass;
+    sub     name;
 BEGIN
     IF exclude_columns IS NULL THEN
         RAISE EXCEPTION 'exclude_columns must not be null' USING ERRCODE = 'null_value_not_allowed',
@@ -548,6 +550,21 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid
                 WHERE i.inhparent = relation AND p.relkind = 'f') THEN
         RAISE EXCEPTION 'cannot track "%": it has foreign partitions', relation USING ERRCODE = 'wrong_object_type';
+    END IF;
+    -- Logical replication applies rows without the executor hooks row capture works through
+    -- (capture/replication.rs): a subscription target's rows cannot be captured.
+    SELECT p.relid, s.subname INTO target, sub
+      FROM (SELECT relation AS relid UNION SELECT t.relid FROM pg_partition_tree(relation) t) p
+      JOIN pg_subscription_rel r ON r.srrelid = p.relid
+      JOIN pg_subscription s ON s.oid = r.srsubid
+     ORDER BY p.relid <> relation, s.subname, p.relid::oid
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot track "%": %', relation,
+              CASE WHEN target = relation THEN format('it is a target of subscription "%s"', sub)
+                   ELSE format('its partition "%s" is a target of subscription "%s"', target, sub) END
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'Rows applied by logical replication cannot be captured; audit the table on the publisher.';
     END IF;
     SELECT string_agg(quote_ident(x), ', ') INTO missing
       FROM unnest(exclude_columns) x

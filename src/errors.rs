@@ -26,3 +26,20 @@ pub fn raise_with_detail(
     report.report(PgLogLevel::ERROR);
     unreachable!("ERROR returned")
 }
+
+/// warn reports a WARNING with a detail and a hint, and returns.
+pub fn warn(
+    code: PgSqlErrorCode,
+    message: impl Into<String>,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) {
+    let mut report = ErrorReport::new(code, message.into(), "activity_log");
+    if let Some(d) = detail {
+        report = report.set_detail(d);
+    }
+    if let Some(h) = hint {
+        report = report.set_hint(h);
+    }
+    report.report(PgLogLevel::WARNING);
+}

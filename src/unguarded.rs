@@ -31,6 +31,21 @@ unsafe extern "C-unwind" {
         missing_ok: bool,
         restrict_privileged: bool,
     ) -> *const c_char;
+    /// A logical replication apply, tablesync (or, from PostgreSQL 16, parallel apply) worker.
+    pub fn IsLogicalWorker() -> bool;
+}
+
+// Not bound by pgrx: replication/worker_internal.h. The subscription a logical replication
+// worker serves; NULL in every other process. Only its first field is read: `oid` comes first
+// in every version (PostgreSQL 10 to 18).
+unsafe extern "C" {
+    pub static mut MySubscription: *const SubscriptionHead;
+}
+
+/// The first field of PostgreSQL's `Subscription`.
+#[repr(C)]
+pub struct SubscriptionHead {
+    pub oid: Oid,
 }
 
 // Only inside pg_guard_ffi_boundary.
@@ -83,6 +98,9 @@ unsafe extern "C-unwind" {
     ) -> *mut List;
     pub fn get_partition_parent(relid: Oid, even_if_detached: bool) -> Oid;
     pub fn get_partition_qual_relid(relid: Oid) -> *mut pgrx::pg_sys::Node;
+    // Not bound by pgrx: catalog/pg_subscription.h.
+    pub fn get_subscription_name(subid: Oid, missing_ok: bool) -> *mut c_char;
+    pub fn get_subscription_oid(name: *const c_char, missing_ok: bool) -> Oid;
 }
 
 /// insert_index_tuples is ExecInsertIndexTuples for a plain insert (no arbiter indexes, no

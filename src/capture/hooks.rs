@@ -730,6 +730,7 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
         if !capturing() {
             return;
         }
+        capture::replication::after_subscription_command(stmt);
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_RenameStmt) {
             let rename = stmt.cast::<pg_sys::RenameStmt>();
             if (*rename).renameType == pg_sys::ObjectType::OBJECT_COLUMN

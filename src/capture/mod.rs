@@ -20,6 +20,7 @@
 pub mod durable;
 pub mod hooks;
 pub mod redact;
+pub mod replication;
 pub mod restore;
 pub mod rows;
 pub mod tracked;

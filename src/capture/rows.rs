@@ -947,6 +947,9 @@ pub fn push_change(
     if tracked.durable {
         super::mark_durable();
     }
+    if super::replication::in_logical_worker() {
+        super::replication::note_captured(tracked.relid, op, row_count);
+    }
     let record = Record {
         origin: hooks::origin(),
         body: Body::Change(Change {

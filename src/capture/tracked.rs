@@ -146,6 +146,13 @@ pub fn lookup(relid: u32) -> Option<Rc<Tracked>> {
     CACHE.with_borrow(|c| c.tables.get(&relid).cloned())
 }
 
+/// all lists every relation of this database that is tracked (directly or as a partition),
+/// with how it is tracked.
+pub fn all() -> Vec<(u32, Rc<Tracked>)> {
+    refresh_if_stale();
+    CACHE.with_borrow(|c| c.tables.iter().map(|(&k, v)| (k, v.clone())).collect())
+}
+
 /// note_change makes every backend of this database reload (this one after the current
 /// statement, the others when the transaction commits): an invalidation of tracked_tables.
 pub fn note_change() {

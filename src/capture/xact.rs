@@ -20,7 +20,7 @@ use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::capture::{self, durable, hooks, tracked};
+use crate::capture::{self, durable, hooks, replication, tracked};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
@@ -61,6 +61,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 }
             }
             tracked::at_transaction_end();
+            replication::at_transaction_end();
             hooks::forget_statements();
             hooks::settle_drop(true);
         }
@@ -71,6 +72,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             capture::take_staged(); // the staged row vanished with the transaction
             publish_failures_now(capture::take_failures());
             tracked::at_transaction_end();
+            replication::at_transaction_end();
             hooks::forget_statements();
             hooks::settle_drop(false);
         }
@@ -109,6 +111,7 @@ unsafe extern "C-unwind" fn al_subxact_callback(
         SUBXACT_EVENT_ABORT_SUB => {
             capture::subxact_end(my_subid, true);
             hooks::forget_subxact(my_subid);
+            replication::forget_subxact(my_subid);
             hooks::settle_drop_in_subxact(my_subid, parent_subid, false);
             // A loop of failing statements, each in its own subtransaction, must not pile up
             // failure records without bound: past SPILL_BYTES they are published now.
@@ -172,6 +175,10 @@ fn pre_commit() {
         // This transaction dropped the trail its records were for.
         capture::discard();
         return;
+    }
+    if replication::in_logical_worker() {
+        // Rows it applied to tracked tables: a gap record each (capture/replication.rs).
+        replication::before_commit();
     }
     if !capture::has_anything() || !ring::is_initialised() {
         return;

@@ -1,0 +1,591 @@
+//! capture/replication.rs: tracked tables on a logical replication subscriber.
+//!
+//! The apply worker changes a subscribed table through ExecSimpleRelationInsert/Update/Delete
+//! and ExecuteTruncateGuts, and the tablesync worker loads its initial copy through CopyFrom:
+//! no ExecutorStart, no ProcessUtility. Their ResultRelInfo comes straight from the relation
+//! cache, and only row triggers enabled REPLICA or ALWAYS fire there. Capturing those rows
+//! would take a real trigger in pg_trigger, which activity_log never creates. So rows applied
+//! by logical replication are not captured, and never silently:
+//!
+//! - `track()` refuses a table that is, or has a partition that is, a subscription target
+//!   (sql/finalize.sql): audit it on the publisher.
+//! - CREATE SUBSCRIPTION and ALTER SUBSCRIPTION … REFRESH / ADD / SET PUBLICATION that make a
+//!   tracked table a target raise a WARNING naming it ([`after_subscription_command`]): not an
+//!   ERROR, since CREATE SUBSCRIPTION may have created the remote slot already.
+//! - In the apply and tablesync workers (which run this library, its hooks and its transaction
+//!   callbacks like any process), [`before_commit`] leaves one gap record per tracked table and
+//!   transaction that changed it: PostgreSQL's pending table statistics of the transaction
+//!   give how many rows were inserted, updated and deleted, and whether it truncated the table;
+//!   the record names the subscription and the replication origin.
+//!
+//! Ordinary backends pay one test of their backend type at PRE_COMMIT ([`in_logical_worker`])
+//! and nothing else.
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::ffi::{CStr, c_char};
+use std::rc::Rc;
+
+use super::tracked::{self, Tracked};
+use super::{hooks, rows};
+use crate::errors::warn;
+use crate::record::Op;
+use crate::unguarded;
+
+/// What a transaction did to a table (all of a tracked table's partitions, summed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub truncated: bool,
+}
+
+impl Counts {
+    fn any(&self) -> bool {
+        self.inserted > 0 || self.updated > 0 || self.deleted > 0 || self.truncated
+    }
+
+    fn add(&mut self, other: Counts) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.truncated |= other.truncated;
+    }
+
+    /// less is what is left of `self` once `captured` is taken out (never below zero).
+    fn less(self, captured: Counts) -> Counts {
+        Counts {
+            inserted: (self.inserted - captured.inserted).max(0),
+            updated: (self.updated - captured.updated).max(0),
+            deleted: (self.deleted - captured.deleted).max(0),
+            truncated: self.truncated && !captured.truncated,
+        }
+    }
+
+    fn rows(&self) -> i64 {
+        self.inserted + self.updated + self.deleted
+    }
+}
+
+thread_local! {
+    /// Rows this logical replication worker did capture in the open transaction (a trigger
+    /// enabled ALWAYS or REPLICA that writes to a tracked table runs its statements through
+    /// the executor): (subtransaction, tracked root, counts). The statistics count them too.
+    static CAPTURED: RefCell<Vec<(u32, u32, Counts)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// in_logical_worker tells whether this process is a logical replication apply or tablesync
+/// worker (or, from PostgreSQL 16, a parallel apply worker).
+pub fn in_logical_worker() -> bool {
+    // SAFETY: reads of process-local globals; IsLogicalWorker only compares a pointer.
+    unsafe {
+        pg_sys::MyBackendType == pg_sys::BackendType::B_BG_WORKER && unguarded::IsLogicalWorker()
+    }
+}
+
+/// note_captured counts rows of `root` that a logical replication worker captured (see
+/// CAPTURED); called by rows::push_change in such a worker only.
+pub fn note_captured(root: u32, op: Op, rows: i64) {
+    let counts = match op {
+        Op::Insert | Op::Copy => Counts {
+            inserted: rows,
+            ..Counts::default()
+        },
+        Op::Update => Counts {
+            updated: rows,
+            ..Counts::default()
+        },
+        Op::Delete => Counts {
+            deleted: rows,
+            ..Counts::default()
+        },
+        Op::Truncate | Op::TruncatePartition => Counts {
+            truncated: true,
+            ..Counts::default()
+        },
+        Op::Gap => return,
+    };
+    // SAFETY: reads transaction state.
+    let subxact = unsafe { unguarded::GetCurrentSubTransactionId() };
+    CAPTURED.with_borrow_mut(|c| c.push((subxact, root, counts)));
+}
+
+/// forget_subxact drops what an aborted subtransaction (and its children) captured.
+pub fn forget_subxact(subid: u32) {
+    CAPTURED.with_borrow_mut(|c| c.retain(|e| e.0 < subid));
+}
+
+/// at_transaction_end forgets the transaction's captured counts. No ERROR, no allocation.
+pub fn at_transaction_end() {
+    CAPTURED.with_borrow_mut(Vec::clear);
+}
+
+/// before_commit leaves one gap record per tracked table that this logical replication
+/// worker's transaction changed: the rows it applied cannot be captured. Called at
+/// PRE_COMMIT, in such a worker only, before the transaction's records are published.
+pub fn before_commit() {
+    // SAFETY: reads transaction state.
+    let wrote = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
+    if !wrote || !hooks::capturing() {
+        return;
+    }
+    let mut changed: BTreeMap<u32, (Rc<Tracked>, Counts)> = BTreeMap::new();
+    let mut unknown: BTreeMap<u32, Rc<Tracked>> = BTreeMap::new();
+    for (relid, table) in with_snapshot(tracked::all) {
+        let oid = pg_sys::Oid::from(relid);
+        match changed_in_this_transaction(oid) {
+            Some(counts) if counts.any() => {
+                changed
+                    .entry(table.relid)
+                    .or_insert_with(|| (table.clone(), Counts::default()))
+                    .1
+                    .add(counts);
+            }
+            Some(_) => {}
+            None if locked_for_writing(oid) => {
+                unknown.insert(table.relid, table);
+            }
+            None => {}
+        }
+    }
+    if changed.is_empty() && unknown.is_empty() {
+        return;
+    }
+    let captured = CAPTURED.with_borrow(|c| {
+        let mut by_root: BTreeMap<u32, Counts> = BTreeMap::new();
+        for &(_, root, counts) in c {
+            by_root.entry(root).or_default().add(counts);
+        }
+        by_root
+    });
+    let source = Source::current();
+    // SAFETY: reads transaction state.
+    let cid = unsafe { pg_sys::GetCurrentCommandId(false) };
+    for (root, (table, counts)) in changed {
+        let counts = counts.less(captured.get(&root).copied().unwrap_or_default());
+        if counts.any() {
+            let note = source.note(Some(counts));
+            rows::push_change(
+                &table,
+                Op::Gap,
+                cid,
+                counts.rows(),
+                Vec::new(),
+                &note,
+                |_| false,
+            );
+        }
+    }
+    for table in unknown.values() {
+        let note = source.note(None);
+        rows::push_change(table, Op::Gap, cid, 0, Vec::new(), &note, |_| false);
+    }
+}
+
+/// with_snapshot runs `f`, which may read tracked_tables through SPI, with an active snapshot:
+/// at PRE_COMMIT the workers have popped theirs, and SPI refuses to run without one ("cannot
+/// execute SQL without an outer snapshot or portal"), as PostgreSQL's own deferred triggers
+/// would at that point without the snapshot CommitTransaction pushes for them.
+fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    struct Pop(bool);
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            if self.0 {
+                // SAFETY: pops the snapshot pushed below. While an ERROR unwinds, the top
+                // may be another one (SPI's): the abort that follows resets the stack anyway.
+                unsafe { pg_sys::PopActiveSnapshot() };
+            }
+        }
+    }
+    // SAFETY: inside the committing transaction, which may still take a snapshot.
+    let pushed = unsafe {
+        let push = !pg_sys::ActiveSnapshotSet();
+        if push {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        push
+    };
+    let _pop = Pop(pushed);
+    f()
+}
+
+/// changed_in_this_transaction is what the open transaction did to `relid`, from its pending
+/// table statistics: the counts of each (sub)transaction level still open, plus what a
+/// TRUNCATE at a level set aside (PostgreSQL keeps the counts from before the first TRUNCATE
+/// of a level, and zeroes them). None when the statistics are not kept (track_counts off).
+///
+/// PostgreSQL 13 to 15: find_tabstat_entry returns the pending entry itself, whose `trans`
+/// chain holds the transaction's counts until AtEOXact_PgStat, which runs after PRE_COMMIT.
+#[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
+fn changed_in_this_transaction(relid: pg_sys::Oid) -> Option<Counts> {
+    // SAFETY: reads a GUC variable; find_tabstat_entry only looks up this backend's pending
+    // statistics (NULL when the relation has none), and the chain lives in
+    // TopTransactionContext until the transaction ends.
+    unsafe {
+        if !pg_sys::pgstat_track_counts {
+            return None;
+        }
+        let entry = pg_sys::find_tabstat_entry(relid);
+        let mut counts = Counts::default();
+        if entry.is_null() {
+            return Some(counts);
+        }
+        let mut trans = (*entry).trans;
+        while !trans.is_null() {
+            let t = &*trans;
+            counts.inserted += t.tuples_inserted;
+            counts.updated += t.tuples_updated;
+            counts.deleted += t.tuples_deleted;
+            if t.truncdropped {
+                counts.truncated = true;
+                counts.inserted += t.inserted_pre_truncdrop;
+                counts.updated += t.updated_pre_truncdrop;
+                counts.deleted += t.deleted_pre_truncdrop;
+            }
+            trans = t.upper;
+        }
+        Some(counts)
+    }
+}
+
+/// From PostgreSQL 16, find_tabstat_entry returns a copy without the `trans` chain, whose
+/// counts include earlier transactions' not yet flushed: the counts of this transaction are
+/// not known (see the versions issue), only that it wrote to the table.
+#[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+fn changed_in_this_transaction(_relid: pg_sys::Oid) -> Option<Counts> {
+    None
+}
+
+/// locked_for_writing tells whether this transaction holds the lock that writing `relid`
+/// takes: ROW EXCLUSIVE for rows (the apply and tablesync workers keep it until the
+/// transaction ends), ACCESS EXCLUSIVE for TRUNCATE.
+fn locked_for_writing(relid: pg_sys::Oid) -> bool {
+    // SAFETY: reads a backend global.
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: relid.to_u32(),
+        locktag_field3: 0,
+        locktag_field4: 0,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_RELATION as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    };
+    [pg_sys::RowExclusiveLock, pg_sys::AccessExclusiveLock]
+        .into_iter()
+        .any(|mode| {
+            // SAFETY: looks up this backend's local lock table.
+            unsafe {
+                #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+                let held = pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE);
+                #[cfg(any(feature = "pg17", feature = "pg18"))]
+                let held = pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE, false);
+                held
+            }
+        })
+}
+
+/// Where applied rows come from: the worker's subscription and replication origin.
+struct Source {
+    subscription: Option<String>,
+    origin: Option<String>,
+    /// The tablesync worker (initial copy of a table, then its catch-up), not the apply worker.
+    tablesync: bool,
+}
+
+impl Source {
+    fn current() -> Source {
+        // SAFETY: MySubscription is NULL or the worker's subscription; get_subscription_name
+        // and replorigin_by_oid are catalog lookups with missing_ok (no ERROR for a name that
+        // is gone) inside the committing transaction; bgw_name is a NUL-terminated array.
+        unsafe {
+            let sub = unguarded::MySubscription;
+            let subscription = if sub.is_null() {
+                None
+            } else {
+                let subid = (*sub).oid;
+                cstring(pg_guard_ffi_boundary(|| {
+                    unguarded::get_subscription_name(subid, true)
+                }))
+            };
+            let id = pg_sys::replorigin_session_origin;
+            let origin = if u32::from(id) == pg_sys::InvalidRepOriginId {
+                None
+            } else {
+                let mut name: *mut c_char = std::ptr::null_mut();
+                pg_sys::replorigin_by_oid(id, true, &mut name);
+                cstring(name)
+            };
+            let worker = pg_sys::MyBgworkerEntry;
+            // "logical replication (tablesync) worker for subscription 16390 sync 16384".
+            let tablesync = !worker.is_null()
+                && CStr::from_ptr((*worker).bgw_name.as_ptr())
+                    .to_bytes()
+                    .windows(6)
+                    .any(|w| w == b" sync ");
+            Source {
+                subscription,
+                origin,
+                tablesync,
+            }
+        }
+    }
+
+    /// note is the gap record's note: a JSON object with the reason and the facts (the
+    /// writer puts them in `details`). `counts` None: not known.
+    fn note(&self, counts: Option<Counts>) -> String {
+        let by = if self.tablesync {
+            "by logical replication's table synchronization"
+        } else {
+            "by logical replication"
+        };
+        let mut whence = Vec::new();
+        if let Some(o) = &self.origin {
+            whence.push(format!("origin {o}"));
+        }
+        if let Some(s) = &self.subscription {
+            whence.push(format!("subscription {s}"));
+        }
+        let whence = match whence.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", whence.join(", ")),
+        };
+        let reason = match counts {
+            Some(c) => format!(
+                "{}{} {} inserted, {} updated, {} deleted {by}{whence} were not captured",
+                if c.truncated { "a TRUNCATE and " } else { "" },
+                c.inserted,
+                if c.inserted == 1 { "row" } else { "rows" },
+                c.updated,
+                c.deleted
+            ),
+            None => format!(
+                "rows changed {by}{whence} were not captured (how many is not known: track_counts is off)"
+            ),
+        };
+        let mut facts = serde_json::json!({
+            "reason": reason,
+            "source": "logical replication",
+            "worker": if self.tablesync { "tablesync" } else { "apply" },
+            "subscription": self.subscription,
+            "origin": self.origin,
+        });
+        if let Some(c) = counts {
+            facts["inserted"] = c.inserted.into();
+            facts["updated"] = c.updated.into();
+            facts["deleted"] = c.deleted.into();
+            facts["truncated"] = c.truncated.into();
+        }
+        facts.to_string()
+    }
+}
+
+/// cstring copies a string PostgreSQL palloc'd (NULL: None).
+unsafe fn cstring(p: *mut c_char) -> Option<String> {
+    // SAFETY: p is NULL or a NUL-terminated string.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// after_subscription_command warns when a subscription command that just succeeded made
+/// tracked tables targets of the subscription: CREATE SUBSCRIPTION, and ALTER SUBSCRIPTION …
+/// REFRESH PUBLICATION, ADD PUBLICATION or SET PUBLICATION. A WARNING, not an ERROR: CREATE
+/// SUBSCRIPTION may have created the slot on the publisher already, which a rollback would
+/// leave behind.
+///
+/// # Safety
+/// `stmt` is the utility statement that just succeeded.
+pub unsafe fn after_subscription_command(stmt: *mut pg_sys::Node) {
+    use pg_sys::AlterSubscriptionType::*;
+    // SAFETY: the node's type is checked before it is read.
+    let name = unsafe {
+        if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreateSubscriptionStmt) {
+            (*stmt.cast::<pg_sys::CreateSubscriptionStmt>()).subname
+        } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_AlterSubscriptionStmt) {
+            let alter = stmt.cast::<pg_sys::AlterSubscriptionStmt>();
+            match (*alter).kind {
+                ALTER_SUBSCRIPTION_REFRESH
+                | ALTER_SUBSCRIPTION_ADD_PUBLICATION
+                | ALTER_SUBSCRIPTION_SET_PUBLICATION => (*alter).subname,
+                _ => return,
+            }
+        } else {
+            return;
+        }
+    };
+    // SAFETY: a catalog lookup inside the statement's transaction.
+    let subid = unsafe { pg_guard_ffi_boundary(|| unguarded::get_subscription_oid(name, true)) };
+    if subid == pg_sys::InvalidOid {
+        return;
+    }
+    // SAFETY: the command's catalog rows become visible to the query below.
+    unsafe { pg_sys::CommandCounterIncrement() };
+    let _nested = hooks::Nested::enter(); // not a user statement
+    let targets: Vec<pg_sys::Oid> = hooks::as_extension_owner(|| {
+        Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT srrelid FROM pg_catalog.pg_subscription_rel WHERE srsubid = $1 ORDER BY srrelid",
+                None,
+                &[subid.into()],
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                if let Some(relid) = row.get::<pg_sys::Oid>(1)? {
+                    out.push(relid);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| error!("activity_log: could not read pg_subscription_rel: {e}"));
+    let mut named: Vec<String> = Vec::new();
+    for relid in targets {
+        let Some(t) = tracked::lookup(relid.to_u32()) else {
+            continue;
+        };
+        let root = qualified(&t.schema, &t.table);
+        let entry = if t.relid == relid.to_u32() {
+            root
+        } else {
+            // SAFETY: catalog lookups of a relation the subscription lists.
+            let partition = unsafe {
+                let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
+                let rel = pg_sys::get_rel_name(relid);
+                match (cstring(nsp), cstring(rel)) {
+                    (Some(n), Some(r)) => qualified(n.as_bytes(), r.as_bytes()),
+                    _ => format!("{}", relid.to_u32()),
+                }
+            };
+            format!("{root} (its partition {partition})")
+        };
+        if !named.contains(&entry) {
+            named.push(entry);
+        }
+    }
+    if named.is_empty() {
+        return;
+    }
+    // SAFETY: the name is the statement's NUL-terminated string.
+    let subname = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    let (noun, verb) = match named.len() {
+        1 => ("table", "is"),
+        _ => ("tables", "are"),
+    };
+    warn(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "tracked {noun} {} {verb} now a target of subscription \"{subname}\"",
+            named.join(", ")
+        ),
+        Some(
+            "Rows applied by logical replication cannot be captured: each transaction of the subscription that changes a tracked table leaves a gap record in the trail instead.",
+        ),
+        Some(
+            "Audit the table on the publisher, and untrack it here (or remove it from the publication).",
+        ),
+    );
+}
+
+/// qualified is `schema.table`, each quoted where SQL needs it.
+fn qualified(schema: &[u8], table: &[u8]) -> String {
+    let quote = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let plain = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !s.starts_with(|c: char| c.is_ascii_digit());
+        match plain {
+            true => s.into_owned(),
+            false => format!("\"{}\"", s.replace('"', "\"\"")),
+        }
+    };
+    format!("{}.{}", quote(schema), quote(table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> Source {
+        Source {
+            subscription: Some("s".into()),
+            origin: Some("pg_16390".into()),
+            tablesync: false,
+        }
+    }
+
+    #[test]
+    fn the_note_says_what_was_not_captured_and_whence() {
+        let counts = Counts {
+            inserted: 3,
+            updated: 1,
+            deleted: 2,
+            truncated: false,
+        };
+        let note: serde_json::Value = serde_json::from_str(&source().note(Some(counts))).unwrap();
+        assert_eq!(
+            note["reason"],
+            "3 rows inserted, 1 updated, 2 deleted by logical replication (origin pg_16390, subscription s) were not captured"
+        );
+        assert_eq!(note["inserted"], 3);
+        assert_eq!(note["subscription"], "s");
+        assert_eq!(note["worker"], "apply");
+        let truncated = Counts {
+            truncated: true,
+            ..Counts::default()
+        };
+        let mut sync = source();
+        sync.tablesync = true;
+        sync.origin = None;
+        let note: serde_json::Value = serde_json::from_str(&sync.note(Some(truncated))).unwrap();
+        assert_eq!(
+            note["reason"],
+            "a TRUNCATE and 0 rows inserted, 0 updated, 0 deleted by logical replication's table synchronization (subscription s) were not captured"
+        );
+        assert_eq!(note["origin"], serde_json::Value::Null);
+        let one = Counts {
+            inserted: 1,
+            ..Counts::default()
+        };
+        let note: serde_json::Value = serde_json::from_str(&source().note(Some(one))).unwrap();
+        assert!(
+            note["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("1 row inserted, 0 updated"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn captured_rows_are_not_reported_again() {
+        let applied = Counts {
+            inserted: 5,
+            updated: 2,
+            deleted: 0,
+            truncated: false,
+        };
+        let by_trigger = Counts {
+            inserted: 5,
+            updated: 3,
+            ..Counts::default()
+        };
+        assert!(!applied.less(by_trigger).any());
+        let partly = Counts {
+            inserted: 2,
+            ..Counts::default()
+        };
+        assert_eq!(applied.less(partly).rows(), 5);
+    }
+
+    #[test]
+    fn names_are_quoted_where_sql_needs_it() {
+        assert_eq!(qualified(b"public", b"orders"), "public.orders");
+        assert_eq!(
+            qualified(b"public", b"Order Lines"),
+            "public.\"Order Lines\""
+        );
+        assert_eq!(qualified(b"a\"b", b"1x"), "\"a\"\"b\".\"1x\"");
+    }
+}

@@ -1,0 +1,228 @@
+//! Real-cluster tests of tracked tables on a logical replication subscriber (issue 25, item 4):
+//! rows applied by the apply and tablesync workers cannot be captured, so a subscription
+//! target cannot be tracked, and a tracked table that becomes one leaves a gap record for
+//! every transaction that changes it — never silence.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// Issue 25, item 4. One cluster (wal_level = logical), a publisher database and a subscriber
+/// database with the extension. On the subscriber: track() refuses a subscription target, and
+/// a table one of whose partitions is one, with the exact message, SQLSTATE and hint. A table
+/// tracked before ALTER SUBSCRIPTION … REFRESH PUBLICATION made it a target gets a WARNING;
+/// its initial synchronization and every replicated transaction (INSERT/UPDATE/DELETE, then
+/// TRUNCATE and INSERT) leave exactly one gap record each with the counts, the subscription
+/// and the origin; an untracked target leaves nothing; local changes of another tracked table
+/// are captured as rows all the while; health() counts the gaps.
+#[test]
+fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
+    let c = Cluster::start("replication", &["wal_level = logical"]);
+    c.sql(
+        "postgres",
+        "CREATE DATABASE pub;
+         CREATE DATABASE sub;",
+    );
+    c.sql(
+        "pub",
+        "CREATE TABLE refused (id int PRIMARY KEY, v text);
+         CREATE TABLE parted_1 (id int PRIMARY KEY, v text);
+         CREATE TABLE late (id int PRIMARY KEY, v text);
+         INSERT INTO late VALUES (1, 'a'), (2, 'b'), (3, 'c');
+         CREATE PUBLICATION p FOR TABLE refused, parted_1;
+         SELECT pg_create_logical_replication_slot('s', 'pgoutput');",
+    );
+    with_extension(&c, "sub");
+    c.sql(
+        "sub",
+        "CREATE TABLE refused (id int PRIMARY KEY, v text);
+         CREATE TABLE parted (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000);
+         CREATE TABLE late (id int PRIMARY KEY, v text);
+         CREATE TABLE local (id int PRIMARY KEY, v text);",
+    );
+    // Same-cluster subscription: the slot was made above (CREATE SUBSCRIPTION would wait for
+    // its own transaction to make it).
+    let conninfo = format!("host={} port={} dbname=pub user=postgres", c.dir, c.port);
+    let created = c.run(
+        "sub",
+        &format!(
+            "CREATE SUBSCRIPTION s CONNECTION '{conninfo}' PUBLICATION p
+                WITH (create_slot = false, slot_name = 's');"
+        ),
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    // Nothing tracked is a target yet: no warning.
+    assert!(
+        !String::from_utf8_lossy(&created.stderr).contains("WARNING"),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    // A target, and a table whose partition is one, cannot be tracked.
+    let err = c.error(
+        "sub",
+        "\\set VERBOSITY verbose\nSELECT activity_log.track('refused');",
+    );
+    assert!(
+        err.contains(
+            "ERROR:  55000: cannot track \"public.refused\": it is a target of subscription \"s\""
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("HINT:  Rows applied by logical replication cannot be captured; audit the table on the publisher."),
+        "{err}"
+    );
+    let err = c.error("sub", "SELECT activity_log.track('parted');");
+    assert!(
+        err.contains("ERROR:  cannot track \"public.parted\": its partition \"public.parted_1\" is a target of subscription \"s\""),
+        "{err}"
+    );
+    assert_eq!(
+        c.one("sub", "SELECT count(*) FROM activity_log.tracked_tables"),
+        "0"
+    );
+
+    // Tracked first, then made a target: a WARNING names it.
+    c.sql(
+        "sub",
+        "SELECT activity_log.track('late');
+         SELECT activity_log.track('local');",
+    );
+    c.sql("pub", "ALTER PUBLICATION p ADD TABLE late;");
+    let refreshed = c.run("sub", "ALTER SUBSCRIPTION s REFRESH PUBLICATION;");
+    let stderr = String::from_utf8_lossy(&refreshed.stderr);
+    assert!(refreshed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "WARNING:  tracked table public.late is now a target of subscription \"s\"\n\
+             DETAIL:  Rows applied by logical replication cannot be captured: each transaction of the subscription that changes a tracked table leaves a gap record in the trail instead.\n\
+             HINT:  Audit the table on the publisher, and untrack it here (or remove it from the publication)."
+        ),
+        "{stderr}"
+    );
+    let synced = wait_until(Duration::from_secs(60), || {
+        (c.one(
+            "sub",
+            "SELECT count(*) FILTER (WHERE srsubstate <> 'r') || '/' || count(*) FROM pg_subscription_rel",
+        ) == "0/3")
+            .then_some(())
+    });
+    assert!(
+        synced.is_some(),
+        "the tables never synchronized: {:?}\n{}",
+        c.sql(
+            "sub",
+            "SELECT srrelid::regclass, srsubstate FROM pg_subscription_rel"
+        ),
+        c.log()
+    );
+    assert_eq!(c.one("sub", "SELECT count(*) FROM late"), "3");
+
+    // Replicated transactions, and local changes on the subscriber meanwhile.
+    c.sql(
+        "pub",
+        "BEGIN;
+         INSERT INTO late VALUES (4, 'd'), (5, 'e');
+         UPDATE late SET v = 'B' WHERE id = 2;
+         DELETE FROM late WHERE id = 3;
+         INSERT INTO refused VALUES (1, 'untracked');
+         COMMIT;",
+    );
+    c.sql(
+        "sub",
+        "INSERT INTO local VALUES (1, 'here');
+         UPDATE local SET v = 'still here' WHERE id = 1;",
+    );
+    c.sql(
+        "pub",
+        "BEGIN;
+         TRUNCATE late;
+         INSERT INTO late VALUES (10, 'z');
+         COMMIT;",
+    );
+    let applied = wait_until(Duration::from_secs(30), || {
+        (c.one(
+            "sub",
+            "SELECT string_agg(id || v, ',' ORDER BY id) FROM late",
+        ) == "10z")
+            .then_some(())
+    });
+    assert!(applied.is_some(), "not applied:\n{}", c.log());
+    assert_eq!(c.one("sub", "SELECT count(*) FROM refused"), "1");
+
+    // Exactly one gap record per transaction that changed the tracked target.
+    let (subid, relid) = {
+        let ids = c.one(
+            "sub",
+            "SELECT s.oid || '|' || 'late'::regclass::oid FROM pg_subscription s WHERE subname = 's'",
+        );
+        let (s, r) = ids.split_once('|').unwrap();
+        (s.to_string(), r.to_string())
+    };
+    let gaps_query = "SELECT command, schema_name || '.' || table_name, rows, db_user,
+                             details->>'reason', details->>'subscription', details->>'worker',
+                             details->>'inserted', details->>'updated', details->>'deleted',
+                             details->>'truncated', (details->>'rows_captured')::text
+                        FROM activity_log.events
+                       WHERE kind = 'system' AND status = 'gap' ORDER BY id";
+    let gaps = wait_until(Duration::from_secs(30), || {
+        c.flush("sub");
+        let rows = c.sql("sub", gaps_query);
+        (rows.len() >= 3).then_some(rows)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "gap records missing: {:?}\n{}",
+            c.sql("sub", gaps_query),
+            c.log()
+        )
+    });
+    assert_eq!(
+        gaps,
+        vec![
+            format!(
+                "GAP|public.late|3|postgres|3 rows inserted, 0 updated, 0 deleted by logical replication's table synchronization (origin pg_{subid}_{relid}, subscription s) were not captured|s|tablesync|3|0|0|false|false"
+            ),
+            format!(
+                "GAP|public.late|4|postgres|2 rows inserted, 1 updated, 1 deleted by logical replication (origin pg_{subid}, subscription s) were not captured|s|apply|2|1|1|false|false"
+            ),
+            format!(
+                "GAP|public.late|1|postgres|a TRUNCATE and 1 row inserted, 0 updated, 0 deleted by logical replication (origin pg_{subid}, subscription s) were not captured|s|apply|1|0|0|true|false"
+            ),
+        ]
+    );
+    // The applied rows are not change records; the local ones are, exactly.
+    assert_eq!(
+        c.sql(
+            "sub",
+            "SELECT op, table_name, row_key, old_row, new_row FROM activity_log.changes ORDER BY id"
+        ),
+        vec![
+            "INSERT|local|{\"id\": 1}||{\"v\": \"here\", \"id\": 1}",
+            "UPDATE|local|{\"id\": 1}|{\"v\": \"here\", \"id\": 1}|{\"v\": \"still here\", \"id\": 1}",
+        ]
+    );
+    assert_eq!(
+        c.one(
+            "sub",
+            "SELECT count(*) FROM activity_log.events WHERE table_name IN ('late', 'refused', 'parted') AND kind = 'change'"
+        ),
+        "0"
+    );
+    // health() shows the gaps.
+    assert_eq!(
+        c.one(
+            "sub",
+            "SELECT f->>'value' || '|' || (f->>'penalty') FROM jsonb_array_elements((activity_log.health()).factors) f
+              WHERE f->>'factor' = 'gap_events'"
+        ),
+        "3|15"
+    );
+}
