@@ -256,3 +256,94 @@ fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
         ))
     );
 }
+
+/// Issue 25, item 4, two-phase: CREATE SUBSCRIPTION of a tracked table warns; a subscription
+/// with two_phase applies a PREPARE TRANSACTION of the publisher as a prepared transaction,
+/// and the COMMIT PREPARED that follows shows nothing of its rows: the gap record goes out
+/// with the prepare, and says so; the commit adds none.
+#[test]
+fn a_transaction_prepared_by_a_two_phase_subscription_leaves_its_gap() {
+    let c = Cluster::start(
+        "replication2pc",
+        &["wal_level = logical", "max_prepared_transactions = 10"],
+    );
+    c.sql(
+        "postgres",
+        "CREATE DATABASE pub;
+         CREATE DATABASE sub;",
+    );
+    c.sql(
+        "pub",
+        "CREATE TABLE tp (id int PRIMARY KEY, v text);
+         CREATE PUBLICATION p FOR TABLE tp;
+         SELECT pg_create_logical_replication_slot('s2', 'pgoutput', false, true);",
+    );
+    with_extension(&c, "sub");
+    c.sql(
+        "sub",
+        "CREATE TABLE tp (id int PRIMARY KEY, v text);
+         SELECT activity_log.track('tp');",
+    );
+    let conninfo = format!("host={} port={} dbname=pub user=postgres", c.dir, c.port);
+    let created = c.run(
+        "sub",
+        &format!(
+            "CREATE SUBSCRIPTION s2 CONNECTION '{conninfo}' PUBLICATION p
+                WITH (create_slot = false, slot_name = 's2', two_phase = true);"
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(created.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARNING:  tracked table public.tp is now a target of subscription \"s2\""),
+        "{stderr}"
+    );
+    // two_phase is enabled once every table is synchronized (the apply worker restarts).
+    let enabled = wait_until(Duration::from_secs(60), || {
+        (c.one(
+            "sub",
+            "SELECT subtwophasestate FROM pg_subscription WHERE subname = 's2'",
+        ) == "e")
+            .then_some(())
+    });
+    assert!(enabled.is_some(), "two_phase never enabled:\n{}", c.log());
+    c.sql(
+        "pub",
+        "BEGIN;
+         INSERT INTO tp VALUES (1, 'x'), (2, 'y');
+         PREPARE TRANSACTION 'g1';",
+    );
+    let prepared = wait_until(Duration::from_secs(30), || {
+        (c.one(
+            "sub",
+            "SELECT count(*) FROM pg_prepared_xacts WHERE database = 'sub'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(
+        prepared.is_some(),
+        "not prepared on the subscriber:\n{}",
+        c.log()
+    );
+    c.sql("pub", "COMMIT PREPARED 'g1';");
+    let committed = wait_until(Duration::from_secs(30), || {
+        (c.one("sub", "SELECT count(*) FROM tp") == "2").then_some(())
+    });
+    assert!(committed.is_some(), "not committed:\n{}", c.log());
+    let subid = c.one(
+        "sub",
+        "SELECT oid FROM pg_subscription WHERE subname = 's2'",
+    );
+    c.sql("sub", "SELECT pg_sleep(0.5)"); // the apply worker's commit of COMMIT PREPARED
+    c.flush("sub");
+    assert_eq!(
+        c.sql(
+            "sub",
+            "SELECT table_name, rows, details->>'reason', details->>'prepared'
+               FROM activity_log.events WHERE status = 'gap' ORDER BY id"
+        ),
+        vec![format!(
+            "tp|2|2 rows inserted, 0 updated, 0 deleted by logical replication (origin pg_{subid}, subscription s2) were not captured (the transaction was prepared for two-phase commit, and may yet be rolled back)|true"
+        )]
+    );
+}

@@ -383,6 +383,19 @@ fn take_failures() -> (Vec<u8>, u32) {
     })
 }
 
+/// take_records hands out the transaction's records (not its failures) and forgets them. Only
+/// for a transaction that staged nothing.
+fn take_records() -> (Vec<u8>, u32) {
+    PENDING.with_borrow_mut(|p| {
+        debug_assert!(!p.spilled);
+        p.marks.clear();
+        p.runs.clear();
+        p.durable = false;
+        let n = std::mem::replace(&mut p.records, 0);
+        (std::mem::take(&mut p.bytes), n)
+    })
+}
+
 /// failure_bytes is the size of the failure records pending.
 fn failure_bytes() -> usize {
     PENDING.with_borrow(|p| p.failures.len())

@@ -126,8 +126,10 @@ pub fn at_transaction_end() {
 
 /// before_commit leaves one gap record per tracked table that this logical replication
 /// worker's transaction changed: the rows it applied cannot be captured. Called at
-/// PRE_COMMIT, in such a worker only, before the transaction's records are published.
-pub fn before_commit() {
+/// PRE_COMMIT, in such a worker only, before the transaction's records are published; and at
+/// PRE_PREPARE (`prepared`) for a subscription with two_phase, whose records are then
+/// published at once.
+pub fn before_commit(prepared: bool) {
     // SAFETY: reads transaction state.
     let wrote = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
     if !wrote || !hooks::capturing() {
@@ -162,7 +164,7 @@ pub fn before_commit() {
         }
         by_root
     });
-    let source = Source::current();
+    let source = Source::current(prepared);
     // SAFETY: reads transaction state.
     let cid = unsafe { pg_sys::GetCurrentCommandId(false) };
     for (root, (table, counts)) in changed {
@@ -293,10 +295,12 @@ struct Source {
     origin: Option<String>,
     /// The tablesync worker (initial copy of a table, then its catch-up), not the apply worker.
     tablesync: bool,
+    /// The transaction is being prepared (two_phase), not committed.
+    prepared: bool,
 }
 
 impl Source {
-    fn current() -> Source {
+    fn current(prepared: bool) -> Source {
         // SAFETY: MySubscription is NULL or the worker's subscription; get_subscription_name
         // and replorigin_by_oid are catalog lookups with missing_ok (no ERROR for a name that
         // is gone) inside the committing transaction; bgw_name is a NUL-terminated array.
@@ -329,6 +333,7 @@ impl Source {
                 subscription,
                 origin,
                 tablesync,
+                prepared,
             }
         }
     }
@@ -352,9 +357,15 @@ impl Source {
             true => String::new(),
             false => format!(" ({})", whence.join(", ")),
         };
+        let prepared = match self.prepared {
+            true => {
+                " (the transaction was prepared for two-phase commit, and may yet be rolled back)"
+            }
+            false => "",
+        };
         let reason = match counts {
             Some(c) => format!(
-                "{}{} {} inserted, {} updated, {} deleted {by}{whence} were not captured",
+                "{}{} {} inserted, {} updated, {} deleted {by}{whence} were not captured{prepared}",
                 if c.truncated { "a TRUNCATE and " } else { "" },
                 c.inserted,
                 if c.inserted == 1 { "row" } else { "rows" },
@@ -362,7 +373,7 @@ impl Source {
                 c.deleted
             ),
             None => format!(
-                "rows changed {by}{whence} were not captured (how many is not known: track_counts is off)"
+                "rows changed {by}{whence} were not captured (how many is not known: track_counts is off){prepared}"
             ),
         };
         let mut facts = serde_json::json!({
@@ -372,6 +383,9 @@ impl Source {
             "subscription": self.subscription,
             "origin": self.origin,
         });
+        if self.prepared {
+            facts["prepared"] = true.into();
+        }
         if let Some(c) = counts {
             facts["inserted"] = c.inserted.into();
             facts["updated"] = c.updated.into();
@@ -512,6 +526,7 @@ mod tests {
             subscription: Some("s".into()),
             origin: Some("pg_16390".into()),
             tablesync: false,
+            prepared: false,
         }
     }
 

@@ -76,6 +76,14 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             hooks::forget_statements();
             hooks::settle_drop(false);
         }
+        // A subscription with two_phase prepares what it applied, and its COMMIT PREPARED
+        // later shows nothing: the gap records go out now, with the prepare.
+        XACT_EVENT_PRE_PREPARE if replication::in_logical_worker() && !capture::has_records() => {
+            replication::before_commit(true);
+            if capture::has_records() {
+                publish_failures_now(capture::take_records());
+            }
+        }
         XACT_EVENT_PRE_PREPARE if capture::has_records() => raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             "activity_log cannot audit a prepared transaction",
@@ -85,6 +93,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
         ),
         XACT_EVENT_PREPARE => {
             publish_failures_now(capture::take_failures());
+            replication::at_transaction_end();
             hooks::forget_statements();
         }
         _ => {}
@@ -178,7 +187,7 @@ fn pre_commit() {
     }
     if replication::in_logical_worker() {
         // Rows it applied to tracked tables: a gap record each (capture/replication.rs).
-        replication::before_commit();
+        replication::before_commit(false);
     }
     if !capture::has_anything() || !ring::is_initialised() {
         return;
@@ -370,8 +379,9 @@ fn frame_info_with_xid() -> Vec<u8> {
 }
 
 /// publish_failures_now stores failed-statement records `(body, n)` of a transaction that did
-/// not commit, or of subtransactions that rolled back. Runs in the abort path: never waits,
-/// never raises; a full ring counts them as dropped.
+/// not commit, or of subtransactions that rolled back (and the gap records of a transaction a
+/// logical replication worker prepares). Runs in the abort path: never waits, never raises; a
+/// full ring counts them as dropped.
 fn publish_failures_now((body, n): (Vec<u8>, u32)) {
     if n == 0 || !ring::is_initialised() {
         return;
