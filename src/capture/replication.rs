@@ -220,8 +220,10 @@ fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
 /// TRUNCATE at a level set aside (PostgreSQL keeps the counts from before the first TRUNCATE
 /// of a level, and zeroes them). None when the statistics are not kept (track_counts off).
 ///
-/// PostgreSQL 13 to 15: find_tabstat_entry returns the pending entry itself, whose `trans`
-/// chain holds the transaction's counts until AtEOXact_PgStat, which runs after PRE_COMMIT.
+/// PostgreSQL 15: find_tabstat_entry returns the pending entry itself, whose `trans` chain
+/// holds the transaction's counts until AtEOXact_PgStat, which runs after PRE_COMMIT (and
+/// AtPrepare_PgStat after PRE_PREPARE). PostgreSQL 13 and 14 have the same chain, with the
+/// truncate fields named `truncated` and `*_pre_trunc`.
 #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
 fn changed_in_this_transaction(relid: pg_sys::Oid) -> Option<Counts> {
     // SAFETY: reads a GUC variable; find_tabstat_entry only looks up this backend's pending
