@@ -137,7 +137,11 @@ pub fn before_commit(prepared: bool) {
     }
     let mut changed: BTreeMap<u32, (Rc<Tracked>, Counts)> = BTreeMap::new();
     let mut unknown: BTreeMap<u32, Rc<Tracked>> = BTreeMap::new();
-    for (relid, table) in with_snapshot(tracked::all) {
+    let tables = match tracked::stale() {
+        true => with_snapshot(tracked::all),
+        false => tracked::all(),
+    };
+    for (relid, table) in tables {
         let oid = pg_sys::Oid::from(relid);
         match changed_in_this_transaction(oid) {
             Some(counts) if counts.any() => {

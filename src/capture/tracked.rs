@@ -153,6 +153,11 @@ pub fn all() -> Vec<(u32, Rc<Tracked>)> {
     CACHE.with_borrow(|c| c.tables.iter().map(|(&k, v)| (k, v.clone())).collect())
 }
 
+/// stale tells whether the next lookup reloads the copy (one SPI query).
+pub fn stale() -> bool {
+    MISSED.get() || CACHE.with_borrow(|c| !c.valid && !c.loading)
+}
+
 /// note_change makes every backend of this database reload (this one after the current
 /// statement, the others when the transaction commits): an invalidation of tracked_tables.
 pub fn note_change() {
