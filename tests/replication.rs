@@ -40,7 +40,13 @@ fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
          CREATE TABLE parted (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
          CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000);
          CREATE TABLE late (id int PRIMARY KEY, v text);
-         CREATE TABLE local (id int PRIMARY KEY, v text);",
+         CREATE TABLE local (id int PRIMARY KEY, v text);
+         -- A trigger the apply worker fires: its statement runs through the executor.
+         CREATE TABLE side (id int PRIMARY KEY, v text);
+         CREATE FUNCTION copy_to_side() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO public.side VALUES (NEW.id, NEW.v); RETURN NULL; END $$;
+         CREATE TRIGGER copy_to_side AFTER INSERT ON refused FOR EACH ROW EXECUTE FUNCTION copy_to_side();
+         ALTER TABLE refused ENABLE ALWAYS TRIGGER copy_to_side;",
     );
     // Same-cluster subscription: the slot was made above (CREATE SUBSCRIPTION would wait for
     // its own transaction to make it).
@@ -93,7 +99,8 @@ fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
     c.sql(
         "sub",
         "SELECT activity_log.track('late');
-         SELECT activity_log.track('local');",
+         SELECT activity_log.track('local');
+         SELECT activity_log.track('side');",
     );
     c.sql("pub", "ALTER PUBLICATION p ADD TABLE late;");
     let refreshed = c.run("sub", "ALTER SUBSCRIPTION s REFRESH PUBLICATION;");
@@ -156,6 +163,7 @@ fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
     });
     assert!(applied.is_some(), "not applied:\n{}", c.log());
     assert_eq!(c.one("sub", "SELECT count(*) FROM refused"), "1");
+    assert_eq!(c.one("sub", "SELECT count(*) FROM side"), "1");
 
     // Exactly one gap record per transaction that changed the tracked target.
     let (subid, relid) = {
@@ -198,11 +206,23 @@ fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
             ),
         ]
     );
-    // The applied rows are not change records; the local ones are, exactly.
+    // The applied rows are not change records; the local ones are, exactly, and so is the row
+    // the trigger wrote during apply (no gap for it: its rows were captured).
     assert_eq!(
         c.sql(
             "sub",
-            "SELECT op, table_name, row_key, old_row, new_row FROM activity_log.changes ORDER BY id"
+            "SELECT op, table_name, row_key, old_row, new_row, query FROM activity_log.changes
+              WHERE table_name = 'side'"
+        ),
+        vec![
+            "INSERT|side|{\"id\": 1}||{\"v\": \"untracked\", \"id\": 1}|INSERT INTO public.side VALUES (NEW.id, NEW.v)"
+        ]
+    );
+    assert_eq!(
+        c.sql(
+            "sub",
+            "SELECT op, table_name, row_key, old_row, new_row FROM activity_log.changes
+              WHERE table_name <> 'side' ORDER BY id"
         ),
         vec![
             "INSERT|local|{\"id\": 1}||{\"v\": \"here\", \"id\": 1}",
