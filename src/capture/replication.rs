@@ -18,8 +18,16 @@
 //!   give how many rows were inserted, updated and deleted, and whether it truncated the table;
 //!   the record names the subscription and the replication origin.
 //!
-//! Ordinary backends pay one test of their backend type at PRE_COMMIT ([`in_logical_worker`])
-//! and nothing else.
+//! Ordinary backends pay one test of their backend type at PRE_COMMIT and per change record
+//! ([`in_logical_worker`]), and nothing else.
+//!
+//! The commit path: reading the statistics, the lock table, the subscription's and origin's
+//! names (missing_ok) raises no ERROR. The one thing that can is reloading this process's copy
+//! of tracked_tables after it changed (one SPI query, under a snapshot pushed for it), which
+//! every DML statement of the database needs as well; its ERROR aborts the applied
+//! transaction, which the worker then retries: nothing commits unrecorded. A transaction a
+//! `two_phase` subscription prepares publishes its gap records at PRE_PREPARE, without waiting
+//! for ring space (a full ring counts them as dropped, which the trail then reports).
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
