@@ -275,6 +275,29 @@ fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
             "GAP|public.late||postgres|rows changed by logical replication (origin pg_{subid}, subscription s) were not captured (how many is not known: track_counts is off)|s|apply|||||false"
         ))
     );
+
+    // A conflict stops the apply worker, which tries again every few seconds: its errors are
+    // the server log's, not failed statements of the subscription's owner in the trail.
+    c.sql("sub", "INSERT INTO refused VALUES (100, 'here first')");
+    c.sql("pub", "INSERT INTO refused VALUES (100, 'conflict')");
+    let failed_twice = wait_until(Duration::from_secs(30), || {
+        (c.log()
+            .matches("duplicate key value violates unique constraint \"refused_pkey\"")
+            .count()
+            >= 2)
+            .then_some(())
+    });
+    assert!(failed_twice.is_some(), "{}", c.log());
+    c.flush("sub");
+    assert_eq!(
+        c.sql(
+            "sub",
+            "SELECT db_user || '|' || coalesce(application_name, '-') || '|' || coalesce(query, '-') || '|' || coalesce(details::text, '-')
+               FROM activity_log.events WHERE status = 'error' AND sqlstate = '23505'"
+        ),
+        Vec::<String>::new()
+    );
+    c.sql("sub", "DELETE FROM refused WHERE id = 100");
 }
 
 /// Issue 25, item 4, two-phase: CREATE SUBSCRIPTION of a tracked table warns; a subscription
