@@ -1730,3 +1730,101 @@ fn a_dump_restores_whole_and_the_writer_continues_the_chain() {
         );
     }
 }
+
+/// Issue 25, item 5, the review's R1: an ordinary role (no CREATE on anything, not the extension's owner) runs
+/// `SET check_function_bodies = off; CREATE EXTENSION IF NOT EXISTS activity_log` — which
+/// PostgreSQL accepts from anyone with a NOTICE, before any privilege check, when the extension
+/// exists — and is then a "restore": its UPDATE of a tracked table is not recorded, and the
+/// writer is held off for everybody while it stays connected.
+#[test]
+fn an_ordinary_role_cannot_turn_itself_into_an_unaudited_restore() {
+    let c = Cluster::start(
+        "trust-restore-r1",
+        &["activity_log.capture_statements = 'mod'"],
+    );
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE ROLE mallory LOGIN;
+         CREATE TABLE public.salaries (id int PRIMARY KEY, amount int);
+         INSERT INTO salaries VALUES (1, 100);
+         GRANT ALL ON salaries TO mallory;
+         SELECT activity_log.track('public.salaries');",
+    );
+    c.flush(DB);
+    c.sql_as(
+        "mallory",
+        DB,
+        "SET check_function_bodies = off;
+         CREATE EXTENSION IF NOT EXISTS activity_log;
+         UPDATE salaries SET amount = 1000000 WHERE id = 1;",
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.changes
+              WHERE table_name = 'salaries' AND op = 'UPDATE' AND db_user = 'mallory'"
+        ),
+        "1",
+        "mallory's UPDATE of a tracked table is missing from the trail: {:?}",
+        c.sql(
+            DB,
+            "SELECT kind, command, db_user FROM activity_log.events ORDER BY id DESC LIMIT 3"
+        )
+    );
+}
+
+/// Issue 25, item 5, the review's R2: `pg_ctl stop -m fast` while a session holds the writer for a "restore" (here an idle
+/// psql that created the extension with check_function_bodies off) must still store what
+/// other sessions committed, as every clean shutdown does.
+#[test]
+fn a_clean_shutdown_during_a_restore_hold_loses_nothing() {
+    let c = Cluster::start("trust-restore-r2", &[]);
+    with_extension(&c, DB);
+    c.sql(DB, "CREATE DATABASE restored");
+    // Three statements, three transactions: the CREATE EXTENSION commits, then the session
+    // stays connected (a restore still loading, or a psql left open).
+    let mut holder = c
+        .psql_command("restored")
+        .args(["-c", "SET check_function_bodies = off"])
+        .args(["-c", "CREATE EXTENSION activity_log"])
+        .args(["-c", "SELECT pg_sleep(300)"])
+        .env("PGAPPNAME", "al_restorer")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn psql");
+    let held = common::wait_until(std::time::Duration::from_secs(20), || {
+        (c.one(
+            "restored",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'al_restorer' AND query LIKE '%pg_sleep%'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(
+        held.is_some(),
+        "the restoring session never got to its sleep"
+    );
+    c.sql(
+        "restored",
+        "SELECT activity_log.log_event('committed during the hold')",
+    );
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]), "fast stop failed");
+    let _ = holder.wait();
+    assert!(c.pg_ctl(&["start"]), "start failed");
+    c.wait_for_writer("restored", None);
+    c.flush("restored");
+    assert_eq!(
+        c.one(
+            "restored",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'committed during the hold'"
+        ),
+        "1",
+        "a committed record was lost by a clean shutdown: {:?}",
+        c.sql(
+            "restored",
+            "SELECT kind, status, details->>'reason' FROM activity_log.events WHERE status = 'gap'"
+        )
+    );
+}

@@ -640,6 +640,8 @@ unsafe extern "C-unwind" fn al_process_utility(
     }
     // SAFETY: utilityStmt is a valid node for the whole call.
     unsafe { before_drop(pstmt) };
+    // SAFETY: as above; a catalog lookup inside the statement's transaction.
+    let creates_extension = unsafe { creates_this_extension((*pstmt).utilityStmt) };
     {
         let _nested = Nested::enter();
         // SAFETY: chaining.
@@ -671,7 +673,7 @@ unsafe extern "C-unwind" fn al_process_utility(
         }
     }
     // SAFETY: pstmt and qc are valid for the whole call.
-    unsafe { after_utility(pstmt, qc) };
+    unsafe { after_utility(pstmt, qc, creates_extension) };
     if top {
         // SAFETY: qc is NULL or the completion the statement filled in.
         let rows = unsafe {
@@ -685,8 +687,12 @@ unsafe extern "C-unwind" fn al_process_utility(
 /// after_utility records what row capture cannot see of a utility statement: TRUNCATE and
 /// COPY FROM of tracked tables (a record with the row count, no images). DDL needs nothing
 /// here: PostgreSQL's invalidations reach the backends' copies of tracked_tables (tracked.rs).
-/// A CREATE EXTENSION of activity_log may start a restore (restore.rs).
-unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryCompletion) {
+/// A CREATE EXTENSION that created activity_log may start a restore (restore.rs).
+unsafe fn after_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    qc: *mut pg_sys::QueryCompletion,
+    created_extension: bool,
+) {
     // SAFETY: a valid PlannedStmt and QueryCompletion of a statement that just succeeded.
     unsafe {
         let stmt = (*pstmt).utilityStmt;
@@ -705,11 +711,7 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
             )
         };
         let cid = pg_sys::GetCurrentCommandId(false);
-        if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreateExtensionStmt)
-            && CStr::from_ptr((*stmt.cast::<pg_sys::CreateExtensionStmt>()).extname).to_bytes()
-                == b"activity_log"
-            && crate::ring::is_initialised()
-        {
+        if created_extension && crate::ring::is_initialised() {
             restore::after_create_extension(capturing());
         }
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_CopyStmt) {
@@ -781,6 +783,19 @@ unsafe fn after_utility(pstmt: *mut pg_sys::PlannedStmt, qc: *mut pg_sys::QueryC
                 }
             }
         }
+    }
+}
+
+/// creates_this_extension tells whether `stmt` is a CREATE EXTENSION of activity_log that will
+/// create it: not there yet. (`IF NOT EXISTS` of an installed extension succeeds for anyone,
+/// and creates nothing.)
+unsafe fn creates_this_extension(stmt: *mut pg_sys::Node) -> bool {
+    // SAFETY: a valid parse tree node; the lookup is a syscache probe.
+    unsafe {
+        pgrx::is_a(stmt, pg_sys::NodeTag::T_CreateExtensionStmt)
+            && CStr::from_ptr((*stmt.cast::<pg_sys::CreateExtensionStmt>()).extname).to_bytes()
+                == b"activity_log"
+            && pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) == pg_sys::InvalidOid
     }
 }
 

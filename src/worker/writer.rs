@@ -183,9 +183,9 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         }
     }
     // A drop stopped the writer: it leaves at once, and the records stay in the ring (gone
-    // with the trail if the drop commits, stored by the next writer if not). So do they
-    // while a restore holds the trail.
-    if !ring::paused(slot) && ring::restored_by(slot) == 0 {
+    // with the trail if the drop commits, stored by the next writer if not). A restore that
+    // holds the trail is stopped with the server: once it is gone the queue is stored.
+    if !ring::paused(slot) && restore_gone(slot, Duration::from_secs(30)) {
         drain_before_exit(slot);
     }
     // SAFETY: process-local flag read by on_exit.
@@ -243,6 +243,28 @@ fn staged_rows_left() -> bool {
             })
             .unwrap_or(false)
     })
+}
+
+/// restore_gone waits up to `within`, when stopping, for a backend that holds the trail for a
+/// restore to go (a shutdown stops it too); false if it is still there.
+fn restore_gone(slot: usize, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    loop {
+        let pid = ring::restored_by(slot);
+        if pid == 0 {
+            return true;
+        }
+        // SAFETY: a lookup in the proc array (a shared lock).
+        if unsafe { pg_sys::BackendPidGetProc(pid) }.is_null() {
+            ring::end_restore_hold(slot, pid);
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        // SAFETY: plain sleep (the latch is of no use once SIGTERM arrived).
+        unsafe { pg_sys::pg_usleep(10_000) };
+    }
 }
 
 /// wait_for_restore waits while a backend restores a dump into the database (see
