@@ -783,6 +783,15 @@ $$;
 COMMENT ON FUNCTION activity_log.redact(bigint, text[], text) IS
     'Empties columns of one trail row for good; the redaction is recorded, and verify() keeps proving the rest of the row.';
 
+-- The function of the synthetic triggers a COPY FROM into a tracked table finds in the relation
+-- cache (capture/copy_from.rs): the trigger manager calls a trigger's function by its oid. It
+-- refuses to run for any other trigger, and only the extension's owner may attach it to one
+-- (EXECUTE is revoked from PUBLIC below, as for every internal function).
+CREATE FUNCTION activity_log._capture_rows() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'al_capture_rows';
+COMMENT ON FUNCTION activity_log._capture_rows() IS
+    'Internal: records the rows of a COPY FROM into a tracked table; runs only as activity_log''s own synthetic trigger.';
+
 -- What PUBLIC may run: log_event(), flush(), verify() (which reads the trail as the caller),
 -- categories(), severities() and activity_health() (health(): the score and its factors,
 -- without error texts). Everything starting with an underscore is internal: the extension's

@@ -318,7 +318,8 @@ fn savepoints_truncate_copy_and_table_lifecycle() {
         rows,
         [
             r#"INSERT|t|{"id": 1}|{"v": "kept", "id": 1}|-"#,
-            "COPY|t|-|-|2",
+            r#"INSERT|t|{"id": 5}|{"v": "copied", "id": 5}|-"#,
+            r#"INSERT|t|{"id": 6}|{"v": "copied", "id": 6}|-"#,
             "TRUNCATE|t|-|-|-",
             r#"INSERT|t_renamed|{"id": 7}|{"v": "after rename", "id": 7}|-"#,
             r#"INSERT|t_renamed|{"id": 8}|{"v": "after add column", "id": 8, "extra": 42}|-"#,
@@ -338,6 +339,7 @@ fn savepoints_truncate_copy_and_table_lifecycle() {
             "public.t",
             "public.t",
             "public.t",
+            "public.t",
             "public.t_renamed",
             "public.t_renamed",
             "public.t_renamed",
@@ -351,7 +353,211 @@ fn savepoints_truncate_copy_and_table_lifecycle() {
         c.one(DB, "SELECT count(*) FROM activity_log.tracked_tables"),
         "0"
     );
-    assert_eq!(c.one(DB, "SELECT count(*) FROM activity_log.changes"), "8");
+    assert_eq!(c.one(DB, "SELECT count(*) FROM activity_log.changes"), "9");
+}
+
+/// COPY FROM leaves the change records an INSERT of the same rows leaves: rows as stored (after
+/// defaults, generated columns, BEFORE ROW triggers and the WHERE clause), attributed to the
+/// tracked root whether the COPY named it or a partition, with the COPY's text; once each,
+/// including the rows a trigger writes to the same table while the COPY runs (with their own
+/// command ids, after the COPY's); none for rows rolled back or a COPY that loads nothing.
+#[test]
+fn copy_from_rows_are_recorded_like_inserts() {
+    let c = cluster("rows-copy");
+    c.sql(
+        DB,
+        r#"
+        CREATE TABLE t (id int PRIMARY KEY, v text, d int DEFAULT 7, g int GENERATED ALWAYS AS (id * 10) STORED);
+        SELECT activity_log.track('t');
+        COPY t (id, v) FROM stdin;
+1	one
+2	two
+\.
+        COPY t (id, v) FROM stdin WHERE id % 2 = 0;
+3	three
+4	four
+\.
+        COPY t (id, v) FROM stdin WHERE id < 0;
+5	none loaded
+\.
+        BEGIN;
+        SAVEPOINT s;
+        COPY t (id, v) FROM stdin;
+6	rolled back
+\.
+        ROLLBACK TO SAVEPOINT s;
+        COMMIT;
+        BEGIN;
+        TRUNCATE t;
+        COPY t (id, v) FROM stdin (FREEZE);
+7	frozen
+\.
+        COMMIT;
+
+        -- A BEFORE ROW trigger that changes the rows, and an AFTER ROW trigger that writes the
+        -- same table (by INSERT, and by a COPY of its own) while the COPY runs.
+        CREATE TABLE u (id int PRIMARY KEY, v text);
+        CREATE TABLE seen (work_mem text);
+        CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO seen VALUES (current_setting('work_mem'));
+            NEW.v := upper(NEW.v);
+            RETURN NEW;
+        END $$;
+        CREATE FUNCTION echo() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.id < 100 THEN
+                INSERT INTO u VALUES (NEW.id + 100, 'echo ' || NEW.v);
+            END IF;
+            IF NEW.id = 1 THEN
+                EXECUTE $c$COPY u FROM PROGRAM 'printf "300\tnested\n"'$c$;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER shout BEFORE INSERT ON u FOR EACH ROW EXECUTE FUNCTION shout();
+        CREATE TRIGGER echo AFTER INSERT ON u FOR EACH ROW EXECUTE FUNCTION echo();
+        SELECT activity_log.track('u');
+        SET work_mem = '1234kB';
+        COPY u FROM stdin;
+1	a
+2	b
+\.
+        RESET work_mem;
+
+        -- A partitioned root with a sub-partitioned partition and one of another column order.
+        CREATE TABLE p (id int, region text, amount int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+        CREATE TABLE p_eu PARTITION OF p FOR VALUES IN ('eu') PARTITION BY RANGE (id);
+        CREATE TABLE p_eu_low PARTITION OF p_eu FOR VALUES FROM (MINVALUE) TO (100);
+        CREATE TABLE p_eu_high PARTITION OF p_eu FOR VALUES FROM (100) TO (MAXVALUE);
+        CREATE TABLE p_us (amount int, region text NOT NULL, id int NOT NULL);
+        ALTER TABLE p ATTACH PARTITION p_us FOR VALUES IN ('us');
+        SELECT activity_log.track('p');
+        COPY p FROM stdin;
+1	eu	10
+150	eu	20
+2	us	30
+\.
+        COPY p_us FROM stdin;
+40	us	3
+\.
+        COPY p_eu_high (id, region, amount) FROM stdin;
+200	eu	50
+\.
+        "#,
+    );
+    // An ordinary role with INSERT on the table: its COPY is captured like the owner's.
+    c.sql(DB, "CREATE ROLE loader LOGIN; GRANT INSERT ON t TO loader;");
+    c.sql_as(
+        "loader",
+        DB,
+        "COPY t (id, v) FROM stdin;\n8\tby loader\n\\.\n",
+    );
+    c.flush(DB);
+    let rows = c.sql(
+        DB,
+        "SELECT op, table_name, coalesce(new_row::text, '-'), db_user, query
+           FROM activity_log.changes ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        [
+            r#"INSERT|t|{"d": 7, "g": 10, "v": "one", "id": 1}|postgres|COPY t (id, v) FROM stdin"#,
+            r#"INSERT|t|{"d": 7, "g": 20, "v": "two", "id": 2}|postgres|COPY t (id, v) FROM stdin"#,
+            r#"INSERT|t|{"d": 7, "g": 40, "v": "four", "id": 4}|postgres|COPY t (id, v) FROM stdin WHERE id % 2 = 0"#,
+            "TRUNCATE|t|-|postgres|TRUNCATE t",
+            r#"INSERT|t|{"d": 7, "g": 70, "v": "frozen", "id": 7}|postgres|COPY t (id, v) FROM stdin (FREEZE)"#,
+            r#"INSERT|u|{"v": "A", "id": 1}|postgres|COPY u FROM stdin"#,
+            r#"INSERT|u|{"v": "B", "id": 2}|postgres|COPY u FROM stdin"#,
+            r#"INSERT|u|{"v": "ECHO A", "id": 101}|postgres|COPY u FROM stdin"#,
+            r#"INSERT|u|{"v": "NESTED", "id": 300}|postgres|COPY u FROM stdin"#,
+            r#"INSERT|u|{"v": "ECHO B", "id": 102}|postgres|COPY u FROM stdin"#,
+            r#"INSERT|p|{"id": 1, "amount": 10, "region": "eu"}|postgres|COPY p FROM stdin"#,
+            r#"INSERT|p|{"id": 150, "amount": 20, "region": "eu"}|postgres|COPY p FROM stdin"#,
+            r#"INSERT|p|{"id": 2, "amount": 30, "region": "us"}|postgres|COPY p FROM stdin"#,
+            r#"INSERT|p|{"id": 3, "amount": 40, "region": "us"}|postgres|COPY p_us FROM stdin"#,
+            r#"INSERT|p|{"id": 200, "amount": 50, "region": "eu"}|postgres|COPY p_eu_high (id, region, amount) FROM stdin"#,
+            r#"INSERT|t|{"d": 7, "g": 80, "v": "by loader", "id": 8}|loader|COPY t (id, v) FROM stdin"#,
+        ]
+    );
+    // No count records any more, and the tables replay from the trail.
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.events WHERE command = 'COPY'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        c.sql(DB, "SELECT id, v FROM u ORDER BY id"),
+        ["1|A", "2|B", "101|ECHO A", "102|ECHO B", "300|NESTED"]
+    );
+    // User code during the COPY sees the work_mem it set, not the capture's budget.
+    assert_eq!(c.sql(DB, "SELECT DISTINCT work_mem FROM seen"), ["1234kB"]);
+}
+
+/// `activity_log._capture_rows()` is the function of a COPY's synthetic triggers: nobody else
+/// may attach it to a trigger, and attached by a superuser or called directly it refuses.
+#[test]
+fn the_capture_function_runs_only_as_its_own_triggers() {
+    let c = cluster("rows-capture-fn");
+    c.sql(
+        DB,
+        "CREATE ROLE mallory LOGIN;
+         GRANT CREATE ON SCHEMA public TO mallory;
+         GRANT USAGE ON SCHEMA activity_log TO mallory;
+         CREATE TABLE t (id int PRIMARY KEY);
+         SELECT activity_log.track('t');
+         GRANT INSERT, SELECT ON t TO mallory;",
+    );
+    let err = c.error_as(
+        "mallory",
+        DB,
+        "CREATE TABLE m (id int);
+         CREATE TRIGGER x AFTER INSERT ON m EXECUTE FUNCTION activity_log._capture_rows();",
+    );
+    assert!(err.contains("permission denied for function"), "{err}");
+    let err = c.error_as("mallory", DB, "SELECT activity_log._capture_rows();");
+    assert!(err.contains("permission denied for function"), "{err}");
+    // A superuser can attach it: every statement the trigger fires for is refused, and
+    // nothing is recorded.
+    let err = c.error(
+        DB,
+        "CREATE TRIGGER x AFTER INSERT ON t EXECUTE FUNCTION activity_log._capture_rows();
+         INSERT INTO t VALUES (1);",
+    );
+    assert!(
+        err.contains(
+            "activity_log._capture_rows() runs only as activity_log's own capture trigger"
+        ),
+        "{err}"
+    );
+    let err = c.error(
+        DB,
+        "CREATE TRIGGER y BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION activity_log._capture_rows();
+         COPY t FROM stdin;\n2\n\\.\n",
+    );
+    assert!(
+        err.contains(
+            "activity_log._capture_rows() runs only as activity_log's own capture trigger"
+        ),
+        "{err}"
+    );
+    let err = c.error(DB, "SELECT activity_log._capture_rows();");
+    assert!(err.contains("trigger"), "{err}");
+    // mallory's COPY into the tracked table is captured.
+    c.sql(
+        DB,
+        "DROP TRIGGER IF EXISTS x ON t; DROP TRIGGER IF EXISTS y ON t;",
+    );
+    c.sql_as("mallory", DB, "COPY t FROM stdin;\n3\n\\.\n");
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT op, new_row::text, db_user FROM activity_log.changes ORDER BY id"
+        ),
+        [r#"INSERT|{"id": 3}|mallory"#]
+    );
 }
 
 #[test]

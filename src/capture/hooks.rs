@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int};
 use std::rc::Rc;
 
-use crate::capture::{self, clip, redact, restore, rows, tracked};
+use crate::capture::{self, clip, copy_from, redact, restore, rows, tracked};
 use crate::errors::{raise, raise_with_detail};
 use crate::gucs::{self, CaptureStatements};
 use crate::record::Op;
@@ -642,6 +642,10 @@ unsafe extern "C-unwind" fn al_process_utility(
     unsafe { before_drop(pstmt) };
     // SAFETY: as above; a catalog lookup inside the statement's transaction.
     let creates_extension = unsafe { creates_this_extension((*pstmt).utilityStmt) };
+    // COPY FROM into a tracked table: its rows are captured like an INSERT's; the guard puts
+    // the relation cache back however the statement ends.
+    // SAFETY: utilityStmt is the statement about to run.
+    let copy = unsafe { copy_from::begin((*pstmt).utilityStmt) };
     {
         let _nested = Nested::enter();
         // SAFETY: chaining.
@@ -672,8 +676,9 @@ unsafe extern "C-unwind" fn al_process_utility(
             }
         }
     }
+    let copied = copy.map(copy_from::CopyCapture::finish);
     // SAFETY: pstmt and qc are valid for the whole call.
-    unsafe { after_utility(pstmt, qc, creates_extension) };
+    unsafe { after_utility(pstmt, qc, creates_extension, copied) };
     if top {
         // SAFETY: qc is NULL or the completion the statement filled in.
         let rows = unsafe {
@@ -684,14 +689,16 @@ unsafe extern "C-unwind" fn al_process_utility(
     }
 }
 
-/// after_utility records what row capture cannot see of a utility statement: TRUNCATE and
-/// COPY FROM of tracked tables (a record with the row count, no images). DDL needs nothing
+/// after_utility records what row capture cannot see of a utility statement: TRUNCATE of
+/// tracked tables, and a COPY FROM whose rows were not captured (copy_from.rs): a gap record,
+/// or a record with the row count when [`copy_from::rows_wanted`] says no. DDL needs nothing
 /// here: PostgreSQL's invalidations reach the backends' copies of tracked_tables (tracked.rs).
 /// A CREATE EXTENSION that created activity_log may start a restore (restore.rs).
 unsafe fn after_utility(
     pstmt: *mut pg_sys::PlannedStmt,
     qc: *mut pg_sys::QueryCompletion,
     created_extension: bool,
+    copied: Option<copy_from::Captured>,
 ) {
     // SAFETY: a valid PlannedStmt and QueryCompletion of a statement that just succeeded.
     unsafe {
@@ -779,7 +786,24 @@ unsafe fn after_utility(
             if (*copy).is_from && !(*copy).relation.is_null() {
                 let relid = resolve((*copy).relation);
                 if let Some(t) = tracked::lookup(relid.to_u32()) {
-                    rows::push_change(&t, Op::Copy, cid, rows, Vec::new(), "", |_| false);
+                    let gap = match copied {
+                        // Its rows are in the pending buffer, as INSERTs (none: nothing to say).
+                        Some(c) if c.relid == relid && c.rows_captured => None,
+                        Some(c) if c.relid == relid => Some(format!(
+                            "the COPY started without the capture's triggers (its relation cache entry was rebuilt first), so the {rows} rows it loaded were not captured"
+                        )),
+                        _ if t.has_foreign_partition && copy_from::rows_wanted() => Some(
+                            "the table has a foreign partition, so no rows of this statement were captured"
+                                .to_string(),
+                        ),
+                        _ => {
+                            rows::push_change(&t, Op::Copy, cid, rows, Vec::new(), "", |_| false);
+                            None
+                        }
+                    };
+                    if let Some(note) = gap {
+                        rows::push_change(&t, Op::Gap, cid, rows, Vec::new(), &note, |_| false);
+                    }
                 }
             }
         }

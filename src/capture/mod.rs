@@ -17,6 +17,7 @@
 //! No `pg_sys` here: the hooks (`hooks.rs`) and transaction callbacks (`xact.rs`) translate
 //! PostgreSQL state into plain values and call in.
 
+pub mod copy_from;
 pub mod durable;
 pub mod hooks;
 pub mod redact;

@@ -44,8 +44,18 @@ use crate::unguarded;
 
 /// Synthetic trigger and function OIDs: above any OID a real catalog row can get here, and
 /// not an RI trigger function (AfterTriggerSaveEvent asks RI_FKey_trigger_type about it).
+/// The executor's triggers of each [`Level`] (insert, update, delete) come first; a COPY's two
+/// (copy_from.rs) follow, with oids of their own: the trigger manager finds a trigger by its
+/// oid, and a statement run from inside a COPY holds both kinds (see [`disable_copy_triggers`]).
 const FAKE_TGOID_BASE: u32 = 4_000_000_000;
 const NTRIG: usize = 3;
+pub(super) const COPY_TGOID_BEFORE: u32 = FAKE_TGOID_BASE + 2 * NTRIG as u32;
+pub(super) const COPY_TGOID_INSERT: u32 = COPY_TGOID_BEFORE + 1;
+
+/// is_synthetic tells whether `tgoid` is one of activity_log's synthetic triggers.
+pub(super) fn is_synthetic(tgoid: pg_sys::Oid) -> bool {
+    (FAKE_TGOID_BASE..=COPY_TGOID_INSERT).contains(&tgoid.to_u32())
+}
 
 /// The two sets of synthetic triggers. A tracked table named by the statement (or its
 /// partition) gets statement triggers with transition tables; a tracked table reached through
@@ -241,19 +251,59 @@ unsafe fn list_nodes(list: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
 pub unsafe fn after_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
     // SAFETY: called right after standard_ExecutorStart on a live QueryDesc.
     unsafe {
-        if eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY != 0 || !hooks::capturing() {
+        if eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY != 0 {
             return;
         }
         let estate = (*query_desc).estate;
         let top = (*query_desc).planstate.cast::<pg_sys::Node>();
+        let mut tables = Vec::new();
         if pgrx::is_a(top, pg_sys::NodeTag::T_ModifyTableState) {
-            setup(top.cast(), estate, eflags);
+            tables.push(top.cast::<pg_sys::ModifyTableState>());
         }
         // Data-modifying WITH queries; the list is empty for a plain statement.
         for node in list_nodes((*estate).es_auxmodifytables) {
             if node != top && pgrx::is_a(node, pg_sys::NodeTag::T_ModifyTableState) {
-                setup(node.cast(), estate, eflags);
+                tables.push(node.cast());
             }
+        }
+        if super::copy_from::swapped() {
+            // Run from inside a COPY (by a trigger): whatever follows, the COPY's triggers in
+            // this statement's copy of the descriptor must not fire for it.
+            for &mt in &tables {
+                disable_copy_triggers((*mt).rootResultRelInfo);
+            }
+        }
+        if !hooks::capturing() {
+            return;
+        }
+        for mt in tables {
+            setup(mt, estate, eflags);
+        }
+    }
+}
+
+/// disable_copy_triggers turns off, in `rri`'s private trigger descriptor, the synthetic
+/// triggers of a COPY that it copied from the relation cache (copy_from.rs): a statement that a
+/// trigger runs during a COPY into the same table would otherwise hand its rows to them too,
+/// under the COPY's command id. They stay in the array (its other arrays are indexed alike);
+/// disabled, the trigger manager never queues or calls them.
+unsafe fn disable_copy_triggers(rri: *mut pg_sys::ResultRelInfo) {
+    // SAFETY: rri is a live ResultRelInfo whose descriptor is its own (InitResultRelInfo copies
+    // the relation cache's).
+    unsafe {
+        let td = (*rri).ri_TrigDesc;
+        if !td.is_null() {
+            disable_copy_triggers_in((*td).triggers, (*td).numtriggers as usize);
+        }
+    }
+}
+
+unsafe fn disable_copy_triggers_in(triggers: *mut pg_sys::Trigger, n: usize) {
+    for i in 0..n {
+        // SAFETY: the caller passes an array of n triggers.
+        let t = unsafe { &mut *triggers.add(i) };
+        if (COPY_TGOID_BEFORE..=COPY_TGOID_INSERT).contains(&t.tgoid.to_u32()) {
+            t.tgenabled = pg_sys::TRIGGER_DISABLED as c_char;
         }
     }
 }
@@ -392,13 +442,18 @@ struct InMemoryTransitionTables(i32);
 /// gain, since reading a spilled table is a small part of capturing it.
 const TRANSITION_MEMORY_CAP_KB: i32 = 64 * 1024;
 
+/// in_memory_budget_kb is the work_mem transition tables are made with (see
+/// [`InMemoryTransitionTables`]; a COPY's in copy_from.rs).
+pub(super) fn in_memory_budget_kb() -> i32 {
+    (crate::ring::capacity() / 1024).min(TRANSITION_MEMORY_CAP_KB as u64) as i32
+}
+
 impl InMemoryTransitionTables {
     fn new() -> Self {
-        let ring_kb = (crate::ring::capacity() / 1024).min(TRANSITION_MEMORY_CAP_KB as u64) as i32;
         // SAFETY: work_mem is a plain GUC variable of this backend; restored on drop.
         unsafe {
             let saved = pg_sys::work_mem;
-            pg_sys::work_mem = saved.max(ring_kb);
+            pg_sys::work_mem = saved.max(in_memory_budget_kb());
             InMemoryTransitionTables(saved)
         }
     }
@@ -464,6 +519,7 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState, 
         }
         if n > 0 {
             std::ptr::copy_nonoverlapping((*old).triggers, triggers, n);
+            disable_copy_triggers_in(triggers, n);
         }
         // The statement's command id travels in the trigger's one argument.
         // Any u32 fits in the ten bytes, and the zeroed block ends it with a NUL.
@@ -759,13 +815,46 @@ unsafe fn columns<'a>(desc: pg_sys::TupleDesc) -> Vec<Column<'a>> {
     }
 }
 
-/// The synthetic trigger's function: one call per statement and operation on a tracked table.
+/// Version-1 calling convention of [`al_capture_rows`], which SQL knows as
+/// `activity_log._capture_rows()`: the trigger manager calls the function of a COPY's
+/// synthetic triggers (copy_from.rs) through pg_proc, like any trigger function.
+#[unsafe(no_mangle)]
+pub extern "C" fn pg_finfo_al_capture_rows() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// The synthetic triggers' function: one call per statement and operation on a tracked table,
+/// and one before the first row of a COPY (copy_from.rs). Called for anything else — as the
+/// function of a trigger somebody created, or directly — it refuses with an ERROR and does
+/// nothing.
 #[pg_guard]
-unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: called by the trigger manager with a TriggerData context.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: fcinfo is the call's; its context is checked to be the trigger manager's
+    // TriggerData, for one of our synthetic triggers, before anything else is read.
     unsafe {
         let td = (*fcinfo).context.cast::<pg_sys::TriggerData>();
+        let ours = !td.is_null()
+            && pgrx::is_a(td.cast(), pg_sys::NodeTag::T_TriggerData)
+            && !(*td).tg_trigger.is_null()
+            && is_synthetic((*(*td).tg_trigger).tgoid)
+            && (*(*td).tg_trigger).tgnargs == 1;
+        if !ours {
+            crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "activity_log._capture_rows() runs only as activity_log's own capture trigger",
+                Some(
+                    "Drop the trigger that calls it: activity_log captures tracked tables without one.",
+                ),
+            );
+        }
         let rel = (*td).tg_relation;
+        if (*td).tg_event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE {
+            // A COPY's BEFORE STATEMENT trigger: the COPY took our descriptor.
+            super::copy_from::copy_started((*rel).rd_id);
+            return pg_sys::Datum::from(0);
+        }
         let Some(tracked) = tracked::lookup((*rel).rd_id.to_u32()) else {
             return pg_sys::Datum::from(0);
         };

@@ -78,6 +78,9 @@ struct Cache {
     tables: ByRelid,
     /// Syscache hash values of the tracked roots' schemas (NAMESPACEOID).
     namespaces: Vec<u32>,
+    /// activity_log._capture_rows(), the function of COPY's synthetic triggers (copy_from.rs);
+    /// InvalidOid without it.
+    capture_function: pg_sys::Oid,
 }
 
 impl Cache {
@@ -156,6 +159,15 @@ pub fn all() -> Vec<(u32, Rc<Tracked>)> {
 /// stale tells whether the next lookup reloads the copy (one SPI query).
 pub fn stale() -> bool {
     MISSED.get() || CACHE.with_borrow(|c| !c.valid && !c.loading)
+}
+
+/// capture_function is the oid of `activity_log._capture_rows()`, which the trigger manager
+/// calls for the synthetic triggers a COPY finds in the relation cache; None when the
+/// installed extension has no such function.
+pub fn capture_function() -> Option<pg_sys::Oid> {
+    refresh_if_stale();
+    let oid = CACHE.with_borrow(|c| c.capture_function);
+    (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
 /// note_change makes every backend of this database reload (this one after the current
@@ -311,7 +323,7 @@ fn refresh_if_stale() {
     }
     let _loading = Loading;
     debug1!("activity_log: reloading tracked tables");
-    let (tables, namespaces) = load();
+    let (tables, namespaces, capture_function) = load();
     // SAFETY: read of a backend global. Under REPEATABLE READ or SERIALIZABLE the copy was
     // read with the transaction's snapshot, which may predate a committed track(): good for
     // this transaction, which sees that snapshot too, not for the next ones.
@@ -321,6 +333,7 @@ fn refresh_if_stale() {
     CACHE.with_borrow_mut(|c| {
         c.tables = tables;
         c.namespaces = namespaces;
+        c.capture_function = capture_function;
         c.valid = match c.during_load.take() {
             Some(seen) => !seen.iter().any(|&inval| c.matters(inval)),
             None => false,
@@ -360,17 +373,23 @@ fn namespace_hash(relid: pg_sys::Oid) -> u32 {
     }
 }
 
-/// load reads the tracked tables of this database, and the syscache hashes of their schemas;
-/// none when the extension is not installed.
-fn load() -> (ByRelid, Vec<u32>) {
+/// load reads the tracked tables of this database, the syscache hashes of their schemas and
+/// the oid of `activity_log._capture_rows()`; none when the extension is not installed.
+fn load() -> (ByRelid, Vec<u32>, pg_sys::Oid) {
     let mut out = ByRelid::default();
     let mut namespaces = Vec::new();
     // SAFETY: catalog lookup inside the statement's transaction.
     let installed =
         unsafe { pg_sys::get_extension_oid(c"activity_log".as_ptr(), true) } != pg_sys::InvalidOid;
     if !installed {
-        return (out, namespaces);
+        return (out, namespaces, pg_sys::InvalidOid);
     }
+    // SAFETY: a catalog lookup inside the statement's transaction (missing_ok: an extension
+    // installed before the function existed has none).
+    let capture_function = unsafe {
+        let name = pg_sys::stringToQualifiedNameList(c"activity_log._capture_rows".as_ptr());
+        pg_sys::LookupFuncName(name, 0, std::ptr::null(), true)
+    };
     let _nested = super::hooks::Nested::enter(); // the query below is not a user statement
     let rows: Vec<(u32, Tracked)> = super::hooks::as_extension_owner(|| {
         Spi::connect(|client| {
@@ -445,5 +464,5 @@ fn load() -> (ByRelid, Vec<u32>) {
             out.insert(own.to_u32(), Rc::new(tracked));
         }
     }
-    (out, namespaces)
+    (out, namespaces, capture_function)
 }

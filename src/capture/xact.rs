@@ -20,7 +20,7 @@ use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::capture::{self, durable, hooks, replication, tracked};
+use crate::capture::{self, copy_from, durable, hooks, replication, tracked};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
@@ -66,6 +66,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             hooks::settle_drop(true);
         }
         XACT_EVENT_ABORT => {
+            copy_from::abandon(0);
             if let Some(r) = capture::take_reservation() {
                 ring::void(r);
             }
@@ -118,6 +119,7 @@ unsafe extern "C-unwind" fn al_subxact_callback(
             hooks::settle_drop_in_subxact(my_subid, parent_subid, true);
         }
         SUBXACT_EVENT_ABORT_SUB => {
+            copy_from::abandon(my_subid);
             capture::subxact_end(my_subid, true);
             hooks::forget_subxact(my_subid);
             replication::forget_subxact(my_subid);
