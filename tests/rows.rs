@@ -401,6 +401,8 @@ fn copy_from_rows_are_recorded_like_inserts() {
         CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             INSERT INTO seen VALUES (current_setting('work_mem'));
+            -- Rebuilds u's relation cache entry, also while the nested COPY runs.
+            EXECUTE 'GRANT SELECT ON u TO PUBLIC';
             NEW.v := upper(NEW.v);
             RETURN NEW;
         END $$;
@@ -452,6 +454,39 @@ fn copy_from_rows_are_recorded_like_inserts() {
         DB,
         "COPY t (id, v) FROM stdin;\n8\tby loader\n\\.\n",
     );
+    // In one session: a COPY during which the relation cache entry of its target is rebuilt
+    // (each row's trigger GRANTs on the table), COPYs that fail (at the top level, and inside a
+    // PL/pgSQL exception block), then an INSERT and a COPY: each row recorded once.
+    c.run(
+        DB,
+        r#"\set ON_ERROR_STOP 0
+        CREATE TABLE w (id int PRIMARY KEY, v text);
+        CREATE FUNCTION regrant() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            EXECUTE 'GRANT SELECT ON w TO PUBLIC';
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER regrant BEFORE INSERT ON w FOR EACH ROW EXECUTE FUNCTION regrant();
+        SELECT activity_log.track('w');
+        COPY w FROM stdin;
+1	a
+2	b
+\.
+        COPY w FROM stdin;
+3	c
+1	duplicate
+\.
+        DO $$
+        BEGIN
+            EXECUTE $c$COPY w FROM PROGRAM 'printf "4\td\n2\tduplicate\n"'$c$;
+        EXCEPTION WHEN unique_violation THEN NULL;
+        END $$;
+        INSERT INTO w VALUES (5, 'e');
+        COPY w FROM stdin;
+6	f
+\.
+        "#,
+    );
     c.flush(DB);
     let rows = c.sql(
         DB,
@@ -477,6 +512,10 @@ fn copy_from_rows_are_recorded_like_inserts() {
             r#"INSERT|p|{"id": 3, "amount": 40, "region": "us"}|postgres|COPY p_us FROM stdin"#,
             r#"INSERT|p|{"id": 200, "amount": 50, "region": "eu"}|postgres|COPY p_eu_high (id, region, amount) FROM stdin"#,
             r#"INSERT|t|{"d": 7, "g": 80, "v": "by loader", "id": 8}|loader|COPY t (id, v) FROM stdin"#,
+            r#"INSERT|w|{"v": "a", "id": 1}|postgres|COPY w FROM stdin"#,
+            r#"INSERT|w|{"v": "b", "id": 2}|postgres|COPY w FROM stdin"#,
+            r#"INSERT|w|{"v": "e", "id": 5}|postgres|INSERT INTO w VALUES (5, 'e')"#,
+            r#"INSERT|w|{"v": "f", "id": 6}|postgres|COPY w FROM stdin"#,
         ]
     );
     // No count records any more, and the tables replay from the trail.

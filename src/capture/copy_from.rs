@@ -23,19 +23,21 @@
 //! - The descriptor is the relation cache's while it is there: allocated whole in
 //!   CacheMemoryContext (CopyTriggerDesc), because a rebuild of the entry during the COPY (an
 //!   invalidation processed when a partition or an index is locked) frees it as its own
-//!   (RelationClearRelation → FreeTriggerDesc) and installs the catalog's. On the way out —
-//!   the statement's end, an ERROR (the guard's Drop runs while pgrx unwinds), or as a last
-//!   resort the (sub)transaction's abort — the original goes back only if the entry still holds
-//!   ours; otherwise the saved original is freed here.
-//! - A rebuild before CopyFrom took the descriptor leaves the COPY uncaptured: the BEFORE
-//!   trigger never ran, and the trail gets a gap record instead (hooks.rs `after_utility`).
+//!   (RelationClearRelation → FreeTriggerDesc) and installs the catalog's. A relcache callback
+//!   then puts ours (made anew from the rebuilt one) back in: CopyFrom may not have taken it
+//!   yet. On the way out — the statement's end, an ERROR (the guard's Drop runs while pgrx
+//!   unwinds), or as a last resort the (sub)transaction's abort — the original goes back only if
+//!   the entry still holds ours; otherwise the saved original is freed here.
+//! - Should CopyFrom still start without ours (the callback could not make it), the BEFORE
+//!   trigger never runs, and the trail gets a gap record instead (hooks.rs `after_utility`).
 //! - While ours is there, statements this backend runs from inside the COPY (a user's trigger
 //!   writing the same table) find the synthetic triggers in the relation cache too: rows.rs
 //!   disables them in each such statement's copy, whose rows are captured once, as its own.
 //! - Everything here runs in the COPY's backend only: the relation cache is per backend.
 
 use pgrx::pg_sys;
-use std::cell::RefCell;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CString, c_char};
 
 use super::{hooks, rows, tracked};
@@ -51,11 +53,15 @@ struct Swap {
     /// Our BEFORE trigger ran: CopyFrom uses our descriptor.
     started: bool,
     subxact: pg_sys::SubTransactionId,
+    /// What ours is made of, to make it again after a rebuild.
+    function: pg_sys::Oid,
+    cid: u32,
 }
 
 thread_local! {
     /// Active swaps, innermost last (a COPY run by a trigger of another COPY nests).
     static SWAPS: RefCell<Vec<Swap>> = const { RefCell::new(Vec::new()) };
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// rows_wanted tells whether COPY FROM into a tracked table records its rows (the one place
@@ -130,6 +136,9 @@ pub unsafe fn begin(stmt: *mut pg_sys::Node) -> Option<CopyCapture> {
             return None; // no transition tables there: after_utility leaves a gap record
         }
         let function = tracked::capture_function()?;
+        if !REGISTERED.replace(true) {
+            pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
+        }
         let rel = pg_sys::table_open(relid, pg_sys::NoLock as i32);
         // CopyFrom's es_output_cid: GetCurrentCommandId(true) as it starts; nothing in between
         // advances the command counter.
@@ -149,6 +158,8 @@ pub unsafe fn begin(stmt: *mut pg_sys::Node) -> Option<CopyCapture> {
                 work_mem: Some(work_mem),
                 started: false,
                 subxact,
+                function,
+                cid,
             });
             s.len() - 1
         });
@@ -180,6 +191,46 @@ impl Drop for CopyCapture {
             restore(self.depth, !std::thread::panicking());
         }
     }
+}
+
+/// relcache_callback puts our descriptor back into a COPY target's entry that an invalidation
+/// just rebuilt from the catalog (`relid`, or every relation for InvalidOid); the rebuild freed
+/// ours. With COPYs into the same table nested, each one's is made anew from the one below.
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    SWAPS.with(|s| {
+        // Busy only if an invalidation came in the middle of our own bookkeeping, which calls
+        // nothing that processes them; the BEFORE trigger's check would cover it.
+        let Ok(mut swaps) = s.try_borrow_mut() else {
+            return;
+        };
+        for top in (0..swaps.len()).rev() {
+            let rel = swaps[top].rel;
+            // SAFETY: every swap's relation is open (its entry is rebuilt in place, never
+            // freed); descriptors are freed once: ours by the rebuild, the others here.
+            unsafe {
+                let innermost = !swaps[top + 1..].iter().any(|w| w.rel == rel);
+                if !innermost || (relid != pg_sys::InvalidOid && (*rel).rd_id != relid) {
+                    continue;
+                }
+                let current = (*rel).trigdesc;
+                if current == swaps[top].ours && has_copy_trigger(current) {
+                    continue;
+                }
+                debug1!("activity_log: a COPY's target was rebuilt in the relation cache");
+                let mut base = current;
+                for swap in swaps.iter_mut().filter(move |w| w.rel == rel) {
+                    let ours = with_copy_triggers(base, swap.function, swap.cid);
+                    pg_sys::FreeTriggerDesc(swap.original);
+                    swap.original = base;
+                    swap.ours = ours;
+                    // At once: should the next one fail, the entry holds this one's.
+                    (*rel).trigdesc = ours;
+                    base = ours;
+                }
+            }
+        }
+    });
 }
 
 /// copy_started notes that a COPY into `relid` fired our BEFORE trigger: its transition table
