@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Bulk DML on a 200 000-row table: no auditing vs activity_log vs a PL/pgSQL audit trigger,
 plus the floor of activity_log's mechanism (empty statement triggers with transition tables).
+INSERT … SELECT, UPDATE, DELETE, then COPY FROM a server file of the same rows into the table
+and into a hash-partitioned copy of it (4 partitions): a COPY into a partitioned table whose
+root has a transition table inserts row by row, not in batches.
 
 One throwaway cluster (release build), the same settings for every mode, modes interleaved
 (none, activity_log, trigger, none, ...) for several rounds; medians and ratios to `none`.
@@ -16,7 +19,8 @@ import argparse
 import statistics
 import sys
 
-from benchlib import REFERENCE_TRIGGER, Cluster, bulk_statements, fresh_items, install_release, machine, publish
+from benchlib import (REFERENCE_TRIGGER, Cluster, bulk_statements, create_floor_triggers, fresh_items, install_release,
+                      machine, publish)
 
 DIR = "/tmp/al-bench-bulk"
 PORT = 54480
@@ -31,6 +35,19 @@ SETTINGS = [
 
 
 CLUSTER = None
+DATA = f"{DIR}/items.copy"  # written by the server (COPY … TO) once the cluster is up
+PARTITIONED = """DROP TABLE IF EXISTS items_p;
+CREATE TABLE items_p (id int PRIMARY KEY, name text, qty int, price numeric(10,2), updated_at timestamptz)
+    PARTITION BY HASH (id);
+""" + "".join(f"CREATE TABLE items_p{k} PARTITION OF items_p FOR VALUES WITH (MODULUS 4, REMAINDER {k});\n"
+              for k in range(4))
+OPERATIONS = ["insert", "update", "delete", "copy", "copy_partitioned"]
+
+
+def statements(rows):
+    """The timed statements, in order: bulk_statements, then the COPYs (into the table the
+    DELETE emptied, and into the partitioned one)."""
+    return {**bulk_statements(rows), "copy": f"COPY items FROM '{DATA}'", "copy_partitioned": f"COPY items_p FROM '{DATA}'"}
 
 
 def psql(sql):
@@ -40,30 +57,36 @@ def psql(sql):
 def setup_mode(mode):
     psql("TRUNCATE ref_audit")
     fresh_items(CLUSTER, mode)
+    psql(PARTITIONED)
     if mode == "trigger":
         psql("CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION ref_audit()")
+        psql("CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON items_p FOR EACH ROW EXECUTE FUNCTION ref_audit()")
+    elif mode == "activity_log":
+        psql("SELECT activity_log.track('items_p')")
+    elif mode == "floor":
+        create_floor_triggers(CLUSTER, "items_p")
     psql("CHECKPOINT")
 
 
 def run_mode(mode, rows):
     setup_mode(mode)
     flush = "SELECT activity_log.flush('10 min')"
-    statements = []
-    for sql in bulk_statements(rows).values():
-        statements.append(sql)
+    timed = []
+    for sql in statements(rows).values():
+        timed.append(sql)
         if mode == "activity_log":
             # The writer stores the statement's rows after its commit, in its own process; wait
             # for it so that the next statement is not timed against the writer's work.
-            statements.append(flush)
-    times = iter(CLUSTER.timed_session(statements))
+            timed.append(flush)
+    times = iter(CLUSTER.timed_session(timed))
     t = {"drain": 0.0}
-    for op in bulk_statements(rows):
+    for op in statements(rows):
         t[op] = next(times)
         if mode == "activity_log":
             t["drain"] += next(times)
     if mode == "activity_log":
-        captured = int(psql("SELECT count(*) FROM activity_log.changes WHERE table_name = 'items'"))
-        assert captured == 3 * rows, f"expected {3 * rows} captured rows, found {captured}"
+        captured = int(psql("SELECT count(*) FROM activity_log.changes WHERE table_name IN ('items', 'items_p')"))
+        assert captured == 5 * rows, f"expected {5 * rows} captured rows, found {captured}"
         psql("TRUNCATE activity_log.events")
     return t
 
@@ -83,6 +106,7 @@ def main():
         CLUSTER.psql("CREATE DATABASE bench", db="postgres")
         psql("CREATE EXTENSION activity_log")
         psql(REFERENCE_TRIGGER)
+        psql(f"COPY (SELECT g, 'item ' || g, g % 100, g / 7.0, now() FROM generate_series(1, {args.rows}) g) TO '{DATA}'")
         modes = ["none", "activity_log", "trigger", "floor"]
         results = {m: [] for m in modes}
         for _ in range(args.rounds):
@@ -97,12 +121,12 @@ def main():
             "| operation | none (s) | activity_log (s) | ratio | trigger (s) | ratio | transition-table floor (s) | ratio |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for op in ["insert", "update", "delete"]:
+        for op in OPERATIONS:
             n, a, tr, fl = med["none"][op], med["activity_log"][op], med["trigger"][op], med["floor"][op]
             lines.append(f"| {op} | {n:.3f} | {a:.3f} | {a / n:.2f}x | {tr:.3f} | {tr / n:.2f}x | {fl:.3f} | {fl / n:.2f}x |")
         drain = med["activity_log"]["drain"]
-        lines += ["", f"activity_log writer drain of the three statements' rows: {drain:.2f} s "
-                      f"({3 * args.rows / max(drain, 1e-9):,.0f} records/s)."]
+        lines += ["", f"activity_log writer drain of the five statements' rows: {drain:.2f} s "
+                      f"({5 * args.rows / max(drain, 1e-9):,.0f} records/s)."]
         publish("bulk_dml.md", "\n".join(lines) + "\n", args.smoke)
     finally:
         CLUSTER.stop()
