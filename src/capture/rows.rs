@@ -20,6 +20,9 @@
 //! reach a ResultRelInfo made only when the first row arrives, which nothing can augment in
 //! time: the statement leaves a gap record naming the table ([`note_rows_routed_past_capture`]).
 //!
+//! COPY FROM starts no executor: it gets two triggers of its own, through its target's relation
+//! cache entry, whose function is this one's `activity_log._capture_rows()` (copy_from.rs).
+//!
 //! The fixes the prototype needed: FK cascades run with SKIP_TRIGGERS and fire at the outer
 //! query's level, so the outer EState's ResultRelInfo for the child table is augmented too
 //! (a stack of EStates inside ExecutorFinish); trigger arrays are resized together with the
@@ -254,30 +257,31 @@ pub unsafe fn after_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i
         if eflags as u32 & pg_sys::EXEC_FLAG_EXPLAIN_ONLY != 0 {
             return;
         }
+        // Run from inside a COPY (by a trigger): whether captured or not, the COPY's triggers
+        // in this statement's copy of the descriptor must not fire for it.
+        let in_copy = super::copy_from::swapped();
+        let capturing = hooks::capturing();
+        if !in_copy && !capturing {
+            return;
+        }
         let estate = (*query_desc).estate;
+        let each = |mt: *mut pg_sys::ModifyTableState| {
+            if in_copy {
+                disable_copy_triggers((*mt).rootResultRelInfo);
+            }
+            if capturing {
+                setup(mt, estate, eflags);
+            }
+        };
         let top = (*query_desc).planstate.cast::<pg_sys::Node>();
-        let mut tables = Vec::new();
         if pgrx::is_a(top, pg_sys::NodeTag::T_ModifyTableState) {
-            tables.push(top.cast::<pg_sys::ModifyTableState>());
+            each(top.cast());
         }
         // Data-modifying WITH queries; the list is empty for a plain statement.
         for node in list_nodes((*estate).es_auxmodifytables) {
             if node != top && pgrx::is_a(node, pg_sys::NodeTag::T_ModifyTableState) {
-                tables.push(node.cast());
+                each(node.cast());
             }
-        }
-        if super::copy_from::swapped() {
-            // Run from inside a COPY (by a trigger): whatever follows, the COPY's triggers in
-            // this statement's copy of the descriptor must not fire for it.
-            for &mt in &tables {
-                disable_copy_triggers((*mt).rootResultRelInfo);
-            }
-        }
-        if !hooks::capturing() {
-            return;
-        }
-        for mt in tables {
-            setup(mt, estate, eflags);
         }
     }
 }
