@@ -487,6 +487,30 @@ fn copy_from_rows_are_recorded_like_inserts() {
 \.
         "#,
     );
+    // A COPY into a leaf partition whose trigger writes the same partition through the root
+    // (routed, and moved by an UPDATE) and directly.
+    c.sql(
+        DB,
+        r#"
+        CREATE TABLE q (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+        CREATE TABLE q_eu PARTITION OF q FOR VALUES IN ('eu');
+        CREATE TABLE q_us PARTITION OF q FOR VALUES IN ('us');
+        SELECT activity_log.track('q');
+        CREATE FUNCTION q_echo() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.id < 100 THEN
+                INSERT INTO q VALUES (NEW.id + 100, 'us');
+                UPDATE q SET id = id + 1000 WHERE id = NEW.id + 100;
+                INSERT INTO q_us VALUES (NEW.id + 200, 'us');
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER q_echo AFTER INSERT ON q_us FOR EACH ROW EXECUTE FUNCTION q_echo();
+        COPY q_us FROM stdin;
+1	us
+\.
+        "#,
+    );
     c.flush(DB);
     let rows = c.sql(
         DB,
@@ -516,6 +540,10 @@ fn copy_from_rows_are_recorded_like_inserts() {
             r#"INSERT|w|{"v": "b", "id": 2}|postgres|COPY w FROM stdin"#,
             r#"INSERT|w|{"v": "e", "id": 5}|postgres|INSERT INTO w VALUES (5, 'e')"#,
             r#"INSERT|w|{"v": "f", "id": 6}|postgres|COPY w FROM stdin"#,
+            r#"INSERT|q|{"id": 1, "region": "us"}|postgres|COPY q_us FROM stdin"#,
+            r#"INSERT|q|{"id": 101, "region": "us"}|postgres|COPY q_us FROM stdin"#,
+            r#"UPDATE|q|{"id": 1101, "region": "us"}|postgres|COPY q_us FROM stdin"#,
+            r#"INSERT|q|{"id": 201, "region": "us"}|postgres|COPY q_us FROM stdin"#,
         ]
     );
     // No count records any more, and the tables replay from the trail.
@@ -1152,7 +1180,11 @@ fn a_foreign_partition_attached_later_leaves_gaps_not_errors() {
              CREATE FOREIGN TABLE p_remote PARTITION OF p FOR VALUES IN ('remote')
                  SERVER loopback OPTIONS (table_name 'remote_rows');
              INSERT INTO p VALUES (2, 'remote');
-             INSERT INTO p VALUES (3, 'local');",
+             INSERT INTO p VALUES (3, 'local');
+             COPY p FROM stdin;
+4\tlocal
+\\.
+             ",
             c.dir, c.port
         ),
     );
@@ -1162,6 +1194,7 @@ fn a_foreign_partition_attached_later_leaves_gaps_not_errors() {
         c.sql(DB, "SELECT kind, status, command, coalesce(new_row::text, '-'), coalesce(details->>'reason', '-') FROM activity_log.events WHERE table_name = 'p' ORDER BY id"),
         [
             r#"change|success|INSERT|{"id": 1, "region": "local"}|-"#,
+            "system|gap|GAP|-|the table has a foreign partition, so no rows of this statement were captured",
             "system|gap|GAP|-|the table has a foreign partition, so no rows of this statement were captured",
             "system|gap|GAP|-|the table has a foreign partition, so no rows of this statement were captured",
         ]
