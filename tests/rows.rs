@@ -1368,6 +1368,28 @@ fn a_bulk_statement_keeps_its_rows_in_memory_not_in_a_temporary_file() {
         ),
         format!(r#"{{"id": 7, "payload": "{}"}}"#, "x".repeat(100))
     );
+    // The same for a COPY's new rows; the session's work_mem is its own again afterwards.
+    let x = "x".repeat(100);
+    assert_eq!(
+        c.sql(
+            DB,
+            &format!(
+                "SET work_mem = '64kB'; SET temp_file_limit = 0;
+                 COPY bulk FROM PROGRAM $p$seq 20001 40000 | sed 's/$/\t{x}/'$p$;
+                 SELECT current_setting('work_mem');"
+            ),
+        ),
+        ["64kB"]
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) || ' ' || min((row_key->>'id')::int) || ' ' || max((row_key->>'id')::int)
+               FROM activity_log.changes WHERE table_name = 'bulk' AND op = 'INSERT' AND query LIKE 'COPY%'"
+        ),
+        "20000 20001 40000"
+    );
 }
 
 #[test]
