@@ -1060,6 +1060,64 @@ fn writes_through_an_untracked_ancestor_are_captured_or_leave_a_gap() {
         c.sql(DB, "SELECT id || ' ' || region FROM tpart ORDER BY id"),
         ["5 eu", "6 eu"]
     );
+
+    // The review's cases. A user's AFTER ROW trigger on the tracked child runs a statement in a
+    // savepoint it rolls back: the rows collected before it are not rolled back with it. A
+    // data-modifying WITH writes the child through the parent and directly: each row once
+    // (the part through the parent is a gap then). COPY into an untracked partitioned root.
+    c.sql(
+        DB,
+        "CREATE TABLE sparent (id int PRIMARY KEY, v int);
+         CREATE TABLE schild (PRIMARY KEY (id)) INHERITS (sparent);
+         INSERT INTO schild SELECT g, 0 FROM generate_series(1, 5) g;
+         SELECT activity_log.track('schild');
+         CREATE TABLE side (n int);
+         CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           BEGIN
+             INSERT INTO side VALUES (1);
+             RAISE EXCEPTION 'ignored';
+           EXCEPTION WHEN others THEN NULL;
+           END;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER note AFTER UPDATE ON schild FOR EACH ROW EXECUTE FUNCTION note();
+         UPDATE sparent SET v = v + 1;
+
+         CREATE TABLE cparent (id int, v int);
+         CREATE TABLE cchild () INHERITS (cparent);
+         INSERT INTO cchild VALUES (1, 0);
+         SELECT activity_log.track('cchild');
+         WITH a AS (UPDATE cparent SET v = v + 1 WHERE id = 1 RETURNING 1),
+              b AS (INSERT INTO cchild VALUES (99, 0) RETURNING 1)
+         SELECT count(*) FROM a, b;
+
+         CREATE TABLE croot (id int, v int) PARTITION BY RANGE (id);
+         CREATE TABLE cpart PARTITION OF croot FOR VALUES FROM (0) TO (100);
+         CREATE TABLE cother PARTITION OF croot FOR VALUES FROM (100) TO (200);
+         SELECT activity_log.track('cpart');
+         COPY croot FROM PROGRAM 'printf \"1\\t1\\n102\\t2\\n\"';",
+    );
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.changes WHERE table_name = 'schild' AND op = 'UPDATE'"
+        ),
+        "5"
+    );
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT table_name || '|' || command || '|' || coalesce(new_row::text, details->>'reason', '-')
+               FROM activity_log.events WHERE table_name IN ('cchild', 'cpart') ORDER BY id"
+        ),
+        [
+            "cchild|GAP|the statement also writes the table directly (a data-modifying WITH), so the rows it changed through an untracked ancestor were not captured",
+            r#"cchild|INSERT|{"v": 0, "id": 99}"#,
+            "cpart|GAP|COPY loaded 2 rows into the untracked partitioned table public.croot, which routes rows into public.cpart: those were not captured",
+        ]
+    );
 }
 
 /// One TRUNCATE record per tracked table a TRUNCATE empties: the tables a CASCADE reaches, the

@@ -804,8 +804,50 @@ unsafe fn after_utility(
                     if let Some(note) = gap {
                         rows::push_change(&t, Op::Gap, cid, rows, Vec::new(), &note, |_| false);
                     }
+                } else if rows > 0 {
+                    copied_past_capture(relid, rows, cid);
                 }
             }
+        }
+    }
+}
+
+/// copied_past_capture leaves a gap record for each tracked table among the partitions of an
+/// untracked partitioned table a COPY just loaded `rows` rows into: PostgreSQL routed some of
+/// them there, perhaps, and nothing captured them (the COPY's triggers are the root's).
+unsafe fn copied_past_capture(relid: pg_sys::Oid, rows: i64, cid: u32) {
+    // SAFETY: catalog lookups of a relation the COPY holds locked, under pgrx's guard.
+    unsafe {
+        if pg_sys::get_rel_relkind(relid) != pg_sys::RELKIND_PARTITIONED_TABLE as c_char {
+            return;
+        }
+        let list = pg_guard_ffi_boundary(|| {
+            unguarded::find_all_inheritors(relid, pg_sys::NoLock as c_int, std::ptr::null_mut())
+        });
+        let mut noted: Vec<u32> = Vec::new();
+        for i in 0..(*list).length as usize {
+            let part = (*(*list).elements.add(i)).oid_value;
+            let Some(t) = tracked::lookup(part.to_u32()) else {
+                continue;
+            };
+            if noted.contains(&t.relid) {
+                continue;
+            }
+            noted.push(t.relid);
+            let name = |oid: pg_sys::Oid| {
+                CStr::from_ptr(pg_sys::quote_qualified_identifier(
+                    pg_sys::get_namespace_name(pg_sys::get_rel_namespace(oid)),
+                    pg_sys::get_rel_name(oid),
+                ))
+                .to_string_lossy()
+                .into_owned()
+            };
+            let note = format!(
+                "COPY loaded {rows} rows into the untracked partitioned table {}, which routes rows into {}: those were not captured",
+                name(relid),
+                name(part)
+            );
+            rows::push_change(&t, Op::Gap, cid, 0, Vec::new(), &note, |_| false);
         }
     }
 }

@@ -92,13 +92,19 @@ thread_local! {
     /// ModifyTables set up for capture (EState, ModifyTableState, table, subtransaction), until
     /// their query finishes or their subtransaction aborts.
     static SET_UP: RefCell<Vec<SetUp>> = const { RefCell::new(Vec::new()) };
-    /// Rows the row triggers collected, not yet in a record (see [`RowBatch`]).
-    static ROW_BATCH: RefCell<Option<RowBatch>> = const { RefCell::new(None) };
+    /// Rows the row triggers collected, not yet in a record (see [`RowBatch`]); a batch of a
+    /// query whose AFTER triggers fire while an outer query's are firing comes after the outer
+    /// one's.
+    static ROW_BATCHES: RefCell<Vec<RowBatch>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Consecutive rows the row triggers captured for one table, operation and command, made into
-/// one Change record when the query's AFTER triggers have fired (or every [`BATCH_ROWS`]).
+/// one Change record when the query that fires them (`owner`) has fired its AFTER triggers, or
+/// every [`BATCH_ROWS`] rows or [`BATCH_BYTES`]. Never earlier: a statement that a user's
+/// trigger runs meanwhile, inside a savepoint it may roll back, must not take them with it.
 struct RowBatch {
+    owner: usize,
+    bytes: usize,
     tracked: Rc<Tracked>,
     relid: u32,
     op: Op,
@@ -112,6 +118,9 @@ struct RowBatch {
 type OldNew = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 const BATCH_ROWS: usize = 1000;
+/// The capture's pending buffer stages what passes 1 MB (capture/mod.rs); a batch holds no
+/// more before it goes there.
+const BATCH_BYTES: usize = 1 << 20;
 
 struct SetUp {
     estate: usize,
@@ -124,18 +133,17 @@ struct SetUp {
 /// executor state is gone.
 pub fn forget_subxact(subid: u32) {
     SET_UP.with_borrow_mut(|s| s.retain(|e| e.subxact < subid));
-    ROW_BATCH.with_borrow_mut(|b| {
-        if b.as_ref().is_some_and(|b| b.subxact >= subid) {
-            *b = None;
-        }
-    });
+    ROW_BATCHES.with_borrow_mut(|b| b.retain(|b| b.subxact < subid));
 }
 
 /// after_finish checks that every captured ModifyTable of `estate` ran to completion: one that
 /// stopped early (a C caller running DML … RETURNING through SPI with a row limit) fires no
 /// statement triggers, so its changes are missing and the trail says so with a gap record.
 pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
-    flush_row_batch();
+    flush_row_batches(estate as usize);
+    if FINISHING.with_borrow(Vec::is_empty) {
+        flush_row_batches(0); // fired outside any query's finish (not expected)
+    }
     // SAFETY: estate is live; its routing list holds the ResultRelInfos of partitions that
     // received rows.
     unsafe { note_rows_routed_past_capture(estate) };
@@ -165,7 +173,7 @@ pub fn forget(estate: *mut pg_sys::EState) {
 
 pub fn forget_all() {
     SET_UP.with_borrow_mut(Vec::clear);
-    ROW_BATCH.set(None);
+    ROW_BATCHES.with_borrow_mut(Vec::clear);
 }
 
 /// note_rows_routed_past_capture leaves a gap record for each tracked table that received
@@ -174,6 +182,9 @@ pub fn forget_all() {
 /// routed to it, too late for row triggers, and the root's transition tables do not say
 /// which partition a row went to.
 unsafe fn note_rows_routed_past_capture(estate: *mut pg_sys::EState) {
+    if !hooks::capturing() {
+        return;
+    }
     // SAFETY: as for the caller; empty for nearly every statement.
     unsafe {
         for node in list_nodes((*estate).es_tuple_routing_result_relations) {
@@ -417,12 +428,29 @@ unsafe fn setup_below_untracked(
                 );
                 continue;
             }
-            augment(rri, estate, Level::Row);
             // The events fire through the ResultRelInfo ExecGetTriggerResultRel finds for the
-            // table with no root, and since PostgreSQL 15.? that is not a child's own (whose
-            // root is the ModifyTable's): it makes one from the relation cache then, without
-            // our triggers, and the trigger manager skips an event whose trigger it lacks.
+            // table with no root. Since PostgreSQL 15.x that is not a child's own (whose root is
+            // the ModifyTable's): it makes one from the relation cache then, without our
+            // triggers, and the trigger manager skips an event whose trigger it lacks; so that
+            // one gets them too. When it is another ModifyTable's (a data-modifying WITH writes
+            // the table itself too), row triggers there would capture that one's rows twice.
             let fires = pg_sys::ExecGetTriggerResultRel(estate, relid, std::ptr::null_mut());
+            if fires != rri
+                && list_nodes((*estate).es_opened_result_relations).contains(&fires.cast())
+            {
+                let note = "the statement also writes the table directly (a data-modifying WITH), so the rows it changed through an untracked ancestor were not captured";
+                push_change(
+                    &tracked,
+                    Op::Gap,
+                    (*estate).es_output_cid,
+                    0,
+                    Vec::new(),
+                    note,
+                    |_| false,
+                );
+                continue;
+            }
+            augment(rri, estate, Level::Row);
             augment(fires, estate, Level::Row);
             if skip_triggers && let Some(outer) = outer {
                 // An FK cascade: the rows' events fire at the outer query's level.
@@ -925,7 +953,7 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
 
 /// The synthetic row trigger's function: one call per row of a tracked table changed through an
 /// untracked ancestor, when the query's AFTER triggers fire. Rows are gathered into
-/// [`ROW_BATCH`], made into records by [`flush_row_batch`].
+/// [`ROW_BATCHES`], made into records by [`flush_row_batches`].
 #[pg_guard]
 unsafe extern "C-unwind" fn al_capture_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: called by the trigger manager with a TriggerData context; the slots hold the
@@ -965,13 +993,20 @@ unsafe extern "C-unwind" fn al_capture_row(fcinfo: pg_sys::FunctionCallInfo) -> 
             _ => return pg_sys::Datum::from(0),
         };
         let subxact = unguarded::GetCurrentSubTransactionId();
-        let same = ROW_BATCH.with_borrow(|b| {
-            b.as_ref().is_some_and(|b| {
-                b.relid == relid && b.op == op && b.cid == cid && b.rows.len() < BATCH_ROWS
-            })
+        // The query firing this trigger: the trigger manager calls it at that query's level.
+        let owner = FINISHING.with_borrow(|f| f.last().copied()).unwrap_or(0);
+        let (same, full) = ROW_BATCHES.with_borrow(|b| match b.last() {
+            Some(b) if b.owner == owner => (
+                b.relid == relid && b.op == op && b.cid == cid,
+                b.rows.len() >= BATCH_ROWS || b.bytes >= BATCH_BYTES,
+            ),
+            _ => (false, false),
         });
-        if !same {
-            flush_row_batch();
+        if full || !same {
+            // Another table or command of the same query, or enough for one record.
+            if let Some(batch) = ROW_BATCHES.with_borrow_mut(|b| b.pop_if(|b| b.owner == owner)) {
+                flush(batch);
+            }
             let columns = columns(desc)
                 .into_iter()
                 .map(|c| Column {
@@ -979,19 +1014,23 @@ unsafe extern "C-unwind" fn al_capture_row(fcinfo: pg_sys::FunctionCallInfo) -> 
                     ..c
                 })
                 .collect();
-            ROW_BATCH.set(Some(RowBatch {
-                tracked,
-                relid,
-                op,
-                cid,
-                subxact,
-                columns,
-                rows: Vec::new(),
-            }));
+            ROW_BATCHES.with_borrow_mut(|b| {
+                b.push(RowBatch {
+                    owner,
+                    bytes: 0,
+                    tracked,
+                    relid,
+                    op,
+                    cid,
+                    subxact,
+                    columns,
+                    rows: Vec::new(),
+                })
+            });
         }
-        ROW_BATCH.with_borrow_mut(|b| {
-            if let Some(b) = b {
-                b.subxact = b.subxact.max(subxact);
+        ROW_BATCHES.with_borrow_mut(|b| {
+            if let Some(b) = b.last_mut() {
+                b.bytes += old.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len);
                 b.rows.push((old, new));
             }
         });
@@ -999,11 +1038,15 @@ unsafe extern "C-unwind" fn al_capture_row(fcinfo: pg_sys::FunctionCallInfo) -> 
     }
 }
 
-/// flush_row_batch makes the rows the row triggers gathered into one Change record.
-fn flush_row_batch() {
-    let Some(batch) = ROW_BATCH.take() else {
-        return;
-    };
+/// flush_row_batches makes the rows the row triggers of query `owner` gathered into records.
+fn flush_row_batches(owner: usize) {
+    while let Some(batch) = ROW_BATCHES.with_borrow_mut(|b| b.pop_if(|b| b.owner == owner)) {
+        flush(batch);
+    }
+}
+
+/// flush makes one batch of rows into one Change record.
+fn flush(batch: RowBatch) {
     let mut rows = batch.rows.iter();
     push_change(
         &batch.tracked,
