@@ -142,10 +142,13 @@ BEGIN
     SELECT * INTO q FROM activity_log.queue WHERE database = current_database();
 
     IF FOUND THEN
-        penalty := CASE WHEN q.writer_state IS DISTINCT FROM 'running' THEN 50 ELSE 0 END;
+        penalty := CASE WHEN q.writer_state = 'held by a restore' THEN 20
+                        WHEN q.writer_state IS DISTINCT FROM 'running' THEN 50 ELSE 0 END;
         list := list || jsonb_build_object('factor', 'writer', 'value', coalesce(q.writer_state, 'stopped'),
             'weight', 50, 'penalty', penalty,
-            'reason', CASE WHEN penalty > 0 THEN 'no writer is running for this database: records wait in shared memory' ELSE 'writer running' END);
+            'reason', CASE WHEN q.writer_state = 'held by a restore'
+                           THEN 'a session restoring a dump (it created the extension with check_function_bodies off) holds the writer: records wait in shared memory until that session ends'
+                           WHEN penalty > 0 THEN 'no writer is running for this database: records wait in shared memory' ELSE 'writer running' END);
     ELSE
         -- More audited databases than rings: this one has none now, and its transactions
         -- wait in durable_queue for its turn (README, "Limits").

@@ -1645,6 +1645,15 @@ fn a_dump_restores_whole_and_the_writer_continues_the_chain() {
         "1",
         "only events_default while the restore sleeps"
     );
+    assert_eq!(
+        c.one(
+            "by_psql",
+            "SELECT q.writer_state || '|' || (f->>'penalty')
+               FROM activity_log.queue q, activity_log.health() h, jsonb_array_elements(h.factors) f
+              WHERE q.database = 'by_psql' AND f->>'factor' = 'writer'"
+        ),
+        "held by a restore|20"
+    );
     assert!(
         psql.try_wait().unwrap().is_none(),
         "the restore is still running"

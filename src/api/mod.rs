@@ -418,6 +418,8 @@ pub fn queue() -> TableIterator<
                 s.overflow_waits as i64,
                 (s.writer_pid != 0).then_some(s.writer_pid),
                 match s.writer_state {
+                    // A restore holds it off (capture/restore.rs): it runs, and stores nothing.
+                    _ if s.restored_by != 0 => "held by a restore",
                     ring::WRITER_RUNNING => "running",
                     ring::WRITER_STARTING => "starting",
                     _ => "stopped",

@@ -1335,6 +1335,8 @@ pub struct SlotStats {
     pub recent_in_per_s: Option<f64>,
     pub recent_out_per_s: Option<f64>,
     pub oldest_unwritten_at: Option<i64>,
+    /// The backend restoring a dump that holds the writer off (0: none).
+    pub restored_by: i32,
 }
 
 pub fn stats(i: usize) -> SlotStats {
@@ -1377,6 +1379,7 @@ pub fn stats(i: usize) -> SlotStats {
         recent_in_per_s: rate(raw[0], older.published.load(Relaxed)),
         recent_out_per_s: rate(raw[2], older.written.load(Relaxed)),
         oldest_unwritten_at: oldest_unwritten_at(i),
+        restored_by: s.restored_by.load(Acquire),
         writer_pid: s.writer_pid.load(Acquire),
         writer_state: s.writer_state.load(Acquire),
         writer_failures: s.failures.load(Relaxed),
