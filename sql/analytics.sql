@@ -141,23 +141,22 @@ COMMENT ON VIEW activity_log.workers IS
 
 -- Scans and sizes of the trail's indexes: which ones the queries use, and what they cost.
 CREATE VIEW activity_log.index_usage AS
-SELECT 'events' || x.suffix AS index_name,
-       min(pg_get_indexdef(x.indexrelid)) FILTER (WHERE x.part = 'events_default') AS definition,
+SELECT x.kind AS index_name,
+       min(pg_get_indexdef(x.indexrelid)) FILTER (WHERE x.part = 'activity_log.events_default'::regclass) AS definition,
        coalesce(sum(s.idx_scan), 0)::bigint AS scans,
        coalesce(sum(s.idx_tup_read), 0)::bigint AS tuples_read,
        coalesce(sum(s.idx_tup_fetch), 0)::bigint AS tuples_fetched,
        coalesce(sum(pg_relation_size(x.indexrelid)), 0)::bigint AS size_bytes,
        pg_size_pretty(coalesce(sum(pg_relation_size(x.indexrelid)), 0)) AS size,
        bool_and(x.indisvalid) AS valid
-  FROM (SELECT t.relname AS part, i.indexrelid, i.indisvalid,
-               substr(c.relname, length(t.relname) + 1) AS suffix
+  FROM (SELECT p.relid AS part, i.indexrelid, i.indisvalid,
+               activity_log._trail_index_kind(i.indexrelid) AS kind
           FROM pg_partition_tree('activity_log.events') p
-          JOIN pg_class t ON t.oid = p.relid
-          JOIN pg_index i ON i.indrelid = t.oid
-          JOIN pg_class c ON c.oid = i.indexrelid
-         WHERE p.isleaf AND left(c.relname, length(t.relname)) = t.relname) x
+          JOIN pg_index i ON i.indrelid = p.relid
+         WHERE p.isleaf) x
   LEFT JOIN pg_stat_all_indexes s ON s.indexrelid = x.indexrelid
- GROUP BY x.suffix;
+ WHERE x.kind IS NOT NULL
+ GROUP BY x.kind;
 
 COMMENT ON VIEW activity_log.index_usage IS
     'Index scans, tuples and sizes of activity_log.events'' indexes (each partition has its own set), summed over the partitions.';

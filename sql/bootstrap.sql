@@ -103,36 +103,69 @@ COMMENT ON TABLE activity_log.durable_queue IS
 -- restores a day partition with exactly its own (made by its dumped CREATE INDEX and ADD
 -- CONSTRAINT), where an index of the parent would give it a second set when it is attached.
 -- _index_trail_partition makes them, for events_default here and for each day partition
--- _maintain_partitions creates; they are named after the partition.
+-- _maintain_partitions creates. They are named after the partition, unless a name is taken
+-- (a partition renamed by hand keeps its indexes' names): PostgreSQL picks one then.
+-- _trail_index_kind tells them apart by what they are, not by name.
 CREATE FUNCTION activity_log._index_trail_partition(part regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    name text := (SELECT relname FROM pg_class WHERE oid = part);
+    part_name text := (SELECT relname FROM pg_class WHERE oid = part);
+    kind text;
+    definition text;
 BEGIN
     -- id is unique across the trail (one sequence); committed_at only picks the partition.
-    EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY (id)', part, name || '_pkey');
-    -- Time-range scans of an append-only table: BRIN is tiny and matches insertion order.
-    EXECUTE format('CREATE INDEX %I ON %s USING brin (ts)', name || '_ts_brin', part);
-    -- One row's history: change records by table and a hash of the key. A btree of two
-    -- integers: the writer inserts into it for every change, and comparing integers costs far
-    -- less than comparing jsonb keys. Not a hash index: all changes of one key land in one
-    -- bucket, and a hash index walks the bucket's whole overflow chain on every insert (a
-    -- pgbench branch row is changed by every tenth transaction).
-    EXECUTE format('CREATE INDEX %I ON %s (table_oid, jsonb_hash_extended(row_key, 0)) WHERE kind = %L',
-                   name || '_row_key_idx', part, 'change');
-    -- The newest changes of one table (ORDER BY id DESC LIMIT n).
-    EXECUTE format('CREATE INDEX %I ON %s (table_oid, id) WHERE table_oid IS NOT NULL',
-                   name || '_table_idx', part);
-    -- history() after a primary-key change: the writer notes the new key of such an UPDATE.
-    EXECUTE format('CREATE INDEX %I ON %s USING hash ((details->%L)) WHERE details ? %L',
-                   name || '_new_key_idx', part, 'new_key', 'new_key');
-    -- Gap records (rare) for the health report, without reading a week of the trail.
-    EXECUTE format('CREATE INDEX %I ON %s (ts) WHERE status = %L', name || '_gap_idx', part, 'gap');
+    IF to_regclass(format('activity_log.%I', part_name || '_pkey')) IS NULL THEN
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY (id)', part, part_name || '_pkey');
+    ELSE
+        EXECUTE format('ALTER TABLE %s ADD PRIMARY KEY (id)', part);
+    END IF;
+    FOR kind, definition IN VALUES
+        -- Time-range scans of an append-only table: BRIN is tiny and matches insertion order.
+        ('ts_brin', 'USING brin (ts)'),
+        -- One row's history: change records by table and a hash of the key. A btree of two
+        -- integers: the writer inserts into it for every change, and comparing integers costs
+        -- far less than comparing jsonb keys. Not a hash index: all changes of one key land in
+        -- one bucket, and a hash index walks the bucket's whole overflow chain on every insert
+        -- (a pgbench branch row is changed by every tenth transaction).
+        ('row_key_idx', $i$(table_oid, jsonb_hash_extended(row_key, 0)) WHERE kind = 'change'$i$),
+        -- The newest changes of one table (ORDER BY id DESC LIMIT n).
+        ('table_idx', '(table_oid, id) WHERE table_oid IS NOT NULL'),
+        -- history() after a primary-key change: the writer notes the new key of such an UPDATE.
+        ('new_key_idx', $i$USING hash ((details->'new_key')) WHERE details ? 'new_key'$i$),
+        -- Gap records (rare) for the health report, without reading a week of the trail.
+        ('gap_idx', $i$(ts) WHERE status = 'gap'$i$)
+    LOOP
+        IF to_regclass(format('activity_log.%I', part_name || '_' || kind)) IS NULL THEN
+            EXECUTE format('CREATE INDEX %I ON %s %s', part_name || '_' || kind, part, definition);
+        ELSE
+            EXECUTE format('CREATE INDEX ON %s %s', part, definition);
+        END IF;
+    END LOOP;
 END
 $$;
 SELECT activity_log._index_trail_partition('activity_log.events_default');
+
+-- _trail_index_kind names an index of a trail partition by what it is: events_pkey,
+-- events_ts_brin, events_row_key_idx, events_table_idx, events_new_key_idx or events_gap_idx
+-- (NULL for any other). From the catalogs alone: deparsing an index (pg_get_indexdef) locks
+-- its table, and health() must not wait for the writer.
+CREATE FUNCTION activity_log._trail_index_kind(index oid) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN i.indisprimary THEN 'events_pkey'
+        WHEN a.amname = 'brin' THEN 'events_ts_brin'
+        WHEN a.amname = 'hash' THEN 'events_new_key_idx'
+        WHEN a.amname = 'btree' AND i.indexprs IS NOT NULL THEN 'events_row_key_idx'
+        WHEN a.amname = 'btree' AND i.indnatts = 2 THEN 'events_table_idx'
+        WHEN a.amname = 'btree' AND i.indnatts = 1 AND i.indpred IS NOT NULL THEN 'events_gap_idx'
+    END
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+     WHERE i.indexrelid = index
+$$;
 
 -- Records per hour, kind and status: the writer adds each batch's counts, so that health,
 -- trends, patterns and anomalies read a few hundred rows instead of the trail.

@@ -241,16 +241,15 @@ BEGIN
             'reason', 'activity_log.events is locked by another session: the writer cannot store, and gap_events, statement_error_rate, anomalies and trail_growth are unknown (see pg_locks)');
     END;
 
-    -- Index health: every partition of the trail has its six indexes, valid
-    -- (_index_trail_partition names them after the partition).
-    SELECT count(*) FILTER (WHERE i.indexrelid IS NULL),
-           count(*) FILTER (WHERE NOT i.indisvalid OR NOT i.indisready)
+    -- Index health: every partition of the trail has its six indexes (whatever their names),
+    -- valid. pg_inherits, not pg_partition_tree(), which locks every partition.
+    SELECT coalesce(sum(6 - (SELECT count(DISTINCT activity_log._trail_index_kind(i.indexrelid))
+                               FROM pg_index i WHERE i.indrelid = p.inhrelid)), 0),
+           (SELECT count(*) FROM pg_inherits p2 JOIN pg_index i ON i.indrelid = p2.inhrelid
+             WHERE p2.inhparent = 'activity_log.events'::regclass
+               AND (NOT i.indisvalid OR NOT i.indisready))
       INTO missing_idx, broken
-      FROM pg_inherits p  -- not pg_partition_tree(), which locks every partition
-      JOIN pg_class t ON t.oid = p.inhrelid
-     CROSS JOIN unnest(ARRAY['_pkey', '_ts_brin', '_row_key_idx', '_table_idx', '_new_key_idx', '_gap_idx']) AS suffix
-      LEFT JOIN pg_class c ON c.relnamespace = t.relnamespace AND c.relname = t.relname || suffix
-      LEFT JOIN pg_index i ON i.indexrelid = c.oid AND i.indrelid = t.oid
+      FROM pg_inherits p
      WHERE p.inhparent = 'activity_log.events'::regclass;
     penalty := CASE WHEN broken + missing_idx > 0 THEN 10 ELSE 0 END;
     list := list || jsonb_build_object('factor', 'index_health', 'value', jsonb_build_object('invalid', broken, 'missing', missing_idx),

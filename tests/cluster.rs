@@ -1635,10 +1635,12 @@ fn retention_drops_old_partitions_and_the_rest_still_verifies() {
         "postgres",
         "SET enable_seqscan = off; EXPLAIN (COSTS OFF) SELECT * FROM activity_log.changes WHERE table_oid = 't'::regclass AND jsonb_hash_extended(row_key, 0) = jsonb_hash_extended('{\"id\": 1}', 0) AND row_key = '{\"id\": 1}'",
     );
+    // (Today's partition was renamed by hand above: its indexes kept their names.)
     for d in [0, 1, 2] {
+        let partition = format!(" on events_{} ", day(d));
         assert!(
             plan.iter()
-                .any(|l| l.contains(&format!("events_{}_row_key_idx", day(d)))),
+                .any(|l| l.contains("Index Scan using ") && l.contains(&partition)),
             "{plan:?}"
         );
     }
