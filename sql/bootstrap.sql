@@ -92,8 +92,14 @@ CREATE TABLE activity_log.durable_queue (
     seq       bigint,  -- NULL: the transaction's only row
     -- The turn of the ring that announced the transaction: the writer stores its rows when it
     -- reaches the announcement, in the ring's order; NULL (no ring, or no room) or another
-    -- turn's mark (a crash-restart since): swept in the queue's order.
-    ring_mark bigint
+    -- turn's mark (a crash-restart since): stored by commit_lsn.
+    ring_mark bigint,
+    -- The commit order key: the WAL insert position when the row was staged, at pre-commit
+    -- for a transaction's last (or only) row. A transaction that depends on another reaches
+    -- pre-commit after that one's commit record, so its key is higher; the ring's frames carry
+    -- the same key, and the writer stores both in its order (a transaction's key is that of
+    -- its highest row).
+    commit_lsn pg_lsn NOT NULL
 );
 ALTER TABLE activity_log.durable_queue ALTER COLUMN frame SET STORAGE EXTERNAL;
 COMMENT ON TABLE activity_log.durable_queue IS

@@ -25,6 +25,8 @@ unsafe extern "C-unwind" {
     pub fn GetTopFullTransactionIdIfAny() -> FullTransactionId;
     pub fn GetCurrentTimestamp() -> TimestampTz;
     pub fn GetCurrentTransactionStopTimestamp() -> TimestampTz;
+    /// The WAL insert position (a spinlock, no ERROR): the commit order key (ring/mod.rs).
+    pub fn GetXLogInsertRecPtr() -> u64;
     /// Raises only when missing_ok is false or restrict_privileged is true.
     pub fn GetConfigOption(
         name: *const c_char,

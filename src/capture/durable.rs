@@ -18,7 +18,7 @@ use crate::errors::raise;
 use crate::record;
 
 /// durable_queue's columns, in order.
-const NATTS: i32 = 6;
+const NATTS: i32 = 7;
 
 /// queue_relid is durable_queue's OID, or InvalidOid when the extension is not (or no longer)
 /// in this database.
@@ -48,7 +48,10 @@ pub fn can_stage() -> bool {
 /// of the frame and of the row's columns, see record.rs). `seq` is the piece's position in
 /// the transaction's record stream, for a transaction that stages several pieces; None for
 /// one staged whole. `ring_mark`: the turn mark of the ring that announced the transaction
-/// (capture/xact.rs), if one did.
+/// (capture/xact.rs), if one did. The row's `commit_lsn` is the WAL insert position now: at
+/// PRE_COMMIT, the transaction's commit order key (see ring/mod.rs); a piece staged earlier
+/// gets an earlier one, and the writer takes the highest of a transaction's rows, that of its
+/// row staged at PRE_COMMIT (capture/mod.rs, `with_pieces`, stages one even when empty).
 pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>, ring_mark: Option<i64>) {
     let relid = queue_relid();
     if relid == pg_sys::InvalidOid {
@@ -120,6 +123,7 @@ pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>, ring_mark: Option
             pg_sys::Datum::from(xid),
             pg_sys::Datum::from(seq.unwrap_or(0) as i64),
             pg_sys::Datum::from(ring_mark.unwrap_or(0)),
+            pg_sys::Datum::from(crate::unguarded::GetXLogInsertRecPtr()),
         ];
         let mut nulls = [
             false,
@@ -128,6 +132,7 @@ pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>, ring_mark: Option
             false,
             seq.is_none(),
             ring_mark.is_none(),
+            false,
         ];
         let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::simple_heap_insert(rel, tuple);

@@ -321,7 +321,9 @@ fn with_pieces(mut f: impl FnMut(u64, &[&[u8]], u32)) {
         for (seq, bytes, n) in pieces {
             f(seq, &[bytes], n);
         }
-        if last.2 + p.failure_records > 0 {
+        // A transaction that staged pieces stages a last row at PRE_COMMIT even when it is
+        // empty: that row carries the transaction's commit order key and its ring's mark.
+        if last.2 + p.failure_records > 0 || p.spilled {
             f(last.0, &[last.1, &p.failures], last.2 + p.failure_records);
         }
     })

@@ -20,6 +20,15 @@
 //! reservation order. `tail` moves only after the writer's insert has committed: a writer that
 //! dies mid-batch loses nothing.
 //!
+//! Commit order key: each frame carries the WAL insert position read under the slot lock when
+//! it was reserved (at PRE_COMMIT), so keys never decrease along the ring. A durable_queue row
+//! carries the same kind of key, read when it was staged at PRE_COMMIT (capture/durable.rs).
+//! A transaction that depends on another (waited for its row lock, or saw its rows) reaches
+//! PRE_COMMIT after that one wrote its commit record, so its key is strictly higher; equal
+//! keys mean no WAL in between, hence independent transactions. WAL positions only grow, also
+//! across crash-restarts, so the key orders staged rows of before a crash before anything
+//! after it. The writer stores ring frames and staged rows by this key (worker/writer.rs).
+//!
 //! Rules: no `palloc`, no `ereport`, no panics in anything a backend calls from its commit or
 //! abort path (`commit`, `void`, `wake_writer`).
 
@@ -152,9 +161,10 @@ struct FrameHeader {
     nrecords: u32,
     payload_len: u32, // len minus header and alignment padding
     commit_ts: i64,   // written by the producer before it stores COMMITTED
+    key: u64,         // commit order key (WAL insert position), written at reservation
 }
 const HEADER: u64 = size_of::<FrameHeader>() as u64;
-const _: () = assert!(HEADER == 24);
+const _: () = assert!(HEADER == 32);
 
 struct Shmem {
     control: UnsafeCell<*mut Control>,
@@ -752,6 +762,8 @@ pub fn reserve(
                 (*p.add(4).cast::<AtomicU32>()).store(STATE_PAD, Relaxed);
             }
             let pos = head + pad;
+            // Read under the slot lock: keys never decrease along the ring.
+            let key = crate::unguarded::GetXLogInsertRecPtr();
             base.add((pos % cap) as usize)
                 .cast::<FrameHeader>()
                 .write(FrameHeader {
@@ -760,6 +772,7 @@ pub fn reserve(
                     nrecords,
                     payload_len: payload_len as u32,
                     commit_ts: 0,
+                    key,
                 });
             s.head.store(pos + need, Release);
             pos
@@ -962,6 +975,10 @@ pub fn wake_launcher() {
 #[derive(Clone)]
 pub struct Frame {
     pub commit_ts: i64,
+    /// Commit order key (see the module comment); of a staged row, its transaction's.
+    pub key: u64,
+    /// Where the frame starts in the ring (0 for a staged row).
+    pub pos: u64,
     pub nrecords: u32,
     pub payload: Vec<u8>,
     /// Set for a frame the writer took from durable_queue: the row's columns, which its seal
@@ -1036,6 +1053,8 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
                     batch.records += (*h).nrecords as u64;
                     batch.frames.push(Frame {
                         commit_ts: (*h).commit_ts,
+                        key: (*h).key,
+                        pos,
                         nrecords: (*h).nrecords,
                         payload,
                         staged: None,
@@ -1053,6 +1072,46 @@ pub fn read(slot_index: usize, max_records: usize) -> Batch {
         batch.end = pos;
     }
     batch
+}
+
+impl Batch {
+    /// cut_above drops the frames whose key is above `key`, and what follows them: staged
+    /// transactions up to `key` must be stored first. The batch then ends where the first
+    /// dropped frame starts.
+    pub fn cut_above(&mut self, key: u64) {
+        if let Some(i) = self.frames.iter().position(|f| f.key > key) {
+            self.end = self.frames[i].pos;
+            self.frames.truncate(i);
+            self.records = self.frames.iter().map(|f| f.nrecords as u64).sum();
+            self.announcement = self.announcement && !self.frames.is_empty();
+        }
+    }
+}
+
+/// next_key is the commit order key below which no frame can come to the ring any more: the
+/// key of its oldest frame not yet stored (committed, pending or withdrawn), or, when it holds
+/// none, the WAL insert position now (a frame reserved later reads a position at least as
+/// high). The writer stores staged transactions with keys up to it before the ring's frames.
+pub fn next_key(slot_index: usize) -> u64 {
+    let cap = capacity();
+    let s = slot(slot_index);
+    let _g = LockGuard::exclusive(slot_index + 1);
+    let (mut pos, head) = (s.tail.load(Acquire), s.head.load(Acquire));
+    while pos < head {
+        map(slot_index, pos % cap, HEADER);
+        // SAFETY: a frame start in [tail, head), read under the slot lock (its header was
+        // written under it, and the frame cannot be reused before tail passes it).
+        unsafe {
+            let p = data(slot_index).add((pos % cap) as usize);
+            let len = p.cast::<u32>().read() as u64;
+            if (*p.add(4).cast::<AtomicU32>()).load(Acquire) != STATE_PAD {
+                return (*p.cast::<FrameHeader>()).key;
+            }
+            pos += len.max(8);
+        }
+    }
+    // SAFETY: reads the WAL insert position; no ERROR.
+    unsafe { crate::unguarded::GetXLogInsertRecPtr() }
 }
 
 /// advance frees the ring up to `end` after the batch read up to it is committed; a no-op if

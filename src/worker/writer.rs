@@ -165,7 +165,9 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         // backend's do when it goes idle (at most once a second; outside any transaction).
         // SAFETY: between transactions of this background worker.
         unsafe { pg_sys::pgstat_report_stat(false) };
-        more = sweeping(slot) || drained.left_some;
+        // Staged transactions still to take, and the last round took some: go on at once.
+        // (Waiting behind a frame still pending: its commit wakes the writer.)
+        more = drained.left_some || (sweeping(slot) && drained.written > 0);
         if ring::hand_back_requested(slot) && (drained.written == 0 && !more || turn_is_over(slot))
         {
             hand_back(slot);
@@ -369,16 +371,26 @@ struct Drained {
     left_some: bool,
 }
 
-/// drain writes batches until the ring holds no committed frame at its tail, and sweeps
-/// durable_queue when durable transactions committed since the last sweep. After the first
-/// batch it leaves a small one for the next round: while a batch is written, commits go on, so
-/// chasing them would write ever smaller batches (under pgbench, five per round, most of a few
-/// dozen records).
+/// drain writes batches until the ring holds no committed frame at its tail, and takes the
+/// staged transactions no announcement in the ring stands for, merged with the ring's frames
+/// by their commit order key (see ring/mod.rs): before each ring batch, the staged
+/// transactions whose key is not above the ring's next frame's ([`drain_staged`]), and a ring
+/// batch ends before the first frame whose key is above a staged transaction's. After the
+/// first batch it leaves a small one for the next round: while a batch is written, commits go
+/// on, so chasing them would write ever smaller batches (under pgbench, five per round, most of
+/// a few dozen records).
 fn drain(slot: usize) -> Drained {
-    let mut written = drain_staged(slot);
+    let mut written = 0;
     let mut first = true;
     while still_mine(slot) {
-        let batch = ring::read(slot, gucs::batch_size());
+        if sweeping(slot) {
+            let (n, taken) = drain_staged(slot, ring::next_key(slot));
+            written += n;
+            if taken {
+                continue;
+            }
+        }
+        let mut batch = ring::read(slot, gucs::batch_size());
         // Read after the batch: a drop that happened before a frame of the batch was
         // reserved is counted by now, so its gap record precedes every later record.
         let (dropped, unreported) = ring::unreported_drops(slot);
@@ -388,6 +400,16 @@ fn drain(slot: usize) -> Drained {
         }
         if batch.end == ring::tail(slot) {
             break;
+        }
+        // Looked up after the ring was read: a staged transaction that a frame of the batch
+        // depends on committed before that frame did, so it is seen.
+        if sweeping(slot)
+            && let Some(key) = first_staged_key(slot)
+        {
+            batch.cut_above(key);
+            if batch.end == ring::tail(slot) {
+                continue; // that staged transaction comes first
+            }
         }
         if batch.announcement {
             written += store_announced(slot, &batch);
@@ -417,6 +439,27 @@ fn drain(slot: usize) -> Drained {
     }
 }
 
+/// Which durable_queue rows the writer takes by commit order key: those of transactions no
+/// announcement of this ring's turn (`$1`) stands for. `key` is a transaction's key (that of
+/// its highest row), `announced` whether this turn's ring announced it.
+const UNANNOUNCED: &str = "(SELECT ctid, xid, seq, octet_length(frame) AS bytes,
+                max(commit_lsn) OVER (PARTITION BY xid) AS key,
+                coalesce(bool_or(ring_mark = $1) OVER (PARTITION BY xid), false) AS announced
+           FROM activity_log.durable_queue) q";
+
+/// first_staged_key is the lowest commit order key of the staged transactions no announcement
+/// stands for, None when there are none.
+fn first_staged_key(slot: usize) -> Option<u64> {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<i64>(
+            &format!("SELECT (min(key) - '0/0')::int8 FROM {UNANNOUNCED} WHERE NOT announced"),
+            &[ring::claimed_at(slot).into()],
+        )
+        .unwrap_or_else(|e| error!("activity_log: could not read activity_log.durable_queue: {e}"))
+        .map(|k| k as u64)
+    })
+}
+
 /// has_announcements tells whether `batch` holds announcements of transactions staged in one
 /// row.
 fn has_announcements(batch: &ring::Batch) -> bool {
@@ -438,7 +481,8 @@ fn announced_xid(frame: &ring::Frame) -> Option<u64> {
 /// The durable_queue columns the writer takes with each staged row, in [`staged_frame`]'s
 /// order; staged_at as PostgreSQL microseconds (extract gives an exact numeric).
 const STAGED_COLUMNS: &str = "xid::text, seq, records,
-    (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, frame";
+    (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, frame,
+    (commit_lsn - '0/0')::int8";
 
 /// staged_frame is a durable_queue row, read with [`STAGED_COLUMNS`], as a frame committed when
 /// it was staged; its seal is checked when the batch is built (see [`check_frame`]).
@@ -452,6 +496,8 @@ fn staged_frame(row: &pgrx::spi::SpiHeapTupleData) -> Result<ring::Frame, pgrx::
     };
     Ok(ring::Frame {
         commit_ts: staged.staged_at,
+        key: row.get::<i64>(6)?.unwrap_or_default() as u64,
+        pos: 0,
         nrecords: staged.records,
         payload: row.get(5)?.unwrap_or_default(),
         staged: Some(staged),
@@ -495,6 +541,8 @@ fn with_staged_rows(batch: &ring::Batch) -> ring::Batch {
                 // At the announcement's place and time.
                 Some(row) => ring::Frame {
                     commit_ts: f.commit_ts,
+                    key: f.key,
+                    pos: f.pos,
                     ..row
                 },
                 None => {
@@ -540,12 +588,13 @@ fn store_announced(slot: usize, batch: &ring::Batch) -> u64 {
     }
 }
 
-/// A sweep of durable_queue in progress: the staged_commits it must cover, the ctid its pass
-/// has reached, and the transaction staged in pieces it is taking, if any (its pieces are
-/// taken before anything else, so that its records are one run in the trail).
+/// A sweep of durable_queue in progress: the staged_commits it must cover, the WAL insert
+/// position read after them (every transaction counted had a lower key), and the transaction
+/// staged in pieces it is taking, if any (its pieces are taken before anything else, so that
+/// its records are one run in the trail).
 struct Sweep {
     commits: u64,
-    after: String,
+    horizon: u64,
     pieces_of: Option<String>,
 }
 
@@ -554,68 +603,59 @@ thread_local! {
     static SWEEP: std::cell::RefCell<Option<Sweep>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Batches of staged transactions one call of drain_staged stores at most, so that the ring,
-/// signals and the partitions are seen to while durable transactions keep coming.
-const STAGED_BATCHES_PER_DRAIN: usize = 4;
-
-/// drain_staged moves staged records into the trail. A sweep is one pass over durable_queue in
-/// physical order, each batch resuming after the last row it took (a TID range scan: no sort
-/// of the queue per batch); every transaction counted in `staged_commits` when the sweep began
-/// was in the table then, at or after (0,0), so the pass finds it, and when it reaches the end
-/// that count is marked swept (flush() waits on it; a committing backend wakes a writer that
-/// has swept everything). A sweep that has not reached the end goes on at the next call.
-fn drain_staged(slot: usize) -> u64 {
-    let mut written = 0;
-    for _ in 0..STAGED_BATCHES_PER_DRAIN {
-        let Some((after, pieces_of)) = SWEEP.with_borrow_mut(|sweep| {
-            if sweep.is_none() {
-                let commits = ring::staged_commits(slot);
-                if commits == ring::staged_swept(slot) {
-                    return None;
-                }
-                *sweep = Some(Sweep {
-                    commits,
-                    after: TID_START.to_string(),
-                    pieces_of: None,
-                });
+/// drain_staged stores one batch of the staged transactions no announcement in the ring stands
+/// for (no ring had room, the database had none, or another turn's or a crashed server's ring
+/// announced them), those whose commit order key is at most `bound` (the ring's next frame's,
+/// see [`ring::next_key`]), in key order; returns the records stored and whether it took any.
+/// Every transaction counted in `staged_commits` when the sweep began has a key below the
+/// horizon read then: once nothing is left up to a bound at least that high, the count is
+/// marked swept (flush() waits on it; a committing backend wakes a writer that has swept
+/// everything).
+fn drain_staged(slot: usize, bound: u64) -> (u64, bool) {
+    let Some(pieces_of) = SWEEP.with_borrow_mut(|sweep| {
+        if sweep.is_none() {
+            let commits = ring::staged_commits(slot);
+            if commits == ring::staged_swept(slot) {
+                return None;
             }
-            sweep
-                .as_ref()
-                .map(|s| (s.after.clone(), s.pieces_of.clone()))
-        }) else {
-            break;
-        };
-        if !still_mine(slot) {
-            break;
+            // SAFETY: reads the WAL insert position; no ERROR.
+            let horizon = unsafe { crate::unguarded::GetXLogInsertRecPtr() };
+            *sweep = Some(Sweep {
+                commits,
+                horizon,
+                pieces_of: None,
+            });
         }
-        let stored = write_batch(
-            slot,
-            Source::Staged {
-                after: &after,
-                pieces_of: pieces_of.as_deref(),
-            },
-        );
-        SWEEP.with_borrow_mut(|sweep| match (stored.records, sweep.take()) {
-            (0, Some(done)) if stored.resume_after.is_none() => {
-                ring::mark_swept(slot, done.commits)
-            }
-            (_, Some(going)) => {
-                *sweep = Some(Sweep {
-                    commits: going.commits,
-                    after: stored.resume_after.clone().unwrap_or(going.after),
-                    pieces_of: stored.pieces_of.clone(),
-                })
-            }
-            (_, None) => {}
-        });
-        if stored.records > 0 {
-            ring::count_published(slot, stored.carried_over);
-            ring::count_written(slot, stored.records);
-            ring::reset_failures(slot);
-            written += stored.records;
-        }
+        sweep.as_ref().map(|s| s.pieces_of.clone())
+    }) else {
+        return (0, false);
+    };
+    if !still_mine(slot) {
+        return (0, false);
     }
-    written
+    let stored = write_batch(
+        slot,
+        Source::Staged {
+            pieces_of: pieces_of.as_deref(),
+            bound,
+        },
+    );
+    let taken = stored.taken;
+    SWEEP.with_borrow_mut(|sweep| {
+        if let Some(s) = sweep.as_mut() {
+            s.pieces_of = stored.pieces_of.clone();
+            if !taken && bound >= s.horizon {
+                ring::mark_swept(slot, s.commits);
+                *sweep = None;
+            }
+        }
+    });
+    if stored.records > 0 {
+        ring::count_published(slot, stored.carried_over);
+        ring::count_written(slot, stored.records);
+        ring::reset_failures(slot);
+    }
+    (stored.records, taken)
 }
 
 /// sweeping tells whether durable_queue may hold transactions the writer has not taken yet.
@@ -627,33 +667,34 @@ fn sweeping(slot: usize) -> bool {
 /// is about 300 bytes per row it changed).
 const STAGED_BYTES_PER_RECORD: usize = 300;
 
-/// Before the first row of a table.
-const TID_START: &str = "(0,0)";
-
-/// What take_staged took: the batch, the ctid to resume after, and the transaction staged in
-/// pieces whose remaining pieces come next.
+/// What take_staged took: the batch, and the transaction staged in pieces whose remaining
+/// pieces come next.
 struct Taken {
     batch: ring::Batch,
-    resume_after: Option<String>,
     pieces_of: Option<String>,
 }
 
-/// take_staged deletes the staged transactions after the row `after` (a ctid), in physical
-/// order, from durable_queue and returns them as a batch with the ctid to resume after; the
-/// delete commits with their trail rows. The rest of a transaction staged in pieces
-/// (`pieces_of`) comes first. A batch holds at least one transaction, at most
-/// `max_records` transactions and, beyond the first, about STAGED_BYTES_PER_RECORD bytes per
-/// record of `max_records`: a record can hold many rows (one per row a statement changed), so
-/// the frames' size, not their record count, says how much work they are. A transaction staged
-/// in pieces is a batch (or several) of its own: see [`take_pieces`].
-fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>, mark: i64) -> Taken {
+/// lsn_text is a WAL position as pg_lsn's text.
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn as u32)
+}
+
+/// take_staged deletes staged transactions that no announcement of this turn's ring (`mark`)
+/// stands for and whose commit order key is at most `bound`, lowest key first, from
+/// durable_queue and returns them as a batch; the delete commits with their trail rows. The
+/// rest of a transaction staged in pieces (`pieces_of`) comes first. A batch holds at least one
+/// transaction, at most `max_records` transactions and, beyond the first, about
+/// STAGED_BYTES_PER_RECORD bytes per record of `max_records`: a record can hold many rows (one
+/// per row a statement changed), so the frames' size, not their record count, says how much
+/// work they are. A transaction staged in pieces is a batch (or several) of its own: see
+/// [`take_pieces`].
+fn take_staged(max_records: usize, pieces_of: Option<&str>, mark: i64, bound: u64) -> Taken {
     let mut batch = ring::Batch {
         frames: Vec::new(),
         records: 0,
         end: 0,
         announcement: false,
     };
-    let mut resume_after = None;
     let mut more_pieces_of = None;
     let budget = max_records * STAGED_BYTES_PER_RECORD;
     Spi::connect_mut(|client| {
@@ -668,24 +709,21 @@ fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>, mark: i
         // Which rows: ctids and sizes only (octet_length reads no out-of-line value).
         let mut picked = Vec::new();
         let mut bytes = 0;
-        // Rows this turn's ring announced are the announcement's to store (store_announced):
-        // skipped, the sweep moves past them.
         let candidates = client.select(
-            "SELECT q.ctid::text, octet_length(q.frame), q.xid::text, q.seq IS NOT NULL,
-                    coalesce(CASE WHEN q.seq IS NULL THEN q.ring_mark = $3
-                                  ELSE EXISTS (SELECT FROM activity_log.durable_queue a
-                                                WHERE a.xid = q.xid AND a.ring_mark = $3) END, false)
-               FROM activity_log.durable_queue q WHERE q.ctid > $2::tid LIMIT $1",
+            &format!(
+                "SELECT ctid::text, bytes, xid::text, seq IS NOT NULL FROM {UNANNOUNCED}
+                  WHERE NOT announced AND key <= $2::pg_lsn
+                  ORDER BY key, xid, seq NULLS FIRST LIMIT $3"
+            ),
             None,
-            &[(max_records as i64).into(), after.into(), mark.into()],
+            &[
+                mark.into(),
+                lsn_text(bound).into(),
+                (max_records as i64).into(),
+            ],
         )?;
         let mut first_pieces_of = None;
-        let mut skipped = None;
         for row in candidates {
-            if row.get::<bool>(5)?.unwrap_or(false) {
-                skipped = row.get::<String>(1)?;
-                continue;
-            }
             if row.get::<bool>(4)?.unwrap_or(false) {
                 if picked.is_empty() {
                     first_pieces_of = row.get::<String>(3)?;
@@ -700,20 +738,17 @@ fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>, mark: i
             }
             bytes += row.get::<i32>(2)?.unwrap_or(0).max(0) as usize;
             picked.push(row.get::<String>(1)?.unwrap_or_default());
-            skipped = None;
             if alone {
                 break;
             }
         }
         if let Some(xid) = first_pieces_of {
-            // The sweep stays where it is; the transaction's other pieces come next.
+            // The transaction's pieces, in their order, before anything else.
             if take_pieces(client, &xid, budget, None, &mut batch)? {
                 more_pieces_of = Some(xid);
             }
-            resume_after = skipped;
             return Ok(());
         }
-        resume_after = skipped.or_else(|| picked.last().cloned());
         if picked.is_empty() {
             return Ok(());
         }
@@ -733,12 +768,12 @@ fn take_staged(max_records: usize, after: &str, pieces_of: Option<&str>, mark: i
         Ok::<_, pgrx::spi::Error>(())
     })
     .unwrap_or_else(|e| error!("activity_log: could not read activity_log.durable_queue: {e}"));
-    // In commit order within the batch (rows come back in heap order; a transaction's pieces
-    // share their time and keep their order).
-    batch.frames.sort_by_key(|f| f.commit_ts);
+    // In commit order (rows come back in heap order).
+    batch
+        .frames
+        .sort_by_key(|f| (f.key, f.staged.map(|s| s.xid).unwrap_or_default()));
     Taken {
         batch,
-        resume_after,
         pieces_of: more_pieces_of,
     }
 }
@@ -822,11 +857,12 @@ fn drain_before_exit(slot: usize) {
 enum Source<'a> {
     /// Frames already read from the ring; the tail moves after the commit.
     Ring(&'a ring::Batch),
-    /// Staged transactions after the row `after` (a ctid), taken from durable_queue inside
-    /// the batch's transaction; the rest of the transaction `pieces_of` first.
+    /// Staged transactions no announcement stands for with commit order keys up to `bound`,
+    /// taken from durable_queue inside the batch's transaction; the rest of the transaction
+    /// `pieces_of` first.
     Staged {
-        after: &'a str,
         pieces_of: Option<&'a str>,
+        bound: u64,
     },
     /// The staged rows of the transaction `xid`, announced in the ring at `commit_ts`.
     Announced { xid: &'a str, commit_ts: i64 },
@@ -839,8 +875,8 @@ struct Stored {
     /// Records staged before this shared memory existed (never counted as published in it:
     /// the leftovers of a crash).
     carried_over: u64,
-    /// The ctid of the last staged row taken.
-    resume_after: Option<String>,
+    /// Staged rows were taken (a batch of staged transactions).
+    taken: bool,
     /// The transaction staged in pieces whose remaining pieces come next.
     pieces_of: Option<String>,
 }
@@ -857,7 +893,7 @@ fn write_batch(slot: usize, source: Source) -> Stored {
     let stored = PgTryBuilder::new(|| {
         BackgroundWorker::transaction(|| {
             let staged;
-            let (mut resume_after, mut pieces_of) = (None, None);
+            let mut pieces_of = None;
             let spliced;
             let batch = match source {
                 Source::Ring(batch) if has_announcements(batch) => {
@@ -866,12 +902,11 @@ fn write_batch(slot: usize, source: Source) -> Stored {
                 }
                 Source::Ring(batch) => batch,
                 Source::Staged {
-                    after,
                     pieces_of: of,
+                    bound,
                 } => {
-                    let taken = take_staged(gucs::batch_size(), after, of, ring::claimed_at(slot));
-                    (staged, resume_after, pieces_of) =
-                        (taken.batch, taken.resume_after, taken.pieces_of);
+                    let taken = take_staged(gucs::batch_size(), of, ring::claimed_at(slot), bound);
+                    (staged, pieces_of) = (taken.batch, taken.pieces_of);
                     &staged
                 }
                 Source::Announced { xid, commit_ts } => {
@@ -911,7 +946,7 @@ fn write_batch(slot: usize, source: Source) -> Stored {
             Stored {
                 records: batch.records,
                 carried_over,
-                resume_after,
+                taken: true,
                 pieces_of,
             }
         })
