@@ -1431,14 +1431,15 @@ fn a_frame_that_crashes_the_writer_is_read_alone_then_dead_lettered() {
                    FROM activity_log.events WHERE id > {before} ORDER BY id"
             )
         ),
-        // One batch per row after the first crash, in the queue's physical order, where the
-        // UPDATE moved the forged row to the end.
+        // One batch per row after the first crash, in commit order (the UPDATE that forged the
+        // row moved it to the end of the queue, not in the trail): the forged row's dead
+        // letter keeps its place between the other two.
         [
             "crash 1",
             r#"{"id": 1, "arr": [1, 2, 3]}"#,
-            r#"{"id": 3, "arr": [4, 5, 6]}"#,
             "crash 2",
             "dead letter 1",
+            r#"{"id": 3, "arr": [4, 5, 6]}"#,
         ]
     );
     assert_eq!(

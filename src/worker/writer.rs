@@ -7,6 +7,12 @@
 //! exit code 1; the launcher starts a new writer after a back-off and the same records are
 //! tried again, so nothing published is lost. On SIGTERM the writer drains the ring before it
 //! exits. Its own inserts are never captured (`hooks::mark_own_worker`).
+//!
+//! Order: ring frames and durable_queue rows carry a commit order key (the WAL insert position
+//! at PRE_COMMIT, see ring/mod.rs), and the writer stores them in its order: a staged row the
+//! ring announced where the announcement is, the others ([`drain_staged`]) before the ring's
+//! next frame when their key is not above it, a ring batch cut before a frame whose key is
+//! above a staged row's. So `id` is the commit order of conflicting transactions.
 
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
