@@ -219,8 +219,13 @@ BEGIN
         IF src ~* '(;|\mbegin|\mthen|\melse|\mloop)\s*new\s*(\.\s*("[^"]+"|\w+)\s*)?:?=' THEN
             side := side || 'modifies NEW'::text;
         END IF;
-        -- ELSE RAISE EXCEPTION 'unhandled case' guards a function against misuse; it validates nothing.
-        IF regexp_replace(src, '\melse\s+raise\s+exception\s+''[^'']*''[^;]*;', ' ', 'gi') ~* '\mraise\s+((exception|sqlstate|using)\M|'')' THEN
+        -- ELSE RAISE EXCEPTION 'unhandled case' guards a function against misuse; it validates
+        -- nothing. Nor does a protocol guard: IF TG_WHEN <> 'AFTER' THEN RAISE EXCEPTION …
+        -- END IF, a condition on TG_WHEN / TG_LEVEL / TG_OP alone (2ndQuadrant's audit-trigger).
+        IF regexp_replace(regexp_replace(src, '\melse\s+raise\s+exception\s+''[^'']*''[^;]*;', ' ', 'gi'),
+                          '\mif\s+(\s|[(),=<>!]|\mtg_(when|level|op)\M|''[^'']*''|\m(not|and|or|in|is|distinct|from)\M)+\mthen\s+'
+                          || 'raise\s+exception\s+''[^'']*''[^;]*;\s*(return\s+null\s*;\s*)?end\s+if\s*;', ' ', 'gi')
+           ~* '\mraise\s+((exception|sqlstate|using)\M|'')' THEN
             side := side || 'raises errors (validation)'::text;
         ELSIF t.tgtype & 2 <> 0 AND src ~* '\mreturn\s+null\M' THEN
             side := side || 'skips rows (returns NULL before the change)'::text;

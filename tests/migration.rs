@@ -405,3 +405,108 @@ fn phase2_moves_disabled_and_verified_tables_and_leaves_idle_ones() {
         "shop.customers O, shop.deliveries D, shop.deliveries_2026 D, shop.deliveries_2027 D"
     );
 }
+
+/// The plan's verdicts for a fixture: "table|trigger|verdict" per trigger, in the plan's order.
+fn verdicts(c: &Cluster, db: &str) -> Vec<String> {
+    c.sql(
+        db,
+        "SELECT relation, trigger_name, verdict FROM activity_log.migration_plan()",
+    )
+}
+
+/// A full cycle on a fixture's audit triggers: phase 1, the writes (in the dual-capture window),
+/// phase 2 (which must find the table verified), phase 3, and a rollback that puts back exactly
+/// the catalog there was.
+fn full_cycle(c: &Cluster, db: &str, writes: &str) {
+    let catalog = "SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
+        SELECT format('%s %s %s %s', tgrelid::regclass, tgname, tgenabled, pg_get_triggerdef(oid)) AS x
+          FROM pg_trigger WHERE NOT tgisinternal
+        UNION ALL
+        SELECT pg_get_functiondef(p.oid) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'activity_log') AND p.prokind = 'f'
+           AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')) c";
+    let before = c.sql(db, catalog);
+    assert!(
+        !c.sql(db, "SELECT activity_log.migrate_triggers(phase => 1)")
+            .is_empty()
+    );
+    c.sql(db, writes);
+    c.flush(db);
+    assert_eq!(
+        c.sql(
+            db,
+            "SELECT DISTINCT status FROM activity_log.migration_status()"
+        ),
+        ["verified"]
+    );
+    assert!(
+        !c.sql(db, "SELECT activity_log.migrate_triggers(phase => 2)")
+            .is_empty()
+    );
+    assert!(
+        !c.sql(db, "SELECT activity_log.migrate_triggers(phase => 3)")
+            .is_empty()
+    );
+    assert_eq!(
+        c.one(
+            db,
+            "SELECT count(*) FROM activity_log.migration_plan() WHERE verdict = 'audit'"
+        ),
+        "0"
+    );
+    c.sql(db, "SELECT activity_log.rollback_migration()");
+    assert_eq!(c.sql(db, catalog), before);
+}
+
+/// Issue 27, item 2: 2ndQuadrant's audit-trigger as shipped guards its protocol
+/// (`IF TG_WHEN <> 'AFTER' THEN RAISE EXCEPTION`, the unhandled TG_OP / TG_LEVEL case); those
+/// RAISEs are not validation, so both of its triggers are audit and migrate.
+#[test]
+fn protocol_guards_are_not_validation() {
+    let c = Cluster::start(
+        "migration-guards",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "guards");
+    c.sql("guards", include_str!("fixtures/audit_trigger_guards.sql"));
+    assert_eq!(
+        verdicts(&c, "guards"),
+        [
+            "ledger.accounts|audit_trigger_row|audit",
+            "ledger.accounts|audit_trigger_stm|audit"
+        ]
+    );
+    // A guard that checks the row is still validation.
+    c.sql(
+        "guards",
+        "CREATE TABLE ledger.checked (id int, amount int);
+         CREATE FUNCTION ledger.checked_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF TG_OP = 'INSERT' AND NEW.amount < 0 THEN
+                 RAISE EXCEPTION 'negative';
+             END IF;
+             INSERT INTO audit.logged_actions (schema_name, table_name, relid, action_tstamp_tx,
+                 action_tstamp_stm, action_tstamp_clk, action, row_data, statement_only)
+             VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_RELID, now(), now(), now(),
+                     left(TG_OP, 1), hstore(NEW.*), false);
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER checked_audit AFTER INSERT ON ledger.checked
+             FOR EACH ROW EXECUTE FUNCTION ledger.checked_audit();",
+    );
+    assert_eq!(
+        c.one(
+            "guards",
+            "SELECT verdict || ' ' || why FROM activity_log.migration_plan() WHERE trigger_name = 'checked_audit'"
+        ),
+        "uncertain copies the changed row (hstore(NEW/OLD)) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that"
+    );
+    c.sql("guards", "DROP TABLE ledger.checked");
+    full_cycle(
+        &c,
+        "guards",
+        "INSERT INTO ledger.accounts (owner) VALUES ('Cy');
+         UPDATE ledger.accounts SET balance = balance + 1 WHERE owner = 'Ada';
+         DELETE FROM ledger.accounts WHERE owner = 'Bob';",
+    );
+}
