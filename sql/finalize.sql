@@ -860,7 +860,7 @@ GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_l
     activity_log._same_image(text[], jsonb, jsonb, jsonb, jsonb), activity_log._trigger_fires(integer),
     activity_log._trigger_state("char"), activity_log._skipped_updates(oid),
     activity_log.redact(bigint, text[], text), activity_log._run_as(oid, text), activity_log._runs_user_code(oid),
-    activity_log.migration_plan(), activity_log._migration_plan(text),
+    activity_log.migration_plan(), activity_log._migration_plan(text, regclass),
     activity_log._migrate_triggers(integer, regclass[], name[], boolean, boolean, boolean, text),
     activity_log._checked_reader(regclass, regclass, jsonb)
     TO activity_log_admin;

@@ -135,6 +135,8 @@ $$;
 -- trigger function's source for the shapes legacy audit triggers have. state is the
 -- trigger's ALTER TABLE … ENABLE / DISABLE state: enabled, disabled, replica only, always.
 CREATE FUNCTION activity_log._migration_plan(caller_search_path text,
+    -- Only the row triggers of this table (how a TRUNCATE companion finds its row trigger).
+    rows_of regclass,
     OUT relation regclass, OUT trigger_name name, OUT function regprocedure, OUT fires text,
     OUT verdict text, OUT confidence numeric, OUT style text, OUT audit_table regclass,
     OUT why text, OUT phase integer, OUT state text)
@@ -158,6 +160,8 @@ DECLARE
     image      text;
     side       text[];
     score      numeric;
+    own_table  regclass;
+    companion  name;
 BEGIN
     FOR t IN
         SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype, tg.tgenabled,
@@ -170,6 +174,7 @@ BEGIN
           JOIN pg_catalog.pg_language l ON l.oid = p.prolang
           LEFT JOIN pg_catalog.pg_constraint con ON con.oid = tg.tgconstraint
          WHERE tg.tgparentid = 0  -- a partition's clone follows its parent's trigger
+           AND (rows_of IS NULL OR (tg.tgrelid = rows_of AND tg.tgtype & 1 <> 0))
            AND c.relpersistence <> 't'
            AND c.relnamespace::regnamespace::text NOT IN ('information_schema', 'activity_log')
            AND c.relnamespace::regnamespace::text NOT LIKE 'pg\_%'
@@ -227,7 +232,8 @@ BEGIN
                           || 'raise\s+exception\s+''[^'']*''[^;]*;\s*(return\s+null\s*;\s*)?end\s+if\s*;', ' ', 'gi')
            ~* '\mraise\s+((exception|sqlstate|using)\M|'')' THEN
             side := side || 'raises errors (validation)'::text;
-        ELSIF t.tgtype & 2 <> 0 AND src ~* '\mreturn\s+null\M' THEN
+        -- Only a row trigger skips rows: PostgreSQL ignores a statement trigger's return value.
+        ELSIF t.tgtype & 2 <> 0 AND t.tgtype & 1 <> 0 AND src ~* '\mreturn\s+null\M' THEN
             side := side || 'skips rows (returns NULL before the change)'::text;
         END IF;
         IF src ~* '\mpg_notify\s*\(|\mnotify\s+\w' THEN
@@ -278,7 +284,27 @@ BEGIN
                       WHEN whole_row THEN 'row copy'
                       ELSE 'column list' END;
 
-        IF audit_table IS NOT NULL AND row_data THEN
+        -- A TRUNCATE companion (supa_audit's audit_t): a statement trigger on TRUNCATE alone
+        -- that writes the operation into the trail of an audit row trigger of the same table.
+        -- activity_log records TRUNCATE itself, so it migrates with that row trigger.
+        companion := NULL;
+        IF rows_of IS NULL AND t.tgtype & 1 = 0 AND t.tgtype & 32 <> 0 AND t.tgtype & (4 | 8 | 16) = 0
+           AND audit_table IS NOT NULL AND NOT row_data AND side = '{}'
+           AND src ~* '\mtg_op\M|''truncate''|''t''' THEN
+            own_table := audit_table;
+            SELECT p.trigger_name INTO companion
+              FROM activity_log._migration_plan(caller_search_path, t.tgrelid) p
+             WHERE p.verdict = 'audit' AND p.audit_table = own_table
+             ORDER BY p.trigger_name LIMIT 1;
+        END IF;
+
+        IF companion IS NOT NULL THEN
+            verdict := 'audit';
+            confidence := 0.90;
+            style := 'truncate companion';
+            why := format('records TRUNCATE into %s, the trail of its row audit trigger %I: migrates with it',
+                          audit_table, companion);
+        ELSIF audit_table IS NOT NULL AND row_data THEN
             score := 0.55
                      + CASE WHEN audit_table::text ~* '(audit|histor|\mlog|_log|logged|change|journal|version|trail)' THEN 0.2 ELSE 0 END
                      + CASE WHEN whole_row THEN 0.1 ELSE 0 END
@@ -333,7 +359,7 @@ CREATE FUNCTION activity_log.migration_plan(
     OUT why text, OUT phase integer, OUT state text)
 RETURNS SETOF record
 LANGUAGE sql STABLE
-AS $$ SELECT * FROM activity_log._migration_plan(pg_catalog.current_setting('search_path')) $$;
+AS $$ SELECT * FROM activity_log._migration_plan(pg_catalog.current_setting('search_path'), NULL) $$;
 
 COMMENT ON FUNCTION activity_log.migration_plan() IS
     'Every trigger on a user table: audit (migrate_triggers takes it over), business (never touched) or uncertain (named explicitly or left alone), with confidence, why, and its state (enabled, disabled, replica only, always).';
@@ -958,7 +984,7 @@ BEGIN
         -- The plan once (it reads every trigger function's source): everything below uses it.
         SELECT jsonb_agg(jsonb_build_object('relation', p.relation::oid, 'trigger_name', p.trigger_name,
                                             'verdict', p.verdict, 'style', p.style, 'audit_table', p.audit_table::oid))
-          INTO plan FROM activity_log._migration_plan(caller_search_path) p;
+          INTO plan FROM activity_log._migration_plan(caller_search_path, NULL) p;
         SELECT string_agg(quote_ident(n), ', ') INTO names
           FROM unnest(include_triggers) n
          WHERE NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(plan) p(relation oid, trigger_name name, verdict text, style text, audit_table oid)

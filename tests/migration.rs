@@ -510,3 +510,43 @@ fn protocol_guards_are_not_validation() {
          DELETE FROM ledger.accounts WHERE owner = 'Bob';",
     );
 }
+
+/// Issue 27, item 3: a statement-level trigger's return value is ignored, so returning NULL
+/// skips nothing; supa_audit's TRUNCATE companion (audit_t, writing op = 'TRUNCATE' into the
+/// row trigger's audit.record_version) is audit and migrates with audit_i_u_d.
+#[test]
+fn statement_triggers_and_truncate_companions() {
+    let c = Cluster::start(
+        "migration-truncate",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "supa");
+    c.sql("supa", include_str!("fixtures/supa_audit.sql"));
+    assert_eq!(
+        c.sql(
+            "supa",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan()"
+        ),
+        [
+            "app.members|audit_i_u_d|audit|copies the changed row (as jsonb) into audit.record_version with the operation",
+            "app.members|audit_t|audit|records TRUNCATE into audit.record_version, the trail of its row audit trigger audit_i_u_d: migrates with it",
+            "app.scratch|audit_t|business|does not copy the changed row into another table",
+            "app.scratch|log_statement|business|does not copy the changed row into another table"
+        ]
+    );
+    full_cycle(
+        &c,
+        "supa",
+        "INSERT INTO app.members (name) VALUES ('Cy');
+         UPDATE app.members SET plan = 'pro' WHERE name = 'Ada';
+         DELETE FROM app.members WHERE name = 'Bob';",
+    );
+    // Both were backed up and dropped together, and both came back.
+    assert_eq!(
+        c.one(
+            "supa",
+            "SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'app.members'::regclass"
+        ),
+        "audit_i_u_d,audit_t"
+    );
+}
