@@ -162,6 +162,7 @@ DECLARE
     score      numeric;
     own_table  regclass;
     companion  name;
+    queue      text;
 BEGIN
     FOR t IN
         SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype, tg.tgenabled,
@@ -221,7 +222,13 @@ BEGIN
 
         -- Effects that are not auditing: a trigger with any of them is never taken over.
         side := ARRAY[]::text[];
-        IF src ~* '(;|\mbegin|\mthen|\melse|\mloop)\s*new\s*(\.\s*("[^"]+"|\w+)\s*)?:?=' THEN
+        -- NEW is written by assignment (NEW.col := …, NEW := …), by SELECT … INTO NEW[.col], or,
+        -- in a BEFORE / INSTEAD OF row trigger, by returning anything but NEW, OLD or NULL
+        -- (temporal_tables: RETURN jsonb_populate_record(NEW, …)).
+        IF src ~* '(;|\mbegin|\mthen|\melse|\mloop)\s*new\s*(\.\s*("[^"]+"|\w+)\s*)?(\[[^]]*\]\s*)?:?='
+           OR src ~* '(?<!insert)\s+into\s+(strict\s+)?new\M\s*(\.|,|;|\mfrom\M)'
+           OR (t.tgtype & 1 <> 0 AND t.tgtype & (2 | 64) <> 0
+               AND src ~* '\mreturn\s+(?!(new|old|null)\s*;|coalesce\s*\(\s*(new|old)\s*,\s*(new|old)\s*\)\s*;)[^;\s][^;]*;') THEN
             side := side || 'modifies NEW'::text;
         END IF;
         -- ELSE RAISE EXCEPTION 'unhandled case' guards a function against misuse; it validates
@@ -271,6 +278,23 @@ BEGIN
             guessed := audit_table IS NOT NULL;
         END IF;
 
+        -- A delivery queue (Hasura's hdb_catalog.event_log): the table it writes has the columns
+        -- a consumer keeps — delivered, tries, locked, next_retry_at … — that the trigger's own
+        -- table does not have (a history table may copy a column of that name). Its rows are
+        -- read and acted on by something else: the trigger is never taken over.
+        queue := NULL;
+        IF audit_table IS NOT NULL THEN
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO queue
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = audit_table AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attname IN ('delivered', 'delivered_at', 'tries', 'retries', 'retry_count', 'attempts',
+                                 'next_retry_at', 'retry_at', 'locked', 'locked_at', 'locked_by', 'locked_until',
+                                 'processed', 'processed_at', 'dispatched', 'dispatched_at', 'acked', 'acked_at',
+                                 'consumed', 'consumed_at', 'published', 'published_at')
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute s
+                                WHERE s.attrelid = t.tgrelid AND s.attname = a.attname AND NOT s.attisdropped);
+        END IF;
+
         whole_row := src ~* '\m(to_jsonb|row_to_json|to_json|hstore|row)\s*\(\s*((coalesce|nullif)\s*\(\s*)?(new|old)\M'
                      OR src ~* '\m(new|old)\s*\.\s*\*'
                      OR src ~* '\musing\s+(\w+\s*,\s*)*(new|old)\M'
@@ -298,7 +322,13 @@ BEGIN
              ORDER BY p.trigger_name LIMIT 1;
         END IF;
 
-        IF companion IS NOT NULL THEN
+        IF queue IS NOT NULL THEN
+            verdict := 'business';
+            confidence := 0.90;
+            style := 'delivery queue';
+            why := format('feeds a delivery queue: %s has %s columns, so something consumes its rows',
+                          audit_table, queue);
+        ELSIF companion IS NOT NULL THEN
             verdict := 'audit';
             confidence := 0.90;
             style := 'truncate companion';

@@ -550,3 +550,58 @@ fn statement_triggers_and_truncate_companions() {
         "audit_i_u_d,audit_t"
     );
 }
+
+/// Issue 27, item 1 (in part): a trigger that writes NEW in any form (temporal_tables'
+/// `RETURN jsonb_populate_record(NEW, …)`, `NEW := …`, `SELECT … INTO NEW.col`) or notifies is
+/// never audit, and neither is one feeding a delivery queue (Hasura v1's
+/// hdb_catalog.event_log: delivered, tries, locked, next_retry_at).
+#[test]
+fn rewrites_of_new_and_delivery_queues_are_never_audit() {
+    let c = Cluster::start(
+        "migration-never-audit",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "temporal");
+    c.sql(
+        "temporal",
+        include_str!("fixtures/temporal_tables_nochecks.sql"),
+    );
+    assert_eq!(
+        c.sql(
+            "temporal",
+            "SELECT relation, trigger_name, verdict FROM activity_log.migration_plan()"
+        ),
+        [
+            "prices|a_assign_whole|uncertain",
+            "prices|b_select_into|uncertain",
+            "prices|c_notify|uncertain",
+            "subscriptions|versioning_trigger|uncertain"
+        ]
+    );
+    assert_eq!(
+        c.one(
+            "temporal",
+            "SELECT why FROM activity_log.migration_plan() WHERE trigger_name = 'versioning_trigger'"
+        ),
+        "copies the changed row (NEW.* / OLD.*) into public.subscriptions_history with the operation (a dynamic INSERT; the table is guessed from its name), but also modifies NEW: taking it over would lose that"
+    );
+
+    common::with_extension(&c, "hasura");
+    c.sql("hasura", include_str!("fixtures/hasura_event_triggers.sql"));
+    assert_eq!(
+        c.sql(
+            "hasura",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan()"
+        ),
+        [
+            "orders|notify_hasura_order_changed_UPDATE|business|feeds a delivery queue: hdb_catalog.event_log has delivered, tries, locked, next_retry_at columns, so something consumes its rows",
+            "orders|notify_hasura_order_created_INSERT|business|feeds a delivery queue: hdb_catalog.event_log has delivered, tries, locked, next_retry_at columns, so something consumes its rows"
+        ]
+    );
+    assert!(c
+        .error(
+            "hasura",
+            "SELECT activity_log.migrate_triggers(phase => 1, include_triggers => '{notify_hasura_order_created_INSERT}')"
+        )
+        .contains("is a business trigger"));
+}
