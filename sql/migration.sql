@@ -163,6 +163,9 @@ DECLARE
     own_table  regclass;
     companion  name;
     queue      text;
+    plain      boolean;
+    flat       text;
+    named      boolean;
 BEGIN
     FOR t IN
         SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype, tg.tgenabled,
@@ -322,6 +325,31 @@ BEGIN
              ORDER BY p.trigger_name LIMIT 1;
         END IF;
 
+        -- A plain row logger: INSERT … VALUES (NEW.col, …), every column of the row, into a
+        -- table no other code reads (no view, no function but trigger functions names it). Its
+        -- body says what it is; the table's name is weak evidence then (django-pghistory's
+        -- <app>_<model>event tables).
+        flat := lower(regexp_replace(src, '\s|"', '', 'g'));
+        named := audit_table IS NOT NULL
+                 AND audit_table::text ~* '(audit|histor|\mlog|_log|logged|change|journal|version|trail)';
+        plain := audit_table IS NOT NULL AND NOT guessed AND row_data AND side = '{}' AND queue IS NULL
+                 AND src ~* 'insert\s+into\s+[^;]*?\mvalues\s*\([^;]*\m(new|old)\s*\.'
+                 -- it copies the row: every column of the table, as NEW.col or OLD.col
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                  WHERE a.attrelid = t.tgrelid AND a.attnum > 0 AND NOT a.attisdropped
+                                    AND strpos(flat, 'new.' || lower(a.attname)) = 0
+                                    AND strpos(flat, 'old.' || lower(a.attname)) = 0)
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+                                  WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass
+                                    AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                                    AND d.refobjid = audit_table AND r.ev_class <> audit_table)
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                                  WHERE p.prorettype <> 'pg_catalog.trigger'::regtype
+                                    AND p.pronamespace <> 'pg_catalog'::regnamespace
+                                    AND strpos(lower(p.prosrc),
+                                               lower((SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = audit_table))) > 0);
+
         IF queue IS NOT NULL THEN
             verdict := 'business';
             confidence := 0.90;
@@ -336,7 +364,7 @@ BEGIN
                           audit_table, companion);
         ELSIF audit_table IS NOT NULL AND row_data THEN
             score := 0.55
-                     + CASE WHEN audit_table::text ~* '(audit|histor|\mlog|_log|logged|change|journal|version|trail)' THEN 0.2 ELSE 0 END
+                     + CASE WHEN named OR plain THEN 0.2 ELSE 0 END
                      + CASE WHEN whole_row THEN 0.1 ELSE 0 END
                      + CASE WHEN uses_op THEN 0.1 ELSE 0 END
                      + CASE WHEN t.tgtype & (2 | 64) = 0 THEN 0.05 ELSE 0 END
@@ -349,7 +377,8 @@ BEGIN
                                      WHEN 'row copy' THEN 'NEW.* / OLD.*' ELSE 'columns of NEW/OLD' END,
                           audit_table,
                           CASE WHEN uses_op THEN ' with the operation' ELSE '' END,
-                          CASE WHEN guessed THEN ' (a dynamic INSERT; the table is guessed from its name)' ELSE '' END);
+                          CASE WHEN guessed THEN ' (a dynamic INSERT; the table is guessed from its name)' ELSE '' END)
+                   || CASE WHEN plain AND NOT named THEN ', a plain row logger (no other code reads that table)' ELSE '' END;
             IF side <> '{}' THEN
                 verdict := 'uncertain';
                 why := why || ', but also ' || array_to_string(side, ', ') || ': taking it over would lose that';
@@ -363,17 +392,25 @@ BEGIN
             verdict := 'uncertain';
             confidence := 0.40;
             style := 'dynamic';
-            why := 'builds its INSERT at run time; the table it writes could not be determined';
+            -- why names the table audit_table holds, if any: the two never contradict each other.
+            why := CASE WHEN audit_table IS NULL
+                        THEN 'builds its INSERT at run time; the table it writes could not be determined'
+                        WHEN guessed
+                        THEN format('builds its INSERT at run time, probably into %s (guessed from its name); what it copies could not be determined', audit_table)
+                        ELSE format('builds its INSERT into %s at run time; what it copies could not be determined', audit_table) END;
         ELSIF side <> '{}' THEN
             verdict := 'business';
             confidence := 0.90;
             style := array_to_string(side, ', ');
-            why := initcap(left(style, 1)) || substr(style, 2) || '; does not copy the row elsewhere';
+            why := initcap(left(style, 1)) || substr(style, 2)
+                   || CASE WHEN audit_table IS NULL THEN '; does not copy the row elsewhere'
+                           ELSE format('; writes %s, but not the changed row', audit_table) END;
         ELSE
             verdict := 'business';
             confidence := 0.70;
             style := 'other';
-            why := 'does not copy the changed row into another table';
+            why := CASE WHEN audit_table IS NULL THEN 'does not copy the changed row into another table'
+                        ELSE format('writes %s, but not the changed row', audit_table) END;
         END IF;
         RETURN NEXT;
     END LOOP;

@@ -530,7 +530,7 @@ fn statement_triggers_and_truncate_companions() {
         [
             "app.members|audit_i_u_d|audit|copies the changed row (as jsonb) into audit.record_version with the operation",
             "app.members|audit_t|audit|records TRUNCATE into audit.record_version, the trail of its row audit trigger audit_i_u_d: migrates with it",
-            "app.scratch|audit_t|business|does not copy the changed row into another table",
+            "app.scratch|audit_t|business|writes audit.record_version, but not the changed row",
             "app.scratch|log_statement|business|does not copy the changed row into another table"
         ]
     );
@@ -604,4 +604,66 @@ fn rewrites_of_new_and_delivery_queues_are_never_audit() {
             "SELECT activity_log.migrate_triggers(phase => 1, include_triggers => '{notify_hasura_order_created_INSERT}')"
         )
         .contains("is a business trigger"));
+}
+
+/// Issue 27, item 6: `why` never says the table could not be determined while `audit_table`
+/// names one, and a trigger that writes a table but not the row says which table.
+#[test]
+fn why_and_audit_table_agree() {
+    let c = Cluster::start(
+        "migration-why",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "columns");
+    c.sql("columns", include_str!("fixtures/column_logger.sql"));
+    assert_eq!(
+        c.sql(
+            "columns",
+            "SELECT relation, trigger_name, verdict, audit_table, why FROM activity_log.migration_plan()"
+        ),
+        [
+            "settings|log_column_changes|uncertain|audit.column_changes|builds its INSERT into audit.column_changes at run time; what it copies could not be determined",
+            "tokens|log_by_name|uncertain|audit.tokens|builds its INSERT at run time, probably into audit.tokens (guessed from its name); what it copies could not be determined"
+        ]
+    );
+    common::with_extension(&c, "supa");
+    c.sql("supa", include_str!("fixtures/supa_audit.sql"));
+    assert_eq!(
+        c.one(
+            "supa",
+            "SELECT format('%s %s %s', verdict, audit_table, why) FROM activity_log.migration_plan()
+              WHERE relation = 'app.scratch'::regclass AND trigger_name = 'audit_t'"
+        ),
+        "business audit.record_version writes audit.record_version, but not the changed row"
+    );
+}
+
+/// Issue 27, item 5: table names are weak evidence. django-pghistory's plain row loggers
+/// (`INSERT … VALUES (NEW."col", …)` into `<app>_<model>event`, which nothing else reads) are
+/// audit, and migrate; a table a view reads is left to its name (uncertain).
+#[test]
+fn plain_row_loggers_are_audit_whatever_their_table_name() {
+    let c = Cluster::start(
+        "migration-pghistory",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "pgh");
+    c.sql("pgh", include_str!("fixtures/pghistory.sql"));
+    assert_eq!(
+        c.sql(
+            "pgh",
+            "SELECT relation, trigger_name, verdict FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "library_book|pgtrigger_insert_insert_5b7a1|audit",
+            "library_book|pgtrigger_update_update_9c0d2|audit",
+            "library_loan|pgtrigger_loan_insert_1f2e3|uncertain"
+        ]
+    );
+    full_cycle(
+        &c,
+        "pgh",
+        "INSERT INTO library_book (title) VALUES ('Ulysses');
+         UPDATE library_book SET shelf = 3 WHERE title = 'Emma';",
+    );
 }
