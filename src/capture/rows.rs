@@ -335,17 +335,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
         if tracked.has_foreign_partition {
             // Transition tables cannot hold rows of foreign tables (PostgreSQL raises an ERROR
             // when asked to): leave the statement alone and say so in the trail.
-            let note =
-                "the table has a foreign partition, so no rows of this statement were captured";
-            push_change(
-                &tracked,
-                Op::Gap,
-                (*estate).es_output_cid,
-                0,
-                Vec::new(),
-                note,
-                |_| false,
-            );
+            gap_for_foreign_partition(&tracked, (*estate).es_output_cid);
             return;
         }
         let skip_triggers = eflags as u32 & pg_sys::EXEC_FLAG_SKIP_TRIGGERS != 0;
@@ -415,17 +405,7 @@ unsafe fn setup_below_untracked(
                 continue;
             };
             if (*(*rel).rd_rel).relkind == pg_sys::RELKIND_FOREIGN_TABLE as c_char {
-                let note =
-                    "the table has a foreign partition, so no rows of this statement were captured";
-                push_change(
-                    &tracked,
-                    Op::Gap,
-                    (*estate).es_output_cid,
-                    0,
-                    Vec::new(),
-                    note,
-                    |_| false,
-                );
+                gap_for_foreign_partition(&tracked, (*estate).es_output_cid);
                 continue;
             }
             // The events fire through the ResultRelInfo ExecGetTriggerResultRel finds for the
@@ -1063,6 +1043,13 @@ fn flush(batch: RowBatch) {
             None => false,
         },
     );
+}
+
+/// gap_for_foreign_partition says in the trail that a statement's rows of `tracked` were not
+/// captured because the table has a foreign partition (no transition tables there).
+pub fn gap_for_foreign_partition(tracked: &Tracked, command_id: u32) {
+    let note = "the table has a foreign partition, so no rows of this statement were captured";
+    push_change(tracked, Op::Gap, command_id, 0, Vec::new(), note, |_| false);
 }
 
 /// push_change appends a Change record for the tracked root of `tracked`.

@@ -253,18 +253,27 @@ fn staged_rows_left() -> bool {
     })
 }
 
+/// restore_holds tells whether a live backend holds the trail for a restore, ending the hold of
+/// one that is gone.
+fn restore_holds(slot: usize) -> bool {
+    let pid = ring::restored_by(slot);
+    if pid == 0 {
+        return false;
+    }
+    // SAFETY: a lookup in the proc array (a shared lock).
+    if unsafe { pg_sys::BackendPidGetProc(pid) }.is_null() {
+        ring::end_restore_hold(slot, pid);
+        return false;
+    }
+    true
+}
+
 /// restore_gone waits up to `within`, when stopping, for a backend that holds the trail for a
 /// restore to go (a shutdown stops it too); false if it is still there.
 fn restore_gone(slot: usize, within: Duration) -> bool {
     let until = Instant::now() + within;
     loop {
-        let pid = ring::restored_by(slot);
-        if pid == 0 {
-            return true;
-        }
-        // SAFETY: a lookup in the proc array (a shared lock).
-        if unsafe { pg_sys::BackendPidGetProc(pid) }.is_null() {
-            ring::end_restore_hold(slot, pid);
+        if !restore_holds(slot) {
             return true;
         }
         if Instant::now() >= until {
@@ -279,13 +288,7 @@ fn restore_gone(slot: usize, within: Duration) -> bool {
 /// capture/restore.rs), ending the hold when that backend is gone; false when told to stop.
 fn wait_for_restore(slot: usize) -> bool {
     loop {
-        let pid = ring::restored_by(slot);
-        if pid == 0 {
-            return true;
-        }
-        // SAFETY: a lookup in the proc array (a shared lock).
-        if unsafe { pg_sys::BackendPidGetProc(pid) }.is_null() {
-            ring::end_restore_hold(slot, pid);
+        if !restore_holds(slot) {
             return true;
         }
         if !BackgroundWorker::wait_latch(Some(Duration::from_millis(500)))
