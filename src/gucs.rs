@@ -58,6 +58,10 @@ static MAX_EVENT_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 static OVERFLOW: GucSetting<Overflow> = GucSetting::<Overflow>::new(Overflow::Wait);
 /// How long `overflow = wait` waits for room before failing the transaction, in ms.
 static OVERFLOW_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Developers' injection point (tests/rows.rs): how long a transaction that staged its records
+/// without an announcement waits, twice: before its commit (invisible), and in its commit
+/// callback (visible, not yet counted for the writer), in ms.
+static HOLD_STAGED_COMMIT_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Application-supplied actor, recorded on every record.
 static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Application-supplied context (a JSON object), recorded on every record.
@@ -178,6 +182,16 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"activity_log.debug_hold_staged_commit",
+        c"For the project's tests only: hold a transaction staged without an announcement before and after it commits.",
+        c"After the commit it is visible and not yet counted for the writer, which is the window the writer's ordering must cover.",
+        &HOLD_STAGED_COMMIT_MS,
+        0,
+        60_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS | GucFlags::NO_SHOW_ALL,
+    );
     GucRegistry::define_string_guc(
         c"activity_log.actor",
         c"Application-level actor recorded on every record.",
@@ -276,6 +290,31 @@ pub fn overflow() -> Overflow {
 }
 pub fn overflow_timeout() -> std::time::Duration {
     std::time::Duration::from_millis(OVERFLOW_TIMEOUT_MS.get() as u64)
+}
+/// hold_staged_commit sleeps for activity_log.debug_hold_staged_commit (tests only), shown in
+/// pg_stat_activity as pg_sleep's wait event; no interrupt is served (it runs after the commit).
+pub fn hold_staged_commit() {
+    let ms = HOLD_STAGED_COMMIT_MS.get();
+    if ms <= 0 {
+        return;
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        // SAFETY: waiting on our own latch, as pg_sleep does.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                left.as_millis().max(1) as std::ffi::c_long,
+                pg_sys::WaitEventTimeout::WAIT_EVENT_PG_SLEEP,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
 }
 /// actor returns the setting as bytes, or None when unset or empty.
 pub fn actor() -> Option<Vec<u8>> {

@@ -1193,6 +1193,109 @@ fn replaying_the_trail_of_sync_and_async_tables_reproduces_the_tables() {
     }
 }
 
+/// A transaction that staged its records without an announcement in the ring (the ring full
+/// past overflow_timeout) is visible before its commit callback tells the writer about it; a
+/// transaction that changes its rows in that window and commits through the ring is stored
+/// after it all the same. The window is held open with the developers' setting
+/// activity_log.debug_hold_staged_commit.
+#[test]
+fn a_staged_transaction_is_stored_before_what_changed_its_rows_while_it_committed() {
+    let c = Cluster::start(
+        "rows-staged-window",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '64kB'",
+            "activity_log.overflow_timeout = '50ms'",
+        ],
+    );
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE TABLE s (id int PRIMARY KEY, v int);
+         CREATE TABLE a (id int PRIMARY KEY, v int);
+         CREATE TABLE filler (id int PRIMARY KEY, body text);
+         SELECT activity_log.track('s', durability => 'sync');
+         SELECT activity_log.track('a');
+         SELECT activity_log.track('filler');",
+    );
+    let writer = c.wait_for_writer(DB, None).to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &writer])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    // Fill the ring: the last inserts give up after overflow_timeout; then announcements of
+    // sync transactions (the smallest frames) until those find no room either.
+    let fill: String = (1..=120)
+        .map(|i| format!("INSERT INTO filler VALUES ({i}, repeat('x', 900));\n"))
+        .chain((1..=40).map(|i| format!("INSERT INTO s VALUES (-{i}, 0);\n")))
+        .collect();
+    c.run(DB, &format!("\\set ON_ERROR_STOP 0\n{fill}"));
+    // A key edited above the WAL insert position (no committed row has one) does not hide its
+    // transaction from the writer: it is stored, first.
+    assert_eq!(
+        c.one(
+            DB,
+            "WITH e AS (UPDATE activity_log.durable_queue SET commit_lsn = 'FFFFFFFF/FFFFFFFF'
+                         WHERE ctid = (SELECT max(ctid) FROM activity_log.durable_queue WHERE ring_mark IS NULL)
+                         RETURNING 1)
+             SELECT count(*) FROM e"
+        ),
+        "1"
+    );
+    // The transaction stages without an announcement (no room) and is held before its commit
+    // (invisible), while the writer stores the ring and sweeps the queue, and then in its
+    // commit callback (visible, not yet counted for the writer).
+    let mut staged = c.spawn(
+        DB,
+        "staged",
+        "SET activity_log.debug_hold_staged_commit = '3s';
+         INSERT INTO s VALUES (1, 0); INSERT INTO a VALUES (1, 0);",
+    );
+    let held = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'staged' AND wait_event = 'PgSleep'";
+    while c.one(DB, held) != "1" {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    signal("-CONT");
+    c.flush(DB);
+    assert_eq!(
+        c.one(DB, "SELECT count(*) FROM a"),
+        "0",
+        "held before its commit"
+    );
+    while c.one(DB, "SELECT count(*) FROM a") != "1" {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Through the ring (an async table), with a key above the held transaction's.
+    c.sql(DB, "UPDATE a SET v = 1 WHERE id = 1");
+    assert!(staged.wait().unwrap().success());
+    c.flush(DB);
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT table_name, op, coalesce(new_row->>'v', '-') FROM activity_log.changes
+              WHERE table_name IN ('s', 'a') AND (row_key->>'id')::int > 0 ORDER BY id"
+        ),
+        ["s|INSERT|0", "a|INSERT|0", "a|UPDATE|1"]
+    );
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.changes WHERE table_name = 's' AND (row_key->>'id')::int < 0"
+        ),
+        "40"
+    );
+    assert_eq!(
+        c.one(DB, "SELECT count(*) FROM activity_log.durable_queue"),
+        "0"
+    );
+}
+
 /// A tracked table changed through an untracked ancestor (an inheritance parent, or a
 /// partitioned root it was attached to): UPDATE, DELETE and MERGE through the ancestor are
 /// captured as changes of the tracked table; rows PostgreSQL routes into it through the

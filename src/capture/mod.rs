@@ -58,8 +58,19 @@ struct Pending {
     spilled_records: u32,
     /// The frame reserved at PRE_COMMIT, made visible at COMMIT or voided at ABORT.
     reservation: Option<Reservation>,
-    /// Set at PRE_COMMIT when the records were staged: (the ring to notify, records).
-    staged: Option<(Option<usize>, u32)>,
+    /// Set at PRE_COMMIT when the records were staged.
+    staged: Option<Staged>,
+}
+
+/// A transaction's records staged in durable_queue at PRE_COMMIT, for its commit callback.
+#[derive(Clone, Copy, Debug)]
+struct Staged {
+    /// The ring to notify, if the database had one.
+    slot: Option<usize>,
+    records: u32,
+    /// No announcement in the ring stands for it: the writer finds it by sweeping, and it is
+    /// counted in ring::staging_begins until the callback.
+    unannounced: bool,
 }
 
 /// A piece of the pending buffer from `offset` on, at `seq` in the transaction's record stream.
@@ -428,11 +439,11 @@ fn take_reservation() -> Option<Reservation> {
     PENDING.with_borrow_mut(|p| p.reservation.take())
 }
 
-fn set_staged(slot: Option<usize>, records: u32) {
-    PENDING.with_borrow_mut(|p| p.staged = Some((slot, records)));
+fn set_staged(staged: Staged) {
+    PENDING.with_borrow_mut(|p| p.staged = Some(staged));
 }
 
-fn take_staged() -> Option<(Option<usize>, u32)> {
+fn take_staged() -> Option<Staged> {
     PENDING.with_borrow_mut(|p| p.staged.take())
 }
 

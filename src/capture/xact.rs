@@ -48,17 +48,8 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                     unguarded::GetCurrentTransactionStopTimestamp()
                 });
             }
-            if let Some((slot, n)) = capture::take_staged() {
-                let dboid = my_database();
-                if let Some(slot) = slot {
-                    ring::commit_staged(slot, n);
-                }
-                // Without a ring, or with one being handed back (it may be gone before its
-                // writer sweeps again): the database waits for its turn, and whoever gets
-                // its next ring sweeps durable_queue first.
-                if !slot.is_some_and(|s| ring::serves(s, dboid)) {
-                    ring::note_waiting(dboid);
-                }
+            if let Some(staged) = capture::take_staged() {
+                commit_staged(staged);
             }
             tracked::at_transaction_end();
             replication::at_transaction_end();
@@ -70,7 +61,8 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             if let Some(r) = capture::take_reservation() {
                 ring::void(r);
             }
-            capture::take_staged(); // the staged row vanished with the transaction
+            capture::take_staged(); // the staged rows vanished with the transaction
+            ring::staging_ends();
             publish_failures_now(capture::take_failures());
             tracked::at_transaction_end();
             replication::at_transaction_end();
@@ -132,6 +124,34 @@ unsafe extern "C-unwind" fn al_subxact_callback(
         }
         _ => {}
     }
+}
+
+/// commit_staged tells the writer about a committed transaction whose records are in
+/// durable_queue. Runs after the commit: atomics and a latch, nothing that fails.
+fn commit_staged(staged: capture::Staged) {
+    let dboid = my_database();
+    if !staged.unannounced {
+        // Staged in pieces and announced: the writer stores them at the announcement.
+        if let Some(slot) = staged.slot {
+            ring::count_published(slot, staged.records as u64);
+        }
+        return;
+    }
+    gucs::hold_staged_commit();
+    if let Some(slot) = staged.slot {
+        ring::commit_staged(slot, staged.records);
+    }
+    if !staged.slot.is_some_and(|s| ring::serves(s, dboid)) {
+        // Without a ring, or with one being handed back (it may be gone before its writer
+        // sweeps again): the database waits for its turn, and whoever gets its next ring
+        // sweeps durable_queue first; a ring it got since PRE_COMMIT may have swept already.
+        ring::note_waiting(dboid);
+        if let Some(now) = ring::slot_of(dboid).filter(|&s| Some(s) != staged.slot) {
+            ring::commit_staged(now, 0);
+        }
+    }
+    // After staged_commits: a writer that no longer sees the mark sees the count.
+    ring::staging_ends();
 }
 
 /// frame_info encodes the per-transaction facts that open every frame.
@@ -327,6 +347,11 @@ fn stage(slot: Option<usize>) {
     // ring (no count): the writer stores its pieces in batches of their own.
     let single = (!spilled).then(capture::counts);
     let mark = slot.and_then(|s| announce(s, dboid, single.unwrap_or(0)));
+    if mark.is_none() {
+        // SAFETY: reads the WAL insert position; no ERROR. The rows staged next get a key at
+        // least this high.
+        ring::staging_begins(dboid, unsafe { crate::unguarded::GetXLogInsertRecPtr() });
+    }
     let mut n = capture::spilled_records();
     capture::with_pieces(|seq, parts, records| {
         durable::stage(parts, records, spilled.then_some(seq), mark);
@@ -336,7 +361,14 @@ fn stage(slot: Option<usize>) {
     if mark.is_none() || single.is_none() {
         // Published through durable_queue; the ring's writer sweeps it (or, announced in
         // pieces, stores it at the announcement and only counts it here).
-        capture::set_staged(slot, n);
+        capture::set_staged(capture::Staged {
+            slot,
+            records: n,
+            unannounced: mark.is_none(),
+        });
+        if mark.is_none() {
+            gucs::hold_staged_commit();
+        }
     }
 }
 

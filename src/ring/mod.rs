@@ -75,6 +75,18 @@ struct Control {
     dropped_unassigned: AtomicU64,
     /// Databases that staged records while they had no ring (ring/waiting.rs).
     waiting: Waiting,
+    /// Entries of the staging table after the rings' data: one per backend (MaxBackends).
+    staging_entries: u32,
+}
+
+/// A backend's transaction between staging its records without an announcement in a ring and
+/// counting them in `staged_commits`, which its commit callback does only after the
+/// transaction became visible: see [`staging_begins`]. Indexed by the backend's proc number.
+#[repr(C)]
+struct Staging {
+    /// A commit order key at most the transaction's; 0 when the entry is unused.
+    key: AtomicU64,
+    dboid: AtomicU32,
 }
 
 #[repr(C)]
@@ -183,7 +195,20 @@ static SHMEM: Shmem = Shmem {
 static mut INIT_COUNT: u32 = 0;
 
 fn total_size(nslots: usize, slot_bytes: usize) -> usize {
-    size_of::<Control>() + nslots * size_of::<Slot>() + nslots * slot_bytes
+    staging_offset(nslots, slot_bytes) + staging_entries() * size_of::<Staging>()
+}
+
+/// Where the staging table starts: after the control block, the slots and the rings' data.
+fn staging_offset(nslots: usize, slot_bytes: usize) -> usize {
+    (size_of::<Control>() + nslots * size_of::<Slot>() + nslots * slot_bytes)
+        .next_multiple_of(align_of::<Staging>())
+}
+
+/// One entry per backend: proc numbers of backends and background workers are below
+/// MaxBackends (set before shared memory is requested).
+fn staging_entries() -> usize {
+    // SAFETY: read of a global set at postmaster start.
+    unsafe { pg_sys::MaxBackends }.max(0) as usize
 }
 
 impl PgSharedMemoryInitialization for Shmem {
@@ -226,6 +251,7 @@ impl PgSharedMemoryInitialization for Shmem {
                     launcher_pid: AtomicI32::new(0),
                     dropped_unassigned: AtomicU64::new(0),
                     waiting: Waiting::new(),
+                    staging_entries: staging_entries() as u32,
                 });
                 let slots = control.add(1).cast::<Slot>();
                 for i in 0..n {
@@ -270,6 +296,12 @@ impl PgSharedMemoryInitialization for Shmem {
                 // first pass over each page costs a committing backend a page fault and the
                 // zeroing of a fresh page (a tenth of a bulk DELETE's time with a large ring).
                 std::ptr::write_bytes(slots.add(n).cast::<u8>(), 0, n * slot_bytes);
+                // All-zero Staging entries are unused ones.
+                std::ptr::write_bytes(
+                    base.cast::<u8>().add(staging_offset(n, slot_bytes)),
+                    0,
+                    staging_entries() * size_of::<Staging>(),
+                );
             }
             *self.control.get() = control;
             *self.locks.get() = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
@@ -911,6 +943,69 @@ pub fn commit_staged(slot_index: usize, nrecords: u32) {
     if before <= s.staged_swept.load(SeqCst) {
         wake_writer(slot_index);
     }
+}
+
+/// staging_table is the staging table (see [`Staging`]).
+fn staging_table() -> &'static [Staging] {
+    let c = control();
+    // SAFETY: the table follows the rings' data (see total_size) and was zeroed at
+    // initialisation; it lives as long as the shared memory.
+    unsafe {
+        let at = std::ptr::from_ref(c)
+            .cast::<u8>()
+            .add(staging_offset(c.nslots as usize, c.slot_bytes as usize));
+        std::slice::from_raw_parts(at.cast::<Staging>(), c.staging_entries as usize)
+    }
+}
+
+/// my_staging is this backend's entry of the staging table, None for a process without one.
+fn my_staging() -> Option<&'static Staging> {
+    // SAFETY: reads of this process's PGPROC.
+    let procno = unsafe {
+        if pg_sys::MyProc.is_null() {
+            return None;
+        }
+        (*pg_sys::MyProc).pgprocno
+    };
+    staging_table().get(usize::try_from(procno).ok()?)
+}
+
+/// staging_begins marks this backend's transaction, about to stage its records without an
+/// announcement in a ring, until [`staging_ends`] in its commit or abort callback; `key` is at
+/// most its commit order key (the WAL insert position before it stages). The writer stores no
+/// ring frame with a higher key meanwhile ([`staging_key`]): once the transaction is visible
+/// and before its commit callback counts it in `staged_commits`, another transaction may change
+/// its rows and commit through the ring, and must not be stored before it.
+pub fn staging_begins(dboid: u32, key: u64) {
+    // Every backend and background worker has an entry.
+    if let Some(e) = my_staging() {
+        e.dboid.store(dboid, SeqCst);
+        e.key.store(key.max(1), SeqCst);
+    }
+}
+
+/// staging_ends ends what [`staging_begins`] marked; in the commit callback after
+/// `staged_commits` was bumped, so that a writer that no longer sees the mark sees the count.
+/// Harmless when nothing was marked.
+pub fn staging_ends() {
+    if is_initialised()
+        && let Some(e) = my_staging()
+    {
+        e.key.store(0, SeqCst);
+    }
+}
+
+/// staging_key is the lowest key of the transactions of `dboid` between [`staging_begins`]
+/// and [`staging_ends`], None when there are none.
+pub fn staging_key(dboid: u32) -> Option<u64> {
+    staging_table()
+        .iter()
+        .filter_map(|e| {
+            // The database is stored before the key, and read after it.
+            let key = e.key.load(SeqCst);
+            (key != 0 && e.dboid.load(SeqCst) == dboid).then_some(key)
+        })
+        .min()
 }
 
 /// count_published adds records that reached the trail without passing a commit callback in

@@ -410,6 +410,20 @@ fn drain(slot: usize) -> Drained {
         if batch.end == ring::tail(slot) {
             break;
         }
+        // A transaction that staged without an announcement may be visible and not yet
+        // counted in staged_commits (until its commit callback): what commits through the ring
+        // meanwhile may depend on it, so frames with a higher key wait. Read after the batch,
+        // and before staged_commits (in sweeping, below).
+        // SAFETY: process-local static.
+        if let Some(key) = ring::staging_key(unsafe { MY_DB }) {
+            batch.cut_above(key);
+            if batch.end == ring::tail(slot) {
+                // Its commit callback comes at once, or after its commit's WAL flush.
+                // SAFETY: plain sleep.
+                unsafe { pg_sys::pg_usleep(1_000) };
+                continue;
+            }
+        }
         // Looked up after the ring was read: a staged transaction that a frame of the batch
         // depends on committed before that frame did, so it is seen.
         if sweeping(slot)
@@ -450,11 +464,14 @@ fn drain(slot: usize) -> Drained {
 
 /// Which durable_queue rows the writer takes by commit order key: those of transactions no
 /// announcement of this ring's turn (`$1`) stands for. `key` is a transaction's key (that of
-/// its highest row), `announced` whether this turn's ring announced it.
+/// its highest row), `announced` whether this turn's ring announced it. A committed row's key
+/// is below the WAL insert position once it is visible; one above it was edited by hand, and
+/// is taken first rather than wait for a position it may never reach.
 const UNANNOUNCED: &str = "(SELECT ctid, xid, seq, octet_length(frame) AS bytes,
-                max(commit_lsn) OVER (PARTITION BY xid) AS key,
-                coalesce(bool_or(ring_mark = $1) OVER (PARTITION BY xid), false) AS announced
-           FROM activity_log.durable_queue) q";
+                CASE WHEN max(commit_lsn) OVER w > pg_catalog.pg_current_wal_insert_lsn()
+                     THEN '0/0'::pg_catalog.pg_lsn ELSE max(commit_lsn) OVER w END AS key,
+                coalesce(bool_or(ring_mark = $1) OVER w, false) AS announced
+           FROM activity_log.durable_queue WINDOW w AS (PARTITION BY xid)) q";
 
 /// first_staged_key is the lowest commit order key of the staged transactions no announcement
 /// stands for, None when there are none.
@@ -488,10 +505,12 @@ fn announced_xid(frame: &ring::Frame) -> Option<u64> {
 }
 
 /// The durable_queue columns the writer takes with each staged row, in [`staged_frame`]'s
-/// order; staged_at as PostgreSQL microseconds (extract gives an exact numeric).
+/// order; staged_at as PostgreSQL microseconds (extract gives an exact numeric); a key edited
+/// above the WAL insert position as 0, as [`UNANNOUNCED`] takes it.
 const STAGED_COLUMNS: &str = "xid::text, seq, records,
     (extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000, frame,
-    (commit_lsn - '0/0')::int8";
+    CASE WHEN commit_lsn > pg_catalog.pg_current_wal_insert_lsn() THEN 0
+         ELSE (commit_lsn - '0/0'::pg_catalog.pg_lsn)::int8 END";
 
 /// staged_frame is a durable_queue row, read with [`STAGED_COLUMNS`], as a frame committed when
 /// it was staged; its seal is checked when the batch is built (see [`check_frame`]).
