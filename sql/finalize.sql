@@ -862,7 +862,9 @@ GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_l
     activity_log.redact(bigint, text[], text), activity_log._run_as(oid, text), activity_log._runs_user_code(oid),
     activity_log.migration_plan(), activity_log._migration_plan(text, regclass),
     activity_log._migrate_triggers(integer, regclass[], name[], boolean, boolean, boolean, text),
-    activity_log._checked_reader(regclass, regclass, jsonb)
+    activity_log._checked_reader(regclass, regclass, jsonb), activity_log._source_text(text),
+    activity_log._insert_targets(text, oid, oid, text[], text), activity_log._callees(oid),
+    activity_log._readers(regclass, oid[]), activity_log._system_link(oid, oid, oid[], oid, oid, oid[])
     TO activity_log_admin;
 -- The analytics run as the caller (a reader) and share these checks and counts.
 GRANT EXECUTE ON FUNCTION activity_log.metrics(), activity_log.metrics_text(),

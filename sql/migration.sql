@@ -129,6 +129,130 @@ BEGIN
 END
 $$;
 
+-- A function's source without comments (the plan's patterns must not match a comment).
+CREATE FUNCTION activity_log._source_text(src text) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT regexp_replace(regexp_replace(src, '/\*.*?\*/', ' ', 'g'), '--[^\n]*', ' ', 'g') $$;
+
+-- The tables a function body inserts into (INSERT INTO as written, also inside a format
+-- string), in the order they appear, resolved like the trigger's own (see _resolve_table).
+CREATE FUNCTION activity_log._insert_targets(src text, table_schema oid, function_schema oid,
+                                             function_config text[], caller_search_path text)
+RETURNS regclass[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(x.found ORDER BY x.first), '{}')
+      FROM (SELECT r.found, min(m.n) AS first
+              FROM regexp_matches(src,
+                       'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi')
+                   WITH ORDINALITY m(v, n),
+                   LATERAL (SELECT activity_log._resolve_table(regexp_replace(m.v[1], '\s', '', 'g'), table_schema,
+                                                               function_schema, function_config, caller_search_path) AS found) r
+             WHERE r.found IS NOT NULL
+             GROUP BY r.found) x
+$$;
+
+-- The helper functions a trigger function calls, and the ones they call (two levels): calls
+-- written schema.function(…) to SQL or PL/pgSQL functions that are not trigger functions
+-- (pgMemento's log_statement writes its logs through pgmemento.log_table_event(), which calls
+-- pgmemento.log_transaction()). Read from pg_proc only: nothing is run.
+CREATE FUNCTION activity_log._callees(fn oid) RETURNS oid[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found    oid[] := '{}';
+    frontier oid[] := ARRAY[fn];
+    next     oid[];
+BEGIN
+    FOR depth IN 1..2 LOOP
+        SELECT coalesce(array_agg(DISTINCT p.oid), '{}') INTO next
+          FROM pg_proc f,
+               regexp_matches(activity_log._source_text(f.prosrc),
+                   '(?:^|[^a-z0-9_$."])("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*("[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'gi') m
+          JOIN pg_namespace n ON n.nspname = CASE WHEN m[1] LIKE '"%' THEN replace(substr(m[1], 2, length(m[1]) - 2), '""', '"')
+                                                  ELSE lower(m[1]) END
+          JOIN pg_proc p ON p.pronamespace = n.oid
+                        AND p.proname = CASE WHEN m[2] LIKE '"%' THEN replace(substr(m[2], 2, length(m[2]) - 2), '""', '"')
+                                             ELSE lower(m[2]) END
+          JOIN pg_language l ON l.oid = p.prolang
+         WHERE f.oid = ANY (frontier)
+           AND l.lanname IN ('sql', 'plpgsql') AND p.prorettype <> 'pg_catalog.trigger'::regtype
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'activity_log')
+           AND p.oid <> fn AND NOT p.oid = ANY (found);
+        EXIT WHEN next = '{}';
+        found := found || next;
+        frontier := next;
+    END LOOP;
+    RETURN found;
+END
+$$;
+
+-- _readers names up to three functions that read tbl: SQL or PL/pgSQL functions that are not
+-- trigger functions (nor in skip: the helpers of the trigger that writes it) and whose source
+-- names the table other than to insert into it, delete from it, truncate or drop it (pgMemento's
+-- restore functions reading pgmemento.row_log, an AS OF function reading a history table).
+-- Only the catalog is read: no function is run.
+CREATE FUNCTION activity_log._readers(tbl regclass, skip oid[]) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH t AS (
+        SELECT c.relname::text AS relname,
+               -- the name as a regular expression: a word, quoted or not, maybe schema-qualified
+               '(("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*)?"?' || regexp_replace(c.relname, '([^a-zA-Z0-9_])', '\\\1', 'g') || '"?'
+                   AS pattern
+          FROM pg_class c WHERE c.oid = tbl)
+    SELECT string_agg(r.fn, ', ' ORDER BY r.fn)
+      FROM (SELECT p.oid::regprocedure::text AS fn
+              FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+              JOIN pg_namespace n ON n.oid = p.pronamespace, t
+             WHERE l.lanname IN ('sql', 'plpgsql') AND p.prorettype <> 'pg_catalog.trigger'::regtype
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'activity_log')
+               AND NOT p.oid = ANY (skip)
+               AND strpos(lower(p.prosrc), lower(t.relname)) > 0
+               AND regexp_replace(activity_log._source_text(p.prosrc),
+                                  '\m(insert\s+into|delete\s+from|truncate(\s+table)?(\s+only)?|drop\s+table(\s+if\s+exists)?)\s+'
+                                  || t.pattern || '(?![a-z0-9_$])', ' ', 'gi')
+                   ~* ('(?<![a-z0-9_$])' || regexp_replace(t.relname, '([^a-zA-Z0-9_])', '\\\1', 'g') || '(?![a-z0-9_$])')
+             ORDER BY 1 LIMIT 3) r
+$$;
+
+-- _system_link says why two triggers of one table belong to one system, or NULL: the same
+-- function, functions of the same extension, or trails that are the same table or reference
+-- each other — by a foreign key, or by a column the other trail holds unique on its own
+-- (pgMemento's row_log.event_key and table_event_log.event_key).
+CREATE FUNCTION activity_log._system_link(a_fn oid, a_ext oid, a_writes oid[], b_fn oid, b_ext oid, b_writes oid[])
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(CASE
+        WHEN a_fn = b_fn THEN format('the same function %s', a_fn::regproc)
+        WHEN a_ext = b_ext THEN format('functions of extension %I', (SELECT extname FROM pg_extension WHERE oid = a_ext))
+        WHEN a_writes && b_writes THEN format('both write %s', (SELECT min(x::regclass::text) FROM unnest(a_writes) x WHERE x = ANY (b_writes)))
+        ELSE (SELECT min(format('%s references %s', c.conrelid::regclass, c.confrelid::regclass))
+                FROM pg_constraint c
+               WHERE c.contype = 'f'
+                 AND ((c.conrelid = ANY (a_writes) AND c.confrelid = ANY (b_writes))
+                      OR (c.conrelid = ANY (b_writes) AND c.confrelid = ANY (a_writes))))
+    END,
+    -- A column of one trail that is the whole of a unique index of the other (not its own key).
+    (SELECT min(format('%s.%I refers to %s', ca.attrelid::regclass, ca.attname, i.indrelid::regclass))
+      FROM pg_attribute ca
+      JOIN pg_index i ON i.indisunique AND i.indnkeyatts = 1 AND i.indrelid <> ca.attrelid
+      JOIN pg_attribute cb ON cb.attrelid = i.indrelid AND cb.attnum = i.indkey[0]
+                          AND cb.attname = ca.attname AND cb.atttypid = ca.atttypid
+     WHERE ca.attnum > 0 AND NOT ca.attisdropped
+       AND ((ca.attrelid = ANY (a_writes) AND i.indrelid = ANY (b_writes))
+            OR (ca.attrelid = ANY (b_writes) AND i.indrelid = ANY (a_writes)))
+       AND NOT EXISTS (SELECT 1 FROM pg_index own
+                        WHERE own.indrelid = ca.attrelid AND own.indisunique AND own.indnkeyatts = 1
+                          AND own.indkey[0] = ca.attnum)))
+$$;
+
 -- migration_plan lists every trigger on a user table with a verdict: audit (copies the
 -- changed row into another table: migrate_triggers() takes it over), business (anything
 -- else: never touched) or uncertain (reported; migrated only when named). It reads each
@@ -139,7 +263,10 @@ CREATE FUNCTION activity_log._migration_plan(caller_search_path text,
     rows_of regclass,
     OUT relation regclass, OUT trigger_name name, OUT function regprocedure, OUT fires text,
     OUT verdict text, OUT confidence numeric, OUT style text, OUT audit_table regclass,
-    OUT why text, OUT phase integer, OUT state text)
+    OUT why text, OUT phase integer, OUT state text,
+    -- The triggers of this table in one system with this one (itself included), or NULL: they
+    -- have one verdict and migrate together (see _system_link).
+    OUT system name[])
 RETURNS SETOF record
 LANGUAGE plpgsql STABLE
 -- Pinned like every function here: an unqualified table name in a trigger function resolves
@@ -166,6 +293,25 @@ DECLARE
     plain      boolean;
     flat       text;
     named      boolean;
+    callees    oid[];
+    writes     regclass[];
+    ext        oid;
+    concerns   text[];      -- why a row copy is not taken over, though it has no side effect
+    readers    text;
+    acc        jsonb := '[]';
+    e          jsonb;
+    mem        jsonb[];
+    pos        integer[];
+    k          integer;
+    label      integer[];
+    links      text[];
+    changed    boolean;
+    comp       integer[];
+    reasons    text;
+    culprit    jsonb;
+    kind       text;
+    i          integer;
+    l          integer;
 BEGIN
     FOR t IN
         SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype, tg.tgenabled,
@@ -190,6 +336,8 @@ BEGIN
         fires := activity_log._trigger_fires(t.tgtype);
         state := activity_log._trigger_state(t.tgenabled);
         audit_table := NULL;
+        writes := '{}';
+        ext := NULL;
         SELECT m.phase INTO phase
           FROM activity_log.migration m JOIN activity_log.migration_backup b USING (relid)
          WHERE m.relid = t.tgrelid AND b.trigger_name = t.tgname;
@@ -201,7 +349,10 @@ BEGIN
             why := CASE WHEN t.contype = 'f' THEN format('enforces foreign key %I', t.conname)
                         WHEN t.tgisinternal THEN 'internal trigger of PostgreSQL'
                         ELSE format('constraint trigger of %I', t.conname) END;
-            RETURN NEXT;
+            acc := acc || jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
+                    'fires', fires, 'verdict', verdict, 'confidence', confidence, 'style', style, 'audit_table', audit_table::oid,
+                    'why', why, 'phase', phase, 'state', state, 'fn', t.tgfoid, 'ext', ext, 'writes', to_jsonb(writes::oid[]),
+                    'member', false);
             CONTINUE;
         END IF;
         IF t.lanname NOT IN ('plpgsql', 'sql') THEN
@@ -216,7 +367,10 @@ BEGIN
                 style := 'unreadable';
                 why := format('%s function: its source cannot be read', t.lanname);
             END IF;
-            RETURN NEXT;
+            acc := acc || jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
+                    'fires', fires, 'verdict', verdict, 'confidence', confidence, 'style', style, 'audit_table', audit_table::oid,
+                    'why', why, 'phase', phase, 'state', state, 'fn', t.tgfoid, 'ext', ext, 'writes', to_jsonb(writes::oid[]),
+                    'member', false);
             CONTINUE;
         END IF;
 
@@ -266,6 +420,22 @@ BEGIN
                 EXIT;
             END IF;
         END LOOP;
+        -- Every table it writes, itself or through the helpers it calls (pgMemento's log_statement
+        -- through pgmemento.log_table_event(), Hasura v2 through hdb_catalog.insert_event_log()).
+        callees := activity_log._callees(t.tgfoid);
+        writes := array_remove(activity_log._insert_targets(src, t.relnamespace, t.pronamespace, t.proconfig,
+                                                            caller_search_path), t.tgrelid::regclass);
+        SELECT writes || coalesce(array_agg(ww.tbl ORDER BY c.n, ww.n)
+                                  FILTER (WHERE NOT ww.tbl = ANY (writes) AND ww.tbl <> t.tgrelid), '{}')
+          INTO writes
+          FROM unnest(callees) WITH ORDINALITY c(fn, n)
+          JOIN pg_catalog.pg_proc p ON p.oid = c.fn,
+               unnest(activity_log._insert_targets(activity_log._source_text(p.prosrc), t.relnamespace, p.pronamespace,
+                                                   p.proconfig, caller_search_path)) WITH ORDINALITY ww(tbl, n);
+        IF audit_table IS NULL AND NOT (src ~* '\mexecute\M' AND src ~* '''[^'']*insert\s+into') THEN
+            audit_table := writes[1];
+        END IF;
+
         -- EXECUTE format('INSERT INTO %I ...', TG_TABLE_NAME || '_audit'): try the usual names.
         dynamic := src ~* '\mexecute\M' AND src ~* '''[^'']*insert\s+into';
         guessed := false;
@@ -279,6 +449,37 @@ BEGIN
              WHERE x.r IS NOT NULL
              ORDER BY n.ord LIMIT 1;
             guessed := audit_table IS NOT NULL;
+            IF guessed THEN
+                writes := writes || audit_table;
+            END IF;
+        END IF;
+
+        -- Who else reads what it writes: a trail that functions read (pgMemento's restore
+        -- functions, an AS OF function over a history table) is not only for people, and would
+        -- go stale after the migration.
+        concerns := '{}';
+        FOR found IN SELECT u.tbl FROM unnest(writes) u(tbl) LOOP
+            readers := activity_log._readers(found, callees);
+            IF readers IS NOT NULL THEN
+                concerns := concerns || format('its table %s is read by %s', found, readers);
+            END IF;
+        END LOOP;
+        -- A function of an extension: the extension's code may read what it writes. When every
+        -- function of the extension is SQL or PL/pgSQL, the reads above saw all of it, and its
+        -- triggers are judged as one system (supa_audit installed by CREATE EXTENSION).
+        SELECT d.refobjid INTO ext
+          FROM pg_catalog.pg_depend d
+         WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = t.tgfoid
+           AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e';
+        IF ext IS NOT NULL AND EXISTS (
+               SELECT 1 FROM pg_catalog.pg_depend d
+                 JOIN pg_catalog.pg_proc p ON p.oid = d.objid
+                 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+                WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refobjid = ext
+                  AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+                  AND l.lanname NOT IN ('sql', 'plpgsql')) THEN
+            concerns := concerns || format('its function belongs to extension %I, whose functions in C could read what it writes unseen',
+                                           (SELECT x.extname FROM pg_catalog.pg_extension x WHERE x.oid = ext));
         END IF;
 
         -- A delivery queue (Hasura's hdb_catalog.event_log): the table it writes has the columns
@@ -381,7 +582,11 @@ BEGIN
                    || CASE WHEN plain AND NOT named THEN ', a plain row logger (no other code reads that table)' ELSE '' END;
             IF side <> '{}' THEN
                 verdict := 'uncertain';
-                why := why || ', but also ' || array_to_string(side, ', ') || ': taking it over would lose that';
+                why := why || ', but also ' || array_to_string(side, ', ') || ': taking it over would lose that'
+                       || CASE WHEN concerns <> '{}' THEN ', and ' || array_to_string(concerns, ', and ') ELSE '' END;
+            ELSIF concerns <> '{}' THEN
+                verdict := 'uncertain';
+                why := why || ', but ' || array_to_string(concerns, ', and ') || ': taking it over would leave that stale';
             ELSIF confidence >= 0.75 THEN
                 verdict := 'audit';
             ELSE
@@ -412,6 +617,101 @@ BEGIN
             why := CASE WHEN audit_table IS NULL THEN 'does not copy the changed row into another table'
                         ELSE format('writes %s, but not the changed row', audit_table) END;
         END IF;
+        IF verdict = 'business' AND concerns <> '{}' THEN
+            why := why || '; ' || array_to_string(concerns, '; ');
+        END IF;
+        acc := acc || jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
+                'fires', fires, 'verdict', verdict, 'confidence', confidence, 'style', style, 'audit_table', audit_table::oid,
+                'why', why, 'phase', phase, 'state', state, 'fn', t.tgfoid, 'ext', ext, 'writes', to_jsonb(writes::oid[]),
+                'member', true);
+    END LOOP;
+
+    -- Systems: the triggers of one table linked by _system_link (transitively) get one verdict
+    -- and migrate together. A member that writes a trail of the system but not the row (a
+    -- statement logger: pgMemento's log_statement) takes the system's verdict; one business
+    -- for its own reasons makes them all business, one uncertain all uncertain.
+    FOR found IN SELECT DISTINCT (x->>'relation')::oid::regclass FROM jsonb_array_elements(acc) x
+                  WHERE (x->>'member')::boolean LOOP
+        SELECT array_agg(q.v ORDER BY q.n), array_agg(q.n::integer ORDER BY q.n) INTO mem, pos
+          FROM jsonb_array_elements(acc) WITH ORDINALITY q(v, n)
+         WHERE (q.v->>'relation')::oid = found AND (q.v->>'member')::boolean;
+        k := cardinality(mem);
+        CONTINUE WHEN k < 2;
+        links := array_fill(NULL::text, ARRAY[k * k]);
+        label := ARRAY(SELECT generate_series(1, k));
+        FOR i IN 1..k LOOP
+            FOR j IN i + 1..k LOOP
+                links[(i - 1) * k + j] := activity_log._system_link(
+                    (mem[i]->>'fn')::oid, (mem[i]->>'ext')::oid, ARRAY(SELECT jsonb_array_elements_text(mem[i]->'writes')::oid),
+                    (mem[j]->>'fn')::oid, (mem[j]->>'ext')::oid, ARRAY(SELECT jsonb_array_elements_text(mem[j]->'writes')::oid));
+            END LOOP;
+        END LOOP;
+        LOOP
+            changed := false;
+            FOR i IN 1..k LOOP
+                FOR j IN i + 1..k LOOP
+                    IF links[(i - 1) * k + j] IS NOT NULL AND label[i] <> label[j] THEN
+                        label[i] := least(label[i], label[j]);
+                        label[j] := label[i];
+                        changed := true;
+                    END IF;
+                END LOOP;
+            END LOOP;
+            EXIT WHEN NOT changed;
+        END LOOP;
+        FOR l IN SELECT DISTINCT u.v FROM unnest(label) u(v) LOOP
+            comp := ARRAY(SELECT g.m FROM generate_series(1, k) g(m) WHERE label[g.m] = l);
+            CONTINUE WHEN cardinality(comp) < 2
+                       OR NOT EXISTS (SELECT 1 FROM unnest(comp) u(m) WHERE mem[u.m]->>'verdict' IN ('audit', 'uncertain'));
+            SELECT string_agg(DISTINCT links[(a.m - 1) * k + b.m], '; ') INTO reasons
+              FROM unnest(comp) a(m), unnest(comp) b(m) WHERE a.m < b.m;
+            -- business for its own reasons (not only because it does not copy the row), else uncertain
+            SELECT mem[u.m] INTO culprit FROM unnest(comp) u(m)
+             WHERE mem[u.m]->>'verdict' = 'business' AND mem[u.m]->>'style' <> 'other' ORDER BY u.m LIMIT 1;
+            kind := CASE WHEN culprit IS NOT NULL THEN 'business' END;
+            IF culprit IS NULL THEN
+                SELECT mem[u.m] INTO culprit FROM unnest(comp) u(m)
+                 WHERE mem[u.m]->>'verdict' = 'uncertain' ORDER BY u.m LIMIT 1;
+                kind := CASE WHEN culprit IS NOT NULL THEN 'uncertain' ELSE 'audit' END;
+            END IF;
+            FOREACH i IN ARRAY comp LOOP
+                e := mem[i];
+                e := e || jsonb_build_object(
+                    'system', (SELECT jsonb_agg(mem[u.m]->>'trigger_name' ORDER BY mem[u.m]->>'trigger_name') FROM unnest(comp) u(m)),
+                    'verdict', kind,
+                    'confidence', CASE WHEN kind = 'audit' THEN (SELECT min((mem[u.m]->>'confidence')::numeric) FROM unnest(comp) u(m)
+                                                                  WHERE mem[u.m]->>'verdict' = 'audit')
+                                       ELSE (e->>'confidence')::numeric END,
+                    'why', (e->>'why') || format('; one system with %s (%s): %s',
+                        (SELECT string_agg(quote_ident(mem[u.m]->>'trigger_name'), ', ' ORDER BY mem[u.m]->>'trigger_name')
+                           FROM unnest(comp) u(m) WHERE u.m <> i),
+                        reasons,
+                        CASE WHEN culprit IS NULL OR e->>'verdict' = kind THEN ''
+                             ELSE format('%I is %s, so ', culprit->>'trigger_name', kind) END
+                        || CASE kind WHEN 'audit' THEN 'they migrate together'
+                                     WHEN 'uncertain' THEN 'they migrate together, when all of them are named'
+                                     ELSE 'none of them migrates' END));
+                acc := jsonb_set(acc, ARRAY[(pos[i] - 1)::text], e);
+            END LOOP;
+        END LOOP;
+    END LOOP;
+
+    FOR e IN SELECT x FROM jsonb_array_elements(acc) x LOOP
+        relation := (e->>'relation')::oid::regclass;
+        trigger_name := e->>'trigger_name';
+        function := (e->>'function')::oid::regprocedure;
+        fires := e->>'fires';
+        verdict := e->>'verdict';
+        confidence := (e->>'confidence')::numeric;
+        style := e->>'style';
+        audit_table := (e->>'audit_table')::oid::regclass;
+        why := e->>'why';
+        phase := (e->>'phase')::integer;
+        state := e->>'state';
+        system := ARRAY(SELECT jsonb_array_elements_text(e->'system'))::name[];
+        IF system = '{}' THEN
+            system := NULL;
+        END IF;
         RETURN NEXT;
     END LOOP;
 END
@@ -426,7 +726,9 @@ CREATE FUNCTION activity_log.migration_plan(
     OUT why text, OUT phase integer, OUT state text)
 RETURNS SETOF record
 LANGUAGE sql STABLE
-AS $$ SELECT * FROM activity_log._migration_plan(pg_catalog.current_setting('search_path'), NULL) $$;
+AS $$ SELECT p.relation, p.trigger_name, p.function, p.fires, p.verdict, p.confidence, p.style, p.audit_table, p.why,
+              p.phase, p.state
+         FROM activity_log._migration_plan(pg_catalog.current_setting('search_path'), NULL) p $$;
 
 COMMENT ON FUNCTION activity_log.migration_plan() IS
     'Every trigger on a user table: audit (migrate_triggers takes it over), business (never touched) or uncertain (named explicitly or left alone), with confidence, why, and its state (enabled, disabled, replica only, always).';
@@ -1050,7 +1352,8 @@ BEGIN
     IF phase = 1 THEN
         -- The plan once (it reads every trigger function's source): everything below uses it.
         SELECT jsonb_agg(jsonb_build_object('relation', p.relation::oid, 'trigger_name', p.trigger_name,
-                                            'verdict', p.verdict, 'style', p.style, 'audit_table', p.audit_table::oid))
+                                            'verdict', p.verdict, 'style', p.style, 'audit_table', p.audit_table::oid,
+                                            'system', p.system))
           INTO plan FROM activity_log._migration_plan(caller_search_path, NULL) p;
         SELECT string_agg(quote_ident(n), ', ') INTO names
           FROM unnest(include_triggers) n
@@ -1067,6 +1370,19 @@ BEGIN
         LOOP
             RAISE EXCEPTION 'trigger % on % is a business trigger (%), not an audit trigger', quote_ident(t.trigger_name), t.relation::regclass, t.style
                 USING ERRCODE = 'wrong_object_type', HINT = 'activity_log never takes over business triggers.';
+        END LOOP;
+        -- The triggers of one system migrate together: naming some of an uncertain system is not enough.
+        FOR t IN SELECT p.relation, p.trigger_name, p.system
+                   FROM jsonb_to_recordset(plan) p(relation oid, trigger_name name, verdict text, system name[])
+                  WHERE p.trigger_name = ANY (include_triggers) AND p.verdict = 'uncertain'
+                    AND NOT p.system <@ include_triggers
+                    AND (tables IS NULL OR p.relation::regclass = ANY (tables))
+        LOOP
+            RAISE EXCEPTION 'trigger % on % is one system with %: they migrate together or not at all',
+                quote_ident(t.trigger_name), t.relation::regclass,
+                (SELECT string_agg(quote_ident(n), ', ') FROM unnest(t.system) n WHERE n <> t.trigger_name)
+                USING ERRCODE = 'invalid_parameter_value',
+                HINT = format('Name them all: include_triggers => %L.', t.system);
         END LOOP;
         SELECT jsonb_agg(to_jsonb(p) ORDER BY p.relation, p.trigger_name)
           INTO chosen

@@ -528,8 +528,8 @@ fn statement_triggers_and_truncate_companions() {
             "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan()"
         ),
         [
-            "app.members|audit_i_u_d|audit|copies the changed row (as jsonb) into audit.record_version with the operation",
-            "app.members|audit_t|audit|records TRUNCATE into audit.record_version, the trail of its row audit trigger audit_i_u_d: migrates with it",
+            "app.members|audit_i_u_d|audit|copies the changed row (as jsonb) into audit.record_version with the operation; one system with audit_t (both write audit.record_version): they migrate together",
+            "app.members|audit_t|audit|records TRUNCATE into audit.record_version, the trail of its row audit trigger audit_i_u_d: migrates with it; one system with audit_i_u_d (both write audit.record_version): they migrate together",
             "app.scratch|audit_t|business|writes audit.record_version, but not the changed row",
             "app.scratch|log_statement|business|does not copy the changed row into another table"
         ]
@@ -595,7 +595,9 @@ fn rewrites_of_new_and_delivery_queues_are_never_audit() {
         ),
         [
             "orders|notify_hasura_order_changed_UPDATE|business|feeds a delivery queue: hdb_catalog.event_log has delivered, tries, locked, next_retry_at columns, so something consumes its rows",
-            "orders|notify_hasura_order_created_INSERT|business|feeds a delivery queue: hdb_catalog.event_log has delivered, tries, locked, next_retry_at columns, so something consumes its rows"
+            "orders|notify_hasura_order_created_INSERT|business|feeds a delivery queue: hdb_catalog.event_log has delivered, tries, locked, next_retry_at columns, so something consumes its rows",
+            // through the helper hdb_catalog.insert_event_log(), as later releases do
+            "orders|notify_hasura_order_removed_DELETE|business|feeds a delivery queue: hdb_catalog.event_log has delivered, tries, locked, next_retry_at columns, so something consumes its rows"
         ]
     );
     assert!(c
@@ -666,4 +668,136 @@ fn plain_row_loggers_are_audit_whatever_their_table_name() {
         "INSERT INTO library_book (title) VALUES ('Ulysses');
          UPDATE library_book SET shelf = 3 WHERE title = 'Emma';",
     );
+}
+
+/// Issue 27, item 1 (the rest): a trail that other functions read is never audit — an AS OF
+/// function over temporal_tables' history (its checked variant also validates and rewrites NEW),
+/// a restore function over a hand-written history table — and `why` names the reader; nor is a
+/// trigger whose function belongs to an extension with C functions, which could read it unseen.
+#[test]
+fn trails_read_by_functions_and_extension_members_are_never_audit() {
+    let c = Cluster::start(
+        "migration-readers",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "temporal");
+    c.sql(
+        "temporal",
+        include_str!("fixtures/temporal_tables_checked.sql"),
+    );
+    assert_eq!(
+        c.sql(
+            "temporal",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan()"
+        ),
+        [
+            "contracts|contracts_history|uncertain|copies the changed row (columns of NEW/OLD) into public.contracts_history with the operation, but its table public.contracts_history is read by public.restore_contract(integer,timestamp with time zone): taking it over would leave that stale",
+            "employees|versioning_trigger|uncertain|copies the changed row (NEW.* / OLD.*) into public.employees_history with the operation (a dynamic INSERT; the table is guessed from its name), but also modifies NEW, raises errors (validation): taking it over would lose that, and its table public.employees_history is read by public.employees_as_of(timestamp with time zone)"
+        ]
+    );
+    // Without its reader, the hand-written history trigger is audit again.
+    c.sql(
+        "temporal",
+        "DROP FUNCTION public.restore_contract(int, timestamptz)",
+    );
+    assert_eq!(
+        c.one(
+            "temporal",
+            "SELECT verdict FROM activity_log.migration_plan() WHERE trigger_name = 'contracts_history'"
+        ),
+        "audit"
+    );
+
+    common::with_extension(&c, "guards");
+    c.sql("guards", include_str!("fixtures/audit_trigger_guards.sql"));
+    c.sql(
+        "guards",
+        "ALTER EXTENSION hstore ADD FUNCTION audit.if_modified_func()",
+    );
+    assert_eq!(
+        c.sql(
+            "guards",
+            "SELECT trigger_name, verdict, why FROM activity_log.migration_plan()"
+        ),
+        [
+            "audit_trigger_row|uncertain|copies the changed row (hstore(NEW/OLD)) into audit.logged_actions with the operation, but its function belongs to extension hstore, whose functions in C could read what it writes unseen: taking it over would leave that stale; one system with audit_trigger_stm (the same function audit.if_modified_func): they migrate together, when all of them are named",
+            "audit_trigger_stm|uncertain|copies the changed row (hstore(NEW/OLD)) into audit.logged_actions with the operation, but its function belongs to extension hstore, whose functions in C could read what it writes unseen: taking it over would leave that stale; one system with audit_trigger_row (the same function audit.if_modified_func): they migrate together, when all of them are named"
+        ]
+    );
+    c.sql(
+        "guards",
+        "ALTER EXTENSION hstore DROP FUNCTION audit.if_modified_func()",
+    );
+    assert_eq!(
+        verdicts(&c, "guards"),
+        [
+            "ledger.accounts|audit_trigger_row|audit",
+            "ledger.accounts|audit_trigger_stm|audit"
+        ]
+    );
+}
+
+/// Issue 27, item 4: pgMemento's five triggers per table (log_statement and log_truncate
+/// statement triggers writing table_event_log / transaction_log and row_log through helpers,
+/// log_insert / log_update / log_delete writing row_log, which refers to table_event_log by
+/// its event_key) are one system with one verdict. Its restore functions read row_log and
+/// table_event_log, so that verdict is uncertain, for all five; naming some is refused, naming
+/// all of them migrates them together.
+#[test]
+fn pgmemento_is_one_system_read_by_its_restore_functions() {
+    let c = Cluster::start(
+        "migration-pgmemento",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "memento");
+    c.sql("memento", include_str!("fixtures/pgmemento.sql"));
+    assert_eq!(
+        c.sql(
+            "memento",
+            "SELECT relation, trigger_name, verdict, style FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "parcels|pgmemento_delete_trigger|uncertain|generic jsonb audit",
+            "parcels|pgmemento_insert_trigger|uncertain|generic jsonb audit",
+            "parcels|pgmemento_transaction_trigger|uncertain|other",
+            "parcels|pgmemento_truncate_trigger|uncertain|other",
+            "parcels|pgmemento_update_trigger|uncertain|generic jsonb audit"
+        ]
+    );
+    let system = " (both write pgmemento.row_log; pgmemento.row_log.event_key refers to pgmemento.table_event_log)";
+    let readers = "pgmemento.restore_query(integer,integer,text,text), pgmemento.restore_record(integer,integer,text,text,bigint)";
+    assert_eq!(
+        c.sql(
+            "memento",
+            "SELECT why FROM activity_log.migration_plan()
+              WHERE trigger_name IN ('pgmemento_insert_trigger', 'pgmemento_transaction_trigger') ORDER BY trigger_name"
+        ),
+        [
+            format!("copies the changed row (as jsonb) into pgmemento.row_log with the operation, but its table pgmemento.row_log is read by {readers}: taking it over would leave that stale; one system with pgmemento_delete_trigger, pgmemento_transaction_trigger, pgmemento_truncate_trigger, pgmemento_update_trigger{system}: they migrate together, when all of them are named"),
+            format!("writes pgmemento.table_event_log, but not the changed row; its table pgmemento.table_event_log is read by {readers}; one system with pgmemento_delete_trigger, pgmemento_insert_trigger, pgmemento_truncate_trigger, pgmemento_update_trigger{system}: pgmemento_delete_trigger is uncertain, so they migrate together, when all of them are named")
+        ]
+    );
+    // The row triggers alone would split the system: refused.
+    let err = c.error(
+        "memento",
+        "SELECT activity_log.migrate_triggers(phase => 1, dry_run => true,
+             include_triggers => '{pgmemento_insert_trigger,pgmemento_update_trigger,pgmemento_delete_trigger}')",
+    );
+    assert!(
+        err.contains("trigger pgmemento_delete_trigger on public.parcels is one system with pgmemento_insert_trigger, pgmemento_transaction_trigger, pgmemento_truncate_trigger, pgmemento_update_trigger: they migrate together or not at all"),
+        "{err}"
+    );
+    // All five: they move together.
+    c.sql(
+        "memento",
+        "SELECT activity_log.migrate_triggers(phase => 1, include_triggers => '{pgmemento_insert_trigger,pgmemento_update_trigger,pgmemento_delete_trigger,pgmemento_transaction_trigger,pgmemento_truncate_trigger}')",
+    );
+    assert_eq!(
+        c.one(
+            "memento",
+            "SELECT string_agg(trigger_name, ',' ORDER BY trigger_name) FROM activity_log.migration_backup"
+        ),
+        "pgmemento_delete_trigger,pgmemento_insert_trigger,pgmemento_transaction_trigger,pgmemento_truncate_trigger,pgmemento_update_trigger"
+    );
+    c.sql("memento", "SELECT activity_log.rollback_migration()");
 }
