@@ -1,5 +1,5 @@
 -- analytics.sql: metrics of the pipeline and analytics over the trail. Runs after the Rust
--- functions exist and before finalize.sql (whose health() reads metrics()).
+-- functions it names exist and before health.sql (whose health() reads anomalies()).
 
 -- Metrics of this database's pipeline. SECURITY DEFINER: like health(), any role may see how
 -- auditing is doing (no trail rows are shown).

@@ -41,6 +41,9 @@ pub extern "C-unwind" fn _PG_init() {
     unsafe { PRELOADED = true };
 }
 
+// The SQL, one file per topic. bootstrap.sql runs first (the trail's tables) and grants.sql last
+// (who may run and read what, then this database's writer starts). pgrx places the others
+// between them, each after the files and Rust functions its `requires` names.
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!(
     "../sql/analytics.sql",
@@ -54,8 +57,28 @@ pgrx::extension_sql_file!(
     ]
 );
 pgrx::extension_sql_file!(
-    "../sql/migration.sql",
-    name = "migration",
+    "../sql/trigger_migration.sql",
+    name = "trigger_migration",
     requires = ["bootstrap"]
 );
-pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+pgrx::extension_sql_file!(
+    "../sql/partitions.sql",
+    name = "partitions",
+    requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/tracking.sql",
+    name = "tracking",
+    requires = ["bootstrap", "trigger_migration"]
+);
+pgrx::extension_sql_file!(
+    "../sql/trail_views.sql",
+    name = "trail_views",
+    requires = ["bootstrap", api::log_event, api::flush]
+);
+pgrx::extension_sql_file!(
+    "../sql/health.sql",
+    name = "health",
+    requires = ["bootstrap", "analytics", api::queue]
+);
+pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);

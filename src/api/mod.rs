@@ -1,6 +1,7 @@
 //! api: the SQL functions implemented in Rust. Thin: argument checks, then a call into capture
-//! or ring. Public wrappers with defaults and documentation live in `sql/finalize.sql`; the
-//! functions here start with an underscore when users are meant to call the wrapper.
+//! or ring. Public wrappers with defaults and documentation live in `sql/`, in the file of their
+//! topic (lib.rs lists them); the functions here start with an underscore when users are meant
+//! to call the wrapper.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;

@@ -8,7 +8,7 @@
 //! by logical replication are not captured, and never silently:
 //!
 //! - `track()` refuses a table that is, or has a partition that is, a subscription target
-//!   (sql/finalize.sql): audit it on the publisher.
+//!   (sql/tracking.sql): audit it on the publisher.
 //! - CREATE SUBSCRIPTION and ALTER SUBSCRIPTION … REFRESH / ADD / SET PUBLICATION that make a
 //!   tracked table a target raise a WARNING naming it ([`after_subscription_command`]): not an
 //!   ERROR, since CREATE SUBSCRIPTION may have created the remote slot already.

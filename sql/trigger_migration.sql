@@ -1,4 +1,4 @@
--- migration.sql: moving a database from legacy audit triggers to activity_log, and back.
+-- trigger_migration.sql: moving a database from legacy audit triggers to activity_log, and back.
 --
 -- Owns migration_plan() (classifies every trigger), migrate_triggers() (phase 1: dual capture,
 -- 2: disable, 3: drop), migration_status() (validates the dual-capture window),
@@ -61,6 +61,26 @@ COMMENT ON TABLE activity_log.migration_backup IS
 
 SELECT pg_catalog.pg_extension_config_dump('activity_log.migration', '');
 SELECT pg_catalog.pg_extension_config_dump('activity_log.migration_backup', '');
+
+-- The migration's state follows the rule of tracked_tables (tracking.sql): only a table's owner
+-- may write the rows of that table, each as itself (kept_by) and naming only a function owner
+-- it may act as; its SQL is run later (by whoever rolls back) as those roles.
+ALTER TABLE activity_log.migration ENABLE ROW LEVEL SECURITY;
+ALTER TABLE activity_log.migration_backup ENABLE ROW LEVEL SECURITY;
+CREATE POLICY migration_read ON activity_log.migration FOR SELECT USING (true);
+CREATE POLICY migration_owner ON activity_log.migration FOR ALL
+    USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
+CREATE POLICY migration_backup_read ON activity_log.migration_backup FOR SELECT USING (true);
+CREATE POLICY migration_backup_keep ON activity_log.migration_backup FOR INSERT
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE')
+                AND kept_by = current_user::regrole AND pg_catalog.pg_has_role(function_owner, 'USAGE'));
+CREATE POLICY migration_backup_change ON activity_log.migration_backup FOR UPDATE
+    USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'))
+    WITH CHECK (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE')
+                AND pg_catalog.pg_has_role(kept_by, 'USAGE') AND pg_catalog.pg_has_role(function_owner, 'USAGE'));
+CREATE POLICY migration_backup_drop ON activity_log.migration_backup FOR DELETE
+    USING (pg_catalog.pg_has_role((SELECT relowner FROM pg_catalog.pg_class WHERE oid = relid), 'USAGE'));
 
 -- "AFTER INSERT OR UPDATE FOR EACH ROW", from pg_trigger.tgtype.
 CREATE FUNCTION activity_log._trigger_fires(tgtype integer) RETURNS text
