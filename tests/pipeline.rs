@@ -1,0 +1,812 @@
+//! Real-cluster tests of the pipeline from the ring to the trail: the writer's failures, restarts
+//! and crashes, overflow policies, transactions larger than the ring, sync tables, commit order, a
+//! full disk and a broken rollup. The harness is in tests/common.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::Duration;
+
+#[test]
+fn a_failing_batch_is_retried_after_a_back_off_and_nothing_is_lost() {
+    let c = Cluster::start("poison", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    let first = c.wait_for_writer("postgres", None);
+    // A constraint that the next batch violates: the writer's insert fails.
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.events ADD CONSTRAINT no_poison CHECK (command <> 'poison')",
+    );
+    c.sql("postgres", "SELECT activity_log.log_event('poison')");
+    let failed = wait_until(Duration::from_secs(10), || {
+        let errors = c.one("postgres", "SELECT write_errors FROM activity_log.queue");
+        (errors != "0").then_some(())
+    });
+    assert!(failed.is_some());
+    assert_eq!(
+        c.one("postgres", "SELECT activity_log.flush('200 ms')"),
+        "f"
+    );
+    assert!(
+        c.one("postgres", "SELECT last_error FROM activity_log.queue")
+            .contains("violates check constraint \"no_poison\"")
+    );
+    let health = c.one(
+        "postgres",
+        "SELECT f->>'penalty' FROM activity_log.health() h, jsonb_array_elements(h.factors) f WHERE f->>'factor' = 'write_errors'",
+    );
+    assert_eq!(health, "20");
+    // Once the cause is gone, a new writer stores the very same record.
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.events DROP CONSTRAINT no_poison",
+    );
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'poison'"
+        ),
+        "1"
+    );
+    assert_ne!(c.wait_for_writer("postgres", None), first);
+    assert_eq!(
+        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
+        "0"
+    );
+
+    // If the cause stays, the third try stores the batch record by record: the refused record
+    // goes to the dead-letter table, a gap record in the trail says why and where, and the
+    // others arrive.
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.events ADD CONSTRAINT no_toxic CHECK (command <> 'toxic')",
+    );
+    c.sql("postgres", "BEGIN; SELECT activity_log.log_event('fine 1'); SELECT activity_log.log_event('toxic'); SELECT activity_log.log_event('fine 2'); COMMIT;");
+    c.flush("postgres");
+    let rows = c.sql(
+        "postgres",
+        "SELECT kind, status, command, coalesce(details->>'reason', '-') FROM activity_log.events WHERE id > (SELECT max(id) FROM activity_log.events WHERE command = 'poison') ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        [
+            "event|success|fine 1|-",
+            "system|gap|GAP|event record \"toxic\" could not be stored: new row for relation \"events\" violates check constraint \"no_toxic\" (kept as activity_log.dead_letters id 1)",
+            "event|success|fine 2|-",
+        ]
+    );
+    // The refused row itself is kept whole in the dead-letter table.
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT d.id, d.what, d.error, r.kind, r.command, r.details->>'action', r.committed_at = d.committed_at
+               FROM activity_log.dead_letters d, jsonb_populate_record(NULL::activity_log.events, d.record) r"
+        ),
+        ["1|event record \"toxic\"|new row for relation \"events\" violates check constraint \"no_toxic\"|event|toxic|toxic|t"]
+    );
+
+    // A refusal by an index, which comes after the heap insert (when the buffered rows are
+    // flushed), takes the same way.
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.events DROP CONSTRAINT no_toxic;
+         CREATE UNIQUE INDEX twin ON activity_log.events (command, committed_at) WHERE command = 'twin'",
+    );
+    c.sql("postgres", "BEGIN; SELECT activity_log.log_event('twin'); SELECT activity_log.log_event('twin'); COMMIT;");
+    c.flush("postgres");
+    let rows = c.sql(
+        "postgres",
+        "SELECT kind || '|' || status || '|' || command || '|' || coalesce(details->>'reason', '-')
+           FROM activity_log.events WHERE id > (SELECT max(id) FROM activity_log.events WHERE command = 'fine 2') ORDER BY id",
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0], "event|success|twin|-");
+    assert!(
+        rows[1].starts_with("system|gap|GAP|event record \"twin\" could not be stored: duplicate key value violates unique constraint")
+            && rows[1].ends_with("(kept as activity_log.dead_letters id 2)"),
+        "{}",
+        rows[1]
+    );
+}
+
+#[test]
+fn terminated_writer_comes_back_and_nothing_is_lost() {
+    let c = Cluster::start("terminate", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    let first = c.wait_for_writer("postgres", None);
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &"SELECT activity_log.log_event('before');\n".repeat(50),
+    );
+    // The writer is blocked on the lock with records in its ring; SIGTERM makes it drain and exit.
+    c.sql("postgres", &format!("SELECT pg_terminate_backend({first})"));
+    sleep(Duration::from_millis(300));
+    c.unlock_trail("postgres", locker);
+    let second = c.wait_for_writer("postgres", Some(first));
+    assert_ne!(first, second);
+    c.sql(
+        "postgres",
+        &"SELECT activity_log.log_event('after');\n".repeat(50),
+    );
+    c.flush("postgres");
+    assert_eq!(c.one("postgres", "SELECT count(*) FILTER (WHERE command = 'before') || ',' || count(*) FILTER (WHERE command = 'after') FROM activity_log.events"), "50,50");
+    assert_eq!(
+        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
+        "0"
+    );
+}
+
+#[test]
+fn killed_writer_crash_restart_leaves_a_gap_event_in_every_trail() {
+    let c = Cluster::start(
+        "crash",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "restart_after_crash = on",
+        ],
+    );
+    with_extension(&c, "alpha");
+    with_extension(&c, "beta");
+    let pid = c.wait_for_writer("alpha", None);
+    c.sql("alpha", "SELECT activity_log.log_event('before crash')");
+    c.flush("alpha");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The postmaster restarts every process and re-creates shared memory.
+    let back = wait_until(Duration::from_secs(60), || {
+        let out = c.run(
+            "beta",
+            "SELECT count(*) FROM activity_log.events WHERE status = 'gap'",
+        );
+        (out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "1").then_some(())
+    });
+    assert!(back.is_some(), "no gap event in beta; log:\n{}", c.log());
+    for db in ["alpha", "beta"] {
+        c.wait_for_writer(db, None);
+        c.flush(db);
+        let rows = c.sql(db, "SELECT kind, category, severity, command, details->>'crash_restarts' FROM activity_log.events WHERE status = 'gap'");
+        assert_eq!(rows, ["system|system|critical|GAP|1"], "in {db}");
+    }
+    assert_eq!(
+        c.one(
+            "alpha",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'before crash'"
+        ),
+        "1"
+    );
+    // The window in which records may be missing: after the newest stored, before the restart.
+    assert_eq!(
+        c.one(
+            "alpha",
+            "SELECT (details->>'lost_after')::timestamptz = (SELECT committed_at FROM activity_log.events WHERE command = 'before crash'),
+                    (details->>'lost_before')::timestamptz > (details->>'lost_after')::timestamptz,
+                    (details->>'lost_before')::timestamptz <= ts
+               FROM activity_log.events WHERE status = 'gap'"
+        ),
+        "t|t|t"
+    );
+}
+
+#[test]
+fn fast_shutdown_drains_queued_records() {
+    let c = Cluster::start("shutdown", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &"SELECT activity_log.log_event('queued');\n".repeat(200),
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT published_records - written_records FROM activity_log.queue"
+        ),
+        "200"
+    );
+    // Fast shutdown ends the locker session; the writer then stores everything before exiting.
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    let _ = locker.wait_with_output();
+    assert!(c.pg_ctl(&["start"]));
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'queued'"
+        ),
+        "200"
+    );
+}
+
+/// Fills a 64 kB ring while the writer is blocked, under each overflow policy.
+#[test]
+fn overflow_policies_count_exactly() {
+    let c = Cluster::start(
+        "overflow",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '64kB'",
+        ],
+    );
+    with_extension(&c, "postgres");
+    c.sql("postgres", "CREATE TABLE paid (id int)");
+    let big =
+        "SELECT activity_log.log_event('big', jsonb_build_object('pad', repeat('x', 1000)));\n"
+            .to_string();
+
+    // drop: every record that does not fit is counted, and the rest arrive.
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &format!("SET activity_log.overflow = 'drop';\n{}", big.repeat(200)),
+    );
+    let dropped: i64 = c
+        .one("postgres", "SELECT dropped_records FROM activity_log.queue")
+        .parse()
+        .unwrap();
+    assert!(dropped > 100 && dropped < 200, "dropped {dropped}");
+    c.unlock_trail("postgres", locker);
+    c.flush("postgres");
+    let written: i64 = c
+        .one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'big'",
+        )
+        .parse()
+        .unwrap();
+    assert_eq!(written + dropped, 200);
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT score || ',' || status FROM activity_log.health()"
+        ),
+        "70,degraded",
+        "drops cost 30 points (their gap record no more while the counter shows them)"
+    );
+    // The loss is in the trail too, before any record committed after it: in one gap record,
+    // or in two when the writer first looked while the drops were under way.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT sum((details->>'dropped_records')::int) FROM activity_log.events WHERE status = 'gap'"
+        ),
+        dropped.to_string()
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT published_records || ',' || written_records FROM activity_log.queue"
+        ),
+        format!("{written},{written}")
+    );
+
+    // error: the transaction that does not fit fails, and its change does not commit.
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &format!("SET activity_log.overflow = 'drop';\n{}", big.repeat(100)),
+    );
+    let err = c.error(
+        "postgres",
+        &format!("SET activity_log.overflow = 'error';\nBEGIN;\nINSERT INTO paid VALUES (1);\n{big}COMMIT;"),
+    );
+    assert!(err.contains("ERROR:  activity_log ring is full"), "{err}");
+    assert!(
+        err.contains("HINT:  The transaction was rolled back so that no unaudited change commits."),
+        "{err}"
+    );
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM paid"), "0");
+
+    // wait: the commit blocks until the writer makes room, then succeeds; nothing is dropped.
+    let dropped_before = c.one("postgres", "SELECT dropped_records FROM activity_log.queue");
+    let waiter = c.spawn(
+        "postgres",
+        "al_waiter",
+        "SET activity_log.overflow = 'wait'; SET activity_log.overflow_timeout = '60s'; BEGIN; INSERT INTO paid VALUES (2); SELECT activity_log.log_event('waited'); COMMIT;",
+    );
+    sleep(Duration::from_secs(1));
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'al_waiter' AND state = 'active'"), "1");
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM paid"), "0");
+    c.unlock_trail("postgres", locker);
+    let out = waiter.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.flush("postgres");
+    assert_eq!(c.one("postgres", "SELECT count(*) FROM paid"), "1");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'waited'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
+        dropped_before
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT overflow_waits > 0 FROM activity_log.queue"
+        ),
+        "t"
+    );
+
+    // wait with a short timeout: the transaction fails rather than commit unaudited.
+    let locker = c.lock_trail("postgres");
+    c.sql(
+        "postgres",
+        &format!("SET activity_log.overflow = 'drop';\n{}", big.repeat(100)),
+    );
+    let err = c.error(
+        "postgres",
+        &format!("SET activity_log.overflow_timeout = '300ms';\nBEGIN;\nINSERT INTO paid VALUES (3);\n{big}COMMIT;"),
+    );
+    assert!(
+        err.contains("ERROR:  activity_log ring stayed full for activity_log.overflow_timeout"),
+        "{err}"
+    );
+    c.unlock_trail("postgres", locker);
+    assert_eq!(
+        c.one("postgres", "SELECT count(*) FROM paid WHERE id = 3"),
+        "0"
+    );
+}
+
+/// A transaction whose records are larger than the whole ring (64 kB here) is neither refused
+/// nor dropped, under any overflow policy: it publishes through durable_queue. Rolling back
+/// to a savepoint drops exactly what the subtransaction added, staged or not.
+#[test]
+fn a_transaction_larger_than_the_ring_commits_and_is_stored_whole() {
+    let c = Cluster::start(
+        "toolarge",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '64kB'",
+        ],
+    );
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('x', 100000)));
+         SET activity_log.overflow = 'drop';
+         SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('y', 100000)));
+         SET activity_log.overflow = 'error';
+         SELECT activity_log.log_event('huge', jsonb_build_object('pad', repeat('z', 100000)));",
+    );
+    c.sql(
+        "postgres",
+        "CREATE TABLE wide (id int PRIMARY KEY, v text); SELECT activity_log.track('wide');
+         INSERT INTO wide SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g;",
+    );
+    c.sql(
+        "postgres",
+        "DO $$
+         BEGIN
+             INSERT INTO wide VALUES (0, 'before');
+             BEGIN
+                 INSERT INTO wide SELECT g, repeat('x', 100) FROM generate_series(10001, 30000) g;
+                 RAISE EXCEPTION 'changed my mind';
+             EXCEPTION WHEN raise_exception THEN
+                 RAISE NOTICE 'rolled back';
+             END;
+             INSERT INTO wide VALUES (-1, 'after');
+         END $$;",
+    );
+    c.flush("postgres");
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT left(details->'data'->>'pad', 1), length(details->'data'->>'pad') FROM activity_log.events WHERE command = 'huge' ORDER BY id"
+        ),
+        ["x|100000", "y|100000", "z|100000"]
+    );
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT count(*), min((new_row->>'id')::int), max((new_row->>'id')::int)
+               FROM activity_log.changes WHERE table_name = 'wide' AND new_row->>'v' LIKE 'x%'"
+        ),
+        ["2000|1|2000"]
+    );
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT op || ' ' || (new_row->>'v') FROM activity_log.changes
+              WHERE table_name = 'wide' AND new_row->>'v' NOT LIKE 'x%' ORDER BY id"
+        ),
+        ["INSERT before", "INSERT after"]
+    );
+    assert_eq!(
+        c.one("postgres", "SELECT dropped_records FROM activity_log.queue"),
+        "0"
+    );
+}
+
+/// A table tracked with durability 'sync' has its records inside the transaction: a crash
+/// that loses the ring (the writer stopped, then an immediate shutdown) loses the records of
+/// async tables, which the gap record admits, but not those of transactions that touched a
+/// sync table. An immediate shutdown with empty rings loses nothing and reports nothing.
+#[test]
+fn sync_tables_keep_their_records_through_a_crash() {
+    let c = Cluster::start("durable", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE ledger (id int PRIMARY KEY, amount numeric);
+         CREATE TABLE notes (id int PRIMARY KEY, body text);
+         SELECT activity_log.track('ledger', durability => 'sync');
+         SELECT activity_log.track('notes');",
+    );
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT relid, durability FROM activity_log.tracked_tables ORDER BY relid::text"
+        ),
+        ["ledger|sync", "notes|async"]
+    );
+    let pid = c.wait_for_writer("postgres", None);
+    c.sql("postgres", "INSERT INTO ledger VALUES (1, 10)");
+    c.flush("postgres");
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT op, row_key, new_row FROM activity_log.changes ORDER BY id"
+        ),
+        [r#"INSERT|{"id": 1}|{"id": 1, "amount": 10}"#]
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.durable_queue"
+        ),
+        "0"
+    );
+
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    c.sql(
+        "postgres",
+        "INSERT INTO ledger VALUES (2, 20);
+         INSERT INTO notes VALUES (1, 'async: lost in the crash');
+         BEGIN;
+         INSERT INTO notes VALUES (2, 'kept: same transaction as a ledger change');
+         UPDATE ledger SET amount = 21 WHERE id = 2;
+         COMMIT;
+         BEGIN;
+         INSERT INTO ledger VALUES (3, 30);
+         ROLLBACK;",
+    );
+    // One staged row per committed transaction; the rolled-back one left none.
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT records FROM activity_log.durable_queue ORDER BY staged_at"
+        ),
+        ["1", "2"]
+    );
+    assert_eq!(
+        c.one("postgres", "SELECT activity_log.flush('200 ms')"),
+        "f"
+    );
+    // The postmaster SIGKILLs the stopped writer after its 5 s grace.
+    assert!(c.pg_ctl(&["-m", "immediate", "stop"]));
+    assert!(c.pg_ctl(&["start"]));
+    c.wait_for_writer("postgres", None);
+    c.flush("postgres");
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT table_name, op, row_key, old_row, new_row FROM activity_log.changes ORDER BY id"
+        ),
+        [
+            r#"ledger|INSERT|{"id": 1}||{"id": 1, "amount": 10}"#,
+            r#"ledger|INSERT|{"id": 2}||{"id": 2, "amount": 20}"#,
+            r#"notes|INSERT|{"id": 2}||{"id": 2, "body": "kept: same transaction as a ledger change"}"#,
+            r#"ledger|UPDATE|{"id": 2}|{"id": 2, "amount": 20}|{"id": 2, "amount": 21}"#,
+        ]
+    );
+    // The two records of the mixed transaction carry its transaction id and commit time.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(DISTINCT xid) || ',' || count(DISTINCT committed_at) || ',' || bool_and(committed_at <= ts + interval '1 s')
+               FROM activity_log.events WHERE table_name = 'notes' OR command = 'UPDATE'"
+        ),
+        "1,1,true"
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.durable_queue"
+        ),
+        "0"
+    );
+    // The async record was in the lost ring: the trail says records may be missing.
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT details->>'unclean_stop', details->>'crash_restarts' FROM activity_log.events WHERE status = 'gap'"
+        ),
+        ["true|0"]
+    );
+    // The staged records of before the crash count as published and written.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT published_records || ',' || written_records || ',' || dropped_records FROM activity_log.queue"
+        ),
+        "3,3,0"
+    );
+    // A stop with every ring drained is clean: no gap record after the next start.
+    assert!(c.pg_ctl(&["-m", "immediate", "stop"]));
+    assert!(c.pg_ctl(&["start"]));
+    c.sql(
+        "postgres",
+        "INSERT INTO notes VALUES (3, 'after a clean immediate stop')",
+    );
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FILTER (WHERE status = 'gap') || ',' || count(*) FILTER (WHERE new_row->>'id' = '3') FROM activity_log.events"
+        ),
+        "1,1"
+    );
+}
+
+/// Durable (sync) transactions and ring transactions reach the trail in commit order: each
+/// sync transaction is announced in the ring at pre-commit and stored when the writer reaches
+/// its announcement, so an async table's record committed while four sessions keep committing
+/// 50-row transactions to a sync table comes after exactly the sync transactions that
+/// committed before it (row-level conflicts cannot be reordered), and afterwards both trails
+/// are exact. (Before announcements, the async record overtook the sync backlog: faster, but
+/// out of commit order.)
+#[test]
+fn sync_and_async_transactions_reach_the_trail_in_commit_order() {
+    let c = Cluster::start("mixed", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE s (id bigserial PRIMARY KEY, v int);
+         CREATE TABLE a (id int PRIMARY KEY, sync_rows_before bigint);
+         SELECT activity_log.track('s', durability => 'sync');
+         SELECT activity_log.track('a');",
+    );
+    c.wait_for_writer("postgres", None);
+    let script = format!("{}/sync.sql", c.dir);
+    std::fs::write(
+        &script,
+        "INSERT INTO s (v) SELECT 1 FROM generate_series(1, 50);\n",
+    )
+    .unwrap();
+    let mut load = c
+        .client("pgbench")
+        .args([
+            "-n", "-c", "4", "-j", "4", "-T", "6", "-f", &script, "postgres",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(2));
+    // The sync rows committed before this transaction are those it sees (READ COMMITTED,
+    // and a sync transaction's rows and its announcement commit together).
+    c.sql("postgres", "INSERT INTO a SELECT 1, count(*) FROM s");
+    let load_still_running = load.try_wait().unwrap().is_none();
+    assert!(
+        load_still_running,
+        "the sync load ended too early to show anything"
+    );
+    assert!(load.wait().unwrap().success());
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT (SELECT count(*) FROM s) = (SELECT count(*) FROM activity_log.changes WHERE table_name = 's')
+                    AND (SELECT count(*) FROM s) > 1000
+                    AND (SELECT count(*) FROM activity_log.durable_queue) = 0"
+        ),
+        "t"
+    );
+    // Stored after at least the sync rows committed before it, and before the later ones.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT (SELECT count(*) FROM activity_log.changes s, activity_log.changes a
+                      WHERE s.table_name = 's' AND a.table_name = 'a' AND s.id < a.id)
+                    >= (SELECT sync_rows_before FROM a)
+                AND (SELECT count(*) FROM activity_log.changes s, activity_log.changes a
+                      WHERE s.table_name = 's' AND a.table_name = 'a' AND s.id > a.id) > 0"
+        ),
+        "t"
+    );
+}
+
+/// Disk full: today's partition of the trail is moved to a tablespace on a 1 MB tmpfs and
+/// overfilled. Each batch fails ("could not extend file … No space left on device"), the
+/// records wait in the ring, the health score shows it; the error says nothing about the
+/// records, so however often it repeats none goes to the dead letters; once there is room
+/// (the tmpfs grown) every record arrives. Mounting needs root with CAP_SYS_ADMIN: where that is
+/// refused the test says so and does nothing.
+#[test]
+fn a_full_disk_keeps_records_waiting_until_there_is_room() {
+    let space = format!("/tmp/al-test-tiny-space-{}", std::process::id());
+    let space = space.as_str();
+    let _ = Command::new("umount").arg(space).status();
+    std::fs::create_dir_all(space).unwrap();
+    let mount = |options: &str| {
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", space])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !mount("size=1m") {
+        eprintln!("SKIPPED: mount -t tmpfs is not permitted here (needs root with CAP_SYS_ADMIN)");
+        return;
+    }
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").args(["-l", &self.0]).status();
+        }
+    }
+    let _unmount = Unmount(space.to_string());
+    assert!(
+        Command::new("chown")
+            .args(["postgres", space])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let c = Cluster::start("diskfull", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.wait_for_writer("postgres", None);
+    let today = c.one(
+        "postgres",
+        "SELECT 'activity_log.events_' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')",
+    );
+    let made = wait_until(Duration::from_secs(30), || {
+        (c.one(
+            "postgres",
+            &format!("SELECT to_regclass('{today}') IS NOT NULL"),
+        ) == "t")
+            .then_some(())
+    });
+    assert!(made.is_some());
+    c.sql(
+        "postgres",
+        &format!("CREATE TABLEspace tiny LOCATION '{space}'"),
+    );
+    c.sql(
+        "postgres",
+        &format!("ALTER TABLE {today} SET TABLEspace tiny"),
+    );
+    // 100 application events of 40 kB that compress badly: 4 MB for a 1 MB disk.
+    c.sql(
+        "postgres",
+        &"SELECT activity_log.log_event('big', jsonb_build_object('blob', (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 1250))));\n"
+            .repeat(100),
+    );
+    // Three failed runs: more than it takes the writer to start isolating records.
+    let failing = wait_until(Duration::from_secs(60), || {
+        let v = c.sql(
+            "postgres",
+            "SELECT writer_failures >= 3 AND last_error LIKE '%No space left on device%' FROM activity_log.queue",
+        );
+        (v == ["t"]).then_some(())
+    });
+    assert!(
+        failing.is_some(),
+        "{:?}",
+        c.sql("postgres", "SELECT * FROM activity_log.queue")
+    );
+    // Those that found room are stored, the rest wait in the ring.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT published_records || ',' || (written_records < 100) || ',' || (queued_records = 100 - written_records)
+                    || ',' || dropped_records || ',' || (write_errors >= 3)
+               FROM activity_log.queue"
+        ),
+        "100,true,true,0,true"
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT (SELECT (f->>'penalty')::int > 0 FROM jsonb_array_elements(activity_health()->'factors') f WHERE f->>'factor' = 'write_errors')
+                    || ',' || (activity_health()->>'status' <> 'healthy')"
+        ),
+        "true,true"
+    );
+    assert!(mount("remount,size=64m"));
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT (SELECT count(*) FROM activity_log.events WHERE command = 'big')
+                    || ',' || (SELECT count(*) FROM activity_log.events WHERE status = 'gap')
+                    || ',' || (SELECT count(*) FROM activity_log.dead_letters)"
+        ),
+        "100,0,0"
+    );
+}
+
+/// The hourly rollup is a convenience: when it cannot be updated the trail still gets every
+/// record, and rebuild_rollup() repairs it.
+#[test]
+fn a_broken_rollup_does_not_hold_up_the_trail() {
+    let c = Cluster::start("rollup", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.activity_hourly RENAME TO activity_hourly_away",
+    );
+    c.sql("postgres", "SELECT activity_log.log_event('while broken')");
+    c.flush("postgres");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE command = 'while broken'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT write_errors FROM activity_log.metrics()"
+        ),
+        "0"
+    );
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.activity_hourly_away RENAME TO activity_hourly",
+    );
+    c.sql("postgres", "SELECT activity_log.rebuild_rollup()");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT sum(events) FROM activity_log.activity_hourly WHERE kind = 'event'"
+        ),
+        "1"
+    );
+    // Counted batch by batch, the rollup is what a rebuild recomputes from the trail.
+    c.sql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY); SELECT activity_log.track('t');
+         INSERT INTO t SELECT generate_series(1, 5); UPDATE t SET id = id + 10 WHERE id < 3;
+         SELECT activity_log.log_event('after'), activity_log.log_event('after')",
+    );
+    c.flush("postgres");
+    let rollup = "SELECT hour || ' ' || kind || ' ' || status || ' ' || sum(events)
+                    FROM activity_log.activity_hourly GROUP BY hour, kind, status ORDER BY hour, kind, status";
+    let counted = c.sql("postgres", rollup);
+    c.sql("postgres", "SELECT activity_log.rebuild_rollup()");
+    assert_eq!(counted, c.sql("postgres", rollup));
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT string_agg(kind || ' ' || n, ', ' ORDER BY kind)
+               FROM (SELECT kind, sum(events) n FROM activity_log.activity_hourly GROUP BY kind) k"
+        ),
+        "change 7, event 3, system 1"
+    );
+}
