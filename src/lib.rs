@@ -3,7 +3,8 @@
 //! Data flow: `capture` (executor, utility and error hooks, transaction callbacks) →
 //! `ring` (shared-memory rings, one per audited database) → `worker` (launcher and writers)
 //! → `activity_log.events`, read through the SQL surface in `api` and `sql/`.
-//! `record` is the byte format between capture and the writer; `gucs` holds every setting.
+//! `record` is the byte format between capture and the writer; `gucs` holds every setting;
+//! `shared` is the shared memory that is not a ring (crash state, launcher, staging table).
 
 mod api;
 mod capture;
@@ -11,6 +12,7 @@ mod errors;
 mod gucs;
 mod record;
 mod ring;
+mod shared;
 mod unguarded;
 mod worker;
 
@@ -33,6 +35,7 @@ pub extern "C-unwind" fn _PG_init() {
         return;
     }
     gucs::init();
+    shared::init();
     ring::init();
     capture::hooks::install();
     capture::xact::install();

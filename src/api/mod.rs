@@ -11,6 +11,7 @@ use crate::capture::{self, hooks};
 use crate::errors::raise;
 use crate::record::{Body, Event, Record};
 use crate::ring;
+use crate::shared;
 use crate::worker::chain;
 
 /// Categories accepted by `log_event`, documented in the README.
@@ -82,7 +83,7 @@ fn activate() -> bool {
     // SAFETY: assigns this transaction an xid; we are inside CREATE EXTENSION.
     let xid = unsafe { pg_sys::GetTopTransactionId() };
     let claimed = ring::claim(my_database(), xid.into_inner()).is_some();
-    ring::wake_launcher();
+    shared::wake_launcher();
     claimed
 }
 
@@ -335,7 +336,7 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
             return false;
         }
         ring::note_waiting(dboid);
-        ring::wait_a_moment();
+        shared::wait_a_moment();
     };
     let target = ring::head(slot);
     let staged_target = ring::staged_commits(slot);
@@ -347,7 +348,7 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
             return false;
         }
         ring::wake_writer(slot);
-        ring::wait_a_moment();
+        shared::wait_a_moment();
     }
 }
 
@@ -430,13 +431,13 @@ pub fn queue() -> TableIterator<
                 timestamp(s.last_flush_at),
                 (!s.last_error.is_empty()).then_some(s.last_error),
                 timestamp(s.last_error_at),
-                timestamp(ring::started_at()),
+                timestamp(shared::started_at()),
                 s.queued_records as i64,
                 s.max_batch_records as i64,
                 timestamp(if s.reset_at != 0 {
                     s.reset_at
                 } else {
-                    ring::started_at()
+                    shared::started_at()
                 }),
                 s.recent_in_per_s,
                 s.recent_out_per_s,
@@ -503,14 +504,14 @@ fn runs_user_code(relation: pg_sys::Oid) -> bool {
 #[pg_extern(name = "_dropped_unassigned")]
 fn dropped_unassigned() -> i64 {
     require_preload_or_error();
-    ring::dropped_unassigned() as i64
+    shared::dropped_unassigned() as i64
 }
 
 /// The launcher's process id, NULL when it is not running.
 #[pg_extern(name = "_launcher_pid")]
 fn launcher_pid() -> Option<i32> {
     require_preload_or_error();
-    Some(ring::launcher_pid()).filter(|&p| p != 0)
+    Some(shared::launcher_pid()).filter(|&p| p != 0)
 }
 
 /// The categories `log_event` accepts.

@@ -69,7 +69,7 @@ struct Staged {
     slot: Option<usize>,
     records: u32,
     /// No announcement in the ring stands for it: the writer finds it by sweeping, and it is
-    /// counted in ring::staging_begins until the callback.
+    /// counted in shared::staging_begins until the callback.
     unannounced: bool,
 }
 

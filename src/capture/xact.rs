@@ -25,6 +25,7 @@ use crate::errors::raise;
 use crate::gucs::{self, Overflow};
 use crate::record::FrameInfo;
 use crate::ring::{self, ReserveError, Share};
+use crate::shared;
 use crate::unguarded;
 
 /// install registers the permanent callbacks; called once from `_PG_init`.
@@ -62,7 +63,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 ring::void(r);
             }
             capture::take_staged(); // the staged rows vanished with the transaction
-            ring::staging_ends();
+            shared::staging_ends();
             publish_failures_now(capture::take_failures());
             tracked::at_transaction_end();
             replication::at_transaction_end();
@@ -151,7 +152,7 @@ fn commit_staged(staged: capture::Staged) {
         }
     }
     // After staged_commits: a writer that no longer sees the mark sees the count.
-    ring::staging_ends();
+    shared::staging_ends();
 }
 
 /// frame_info encodes the per-transaction facts that open every frame.
@@ -194,7 +195,7 @@ fn audited_slot(dboid: u32) -> Option<Result<usize, ()>> {
     let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
     match ring::claim(dboid, xid) {
         Some(s) => {
-            ring::wake_launcher();
+            shared::wake_launcher();
             Some(Ok(s))
         }
         None => Some(Err(())),
@@ -234,7 +235,7 @@ fn pre_commit() {
             return;
         }
         let n = capture::counts();
-        ring::count_unassigned_drop(n as u64);
+        shared::count_unassigned_drop(n as u64);
         if gucs::overflow() == Overflow::Error {
             raise(
                 PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
@@ -275,7 +276,7 @@ fn pre_commit() {
             }
             Err(ReserveError::Gone) => {
                 // The extension was dropped while we ran: no trail to write to, but say so.
-                ring::count_unassigned_drop(n as u64);
+                shared::count_unassigned_drop(n as u64);
                 capture::discard();
                 return;
             }
@@ -327,7 +328,7 @@ fn pre_commit() {
                         );
                     }
                     ring::wake_writer(slot);
-                    ring::wait_a_moment();
+                    shared::wait_a_moment();
                 }
             },
         }
@@ -350,7 +351,7 @@ fn stage(slot: Option<usize>) {
     if mark.is_none() {
         // SAFETY: reads the WAL insert position; no ERROR. The rows staged next get a key at
         // least this high.
-        ring::staging_begins(dboid, unsafe { crate::unguarded::GetXLogInsertRecPtr() });
+        shared::staging_begins(dboid, unsafe { crate::unguarded::GetXLogInsertRecPtr() });
     }
     let mut n = capture::spilled_records();
     capture::with_pieces(|seq, parts, records| {
@@ -397,7 +398,7 @@ fn announce(slot: usize, dboid: u32, nrecords: u32) -> Option<i64> {
                     && started.elapsed() < gucs::overflow_timeout() =>
             {
                 ring::wake_writer(slot);
-                ring::wait_a_moment();
+                shared::wait_a_moment();
             }
             Err(_) => return None,
         }
@@ -432,7 +433,7 @@ fn publish_failures_now((body, n): (Vec<u8>, u32)) {
         return;
     };
     if had.is_none() {
-        ring::wake_launcher();
+        shared::wake_launcher();
     }
     match ring::reserve(
         slot,

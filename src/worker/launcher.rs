@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::capture::hooks;
 use crate::ring;
+use crate::shared;
 
 /// register adds the launcher to the postmaster's static workers; called from `_PG_init`.
 pub fn register() {
@@ -40,7 +41,7 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     super::pin_settings();
     // SAFETY: MyProc is set in every process attached to shared memory.
-    unsafe { ring::set_launcher((*pg_sys::MyProc).pgprocno, pg_sys::MyProcPid) };
+    unsafe { shared::set_launcher((*pg_sys::MyProc).pgprocno, pg_sys::MyProcPid) };
 
     for dboid in connectable_databases() {
         ring::note_waiting(dboid);
@@ -52,7 +53,7 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
         }
         supervise();
     }
-    ring::set_launcher(-1, 0);
+    shared::set_launcher(-1, 0);
     // Exit code 1: if this was pg_terminate_backend, the postmaster starts us again.
     // SAFETY: normal process exit.
     unsafe { pg_sys::proc_exit(1) };

@@ -29,7 +29,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 use crate::record::StagedRow;
-use crate::ring;
+use crate::shared;
 
 /// A staged row: its transaction and piece.
 type Key = (u64, Option<i64>);
@@ -56,7 +56,7 @@ fn key(row: &StagedRow) -> Key {
 
 fn postmaster() -> (i64, u32) {
     // SAFETY: a global set once by the postmaster before it forked us.
-    (unsafe { pg_sys::PgStartTime }, ring::crash_generation())
+    (unsafe { pg_sys::PgStartTime }, shared::crash_generation())
 }
 
 /// load reads what the last writer of database `dboid` left, at the writer's start.

@@ -25,6 +25,7 @@ use crate::capture::hooks;
 use crate::gucs;
 use crate::record::{self, Body, Op, StatementClass};
 use crate::ring;
+use crate::shared;
 use crate::worker::decode;
 use crate::worker::rollup::{Categories, Fact, Rollups};
 use crate::worker::store::{self, Col, Row, Trail};
@@ -415,7 +416,7 @@ fn drain(slot: usize) -> Drained {
         // meanwhile may depend on it, so frames with a higher key wait. Read after the batch,
         // and before staged_commits (in sweeping, below).
         // SAFETY: process-local static.
-        if let Some(key) = ring::staging_key(unsafe { MY_DB }) {
+        if let Some(key) = shared::staging_key(unsafe { MY_DB }) {
             batch.cut_above(key);
             if batch.end == ring::tail(slot) {
                 // Its commit callback comes at once, or after its commit's WAL flush.
@@ -969,7 +970,7 @@ fn write_batch(slot: usize, source: Source) -> Stored {
             }
             let carried_over = match source {
                 Source::Ring(_) | Source::Announced { .. } => 0,
-                Source::Staged { .. } => batch.carried_over(ring::started_at()),
+                Source::Staged { .. } => batch.carried_over(shared::started_at()),
             };
             Stored {
                 records: batch.records,
@@ -1154,20 +1155,20 @@ fn write_gap_event() {
         "SELECT jsonb_build_object(
                     'lost_after', (SELECT committed_at FROM activity_log.events ORDER BY id DESC LIMIT 1),
                     'lost_before', timestamptz '2000-01-01 00:00:00+00' + make_interval(secs => $1::float8 / 1e6))::text",
-        &[ring::started_at().into()],
+        &[shared::started_at().into()],
     )
     .unwrap_or_else(|e| error!("activity_log: could not read the trail: {e}"))
     .unwrap_or_default();
-    let reason = if ring::crash_generation() > 0 {
+    let reason = if shared::crash_generation() > 0 {
         "the server restarted after a crash; records that were in shared memory were lost"
     } else {
         "the server stopped before the rings were drained (immediate shutdown, killed postmaster or power loss); records that were in shared memory were lost"
     };
     let mut details = json!({
         "reason": reason,
-        "shared_memory_started_at_us": ring::started_at(),
-        "crash_restarts": ring::crash_generation(),
-        "unclean_stop": ring::unclean_stop(),
+        "shared_memory_started_at_us": shared::started_at(),
+        "crash_restarts": shared::crash_generation(),
+        "unclean_stop": shared::unclean_stop(),
     });
     if let (Some(d), Ok(Value::Object(w))) =
         (details.as_object_mut(), serde_json::from_str(&window))
