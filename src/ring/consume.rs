@@ -230,3 +230,52 @@ pub(super) fn count_records(slot_index: usize, from: u64, to: u64) -> u64 {
     n
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(pos: u64, key: u64, nrecords: u32, commit_ts: i64) -> Frame {
+        Frame {
+            commit_ts,
+            key,
+            pos,
+            nrecords,
+            payload: Vec::new(),
+            staged: None,
+        }
+    }
+
+    fn batch() -> Batch {
+        Batch {
+            frames: vec![
+                frame(0, 10, 2, 5),
+                frame(64, 20, 3, 6),
+                frame(160, 30, 4, 7),
+            ],
+            records: 9,
+            end: 256,
+            announcement: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_before_its_first_frame_above_the_key() {
+        let mut b = batch();
+        b.cut_above(25);
+        assert_eq!((b.frames.len(), b.records, b.end), (2, 5, 160));
+        b.cut_above(20);
+        assert_eq!(
+            (b.frames.len(), b.records, b.end),
+            (2, 5, 160),
+            "keys up to it stay"
+        );
+        b.cut_above(5);
+        assert_eq!((b.frames.len(), b.records, b.end), (0, 0, 0));
+    }
+
+    #[test]
+    fn carried_over_counts_frames_committed_before_a_time() {
+        assert_eq!(batch().carried_over(7), 5);
+        assert_eq!(batch().carried_over(5), 0);
+    }
+}

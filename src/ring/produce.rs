@@ -252,3 +252,152 @@ pub fn count_published(slot_index: usize, records: u64) {
         .fetch_add(records, Relaxed);
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ReserveError::{Full, TooLarge};
+
+    const CAP: u64 = 1024;
+
+    fn at(pos: u64, pad: u64) -> Result<Placement, ReserveError> {
+        Ok(Placement {
+            pos,
+            pad,
+            restart: false,
+        })
+    }
+
+    #[test]
+    fn a_frame_goes_at_the_head_when_it_fits_before_the_end() {
+        assert_eq!(place(0, 0, CAP, 64, Share::Whole), at(0, 0));
+        assert_eq!(place(100 * 8, 8, CAP, 64, Share::Whole), at(800, 0));
+        // Up to the last byte of the data area: no padding.
+        assert_eq!(place(960, 900, CAP, 64, Share::Whole), at(960, 0));
+        // Positions grow past the capacity; only their place in the data area counts.
+        assert_eq!(
+            place(5 * CAP + 64, 5 * CAP, CAP, 64, Share::Whole),
+            at(5 * CAP + 64, 0)
+        );
+    }
+
+    #[test]
+    fn a_frame_that_reaches_past_the_end_pads_and_wraps() {
+        // 24 bytes are left before the end: they become padding, the frame starts the next lap.
+        assert_eq!(place(1000, 900, CAP, 64, Share::Whole), at(CAP, 24));
+        assert_eq!(
+            place(3 * CAP + 1000, 3 * CAP + 900, CAP, 64, Share::Whole),
+            at(4 * CAP, 24)
+        );
+    }
+
+    #[test]
+    fn padding_counts_against_the_room() {
+        // 950 bytes used: 64 more would fit, but not with the 24 bytes of padding before them.
+        assert_eq!(place(1000, 50, CAP, 64, Share::Whole), Err(Full));
+        assert_eq!(place(1000, 64, CAP, 64, Share::Whole), at(CAP, 24));
+    }
+
+    #[test]
+    fn a_ring_fills_up_to_the_last_byte() {
+        // 960 bytes used, 64 free: exactly full afterwards.
+        assert_eq!(place(CAP, 64, CAP, 64, Share::Whole), at(CAP, 0));
+        assert_eq!(place(CAP, 64, CAP, 72, Share::Whole), Err(Full));
+        assert_eq!(
+            place(CAP, 0, CAP, 8, Share::Whole),
+            Err(Full),
+            "already full"
+        );
+        // A frame as large as the whole ring fits an empty ring at the start of its data area.
+        assert_eq!(
+            place(2 * CAP, 2 * CAP, CAP, CAP, Share::Whole),
+            at(2 * CAP, 0)
+        );
+    }
+
+    #[test]
+    fn a_frame_larger_than_its_share_never_fits() {
+        assert_eq!(place(0, 0, CAP, CAP + 8, Share::Whole), Err(TooLarge));
+        assert_eq!(place(0, 0, CAP, CAP / 2 + 8, Share::Half), Err(TooLarge));
+        assert_eq!(place(0, 0, CAP, CAP / 2, Share::Half), at(0, 0));
+    }
+
+    #[test]
+    fn half_a_ring_is_the_limit_of_a_half_share() {
+        // 400 bytes used: 120 more fit the ring but not its first half.
+        assert_eq!(place(400, 0, CAP, 120, Share::Half), Err(Full));
+        assert_eq!(place(400, 0, CAP, 120, Share::Whole), at(400, 0));
+        assert_eq!(place(400, 0, CAP, 112, Share::Half), at(400, 0));
+        // What other frames hold counts, padding included.
+        assert_eq!(place(1000, 600, CAP, 88, Share::Half), at(CAP, 24));
+        assert_eq!(place(1000, 600, CAP, 96, Share::Half), Err(Full));
+    }
+
+    #[test]
+    fn after_a_wrap_the_head_runs_up_to_the_tail() {
+        // The head wrapped (offset 76), the tail did not (offset 900): 824 bytes lie between.
+        assert_eq!(
+            place(CAP + 76, 900, CAP, 100, Share::Whole),
+            at(CAP + 76, 0)
+        );
+        assert_eq!(
+            place(CAP + 80, 904, CAP, 824, Share::Whole),
+            at(CAP + 80, 0)
+        );
+        assert_eq!(place(CAP + 80, 904, CAP, 832, Share::Whole), Err(Full));
+    }
+
+    #[test]
+    fn an_empty_ring_restarts_at_the_start_for_a_frame_that_cannot_follow_padding() {
+        // Empty, head at 1000: 24 bytes of padding and 1008 of frame exceed the ring.
+        assert_eq!(
+            place(1000, 1000, CAP, 1008, Share::Whole),
+            Ok(Placement {
+                pos: CAP,
+                pad: 0,
+                restart: true
+            })
+        );
+        // A smaller frame pads as usual, up to exactly the whole ring with its padding.
+        assert_eq!(place(1000, 1000, CAP, 64, Share::Whole), at(CAP, 24));
+        assert_eq!(place(1000, 1000, CAP, 1000, Share::Whole), at(CAP, 24));
+        // A non-empty ring does not restart: it waits for room.
+        assert_eq!(place(1000, 992, CAP, 1008, Share::Whole), Err(Full));
+    }
+
+    #[test]
+    fn no_placement_crosses_the_end_or_overlaps_what_the_ring_holds() {
+        const CAP: u64 = 96;
+        for tail in (0..3 * CAP).step_by(8) {
+            for head in (tail..=tail + CAP).step_by(8) {
+                for len in (8..=CAP + 8).step_by(8) {
+                    for share in [Share::Whole, Share::Half] {
+                        let Ok(p) = place(head, tail, CAP, len, share) else {
+                            continue;
+                        };
+                        let tail = if p.restart { p.pos } else { tail };
+                        assert!(
+                            p.pos % CAP + len <= CAP,
+                            "{head} {tail} {len}: crosses the end"
+                        );
+                        assert_eq!(
+                            p.pos,
+                            head + p.pad + if p.restart { CAP - head % CAP } else { 0 }
+                        );
+                        assert!(
+                            p.pos + len - tail <= share.limit(CAP),
+                            "{head} {tail} {len}: over"
+                        );
+                        assert!(p.pad < len, "padding only when the frame does not fit");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frames_are_whole_multiples_of_8() {
+        assert_eq!(align8(HEADER), 32);
+        assert_eq!(align8(HEADER + 1), 40);
+        assert_eq!(align8(HEADER + 8), 40);
+    }
+}
