@@ -22,7 +22,7 @@ use super::pages::map;
 #[derive(Clone)]
 pub struct Frame {
     pub commit_ts: i64,
-    /// Commit order key (see the module comment); of a staged row, its transaction's.
+    /// Commit order key (see ring/mod.rs); of a staged row, its transaction's.
     pub key: u64,
     /// Where the frame starts in the ring (0 for a staged row).
     pub pos: u64,

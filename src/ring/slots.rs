@@ -7,8 +7,9 @@
 //!
 //! Runs in backends (claim at the first record, release and pause around a drop), the
 //! launcher and the writers. Claiming and releasing take the control lock (lock 0) and then
-//! the slot's lock; everything else is atomics and latches, callable from commit and abort
-//! paths (`note_waiting`, `resume`, `end_restore_hold`, `wake_writer`). Must not touch frame
+//! the slot's lock; `stop_writer_for_drop` waits (cancellably) in the dropping backend;
+//! everything else is atomics and latches, callable from commit and abort paths
+//! (`note_waiting`, `resume`, `end_restore_hold`, `wake_writer`). Must not touch frame
 //! contents beyond counting them on release (consume.rs).
 
 use pgrx::pg_sys;

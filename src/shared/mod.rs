@@ -13,8 +13,9 @@
 //! Runs everywhere: the postmaster initialises the block once per shared-memory lifetime;
 //! backends, the launcher and writers read and write it. Everything after initialisation is an
 //! atomic or a latch: no lock, no `palloc`, no `ereport`, no panic, so all of it is callable
-//! from a commit or abort path. Must not know about rings: src/ring/ uses this module, never
-//! the other way round.
+//! from a commit or abort path, except [`wait_a_moment`], which serves interrupts (a cancel
+//! raises an ERROR there). Must not know about rings: src/ring/ uses this module, never the
+//! other way round.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
