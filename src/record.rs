@@ -18,7 +18,16 @@ use std::borrow::Cow;
 pub type Bytes<'a> = Cow<'a, [u8]>;
 
 pub const MAGIC: u32 = 0x414C_5231; // "ALR1"
+/// The frame format this build writes.
 pub const VERSION: u32 = 1;
+/// The oldest frame format this build reads. The policy (docs/src/operations/upgrades.md): a
+/// writer reads every version a release has ever written, because a frame staged in
+/// durable_queue outlives the restart that brings in a new library; a layout change bumps
+/// [`VERSION`] and keeps decoding the versions before it, so this is never raised (the unit
+/// test `every_version_ever_written_is_read` holds a frame of each). A frame of a version outside
+/// `OLDEST_READ..=VERSION` (a newer release's, after a downgrade; or forged) is not guessed at:
+/// the writer keeps it as a dead letter, bytes and all, with a gap record in the trail.
+pub const OLDEST_READ: u32 = 1;
 
 /// Where a record came from: the parts that can change from statement to statement.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -388,8 +397,9 @@ pub fn decode_info(payload: &[u8]) -> Result<(FrameInfo, usize), DecodeError> {
     if d.u32()? != MAGIC {
         return Err(DecodeError::new("bad magic"));
     }
-    if d.u32()? != VERSION {
-        return Err(DecodeError::new("unknown version"));
+    let version = d.u32()?;
+    if !(OLDEST_READ..=VERSION).contains(&version) {
+        return Err(DecodeError(unread_version(version).into()));
     }
     let info = FrameInfo {
         pid: d.i32()?,
@@ -397,6 +407,23 @@ pub fn decode_info(payload: &[u8]) -> Result<(FrameInfo, usize), DecodeError> {
         client_addr: d.opt_bytes()?.map(Cow::into_owned),
     };
     Ok((info, d.pos))
+}
+
+/// unread_version says why a frame of `version` is not read (see [`OLDEST_READ`]).
+pub fn unread_version(version: u32) -> String {
+    let reads = if OLDEST_READ == VERSION {
+        format!("version {VERSION}")
+    } else {
+        format!("versions {OLDEST_READ} to {VERSION}")
+    };
+    let whose = if version > VERSION {
+        "written by a newer version of activity_log"
+    } else {
+        "a version no release of activity_log wrote"
+    };
+    format!(
+        "its record format is version {version} ({whose}); this version of activity_log reads {reads}"
+    )
 }
 
 /// decode_frame splits a frame payload into its [`FrameInfo`] and records.
@@ -913,6 +940,58 @@ mod tests {
         let (got_info, got) = decode_frame(&buf).unwrap();
         assert_eq!(got_info, info);
         assert_eq!(got, sample());
+    }
+
+    /// The frame of [`frame_round_trips`] as each format version wrote it
+    /// (`tests/frames/record-v<N>.hex`, written by the release that introduced the version; never
+    /// edited). Staged frames outlive an upgrade, so a writer reads every version ever written
+    /// (docs/src/operations/upgrades.md): a layout change adds its version's file here and keeps
+    /// these decoding to what they held.
+    #[test]
+    fn every_version_ever_written_is_read() {
+        let info = FrameInfo {
+            pid: 42,
+            xid: 1 << 40,
+            client_addr: Some(b"127.0.0.1"[..].into()),
+        };
+        let written = [(1, include_str!("../tests/frames/record-v1.hex"))];
+        assert_eq!(written.len() as u32, VERSION, "a file for every version");
+        for (version, text) in written {
+            let text: String = text.split_whitespace().collect();
+            let bytes: Vec<u8> = (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+                .collect();
+            assert_eq!(bytes[4..8], u32::to_le_bytes(version));
+            let (got_info, got) = decode_frame(&bytes)
+                .unwrap_or_else(|e| panic!("a frame of version {version} is not read: {e}"));
+            assert_eq!(got_info, info, "version {version}");
+            assert_eq!(got, sample(), "version {version}");
+        }
+        assert_eq!(OLDEST_READ, 1, "every version ever written is read");
+    }
+
+    #[test]
+    fn frames_of_versions_not_read_are_refused_with_their_version() {
+        let mut buf = Vec::new();
+        FrameInfo::default().encode(&mut buf);
+        sample()[0].encode(&mut buf);
+        for version in [0, VERSION + 1, u32::MAX] {
+            let mut other = buf.clone();
+            other[4..8].copy_from_slice(&version.to_le_bytes());
+            assert_eq!(
+                decode_frame(&other).unwrap_err(),
+                DecodeError(unread_version(version).into())
+            );
+        }
+        assert_eq!(
+            unread_version(2),
+            "its record format is version 2 (written by a newer version of activity_log); this version of activity_log reads version 1"
+        );
+        assert_eq!(
+            unread_version(0),
+            "its record format is version 0 (a version no release of activity_log wrote); this version of activity_log reads version 1"
+        );
     }
 
     #[test]
