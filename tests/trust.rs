@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Cluster, with_extension};
+use common::{Cluster, hex, reseal, unhex, with_extension};
 use std::time::{Duration, Instant};
 
 const DB: &str = "postgres";
@@ -943,70 +943,6 @@ fn log_event_refuses_to_run_in_a_parallel_worker() {
     );
 }
 
-/// CRC-32C, bit by bit: what a superuser who re-seals an edited staged frame computes.
-fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-/// reseal edits the frame of the durable_queue row of transaction `xid` (staged in one row)
-/// with `edit` and seals it again, as a superuser who knows the format can; returns the row's
-/// new bytes in hex. (A frame without a seal is edited as it is.)
-fn reseal(c: &Cluster, xid: &str, edit: impl FnOnce(&mut Vec<u8>)) -> String {
-    let row = c.one(
-        DB,
-        &format!(
-            "SELECT encode(frame, 'hex') || '|' || records || '|' || ((extract(epoch FROM staged_at) * 1000000)::int8 - 946684800000000)
-               FROM activity_log.durable_queue WHERE xid = '{xid}'"
-        ),
-    );
-    let row: Vec<&str> = row.split('|').collect();
-    let mut frame = unhex(row[0]);
-    let sealed = frame.ends_with(&unhex("31534c41"));
-    if sealed {
-        frame.truncate(frame.len() - 12);
-    }
-    edit(&mut frame);
-    if sealed {
-        let mut covered = frame.clone();
-        covered.extend_from_slice(&xid.parse::<u64>().unwrap().to_le_bytes());
-        covered.extend_from_slice(&(-1i64).to_le_bytes());
-        covered.extend_from_slice(&row[1].parse::<u32>().unwrap().to_le_bytes());
-        covered.extend_from_slice(&row[2].parse::<i64>().unwrap().to_le_bytes());
-        let len = frame.len() as u32;
-        frame.extend_from_slice(&crc32c(&covered).to_le_bytes());
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&unhex("31534c41"));
-    }
-    let bytes = hex(&frame);
-    c.sql(
-        DB,
-        &format!("UPDATE activity_log.durable_queue SET frame = decode('{bytes}', 'hex') WHERE xid = '{xid}'"),
-    );
-    bytes
-}
-
 /// position is where `pattern` (hex) starts in `frame`.
 fn position(frame: &[u8], pattern: &str) -> usize {
     let pattern = unhex(pattern);
@@ -1128,7 +1064,7 @@ fn corrupt_staged_frames_become_dead_letters_and_gaps() {
     let bad6 = edit(&x6, "substr(frame, 1, octet_length(frame) - 5)");
     // A superuser edits the tuple length and seals the frame again: the seal is right, the
     // tuple is not. (A version without seals crashed its writer on this tuple length.)
-    let bad7 = reseal(&c, &x7, |frame| {
+    let bad7 = reseal(&c, DB, &x7, |frame| {
         let at = position(frame, "07000000135959595959595959");
         frame[at - 16..at - 12].copy_from_slice(&(64u32 << 20).to_le_bytes());
     });
@@ -1396,7 +1332,7 @@ fn a_frame_that_crashes_the_writer_is_read_alone_then_dead_lettered() {
     let xid = stage(2, "{111111,222222,333333}");
     stage(3, "{4,5,6}");
     // The array's first dimension, 8 bytes before its elements: 3 becomes 20 million.
-    let bad = reseal(&c, &xid, |frame| {
+    let bad = reseal(&c, DB, &xid, |frame| {
         let at = position(frame, "07b201000e64030015160500");
         frame[at - 8..at - 4].copy_from_slice(&20_000_000i32.to_le_bytes());
     });
@@ -1490,7 +1426,7 @@ fn a_frame_that_fails_every_batch_becomes_a_dead_letter() {
          SELECT pg_current_xact_id(); COMMIT;",
     );
     c.sql(DB, "INSERT INTO s VALUES (3)");
-    let bad = reseal(&c, &xid, |frame| {
+    let bad = reseal(&c, DB, &xid, |frame| {
         let at = position(frame, &hex(br#"{"a": 1}"#));
         frame[at + 7] = b']';
     });
