@@ -190,7 +190,7 @@ pub fn init() {
         0,
         60_000,
         GucContext::Suset,
-        GucFlags::UNIT_MS | GucFlags::NO_SHOW_ALL,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_string_guc(
         c"activity_log.actor",
@@ -292,14 +292,24 @@ pub fn overflow_timeout() -> std::time::Duration {
     std::time::Duration::from_millis(OVERFLOW_TIMEOUT_MS.get() as u64)
 }
 /// hold_staged_commit sleeps for activity_log.debug_hold_staged_commit (tests only), shown in
-/// pg_stat_activity as pg_sleep's wait event; no interrupt is served (it runs after the commit).
-pub fn hold_staged_commit() {
+/// pg_stat_activity as pg_sleep's wait event. Before the commit (`committed` false) a cancel or
+/// terminate ends the transaction as usual; after it, nothing may fail: a pending interrupt
+/// only ends the hold.
+pub fn hold_staged_commit(committed: bool) {
     let ms = HOLD_STAGED_COMMIT_MS.get();
     if ms <= 0 {
         return;
     }
     let until = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
     loop {
+        if committed {
+            // SAFETY: read of a backend global.
+            if unsafe { pg_sys::InterruptPending } != 0 {
+                return;
+            }
+        } else {
+            pgrx::check_for_interrupts!();
+        }
         let left = until.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return;

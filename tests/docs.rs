@@ -3,7 +3,7 @@
 //!
 //! The objects come from a live install (a throwaway cluster, the extension created), so a
 //! function, view, table, sequence or type added to the SQL without a reference entry fails
-//! here. Settings come from `pg_settings` and, for the hidden ones (`GUC_NO_SHOW_ALL`, which
+//! here. Settings come from `pg_settings` and, for any hidden one (`GUC_NO_SHOW_ALL`, which
 //! `pg_settings` leaves out), from the names defined in src/.
 
 mod common;
@@ -126,7 +126,7 @@ fn every_object_and_setting_has_a_reference_entry() {
     );
     assert!(
         settings.contains("activity_log.debug_hold_staged_commit"),
-        "the hidden setting was not found: {settings:?}"
+        "the developers' setting was not found: {settings:?}"
     );
 
     let mut missing = Vec::new();

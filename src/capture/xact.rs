@@ -63,7 +63,7 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
                 ring::void(r);
             }
             capture::take_staged(); // the staged rows vanished with the transaction
-            shared::staging_ends();
+            staging_ends();
             publish_failures_now(capture::take_failures());
             tracked::at_transaction_end();
             replication::at_transaction_end();
@@ -138,7 +138,7 @@ fn commit_staged(staged: capture::Staged) {
         }
         return;
     }
-    gucs::hold_staged_commit();
+    gucs::hold_staged_commit(true);
     if let Some(slot) = staged.slot {
         ring::commit_staged(slot, staged.records);
     }
@@ -152,7 +152,17 @@ fn commit_staged(staged: capture::Staged) {
         }
     }
     // After staged_commits: a writer that no longer sees the mark sees the count.
-    shared::staging_ends();
+    staging_ends();
+}
+
+/// staging_ends ends this backend's staging mark and wakes the writer that may be holding ring
+/// frames back for it (see worker/drain.rs).
+fn staging_ends() {
+    if let Some(dboid) = shared::staging_ends()
+        && let Some(slot) = ring::slot_of(dboid)
+    {
+        ring::wake_writer(slot);
+    }
 }
 
 /// frame_info encodes the per-transaction facts that open every frame.
@@ -368,7 +378,7 @@ fn stage(slot: Option<usize>) {
             unannounced: mark.is_none(),
         });
         if mark.is_none() {
-            gucs::hold_staged_commit();
+            gucs::hold_staged_commit(false);
         }
     }
 }

@@ -62,13 +62,14 @@ pub fn staging_begins(dboid: u32, key: u64) {
 
 /// staging_ends ends what [`staging_begins`] marked; in the commit callback after
 /// `staged_commits` was bumped, so that a writer that no longer sees the mark sees the count.
-/// Harmless when nothing was marked.
-pub fn staging_ends() {
-    if is_initialised()
-        && let Some(e) = my_staging()
-    {
-        e.key.store(0, SeqCst);
+/// Returns the database of the mark it ended (its writer may wait for it), None when nothing
+/// was marked.
+pub fn staging_ends() -> Option<u32> {
+    if !is_initialised() {
+        return None;
     }
+    let e = my_staging()?;
+    (e.key.swap(0, SeqCst) != 0).then(|| e.dboid.load(SeqCst))
 }
 
 /// staging_key is the lowest key of the transactions of `dboid` between [`staging_begins`]
