@@ -1327,4 +1327,378 @@ mod tests {
             ))
         );
     }
+
+    /*---- the decoder: every record kind, every way a frame can be wrong ----*/
+
+    /// frame encodes `records` after a FrameInfo, and the offsets where each record starts and
+    /// where the frame ends.
+    fn frame(info: &FrameInfo, records: &[Record]) -> (Vec<u8>, Vec<usize>) {
+        let mut buf = Vec::new();
+        info.encode(&mut buf);
+        let mut bounds = vec![buf.len()];
+        for r in records {
+            r.encode(&mut buf);
+            bounds.push(buf.len());
+        }
+        (buf, bounds)
+    }
+
+    /// one_record is the frame of `r` alone and the offset of its body (after its length).
+    fn one_record(r: &Record) -> (Vec<u8>, usize) {
+        let (buf, bounds) = frame(&FrameInfo::default(), std::slice::from_ref(r));
+        (buf, bounds[0] + 4)
+    }
+
+    fn err(what: &'static str) -> Result<(FrameInfo, Vec<Record<'static>>), DecodeError> {
+        Err(DecodeError::new(what))
+    }
+
+    fn bare_origin() -> Origin<'static> {
+        Origin {
+            session_user: 0,
+            current_user: u32::MAX,
+            actor: None,
+            context: None,
+            jwt_claims: None,
+            application_name: Bytes::default(),
+        }
+    }
+
+    fn change(op: Op, rows: Vec<RowImages<'static>>) -> Record<'static> {
+        let mut cols = columns();
+        cols.push(Column {
+            name: b"........pg.dropped.4........"[..].into(),
+            type_oid: 0,
+            typmod: -1,
+            len: -2,
+            byval: false,
+            align: b'c',
+            dropped: true,
+        });
+        Record {
+            origin: bare_origin(),
+            body: Body::Change(Change {
+                ts: i64::MIN,
+                command_id: u32::MAX,
+                op,
+                relid: 16400,
+                schema: "schéma".as_bytes().into(),
+                table: b"t"[..].into(),
+                key_columns: vec![b"id"[..].into(), b"v"[..].into()],
+                exclude_columns: vec![b"n"[..].into()],
+                query: b"delete from t"[..].into(),
+                note: br#"{"partition":"t_1"}"#[..].into(),
+                row_count: i64::MAX,
+                columns: if rows.is_empty() { vec![] } else { cols },
+                rows,
+            }),
+        }
+    }
+
+    /// Every kind of record, each optional field both present and absent, every op, class and
+    /// extreme number: the decoder gives back exactly what the encoder was given.
+    fn every_kind() -> Vec<Record<'static>> {
+        let mut records = sample();
+        for (class, rows, sqlstate) in [
+            (StatementClass::Ddl, Some(0), None),
+            (StatementClass::Other, Some(i64::MIN), Some(*b"XX000")),
+            (StatementClass::Mod, None, None),
+        ] {
+            records.push(Record {
+                origin: bare_origin(),
+                body: Body::Statement(Statement {
+                    ts: i64::MAX,
+                    duration_us: 0,
+                    class,
+                    command: Bytes::default(),
+                    sqlstate,
+                    error_message: None,
+                    query: Bytes::default(),
+                    query_id: 0,
+                    rows,
+                    relations: vec![],
+                }),
+            });
+        }
+        records.push(Record {
+            origin: Origin {
+                jwt_claims: Some(br#"{"sub":"u1"}"#[..].into()),
+                actor: Some(Bytes::default()),
+                ..bare_origin()
+            },
+            body: Body::Event(Event {
+                ts: 0,
+                action: b"a"[..].into(),
+                details: br#"{"n":123456789012345678901234567890}"#[..].into(),
+                entity_type: None,
+                entity_id: Some(b"42"[..].into()),
+                category: b"system"[..].into(),
+                severity: b"critical"[..].into(),
+            }),
+        });
+        let image = || Some(Bytes::from(tuple(false)));
+        records.extend([
+            change(
+                Op::Insert,
+                vec![(None, image()), (None, Some(tuple(true).into()))],
+            ),
+            change(Op::Update, vec![(image(), image())]),
+            change(Op::Delete, vec![(image(), None)]),
+            change(Op::Truncate, vec![]),
+            change(Op::Copy, vec![]),
+            change(Op::Gap, vec![]),
+            change(Op::TruncatePartition, vec![]),
+        ]);
+        records
+    }
+
+    #[test]
+    fn every_record_kind_round_trips() {
+        let info = FrameInfo {
+            pid: i32::MIN,
+            xid: u64::MAX,
+            client_addr: Some(b"::1"[..].into()),
+        };
+        let records = every_kind();
+        let (buf, _) = frame(&info, &records);
+        assert_eq!(decode_frame(&buf), Ok((info, records.clone())));
+        // One at a time too: each record is its own frame's only record.
+        for r in &records {
+            let (buf, _) = one_record(r);
+            assert_eq!(decode_frame(&buf).unwrap().1, vec![r.clone()]);
+        }
+        // Decoded records borrow the frame: nothing is copied.
+        let (_, got) = decode_frame(&buf).unwrap();
+        assert!(matches!(got[0].origin.application_name, Cow::Borrowed(_)));
+        // The storage of every column survives, -1 and -2 lengths included.
+        let Body::Change(c) = &got[got.len() - 6].body else {
+            panic!("not a change")
+        };
+        let lens: Vec<i16> = c.columns.iter().map(|c| c.len).collect();
+        assert_eq!(lens, [4, -1, 8, -2]);
+        assert!(c.columns[3].dropped && !c.columns[2].dropped);
+    }
+
+    #[test]
+    fn absent_and_empty_are_different_values() {
+        let mut with_empty = bare_origin();
+        with_empty.actor = Some(Bytes::default());
+        with_empty.context = Some(Bytes::default());
+        for origin in [bare_origin(), with_empty] {
+            let r = Record {
+                origin,
+                body: sample()[2].body.clone(),
+            };
+            let (buf, _) = one_record(&r);
+            assert_eq!(decode_frame(&buf).unwrap().1[0].origin, r.origin);
+        }
+    }
+
+    #[test]
+    fn an_empty_frame_has_no_records_and_info_says_where_records_start() {
+        let info = FrameInfo {
+            pid: 7,
+            xid: 0,
+            client_addr: None,
+        };
+        let (buf, bounds) = frame(&info, &[]);
+        assert_eq!(decode_frame(&buf), Ok((info.clone(), vec![])));
+        // magic, version, pid, xid, client_addr's length (none)
+        assert_eq!(decode_info(&buf), Ok((info.clone(), 4 + 4 + 4 + 8 + 4)));
+        let (buf, bounds2) = frame(&info, &sample());
+        assert_eq!(decode_info(&buf).unwrap().1, bounds[0]);
+        assert_eq!(bounds2[0], bounds[0]);
+    }
+
+    #[test]
+    fn rows_appended_through_the_sink_follow_the_change_rows() {
+        let r = change(Op::Insert, vec![(None, Some(tuple(false).into()))]);
+        let mut buf = Vec::new();
+        FrameInfo::default().encode(&mut buf);
+        let mut sizes = Vec::new();
+        r.encode_with_rows(&mut buf, |sink| {
+            sink.push(None, Some(&tuple(true)));
+            sizes.push(sink.bytes());
+            sink.push(Some(&tuple(false)), None);
+            sizes.push(sink.bytes());
+        });
+        assert_eq!(sizes[1] - sizes[0], 4 + tuple(false).len() + 4);
+        let (_, got) = decode_frame(&buf).unwrap();
+        let Body::Change(c) = &got[0].body else {
+            panic!("not a change")
+        };
+        assert_eq!(
+            c.rows,
+            vec![
+                (None, Some(tuple(false).into())),
+                (None, Some(tuple(true).into())),
+                (Some(tuple(false).into()), None),
+            ]
+        );
+        // Other bodies ignore the sink.
+        let mut plain = Vec::new();
+        sample()[0].encode(&mut plain);
+        let mut with = Vec::new();
+        sample()[0].encode_with_rows(&mut with, |sink| sink.push(None, Some(b"x")));
+        assert_eq!(plain, with);
+    }
+
+    #[test]
+    fn a_frame_cut_anywhere_is_truncated_unless_cut_between_records() {
+        let info = FrameInfo {
+            pid: 1,
+            xid: 2,
+            client_addr: Some(b"10.0.0.1"[..].into()),
+        };
+        let records = every_kind();
+        let (buf, bounds) = frame(&info, &records);
+        for cut in 0..buf.len() {
+            let got = decode_frame(&buf[..cut]);
+            match bounds.iter().position(|&b| b == cut) {
+                Some(n) => assert_eq!(got, Ok((info.clone(), records[..n].to_vec())), "cut {cut}"),
+                None => assert_eq!(got, err("truncated"), "cut at {cut}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_frame_header_is_checked_first() {
+        let (buf, _) = frame(&FrameInfo::default(), &sample());
+        let with_u32 = |at: usize, v: u32| {
+            let mut b = buf.clone();
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            b
+        };
+        assert_eq!(decode_frame(&with_u32(0, MAGIC + 1)), err("bad magic"));
+        assert_eq!(decode_frame(&with_u32(0, SEAL_MAGIC)), err("bad magic"));
+        // A frame of a version not read is refused whole, before anything after its version is
+        // read (the messages: frames_of_versions_not_read_are_refused_with_their_version).
+        for version in [0, VERSION + 1, u32::MAX] {
+            let refused = Err(DecodeError(unread_version(version).into()));
+            let b = with_u32(4, version);
+            assert_eq!(decode_frame(&b).map(|_| ()), refused);
+            assert_eq!(decode_frame(&b[..8]).map(|_| ()), refused);
+            assert_eq!(decode_info(&b).map(|_| ()), refused);
+        }
+        assert_eq!(&buf[0..4], b"1RLA", "MAGIC is \"ALR1\" little-endian");
+        assert_eq!(decode_frame(&[]), err("truncated"));
+        assert_eq!(decode_frame(&buf[..4]), err("truncated"));
+    }
+
+    #[test]
+    fn corrupt_records_give_the_exact_error() {
+        // Each kind's discriminant byte, then the first byte after the origin.
+        let statement = one_record(&sample()[0]);
+        let change = one_record(&sample()[1]);
+        let origin_len = {
+            let mut o = Vec::new();
+            let mut e = Enc(&mut o);
+            let s = &sample()[0].origin;
+            e.u32(s.session_user);
+            e.u32(s.current_user);
+            e.opt_bytes(s.actor.as_deref());
+            e.opt_bytes(s.context.as_deref());
+            e.opt_bytes(s.jwt_claims.as_deref());
+            e.bytes(&s.application_name);
+            o.len()
+        };
+        let set = |(buf, body): &(Vec<u8>, usize), at: usize, bytes: &[u8]| {
+            let mut b = buf.clone();
+            b[body + at..body + at + bytes.len()].copy_from_slice(bytes);
+            decode_frame(&b).map(|_| ())
+        };
+        let err = |what| Err(DecodeError::new(what));
+        for kind in [0, 4, 0xff] {
+            assert_eq!(set(&statement, 0, &[kind]), err("unknown record kind"));
+        }
+        // Statement: ts, duration, then the class.
+        let class_at = 1 + origin_len + 16;
+        for class in [0, 4, 0xff] {
+            assert_eq!(
+                set(&statement, class_at, &[class]),
+                err("bad statement class")
+            );
+        }
+        // The sqlstate's length (its command is "UPDATE": 4 + 6 bytes): 5 bytes or nothing.
+        let sqlstate_at = class_at + 1 + 4 + 6;
+        assert_eq!(
+            set(&statement, sqlstate_at, &4u32.to_le_bytes()),
+            err("bad sqlstate")
+        );
+        // The command is required: its length may not say "none".
+        assert_eq!(
+            set(&statement, class_at + 1, &NONE_LEN.to_le_bytes()),
+            err("unexpected null")
+        );
+        // Change: ts, command_id, then the op.
+        let op_at = 1 + origin_len + 12;
+        for op in [0, 8, 0xff] {
+            assert_eq!(set(&change, op_at, &[op]), err("bad change op"));
+        }
+        // The application name is required.
+        let app_at = 1 + origin_len - 4 - 4;
+        assert_eq!(
+            set(&statement, app_at, &NONE_LEN.to_le_bytes()),
+            err("unexpected null")
+        );
+        // A record longer than its fields.
+        let mut long = statement.0.clone();
+        let body = statement.1;
+        let len = u32::from_le_bytes(long[body - 4..body].try_into().unwrap());
+        long[body - 4..body].copy_from_slice(&(len + 1).to_le_bytes());
+        long.push(0);
+        assert_eq!(decode_frame(&long).map(|_| ()), err("trailing bytes"));
+        // A record of no bytes at all.
+        let (mut empty, _) = frame(&FrameInfo::default(), &[]);
+        empty.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_frame(&empty).map(|_| ()), err("truncated"));
+    }
+
+    #[test]
+    fn lengths_and_counts_are_limited_by_the_frame_not_trusted() {
+        // A length or a count near 4 GiB makes the decoder read past the frame's end, which it
+        // refuses before allocating anything of that size.
+        let (buf, bounds) = frame(&FrameInfo::default(), &[sample()[0].clone()]);
+        let mut huge_record = buf.clone();
+        huge_record[bounds[0]..bounds[0] + 4].copy_from_slice(&(NONE_LEN - 1).to_le_bytes());
+        assert_eq!(decode_frame(&huge_record), err("truncated"));
+        let huge_addr = FrameInfo {
+            client_addr: Some(vec![1, 2, 3, 4]),
+            ..FrameInfo::default()
+        };
+        let (mut b, _) = frame(&huge_addr, &[]);
+        b[20..24].copy_from_slice(&(NONE_LEN - 1).to_le_bytes());
+        assert_eq!(decode_frame(&b), err("truncated"));
+        // The relations count of a statement, the columns and rows counts of a change: the
+        // last u32 of a statement record is a relation; before them, their count.
+        let Body::Statement(s) = &sample()[0].body else {
+            unreachable!()
+        };
+        let count_at = buf.len() - 4 * s.relations.len() - 4;
+        let mut many = buf.clone();
+        many[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_frame(&many), err("truncated"));
+        let r = change(Op::Insert, vec![(None, Some(tuple(false).into()))]);
+        let (buf, _) = one_record(&r);
+        let rows_at = buf.len() - 4 - 4 - tuple(false).len() - 4;
+        assert_eq!(
+            u32::from_le_bytes(buf[rows_at..rows_at + 4].try_into().unwrap()),
+            1,
+            "the rows count"
+        );
+        let mut many = buf.clone();
+        many[rows_at..rows_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_frame(&many), err("truncated"));
+        let mut none = buf.clone();
+        none[rows_at..rows_at + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_frame(&none), err("trailing bytes"));
+    }
+
+    #[test]
+    fn decode_errors_name_the_record_as_corrupt() {
+        assert_eq!(
+            DecodeError::new("truncated").to_string(),
+            "corrupt activity_log record: truncated"
+        );
+    }
 }
