@@ -10,6 +10,8 @@ mod api;
 mod capture;
 mod errors;
 mod gucs;
+#[cfg(feature = "pg_test")]
+mod pg_tests;
 mod record;
 mod ring;
 mod shared;
@@ -85,3 +87,18 @@ pgrx::extension_sql_file!(
     requires = ["bootstrap", "analytics", api::queue]
 );
 pgrx::extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+
+/// What `#[pg_test]` (src/pg_tests.rs; `cargo pgrx test`, see CONTRIBUTING.md) needs: the
+/// settings of its throwaway cluster. The library is preloaded, as on any server that uses it.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'activity_log'",
+            "compute_query_id = on",
+        ]
+    }
+}

@@ -827,3 +827,177 @@ unsafe fn copy_to(cxt: pg_sys::MemoryContext, datum: pg_sys::Datum) -> pg_sys::D
         pg_sys::Datum::from(copy)
     }
 }
+
+/// The decoder against PostgreSQL's own `to_jsonb`: it needs the catalog and the types' output
+/// functions, so it runs in the `#[pg_test]` tier (see src/pg_tests.rs), on images made the
+/// way capture makes them.
+#[cfg(feature = "pg_test")]
+#[pgrx::pg_schema]
+mod tests {
+    use super::*;
+    use pgrx::prelude::*;
+
+    /// image is a minimal tuple of `table`'s row type holding `literals` (one per attribute,
+    /// dropped ones included, in each type's text input; None is NULL), and the columns as
+    /// capture describes them.
+    fn image(table: &str, literals: &[Option<&str>]) -> (Vec<Column<'static>>, Vec<u8>) {
+        let relid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{table}'::regclass::oid"))
+            .unwrap()
+            .unwrap();
+        // SAFETY: the relation is open while its descriptor is read; the tuple is copied.
+        unsafe {
+            let rel = pg_sys::relation_open(relid, pg_sys::AccessShareLock as i32);
+            let desc = (*rel).rd_att;
+            let natts = (*desc).natts as usize;
+            assert_eq!(natts, literals.len());
+            let attrs = (*desc).attrs.as_slice(natts);
+            let columns = attrs
+                .iter()
+                .map(|a| Column {
+                    name: std::ffi::CStr::from_ptr(a.attname.data.as_ptr())
+                        .to_bytes()
+                        .to_vec()
+                        .into(),
+                    type_oid: a.atttypid.to_u32(),
+                    typmod: a.atttypmod,
+                    len: a.attlen,
+                    byval: a.attbyval,
+                    align: a.attalign as u8,
+                    dropped: a.attisdropped,
+                })
+                .collect();
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![true; natts];
+            for (i, (a, literal)) in attrs.iter().zip(literals).enumerate() {
+                if let Some(literal) = literal {
+                    let (mut input, mut ioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+                    pg_sys::getTypeInputInfo(a.atttypid, &mut input, &mut ioparam);
+                    let literal = CString::new(*literal).unwrap();
+                    values[i] = pg_sys::OidInputFunctionCall(
+                        input,
+                        literal.as_ptr().cast_mut(),
+                        ioparam,
+                        a.atttypmod,
+                    );
+                    nulls[i] = false;
+                }
+            }
+            let t = pg_sys::heap_form_minimal_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let bytes = std::slice::from_raw_parts(t.cast::<u8>(), (*t).t_len as usize).to_vec();
+            pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
+            (columns, bytes)
+        }
+    }
+
+    fn text(j: Option<Jsonb>) -> Option<String> {
+        // SAFETY: a jsonb value of the current transaction.
+        j.map(|j| unsafe { jsonb_text(j.datum()) })
+    }
+
+    fn to_jsonb(sql: &str) -> Option<String> {
+        Spi::get_one::<String>(sql).unwrap()
+    }
+
+    #[pg_test]
+    fn decoded_images_are_what_to_jsonb_gives() {
+        // Every column a common scalar (the writer builds the jsonb itself), one dropped, one
+        // excluded, a primary key.
+        Spi::run(
+            "SET LOCAL TimeZone = 'Europe/Paris';
+             CREATE TABLE public.pgt_dec (id int PRIMARY KEY, gone int, name text, amount numeric,
+                                          at timestamptz, ok boolean, big bigint, secret varchar(9));
+             ALTER TABLE public.pgt_dec DROP COLUMN gone;
+             INSERT INTO public.pgt_dec (id, name, amount, at, ok, big, secret) VALUES
+                 (1, 'Zoë \"z\"', 12.50, '2026-11-25 10:00:00+00', true, 9007199254740993, 's1'),
+                 (2, 'Zoë \"z\"', 'NaN', NULL, false, -1, 's2');",
+        )
+        .unwrap();
+        let (columns, old) = image(
+            "public.pgt_dec",
+            &[
+                Some("1"),
+                None,
+                Some("Zoë \"z\""),
+                Some("12.50"),
+                Some("2026-11-25 10:00:00+00"),
+                Some("true"),
+                Some("9007199254740993"),
+                Some("s1"),
+            ],
+        );
+        let (_, new) = image(
+            "public.pgt_dec",
+            &[
+                Some("2"),
+                None,
+                Some("Zoë \"z\""),
+                Some("NaN"),
+                None,
+                Some("false"),
+                Some("-1"),
+                Some("s2"),
+            ],
+        );
+        let mut decoder = Decoder::new();
+        assert_eq!(decoder.check_types(&columns), Ok(()));
+        let key = [Bytes::from(&b"id"[..])];
+        let exclude = [Bytes::from(&b"secret"[..])];
+        let images = [(Some(old.into()), Some(new.into()))];
+        let [row] = &mut decoder.decode_change(&columns, &key, &exclude, &images)[..] else {
+            panic!("one row")
+        };
+        let expected = |id: i32| {
+            to_jsonb(&format!(
+                "SELECT (to_jsonb(t) - 'secret')::text FROM public.pgt_dec t WHERE id = {id}"
+            ))
+        };
+        assert_eq!(text(row.old_row), expected(1));
+        assert_eq!(text(row.new_row), expected(2));
+        assert_eq!(text(row.row_key).as_deref(), Some("{\"id\": 1}"));
+        // The excluded column changed too, but is not shown.
+        let changed = ["amount", "at", "big", "id", "ok"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(row.changed_columns.take(), Some(changed));
+        assert_eq!(row.new_key.take().as_deref(), Some("{\"id\": 2}"));
+
+        // A column that is not (an array): the whole row goes through to_jsonb. No key: the
+        // row is its own key. An INSERT: no old image, nothing changed.
+        Spi::run(
+            "CREATE TABLE public.pgt_dec2 (k text, gone text, tags text[], doc jsonb, n int);
+             ALTER TABLE public.pgt_dec2 DROP COLUMN gone;
+             INSERT INTO public.pgt_dec2 VALUES ('a', '{x,NULL}', '{\"b\": [1, 2.0]}', NULL);",
+        )
+        .unwrap();
+        let (columns, new) = image(
+            "public.pgt_dec2",
+            &[
+                Some("a"),
+                None,
+                Some("{x,NULL}"),
+                Some("{\"b\": [1, 2.0]}"),
+                None,
+            ],
+        );
+        assert_eq!(decoder.check_types(&columns), Ok(()));
+        let images = [(None, Some(new.into()))];
+        let [row] = &mut decoder.decode_change(&columns, &[], &[], &images)[..] else {
+            panic!("one row")
+        };
+        let expected = to_jsonb("SELECT to_jsonb(t)::text FROM public.pgt_dec2 t");
+        assert!(row.old_row.is_none() && row.changed_columns.is_none() && row.new_key.is_none());
+        assert_eq!(text(row.new_row), expected);
+        assert_eq!(text(row.row_key), expected);
+
+        // A frame whose columns do not describe their types' storage is refused before any
+        // image is read.
+        let mut wrong = columns.clone();
+        wrong[4].len = 8;
+        assert_eq!(
+            decoder.check_types(&wrong),
+            Err(DecodeError(
+                "column n is of type 23 (length 4, by value: true, alignment i), but the frame describes it with length 8, by value: true, alignment i".into()
+            ))
+        );
+    }
+}
