@@ -95,7 +95,9 @@ GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_l
     activity_log._migrate_triggers(integer, regclass[], name[], boolean, boolean, boolean, text),
     activity_log._checked_reader(regclass, regclass, jsonb), activity_log._source_text(text),
     activity_log._insert_targets(text, oid, oid, text[], text), activity_log._callees(oid),
-    activity_log._readers(regclass, oid[]), activity_log._system_link(oid, oid, oid[], oid, oid, oid[])
+    activity_log._readers(regclass, oid[], text[]), activity_log._system_link(oid, oid, oid[], oid, oid, oid[]),
+    activity_log._regclass(text), activity_log._path_schemas(text), activity_log._call_names(text),
+    activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean)
     TO activity_log_admin;
 -- The analytics run as the caller (a reader) and share these checks and counts.
 GRANT EXECUTE ON FUNCTION activity_log.metrics(), activity_log.metrics_text(),
