@@ -624,7 +624,10 @@ fn why_and_audit_table_agree() {
             "SELECT relation, trigger_name, verdict, audit_table, why FROM activity_log.migration_plan()"
         ),
         [
-            "settings|log_column_changes|uncertain|audit.column_changes|builds its INSERT into audit.column_changes at run time; what it copies could not be determined",
+            // Issue 27, F9: the fixture now builds its table name as such loggers do
+            // (format('INSERT INTO %I.%I …', TG_TABLE_SCHEMA, TG_TABLE_NAME || '_changes')), so the
+            // table is guessed from its name instead of read from the format string.
+            "settings|log_column_changes|uncertain|settings_changes|builds its INSERT at run time, probably into public.settings_changes (guessed from its name); what it copies could not be determined",
             "tokens|log_by_name|uncertain|audit.tokens|builds its INSERT at run time, probably into audit.tokens (guessed from its name); what it copies could not be determined"
         ]
     );
@@ -642,7 +645,7 @@ fn why_and_audit_table_agree() {
 
 /// Issue 27, item 5: table names are weak evidence. django-pghistory's plain row loggers
 /// (`INSERT … VALUES (NEW."col", …)` into `<app>_<model>event`, which nothing else reads) are
-/// audit, and migrate; a table a view reads is left to its name (uncertain).
+/// audit, and migrate; a table a view reads is not (uncertain), nor is partial tracking.
 #[test]
 fn plain_row_loggers_are_audit_whatever_their_table_name() {
     let c = Cluster::start(
@@ -659,7 +662,20 @@ fn plain_row_loggers_are_audit_whatever_their_table_name() {
         [
             "library_book|pgtrigger_insert_insert_5b7a1|audit",
             "library_book|pgtrigger_update_update_9c0d2|audit",
-            "library_loan|pgtrigger_loan_insert_1f2e3|uncertain"
+            "library_loan|pgtrigger_loan_insert_1f2e3|uncertain",
+            // Issue 27, F9: partial tracking (fields=["title_en"]) copies some columns; NEW.title_en
+            // is not NEW.title.
+            "library_novel|pgtrigger_title_changed_7d3e1|uncertain"
+        ]
+    );
+    assert_eq!(
+        c.sql(
+            "pgh",
+            "SELECT why FROM activity_log.migration_plan() WHERE relation::text IN ('library_loan', 'library_novel') ORDER BY 1"
+        ),
+        [
+            "copies the changed row (columns of NEW/OLD) into public.library_loanevent, but its table public.library_loanevent is read by view public.current_loans: taking it over would leave that stale",
+            "copies the changed row (columns of NEW/OLD) into public.library_noveltitleevent with the operation, but only some of its columns (not title), and by its name public.library_noveltitleevent looks like a table something else reads"
         ]
     );
     full_cycle(
@@ -800,4 +816,269 @@ fn pgmemento_is_one_system_read_by_its_restore_functions() {
         "pgmemento_delete_trigger,pgmemento_insert_trigger,pgmemento_transaction_trigger,pgmemento_truncate_trigger,pgmemento_update_trigger"
     );
     c.sql("memento", "SELECT activity_log.rollback_migration()");
+}
+
+/// Issue 27, F1: tables something else consumes are never audit trails. Debezium's outbox
+/// layout (both spellings) and a polling relay's status / sent_at columns make the trigger
+/// business; a history table in a publication (the table's own, its schema's, or one for all
+/// tables) is read by logical replication, so its trigger is uncertain; a table named for events
+/// is weak evidence against auditing, never for it.
+#[test]
+fn outboxes_queues_and_published_trails_are_never_audit() {
+    let c = Cluster::start(
+        "migration-outbox",
+        &["activity_log.capture_statements = 'none'", "wal_level = logical"],
+    );
+    common::with_extension(&c, "outbox");
+    c.sql("outbox", include_str!("fixtures/outbox.sql"));
+    assert_eq!(
+        c.sql(
+            "outbox",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "ledger.entries|entries_history|uncertain|copies the changed row (columns of NEW/OLD) into ledger.entries_history with the operation, but its table ledger.entries_history is published (publication ledger_feed): logical replication sends its rows on: taking it over would leave that stale",
+            "shop.carts|carts_events|uncertain|copies the changed row (as jsonb) into shop.cart_events with the operation, and by its name shop.cart_events looks like a table something else reads",
+            "shop.customers|customers_events|business|feeds an outbox: shop.domain_events has aggregate_type, aggregate_id, event_type, payload columns, the layout an outbox relay (Debezium's event router) reads",
+            "shop.invoices|invoices_publish|business|feeds a delivery queue: shop.message_outbox has status, sent_at columns, so something consumes its rows",
+            "shop.orders|orders_outbox|business|feeds an outbox: shop.outbox has aggregatetype, aggregateid, type, payload columns, the layout an outbox relay (Debezium's event router) reads",
+            "shop.prices|prices_history|uncertain|copies the changed row (columns of NEW/OLD) into shop.prices_history with the operation, but its table shop.prices_history is published (publication reporting): logical replication sends its rows on: taking it over would leave that stale"
+        ]
+    );
+    // Out of its publication the history table is a trail again; a publication of all tables
+    // takes it back.
+    c.sql("outbox", "ALTER PUBLICATION reporting DROP TABLE shop.prices_history");
+    let verdict = "SELECT verdict FROM activity_log.migration_plan() WHERE trigger_name = 'prices_history'";
+    assert_eq!(c.one("outbox", verdict), "audit");
+    c.sql("outbox", "CREATE PUBLICATION everything FOR ALL TABLES");
+    assert_eq!(c.one("outbox", verdict), "uncertain");
+    assert!(c
+        .error(
+            "outbox",
+            "SELECT activity_log.migrate_triggers(phase => 1, include_triggers => '{orders_outbox}')"
+        )
+        .contains("is a business trigger"));
+}
+
+/// Issue 27, F2: the allow-list. A trigger that copies the row is audit only when everything
+/// else it does is on the list; UPDATE with an alias, helpers (with or without their schema)
+/// that notify or update, an upsert, a second INSERT into a delivery queue, NOTIFY built at
+/// run time, REFRESH MATERIALIZED VIEW and dblink_exec all keep it from being taken over, and
+/// why says which. One that only calls allowed built-ins and a helper that passes the list
+/// migrates.
+#[test]
+fn what_is_not_on_the_allow_list_keeps_a_trigger_from_audit() {
+    let c = Cluster::start(
+        "migration-allow-list",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "side");
+    c.sql("side", include_str!("fixtures/side_effects.sql"));
+    let copies = "copies the changed row (as jsonb) into audit.logged_actions with the operation";
+    assert_eq!(
+        c.sql(
+            "side",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "accounts|accounts_audit|business|feeds a delivery queue: public.webhook_queue has delivered, tries, next_retry_at columns, so something consumes its rows".to_string(),
+            "docs|docs_audit_refresh|uncertain|copies the changed row (from the transition table) into audit.logged_actions with the operation, but also refreshes a materialized view: taking it over would lose that".to_string(),
+            format!("jobs|jobs_audit_notify|uncertain|{copies}, but also sends notifications: taking it over would lose that"),
+            format!("ledger|ledger_audit|uncertain|{copies}, but also calls dblink_exec(), which is volatile: taking it over would lose that"),
+            format!("notes|notes_audit|audit|{copies}"),
+            format!("orders|orders_history|uncertain|{copies}, but also updates or deletes other rows: taking it over would lose that"),
+            format!("sales|sales_audit|uncertain|{copies}, but also upserts into public.daily_sales (ON CONFLICT … DO UPDATE): taking it over would lose that"),
+            format!("stock_moves|stock_moves_audit|uncertain|{copies}, but also calls public.apply_move(text,integer), which updates or deletes other rows: taking it over would lose that"),
+            format!("tickets|tickets_audit|uncertain|{copies}, but also calls public.announce(text,integer), which sends notifications: taking it over would lose that"),
+        ]
+    );
+    full_cycle(
+        &c,
+        "side",
+        "INSERT INTO public.notes VALUES (1, 'a'), (2, 'b');
+         UPDATE public.notes SET body = 'c' WHERE id = 1;
+         DELETE FROM public.notes WHERE id = 2;",
+    );
+}
+
+/// Issue 27, F3: a column name shared by accident (table_name, unique in a cache-version table)
+/// links no system, so the audit trigger stays audit and the cache bump business; a foreign key
+/// does, but a member that copies no row and writes a table no row copy of the system writes
+/// is never promoted to audit: the system is uncertain.
+#[test]
+fn systems_are_linked_by_real_references_and_promote_only_trail_writers() {
+    let c = Cluster::start(
+        "migration-systems",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "sys");
+    c.sql("sys", include_str!("fixtures/systems.sql"));
+    let link = "one system with {} (audit.row_changes references audit.batches): a_batch copies no row and writes audit.batches, which no row copy of the system writes, so they migrate together, when all of them are named";
+    assert_eq!(
+        c.sql(
+            "sys",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "orders|audit|audit|copies the changed row (as jsonb) into audit.logged_actions with the operation".to_string(),
+            "orders|bump_version|business|writes public.table_versions, but not the changed row".to_string(),
+            format!("parts|a_batch|uncertain|writes audit.batches, but not the changed row; {}", link.replace("{}", "b_rows")),
+            format!("parts|b_rows|uncertain|copies the changed row (as jsonb) into audit.row_changes with the operation; {}", link.replace("{}", "a_batch")),
+        ]
+    );
+    full_cycle(
+        &c,
+        "sys",
+        "INSERT INTO public.orders VALUES (3, 30);
+         UPDATE public.orders SET total = 11 WHERE id = 1;
+         DELETE FROM public.orders WHERE id = 2;",
+    );
+    // The cache bump kept firing throughout: the fixture's INSERT and the cycle's three statements.
+    assert_eq!(
+        c.one("sys", "SELECT version FROM public.table_versions WHERE table_name = 'orders'"),
+        "4"
+    );
+}
+
+/// Issue 27, F4: readers the source scan of SQL and PL/pgSQL functions missed — a BEGIN ATOMIC
+/// function, a view, a materialized view, a rule, another table's trigger function — keep a
+/// history trigger from audit, and why names them; the one nothing reads migrates.
+#[test]
+fn readers_seen_through_pg_depend_and_other_triggers_are_never_audit() {
+    let c = Cluster::start(
+        "migration-readers-f4",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "readers");
+    c.sql("readers", include_str!("fixtures/readers.sql"));
+    let read = |t: &str, reader: &str| {
+        format!("copies the changed row (columns of NEW/OLD) into public.{t}, but its table public.{t} is read by {reader}: taking it over would leave that stale")
+    };
+    assert_eq!(
+        c.sql(
+            "readers",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "email_requests|email_requests_check|business|Raises errors (validation); does not copy the changed row elsewhere".to_string(),
+            format!("members|members_versioning|uncertain|{}", read("members_history", "public.email_requests_check()")),
+            format!("plans|plans_versioning|uncertain|{}", read("plans_history", "rule plans_history_names on public.plan_names")),
+            format!("prices|prices_versioning|uncertain|{}", read("prices_history", "public.price_as_of(text,timestamp with time zone)")),
+            format!("rates|rates_versioning|uncertain|{}", read("rates_history", "view public.rates_as_of")),
+            format!("stock|stock_versioning|uncertain|{}", read("stock_history", "materialized view public.stock_churn")),
+            "tags|tags_versioning|audit|copies the changed row (columns of NEW/OLD) into public.tags_history with the operation".to_string(),
+        ]
+    );
+    full_cycle(
+        &c,
+        "readers",
+        "UPDATE public.tags SET label = 'green' WHERE id = 1;
+         DELETE FROM public.tags WHERE id = 2;",
+    );
+}
+
+/// Issue 27, F5: a statement trigger that aggregates its transition table (GROUP BY, count)
+/// copies no row; one that selects the rows as they are does, and migrates.
+#[test]
+fn transition_table_aggregates_are_not_row_copies() {
+    let c = Cluster::start(
+        "migration-transition",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "tt");
+    c.sql("tt", include_str!("fixtures/transition_aggregates.sql"));
+    assert_eq!(
+        c.sql(
+            "tt",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan()"
+        ),
+        [
+            "books|books_audit|audit|copies the changed row (from the transition table) into public.books_audit with the operation",
+            "events_in|count_kinds|business|writes public.kind_changes, but not the changed row"
+        ]
+    );
+    full_cycle(
+        &c,
+        "tt",
+        "INSERT INTO public.books VALUES (1, 'Emma'), (2, 'Kim');
+         INSERT INTO public.books VALUES (3, 'Ulysses');",
+    );
+}
+
+/// Issue 27, F6: a pinned search_path is read as PostgreSQL reads it ("a,b" is one schema;
+/// '"a,b"' names a schema with quotes in its name), and the plan never fails for everyone
+/// because of one function.
+#[test]
+fn search_paths_are_read_as_postgresql_reads_them() {
+    let c = Cluster::start(
+        "migration-search-path",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "sp");
+    c.sql("sp", include_str!("fixtures/search_path.sql"));
+    assert_eq!(
+        c.sql(
+            "sp",
+            "SELECT relation, trigger_name, verdict, audit_table FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "mal2.other|log_other|audit|mal2.thing_log",
+            "mal2.thing|log_it|audit|\"a,b\".thing_log"
+        ]
+    );
+    // Where the rows really go.
+    c.sql(
+        "sp",
+        "INSERT INTO mal2.thing VALUES (1, 'x'); INSERT INTO mal2.other VALUES (1, 'y')",
+    );
+    assert_eq!(
+        c.one(
+            "sp",
+            "SELECT (SELECT count(*) FROM \"a,b\".thing_log) || ' ' || (SELECT count(*) FROM mal2.thing_log)"
+        ),
+        "1 1"
+    );
+    assert!(!c
+        .sql("sp", "SELECT activity_log.migrate_triggers(phase => 1, dry_run => true)")
+        .is_empty());
+}
+
+/// Issue 27, F8: an uncertain system spans tables — pgMemento's functions serve every table it
+/// logs, into one row_log — so naming its triggers on some of them is refused, with a hint
+/// naming all; naming them on every table (tables => NULL matches trigger names on every
+/// table) is accepted.
+#[test]
+fn uncertain_systems_across_tables_migrate_whole() {
+    let c = Cluster::start(
+        "migration-across",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "memento");
+    c.sql("memento", include_str!("fixtures/pgmemento.sql"));
+    c.sql(
+        "memento",
+        "CREATE TABLE public.plots (id serial PRIMARY KEY, name text,
+             pgmemento_audit_id bigint NOT NULL UNIQUE DEFAULT nextval('pgmemento.audit_id_seq'));
+         SELECT pgmemento.create_table_log_trigger('plots');",
+    );
+    let all = "'{pgmemento_insert_trigger,pgmemento_update_trigger,pgmemento_delete_trigger,pgmemento_transaction_trigger,pgmemento_truncate_trigger}'";
+    let err = c.error(
+        "memento",
+        &format!("SELECT activity_log.migrate_triggers(phase => 1, dry_run => true, tables => '{{parcels}}', include_triggers => {all})"),
+    );
+    assert!(
+        err.contains("trigger pgmemento_delete_trigger on public.parcels is one system with the triggers of public.plots: they migrate together or not at all")
+            && err.contains("tables => '{public.parcels,public.plots}'"),
+        "{err}"
+    );
+    assert_eq!(
+        c.sql(
+            "memento",
+            &format!("SELECT s FROM activity_log.migrate_triggers(phase => 1, dry_run => true, include_triggers => {all}) s WHERE s LIKE 'LOCK%'")
+        ),
+        [
+            "LOCK TABLE public.parcels IN SHARE ROW EXCLUSIVE MODE",
+            "LOCK TABLE public.plots IN SHARE ROW EXCLUSIVE MODE"
+        ]
+    );
 }
