@@ -1130,7 +1130,7 @@ BEGIN
             confidence := 0.90;
             style := array_to_string(side, ', ');
             why := initcap(left(style, 1)) || substr(style, 2)
-                   || CASE WHEN audit_table IS NULL THEN '; does not copy the changed row elsewhere'
+                   || CASE WHEN audit_table IS NULL THEN '; does not copy the row elsewhere'
                            ELSE format('; writes %s, but not the changed row', audit_table) END;
         ELSE
             verdict := 'business';

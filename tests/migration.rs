@@ -960,7 +960,7 @@ fn readers_seen_through_pg_depend_and_other_triggers_are_never_audit() {
             "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
         ),
         [
-            "email_requests|email_requests_check|business|Raises errors (validation); does not copy the changed row elsewhere".to_string(),
+            "email_requests|email_requests_check|business|Raises errors (validation); does not copy the row elsewhere".to_string(),
             format!("members|members_versioning|uncertain|{}", read("members_history", "public.email_requests_check()")),
             format!("plans|plans_versioning|uncertain|{}", read("plans_history", "rule plans_history_names on public.plan_names")),
             format!("prices|prices_versioning|uncertain|{}", read("prices_history", "public.price_as_of(text,timestamp with time zone)")),
