@@ -8,7 +8,76 @@
 \echo Use "ALTER EXTENSION activity_log UPDATE TO '0.2.0'" to load this file. \quit
 
 -- Trigger migration (issue 27): the plan reads helper functions, the readers of a trail and
--- extensions, and groups a table's triggers into systems that migrate together.
+-- extensions, and groups a table's triggers into systems that migrate together; a function
+-- body passes an allow-list (_body_effects), search_path values are split as PostgreSQL does
+-- (_path_schemas, _regclass: _resolve_table changes).
+
+-- to_regclass() that never fails: NULL for a name that names no table or cannot be a name at
+-- all. One trigger function with a strange search_path must not stop the plan (issue 27, F6).
+CREATE FUNCTION activity_log._regclass(name text) RETURNS regclass
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN pg_catalog.to_regclass(name);
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;
+END
+$$;
+
+-- The schemas of a search_path value, in order, each quoted ready to qualify a name: split as
+-- PostgreSQL splits it ('"a,b", mal2' is two schemas, the first with a comma in its name;
+-- unquoted names fold to lower case), $user read as the session user.
+CREATE FUNCTION activity_log._path_schemas(path text) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(quote_ident(CASE WHEN x.s = '$user' THEN session_user::text ELSE x.s END) ORDER BY x.n), '{}')
+      FROM (SELECT CASE WHEN m[1] LIKE '"%' THEN replace(substr(m[1], 2, length(m[1]) - 2), '""', '"')
+                        ELSE lower(m[1]) END AS s, n
+              FROM regexp_matches(coalesce(path, ''), '("(?:[^"]|"")*"|[^",[:space:]]+)', 'g') WITH ORDINALITY r(m, n)) x
+     WHERE x.s <> ''
+$$;
+
+-- The table an INSERT INTO in a trigger function means: a qualified name as written; else the
+-- function's pinned search_path, the caller's (caller_search_path: this function's own is
+-- pinned), the table's schema, the function's schema. NULL when none is a table.
+CREATE OR REPLACE FUNCTION activity_log._resolve_table(name text, table_schema oid, function_schema oid,
+                                            function_config text[], caller_search_path text)
+RETURNS regclass
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    schema text;
+    found  regclass;
+BEGIN
+    IF name ~ '^("[^"]+"|[^".]+)\.' THEN
+        RETURN activity_log._regclass(name);
+    END IF;
+    FOR schema IN
+        SELECT s FROM unnest(function_config) c, unnest(activity_log._path_schemas(substr(c, 13))) WITH ORDINALITY x(s, n)
+         WHERE c LIKE 'search_path=%'
+         ORDER BY x.n
+    LOOP
+        found := activity_log._regclass(schema || '.' || name);
+        IF found IS NOT NULL THEN
+            RETURN found;
+        END IF;
+    END LOOP;
+    FOR schema IN
+        SELECT x.s FROM unnest(ARRAY['pg_temp'] || activity_log._path_schemas(caller_search_path)) WITH ORDINALITY AS x(s, n)
+         ORDER BY x.n
+    LOOP
+        found := activity_log._regclass(schema || '.' || name);
+        IF found IS NOT NULL THEN
+            RETURN found;
+        END IF;
+    END LOOP;
+    RETURN coalesce(activity_log._regclass(table_schema::regnamespace::text || '.' || name),
+                    activity_log._regclass(function_schema::regnamespace::text || '.' || name));
+END
+$$;
 
 -- A function's source without comments (the plan's patterns must not match a comment).
 CREATE FUNCTION activity_log._source_text(src text) RETURNS text
@@ -21,10 +90,11 @@ AS $$ SELECT regexp_replace(regexp_replace(src, '/\*.*?\*/', ' ', 'g'), '--[^\n]
 CREATE FUNCTION activity_log._insert_targets(src text, table_schema oid, function_schema oid,
                                              function_config text[], caller_search_path text)
 RETURNS regclass[]
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(array_agg(x.found ORDER BY x.first), '{}')
+BEGIN
+    RETURN (SELECT coalesce(array_agg(x.found ORDER BY x.first), '{}')
       FROM (SELECT r.found, min(m.n) AS first
               FROM regexp_matches(src,
                        'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi')
@@ -32,7 +102,8 @@ AS $$
                    LATERAL (SELECT activity_log._resolve_table(regexp_replace(m.v[1], '\s', '', 'g'), table_schema,
                                                                function_schema, function_config, caller_search_path) AS found) r
              WHERE r.found IS NOT NULL
-             GROUP BY r.found) x
+             GROUP BY r.found) x);
+END
 $$;
 
 -- The helper functions a trigger function calls, and the ones they call (two levels): calls
@@ -71,67 +142,388 @@ BEGIN
 END
 $$;
 
--- _readers names up to three functions that read tbl: SQL or PL/pgSQL functions that are not
--- trigger functions (nor in skip: the helpers of the trigger that writes it) and whose source
--- names the table other than to insert into it, delete from it, truncate or drop it (pgMemento's
--- restore functions reading pgmemento.row_log, an AS OF function reading a history table).
--- Only the catalog is read: no function is run.
-CREATE FUNCTION activity_log._readers(tbl regclass, skip oid[]) RETURNS text
-LANGUAGE sql STABLE
+-- The functions a statement of a function body calls, as (schema or NULL, name): every
+-- name( that is not a keyword, a type with a modifier (numeric(10,2), ::varchar(20)), the table
+-- and column list of an INSERT INTO, nor an alias with column names (AS x(a, b)). String
+-- literals must be masked already (see _body_effects).
+CREATE FUNCTION activity_log._call_names(stmt text, OUT schema_name text, OUT function_name text)
+RETURNS SETOF record
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH t AS (
-        SELECT c.relname::text AS relname,
+BEGIN
+    RETURN QUERY
+    SELECT CASE WHEN m[1] IS NULL THEN NULL WHEN m[1] LIKE '"%' THEN replace(substr(m[1], 2, length(m[1]) - 2), '""', '"')
+                ELSE lower(m[1]) END,
+           CASE WHEN m[2] LIKE '"%' THEN replace(substr(m[2], 2, length(m[2]) - 2), '""', '"') ELSE lower(m[2]) END
+      FROM regexp_matches(
+               regexp_replace(regexp_replace(regexp_replace(' ' || stmt,
+                   '\minsert\s+into\s+(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?(?:\s+as\s+[a-z_][a-z0-9_$]*)?\s*(?:\([^)]*\))?',
+                   ' insert ', 'gi'),
+                   '(::\s*(?:"[^"]+"|[a-z_][a-z0-9_$. ]*))\s*\(', '\1 #(', 'gi'),
+                   '\mas\s+(?:"[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'as #(', 'gi'),
+               '(?:[^a-z0-9_$."]|^)(?:("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*)?("[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'gi') m
+     WHERE m[1] IS NOT NULL
+        OR lower(m[2]) <> ALL (ARRAY[
+            'if', 'elsif', 'elseif', 'when', 'then', 'else', 'and', 'or', 'not', 'in', 'any', 'all', 'some', 'exists',
+            'values', 'row', 'array', 'cast', 'coalesce', 'nullif', 'greatest', 'least', 'return', 'select', 'perform',
+            'from', 'where', 'as', 'on', 'join', 'using', 'filter', 'over', 'group', 'by', 'is', 'distinct', 'like',
+            'ilike', 'similar', 'between', 'case', 'into', 'table', 'lateral', 'extract', 'position', 'trim', 'overlay',
+            'substring', 'xmlelement', 'xmlforest', 'xmlconcat', 'xmlparse', 'xmlpi', 'xmlroot', 'xmlserialize',
+            'xmlexists', 'xmlattributes', 'xmltable', 'grouping', 'with', 'union', 'intersect', 'except', 'conflict',
+            'do', 'set', 'returning', 'limit', 'offset', 'having', 'order', 'window', 'partition', 'range', 'rows',
+            'interval', 'varying', 'decimal', 'dec', 'float', 'numeric', 'char', 'character', 'varchar', 'timestamp',
+            'time', 'bit', 'nchar', 'execute', 'raise', 'exit', 'continue', 'while', 'loop', 'for', 'foreach', 'assert',
+            'exception', 'collate', 'only', 'within', 'escape', 'insert', 'update', 'delete', 'new', 'old', 'recursive',
+            'precision', 'default', 'strict', 'of', 'to', 'at', 'zone', 'normalize', 'treat', 'all', 'unnest_', 'begin', 'end']);
+END
+$$;
+
+-- The volatile built-in functions an audit trigger may call: they read clocks, make ids and
+-- take sequence numbers; they change nothing anyone reads.
+CREATE FUNCTION activity_log._harmless_volatile() RETURNS name[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT ARRAY['clock_timestamp', 'timeofday', 'current_query', 'random', 'gen_random_uuid', 'uuid_generate_v1',
+                   'uuid_generate_v1mc', 'uuid_generate_v4', 'nextval', 'currval', 'lastval']::name[] $$;
+
+-- _body_effects reads a function body against the allow-list of what an audit trigger does
+-- (issue 27, F2). A body passes when every statement is one of: INSERT … VALUES / SELECT (no
+-- ON CONFLICT … DO UPDATE), RETURN, RAISE (whether it validates is judged elsewhere), an
+-- assignment or declaration of a variable, IF / ELSIF / ELSE / CASE / loops / EXIT / NULL /
+-- GET DIAGNOSTICS, a block with EXCEPTION handlers, a SELECT / PERFORM that only reads, an
+-- EXECUTE of a literal SELECT or INSERT INTO; and every function it calls is either a built-in
+-- (or an extension's) function that is immutable or stable or one of _harmless_volatile(), or a
+-- SQL / PL/pgSQL function that passes the same list (followed three levels deep). A helper
+-- with no arguments called inside an INSERT may upsert session context it cannot have read
+-- from the row (ON CONFLICT … DO UPDATE SET c = EXCLUDED.c only: django-pghistory's
+-- _pgh_attach_context()). Returns {"problems": [what does not pass, in words], "helpers":
+-- [SQL / PL/pgSQL functions it calls, at any depth]}. Only the catalog is read.
+CREATE FUNCTION activity_log._body_effects(fn oid, caller_search_path text, depth integer DEFAULT 0,
+                                          context_call boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    f          record;
+    q          record;
+    c          record;
+    src        text;
+    lits       text[];
+    parts      text[];
+    masked     text;
+    stmt       text;
+    rest       text;
+    kind       text;
+    lit        text;
+    m          text[];
+    conds      text[];
+    path       text[];
+    cands      oid[];
+    cand       oid;
+    sub        jsonb;
+    problems   text[] := '{}';
+    helpers    oid[] := '{}';
+    in_declare boolean := false;
+    i          integer;
+BEGIN
+    SELECT p.oid, p.prosrc, p.pronargs, p.proconfig, p.pronamespace, l.lanname,
+           p.prosqlbody IS NOT NULL AS atomic
+      INTO f
+      FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = fn;
+    IF NOT FOUND THEN
+        RETURN jsonb_build_object('problems', '[]'::jsonb, 'helpers', '[]'::jsonb);
+    END IF;
+    src := activity_log._source_text(CASE WHEN f.atomic THEN pg_get_function_sqlbody(fn) ELSE f.prosrc END);
+    -- Names without a schema: the function's pinned search_path, else the caller's; its own schema.
+    SELECT coalesce((SELECT activity_log._path_schemas(substr(x, 13)) FROM unnest(f.proconfig) x
+                      WHERE x LIKE 'search_path=%' LIMIT 1),
+                    activity_log._path_schemas(caller_search_path))
+           || quote_ident(f.pronamespace::regnamespace::text)
+      INTO path;
+
+    -- String literals become '#n' (their text kept in lits), so that a ; or a keyword inside one
+    -- splits or matches nothing; dollar-quoted strings inside the body become '#0'.
+    lits := ARRAY(SELECT replace(x[1], '''''', '''') FROM regexp_matches(src, '''((?:[^'']|'''')*)''', 'g') x);
+    parts := regexp_split_to_array(src, '''(?:[^'']|'''')*''');
+    masked := parts[1];
+    FOR i IN 1..coalesce(array_length(lits, 1), 0) LOOP
+        masked := masked || '''#' || i || '''' || parts[i + 1];
+    END LOOP;
+    masked := regexp_replace(masked, '\$([a-z_][a-z0-9_]*)?\$.*?\$\1\$', '''#0''', 'gi');
+
+    FOREACH stmt IN ARRAY regexp_split_to_array(masked, ';') LOOP
+        rest := btrim(stmt, E' \t\r\n');
+        conds := '{}';
+        -- Control structure in front of the statement: its conditions only need their calls checked.
+        LOOP
+            IF rest ~* '^<<\s*[a-z_][a-z0-9_$]*\s*>>' THEN
+                rest := regexp_replace(rest, '^<<[^>]*>>\s*', '');
+            ELSIF rest ~* '^declare\M' THEN
+                in_declare := true;
+                rest := regexp_replace(rest, '^declare\M\s*', '', 'i');
+            ELSIF rest ~* '^begin\M' THEN
+                in_declare := false;
+                rest := regexp_replace(rest, '^begin\M\s*', '', 'i');
+            ELSIF rest ~* '^exception\s+when\M.*?\mthen\M' THEN
+                rest := regexp_replace(rest, '^exception\s+when\M.*?\mthen\M\s*', '', 'i');
+            ELSIF rest ~* '^when\M.*?\mthen\M' THEN
+                m := regexp_match(rest, '^when\M(.*?)\mthen\M(.*)$', 'i');
+                conds := conds || m[1];
+                rest := btrim(m[2], E' \t\r\n');
+            ELSIF rest ~* '^(if|elsif|elseif)\M.*?\mthen\M' THEN
+                m := regexp_match(rest, '^(?:if|elsif|elseif)\M(.*?)\mthen\M(.*)$', 'i');
+                conds := conds || m[1];
+                rest := btrim(m[2], E' \t\r\n');
+            ELSIF rest ~* '^case\M.*?\mwhen\M.*?\mthen\M' THEN
+                m := regexp_match(rest, '^case\M(.*?)\mwhen\M(.*?)\mthen\M(.*)$', 'i');
+                conds := conds || m[1] || m[2];
+                rest := btrim(m[3], E' \t\r\n');
+            ELSIF rest ~* '^else\M' THEN
+                rest := regexp_replace(rest, '^else\M\s*', '', 'i');
+            ELSIF rest ~* '^(while|for|foreach)\M.*?\mloop\M' THEN
+                m := regexp_match(rest, '^(?:while|for|foreach)\M(.*?)\mloop\M(.*)$', 'i');
+                IF m[1] ~* '\mexecute\M' THEN
+                    problems := problems || 'loops over a query built at run time'::text;
+                ELSIF m[1] ~* '\m(insert|update|delete|merge)\M' THEN
+                    problems := problems || 'updates or deletes other rows'::text;
+                END IF;
+                conds := conds || m[1];
+                rest := btrim(m[2], E' \t\r\n');
+            ELSIF rest ~* '^loop\M' THEN
+                rest := regexp_replace(rest, '^loop\M\s*', '', 'i');
+            ELSE
+                EXIT;
+            END IF;
+        END LOOP;
+
+        -- What the statement is.
+        kind := CASE
+            WHEN rest = '' OR rest ~* '^end(\s+(if|loop|case))?(\s+[a-z_][a-z0-9_$]*)?$' OR rest ~* '^null$' THEN 'none'
+            WHEN in_declare THEN 'declare'
+            WHEN rest ~* '^return\M' THEN 'expression'
+            WHEN rest ~* '^(raise|assert|exit|continue|close|fetch|move|open)\M' THEN 'expression'
+            WHEN rest ~* '^get\s+((current|stacked)\s+)?diagnostics\M' THEN 'none'
+            WHEN rest ~* '^(perform|select|with|values|table)\M' AND rest ~* '\minsert\s+into\M'
+                 AND rest !~* '\m(update|delete|merge)\M' THEN 'insert'
+            WHEN rest ~* '^(perform|select|with|values|table)\M' THEN 'read'
+            WHEN rest ~* '^insert\s+into\M' THEN 'insert'
+            WHEN rest ~* '^execute\M' THEN 'execute'
+            WHEN rest ~* '^(update|delete|merge)\M' THEN 'update'
+            WHEN rest ~* '^(notify|listen|unlisten)\M' THEN 'notify'
+            WHEN rest ~* '^("[^"]+"|[a-z_][a-z0-9_$]*)(\s*\.\s*("[^"]+"|[a-z_][a-z0-9_$]*))*\s*(\[[^]]*\]\s*)*:?=' THEN 'expression'
+            ELSE 'other' END;
+        IF kind = 'read' THEN
+            IF rest ~* '\m(insert|update|delete|merge)\M' THEN
+                problems := problems || 'updates or deletes other rows'::text;
+            ELSIF rest ~* '\mfor\s+((no\s+)?key\s+)?(update|share)\M' THEN
+                problems := problems || 'locks rows'::text;
+            END IF;
+        ELSIF kind = 'insert' THEN
+            IF rest ~* '\mon\s+conflict\M.*\mdo\s+update\M' THEN
+                -- Only a context helper's replace of what it was given (SET c = EXCLUDED.c, …).
+                IF NOT (context_call AND depth > 0 AND f.pronargs = 0
+                        AND regexp_replace(substring(rest from '(?i)\mdo\s+update\s+set\M(.*)$'),
+                                           '\s*("[^"]+"|[a-z_][a-z0-9_$]*)\s*=\s*excluded\s*\.\s*("[^"]+"|[a-z_][a-z0-9_$]*)\s*(,|$)', '', 'gi')
+                            ~ '^\s*$') THEN
+                    problems := problems || format('upserts into %s (ON CONFLICT … DO UPDATE)',
+                        coalesce(substring(rest from '(?i)^insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)'), 'a table'));
+                END IF;
+            ELSIF regexp_replace(rest, '\mdo\s+nothing\M', '', 'gi') ~* '\m(update|delete|merge)\M' THEN
+                problems := problems || 'updates or deletes other rows'::text;
+            END IF;
+        ELSIF kind = 'execute' THEN
+            -- What it runs: the literals it is built from, in order.
+            SELECT string_agg(coalesce(lits[x[1]::integer], ''), ' ' ORDER BY n) INTO lit
+              FROM regexp_matches(rest, '''#([0-9]+)''', 'g') WITH ORDINALITY y(x, n);
+            lit := lower(btrim(coalesce(lit, ''), E' \t\r\n('));
+            IF lit = '' THEN
+                problems := problems || 'runs a statement built at run time'::text;
+            ELSIF lit ~ '^(select|with)\M' AND lit !~ '\m(into|insert|update|delete|merge)\M' AND lit !~ ';' THEN
+                NULL;  -- a read
+            ELSIF lit ~ '^insert\s+into\M' AND lit !~ ';' THEN
+                IF lit ~ '\mon\s+conflict\M.*\mdo\s+update\M' THEN
+                    problems := problems || 'upserts at run time (ON CONFLICT … DO UPDATE)'::text;
+                ELSIF regexp_replace(lit, '\mdo\s+nothing\M', '', 'g') ~ '\m(update|delete|merge)\M' THEN
+                    problems := problems || 'updates or deletes other rows'::text;
+                END IF;
+            ELSIF lit ~ '^(update|delete|merge)\M' THEN
+                problems := problems || 'updates or deletes other rows'::text;
+            ELSIF lit ~ '^(notify|listen)\M' THEN
+                problems := problems || 'sends notifications'::text;
+            ELSE
+                problems := problems || format('runs %s at run time', upper(coalesce(substring(lit from '^[a-z]+'), 'a statement')));
+            END IF;
+        ELSIF kind = 'update' THEN
+            problems := problems || 'updates or deletes other rows'::text;
+        ELSIF kind = 'notify' THEN
+            problems := problems || 'sends notifications'::text;
+        ELSIF kind = 'other' THEN
+            problems := problems || CASE
+                WHEN rest ~* '^refresh\M' THEN 'refreshes a materialized view'
+                WHEN rest ~* '^truncate\M' THEN 'truncates a table'
+                WHEN rest ~* '^call\M' THEN 'calls a procedure'
+                ELSE format('runs %s', upper(coalesce(substring(rest from '(?i)^[a-z]+'), 'a statement'))) END;
+        END IF;
+        CONTINUE WHEN kind IN ('none', 'update', 'notify', 'other');
+
+        -- The functions it calls (in the statement and the conditions in front of it).
+        FOR c IN SELECT DISTINCT n.schema_name, n.function_name
+                   FROM unnest(conds || rest) s(t), activity_log._call_names(s.t) n
+        LOOP
+            cands := ARRAY(SELECT p.oid FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
+                            WHERE p.proname = c.function_name
+                              AND CASE WHEN c.schema_name IS NOT NULL THEN ns.nspname = c.schema_name
+                                       ELSE ns.nspname = 'pg_catalog' OR quote_ident(ns.nspname) = ANY (path) END);
+            IF cands = '{}' THEN
+                problems := problems || format('calls %s(), which is not a function it can find',
+                                               concat_ws('.', quote_ident(c.schema_name), quote_ident(c.function_name)));
+                CONTINUE;
+            END IF;
+            FOREACH cand IN ARRAY cands LOOP
+                SELECT p.oid, p.proname, p.provolatile, p.pronamespace, l.lanname,
+                       EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
+                                  AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e') AS ext
+                  INTO q
+                  FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = cand;
+                IF q.lanname IN ('sql', 'plpgsql') AND q.pronamespace <> 'pg_catalog'::regnamespace THEN
+                    CONTINUE WHEN cand = fn OR cand = ANY (helpers);
+                    helpers := helpers || cand;
+                    IF depth >= 3 THEN
+                        problems := problems || format('calls %s, too deep to follow', cand::regprocedure);
+                        CONTINUE;
+                    END IF;
+                    sub := activity_log._body_effects(cand, caller_search_path, depth + 1, kind = 'insert');
+                    helpers := helpers || ARRAY(SELECT jsonb_array_elements_text(sub->'helpers')::oid);
+                    problems := problems || ARRAY(SELECT format('calls %s, which %s', cand::regprocedure, x)
+                                                    FROM jsonb_array_elements_text(sub->'problems') x);
+                ELSIF q.pronamespace = 'pg_catalog'::regnamespace OR q.ext THEN
+                    IF q.provolatile = 'v' AND NOT q.proname = ANY (activity_log._harmless_volatile()) THEN
+                        problems := problems || CASE WHEN q.proname = 'pg_notify' THEN 'sends notifications'
+                                                     ELSE format('calls %s(), which is volatile', quote_ident(q.proname)) END;
+                    END IF;
+                ELSE
+                    problems := problems || format('calls %s, written in %s, which cannot be read', cand::regprocedure, q.lanname);
+                END IF;
+            END LOOP;
+        END LOOP;
+    END LOOP;
+    RETURN jsonb_build_object('problems', to_jsonb(ARRAY(SELECT DISTINCT x FROM unnest(problems) x ORDER BY x)),
+                              'helpers', to_jsonb(ARRAY(SELECT DISTINCT x FROM unnest(helpers) x)));
+END
+$$;
+
+-- _readers lists what reads tbl, as a jsonb array of {"oid": function or null, "name"}: views,
+-- materialized views and rules over it and SQL functions with BEGIN ATOMIC bodies (their
+-- dependencies are in pg_depend), and the functions among oids (srcs: their source in lower
+-- case; any language but C, trigger functions included) whose source names the table other than
+-- to insert into it, delete from it, truncate or drop it (pgMemento's restore functions reading
+-- pgmemento.row_log, an AS OF function over a history table, a plpython function, another
+-- table's trigger reading it). The caller leaves out the trigger's own functions. Only the
+-- catalog is read: no function is run.
+CREATE FUNCTION activity_log._readers(tbl regclass, oids oid[], srcs text[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (WITH t AS (
+        SELECT lower(c.relname::text) AS relname,
                -- the name as a regular expression: a word, quoted or not, maybe schema-qualified
-               '(("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*)?"?' || regexp_replace(c.relname, '([^a-zA-Z0-9_])', '\\\1', 'g') || '"?'
+               '(("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*)?"?' || regexp_replace(lower(c.relname), '([^a-zA-Z0-9_])', '\\\1', 'g') || '"?'
                    AS pattern
           FROM pg_class c WHERE c.oid = tbl)
-    SELECT string_agg(r.fn, ', ' ORDER BY r.fn)
-      FROM (SELECT p.oid::regprocedure::text AS fn
-              FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
-              JOIN pg_namespace n ON n.oid = p.pronamespace, t
-             WHERE l.lanname IN ('sql', 'plpgsql') AND p.prorettype <> 'pg_catalog.trigger'::regtype
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'activity_log')
-               AND NOT p.oid = ANY (skip)
-               AND strpos(lower(p.prosrc), lower(t.relname)) > 0
-               AND regexp_replace(activity_log._source_text(p.prosrc),
+    SELECT coalesce(jsonb_agg(jsonb_build_object('oid', r.fn, 'name', r.name) ORDER BY r.name), '[]')
+      FROM (SELECT DISTINCT NULL::oid AS fn,
+                   CASE WHEN r.rulename = '_RETURN' AND v.relkind = 'v' THEN format('view %s', v.oid::regclass)
+                        WHEN r.rulename = '_RETURN' AND v.relkind = 'm' THEN format('materialized view %s', v.oid::regclass)
+                        ELSE format('rule %I on %s', r.rulename, v.oid::regclass) END AS name
+              FROM pg_depend d
+              JOIN pg_rewrite r ON r.oid = d.objid
+              JOIN pg_class v ON v.oid = r.ev_class
+             WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+               AND d.refobjid = tbl AND r.ev_class <> tbl
+            UNION
+            SELECT DISTINCT p.oid, p.oid::regprocedure::text
+              FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+             WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+               AND d.refobjid = tbl
+            UNION
+            SELECT x.o, x.o::regprocedure::text
+              FROM unnest(oids, srcs) x(o, s), t
+             WHERE strpos(x.s, t.relname) > 0
+               -- another trigger function that writes it (the same generic audit function on other
+               -- tables, declaring a variable of its row type) is a writer, judged as such
+               AND NOT (EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = x.o AND p.prorettype = 'pg_catalog.trigger'::regtype)
+                        AND x.s ~* ('\minsert\s+into\s+' || t.pattern || '(?![a-z0-9_$])'))
+               AND regexp_replace(activity_log._source_text(x.s),
                                   '\m(insert\s+into|delete\s+from|truncate(\s+table)?(\s+only)?|drop\s+table(\s+if\s+exists)?)\s+'
                                   || t.pattern || '(?![a-z0-9_$])', ' ', 'gi')
-                   ~* ('(?<![a-z0-9_$])' || regexp_replace(t.relname, '([^a-zA-Z0-9_])', '\\\1', 'g') || '(?![a-z0-9_$])')
-             ORDER BY 1 LIMIT 3) r
+                   ~* ('(?<![a-z0-9_$])' || regexp_replace(t.relname, '([^a-zA-Z0-9_])', '\\\1', 'g') || '(?![a-z0-9_$])')) r);
+END
 $$;
 
 -- _system_link says why two triggers of one table belong to one system, or NULL: the same
 -- function, functions of the same extension, or trails that are the same table or reference
 -- each other — by a foreign key, or by a column the other trail holds unique on its own
--- (pgMemento's row_log.event_key and table_event_log.event_key).
+-- (pgMemento's row_log.event_key and table_event_log.event_key) when its name is specific: a
+-- table_name or an id in both tables links nothing (issue 27, F3).
 CREATE FUNCTION activity_log._system_link(a_fn oid, a_ext oid, a_writes oid[], b_fn oid, b_ext oid, b_writes oid[])
 RETURNS text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(CASE
-        WHEN a_fn = b_fn THEN format('the same function %s', a_fn::regproc)
-        WHEN a_ext = b_ext THEN format('functions of extension %I', (SELECT extname FROM pg_extension WHERE oid = a_ext))
-        WHEN a_writes && b_writes THEN format('both write %s', (SELECT min(x::regclass::text) FROM unnest(a_writes) x WHERE x = ANY (b_writes)))
-        ELSE (SELECT min(format('%s references %s', c.conrelid::regclass, c.confrelid::regclass))
-                FROM pg_constraint c
-               WHERE c.contype = 'f'
-                 AND ((c.conrelid = ANY (a_writes) AND c.confrelid = ANY (b_writes))
-                      OR (c.conrelid = ANY (b_writes) AND c.confrelid = ANY (a_writes))))
-    END,
+DECLARE
+    x      oid;
+    y      oid;
+    reason text;
+BEGIN
+    IF a_fn = b_fn THEN
+        RETURN format('the same function %s', a_fn::regproc);
+    ELSIF a_ext = b_ext THEN
+        RETURN format('functions of extension %I', (SELECT extname FROM pg_extension WHERE oid = a_ext));
+    ELSIF a_writes && b_writes THEN
+        RETURN format('both write %s', (SELECT min(w::regclass::text) FROM unnest(a_writes) w WHERE w = ANY (b_writes)));
+    END IF;
+    -- One trail for each side, one pair at a time (scalar lookups: each plan is an index scan).
+    FOREACH x IN ARRAY a_writes || b_writes LOOP
+        FOREACH y IN ARRAY CASE WHEN x = ANY (a_writes) THEN b_writes ELSE a_writes END LOOP
+            CONTINUE WHEN x = y;
+            SELECT format('%s references %s', c.conrelid::regclass, c.confrelid::regclass) INTO reason
+              FROM pg_constraint c WHERE c.conrelid = x AND c.confrelid = y AND c.contype = 'f'
+             ORDER BY c.conname LIMIT 1;
+            IF reason IS NOT NULL THEN
+                RETURN reason;
+            END IF;
+        END LOOP;
+    END LOOP;
     -- A column of one trail that is the whole of a unique index of the other (not its own key).
-    (SELECT min(format('%s.%I refers to %s', ca.attrelid::regclass, ca.attname, i.indrelid::regclass))
-      FROM pg_attribute ca
-      JOIN pg_index i ON i.indisunique AND i.indnkeyatts = 1 AND i.indrelid <> ca.attrelid
-      JOIN pg_attribute cb ON cb.attrelid = i.indrelid AND cb.attnum = i.indkey[0]
-                          AND cb.attname = ca.attname AND cb.atttypid = ca.atttypid
-     WHERE ca.attnum > 0 AND NOT ca.attisdropped
-       AND ((ca.attrelid = ANY (a_writes) AND i.indrelid = ANY (b_writes))
-            OR (ca.attrelid = ANY (b_writes) AND i.indrelid = ANY (a_writes)))
-       AND NOT EXISTS (SELECT 1 FROM pg_index own
-                        WHERE own.indrelid = ca.attrelid AND own.indisunique AND own.indnkeyatts = 1
-                          AND own.indkey[0] = ca.attnum)))
+    FOREACH x IN ARRAY a_writes || b_writes LOOP
+        FOREACH y IN ARRAY CASE WHEN x = ANY (a_writes) THEN b_writes ELSE a_writes END LOOP
+            CONTINUE WHEN x = y;
+            SELECT min(format('%s.%I refers to %s', ca.attrelid::regclass, ca.attname, i.indrelid::regclass)) INTO reason
+              FROM pg_index i
+              JOIN pg_attribute cb ON cb.attrelid = i.indrelid AND cb.attnum = i.indkey[0]
+              JOIN pg_attribute ca ON ca.attrelid = x AND ca.attname = cb.attname AND ca.atttypid = cb.atttypid
+             WHERE i.indrelid = y AND i.indisunique AND i.indnkeyatts = 1
+               AND ca.attnum > 0 AND NOT ca.attisdropped
+               -- only a name specific enough to be a reference (F3): table_name, id, name … match by accident
+               AND ca.attname::text ~ '_'
+               AND ca.attname::text !~ '^(table|schema|rel|relation|column|object|entity|event|record|row)_?(name|oid|id|schema)$'
+               AND ca.attname NOT IN ('schema_name', 'table_name', 'table_schema', 'table_oid', 'created_at', 'updated_at',
+                                      'changed_at', 'deleted_at', 'user_name', 'user_id', 'session_user_name', 'client_addr',
+                                      'client_port', 'application_name', 'transaction_id', 'action_tstamp_tx', 'op_id',
+                                      'tg_op', 'tg_table_name', 'tg_table_schema', 'tg_relid')
+               AND NOT EXISTS (SELECT 1 FROM pg_index own
+                                WHERE own.indrelid = ca.attrelid AND own.indisunique AND own.indnkeyatts = 1
+                                  AND own.indkey[0] = ca.attnum);
+            IF reason IS NOT NULL THEN
+                RETURN reason;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN NULL;
+END
 $$;
 
 -- _migration_plan gains OUT system name[]: its result type changes, so it is dropped and made
@@ -183,7 +575,8 @@ DECLARE
     ext        oid;
     concerns   text[];      -- why a row copy is not taken over, though it has no side effect
     readers    text;
-    acc        jsonb := '[]';
+    acc        jsonb[] := '{}';   -- one entry per trigger (an array: appends and updates in place)
+    groups     record;
     e          jsonb;
     mem        jsonb[];
     pos        integer[];
@@ -197,7 +590,57 @@ DECLARE
     kind       text;
     i          integer;
     l          integer;
+    eff        jsonb;
+    effects    text[];      -- what the body does outside the allow-list (see _body_effects)
+    effects_cache jsonb := '{}';
+    reader_cache  jsonb := '{}';
+    cand_oids  oid[];
+    cand_srcs  text[];
+    skip       oid[];
+    pubs       text;
+    outbox     text;
+    queue_table regclass;
+    transition_copy boolean;
+    weak_not   boolean;
+    partial    text;
+    trails     oid[];
+    names      text[];
+    hot        integer[];
+    hot_oids   oid[];
+    hot_srcs   text[];
+    pattern    text;
 BEGIN
+    -- The functions that could read a trail, with their source in lower case, read from pg_proc
+    -- once per plan: each trail's readers are looked up in it (F7).
+    SELECT coalesce(array_agg(p.oid ORDER BY p.oid), '{}'), coalesce(array_agg(lower(p.prosrc) ORDER BY p.oid), '{}')
+      INTO cand_oids, cand_srcs
+      FROM pg_catalog.pg_proc p
+      JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+     WHERE l.lanname NOT IN ('c', 'internal')
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'activity_log')
+       AND p.prosqlbody IS NULL AND p.prosrc <> '';
+    -- The likely trails (the tables trigger functions insert into, by name) are looked for in
+    -- all of them at once, a regular expression per 200 names: each of those trails is then
+    -- looked up among the few functions that name any of them (hot), any other in all.
+    names := ARRAY(SELECT DISTINCT lower(regexp_replace(m[1], '^.*\.|"', '', 'g'))
+                     FROM pg_catalog.pg_proc p,
+                          regexp_matches(p.prosrc, 'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi') m
+                    WHERE p.prorettype = 'pg_catalog.trigger'::regtype);
+    hot := '{}';
+    BEGIN
+        FOR i IN 0..(cardinality(names) - 1) / 200 LOOP
+            EXIT WHEN cardinality(names) = 0;
+            pattern := '(' || array_to_string(ARRAY(SELECT regexp_replace(x, '([^a-z0-9_])', '\\\1', 'g')
+                                                      FROM unnest(names[i * 200 + 1:(i + 1) * 200]) x), '|') || ')';
+            hot := hot || ARRAY(SELECT s.i::integer FROM unnest(cand_srcs) WITH ORDINALITY s(src, i) WHERE s.src ~ pattern);
+        END LOOP;
+        hot := ARRAY(SELECT DISTINCT x FROM unnest(hot) x ORDER BY x);
+    EXCEPTION WHEN OTHERS THEN
+        names := '{}';  -- every trail is looked up in all of them
+    END;
+    hot_oids := ARRAY(SELECT cand_oids[x] FROM unnest(hot) x);
+    hot_srcs := ARRAY(SELECT cand_srcs[x] FROM unnest(hot) x);
     FOR t IN
         SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype, tg.tgenabled,
                tg.tgisinternal, tg.tgconstraint, tg.tgnewtable, tg.tgoldtable,
@@ -234,10 +677,10 @@ BEGIN
             why := CASE WHEN t.contype = 'f' THEN format('enforces foreign key %I', t.conname)
                         WHEN t.tgisinternal THEN 'internal trigger of PostgreSQL'
                         ELSE format('constraint trigger of %I', t.conname) END;
-            acc := acc || jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
+            acc := array_append(acc, jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
                     'fires', fires, 'verdict', verdict, 'confidence', confidence, 'style', style, 'audit_table', audit_table::oid,
                     'why', why, 'phase', phase, 'state', state, 'fn', t.tgfoid, 'ext', ext, 'writes', to_jsonb(writes::oid[]),
-                    'member', false);
+                    'member', false));
             CONTINUE;
         END IF;
         IF t.lanname NOT IN ('plpgsql', 'sql') THEN
@@ -252,13 +695,15 @@ BEGIN
                 style := 'unreadable';
                 why := format('%s function: its source cannot be read', t.lanname);
             END IF;
-            acc := acc || jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
+            acc := array_append(acc, jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
                     'fires', fires, 'verdict', verdict, 'confidence', confidence, 'style', style, 'audit_table', audit_table::oid,
                     'why', why, 'phase', phase, 'state', state, 'fn', t.tgfoid, 'ext', ext, 'writes', to_jsonb(writes::oid[]),
-                    'member', false);
+                    'member', false));
             CONTINUE;
         END IF;
 
+        -- One trigger that cannot be analysed is reported as such; the plan goes on (F6).
+        BEGIN
         -- The source without comments; the patterns below are case-insensitive.
         src := regexp_replace(regexp_replace(t.prosrc, '/\*.*?\*/', ' ', 'g'), '--[^\n]*', ' ', 'g');
 
@@ -291,6 +736,15 @@ BEGIN
         IF src ~* '\mupdate\s+\S+\s+(\S+\s+)?set\M|\mdelete\s+from\M' THEN
             side := side || 'updates or deletes other rows'::text;
         END IF;
+        -- The allow-list (F2): what the body and the functions it calls do besides what an audit
+        -- trigger does. Read once per function.
+        eff := effects_cache -> (t.tgfoid::text);
+        IF eff IS NULL THEN
+            eff := activity_log._body_effects(t.tgfoid, caller_search_path)
+                   || jsonb_build_object('callees', to_jsonb(activity_log._callees(t.tgfoid)));
+            effects_cache := effects_cache || jsonb_build_object(t.tgfoid::text, eff);
+        END IF;
+        effects := ARRAY(SELECT jsonb_array_elements_text(eff->'problems'));
 
         -- Where it inserts: the first named table that is not the trigger's own.
         FOR target IN
@@ -306,8 +760,11 @@ BEGIN
             END IF;
         END LOOP;
         -- Every table it writes, itself or through the helpers it calls (pgMemento's log_statement
-        -- through pgmemento.log_table_event(), Hasura v2 through hdb_catalog.insert_event_log()).
-        callees := activity_log._callees(t.tgfoid);
+        -- through pgmemento.log_table_event(), Hasura v2 through hdb_catalog.insert_event_log(),
+        -- a helper called without its schema).
+        callees := ARRAY(SELECT jsonb_array_elements_text(eff->'callees')::oid);
+        callees := callees || ARRAY(SELECT h::oid FROM jsonb_array_elements_text(eff->'helpers') h
+                                     WHERE NOT h::oid = ANY (callees));
         writes := array_remove(activity_log._insert_targets(src, t.relnamespace, t.pronamespace, t.proconfig,
                                                             caller_search_path), t.tgrelid::regclass);
         SELECT writes || coalesce(array_agg(ww.tbl ORDER BY c.n, ww.n)
@@ -317,6 +774,9 @@ BEGIN
           JOIN pg_catalog.pg_proc p ON p.oid = c.fn,
                unnest(activity_log._insert_targets(activity_log._source_text(p.prosrc), t.relnamespace, p.pronamespace,
                                                    p.proconfig, caller_search_path)) WITH ORDINALITY ww(tbl, n);
+        SELECT array_agg(w ORDER BY n) INTO writes
+          FROM (SELECT w, min(n) AS n FROM unnest(writes) WITH ORDINALITY x(w, n) GROUP BY w) y;
+        writes := coalesce(writes, '{}');
         IF audit_table IS NULL AND NOT (src ~* '\mexecute\M' AND src ~* '''[^'']*insert\s+into') THEN
             audit_table := writes[1];
         END IF;
@@ -329,6 +789,7 @@ BEGIN
               FROM unnest(ARRAY[t.relnamespace::regnamespace::text || '.' || quote_ident(t.relname || '_audit'),
                                 t.relnamespace::regnamespace::text || '.' || quote_ident(t.relname || '_history'),
                                 t.relnamespace::regnamespace::text || '.' || quote_ident(t.relname || '_log'),
+                                t.relnamespace::regnamespace::text || '.' || quote_ident(t.relname || '_changes'),
                                 'audit.' || quote_ident(t.relname)]) WITH ORDINALITY n(name, ord),
                    LATERAL (SELECT pg_catalog.to_regclass(n.name) AS r) x
              WHERE x.r IS NOT NULL
@@ -339,14 +800,41 @@ BEGIN
             END IF;
         END IF;
 
-        -- Who else reads what it writes: a trail that functions read (pgMemento's restore
-        -- functions, an AS OF function over a history table) is not only for people, and would
-        -- go stale after the migration.
+        -- Who else reads what it writes (F4): functions in any language but C whose source names
+        -- the table other than to insert into it (trigger functions of other tables too), SQL
+        -- functions with BEGIN ATOMIC bodies, views, materialized views and rules (pg_depend),
+        -- and logical replication (a publication of the table, its schema or all tables). A
+        -- trail that is read is not only for people, and would go stale after the migration.
+        -- The trigger's own function, its helpers and the functions of the other triggers of
+        -- its table (judged with it as one system) do not count.
         concerns := '{}';
-        FOR found IN SELECT u.tbl FROM unnest(writes) u(tbl) LOOP
-            readers := activity_log._readers(found, callees);
+        skip := callees || t.tgfoid
+                || ARRAY(SELECT o.tgfoid FROM pg_catalog.pg_trigger o WHERE o.tgrelid = t.tgrelid);
+        FOREACH found IN ARRAY writes LOOP
+            IF NOT reader_cache ? (found::oid::text) THEN
+                reader_cache := reader_cache || jsonb_build_object(found::oid::text,
+                    CASE WHEN (SELECT lower(c.relname) FROM pg_catalog.pg_class c WHERE c.oid = found) = ANY (names)
+                         THEN activity_log._readers(found, hot_oids, hot_srcs)
+                         ELSE activity_log._readers(found, cand_oids, cand_srcs) END);
+            END IF;
+            SELECT string_agg(x.v->>'name', ', ' ORDER BY x.v->>'name') INTO readers
+              FROM (SELECT v FROM jsonb_array_elements(reader_cache -> (found::oid::text)) v
+                     WHERE v->>'oid' IS NULL OR NOT (v->>'oid')::oid = ANY (skip)
+                     ORDER BY v->>'name' LIMIT 3) x;
             IF readers IS NOT NULL THEN
                 concerns := concerns || format('its table %s is read by %s', found, readers);
+            END IF;
+            SELECT string_agg(DISTINCT quote_ident(pub.pubname), ', ') INTO pubs
+              FROM pg_catalog.pg_publication pub
+             WHERE pub.puballtables
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr
+                            WHERE pr.prpubid = pub.oid
+                              AND (pr.prrelid = found OR pr.prrelid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(found) a)))
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_namespace pn JOIN pg_catalog.pg_class k ON k.oid = found
+                            WHERE pn.pnpubid = pub.oid AND pn.pnnspid = k.relnamespace);
+            IF pubs IS NOT NULL THEN
+                concerns := concerns || format('its table %s is published (publication %s): logical replication sends its rows on',
+                                               found, pubs);
             END IF;
         END LOOP;
         -- A function of an extension: the extension's code may read what it writes. When every
@@ -367,42 +855,76 @@ BEGIN
                                            (SELECT x.extname FROM pg_catalog.pg_extension x WHERE x.oid = ext));
         END IF;
 
-        -- A delivery queue (Hasura's hdb_catalog.event_log): the table it writes has the columns
-        -- a consumer keeps — delivered, tries, locked, next_retry_at … — that the trigger's own
-        -- table does not have (a history table may copy a column of that name). Its rows are
-        -- read and acted on by something else: the trigger is never taken over.
+        -- A delivery queue (Hasura's hdb_catalog.event_log, a polling relay's outbox): a table it
+        -- writes has the columns a consumer keeps — delivered, tries, locked, next_retry_at,
+        -- status, sent_at … — that the trigger's own table does not have (a history table may
+        -- copy a column of that name). An outbox in Debezium's layout (aggregatetype,
+        -- aggregateid, type, payload, or aggregate_type, aggregate_id, event_type) is read by
+        -- its event router. Either way its rows are read and acted on by something else: the
+        -- trigger is never taken over. Every table it writes is looked at, not only the first.
         queue := NULL;
-        IF audit_table IS NOT NULL THEN
+        outbox := NULL;
+        FOREACH found IN ARRAY writes LOOP
+            EXIT WHEN queue IS NOT NULL OR outbox IS NOT NULL;
             SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO queue
               FROM pg_catalog.pg_attribute a
-             WHERE a.attrelid = audit_table AND a.attnum > 0 AND NOT a.attisdropped
+             WHERE a.attrelid = found AND a.attnum > 0 AND NOT a.attisdropped
                AND a.attname IN ('delivered', 'delivered_at', 'tries', 'retries', 'retry_count', 'attempts',
                                  'next_retry_at', 'retry_at', 'locked', 'locked_at', 'locked_by', 'locked_until',
                                  'processed', 'processed_at', 'dispatched', 'dispatched_at', 'acked', 'acked_at',
-                                 'consumed', 'consumed_at', 'published', 'published_at')
+                                 'consumed', 'consumed_at', 'published', 'published_at', 'sent', 'sent_at',
+                                 'status', 'state')
                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute s
                                 WHERE s.attrelid = t.tgrelid AND s.attname = a.attname AND NOT s.attisdropped);
-        END IF;
+            IF queue IS NOT NULL THEN
+                queue_table := found;
+            END IF;
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO outbox
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = found AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attname IN ('aggregatetype', 'aggregateid', 'aggregate_type', 'aggregate_id', 'type', 'event_type', 'payload')
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute x WHERE x.attrelid = found AND NOT x.attisdropped
+                              AND x.attname IN ('aggregatetype', 'aggregate_type'))
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute x WHERE x.attrelid = found AND NOT x.attisdropped
+                              AND x.attname IN ('aggregateid', 'aggregate_id'));
+            IF outbox IS NOT NULL THEN
+                queue_table := found;
+            END IF;
+        END LOOP;
 
+        -- A transition table copies rows when it is read as it is: a GROUP BY or an aggregate
+        -- over it (INSERT … SELECT kind, count(*) FROM new_rows GROUP BY kind) counts, it does
+        -- not copy (F5).
+        transition_copy := (t.tgnewtable IS NOT NULL OR t.tgoldtable IS NOT NULL)
+            AND src ~* ('\mfrom\s+(' || array_to_string(ARRAY(SELECT regexp_replace(x, '([^a-zA-Z0-9_])', '\\\1', 'g')
+                                                              FROM unnest(ARRAY[t.tgnewtable, t.tgoldtable]::text[]) x
+                                                             WHERE x IS NOT NULL), '|') || ')\M')
+            AND src !~* '\mgroup\s+by\M|\m(count|sum|avg|min|max|array_agg|string_agg|jsonb_agg|json_agg|jsonb_object_agg|json_object_agg|bool_and|bool_or|every)\s*\(';
         whole_row := src ~* '\m(to_jsonb|row_to_json|to_json|hstore|row)\s*\(\s*((coalesce|nullif)\s*\(\s*)?(new|old)\M'
                      OR src ~* '\m(new|old)\s*\.\s*\*'
                      OR src ~* '\musing\s+(\w+\s*,\s*)*(new|old)\M'
-                     OR t.tgnewtable IS NOT NULL OR t.tgoldtable IS NOT NULL;
+                     OR transition_copy;
         row_data := whole_row OR src ~* '\m(new|old)\s*\.\s*("|[a-z_])';
         uses_op := src ~* '\mtg_op\M';
         generic := src ~* '\mtg_(table_name|relid|table_schema|relname)\M';
         image := CASE WHEN src ~* '\mhstore\s*\(\s*(new|old)\M' THEN 'hstore'
                       WHEN src ~* '\m(to_jsonb|row_to_json|to_json)\s*\(\s*((coalesce|nullif)\s*\(\s*)?(new|old)\M' THEN 'jsonb'
-                      WHEN t.tgnewtable IS NOT NULL OR t.tgoldtable IS NOT NULL THEN 'transition table'
+                      WHEN transition_copy THEN 'transition table'
                       WHEN whole_row THEN 'row copy'
                       ELSE 'column list' END;
+        -- What the allow-list found counts against a row copy the patterns above did not stop
+        -- already; a trigger that copies nothing is business anyway (its effects still keep it
+        -- from joining an audit system, see below).
+        IF side = '{}' AND effects <> '{}' AND row_data THEN
+            side := effects;
+        END IF;
 
         -- A TRUNCATE companion (supa_audit's audit_t): a statement trigger on TRUNCATE alone
         -- that writes the operation into the trail of an audit row trigger of the same table.
         -- activity_log records TRUNCATE itself, so it migrates with that row trigger.
         companion := NULL;
         IF rows_of IS NULL AND t.tgtype & 1 = 0 AND t.tgtype & 32 <> 0 AND t.tgtype & (4 | 8 | 16) = 0
-           AND audit_table IS NOT NULL AND NOT row_data AND side = '{}'
+           AND audit_table IS NOT NULL AND NOT row_data AND side = '{}' AND effects = '{}'
            AND src ~* '\mtg_op\M|''truncate''|''t''' THEN
             own_table := audit_table;
             SELECT p.trigger_name INTO companion
@@ -411,37 +933,55 @@ BEGIN
              ORDER BY p.trigger_name LIMIT 1;
         END IF;
 
-        -- A plain row logger: INSERT … VALUES (NEW.col, …), every column of the row, into a
-        -- table no other code reads (no view, no function but trigger functions names it). Its
-        -- body says what it is; the table's name is weak evidence then (django-pghistory's
-        -- <app>_<model>event tables).
+        -- A plain row logger: INSERT … VALUES (NEW.col, …), every column of the row (each name
+        -- as a whole word: NEW.name is not NEW.name_en), into a table nothing else reads (see
+        -- concerns). Its body says what it is; the table's name is weak evidence then
+        -- (django-pghistory's <app>_<model>event tables). Names that say outbox, event(s),
+        -- message(s) or queue count only against auditing, never for it.
         flat := lower(regexp_replace(src, '\s|"', '', 'g'));
-        named := audit_table IS NOT NULL
+        weak_not := audit_table IS NOT NULL
+                    AND (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = audit_table) ~* '(outbox|event|message|queue)';
+        named := audit_table IS NOT NULL AND NOT weak_not
                  AND audit_table::text ~* '(audit|histor|\mlog|_log|logged|change|journal|version|trail)';
-        plain := audit_table IS NOT NULL AND NOT guessed AND row_data AND side = '{}' AND queue IS NULL
+        plain := audit_table IS NOT NULL AND NOT guessed AND row_data AND side = '{}' AND queue IS NULL AND outbox IS NULL
+                 AND concerns = '{}'
                  AND src ~* 'insert\s+into\s+[^;]*?\mvalues\s*\([^;]*\m(new|old)\s*\.'
                  -- it copies the row: every column of the table, as NEW.col or OLD.col
                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                                   WHERE a.attrelid = t.tgrelid AND a.attnum > 0 AND NOT a.attisdropped
-                                    AND strpos(flat, 'new.' || lower(a.attname)) = 0
-                                    AND strpos(flat, 'old.' || lower(a.attname)) = 0)
+                                    AND flat !~ ('\m(new|old)\.' || regexp_replace(lower(a.attname), '([^a-z0-9_])', '\\\1', 'g')
+                                                 || '(?![a-z0-9_$])'))
                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                    JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
                                   WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass
                                     AND d.refclassid = 'pg_catalog.pg_class'::regclass
                                     AND d.refobjid = audit_table AND r.ev_class <> audit_table)
-                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-                                  WHERE p.prorettype <> 'pg_catalog.trigger'::regtype
-                                    AND p.pronamespace <> 'pg_catalog'::regnamespace
-                                    AND strpos(lower(p.prosrc),
-                                               lower((SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = audit_table))) > 0);
+                 AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(reader_cache -> (audit_table::oid::text)) v
+                                  WHERE v->>'oid' IS NULL
+                                     OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                                                     WHERE p.oid = (v->>'oid')::oid AND p.prorettype = 'pg_catalog.trigger'::regtype));
 
-        IF queue IS NOT NULL THEN
+        -- The columns a column-list copy leaves out (pghistory's fields=[…]): it does not copy the row.
+        partial := NULL;
+        IF audit_table IS NOT NULL AND row_data AND NOT whole_row THEN
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO partial
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = t.tgrelid AND a.attnum > 0 AND NOT a.attisdropped
+               AND flat !~ ('\m(new|old)\.' || regexp_replace(lower(a.attname), '([^a-z0-9_])', '\\\1', 'g') || '(?![a-z0-9_$])');
+        END IF;
+
+        IF outbox IS NOT NULL THEN
+            verdict := 'business';
+            confidence := 0.90;
+            style := 'outbox';
+            why := format('feeds an outbox: %s has %s columns, the layout an outbox relay (Debezium''s event router) reads',
+                          queue_table, outbox);
+        ELSIF queue IS NOT NULL THEN
             verdict := 'business';
             confidence := 0.90;
             style := 'delivery queue';
             why := format('feeds a delivery queue: %s has %s columns, so something consumes its rows',
-                          audit_table, queue);
+                          queue_table, queue);
         ELSIF companion IS NOT NULL THEN
             verdict := 'audit';
             confidence := 0.90;
@@ -454,7 +994,8 @@ BEGIN
                      + CASE WHEN whole_row THEN 0.1 ELSE 0 END
                      + CASE WHEN uses_op THEN 0.1 ELSE 0 END
                      + CASE WHEN t.tgtype & (2 | 64) = 0 THEN 0.05 ELSE 0 END
-                     - CASE WHEN guessed THEN 0.1 ELSE 0 END;
+                     - CASE WHEN guessed THEN 0.1 ELSE 0 END
+                     - CASE WHEN weak_not AND NOT plain THEN 0.1 ELSE 0 END;
             confidence := least(score, 0.99);
             style := CASE WHEN generic THEN 'generic ' ELSE 'per-table ' END || image || ' audit';
             why := format('copies the changed row (%s) into %s%s%s',
@@ -476,7 +1017,10 @@ BEGIN
                 verdict := 'audit';
             ELSE
                 verdict := 'uncertain';
-                why := why || ', which does not look like an audit table';
+                why := why || CASE WHEN partial IS NOT NULL THEN format(', but only some of its columns (not %s)', partial) ELSE '' END
+                            || CASE WHEN weak_not THEN format(', and by its name %s looks like a table something else reads', audit_table)
+                                    WHEN partial IS NOT NULL THEN ''
+                                    ELSE ', which does not look like an audit table' END;
             END IF;
         ELSIF dynamic AND side = '{}' THEN
             verdict := 'uncertain';
@@ -487,7 +1031,9 @@ BEGIN
                         THEN 'builds its INSERT at run time; the table it writes could not be determined'
                         WHEN guessed
                         THEN format('builds its INSERT at run time, probably into %s (guessed from its name); what it copies could not be determined', audit_table)
-                        ELSE format('builds its INSERT into %s at run time; what it copies could not be determined', audit_table) END;
+                        ELSE format('builds its INSERT into %s at run time; what it copies could not be determined', audit_table) END
+                   || CASE WHEN effects <> '{}' THEN ', and it also ' || array_to_string(effects, ', ') ELSE '' END
+                   || CASE WHEN concerns <> '{}' THEN '; ' || array_to_string(concerns, '; ') ELSE '' END;
         ELSIF side <> '{}' THEN
             verdict := 'business';
             confidence := 0.90;
@@ -505,21 +1051,34 @@ BEGIN
         IF verdict = 'business' AND concerns <> '{}' THEN
             why := why || '; ' || array_to_string(concerns, '; ');
         END IF;
-        acc := acc || jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
+        EXCEPTION WHEN OTHERS THEN
+            verdict := 'uncertain';
+            confidence := 0.30;
+            style := 'unanalysable';
+            why := format('could not be analysed (%s): left alone unless named', SQLERRM);
+            writes := '{}';
+            audit_table := NULL;
+            row_data := false;
+            effects := ARRAY['could not be analysed'];
+            ext := NULL;
+        END;
+        acc := array_append(acc, jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
                 'fires', fires, 'verdict', verdict, 'confidence', confidence, 'style', style, 'audit_table', audit_table::oid,
                 'why', why, 'phase', phase, 'state', state, 'fn', t.tgfoid, 'ext', ext, 'writes', to_jsonb(writes::oid[]),
-                'member', true);
+                'member', true, 'copies', coalesce(row_data AND audit_table IS NOT NULL, false),
+                'effects', to_jsonb(coalesce(effects, '{}'))));
     END LOOP;
 
     -- Systems: the triggers of one table linked by _system_link (transitively) get one verdict
     -- and migrate together. A member that writes a trail of the system but not the row (a
     -- statement logger: pgMemento's log_statement) takes the system's verdict; one business
     -- for its own reasons makes them all business, one uncertain all uncertain.
-    FOR found IN SELECT DISTINCT (x->>'relation')::oid::regclass FROM jsonb_array_elements(acc) x
-                  WHERE (x->>'member')::boolean LOOP
-        SELECT array_agg(q.v ORDER BY q.n), array_agg(q.n::integer ORDER BY q.n) INTO mem, pos
-          FROM jsonb_array_elements(acc) WITH ORDINALITY q(v, n)
-         WHERE (q.v->>'relation')::oid = found AND (q.v->>'member')::boolean;
+    FOR groups IN SELECT array_agg(q.n::integer ORDER BY q.n) AS pos
+                    FROM unnest(acc) WITH ORDINALITY q(v, n)
+                   WHERE (q.v->>'member')::boolean
+                   GROUP BY (q.v->>'relation')::oid LOOP
+        pos := groups.pos;
+        mem := ARRAY(SELECT acc[x] FROM unnest(pos) WITH ORDINALITY u(x, n) ORDER BY u.n);
         k := cardinality(mem);
         CONTINUE WHEN k < 2;
         links := array_fill(NULL::text, ARRAY[k * k]);
@@ -559,6 +1118,28 @@ BEGIN
                  WHERE mem[u.m]->>'verdict' = 'uncertain' ORDER BY u.m LIMIT 1;
                 kind := CASE WHEN culprit IS NOT NULL THEN 'uncertain' ELSE 'audit' END;
             END IF;
+            -- A member that copies no row is promoted to audit only when every table it writes is
+            -- a trail the system's row copies write, and it does nothing outside the allow-list
+            -- (F3): else the system is uncertain.
+            IF kind = 'audit' THEN
+                trails := ARRAY(SELECT DISTINCT w::oid FROM unnest(comp) u(m), jsonb_array_elements_text(mem[u.m]->'writes') w
+                                 WHERE (mem[u.m]->>'copies')::boolean);
+                SELECT mem[u.m] INTO culprit FROM unnest(comp) u(m)
+                 WHERE NOT (mem[u.m]->>'copies')::boolean
+                   AND (jsonb_array_length(mem[u.m]->'effects') > 0
+                        OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(mem[u.m]->'writes') w WHERE NOT w::oid = ANY (trails)))
+                 ORDER BY u.m LIMIT 1;
+                IF culprit IS NOT NULL THEN
+                    kind := 'uncertain';
+                    culprit := culprit || jsonb_build_object('because', format('%I copies no row and %s',
+                        culprit->>'trigger_name',
+                        CASE WHEN jsonb_array_length(culprit->'effects') > 0
+                             THEN 'also ' || (SELECT string_agg(x, ', ') FROM jsonb_array_elements_text(culprit->'effects') x)
+                             ELSE format('writes %s, which no row copy of the system writes',
+                                         (SELECT string_agg(w::oid::regclass::text, ', ') FROM jsonb_array_elements_text(culprit->'writes') w
+                                           WHERE NOT w::oid = ANY (trails))) END));
+                END IF;
+            END IF;
             FOREACH i IN ARRAY comp LOOP
                 e := mem[i];
                 e := e || jsonb_build_object(
@@ -572,16 +1153,17 @@ BEGIN
                            FROM unnest(comp) u(m) WHERE u.m <> i),
                         reasons,
                         CASE WHEN culprit IS NULL OR e->>'verdict' = kind THEN ''
+                             WHEN culprit ? 'because' THEN (culprit->>'because') || ', so '
                              ELSE format('%I is %s, so ', culprit->>'trigger_name', kind) END
                         || CASE kind WHEN 'audit' THEN 'they migrate together'
                                      WHEN 'uncertain' THEN 'they migrate together, when all of them are named'
                                      ELSE 'none of them migrates' END));
-                acc := jsonb_set(acc, ARRAY[(pos[i] - 1)::text], e);
+                acc[pos[i]] := e;
             END LOOP;
         END LOOP;
     END LOOP;
 
-    FOR e IN SELECT x FROM jsonb_array_elements(acc) x LOOP
+    FOREACH e IN ARRAY acc LOOP
         relation := (e->>'relation')::oid::regclass;
         trigger_name := e->>'trigger_name';
         function := (e->>'function')::oid::regprocedure;
@@ -614,7 +1196,6 @@ LANGUAGE sql STABLE
 AS $$ SELECT p.relation, p.trigger_name, p.function, p.fires, p.verdict, p.confidence, p.style, p.audit_table, p.why,
               p.phase, p.state
          FROM activity_log._migration_plan(pg_catalog.current_setting('search_path'), NULL) p $$;
-
 
 -- migrate_triggers moves tables from their legacy audit triggers to activity_log:
 -- phase 1 tracks them (both capture), phase 2 disables the triggers where the comparison
@@ -669,7 +1250,7 @@ BEGIN
         -- The plan once (it reads every trigger function's source): everything below uses it.
         SELECT jsonb_agg(jsonb_build_object('relation', p.relation::oid, 'trigger_name', p.trigger_name,
                                             'verdict', p.verdict, 'style', p.style, 'audit_table', p.audit_table::oid,
-                                            'system', p.system))
+                                            'system', p.system, 'function', p.function::oid))
           INTO plan FROM activity_log._migration_plan(caller_search_path, NULL) p;
         SELECT string_agg(quote_ident(n), ', ') INTO names
           FROM unnest(include_triggers) n
@@ -699,6 +1280,44 @@ BEGIN
                 (SELECT string_agg(quote_ident(n), ', ') FROM unnest(t.system) n WHERE n <> t.trigger_name)
                 USING ERRCODE = 'invalid_parameter_value',
                 HINT = format('Name them all: include_triggers => %L.', t.system);
+        END LOOP;
+        -- Across tables too (F8): the uncertain triggers sharing a function or a trail with one
+        -- named are one system — pgMemento's five functions serve every table it logs, into one
+        -- row_log its restore functions read — and are named together or not at all. (A trail
+        -- that only people read, an audit system, moves table by table.) include_triggers names
+        -- triggers by name on every table of tables, or on every table when tables is NULL.
+        FOR t IN WITH p AS (SELECT * FROM jsonb_to_recordset(plan)
+                                   x(relation oid, trigger_name name, verdict text, audit_table oid, function oid))
+                 SELECT c.relation, c.trigger_name,
+                        array_agg(DISTINCT o.relation::regclass::text ORDER BY o.relation::regclass::text) AS others,
+                        (SELECT array_agg(DISTINCT r.relation::regclass::text ORDER BY r.relation::regclass::text)
+                           FROM p r, p s2
+                          WHERE s2.trigger_name = ANY (include_triggers) AND s2.verdict = 'uncertain'
+                            AND (tables IS NULL OR s2.relation::regclass = ANY (tables))
+                            AND r.verdict = 'uncertain'
+                            AND (r.function = s2.function OR r.audit_table = s2.audit_table)) AS all_tables,
+                        (SELECT array_agg(DISTINCT r.trigger_name ORDER BY r.trigger_name)
+                           FROM p r, p s2
+                          WHERE s2.trigger_name = ANY (include_triggers) AND s2.verdict = 'uncertain'
+                            AND (tables IS NULL OR s2.relation::regclass = ANY (tables))
+                            AND r.verdict = 'uncertain'
+                            AND (r.function = s2.function OR r.audit_table = s2.audit_table)) AS all_triggers
+                   FROM p c
+                   JOIN p o ON o.relation <> c.relation AND o.verdict = 'uncertain'
+                           AND (o.function = c.function OR o.audit_table = c.audit_table)
+                  WHERE c.verdict = 'uncertain' AND c.trigger_name = ANY (include_triggers)
+                    AND (tables IS NULL OR c.relation::regclass = ANY (tables))
+                    AND NOT (o.trigger_name = ANY (include_triggers) AND (tables IS NULL OR o.relation::regclass = ANY (tables)))
+                    AND NOT EXISTS (SELECT 1 FROM activity_log.migration m WHERE m.relid::oid = o.relation)
+                  GROUP BY c.relation, c.trigger_name
+                  ORDER BY c.relation, c.trigger_name
+                  LIMIT 1
+        LOOP
+            RAISE EXCEPTION 'trigger % on % is one system with the triggers of %: they migrate together or not at all',
+                quote_ident(t.trigger_name), t.relation::regclass, array_to_string(t.others, ', ')
+                USING ERRCODE = 'invalid_parameter_value',
+                HINT = format('They share its function or its trail. Name them all: tables => %L, include_triggers => %L.',
+                              t.all_tables, t.all_triggers);
         END LOOP;
         SELECT jsonb_agg(to_jsonb(p) ORDER BY p.relation, p.trigger_name)
           INTO chosen
@@ -846,10 +1465,14 @@ $$;
 -- Privileges as the install script gives them (sql/finalize.sql): internal functions are not
 -- PUBLIC's; the migration's helpers are activity_log_admin's.
 REVOKE EXECUTE ON FUNCTION activity_log._source_text(text), activity_log._insert_targets(text, oid, oid, text[], text),
-    activity_log._callees(oid), activity_log._readers(regclass, oid[]),
-    activity_log._system_link(oid, oid, oid[], oid, oid, oid[]), activity_log._migration_plan(text, regclass)
+    activity_log._callees(oid), activity_log._readers(regclass, oid[], text[]),
+    activity_log._system_link(oid, oid, oid[], oid, oid, oid[]), activity_log._migration_plan(text, regclass),
+    activity_log._regclass(text), activity_log._path_schemas(text), activity_log._call_names(text),
+    activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION activity_log._migration_plan(text, regclass), activity_log._source_text(text),
     activity_log._insert_targets(text, oid, oid, text[], text), activity_log._callees(oid),
-    activity_log._readers(regclass, oid[]), activity_log._system_link(oid, oid, oid[], oid, oid, oid[])
+    activity_log._readers(regclass, oid[], text[]), activity_log._system_link(oid, oid, oid[], oid, oid, oid[]),
+    activity_log._regclass(text), activity_log._path_schemas(text), activity_log._call_names(text),
+    activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean)
     TO activity_log_admin;
