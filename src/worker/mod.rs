@@ -8,6 +8,7 @@ mod jsonb;
 pub mod launcher;
 pub mod rollup;
 mod store;
+mod subxact;
 mod suspects;
 pub mod writer;
 

@@ -29,6 +29,9 @@ use crate::shared;
 use crate::worker::decode;
 use crate::worker::rollup::{Categories, Fact, Rollups};
 use crate::worker::store::{self, Col, Row, Trail};
+use crate::worker::subxact::{
+    error_message, in_subtransaction, is_transient, try_in_subtransaction,
+};
 use crate::worker::suspects;
 
 /// The slot and database this process writes for.
@@ -990,70 +993,8 @@ fn write_batch(slot: usize, source: Source) -> Stored {
     stored
 }
 
-/// is_transient tells errors that say nothing about the records — a full disk, memory, a lock
-/// or statement timeout, a cancel, a deadlock, an I/O error — from those a record may cause.
-/// The first kind is retried as it is (with the back-off) however often it happens; isolating
-/// records then would only move good ones to the dead letters.
-fn is_transient(e: &pg_sys::panic::CaughtError) -> bool {
-    use PgSqlErrorCode::*;
-    let code = error_report(e).sql_error_code();
-    // The low 12 bits of an encoded SQLSTATE are its two-character class.
-    let class = |c: PgSqlErrorCode| c as u32 & 0xFFF;
-    [
-        ERRCODE_INSUFFICIENT_RESOURCES,
-        ERRCODE_TRANSACTION_ROLLBACK,
-        ERRCODE_OPERATOR_INTERVENTION,
-        ERRCODE_SYSTEM_ERROR,
-    ]
-    .into_iter()
-    .any(|c| class(c) == class(code))
-        || matches!(code, ERRCODE_LOCK_NOT_AVAILABLE | ERRCODE_OBJECT_IN_USE)
-}
-
 /// Consecutive failed runs after which the writer stores a batch record by record.
 const ISOLATE_AFTER_FAILURES: u32 = 2;
-
-fn error_report(e: &pg_sys::panic::CaughtError) -> &pg_sys::panic::ErrorReportWithLevel {
-    match e {
-        pg_sys::panic::CaughtError::PostgresError(r)
-        | pg_sys::panic::CaughtError::ErrorReport(r)
-        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r,
-    }
-}
-
-fn error_message(e: &pg_sys::panic::CaughtError) -> String {
-    error_report(e).message().to_string()
-}
-
-/// in_subtransaction runs `f` in an internal subtransaction and rolls it back on ERROR.
-pub(super) fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
-    try_in_subtransaction(f).map_err(|e| error_message(&e))
-}
-
-/// try_in_subtransaction is [`in_subtransaction`] returning the error itself.
-fn try_in_subtransaction(f: impl FnOnce()) -> Result<(), Box<pg_sys::panic::CaughtError>> {
-    // SAFETY: the pattern PL/pgSQL uses for exception blocks: remember the memory context and
-    // resource owner, and restore both whichever way the subtransaction ends.
-    unsafe {
-        let cxt = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-            f();
-            Ok(())
-        }))
-        .catch_others(|e| Err(Box::new(e)))
-        .execute();
-        if result.is_ok() {
-            pg_sys::ReleaseCurrentSubTransaction();
-        } else {
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-        }
-        pg_sys::MemoryContextSwitchTo(cxt);
-        pg_sys::CurrentResourceOwner = owner;
-        result
-    }
-}
 
 /// dead_letter keeps a row the trail refused in activity_log.dead_letters (as jsonb of the
 /// trail's row type); returns its id, or None when even that fails (the gap record says why).
