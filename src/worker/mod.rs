@@ -6,6 +6,7 @@ pub mod chain;
 pub mod decode;
 mod jsonb;
 pub mod launcher;
+mod maintain;
 mod map;
 pub mod rollup;
 mod store;
