@@ -1,9 +1,15 @@
 //! worker: the launcher (one, static) and the writers (one per audited database).
 //! Both run as background workers, never capture their own statements, and never share a
 //! database connection.
+//!
+//! A writer's stages, one file each, calls going one way: writer.rs (loop, lifecycle) →
+//! drain.rs (ring and staged sources, the batch transaction) → map.rs (record → trail row) →
+//! store.rs (multi-insert, chain.rs) and rollup.rs; maintain.rs (partitions, retention, gap
+//! records) → map.rs. subxact.rs (subtransactions, caught errors) serves them all.
 
 pub mod chain;
 pub mod decode;
+mod drain;
 mod jsonb;
 pub mod launcher;
 mod maintain;
