@@ -27,10 +27,10 @@ SETTINGS = [
 ]
 # Inclusive instructions of these functions in the writer's profile.
 PARTS = {
-    "drain": "activity_log::worker::writer::drain",
+    "drain": "activity_log::worker::drain::drain",
     "Trail::flush (heap, indexes, WAL)": "activity_log::worker::store::Trail::flush",
     "SHA-256 (portable code under valgrind)": "activity_log::worker::chain::Sha256::link",
-    "Rows::from_batch (decode, jsonb)": "activity_log::worker::writer::Rows::from_batch",
+    "Rows::from_batch (decode, jsonb)": "activity_log::worker::map::Rows::from_batch",
     "Rollups::store (activity_hourly, activity_daily)": "activity_log::worker::rollup::Rollups::store",
 }
 

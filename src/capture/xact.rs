@@ -389,7 +389,7 @@ fn stage(slot: Option<usize>) {
 /// Returns the ring's turn mark, which the staged rows carry so that the writer's sweep of
 /// durable_queue leaves them to the announcement; None when the ring has no room (after
 /// `overflow_timeout` under `wait`): the writer then stores the rows by their commit order key
-/// (durable_queue.commit_lsn), merged with the ring's frames (worker/writer.rs, `drain`).
+/// (durable_queue.commit_lsn), merged with the ring's frames (worker/drain.rs, `drain`).
 fn announce(slot: usize, dboid: u32, nrecords: u32) -> Option<i64> {
     if !ring::serves(slot, dboid) {
         return None;

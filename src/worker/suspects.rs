@@ -14,7 +14,7 @@
 //! (same postmaster, more crash-restarts), and if so gives each frame named a strike. A frame
 //! with a strike is read alone, in a batch of its own, so that the next crash names it alone;
 //! a frame named alone at its second strike is condemned: kept as a dead letter without being
-//! decoded (worker/writer.rs). Two strikes, not one, because the crash may have been another
+//! decoded (worker/map.rs). Two strikes, not one, because the crash may have been another
 //! process's: an innocent frame is condemned only if the server crashes twice while the writer
 //! reads it. A postmaster stopped some other way (immediate shutdown, power loss) starts with
 //! another time: the file says nothing then.
