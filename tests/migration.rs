@@ -827,7 +827,10 @@ fn pgmemento_is_one_system_read_by_its_restore_functions() {
 fn outboxes_queues_and_published_trails_are_never_audit() {
     let c = Cluster::start(
         "migration-outbox",
-        &["activity_log.capture_statements = 'none'", "wal_level = logical"],
+        &[
+            "activity_log.capture_statements = 'none'",
+            "wal_level = logical",
+        ],
     );
     common::with_extension(&c, "outbox");
     c.sql("outbox", include_str!("fixtures/outbox.sql"));
@@ -847,8 +850,12 @@ fn outboxes_queues_and_published_trails_are_never_audit() {
     );
     // Out of its publication the history table is a trail again; a publication of all tables
     // takes it back.
-    c.sql("outbox", "ALTER PUBLICATION reporting DROP TABLE shop.prices_history");
-    let verdict = "SELECT verdict FROM activity_log.migration_plan() WHERE trigger_name = 'prices_history'";
+    c.sql(
+        "outbox",
+        "ALTER PUBLICATION reporting DROP TABLE shop.prices_history",
+    );
+    let verdict =
+        "SELECT verdict FROM activity_log.migration_plan() WHERE trigger_name = 'prices_history'";
     assert_eq!(c.one("outbox", verdict), "audit");
     c.sql("outbox", "CREATE PUBLICATION everything FOR ALL TABLES");
     assert_eq!(c.one("outbox", verdict), "uncertain");
@@ -935,7 +942,10 @@ fn systems_are_linked_by_real_references_and_promote_only_trail_writers() {
     );
     // The cache bump kept firing throughout: the fixture's INSERT and the cycle's three statements.
     assert_eq!(
-        c.one("sys", "SELECT version FROM public.table_versions WHERE table_name = 'orders'"),
+        c.one(
+            "sys",
+            "SELECT version FROM public.table_versions WHERE table_name = 'orders'"
+        ),
         "4"
     );
 }
@@ -952,7 +962,9 @@ fn readers_seen_through_pg_depend_and_other_triggers_are_never_audit() {
     common::with_extension(&c, "readers");
     c.sql("readers", include_str!("fixtures/readers.sql"));
     let read = |t: &str, reader: &str| {
-        format!("copies the changed row (columns of NEW/OLD) into public.{t}, but its table public.{t} is read by {reader}: taking it over would leave that stale")
+        format!(
+            "copies the changed row (columns of NEW/OLD) into public.{t}, but its table public.{t} is read by {reader}: taking it over would leave that stale"
+        )
     };
     assert_eq!(
         c.sql(
@@ -1038,9 +1050,13 @@ fn search_paths_are_read_as_postgresql_reads_them() {
         ),
         "1 1"
     );
-    assert!(!c
-        .sql("sp", "SELECT activity_log.migrate_triggers(phase => 1, dry_run => true)")
-        .is_empty());
+    assert!(
+        !c.sql(
+            "sp",
+            "SELECT activity_log.migrate_triggers(phase => 1, dry_run => true)"
+        )
+        .is_empty()
+    );
 }
 
 /// Issue 27, F8: an uncertain system spans tables — pgMemento's functions serve every table it

@@ -323,12 +323,18 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
     let started = Instant::now();
     let dboid = my_database();
     // Without a ring (more audited databases than rings), records wait in durable_queue for
-    // the database's turn: wait for it, and for the first sweep of the ring it gets.
+    // the database's turn, and failure records lost meanwhile are counted for the gap record of
+    // its next ring: wait for it, and for the first sweep of the ring it gets.
     let mut first = true;
     let slot = loop {
         match ring::slot_of(dboid) {
             Some(slot) if ring::serves(slot, dboid) => break slot,
-            None if first && !staged_rows_exist() => return true,
+            None if first
+                && !staged_rows_exist()
+                && !ring::waiting_databases().contains(&dboid) =>
+            {
+                return true;
+            }
             _ => {}
         }
         first = false;
@@ -341,7 +347,11 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
     let target = ring::head(slot);
     let staged_target = ring::staged_commits(slot);
     loop {
-        if ring::tail(slot) >= target && ring::staged_swept(slot) >= staged_target {
+        // Drops counted so far are in the trail too (as a gap record).
+        if ring::tail(slot) >= target
+            && ring::staged_swept(slot) >= staged_target
+            && ring::unreported_drops(slot).1 == 0
+        {
             return true;
         }
         if started.elapsed() >= timeout {

@@ -28,7 +28,7 @@
 //! PRE_COMMIT after that one wrote its commit record, so its key is strictly higher; equal
 //! keys mean no WAL in between, hence independent transactions. WAL positions only grow, also
 //! across crash-restarts, so the key orders staged rows of before a crash before anything
-//! after it. The writer stores ring frames and staged rows by this key (worker/writer.rs).
+//! after it. The writer stores ring frames and staged rows by this key (worker/drain.rs).
 //!
 //! Rules: no `palloc`, no `ereport`, no panics in anything a backend calls from its commit or
 //! abort path (`commit`, `void`, `wake_writer`).

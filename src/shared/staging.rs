@@ -3,7 +3,7 @@
 //! A backend's transaction that stages its records in durable_queue without an announcement
 //! in a ring is marked here from its PRE_COMMIT until its commit or abort callback
 //! (capture/xact.rs); the writer holds back ring frames with a higher commit order key
-//! meanwhile (worker/writer.rs). Not part of the ring: it concerns the staged path, is keyed
+//! meanwhile (worker/drain.rs). Not part of the ring: it concerns the staged path, is keyed
 //! by backend, not by database, and serves every ring alike.
 //!
 //! Atomics only (`SeqCst`, see each function): callable from the commit and abort paths.

@@ -17,7 +17,6 @@
 //! itself and never calls back into the loop.
 
 use pgrx::bgworkers::BackgroundWorker;
-use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::gucs;
@@ -89,10 +88,13 @@ pub(super) fn drain(slot: usize) -> Drained {
         if let Some(key) = shared::staging_key(unsafe { MY_DB }) {
             batch.cut_above(key);
             if batch.end == ring::tail(slot) {
-                // Its commit callback comes at once, or after its commit's WAL flush.
-                // SAFETY: plain sleep.
-                unsafe { pg_sys::pg_usleep(1_000) };
-                continue;
+                // Its commit callback comes at once, or after its commit's WAL flush (or a
+                // synchronous standby): it sets the writer's latch (capture/xact.rs), which the
+                // loop waits on.
+                return Drained {
+                    written,
+                    left_some: false,
+                };
             }
         }
         // Looked up after the ring was read: a staged transaction that a frame of the batch
