@@ -497,7 +497,9 @@ fn run_as(role: pg_sys::Oid, statement: &str) {
         // SAFETY: a GUC nest level, so that what the statement SETs ends with it (an ERROR's
         // abort ends it otherwise).
         let nest = unsafe { pg_sys::NewGUCNestLevel() };
-        Spi::run(statement).unwrap_or_else(|e| error!("{e}"));
+        Spi::run(statement).unwrap_or_else(|e| {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None)
+        });
         // SAFETY: ends the level opened above.
         unsafe { pg_sys::AtEOXact_GUC(true, nest) };
     });

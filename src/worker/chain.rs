@@ -13,6 +13,7 @@
 //! depends on output formats or settings. Runs in the writer's batch transaction and in the
 //! calling backend for verify(); touches no shared state.
 
+use crate::errors::raise;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -167,7 +168,7 @@ pub fn link_before(id: i64) -> Vec<u8> {
         &[pg_sys::INT8OID],
         |client, plan| client.select(plan, Some(1), &[id.into()])?.first().get_one::<Vec<u8>>(),
     )
-    .unwrap_or_else(|e| error!("activity_log: could not read the trail's chain: {e}"))
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: could not read the trail's chain: {e}"), None))
     .unwrap_or_else(|| GENESIS.to_vec())
 }
 
@@ -206,7 +207,11 @@ pub fn verify(from: i64, to: i64) -> Verdict {
         .collect::<Result<BTreeMap<_, _>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| {
-        error!("activity_log: verify could not read activity_log.chain_anchors: {e}")
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("activity_log: verify could not read activity_log.chain_anchors: {e}"),
+            None,
+        )
     });
     let redacted = Spi::connect(|client| {
         let rows = client.select(
@@ -225,7 +230,13 @@ pub fn verify(from: i64, to: i64) -> Verdict {
         })
         .collect::<Result<BTreeMap<_, _>, pgrx::spi::Error>>()
     })
-    .unwrap_or_else(|e| error!("activity_log: verify could not read the REDACT records: {e}"));
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("activity_log: verify could not read the REDACT records: {e}"),
+            None,
+        )
+    });
     let listed: Vec<i64> = Spi::connect(|client| {
         client
             .select(
@@ -236,7 +247,13 @@ pub fn verify(from: i64, to: i64) -> Verdict {
             .map(|r| Ok(r.get::<i64>(1)?.unwrap_or(0)))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
-    .unwrap_or_else(|e| error!("activity_log: verify could not read activity_log.redactions: {e}"));
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("activity_log: verify could not read activity_log.redactions: {e}"),
+            None,
+        )
+    });
     // The anchors retention kept, as the trail's own RETENTION records name them (not
     // chain_anchors or retention_log alone: only a row of the chain proves it).
     let dropped: Vec<i64> = Spi::connect(|client| {
@@ -252,7 +269,7 @@ pub fn verify(from: i64, to: i64) -> Verdict {
             .map(|r| Ok(r.get::<i64>(1)?.unwrap_or(i64::MIN)))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
-    .unwrap_or_else(|e| error!("activity_log: verify could not read the RETENTION records: {e}"));
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: verify could not read the RETENTION records: {e}"), None));
     walk(prev, from, to, &anchors, &redacted, &listed, &dropped)
 }
 

@@ -16,6 +16,7 @@
 //! Runs in the writer only, called by its loop (worker/writer.rs); it builds no trail row
 //! itself and never calls back into the loop.
 
+use crate::errors::raise;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 
@@ -154,7 +155,13 @@ fn first_staged_key(slot: usize) -> Option<u64> {
             &format!("SELECT (min(key) - '0/0')::int8 FROM {UNANNOUNCED} WHERE NOT announced"),
             &[ring::claimed_at(slot).into()],
         )
-        .unwrap_or_else(|e| error!("activity_log: could not read activity_log.durable_queue: {e}"))
+        .unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("activity_log: could not read activity_log.durable_queue: {e}"),
+                None,
+            )
+        })
         .map(|k| k as u64)
     })
 }
@@ -233,7 +240,13 @@ fn with_staged_rows(batch: &ring::Batch) -> ring::Batch {
         }
         Ok::<_, pgrx::spi::Error>(())
     })
-    .unwrap_or_else(|e| error!("activity_log: could not read activity_log.durable_queue: {e}"));
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("activity_log: could not read activity_log.durable_queue: {e}"),
+            None,
+        )
+    });
     let frames = batch
         .frames
         .iter()
@@ -269,7 +282,11 @@ fn store_announced(slot: usize, batch: &ring::Batch) -> u64 {
     let frame = &batch.frames[0];
     let xid = match crate::record::decode_frame(&frame.payload) {
         Ok((info, _)) => info.xid,
-        Err(e) => error!("activity_log: an announcement in the ring is unreadable: {e}"),
+        Err(e) => raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("activity_log: an announcement in the ring is unreadable: {e}"),
+            None,
+        ),
     };
     let xid = xid.to_string();
     let mut written = 0;
@@ -468,7 +485,13 @@ fn take_staged(max_records: usize, pieces_of: Option<&str>, mark: i64, bound: u6
         }
         Ok::<_, pgrx::spi::Error>(())
     })
-    .unwrap_or_else(|e| error!("activity_log: could not read activity_log.durable_queue: {e}"));
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("activity_log: could not read activity_log.durable_queue: {e}"),
+            None,
+        )
+    });
     // In commit order (rows come back in heap order).
     batch
         .frames
@@ -611,7 +634,11 @@ fn write_batch(slot: usize, source: Source) -> Stored {
                         take_pieces(client, xid, budget, Some(commit_ts), &mut batch)
                     })
                     .unwrap_or_else(|e| {
-                        error!("activity_log: could not read activity_log.durable_queue: {e}")
+                        raise(
+                            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                            format!("activity_log: could not read activity_log.durable_queue: {e}"),
+                            None,
+                        )
                     });
                     pieces_of = left.then(|| xid.to_string());
                     staged = batch;

@@ -7,6 +7,7 @@
 //! no ring frame and no staged row. (The rollups are compacted with the batches:
 //! worker/rollup.rs.)
 
+use crate::errors::raise;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -43,7 +44,7 @@ pub(super) fn maintain_partitions_if_due(next: &mut Instant) {
                 rows.map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
                     .collect::<Result<Vec<_>, _>>()
             })
-            .unwrap_or_else(|e| error!("{e}"));
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None));
             if dropped.is_empty() {
                 return;
             }
@@ -79,7 +80,7 @@ pub(super) fn write_gap_event() {
                     'lost_before', timestamptz '2000-01-01 00:00:00+00' + make_interval(secs => $1::float8 / 1e6))::text",
         &[shared::started_at().into()],
     )
-    .unwrap_or_else(|e| error!("activity_log: could not read the trail: {e}"))
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: could not read the trail: {e}"), None))
     .unwrap_or_default();
     let reason = if shared::crash_generation() > 0 {
         "the server restarted after a crash; records that were in shared memory were lost"

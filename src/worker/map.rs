@@ -8,6 +8,7 @@
 //! The way is one-directional, drain → map → store: it takes no batch, moves no ring and
 //! commits nothing.
 
+use crate::errors::raise;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::{Map, Value, json};
@@ -110,7 +111,7 @@ fn dead_letter_frame(frame: &ring::Frame, what: &str, error: &str) -> Result<i64
                 staged_at.into(),
             ],
         )
-        .unwrap_or_else(|e| error!("{e}"));
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("{e}"), None));
     })?;
     id.ok_or_else(|| "no id returned".to_string())
 }

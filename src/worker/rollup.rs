@@ -17,6 +17,7 @@
 //! the batch ends); a broken rollup (dropped, locked, refused) is logged and must not hold up
 //! the trail: rebuild_rollup() and refresh_metrics() repair it.
 
+use crate::errors::raise;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -81,8 +82,12 @@ fn histogram(value: &serde_json::Value) -> BTreeMap<i32, i64> {
         for (k, n) in object {
             match (k.parse::<i32>(), n.as_i64()) {
                 (Ok(k), Some(n)) => *out.entry(k).or_default() += n,
-                _ => error!(
-                    "activity_log: a histogram holds {k}: {n}, not a bucket and a count (run activity_log.refresh_metrics())"
+                _ => raise(
+                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                    format!(
+                        "activity_log: a histogram holds {k}: {n}, not a bucket and a count (run activity_log.refresh_metrics())"
+                    ),
+                    None,
                 ),
             }
         }
@@ -334,7 +339,7 @@ impl Rollups {
                 client.update(plan, None, &args).map(drop)
             },
         )
-        .unwrap_or_else(|e| error!("activity_log: could not update the rollups: {e}"));
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: could not update the rollups: {e}"), None));
     }
 }
 
@@ -349,7 +354,7 @@ fn compact(since: i64) {
         &[pg_sys::INT8OID],
         |client, plan| client.select(plan, None, &[since.into()]).map(drop),
     )
-    .unwrap_or_else(|e| error!("activity_log: could not merge the rollups' rows: {e}"));
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: could not merge the rollups' rows: {e}"), None));
 }
 
 #[cfg(test)]

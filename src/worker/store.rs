@@ -10,6 +10,7 @@
 //! (one attached by hand after a column was dropped): that is an error. Values are Datums
 //! allocated in the batch transaction, valid until it ends.
 
+use crate::errors::raise;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString, c_void};
@@ -286,16 +287,24 @@ impl Trail {
             let nsp = pg_sys::get_namespace_oid(c"activity_log".as_ptr(), false);
             let relid = pg_sys::get_relname_relid(c"events".as_ptr(), nsp);
             if relid == pg_sys::InvalidOid {
-                error!("activity_log: the table activity_log.events does not exist");
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                    "activity_log: the table activity_log.events does not exist",
+                    None,
+                );
             }
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
             let desc = (*rel).rd_att;
             let attnum = |name: &CStr| {
                 let n = pg_sys::get_attnum(relid, name.as_ptr());
                 if n <= 0 {
-                    error!(
-                        "activity_log: column {} of activity_log.events is missing",
-                        name.to_string_lossy()
+                    raise(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                        format!(
+                            "activity_log: column {} of activity_log.events is missing",
+                            name.to_string_lossy()
+                        ),
+                        None,
                     );
                 }
                 n
@@ -307,7 +316,11 @@ impl Trail {
             let id = attnum(c"id");
             let id_sequence = pg_sys::get_relname_relid(c"events_id_seq".as_ptr(), nsp);
             if id_sequence == pg_sys::InvalidOid {
-                error!("activity_log: the sequence activity_log.events_id_seq does not exist");
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                    "activity_log: the sequence activity_log.events_id_seq does not exist",
+                    None,
+                );
             }
 
             let estate = pg_sys::CreateExecutorState();
@@ -464,9 +477,13 @@ impl Trail {
             if !(*partition).ri_RootToPartitionMap.is_null() {
                 let name =
                     CStr::from_ptr(pg_sys::get_rel_name((*(*partition).ri_RelationDesc).rd_id));
-                error!(
-                    "activity_log: partition {} of activity_log.events has its columns laid out differently from the trail",
-                    name.to_string_lossy()
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
+                    format!(
+                        "activity_log: partition {} of activity_log.events has its columns laid out differently from the trail",
+                        name.to_string_lossy()
+                    ),
+                    None,
                 );
             }
             partition

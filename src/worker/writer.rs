@@ -15,6 +15,7 @@
 //! batch transaction, in commit order: see its header) → map.rs (records → trail rows) →
 //! store.rs and rollup.rs; maintain.rs (partitions, retention, gap records) → map.rs.
 
+use crate::errors::raise;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -243,7 +244,11 @@ fn staged_rows_left() -> bool {
     BackgroundWorker::transaction(|| {
         Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM activity_log.durable_queue)")
             .unwrap_or_else(|e| {
-                error!("activity_log: could not read activity_log.durable_queue: {e}")
+                raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("activity_log: could not read activity_log.durable_queue: {e}"),
+                    None,
+                )
             })
             .unwrap_or(false)
     })
