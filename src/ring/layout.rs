@@ -219,7 +219,8 @@ impl PgSharedMemoryInitialization for Shmem {
                 }
                 // Touch every page of the rings now, once, in the postmaster: otherwise the
                 // first pass over each page costs a committing backend a page fault and the
-                // zeroing of a fresh page (a tenth of a bulk DELETE's time with a large ring).
+                // zeroing of a fresh page (a visible share of a bulk DELETE's time with a large
+                // ring: bench/bulk_dml.py).
                 std::ptr::write_bytes(slots.add(n).cast::<u8>(), 0, n * slot_bytes);
             }
             *self.control.get() = control;

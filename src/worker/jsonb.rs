@@ -4,8 +4,8 @@
 //! `to_jsonb`'s, down to the byte (tests/rows.rs compares them as bytea).
 //!
 //! Pure Rust, no PostgreSQL calls: the writer built these objects through `JsonbValueToJsonb`
-//! with a palloc'd numeric per integer column, which cost it more than a tenth of its
-//! instructions per row. It must not change a byte of the layout; the caller checks sizes
+//! with a palloc'd numeric per integer column, a large share of its instructions per row
+//! (bench/writer_cost.py). It must not change a byte of the layout; the caller checks sizes
 //! PostgreSQL would refuse.
 
 /// One value of an object.

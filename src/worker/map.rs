@@ -165,7 +165,7 @@ pub(super) struct Rows {
     /// statement share their common columns; each text costs a guarded call into PostgreSQL.
     texts: HashMap<Vec<u8>, pg_sys::Datum>,
     /// The text each column got last, by [`Col`]: most rows repeat the row before them, and
-    /// comparing the bytes costs a tenth of hashing them for `texts`.
+    /// comparing the bytes costs much less than hashing them for `texts`.
     last_texts: Vec<(Vec<u8>, Option<pg_sys::Datum>)>,
     /// changed_columns arrays made in this batch, by content (see [`Rows::changed_columns`]).
     changed: Vec<(Vec<String>, pg_sys::Datum)>,

@@ -37,8 +37,7 @@ static mut CLEAN_EXIT: bool = false;
 /// it back to the kernel. Each batch allocates a few megabytes (row Datums, heap tuples, the
 /// transaction's memory blocks) and frees them at its end; with glibc's defaults the larger ones
 /// are mmap'd and unmapped, and the heap top is trimmed, so the next batch takes a page fault
-/// and a zeroed page for every 4 kB again (about 6 % of the writer's CPU during a pgbench
-/// drain). Only the writer does this: it is our process, and its batches are bounded by
+/// and a zeroed page for every 4 kB again (bench/profile.py shows what that costs). Only the writer does this: it is our process, and its batches are bounded by
 /// activity_log.batch_size. What it keeps beyond 64 MB of free heap is still returned.
 #[cfg(target_env = "gnu")]
 fn keep_freed_memory() {
@@ -180,9 +179,9 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         }
         if drained.written < small_batch() {
             // Small batches: let commits gather for a moment, so that a busy server is written
-            // in batches rather than one tiny insert per commit. Adds at most 50 ms of lag;
-            // with 10 ms the writer spent a fifth more CPU per record under pgbench (a batch
-            // costs a transaction, opening the partition and its indexes, the rollup upsert).
+            // in batches rather than one tiny insert per commit. Adds at most 50 ms of lag; a
+            // shorter pause costs the writer more CPU per record (a batch costs a transaction,
+            // opening the partition and its indexes, the rollup upsert: bench/writer_cost.py).
             // SAFETY: plain sleep.
             unsafe { pg_sys::pg_usleep(50_000) };
         }
