@@ -463,6 +463,63 @@ BEGIN
 END
 $$;
 
+-- _trail_problem says why a table a trigger writes cannot be a trail that only people read, or
+-- NULL (issue 27, F7): a trail is an ordinary or partitioned table with no user trigger or rule
+-- of its own (nor on any of its partitions), and no column default or domain check that calls a
+-- user function that is not immutable, or a volatile built-in other than _harmless_volatile()
+-- (DEFAULT public.next_number('receipt') runs business code on every row the trigger writes).
+CREATE FUNCTION activity_log._trail_problem(tbl regclass) RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kind "char";
+    what text;
+BEGIN
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = tbl;
+    IF kind IS NULL OR kind NOT IN ('r', 'p') THEN
+        RETURN format('its table %s is %s, not a table', tbl,
+                      CASE kind WHEN 'v' THEN 'a view' WHEN 'f' THEN 'a foreign table' WHEN 'm' THEN 'a materialized view'
+                                ELSE 'not an ordinary table' END);
+    END IF;
+    SELECT string_agg(x, ', ' ORDER BY x) INTO what
+      FROM (SELECT format('trigger %I on %s', tg.tgname, tg.tgrelid::regclass) AS x
+              FROM (SELECT tbl::oid AS relid UNION SELECT x.relid FROM pg_partition_tree(tbl) x) pt JOIN pg_trigger tg ON tg.tgrelid = pt.relid
+             WHERE NOT tg.tgisinternal AND tg.tgconstraint = 0
+            UNION ALL
+            SELECT format('rule %I on %s', r.rulename, r.ev_class::regclass)
+              FROM (SELECT tbl::oid AS relid UNION SELECT x.relid FROM pg_partition_tree(tbl) x) pt JOIN pg_rewrite r ON r.ev_class = pt.relid) y;
+    IF what IS NOT NULL THEN
+        RETURN format('its table %s runs code of its own (%s)', tbl, what);
+    END IF;
+    SELECT string_agg(DISTINCT x, ', ') INTO what
+      FROM (SELECT format('the default of column %I calls %s', a.attname, p.oid::regprocedure) AS x, p.oid
+              FROM (SELECT tbl::oid AS relid UNION SELECT x.relid FROM pg_partition_tree(tbl) x) pt
+              JOIN pg_attrdef ad ON ad.adrelid = pt.relid
+              JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+              JOIN pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
+                              AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+              JOIN pg_proc p ON p.oid = d.refobjid
+            UNION ALL
+            SELECT format('column %I is of domain %s, whose check calls %s', a.attname, a.atttypid::regtype, p.oid::regprocedure), p.oid
+              FROM (SELECT tbl::oid AS relid UNION SELECT x.relid FROM pg_partition_tree(tbl) x) pt
+              JOIN pg_attribute a ON a.attrelid = pt.relid AND a.attnum > 0 AND NOT a.attisdropped
+              JOIN pg_type ty ON ty.oid = a.atttypid AND ty.typtype = 'd'
+              JOIN pg_constraint con ON con.contypid = ty.oid
+              JOIN pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = con.oid
+                              AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+              JOIN pg_proc p ON p.oid = d.refobjid) y
+      JOIN pg_proc p ON p.oid = y.oid
+     WHERE (p.pronamespace <> 'pg_catalog'::regnamespace AND p.provolatile <> 'i')
+        OR (p.pronamespace = 'pg_catalog'::regnamespace AND p.provolatile = 'v'
+            AND NOT p.proname = ANY (activity_log._harmless_volatile()));
+    IF what IS NOT NULL THEN
+        RETURN format('its table %s runs code of its own (%s)', tbl, what);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- _system_link says why two triggers of one table belong to one system, or NULL: the same
 -- function, functions of the same extension, or trails that are the same table or reference
 -- each other — by a foreign key, or by a column the other trail holds unique on its own
@@ -836,7 +893,24 @@ BEGIN
                 concerns := concerns || format('its table %s is published (publication %s): logical replication sends its rows on',
                                                found, pubs);
             END IF;
+            -- The trail itself must not do business work (F7): a view, a foreign table, a
+            -- trigger or rule of its own or of a partition, a default or domain check calling code.
+            IF activity_log._trail_problem(found) IS NOT NULL THEN
+                concerns := concerns || activity_log._trail_problem(found);
+            END IF;
         END LOOP;
+        -- Every table it writes itself must be a trail it copies the row into (F8): an INSERT
+        -- into any other table (user notifications, a last-change upsert) is business data.
+        SELECT string_agg(DISTINCT w::text, ', ') INTO readers
+          FROM (SELECT activity_log._resolve_table(regexp_replace(m[1], '\s', '', 'g'), t.relnamespace, t.pronamespace,
+                                                   t.proconfig, caller_search_path) AS w, s.stmt
+                  FROM regexp_split_to_table(src, ';') s(stmt),
+                       regexp_matches(s.stmt, 'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi') m) x
+         WHERE x.w IS NOT NULL AND x.w <> t.tgrelid AND x.w IS DISTINCT FROM audit_table
+           AND x.stmt !~* '\m(to_jsonb|row_to_json|to_json|hstore|row)\s*\(\s*((coalesce|nullif)\s*\(\s*)?(new|old)\M|\m(new|old)\s*\.\s*\*';
+        IF readers IS NOT NULL THEN
+            concerns := concerns || format('it also writes %s, which is not a copy of the row', readers);
+        END IF;
         -- A function of an extension: the extension's code may read what it writes. When every
         -- function of the extension is SQL or PL/pgSQL, the reads above saw all of it, and its
         -- triggers are judged as one system (supa_audit installed by CREATE EXTENSION).
@@ -1468,11 +1542,13 @@ REVOKE EXECUTE ON FUNCTION activity_log._source_text(text), activity_log._insert
     activity_log._callees(oid), activity_log._readers(regclass, oid[], text[]),
     activity_log._system_link(oid, oid, oid[], oid, oid, oid[]), activity_log._migration_plan(text, regclass),
     activity_log._regclass(text), activity_log._path_schemas(text), activity_log._call_names(text),
-    activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean)
+    activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean),
+    activity_log._trail_problem(regclass)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION activity_log._migration_plan(text, regclass), activity_log._source_text(text),
     activity_log._insert_targets(text, oid, oid, text[], text), activity_log._callees(oid),
     activity_log._readers(regclass, oid[], text[]), activity_log._system_link(oid, oid, oid[], oid, oid, oid[]),
     activity_log._regclass(text), activity_log._path_schemas(text), activity_log._call_names(text),
-    activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean)
+    activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean),
+    activity_log._trail_problem(regclass)
     TO activity_log_admin;

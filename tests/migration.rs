@@ -894,7 +894,7 @@ fn what_is_not_on_the_allow_list_keeps_a_trigger_from_audit() {
             format!("ledger|ledger_audit|uncertain|{copies}, but also calls dblink_exec(), which is volatile: taking it over would lose that"),
             format!("notes|notes_audit|audit|{copies}"),
             format!("orders|orders_history|uncertain|{copies}, but also updates or deletes other rows: taking it over would lose that"),
-            format!("sales|sales_audit|uncertain|{copies}, but also upserts into public.daily_sales (ON CONFLICT … DO UPDATE): taking it over would lose that"),
+            format!("sales|sales_audit|uncertain|{copies}, but also upserts into public.daily_sales (ON CONFLICT … DO UPDATE): taking it over would lose that, and it also writes public.daily_sales, which is not a copy of the row"),
             format!("stock_moves|stock_moves_audit|uncertain|{copies}, but also calls public.apply_move(text,integer), which updates or deletes other rows: taking it over would lose that"),
             format!("tickets|tickets_audit|uncertain|{copies}, but also calls public.announce(text,integer), which sends notifications: taking it over would lose that"),
         ]
@@ -1096,5 +1096,46 @@ fn uncertain_systems_across_tables_migrate_whole() {
             "LOCK TABLE public.parcels IN SHARE ROW EXCLUSIVE MODE",
             "LOCK TABLE public.plots IN SHARE ROW EXCLUSIVE MODE"
         ]
+    );
+}
+
+/// Issue 27, review findings F7 and F8: a trail that does business work itself (a view, a
+/// foreign table, a trigger or rule of its own or of a partition, a default calling a user
+/// function) and a trigger that writes a table besides its trail are never audit.
+#[test]
+fn trails_that_do_business_work_and_second_tables_are_never_audit() {
+    let c = Cluster::start(
+        "migration-trails-f7",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "trails");
+    c.sql("trails", include_str!("fixtures/trails.sql"));
+    assert_eq!(
+        c.sql(
+            "trails",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "audit.b3_log|b3_ship|business|Sends notifications, updates or deletes other rows; does not copy the row elsewhere".to_string(),
+            "audit.b6_log|b6_log_ins|uncertain|copies the changed row (columns of NEW/OLD) into public.b6_store, but also updates or deletes other rows: taking it over would lose that, and its table public.b6_store is read by view audit.b6_log".to_string(),
+            "audit.b7_log_all|b7_part|business|Sends notifications; does not copy the row elsewhere".to_string(),
+            "b1|b1_audit|uncertain|copies the changed row (as jsonb) into audit.b1_log with the operation, but it also writes public.user_notifications, which is not a copy of the row: taking it over would leave that stale".to_string(),
+            "b10|b10_audit|uncertain|copies the changed row (as jsonb) into audit.b10_log with the operation, but its table audit.b10_log runs code of its own (the default of column receipt calls public.next_number(text)): taking it over would leave that stale".to_string(),
+            "b10b|b10b_audit|uncertain|copies the changed row (as jsonb) into audit.b10b_log with the operation, but its table audit.b10b_log runs code of its own (column receipt is of domain public.receipt_no, whose check calls public.receipt_ok(bigint)): taking it over would leave that stale".to_string(),
+            "b11|b11_audit|uncertain|copies the changed row (as jsonb) into audit.b11_log with the operation, but its table audit.b11_log is a foreign table, not a table: taking it over would leave that stale".to_string(),
+            "b3|b3_audit|uncertain|copies the changed row (as jsonb) into audit.b3_log with the operation, but its table audit.b3_log runs code of its own (trigger b3_ship on audit.b3_log): taking it over would leave that stale".to_string(),
+            "b4|b4_audit|uncertain|copies the changed row (as jsonb) into audit.b4_log with the operation, but its table audit.b4_log runs code of its own (rule b4_forward on audit.b4_log, rule b4_notify on audit.b4_log): taking it over would leave that stale".to_string(),
+            "b5|b5_audit|uncertain|copies the changed row (as jsonb) into audit.b5_log with the operation, but its table audit.b5_log is a view, not a table: taking it over would leave that stale".to_string(),
+            "b6|b6_audit|uncertain|copies the changed row (as jsonb) into audit.b6_log with the operation, but its table audit.b6_log is a view, not a table: taking it over would leave that stale".to_string(),
+            "b7|b7_audit|uncertain|copies the changed row (as jsonb) into audit.b7_log with the operation, but its table audit.b7_log runs code of its own (trigger b7_part on audit.b7_log_all): taking it over would leave that stale".to_string(),
+            "c7|c7_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but it also writes public.c7_last_change, which is not a copy of the row: taking it over would leave that stale".to_string(),
+            "plain|plain_audit|audit|copies the changed row (as jsonb) into audit.plain_log with the operation".to_string(),
+        ]
+    );
+    full_cycle(
+        &c,
+        "trails",
+        "INSERT INTO public.plain VALUES (1, 'a'), (2, 'b');
+         UPDATE public.plain SET v = 'c' WHERE id = 1;",
     );
 }
