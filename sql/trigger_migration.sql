@@ -956,6 +956,28 @@ BEGIN
         -- The trigger's own function, its helpers and the functions of the other triggers of
         -- its table (judged with it as one system) do not count.
         concerns := '{}';
+        -- An unqualified table name means what the search_path of the session that fires the
+        -- trigger says: under every search_path set for a role or this database
+        -- (ALTER ROLE … SET search_path) it must mean the same table (F11).
+        SELECT string_agg(DISTINCT format('INSERT INTO %s means %s for %s (search_path %s)', x.name,
+                                          coalesce(x.alt::text, 'no table'), x.who, x.path), '; ')
+          INTO readers
+          FROM (SELECT n.name, p.path, p.who,
+                       activity_log._resolve_table(n.name, t.relnamespace, t.pronamespace, t.proconfig, caller_search_path) AS base,
+                       activity_log._resolve_table(n.name, t.relnamespace, t.pronamespace, t.proconfig, p.path) AS alt
+                  FROM (SELECT DISTINCT regexp_replace(m[1], '\s', '', 'g') AS name
+                          FROM regexp_matches(src, 'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi') m) n,
+                       (SELECT substr(c, 13) AS path,
+                               CASE WHEN s.setrole = 0 THEN 'every role' ELSE format('role %s', s.setrole::regrole) END
+                               || CASE WHEN s.setdatabase = 0 THEN '' ELSE ' in this database' END AS who
+                          FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
+                         WHERE c LIKE 'search\_path=%'
+                           AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database()))) p
+                 WHERE n.name !~ '^("[^"]+"|[^".]+)\.') x
+         WHERE x.base IS NOT NULL AND x.alt IS DISTINCT FROM x.base;
+        IF readers IS NOT NULL THEN
+            concerns := concerns || format('it names its table without a schema: %s', readers);
+        END IF;
         skip := callees || t.tgfoid
                 || ARRAY(SELECT o.tgfoid FROM pg_catalog.pg_trigger o WHERE o.tgrelid = t.tgrelid);
         FOREACH found IN ARRAY writes LOOP
@@ -1178,6 +1200,19 @@ BEGIN
             ELSIF concerns <> '{}' THEN
                 verdict := 'uncertain';
                 why := why || ', but ' || array_to_string(concerns, ', and ') || ': taking it over would leave that stale';
+            ELSIF guessed AND NOT (
+                      -- the guess is what the code computes: the table's own schema and name with
+                      -- the suffix, format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME || '_audit')
+                      (SELECT c.relnamespace = t.relnamespace AND left(c.relname, length(t.relname)) = t.relname
+                              AND src ~* ('\mtg_table_schema\M')
+                              AND src ~* ('\mtg_(table_name|relname)\s*\|\|\s*'''
+                                          || regexp_replace(substr(c.relname, length(t.relname) + 1), '([^a-zA-Z0-9_])', '\\\1', 'g')
+                                          || '''')
+                         FROM pg_catalog.pg_class c WHERE c.oid = audit_table)) THEN
+                -- Any other table named at run time (EXECUTE format('INSERT INTO %s …', TG_ARGV[0]))
+                -- is a guess: the trigger may write any table, so it is never taken over on it (F11).
+                verdict := 'uncertain';
+                why := why || format(', but the table it writes is named only at run time: %s is a guess', audit_table);
             ELSIF confidence >= 0.75 THEN
                 verdict := 'audit';
             ELSE

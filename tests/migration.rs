@@ -1139,3 +1139,33 @@ fn trails_that_do_business_work_and_second_tables_are_never_audit() {
          UPDATE public.plain SET v = 'c' WHERE id = 1;",
     );
 }
+
+/// Issue 27, review finding F11: a table named only at run time (format('INSERT INTO %s', TG_ARGV[0]))
+/// is a guess, and an unqualified name that means another table under a role's search_path is
+/// ambiguous: neither is audit.
+#[test]
+fn run_time_and_ambiguous_targets_are_never_audit() {
+    let c = Cluster::start(
+        "migration-targets-f11",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "targets");
+    c.sql("targets", include_str!("fixtures/run_time_targets.sql"));
+    assert_eq!(
+        c.sql(
+            "targets",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "c5|c5_log|uncertain|copies the changed row (NEW.* / OLD.*) into public.c5_history with the operation (a dynamic INSERT; the table is guessed from its name), but the table it writes is named only at run time: public.c5_history is a guess".to_string(),
+            "c6|c6_audit|uncertain|copies the changed row (as jsonb) into public.change_log with the operation, but it names its table without a schema: INSERT INTO change_log means app.change_log for role app_user (search_path app, public): taking it over would leave that stale".to_string(),
+            "plain|plain_audit|audit|copies the changed row (as jsonb) into public.plain_log with the operation".to_string(),
+        ]
+    );
+    full_cycle(
+        &c,
+        "targets",
+        "INSERT INTO public.plain VALUES (1, 'a'), (2, 'b');
+         UPDATE public.plain SET v = 'c' WHERE id = 1;",
+    );
+}
