@@ -504,6 +504,10 @@ BEGIN
             END LOOP;
         END LOOP;
     END LOOP;
+    -- A helper that raises makes the trigger's writes fail (F5).
+    IF depth > 0 AND f.lanname = 'plpgsql' AND activity_log._raises_on_writes(activity_log._source_text(f.prosrc), 0) THEN
+        problems := problems || 'raises errors'::text;
+    END IF;
     RETURN jsonb_build_object('problems', to_jsonb(ARRAY(SELECT DISTINCT x FROM unnest(problems) x ORDER BY x)),
                               'helpers', to_jsonb(ARRAY(SELECT DISTINCT x FROM unnest(helpers) x)));
 END
@@ -555,6 +559,110 @@ BEGIN
                                   '\m(insert\s+into|delete\s+from|truncate(\s+table)?(\s+only)?|drop\s+table(\s+if\s+exists)?)\s+'
                                   || t.pattern || '(?![a-z0-9_$])', ' ', 'gi')
                    ~* ('(?<![a-z0-9_$])' || regexp_replace(t.relname, '([^a-zA-Z0-9_])', '\\\1', 'g') || '(?![a-z0-9_$])')) r);
+END
+$$;
+
+-- _raises_on_writes says whether a trigger function body (comments removed) makes writes fail
+-- (issue 27, F3-F5): an ASSERT, a SELECT … INTO STRICT, or a RAISE of any level but DEBUG, LOG,
+-- INFO, NOTICE and WARNING (RAISE EXCEPTION, RAISE with no level, RAISE SQLSTATE, RAISE
+-- check_violation …) — except a protocol guard, which no write of the trigger's table reaches:
+-- a RAISE in an IF / ELSIF branch whose condition tests only TG_OP, TG_WHEN and TG_LEVEL and is
+-- false for every event the trigger fires on (pg_trigger.tgtype), or in the ELSE of an IF chain
+-- whose every condition tests only those and one of which is true for every event. Conditions
+-- are evaluated with the event's values substituted: they hold only literals then.
+CREATE FUNCTION activity_log._raises_on_writes(src text, tgtype integer) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    masked  text;
+    pos     integer := 1;
+    hit     integer;
+    tok     text;
+    kinds   text[] := '{}';     -- the open frames: if, case, begin
+    conds   text[] := '{}';     -- per open if frame: its conditions so far, joined by chr(1)
+    branch  text[] := '{}';     -- per open frame: 'cond' (in an if / elsif branch) or 'else'
+    cstart  integer := NULL;    -- where the condition being read starts
+    c       text;
+    protocol_only boolean;
+    ok      boolean;
+    combo   record;
+    any_true boolean;
+    val     boolean;
+    proto   text := '^(\s|[(),=<>!]|\mtg_(when|level|op)\M|''[^'']*''|\m(not|and|or|in|is|distinct|from)\M)+$';
+    orig    text := src;        -- conditions are read as written: 'delete' is not 'DELETE'
+BEGIN
+    src := lower(src);
+    -- string contents masked, positions kept: keywords inside a message are not keywords
+    SELECT string_agg(CASE WHEN n % 2 = 0 THEN repeat('x', length(p)) ELSE p END, '''' ORDER BY n) INTO masked
+      FROM regexp_split_to_table(src, '''') WITH ORDINALITY x(p, n);
+    LOOP
+        hit := regexp_instr(masked, '\m(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|raise|assert|into\s+strict)\M', pos);
+        EXIT WHEN hit = 0;
+        tok := regexp_replace(substring(masked FROM hit FOR 12), '^(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|raise|assert|into\s+strict).*$', '\1', 's');
+        tok := regexp_replace(tok, '\s+', ' ', 'g');
+        pos := hit + length(regexp_substr(masked, '(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|raise|assert|into\s+strict)', hit));
+        IF tok IN ('assert', 'into strict') THEN
+            RETURN true;
+        ELSIF tok = 'if' THEN
+            kinds := kinds || 'if'::text; conds := conds || ''::text; branch := branch || 'cond'::text;
+            cstart := pos;
+        ELSIF tok = 'elsif' AND kinds[cardinality(kinds)] = 'if' THEN
+            branch[cardinality(kinds)] := 'cond';
+            cstart := pos;
+        ELSIF tok = 'then' AND cstart IS NOT NULL AND kinds[cardinality(kinds)] = 'if' THEN
+            c := substring(orig FROM cstart FOR hit - cstart);
+            conds[cardinality(kinds)] := conds[cardinality(kinds)] || chr(1) || c;
+            cstart := NULL;
+        ELSIF tok = 'else' AND kinds[cardinality(kinds)] = 'if' THEN
+            branch[cardinality(kinds)] := 'else';
+        ELSIF tok = 'case' THEN
+            kinds := kinds || 'case'::text; conds := conds || ''::text; branch := branch || ''::text;
+        ELSIF tok = 'begin' THEN
+            kinds := kinds || 'begin'::text; conds := conds || ''::text; branch := branch || ''::text;
+        ELSIF tok IN ('end if', 'end case', 'end') THEN
+            IF cardinality(kinds) > 0 THEN
+                kinds := kinds[1:cardinality(kinds) - 1]; conds := conds[1:cardinality(conds) - 1];
+                branch := branch[1:cardinality(branch) - 1];
+            END IF;
+        ELSIF tok = 'raise' THEN
+            CONTINUE WHEN substr(masked, pos) ~ '^\s+(debug|log|info|notice|warning)\M';
+            -- a protocol guard, or validation
+            IF tgtype = 0 OR cardinality(kinds) = 0 OR kinds[cardinality(kinds)] <> 'if' THEN
+                RETURN true;
+            END IF;
+            ok := true;
+            any_true := false;
+            FOR combo IN
+                SELECT o.op, CASE WHEN tgtype & 2 <> 0 THEN 'BEFORE' WHEN tgtype & 64 <> 0 THEN 'INSTEAD OF' ELSE 'AFTER' END AS wh,
+                       CASE WHEN tgtype & 1 <> 0 THEN 'ROW' ELSE 'STATEMENT' END AS lv
+                  FROM (VALUES (4, 'INSERT'), (8, 'DELETE'), (16, 'UPDATE'), (32, 'TRUNCATE')) o(bit, op)
+                 WHERE tgtype & o.bit <> 0
+            LOOP
+                -- in the current branch: the last condition (cond) or none of them (else)
+                any_true := false;
+                FOREACH c IN ARRAY (CASE WHEN branch[cardinality(kinds)] = 'cond'
+                                         THEN ARRAY[split_part(conds[cardinality(kinds)], chr(1), -1)]
+                                         ELSE string_to_array(substr(conds[cardinality(kinds)], 2), chr(1)) END) LOOP
+                    IF c !~* proto THEN
+                        RETURN true;
+                    END IF;
+                    EXECUTE 'SELECT (' || regexp_replace(regexp_replace(regexp_replace(c,
+                                 '\mtg_op\M', quote_literal(combo.op), 'gi'),
+                                 '\mtg_when\M', quote_literal(combo.wh), 'gi'),
+                                 '\mtg_level\M', quote_literal(combo.lv), 'gi') || ')::boolean'
+                       INTO val;
+                    any_true := any_true OR coalesce(val, false);
+                END LOOP;
+                IF branch[cardinality(kinds)] = 'cond' AND any_true THEN
+                    RETURN true;      -- a write of this event reaches the RAISE
+                ELSIF branch[cardinality(kinds)] = 'else' AND NOT any_true THEN
+                    RETURN true;      -- this event falls through to the ELSE
+                END IF;
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN false;
 END
 $$;
 
@@ -869,10 +977,7 @@ BEGIN
         -- ELSE RAISE EXCEPTION 'unhandled case' guards a function against misuse; it validates
         -- nothing. Nor does a protocol guard: IF TG_WHEN <> 'AFTER' THEN RAISE EXCEPTION …
         -- END IF, a condition on TG_WHEN / TG_LEVEL / TG_OP alone (2ndQuadrant's audit-trigger).
-        IF regexp_replace(regexp_replace(src, '\melse\s+raise\s+exception\s+''[^'']*''[^;]*;', ' ', 'gi'),
-                          '\mif\s+(\s|[(),=<>!]|\mtg_(when|level|op)\M|''[^'']*''|\m(not|and|or|in|is|distinct|from)\M)+\mthen\s+'
-                          || 'raise\s+exception\s+''[^'']*''[^;]*;\s*(return\s+null\s*;\s*)?end\s+if\s*;', ' ', 'gi')
-           ~* '\mraise\s+((exception|sqlstate|using)\M|'')' THEN
+        IF activity_log._raises_on_writes(src, t.tgtype) THEN
             side := side || 'raises errors (validation)'::text;
         -- Only a row trigger skips rows: PostgreSQL ignores a statement trigger's return value.
         ELSIF t.tgtype & 2 <> 0 AND t.tgtype & 1 <> 0 AND src ~* '\mreturn\s+null\M' THEN

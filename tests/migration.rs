@@ -1169,3 +1169,41 @@ fn run_time_and_ambiguous_targets_are_never_audit() {
          UPDATE public.plain SET v = 'c' WHERE id = 1;",
     );
 }
+
+/// Issue 27, second review, findings F3, F4 and F5: a guard on an operation the trigger fires on,
+/// an ELSE RAISE an event falls through to, RAISE condition_name / with no level / SQLSTATE,
+/// ASSERT, INTO STRICT and a helper that raises all make writes fail: never audit. A guard no
+/// event reaches, an ELSE no event reaches and RAISE NOTICE do not.
+#[test]
+fn validation_in_every_form_keeps_a_trigger_from_audit() {
+    let c = Cluster::start(
+        "migration-validation-f3",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "val");
+    c.sql("val", include_str!("fixtures/validation.sql"));
+    assert_eq!(
+        c.sql(
+            "val",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "a1|a1_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "a2|a2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "a3|a3_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "a4|a4_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "a5|a5_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.check_period_open(date), which raises errors: taking it over would lose that".to_string(),
+            "v1|v1_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "v2|v2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "v3|v3_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "v4|v4_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "w1|w1_audit|audit|copies the changed row (as jsonb) into audit.w1_log with the operation".to_string(),
+        ]
+    );
+    full_cycle(
+        &c,
+        "val",
+        "INSERT INTO public.w1 VALUES (1, 'a'), (2, 'b');
+         UPDATE public.w1 SET v = 'c' WHERE id = 1;",
+    );
+}
