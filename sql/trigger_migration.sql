@@ -968,10 +968,22 @@ BEGIN
         -- NEW is written by assignment (NEW.col := …, NEW := …), by SELECT … INTO NEW[.col], or,
         -- in a BEFORE / INSTEAD OF row trigger, by returning anything but NEW, OLD or NULL
         -- (temporal_tables: RETURN jsonb_populate_record(NEW, …)).
-        IF src ~* '(;|\mbegin|\mthen|\melse|\mloop)\s*new\s*(\.\s*("[^"]+"|\w+)\s*)?(\[[^]]*\]\s*)?:?='
-           OR src ~* '(?<!insert)\s+into\s+(strict\s+)?new\M\s*(\.|,|;|\mfrom\M)'
+        -- NEW's names: NEW and its aliases (r ALIAS FOR NEW; ALIAS FOR $1 …), each a word (F6).
+        pattern := '(new' || coalesce((SELECT string_agg('|' || regexp_replace(lower(m[1]), '([^a-z0-9_])', '\\\1', 'g'), '')
+                                          FROM regexp_matches(src, '\m([a-z_][a-z0-9_$]*)\s+alias\s+for\s+(new|old|\$\d+)\M', 'gi') m), '')
+                   || ')';
+        IF src ~* ('(;|\mbegin|\mthen|\melse|\mloop)\s*' || pattern || '\s*(\.\s*("[^"]+"|\w+)\s*)*(\[[^]]*\]\s*)?:?=')
+           OR src ~* ('(?<!insert)\s+into\s+(strict\s+)?' || pattern || '\M\s*(\.|,|;|\mfrom\M)')
            OR (t.tgtype & 1 <> 0 AND t.tgtype & (2 | 64) <> 0
-               AND src ~* '\mreturn\s+(?!(new|old|null)\s*;|coalesce\s*\(\s*(new|old)\s*,\s*(new|old)\s*\)\s*;)[^;\s][^;]*;') THEN
+               AND src ~* '\mreturn\s+(?!(new|old|null)\s*;|coalesce\s*\(\s*(new|old)\s*,\s*(new|old)\s*\)\s*;)[^;\s][^;]*;')
+           -- A BEFORE INSERT / UPDATE row trigger that returns OLD writes OLD's values instead of
+           -- NEW's (freezes the row), unless that RETURN OLD is a DELETE's: IF TG_OP = 'DELETE'
+           -- THEN RETURN OLD (F6).
+           OR (t.tgtype & 1 <> 0 AND t.tgtype & 2 <> 0 AND t.tgtype & (4 | 16) <> 0
+               AND regexp_count(src, '\mreturn\s+old\s*;', 1, 'i')
+                   > CASE WHEN t.tgtype & 8 <> 0
+                          THEN regexp_count(src, '\mif\s+\(?\s*tg_op\s*=\s*''DELETE''\s*\)?\s*then\s+((?!\m(if|else|elsif|end)\M)[^;]*;\s*)*?return\s+old\s*;', 1, 'i')
+                          ELSE 0 END) THEN
             side := side || 'modifies NEW'::text;
         END IF;
         -- ELSE RAISE EXCEPTION 'unhandled case' guards a function against misuse; it validates

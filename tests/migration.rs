@@ -1207,3 +1207,28 @@ fn validation_in_every_form_keeps_a_trigger_from_audit() {
          UPDATE public.w1 SET v = 'c' WHERE id = 1;",
     );
 }
+
+/// Issue 27, second review, finding F6: NEW changed through an ALIAS FOR NEW, through a nested
+/// field (NEW.address.city := …), or by a BEFORE UPDATE trigger returning OLD is never audit; a
+/// BEFORE trigger that returns OLD only for DELETE is.
+#[test]
+fn new_changed_through_aliases_fields_and_return_old_is_never_audit() {
+    let c = Cluster::start(
+        "migration-new-f6",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "nw");
+    c.sql("nw", include_str!("fixtures/new_rewrites.sql"));
+    assert_eq!(
+        c.sql(
+            "nw",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "a6|a6_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also modifies NEW: taking it over would lose that".to_string(),
+            "a7|a7_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also modifies NEW: taking it over would lose that".to_string(),
+            "a8|a8_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also modifies NEW: taking it over would lose that".to_string(),
+            "w2|w2_audit|audit|copies the changed row (as jsonb) into audit.w2_log with the operation".to_string(),
+        ]
+    );
+}
