@@ -227,6 +227,7 @@ DECLARE
     helpers    oid[] := '{}';
     in_declare boolean := false;
     i          integer;
+    exec_lit   text;
 BEGIN
     SELECT p.oid, p.prosrc, p.pronargs, p.proconfig, p.pronamespace, l.lanname,
            p.prosqlbody IS NOT NULL AS atomic
@@ -299,6 +300,7 @@ BEGIN
         END LOOP;
 
         -- What the statement is.
+        exec_lit := NULL;
         kind := CASE
             WHEN rest = '' OR rest ~* '^end(\s+(if|loop|case))?(\s+[a-z_][a-z0-9_$]*)?$' OR rest ~* '^null$' THEN 'none'
             WHEN in_declare THEN 'declare'
@@ -338,6 +340,10 @@ BEGIN
             SELECT string_agg(coalesce(lits[x[1]::integer], ''), ' ' ORDER BY n) INTO lit
               FROM regexp_matches(rest, '''#([0-9]+)''', 'g') WITH ORDINALITY y(x, n);
             lit := lower(btrim(coalesce(lit, ''), E' \t\r\n('));
+            -- the functions the statement it runs calls are checked like its own (F2), the
+            -- strings in it masked, format()'s %I / %s / %L / %1$I read as a constant
+            exec_lit := regexp_replace(regexp_replace(lit, '''(?:[^'']|'''')*''', '''''', 'g'),
+                                       '%([0-9]+\$)?-?[0-9]*[isl]', '0', 'g');
             IF lit = '' THEN
                 problems := problems || 'runs a statement built at run time'::text;
             ELSIF lit ~ '^(select|with)\M' AND lit !~ '\m(into|insert|update|delete|merge)\M' AND lit !~ ';' THEN
@@ -370,7 +376,7 @@ BEGIN
 
         -- The functions it calls (in the statement and the conditions in front of it).
         FOR c IN SELECT DISTINCT n.schema_name, n.function_name
-                   FROM unnest(conds || rest) s(t), activity_log._call_names(s.t) n
+                   FROM unnest(array_remove(conds || rest || exec_lit, NULL)) s(t), activity_log._call_names(s.t) n
         LOOP
             cands := ARRAY(SELECT p.oid FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
                             WHERE p.proname = c.function_name

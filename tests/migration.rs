@@ -1232,3 +1232,26 @@ fn new_changed_through_aliases_fields_and_return_old_is_never_audit() {
         ]
     );
 }
+
+/// Issue 27, second review, finding F2: the functions called inside an EXECUTE of a literal
+/// string (a helper that updates, set_config(), pg_advisory_xact_lock()) are checked like the
+/// body's own; a literal INSERT calling only harmless built-ins stays audit.
+#[test]
+fn calls_inside_execute_literals_are_checked() {
+    let c = Cluster::start(
+        "migration-execute-f2",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "ex");
+    c.sql("ex", include_str!("fixtures/execute_calls.sql"));
+    assert_eq!(
+        c.sql(
+            "ex",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "a10|a10_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls pg_advisory_xact_lock(), which is volatile, calls public.bump_counter(text), which updates or deletes other rows, calls set_config(), which is volatile: taking it over would lose that".to_string(),
+            "w3|w3_audit|audit|copies the changed row (NEW.* / OLD.*) into audit.w3_log with the operation".to_string(),
+        ]
+    );
+}
