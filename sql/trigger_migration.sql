@@ -1147,6 +1147,22 @@ BEGIN
         IF readers IS NOT NULL THEN
             concerns := concerns || format('it also writes %s, which is not a copy of the row', readers);
         END IF;
+        -- nextval() only on a sequence a trail it writes owns (its serial or identity column):
+        -- a shared business sequence (invoice numbers) would get gaps nobody else makes (F12).
+        SELECT string_agg(DISTINCT x.arg, ', ') INTO readers
+          FROM (SELECT btrim(m[1]) AS arg,
+                       CASE WHEN btrim(m[1]) ~ '^''[^'']+''(\s*::\s*regclass)?$'
+                            THEN activity_log._resolve_table(substring(btrim(m[1]) FROM '^''([^'']+)'''), t.relnamespace,
+                                                             t.pronamespace, t.proconfig, caller_search_path) END AS seq
+                  FROM regexp_matches(src, '\mnextval\s*\(([^()]*(\([^()]*\))?[^()]*)\)', 'gi') m) x
+         WHERE x.seq IS NULL
+            OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                            WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = x.seq
+                              AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')
+                              AND d.refobjid = ANY (writes::oid[]));
+        IF readers IS NOT NULL THEN
+            concerns := concerns || format('it takes numbers from nextval(%s), a sequence no table it writes owns', readers);
+        END IF;
         -- A function of an extension: the extension's code may read what it writes. When every
         -- function of the extension is SQL or PL/pgSQL, the reads above saw all of it, and its
         -- triggers are judged as one system (supa_audit installed by CREATE EXTENSION).

@@ -1255,3 +1255,31 @@ fn calls_inside_execute_literals_are_checked() {
         ]
     );
 }
+
+/// Issue 27, second review, finding F12: nextval() on a shared business sequence is not audit;
+/// on the trail's own serial it is.
+#[test]
+fn nextval_only_on_the_trails_own_sequences() {
+    let c = Cluster::start(
+        "migration-sequences-f12",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "sq");
+    c.sql("sq", include_str!("fixtures/sequences.sql"));
+    assert_eq!(
+        c.sql(
+            "sq",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "c8|c8_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but it takes numbers from nextval('public.invoice_no'), a sequence no table it writes owns: taking it over would leave that stale".to_string(),
+            "w4|w4_audit|audit|copies the changed row (as jsonb) into audit.w4_log with the operation".to_string(),
+        ]
+    );
+    full_cycle(
+        &c,
+        "sq",
+        "INSERT INTO public.w4 VALUES (1, 'a'), (2, 'b');
+         UPDATE public.w4 SET v = 'c' WHERE id = 1;",
+    );
+}
