@@ -1101,8 +1101,16 @@ BEGIN
         IF readers IS NOT NULL THEN
             concerns := concerns || format('it names its table without a schema: %s', readers);
         END IF;
+        -- Of the other triggers of its table only those that write a table (judged themselves,
+        -- as one system with it when they are) are skipped: one that only reads the trail (a
+        -- rate limit) is a reader (F9).
         skip := callees || t.tgfoid
-                || ARRAY(SELECT o.tgfoid FROM pg_catalog.pg_trigger o WHERE o.tgrelid = t.tgrelid);
+                || ARRAY(SELECT o.tgfoid FROM pg_catalog.pg_trigger o
+                          WHERE o.tgrelid = t.tgrelid
+                            AND EXISTS (SELECT 1 FROM unnest(o.tgfoid || activity_log._callees(o.tgfoid)) w(fn)
+                                          JOIN pg_catalog.pg_proc op ON op.oid = w.fn
+                                         WHERE activity_log._insert_targets(activity_log._source_text(op.prosrc), t.relnamespace,
+                                                   op.pronamespace, op.proconfig, caller_search_path) <> '{}'));
         FOREACH found IN ARRAY writes LOOP
             IF NOT reader_cache ? (found::oid::text) THEN
                 reader_cache := reader_cache || jsonb_build_object(found::oid::text,
@@ -1128,6 +1136,36 @@ BEGIN
             IF pubs IS NOT NULL THEN
                 concerns := concerns || format('its table %s is published (publication %s): logical replication sends its rows on',
                                                found, pubs);
+            END IF;
+            -- Row level security policies, defaults and foreign keys of other tables that use it (F9).
+            SELECT string_agg(DISTINCT x, ', ') INTO readers
+              FROM (SELECT format('policy %I on %s', pol.polname, pol.polrelid::regclass) AS x
+                      FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_policy pol ON pol.oid = d.objid
+                     WHERE d.classid = 'pg_catalog.pg_policy'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                       AND d.refobjid = found
+                    UNION ALL
+                    SELECT format('a default of %s', ad.adrelid::regclass)
+                      FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid
+                     WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                       AND d.refobjid = found AND ad.adrelid <> found
+                    UNION ALL
+                    SELECT format('foreign key %I of %s', con.conname, con.conrelid::regclass)
+                      FROM pg_catalog.pg_constraint con
+                     WHERE con.contype = 'f' AND con.confrelid = found AND con.conrelid <> found
+                       -- another trail (trigger functions insert into it): one system's tables
+                       AND NOT con.conrelid = ANY (writes::oid[])
+                       AND NOT lower((SELECT k.relname FROM pg_catalog.pg_class k WHERE k.oid = con.conrelid)) = ANY (names)
+                    UNION ALL
+                    SELECT format('publication %I (of its partition %s)', pub.pubname, pr.prrelid::regclass)
+                      FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication pub ON pub.oid = pr.prpubid
+                     WHERE pr.prrelid IN (SELECT x.relid FROM pg_catalog.pg_partition_tree(found) x WHERE x.relid <> found)
+                    UNION ALL
+                    SELECT format('logical replication slot %I (plugin %s), which decodes the changes of every table', sl.slot_name, sl.plugin)
+                      FROM pg_catalog.pg_replication_slots sl
+                     WHERE sl.slot_type = 'logical' AND sl.plugin IS DISTINCT FROM 'pgoutput'
+                       AND sl.database = current_database()) y;
+            IF readers IS NOT NULL THEN
+                concerns := concerns || format('its table %s is used by %s', found, readers);
             END IF;
             -- The trail itself must not do business work (F7): a view, a foreign table, a
             -- trigger or rule of its own or of a partition, a default or domain check calling code.

@@ -1283,3 +1283,29 @@ fn nextval_only_on_the_trails_own_sequences() {
          UPDATE public.w4 SET v = 'c' WHERE id = 1;",
     );
 }
+
+/// Issue 27, second review, finding F9: a trail read by another trigger of its table that does
+/// not write it (a rate limit), a row level security policy, a foreign key of another table, or
+/// published through one of its partitions is never audit.
+#[test]
+fn readers_through_policies_foreign_keys_partitions_and_sibling_triggers() {
+    let c = Cluster::start(
+        "migration-readers-f9",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "mr");
+    c.sql("mr", include_str!("fixtures/more_readers.sql"));
+    assert_eq!(
+        c.sql(
+            "mr",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "b12|b12_audit|uncertain|copies the changed row (as jsonb) into audit.b12_log with the operation, but its table audit.b12_log is used by publication b12_cdc (of its partition audit.b12_log_all): taking it over would leave that stale".to_string(),
+            "b2|b2_audit|uncertain|copies the changed row (as jsonb) into audit.b2_log with the operation, but its table audit.b2_log is read by public.b2_rate_limit(): taking it over would leave that stale".to_string(),
+            "b2|b2_rate_limit|business|Raises errors (validation); does not copy the row elsewhere".to_string(),
+            "b8|b8_audit|uncertain|copies the changed row (as jsonb) into audit.b8_log with the operation, but its table audit.b8_log is used by policy b8_own on public.b8: taking it over would leave that stale".to_string(),
+            "b9|b9_audit|uncertain|copies the changed row (as jsonb) into audit.b9_log with the operation, but its table audit.b9_log is used by foreign key approvals_audit_id_fkey of public.approvals: taking it over would leave that stale".to_string(),
+        ]
+    );
+}
