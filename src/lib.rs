@@ -4,7 +4,8 @@
 //! `ring` (shared-memory rings, one per audited database) → `worker` (launcher and writers)
 //! → `activity_log.events`, read through the SQL surface in `api` and `sql/`.
 //! `record` is the byte format between capture and the writer; `gucs` holds every setting;
-//! `shared` is the shared memory that is not a ring (crash state, launcher, staging table).
+//! `shared` is the shared memory that is not a ring (crash state, launcher, staging table);
+//! `process` says what kind of process this is (preloaded, one of our workers).
 
 mod api;
 mod capture;
@@ -12,6 +13,7 @@ mod errors;
 mod gucs;
 #[cfg(feature = "pg_test")]
 mod pg_tests;
+mod process;
 mod record;
 mod ring;
 mod shared;
@@ -19,14 +21,6 @@ mod unguarded;
 mod worker;
 
 pgrx::pg_module_magic!();
-
-/// True when `_PG_init` ran from shared_preload_libraries; inherited by every child process.
-static mut PRELOADED: bool = false;
-
-pub fn preloaded() -> bool {
-    // SAFETY: written once in the postmaster before any backend exists.
-    unsafe { PRELOADED }
-}
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
@@ -39,11 +33,9 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     shared::init();
     ring::init();
-    capture::hooks::install();
-    capture::xact::install();
+    capture::install();
     worker::launcher::register();
-    // SAFETY: single-threaded postmaster start-up.
-    unsafe { PRELOADED = true };
+    process::mark_preloaded();
 }
 
 // The SQL, one file per topic. bootstrap.sql runs first (the trail's tables) and grants.sql last

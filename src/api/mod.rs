@@ -7,9 +7,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
-use crate::capture::{self, hooks};
+use crate::capture;
 use crate::errors::raise;
-use crate::record::{Body, Event, Record};
 use crate::ring;
 use crate::shared;
 use crate::worker::chain;
@@ -54,7 +53,7 @@ pub const CATEGORIES: &[&str] = &[
 pub const SEVERITIES: &[&str] = &["debug", "info", "notice", "warning", "error", "critical"];
 
 fn require_preload_or_error() {
-    if !crate::preloaded() {
+    if !crate::process::preloaded() {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "activity_log must be loaded via shared_preload_libraries",
@@ -238,27 +237,15 @@ fn log_event(
             ),
         );
     }
-    if !hooks::capturing() {
-        return;
-    }
-    hooks::client_addr();
-    if !privileged {
-        capture::note_unprivileged_event();
-    }
-    // SAFETY: no error paths.
-    let ts = unsafe { pg_sys::GetCurrentTimestamp() };
-    capture::push(&Record {
-        origin: hooks::origin(),
-        body: Body::Event(Event {
-            ts,
-            action: action.as_bytes().into(),
-            details: details.into(),
-            entity_type: entity_type.map(|s| s.as_bytes().into()),
-            entity_id: entity_id.map(|s| s.as_bytes().into()),
-            category: category.as_bytes().into(),
-            severity: severity.as_bytes().into(),
-        }),
-    });
+    capture::log_event(
+        &action,
+        details,
+        entity_type,
+        entity_id,
+        &category,
+        &severity,
+        privileged,
+    );
 }
 
 /// Longest wait `flush` accepts.
@@ -365,7 +352,7 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
 /// staged_rows_exist tells whether durable_queue holds committed transactions (read as the
 /// extension's owner: the caller may not read the queue).
 fn staged_rows_exist() -> bool {
-    hooks::as_extension_owner(|| {
+    capture::as_extension_owner(|| {
         Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM activity_log.durable_queue)")
             .ok()
             .flatten()
@@ -471,7 +458,7 @@ pub fn reset_metrics() {
 #[pg_extern(name = "_tracking_changed")]
 fn tracking_changed() {
     require_preload_or_error();
-    crate::capture::tracked::note_change();
+    capture::note_tracking_change();
 }
 
 /// Runs `statement` with the rights of `role`, inside a security-restricted operation (as
@@ -493,7 +480,7 @@ fn run_as(role: pg_sys::Oid, statement: &str) {
             Some("The kept SQL runs as the role that kept it; roll back as a member of that role."),
         );
     }
-    hooks::as_role(role, true, || {
+    capture::as_role(role, true, || {
         // SAFETY: a GUC nest level, so that what the statement SETs ends with it (an ERROR's
         // abort ends it otherwise).
         let nest = unsafe { pg_sys::NewGUCNestLevel() };

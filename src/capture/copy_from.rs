@@ -40,7 +40,8 @@ use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::ffi::{CString, c_char};
 
-use super::{hooks, rows, tracked};
+use super::triggers::{self, COPY_TGOID_BEFORE, COPY_TGOID_INSERT, is_synthetic};
+use super::{context, tracked};
 
 /// A COPY whose target's relation cache entry holds our descriptor.
 struct Swap {
@@ -104,7 +105,8 @@ pub unsafe fn begin(stmt: *mut pg_sys::Node) -> Option<CopyCapture> {
             return None;
         }
         let copy = stmt.cast::<pg_sys::CopyStmt>();
-        if !(*copy).is_from || (*copy).relation.is_null() || !rows_wanted() || !hooks::capturing() {
+        if !(*copy).is_from || (*copy).relation.is_null() || !rows_wanted() || !context::capturing()
+        {
             return None;
         }
         // DoCopy refuses a server file or program to whoever may not read it before it opens
@@ -149,7 +151,7 @@ pub unsafe fn begin(stmt: *mut pg_sys::Node) -> Option<CopyCapture> {
         // From here to the push nothing can fail.
         (*rel).trigdesc = ours;
         let work_mem = pg_sys::work_mem;
-        pg_sys::work_mem = work_mem.max(rows::in_memory_budget_kb());
+        pg_sys::work_mem = work_mem.max(triggers::in_memory_budget_kb());
         let depth = SWAPS.with_borrow_mut(|s| {
             s.push(Swap {
                 rel,
@@ -307,7 +309,7 @@ unsafe fn has_copy_trigger(td: *mut pg_sys::TriggerDesc) -> bool {
     unsafe {
         !td.is_null()
             && (0..(*td).numtriggers as usize)
-                .any(|i| (*(*td).triggers.add(i)).tgoid.to_u32() == rows::COPY_TGOID_INSERT)
+                .any(|i| (*(*td).triggers.add(i)).tgoid.to_u32() == COPY_TGOID_INSERT)
     }
 }
 
@@ -334,7 +336,7 @@ unsafe fn with_copy_triggers(
         ..Default::default()
     };
     let mut triggers = vec![trigger(
-        rows::COPY_TGOID_BEFORE,
+        COPY_TGOID_BEFORE,
         c"activity_log_copy_start",
         pg_sys::TRIGGER_TYPE_BEFORE | pg_sys::TRIGGER_TYPE_INSERT,
     )];
@@ -345,7 +347,7 @@ unsafe fn with_copy_triggers(
         } else {
             for i in 0..(*base).numtriggers as usize {
                 let t = *(*base).triggers.add(i);
-                if !rows::is_synthetic(t.tgoid) {
+                if !is_synthetic(t.tgoid) {
                     triggers.push(t);
                 }
             }
@@ -353,14 +355,14 @@ unsafe fn with_copy_triggers(
         }
     };
     let mut after = trigger(
-        rows::COPY_TGOID_INSERT,
+        COPY_TGOID_INSERT,
         c"activity_log_copy",
         pg_sys::TRIGGER_TYPE_AFTER | pg_sys::TRIGGER_TYPE_INSERT,
     );
     after.tgnewtable = c"activity_log_new".as_ptr().cast_mut();
     triggers.push(after);
     for t in triggers.iter_mut() {
-        if rows::is_synthetic(t.tgoid) {
+        if is_synthetic(t.tgoid) {
             t.tgargs = args.as_mut_ptr();
         }
     }

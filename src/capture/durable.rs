@@ -13,7 +13,7 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::{hooks, xact};
+use super::origin;
 use crate::errors::raise;
 use crate::record;
 
@@ -66,8 +66,8 @@ pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>, ring_mark: Option
     // The frame names the transaction: give it its xid now (the insert would anyway).
     // SAFETY: inside a running transaction that may write (checked by the callers).
     let xid = unsafe { pg_sys::GetTopFullTransactionId() }.value;
-    hooks::client_addr();
-    let info = xact::frame_info();
+    origin::client_addr();
+    let info = origin::frame_info();
     let len: usize = info.len() + parts.iter().map(|p| p.len()).sum::<usize>();
     let size = len + record::SEAL_LEN + pg_sys::VARHDRSZ;
     // MaxAllocSize: the largest varlena PostgreSQL can allocate (bindgen misses the macro).

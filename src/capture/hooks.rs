@@ -22,11 +22,16 @@ use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int};
 use std::rc::Rc;
 
-use crate::capture::{self, clip, copy_from, redact, restore, rows, tracked};
+use super::context::{
+    Attribution, CURRENT, DEPTH, Nested, as_extension_owner, capturing, recorded_text,
+};
+use super::origin::{ORIGIN_FIELD_MAX, client_addr, clip, cstr_bytes, origin};
+use super::{copy_from, pending, redact, replication, restore, rows, tracked};
 use crate::errors::{raise, raise_with_detail};
 use crate::gucs::{self, CaptureStatements};
+use crate::process::runs_statements_for_a_user;
 use crate::record::Op;
-use crate::record::{Body, Bytes, Origin, Record, Statement, StatementClass};
+use crate::record::{Body, Record, Statement, StatementClass};
 use crate::ring;
 use crate::unguarded;
 
@@ -37,9 +42,6 @@ static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
 static mut PREV_OBJECT_ACCESS: pg_sys::object_access_hook_type = None;
-
-/// Set in activity_log's own background workers, whose writes are never captured.
-static mut IN_OWN_WORKER: bool = false;
 
 /// A top-level statement that has started and not yet ended.
 struct Running {
@@ -52,68 +54,8 @@ struct Running {
     relations: Vec<u32>,
 }
 
-/// What an error report is attributed to: the top-level statement that was running.
-struct Attribution {
-    command: &'static [u8],
-    // Shared with the statement's Running entry and lent to each of its change records.
-    query: Rc<[u8]>,
-    class: StatementClass,
-}
-
 thread_local! {
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
     static RUNNING: RefCell<Vec<Running>> = const { RefCell::new(Vec::new()) };
-    /// The statement an error report should be attributed to.
-    static CURRENT: RefCell<Option<Attribution>> = const { RefCell::new(None) };
-    static CLIENT_ADDR: RefCell<Option<Option<Vec<u8>>>> = const { RefCell::new(None) };
-}
-
-/// While alive, statements run by this backend are nested (not top-level) statements.
-pub struct Nested;
-impl Nested {
-    pub fn enter() -> Self {
-        DEPTH.set(DEPTH.get() + 1);
-        Nested
-    }
-}
-impl Drop for Nested {
-    fn drop(&mut self) {
-        DEPTH.set(DEPTH.get() - 1);
-    }
-}
-
-/// as_extension_owner runs `f` with the rights of the bootstrap superuser, who owns the
-/// extension's objects: the way a SECURITY DEFINER function of the extension would run, for
-/// the internal functions the capture calls on anybody's behalf and PUBLIC may not execute.
-/// The user id is restored however `f` ends (an ERROR's abort restores it too).
-pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
-    as_role(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), false, f)
-}
-
-/// as_role runs `f` as `role` (a local user id change, as SECURITY DEFINER makes), and with
-/// `restricted` inside a security-restricted operation, where SET ROLE and the like are
-/// refused (as REFRESH MATERIALIZED VIEW runs a view's query). The user id and context are
-/// restored however `f` ends (an ERROR's abort restores them too).
-pub fn as_role<R>(role: pg_sys::Oid, restricted: bool, f: impl FnOnce() -> R) -> R {
-    struct Restore(pg_sys::Oid, c_int);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: puts back what GetUserIdAndSecContext returned.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
-        }
-    }
-    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-    let mut flags = pg_sys::SECURITY_LOCAL_USERID_CHANGE as c_int;
-    if restricted {
-        flags |= pg_sys::SECURITY_RESTRICTED_OPERATION as c_int;
-    }
-    // SAFETY: what fmgr_security_definer does around a SECURITY DEFINER call.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(role, context | flags);
-    }
-    let _restore = Restore(user, context);
-    f()
 }
 
 /// install chains every hook; called once from `_PG_init`.
@@ -137,56 +79,6 @@ pub fn install() {
     }
 }
 
-/// mark_own_worker turns capture off for the calling process (the launcher and writers).
-pub fn mark_own_worker() {
-    // SAFETY: single-threaded process; written once at worker start.
-    unsafe { IN_OWN_WORKER = true };
-}
-
-/// capturing tells whether this process records anything at all.
-pub fn capturing() -> bool {
-    // SAFETY: reads of process-local globals.
-    unsafe {
-        !IN_OWN_WORKER
-            && pg_sys::ParallelWorkerNumber < 0
-            && !pg_sys::IsBinaryUpgrade
-            && crate::ring::is_initialised()
-            && !in_recovery() // a standby runs no writer and changes nothing
-            && gucs::enabled()
-            && !restore::active()
-    }
-}
-
-/// runs_statements_for_a_user tells whether this process's errors are failed statements of a
-/// user: client backends, background workers (pg_cron's jobs, say) and walsenders of
-/// `replication=database` connections; not autovacuum (a cancelled task is the server's
-/// business) nor the auxiliary processes. Their changes are captured all the same: an index
-/// expression can write to a tracked table during an autoanalyze.
-fn runs_statements_for_a_user() -> bool {
-    // SAFETY: reads a process-local global.
-    matches!(
-        unsafe { pg_sys::MyBackendType },
-        pg_sys::BackendType::B_BACKEND
-            | pg_sys::BackendType::B_BG_WORKER
-            | pg_sys::BackendType::B_WAL_SENDER
-    )
-}
-
-thread_local! {
-    /// Set once recovery is seen to be over: it does not come back in this process.
-    static RECOVERY_DONE: Cell<bool> = const { Cell::new(false) };
-}
-
-fn in_recovery() -> bool {
-    if RECOVERY_DONE.get() {
-        return false;
-    }
-    // SAFETY: reads shared state.
-    let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
-    RECOVERY_DONE.set(!in_recovery);
-    in_recovery
-}
-
 fn wanted(class: StatementClass) -> bool {
     match gucs::capture_statements() {
         CaptureStatements::None => false,
@@ -199,84 +91,6 @@ fn wanted(class: StatementClass) -> bool {
 fn now() -> i64 {
     // SAFETY: no error paths.
     unsafe { unguarded::GetCurrentTimestamp() }
-}
-
-/// origin tells who is acting, and in which context, right now. It borrows the strings of
-/// settings, which stay put until a setting changes: encode the record it goes into at once
-/// (every caller does), not after anything that could run SET.
-pub fn origin() -> Origin<'static> {
-    // SAFETY: plain reads of backend globals and GUC strings; none of these raise errors.
-    unsafe {
-        let jwt = unguarded::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
-        Origin {
-            session_user: unguarded::GetSessionUserId().to_u32(),
-            current_user: unguarded::GetUserId().to_u32(),
-            actor: gucs::actor().map(|mut a| {
-                a.truncate(clip(&a, ORIGIN_FIELD_MAX).len());
-                a.into()
-            }),
-            context: gucs::context().map(|c| bounded_json(c.into())),
-            jwt_claims: borrowed_cstr(jwt)
-                .filter(|b| !b.is_empty())
-                .map(|j| bounded_json(j.into())),
-            application_name: borrowed_cstr(pg_sys::application_name)
-                .unwrap_or_default()
-                .into(),
-        }
-    }
-}
-
-/// The most bytes of actor, context, jwt_claims and an error message a record carries. They
-/// are the client's to set, and 17 MB of claims (repeated by every record) made records too
-/// large for the ring: a session's own DDL and changes could be made to vanish under
-/// `overflow = drop`.
-const ORIGIN_FIELD_MAX: usize = 8192;
-
-/// bounded_json is `json`, or when it is longer than ORIGIN_FIELD_MAX a JSON object that says
-/// so (a cut would not be JSON).
-fn bounded_json(json: Bytes<'static>) -> Bytes<'static> {
-    if json.len() <= ORIGIN_FIELD_MAX {
-        return json;
-    }
-    format!(
-        "{{\"activity_log\": \"left out: {} bytes, over the {ORIGIN_FIELD_MAX} a record keeps\"}}",
-        json.len()
-    )
-    .into_bytes()
-    .into()
-}
-
-/// borrowed_cstr lends a string PostgreSQL owns (a setting's value, the query string) for as
-/// long as the caller knows it stays put (see [`origin`]); [`cstr_bytes`] copies one.
-unsafe fn borrowed_cstr(p: *const c_char) -> Option<&'static [u8]> {
-    // SAFETY: p is NULL or a NUL-terminated string owned by PostgreSQL.
-    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
-}
-
-/// client_addr returns the client's address as text (NULL for Unix sockets), computed once.
-pub fn client_addr() -> Option<Vec<u8>> {
-    CLIENT_ADDR.with_borrow_mut(|c| {
-        c.get_or_insert_with(|| {
-            // SAFETY: inet_client_addr reads MyProcPort; inet_out formats its result. Called
-            // inside a transaction (from a hook or PRE_COMMIT), where palloc is fine.
-            unsafe {
-                let addr = pgrx::direct_function_call_as_datum(pg_sys::inet_client_addr, &[])?;
-                let text = pgrx::direct_function_call_as_datum(pg_sys::inet_out, &[Some(addr)])?;
-                cstr_bytes(text.cast_mut_ptr::<c_char>())
-            }
-        })
-        .clone()
-    })
-}
-
-/// cached_client_addr is [`client_addr`] for paths that may not call functions (abort).
-pub fn cached_client_addr() -> Option<Vec<u8>> {
-    CLIENT_ADDR.with_borrow(|c| c.clone().flatten())
-}
-
-unsafe fn cstr_bytes(p: *const c_char) -> Option<Vec<u8>> {
-    // SAFETY: p is NULL or a NUL-terminated string owned by PostgreSQL.
-    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes().to_vec())
 }
 
 /// statement_text cuts one statement out of a (possibly multi-statement) query string.
@@ -297,15 +111,6 @@ unsafe fn statement_text(source: *const c_char, location: c_int, len: c_int) -> 
         all.len()
     };
     recorded_text(all[start..end].trim_ascii())
-}
-
-/// recorded_text is a statement's text as a record may carry it: cut to max_query_length.
-/// Secrets are redacted from it when a record takes it (redact::redact, after the cut, which
-/// bounds the work: the cut keeps a prefix, so every literal in it reads the same, and a
-/// secret the cut ends is redacted to the end) — not for every statement, most of which leave
-/// no record — and still in the backend, so that no secret reaches durable_queue or its WAL.
-fn recorded_text(text: &[u8]) -> Rc<[u8]> {
-    Rc::from(clip(text, gucs::max_query_length()))
 }
 
 /// relation_oids lists the tables a plan reads or writes, once each.
@@ -407,7 +212,7 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
         return;
     }
     let end = now();
-    capture::push(&Record {
+    pending::push(&Record {
         origin: origin(),
         body: Body::Statement(Statement {
             ts: run.ts,
@@ -422,16 +227,6 @@ fn end_statement(query_desc: usize, rows: Option<i64>, query_id: i64) {
             relations: run.relations,
         }),
     });
-}
-
-/// current_query is the text of the top-level statement running now.
-pub fn current_query() -> Rc<[u8]> {
-    CURRENT
-        .with_borrow(|c| c.as_ref().map(|a| a.query.clone()))
-        .unwrap_or_else(|| {
-            // SAFETY: debug_query_string is NULL or the query being run.
-            recorded_text(unsafe { borrowed_cstr(pg_sys::debug_query_string) }.unwrap_or_default())
-        })
 }
 
 /// forget_statements drops what is known about running statements at transaction end.
@@ -739,7 +534,7 @@ unsafe fn after_utility(
         if !capturing() {
             return;
         }
-        capture::replication::after_subscription_command(stmt);
+        replication::after_subscription_command(stmt);
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_RenameStmt) {
             let rename = stmt.cast::<pg_sys::RenameStmt>();
             if (*rename).renameType == pg_sys::ObjectType::OBJECT_COLUMN
@@ -1246,7 +1041,7 @@ unsafe fn record_failure(edata: &pg_sys::ErrorData) {
         }
     });
     let ts = now();
-    capture::push_failure(&Record {
+    pending::push_failure(&Record {
         origin: origin(),
         body: Body::Statement(Statement {
             ts,

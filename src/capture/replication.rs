@@ -19,7 +19,7 @@
 //!   the record names the subscription and the replication origin.
 //!
 //! Ordinary backends pay one test of their backend type at PRE_COMMIT and per change record
-//! ([`in_logical_worker`]), and nothing else.
+//! (`process::in_logical_worker`), and nothing else.
 //!
 //! The commit path: reading the statistics, the lock table, the subscription's and origin's
 //! names (missing_ok) raises no ERROR. The one thing that can is reloading this process's copy
@@ -32,105 +32,16 @@
 use pgrx::pg_sys;
 use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
 use pgrx::prelude::*;
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::{CStr, c_char};
 use std::rc::Rc;
 
+use super::applied::{CAPTURED, Counts};
 use super::tracked::{self, Tracked};
-use super::{hooks, rows};
+use super::{context, rows};
 use crate::errors::warn;
 use crate::record::Op;
 use crate::unguarded;
-
-/// What a transaction did to a table (all of a tracked table's partitions, summed).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub inserted: i64,
-    pub updated: i64,
-    pub deleted: i64,
-    pub truncated: bool,
-}
-
-impl Counts {
-    fn any(&self) -> bool {
-        self.inserted > 0 || self.updated > 0 || self.deleted > 0 || self.truncated
-    }
-
-    fn add(&mut self, other: Counts) {
-        self.inserted += other.inserted;
-        self.updated += other.updated;
-        self.deleted += other.deleted;
-        self.truncated |= other.truncated;
-    }
-
-    /// less is what is left of `self` once `captured` is taken out (never below zero).
-    fn less(self, captured: Counts) -> Counts {
-        Counts {
-            inserted: (self.inserted - captured.inserted).max(0),
-            updated: (self.updated - captured.updated).max(0),
-            deleted: (self.deleted - captured.deleted).max(0),
-            truncated: self.truncated && !captured.truncated,
-        }
-    }
-
-    fn rows(&self) -> i64 {
-        self.inserted + self.updated + self.deleted
-    }
-}
-
-thread_local! {
-    /// Rows this logical replication worker did capture in the open transaction (a trigger
-    /// enabled ALWAYS or REPLICA that writes to a tracked table runs its statements through
-    /// the executor): (subtransaction, tracked root, counts). The statistics count them too.
-    static CAPTURED: RefCell<Vec<(u32, u32, Counts)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// in_logical_worker tells whether this process is a logical replication apply or tablesync
-/// worker (or, from PostgreSQL 16, a parallel apply worker).
-pub fn in_logical_worker() -> bool {
-    // SAFETY: reads of process-local globals; IsLogicalWorker only compares a pointer.
-    unsafe {
-        pg_sys::MyBackendType == pg_sys::BackendType::B_BG_WORKER && unguarded::IsLogicalWorker()
-    }
-}
-
-/// note_captured counts rows of `root` that a logical replication worker captured (see
-/// CAPTURED); called by rows::push_change in such a worker only.
-pub fn note_captured(root: u32, op: Op, rows: i64) {
-    let counts = match op {
-        Op::Insert | Op::Copy => Counts {
-            inserted: rows,
-            ..Counts::default()
-        },
-        Op::Update => Counts {
-            updated: rows,
-            ..Counts::default()
-        },
-        Op::Delete => Counts {
-            deleted: rows,
-            ..Counts::default()
-        },
-        Op::Truncate | Op::TruncatePartition => Counts {
-            truncated: true,
-            ..Counts::default()
-        },
-        Op::Gap => return,
-    };
-    // SAFETY: reads transaction state.
-    let subxact = unsafe { unguarded::GetCurrentSubTransactionId() };
-    CAPTURED.with_borrow_mut(|c| c.push((subxact, root, counts)));
-}
-
-/// forget_subxact drops what an aborted subtransaction (and its children) captured.
-pub fn forget_subxact(subid: u32) {
-    CAPTURED.with_borrow_mut(|c| c.retain(|e| e.0 < subid));
-}
-
-/// at_transaction_end forgets the transaction's captured counts. No ERROR, no allocation.
-pub fn at_transaction_end() {
-    CAPTURED.with_borrow_mut(Vec::clear);
-}
 
 /// before_commit leaves one gap record per tracked table that this logical replication
 /// worker's transaction changed: the rows it applied cannot be captured. Called at
@@ -140,7 +51,7 @@ pub fn at_transaction_end() {
 pub fn before_commit(prepared: bool) {
     // SAFETY: reads transaction state.
     let wrote = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
-    if !wrote || !hooks::capturing() {
+    if !wrote || !context::capturing() {
         return;
     }
     let mut changed: BTreeMap<u32, (Rc<Tracked>, Counts)> = BTreeMap::new();
@@ -449,8 +360,8 @@ pub unsafe fn after_subscription_command(stmt: *mut pg_sys::Node) {
     }
     // SAFETY: the command's catalog rows become visible to the query below.
     unsafe { pg_sys::CommandCounterIncrement() };
-    let _nested = hooks::Nested::enter(); // not a user statement
-    let targets: Vec<pg_sys::Oid> = hooks::as_extension_owner(|| {
+    let _nested = context::Nested::enter(); // not a user statement
+    let targets: Vec<pg_sys::Oid> = context::as_extension_owner(|| {
         Spi::connect(|client| {
             let rows = client.select(
                 "SELECT srrelid FROM pg_catalog.pg_subscription_rel WHERE srsubid = $1 ORDER BY srrelid",

@@ -78,8 +78,8 @@ pub fn after_create_extension(record: bool) {
     }
     // SAFETY: no error paths.
     let ts = unsafe { pg_sys::GetCurrentTimestamp() };
-    super::push(&Record {
-        origin: super::hooks::origin(),
+    super::pending::push(&Record {
+        origin: super::origin::origin(),
         body: Body::Event(Event {
             ts,
             action: b"restore started"[..].into(),

@@ -39,26 +39,16 @@ use std::ffi::{CStr, c_char};
 use std::io::Write;
 use std::rc::Rc;
 
+use super::origin::{self, clip};
 use super::tracked::{self, Tracked};
-use super::{clip, hooks};
+use super::triggers::{
+    COPY_TGOID_BEFORE, COPY_TGOID_INSERT, FAKE_TGOID_BASE, NTRIG, in_memory_budget_kb, is_synthetic,
+};
+use super::{applied, context, copy_from, pending, redact};
 use crate::gucs;
+use crate::process;
 use crate::record::{Body, Bytes, Change, Column, Op, Record, RowSink};
 use crate::unguarded;
-
-/// Synthetic trigger and function OIDs: above any OID a real catalog row can get here, and
-/// not an RI trigger function (AfterTriggerSaveEvent asks RI_FKey_trigger_type about it).
-/// The executor's triggers of each [`Level`] (insert, update, delete) come first; a COPY's two
-/// (copy_from.rs) follow, with oids of their own: the trigger manager finds a trigger by its
-/// oid, and a statement run from inside a COPY holds both kinds (see [`disable_copy_triggers`]).
-const FAKE_TGOID_BASE: u32 = 4_000_000_000;
-const NTRIG: usize = 3;
-pub(super) const COPY_TGOID_BEFORE: u32 = FAKE_TGOID_BASE + 2 * NTRIG as u32;
-pub(super) const COPY_TGOID_INSERT: u32 = COPY_TGOID_BEFORE + 1;
-
-/// is_synthetic tells whether `tgoid` is one of activity_log's synthetic triggers.
-pub(super) fn is_synthetic(tgoid: pg_sys::Oid) -> bool {
-    (FAKE_TGOID_BASE..=COPY_TGOID_INSERT).contains(&tgoid.to_u32())
-}
 
 /// The two sets of synthetic triggers. A tracked table named by the statement (or its
 /// partition) gets statement triggers with transition tables; a tracked table reached through
@@ -182,7 +172,7 @@ pub fn forget_all() {
 /// routed to it, too late for row triggers, and the root's transition tables do not say
 /// which partition a row went to.
 unsafe fn note_rows_routed_past_capture(estate: *mut pg_sys::EState) {
-    if !hooks::capturing() {
+    if !context::capturing() {
         return;
     }
     // SAFETY: as for the caller; empty for nearly every statement.
@@ -270,8 +260,8 @@ pub unsafe fn after_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i
         }
         // Run from inside a COPY (by a trigger): whether captured or not, the COPY's triggers
         // in this statement's copy of the descriptor must not fire for it.
-        let in_copy = super::copy_from::swapped();
-        let capturing = hooks::capturing();
+        let in_copy = copy_from::swapped();
+        let capturing = context::capturing();
         if !in_copy && !capturing {
             return;
         }
@@ -445,20 +435,9 @@ unsafe fn setup_below_untracked(
 /// Transition tables larger than `work_mem` spill to a temporary file, and the capture reads
 /// them back from it. The tuplestores made while this lives (MakeTransitionCaptureState takes
 /// their budget from `work_mem`) keep up to the ring's size in memory instead, capped at
-/// [`TRANSITION_MEMORY_CAP_KB`]: a bulk statement of a few hundred thousand rows then reads its
+/// [`TRANSITION_MEMORY_CAP_KB`](super::triggers::TRANSITION_MEMORY_CAP_KB): a bulk statement of a few hundred thousand rows then reads its
 /// rows back from memory, and a larger one from the temporary file, as without us.
 struct InMemoryTransitionTables(i32);
-
-/// Largest in-memory budget given to a transition table (64 MB): beyond it a statement's rows
-/// would be held twice in the backend's memory (tuplestore and pending records) for little
-/// gain, since reading a spilled table is a small part of capturing it.
-const TRANSITION_MEMORY_CAP_KB: i32 = 64 * 1024;
-
-/// in_memory_budget_kb is the work_mem transition tables are made with (see
-/// [`InMemoryTransitionTables`]; a COPY's in copy_from.rs).
-pub(super) fn in_memory_budget_kb() -> i32 {
-    (crate::ring::capacity() / 1024).min(TRANSITION_MEMORY_CAP_KB as u64) as i32
-}
 
 impl InMemoryTransitionTables {
     fn new() -> Self {
@@ -864,7 +843,7 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
         let rel = (*td).tg_relation;
         if (*td).tg_event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_BEFORE {
             // A COPY's BEFORE STATEMENT trigger: the COPY took our descriptor.
-            super::copy_from::copy_started((*rel).rd_id);
+            copy_from::copy_started((*rel).rd_id);
             return pg_sys::Datum::from(0);
         }
         let Some(tracked) = tracked::lookup((*rel).rd_id.to_u32()) else {
@@ -1053,7 +1032,7 @@ pub fn gap_for_foreign_partition(tracked: &Tracked, command_id: u32) {
 }
 
 /// push_change appends a Change record for the tracked root of `tracked`.
-/// `next_row` appends its row images (see [`super::push_rows`]); `row_count` is how many rows
+/// `next_row` appends its row images (see [`pending::push_rows`]); `row_count` is how many rows
 /// changed.
 pub fn push_change(
     tracked: &Tracked,
@@ -1066,15 +1045,15 @@ pub fn push_change(
 ) {
     // SAFETY: no error paths.
     let ts = unsafe { pg_sys::GetCurrentTimestamp() };
-    let query = hooks::current_query();
+    let query = context::current_query();
     if tracked.durable {
-        super::mark_durable();
+        pending::mark_durable();
     }
-    if super::replication::in_logical_worker() {
-        super::replication::note_captured(tracked.relid, op, row_count);
+    if process::in_logical_worker() {
+        applied::note_captured(tracked.relid, op, row_count);
     }
     let record = Record {
-        origin: hooks::origin(),
+        origin: origin::origin(),
         body: Body::Change(Change {
             ts,
             command_id,
@@ -1084,14 +1063,14 @@ pub fn push_change(
             table: tracked.table.as_slice().into(),
             key_columns: borrowed(&tracked.key_columns),
             exclude_columns: borrowed(&tracked.exclude_columns),
-            query: super::redact::redact(clip(&query, gucs::max_query_length())),
+            query: redact::redact(clip(&query, gucs::max_query_length())),
             note: note.as_bytes().into(),
             row_count,
             columns,
             rows: Vec::new(),
         }),
     };
-    super::push_rows(&record, next_row);
+    pending::push_rows(&record, next_row);
 }
 
 /// borrowed lends column names to a record for as long as it is being encoded.

@@ -390,8 +390,8 @@ fn load() -> (ByRelid, Vec<u32>, pg_sys::Oid) {
         let name = pg_sys::stringToQualifiedNameList(c"activity_log._capture_rows".as_ptr());
         pg_sys::LookupFuncName(name, 0, std::ptr::null(), true)
     };
-    let _nested = super::hooks::Nested::enter(); // the query below is not a user statement
-    let rows: Vec<(u32, Tracked)> = super::hooks::as_extension_owner(|| {
+    let _nested = super::context::Nested::enter(); // the query below is not a user statement
+    let rows: Vec<(u32, Tracked)> = super::context::as_extension_owner(|| {
         Spi::connect(|client| {
             let table = client.select(LOAD, None, &[])?;
             let mut rows = Vec::new();

@@ -20,10 +20,10 @@ use pgrx::prelude::*;
 use std::ffi::c_void;
 use std::time::Instant;
 
-use crate::capture::{self, copy_from, durable, hooks, replication, tracked};
+use super::{applied, copy_from, durable, hooks, origin, pending, replication, tracked};
 use crate::errors::raise;
 use crate::gucs::{self, Overflow};
-use crate::record::FrameInfo;
+use crate::process;
 use crate::ring::{self, ReserveError, Share};
 use crate::shared;
 use crate::unguarded;
@@ -43,42 +43,42 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
     match event {
         XACT_EVENT_PRE_COMMIT => pre_commit(),
         XACT_EVENT_COMMIT => {
-            if let Some(r) = capture::take_reservation() {
+            if let Some(r) = pending::take_reservation() {
                 // SAFETY: no error paths; the stop timestamp was set by the commit record.
                 ring::commit(r, unsafe {
                     unguarded::GetCurrentTransactionStopTimestamp()
                 });
             }
-            if let Some(staged) = capture::take_staged() {
+            if let Some(staged) = pending::take_staged() {
                 commit_staged(staged);
             }
             tracked::at_transaction_end();
-            replication::at_transaction_end();
+            applied::at_transaction_end();
             hooks::forget_statements();
             hooks::settle_drop(true);
         }
         XACT_EVENT_ABORT => {
             copy_from::abandon(0);
-            if let Some(r) = capture::take_reservation() {
+            if let Some(r) = pending::take_reservation() {
                 ring::void(r);
             }
-            capture::take_staged(); // the staged rows vanished with the transaction
+            pending::take_staged(); // the staged rows vanished with the transaction
             staging_ends();
-            publish_failures_now(capture::take_failures());
+            publish_failures_now(pending::take_failures());
             tracked::at_transaction_end();
-            replication::at_transaction_end();
+            applied::at_transaction_end();
             hooks::forget_statements();
             hooks::settle_drop(false);
         }
         // A subscription with two_phase prepares what it applied, and its COMMIT PREPARED
         // later shows nothing: the gap records go out now, with the prepare.
-        XACT_EVENT_PRE_PREPARE if replication::in_logical_worker() && !capture::has_records() => {
+        XACT_EVENT_PRE_PREPARE if process::in_logical_worker() && !pending::has_records() => {
             replication::before_commit(true);
-            if capture::has_records() {
-                publish_failures_now(capture::take_records());
+            if pending::has_records() {
+                publish_failures_now(pending::take_records());
             }
         }
-        XACT_EVENT_PRE_PREPARE if capture::has_records() => raise(
+        XACT_EVENT_PRE_PREPARE if pending::has_records() => raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             "activity_log cannot audit a prepared transaction",
             Some(
@@ -86,8 +86,8 @@ unsafe extern "C-unwind" fn al_xact_callback(event: pg_sys::XactEvent::Type, _ar
             ),
         ),
         XACT_EVENT_PREPARE => {
-            publish_failures_now(capture::take_failures());
-            replication::at_transaction_end();
+            publish_failures_now(pending::take_failures());
+            applied::at_transaction_end();
             hooks::forget_statements();
         }
         _ => {}
@@ -103,24 +103,24 @@ unsafe extern "C-unwind" fn al_subxact_callback(
 ) {
     use pg_sys::SubXactEvent::*;
     match event {
-        SUBXACT_EVENT_START_SUB => capture::subxact_start(my_subid),
+        SUBXACT_EVENT_START_SUB => pending::subxact_start(my_subid),
         SUBXACT_EVENT_PRE_COMMIT_SUB => {
-            capture::spill_if_due(capture::Level::Parent);
+            pending::spill_if_due(pending::Level::Parent);
         }
         SUBXACT_EVENT_COMMIT_SUB => {
-            capture::subxact_end(my_subid, false);
+            pending::subxact_end(my_subid, false);
             hooks::settle_drop_in_subxact(my_subid, parent_subid, true);
         }
         SUBXACT_EVENT_ABORT_SUB => {
             copy_from::abandon(my_subid);
-            capture::subxact_end(my_subid, true);
+            pending::subxact_end(my_subid, true);
             hooks::forget_subxact(my_subid);
-            replication::forget_subxact(my_subid);
+            applied::forget_subxact(my_subid);
             hooks::settle_drop_in_subxact(my_subid, parent_subid, false);
             // A loop of failing statements, each in its own subtransaction, must not pile up
             // failure records without bound: past SPILL_BYTES they are published now.
-            if capture::failure_bytes() >= capture::SPILL_BYTES {
-                publish_failures_now(capture::take_failures_only());
+            if pending::failure_bytes() >= pending::SPILL_BYTES {
+                publish_failures_now(pending::take_failures_only());
             }
         }
         _ => {}
@@ -129,7 +129,7 @@ unsafe extern "C-unwind" fn al_subxact_callback(
 
 /// commit_staged tells the writer about a committed transaction whose records are in
 /// durable_queue. Runs after the commit: atomics and a latch, nothing that fails.
-fn commit_staged(staged: capture::Staged) {
+fn commit_staged(staged: pending::Staged) {
     let dboid = my_database();
     if !staged.unannounced {
         // Staged in pieces and announced: the writer stores them at the announcement.
@@ -165,25 +165,6 @@ fn staging_ends() {
     }
 }
 
-/// frame_info encodes the per-transaction facts that open every frame.
-pub(super) fn frame_info() -> Vec<u8> {
-    let mut info = Vec::with_capacity(64);
-    // SAFETY: plain reads of backend state.
-    let (pid, xid) = unsafe {
-        (
-            pg_sys::MyProcPid,
-            unguarded::GetTopFullTransactionIdIfAny().value,
-        )
-    };
-    FrameInfo {
-        pid,
-        xid,
-        client_addr: hooks::cached_client_addr(),
-    }
-    .encode(&mut info);
-    info
-}
-
 fn my_database() -> u32 {
     // SAFETY: read of a backend global.
     unsafe { pg_sys::MyDatabaseId.to_u32() }
@@ -215,25 +196,25 @@ fn audited_slot(dboid: u32) -> Option<Result<usize, ()>> {
 fn pre_commit() {
     if hooks::trail_dropped_at_pre_commit() {
         // This transaction dropped the trail its records were for.
-        capture::discard();
+        pending::discard();
         return;
     }
-    if replication::in_logical_worker() {
+    if process::in_logical_worker() {
         // Rows it applied to tracked tables: a gap record each (capture/replication.rs).
         replication::before_commit(false);
     }
-    if !capture::has_anything() || !ring::is_initialised() {
+    if !pending::has_anything() || !ring::is_initialised() {
         return;
     }
     let dboid = my_database();
     let slot = match audited_slot(dboid) {
         None => {
-            capture::discard();
+            pending::discard();
             return;
         }
         Some(slot) => slot.ok(),
     };
-    if capture::is_durable() {
+    if pending::is_durable() {
         stage(slot);
         return;
     }
@@ -244,7 +225,7 @@ fn pre_commit() {
             stage(None);
             return;
         }
-        let n = capture::counts();
+        let n = pending::counts();
         shared::count_unassigned_drop(n as u64);
         if gucs::overflow() == Overflow::Error {
             raise(
@@ -254,19 +235,19 @@ fn pre_commit() {
             );
         }
         warning!("activity_log dropped {n} records: no ring is free for this database");
-        capture::discard();
+        pending::discard();
         return;
     };
-    hooks::client_addr();
-    let info = frame_info();
-    let share = match capture::has_unprivileged_events() {
+    origin::client_addr();
+    let info = origin::frame_info();
+    let share = match pending::has_unprivileged_events() {
         true => Share::Half,
         false => Share::Whole,
     };
     let started = Instant::now();
     let mut waited = false;
     loop {
-        let (reserved, n) = capture::with_pending(|records, failures, n| {
+        let (reserved, n) = pending::with_pending(|records, failures, n| {
             (
                 ring::reserve(slot, dboid, &[&info[..], records, failures], n, share),
                 n,
@@ -274,8 +255,8 @@ fn pre_commit() {
         });
         match reserved {
             Ok(r) => {
-                capture::discard();
-                capture::set_reservation(r);
+                pending::discard();
+                pending::set_reservation(r);
                 return;
             }
             // The ring is being handed to another database: wait for the next turn in
@@ -287,7 +268,7 @@ fn pre_commit() {
             Err(ReserveError::Gone) => {
                 // The extension was dropped while we ran: no trail to write to, but say so.
                 shared::count_unassigned_drop(n as u64);
-                capture::discard();
+                pending::discard();
                 return;
             }
             // Larger than the ring can carry (failure records or pieces that could not be
@@ -300,20 +281,20 @@ fn pre_commit() {
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "audit records of this transaction ({} bytes) do not fit in activity_log.buffer_size ({} bytes)",
-                    info.len() + capture::pending_bytes(),
+                    info.len() + pending::pending_bytes(),
                     ring::capacity()
                 ),
                 Some("Raise activity_log.buffer_size, or split the transaction."),
             ),
             Err(ReserveError::TooLarge) => {
                 ring::count_drop(slot, n as u64);
-                capture::discard();
+                pending::discard();
                 return;
             }
             Err(ReserveError::Full) => match gucs::overflow() {
                 Overflow::Drop => {
                     ring::count_drop(slot, n as u64);
-                    capture::discard();
+                    pending::discard();
                     return;
                 }
                 Overflow::Error => raise(
@@ -352,27 +333,27 @@ fn pre_commit() {
 /// it starts.
 fn stage(slot: Option<usize>) {
     let dboid = my_database();
-    let spilled = capture::has_spilled();
+    let spilled = pending::has_spilled();
     // A transaction staged in one row is announced with its record count: the writer takes
     // its row into the batch the announcement is in. One staged in pieces stands alone in the
     // ring (no count): the writer stores its pieces in batches of their own.
-    let single = (!spilled).then(capture::counts);
+    let single = (!spilled).then(pending::counts);
     let mark = slot.and_then(|s| announce(s, dboid, single.unwrap_or(0)));
     if mark.is_none() {
         // SAFETY: reads the WAL insert position; no ERROR. The rows staged next get a key at
         // least this high.
         shared::staging_begins(dboid, unsafe { crate::unguarded::GetXLogInsertRecPtr() });
     }
-    let mut n = capture::spilled_records();
-    capture::with_pieces(|seq, parts, records| {
+    let mut n = pending::spilled_records();
+    pending::with_pieces(|seq, parts, records| {
         durable::stage(parts, records, spilled.then_some(seq), mark);
         n += records;
     });
-    capture::discard();
+    pending::discard();
     if mark.is_none() || single.is_none() {
         // Published through durable_queue; the ring's writer sweeps it (or, announced in
         // pieces, stores it at the announcement and only counts it here).
-        capture::set_staged(capture::Staged {
+        pending::set_staged(pending::Staged {
             slot,
             records: n,
             unannounced: mark.is_none(),
@@ -400,7 +381,7 @@ fn announce(slot: usize, dboid: u32, nrecords: u32) -> Option<i64> {
     loop {
         match ring::reserve(slot, dboid, &[&info[..]], nrecords, Share::Whole) {
             Ok(r) => {
-                capture::set_reservation(r);
+                pending::set_reservation(r);
                 return Some(mark);
             }
             Err(ReserveError::Full)
@@ -415,13 +396,13 @@ fn announce(slot: usize, dboid: u32, nrecords: u32) -> Option<i64> {
     }
 }
 
-/// frame_info_with_xid is [`frame_info`] of a transaction given its xid now (the staged rows
+/// frame_info_with_xid is [`origin::frame_info`] of a transaction given its xid now (the staged rows
 /// name it, and so must the announcement).
 fn frame_info_with_xid() -> Vec<u8> {
     // SAFETY: inside the committing transaction, at PRE_COMMIT, which may still write.
     unsafe { pg_sys::GetTopFullTransactionId() };
-    hooks::client_addr();
-    frame_info()
+    origin::client_addr();
+    origin::frame_info()
 }
 
 /// publish_failures_now stores failed-statement records `(body, n)` of a transaction that did
@@ -448,7 +429,7 @@ fn publish_failures_now((body, n): (Vec<u8>, u32)) {
     match ring::reserve(
         slot,
         dboid,
-        &[&frame_info()[..], &body[..]],
+        &[&origin::frame_info()[..], &body[..]],
         n,
         Share::Whole,
     ) {

@@ -17,7 +17,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::time::Duration;
 
-use crate::capture::hooks;
+use crate::process;
 use crate::ring;
 use crate::shared;
 
@@ -37,7 +37,7 @@ pub fn register() {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    hooks::mark_own_worker();
+    process::mark_own_worker();
     BackgroundWorker::connect_worker_to_spi(None, None);
     super::pin_settings();
     // SAFETY: MyProc is set in every process attached to shared memory.

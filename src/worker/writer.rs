@@ -9,7 +9,7 @@
 //! then move the tail. A failed insert is noted in the ring's metrics and ends the process with
 //! exit code 1; the launcher starts a new writer after a back-off and the same records are
 //! tried again, so nothing published is lost. On SIGTERM the writer drains the ring before it
-//! exits. Its own inserts are never captured (`hooks::mark_own_worker`).
+//! exits. Its own inserts are never captured (`process::mark_own_worker`).
 //!
 //! The stages, one file each, calls going one way: writer.rs → drain.rs (the sources and the
 //! batch transaction, in commit order: see its header) → map.rs (records → trail rows) →
@@ -21,8 +21,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
-use crate::capture::hooks;
 use crate::gucs;
+use crate::process;
 use crate::ring;
 use crate::worker::drain::{MY_DB, drain, small_batch, still_mine, sweeping};
 use crate::worker::maintain::{maintain_partitions_if_due, write_gap_event};
@@ -62,7 +62,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     let dboid = arg.value() as u32;
     keep_freed_memory();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    hooks::mark_own_worker();
+    process::mark_own_worker();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
     super::pin_settings();
 
