@@ -1,7 +1,9 @@
 //! capture/copy_from.rs: the rows COPY FROM loads into a tracked table, captured like an
 //! INSERT's: the same change records, row images as stored, the COPY's command id.
 //!
-//! How it works: COPY FROM starts no executor, so rows.rs never sees it. CopyFrom (copyfrom.c)
+//! # How it works
+//!
+//! COPY FROM starts no executor, so rows.rs never sees it. CopyFrom (copyfrom.c)
 //! copies the relation cache's trigger descriptor of its target into its ResultRelInfo
 //! (InitResultRelInfo), and asks that same descriptor whether to collect transition tuples
 //! (`MakeTransitionCaptureState(cstate->rel->trigdesc, …, CMD_INSERT)`). So for the length of
@@ -19,7 +21,8 @@
 //! their function is `activity_log._capture_rows()`, a C function EXECUTE-able by nobody but
 //! the extension's owner, which refuses to run for any trigger but ours.
 //!
-//! Rules:
+//! # Invariants
+//!
 //! - The descriptor is the relation cache's while it is there: allocated whole in
 //!   CacheMemoryContext (CopyTriggerDesc), because a rebuild of the entry during the COPY (an
 //!   invalidation processed when a partition or an index is locked) frees it as its own
@@ -34,6 +37,14 @@
 //!   writing the same table) find the synthetic triggers in the relation cache too: rows.rs
 //!   disables them in each such statement's copy, whose rows are captured once, as its own.
 //! - Everything here runs in the COPY's backend only: the relation cache is per backend.
+//!
+//! # Panic / unwind safety
+//!
+//! The relcache callback is `#[pg_guard]` (the triggers' function is rows.rs's). The swap is undone by a guard's
+//! `Drop` (also when an ERROR unwinds through the COPY) and, should that not run, by the
+//! (sub)transaction's abort (xact.rs calls [`abandon`]). The callback only borrows the swaps
+//! with `try_borrow_mut`, so an invalidation that arrives during our own bookkeeping is skipped,
+//! not a panic.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;

@@ -3,7 +3,7 @@
 //! Two kinds of transaction stage: one that changed a table tracked with durability 'sync'
 //! (at PRE_COMMIT, one row holding its encoded frame — the bytes the ring would carry — so the
 //! records are in the WAL with the commit), and one whose records outgrew the backend's
-//! pending buffer (capture/mod.rs stages them piece by piece as they come, inside the
+//! pending buffer (capture/pending.rs stages them piece by piece as they come, inside the
 //! (sub)transaction that made them, and the rest at PRE_COMMIT). Either way the rows commit or
 //! vanish with the (sub)transaction, and the writer moves them into the trail. The insert is a
 //! plain heap_insert (no executor, no privilege check, no trigger, no index), so any role's
@@ -51,7 +51,7 @@ pub fn can_stage() -> bool {
 /// (capture/xact.rs), if one did. The row's `commit_lsn` is the WAL insert position now: at
 /// PRE_COMMIT, the transaction's commit order key (see ring/mod.rs); a piece staged earlier
 /// gets an earlier one, and the writer takes the highest of a transaction's rows, that of its
-/// row staged at PRE_COMMIT (capture/mod.rs, `with_pieces`, stages one even when empty).
+/// row staged at PRE_COMMIT (capture/pending.rs, `with_pieces`, stages one even when empty).
 pub fn stage(parts: &[&[u8]], nrecords: u32, seq: Option<u64>, ring_mark: Option<i64>) {
     let relid = queue_relid();
     if relid == pg_sys::InvalidOid {

@@ -1,16 +1,35 @@
-//! capture/hooks.rs: the executor, ProcessUtility and emit_log hooks.
+//! capture/hooks.rs: the executor, ProcessUtility, emit_log and object_access hooks.
 //!
 //! Runs in every backend for every statement, so it stays cheap: a depth counter, a few
 //! timestamps and copies of the statement text. Names are not looked up here (roles and
 //! relations travel as OIDs); the writer resolves them.
 //!
-//! How it works: a top-level statement (depth 0) is noted when it starts, so that an error
-//! report can name it; when it ends normally, a statement record goes into the pending
-//! buffer if `activity_log.capture_statements` selects its class. Errors are seen by
-//! `emit_log_hook`, which PostgreSQL calls once per error that reaches the top level, before
-//! the transaction aborts.
+//! # How it works
 //!
-//! Panic / unwind safety: every hook is `#[pg_guard]`; saved hook pointers are called through
+//! [`install`] chains each hook in a pair (`PREV_X = X_hook; X_hook = al_x`), and each hook
+//! calls the previous one, else PostgreSQL's standard function. A top-level statement (depth 0)
+//! is noted when it starts (context.rs keeps it, so that an error report or a change record can
+//! name it); when it ends normally, a statement record goes into the pending buffer if
+//! `activity_log.capture_statements` selects its class. Errors are seen by `emit_log_hook`,
+//! which PostgreSQL calls once per error that reaches the top level, before the transaction
+//! aborts. ProcessUtility also hands COPY FROM to copy_from.rs, records TRUNCATE, and stops the
+//! writer of a trail a DROP DATABASE or DROP EXTENSION ends; object_access refuses to drop the
+//! extension any other way while the trail holds records.
+//!
+//! # Invariants
+//!
+//! - The statement depth is 0 exactly outside any statement this backend runs: every hook that
+//!   runs nested statements holds a [`Nested`] guard around the chained call.
+//! - Only a top-level statement is recorded as a statement; a nested one that writes or changes
+//!   the schema makes its top-level statement a Mod or a Ddl one (`note_nested`).
+//! - The running statements are forgotten at every transaction end and at the abort of the
+//!   subtransaction they started in (xact.rs calls [`forget_statements`], [`forget_subxact`]).
+//! - Nothing of the extension's own processes, parallel workers, binary upgrade, recovery or a
+//!   restore is recorded (context.rs `capturing`).
+//!
+//! # Panic / unwind safety
+//!
+//! Every hook is `#[pg_guard]`; saved hook pointers are called through
 //! `pg_guard_ffi_boundary`. The depth counter is restored by a guard's `Drop`, which also runs
 //! when a PostgreSQL ERROR unwinds through us. `emit_log_hook` runs inside error reporting and
 //! must not raise: it calls nothing that can `ereport`.

@@ -1,6 +1,8 @@
 //! capture/rows.rs: exact old/new row images of tracked tables, without a trigger in pg_trigger.
 //!
-//! How it works (research/row-capture.md, mechanism A): after `standard_ExecutorStart`, each
+//! # How it works
+//!
+//! Research/row-capture.md, mechanism A: after `standard_ExecutorStart`, each
 //! ModifyTable whose root is tracked gets a transition capture state, and its root
 //! ResultRelInfo gets a private copy of its trigger descriptor with three synthetic AFTER
 //! STATEMENT triggers (insert, update, delete) that exist only in executor memory. The core
@@ -29,8 +31,22 @@
 //! descriptor, including EXPLAIN ANALYZE instrumentation; foreign tables cannot be tracked
 //! (track() refuses them); changes carry the command id so the writer orders them.
 //!
-//! Runs in every backend's executor path: must not raise an ERROR the user's statement would
-//! not have raised; allocates only in the query's memory context.
+//! # Invariants
+//!
+//! - Runs in every backend's executor path: must not raise an ERROR the user's statement would
+//!   not have raised; allocates only in the query's memory context.
+//! - The synthetic triggers exist only in executor memory (and, for a COPY, in the relation
+//!   cache entry copy_from.rs swaps): never in pg_trigger. Their OIDs are one range
+//!   (triggers.rs), which `al_capture_rows` checks before it reads anything else.
+//! - What is set up for a statement ([`SET_UP`], [`ROW_BATCHES`]) is forgotten when its query
+//!   ends or its subtransaction aborts ([`forget`], [`forget_subxact`]), and all of it at
+//!   transaction end ([`forget_all`]); [`FINISHING`] is a stack kept by a guard.
+//!
+//! # Panic / unwind safety
+//!
+//! The trigger functions are `#[pg_guard]`. `work_mem` raised for a statement's transition
+//! tables, and the [`FINISHING`] stack, are put back by guards' `Drop`, which also runs when an
+//! ERROR unwinds through us; the rest is forgotten when the query or its subtransaction ends.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -108,7 +124,7 @@ struct RowBatch {
 type OldNew = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 const BATCH_ROWS: usize = 1000;
-/// The capture's pending buffer stages what passes 1 MB (capture/mod.rs); a batch holds no
+/// The capture's pending buffer stages what passes 1 MB (capture/pending.rs); a batch holds no
 /// more before it goes there.
 const BATCH_BYTES: usize = 1 << 20;
 

@@ -1,9 +1,14 @@
 //! capture/xact.rs: transaction callbacks, the only path from the pending buffer to a ring.
 //!
-//! Runs in every backend at every transaction end. The protocol:
+//! Runs in every backend at every transaction end.
+//!
+//! # How it works
+//!
+//! [`install`] registers a permanent transaction and subtransaction callback
+//! (`RegisterXactCallback`: pgrx's safe callbacks last one transaction only). The protocol:
 //! - PRE_COMMIT: find the database's ring, reserve a frame and copy the records into it,
 //!   applying `activity_log.overflow` when there is no room; a transaction that changed a
-//!   durability 'sync' table, staged records already (capture/mod.rs), or whose frame is larger
+//!   durability 'sync' table, staged records already (capture/pending.rs), or whose frame is larger
 //!   than the ring stages its records in durable_queue instead (capture/durable.rs).
 //!   This is the last point where an ERROR is allowed, so everything that can fail happens here.
 //! - COMMIT: mark the frame committed (or count the staged row) and wake the writer. Stores
@@ -14,6 +19,22 @@
 //!   PRE_COMMIT_SUB stages the parent's part of the buffer when it has grown too large.
 //! - PREPARE TRANSACTION with pending records is refused: the commit would happen in another
 //!   session, which cannot publish them.
+//!
+//! # Invariants
+//!
+//! - COMMIT and ABORT forget what the transaction noted: its running statements (hooks.rs),
+//!   this backend's tracked-tables state for it (tracked.rs), a replication worker's captured
+//!   counts (applied.rs); ABORT also undoes its COPY swaps (copy_from.rs). ABORT_SUB does the
+//!   same for the subtransaction, and drops its records from the pending buffer.
+//! - A frame reserved at PRE_COMMIT is either committed at COMMIT or voided at ABORT: the
+//!   reservation is held in the pending buffer (pending.rs) between the two.
+//!
+//! # Panic / unwind safety
+//!
+//! Both callbacks are `#[pg_guard]`. After PRE_COMMIT (COMMIT, ABORT, and the subtransaction
+//! ends that follow an ERROR) a panic or an ERROR would abort the backend: those paths only
+//! store, take short locks and set latches; they do not allocate through PostgreSQL, raise, or
+//! call anything that can.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
