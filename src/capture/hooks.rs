@@ -581,7 +581,11 @@ unsafe fn after_utility(
                         )
                     })
                     .unwrap_or_else(|e| {
-                        error!("activity_log: could not follow the column rename: {e}")
+                        raise(
+                            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                            format!("activity_log: could not follow the column rename: {e}"),
+                            None,
+                        )
                     });
                 }
             }
@@ -899,7 +903,13 @@ fn what_the_trail_holds() -> Option<String> {
                     EXISTS (SELECT FROM activity_log.durable_queue)",
         )
     })
-    .unwrap_or_else(|e| error!("activity_log: could not read the trail: {e}"));
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("activity_log: could not read the trail: {e}"),
+            None,
+        )
+    });
     // SAFETY: reads a process-local global.
     let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let queued = ring::slot_of(dboid).is_some_and(ring::has_frames);

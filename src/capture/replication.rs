@@ -39,7 +39,7 @@ use std::rc::Rc;
 use super::applied::{CAPTURED, Counts};
 use super::tracked::{self, Tracked};
 use super::{context, rows};
-use crate::errors::warn;
+use crate::errors::{raise, warn};
 use crate::record::Op;
 use crate::unguarded;
 
@@ -377,7 +377,7 @@ pub unsafe fn after_subscription_command(stmt: *mut pg_sys::Node) {
             Ok::<_, pgrx::spi::Error>(out)
         })
     })
-    .unwrap_or_else(|e| error!("activity_log: could not read pg_subscription_rel: {e}"));
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: could not read pg_subscription_rel: {e}"), None));
     let mut named: Vec<String> = Vec::new();
     for relid in targets {
         let Some(t) = tracked::lookup(relid.to_u32()) else {

@@ -33,6 +33,7 @@
 //!
 //! Each reload logs "activity_log: reloading tracked tables" at DEBUG1.
 
+use crate::errors::raise;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -435,7 +436,13 @@ fn load() -> (ByRelid, Vec<u32>, pg_sys::Oid) {
             Ok::<_, pgrx::spi::Error>(rows)
         })
     })
-    .unwrap_or_else(|e| error!("activity_log: could not read activity_log.tracked_tables: {e}"));
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("activity_log: could not read activity_log.tracked_tables: {e}"),
+            None,
+        )
+    });
     for (relid, tracked) in rows {
         out.insert(relid, Rc::new(tracked));
     }
