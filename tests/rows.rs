@@ -1219,6 +1219,9 @@ fn a_staged_transaction_is_stored_before_what_changed_its_rows_while_it_committe
          SELECT activity_log.track('filler');",
     );
     let writer = c.wait_for_writer(DB, None).to_string();
+    // Stopped between batches, not in a commit holding the WAL write lock that every other
+    // commit would then wait for.
+    c.flush(DB);
     let signal = |sig: &str| {
         assert!(
             std::process::Command::new("kill")
