@@ -1748,7 +1748,7 @@ BEGIN
 END
 $$;
 
--- Privileges as the install script gives them (sql/finalize.sql): internal functions are not
+-- Privileges as the install script gives them (sql/grants.sql): internal functions are not
 -- PUBLIC's; the migration's helpers are activity_log_admin's.
 REVOKE EXECUTE ON FUNCTION activity_log._source_text(text), activity_log._insert_targets(text, oid, oid, text[], text),
     activity_log._callees(oid), activity_log._readers(regclass, oid[], text[]),

@@ -377,7 +377,13 @@ pub unsafe fn after_subscription_command(stmt: *mut pg_sys::Node) {
             Ok::<_, pgrx::spi::Error>(out)
         })
     })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: could not read pg_subscription_rel: {e}"), None));
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("activity_log: could not read pg_subscription_rel: {e}"),
+            None,
+        )
+    });
     let mut named: Vec<String> = Vec::new();
     for relid in targets {
         let Some(t) = tracked::lookup(relid.to_u32()) else {

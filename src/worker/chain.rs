@@ -269,7 +269,13 @@ pub fn verify(from: i64, to: i64) -> Verdict {
             .map(|r| Ok(r.get::<i64>(1)?.unwrap_or(i64::MIN)))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: verify could not read the RETENTION records: {e}"), None));
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("activity_log: verify could not read the RETENTION records: {e}"),
+            None,
+        )
+    });
     walk(prev, from, to, &anchors, &redacted, &listed, &dropped)
 }
 
