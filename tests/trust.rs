@@ -873,7 +873,8 @@ fn migration_state_written_by_hand_gains_nothing() {
         status.contains("is owned by a role that is not a superuser"),
         "{status}"
     );
-    // Nor through a view as the audit table, whose query calls the same function.
+    // Nor through a view as the audit table, whose query calls the same function. (The plan
+    // calls such a trigger uncertain, not audit, since issue 27: it has to be named.)
     c.sql_as(
         "aladmin",
         DB,
@@ -883,7 +884,7 @@ fn migration_state_written_by_hand_gains_nothing() {
          CREATE FUNCTION adm.audit_src() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN INSERT INTO adm.audit_log (op, table_name, new_data) VALUES (TG_OP, TG_TABLE_NAME, to_jsonb(NEW)); RETURN NULL; END $$;
          CREATE TRIGGER audit_src AFTER INSERT OR UPDATE OR DELETE ON adm.src FOR EACH ROW EXECUTE FUNCTION adm.audit_src();
-         SELECT count(*) FROM activity_log.migrate_triggers(phase => 1, tables => '{adm.src}');
+         SELECT count(*) FROM activity_log.migrate_triggers(phase => 1, tables => '{adm.src}', include_triggers => '{audit_src}');
          INSERT INTO adm.src VALUES (1, 'x');",
     );
     let status = c.one(
