@@ -10,7 +10,9 @@
 -- Trigger migration (issue 27): the plan reads helper functions, the readers of a trail and
 -- extensions, and groups a table's triggers into systems that migrate together; a function
 -- body passes an allow-list (_body_effects), search_path values are split as PostgreSQL does
--- (_path_schemas, _regclass: _resolve_table changes).
+-- (_path_schemas, _regclass: _resolve_table changes); bodies are read once as PostgreSQL's
+-- scanner reads them (_lex, _source_text), and code run without a call written name(…) counts
+-- (_call_names' keywords and attributes, operators, _domain_checks, the WHEN clause).
 
 -- to_regclass() that never fails: NULL for a name that names no table or cannot be a name at
 -- all. One trigger function with a strange search_path must not stop the plan (issue 27, F6).
@@ -79,11 +81,140 @@ BEGIN
 END
 $$;
 
--- A function's source without comments (the plan's patterns must not match a comment).
-CREATE FUNCTION activity_log._source_text(src text) RETURNS text
-LANGUAGE sql IMMUTABLE
+-- _lex reads a function body once, left to right, as PostgreSQL's scanner does (issue 27, second
+-- review, F1): -- comments to the end of the line, /* */ comments nested, '…' with '', E'…' with
+-- backslash escapes, U&'…', $tag$…$tag$, "identifiers" with "" and U&"…". A comment that opens
+-- inside a string is no comment, a quote inside a comment or a dollar-quoted string opens
+-- nothing. code is src with each comment blanked (its newlines kept); masked is code with each
+-- string (of any kind, its prefix included) written '' around x's, and each quoted identifier's
+-- characters other than letters, digits, _, $ and space written _ (a ; or a quote in a name
+-- splits or opens nothing); both are as long as src, so a position in one is the same in the
+-- others. lits holds each string's text, in order. unclosed says what the scanner could not
+-- close (PostgreSQL stores such a body when check_function_bodies is off, as pg_restore loads
+-- functions), else NULL: code and masked then keep the rest as it is.
+CREATE FUNCTION activity_log._lex(src text, OUT code text, OUT masked text, OUT lits text[], OUT unclosed text)
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT regexp_replace(regexp_replace(src, '/\*.*?\*/', ' ', 'g'), '--[^\n]*', ' ', 'g') $$;
+AS $$
+DECLARE
+    pos    integer := 1;
+    hit    integer;
+    p      integer;
+    depth  integer;
+    rest   text;
+    tok    text;
+    m      text[];
+    cparts text[] := '{}';
+    mparts text[] := '{}';
+BEGIN
+    IF src IS NULL THEN
+        RETURN;
+    END IF;
+    lits := '{}';
+    LOOP
+        -- the next place something opens: a comment, a string or a quoted identifier (a prefix
+        -- E, U& or a dollar quote only where no identifier goes on: abe'…' is abe then '…')
+        hit := regexp_instr(src, '--|/\*|(?<![[:alnum:]_$])(?:[eE]|[uU]&)[''"]|[''"]|(?<![[:alnum:]_$])\$([[:alpha:]_][[:alnum:]_]*)?\$', pos);
+        IF hit = 0 THEN
+            cparts := cparts || substr(src, pos);
+            mparts := mparts || substr(src, pos);
+            EXIT;
+        END IF;
+        cparts := cparts || substr(src, pos, hit - pos);
+        mparts := mparts || substr(src, pos, hit - pos);
+        rest := substr(src, hit);
+        tok := NULL;
+        IF rest LIKE '--%' THEN
+            p := strpos(rest, E'\n');
+            tok := CASE WHEN p = 0 THEN rest ELSE left(rest, p - 1) END;
+            cparts := cparts || repeat(' ', length(tok));
+            mparts := mparts || repeat(' ', length(tok));
+        ELSIF rest LIKE '/*%' THEN
+            depth := 1;
+            p := 3;
+            WHILE depth > 0 LOOP
+                p := regexp_instr(rest, '/\*|\*/', p);
+                EXIT WHEN p = 0;
+                depth := depth + CASE WHEN substr(rest, p, 2) = '/*' THEN 1 ELSE -1 END;
+                p := p + 2;
+            END LOOP;
+            IF depth > 0 THEN
+                unclosed := format('comment (/* at character %s)', hit);
+            ELSE
+                tok := left(rest, p - 1);
+                cparts := cparts || regexp_replace(tok, '[^\n]', ' ', 'g');
+                mparts := mparts || regexp_replace(tok, '[^\n]', ' ', 'g');
+            END IF;
+        ELSIF rest LIKE '$%' THEN
+            m := regexp_match(rest, '^(\$[^$]*\$)');
+            p := strpos(substr(rest, length(m[1]) + 1), m[1]);
+            IF p = 0 THEN
+                unclosed := format('dollar-quoted string (%s at character %s)', m[1], hit);
+            ELSE
+                tok := left(rest, 2 * length(m[1]) + p - 1);
+                lits := lits || substr(tok, length(m[1]) + 1, p - 1);
+            END IF;
+        ELSIF rest ~ '^[eE]''' THEN
+            m := regexp_match(rest, '^[eE]''((?:[^''\\]|\\.|'''')*)''');
+            IF m IS NULL THEN
+                unclosed := format('quoted string (E'' at character %s)', hit);
+            ELSE
+                tok := 'E''' || m[1] || '''';
+                lits := lits || regexp_replace(replace(m[1], '''''', ''''), '\\(.)', '\1', 'g');
+            END IF;
+        ELSIF rest ~ '^([uU]&)?''' THEN
+            m := regexp_match(rest, '^((?:[uU]&)?)''((?:[^'']|'''')*)''');
+            IF m IS NULL THEN
+                unclosed := format('quoted string ('' at character %s)', hit);
+            ELSE
+                tok := m[1] || '''' || m[2] || '''';
+                lits := lits || replace(m[2], '''''', '''');
+            END IF;
+        ELSE
+            m := regexp_match(rest, '^((?:[uU]&)?)"((?:[^"]|"")*)"');
+            IF m IS NULL THEN
+                unclosed := format('quoted identifier (" at character %s)', hit);
+            ELSE
+                tok := m[1] || '"' || m[2] || '"';
+                cparts := cparts || tok;
+                mparts := mparts || (m[1] || '"' || regexp_replace(m[2], '[^[:alnum:]_$ ]', '_', 'g') || '"');
+            END IF;
+        END IF;
+        IF unclosed IS NOT NULL THEN
+            cparts := cparts || rest;
+            mparts := mparts || rest;
+            EXIT;
+        END IF;
+        IF rest !~ '^(--|/\*|([uU]&)?")' THEN
+            -- a string: its text stays in code; masked has '' around x's
+            cparts := cparts || tok;
+            mparts := mparts || ('''' || repeat('x', length(tok) - 2) || '''');
+        END IF;
+        pos := hit + length(tok);
+    END LOOP;
+    code := array_to_string(cparts, '');
+    masked := array_to_string(mparts, '');
+END
+$$;
+
+-- A function's source without comments (the plan's patterns must not match a comment), read by
+-- _lex. A body _lex cannot read to its end is an error: the caller (the plan, for one trigger)
+-- reports the trigger as unanalysable instead of judging what it can see of it.
+CREATE FUNCTION activity_log._source_text(src text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    l record;
+BEGIN
+    l := activity_log._lex(src);
+    IF l.unclosed IS NOT NULL THEN
+        RAISE EXCEPTION 'a function body has an unterminated %, so it cannot be read as PostgreSQL reads it', l.unclosed
+            USING ERRCODE = 'syntax_error';
+    END IF;
+    RETURN l.code;
+END
+$$;
 
 -- The tables a function body inserts into (INSERT INTO as written, also inside a format
 -- string), in the order they appear, resolved like the trigger's own (see _resolve_table).
@@ -109,7 +240,9 @@ $$;
 -- The helper functions a trigger function calls, and the ones they call (two levels): calls
 -- written schema.function(…) to SQL or PL/pgSQL functions that are not trigger functions
 -- (pgMemento's log_statement writes its logs through pgmemento.log_table_event(), which calls
--- pgmemento.log_transaction()). Read from pg_proc only: nothing is run.
+-- pgmemento.log_transaction()). Read from pg_proc only: nothing is run. A body _lex cannot read
+-- to its end is read as it is (more calls found, not fewer): _body_effects refuses the
+-- trigger's own and its helpers' anyway.
 CREATE FUNCTION activity_log._callees(fn oid) RETURNS oid[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -122,7 +255,7 @@ BEGIN
     FOR depth IN 1..2 LOOP
         SELECT coalesce(array_agg(DISTINCT p.oid), '{}') INTO next
           FROM pg_proc f,
-               regexp_matches(activity_log._source_text(f.prosrc),
+               regexp_matches((activity_log._lex(f.prosrc)).code,
                    '(?:^|[^a-z0-9_$."])("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*("[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'gi') m
           JOIN pg_namespace n ON n.nspname = CASE WHEN m[1] LIKE '"%' THEN replace(substr(m[1], 2, length(m[1]) - 2), '""', '"')
                                                   ELSE lower(m[1]) END
@@ -142,11 +275,14 @@ BEGIN
 END
 $$;
 
--- The functions a statement of a function body calls, as (schema or NULL, name): every
--- name( that is not a keyword, a type with a modifier (numeric(10,2), ::varchar(20)), the table
--- and column list of an INSERT INTO, nor an alias with column names (AS x(a, b)). String
--- literals must be masked already (see _body_effects).
-CREATE FUNCTION activity_log._call_names(stmt text, OUT schema_name text, OUT function_name text)
+-- The functions a statement of a function body calls, as (schema or NULL, name, how): how is
+-- 'call' for every name( that is not a keyword, a type with a modifier (numeric(10,2),
+-- ::varchar(20)), the table and column list of an INSERT INTO, nor an alias with column names
+-- (AS x(a, b)); 'keyword' for a keyword or construct written name( (filter(…), coalesce(…)),
+-- which calls a function only when a user function has that name (issue 27, second review,
+-- F10); 'attribute' for a .name not followed by ( — (NEW).bump is bump(NEW) when a function
+-- bump takes the row (functional notation). String literals must be masked already (see _lex).
+CREATE FUNCTION activity_log._call_names(stmt text, OUT schema_name text, OUT function_name text, OUT how text)
 RETURNS SETOF record
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -155,16 +291,8 @@ BEGIN
     RETURN QUERY
     SELECT CASE WHEN m[1] IS NULL THEN NULL WHEN m[1] LIKE '"%' THEN replace(substr(m[1], 2, length(m[1]) - 2), '""', '"')
                 ELSE lower(m[1]) END,
-           CASE WHEN m[2] LIKE '"%' THEN replace(substr(m[2], 2, length(m[2]) - 2), '""', '"') ELSE lower(m[2]) END
-      FROM regexp_matches(
-               regexp_replace(regexp_replace(regexp_replace(' ' || stmt,
-                   '\minsert\s+into\s+(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?(?:\s+as\s+[a-z_][a-z0-9_$]*)?\s*(?:\([^)]*\))?',
-                   ' insert ', 'gi'),
-                   '(::\s*(?:"[^"]+"|[a-z_][a-z0-9_$. ]*))\s*\(', '\1 #(', 'gi'),
-                   '\mas\s+(?:"[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'as #(', 'gi'),
-               '(?:[^a-z0-9_$."]|^)(?:("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*)?("[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'gi') m
-     WHERE m[1] IS NOT NULL
-        OR lower(m[2]) <> ALL (ARRAY[
+           CASE WHEN m[2] LIKE '"%' THEN replace(substr(m[2], 2, length(m[2]) - 2), '""', '"') ELSE lower(m[2]) END,
+           CASE WHEN m[1] IS NOT NULL OR lower(m[2]) <> ALL (ARRAY[
             'if', 'elsif', 'elseif', 'when', 'then', 'else', 'and', 'or', 'not', 'in', 'any', 'all', 'some', 'exists',
             'values', 'row', 'array', 'cast', 'coalesce', 'nullif', 'greatest', 'least', 'return', 'select', 'perform',
             'from', 'where', 'as', 'on', 'join', 'using', 'filter', 'over', 'group', 'by', 'is', 'distinct', 'like',
@@ -175,7 +303,18 @@ BEGIN
             'interval', 'varying', 'decimal', 'dec', 'float', 'numeric', 'char', 'character', 'varchar', 'timestamp',
             'time', 'bit', 'nchar', 'execute', 'raise', 'exit', 'continue', 'while', 'loop', 'for', 'foreach', 'assert',
             'exception', 'collate', 'only', 'within', 'escape', 'insert', 'update', 'delete', 'new', 'old', 'recursive',
-            'precision', 'default', 'strict', 'of', 'to', 'at', 'zone', 'normalize', 'treat', 'all', 'unnest_', 'begin', 'end']);
+            'precision', 'default', 'strict', 'of', 'to', 'at', 'zone', 'normalize', 'treat', 'all', 'unnest_', 'begin', 'end']) THEN 'call' ELSE 'keyword' END
+      FROM regexp_matches(
+               regexp_replace(regexp_replace(regexp_replace(' ' || stmt,
+                   '\minsert\s+into\s+(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?(?:\s+as\s+[a-z_][a-z0-9_$]*)?\s*(?:\([^)]*\))?',
+                   ' insert ', 'gi'),
+                   '(::\s*(?:"[^"]+"|[a-z_][a-z0-9_$. ]*))\s*\(', '\1 #(', 'gi'),
+                   '\mas\s+(?:"[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'as #(', 'gi'),
+               '(?:[^a-z0-9_$."]|^)(?:("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*)?("[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'gi') m
+    UNION ALL
+    SELECT NULL, CASE WHEN m[1] LIKE '"%' THEN replace(substr(m[1], 2, length(m[1]) - 2), '""', '"') ELSE lower(m[1]) END,
+           'attribute'
+      FROM regexp_matches(stmt, '\.\s*("[^"]+"|[a-z_][a-z0-9_$]*)(?![a-z0-9_$])(?!\s*\()', 'gi') m;
 END
 $$;
 
@@ -187,6 +326,34 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT ARRAY['clock_timestamp', 'timeofday', 'current_query', 'random', 'gen_random_uuid', 'uuid_generate_v1',
                    'uuid_generate_v1mc', 'uuid_generate_v4', 'nextval', 'currval', 'lastval']::name[] $$;
 
+-- _domain_checks names the domains among types (a domain over a domain too) whose check or
+-- default calls a user function that is not immutable, or a volatile built-in other than
+-- _harmless_volatile(): a variable declared with such a domain, a value cast to it or passed as
+-- an argument of it runs that code (issue 27, second review, F10). NULL when none does.
+CREATE FUNCTION activity_log._domain_checks(types oid[]) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE d(top, oid) AS (
+        SELECT t.oid, t.oid FROM pg_type t WHERE t.oid = ANY (types) AND t.typtype = 'd'
+        UNION
+        SELECT d.top, t.typbasetype FROM d JOIN pg_type t ON t.oid = d.oid WHERE t.typtype = 'd'
+    )
+    SELECT string_agg(DISTINCT format('domain %s, whose %s calls %s', x.top::regtype, x.what, p.oid::regprocedure), ', ')
+      FROM (SELECT d.top, 'check' AS what, dep.refobjid
+              FROM d JOIN pg_constraint c ON c.contypid = d.oid
+              JOIN pg_depend dep ON dep.classid = 'pg_catalog.pg_constraint'::regclass AND dep.objid = c.oid
+                                AND dep.refclassid = 'pg_catalog.pg_proc'::regclass
+            UNION ALL
+            SELECT d.top, 'default', dep.refobjid
+              FROM d JOIN pg_depend dep ON dep.classid = 'pg_catalog.pg_type'::regclass AND dep.objid = d.oid
+                                       AND dep.refclassid = 'pg_catalog.pg_proc'::regclass) x
+      JOIN pg_proc p ON p.oid = x.refobjid
+     WHERE (p.pronamespace <> 'pg_catalog'::regnamespace AND p.provolatile <> 'i')
+        OR (p.pronamespace = 'pg_catalog'::regnamespace AND p.provolatile = 'v'
+            AND NOT p.proname = ANY (activity_log._harmless_volatile()))
+$$;
+
 -- _body_effects reads a function body against the allow-list of what an audit trigger does
 -- (issue 27, F2). A body passes when every statement is one of: INSERT … VALUES / SELECT (no
 -- ON CONFLICT … DO UPDATE), RETURN, RAISE (whether it validates is judged elsewhere), an
@@ -197,8 +364,13 @@ AS $$ SELECT ARRAY['clock_timestamp', 'timeofday', 'current_query', 'random', 'g
 -- SQL / PL/pgSQL function that passes the same list (followed three levels deep). A helper
 -- with no arguments called inside an INSERT may upsert session context it cannot have read
 -- from the row (ON CONFLICT … DO UPDATE SET c = EXCLUDED.c only: django-pghistory's
--- _pgh_attach_context()). Returns {"problems": [what does not pass, in words], "helpers":
--- [SQL / PL/pgSQL functions it calls, at any depth]}. Only the catalog is read.
+-- _pgh_attach_context()). Code that runs without a call written name(…) counts as a call too
+-- (issue 27, second review, F10): a user function named like a keyword (filter(…)), functional
+-- notation ((NEW).bump is bump(NEW)), a user-defined operator (never followed: a problem), a
+-- domain whose check calls code (a variable declared with it, a cast to it). The body is read
+-- by _lex (F1); one it cannot read to its end is an error. Returns {"problems": [what does not
+-- pass, in words], "helpers": [SQL / PL/pgSQL functions it calls, at any depth]}. Only the
+-- catalog is read.
 CREATE FUNCTION activity_log._body_effects(fn oid, caller_search_path text, depth integer DEFAULT 0,
                                           context_call boolean DEFAULT false)
 RETURNS jsonb
@@ -228,15 +400,25 @@ DECLARE
     in_declare boolean := false;
     i          integer;
     exec_lit   text;
+    lx         record;
+    kw_user    text[];      -- keywords written name( that a user function is named after
+    attr_user  text[];      -- .names that a function taking a row is named after
+    domains    text;
 BEGIN
-    SELECT p.oid, p.prosrc, p.pronargs, p.proconfig, p.pronamespace, l.lanname,
+    SELECT p.oid, p.prosrc, p.pronargs, p.proconfig, p.pronamespace, l.lanname, p.proargtypes, p.prorettype,
            p.prosqlbody IS NOT NULL AS atomic
       INTO f
       FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = fn;
     IF NOT FOUND THEN
         RETURN jsonb_build_object('problems', '[]'::jsonb, 'helpers', '[]'::jsonb);
     END IF;
-    src := activity_log._source_text(CASE WHEN f.atomic THEN pg_get_function_sqlbody(fn) ELSE f.prosrc END);
+    -- Read once by _lex (F1): comments, strings and quoted names as PostgreSQL reads them.
+    lx := activity_log._lex(CASE WHEN f.atomic THEN pg_get_function_sqlbody(fn) ELSE f.prosrc END);
+    IF lx.unclosed IS NOT NULL THEN
+        RAISE EXCEPTION 'a function body has an unterminated %, so it cannot be read as PostgreSQL reads it', lx.unclosed
+            USING ERRCODE = 'syntax_error';
+    END IF;
+    src := lx.code;
     -- Names without a schema: the function's pinned search_path, else the caller's; its own schema.
     SELECT coalesce((SELECT activity_log._path_schemas(substr(x, 13)) FROM unnest(f.proconfig) x
                       WHERE x LIKE 'search_path=%' LIMIT 1),
@@ -244,15 +426,61 @@ BEGIN
            || quote_ident(f.pronamespace::regnamespace::text)
       INTO path;
 
-    -- String literals become '#n' (their text kept in lits), so that a ; or a keyword inside one
-    -- splits or matches nothing; dollar-quoted strings inside the body become '#0'.
-    lits := ARRAY(SELECT replace(x[1], '''''', '''') FROM regexp_matches(src, '''((?:[^'']|'''')*)''', 'g') x);
-    parts := regexp_split_to_array(src, '''(?:[^'']|'''')*''');
+    -- String literals become '#n' (their text kept in lits, in _lex's order), so that a ; or a
+    -- keyword inside one splits or matches nothing.
+    lits := lx.lits;
+    parts := regexp_split_to_array(lx.masked, '''x*''');
     masked := parts[1];
-    FOR i IN 1..coalesce(array_length(lits, 1), 0) LOOP
+    FOR i IN 1..cardinality(parts) - 1 LOOP
         masked := masked || '''#' || i || '''' || parts[i + 1];
     END LOOP;
-    masked := regexp_replace(masked, '\$([a-z_][a-z0-9_]*)?\$.*?\$\1\$', '''#0''', 'gi');
+
+    -- Code that runs without a call written name(…) (issue 27, second review, F10), looked up
+    -- once per body: a user function named like a keyword (filter(…)), functional notation
+    -- ((NEW).bump runs bump(NEW)), a user-defined operator, a domain's check.
+    SELECT coalesce(array_agg(DISTINCT n.function_name) FILTER (WHERE n.how = 'keyword'), '{}'),
+           coalesce(array_agg(DISTINCT n.function_name) FILTER (WHERE n.how = 'attribute'), '{}')
+      INTO kw_user, attr_user
+      FROM activity_log._call_names(masked || ' ' || array_to_string(lits, ' ')) n
+     WHERE n.how <> 'call'
+       AND EXISTS (SELECT 1 FROM pg_proc p
+                    WHERE p.proname = n.function_name
+                      AND CASE WHEN n.how = 'keyword' THEN p.pronamespace <> 'pg_catalog'::regnamespace
+                               ELSE p.pronargs = 1 AND EXISTS (SELECT 1 FROM pg_type ty WHERE ty.oid = p.proargtypes[0]
+                                                                  AND ty.typtype IN ('c', 'p')) END);
+    -- An operator of any symbol the body uses (each run of operator characters and its parts),
+    -- when one of that symbol is not built in: a user-defined operator runs its function, whose
+    -- effect is not followed; an extension's runs a function judged like a built-in.
+    IF EXISTS (SELECT 1 FROM pg_operator o WHERE o.oprnamespace <> 'pg_catalog'::regnamespace) THEN
+        problems := problems || ARRAY(
+            SELECT DISTINCT CASE WHEN x.ext THEN format('uses operator %s, which runs %s(), which is volatile', x.op, x.fn)
+                                 ELSE format('uses operator %s, a user-defined operator running %s', x.op, x.fn) END
+              FROM (SELECT o.oid::regoperator::text AS op, o.oprcode::regprocedure::text AS fn, p.proname,
+                           p.provolatile,
+                           EXISTS (SELECT 1 FROM pg_depend d
+                                    WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
+                                      AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e') AS ext
+                      FROM (SELECT DISTINCT substr(r.m[1], g.a, h.b) AS sym
+                              FROM regexp_matches(masked || ' ' || array_to_string(lits, ' '), '[-+*/<>=~!@#%^&|`?]+', 'g') AS r(m),
+                                   generate_series(1, length(r.m[1])) g(a), generate_series(1, length(r.m[1]) - g.a + 1) h(b)) s
+                      JOIN pg_operator o ON o.oprname = s.sym
+                      JOIN pg_proc p ON p.oid = o.oprcode
+                     WHERE o.oprnamespace <> 'pg_catalog'::regnamespace) x
+             WHERE NOT x.ext OR (x.provolatile = 'v' AND NOT x.proname = ANY (activity_log._harmless_volatile())));
+    END IF;
+    -- A domain named in the body (a variable declared with it, a cast to it) or taken or
+    -- returned by the function: its check runs on every value given to it.
+    domains := activity_log._domain_checks(ARRAY(
+        SELECT ty.oid
+          FROM (SELECT DISTINCT CASE WHEN w.m[1] LIKE '"%' THEN replace(substr(w.m[1], 2, length(w.m[1]) - 2), '""', '"')
+                                     ELSE lower(w.m[1]) END AS name
+                  FROM regexp_matches(masked, '"[^"]+"|[a-z_][a-z0-9_$]*', 'gi') AS w(m)) n
+          JOIN pg_type ty ON ty.typname = n.name AND ty.typtype = 'd'
+        UNION
+        SELECT unnest(f.proargtypes::oid[] || f.prorettype)));
+    IF domains IS NOT NULL THEN
+        problems := problems || format('uses %s', domains);
+    END IF;
 
     FOREACH stmt IN ARRAY regexp_split_to_array(masked, ';') LOOP
         rest := btrim(stmt, E' \t\r\n');
@@ -341,9 +569,12 @@ BEGIN
               FROM regexp_matches(rest, '''#([0-9]+)''', 'g') WITH ORDINALITY y(x, n);
             lit := lower(btrim(coalesce(lit, ''), E' \t\r\n('));
             -- the functions the statement it runs calls are checked like its own (F2), the
-            -- strings in it masked, format()'s %I / %s / %L / %1$I read as a constant
-            exec_lit := regexp_replace(regexp_replace(lit, '''(?:[^'']|'''')*''', '''''', 'g'),
-                                       '%([0-9]+\$)?-?[0-9]*[isl]', '0', 'g');
+            -- strings in it masked by _lex, format()'s %I / %s / %L / %1$I read as a constant
+            lx := activity_log._lex(lit);
+            exec_lit := regexp_replace(lx.masked, '%([0-9]+\$)?-?[0-9]*[isl]', '0', 'g');
+            IF lx.unclosed IS NOT NULL THEN
+                problems := problems || format('runs a statement with an unterminated %s', regexp_replace(lx.unclosed, ' at character [0-9]+', ''));
+            END IF;
             IF lit = '' THEN
                 problems := problems || 'runs a statement built at run time'::text;
             ELSIF lit ~ '^(select|with)\M' AND lit !~ '\m(into|insert|update|delete|merge)\M' AND lit !~ ';' THEN
@@ -375,13 +606,22 @@ BEGIN
         CONTINUE WHEN kind IN ('none', 'update', 'notify', 'other');
 
         -- The functions it calls (in the statement and the conditions in front of it).
-        FOR c IN SELECT DISTINCT n.schema_name, n.function_name
+        FOR c IN SELECT DISTINCT n.schema_name, n.function_name, n.how
                    FROM unnest(array_remove(conds || rest || exec_lit, NULL)) s(t), activity_log._call_names(s.t) n
+                  WHERE n.how = 'call' OR (n.how = 'keyword' AND n.function_name = ANY (kw_user))
+                     OR (n.how = 'attribute' AND n.function_name = ANY (attr_user))
         LOOP
             cands := ARRAY(SELECT p.oid FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
                             WHERE p.proname = c.function_name
                               AND CASE WHEN c.schema_name IS NOT NULL THEN ns.nspname = c.schema_name
-                                       ELSE ns.nspname = 'pg_catalog' OR quote_ident(ns.nspname) = ANY (path) END);
+                                       ELSE ns.nspname = 'pg_catalog' OR quote_ident(ns.nspname) = ANY (path) END
+                              AND CASE c.how WHEN 'keyword' THEN ns.nspname <> 'pg_catalog'
+                                             WHEN 'attribute' THEN p.pronargs = 1
+                                                  AND EXISTS (SELECT 1 FROM pg_type ty WHERE ty.oid = p.proargtypes[0]
+                                                                 AND ty.typtype IN ('c', 'p'))
+                                             ELSE true END);
+            -- a keyword or a field that no function is named after is what it looks like
+            CONTINUE WHEN cands = '{}' AND c.how <> 'call';
             IF cands = '{}' THEN
                 problems := problems || format('calls %s(), which is not a function it can find',
                                                concat_ws('.', quote_ident(c.schema_name), quote_ident(c.function_name)));
@@ -416,7 +656,7 @@ BEGIN
         END LOOP;
     END LOOP;
     -- A helper that raises makes the trigger's writes fail (F5).
-    IF depth > 0 AND f.lanname = 'plpgsql' AND activity_log._raises_on_writes(activity_log._source_text(f.prosrc), 0) THEN
+    IF depth > 0 AND f.lanname = 'plpgsql' AND activity_log._raises_on_writes(src, 0) THEN
         problems := problems || 'raises errors'::text;
     END IF;
     RETURN jsonb_build_object('problems', to_jsonb(ARRAY(SELECT DISTINCT x FROM unnest(problems) x ORDER BY x)),
@@ -466,7 +706,9 @@ BEGIN
                -- tables, declaring a variable of its row type) is a writer, judged as such
                AND NOT (EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = x.o AND p.prorettype = 'pg_catalog.trigger'::regtype)
                         AND x.s ~* ('\minsert\s+into\s+' || t.pattern || '(?![a-z0-9_$])'))
-               AND regexp_replace(activity_log._source_text(x.s),
+               -- (any language: a body _lex cannot read to its end is kept as it is, so that
+               -- the name counts rather than hides)
+               AND regexp_replace((activity_log._lex(x.s)).code,
                                   '\m(insert\s+into|delete\s+from|truncate(\s+table)?(\s+only)?|drop\s+table(\s+if\s+exists)?)\s+'
                                   || t.pattern || '(?![a-z0-9_$])', ' ', 'gi')
                    ~* ('(?<![a-z0-9_$])' || regexp_replace(t.relname, '([^a-zA-Z0-9_])', '\\\1', 'g') || '(?![a-z0-9_$])')) r);
@@ -503,10 +745,9 @@ DECLARE
     proto   text := '^(\s|[(),=<>!]|\mtg_(when|level|op)\M|''[^'']*''|\m(not|and|or|in|is|distinct|from)\M)+$';
     orig    text := src;        -- conditions are read as written: 'delete' is not 'DELETE'
 BEGIN
-    src := lower(src);
-    -- string contents masked, positions kept: keywords inside a message are not keywords
-    SELECT string_agg(CASE WHEN n % 2 = 0 THEN repeat('x', length(p)) ELSE p END, '''' ORDER BY n) INTO masked
-      FROM regexp_split_to_table(src, '''') WITH ORDINALITY x(p, n);
+    -- strings of every kind masked by _lex, positions kept: keywords inside a message (or a
+    -- $q$…$q$ with a quote in it) are not keywords (issue 27, second review, F1)
+    masked := lower((activity_log._lex(src)).masked);
     LOOP
         hit := regexp_instr(masked, '\m(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|raise|assert|into\s+strict)\M', pos);
         EXIT WHEN hit = 0;
@@ -780,6 +1021,7 @@ DECLARE
     hot_oids   oid[];
     hot_srcs   text[];
     pattern    text;
+    wq         record;
 BEGIN
     -- The functions that could read a trail, with their source in lower case, read from pg_proc
     -- once per plan: each trail's readers are looked up in it (F7).
@@ -814,7 +1056,7 @@ BEGIN
     hot_srcs := ARRAY(SELECT cand_srcs[x] FROM unnest(hot) x);
     FOR t IN
         SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype, tg.tgenabled,
-               tg.tgisinternal, tg.tgconstraint, tg.tgnewtable, tg.tgoldtable,
+               tg.tgisinternal, tg.tgconstraint, tg.tgnewtable, tg.tgoldtable, tg.tgqual::text AS tgqual,
                c.relnamespace, c.relname, p.prosrc, p.pronamespace, p.proconfig, l.lanname,
                con.conname, con.contype
           FROM pg_catalog.pg_trigger tg
@@ -876,7 +1118,7 @@ BEGIN
         -- One trigger that cannot be analysed is reported as such; the plan goes on (F6).
         BEGIN
         -- The source without comments; the patterns below are case-insensitive.
-        src := regexp_replace(regexp_replace(t.prosrc, '/\*.*?\*/', ' ', 'g'), '--[^\n]*', ' ', 'g');
+        src := activity_log._source_text(t.prosrc);
 
         -- Effects that are not auditing: a trigger with any of them is never taken over.
         side := ARRAY[]::text[];
@@ -925,6 +1167,35 @@ BEGIN
             effects_cache := effects_cache || jsonb_build_object(t.tgfoid::text, eff);
         END IF;
         effects := ARRAY(SELECT jsonb_array_elements_text(eff->'problems'));
+        -- The trigger's WHEN clause runs with it, and stops with it (issue 27, second review,
+        -- F10): the functions and operators it calls (funcid, opfuncid in pg_trigger.tgqual) are
+        -- judged like the body's calls, the domains it casts to by their checks.
+        IF t.tgqual IS NOT NULL THEN
+            FOR wq IN SELECT DISTINCT p.oid, p.proname, p.provolatile, p.pronamespace, l.lanname,
+                            EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                     WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
+                                       AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e') AS ext
+                       FROM regexp_matches(t.tgqual, ':(?:funcid|opfuncid) ([0-9]+)', 'g') m
+                       JOIN pg_catalog.pg_proc p ON p.oid = m[1]::oid
+                       JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+                      ORDER BY p.oid LOOP
+                IF wq.pronamespace = 'pg_catalog'::regnamespace OR wq.ext THEN
+                    IF wq.provolatile = 'v' AND NOT wq.proname = ANY (activity_log._harmless_volatile()) THEN
+                        effects := effects || format('calls %s() in its WHEN clause, which is volatile', quote_ident(wq.proname));
+                    END IF;
+                ELSIF wq.lanname IN ('sql', 'plpgsql') THEN
+                    effects := effects || ARRAY(SELECT format('calls %s in its WHEN clause, which %s', wq.oid::regprocedure, x)
+                                                  FROM jsonb_array_elements_text(activity_log._body_effects(wq.oid, caller_search_path, 1)->'problems') x);
+                ELSE
+                    effects := effects || format('calls %s in its WHEN clause, written in %s, which cannot be read',
+                                                 wq.oid::regprocedure, wq.lanname);
+                END IF;
+            END LOOP;
+            readers := activity_log._domain_checks(ARRAY(SELECT DISTINCT m[1]::oid FROM regexp_matches(t.tgqual, ':[a-z]*type ([0-9]+)', 'g') m));
+            IF readers IS NOT NULL THEN
+                effects := effects || format('uses %s in its WHEN clause', readers);
+            END IF;
+        END IF;
 
         -- Where it inserts: the first named table that is not the trigger's own.
         FOR target IN
@@ -1018,7 +1289,7 @@ BEGIN
                           WHERE o.tgrelid = t.tgrelid
                             AND EXISTS (SELECT 1 FROM unnest(o.tgfoid || activity_log._callees(o.tgfoid)) w(fn)
                                           JOIN pg_catalog.pg_proc op ON op.oid = w.fn
-                                         WHERE activity_log._insert_targets(activity_log._source_text(op.prosrc), t.relnamespace,
+                                         WHERE activity_log._insert_targets((activity_log._lex(op.prosrc)).code, t.relnamespace,
                                                    op.pronamespace, op.proconfig, caller_search_path) <> '{}'));
         FOREACH found IN ARRAY writes LOOP
             IF NOT reader_cache ? (found::oid::text) THEN
@@ -1755,12 +2026,14 @@ REVOKE EXECUTE ON FUNCTION activity_log._source_text(text), activity_log._insert
     activity_log._system_link(oid, oid, oid[], oid, oid, oid[]), activity_log._migration_plan(text, regclass),
     activity_log._regclass(text), activity_log._path_schemas(text), activity_log._call_names(text),
     activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean),
-    activity_log._trail_problem(regclass), activity_log._raises_on_writes(text, integer)
+    activity_log._trail_problem(regclass), activity_log._raises_on_writes(text, integer),
+    activity_log._lex(text), activity_log._domain_checks(oid[])
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION activity_log._migration_plan(text, regclass), activity_log._source_text(text),
     activity_log._insert_targets(text, oid, oid, text[], text), activity_log._callees(oid),
     activity_log._readers(regclass, oid[], text[]), activity_log._system_link(oid, oid, oid[], oid, oid, oid[]),
     activity_log._regclass(text), activity_log._path_schemas(text), activity_log._call_names(text),
     activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean),
-    activity_log._trail_problem(regclass), activity_log._raises_on_writes(text, integer)
+    activity_log._trail_problem(regclass), activity_log._raises_on_writes(text, integer),
+    activity_log._lex(text), activity_log._domain_checks(oid[])
     TO activity_log_admin;

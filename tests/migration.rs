@@ -1309,3 +1309,90 @@ fn readers_through_policies_foreign_keys_partitions_and_sibling_triggers() {
         ]
     );
 }
+
+/// Issue 27, second review, finding F1: a function body is read once, left to right, as
+/// PostgreSQL's scanner reads it, so `'--'`, `$q$it's$q$` or `E'\''` hide no UPDATE, TRUNCATE
+/// or set_config(); a body with an unterminated string (stored with check_function_bodies off)
+/// is unanalysable; every quoting form in a harmless body leaves it audit. Also the logical
+/// slot rule of finding F9 (a slot whose plugin is not pgoutput decodes the trail's changes).
+#[test]
+fn statements_hidden_by_quotes_and_comments_are_seen() {
+    let c = Cluster::start(
+        "migration-hidden-f1",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "wal_level = logical",
+        ],
+    );
+    common::with_extension(&c, "hs");
+    c.sql("hs", include_str!("fixtures/hidden_statements.sql"));
+    assert_eq!(
+        c.sql(
+            "hs",
+            "SELECT relation, trigger_name, verdict, style, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "a11|a11_audit|uncertain|generic jsonb audit|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also updates or deletes other rows: taking it over would lose that".to_string(),
+            "a12|a12_audit|uncertain|generic jsonb audit|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls set_config(), which is volatile, refreshes a materialized view: taking it over would lose that".to_string(),
+            "a13|a13_audit|uncertain|generic jsonb audit|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls pg_advisory_lock(), which is volatile, truncates a table: taking it over would lose that".to_string(),
+            "u1|u1_audit|uncertain|unanalysable|could not be analysed (a function body has an unterminated quoted string (' at character 139), so it cannot be read as PostgreSQL reads it): left alone unless named".to_string(),
+            "w5|w5_audit|audit|per-table jsonb audit|copies the changed row (as jsonb) into audit.w5_log with the operation".to_string(),
+        ]
+    );
+    c.sql(
+        "hs",
+        "SELECT pg_create_logical_replication_slot('cdc_f1', 'test_decoding')",
+    );
+    assert_eq!(
+        c.sql(
+            "hs",
+            "SELECT verdict, why FROM activity_log.migration_plan() WHERE trigger_name = 'w5_audit'"
+        ),
+        [
+            "uncertain|copies the changed row (as jsonb) into audit.w5_log with the operation, but its table audit.w5_log is used by logical replication slot cdc_f1 (plugin test_decoding), which decodes the changes of every table: taking it over would leave that stale"
+        ]
+    );
+    c.sql("hs", "SELECT pg_drop_replication_slot('cdc_f1')");
+    full_cycle(
+        &c,
+        "hs",
+        "INSERT INTO public.w5 VALUES (1, 'a'), (2, 'b');
+         UPDATE public.w5 SET \"v;'x\" = 'c' WHERE id = 1;
+         DELETE FROM public.w5 WHERE id = 2;",
+    );
+}
+
+/// Issue 27, second review, finding F10: code a trigger runs without a call written name(…) —
+/// `(NEW).bump` (bump(NEW), functional notation), a user function named `filter`, a
+/// user-defined operator, a variable of a domain whose check calls a function, a function in
+/// the trigger's WHEN clause — keeps it from audit; the same constructs over built-ins do not.
+#[test]
+fn calls_without_a_call_written_are_seen() {
+    let c = Cluster::start(
+        "migration-unseen-f10",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "uc");
+    c.sql("uc", include_str!("fixtures/unseen_calls.sql"));
+    assert_eq!(
+        c.sql(
+            "uc",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "a9|a9_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.bump(public.a9), which updates or deletes other rows: taking it over would lose that".to_string(),
+            "c1|c1_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.filter(text), which updates or deletes other rows: taking it over would lose that".to_string(),
+            "c2|c2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also uses operator public.@@~(text,integer), a user-defined operator running public.tally(text,integer): taking it over would lose that".to_string(),
+            "c3|c3_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also uses domain public.tracked_name, whose check calls public.seen(text): taking it over would lose that".to_string(),
+            "c4|c4_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.filter(text) in its WHEN clause, which updates or deletes other rows: taking it over would lose that".to_string(),
+            "w6|w6_audit|audit|copies the changed row (as jsonb) into audit.w6_log with the operation".to_string(),
+        ]
+    );
+    full_cycle(
+        &c,
+        "uc",
+        "INSERT INTO public.w6 VALUES (1, 'a'), (2, 'b');
+         UPDATE public.w6 SET v = 'c' WHERE id = 1;
+         UPDATE public.w6 SET v = v WHERE id = 2;",
+    );
+}
