@@ -536,11 +536,13 @@ BEGIN
       INTO kw_user, attr_user
       FROM activity_log._call_names(masked || ' ' || array_to_string(lits, ' ')) n
      WHERE n.how <> 'call'
-       AND EXISTS (SELECT 1 FROM pg_proc p
-                    WHERE p.proname = n.function_name
-                      AND CASE WHEN n.how = 'keyword' THEN p.pronamespace <> 'pg_catalog'::regnamespace
-                               ELSE p.pronargs = 1 AND EXISTS (SELECT 1 FROM pg_type ty WHERE ty.oid = p.proargtypes[0]
-                                                                  AND ty.typtype IN ('c', 'p')) END);
+       -- (a scalar subquery: one index lookup per name, never a scan of all of pg_proc)
+       AND (SELECT true FROM pg_proc p
+             WHERE p.proname = n.function_name::name
+               AND CASE WHEN n.how = 'keyword' THEN p.pronamespace <> 'pg_catalog'::regnamespace
+                        ELSE p.pronargs = 1 AND EXISTS (SELECT 1 FROM pg_type ty WHERE ty.oid = p.proargtypes[0]
+                                                           AND ty.typtype IN ('c', 'p')) END
+             LIMIT 1);
     -- An operator of any symbol the body uses (each run of operator characters and its parts),
     -- when one of that symbol is not built in: a user-defined operator runs its function, whose
     -- effect is not followed; an extension's runs a function judged like a built-in.
@@ -563,14 +565,17 @@ BEGIN
     END IF;
     -- A domain named in the body (a variable declared with it, a cast to it) or taken or
     -- returned by the function: its check runs on every value given to it.
-    domains := activity_log._domain_checks(ARRAY(
-        SELECT ty.oid
-          FROM (SELECT DISTINCT CASE WHEN w.m[1] LIKE '"%' THEN replace(substr(w.m[1], 2, length(w.m[1]) - 2), '""', '"')
-                                     ELSE lower(w.m[1]) END AS name
-                  FROM regexp_matches(masked, '"[^"]+"|[a-z_][a-z0-9_$]*', 'gi') AS w(m)) n
-          JOIN pg_type ty ON ty.typname = n.name AND ty.typtype = 'd'
-        UNION
-        SELECT unnest(f.proargtypes::oid[] || f.prorettype)));
+    -- (only when there are domains outside pg_catalog and information_schema at all)
+    IF EXISTS (SELECT 1 FROM pg_type ty WHERE ty.typtype = 'd'
+                  AND ty.typnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)) THEN
+        domains := activity_log._domain_checks(ARRAY(
+            SELECT unnest((SELECT array_agg(ty.oid) FROM pg_type ty WHERE ty.typname = n.name::name AND ty.typtype = 'd'))
+              FROM (SELECT DISTINCT CASE WHEN w.m[1] LIKE '"%' THEN replace(substr(w.m[1], 2, length(w.m[1]) - 2), '""', '"')
+                                         ELSE lower(w.m[1]) END AS name
+                      FROM regexp_matches(masked, '"[^"]+"|[a-z_][a-z0-9_$]*', 'gi') AS w(m)) n
+            UNION
+            SELECT unnest(f.proargtypes::oid[] || f.prorettype)));
+    END IF;
     IF domains IS NOT NULL THEN
         problems := problems || format('uses %s', domains);
     END IF;
@@ -705,7 +710,7 @@ BEGIN
                      OR (n.how = 'attribute' AND n.function_name = ANY (attr_user))
         LOOP
             cands := ARRAY(SELECT p.oid FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
-                            WHERE p.proname = c.function_name
+                            WHERE p.proname = c.function_name::name
                               AND CASE WHEN c.schema_name IS NOT NULL THEN ns.nspname = c.schema_name
                                        ELSE ns.nspname = 'pg_catalog' OR quote_ident(ns.nspname) = ANY (path) END
                               AND CASE c.how WHEN 'keyword' THEN ns.nspname <> 'pg_catalog'
