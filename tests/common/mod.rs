@@ -20,6 +20,16 @@ pub static BIN: LazyLock<String> = LazyLock::new(|| {
 });
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
+/// repo_root is the directory holding ./dev: this crate's, or the workspace root for a member
+/// (monitor/tests reuse this harness).
+pub fn repo_root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    match here.parent() {
+        Some(parent) if !here.join("dev").exists() => parent.to_path_buf(),
+        _ => here.to_path_buf(),
+    }
+}
+
 pub struct Cluster {
     pub dir: String,
     pub port: u16,
@@ -36,7 +46,7 @@ impl Cluster {
         let status = Command::new("./dev")
             .args(["start-cluster", &dir, &port.to_string()])
             .args(conf)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(repo_root())
             .status()
             .expect("run ./dev start-cluster");
         assert!(status.success(), "could not start cluster {name}");
