@@ -56,7 +56,8 @@ pub fn bars(title: &str, labels: &[String], series: &[Series], marks: &[usize]) 
         LEFT - 4.0,
         TOP + plot_h
     ));
-    let every = (labels.len() / 12).max(1);
+    // About eight labels fit under the axis.
+    let every = labels.len().div_ceil(8).max(1);
     for (i, label) in labels.iter().enumerate() {
         let x0 = LEFT + i as f64 * group + group * 0.1;
         for (k, ser) in series.iter().enumerate() {

@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""browser.py: the activity monitor in a real browser (issue 31, item 7).
+
+Headless Chromium from Debian, driven through chromedriver's W3C WebDriver HTTP protocol with
+the standard library only (urllib + json). Starts its own cluster (./dev start-cluster, as the
+Rust tests do; PG_BIN honoured), fills a trail of 100 000+ rows with <script> in a column value,
+a table name and a query, starts the monitor as a role with only activity_log_reader, then:
+loads each page, applies a filter, scrolls through all 100 000 filtered rows, opens a detail
+panel, exports CSV, and saves screenshots that must not be blank (distinct colours counted in
+the decoded PNG). Needs: chromium, chromium-driver (./dev setup installs them), the extension
+installed into PG_BIN's PostgreSQL, sudo and the postgres OS user.
+
+    python3 monitor/tests/browser.py            # screenshots in target/browser/
+    python3 monitor/tests/browser.py --docs     # and copies them to docs/images/monitor-*.png
+"""
+
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+OUT = os.path.join(ROOT, "target", "browser")
+EVENTS = 100_000
+XSS_TABLE = "<script>alert('t')</script>"
+
+passed = 0
+failed = 0
+
+
+def check(cond, what):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"ok   {what}")
+    else:
+        failed += 1
+        print(f"FAIL {what}")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---- the cluster ----
+
+class Cluster:
+    def __init__(self):
+        self.dir = f"/tmp/al-test-browser-{os.getpid()}"
+        self.port = 56000 + os.getpid() % 1000
+        subprocess.run([os.path.join(ROOT, "dev"), "start-cluster", self.dir, str(self.port),
+                        "activity_log.capture_statements = 'mod'"], check=True, cwd=ROOT)
+
+    def psql(self, db, sql, user="postgres", check_=True):
+        r = subprocess.run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                            "-h", self.dir, "-p", str(self.port), "-U", user, "-d", db, "-c", sql],
+                           capture_output=True, text=True)
+        if check_ and r.returncode != 0:
+            raise RuntimeError(f"psql failed on {sql}:\n{r.stderr}")
+        return r.stdout.strip()
+
+    def stop(self):
+        subprocess.run(["sudo", "-u", "postgres", os.path.join(PG_BIN, "pg_ctl"), "-D", f"{self.dir}/data",
+                        "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(["sudo", "rm", "-rf", self.dir])
+
+
+def fill(c):
+    c.psql("postgres", "CREATE DATABASE app")
+    c.psql("app", "CREATE EXTENSION activity_log")
+    for _ in range(100):
+        if c.psql("app", "SELECT count(*) FROM activity_log.queue WHERE writer_pid IS NOT NULL") == "1":
+            break
+        time.sleep(0.2)
+    q = XSS_TABLE.replace("'", "''")
+    for sql in [
+        "CREATE ROLE monitor LOGIN",
+        "GRANT activity_log_reader TO monitor",
+        "CREATE TABLE public.orders (id int PRIMARY KEY, item text, qty int)",
+        "SELECT activity_log.track('public.orders')",
+        f"CREATE TABLE public.\"{XSS_TABLE}\" (id int PRIMARY KEY, v text)",
+        f"SELECT activity_log.track('public.\"{q}\"')",
+        "INSERT INTO public.orders VALUES (1, '<script>alert(1)</script>', 1), (2, 'pen', 2)",
+        "UPDATE public.orders SET qty = 5, item = 'book' WHERE id = 1",
+        f"INSERT INTO public.\"{XSS_TABLE}\" VALUES (1, 'x')",
+    ]:
+        c.psql("app", sql)
+    c.psql("app", "SELECT '<script>alert(2)</script>'::int", check_=False)
+    for k in range(EVENTS // 20_000):
+        c.psql("app", f"SELECT count(activity_log.log_event('bulk', jsonb_build_object('n', g), category => 'billing')) "
+                      f"FROM generate_series({k * 20_000 + 1}, {(k + 1) * 20_000}) g")
+    check(c.psql("app", "SELECT activity_log.flush('120 s')") == "t", "the trail is stored")
+
+
+# ---- WebDriver ----
+
+class Browser:
+    def __init__(self, downloads):
+        self.port = free_port()
+        self.proc = subprocess.Popen(["chromedriver", f"--port={self.port}"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{self.port}"
+        for _ in range(100):
+            try:
+                self.call("GET", "/status")
+                break
+            except OSError:
+                time.sleep(0.1)
+        caps = {"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
+                         "--disable-dev-shm-usage"],
+                "prefs": {"download.default_directory": downloads, "download.prompt_for_download": False},
+            }}}}
+        self.session = self.call("POST", "/session", caps)["sessionId"]
+
+    def call(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{method} {path}: {e.read()[:500]!r}") from None
+
+    def s(self, method, path, body=None):
+        return self.call(method, f"/session/{self.session}{path}", body)
+
+    def go(self, url):
+        self.s("POST", "/url", {"url": url})
+
+    def js(self, script, *args):
+        return self.s("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def find(self, css):
+        return self.s("POST", "/element", {"using": "css selector", "value": css})
+
+    def click(self, css):
+        el = self.find(css)
+        self.s("POST", f"/element/{list(el.values())[0]}/click", {})
+
+    def wait(self, script, what, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            v = self.js(script)
+            if v:
+                return v
+            time.sleep(0.1)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    def alert_open(self):
+        try:
+            self.s("GET", "/alert/text")
+            return True
+        except RuntimeError:
+            return False
+
+    def screenshot(self, name):
+        import base64
+        png = base64.b64decode(self.s("GET", "/screenshot"))
+        os.makedirs(OUT, exist_ok=True)
+        path = os.path.join(OUT, f"monitor-{name}.png")
+        with open(path, "wb") as f:
+            f.write(png)
+        colours = distinct_colours(png)
+        check(len(png) > 20_000 and colours >= 8,
+              f"screenshot {name}: {len(png)} bytes, {colours} distinct colours (not blank)")
+        return path
+
+    def quit(self):
+        try:
+            self.call("DELETE", f"/session/{self.session}")
+        finally:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+def distinct_colours(png):
+    """distinct_colours decodes an 8-bit RGB(A) PNG (what Chromium writes) and counts its colours."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width, height, ctype = 8, b"", 0, 0, 0
+    while pos < len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        data = png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, ctype = struct.unpack(">IIBB", data[:10])
+            assert depth == 8 and ctype in (2, 6), (depth, ctype)
+        elif kind == b"IDAT":
+            idat += data
+        pos += 12 + length
+    bpp = 3 if ctype == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    prev = bytearray(stride)
+    colours = set()
+    i = 0
+    for _ in range(height):
+        f = raw[i]
+        line = bytearray(raw[i + 1:i + 1 + stride])
+        i += 1 + stride
+        for x in range(stride):
+            a = line[x - bpp] if x >= bpp else 0
+            b = prev[x]
+            c = prev[x - bpp] if x >= bpp else 0
+            if f == 1:
+                line[x] = (line[x] + a) & 255
+            elif f == 2:
+                line[x] = (line[x] + b) & 255
+            elif f == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        for x in range(0, stride, bpp * 7):  # a sample of every 7th pixel is plenty
+            colours.add(bytes(line[x:x + 3]))
+        prev = line
+    return len(colours)
+
+
+# ---- the test ----
+
+def main():
+    docs = "--docs" in sys.argv
+    subprocess.run(["cargo", "build", "-q", "-p", "activity_log_monitor"], check=True, cwd=ROOT)
+    c = Cluster()
+    monitor = browser = None
+    downloads = tempfile.mkdtemp(prefix="al-browser-dl-")
+    try:
+        t0 = time.time()
+        fill(c)
+        print(f"filled the trail in {time.time() - t0:.1f} s")
+        mport = free_port()
+        monitor = subprocess.Popen([os.path.join(ROOT, "target", "debug", "activity_log_monitor"),
+                                    "--url", f"postgresql:///app?host={c.dir}&port={c.port}&user=monitor",
+                                    "--listen", f"127.0.0.1:{mport}", "--refresh-ms", "1000"],
+                                   stdout=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{mport}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        browser = b = Browser(downloads)
+
+        # Activity, unfiltered: the newest rows on screen.
+        b.go(base + "/activity")
+        b.wait("return document.querySelectorAll('#viewport .row:not([hidden])').length > 5", "rows")
+        check(b.js("return document.querySelector('#viewport .row:not([hidden]) span').textContent")
+              == c.psql("app", "SELECT max(id) FROM activity_log.events"), "the newest row comes first")
+        b.screenshot("activity")
+
+        # A filter from the form: kind = event, category = billing.
+        b.js("document.querySelector('select[name=kind]').value = 'event';"
+             "document.querySelector('input[name=category]').value = 'billing';")
+        b.click("#apply")
+        b.wait("return location.search.indexOf('kind=event') >= 0 && "
+               "document.querySelectorAll('#viewport .row:not([hidden])').length > 5", "filtered rows")
+        kinds = b.js("return [...document.querySelectorAll('#viewport .row:not([hidden])')]"
+                     ".map(r => r.children[2].textContent)")
+        check(set(kinds) == {"event"}, f"the filter shows only events ({len(kinds)} rows on screen)")
+
+        # Scroll through all of them: keyset pages of 500 load as the end comes near.
+        expected = int(c.psql("app", "SELECT count(*) FROM activity_log.events WHERE kind = 'event' AND category = 'billing'"))
+        t0 = time.time()
+        deadline = t0 + 600
+        while time.time() < deadline:
+            status = b.js("const v = document.getElementById('viewport'); v.scrollTop = v.scrollHeight;"
+                          "return document.getElementById('status').textContent")
+            if "(all)" in status:
+                break
+            time.sleep(0.05)
+        took = time.time() - t0
+        status = b.js("return document.getElementById('status').textContent")
+        check(status.startswith(f"{expected} rows (all)"), f"scrolled through {expected} rows in {took:.1f} s: {status!r}")
+        last_id = b.js("const r = [...document.querySelectorAll('#viewport .row:not([hidden])')];"
+                       "return r.length ? r[r.length - 1].children[0].textContent : ''")
+        check(last_id == c.psql("app", "SELECT min(id) FROM activity_log.events WHERE kind = 'event' AND category = 'billing'"),
+              "the last row on screen is the oldest")
+        nodes = b.js("return document.querySelectorAll('#viewport .row').length")
+        check(nodes < 120, f"virtual scrolling: {nodes} row elements for {expected} rows")
+        heap = b.js("return performance.memory ? performance.memory.usedJSHeapSize : 0")
+        print(f"JS heap after {expected} rows: {heap / 1e6:.1f} MB")
+        b.js("document.getElementById('viewport').scrollTop = 1234 * 30")
+        time.sleep(0.3)
+        b.screenshot("activity-scrolled")
+
+        # Export the filtered view as CSV (the page's link, downloaded by the browser).
+        b.click("#export")
+        path = os.path.join(downloads, "activity_log.csv")
+        for _ in range(600):
+            if os.path.exists(path) and not any(f.endswith(".crdownload") for f in os.listdir(downloads)):
+                break
+            time.sleep(0.1)
+        lines = open(path, encoding="utf-8").read().splitlines() if os.path.exists(path) else []
+        check(len(lines) == expected + 1, f"the CSV export holds {expected} rows and a header ({len(lines)} lines)")
+
+        # The detail panel of the UPDATE: images, changed columns, the script as text.
+        upd = c.psql("app", "SELECT id FROM activity_log.changes WHERE op = 'UPDATE'")
+        b.go(base + "/activity?kind=change")
+        b.wait("return document.querySelectorAll('#viewport .row:not([hidden])').length >= 3", "changes")
+        b.js("[...document.querySelectorAll('#viewport .row')].find(r => r.dataset.id === arguments[0]).click()", upd)
+        b.wait("return document.querySelector('#detail-body table.diff')", "the detail panel")
+        changed = b.js("return [...document.querySelectorAll('#detail-body tr.changed td:first-child')].map(t => t.textContent)")
+        check(changed == ["item", "qty"], f"the changed columns are marked: {changed}")
+        old_item = b.js("return [...document.querySelectorAll('#detail-body tr.changed')][0].children[1].textContent")
+        check(old_item == "<script>alert(1)</script>", "the old value <script>alert(1)</script> is shown as text")
+        check(not b.alert_open(), "no script from the trail ran")
+        check(b.js("return document.scripts.length") == 1, "one script element: the page's own")
+        b.screenshot("detail")
+
+        # The failed statement whose query holds a script.
+        b.go(base + "/activity?status=error")
+        b.wait("return document.querySelectorAll('#viewport .row:not([hidden])').length >= 1", "errors")
+        q = b.js("return [...document.querySelectorAll('#viewport .row:not([hidden])')].map(r => r.children[8].textContent)")
+        check("SELECT '<script>alert(2)</script>'::int" in q, "the query with a script is shown as text")
+        check(not b.alert_open(), "no script from a query ran")
+
+        # The other pages.
+        for name, path, ready in [
+            ("changes", "/changes?table=public.orders&key=%7B%22id%22%3A1%7D", "document.querySelector('ol.timeline')"),
+            ("changes-xss-table", "/changes", "document.querySelector('nav.tables a')"),
+            ("health", "/health", "document.getElementById('rate-in').getAttribute('points').split(' ').length >= 3"),
+            ("analytics", "/analytics", "document.querySelector('svg.chart rect')"),
+            ("migration", "/migration", "document.getElementById('denied')"),
+        ]:
+            b.go(base + path)
+            b.wait("return !!(" + ready + ")", name, timeout=30)
+            check(not b.alert_open() and b.js("return document.scripts.length") == 1, f"{name}: no script from the trail")
+            b.screenshot(name)
+        names = b.js("return [...document.querySelectorAll('nav a')].map(a => a.textContent)")
+        check(len(names) == 5, f"navigation: {names}")
+        b.go(base + "/changes")
+        tables = b.js("return [...document.querySelectorAll('nav.tables a')].map(a => a.textContent)")
+        check(f"public.{XSS_TABLE}" in tables, "the table named <script>… is listed as text")
+        check(not b.alert_open(), "no script from a table name ran")
+
+        if docs:
+            os.makedirs(os.path.join(ROOT, "docs", "images"), exist_ok=True)
+            for n in ["activity", "detail", "health", "analytics", "changes"]:
+                shutil.copy(os.path.join(OUT, f"monitor-{n}.png"), os.path.join(ROOT, "docs", "images", f"monitor-{n}.png"))
+    finally:
+        if browser:
+            browser.quit()
+        if monitor:
+            monitor.terminate()
+            monitor.wait()
+        c.stop()
+        shutil.rmtree(downloads, ignore_errors=True)
+    print(f"browser: {passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
