@@ -186,6 +186,7 @@ pub struct Filter {
     pub actor: Option<String>,
     /// `table` or `schema.table`.
     pub table: Option<String>,
+    /// The time range, on committed_at: `from` included, `to` excluded.
     pub from: Option<String>,
     pub to: Option<String>,
     /// Text the query must contain (case-insensitive).
@@ -306,11 +307,13 @@ impl Filter {
                 None => w.push("table_name = $", text(v)),
             }
         }
+        // The time range is on committed_at, when a record's transaction ended: it is what the
+        // trail's day partitions are by (a range reads only its days), and it follows id.
         if let Some(v) = given(&self.from) {
-            w.push("ts >= $::text::timestamptz", text(v));
+            w.push("committed_at >= $::text::timestamptz", text(v));
         }
         if let Some(v) = given(&self.to) {
-            w.push("ts < $::text::timestamptz", text(v));
+            w.push("committed_at < $::text::timestamptz", text(v));
         }
         if let Some(v) = given(&self.q) {
             w.push(

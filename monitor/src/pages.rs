@@ -274,8 +274,13 @@ pub async fn activity(State(app): State<Shared>, Query(f): Query<Filter>) -> Res
         s.push_str(&input("user", "user", &f.user, "db user"));
         s.push_str(&input("actor", "actor", &f.actor, "actor"));
         s.push_str(&input("table", "table", &f.table, "schema.table"));
-        s.push_str(&input("from", "from", &f.from, "2026-12-01 00:00"));
-        s.push_str(&input("to", "to", &f.to, "now"));
+        s.push_str(&input(
+            "from",
+            "committed from",
+            &f.from,
+            "2026-12-01 00:00",
+        ));
+        s.push_str(&input("to", "committed before", &f.to, "now"));
         s.push_str(&input("q", "query contains", &f.q, "text"));
         s.push_str("<button type=\"submit\" id=\"apply\">Apply</button></form>");
         s.push_str(&format!(

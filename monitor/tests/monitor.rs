@@ -374,6 +374,12 @@ fn every_endpoint_with_a_reader_only_role() {
 
     // Every filter equals its SQL.
     let me = c.one("app", "SELECT current_date::text");
+    let mid = c.one(
+        "app",
+        "SELECT committed_at::text FROM activity_log.events ORDER BY id OFFSET 5 LIMIT 1",
+    );
+    let to_mid = format!("to={}", enc(&mid));
+    let before_mid = format!("committed_at < '{mid}'");
     for (query, sql) in [
         ("kind=change", "kind = 'change'"),
         (
@@ -396,9 +402,10 @@ fn every_endpoint_with_a_reader_only_role() {
         ("q=SCRIPT", "strpos(lower(query), 'script') > 0"),
         (
             &format!("from={me}&to={}", enc("2999-01-01 00:00+00")),
-            "ts >= current_date AND ts < '2999-01-01 00:00+00'",
+            "committed_at >= current_date AND committed_at < '2999-01-01 00:00+00'",
         ),
         ("from=2999-01-01", "false"),
+        (&to_mid, &before_mid),
         ("kind=&status=&q=", "true"),
     ] {
         let expected = ids(
