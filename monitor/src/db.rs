@@ -588,7 +588,7 @@ pub async fn migration(t: &Target) -> Result<Value, Error> {
 }
 
 /// metrics_text is the extension's Prometheus text of every ring, and the health score.
-pub async fn metrics_text(t: &Target) -> Result<(String, i32), Error> {
+pub async fn metrics_text(t: &Target) -> Result<(String, Option<i32>), Error> {
     let c = t.pool.get().await?;
     let r = c
         .query_one(

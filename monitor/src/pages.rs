@@ -717,7 +717,7 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         );
     }
     for (name, _, score) in &own {
-        if let Some(s) = score {
+        if let Some(Some(s)) = score {
             e.add(
                 "activity_log_health_score",
                 "gauge",
