@@ -178,6 +178,8 @@ pub const STATUSES: &[&str] = &["success", "error", "gap"];
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Filter {
     pub db: Option<usize>,
+    /// `source` too, as `recent()` and `recent_activity` call it.
+    #[serde(alias = "source")]
     pub kind: Option<String>,
     pub category: Option<String>,
     pub status: Option<String>,

@@ -5,9 +5,9 @@ Headless Chromium from Debian, driven through chromedriver's W3C WebDriver HTTP 
 the standard library only (urllib + json). Starts its own cluster (./dev start-cluster, as the
 Rust tests do; PG_BIN honoured), fills a trail of 100 000+ rows with <script> in a column value,
 a table name and a query, starts the monitor as a role with only activity_log_reader, then:
-loads each page, applies a filter, scrolls through all 100 000 filtered rows, opens a detail
-panel, exports CSV, and saves screenshots that must not be blank (distinct colours counted in
-the decoded PNG). Needs: chromium, chromium-driver (./dev setup installs them), the extension
+loads each page, sees a row arrive live and wait while paused, applies a filter, scrolls
+through all 100 000 filtered rows, opens a detail panel, exports CSV, and saves screenshots that
+must not be blank (distinct colours counted in the decoded PNG). Needs: chromium, chromium-driver (./dev setup installs them), the extension
 installed into PG_BIN's PostgreSQL, sudo and the postgres OS user.
 
     python3 monitor/tests/browser.py            # screenshots in target/browser/
@@ -155,13 +155,17 @@ class Browser:
         el = self.find(css)
         self.s("POST", f"/element/{list(el.values())[0]}/click", {})
 
-    def wait(self, script, what, timeout=60):
+    def wait(self, script, what, timeout=60, soft=False):
+        """wait polls `script` until it returns something true; on timeout it raises, or with
+        `soft` returns False (for a check that counts as failed)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             v = self.js(script)
             if v:
                 return v
             time.sleep(0.1)
+        if soft:
+            return False
         raise RuntimeError(f"timed out waiting for {what}")
 
     def alert_open(self):
@@ -266,6 +270,24 @@ def main():
         check(b.js("return document.querySelector('#viewport .row:not([hidden]) span').textContent")
               == c.psql("app", "SELECT max(id) FROM activity_log.events"), "the newest row comes first")
         b.screenshot("activity")
+
+        # Live: a new row appears on its own; paused, it does not until resumed.
+        top = "return document.querySelector('#viewport .row:not([hidden]) span').textContent"
+        c.psql("app", "SELECT activity_log.log_event('live_one')")
+        c.psql("app", "SELECT activity_log.flush()")
+        newest = c.psql("app", "SELECT max(id) FROM activity_log.events")
+        check(b.wait(top + " === '" + newest + "'", "the live row", timeout=15, soft=True),
+              "a new row appeared without a reload")
+        b.click("#pause")
+        c.psql("app", "SELECT activity_log.log_event('live_two')")
+        c.psql("app", "SELECT activity_log.flush()")
+        time.sleep(3)  # three polling intervals
+        check(b.js(top) == newest, "paused: the new row waits")
+        b.click("#pause")
+        newest = c.psql("app", "SELECT max(id) FROM activity_log.events")
+        check(b.wait(top + " === '" + newest + "'", "the row after resuming", timeout=15, soft=True)
+              and b.js("return document.getElementById('pause').textContent") == "Pause",
+              "resumed: the waiting row appears")
 
         # A filter from the form: kind = event, category = billing.
         b.js("document.querySelector('select[name=kind]').value = 'event';"

@@ -382,6 +382,7 @@ fn every_endpoint_with_a_reader_only_role() {
     let before_mid = format!("committed_at < '{mid}'");
     for (query, sql) in [
         ("kind=change", "kind = 'change'"),
+        ("source=ddl", "kind = 'ddl'"),
         (
             "kind=event&category=billing",
             "kind = 'event' AND category = 'billing'",
