@@ -2042,3 +2042,7 @@ GRANT EXECUTE ON FUNCTION activity_log._migration_plan(text, regclass), activity
     activity_log._trail_problem(regclass), activity_log._raises_on_writes(text, integer),
     activity_log._lex(text), activity_log._domain_checks(oid[])
     TO activity_log_admin;
+
+-- 0.1.0 left queue, workers and index_usage unreadable by activity_log_reader: a view's
+-- functions run as its reader, and these two were granted to nobody.
+GRANT EXECUTE ON FUNCTION activity_log._queue(), activity_log._trail_index_kind(oid) TO activity_log_reader;

@@ -67,9 +67,10 @@ GRANT SELECT ON activity_log.events, activity_log.dead_letters, activity_log.tra
     activity_log.queue, activity_log.recent_activity, activity_log.changes, activity_log.workers,
     activity_log.index_usage
     TO activity_log_reader;
--- metrics_daily's readers run its aggregate and its p95 (functions in a view run as the reader).
-GRANT EXECUTE ON FUNCTION activity_log._sum_buckets(jsonb), activity_log._bucket_p95(jsonb, bigint)
-    TO activity_log_reader;
+-- Functions in a view run as the view's reader: metrics_daily's aggregate and p95, the rings'
+-- counters behind queue and workers, index_usage's names of the trail's indexes.
+GRANT EXECUTE ON FUNCTION activity_log._sum_buckets(jsonb), activity_log._bucket_p95(jsonb, bigint),
+    activity_log._queue(), activity_log._trail_index_kind(oid) TO activity_log_reader;
 -- track(), untrack() and the migration run as the caller and keep their state in these tables.
 GRANT INSERT, UPDATE, DELETE ON activity_log.tracked_tables, activity_log.migration,
     activity_log.migration_backup TO activity_log_admin;

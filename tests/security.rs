@@ -126,6 +126,25 @@ fn only_the_writer_writes_the_trail_and_roles_grant_what_they_say() {
         ),
         "1"
     );
+    // A reader reads every view (functions in a view run as its reader: each must be granted).
+    for view in c.sql(
+        DB,
+        "SELECT viewname FROM pg_views WHERE schemaname = 'activity_log' ORDER BY 1",
+    ) {
+        assert_eq!(
+            c.one_as(
+                "rita",
+                DB,
+                &format!("SELECT count(*) >= 0 FROM activity_log.{view}")
+            ),
+            "t",
+            "{view}"
+        );
+    }
+    assert_eq!(
+        c.one_as("rita", DB, "SELECT count(*) FROM activity_log.queue"),
+        "1"
+    );
     assert!(
         c.error_as("rita", DB, "SELECT activity_log.track('accounts')")
             .contains("permission denied for function track")
