@@ -23,7 +23,7 @@ import subprocess
 import time
 
 from benchlib import BIN, Cluster, install_release, machine, publish
-from big_trail import FILL as BIG_TRAIL_FILL
+from big_trail import FILL as BIG_TRAIL_FILL, day_partitions, index_day_partitions
 
 # big_trail.py's rows, each with a chain value: the writer continues its hash chain from the
 # newest row that has one (chain::link_before, each batch), and without any it would read every
@@ -112,15 +112,12 @@ def main():
         psql("CREATE EXTENSION activity_log")
         psql("; ".join(f"CREATE TABLE t{i} (id int PRIMARY KEY, qty int, note text)" for i in range(20)))
         assert psql("SELECT activity_log.flush()") == "t"
-        psql("""SET TimeZone = 'UTC'; DO $$ BEGIN FOR d IN 1..31 LOOP
-                 EXECUTE format('CREATE TABLE activity_log.%I PARTITION OF activity_log.events FOR VALUES FROM (%L) TO (%L)',
-                                'events_' || to_char(date_trunc('day', now()) - d * interval '1 day', 'YYYYMMDD'),
-                                date_trunc('day', now()) - d * interval '1 day', date_trunc('day', now()) - (d - 1) * interval '1 day');
-                 END LOOP; END $$""")
+        day_partitions(psql)
         started = time.perf_counter()
         chunk = 1_000_000
         for start in range(1, args.rows + 1, chunk):
             psql(FILL.format(rows=args.rows, start=start, end=min(start + chunk - 1, args.rows)))
+        index_day_partitions(psql)
         psql("VACUUM ANALYZE activity_log.events")
         fill_s = time.perf_counter() - started
         today_rows = psql("SELECT count(*) FROM activity_log.events WHERE ts >= date_trunc('day', now(), 'UTC')")

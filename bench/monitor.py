@@ -20,7 +20,7 @@ import time
 import urllib.parse
 
 from benchlib import ROOT, Cluster, install_release, machine, publish
-from big_trail import FILL
+from big_trail import FILL, day_partitions, index_day_partitions
 
 DIR = "/tmp/al-bench-monitor"
 PORT = 54470
@@ -84,20 +84,12 @@ def main():
         psql("CREATE ROLE monitor LOGIN; GRANT activity_log_reader TO monitor")
         psql("; ".join(f"CREATE TABLE t{i} (id int PRIMARY KEY, qty int, note text)" for i in range(20)))
         assert psql("SELECT activity_log.flush()") == "t"
-        psql("""SET TimeZone = 'UTC'; DO $$ BEGIN FOR d IN 1..31 LOOP
-                 EXECUTE format('CREATE TABLE activity_log.%I PARTITION OF activity_log.events FOR VALUES FROM (%L) TO (%L)',
-                                'events_' || to_char(date_trunc('day', now()) - d * interval '1 day', 'YYYYMMDD'),
-                                date_trunc('day', now()) - d * interval '1 day', date_trunc('day', now()) - (d - 1) * interval '1 day');
-                 END LOOP; END $$""")
+        day_partitions(psql)
         started = time.perf_counter()
         chunk = 1_000_000
         for start in range(1, args.rows + 1, chunk):
             psql(FILL.format(rows=args.rows, start=start, end=min(start + chunk - 1, args.rows)))
-        # The writer indexes the day partitions it makes; these were made by hand (as big_trail.py
-        # does), and without their indexes every page would sort a seq scan of the trail.
-        psql("SELECT count(activity_log._index_trail_partition(inhrelid::regclass)) FROM pg_inherits "
-             "WHERE inhparent = 'activity_log.events'::regclass "
-             "AND NOT EXISTS (SELECT FROM pg_index WHERE indrelid = inhrelid)")
+        index_day_partitions(psql)
         psql("VACUUM ANALYZE activity_log.events")
         psql("SELECT activity_log.rebuild_rollup()")
         fill_s = time.perf_counter() - started
