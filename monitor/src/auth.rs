@@ -1,8 +1,11 @@
 //! auth.rs: the optional token or basic-auth check in front of every route but `/healthz`.
 //!
-//! A token is accepted as `Authorization: Bearer T`, or once as `?token=T`, which sets an
-//! HttpOnly, SameSite=Strict cookie so that the page's own requests carry it. Comparisons take
-//! the same time whatever prefix matches.
+//! A token is accepted as `Authorization: Bearer T`, or once as `?token=T`, which is answered
+//! with a redirect (303) to the same URL without the token, setting an HttpOnly, SameSite=Strict
+//! cookie so that the page's own requests carry it: the token leaves the address bar, the
+//! history and any Referer. The cookie is not `Secure`: the monitor serves plain HTTP, where a
+//! browser would not send a Secure cookie back (docs/src/monitor.md, "Security"). Comparisons
+//! take the same time whatever prefix matches.
 
 use std::sync::Arc;
 
@@ -119,7 +122,23 @@ pub async fn check(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
             if bearer || cookie {
                 next.run(req).await
             } else if in_query {
-                let mut r = next.run(req).await;
+                let path = req.uri().path().to_string();
+                let rest: Vec<&str> = req
+                    .uri()
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some("token"))
+                    .collect();
+                let location = if rest.is_empty() {
+                    path
+                } else {
+                    format!("{path}?{}", rest.join("&"))
+                };
+                let mut r = (StatusCode::SEE_OTHER, "signed in\n").into_response();
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
                 // The token is only ever compared, so any byte a cookie may not hold is refused
                 // at the start; what is set here is the token as given.
                 if let Ok(v) = HeaderValue::from_str(&format!(

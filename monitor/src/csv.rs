@@ -6,13 +6,45 @@
 //! down instead of the monitor holding the whole result. The encoding is PostgreSQL's own
 //! `COPY … (FORMAT csv, HEADER)`: a NULL is an empty field, an empty string is `""`, and a field
 //! is quoted when it holds a comma, a quote, CR or LF, or is `\.`.
+//!
+//! Formula guard: a cell that starts with `=`, `+`, `-`, `@`, TAB or CR is written with a `'`
+//! before it, so that a spreadsheet opening the file shows the text instead of evaluating an
+//! attacker's formula (a query text or row value such as `=HYPERLINK(…)`). `raw=1` turns the
+//! guard off: then the file is exactly `COPY`'s.
+//!
+//! Bounds: at most `db::MAX_EXPORTS` exports per database at a time (each holds a connection and
+//! a snapshot); a client that takes no data for `Limits::idle` ends its export, and no export
+//! runs longer than `Limits::life`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::db::{self, Error, Filter, Target};
 
 const CHUNK_ROWS: i32 = 2000;
+
+/// Limits bound one export.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a chunk may wait for the client to take it.
+    pub idle: Duration,
+    /// How long an export may run in all.
+    pub life: Duration,
+}
+
+/// guarded is the cell with the formula guard: `'` before a leading `=`, `+`, `-`, `@`, TAB or CR.
+pub fn guarded(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{v}").into()
+    } else {
+        v.into()
+    }
+}
 
 /// field appends one value as PostgreSQL's CSV output writes it.
 pub fn field(out: &mut String, v: Option<&str>) {
@@ -26,12 +58,15 @@ pub fn field(out: &mut String, v: Option<&str>) {
     }
 }
 
-fn line(out: &mut String, values: &[Option<&str>]) {
+fn line(out: &mut String, values: &[Option<&str>], guard: bool) {
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        field(out, *v);
+        match v {
+            Some(v) if guard => field(out, Some(&guarded(v))),
+            v => field(out, *v),
+        }
     }
     out.push('\n');
 }
@@ -39,16 +74,33 @@ fn line(out: &mut String, values: &[Option<&str>]) {
 /// export starts the export of a filter's rows and returns the body that streams them; an error
 /// before the first row is returned as such, one later ends the body with an error (the client
 /// sees a cut transfer, never a file that looks complete).
-pub async fn export(t: &Target, f: &Filter) -> Result<Body, Error> {
+pub async fn export(t: &Target, f: &Filter, limits: Limits) -> Result<Body, Error> {
     f.validate()?;
+    let guard = f.raw != Some(1);
     let (sql, w) = db::csv_select(f);
+    let Ok(permit) = t.exports.clone().try_acquire_owned() else {
+        return Err(Error {
+            status: 503,
+            message: format!(
+                "{} CSV exports of this database are running, the most at a time\nHint: retry when one has finished.",
+                db::MAX_EXPORTS
+            ),
+        });
+    };
     let mut client = t.pool.get().await?;
+    let deadline = Instant::now() + limits.life;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let (started_tx, started_rx) = oneshot::channel::<Result<(), Error>>();
     // The task owns the connection (and the transaction that borrows it) until the last row.
+    // Set when the export stops early: the body then ends with an error, so the client sees a
+    // cut transfer, never a file that looks complete.
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_task = cut.clone();
     tokio::spawn(async move {
+        // Held until the export ends, however it ends.
+        let _permit = permit;
         let mut started = Some(started_tx);
-        let result: Result<(), tokio_postgres::Error> = async {
+        let result: Result<(), Error> = async {
             let trans = client
                 .build_transaction()
                 .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -60,6 +112,7 @@ pub async fn export(t: &Target, f: &Filter) -> Result<Body, Error> {
             line(
                 &mut chunk,
                 &db::CSV_COLUMNS.iter().map(|c| Some(*c)).collect::<Vec<_>>(),
+                false,
             );
             loop {
                 let rows = trans.query_portal(&portal, CHUNK_ROWS).await?;
@@ -67,34 +120,50 @@ pub async fn export(t: &Target, f: &Filter) -> Result<Body, Error> {
                 if let Some(s) = started.take() {
                     let _ = s.send(Ok(()));
                 }
-                encode(&mut chunk, &rows);
-                if tx
-                    .send(Ok(Bytes::from(std::mem::take(&mut chunk))))
-                    .await
-                    .is_err()
+                encode(&mut chunk, &rows, guard);
+                let left = deadline.saturating_duration_since(Instant::now());
+                let wait = limits.idle.min(left);
+                match tokio::time::timeout(
+                    wait,
+                    tx.send(Ok(Bytes::from(std::mem::take(&mut chunk)))),
+                )
+                .await
                 {
+                    Ok(Ok(())) => {}
                     // The client went away.
-                    return Ok(());
+                    Ok(Err(_)) => return Ok(()),
+                    Err(_) => {
+                        let why = if left <= limits.idle {
+                            format!("the export ran longer than {} s", limits.life.as_secs())
+                        } else {
+                            format!("the client took no data for {} s", limits.idle.as_secs())
+                        };
+                        return Err(Error {
+                            status: 503,
+                            message: why,
+                        });
+                    }
                 }
                 if rows.len() < CHUNK_ROWS as usize {
                     break;
                 }
             }
-            trans.commit().await
+            trans.commit().await?;
+            Ok(())
         }
         .await;
         if let Err(e) = result {
             match started.take() {
                 Some(s) => {
-                    let _ = s.send(Err(e.into()));
+                    let _ = s.send(Err(e));
                 }
                 None => {
-                    let _ = tx
-                        .send(Err(std::io::Error::other(format!("export failed: {e}"))))
-                        .await;
+                    cut_task.store(true, Ordering::SeqCst);
+                    let _ = tx.try_send(Err(std::io::Error::other(format!("export failed: {e}"))));
                 }
             }
         }
+        // Dropping the client here returns the connection (and ends the transaction) at once.
     });
     match started_rx.await {
         Ok(Ok(())) => {}
@@ -107,21 +176,54 @@ pub async fn export(t: &Target, f: &Filter) -> Result<Body, Error> {
         }
     }
     Ok(Body::from_stream(futures_util::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        Some(rx),
+        move |rx| {
+            let cut = cut.clone();
+            async move {
+                let mut rx = rx?;
+                match rx.recv().await {
+                    Some(item) => Some((item, Some(rx))),
+                    None if cut.load(Ordering::SeqCst) => {
+                        Some((Err(std::io::Error::other("export cut short")), None))
+                    }
+                    None => None,
+                }
+            }
+        },
     )))
 }
 
-fn encode(out: &mut String, rows: &[tokio_postgres::Row]) {
+fn encode(out: &mut String, rows: &[tokio_postgres::Row], guard: bool) {
     for r in rows {
         let values: Vec<Option<&str>> = (0..r.len()).map(|i| r.get::<_, Option<&str>>(i)).collect();
-        line(out, &values);
+        line(out, &values, guard);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_formula_guard_quotes_leading_formula_characters() {
+        let mut s = String::new();
+        line(
+            &mut s,
+            &[
+                Some("=1+1"),
+                Some("+1"),
+                Some("-2"),
+                Some("@SUM(A1)"),
+                Some("\tx"),
+                Some("\rx"),
+                Some("a=b"),
+                None,
+                Some(""),
+            ],
+            true,
+        );
+        assert_eq!(s, "'=1+1,'+1,'-2,'@SUM(A1),'\tx,\"'\rx\",a=b,,\"\"\n");
+    }
 
     #[test]
     fn fields_are_quoted_as_postgresql_quotes_them() {
@@ -138,6 +240,7 @@ mod tests {
                 Some("\\."),
                 Some("<script>"),
             ],
+            false,
         );
         assert_eq!(
             s,

@@ -13,14 +13,17 @@
 mod auth;
 mod csv;
 mod db;
+mod host;
 mod html;
 mod metrics;
 mod pages;
+mod pgpass;
 mod svg;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -28,7 +31,17 @@ use axum::routing::get;
 use crate::auth::Auth;
 
 const USAGE: &str = "usage: activity_log_monitor --url postgres://… [--url …] [--listen 127.0.0.1:8080] \
-[--token T | --basic-auth user:pass] [--refresh-ms N]";
+[--allowed-host NAME …] [--token-file F | --basic-auth-file F | --token T | --basic-auth user:pass] \
+[--refresh-ms N] [--export-idle-s N] [--export-max-s N] [--allow-privileged]
+The token may also come from ACTIVITY_LOG_MONITOR_TOKEN, user:password from ACTIVITY_LOG_MONITOR_BASIC_AUTH,
+the database password from PGPASSWORD or ~/.pgpass.";
+
+/// How many HTTP connections are served at a time; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request's headers (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop (SIGTERM, Ctrl-C) waits for responses in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Options is the parsed command line.
 #[derive(Debug)]
@@ -37,6 +50,25 @@ struct Options {
     listen: SocketAddr,
     auth: Auth,
     refresh_ms: u64,
+    allowed_hosts: Vec<String>,
+    allow_privileged: bool,
+    export: csv::Limits,
+}
+
+/// secret_file reads a secret from a file (trailing newline removed), so that it is not on the
+/// command line, where every local user can read it.
+fn secret_file(flag: &str, path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| format!("cannot read {flag} \"{path}\": {e}\nHint: give a file readable by the monitor's user, holding only the secret."))
+}
+
+fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=86_400).contains(n))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("invalid {flag} \"{v}\"\nHint: give seconds between 1 and 86400."))
 }
 
 /// parse_args reads the command line; an error is a message with a hint, for stderr.
@@ -46,6 +78,12 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut token = None;
     let mut basic = None;
     let mut refresh_ms = 2000u64;
+    let mut allowed_hosts = Vec::new();
+    let mut allow_privileged = false;
+    let mut export = csv::Limits {
+        idle: Duration::from_secs(30),
+        life: Duration::from_secs(600),
+    };
     let mut i = 0;
     while i < args.len() {
         let flag = args[i].as_str();
@@ -72,6 +110,24 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             "--token" => token = Some(value()?),
             "--basic-auth" => basic = Some(value()?),
+            "--token-file" => token = Some(secret_file(name, &value()?)?),
+            "--basic-auth-file" => basic = Some(secret_file(name, &value()?)?),
+            "--allowed-host" => {
+                let v = value()?;
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+                {
+                    return Err(format!(
+                        "invalid --allowed-host \"{v}\"\nHint: give a host name without a port, such as monitor.example.com."
+                    ));
+                }
+                allowed_hosts.push(v.to_ascii_lowercase());
+            }
+            "--allow-privileged" => allow_privileged = true,
+            "--export-idle-s" => export.idle = seconds(name, &value()?)?,
+            "--export-max-s" => export.life = seconds(name, &value()?)?,
             "--refresh-ms" => {
                 let v = value()?;
                 refresh_ms = v.parse().ok().filter(|&n| (100..=3_600_000).contains(&n)).ok_or_else(|| {
@@ -88,9 +144,17 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "no database given\nHint: name one with --url postgres://user@host/db (repeat --url for more).\n{USAGE}"
         ));
     }
+    if token.is_none() && basic.is_none() {
+        token = std::env::var("ACTIVITY_LOG_MONITOR_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        basic = std::env::var("ACTIVITY_LOG_MONITOR_BASIC_AUTH")
+            .ok()
+            .filter(|b| !b.is_empty());
+    }
     let auth = match (token, basic) {
         (Some(_), Some(_)) => {
-            return Err("--token and --basic-auth exclude each other\nHint: choose one.".into());
+            return Err("--token and --basic-auth exclude each other (from options, files or the environment)\nHint: choose one.".into());
         }
         // The token also travels in a cookie: visible ASCII only, none of a cookie's separators.
         (Some(t), None)
@@ -126,6 +190,9 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         listen,
         auth,
         refresh_ms,
+        allowed_hosts,
+        allow_privileged,
+        export,
     })
 }
 
@@ -133,11 +200,12 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 pub struct App {
     pub targets: Vec<db::Target>,
     pub refresh_ms: u64,
+    pub export: csv::Limits,
 }
 
 pub type Shared = Arc<App>;
 
-fn router(app: Shared, auth: Auth) -> Router {
+fn router(app: Shared, auth: Auth, hosts: host::Hosts) -> Router {
     Router::new()
         .route("/", get(pages::index))
         .route("/activity", get(pages::activity))
@@ -164,6 +232,10 @@ fn router(app: Shared, auth: Auth) -> Router {
             auth::check,
         ))
         .layer(axum::middleware::from_fn(html::security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(hosts),
+            host::check,
+        ))
         .with_state(app)
 }
 
@@ -177,7 +249,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let targets = match db::Target::from_urls(&opts.urls) {
+    let targets = match db::Target::from_urls(&opts.urls, opts.allow_privileged) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("activity_log_monitor: {e}");
@@ -186,9 +258,17 @@ async fn main() -> ExitCode {
     };
     for t in &targets {
         // Said at start, but not fatal: a database that is down now is shown as down (and
-        // /healthz fails) until it comes back.
-        if let Err(e) = t.check().await {
+        // /healthz fails) until it comes back. A role that may write is fatal (db::privileges).
+        let checked = t.check().await;
+        if let Err(e) = &checked {
             eprintln!("activity_log_monitor: database {}: {e}", t.name);
+            if e.status == 403 {
+                return ExitCode::from(2);
+            }
+        }
+        // The health probe's first answer, until its own connection gives the next.
+        if let Ok(mut p) = t.probe.lock() {
+            *p = Some((std::time::Instant::now(), checked.map_err(|e| e.message)));
         }
     }
     let listener = match tokio::net::TcpListener::bind(opts.listen).await {
@@ -201,37 +281,84 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let local = listener.local_addr().unwrap_or(opts.listen);
     let app = Arc::new(App {
         targets,
         refresh_ms: opts.refresh_ms,
+        export: opts.export,
     });
-    println!("activity_log_monitor: listening on http://{addr}/");
-    let served = axum::serve(listener, router(app, opts.auth))
-        .with_graceful_shutdown(async {
-            let term = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
+    for i in 0..app.targets.len() {
+        tokio::spawn(db::probe(app.clone(), i));
+    }
+    let hosts = host::Hosts {
+        listen: local,
+        allowed: opts.allowed_hosts,
+    };
+    println!("activity_log_monitor: listening on http://{local}/");
+    serve(listener, router(app, opts.auth, hosts)).await;
+    ExitCode::SUCCESS
+}
+
+/// serve accepts connections until SIGTERM or Ctrl-C: at most `MAX_CONNECTIONS` at a time, each
+/// given `HEADER_TIMEOUT` to send its request headers; at a stop, responses in flight get
+/// `SHUTDOWN_GRACE` to finish (a CSV export may not), then the process ends.
+async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let stop = async {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
                 }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term => {}
+                Err(_) => std::future::pending::<()>().await,
             }
-        })
-        .await;
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("activity_log_monitor: {e}");
-            ExitCode::from(1)
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
         }
+    };
+    tokio::pin!(stop);
+    loop {
+        // A free slot first: over the cap, connections wait in the kernel's queue.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = &mut stop => break,
+        };
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    eprintln!("activity_log_monitor: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "activity_log_monitor: stopping with responses still in flight after {} s",
+            SHUTDOWN_GRACE.as_secs()
+        );
     }
 }
 

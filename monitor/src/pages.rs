@@ -29,8 +29,13 @@ pub struct ChangesQuery {
     pub table: Option<String>,
     pub key: Option<String>,
     pub before: Option<i64>,
+    /// A row's history: the changes after this id (keyset paging, oldest first).
+    pub after: Option<i64>,
     pub limit: Option<i64>,
 }
+
+/// The changes of a row's history on one page (or `limit`, at most 1000).
+const HISTORY_PAGE: i64 = 200;
 
 /// percent_decode decodes a query-string value (`+` is a space).
 pub fn percent_decode(s: &str) -> String {
@@ -245,8 +250,6 @@ fn filter_query(f: &Filter) -> String {
     parts.join("&")
 }
 
-const SEVERITIES: &[&str] = &["debug", "info", "notice", "warning", "error", "critical"];
-
 pub async fn activity(State(app): State<Shared>, Query(f): Query<Filter>) -> Response {
     let body = (|| {
         target(&app, f.db)?;
@@ -268,7 +271,7 @@ pub async fn activity(State(app): State<Shared>, Query(f): Query<Filter>) -> Res
         s.push_str(&select(
             "severity",
             "severity",
-            SEVERITIES,
+            db::SEVERITIES,
             f.severity.as_deref(),
         ));
         s.push_str(&input("user", "user", &f.user, "db user"));
@@ -336,7 +339,7 @@ pub async fn export_csv(State(app): State<Shared>, Query(f): Query<Filter>) -> R
                 "unknown view \"{v}\"\nHint: the export takes the Activity page's filters (view=activity); filter kind=change and table=schema.table for a table's change log."
             )));
         }
-        csv::export(t, &f).await
+        csv::export(t, &f, app.export).await
     }
     .await;
     match r {
@@ -428,7 +431,8 @@ pub async fn changes(State(app): State<Shared>, Query(q): Query<ChangesQuery>) -
         s.push_str("</ul></nav><section class=\"changes\">");
         match (q.table.as_deref().filter(|t| !t.is_empty()), q.key.as_deref().filter(|k| !k.is_empty())) {
             (Some(tb), Some(key)) => {
-                let h = db::history(t, tb, key).await?;
+                let limit = q.limit.unwrap_or(HISTORY_PAGE).clamp(1, 1000);
+                let h = db::history(t, tb, key, q.after, limit).await?;
                 s.push_str(&format!(
                     "<h2>History of {} {}</h2><p><a href=\"{}\">back to the table</a> · {} change(s), oldest first</p><ol class=\"timeline\">",
                     esc(tb),
@@ -449,6 +453,12 @@ pub async fn changes(State(app): State<Shared>, Query(q): Query<ChangesQuery>) -
                     s.push_str(&format!("<pre class=\"query\">{}</pre></li>", esc(&cell_text(&c["query"]))));
                 }
                 s.push_str("</ol>");
+                if let Some(last) = h.last().and_then(|c| c["id"].as_i64()).filter(|_| h.len() as i64 == limit) {
+                    s.push_str(&format!(
+                        "<p><a id=\"later\" href=\"{}&after={last}\">later changes</a></p>",
+                        esc(&changes_link(dbi, tb, serde_json::from_str::<Value>(key).ok().as_ref()))
+                    ));
+                }
             }
             (Some(tb), None) => {
                 let rows = db::changes(t, tb, q.before, q.limit.unwrap_or(50)).await?;
@@ -511,7 +521,15 @@ pub async fn api_history(State(app): State<Shared>, Query(q): Query<ChangesQuery
                 "history needs table and key\nHint: /api/history?table=public.orders&key={\"id\":42}",
             ));
         };
-        Ok(json!({ "rows": db::history(t, tb, key).await? }))
+        let limit = q.limit.unwrap_or(HISTORY_PAGE).clamp(1, 1000);
+        let rows = db::history(t, tb, key, q.after, limit).await?;
+        // Keyset paging: the next page is after the last id, while pages are full.
+        let next_after = if rows.len() as i64 == limit {
+            rows.last().and_then(|r| r.get("id")).cloned()
+        } else {
+            None
+        };
+        Ok(json!({ "rows": rows, "next_after": next_after }))
     }
     .await;
     json_response(r)
@@ -737,17 +755,28 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         .into_response()
 }
 
+/// healthz is for a supervisor, without authentication: `ok` or `not ok`, and each database
+/// by number (not by name: that is for authenticated callers) with its pool's use. It reads the
+/// health probe's last answer (`db::probe`, a connection of its own), so it answers at once even
+/// when every pooled connection is busy.
 pub async fn healthz(State(app): State<Shared>) -> Response {
     let mut ok = true;
     let mut s = String::new();
-    for t in &app.targets {
-        match t.check().await {
-            Ok(_) => s.push_str(&format!("{}: ok\n", t.name)),
-            Err(_) => {
-                ok = false;
-                s.push_str(&format!("{}: unreachable\n", t.name));
-            }
-        }
+    for (i, t) in app.targets.iter().enumerate() {
+        let probe = t.probe.lock().ok().and_then(|p| p.clone());
+        let up = match &probe {
+            Some((at, Ok(_))) => at.elapsed() <= db::PROBE_FRESH,
+            _ => false,
+        };
+        ok &= up;
+        let pool = t.pool.status();
+        s.push_str(&format!(
+            "database {i}: {}, {} of {} connections in use, {} waiting\n",
+            if up { "ok" } else { "not ok" },
+            pool.size - pool.available,
+            pool.max_size,
+            pool.waiting
+        ));
     }
     let code = if ok {
         StatusCode::OK
@@ -757,7 +786,7 @@ pub async fn healthz(State(app): State<Shared>) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        s,
+        format!("{}\n{s}", if ok { "ok" } else { "not ok" }),
     )
         .into_response()
 }
