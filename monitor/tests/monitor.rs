@@ -361,9 +361,15 @@ fn every_endpoint_with_a_reader_only_role() {
     let c = filled("monitor-endpoints");
     let m = Monitor::start(&["--url", &url(&c, "app", "monitor"), "--refresh-ms", "500"]);
 
-    // /healthz
+    // /healthz: ok, and no database name for an unauthenticated caller.
     let r = m.get("/healthz");
-    assert_eq!((r.status, r.text()), (200, "app: ok\n".to_string()));
+    assert_eq!(
+        (r.status, r.text()),
+        (
+            200,
+            "ok\ndatabase 0: ok, 0 of 4 connections in use, 0 waiting\n".to_string()
+        )
+    );
 
     // Activity: the newest page is the trail, newest first.
     let all = ids(&c, "SELECT id FROM activity_log.events ORDER BY id DESC");
@@ -453,7 +459,7 @@ fn every_endpoint_with_a_reader_only_role() {
     assert_eq!(r.status, 400);
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["error"],
-        "ERROR: invalid input syntax for type timestamp with time zone: \"yesterdayish\""
+        "from \"yesterdayish\" is not a date or time\nHint: write 2026-12-01, 2026-12-01 13:45 or 2026-12-01T13:45:00Z (UTC unless an offset is given)."
     );
     assert_eq!(m.get("/api/activity?db=7").status, 404);
 
@@ -478,15 +484,42 @@ fn every_endpoint_with_a_reader_only_role() {
     assert!(rec.get("chain").is_none());
     assert_eq!(m.get("/api/activity/999999999").status, 404);
 
-    // CSV equals COPY of the same SELECT, for a filter and for the whole trail.
-    for (query, sql) in [("kind=change", " WHERE kind = 'change'"), ("", "")] {
+    // The export's order is the trail's ids, newest first, as numbers (an independent
+    // statement: the export once sorted its id::text column, 9 after 10).
+    let r = m.get("/export.csv");
+    let csv_ids: Vec<i64> = r
+        .text()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next()?.parse().ok())
+        .collect();
+    let numeric = ids(&c, "SELECT id FROM activity_log.events ORDER BY id DESC");
+    assert!(numeric.iter().any(|&i| i >= 10), "ids past 9: {numeric:?}");
+    assert_eq!(csv_ids, numeric);
+
+    // CSV equals COPY of the same SELECT, for a filter and for the whole trail: with the formula
+    // guard (a `'` before a cell starting with = + - @ TAB CR) and, with raw=1, without it.
+    for (query, sql, guard) in [
+        ("kind=change", " WHERE kind = 'change'", true),
+        ("", "", true),
+        ("raw=1", "", false),
+    ] {
         let r = m.get(&format!("/export.csv?{query}"));
         assert_eq!(r.status, 200);
         assert_eq!(r.headers["content-type"], "text/csv; charset=utf-8");
         assert_eq!(r.headers["transfer-encoding"], "chunked", "streamed");
         let cols: Vec<String> = CSV_COLUMNS
             .split(", ")
-            .map(|c| format!("{c}::text AS {c}"))
+            .map(|c| {
+                if guard {
+                    format!(
+                        "CASE WHEN left({c}::text, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r') \
+                         THEN '''' || {c}::text ELSE {c}::text END AS {c}"
+                    )
+                } else {
+                    format!("{c}::text AS {c}")
+                }
+            })
             .collect();
         let out = c
             .psql_command("app")
@@ -494,7 +527,7 @@ fn every_endpoint_with_a_reader_only_role() {
                 "-c",
                 "SET TimeZone = 'UTC'",
                 "-c",
-                &format!("COPY (SELECT {} FROM activity_log.events{sql} ORDER BY id DESC) TO STDOUT (FORMAT csv, HEADER)", cols.join(", ")),
+                &format!("COPY (SELECT {} FROM activity_log.events e{sql} ORDER BY e.id DESC) TO STDOUT (FORMAT csv, HEADER)", cols.join(", ")),
             ])
             .output()
             .unwrap();
@@ -517,7 +550,7 @@ fn every_endpoint_with_a_reader_only_role() {
     assert_eq!(
         tables["tables"],
         serde_json::json!([
-            {"table": format!("public.{XSS_TABLE}"), "tracked": true},
+            {"table": format!("public.\"{XSS_TABLE}\""), "tracked": true},
             {"table": "public.orders", "tracked": true}
         ])
     );
@@ -545,7 +578,10 @@ fn every_endpoint_with_a_reader_only_role() {
         enc("[1]")
     ));
     assert_eq!(r.status, 400);
-    let r = m.get(&format!("/api/history?table=public.nope&key={}", enc("{}")));
+    let r = m.get(&format!(
+        "/api/history?table=public.nope&key={}",
+        enc("{\"id\":1}")
+    ));
     assert_eq!(r.status, 404);
 
     // Health, analytics, migration as JSON.
@@ -613,7 +649,7 @@ fn every_endpoint_with_a_reader_only_role() {
         mig["denied"]
             .as_str()
             .unwrap()
-            .starts_with("migration_plan() and migration_status() need activity_log_admin")
+            .starts_with("migration_plan() and migration_status() need activity_log_admin, which the monitor's read-only role does not have")
     );
 
     // /metrics: strict Prometheus text with the database's rings and the monitor's own.
@@ -637,7 +673,7 @@ fn every_endpoint_with_a_reader_only_role() {
         (written.1["target"].as_str(), written.1["database"].as_str()),
         ("app", "app")
     );
-    assert!(written.2 >= all.len() as f64);
+    assert!(written.2 >= all.len() as f64, "{written:?} {}", all.len());
     assert_eq!(find("activity_log_writer_up").2, 1.0);
 
     // The pages: attacker-controlled text only ever as text.
@@ -689,7 +725,7 @@ fn every_endpoint_with_a_reader_only_role() {
     );
     let body = m.get("/changes").text();
     assert!(
-        body.contains(">public.&lt;script&gt;alert(&#39;t&#39;)&lt;/script&gt;</a>"),
+        body.contains(">public.&quot;&lt;script&gt;alert(&#39;t&#39;)&lt;/script&gt;&quot;</a>"),
         "{body}"
     );
     let body = m
@@ -846,13 +882,10 @@ fn a_public_address_needs_authentication_and_auth_is_checked() {
     assert_eq!(r.status, 200);
     let t: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(t["targets"][0]["up"], false);
-    let r = m.get("/activity?token=s3cret-token");
-    assert_eq!(
-        r.status,
-        200,
-        "the page's frame needs no database: {}",
-        r.text()
-    );
+    // ?token= signs in and sends the browser to the same URL without the token.
+    let r = m.get("/activity?kind=change&token=s3cret-token&status=error");
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.headers["location"], "/activity?kind=change&status=error");
     assert_eq!(
         r.headers["set-cookie"],
         "al_monitor_token=s3cret-token; Path=/; HttpOnly; SameSite=Strict"
@@ -870,7 +903,10 @@ fn a_public_address_needs_authentication_and_auth_is_checked() {
     let r = m.get("/healthz");
     assert_eq!(
         (r.status, r.text()),
-        (503, "nowhere: unreachable\n".to_string())
+        (
+            503,
+            "not ok\ndatabase 0: not ok, 0 of 4 connections in use, 0 waiting\n".to_string()
+        )
     );
     let samples = parse_prometheus(
         &m.get_with("/metrics", &[("Authorization", "Bearer s3cret-token")])
@@ -904,4 +940,278 @@ fn a_public_address_needs_authentication_and_auth_is_checked() {
             .status,
         401
     );
+}
+
+/// raw_get sends a GET with the given Host and returns the connection (for slow clients).
+fn raw_get(addr: &str, path: &str, host: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
+/// The hostile review of issue 31 (reproductions f01–f15): each finding, as the fix answers it.
+#[test]
+fn the_review_findings_stay_fixed() {
+    let c = filled("monitor-review");
+    c.sql(
+        "app",
+        "CREATE SCHEMA \"my.schema\";
+         CREATE TABLE \"my.schema\".t (id int PRIMARY KEY, v text);
+         SELECT activity_log.track('\"my.schema\".t');
+         INSERT INTO \"my.schema\".t VALUES (1, 'a');
+         UPDATE \"my.schema\".t SET v = 'b';
+         UPDATE \"my.schema\".t SET v = 'c';
+         SET activity_log.actor = '=cmd';
+         SELECT activity_log.log_event('invoice_sent', '{}', category => 'billing');
+         RESET activity_log.actor;
+         SELECT count(activity_log.log_event('bulk', jsonb_build_object('n', g, 'pad', repeat('x', 500)), category => 'report'))
+           FROM generate_series(1, 20000) g;",
+    );
+    c.flush("app");
+
+    // f11: a superuser (or a writer, or an activity_log_admin member) is refused at the start.
+    let out = Command::new(env!("CARGO_BIN_EXE_activity_log_monitor"))
+        .args([
+            "--url",
+            &url(&c, "app", "postgres"),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("activity_log_monitor: database app: refusing to use role \"postgres\": it is a superuser"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Hint: connect as a role with only activity_log_reader"),
+        "{err}"
+    );
+    c.sql("app", "CREATE ROLE writer LOGIN; GRANT activity_log_reader TO writer; GRANT DELETE ON activity_log.dead_letters TO writer;");
+    let out = Command::new(env!("CARGO_BIN_EXE_activity_log_monitor"))
+        .args([
+            "--url",
+            &url(&c, "app", "writer"),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "refusing to use role \"writer\": it holds DELETE on activity_log.dead_letters;"
+        ),
+        "{err}"
+    );
+    drop(Monitor::start(&[
+        "--url",
+        &url(&c, "app", "postgres"),
+        "--allow-privileged",
+    ]));
+
+    let m = Monitor::start(&["--url", &url(&c, "app", "monitor"), "--export-idle-s", "2"]);
+
+    // f01: a Host that is not this monitor's (DNS rebinding) is refused; loopback names pass.
+    let mut s = raw_get(&m.addr, "/api/targets", "evil.example:8080");
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 421 "), "{out}");
+    assert!(
+        out.contains("this monitor does not answer to the name \"evil.example:8080\""),
+        "{out}"
+    );
+    let port = m.addr.rsplit_once(':').unwrap().1;
+    let mut s = raw_get(&m.addr, "/api/targets", &format!("localhost:{port}"));
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+
+    // f09: bad parameters are a 400 before any SQL: no failed statement lands in the trail.
+    let errors = || {
+        c.flush("app");
+        c.one(
+            "app",
+            "SELECT count(*) FROM activity_log.events WHERE status = 'error'",
+        )
+    };
+    let before = errors();
+    for (path, message) in [
+        (
+            "/api/activity?from=yesterday",
+            "from \"yesterday\" is not a date or time",
+        ),
+        (
+            "/api/activity?to=2026-02-30",
+            "to \"2026-02-30\" is not a date or time",
+        ),
+        (
+            "/export.csv?from=2026-13-01",
+            "from \"2026-13-01\" is not a date or time",
+        ),
+        ("/api/activity?severity=loud", "unknown severity \"loud\""),
+        ("/api/activity?q=a%00b", "q holds a control character"),
+        (
+            "/api/analytics?since=1%20fortnight",
+            "since \"1 fortnight\" is not a positive interval",
+        ),
+        (
+            "/api/analytics?since=-1%20hour",
+            "since \"-1 hour\" is not a positive interval",
+        ),
+        (
+            "/api/analytics?bucket=0%20hours",
+            "bucket \"0 hours\" is not a positive interval",
+        ),
+        (
+            "/api/analytics?since=30%20days&bucket=1%20minute",
+            "too many buckets",
+        ),
+        (
+            "/analytics?since=x",
+            "since \"x\" is not a positive interval",
+        ),
+        (
+            "/api/history?table=public.orders&key=%7B%22id%22%3A%22%5Cu0000%22%7D",
+            "the row key holds a NUL character",
+        ),
+        (
+            "/api/changes?table=public.%22open",
+            "table \"public.\"open\" is not a table name",
+        ),
+    ] {
+        let r = m.get(path);
+        // The message as the endpoint carries it: in JSON, as text or escaped in a page.
+        let text = serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(String::from))
+            .unwrap_or_else(|| r.text().replace("&quot;", "\""));
+        assert_eq!(r.status, 400, "{path}: {text}");
+        assert!(text.contains(message), "{path}: {text}");
+        assert!(text.contains("Hint: "), "{path}: {text}");
+    }
+    assert_eq!(errors(), before, "a GET wrote error records");
+
+    // f10: an empty key is refused; a row's history is paged on id.
+    let r = m.get(&format!(
+        "/api/history?table=public.orders&key={}",
+        enc("{}")
+    ));
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("the row key is empty"), "{}", r.text());
+    // f02: a schema whose name holds a dot, quoted as the list of tables shows it.
+    let tables = m.json("/api/changes");
+    assert!(
+        tables["tables"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"table": "\"my.schema\".t", "tracked": true})),
+        "{tables}"
+    );
+    let t = enc("\"my.schema\".t");
+    let all = ids(
+        &c,
+        "SELECT id FROM activity_log.changes WHERE schema_name = 'my.schema' ORDER BY id",
+    );
+    assert_eq!(all.len(), 3);
+    let p1 = m.json(&format!(
+        "/api/history?table={t}&key={}&limit=2",
+        enc("{\"id\":1}")
+    ));
+    assert_eq!(json_ids(&p1), all[..2]);
+    assert_eq!(p1["next_after"], all[1]);
+    let p2 = m.json(&format!(
+        "/api/history?table={t}&key={}&limit=2&after={}",
+        enc("{\"id\":1}"),
+        all[1]
+    ));
+    assert_eq!(json_ids(&p2), all[2..]);
+    assert_eq!(p2["next_after"], serde_json::Value::Null);
+    let ch = m.json(&format!("/api/changes?table={t}"));
+    assert_eq!(json_ids(&ch), all.iter().rev().copied().collect::<Vec<_>>());
+    let act = m.json(&format!("/api/activity?table={t}"));
+    assert_eq!(
+        json_ids(&act),
+        all.iter().rev().copied().collect::<Vec<_>>()
+    );
+
+    // f08: a cell that would be a spreadsheet formula is written with a ' before it.
+    let r = m.get("/export.csv?actor=%3Dcmd");
+    assert_eq!(r.status, 200);
+    let line = r.text().lines().nth(1).unwrap().to_string();
+    assert!(line.contains(",'=cmd,"), "{line}");
+
+    // f03: exports hold at most 2 of the 4 connections; the pages and /healthz still answer; a
+    // client that stops reading ends its export (--export-idle-s 2), which frees its connection.
+    let slow: Vec<TcpStream> = (0..2)
+        .map(|_| raw_get(&m.addr, "/export.csv", &m.addr))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = m.get("/export.csv");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "2 CSV exports of this database are running, the most at a time\nHint: retry when one has finished.\n"
+    );
+    let t0 = std::time::Instant::now();
+    assert_eq!(m.get("/api/activity?limit=1").status, 200);
+    let r = m.get("/healthz");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text()
+            .contains("database 0: ok, 2 of 4 connections in use"),
+        "{}",
+        r.text()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    std::thread::sleep(Duration::from_secs(4));
+    let held = c.one(
+        "app",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'activity_log_monitor' AND xact_start IS NOT NULL",
+    );
+    assert_eq!(held, "0", "an idle export still holds a transaction");
+    assert_eq!(m.get("/export.csv?kind=change").status, 200);
+    drop(slow);
+
+    // f12: a client that never finishes its headers is cut off (10 s).
+    let mut s = TcpStream::connect(&m.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+
+    // f04: a stop (SIGTERM) with an export in flight ends within the 5 s grace (a monitor with
+    // the default 30 s export idle bound, which would otherwise keep it).
+    drop(m);
+    let mut m = Monitor::start(&["--url", &url(&c, "app", "monitor")]);
+    let slow = raw_get(&m.addr, "/export.csv", &m.addr);
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = m.child.id().to_string();
+    let t0 = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = m.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    drop(slow);
 }
