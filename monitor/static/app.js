@@ -61,6 +61,12 @@
     let polling = false;
     let error = '';
     let selected = null;
+    // The live poll keeps at most MAX_ROWS rows while the reader watches the top (the oldest
+    // are dropped, and paged in again if the reader scrolls down to them); while the reader is
+    // further down, new rows are only counted ("N new rows"), not kept.
+    const MAX_ROWS = 5000;
+    const POLL_ROWS = 1000;
+    let waiting = 0; // new rows counted while the reader was not at the top
 
     compactBox.checked = compact;
     body.classList.toggle('compact', compact);
@@ -68,8 +74,10 @@
     function rowHeight() { return compact ? 20 : 30; }
 
     function setStatus() {
+      const news = waiting ? ' · ' + (waiting >= POLL_ROWS ? POLL_ROWS + '+' : waiting) +
+        (waiting === 1 ? ' new row' : ' new rows') + ' (scroll to the top)' : '';
       status.textContent = rows.length + ' rows' + (done ? ' (all)' : '') +
-        (paused ? ' · paused' : ' · live every ' + refreshMs + ' ms') + (error ? ' · ' + error : '');
+        (paused ? ' · paused' : ' · live every ' + refreshMs + ' ms') + news + (error ? ' · ' + error : '');
     }
 
     function cellValues(r) {
@@ -141,19 +149,28 @@
       }
       polling = true;
       try {
-        for (;;) {
-          const p = new URLSearchParams(params);
-          p.set('after', String(rows[0].id));
-          p.set('limit', '1000');
-          const j = await getJSON('/api/activity?' + p.toString());
-          if (!j.rows.length) break;
-          const h = rowHeight();
-          const atTop = viewport.scrollTop < h;
+        // One request a poll, never a loop: a busy trail cannot keep the page fetching.
+        const p = new URLSearchParams(params);
+        p.set('after', String(rows[0].id));
+        p.set('limit', String(POLL_ROWS));
+        const j = await getJSON('/api/activity?' + p.toString());
+        const atTop = viewport.scrollTop < rowHeight();
+        if (!atTop) {
+          waiting = j.rows.length;
+        } else if (j.rows.length >= POLL_ROWS || waiting >= POLL_ROWS) {
+          // More arrived than one poll takes: start again from the newest rows.
+          waiting = 0;
+          rows.length = 0;
+          done = false;
+          if (!loading) loadOlder();
+        } else {
+          waiting = 0;
           const fresh = j.rows.filter(function (r) { return r.id > rows[0].id; }).reverse();
           rows.unshift.apply(rows, fresh);
-          // Keep what the reader looks at in place unless they are watching the top.
-          if (!atTop) viewport.scrollTop += fresh.length * h;
-          if (j.rows.length < 1000) break;
+          if (rows.length > MAX_ROWS) {
+            rows.length = MAX_ROWS;
+            done = false;
+          }
         }
         error = '';
       } catch (e) {

@@ -119,6 +119,14 @@ class Browser:
                 break
             except OSError:
                 time.sleep(0.1)
+        try:
+            self._start(downloads)
+        except BaseException:
+            # No session: quit() will not be called, so chromedriver is stopped here.
+            stop_process(self.proc)
+            raise
+
+    def _start(self, downloads):
         caps = {"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -191,8 +199,17 @@ class Browser:
         try:
             self.call("DELETE", f"/session/{self.session}")
         finally:
-            self.proc.terminate()
-            self.proc.wait()
+            stop_process(self.proc)
+
+
+def stop_process(proc, grace=10):
+    """stop_process ends a child: SIGTERM, then SIGKILL if it is still there after `grace` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=grace)
 
 
 def distinct_colours(png):
@@ -334,6 +351,22 @@ def main():
         lines = open(path, encoding="utf-8").read().splitlines() if os.path.exists(path) else []
         check(len(lines) == expected + 1, f"the CSV export holds {expected} rows and a header ({len(lines)} lines)")
 
+        # Live while scrolled down: a new row is counted, not kept; back at the top it is shown
+        # and the page keeps at most 5000 rows (the oldest dropped, paged in again on scrolling).
+        c.psql("app", "SELECT activity_log.log_event('live_three', category => 'billing')")
+        c.psql("app", "SELECT activity_log.flush()")
+        status = b.wait("const s = document.getElementById('status').textContent;"
+                        "return s.indexOf('1 new row (scroll to the top)') >= 0 && s", "the new row counted",
+                        timeout=15, soft=True)
+        check(bool(status) and status.startswith(f"{expected} rows (all)"),
+              f"scrolled down, a new row is counted and not fetched: {status!r}")
+        b.js("document.getElementById('viewport').scrollTop = 0")
+        newest = c.psql("app", "SELECT max(id) FROM activity_log.events")
+        status = b.wait(top + " === '" + newest + "' && document.getElementById('status').textContent",
+                        "the new row at the top", timeout=15, soft=True)
+        check(bool(status) and status.startswith("5000 rows · live"),
+              f"at the top, the new row is shown and 5000 rows are kept: {status!r}")
+
         # The detail panel of the UPDATE: images, changed columns, the script as text.
         upd = c.psql("app", "SELECT id FROM activity_log.changes WHERE op = 'UPDATE'")
         b.go(base + "/activity?kind=change")
@@ -371,7 +404,7 @@ def main():
         check(len(names) == 5, f"navigation: {names}")
         b.go(base + "/changes")
         tables = b.js("return [...document.querySelectorAll('nav.tables a')].map(a => a.textContent)")
-        check(f"public.{XSS_TABLE}" in tables, "the table named <script>… is listed as text")
+        check(f'public."{XSS_TABLE}"' in tables, "the table named <script>… is listed as text")
         check(not b.alert_open(), "no script from a table name ran")
 
         if docs:
@@ -379,13 +412,17 @@ def main():
             for n in ["activity", "detail", "health", "analytics", "changes"]:
                 shutil.copy(os.path.join(OUT, f"monitor-{n}.png"), os.path.join(ROOT, "docs", "images", f"monitor-{n}.png"))
     finally:
-        if browser:
-            browser.quit()
-        if monitor:
-            monitor.terminate()
-            monitor.wait()
-        c.stop()
-        shutil.rmtree(downloads, ignore_errors=True)
+        # Each step on its own: one that fails must not leave the next one's process running.
+        for step in [
+            lambda: browser and browser.quit(),
+            lambda: monitor and stop_process(monitor),
+            c.stop,
+            lambda: shutil.rmtree(downloads, ignore_errors=True),
+        ]:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 — reported, and the next step still runs
+                print(f"cleanup: {e}", file=sys.stderr)
     print(f"browser: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 
