@@ -398,6 +398,66 @@ mod tests {
     }
 
     #[test]
+    fn secrets_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("al-monitor-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let basic = dir.join("basic");
+        std::fs::write(&basic, "ann:pw\n").unwrap();
+        let o = parse_args(&args(&[
+            "--url",
+            "x",
+            "--token-file",
+            token.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert_eq!(o.auth, Auth::Token("s3cret".into()));
+        let o = parse_args(&args(&[
+            "--url",
+            "x",
+            "--basic-auth-file",
+            basic.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert_eq!(o.auth, Auth::basic("ann", "pw"));
+        let missing = dir.join("missing");
+        let e = parse_args(&args(&[
+            "--url",
+            "x",
+            "--token-file",
+            missing.to_str().unwrap(),
+        ]))
+        .unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "cannot read --token-file \"{}\": ",
+                missing.display()
+            )),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let o = parse_args(&args(&[
+            "--url",
+            "x",
+            "--allowed-host",
+            "Monitor.Example",
+            "--allow-privileged",
+        ]))
+        .unwrap();
+        assert_eq!(o.allowed_hosts, ["monitor.example"]);
+        assert!(o.allow_privileged);
+        assert_eq!(
+            parse_args(&args(&["--url", "x", "--allowed-host", "a:80"])).unwrap_err(),
+            "invalid --allowed-host \"a:80\"\nHint: give a host name without a port, such as monitor.example.com."
+        );
+        assert_eq!(
+            parse_args(&args(&["--url", "x", "--export-idle-s", "0"])).unwrap_err(),
+            "invalid --export-idle-s \"0\"\nHint: give seconds between 1 and 86400."
+        );
+    }
+
+    #[test]
     fn bad_options_are_refused_with_a_hint() {
         assert!(
             parse_args(&[])
