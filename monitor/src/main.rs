@@ -63,12 +63,12 @@ fn secret_file(flag: &str, path: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot read {flag} \"{path}\": {e}\nHint: give a file readable by the monitor's user, holding only the secret."))
 }
 
-fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+fn seconds(flag: &str, v: &str, max: u64) -> Result<Duration, String> {
     v.parse::<u64>()
         .ok()
-        .filter(|n| (1..=86_400).contains(n))
+        .filter(|n| (1..=max).contains(n))
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("invalid {flag} \"{v}\"\nHint: give seconds between 1 and 86400."))
+        .ok_or_else(|| format!("invalid {flag} \"{v}\"\nHint: give seconds between 1 and {max}."))
 }
 
 /// parse_args reads the command line; an error is a message with a hint, for stderr.
@@ -126,8 +126,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 allowed_hosts.push(v.to_ascii_lowercase());
             }
             "--allow-privileged" => allow_privileged = true,
-            "--export-idle-s" => export.idle = seconds(name, &value()?)?,
-            "--export-max-s" => export.life = seconds(name, &value()?)?,
+            // Under the sessions' idle_in_transaction_session_timeout (60 s), which would end
+            // the export's session first, with a less clear error.
+            "--export-idle-s" => export.idle = seconds(name, &value()?, 50)?,
+            "--export-max-s" => export.life = seconds(name, &value()?, 86_400)?,
             "--refresh-ms" => {
                 let v = value()?;
                 refresh_ms = v.parse().ok().filter(|&n| (100..=3_600_000).contains(&n)).ok_or_else(|| {
@@ -453,7 +455,7 @@ mod tests {
         );
         assert_eq!(
             parse_args(&args(&["--url", "x", "--export-idle-s", "0"])).unwrap_err(),
-            "invalid --export-idle-s \"0\"\nHint: give seconds between 1 and 86400."
+            "invalid --export-idle-s \"0\"\nHint: give seconds between 1 and 50."
         );
     }
 
