@@ -97,7 +97,13 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    total  integer;
     pos    integer := 1;
+    win    text;        -- a window of src from pos (one character before it as context)
+    wlen   integer;
+    ctx    integer;
+    width  integer := 256;
+    at_end boolean;
     hit    integer;
     p      integer;
     depth  integer;
@@ -111,24 +117,41 @@ BEGIN
         RETURN;
     END IF;
     lits := '{}';
+    total := length(src);
+    -- Bounded (issue 27, third review, F8): every caller of the plan reads every trigger body.
+    IF total > 65536 THEN
+        code := src;
+        masked := src;
+        unclosed := format('more than 65536 characters (%s): too long to analyse', total);
+        RETURN;
+    END IF;
     LOOP
+        -- Each step reads a window from pos, not the rest of the body: a search or a match over
+        -- the whole rest per string would make a body of many short strings cost its length
+        -- squared (third review, F8). A window too short for the next token is widened.
+        ctx := CASE WHEN pos > 1 THEN 1 ELSE 0 END;
+        win := substr(src, pos - ctx, width + ctx);
+        wlen := length(win);
+        at_end := pos + width > total;
         -- the next place something opens: a comment, a string or a quoted identifier (a prefix
-        -- E, U& or a dollar quote only where no identifier goes on: abe'…' is abe then '…')
-        hit := regexp_instr(src, '--|/\*|(?<![[:alnum:]_$])(?:[eE]|[uU]&)[''"]|[''"]|(?<![[:alnum:]_$])\$([[:alpha:]_][[:alnum:]_]*)?\$', pos);
+        -- E, U& or a dollar quote only where no identifier goes on: abe'…' is abe then '…').
+        -- Identifier letters are PostgreSQL's: every character beyond ASCII is one (F3).
+        hit := regexp_instr(win, '--|/\*|(?<![A-Za-z0-9_$\x80-\U0010ffff])(?:[eE]|[uU]&)[''"]|[''"]|(?<![A-Za-z0-9_$\x80-\U0010ffff])\$([A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$',
+                            1 + ctx);
         IF hit = 0 THEN
-            cparts := cparts || substr(src, pos);
-            mparts := mparts || substr(src, pos);
+            IF NOT at_end THEN
+                width := width * 4;
+                CONTINUE;
+            END IF;
+            cparts := cparts || substr(win, 1 + ctx);
+            mparts := mparts || substr(win, 1 + ctx);
             EXIT;
         END IF;
-        cparts := cparts || substr(src, pos, hit - pos);
-        mparts := mparts || substr(src, pos, hit - pos);
-        rest := substr(src, hit);
+        rest := substr(win, hit);
         tok := NULL;
         IF rest LIKE '--%' THEN
             p := strpos(rest, E'\n');
             tok := CASE WHEN p = 0 THEN rest ELSE left(rest, p - 1) END;
-            cparts := cparts || repeat(' ', length(tok));
-            mparts := mparts || repeat(' ', length(tok));
         ELSIF rest LIKE '/*%' THEN
             depth := 1;
             p := 3;
@@ -139,61 +162,88 @@ BEGIN
                 p := p + 2;
             END LOOP;
             IF depth > 0 THEN
-                unclosed := format('comment (/* at character %s)', hit);
+                unclosed := format('an unterminated comment (/* at character %s)', pos + hit - 1 - ctx);
             ELSE
                 tok := left(rest, p - 1);
-                cparts := cparts || regexp_replace(tok, '[^\n]', ' ', 'g');
-                mparts := mparts || regexp_replace(tok, '[^\n]', ' ', 'g');
             END IF;
         ELSIF rest LIKE '$%' THEN
             m := regexp_match(rest, '^(\$[^$]*\$)');
             p := strpos(substr(rest, length(m[1]) + 1), m[1]);
             IF p = 0 THEN
-                unclosed := format('dollar-quoted string (%s at character %s)', m[1], hit);
+                unclosed := format('an unterminated dollar-quoted string (%s at character %s)', m[1], pos + hit - 1 - ctx);
             ELSE
                 tok := left(rest, 2 * length(m[1]) + p - 1);
-                lits := lits || substr(tok, length(m[1]) + 1, p - 1);
             END IF;
         ELSIF rest ~ '^[eE]''' THEN
             m := regexp_match(rest, '^[eE]''((?:[^''\\]|\\.|'''')*)''');
             IF m IS NULL THEN
-                unclosed := format('quoted string (E'' at character %s)', hit);
+                unclosed := format('an unterminated quoted string (E'' at character %s)', pos + hit - 1 - ctx);
             ELSE
                 tok := 'E''' || m[1] || '''';
-                lits := lits || regexp_replace(replace(m[1], '''''', ''''), '\\(.)', '\1', 'g');
             END IF;
         ELSIF rest ~ '^([uU]&)?''' THEN
             m := regexp_match(rest, '^((?:[uU]&)?)''((?:[^'']|'''')*)''');
             IF m IS NULL THEN
-                unclosed := format('quoted string ('' at character %s)', hit);
+                unclosed := format('an unterminated quoted string ('' at character %s)', pos + hit - 1 - ctx);
             ELSE
                 tok := m[1] || '''' || m[2] || '''';
-                lits := lits || replace(m[2], '''''', '''');
             END IF;
         ELSE
             m := regexp_match(rest, '^((?:[uU]&)?)"((?:[^"]|"")*)"');
             IF m IS NULL THEN
-                unclosed := format('quoted identifier (" at character %s)', hit);
+                unclosed := format('an unterminated quoted identifier (" at character %s)', pos + hit - 1 - ctx);
             ELSE
                 tok := m[1] || '"' || m[2] || '"';
-                cparts := cparts || tok;
-                mparts := mparts || (m[1] || '"' || regexp_replace(m[2], '[^[:alnum:]_$ ]', '_', 'g') || '"');
             END IF;
         END IF;
+        -- A token is read only when the window holds it and the character after it ('' or ""
+        -- goes on; a line comment ends at a newline): else the window is widened and read again.
+        IF NOT at_end AND (unclosed IS NOT NULL OR hit + length(tok) - 1 >= wlen) THEN
+            unclosed := NULL;
+            width := width * 4;
+            CONTINUE;
+        END IF;
+        cparts := cparts || substr(win, 1 + ctx, hit - 1 - ctx);
+        mparts := mparts || substr(win, 1 + ctx, hit - 1 - ctx);
         IF unclosed IS NOT NULL THEN
-            cparts := cparts || rest;
-            mparts := mparts || rest;
+            cparts := cparts || rest || substr(src, pos + wlen - ctx);
+            mparts := mparts || rest || substr(src, pos + wlen - ctx);
             EXIT;
         END IF;
-        IF rest !~ '^(--|/\*|([uU]&)?")' THEN
+        IF rest LIKE '--%' OR rest LIKE '/*%' THEN
+            cparts := cparts || regexp_replace(tok, '[^\n]', ' ', 'g');
+            mparts := mparts || regexp_replace(tok, '[^\n]', ' ', 'g');
+        ELSIF rest ~ '^([uU]&)?"' THEN
+            cparts := cparts || tok;
+            mparts := mparts || (m[1] || '"' || regexp_replace(m[2], '[^A-Za-z0-9_$ ]', '_', 'g') || '"');
+        ELSE
             -- a string: its text stays in code; masked has '' around x's
+            IF rest LIKE '$%' THEN
+                lits := lits || substr(tok, length(m[1]) + 1, length(tok) - 2 * length(m[1]));
+            ELSIF rest ~ '^[eE]''' THEN
+                lits := lits || regexp_replace(replace(m[1], '''''', ''''), '\\(.)', '\1', 'g');
+            ELSE
+                lits := lits || replace(m[2], '''''', '''');
+            END IF;
             cparts := cparts || tok;
             mparts := mparts || ('''' || repeat('x', length(tok) - 2) || '''');
         END IF;
-        pos := hit + length(tok);
+        pos := pos + (hit - 1 - ctx) + length(tok);
+        width := 256;
+        IF pos > total THEN
+            EXIT;
+        END IF;
     END LOOP;
     code := array_to_string(cparts, '');
     masked := array_to_string(mparts, '');
+    -- PostgreSQL's identifiers take every character beyond ASCII as a letter (compté(…),
+    -- audit.change€, AS €$q$): the plan's patterns read ASCII names only, so such a name or
+    -- operator outside strings and comments makes the body unreadable (third review, F3, F17,
+    -- F18) rather than misread.
+    IF unclosed IS NULL AND masked ~ '[\x80-\U0010ffff]' THEN
+        unclosed := format('a name or operator with characters beyond ASCII (%s at character %s)',
+                           substring(masked FROM '[\x80-\U0010ffff]'), strpos(masked, substring(masked FROM '[\x80-\U0010ffff]')));
+    END IF;
 END
 $$;
 
@@ -209,7 +259,7 @@ DECLARE
 BEGIN
     l := activity_log._lex(src);
     IF l.unclosed IS NOT NULL THEN
-        RAISE EXCEPTION 'a function body has an unterminated %, so it cannot be read as PostgreSQL reads it', l.unclosed
+        RAISE EXCEPTION 'a function body has %, so it cannot be read as PostgreSQL reads it', l.unclosed
             USING ERRCODE = 'syntax_error';
     END IF;
     RETURN l.code;
@@ -415,7 +465,7 @@ BEGIN
     -- Read once by _lex (F1): comments, strings and quoted names as PostgreSQL reads them.
     lx := activity_log._lex(CASE WHEN f.atomic THEN pg_get_function_sqlbody(fn) ELSE f.prosrc END);
     IF lx.unclosed IS NOT NULL THEN
-        RAISE EXCEPTION 'a function body has an unterminated %, so it cannot be read as PostgreSQL reads it', lx.unclosed
+        RAISE EXCEPTION 'a function body has %, so it cannot be read as PostgreSQL reads it', lx.unclosed
             USING ERRCODE = 'syntax_error';
     END IF;
     src := lx.code;
@@ -1062,7 +1112,7 @@ BEGIN
     FOR t IN
         SELECT tg.oid, tg.tgrelid, tg.tgname, tg.tgfoid, tg.tgtype::integer AS tgtype, tg.tgenabled,
                tg.tgisinternal, tg.tgconstraint, tg.tgnewtable, tg.tgoldtable, tg.tgqual::text AS tgqual,
-               c.relnamespace, c.relname, p.prosrc, p.pronamespace, p.proconfig, l.lanname,
+               c.relnamespace, c.relname, c.relkind, p.prosrc, p.pronamespace, p.proconfig, l.lanname,
                con.conname, con.contype
           FROM pg_catalog.pg_trigger tg
           JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
@@ -1088,13 +1138,20 @@ BEGIN
           FROM activity_log.migration m JOIN activity_log.migration_backup b USING (relid)
          WHERE m.relid = t.tgrelid AND b.trigger_name = t.tgname;
 
-        IF t.tgisinternal OR t.tgconstraint <> 0 THEN
+        -- An INSTEAD OF trigger carries out the write on its view (dropping it changes what an
+        -- INSERT into the view does), and activity_log tracks tables only: a trigger on a view or
+        -- a foreign table is never migrated (issue 27, third review, F14).
+        IF t.tgisinternal OR t.tgconstraint <> 0 OR t.tgtype & 64 <> 0 OR t.relkind NOT IN ('r', 'p') THEN
             verdict := 'business';
             confidence := 1.00;
-            style := CASE WHEN t.tgisinternal THEN 'internal' ELSE 'constraint' END;
+            style := CASE WHEN t.tgisinternal THEN 'internal' WHEN t.tgconstraint <> 0 THEN 'constraint'
+                          WHEN t.tgtype & 64 <> 0 THEN 'instead of' ELSE 'not a table' END;
             why := CASE WHEN t.contype = 'f' THEN format('enforces foreign key %I', t.conname)
                         WHEN t.tgisinternal THEN 'internal trigger of PostgreSQL'
-                        ELSE format('constraint trigger of %I', t.conname) END;
+                        WHEN t.tgconstraint <> 0 THEN format('constraint trigger of %I', t.conname)
+                        WHEN t.tgtype & 64 <> 0 THEN 'INSTEAD OF trigger: it carries out the write on the view; activity_log tracks tables only'
+                        ELSE format('trigger on a %s, which activity_log does not track',
+                                    CASE t.relkind WHEN 'v' THEN 'view' WHEN 'f' THEN 'foreign table' ELSE 'relation that is not a table' END) END;
             acc := array_append(acc, jsonb_build_object('relation', relation::oid, 'trigger_name', trigger_name, 'function', function::oid,
                     'fires', fires, 'verdict', verdict, 'confidence', confidence, 'style', style, 'audit_table', audit_table::oid,
                     'why', why, 'phase', phase, 'state', state, 'fn', t.tgfoid, 'ext', ext, 'writes', to_jsonb(writes::oid[]),
@@ -2026,6 +2083,55 @@ $$;
 
 -- Privileges as the install script gives them (sql/grants.sql): internal functions are not
 -- PUBLIC's; the migration's helpers are activity_log_admin's.
+-- _checked_reader is `reader` when it is what _legacy_reader derives from the catalog for the
+-- audit table and source table, else a problem: its SQL is run as the caller, and a row of
+-- migration_backup written by hand must not choose it. Nor may the tables' types run their
+-- owners' code (a domain's CHECK, a cast) as the caller while rows are compared, nor their
+-- row-level security policies apply to the caller (issue 27, third review, F13): a policy's
+-- expression is code of whoever wrote it, run with the reader's rights on every row read.
+CREATE OR REPLACE FUNCTION activity_log._checked_reader(audit regclass, source regclass, reader jsonb) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN pg_catalog.row_security_active(source) OR pg_catalog.row_security_active(audit)
+                THEN jsonb_build_object('problem', format(
+                    '%s or %s has row-level security policies that apply to you: comparing their rows would run the policies'' code with your rights; compare as the table''s owner (without FORCE ROW LEVEL SECURITY) or as a role with BYPASSRLS',
+                    source, audit))
+                WHEN activity_log._runs_user_code(source) OR activity_log._runs_user_code(audit)
+                THEN jsonb_build_object('problem', format(
+                    '%s or %s is not a table, or has a column whose type is owned by a role that is not a superuser (or has a cast not written in C): comparing their rows would run that role''s code with your rights',
+                    source, audit))
+                WHEN reader IN (activity_log._legacy_reader(audit, source, true),
+                                activity_log._legacy_reader(audit, source, false))
+                THEN reader
+                ELSE jsonb_build_object('problem', format(
+                    'the reader of %s kept in activity_log.migration_backup is not what phase 1 derives from the catalog (the audit table changed, or the row was written by hand)',
+                    audit)) END
+$$;
+
+-- Rows of a source table in its legacy audit table, by operation.
+CREATE OR REPLACE FUNCTION activity_log._legacy_counts(audit regclass, reader jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    counts jsonb;
+BEGIN
+    IF reader ? 'problem' OR activity_log._runs_user_code(audit) OR pg_catalog.row_security_active(audit) THEN
+        RETURN NULL;  -- the caller reports why (see _compare)
+    END IF;
+    EXECUTE format(
+        'SELECT jsonb_build_object(''INSERT'', count(*) FILTER (WHERE %1$s = ''I''),
+                                   ''UPDATE'', count(*) FILTER (WHERE %1$s = ''U''),
+                                   ''DELETE'', count(*) FILTER (WHERE %1$s = ''D''),
+                                   ''all'', count(*) FILTER (WHERE %1$s IS DISTINCT FROM ''T''))
+           FROM %2$s a WHERE %3$s',
+        coalesce(reader->>'op', 'NULL::text'), audit, reader->>'filter')
+    INTO counts;
+    RETURN counts;
+END
+$$;
+
 REVOKE EXECUTE ON FUNCTION activity_log._source_text(text), activity_log._insert_targets(text, oid, oid, text[], text),
     activity_log._callees(oid), activity_log._readers(regclass, oid[], text[]),
     activity_log._system_link(oid, oid, oid[], oid, oid, oid[]), activity_log._migration_plan(text, regclass),

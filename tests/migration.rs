@@ -1396,3 +1396,118 @@ fn calls_without_a_call_written_are_seen() {
          UPDATE public.w6 SET v = v WHERE id = 2;",
     );
 }
+
+/// Issue 27, third review, findings F3, F17, F18, F14 and F8: a name or operator beyond ASCII
+/// outside strings and comments (PostgreSQL reads every such character as an identifier
+/// letter: `$€$'$€$` is a string, `€$q$` a name, `compté(…)` a call, `audit.change€` another
+/// table) makes a body unanalysable; in strings and comments it changes nothing. Triggers on a
+/// view are never migrated, and phase 1 over the whole database goes on past them. A body of
+/// more than 65536 characters is not read (the plan's time is bounded for every caller).
+#[test]
+fn names_beyond_ascii_views_and_long_bodies() {
+    let c = Cluster::start(
+        "migration-third-review",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "nv");
+    c.sql(
+        "nv",
+        include_str!("fixtures/non_ascii_views_long_bodies.sql"),
+    );
+    assert_eq!(
+        c.sql(
+            "nv",
+            "SELECT relation, trigger_name, verdict, style, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "n1|n1_audit|uncertain|generic jsonb audit|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also updates or deletes other rows: taking it over would lose that".to_string(),
+            "n2|n2_audit|uncertain|unanalysable|could not be analysed (a function body has a name or operator with characters beyond ASCII (€ at character 139), so it cannot be read as PostgreSQL reads it): left alone unless named".to_string(),
+            "n3|n3_audit|uncertain|unanalysable|could not be analysed (a function body has a name or operator with characters beyond ASCII (é at character 139), so it cannot be read as PostgreSQL reads it): left alone unless named".to_string(),
+            "n4|n4_audit|uncertain|unanalysable|could not be analysed (a function body has a name or operator with characters beyond ASCII (€ at character 36), so it cannot be read as PostgreSQL reads it): left alone unless named".to_string(),
+            "n5|n5_audit|uncertain|unanalysable|could not be analysed (a function body has more than 65536 characters (72165): too long to analyse, so it cannot be read as PostgreSQL reads it): left alone unless named".to_string(),
+            "v_orders|v_orders_ins|business|instead of|INSTEAD OF trigger: it carries out the write on the view; activity_log tracks tables only".to_string(),
+            "v_orders|v_orders_stmt|business|not a table|trigger on a view, which activity_log does not track".to_string(),
+            "w7|w7_audit|audit|per-table jsonb audit|copies the changed row (as jsonb) into audit.w7_log with the operation".to_string(),
+        ]
+    );
+    full_cycle(
+        &c,
+        "nv",
+        "INSERT INTO public.w7 VALUES (1, 'a'), (2, 'b');
+         UPDATE public.w7 SET v = 'c' WHERE id = 1;
+         DELETE FROM public.w7 WHERE id = 2;
+         INSERT INTO public.v_orders VALUES (1, 'x');",
+    );
+    assert_eq!(
+        c.one("nv", "SELECT count(*) FROM public.orders_staging"),
+        "1"
+    );
+}
+
+/// Issue 27, third review, finding F13: migration_status() reads the legacy trail as its
+/// caller; a row-level security policy on a trail owned by another role would run that role's
+/// function with the caller's rights (here an admin with CREATEROLE, whom the policy tries to
+/// make grant itself to the attacker). The comparison refuses such a trail and says why; the
+/// policy's function never runs as the caller and the attacker gains nothing.
+#[test]
+fn row_level_security_on_a_trail_runs_no_code_as_the_caller() {
+    let c = Cluster::start(
+        "migration-trail-rls",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "rl");
+    c.sql(
+        "rl",
+        "CREATE ROLE attacker LOGIN; CREATE ROLE victim LOGIN CREATEROLE;
+         CREATE SCHEMA audit AUTHORIZATION attacker;
+         GRANT USAGE ON SCHEMA activity_log TO victim, attacker;
+         GRANT activity_log_admin TO victim; GRANT CREATE ON SCHEMA public TO victim;",
+    );
+    c.sql_as(
+        "attacker",
+        "rl",
+        "CREATE TABLE audit.logged_actions (id bigserial PRIMARY KEY, table_name text, action text, row_data jsonb);
+         CREATE TABLE audit.loot (who text);
+         GRANT INSERT ON audit.loot TO PUBLIC;
+         CREATE FUNCTION audit.visible(t text) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN
+             IF current_user <> 'attacker' THEN
+                 INSERT INTO audit.loot (who) VALUES (current_user);
+                 BEGIN EXECUTE 'GRANT victim TO attacker'; EXCEPTION WHEN OTHERS THEN NULL; END;
+             END IF;
+             RETURN true;
+         END $$;
+         ALTER TABLE audit.logged_actions ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY ins ON audit.logged_actions FOR INSERT WITH CHECK (true);
+         CREATE POLICY sel ON audit.logged_actions FOR SELECT USING (audit.visible(table_name));
+         GRANT USAGE ON SCHEMA audit TO victim; GRANT SELECT, INSERT ON audit.logged_actions TO victim;
+         GRANT USAGE ON SEQUENCE audit.logged_actions_id_seq TO victim;",
+    );
+    c.sql_as(
+        "victim",
+        "rl",
+        "CREATE TABLE public.t (id int PRIMARY KEY, v text);
+         CREATE FUNCTION public.t_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO audit.logged_actions (table_name, action, row_data) VALUES (TG_TABLE_NAME, TG_OP, to_jsonb(NEW));
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER t_audit AFTER INSERT OR UPDATE OR DELETE ON public.t FOR EACH ROW EXECUTE FUNCTION public.t_audit();
+         SELECT activity_log.migrate_triggers(phase => 1, include_triggers => '{t_audit}');
+         INSERT INTO public.t VALUES (1, 'x');",
+    );
+    c.flush("rl");
+    assert_eq!(
+        c.sql_as(
+            "victim",
+            "rl",
+            "SELECT relation, status, legacy_inserts, captured_inserts, difference FROM activity_log.migration_status()"
+        ),
+        ["t|cannot compare||1|public.t or audit.logged_actions has row-level security policies that apply to you: comparing their rows would run the policies' code with your rights; compare as the table's owner (without FORCE ROW LEVEL SECURITY) or as a role with BYPASSRLS"]
+    );
+    assert_eq!(c.one("rl", "SELECT count(*) FROM audit.loot"), "0");
+    assert_eq!(
+        c.one("rl", "SELECT pg_has_role('attacker', 'victim', 'MEMBER')"),
+        "f"
+    );
+}
