@@ -543,6 +543,7 @@ DECLARE
     in_declare boolean := false;
     i          integer;
     exec_lit   text;
+    operand    text;        -- what an EXECUTE runs, before INTO / USING
     lx         record;
     kw_user    text[];      -- keywords written name( that a user function is named after
     attr_user  text[];      -- .names that a function taking a row is named after
@@ -692,6 +693,16 @@ BEGIN
             WHEN rest ~* '^(notify|listen|unlisten)\M' THEN 'notify'
             WHEN rest ~* '^("[^"]+"|[a-z_][a-z0-9_$]*)(\s*\.\s*("[^"]+"|[a-z_][a-z0-9_$]*))*\s*(\[[^]]*\]\s*)*:?=' THEN 'expression'
             ELSE 'other' END;
+        -- The query of OPEN … FOR, of a cursor declared FOR, of RETURN QUERY is a statement too
+        -- (third review, F2, F19): a write in it is a write.
+        IF (kind = 'expression' AND rest ~* '^(open|return\s+query)\M')
+           OR (kind = 'declare' AND rest ~* '\mcursor\M.*\m(for|is)\M') THEN
+            IF rest ~* '\mexecute\M' THEN
+                problems := problems || 'runs a statement built at run time'::text;
+            ELSIF rest ~* '\m(insert|update|delete|merge)\M' THEN
+                problems := problems || 'writes rows in the query of OPEN, a cursor or RETURN QUERY'::text;
+            END IF;
+        END IF;
         IF kind = 'read' THEN
             IF rest ~* '\m(insert|update|delete|merge)\M' THEN
                 problems := problems || 'updates or deletes other rows'::text;
@@ -723,7 +734,18 @@ BEGIN
             IF lx.unclosed IS NOT NULL THEN
                 problems := problems || format('runs a statement with an unterminated %s', regexp_replace(lx.unclosed, ' at character [0-9]+', ''));
             END IF;
-            IF lit = '' THEN
+            -- Run-time SQL is never read as its literal parts (third review, F1): the operand
+            -- must be one string, or a format() of one whose %s arguments are all constants
+            -- (%I and %L quote whatever they are given: no code comes in through them).
+            operand := btrim(regexp_replace(regexp_replace(rest, '^execute\M', '', 'i'),
+                                            '\m(into|using)\M.*$', '', 'i'), E' \t\r\n');
+            m := regexp_match(operand, '^format\s*\(\s*''#([0-9]+)''((?:\s*,\s*[^,]+?)*)\s*\)$', 'i');
+            IF NOT (operand ~ '^''#[0-9]+''$'
+                    OR (m IS NOT NULL
+                        AND (coalesce(lits[m[1]::integer], '') !~ '%([0-9]+\$)?-?[0-9]*s'
+                             OR m[2] ~ '^(\s*,\s*(''#[0-9]+''|[0-9]+))*$'))) THEN
+                problems := problems || 'runs a statement built at run time'::text;
+            ELSIF lit = '' THEN
                 problems := problems || 'runs a statement built at run time'::text;
             ELSIF lit ~ '^(select|with)\M' AND lit !~ '\m(into|insert|update|delete|merge)\M' AND lit !~ ';' THEN
                 NULL;  -- a read
@@ -988,7 +1010,9 @@ BEGIN
     SELECT string_agg(x, ', ' ORDER BY x) INTO what
       FROM (SELECT format('trigger %I on %s', tg.tgname, tg.tgrelid::regclass) AS x
               FROM (SELECT tbl::oid AS relid UNION SELECT x.relid FROM pg_partition_tree(tbl) x) pt JOIN pg_trigger tg ON tg.tgrelid = pt.relid
-             WHERE NOT tg.tgisinternal AND tg.tgconstraint = 0
+             -- (a user's CONSTRAINT TRIGGER runs code too: only PostgreSQL's own are left out,
+             -- third review, F15)
+             WHERE NOT tg.tgisinternal
             UNION ALL
             SELECT format('rule %I on %s', r.rulename, r.ev_class::regclass)
               FROM (SELECT tbl::oid AS relid UNION SELECT x.relid FROM pg_partition_tree(tbl) x) pt JOIN pg_rewrite r ON r.ev_class = pt.relid) y;
@@ -1376,6 +1400,15 @@ BEGIN
           JOIN pg_catalog.pg_proc p ON p.oid = c.fn,
                unnest(activity_log._insert_targets(activity_log._source_text(p.prosrc), t.relnamespace, p.pronamespace,
                                                    p.proconfig, caller_search_path)) WITH ORDINALITY ww(tbl, n);
+        -- Writing its own table (a tombstone, a copy) is a side effect of the trigger, lost with
+        -- it (third review, F11).
+        IF t.tgrelid::regclass = ANY (activity_log._insert_targets(src, t.relnamespace, t.pronamespace, t.proconfig,
+                                                                   caller_search_path))
+           OR EXISTS (SELECT 1 FROM unnest(callees) c(fn) JOIN pg_catalog.pg_proc p ON p.oid = c.fn
+                       WHERE t.tgrelid::regclass = ANY (activity_log._insert_targets(activity_log._source_text(p.prosrc),
+                                 t.relnamespace, p.pronamespace, p.proconfig, caller_search_path))) THEN
+            effects := effects || format('inserts into its own table %s', t.tgrelid::regclass);
+        END IF;
         SELECT array_agg(w ORDER BY n) INTO writes
           FROM (SELECT w, min(n) AS n FROM unnest(writes) WITH ORDINALITY x(w, n) GROUP BY w) y;
         writes := coalesce(writes, '{}');
@@ -1432,16 +1465,16 @@ BEGIN
         IF readers IS NOT NULL THEN
             concerns := concerns || format('it names its table without a schema: %s', readers);
         END IF;
-        -- Of the other triggers of its table only those that write a table (judged themselves,
-        -- as one system with it when they are) are skipped: one that only reads the trail (a
-        -- rate limit) is a reader (F9).
+        -- Of the other triggers of its table only those that write one of its trails (judged
+        -- themselves, as one system with it) are skipped: one that only reads the trail (a rate
+        -- limit) is a reader (F9), also when it writes some other table (third review, F16).
         skip := callees || t.tgfoid
                 || ARRAY(SELECT o.tgfoid FROM pg_catalog.pg_trigger o
                           WHERE o.tgrelid = t.tgrelid
                             AND EXISTS (SELECT 1 FROM unnest(o.tgfoid || activity_log._callees(o.tgfoid)) w(fn)
                                           JOIN pg_catalog.pg_proc op ON op.oid = w.fn
                                          WHERE activity_log._insert_targets((activity_log._lex(op.prosrc)).code, t.relnamespace,
-                                                   op.pronamespace, op.proconfig, caller_search_path) <> '{}'));
+                                                   op.pronamespace, op.proconfig, caller_search_path)::oid[] && writes::oid[]));
         FOREACH found IN ARRAY writes LOOP
             IF NOT reader_cache ? (found::oid::text) THEN
                 reader_cache := reader_cache || jsonb_build_object(found::oid::text,
@@ -1510,9 +1543,18 @@ BEGIN
           FROM (SELECT activity_log._resolve_table(regexp_replace(m[1], '\s', '', 'g'), t.relnamespace, t.pronamespace,
                                                    t.proconfig, caller_search_path) AS w, s.stmt
                   FROM regexp_split_to_table(src, ';') s(stmt),
-                       regexp_matches(s.stmt, 'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi') m) x
+                       regexp_matches(s.stmt, 'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi') m
+                -- and the helpers it hands values to (third review, F20): a helper taking
+                -- arguments that inserts them into a table other than the trail (a helper with
+                -- none, as django-pghistory's context upsert, is judged by _body_effects)
+                UNION ALL
+                SELECT activity_log._resolve_table(regexp_replace(m[1], '\s', '', 'g'), t.relnamespace, p.pronamespace,
+                                                   p.proconfig, caller_search_path), ''
+                  FROM unnest(callees) c(fn) JOIN pg_catalog.pg_proc p ON p.oid = c.fn AND p.pronargs > 0,
+                       regexp_matches(activity_log._source_text(p.prosrc),
+                                      'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi') m) x
          WHERE x.w IS NOT NULL AND x.w <> t.tgrelid AND x.w IS DISTINCT FROM audit_table
-           AND x.stmt !~* '\m(to_jsonb|row_to_json|to_json|hstore|row)\s*\(\s*((coalesce|nullif)\s*\(\s*)?(new|old)\M|\m(new|old)\s*\.\s*\*';
+           AND (x.stmt = '' OR x.stmt !~* '\m(to_jsonb|row_to_json|to_json|hstore|row)\s*\(\s*((coalesce|nullif)\s*\(\s*)?(new|old)\M|\m(new|old)\s*\.\s*\*');
         IF readers IS NOT NULL THEN
             concerns := concerns || format('it also writes %s, which is not a copy of the row', readers);
         END IF;
@@ -1523,7 +1565,9 @@ BEGIN
                        CASE WHEN btrim(m[1]) ~ '^''[^'']+''(\s*::\s*regclass)?$'
                             THEN activity_log._resolve_table(substring(btrim(m[1]) FROM '^''([^'']+)'''), t.relnamespace,
                                                              t.pronamespace, t.proconfig, caller_search_path) END AS seq
-                  FROM regexp_matches(src, '\mnextval\s*\(([^()]*(\([^()]*\))?[^()]*)\)', 'gi') m) x
+                  FROM regexp_matches(src || ' ' || coalesce((SELECT string_agg(activity_log._source_text(p.prosrc), ' ')
+                                                                FROM unnest(callees) c(fn) JOIN pg_catalog.pg_proc p ON p.oid = c.fn), ''),
+                                      '\mnextval\s*\(([^()]*(\([^()]*\))?[^()]*)\)', 'gi') m) x
          WHERE x.seq IS NULL
             OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                             WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = x.seq

@@ -789,7 +789,7 @@ fn pgmemento_is_one_system_read_by_its_restore_functions() {
               WHERE trigger_name IN ('pgmemento_insert_trigger', 'pgmemento_transaction_trigger') ORDER BY trigger_name"
         ),
         [
-            format!("copies the changed row (as jsonb) into pgmemento.row_log with the operation, but its table pgmemento.row_log is read by {readers}: taking it over would leave that stale; one system with pgmemento_delete_trigger, pgmemento_transaction_trigger, pgmemento_truncate_trigger, pgmemento_update_trigger{system}: they migrate together, when all of them are named"),
+            format!("copies the changed row (as jsonb) into pgmemento.row_log with the operation, but also runs a statement built at run time: taking it over would lose that, and its table pgmemento.row_log is read by {readers}; one system with pgmemento_delete_trigger, pgmemento_transaction_trigger, pgmemento_truncate_trigger, pgmemento_update_trigger{system}: they migrate together, when all of them are named"),
             format!("writes pgmemento.table_event_log, but not the changed row; its table pgmemento.table_event_log is read by {readers}; one system with pgmemento_delete_trigger, pgmemento_insert_trigger, pgmemento_truncate_trigger, pgmemento_update_trigger{system}: pgmemento_delete_trigger is uncertain, so they migrate together, when all of them are named")
         ]
     );
@@ -1117,7 +1117,7 @@ fn trails_that_do_business_work_and_second_tables_are_never_audit() {
         ),
         [
             "audit.b3_log|b3_ship|business|Sends notifications, updates or deletes other rows; does not copy the row elsewhere".to_string(),
-            "audit.b6_log|b6_log_ins|uncertain|copies the changed row (columns of NEW/OLD) into public.b6_store, but also updates or deletes other rows: taking it over would lose that, and its table public.b6_store is read by view audit.b6_log".to_string(),
+            "audit.b6_log|b6_log_ins|business|INSTEAD OF trigger: it carries out the write on the view; activity_log tracks tables only".to_string(),
             "audit.b7_log_all|b7_part|business|Sends notifications; does not copy the row elsewhere".to_string(),
             "b1|b1_audit|uncertain|copies the changed row (as jsonb) into audit.b1_log with the operation, but it also writes public.user_notifications, which is not a copy of the row: taking it over would leave that stale".to_string(),
             "b10|b10_audit|uncertain|copies the changed row (as jsonb) into audit.b10_log with the operation, but its table audit.b10_log runs code of its own (the default of column receipt calls public.next_number(text)): taking it over would leave that stale".to_string(),
@@ -1157,7 +1157,7 @@ fn run_time_and_ambiguous_targets_are_never_audit() {
             "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
         ),
         [
-            "c5|c5_log|uncertain|copies the changed row (NEW.* / OLD.*) into public.c5_history with the operation (a dynamic INSERT; the table is guessed from its name), but the table it writes is named only at run time: public.c5_history is a guess".to_string(),
+            "c5|c5_log|uncertain|copies the changed row (NEW.* / OLD.*) into public.c5_history with the operation (a dynamic INSERT; the table is guessed from its name), but also runs a statement built at run time: taking it over would lose that".to_string(),
             "c6|c6_audit|uncertain|copies the changed row (as jsonb) into public.change_log with the operation, but it names its table without a schema: INSERT INTO change_log means app.change_log for role app_user (search_path app, public): taking it over would leave that stale".to_string(),
             "plain|plain_audit|audit|copies the changed row (as jsonb) into public.plain_log with the operation".to_string(),
         ]
