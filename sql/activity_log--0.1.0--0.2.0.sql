@@ -356,11 +356,17 @@ BEGIN
             'precision', 'default', 'strict', 'of', 'to', 'at', 'zone', 'normalize', 'treat', 'all', 'unnest_', 'begin', 'end']) THEN 'call' ELSE 'keyword' END
       FROM regexp_matches(
                regexp_replace(regexp_replace(regexp_replace(' ' || stmt,
-                   '\minsert\s+into\s+(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?(?:\s+as\s+[a-z_][a-z0-9_$]*)?\s*(?:\([^)]*\))?',
+                   '\minsert\s+into\s+(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?(?:\s+as\s+[a-z_][a-z0-9_$]*)?\s*(?:\(\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*,\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))*\s*\))?',
                    ' insert ', 'gi'),
-                   '(::\s*(?:"[^"]+"|[a-z_][a-z0-9_$. ]*))\s*\(', '\1 #(', 'gi'),
+                   '(::\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?(?:\s+varying)?)\s*\((?=\s*[0-9]+\s*(?:,\s*[0-9]+\s*)?\))', '\1 #(', 'gi'),
                    '\mas\s+(?:"[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'as #(', 'gi'),
                '(?:[^a-z0-9_$."]|^)(?:("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*)?("[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'gi') m
+    -- db.schema.f(…): PostgreSQL takes it for schema.f(…) of the current database (third review, F5)
+    UNION ALL
+    SELECT CASE WHEN m[1] LIKE '"%' THEN replace(substr(m[1], 2, length(m[1]) - 2), '""', '"') ELSE lower(m[1]) END,
+           CASE WHEN m[2] LIKE '"%' THEN replace(substr(m[2], 2, length(m[2]) - 2), '""', '"') ELSE lower(m[2]) END,
+           'call'
+      FROM regexp_matches(stmt, '(?:"[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*("[^"]+"|[a-z_][a-z0-9_$]*)\s*\(', 'gi') m
     UNION ALL
     SELECT NULL, CASE WHEN m[1] LIKE '"%' THEN replace(substr(m[1], 2, length(m[1]) - 2), '""', '"') ELSE lower(m[1]) END,
            'attribute'
@@ -470,10 +476,21 @@ BEGIN
             USING ERRCODE = 'syntax_error';
     END IF;
     src := lx.code;
-    -- Names without a schema: the function's pinned search_path, else the caller's; its own schema.
+    -- Names without a schema: the function's pinned search_path, else the caller's and every
+    -- search_path set for a role or this database (ALTER ROLE … SET search_path: the session
+    -- firing the trigger may have any of them; third review, F9), "$user" as every role with a
+    -- schema of its name (F21); its own schema. A call is checked against every function it
+    -- can mean.
     SELECT coalesce((SELECT activity_log._path_schemas(substr(x, 13)) FROM unnest(f.proconfig) x
                       WHERE x LIKE 'search_path=%' LIMIT 1),
-                    activity_log._path_schemas(caller_search_path))
+                    activity_log._path_schemas(caller_search_path)
+                    || ARRAY(SELECT DISTINCT y FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) cfg,
+                                    unnest(activity_log._path_schemas(substr(cfg, 13))) y
+                              WHERE cfg LIKE 'search\_path=%'
+                                AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                                           WHERE d.datname = current_database())))
+                    || ARRAY(SELECT quote_ident(n.nspname) FROM pg_catalog.pg_namespace n
+                              JOIN pg_catalog.pg_roles r ON r.rolname = n.nspname))
            || quote_ident(f.pronamespace::regnamespace::text)
       INTO path;
 
@@ -809,7 +826,7 @@ DECLARE
     pos     integer := 1;
     hit     integer;
     tok     text;
-    kinds   text[] := '{}';     -- the open frames: if, case, begin
+    kinds   text[] := '{}';     -- the open frames: if, case, begin, loop
     conds   text[] := '{}';     -- per open if frame: its conditions so far, joined by chr(1)
     branch  text[] := '{}';     -- per open frame: 'cond' (in an if / elsif branch) or 'else'
     cstart  integer := NULL;    -- where the condition being read starts
@@ -825,12 +842,20 @@ BEGIN
     -- strings of every kind masked by _lex, positions kept: keywords inside a message (or a
     -- $q$…$q$ with a quote in it) are not keywords (issue 27, second review, F1)
     masked := lower((activity_log._lex(src)).masked);
+    -- nor inside a quoted name: PERFORM 1 AS "else" opens no ELSE (third review, F22); _lex
+    -- leaves only letters, digits, _, $ and spaces between a name's quotes
     LOOP
-        hit := regexp_instr(masked, '\m(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|raise|assert|into\s+strict)\M', pos);
+        c := regexp_replace(masked, '("[^"a-z]*)[a-z]([^"]*")', '\1x\2', 'g');
+        EXIT WHEN c = masked;
+        masked := c;
+    END LOOP;
+    c := NULL;
+    LOOP
+        hit := regexp_instr(masked, '\m(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|loop|raise|assert|into\s+strict)\M', pos);
         EXIT WHEN hit = 0;
-        tok := regexp_replace(substring(masked FROM hit FOR 12), '^(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|raise|assert|into\s+strict).*$', '\1', 's');
+        tok := regexp_replace(substring(masked FROM hit FOR 12), '^(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|loop|raise|assert|into\s+strict).*$', '\1', 's');
         tok := regexp_replace(tok, '\s+', ' ', 'g');
-        pos := hit + length(regexp_substr(masked, '(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|raise|assert|into\s+strict)', hit));
+        pos := hit + length(regexp_substr(masked, '(end\s+if|end\s+case|end\s+loop|elsif|if|else|then|case|begin|end|loop|raise|assert|into\s+strict)', hit));
         IF tok IN ('assert', 'into strict') THEN
             RETURN true;
         ELSIF tok = 'if' THEN
@@ -847,9 +872,10 @@ BEGIN
             branch[cardinality(kinds)] := 'else';
         ELSIF tok = 'case' THEN
             kinds := kinds || 'case'::text; conds := conds || ''::text; branch := branch || ''::text;
-        ELSIF tok = 'begin' THEN
-            kinds := kinds || 'begin'::text; conds := conds || ''::text; branch := branch || ''::text;
-        ELSIF tok IN ('end if', 'end case', 'end') THEN
+        ELSIF tok IN ('begin', 'loop') THEN
+            -- a RAISE in a loop is validation wherever the loop is (third review, F22)
+            kinds := kinds || tok; conds := conds || ''::text; branch := branch || ''::text;
+        ELSIF tok IN ('end if', 'end case', 'end loop', 'end') THEN
             IF cardinality(kinds) > 0 THEN
                 kinds := kinds[1:cardinality(kinds) - 1]; conds := conds[1:cardinality(conds) - 1];
                 branch := branch[1:cardinality(branch) - 1];
@@ -1215,8 +1241,13 @@ BEGIN
         pattern := '(new' || coalesce((SELECT string_agg('|' || regexp_replace(lower(m[1]), '([^a-z0-9_])', '\\\1', 'g'), '')
                                           FROM regexp_matches(src, '\m([a-z_][a-z0-9_$]*)\s+alias\s+for\s+(new|old|\$\d+)\M', 'gi') m), '')
                    || ')';
-        IF src ~* ('(;|\mbegin|\mthen|\melse|\mloop)\s*' || pattern || '\s*(\.\s*("[^"]+"|\w+)\s*)*(\[[^]]*\]\s*)?:?=')
-           OR src ~* ('(?<!insert)\s+into\s+(strict\s+)?' || pattern || '\M\s*(\.|,|;|\mfrom\M)')
+        -- Also through a block label (lbl.new.x := …), anywhere in an INTO list (EXECUTE … INTO
+        -- NEW, SELECT INTO NEW a, b), as GET DIAGNOSTICS' target, as a FOR loop's variable
+        -- (third review, F4).
+        IF src ~* ('(;|\mbegin|\mthen|\melse|\mloop)\s*(("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*)?' || pattern || '\s*(\.\s*("[^"]+"|\w+)\s*)*(\[[^]]*\]\s*)?:?=')
+           OR src ~* ('(?<!insert)\s+into\s+(strict\s+)?(("[^"]+"|[a-z_][a-z0-9_$.]*)\s*,\s*)*(("[^"]+"|[a-z_][a-z0-9_$]*)\s*\.\s*)?' || pattern || '\M')
+           OR src ~* ('\mget\s+((current|stacked)\s+)?diagnostics\M[^;]*\m' || pattern || '\M')
+           OR src ~* ('\mfor\s+(("[^"]+"|[a-z_][a-z0-9_$]*)\s*,\s*)*' || pattern || '\M\s*(,|\min\M)')
            OR (t.tgtype & 1 <> 0 AND t.tgtype & (2 | 64) <> 0
                AND src ~* '\mreturn\s+(?!(new|old|null)\s*;|coalesce\s*\(\s*(new|old)\s*,\s*(new|old)\s*\)\s*;)[^;\s][^;]*;')
            -- A BEFORE INSERT / UPDATE row trigger that returns OLD writes OLD's values instead of
@@ -1370,22 +1401,31 @@ BEGIN
                                || CASE WHEN s.setdatabase = 0 THEN '' ELSE ' in this database' END AS who
                           FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
                          WHERE c LIKE 'search\_path=%'
-                           AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database()))) p
+                           AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database()))
+                        -- "$user" is each role with a schema of its name (third review, F21)
+                        UNION ALL
+                        SELECT regexp_replace(caller_search_path, '"?\$user"?', quote_ident(r.rolname), 'g'),
+                               format('role %s', quote_ident(r.rolname))
+                          FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_namespace ns ON ns.nspname = r.rolname
+                         WHERE caller_search_path ~ '\$user' AND r.rolname <> session_user) p
                  WHERE n.name !~ '^("[^"]+"|[^".]+)\.') x
          WHERE x.base IS NOT NULL AND x.alt IS DISTINCT FROM x.base;
         IF readers IS NOT NULL THEN
             concerns := concerns || format('it names its table without a schema: %s', readers);
         END IF;
-        -- Of the other triggers of its table only those that write one of its trails (judged
-        -- themselves, as one system with it) are skipped: one that only reads the trail (a rate
-        -- limit) is a reader (F9), also when it writes some other table (third review, F16).
+        -- Of the other triggers of its table only those of its system (writing one of its trails
+        -- or a trail linked to one: see _system_link; judged with it) are skipped: one that only
+        -- reads the trail (a rate limit) is a reader (F9), also when it writes some other table
+        -- (third review, F16).
         skip := callees || t.tgfoid
-                || ARRAY(SELECT o.tgfoid FROM pg_catalog.pg_trigger o
-                          WHERE o.tgrelid = t.tgrelid
-                            AND EXISTS (SELECT 1 FROM unnest(o.tgfoid || activity_log._callees(o.tgfoid)) w(fn)
-                                          JOIN pg_catalog.pg_proc op ON op.oid = w.fn
-                                         WHERE activity_log._insert_targets((activity_log._lex(op.prosrc)).code, t.relnamespace,
-                                                   op.pronamespace, op.proconfig, caller_search_path)::oid[] && writes::oid[]));
+                || ARRAY(SELECT o.tgfoid FROM pg_catalog.pg_trigger o,
+                                LATERAL (SELECT coalesce(array_agg(DISTINCT x.w::oid), '{}') AS w
+                                           FROM unnest(o.tgfoid || activity_log._callees(o.tgfoid)) w(fn)
+                                           JOIN pg_catalog.pg_proc op ON op.oid = w.fn,
+                                                unnest(activity_log._insert_targets((activity_log._lex(op.prosrc)).code, t.relnamespace,
+                                                       op.pronamespace, op.proconfig, caller_search_path)) x(w)) ow
+                          WHERE o.tgrelid = t.tgrelid AND ow.w <> '{}'
+                            AND activity_log._system_link(t.tgfoid, NULL, writes::oid[], o.tgfoid, NULL, ow.w) IS NOT NULL);
         FOREACH found IN ARRAY writes LOOP
             IF NOT reader_cache ? (found::oid::text) THEN
                 reader_cache := reader_cache || jsonb_build_object(found::oid::text,

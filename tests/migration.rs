@@ -1511,3 +1511,91 @@ fn row_level_security_on_a_trail_runs_no_code_as_the_caller() {
         "f"
     );
 }
+
+/// Issue 27, third review, findings F1, F10, F2, F19, F11, F15, F16 and F20: an EXECUTE of SQL
+/// built at run time (a variable, a format() with a %s argument that is not a constant) is
+/// never read as its literal parts; a write in the query of OPEN, a cursor or a helper's
+/// RETURN QUERY is a write; a trigger inserting into its own table, a trail with a user's
+/// constraint trigger, a trail read by a rate limit that also writes elsewhere, a helper that
+/// writes notifications or takes a shared sequence's numbers: none is audit. The control, a
+/// format() whose run-time arguments go through %L, is, and migrates.
+#[test]
+fn run_time_sql_cursors_and_helpers_are_never_audit() {
+    let c = Cluster::start(
+        "migration-run-time-sql",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "rt");
+    c.sql("rt", include_str!("fixtures/run_time_sql_and_helpers.sql"));
+    assert_eq!(
+        c.sql(
+            "rt",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "audit.shipped_log|ship|business|constraint trigger of ship".to_string(),
+            "r1|r1_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also runs a statement built at run time: taking it over would lose that".to_string(),
+            "r10|r10_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but it takes numbers from nextval('public.invoice_no'), a sequence no table it writes owns: taking it over would leave that stale".to_string(),
+            "r2|r2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also runs a statement built at run time: taking it over would lose that".to_string(),
+            "r3|r3_log|uncertain|copies the changed row (NEW.* / OLD.*) into public.r3_audit with the operation (a dynamic INSERT; the table is guessed from its name), but also runs a statement built at run time: taking it over would lose that".to_string(),
+            "r4|r4_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also writes rows in the query of OPEN, a cursor or RETURN QUERY: taking it over would lose that".to_string(),
+            "r5|r5_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.tick(text), which writes rows in the query of OPEN, a cursor or RETURN QUERY: taking it over would lose that".to_string(),
+            "r6|r6_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also inserts into its own table public.r6: taking it over would lose that".to_string(),
+            "r7|r7_audit|uncertain|copies the changed row (as jsonb) into audit.shipped_log with the operation, but its table audit.shipped_log runs code of its own (trigger ship on audit.shipped_log): taking it over would leave that stale".to_string(),
+            "r8|r8_audit|uncertain|copies the changed row (as jsonb) into audit.r8_log with the operation, but its table audit.r8_log is read by public.r8_rate_limit(): taking it over would leave that stale".to_string(),
+            "r8|r8_rate_limit|uncertain|copies the changed row (columns of NEW/OLD) into public.rate_hits, but only some of its columns (not v)".to_string(),
+            "r9|r9_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but it also writes public.user_notifications, which is not a copy of the row: taking it over would leave that stale".to_string(),
+            "w8|w8_audit|audit|copies the changed row (as jsonb) into audit.w8_log with the operation".to_string(),
+        ]
+    );
+    full_cycle(
+        &c,
+        "rt",
+        "INSERT INTO public.w8 VALUES (1, 'a'), (2, 'b');
+         UPDATE public.w8 SET v = 'c' WHERE id = 1;
+         DELETE FROM public.w8 WHERE id = 2;",
+    );
+}
+
+/// Issue 27, third review, findings F4, F5, F6, F7, F9, F21 and F22: NEW written through a
+/// block label, EXECUTE … INTO NEW, SELECT INTO NEW a, b or GET DIAGNOSTICS; a call by a
+/// three-part name, after a cast (`::int IS NOT NULL AND public.bump(…)`) or inside
+/// `INSERT … (SELECT …)`; an unqualified call that a role's own search_path resolves to another
+/// function; an unqualified table that "$user" resolves elsewhere for a role with a schema of
+/// its name; a quoted name "else" before a RAISE in a loop: none is audit. The control, with a
+/// block label, casts with a type modifier and a column list, is, and migrates.
+#[test]
+fn new_writes_call_names_and_search_paths_of_other_roles() {
+    let c = Cluster::start(
+        "migration-names-new",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "pn");
+    c.sql("pn", include_str!("fixtures/names_and_new_writes.sql"));
+    assert_eq!(
+        c.sql(
+            "pn",
+            "SELECT relation, trigger_name, verdict, why FROM activity_log.migration_plan() WHERE style <> 'internal'"
+        ),
+        [
+            "f04|f04_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also modifies NEW: taking it over would lose that".to_string(),
+            "f04b|f04b_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also modifies NEW: taking it over would lose that".to_string(),
+            "f04c|f04c_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also modifies NEW: taking it over would lose that".to_string(),
+            "f04d|f04d_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also modifies NEW: taking it over would lose that".to_string(),
+            "f05|f05_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.bump(text), which updates or deletes other rows, calls set_config(), which is volatile: taking it over would lose that".to_string(),
+            "f06|f06_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.bump(text), which updates or deletes other rows, calls set_config(), which is volatile: taking it over would lose that".to_string(),
+            "f07|f07_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.bump(text), which updates or deletes other rows: taking it over would lose that".to_string(),
+            "f09|f09_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls app.stamp(), which updates or deletes other rows: taking it over would lose that".to_string(),
+            "f21|f21_audit|uncertain|copies the changed row (as jsonb) into public.change_log with the operation, but it names its table without a schema: INSERT INTO change_log means f21_app.change_log for role f21_app (search_path f21_app, public): taking it over would leave that stale".to_string(),
+            "f22b|f22b_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "w9|w9_audit|audit|copies the changed row (as jsonb) into audit.w9_log with the operation".to_string(),
+        ]
+    );
+    full_cycle(
+        &c,
+        "pn",
+        "INSERT INTO public.w9 VALUES (1, 'a'), (2, 'b');
+         UPDATE public.w9 SET v = 'c' WHERE id = 1;
+         DELETE FROM public.w9 WHERE id = 2;",
+    );
+}
