@@ -1066,6 +1066,9 @@ LANGUAGE plpgsql STABLE
 -- Pinned like every function here: an unqualified table name in a trigger function resolves
 -- through caller_search_path (the caller's, as when the trigger fires; see migration_plan()).
 SET search_path = pg_catalog, pg_temp
+-- The catalog queries here are small but some are estimated large (a generate_series over
+-- operator symbols): JIT-compiling them cost 200 ms per trigger function, more than the plan.
+SET jit = off
 AS $$
 DECLARE
     t          record;

@@ -790,7 +790,7 @@ fn pgmemento_is_one_system_read_by_its_restore_functions() {
         ),
         [
             format!("copies the changed row (as jsonb) into pgmemento.row_log with the operation, but also runs a statement built at run time: taking it over would lose that, and its table pgmemento.row_log is read by {readers}; one system with pgmemento_delete_trigger, pgmemento_transaction_trigger, pgmemento_truncate_trigger, pgmemento_update_trigger{system}: they migrate together, when all of them are named"),
-            format!("writes pgmemento.table_event_log, but not the changed row; its table pgmemento.table_event_log is read by {readers}; one system with pgmemento_delete_trigger, pgmemento_insert_trigger, pgmemento_truncate_trigger, pgmemento_update_trigger{system}: pgmemento_delete_trigger is uncertain, so they migrate together, when all of them are named")
+            format!("writes pgmemento.table_event_log, but not the changed row; its table pgmemento.table_event_log is read by {readers}; it also writes pgmemento.transaction_log, which is not a copy of the row; one system with pgmemento_delete_trigger, pgmemento_insert_trigger, pgmemento_truncate_trigger, pgmemento_update_trigger{system}: pgmemento_delete_trigger is uncertain, so they migrate together, when all of them are named")
         ]
     );
     // The row triggers alone would split the system: refused.
