@@ -203,6 +203,11 @@ DECLARE
     rest   text;
     tok    text;
     m      text[];
+    chunks text[];      -- src in pieces of 1024 characters: a window is cut from one or two
+    k      integer;     -- (substr() from the start of a long text walks every character before)
+    h      integer;
+    q      integer;
+    op     text;
     cparts text[] := '{}';
     mparts text[] := '{}';
 BEGIN
@@ -218,19 +223,51 @@ BEGIN
         unclosed := format('more than 65536 characters (%s): too long to analyse', total);
         RETURN;
     END IF;
+    chunks := ARRAY(SELECT substr(src, x, 1024) FROM generate_series(1, total, 1024) x ORDER BY x);
     LOOP
         -- Each step reads a window from pos, not the rest of the body: a search or a match over
         -- the whole rest per string would make a body of many short strings cost its length
         -- squared (third review, F8). A window too short for the next token is widened.
         ctx := CASE WHEN pos > 1 THEN 1 ELSE 0 END;
-        win := substr(src, pos - ctx, width + ctx);
+        win := '';
+        FOR k IN (pos - ctx - 1) / 1024 + 1 .. least((pos + width - 2) / 1024 + 1, cardinality(chunks)) LOOP
+            win := win || chunks[k];
+        END LOOP;
+        win := substr(win, (pos - ctx - 1) % 1024 + 1, width + ctx);
         wlen := length(win);
         at_end := pos + width > total;
         -- the next place something opens: a comment, a string or a quoted identifier (a prefix
         -- E, U& or a dollar quote only where no identifier goes on: abe'…' is abe then '…').
-        -- Identifier letters are PostgreSQL's: every character beyond ASCII is one (F3).
-        hit := regexp_instr(win, '--|/\*|(?<![A-Za-z0-9_$\x80-\U0010ffff])(?:[eE]|[uU]&)[''"]|[''"]|(?<![A-Za-z0-9_$\x80-\U0010ffff])\$([A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$',
-                            1 + ctx);
+        -- Identifier letters are PostgreSQL's: every character beyond ASCII is one (F3). Found
+        -- with strpos(): regexp_instr() finds every match of its pattern in the window.
+        hit := 0;
+        p := 1 + ctx;
+        LOOP
+            h := NULL;
+            FOREACH op IN ARRAY ARRAY['--', '/*', '''', '"', '$'] LOOP
+                q := strpos(substr(win, p), op);
+                IF q > 0 AND (h IS NULL OR p + q - 1 < h) THEN
+                    h := p + q - 1;
+                END IF;
+            END LOOP;
+            EXIT WHEN h IS NULL;
+            op := substr(win, h, 1);
+            IF op = '$' THEN
+                IF (h > 1 AND substr(win, h - 1, 1) ~ '[A-Za-z0-9_$\x80-\U0010ffff]')
+                   OR substr(win, h) !~ '^\$([A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$' THEN
+                    p := h + 1;  -- $1, x$y: no dollar quote
+                    CONTINUE;
+                END IF;
+            ELSIF op = '''' AND h - 1 > ctx AND substr(win, h - 1, 1) IN ('e', 'E')
+                  AND (h - 2 < 1 OR substr(win, h - 2, 1) !~ '[A-Za-z0-9_$\x80-\U0010ffff]') THEN
+                h := h - 1;
+            ELSIF op IN ('''', '"') AND h - 2 > ctx AND substr(win, h - 2, 2) IN ('u&', 'U&')
+                  AND (h - 3 < 1 OR substr(win, h - 3, 1) !~ '[A-Za-z0-9_$\x80-\U0010ffff]') THEN
+                h := h - 2;
+            END IF;
+            hit := h;
+            EXIT;
+        END LOOP;
         IF hit = 0 THEN
             IF NOT at_end THEN
                 width := width * 4;
@@ -289,9 +326,12 @@ BEGIN
                 tok := m[1] || '"' || m[2] || '"';
             END IF;
         END IF;
-        -- A token is read only when the window holds it and the character after it ('' or ""
-        -- goes on; a line comment ends at a newline): else the window is widened and read again.
-        IF NOT at_end AND (unclosed IS NOT NULL OR hit + length(tok) - 1 >= wlen) THEN
+        -- A token is read only when the window holds it and the character after it, and that
+        -- character does not go on with it ('' or "": the match fell back to a shorter string
+        -- for want of the rest; a line comment ends at a newline): else the window is widened
+        -- and read again.
+        IF NOT at_end AND (unclosed IS NOT NULL OR hit + length(tok) - 1 >= wlen
+                           OR (rest !~ '^(--|/\*|\$)' AND substr(win, hit + length(tok), 1) = right(tok, 1))) THEN
             unclosed := NULL;
             width := width * 4;
             CONTINUE;
