@@ -18,6 +18,7 @@ mod record;
 mod ring;
 mod shared;
 mod unguarded;
+mod versions;
 mod worker;
 
 pgrx::pg_module_magic!();

@@ -76,7 +76,7 @@ unsafe extern "C-unwind" {
         no_dup_err: bool,
         spec_conflict: *mut bool,
         arbiter_indexes: *mut List,
-        #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))] only_summarizing: bool,
+        #[cfg(not(feature = "pg15"))] only_summarizing: bool,
     ) -> *mut List;
     // Not bound by pgrx: executor/execPartition.h (tuple routing as COPY FROM uses it) and
     // commands/sequence.h (nextval without the SQL function's privilege check on every row;
@@ -118,9 +118,9 @@ pub unsafe fn insert_index_tuples(
     let (none, no_list) = (std::ptr::null_mut(), std::ptr::null_mut());
     // SAFETY: as documented for the caller.
     unsafe {
-        #[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
+        #[cfg(feature = "pg15")]
         ExecInsertIndexTuples(rri, slot, estate, false, false, none, no_list);
-        #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+        #[cfg(not(feature = "pg15"))]
         ExecInsertIndexTuples(rri, slot, estate, false, false, none, no_list, false);
     }
 }

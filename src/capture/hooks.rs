@@ -389,7 +389,7 @@ unsafe extern "C-unwind" fn al_executor_end(query_desc: *mut pg_sys::QueryDesc) 
             end_statement(
                 query_desc as usize,
                 rows,
-                (*(*query_desc).plannedstmt).queryId as i64,
+                crate::versions::query_id((*query_desc).plannedstmt),
             );
         }
     }
@@ -842,7 +842,7 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
                 && dboid != pg_sys::MyDatabaseId
                 && !pg_sys::IsTransactionBlock()
                 && (pg_sys::superuser()
-                    || pg_sys::pg_database_ownercheck(dboid, pg_sys::GetUserId()))
+                    || crate::versions::owns_database(dboid, pg_sys::GetUserId()))
                 && (force || pg_sys::CountDBConnections(dboid) == 0);
             if may_drop {
                 stop_writer_for_drop(dboid.to_u32(), std::time::Duration::ZERO);
@@ -868,7 +868,7 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
         // nothing of theirs should run here (the trail check runs as the extension's owner).
         if !ours
             || extension == pg_sys::InvalidOid
-            || !pg_sys::pg_extension_ownercheck(extension, pg_sys::GetUserId())
+            || !crate::versions::owns_extension(extension, pg_sys::GetUserId())
         {
             return;
         }

@@ -147,7 +147,7 @@ fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
 /// holds the transaction's counts until AtEOXact_PgStat, which runs after PRE_COMMIT (and
 /// AtPrepare_PgStat after PRE_PREPARE). PostgreSQL 13 and 14 have the same chain, with the
 /// truncate fields named `truncated` and `*_pre_trunc`.
-#[cfg(not(any(feature = "pg16", feature = "pg17", feature = "pg18")))]
+#[cfg(feature = "pg15")]
 fn changed_in_this_transaction(relid: pg_sys::Oid) -> Option<Counts> {
     // SAFETY: reads a GUC variable; find_tabstat_entry only looks up this backend's pending
     // statistics (NULL when the relation has none), and the chain lives in
@@ -182,7 +182,7 @@ fn changed_in_this_transaction(relid: pg_sys::Oid) -> Option<Counts> {
 /// From PostgreSQL 16, find_tabstat_entry returns a copy without the `trans` chain, whose
 /// counts include earlier transactions' not yet flushed: the counts of this transaction are
 /// not known (see the versions issue), only that it wrote to the table.
-#[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+#[cfg(not(feature = "pg15"))]
 fn changed_in_this_transaction(_relid: pg_sys::Oid) -> Option<Counts> {
     None
 }
@@ -204,13 +204,7 @@ fn locked_for_writing(relid: pg_sys::Oid) -> bool {
         .into_iter()
         .any(|mode| {
             // SAFETY: looks up this backend's local lock table.
-            unsafe {
-                #[cfg(not(any(feature = "pg17", feature = "pg18")))]
-                let held = pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE);
-                #[cfg(any(feature = "pg17", feature = "pg18"))]
-                let held = pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE, false);
-                held
-            }
+            unsafe { crate::versions::lock_held_by_me(&tag, mode as pg_sys::LOCKMODE) }
         })
 }
 

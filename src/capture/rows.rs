@@ -766,7 +766,7 @@ unsafe fn completed(
         let stored_natts = ((*m).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) as i32;
         let full = if stored_natts < (*desc).natts {
             pg_sys::slot_getallattrs(slot);
-            pg_sys::heap_form_minimal_tuple(desc, (*slot).tts_values, (*slot).tts_isnull)
+            crate::versions::form_minimal_tuple(desc, (*slot).tts_values, (*slot).tts_isnull)
         } else {
             m
         };
@@ -793,7 +793,7 @@ unsafe fn detoasted(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> pg_sys:
             t_data: header,
             ..Default::default()
         };
-        pg_sys::minimal_tuple_from_heap_tuple(&mut tuple)
+        crate::versions::minimal_from_heap_tuple(&mut tuple)
     }
 }
 
@@ -805,9 +805,7 @@ unsafe fn detoasted(m: pg_sys::MinimalTuple, desc: pg_sys::TupleDesc) -> pg_sys:
 unsafe fn columns<'a>(desc: pg_sys::TupleDesc) -> Vec<Column<'a>> {
     // SAFETY: as documented for the caller.
     unsafe {
-        (*desc)
-            .attrs
-            .as_slice((*desc).natts as usize)
+        crate::versions::attributes(desc)
             .iter()
             .map(|a| Column {
                 name: CStr::from_ptr(a.attname.data.as_ptr()).to_bytes().into(),

@@ -388,7 +388,7 @@ fn load() -> (ByRelid, Vec<u32>, pg_sys::Oid) {
     // SAFETY: a catalog lookup inside the statement's transaction (missing_ok: an extension
     // installed before the function existed has none).
     let capture_function = unsafe {
-        let name = pg_sys::stringToQualifiedNameList(c"activity_log._capture_rows".as_ptr());
+        let name = crate::versions::qualified_name_list(c"activity_log._capture_rows".as_ptr());
         pg_sys::LookupFuncName(name, 0, std::ptr::null(), true)
     };
     let _nested = super::context::Nested::enter(); // the query below is not a user statement

@@ -8,7 +8,6 @@
 //!
 //! Atomics only (`SeqCst`, see each function): callable from the commit and abort paths.
 
-use pgrx::pg_sys;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
 use super::{is_initialised, staging_offset, state};
@@ -36,13 +35,7 @@ fn staging_table() -> &'static [Staging] {
 
 /// my_staging is this backend's entry of the staging table, None for a process without one.
 fn my_staging() -> Option<&'static Staging> {
-    // SAFETY: reads of this process's PGPROC.
-    let procno = unsafe {
-        if pg_sys::MyProc.is_null() {
-            return None;
-        }
-        (*pg_sys::MyProc).pgprocno
-    };
+    let procno = crate::versions::my_proc_number()?;
     staging_table().get(usize::try_from(procno).ok()?)
 }
 

@@ -54,7 +54,7 @@ pub const REDACTABLE: [&str; 9] = [
 /// `desc` is a valid tuple descriptor.
 pub unsafe fn digested(desc: pg_sys::TupleDesc) -> Vec<bool> {
     unsafe {
-        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let attrs = crate::versions::attributes(desc);
         attrs
             .iter()
             .map(|a| {
@@ -90,8 +90,7 @@ pub unsafe fn row_bytes(
     out: &mut Vec<u8>,
 ) {
     unsafe {
-        let natts = (*desc).natts as usize;
-        let attrs = (*desc).attrs.as_slice(natts);
+        let attrs = crate::versions::attributes(desc);
         for (i, att) in attrs.iter().enumerate() {
             if i == skip || att.attisdropped {
                 continue;

@@ -512,7 +512,7 @@ pub fn relation_runs_user_code(relid: pg_sys::Oid) -> bool {
             return true;
         }
         let desc = (*rel).rd_att;
-        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let attrs = crate::versions::attributes(desc);
         let any = attrs
             .iter()
             .any(|a| !a.attisdropped && runs_user_code(a.atttypid, true, 0));
@@ -551,7 +551,7 @@ unsafe fn runs_user_code(typid: pg_sys::Oid, strict: bool, depth: u32) -> bool {
         }
         if pg_sys::type_is_rowtype(base) {
             let desc = pg_sys::lookup_rowtype_tupdesc(base, -1);
-            let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+            let attrs = crate::versions::attributes(desc);
             let any = attrs
                 .iter()
                 .any(|a| !a.attisdropped && runs_user_code(a.atttypid, strict, depth + 1));
@@ -632,7 +632,6 @@ unsafe fn row_type(
     // SAFETY: a fresh descriptor with one entry per chosen attribute.
     unsafe {
         let desc = pg_sys::CreateTemplateTupleDesc(idx.len() as i32);
-        let attrs = (*desc).attrs.as_mut_slice(idx.len());
         for (n, &i) in idx.iter().enumerate() {
             let c = &columns[i];
             let name = CString::new(c.name.clone()).unwrap_or_default();
@@ -641,12 +640,13 @@ unsafe fn row_type(
                 // A dropped column keeps its storage shape so that the columns after it are
                 // found; its type may no longer exist.
                 pg_sys::TupleDescInitEntry(desc, attno, name.as_ptr(), pg_sys::INT4OID, -1, 0);
-                let a = &mut attrs[n];
+                let a = crate::versions::attribute_mut(desc, n);
                 a.atttypid = pg_sys::InvalidOid;
                 a.attlen = c.len;
                 a.attbyval = c.byval;
                 a.attalign = c.align as c_char;
                 a.attisdropped = true;
+                crate::versions::attribute_changed(desc, n);
             } else if as_text.get(i).is_some_and(Option::is_some) {
                 pg_sys::TupleDescInitEntry(desc, attno, name.as_ptr(), pg_sys::TEXTOID, -1, 0);
             } else {
@@ -742,7 +742,7 @@ impl Deformed {
         }
         // SAFETY: both values are attribute i of tuples of desc.
         unsafe {
-            let a = &(*desc).attrs.as_slice((*desc).natts as usize)[i];
+            let a = &crate::versions::attributes(desc)[i];
             let (x, y) = (self.values[i], other.values[i]);
             let bytes = |d: pg_sys::Datum, len: usize| {
                 std::slice::from_raw_parts(d.cast_mut_ptr::<u8>().cast_const(), len)
@@ -850,7 +850,7 @@ mod tests {
             let desc = (*rel).rd_att;
             let natts = (*desc).natts as usize;
             assert_eq!(natts, literals.len());
-            let attrs = (*desc).attrs.as_slice(natts);
+            let attrs = crate::versions::attributes(desc);
             let columns = attrs
                 .iter()
                 .map(|a| Column {

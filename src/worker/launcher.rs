@@ -40,8 +40,11 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
     process::mark_own_worker();
     BackgroundWorker::connect_worker_to_spi(None, None);
     super::pin_settings();
-    // SAFETY: MyProc is set in every process attached to shared memory.
-    unsafe { shared::set_launcher((*pg_sys::MyProc).pgprocno, pg_sys::MyProcPid) };
+    // A background worker attached to shared memory always has a PGPROC (-1 would only mean
+    // "nobody to wake").
+    let procno = crate::versions::my_proc_number().unwrap_or(-1);
+    // SAFETY: reads a process global.
+    shared::set_launcher(procno, unsafe { pg_sys::MyProcPid });
 
     for dboid in connectable_databases() {
         ring::note_waiting(dboid);

@@ -474,7 +474,7 @@ impl Trail {
             let partition = pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 ExecFindPartition(self.mtstate, self.rri, self.proute, slot, self.estate)
             });
-            if !(*partition).ri_RootToPartitionMap.is_null() {
+            if !crate::versions::root_to_partition_map(partition, self.estate).is_null() {
                 let name =
                     CStr::from_ptr(pg_sys::get_rel_name((*(*partition).ri_RelationDesc).rd_id));
                 raise(

@@ -107,9 +107,10 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         }
         return;
     };
-    // SAFETY: MyProc is set in every process attached to shared memory.
-    let attached =
-        unsafe { ring::attach_writer(slot, pg_sys::MyProcPid, (*pg_sys::MyProc).pgprocno) };
+    // A background worker attached to shared memory always has a PGPROC (see the launcher).
+    let procno = crate::versions::my_proc_number().unwrap_or(-1);
+    // SAFETY: reads a process global.
+    let attached = ring::attach_writer(slot, unsafe { pg_sys::MyProcPid }, procno);
     if !attached {
         return; // another writer runs for this database
     }
