@@ -7,7 +7,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")  # as in ./dev
+BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")  # as in ./dev (bench/run --pg N sets it)
+# The server's major version: reports of another than 15 go to results/pg<major>/, beside 15's.
+MAJOR = int(subprocess.run([f"{BIN}/pg_config", "--version"], check=True, capture_output=True,
+                           text=True).stdout.split()[1].split(".")[0])
+# pgaudit is Debian's package for 15 only: the comparison with it runs where it is installed.
+PKGLIBDIR = subprocess.run([f"{BIN}/pg_config", "--pkglibdir"], check=True, capture_output=True,
+                           text=True).stdout.strip()
+HAS_PGAUDIT = os.path.exists(f"{PKGLIBDIR}/pgaudit.so")
 
 
 def install_release():
@@ -71,8 +78,9 @@ def publish(name, report, smoke):
     print(report)
     if smoke:
         return
-    os.makedirs(f"{HERE}/results", exist_ok=True)
-    with open(f"{HERE}/results/{name}", "w") as f:
+    results = f"{HERE}/results" if MAJOR == 15 else f"{HERE}/results/pg{MAJOR}"
+    os.makedirs(results, exist_ok=True)
+    with open(f"{results}/{name}", "w") as f:
         f.write(report)
 
 

@@ -33,14 +33,16 @@ import sys
 import tempfile
 import time
 
-from benchlib import BIN, FLOOR_TRIGGERS, TABLES, Cluster, create_floor_triggers, install_release, machine, publish
+from benchlib import (BIN, FLOOR_TRIGGERS, HAS_PGAUDIT, TABLES, Cluster, create_floor_triggers, install_release,
+                      machine, publish)
 
 DIR = "/tmp/al-bench-pgbench"
 PORT = 54490
+# Without pgaudit (PostgreSQL 16-18 here: Debian has it for 15 only) its mode is left out.
 SETTINGS = [
-    "shared_preload_libraries = 'activity_log, pgaudit'",
+    "shared_preload_libraries = 'activity_log, pgaudit'" if HAS_PGAUDIT else "shared_preload_libraries = 'activity_log'",
     "activity_log.capture_statements = 'none'",
-    "pgaudit.log = 'none'",
+    *(["pgaudit.log = 'none'"] if HAS_PGAUDIT else []),
     "shared_buffers = '512MB'",
     "max_wal_size = '4GB'",
     "synchronous_commit = off",
@@ -59,10 +61,10 @@ END $$;
 """
 FLOOR = "transition-table floor"
 NOOP = "floor triggers without transition tables"
-MODES = ["none", "activity_log", "activity_log sync", "trigger", "pgaudit"]
+MODES = ["none", "activity_log", "activity_log sync", "trigger"] + (["pgaudit"] if HAS_PGAUDIT else [])
 PAUSED = "activity_log, writer paused"
 PHASE2_MODES = ["none", "activity_log", PAUSED, FLOOR, NOOP]
-SPARE_CORE_MODES = ["none", "activity_log", "trigger", "pgaudit"]
+SPARE_CORE_MODES = ["none", "activity_log", "trigger"] + (["pgaudit"] if HAS_PGAUDIT else [])
 
 
 def pgbench(cluster, seconds, clients, sync_commit, cpu=None):
@@ -149,7 +151,8 @@ def set_mode(cluster, mode):
         for op, _ in FLOOR_TRIGGERS:
             psql(f"DROP TRIGGER IF EXISTS floor_{op} ON {t}")
     psql("DELETE FROM activity_log.tracked_tables; SELECT activity_log._tracking_changed();")
-    psql("ALTER SYSTEM SET pgaudit.log = 'none'")
+    if HAS_PGAUDIT:
+        psql("ALTER SYSTEM SET pgaudit.log = 'none'")
     if mode.startswith("activity_log"):
         durability = "sync" if mode == "activity_log sync" else "async"
         for t in TABLES:
@@ -340,7 +343,9 @@ def main():
             f"Machine: {facts}. Settings: {', '.join(SETTINGS)}.",
             "activity_log at default settings (16 MB ring per database, 4 databases); activity_log sync: the "
             "same with durability => 'sync' (each transaction stages its records in activity_log.durable_queue "
-            "before it commits); pgaudit logs statement text only (no row images).",
+            "before it commits); "
+            + ("pgaudit logs statement text only (no row images)." if HAS_PGAUDIT
+               else "no pgaudit (Debian packages it for PostgreSQL 15 only)."),
             "",
         ]
         for sync_commit in ["off", "on"]:

@@ -11,8 +11,9 @@ DIR=/tmp/al-bench-writer
 PORT=54470
 ./dev install --release >/dev/null
 ./dev start-cluster "$DIR" "$PORT" "activity_log.capture_statements = 'none'" "activity_log.buffer_size = '256MB'" "activity_log.max_databases = 1"
-trap 'sudo -u postgres /usr/lib/postgresql/15/bin/pg_ctl -D "$DIR/data" -m immediate stop >/dev/null' EXIT
-psql=(psql -X -q -A -t -h "$DIR" -p "$PORT" -U postgres)
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}  # as in ./dev (bench/run --pg N sets it)
+trap 'sudo -u postgres "$PG_BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null' EXIT
+psql=("$PG_BIN/psql" -X -q -A -t -h "$DIR" -p "$PORT" -U postgres)
 "${psql[@]}" -c "CREATE EXTENSION activity_log"
 "${psql[@]}" -c "SELECT activity_log.flush()" >/dev/null
 PGAPPNAME=locker "${psql[@]}" -c "BEGIN; LOCK activity_log.events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600)" >/dev/null 2>&1 &
