@@ -143,48 +143,74 @@ fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
 /// TRUNCATE at a level set aside (PostgreSQL keeps the counts from before the first TRUNCATE
 /// of a level, and zeroes them). None when the statistics are not kept (track_counts off).
 ///
-/// PostgreSQL 15: find_tabstat_entry returns the pending entry itself, whose `trans` chain
-/// holds the transaction's counts until AtEOXact_PgStat, which runs after PRE_COMMIT (and
-/// AtPrepare_PgStat after PRE_PREPARE). PostgreSQL 13 and 14 have the same chain, with the
-/// truncate fields named `truncated` and `*_pre_trunc`.
-#[cfg(feature = "pg15")]
+/// The pending entry's `trans` chain holds the transaction's counts until AtEOXact_PgStat,
+/// which runs after PRE_COMMIT (and AtPrepare_PgStat after PRE_PREPARE). How the entry is
+/// found is the one thing that differs between versions ([`pending_entry`]).
 fn changed_in_this_transaction(relid: pg_sys::Oid) -> Option<Counts> {
-    // SAFETY: reads a GUC variable; find_tabstat_entry only looks up this backend's pending
-    // statistics (NULL when the relation has none), and the chain lives in
-    // TopTransactionContext until the transaction ends.
-    unsafe {
-        if !pg_sys::pgstat_track_counts {
-            return None;
-        }
-        let entry = pg_sys::find_tabstat_entry(relid);
-        let mut counts = Counts::default();
-        if entry.is_null() {
-            return Some(counts);
-        }
-        let mut trans = (*entry).trans;
-        while !trans.is_null() {
-            let t = &*trans;
-            counts.inserted += t.tuples_inserted;
-            counts.updated += t.tuples_updated;
-            counts.deleted += t.tuples_deleted;
-            if t.truncdropped {
-                counts.truncated = true;
-                counts.inserted += t.inserted_pre_truncdrop;
-                counts.updated += t.updated_pre_truncdrop;
-                counts.deleted += t.deleted_pre_truncdrop;
+    // SAFETY: reads a GUC variable.
+    if !unsafe { pg_sys::pgstat_track_counts } {
+        return None;
+    }
+    let mut counts = Counts::default();
+    pending_entry(relid, |entry| {
+        // SAFETY: the entry and its chain live in TopMemoryContext and TopTransactionContext
+        // until the transaction ends; nothing here changes them.
+        unsafe {
+            let mut trans = (*entry).trans;
+            while !trans.is_null() {
+                let t = &*trans;
+                counts.inserted += t.tuples_inserted;
+                counts.updated += t.tuples_updated;
+                counts.deleted += t.tuples_deleted;
+                if t.truncdropped {
+                    counts.truncated = true;
+                    counts.inserted += t.inserted_pre_truncdrop;
+                    counts.updated += t.updated_pre_truncdrop;
+                    counts.deleted += t.deleted_pre_truncdrop;
+                }
+                trans = t.upper;
             }
-            trans = t.upper;
         }
-        Some(counts)
+    });
+    Some(counts)
+}
+
+/// pending_entry calls `f` with this backend's pending statistics entry of `relid`, if it has
+/// one (a relation this transaction changed has one).
+///
+/// PostgreSQL 15: find_tabstat_entry returns the pending entry itself.
+#[cfg(feature = "pg15")]
+fn pending_entry(relid: pg_sys::Oid, f: impl FnOnce(*mut pg_sys::PgStat_TableStatus)) {
+    // SAFETY: a lookup in this backend's pending statistics (NULL when it has none).
+    let entry = unsafe { pg_sys::find_tabstat_entry(relid) };
+    if !entry.is_null() {
+        f(entry);
     }
 }
 
 /// From PostgreSQL 16, find_tabstat_entry returns a copy without the `trans` chain, whose
-/// counts include earlier transactions' not yet flushed: the counts of this transaction are
-/// not known (see the versions issue), only that it wrote to the table.
+/// counts also hold earlier transactions' not yet flushed; the pending entry itself is the
+/// relation cache entry's pgstat_info (pgstat_assoc_relation links them when the relation is
+/// first written). Only a relation this transaction locked for writing can have changed, and
+/// its cache entry is then there: no entry is built for the others, and none without a lock.
 #[cfg(not(feature = "pg15"))]
-fn changed_in_this_transaction(_relid: pg_sys::Oid) -> Option<Counts> {
-    None
+fn pending_entry(relid: pg_sys::Oid, f: impl FnOnce(*mut pg_sys::PgStat_TableStatus)) {
+    if !locked_for_writing(relid) {
+        return;
+    }
+    // SAFETY: the relation is locked by this transaction, so its cache entry stays valid
+    // while we hold the reference RelationIdGetRelation takes (RelationClose drops it).
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return;
+        }
+        let entry = (*rel).pgstat_info;
+        if !entry.is_null() {
+            f(entry);
+        }
+        pg_sys::RelationClose(rel);
+    }
 }
 
 /// locked_for_writing tells whether this transaction holds the lock that writing `relid`
