@@ -213,3 +213,50 @@ pub unsafe fn query_id(stmt: *const pg_sys::PlannedStmt) -> i64 {
     #[cfg(feature = "pg18")]
     return id;
 }
+
+/// end_index_inserts ends the index access methods' insert state of `rri`'s indexes, so that
+/// nothing stays pinned after the subtransaction the inserts ran in. PostgreSQL 17 lets an
+/// index AM keep state between inserts until ExecCloseIndices (BRIN keeps its revmap's pages
+/// pinned): pinned under a subtransaction's resource owner and released after it, they fail
+/// with "buffer pin … is not owned by resource owner". Before 17 no AM kept any.
+///
+/// # Safety
+/// `rri` is an open ResultRelInfo whose indexes are open (ExecOpenIndices).
+pub unsafe fn end_index_inserts(rri: *mut pg_sys::ResultRelInfo) {
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    // SAFETY: as documented for the caller; index_insert_cleanup resets ii_AmCache, and the
+    // next insert starts afresh.
+    unsafe {
+        for i in 0..(*rri).ri_NumIndices.max(0) as usize {
+            let index = *(*rri).ri_IndexRelationDescs.add(i);
+            let info = *(*rri).ri_IndexRelationInfo.add(i);
+            if !index.is_null() && !info.is_null() {
+                pg_sys::index_insert_cleanup(index, info);
+            }
+        }
+    }
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    let _ = rri;
+}
+
+/// forget_index_inserts drops the index AMs' insert state of `rri`'s indexes after the
+/// subtransaction that made it rolled back: the rollback released its pins already, so it
+/// must not be ended ([`end_index_inserts`]) but forgotten (its memory goes with the
+/// executor state's). Nothing before PostgreSQL 17.
+///
+/// # Safety
+/// As [`end_index_inserts`]; the subtransaction of the inserts has rolled back.
+pub unsafe fn forget_index_inserts(rri: *mut pg_sys::ResultRelInfo) {
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    // SAFETY: as documented for the caller.
+    unsafe {
+        for i in 0..(*rri).ri_NumIndices.max(0) as usize {
+            let info = *(*rri).ri_IndexRelationInfo.add(i);
+            if !info.is_null() {
+                (*info).ii_AmCache = std::ptr::null_mut();
+            }
+        }
+    }
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    let _ = rri;
+}

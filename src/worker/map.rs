@@ -707,9 +707,12 @@ impl Rows {
         let mut rollups = Rollups::default();
         let stored = self.rows.iter().zip(&self.labels).zip(&self.facts);
         for ((row, (committed_at, what)), fact) in stored {
+            // Nothing an index access method keeps between inserts (BRIN's pinned pages) may
+            // outlive the subtransaction it was made in, nor enter one from outside.
             if let Err(message) = in_subtransaction(|| {
                 trail.insert(row);
                 trail.flush();
+                trail.end_index_inserts();
             }) {
                 trail.discard();
                 let letter = dead_letter(&trail, row, what, &message);
@@ -723,6 +726,7 @@ impl Rows {
                 gap.push_gap(*committed_at, json!({ "reason": reason }));
                 trail.insert(&gap.rows[0]);
                 trail.flush();
+                trail.end_index_inserts();
                 rollups.add(&Fact {
                     category: self.categories.id(b"system"),
                     ..gap.facts[0]

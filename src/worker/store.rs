@@ -576,10 +576,29 @@ impl Trail {
         self.chain_flushed.clone_from(&self.chain);
     }
 
-    /// discard forgets buffered rows (their subtransaction rolled back).
+    /// discard forgets buffered rows (their subtransaction rolled back), and what the index
+    /// access methods kept of their inserts (crate::versions::forget_index_inserts).
     pub fn discard(&mut self) {
         self.used = 0;
         self.chain.clone_from(&self.chain_flushed);
+        if !self.target.is_null() {
+            // SAFETY: the target's indexes are open; the subtransaction has rolled back.
+            unsafe { crate::versions::forget_index_inserts(self.target) };
+        }
+    }
+
+    /// end_index_inserts releases what the index access methods keep between inserts into
+    /// the last target (crate::versions::end_index_inserts): call it before the
+    /// subtransaction the rows were flushed in ends, and before one begins.
+    pub fn end_index_inserts(&mut self) {
+        if !self.target.is_null() {
+            let target = self.target;
+            // SAFETY: the target's indexes are open until close(); an index AM's callback is a
+            // raw C function pointer, hence the guard (as in flush).
+            unsafe {
+                pg_sys::ffi::pg_guard_ffi_boundary(|| crate::versions::end_index_inserts(target))
+            };
+        }
     }
 
     /// close writes what is buffered and releases the table; call before commit.

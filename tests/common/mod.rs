@@ -168,6 +168,13 @@ impl Cluster {
             .expect("spawn psql")
     }
 
+    /// major is the server's major version: tests use the SQL a version adds (MERGE …
+    /// RETURNING on 17, RETURNING OLD/NEW on 18) where the server has it.
+    pub fn major(&self) -> u32 {
+        let num = self.one("postgres", "SHOW server_version_num");
+        num.parse::<u32>().expect("server_version_num is a number") / 10000
+    }
+
     pub fn flush(&self, db: &str) {
         assert_eq!(
             self.one(db, "SELECT activity_log.flush('30 s')"),
