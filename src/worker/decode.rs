@@ -882,7 +882,7 @@ mod tests {
                     nulls[i] = false;
                 }
             }
-            let t = pg_sys::heap_form_minimal_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let t = crate::versions::form_minimal_tuple(desc, values.as_ptr(), nulls.as_ptr());
             let bytes = std::slice::from_raw_parts(t.cast::<u8>(), (*t).t_len as usize).to_vec();
             pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
             (columns, bytes)
