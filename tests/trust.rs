@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Cluster, hex, reseal, unhex, with_extension};
+use common::{Cluster, hex, reseal, unhex, wait_until, with_extension};
 use std::time::{Duration, Instant};
 
 const DB: &str = "postgres";
@@ -70,6 +70,79 @@ fn the_writer_runs_no_code_of_a_table_owner() {
         ),
         "0"
     );
+}
+
+/// A database owner's timeouts (ALTER DATABASE … SET, applied when the writer connects) do
+/// not reach the writer: neither lock_timeout nor, from PostgreSQL 17 on, transaction_timeout,
+/// which ended the writer's session at its first batch, in a loop, until the ring was full and
+/// every audited commit in the database failed.
+#[test]
+fn the_database_owners_timeouts_do_not_stop_the_writer() {
+    let c = Cluster::start("trust-timeouts", &[]);
+    // The test's own sessions connect as `tester`, whose setting in the database outranks
+    // the database's; the writer connects as the bootstrap superuser and gets the database's.
+    c.sql(
+        "postgres",
+        "CREATE ROLE mallory LOGIN; CREATE DATABASE mdb OWNER mallory;
+         CREATE ROLE tester LOGIN SUPERUSER;
+         ALTER ROLE tester IN DATABASE mdb SET lock_timeout = 0;",
+    );
+    let mut settings = String::from("ALTER DATABASE mdb SET lock_timeout = '1ms';");
+    if c.major() >= 17 {
+        c.sql(
+            "postgres",
+            "ALTER ROLE tester IN DATABASE mdb SET transaction_timeout = 0",
+        );
+        settings.push_str("ALTER DATABASE mdb SET transaction_timeout = '1ms';");
+    }
+    c.sql_as(
+        "tester",
+        "mdb",
+        "CREATE EXTENSION activity_log;
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         SELECT activity_log.track('t');",
+    );
+    // Read from another database: the writer's own, as postgres, would get the timeouts.
+    let writer_of_mdb = |not: Option<i32>| {
+        wait_until(Duration::from_secs(30), || {
+            c.sql(
+                "postgres",
+                "SELECT pid FROM pg_stat_activity
+                  WHERE backend_type = 'activity_log writer' AND datname = 'mdb'",
+            )
+            .first()
+            .map(|p| p.parse::<i32>().unwrap())
+            .filter(|&p| Some(p) != not)
+        })
+        .unwrap_or_else(|| panic!("no writer for mdb:\n{}", c.log()))
+    };
+    let first = writer_of_mdb(None);
+    c.sql_as("mallory", "mdb", &settings);
+    // A writer that connects after the settings: the first one's session predates them.
+    c.sql("postgres", &format!("SELECT pg_terminate_backend({first})"));
+    let writer = writer_of_mdb(Some(first));
+    for i in 0..20 {
+        c.sql_as(
+            "tester",
+            "mdb",
+            &format!("INSERT INTO t SELECT g, 'v' FROM generate_series({}, {}) g; SELECT activity_log.log_event('e{i}', '{{}}');", i * 100, i * 100 + 99),
+        );
+    }
+    assert_eq!(
+        c.one_as("tester", "mdb", "SELECT activity_log.flush('30 s')"),
+        "t"
+    );
+    assert_eq!(writer_of_mdb(None), writer, "{}", c.log());
+    assert_eq!(
+        c.sql_as(
+            "tester",
+            "mdb",
+            "SELECT kind, count(*) FROM activity_log.events
+              WHERE kind IN ('change', 'event') OR status = 'gap' GROUP BY kind ORDER BY kind"
+        ),
+        ["change|2000", "event|20"]
+    );
+    assert!(!c.log().contains("transaction timeout"), "{}", c.log());
 }
 
 /// D2: a database owner plants objects in public that shadow what the writer's SQL calls and

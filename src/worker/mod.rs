@@ -54,7 +54,8 @@ unsafe fn detoast_packed(v: *mut pg_sys::varlena) -> *mut pg_sys::varlena {
 ///   configuration file reread on SIGHUP;
 /// - what they store reads the same in every database: the settings that change a value's
 ///   text (floats, intervals, dates, bytea, xml) are PostgreSQL's defaults;
-/// - nothing stops them: no read-only default, no statement timeout, no SET ROLE.
+/// - nothing stops them: no read-only default, no statement, lock or transaction timeout
+///   (transaction_timeout exists from PostgreSQL 17 on and ends the whole session), no SET ROLE.
 ///
 /// The rest at PGC_S_SESSION, which outranks the database's settings and lets the extension's
 /// own functions SET what they need (lock_timeout).
@@ -82,6 +83,7 @@ pub fn pin_settings() {
         (c"default_transaction_isolation", c"read committed"),
         (c"statement_timeout", c"0"),
         (c"idle_in_transaction_session_timeout", c"0"),
+        (c"lock_timeout", c"0"),
         (c"extra_float_digits", c"1"),
         (c"DateStyle", c"ISO, MDY"),
         (c"IntervalStyle", c"postgres"),
@@ -90,6 +92,12 @@ pub fn pin_settings() {
     ] {
         set(name, value, pg_sys::GucSource::PGC_S_SESSION);
     }
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    set(
+        c"transaction_timeout",
+        c"0",
+        pg_sys::GucSource::PGC_S_SESSION,
+    );
 }
 
 /// A statement a process plans once (see [`with_kept_plan`]).
