@@ -52,6 +52,35 @@ fn statement_records_have_the_right_fields() {
     );
 }
 
+/// A statement's `relations` name the views it reads as well as the tables (PostgreSQL 16
+/// turned a view in the plan into a subquery that keeps the view's oid; 15 keeps a relation).
+#[test]
+fn statement_records_name_the_views_they_read() {
+    let c = Cluster::start("views", &["activity_log.capture_statements = 'mod'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE vt (id int PRIMARY KEY, v text);
+         CREATE VIEW vv AS SELECT * FROM vt;
+         INSERT INTO vv VALUES (1, 'through the view');
+         INSERT INTO vt SELECT id + 100, v FROM vv;
+         UPDATE vt SET v = 'x' WHERE id IN (SELECT id FROM (SELECT id FROM vt) AS plain);",
+    );
+    c.flush("postgres");
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT command, relations FROM activity_log.events
+              WHERE kind = 'statement' AND command IN ('INSERT', 'UPDATE') ORDER BY id"
+        ),
+        [
+            "INSERT|{public.vv,public.vt}",
+            "INSERT|{public.vt,public.vv}",
+            "UPDATE|{public.vt}",
+        ]
+    );
+}
+
 #[test]
 fn truncate_copy_and_tcp_clients_are_recorded() {
     let c = Cluster::start(

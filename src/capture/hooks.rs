@@ -161,7 +161,15 @@ unsafe fn relation_oids(ps: *mut pg_sys::PlannedStmt) -> Vec<u32> {
             let rte = (*(*rtable).elements.add(i))
                 .ptr_value
                 .cast::<pg_sys::RangeTblEntry>();
-            if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
+            // From PostgreSQL 16 on, a view the statement reads is an RTE_SUBQUERY that keeps
+            // the view's relid (for its privilege checks); before, it stayed an RTE_RELATION.
+            // Other subqueries have none.
+            let named = match (*rte).rtekind {
+                pg_sys::RTEKind::RTE_RELATION => true,
+                pg_sys::RTEKind::RTE_SUBQUERY => (*rte).relid != pg_sys::InvalidOid,
+                _ => false,
+            };
+            if named {
                 let oid = (*rte).relid.to_u32();
                 if !out.contains(&oid) {
                     out.push(oid);
