@@ -260,3 +260,15 @@ pub unsafe fn forget_index_inserts(rri: *mut pg_sys::ResultRelInfo) {
     #[cfg(any(feature = "pg15", feature = "pg16"))]
     let _ = rri;
 }
+
+/// is_virtual_generated tells whether a column is computed when read and stored as null:
+/// PostgreSQL 18's virtual generated columns (before 18 there are none).
+pub fn is_virtual_generated(attribute: &pg_sys::FormData_pg_attribute) -> bool {
+    #[cfg(feature = "pg18")]
+    return attribute.attgenerated as u8 == pg_sys::ATTRIBUTE_GENERATED_VIRTUAL;
+    #[cfg(not(feature = "pg18"))]
+    {
+        let _ = attribute;
+        false
+    }
+}

@@ -814,7 +814,10 @@ unsafe fn columns<'a>(desc: pg_sys::TupleDesc) -> Vec<Column<'a>> {
                 len: a.attlen,
                 byval: a.attbyval,
                 align: a.attalign as u8,
-                dropped: a.attisdropped,
+                // A virtual generated column is null in the stored row (its value is computed
+                // when read), so it stays out of the images as a dropped one does, as logical
+                // replication leaves it out: replaying the stored columns computes it again.
+                dropped: a.attisdropped || crate::versions::is_virtual_generated(a),
             })
             .collect()
     }
