@@ -22,6 +22,10 @@
 //! reach a ResultRelInfo made only when the first row arrives, which nothing can augment in
 //! time: the statement leaves a gap record naming the table ([`note_rows_routed_past_capture`]).
 //!
+//! A MERGE's UPDATE action that moves rows to another partition hands them to the DELETE and
+//! INSERT transition tables, whose statement triggers fire only when the MERGE has those
+//! actions: [`queue_moved_rows`] queues the missing events for synthetic triggers alone.
+//!
 //! COPY FROM starts no executor: it gets two triggers of its own, through its target's relation
 //! cache entry, whose function is this one's `activity_log._capture_rows()` (copy_from.rs).
 //!
@@ -58,7 +62,8 @@ use std::rc::Rc;
 use super::origin::{self, clip};
 use super::tracked::{self, Tracked};
 use super::triggers::{
-    COPY_TGOID_BEFORE, COPY_TGOID_INSERT, FAKE_TGOID_BASE, NTRIG, in_memory_budget_kb, is_synthetic,
+    COPY_TGOID_BEFORE, COPY_TGOID_INSERT, FAKE_TGOID_BASE, MOVED_TGOID_NEW, MOVED_TGOID_NEW_ALONE,
+    MOVED_TGOID_OLD, MOVED_TGOID_OLD_ALONE, NTRIG, in_memory_budget_kb, is_synthetic,
 };
 use super::{applied, context, copy_from, pending, redact};
 use crate::gucs;
@@ -102,6 +107,21 @@ thread_local! {
     /// query whose AFTER triggers fire while an outer query's are firing comes after the outer
     /// one's.
     static ROW_BATCHES: RefCell<Vec<RowBatch>> = const { RefCell::new(Vec::new()) };
+    /// Old images of rows a MERGE moved to another partition, handed over by the event that
+    /// comes right before the one with their new images (see [`queue_moved_rows`]).
+    static MOVED_OLDS: RefCell<Vec<MovedOld>> = const { RefCell::new(Vec::new()) };
+    /// The events [`queue_moved_rows`] queued that have not fired yet (EState, table, command
+    /// id, trigger): one left when its query has fired its AFTER triggers was cancelled.
+    static MOVES_QUEUED: RefCell<Vec<(usize, u32, u32, u32)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The DELETE transition table of a MERGE that moved rows, waiting for its INSERT table.
+struct MovedOld {
+    /// The query firing the event ([`FINISHING`]).
+    owner: usize,
+    relid: u32,
+    cid: u32,
+    store: usize,
 }
 
 /// Consecutive rows the row triggers captured for one table, operation and command, made into
@@ -140,6 +160,9 @@ struct SetUp {
 pub fn forget_subxact(subid: u32) {
     SET_UP.with_borrow_mut(|s| s.retain(|e| e.subxact < subid));
     ROW_BATCHES.with_borrow_mut(|b| b.retain(|b| b.subxact < subid));
+    // Their transition tables went with the aborted query.
+    MOVED_OLDS.with_borrow_mut(Vec::clear);
+    MOVES_QUEUED.with_borrow_mut(Vec::clear);
 }
 
 /// after_finish checks that every captured ModifyTable of `estate` ran to completion: one that
@@ -147,6 +170,24 @@ pub fn forget_subxact(subid: u32) {
 /// statement triggers, so its changes are missing and the trail says so with a gap record.
 pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
     flush_row_batches(estate as usize);
+    // Events of moved rows that never fired: PostgreSQL cancelled them when another part of the
+    // statement (a data-modifying WITH) wrote the same table and queued its own AFTER STATEMENT
+    // events (trigger.c, cancel_prior_stmt_triggers; docs/src/known-gaps.md). Their transition
+    // tables are gone now, so the trail says what is missing.
+    let owner = estate as usize;
+    MOVED_OLDS.with_borrow_mut(|m| m.retain(|o| o.owner != owner));
+    let mut cancelled: Vec<(u32, u32)> = MOVES_QUEUED.with_borrow_mut(|q| {
+        let (mine, others): (Vec<_>, Vec<_>) = q.drain(..).partition(|e| e.0 == owner);
+        *q = others;
+        mine.into_iter().map(|e| (e.1, e.2)).collect()
+    });
+    cancelled.dedup();
+    for (relid, cid) in cancelled {
+        if let Some(tracked) = tracked::lookup(relid) {
+            let note = "rows a MERGE moved to another partition were not captured as such: another part of the statement writes the table too, and PostgreSQL cancelled the events that hand them over (a moved row's old or new version may be among that part's deleted or inserted rows)";
+            push_change(&tracked, Op::Gap, cid, 0, Vec::new(), note, |_| false);
+        }
+    }
     if FINISHING.with_borrow(Vec::is_empty) {
         flush_row_batches(0); // fired outside any query's finish (not expected)
     }
@@ -175,11 +216,17 @@ pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
 /// forget drops what is known of `estate` (ExecutorEnd; also after an error).
 pub fn forget(estate: *mut pg_sys::EState) {
     SET_UP.with_borrow_mut(|s| s.retain(|e| e.estate != estate as usize));
+    if MOVES_QUEUED.with_borrow(|q| !q.is_empty()) {
+        MOVES_QUEUED.with_borrow_mut(|q| q.retain(|e| e.0 != estate as usize));
+        MOVED_OLDS.with_borrow_mut(|m| m.retain(|o| o.owner != estate as usize));
+    }
 }
 
 pub fn forget_all() {
     SET_UP.with_borrow_mut(Vec::clear);
     ROW_BATCHES.with_borrow_mut(Vec::clear);
+    MOVED_OLDS.with_borrow_mut(Vec::clear);
+    MOVES_QUEUED.with_borrow_mut(Vec::clear);
 }
 
 /// note_rows_routed_past_capture leaves a gap record for each tracked table that received
@@ -375,6 +422,9 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
             );
         }
         drop(in_memory); // only the transition tables get the larger budget
+        if !skip_triggers && (*mt).operation == pg_sys::CmdType::CMD_MERGE {
+            queue_moved_rows(mt, estate);
+        }
         pg_sys::MemoryContextSwitchTo(old);
         if skip_triggers && let Some(outer) = outer {
             // An FK cascade: its rows are handed to the outer query's ResultRelInfo.
@@ -605,6 +655,184 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState, 
         (*rri).ri_TrigDesc = td;
         (*rri).ri_TrigFunctions = finfo;
         (*rri).ri_TrigWhenExprs = when;
+    }
+}
+
+/// queue_moved_rows makes sure the rows a MERGE's UPDATE action moves to another partition of
+/// a tracked partitioned root reach the capture, and as UPDATEs where that is certain.
+///
+/// A plain UPDATE puts a moved row into its UPDATE transition tables; a MERGE puts its old
+/// image into the DELETE table and its new one into the INSERT table (nodeModifyTable.c,
+/// `ExecDeleteEpilogue` and `ExecInsert` test `operation == CMD_UPDATE`), and queues AFTER
+/// STATEMENT triggers only for the actions it has (`fireASTriggers`): a MERGE without a DELETE
+/// or INSERT action would never hand those tables to anybody. So the missing events are
+/// queued here, through the trigger manager's public entry points, with a descriptor that
+/// holds only a synthetic trigger: no user's statement trigger fires for an action the MERGE
+/// does not have. They are queued now, at ExecutorStart, because the transition tables they
+/// name exist from now on and the events fire only with the query's others (AfterTriggerEndQuery),
+/// when the tables are complete, whether the MERGE runs on its own or inside WITH.
+///
+/// When the MERGE has neither a DELETE nor an INSERT action, every row of those two tables is a
+/// moved row, old and new images in the same order: they are recorded as UPDATEs. (The tables
+/// are the query's for that table and operation: a data-modifying WITH writing the same table
+/// would add its rows, but its own statement events then cancel these, see [`after_finish`].)
+/// Otherwise the moved rows cannot be told apart from the MERGE's own deletes or inserts: the
+/// table the MERGE lacks is recorded with a note, the other with the MERGE's own rows.
+unsafe fn queue_moved_rows(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState) {
+    // SAFETY: mt and estate belong to the query being started, whose root is augmented and
+    // whose transition capture state is made; allocations go to the query's context.
+    unsafe {
+        let root = (*mt).rootResultRelInfo;
+        let rel = (*root).ri_RelationDesc;
+        let subcommands = (*mt).mt_merge_subcommands as u32;
+        if (*(*rel).rd_rel).relkind != pg_sys::RELKIND_PARTITIONED_TABLE as c_char
+            || subcommands & pg_sys::MERGE_UPDATE == 0
+            || (*mt).mt_transition_capture.is_null()
+        {
+            return;
+        }
+        let deletes = subcommands & pg_sys::MERGE_DELETE != 0;
+        let inserts = subcommands & pg_sys::MERGE_INSERT != 0;
+        let events: &[u32] = match (deletes, inserts) {
+            (false, false) => &[MOVED_TGOID_OLD, MOVED_TGOID_NEW],
+            (false, true) => &[MOVED_TGOID_OLD_ALONE],
+            (true, false) => &[MOVED_TGOID_NEW_ALONE],
+            (true, true) => return, // its own statement triggers hand both tables over
+        };
+        add_moved_triggers(root, estate);
+        for &tgoid in events {
+            let old = tgoid == MOVED_TGOID_OLD || tgoid == MOVED_TGOID_OLD_ALONE;
+            let rri =
+                pg_sys::palloc(size_of::<pg_sys::ResultRelInfo>()).cast::<pg_sys::ResultRelInfo>();
+            std::ptr::copy_nonoverlapping(root, rri, 1);
+            let td =
+                pg_sys::palloc0(size_of::<pg_sys::TriggerDesc>()).cast::<pg_sys::TriggerDesc>();
+            let trigger = pg_sys::palloc0(size_of::<pg_sys::Trigger>()).cast::<pg_sys::Trigger>();
+            *trigger = moved_trigger(root, tgoid);
+            (*trigger).tgenabled = pg_sys::TRIGGER_FIRES_ALWAYS as c_char;
+            (*td).triggers = trigger;
+            (*td).numtriggers = 1;
+            (*td).trig_delete_after_statement = old;
+            (*td).trig_delete_old_table = old;
+            (*td).trig_insert_after_statement = !old;
+            (*td).trig_insert_new_table = !old;
+            (*rri).ri_TrigDesc = td;
+            (*rri).ri_TrigFunctions = pg_sys::palloc0(size_of::<pg_sys::FmgrInfo>()).cast();
+            (*rri).ri_TrigWhenExprs = pg_sys::palloc0(size_of::<*mut pg_sys::ExprState>()).cast();
+            (*rri).ri_TrigInstrument = std::ptr::null_mut();
+            // The event names the root's relation: when it fires, the trigger manager finds the
+            // trigger by its oid in the root's ResultRelInfo (add_moved_triggers).
+            if old {
+                pg_sys::ExecASDeleteTriggers(estate, rri, (*mt).mt_transition_capture);
+            } else {
+                pg_sys::ExecASInsertTriggers(estate, rri, (*mt).mt_transition_capture);
+            }
+            let relid = (*rel).rd_id.to_u32();
+            let cid = (*estate).es_output_cid;
+            MOVES_QUEUED.with_borrow_mut(|q| q.push((estate as usize, relid, cid, tgoid)));
+        }
+    }
+}
+
+/// moved_trigger is the synthetic trigger `tgoid` of [`queue_moved_rows`], with the command id
+/// argument of `root`'s statement triggers; disabled, as it is in the root's descriptor, where
+/// the trigger manager must never queue it for the statement's own events.
+unsafe fn moved_trigger(root: *mut pg_sys::ResultRelInfo, tgoid: u32) -> pg_sys::Trigger {
+    // SAFETY: root is augmented at statement level (augment), so its descriptor holds a trigger
+    // of ours whose argument vector is the command id.
+    unsafe {
+        let td = (*root).ri_TrigDesc;
+        let args = (0..(*td).numtriggers as usize)
+            .map(|i| *(*td).triggers.add(i))
+            .find(|t| t.tgfoid.to_u32() == Level::Statement.foid())
+            .map_or(std::ptr::null_mut(), |t| t.tgargs);
+        let old = tgoid == MOVED_TGOID_OLD || tgoid == MOVED_TGOID_OLD_ALONE;
+        let event = if old {
+            pg_sys::TRIGGER_TYPE_DELETE
+        } else {
+            pg_sys::TRIGGER_TYPE_INSERT
+        };
+        pg_sys::Trigger {
+            tgoid: pg_sys::Oid::from(tgoid),
+            tgname: if old {
+                c"activity_log_moved_old".as_ptr().cast_mut()
+            } else {
+                c"activity_log_moved_new".as_ptr().cast_mut()
+            },
+            tgfoid: pg_sys::Oid::from(Level::Statement.foid()),
+            tgtype: (pg_sys::TRIGGER_TYPE_AFTER | event) as i16,
+            tgenabled: pg_sys::TRIGGER_DISABLED as c_char,
+            tgisinternal: true,
+            tgnargs: 1,
+            tgargs: args,
+            tgoldtable: if old {
+                c"activity_log_old".as_ptr().cast_mut()
+            } else {
+                std::ptr::null_mut()
+            },
+            tgnewtable: if old {
+                std::ptr::null_mut()
+            } else {
+                c"activity_log_new".as_ptr().cast_mut()
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// add_moved_triggers appends the four triggers of [`queue_moved_rows`] to `root`'s descriptor,
+/// disabled, with every array indexed by trigger position resized to match: the trigger manager
+/// looks an event's trigger up there when it fires, and calls its function.
+unsafe fn add_moved_triggers(root: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState) {
+    const MOVED: [u32; 4] = [
+        MOVED_TGOID_OLD,
+        MOVED_TGOID_NEW,
+        MOVED_TGOID_OLD_ALONE,
+        MOVED_TGOID_NEW_ALONE,
+    ];
+    // SAFETY: root is live and augmented; everything is allocated in the query's context.
+    unsafe {
+        let old = (*root).ri_TrigDesc;
+        let n = (*old).numtriggers as usize;
+        if (0..n).any(|i| (*(*old).triggers.add(i)).tgoid.to_u32() == MOVED_TGOID_OLD) {
+            return;
+        }
+        let total = n + MOVED.len();
+        let cxt = (*estate).es_query_cxt;
+        let td = pg_sys::MemoryContextAlloc(cxt, size_of::<pg_sys::TriggerDesc>())
+            .cast::<pg_sys::TriggerDesc>();
+        std::ptr::copy_nonoverlapping(old, td, 1);
+        let triggers = pg_sys::MemoryContextAllocZero(cxt, size_of::<pg_sys::Trigger>() * total)
+            .cast::<pg_sys::Trigger>();
+        std::ptr::copy_nonoverlapping((*old).triggers, triggers, n);
+        let finfo = pg_sys::MemoryContextAllocZero(cxt, size_of::<pg_sys::FmgrInfo>() * total)
+            .cast::<pg_sys::FmgrInfo>();
+        std::ptr::copy_nonoverlapping((*root).ri_TrigFunctions, finfo, n);
+        let when = pg_sys::MemoryContextAllocZero(cxt, size_of::<*mut pg_sys::ExprState>() * total)
+            .cast::<*mut pg_sys::ExprState>();
+        std::ptr::copy_nonoverlapping((*root).ri_TrigWhenExprs, when, n);
+        for (k, &tgoid) in MOVED.iter().enumerate() {
+            *triggers.add(n + k) = moved_trigger(root, tgoid);
+            let f = &mut *finfo.add(n + k);
+            f.fn_addr = Some(al_capture_rows);
+            f.fn_oid = pg_sys::Oid::from(Level::Statement.foid());
+            f.fn_stats = pg_sys::TrackFunctionsLevel::TRACK_FUNC_ALL as u8;
+            f.fn_mcxt = cxt;
+        }
+        (*td).triggers = triggers;
+        (*td).numtriggers = total as i32;
+        if (*estate).es_instrument != 0 {
+            let old_cxt = pg_sys::MemoryContextSwitchTo(cxt);
+            let instr = pg_sys::InstrAlloc(total as i32, (*estate).es_instrument, false);
+            pg_sys::MemoryContextSwitchTo(old_cxt);
+            if !(*root).ri_TrigInstrument.is_null() {
+                std::ptr::copy_nonoverlapping((*root).ri_TrigInstrument, instr, n);
+            }
+            (*root).ri_TrigInstrument = instr;
+        }
+        (*root).ri_TrigDesc = td;
+        (*root).ri_TrigFunctions = finfo;
+        (*root).ri_TrigWhenExprs = when;
     }
 }
 
@@ -866,6 +1094,7 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
         let Some(tracked) = tracked::lookup((*rel).rd_id.to_u32()) else {
             return pg_sys::Datum::from(0);
         };
+        let tgoid = (*(*td).tg_trigger).tgoid.to_u32();
         let event = (*td).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
         let cid = CStr::from_ptr(*(*(*td).tg_trigger).tgargs)
             .to_str()
@@ -875,11 +1104,19 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
         let desc = (*rel).rd_att;
         let olds = Reader::open((*td).tg_oldtable, desc);
         let news = Reader::open((*td).tg_newtable, desc);
+        let note = match event {
+            pg_sys::TRIGGER_EVENT_INSERT | pg_sys::TRIGGER_EVENT_DELETE => merge_moving_note(rel),
+            _ => "",
+        };
         let push = |op, n: usize, next_row: &mut dyn FnMut(&mut RowSink) -> bool| {
             if n > 0 {
-                push_change(&tracked, op, cid, n as i64, columns(desc), "", next_row);
+                push_change(&tracked, op, cid, n as i64, columns(desc), note, next_row);
             }
         };
+        if (MOVED_TGOID_OLD..=MOVED_TGOID_NEW_ALONE).contains(&tgoid) {
+            moved_rows(&tracked, tgoid, cid, desc, (*td).tg_oldtable, olds, news);
+            return pg_sys::Datum::from(0);
+        }
         match (event, olds, news) {
             (pg_sys::TRIGGER_EVENT_INSERT, _, Some(mut news)) => {
                 push(Op::Insert, news.len(), &mut |sink| match news.next() {
@@ -924,6 +1161,151 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
             _ => {}
         }
         pg_sys::Datum::from(0)
+    }
+}
+
+/// moved_rows records the rows a MERGE moved to another partition, handed over by the events
+/// of [`queue_moved_rows`]: the old images wait for the new ones that the next event brings,
+/// and pairs are recorded as UPDATEs (`new_key` set, as for a plain UPDATE that moves a row).
+/// Tables of different lengths (a BEFORE INSERT trigger of the destination refused a row) cannot
+/// be paired with certainty: each row is recorded as a DELETE or an INSERT, with a note, as are
+/// the rows of a MERGE that inserts or deletes rows of its own too.
+unsafe fn moved_rows(
+    tracked: &Tracked,
+    tgoid: u32,
+    cid: u32,
+    desc: pg_sys::TupleDesc,
+    old_store: *mut pg_sys::Tuplestorestate,
+    olds: Option<Reader>,
+    news: Option<Reader>,
+) {
+    const REFUSED: &str = "rows this MERGE moved to another partition, each recorded as a DELETE of its old version and an INSERT of its new one: a trigger refused some of them, so old and new versions cannot be paired";
+    const OLD_ALONE: &str = "rows this MERGE moved to another partition: their new versions are among the MERGE's INSERT records, which cannot be paired with them since the MERGE inserts rows too";
+    const NO_OLD: &str =
+        "rows this MERGE moved from another partition: their old versions were not captured";
+    const NEW_ALONE: &str = "rows this MERGE moved from another partition: their old versions are among the MERGE's DELETE records, which cannot be paired with them since the MERGE deletes rows too";
+    MOVES_QUEUED.with_borrow_mut(|q| {
+        let fired = q
+            .iter()
+            .position(|e| e.1 == tracked.relid && e.2 == cid && e.3 == tgoid);
+        if let Some(i) = fired {
+            q.remove(i);
+        }
+    });
+    // SAFETY: desc is the relation's, live for the trigger call; old_store is the DELETE
+    // transition table of the MERGE, live until its query's AFTER triggers have all fired.
+    unsafe {
+        let push = |op, reader: Option<Reader>, note: &str| {
+            let Some(mut rows) = reader else { return };
+            if rows.len() == 0 {
+                return;
+            }
+            let n = rows.len() as i64;
+            push_change(
+                tracked,
+                op,
+                cid,
+                n,
+                columns(desc),
+                note,
+                |sink| match rows.next() {
+                    Some(row) if op == Op::Delete => {
+                        sink.push(Some(row), None);
+                        true
+                    }
+                    Some(row) => {
+                        sink.push(None, Some(row));
+                        true
+                    }
+                    None => false,
+                },
+            );
+        };
+        match tgoid {
+            MOVED_TGOID_OLD => {
+                // Read when the new images arrive: the event for them comes next.
+                let owner = FINISHING.with_borrow(|f| f.last().copied()).unwrap_or(0);
+                MOVED_OLDS.with_borrow_mut(|m| {
+                    m.push(MovedOld {
+                        owner,
+                        relid: tracked.relid,
+                        cid,
+                        store: old_store as usize,
+                    })
+                });
+            }
+            MOVED_TGOID_NEW => {
+                let waiting = MOVED_OLDS
+                    .with_borrow_mut(|m| m.pop_if(|o| o.relid == tracked.relid && o.cid == cid));
+                let Some(waiting) = waiting else {
+                    // The old images' event was cancelled (after_finish leaves a gap record).
+                    push(Op::Insert, news, NO_OLD);
+                    return;
+                };
+                let olds = Reader::open(waiting.store as *mut _, desc);
+                let (olds_len, news_len) = (
+                    olds.as_ref().map_or(0, Reader::len),
+                    news.as_ref().map_or(0, Reader::len),
+                );
+                if olds_len != news_len {
+                    push(Op::Delete, olds, REFUSED);
+                    push(Op::Insert, news, REFUSED);
+                    return;
+                }
+                let (Some(mut olds), Some(mut news)) = (olds, news) else {
+                    return;
+                };
+                if news_len == 0 {
+                    return;
+                }
+                push_change(
+                    tracked,
+                    Op::Update,
+                    cid,
+                    news_len as i64,
+                    columns(desc),
+                    "",
+                    |sink| match (olds.next(), news.next()) {
+                        (Some(o), Some(n)) => {
+                            sink.push(Some(o), Some(n));
+                            true
+                        }
+                        _ => false,
+                    },
+                );
+            }
+            MOVED_TGOID_OLD_ALONE => push(Op::Delete, olds, OLD_ALONE),
+            _ => push(Op::Insert, news, NEW_ALONE),
+        }
+    }
+}
+
+/// merge_moving_note is the note for the INSERT and DELETE records of `rel` made by the query
+/// whose AFTER triggers are firing when it has a MERGE of that partitioned table whose UPDATE
+/// action can move rows to another partition: its moved rows are among them, unpaired (see
+/// [`queue_moved_rows`]). Empty otherwise (nearly always: one short list is read).
+unsafe fn merge_moving_note(rel: pg_sys::Relation) -> &'static str {
+    const NOTE: &str = "this MERGE's UPDATE action may have moved rows to other partitions: a moved row is recorded as a DELETE of its old version and an INSERT of its new one, among the MERGE's own deletes and inserts";
+    let Some(owner) = FINISHING.with_borrow(|f| f.last().copied()) else {
+        return "";
+    };
+    // SAFETY: rel is the trigger's relation; the ModifyTableStates of SET_UP entries of the
+    // query whose triggers are firing live until its ExecutorEnd.
+    unsafe {
+        if (*(*rel).rd_rel).relkind != pg_sys::RELKIND_PARTITIONED_TABLE as c_char {
+            return "";
+        }
+        let relid = (*rel).rd_id.to_u32();
+        let moving = SET_UP.with_borrow(|s| {
+            s.iter().any(|e| {
+                let mt = e.mt as *mut pg_sys::ModifyTableState;
+                e.estate == owner
+                    && e.tracked.relid == relid
+                    && (*mt).operation == pg_sys::CmdType::CMD_MERGE
+                    && (*mt).mt_merge_subcommands as u32 & pg_sys::MERGE_UPDATE != 0
+            })
+        });
+        if moving { NOTE } else { "" }
     }
 }
 

@@ -15,10 +15,17 @@ pub(super) const FAKE_TGOID_BASE: u32 = 4_000_000_000;
 pub(super) const NTRIG: usize = 3;
 pub(super) const COPY_TGOID_BEFORE: u32 = FAKE_TGOID_BASE + 2 * NTRIG as u32;
 pub(super) const COPY_TGOID_INSERT: u32 = COPY_TGOID_BEFORE + 1;
+/// The four that hand rows a MERGE moved to another partition to the capture (rows.rs
+/// `queue_moved_rows`): the old images of rows whose new images follow (paired), the new
+/// images, then old and new images that cannot be paired.
+pub(super) const MOVED_TGOID_OLD: u32 = COPY_TGOID_INSERT + 1;
+pub(super) const MOVED_TGOID_NEW: u32 = MOVED_TGOID_OLD + 1;
+pub(super) const MOVED_TGOID_OLD_ALONE: u32 = MOVED_TGOID_OLD + 2;
+pub(super) const MOVED_TGOID_NEW_ALONE: u32 = MOVED_TGOID_OLD + 3;
 
 /// is_synthetic tells whether `tgoid` is one of activity_log's synthetic triggers.
 pub(super) fn is_synthetic(tgoid: pg_sys::Oid) -> bool {
-    (FAKE_TGOID_BASE..=COPY_TGOID_INSERT).contains(&tgoid.to_u32())
+    (FAKE_TGOID_BASE..=MOVED_TGOID_NEW_ALONE).contains(&tgoid.to_u32())
 }
 
 /// Largest in-memory budget given to a transition table (64 MB): beyond it a statement's rows

@@ -573,6 +573,11 @@ impl Rows {
                         Some(json!({ "rows_captured": false, "note": note }).to_string())
                     }
                     Op::Gap => Some(gap_details(&ch.note)),
+                    // Rows a MERGE moved to another partition that could not be paired
+                    // (capture/rows.rs, `moved_rows`).
+                    Op::Insert | Op::Delete if !ch.note.is_empty() => {
+                        Some(json!({ "note": text(&ch.note) }).to_string())
+                    }
                     // What capture noted of the TRUNCATE (the partition, RESTART IDENTITY).
                     Op::Truncate | Op::TruncatePartition if !ch.note.is_empty() => {
                         Some(text(&ch.note))
