@@ -573,6 +573,11 @@ impl Rows {
                         Some(json!({ "rows_captured": false, "note": note }).to_string())
                     }
                     Op::Gap => Some(gap_details(&ch.note)),
+                    // Rows a logical replication worker captured (a trigger enabled ALWAYS):
+                    // capture noted the subscription and its owner (capture/replication.rs).
+                    Op::Insert | Op::Update | Op::Delete if !ch.note.is_empty() => {
+                        Some(text(&ch.note))
+                    }
                     // What capture noted of the TRUNCATE (the partition, RESTART IDENTITY).
                     Op::Truncate | Op::TruncatePartition if !ch.note.is_empty() => {
                         Some(text(&ch.note))
