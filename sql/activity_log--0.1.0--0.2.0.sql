@@ -2279,3 +2279,82 @@ GRANT EXECUTE ON FUNCTION activity_log._migration_plan(text, regclass), activity
 -- 0.1.0 left queue, workers and index_usage unreadable by activity_log_reader: a view's
 -- functions run as its reader, and these two were granted to nobody.
 GRANT EXECUTE ON FUNCTION activity_log._queue(), activity_log._trail_index_kind(oid) TO activity_log_reader;
+
+-- history() also finds a table's changes recorded under its earlier oids (before a dump and
+-- restore, or a DROP and CREATE of a table of the same name), by the present schema and name.
+CREATE OR REPLACE FUNCTION activity_log.history(relation regclass, key jsonb)
+RETURNS SETOF activity_log.changes
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+-- Planned once per session: a custom plan of each query looks at every day partition, and
+-- planning them cost more than running them (the key and oids are index conditions either way).
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    key_columns text[];
+    rel_schema  text;
+    rel_name    text;
+    oids        oid[];
+    before      timestamptz;
+BEGIN
+    IF relation IS NULL OR key IS NULL THEN
+        RAISE EXCEPTION 'relation and key must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF jsonb_typeof(key) <> 'object' THEN
+        RAISE EXCEPTION 'key must be a JSON object of key columns, for example {"id": 42}'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT n.nspname, c.relname INTO rel_schema, rel_name
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = relation;
+    -- The table's trail rows carry its oid, which stays through a rename but not through a
+    -- dump and restore (nor a DROP and CREATE): the restored table gets a new one, and its
+    -- changes from before the restore carry the old. So the story also takes the rows of any
+    -- other oid in the trail that were recorded under this table's present schema and name.
+    -- The trail's oids are read by skipping through events_table_idx (one descent per oid and
+    -- partition), not by reading the trail; and only in the day partitions (UTC days, as
+    -- _maintain_partitions makes them) up to the day after the table's first change under
+    -- its own oid: the rows of its earlier oids were recorded before that (a restore loads
+    -- them before the restored table changes; a dropped table changed before its successor
+    -- existed). A table tracked from the start of the trail costs a partition or two.
+    SELECT date_trunc('day', e.committed_at, 'UTC') + interval '2 days' INTO before
+      FROM activity_log.events e WHERE e.table_oid = relation::oid ORDER BY e.id LIMIT 1;
+    before := coalesce(before, 'infinity');
+    WITH RECURSIVE seen(table_oid) AS (
+        (SELECT e.table_oid FROM activity_log.events e
+          WHERE e.table_oid IS NOT NULL AND e.committed_at < before ORDER BY e.table_oid LIMIT 1)
+        UNION ALL
+        SELECT (SELECT e.table_oid FROM activity_log.events e
+                 WHERE e.table_oid > s.table_oid AND e.committed_at < before ORDER BY e.table_oid LIMIT 1)
+          FROM seen s WHERE s.table_oid IS NOT NULL
+    )
+    SELECT array_agg(s.table_oid) INTO oids
+      FROM seen s WHERE s.table_oid IS NOT NULL AND s.table_oid <> relation::oid;
+    oids := relation::oid || coalesce(oids, '{}');
+    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attname), '{}') INTO key_columns
+      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = relation AND i.indisprimary;
+    IF key_columns <> '{}' AND key_columns = (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(key) k) THEN
+        -- The whole primary key: indexed. A change of the key continues the story under the
+        -- new key (the writer notes it as details->'new_key').
+        RETURN QUERY
+        SELECT * FROM activity_log.changes c
+         WHERE c.table_oid = ANY (oids)
+           AND (c.table_oid = relation::oid OR (c.schema_name = rel_schema AND c.table_name = rel_name))
+           AND ((jsonb_hash_extended(c.row_key, 0) = jsonb_hash_extended(key, 0) AND c.row_key = key)
+                OR (c.details ? 'new_key' AND c.details->'new_key' = key))
+         ORDER BY c.id;
+    ELSE
+        -- Part of a key, or a table without one: every change whose image contains key.
+        RETURN QUERY
+        SELECT * FROM activity_log.changes c
+         WHERE c.table_oid = ANY (oids)
+           AND (c.table_oid = relation::oid OR (c.schema_name = rel_schema AND c.table_name = rel_name))
+           AND (c.row_key = key OR c.new_row @> key OR c.old_row @> key)
+         ORDER BY c.id;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION activity_log.history(regclass, jsonb) IS
+    'One row''s story, oldest first, across a dump and restore (the table''s earlier oids, by its schema and name). With the whole primary key: an index lookup that follows key changes; otherwise every change whose image contains key.';

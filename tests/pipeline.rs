@@ -814,3 +814,75 @@ fn a_broken_rollup_does_not_hold_up_the_trail() {
         "change 7, event 3, system 1"
     );
 }
+
+/// A writer that dies by a FATAL leaves its message in `activity_log.queue.last_error` (it
+/// was left empty while writer_failures grew: review of issue 29). Here its database stops
+/// accepting connections, so each new writer ends with a FATAL at its connection. And
+/// exit_on_error, which a database's owner may set, is not the writer's: it would turn the
+/// ERROR the writer catches to set a refused record aside into a FATAL, at every start.
+#[test]
+fn a_writer_that_dies_by_a_fatal_says_why_in_last_error() {
+    let c = Cluster::start(
+        "writer-fatal",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    with_extension(&c, "postgres");
+    with_extension(&c, "app");
+    let writer = c.wait_for_writer("app", None);
+    c.sql("postgres", "ALTER DATABASE app ALLOW_CONNECTIONS false");
+    // The writer connected already goes on; the next one cannot connect.
+    c.sql(
+        "postgres",
+        &format!("SELECT pg_terminate_backend({writer})"),
+    );
+    // (A moment after the writer left, its ring may not be listed.)
+    let noted = wait_until(Duration::from_secs(20), || {
+        c.sql(
+            "postgres",
+            "SELECT last_error FROM activity_log.queue WHERE database = 'app' AND last_error <> ''",
+        )
+        .pop()
+    });
+    assert_eq!(
+        noted.as_deref(),
+        Some("writer exited: FATAL: database \"app\" is not currently accepting connections"),
+        "{}",
+        c.log()
+    );
+
+    // exit_on_error on for the database: a refused record still becomes a dead letter, and
+    // last_error keeps the words the failed batch noted.
+    c.sql("postgres", "ALTER DATABASE postgres SET exit_on_error = on");
+    let writer = c.wait_for_writer("postgres", None);
+    c.sql(
+        "postgres",
+        &format!("SELECT pg_terminate_backend({writer})"),
+    );
+    c.wait_for_writer("postgres", Some(writer));
+    c.sql(
+        "postgres",
+        "ALTER TABLE activity_log.events ADD CONSTRAINT no_toxic CHECK (command <> 'toxic')",
+    );
+    c.sql("postgres", "BEGIN; SELECT activity_log.log_event('fine 1'); SELECT activity_log.log_event('toxic'); SELECT activity_log.log_event('fine 2'); COMMIT;");
+    c.flush("postgres");
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT kind, status, command, coalesce(details->>'reason', '-') FROM activity_log.events WHERE command IN ('fine 1', 'toxic', 'fine 2') OR details->>'reason' LIKE '%toxic%' ORDER BY id",
+        ),
+        [
+            "event|success|fine 1|-",
+            "system|gap|GAP|event record \"toxic\" could not be stored: new row for relation \"events\" violates check constraint \"no_toxic\" (kept as activity_log.dead_letters id 1)",
+            "event|success|fine 2|-",
+        ]
+    );
+    let last = c.one(
+        "postgres",
+        "SELECT last_error FROM activity_log.queue WHERE database = 'postgres'",
+    );
+    assert!(
+        last.contains("violates check constraint \"no_toxic\"")
+            && !last.starts_with("writer exited"),
+        "{last}"
+    );
+}

@@ -196,13 +196,13 @@ fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
         gaps,
         vec![
             format!(
-                "GAP|public.late|3|postgres|3 rows inserted, 0 updated, 0 deleted by logical replication's table synchronization (origin pg_{subid}_{relid}, subscription s) were not captured|s|tablesync|3|0|0|false|false"
+                "GAP|public.late|3|postgres|3 rows inserted, 0 updated, 0 deleted by logical replication's table synchronization (origin pg_{subid}_{relid}, subscription s owned by postgres) were not captured|s|tablesync|3|0|0|false|false"
             ),
             format!(
-                "GAP|public.late|4|postgres|2 rows inserted, 1 updated, 1 deleted by logical replication (origin pg_{subid}, subscription s) were not captured|s|apply|2|1|1|false|false"
+                "GAP|public.late|4|postgres|2 rows inserted, 1 updated, 1 deleted by logical replication (origin pg_{subid}, subscription s owned by postgres) were not captured|s|apply|2|1|1|false|false"
             ),
             format!(
-                "GAP|public.late|1|postgres|a TRUNCATE and 1 row inserted, 0 updated, 0 deleted by logical replication (origin pg_{subid}, subscription s) were not captured|s|apply|1|0|0|true|false"
+                "GAP|public.late|1|postgres|a TRUNCATE and 1 row inserted, 0 updated, 0 deleted by logical replication (origin pg_{subid}, subscription s owned by postgres) were not captured|s|apply|1|0|0|true|false"
             ),
         ]
     );
@@ -217,6 +217,20 @@ fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
         vec![
             "INSERT|side|{\"id\": 1}||{\"v\": \"untracked\", \"id\": 1}|INSERT INTO public.side VALUES (NEW.id, NEW.v)"
         ]
+    );
+    // … and names the subscription behind it, its owner and whose rights applied it
+    // (review of issue 29, F4): run_as_owner exists from PostgreSQL 16 on.
+    let run_as_owner = if c.major() >= 16 { "false" } else { "-" };
+    assert_eq!(
+        c.one(
+            "sub",
+            "SELECT concat_ws('|', details->>'source', details->>'worker', details->>'parallel_apply',
+                              details->>'subscription', details->>'subscription_oid',
+                              details->>'subscription_owner', coalesce(details->>'run_as_owner', '-'),
+                              details->>'origin')
+               FROM activity_log.changes WHERE table_name = 'side'"
+        ),
+        format!("logical replication|apply|false|s|{subid}|postgres|{run_as_owner}|pg_{subid}")
     );
     assert_eq!(
         c.sql(
@@ -272,7 +286,7 @@ fn rows_applied_by_logical_replication_are_refused_or_leave_gaps() {
     assert_eq!(
         last,
         Some(format!(
-            "GAP|public.late||postgres|rows changed by logical replication (origin pg_{subid}, subscription s) were not captured (how many is not known: track_counts is off)|s|apply|||||false"
+            "GAP|public.late||postgres|rows changed by logical replication (origin pg_{subid}, subscription s owned by postgres) were not captured (how many is not known: track_counts is off)|s|apply|||||false"
         ))
     );
 
@@ -388,7 +402,158 @@ fn a_transaction_prepared_by_a_two_phase_subscription_leaves_its_gap() {
                FROM activity_log.events WHERE status = 'gap' ORDER BY id"
         ),
         vec![format!(
-            "tp|2|2 rows inserted, 0 updated, 0 deleted by logical replication (origin pg_{subid}, subscription s2) were not captured (the transaction was prepared for two-phase commit, and may yet be rolled back)|true"
+            "tp|2|2 rows inserted, 0 updated, 0 deleted by logical replication (origin pg_{subid}, subscription s2 owned by postgres) were not captured (the transaction was prepared for two-phase commit, and may yet be rolled back)|true"
         )]
     );
+}
+
+/// Review of issue 29, F4: from PostgreSQL 16 a role with only pg_create_subscription and
+/// CREATE on the database can make a subscription that writes into a tracked table it may
+/// change anyway, and so change it without row images in the trail. The gap records its
+/// apply workers leave name the subscription (name and oid), its owner, run_as_owner and
+/// whether a parallel apply worker applied the transaction, so that an auditor can attribute
+/// every applied row; health() counts them as it counts every gap. On 15, CREATE SUBSCRIPTION
+/// takes a superuser: the role is refused.
+#[test]
+fn a_subscription_of_a_non_superuser_is_named_in_its_gap_records() {
+    let c = Cluster::start(
+        "replication-f4",
+        &["wal_level = logical", "logical_decoding_work_mem = '64kB'"],
+    );
+    c.sql(
+        "postgres",
+        "CREATE ROLE mal LOGIN REPLICATION PASSWORD 'malpw';
+         CREATE DATABASE pub OWNER mal;
+         CREATE DATABASE sub;",
+    );
+    with_extension(&c, "sub");
+    c.sql(
+        "sub",
+        "CREATE TABLE acct (id int PRIMARY KEY, balance numeric);
+         INSERT INTO acct VALUES (1, 100), (2, 200);
+         SELECT activity_log.track('acct');
+         GRANT SELECT, INSERT, UPDATE, DELETE ON acct TO mal;
+         GRANT CREATE ON DATABASE sub TO mal;",
+    );
+    if c.major() < 16 {
+        let err = c.error_as(
+            "mal",
+            "sub",
+            "CREATE SUBSCRIPTION s CONNECTION 'dbname=pub' PUBLICATION p WITH (connect = false);",
+        );
+        assert!(
+            err.contains("ERROR:  must be superuser to create subscriptions"),
+            "{err}"
+        );
+        return;
+    }
+    c.sql("postgres", "GRANT pg_create_subscription TO mal;");
+    c.sql(
+        "pub",
+        "SET ROLE mal;
+         CREATE TABLE acct (id int PRIMARY KEY, balance numeric);
+         ALTER TABLE acct REPLICA IDENTITY FULL;
+         CREATE PUBLICATION p FOR TABLE acct;
+         RESET ROLE;
+         SELECT pg_create_logical_replication_slot('s', 'pgoutput');",
+    );
+    // A non-superuser's subscription must connect with a password.
+    let hba = format!("{}/data/pg_hba.conf", c.dir);
+    let edited = std::process::Command::new("sudo")
+        .args([
+            "-u",
+            "postgres",
+            "sed",
+            "-i",
+            "1i local pub mal scram-sha-256",
+            &hba,
+        ])
+        .status()
+        .unwrap();
+    assert!(edited.success());
+    c.sql("postgres", "SELECT pg_reload_conf()");
+    // An ordinary change by mal is captured, row and all.
+    c.sql_as(
+        "mal",
+        "sub",
+        "UPDATE acct SET balance = balance - 1 WHERE id = 1",
+    );
+    let conninfo = format!(
+        "host={} port={} dbname=pub user=mal password=malpw",
+        c.dir, c.port
+    );
+    let created = c.run_as(
+        "mal",
+        "sub",
+        &format!(
+            "CREATE SUBSCRIPTION s CONNECTION '{conninfo}' PUBLICATION p
+                WITH (create_slot = false, slot_name = 's', copy_data = false,
+                      run_as_owner = true, streaming = parallel);"
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(created.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .contains("WARNING:  tracked table public.acct is now a target of subscription \"s\""),
+        "{stderr}"
+    );
+    let subid = c.one("sub", "SELECT oid FROM pg_subscription WHERE subname = 's'");
+    // One small transaction (the leader apply worker), one large enough to be streamed to a
+    // parallel apply worker.
+    c.sql("pub", "INSERT INTO acct VALUES (3, 1000000)");
+    c.sql(
+        "pub",
+        "BEGIN;
+         INSERT INTO acct SELECT g, g FROM generate_series(10, 3009) g;
+         DELETE FROM acct WHERE id BETWEEN 10 AND 19;
+         COMMIT;",
+    );
+    let applied = wait_until(Duration::from_secs(60), || {
+        (c.one("sub", "SELECT count(*) FROM acct") == "2993").then_some(())
+    });
+    assert!(applied.is_some(), "not applied:\n{}", c.log());
+    let gaps_query = "SELECT concat_ws('|', command, table_name, rows, details->>'reason',
+                             details->>'worker', details->>'parallel_apply',
+                             details->>'subscription', details->>'subscription_oid',
+                             details->>'subscription_owner', details->>'run_as_owner',
+                             details->>'inserted', details->>'deleted')
+                        FROM activity_log.events WHERE status = 'gap' ORDER BY id";
+    let gaps = wait_until(Duration::from_secs(30), || {
+        c.flush("sub");
+        let rows = c.sql("sub", gaps_query);
+        (rows.len() >= 2).then_some(rows)
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", c.sql("sub", gaps_query), c.log()));
+    assert_eq!(
+        gaps,
+        [
+            format!(
+                "GAP|acct|1|1 row inserted, 0 updated, 0 deleted by logical replication (origin pg_{subid}, subscription s owned by mal) were not captured|apply|false|s|{subid}|mal|true|1|0"
+            ),
+            format!(
+                "GAP|acct|3010|3000 rows inserted, 0 updated, 10 deleted by logical replication (origin pg_{subid}, subscription s owned by mal, parallel apply worker) were not captured|apply|true|s|{subid}|mal|true|3000|10"
+            ),
+        ],
+        "{}",
+        c.log()
+    );
+    // mal's own UPDATE is a change record with its row; the applied rows are not.
+    assert_eq!(
+        c.sql(
+            "sub",
+            "SELECT op || '|' || db_user || '|' || row_key::text FROM activity_log.changes WHERE table_name = 'acct' ORDER BY id"
+        ),
+        ["UPDATE|mal|{\"id\": 1}"]
+    );
+    // health() counts the gaps like any other.
+    assert_eq!(
+        c.one(
+            "sub",
+            "SELECT f->>'value' FROM jsonb_array_elements((activity_log.health()).factors) f
+              WHERE f->>'factor' = 'gap_events'"
+        ),
+        "2"
+    );
+    c.sql("sub", "ALTER SUBSCRIPTION s DISABLE; ALTER SUBSCRIPTION s SET (slot_name = NONE); DROP SUBSCRIPTION s;");
 }

@@ -2045,6 +2045,8 @@ fn tracking_survives_restart_and_dump_restore() {
         ),
         r#"{"id": 1};{"id": 2}"#
     );
+    c.sql(DB, "UPDATE kept SET v = 'before' WHERE id = 1");
+    c.flush(DB);
     // pg_dump keeps the tracking configuration (and the trail); a restored database captures.
     let dump = c.client("pg_dump").args(["-d", DB]).output().unwrap();
     assert!(
@@ -2078,7 +2080,7 @@ fn tracking_survives_restart_and_dump_restore() {
     );
     assert_eq!(
         c.one("restored", "SELECT count(*) FROM activity_log.changes"),
-        "2"
+        "3"
     );
     c.wait_for_writer("restored", None);
     c.sql("restored", "INSERT INTO kept VALUES (3, 'z')");
@@ -2089,6 +2091,50 @@ fn tracking_survives_restart_and_dump_restore() {
             "SELECT new_row::text FROM activity_log.changes ORDER BY id DESC LIMIT 1"
         ),
         r#"{"id": 3}"#
+    );
+    // The restored table has a new oid; history() still tells a row's story from before the
+    // restore (recorded under the old oid, by the table's name) and after it, by its whole primary key
+    // (review of issue 29, F6).
+    assert_ne!(
+        c.one("restored", "SELECT 'kept'::regclass::oid::text"),
+        c.one(DB, "SELECT 'kept'::regclass::oid::text")
+    );
+    c.sql("restored", "UPDATE kept SET v = 'after' WHERE id = 1");
+    c.flush("restored");
+    let story = "SELECT op || '|' || coalesce(old_row::text, '-') || '|' || coalesce(new_row::text, '-') || '|' || (table_oid = 'kept'::regclass)::text FROM activity_log.history('kept', $1) ORDER BY id";
+    let expected = [
+        r#"INSERT|-|{"id": 1}|false"#,
+        r#"UPDATE|{"id": 1}|{"id": 1}|false"#,
+        r#"UPDATE|{"id": 1}|{"id": 1}|true"#,
+    ];
+    assert_eq!(
+        c.sql("restored", &story.replace("$1", r#"'{"id": 1}'"#)),
+        expected
+    );
+    // A table dropped and created again under the same name: its history() holds the dropped
+    // one's changes of that key too (docs/src/reference/functions.md says so); another
+    // table's, recorded under its own name, never.
+    c.sql(
+        "restored",
+        "CREATE TABLE other (id int PRIMARY KEY); SELECT activity_log.track('other'); INSERT INTO other VALUES (1);
+         DROP TABLE kept; CREATE TABLE kept (id int PRIMARY KEY, v text); SELECT activity_log.track('kept', '{v}');
+         INSERT INTO kept VALUES (1, 'again');",
+    );
+    c.flush("restored");
+    let mut again = expected.map(|r| r.replace("|true", "|false")).to_vec();
+    again.push(r#"INSERT|-|{"id": 1}|true"#.to_string());
+    assert_eq!(
+        c.sql("restored", &story.replace("$1", r#"'{"id": 1}'"#)),
+        again
+    );
+    assert_eq!(
+        c.sql(
+            "restored",
+            &story
+                .replace("'kept'", "'other'")
+                .replace("$1", r#"'{"id": 1}'"#)
+        ),
+        [r#"INSERT|-|{"id": 1}|true"#]
     );
     // The hash chain survives the dump and restore, and the restored writer continues it.
     assert_eq!(

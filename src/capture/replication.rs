@@ -234,14 +234,52 @@ fn locked_for_writing(relid: pg_sys::Oid) -> bool {
         })
 }
 
-/// Where applied rows come from: the worker's subscription and replication origin.
+/// Where applied rows come from, and who is behind them: the worker's subscription, its
+/// owner, and its replication origin. From PostgreSQL 16 a member of pg_create_subscription
+/// who may CREATE in the database can make a subscription that writes into a tracked table
+/// (docs/src/security/model.md): the owner and run_as_owner name whose rights applied the rows.
 struct Source {
     subscription: Option<String>,
+    subscription_oid: Option<u32>,
+    /// The subscription's owner (a role name; None when the role or subscription is gone).
+    owner: Option<String>,
+    /// pg_subscription.subrunasowner (PostgreSQL 16 on): the rows were applied with the
+    /// owner's rights, not the table owner's. None on 15, where they always are.
+    run_as_owner: Option<bool>,
     origin: Option<String>,
     /// The tablesync worker (initial copy of a table, then its catch-up), not the apply worker.
     tablesync: bool,
+    /// A parallel apply worker (PostgreSQL 16 on, `streaming = parallel`): the leader apply
+    /// worker handed it a large transaction.
+    parallel: bool,
     /// The transaction is being prepared (two_phase), not committed.
     prepared: bool,
+}
+
+/// pg_subscription's oid (catalog/pg_subscription.h; not bound by pgrx).
+const SUBSCRIPTION_RELATION_ID: u32 = 6100;
+
+/// attributed_note is what a record this logical replication worker leaves says of who is
+/// behind it: `note` with the subscription, its owner, run_as_owner and the worker added (a
+/// gap's reason becomes a JSON object's `reason`; a captured row change, say by a trigger
+/// enabled ALWAYS, gets them as its `details`). None: the note stands as it is (it carries
+/// them already, or it is not one the writer reads as JSON). Called for each record of such a
+/// worker: a few syscache lookups, no ERROR for a name that is gone.
+pub fn attributed_note(note: &str, op: Op) -> Option<String> {
+    let facts = match op {
+        Op::Gap
+            if serde_json::from_str::<serde_json::Value>(note)
+                .is_ok_and(|v| v.get("reason").is_some()) =>
+        {
+            return None;
+        }
+        Op::Gap => serde_json::json!({ "reason": note }),
+        Op::Insert | Op::Update | Op::Delete if note.is_empty() => serde_json::json!({}),
+        _ => return None,
+    };
+    let mut facts = facts;
+    Source::current(false).add_facts(&mut facts);
+    Some(facts.to_string())
 }
 
 impl Source {
@@ -251,14 +289,13 @@ impl Source {
         // is gone) inside the committing transaction; bgw_name is a NUL-terminated array.
         unsafe {
             let sub = unguarded::MySubscription;
-            let subscription = if sub.is_null() {
-                None
-            } else {
-                let subid = (*sub).oid;
+            let subid = (!sub.is_null()).then(|| (*sub).oid);
+            let subscription = subid.and_then(|subid| {
                 cstring(pg_guard_ffi_boundary(|| {
                     unguarded::get_subscription_name(subid, true)
                 }))
-            };
+            });
+            let (owner, run_as_owner) = subid.map_or((None, None), |id| owner_of(id));
             let id = pg_sys::replorigin_session_origin;
             let origin = if u32::from(id) == pg_sys::InvalidRepOriginId {
                 None
@@ -269,15 +306,21 @@ impl Source {
             };
             let worker = pg_sys::MyBgworkerEntry;
             // "logical replication (tablesync) worker for subscription 16390 sync 16384".
-            let tablesync = !worker.is_null()
-                && CStr::from_ptr((*worker).bgw_name.as_ptr())
-                    .to_bytes()
-                    .windows(6)
-                    .any(|w| w == b" sync ");
+            let name: &[u8] = match worker.is_null() {
+                true => b"",
+                false => CStr::from_ptr((*worker).bgw_name.as_ptr()).to_bytes(),
+            };
+            let tablesync = name.windows(6).any(|w| w == b" sync ");
+            // "logical replication parallel apply worker for subscription 16390".
+            let parallel = name.windows(15).any(|w| w == b"parallel apply ");
             Source {
                 subscription,
+                subscription_oid: subid.map(|o| o.to_u32()),
+                owner,
+                run_as_owner,
                 origin,
                 tablesync,
+                parallel,
                 prepared,
             }
         }
@@ -295,8 +338,13 @@ impl Source {
         if let Some(o) = &self.origin {
             whence.push(format!("origin {o}"));
         }
-        if let Some(s) = &self.subscription {
-            whence.push(format!("subscription {s}"));
+        match (&self.subscription, &self.owner) {
+            (Some(s), Some(r)) => whence.push(format!("subscription {s} owned by {r}")),
+            (Some(s), None) => whence.push(format!("subscription {s}")),
+            _ => {}
+        }
+        if self.parallel {
+            whence.push("parallel apply worker".into());
         }
         let whence = match whence.is_empty() {
             true => String::new(),
@@ -321,13 +369,8 @@ impl Source {
                 "rows changed {by}{whence} were not captured (how many is not known: track_counts is off){prepared}"
             ),
         };
-        let mut facts = serde_json::json!({
-            "reason": reason,
-            "source": "logical replication",
-            "worker": if self.tablesync { "tablesync" } else { "apply" },
-            "subscription": self.subscription,
-            "origin": self.origin,
-        });
+        let mut facts = serde_json::json!({ "reason": reason });
+        self.add_facts(&mut facts);
         if self.prepared {
             facts["prepared"] = true.into();
         }
@@ -338,6 +381,54 @@ impl Source {
             facts["truncated"] = c.truncated.into();
         }
         facts.to_string()
+    }
+}
+
+impl Source {
+    /// add_facts puts who and what applied the rows into a record's JSON note.
+    fn add_facts(&self, facts: &mut serde_json::Value) {
+        facts["source"] = "logical replication".into();
+        facts["worker"] = if self.tablesync { "tablesync" } else { "apply" }.into();
+        facts["parallel_apply"] = self.parallel.into();
+        facts["subscription"] = self.subscription.clone().into();
+        facts["subscription_oid"] = self.subscription_oid.into();
+        facts["subscription_owner"] = self.owner.clone().into();
+        facts["run_as_owner"] = self.run_as_owner.into();
+        facts["origin"] = self.origin.clone().into();
+    }
+}
+
+/// owner_of reads the subscription's owner (by name) and, from PostgreSQL 16 on, its
+/// run_as_owner from the syscache: None for what is gone; no ERROR.
+///
+/// # Safety
+/// Inside a transaction.
+unsafe fn owner_of(subid: pg_sys::Oid) -> (Option<String>, Option<bool>) {
+    let cache = pg_sys::SysCacheIdentifier::SUBSCRIPTIONOID as i32;
+    // SAFETY: syscache lookups inside the transaction; the tuple is released below, and the
+    // attribute numbers are looked up by name (0 when the column does not exist).
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(cache, pg_sys::Datum::from(subid));
+        if tup.is_null() {
+            return (None, None);
+        }
+        let rel = pg_sys::Oid::from(SUBSCRIPTION_RELATION_ID);
+        let attr = |name: &CStr| -> Option<pg_sys::Datum> {
+            let attnum = pg_sys::get_attnum(rel, name.as_ptr());
+            if attnum <= 0 {
+                return None;
+            }
+            let mut isnull = false;
+            let d = pg_sys::SysCacheGetAttr(cache, tup, attnum, &mut isnull);
+            (!isnull).then_some(d)
+        };
+        let owner = attr(c"subowner").and_then(|d| {
+            let role = pg_sys::Oid::from(d.value() as u32);
+            cstring(pg_sys::GetUserNameFromId(role, true))
+        });
+        let run_as_owner = attr(c"subrunasowner").map(|d| d.value() & 0xff != 0);
+        pg_sys::ReleaseSysCache(tup);
+        (owner, run_as_owner)
     }
 }
 
@@ -475,10 +566,46 @@ mod tests {
     fn source() -> Source {
         Source {
             subscription: Some("s".into()),
+            subscription_oid: Some(16390),
+            owner: None,
+            run_as_owner: None,
             origin: Some("pg_16390".into()),
             tablesync: false,
+            parallel: false,
             prepared: false,
         }
+    }
+
+    #[test]
+    fn the_note_names_who_is_behind_the_applied_rows() {
+        let mut by = source();
+        by.owner = Some("mal".into());
+        by.run_as_owner = Some(true);
+        by.parallel = true;
+        let counts = Counts {
+            inserted: 2991,
+            deleted: 10,
+            ..Counts::default()
+        };
+        let note: serde_json::Value = serde_json::from_str(&by.note(Some(counts))).unwrap();
+        assert_eq!(
+            note,
+            serde_json::json!({
+                "reason": "2991 rows inserted, 0 updated, 10 deleted by logical replication (origin pg_16390, subscription s owned by mal, parallel apply worker) were not captured",
+                "source": "logical replication",
+                "worker": "apply",
+                "parallel_apply": true,
+                "subscription": "s",
+                "subscription_oid": 16390,
+                "subscription_owner": "mal",
+                "run_as_owner": true,
+                "origin": "pg_16390",
+                "inserted": 2991,
+                "updated": 0,
+                "deleted": 10,
+                "truncated": false,
+            })
+        );
     }
 
     #[test]

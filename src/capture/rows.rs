@@ -1448,9 +1448,16 @@ pub fn push_change(
     if tracked.durable {
         pending::mark_durable();
     }
-    if process::in_logical_worker() {
-        applied::note_captured(tracked.relid, op, row_count);
-    }
+    // A logical replication worker's records name the subscription and its owner: whose
+    // rights applied them (capture/replication.rs).
+    let attributed = match process::in_logical_worker() {
+        true => {
+            applied::note_captured(tracked.relid, op, row_count);
+            super::replication::attributed_note(note, op)
+        }
+        false => None,
+    };
+    let note = attributed.as_deref().unwrap_or(note);
     let record = Record {
         origin: origin::origin(),
         body: Body::Change(Change {

@@ -290,6 +290,18 @@ impl LockGuard {
             LockGuard(lock)
         }
     }
+
+    /// try_exclusive takes the lock only if that needs no wait: for error reporting and exit
+    /// callbacks, where this process may itself hold it (an ERROR raised between acquire and
+    /// release is not released until the exit's LWLockReleaseAll), and waiting would hang it.
+    pub(super) fn try_exclusive(index: usize) -> Option<Self> {
+        // SAFETY: as in exclusive; the conditional acquire never waits.
+        unsafe {
+            let lock = &raw mut (*(*SHMEM.locks.get()).add(index)).lock;
+            pg_sys::LWLockConditionalAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE)
+                .then_some(LockGuard(lock))
+        }
+    }
 }
 impl Drop for LockGuard {
     fn drop(&mut self) {

@@ -150,6 +150,33 @@ pub fn note_write_error(slot_index: usize, message: &str, transient: bool) {
     }
 }
 
+/// note_exit_error puts why the writer of ring `slot_index` exits into its last_error:
+/// `message`, unless last_error holds `cause` already (a failed batch noted it, with more
+/// words: note_write_error), so that `activity_log.queue` says why writer_failures grew.
+/// write_errors is not counted (the failed run is). Runs inside error reporting and in exit
+/// callbacks: it only tries the slot lock, allocates nothing and raises nothing; false when
+/// the lock was taken.
+pub fn note_exit_error(slot_index: usize, message: &[u8], cause: &[u8]) -> bool {
+    let s = slot(slot_index);
+    let Some(_g) = LockGuard::try_exclusive(slot_index + 1) else {
+        return false;
+    };
+    // SAFETY: guarded by the slot lock.
+    unsafe {
+        let buf = &mut *s.last_error.get();
+        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        let noted = !cause.is_empty() && buf[..len].windows(cause.len()).any(|w| w == cause);
+        if !noted {
+            let n = message.len().min(LAST_ERROR_LEN - 1);
+            buf[..n].copy_from_slice(&message[..n]);
+            buf[n] = 0;
+            s.last_error_at
+                .store(pg_sys::GetCurrentTimestamp(), Relaxed);
+        }
+    }
+    true
+}
+
 /// A snapshot of one slot, for `activity_log.queue` and the health score.
 #[derive(Debug, Default, Clone)]
 pub struct SlotStats {

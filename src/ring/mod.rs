@@ -58,8 +58,8 @@ pub use layout::{
     WRITER_NONE, WRITER_RUNNING, WRITER_STARTING, capacity, init, is_initialised, slot_count,
 };
 pub use metrics::{
-    count_drop, count_overflow_wait, count_written, mark_drops_reported, note_write_error,
-    reset_metrics, roll_window, stats, unreported_drops,
+    count_drop, count_overflow_wait, count_written, mark_drops_reported, note_exit_error,
+    note_write_error, reset_metrics, roll_window, stats, unreported_drops,
 };
 pub use produce::{
     Reservation, ReserveError, Share, commit, commit_staged, count_published, reserve, void,

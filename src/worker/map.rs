@@ -573,10 +573,15 @@ impl Rows {
                         Some(json!({ "rows_captured": false, "note": note }).to_string())
                     }
                     Op::Gap => Some(gap_details(&ch.note)),
-                    // Rows a MERGE moved to another partition that could not be paired
-                    // (capture/rows.rs, `moved_rows`).
-                    Op::Insert | Op::Delete if !ch.note.is_empty() => {
-                        Some(json!({ "note": text(&ch.note) }).to_string())
+                    // A note on a row change is either the facts a logical replication worker's
+                    // capture noted (a JSON object: the subscription and its owner,
+                    // capture/replication.rs) or the text capture/rows.rs leaves on rows a MERGE
+                    // moved to another partition that could not be paired (`moved_rows`).
+                    Op::Insert | Op::Update | Op::Delete if !ch.note.is_empty() => {
+                        Some(match parse_json_or_string(&ch.note) {
+                            facts @ Value::Object(_) => facts.to_string(),
+                            _ => json!({ "note": text(&ch.note) }).to_string(),
+                        })
                     }
                     // What capture noted of the TRUNCATE (the partition, RESTART IDENTITY).
                     Op::Truncate | Op::TruncatePartition if !ch.note.is_empty() => {

@@ -55,7 +55,9 @@ unsafe fn detoast_packed(v: *mut pg_sys::varlena) -> *mut pg_sys::varlena {
 /// - what they store reads the same in every database: the settings that change a value's
 ///   text (floats, intervals, dates, bytea, xml) are PostgreSQL's defaults;
 /// - nothing stops them: no read-only default, no statement, lock or transaction timeout
-///   (transaction_timeout exists from PostgreSQL 17 on and ends the whole session), no SET ROLE.
+///   (transaction_timeout exists from PostgreSQL 17 on and ends the whole session), no SET ROLE,
+///   no exit_on_error (it makes every ERROR a FATAL, even one the writer catches to set a
+///   record aside as a dead letter: the same batch would end each writer that tries it);
 ///
 /// The rest at PGC_S_SESSION, which outranks the database's settings and lets the extension's
 /// own functions SET what they need (lock_timeout).
@@ -84,6 +86,7 @@ pub fn pin_settings() {
         (c"statement_timeout", c"0"),
         (c"idle_in_transaction_session_timeout", c"0"),
         (c"lock_timeout", c"0"),
+        (c"exit_on_error", c"off"),
         (c"extra_float_digits", c"1"),
         (c"DateStyle", c"ISO, MDY"),
         (c"IntervalStyle", c"postgres"),

@@ -18,6 +18,7 @@
 use crate::errors::raise;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
+use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,13 @@ use crate::worker::suspects;
 static mut MY_SLOT: i64 = -1;
 /// Set once the writer leaves its loop normally; an exit without it counts as a failure.
 static mut CLEAN_EXIT: bool = false;
+/// The ring whose last_error says why this writer exits: its database's, from before the
+/// connection (which may end in a FATAL) on.
+static mut EXIT_SLOT: i64 = -1;
+/// Set once the ERROR or FATAL this writer exits on is in its ring's last_error.
+static mut EXIT_ERROR_NOTED: bool = false;
+/// emit_log_hook as it was before this writer added [`note_exit_error`].
+static mut PREV_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
 
 /// keep_freed_memory makes this process's malloc reuse what a batch freed instead of handing
 /// it back to the kernel. Each batch allocates a few megabytes (row Datums, heap tuples, the
@@ -63,6 +71,13 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     keep_freed_memory();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     process::mark_own_worker();
+    // SAFETY: process-local statics; the hook is this process's only (a writer runs no
+    // user session), set before the connection, which can end in a FATAL of its own.
+    unsafe {
+        EXIT_SLOT = ring::slot_of(dboid).map_or(-1, |i| i as i64);
+        PREV_EMIT_LOG_HOOK = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(note_exit_error);
+    }
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
     super::pin_settings();
 
@@ -117,6 +132,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     // SAFETY: registering a plain callback; MY_SLOT is process-local.
     unsafe {
         MY_SLOT = slot as i64;
+        EXIT_SLOT = slot as i64;
         MY_DB = dboid;
         pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
     }
@@ -302,11 +318,68 @@ fn wait_for_restore(slot: usize) -> bool {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
+unsafe extern "C-unwind" fn on_exit(code: i32, _arg: pg_sys::Datum) {
     // SAFETY: process-local statics written by this process only.
     unsafe {
         if MY_SLOT >= 0 {
+            if !CLEAN_EXIT && !EXIT_ERROR_NOTED {
+                // Not by an ERROR or FATAL this process reported (a proc_exit of its own, or
+                // one whose report could not take the slot lock): say so, not nothing.
+                let mut buf = [0u8; 96];
+                let message = exit_message(&mut buf, code);
+                ring::note_exit_error(MY_SLOT as usize, message, b"");
+            }
             ring::detach_writer(MY_SLOT as usize, pg_sys::MyProcPid, !CLEAN_EXIT);
+        }
+    }
+}
+
+/// exit_message writes "writer exited with code N; see the server log" into `buf`, without
+/// allocating (exit callbacks may run out of memory).
+fn exit_message(buf: &mut [u8; 96], code: i32) -> &[u8] {
+    use std::io::Write;
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(w, "writer exited with code {code}; see the server log");
+    let n = w.position() as usize;
+    &buf[..n]
+}
+
+/// note_exit_error is this writer's emit_log_hook. An ERROR that reaches a background
+/// worker's top level ends it, as a FATAL does, and both are reported here just before the
+/// exit: their message goes into the ring's last_error, so that `activity_log.queue` says why
+/// writer_failures grew (a FATAL left it empty: issue 29). An ERROR the writer catches (a
+/// failed batch, noted by drain.rs with its detail) is not reported, and one it rethrows is
+/// noted already: the message is left as it is then. Runs inside error reporting: nothing here
+/// allocates or raises, and the slot lock is only tried.
+#[pg_guard]
+unsafe extern "C-unwind" fn note_exit_error(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: edata is the error being reported, valid for the call; process-local statics.
+    unsafe {
+        let e = &*edata;
+        let level = match e.elevel as u32 {
+            pg_sys::PGERROR => &b"ERROR"[..],
+            pg_sys::FATAL => &b"FATAL"[..],
+            _ => &b""[..],
+        };
+        if !level.is_empty()
+            && EXIT_SLOT >= 0
+            && pg_sys::CritSectionCount == 0
+            && !e.message.is_null()
+        {
+            let cause = std::ffi::CStr::from_ptr(e.message).to_bytes();
+            let mut buf = [0u8; 256];
+            let mut n = 0;
+            for part in [&b"writer exited: "[..], level, b": ", cause] {
+                let take = part.len().min(buf.len() - n);
+                buf[n..n + take].copy_from_slice(&part[..take]);
+                n += take;
+            }
+            if ring::note_exit_error(EXIT_SLOT as usize, &buf[..n], cause) {
+                EXIT_ERROR_NOTED = true;
+            }
+        }
+        if let Some(prev) = PREV_EMIT_LOG_HOOK {
+            pg_guard_ffi_boundary(|| prev(edata));
         }
     }
 }
