@@ -814,3 +814,303 @@ fn a_broken_rollup_does_not_hold_up_the_trail() {
         "change 7, event 3, system 1"
     );
 }
+
+/// Keeps `db`'s writer down for good: the database takes no new connection, so every writer
+/// the launcher starts fails at its start (as one kept down by a broken setting would), and the
+/// running one is terminated. A session connected to `db` before then (it stays connected)
+/// commits `then` once no writer is left to store it; returns its output rows.
+fn without_writer(c: &Cluster, db: &str, then: &str) -> Vec<String> {
+    use std::io::Write;
+    let mut session = c
+        .psql_command(db)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "SET application_name = 'al_without_writer';
+         DO $$ BEGIN
+           WHILE (SELECT datallowconn FROM pg_database WHERE datname = current_database())
+              OR EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'activity_log writer' AND datname = current_database())
+           LOOP PERFORM pg_sleep(0.05); END LOOP;
+         END $$;
+         {then}"
+    );
+    session
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let connected = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'al_without_writer'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(connected.is_some(), "the session on {db} never connected");
+    c.sql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'activity_log writer' AND datname = '{db}';"
+        ),
+    );
+    let out = session.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// writer_back waits for `app`'s writer once connections are allowed again: the launcher
+/// gives a start that failed before attaching 30 s before it tries again.
+fn writer_back(c: &Cluster) {
+    let back = wait_until(Duration::from_secs(90), || c.writer_pid("app"));
+    assert!(back.is_some(), "no writer for app; log:\n{}", c.log());
+}
+
+fn spill_files(c: &Cluster) -> Vec<String> {
+    let out = Command::new("sudo")
+        .args(["-u", "postgres", "ls", &format!("{}/data", c.dir)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("activity_log.spill."))
+        .map(str::to_string)
+        .collect()
+}
+
+fn state_file(c: &Cluster) -> String {
+    let out = Command::new("sudo")
+        .args([
+            "-u",
+            "postgres",
+            "cat",
+            &format!("{}/data/activity_log.state", c.dir),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The trail of `app` as (kind, status, command, new_row, reason), in id order.
+fn app_trail(c: &Cluster) -> Vec<String> {
+    c.sql(
+        "app",
+        "SELECT kind, status, command, coalesce(new_row::text, '-'), coalesce(details->>'reason', '-')
+           FROM activity_log.events WHERE kind IN ('change', 'event') OR status = 'gap' ORDER BY id",
+    )
+}
+
+/// A clean stop while the database's writer is down (failing at its start) keeps the committed
+/// records that are still in the ring: the postmaster writes them to a spill file when it
+/// releases shared memory, and puts them back into the database's ring at the next start,
+/// before any backend can publish; the writer then stores them in order, with no gap record
+/// (review of issue 29, F3: they were lost, and the gap record called the stop unclean).
+#[test]
+fn a_clean_stop_with_the_writer_down_keeps_the_ring() {
+    let c = Cluster::start("spill", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "app");
+    c.sql(
+        "app",
+        "CREATE TABLE a (id int PRIMARY KEY); SELECT activity_log.track('a'); INSERT INTO a VALUES (1)",
+    );
+    c.flush("app");
+    let oid = c.one(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'app'",
+    );
+    let queued = without_writer(
+        &c,
+        "app",
+        "INSERT INTO a VALUES (2), (3);
+         SELECT activity_log.log_event('committed_before_stop');
+         INSERT INTO a VALUES (4);
+         SELECT queued_records FROM activity_log.queue;",
+    );
+    // Three records (a statement's rows are one record) wait in the ring, with no writer.
+    assert_eq!(queued, ["3"]);
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert_eq!(spill_files(&c), [format!("activity_log.spill.{oid}")]);
+    assert_eq!(state_file(&c), "drained");
+    assert!(c.pg_ctl(&["start"]));
+    // Back in the ring, as before the stop, until a writer can store them.
+    c.sql("postgres", "ALTER DATABASE app ALLOW_CONNECTIONS true");
+    assert_eq!(spill_files(&c), Vec::<String>::new());
+    writer_back(&c);
+    c.sql("app", "INSERT INTO a VALUES (5)");
+    c.flush("app");
+    assert_eq!(
+        app_trail(&c),
+        [
+            r#"change|success|INSERT|{"id": 1}|-"#,
+            r#"change|success|INSERT|{"id": 2}|-"#,
+            r#"change|success|INSERT|{"id": 3}|-"#,
+            "event|success|committed_before_stop|-|-",
+            r#"change|success|INSERT|{"id": 4}|-"#,
+            r#"change|success|INSERT|{"id": 5}|-"#,
+        ]
+    );
+    assert_eq!(
+        c.one("app", "SELECT intact FROM activity_log.verify()"),
+        "t"
+    );
+    assert_eq!(
+        c.one(
+            "app",
+            "SELECT published_records || ',' || written_records || ',' || dropped_records FROM activity_log.queue"
+        ),
+        "4,4,0",
+        "the 3 records put back and the one committed after the start"
+    );
+}
+
+/// A spill file that cannot be put back is kept, and the database's trail gets a gap record
+/// that names it and says why: its frames do not fit a ring made smaller meanwhile (a start
+/// with the ring large enough again puts them back), or it is corrupt (its checksum).
+#[test]
+fn a_spill_file_that_cannot_be_put_back_is_kept_and_named() {
+    let c = Cluster::start(
+        "spillkept",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '1MB'",
+        ],
+    );
+    for db in ["app", "other"] {
+        with_extension(&c, db);
+        c.sql(
+            db,
+            "CREATE TABLE b (id int PRIMARY KEY, pad text); SELECT activity_log.track('b')",
+        );
+    }
+    let oid = |db: &str| {
+        c.one(
+            "postgres",
+            &format!("SELECT oid FROM pg_database WHERE datname = '{db}'"),
+        )
+    };
+    let (app, other) = (oid("app"), oid("other"));
+    // One record of about 90 kB: more than a ring of 64 kB holds.
+    without_writer(
+        &c,
+        "app",
+        "SELECT activity_log.log_event('small');
+         INSERT INTO b SELECT g, repeat('x', 200) FROM generate_series(1, 400) g;",
+    );
+    without_writer(&c, "other", "INSERT INTO b VALUES (1, 'to be corrupted')");
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert_eq!(
+        spill_files(&c),
+        [
+            format!("activity_log.spill.{app}"),
+            format!("activity_log.spill.{other}")
+        ]
+    );
+    let file = |db_oid: &str| format!("{}/data/activity_log.spill.{db_oid}", c.dir);
+    let size = |path: &str| -> u64 {
+        let out = Command::new("sudo")
+            .args(["-u", "postgres", "stat", "-c", "%s", path])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    // 40 bytes of header before the frames, a 32-byte checksum after them.
+    let app_bytes = size(&file(&app)) - 40 - 32;
+    // One byte of the other database's frame changed.
+    assert!(
+        Command::new("sudo")
+            .args([
+                "-u",
+                "postgres",
+                "sh",
+                "-c",
+                &format!(
+                    "printf 'Z' | dd of={} bs=1 seek=100 conv=notrunc status=none",
+                    file(&other)
+                ),
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(c.pg_ctl(&["start", "-o", "-c activity_log.buffer_size=64kB"]));
+    c.sql(
+        "postgres",
+        "ALTER DATABASE app ALLOW_CONNECTIONS true; ALTER DATABASE other ALLOW_CONNECTIONS true",
+    );
+    let gap = |name: &str, why: &str| {
+        format!(
+            "system|gap|GAP|-|records committed before the last stop were kept in {name} in the data directory but could not be put back into the ring: {why}; the file is kept, and its records are not in the trail"
+        )
+    };
+    let too_large = gap(
+        &format!("activity_log.spill.{app}"),
+        &format!(
+            "its {app_bytes} bytes of frames do not fit the ring of 65536 bytes (activity_log.buffer_size was lowered); raise activity_log.buffer_size to at least {} kB and restart the server to put them back",
+            app_bytes.div_ceil(1024)
+        ),
+    );
+    let corrupt = gap(
+        &format!("activity_log.spill.{other}"),
+        "it is corrupt (its checksum does not match)",
+    );
+    let trail = |db: &str| {
+        c.sql(
+            db,
+            "SELECT kind, status, command, coalesce(new_row->>'id', '-'), coalesce(details->>'reason', '-')
+               FROM activity_log.events WHERE kind IN ('change', 'event') OR status = 'gap' ORDER BY id",
+        )
+    };
+    for db in ["app", "other"] {
+        let back = wait_until(Duration::from_secs(90), || c.writer_pid(db));
+        assert!(back.is_some(), "no writer for {db}; log:\n{}", c.log());
+        c.flush(db);
+    }
+    assert!(trail("app").len() == 1 && trail("app")[0].starts_with("system|gap|GAP|-|"));
+    assert_eq!(trail("app"), [too_large.clone()]);
+    assert_eq!(trail("other"), [corrupt.clone()]);
+    assert_eq!(
+        spill_files(&c),
+        [
+            format!("activity_log.spill.{app}"),
+            format!("activity_log.spill.{other}")
+        ]
+    );
+
+    // With the ring large enough again, the next start puts the kept records back; the corrupt
+    // file stays, and says so again.
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert!(c.pg_ctl(&["start"]));
+    for db in ["app", "other"] {
+        c.wait_for_writer(db, None);
+        c.flush(db);
+    }
+    let app_trail = trail("app");
+    assert_eq!(app_trail.len(), 402, "{:?}", &app_trail[..3]);
+    assert_eq!(
+        app_trail[..3],
+        [
+            too_large,
+            "event|success|small|-|-".to_string(),
+            "change|success|INSERT|1|-".to_string()
+        ]
+    );
+    assert_eq!(app_trail[401], "change|success|INSERT|400|-");
+    assert_eq!(trail("other"), [corrupt.clone(), corrupt]);
+    assert_eq!(spill_files(&c), [format!("activity_log.spill.{other}")]);
+    for db in ["app", "other"] {
+        assert_eq!(c.one(db, "SELECT intact FROM activity_log.verify()"), "t");
+    }
+}
