@@ -20,8 +20,11 @@
 //!
 //! File `activity_log.spill.<dboid>` (a second one for the same database while the first is
 //! kept: `activity_log.spill.<dboid>.<n>`), native byte order:
-//! `magic[8] dboid:u32 nframes:u32 records:u64 dropped:u64 bytes:u64 frames[bytes] sha256[32]`,
-//! the digest over everything before it. Written to a temporary file, fsynced, renamed, and
+//! `magic[8] dboid:u32 nframes:u32 records:u64 dropped:u64 mark:i64 bytes:u64 frames[bytes]
+//! sha256[32]`, the digest over everything before it. `mark` is the ring's turn mark
+//! (`claimed_at`): staged transactions in durable_queue carry it when a frame in the ring
+//! announces them, and the writer's sweep leaves them to that announcement, so the ring put
+//! back gets the same mark. Written to a temporary file, fsynced, renamed, and
 //! the directory fsynced; removed (and the directory fsynced) once its frames are back in
 //! shared memory.
 
@@ -34,8 +37,8 @@ use super::layout::{FrameHeader, HEADER, STATE_COMMITTED, STATE_PAD, STATE_PENDI
 
 const MAGIC: &[u8; 8] = b"ALSPILL1";
 const PREFIX: &str = "activity_log.spill.";
-/// magic, dboid, nframes, records, dropped, bytes.
-const FILE_HEADER: usize = 8 + 4 + 4 + 8 + 8 + 8;
+/// magic, dboid, nframes, records, dropped, mark, bytes.
+const FILE_HEADER: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8;
 const DIGEST: usize = 32;
 
 /// What [`spill_all`] did.
@@ -99,18 +102,23 @@ fn walk(r: &RingView, mut f: impl FnMut(u64, u64, u32, u32)) {
 /// spill_ring writes the committed frames of one ring (database `dboid`) to a spill file;
 /// adds what it did to `out`.
 pub(super) fn spill_ring(r: &RingView, dboid: u32, dropped: u64, out: &mut Spilled) {
+    let mark = r.slot.claimed_at.load(Acquire);
     let mut frames = Vec::new();
-    let (mut records, mut bytes) = (0u64, 0u64);
+    let (mut records, mut bytes, mut pending) = (0u64, 0u64, 0u64);
     walk(r, |pos, len, state, nrecords| match state {
         STATE_COMMITTED if len >= HEADER => {
             frames.push((pos, len));
             records += nrecords as u64;
             bytes += len;
         }
-        STATE_PENDING => out.pending += nrecords as u64,
+        STATE_PENDING => pending += nrecords as u64,
         _ => {}
     });
-    if frames.is_empty() && dropped == 0 {
+    out.pending += pending;
+    // A ring that lost records mid-commit gets a file too, even without a frame: the file
+    // gives its database a ring at the next start, whose writer records the loss at once (a
+    // database without a ring would record it only when it next gets one).
+    if frames.is_empty() && dropped == 0 && pending == 0 {
         return;
     }
     let path = free_name(dboid);
@@ -127,6 +135,7 @@ pub(super) fn spill_ring(r: &RingView, dboid: u32, dropped: u64, out: &mut Spill
         put(&(frames.len() as u32).to_ne_bytes())?;
         put(&records.to_ne_bytes())?;
         put(&dropped.to_ne_bytes())?;
+        put(&mark.to_ne_bytes())?;
         put(&bytes.to_ne_bytes())?;
         for &(pos, len) in &frames {
             put(r.at(pos, len))?;
@@ -198,6 +207,8 @@ pub(super) fn spill_files() -> Vec<(u32, u32, String)> {
 pub(super) struct SpillFile {
     pub records: u64,
     pub dropped: u64,
+    /// The ring's turn mark when it was spilled.
+    pub mark: i64,
     /// The frames, each whole, back to back.
     pub frames: Vec<u8>,
 }
@@ -214,7 +225,13 @@ pub(super) fn read_spill(name: &str, dboid: u32, room: u64) -> Result<SpillFile,
     if &head[..8] != MAGIC || u32_at(8) != dboid {
         return Err("it is corrupt (not a spill file of this database)".into());
     }
-    let (nframes, records, dropped, bytes) = (u32_at(12), u64_at(16), u64_at(24), u64_at(32));
+    let (nframes, records, dropped, mark, bytes) = (
+        u32_at(12),
+        u64_at(16),
+        u64_at(24),
+        u64_at(32) as i64,
+        u64_at(40),
+    );
     if bytes > room {
         return Err(format!(
             "its {bytes} bytes of frames do not fit the ring of {room} bytes (activity_log.buffer_size was lowered); raise activity_log.buffer_size to at least {} kB and restart the server to put them back",
@@ -267,6 +284,7 @@ pub(super) fn read_spill(name: &str, dboid: u32, room: u64) -> Result<SpillFile,
     Ok(SpillFile {
         records,
         dropped,
+        mark,
         frames: rest,
     })
 }
@@ -327,7 +345,8 @@ pub(super) fn restore_all() {
             continue;
         };
         let s = super::layout::slot(i);
-        if s.dboid.load(Relaxed) == 0 {
+        let fresh = s.dboid.load(Relaxed) == 0;
+        if fresh {
             s.dboid.store(dboid, Relaxed);
             s.last_dboid.store(dboid, Relaxed);
             s.claimed_at.store(now, Relaxed);
@@ -360,6 +379,13 @@ pub(super) fn restore_all() {
                     );
                 }
                 s.head.store(head + f.frames.len() as u64, Release);
+                if fresh {
+                    // The announcements in these frames keep their staged rows (see the file
+                    // format above). A second file of the same database, from another turn,
+                    // keeps the first one's mark: its announced rows are swept by their
+                    // commit order key instead, and their announcements find them gone.
+                    s.claimed_at.store(f.mark, Relaxed);
+                }
                 s.published_records.fetch_add(f.records, Relaxed);
                 s.dropped_records.fetch_add(f.dropped, Relaxed);
                 pgrx::log!(
