@@ -1123,6 +1123,35 @@ fn a_spill_file_that_cannot_be_put_back_is_kept_and_named() {
     }
 }
 
+/// stop_idle_writer SIGSTOPs `db`'s writer while it sleeps on its latch: stopped in the middle of
+/// its own commit it would hold the WAL write lock, and every other commit would wait for it.
+fn stop_idle_writer(c: &Cluster, db: &str) -> i32 {
+    let pid = c.wait_for_writer(db, None);
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    let idle = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'Extension'"
+    );
+    let stopped = wait_until(Duration::from_secs(30), || {
+        signal("-STOP");
+        // What it showed when it stopped: the latch wait is reported before it sleeps.
+        if c.one(db, &idle) == "1" {
+            return Some(());
+        }
+        signal("-CONT");
+        None
+    });
+    assert!(stopped.is_some(), "the writer of {db} never slept");
+    pid
+}
+
 /// An immediate shutdown keeps the committed records in the ring (spilled and put back), but a
 /// transaction caught between its commit record and its commit callback (here one waiting for
 /// a synchronous standby that does not exist) has a frame that is still pending: whether it
@@ -1137,14 +1166,7 @@ fn an_immediate_stop_keeps_committed_records_and_reports_those_mid_commit() {
         "CREATE TABLE notes (id int PRIMARY KEY); SELECT activity_log.track('notes')",
     );
     c.flush("postgres");
-    let pid = c.wait_for_writer("postgres", None);
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    stop_idle_writer(&c, "postgres");
     c.sql("postgres", "INSERT INTO notes VALUES (1)");
     c.sql(
         "postgres",
@@ -1207,14 +1229,8 @@ fn a_crash_restart_keeps_the_committed_records_of_the_ring() {
         "postgres",
         "CREATE TABLE notes (id int PRIMARY KEY); SELECT activity_log.track('notes')",
     );
-    let pid = c.wait_for_writer("postgres", None);
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    c.flush("postgres");
+    let pid = stop_idle_writer(&c, "postgres");
     c.sql("postgres", "INSERT INTO notes VALUES (1)");
     // A killed writer is a crash: the postmaster restarts every process.
     assert!(
