@@ -20,11 +20,14 @@
 //!
 //! File `activity_log.spill.<dboid>` (a second one for the same database while the first is
 //! kept: `activity_log.spill.<dboid>.<n>`), native byte order:
-//! `magic[8] dboid:u32 nframes:u32 records:u64 dropped:u64 mark:i64 bytes:u64 frames[bytes]
-//! sha256[32]`, the digest over everything before it. `mark` is the ring's turn mark
-//! (`claimed_at`): staged transactions in durable_queue carry it when a frame in the ring
-//! announces them, and the writer's sweep leaves them to that announcement, so the ring put
-//! back gets the same mark. Written to a temporary file, fsynced, renamed, and
+//! `magic[8] dboid:u32 nframes:u32 records:u64 dropped:u64 bytes:u64 frames[bytes] sha256[32]`,
+//! the digest over everything before it.
+//!
+//! Announcements (frames that only hold the place of a transaction staged in durable_queue)
+//! are not spilled: their transactions are on disk already, and the ring put back has a turn
+//! mark of its own, so the writer's sweep takes them by their commit order key, merged with
+//! the ring's frames, and reads them one by one after a crash they may have caused
+//! (worker/suspects.rs), as after any crash. Written to a temporary file, fsynced, renamed, and
 //! the directory fsynced; removed (and the directory fsynced) once its frames are back in
 //! shared memory.
 
@@ -37,8 +40,8 @@ use super::layout::{FrameHeader, HEADER, STATE_COMMITTED, STATE_PAD, STATE_PENDI
 
 const MAGIC: &[u8; 8] = b"ALSPILL1";
 const PREFIX: &str = "activity_log.spill.";
-/// magic, dboid, nframes, records, dropped, mark, bytes.
-const FILE_HEADER: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8;
+/// magic, dboid, nframes, records, dropped, bytes.
+const FILE_HEADER: usize = 8 + 4 + 4 + 8 + 8 + 8;
 const DIGEST: usize = 32;
 
 /// What [`spill_all`] did.
@@ -102,11 +105,10 @@ fn walk(r: &RingView, mut f: impl FnMut(u64, u64, u32, u32)) {
 /// spill_ring writes the committed frames of one ring (database `dboid`) to a spill file;
 /// adds what it did to `out`.
 pub(super) fn spill_ring(r: &RingView, dboid: u32, dropped: u64, out: &mut Spilled) {
-    let mark = r.slot.claimed_at.load(Acquire);
     let mut frames = Vec::new();
     let (mut records, mut bytes, mut pending) = (0u64, 0u64, 0u64);
     walk(r, |pos, len, state, nrecords| match state {
-        STATE_COMMITTED if len >= HEADER => {
+        STATE_COMMITTED if len >= HEADER && !is_announcement(r.at(pos, len), nrecords) => {
             frames.push((pos, len));
             records += nrecords as u64;
             bytes += len;
@@ -135,7 +137,6 @@ pub(super) fn spill_ring(r: &RingView, dboid: u32, dropped: u64, out: &mut Spill
         put(&(frames.len() as u32).to_ne_bytes())?;
         put(&records.to_ne_bytes())?;
         put(&dropped.to_ne_bytes())?;
-        put(&mark.to_ne_bytes())?;
         put(&bytes.to_ne_bytes())?;
         for &(pos, len) in &frames {
             put(r.at(pos, len))?;
@@ -163,6 +164,21 @@ pub(super) fn spill_ring(r: &RingView, dboid: u32, dropped: u64, out: &mut Spill
             ));
         }
     }
+}
+
+/// is_announcement tells a frame that only holds the place of a staged transaction (see
+/// capture/xact.rs, `announce`): no records (one staged in pieces), or a payload that is only
+/// the frame info (one staged in one row), as the writer tells them (worker/drain.rs).
+fn is_announcement(frame: &[u8], nrecords: u32) -> bool {
+    let Some(payload_len) = frame.get(12..16) else {
+        return false;
+    };
+    let payload_len = u32::from_ne_bytes(payload_len.try_into().unwrap_or([0; 4])) as usize;
+    let Some(payload) = frame.get(HEADER as usize..HEADER as usize + payload_len) else {
+        return false;
+    };
+    nrecords == 0
+        || matches!(crate::record::decode_info(payload), Ok((_, len)) if len == payload.len())
 }
 
 /// free_name is the first spill file name of `dboid` that does not exist yet (a kept one is
@@ -207,8 +223,6 @@ pub(super) fn spill_files() -> Vec<(u32, u32, String)> {
 pub(super) struct SpillFile {
     pub records: u64,
     pub dropped: u64,
-    /// The ring's turn mark when it was spilled.
-    pub mark: i64,
     /// The frames, each whole, back to back.
     pub frames: Vec<u8>,
 }
@@ -225,13 +239,7 @@ pub(super) fn read_spill(name: &str, dboid: u32, room: u64) -> Result<SpillFile,
     if &head[..8] != MAGIC || u32_at(8) != dboid {
         return Err("it is corrupt (not a spill file of this database)".into());
     }
-    let (nframes, records, dropped, mark, bytes) = (
-        u32_at(12),
-        u64_at(16),
-        u64_at(24),
-        u64_at(32) as i64,
-        u64_at(40),
-    );
+    let (nframes, records, dropped, bytes) = (u32_at(12), u64_at(16), u64_at(24), u64_at(32));
     if bytes > room {
         return Err(format!(
             "its {bytes} bytes of frames do not fit the ring of {room} bytes (activity_log.buffer_size was lowered); raise activity_log.buffer_size to at least {} kB and restart the server to put them back",
@@ -284,7 +292,6 @@ pub(super) fn read_spill(name: &str, dboid: u32, room: u64) -> Result<SpillFile,
     Ok(SpillFile {
         records,
         dropped,
-        mark,
         frames: rest,
     })
 }
@@ -345,8 +352,7 @@ pub(super) fn restore_all() {
             continue;
         };
         let s = super::layout::slot(i);
-        let fresh = s.dboid.load(Relaxed) == 0;
-        if fresh {
+        if s.dboid.load(Relaxed) == 0 {
             s.dboid.store(dboid, Relaxed);
             s.last_dboid.store(dboid, Relaxed);
             s.claimed_at.store(now, Relaxed);
@@ -379,13 +385,6 @@ pub(super) fn restore_all() {
                     );
                 }
                 s.head.store(head + f.frames.len() as u64, Release);
-                if fresh {
-                    // The announcements in these frames keep their staged rows (see the file
-                    // format above). A second file of the same database, from another turn,
-                    // keeps the first one's mark: its announced rows are swept by their
-                    // commit order key instead, and their announcements find them gone.
-                    s.claimed_at.store(f.mark, Relaxed);
-                }
                 s.published_records.fetch_add(f.records, Relaxed);
                 s.dropped_records.fetch_add(f.dropped, Relaxed);
                 pgrx::log!(
