@@ -1212,6 +1212,64 @@ fn an_immediate_stop_keeps_committed_records_and_reports_those_mid_commit() {
     );
 }
 
+/// A writer killed between its batch's COMMIT and the tail's move leaves a batch that is in
+/// the trail already: it is not spilled (it would be stored twice), and the gap says so. Its
+/// commit waits for a synchronous standby that never comes, after the commit record is
+/// written: exactly that window.
+#[test]
+fn a_writer_killed_after_its_commit_does_not_store_its_batch_twice() {
+    let c = Cluster::start("committing", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE notes (id int PRIMARY KEY); SELECT activity_log.track('notes')",
+    );
+    c.flush("postgres");
+    c.sql(
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'; SELECT pg_reload_conf()",
+    );
+    c.sql(
+        "postgres",
+        "SET synchronous_commit = local; INSERT INTO notes VALUES (1)",
+    );
+    let stuck = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'activity_log writer' AND wait_event = 'SyncRep'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(stuck.is_some(), "the writer never waited for its standby");
+    assert!(c.pg_ctl(&["-m", "immediate", "stop"]));
+    let lost = "1 records a writer was committing when the server stopped (an immediate shutdown or a crash) were not kept: they may be in the trail, or lost";
+    assert_eq!(state_file(&c), format!("lost\n{lost}"));
+    assert!(c.pg_ctl(&["start"]));
+    c.sql(
+        "postgres",
+        "ALTER SYSTEM RESET synchronous_standby_names; SELECT pg_reload_conf()",
+    );
+    c.wait_for_writer("postgres", None);
+    c.flush("postgres");
+    // The batch's commit record was written before the writer waited: its row is in the
+    // trail, once.
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT kind, status, coalesce(new_row::text, '-'), coalesce(details->>'reason', '-')
+               FROM activity_log.events WHERE kind <> 'system' OR status = 'gap' ORDER BY id"
+        ),
+        [
+            r#"change|success|{"id": 1}|-"#.to_string(),
+            format!("system|gap|-|the server stopped and lost records: {lost}"),
+        ]
+    );
+    assert_eq!(
+        c.one("postgres", "SELECT intact FROM activity_log.verify()"),
+        "t"
+    );
+}
+
 /// A crash-restart goes through the same release of shared memory: the committed records in
 /// the rings are put back into the new shared memory, and the crash's gap record says they
 /// were kept.

@@ -74,6 +74,12 @@ pub(super) struct Slot {
     pub dropped_reported: AtomicU64,
     pub head: AtomicU64, // next byte to reserve; written under the slot lock
     pub tail: AtomicU64, // first byte not yet in the table; written by the writer only
+    /// Where the batch the writer is committing ends, from just before its COMMIT until the
+    /// tail has moved past it (0 otherwise): a ring released while it is set (an immediate stop
+    /// or a crash killed the writer in between) may hold records that are in the trail already,
+    /// so they are not spilled (spill.rs) and a gap record says so. Cleared by any orderly
+    /// exit of the writer, whose batch then either committed and moved the tail or aborted.
+    pub committing_until: AtomicU64,
     /// Durable transactions (see capture/durable.rs) bypass the ring: each one that commits
     /// bumps `staged_commits`; the writer sweeps activity_log.durable_queue when it moved and
     /// then stores the value it read before the sweep in `staged_swept`.
@@ -230,6 +236,7 @@ impl PgSharedMemoryInitialization for Shmem {
                         dropped_reported: AtomicU64::new(0),
                         head: AtomicU64::new(0),
                         tail: AtomicU64::new(0),
+                        committing_until: AtomicU64::new(0),
                         staged_commits: AtomicU64::new(0),
                         staged_swept: AtomicU64::new(0),
                         published_records: AtomicU64::new(0),
@@ -278,6 +285,12 @@ impl PgSharedMemoryInitialization for Shmem {
 unsafe extern "C-unwind" fn al_rings_exit(_code: i32, _arg: pg_sys::Datum) {
     let spilled = super::spill::spill_all();
     let mut lost = spilled.failures;
+    if spilled.uncertain > 0 {
+        lost.push(format!(
+            "{} records a writer was committing when the server stopped (an immediate shutdown or a crash) were not kept: they may be in the trail, or lost",
+            spilled.uncertain
+        ));
+    }
     if spilled.pending > 0 {
         lost.push(format!(
             "{} records of transactions that were committing when the server stopped (an immediate shutdown or a crash) may be lost",

@@ -52,8 +52,8 @@ mod spill;
 mod waiting;
 
 pub use consume::{
-    Batch, Frame, advance, has_frames, head, mark_swept, next_key, read, staged_commits,
-    staged_swept, tail,
+    Batch, Frame, advance, committing, has_frames, head, mark_swept, next_key, read,
+    staged_commits, staged_swept, tail,
 };
 pub use layout::{
     WRITER_NONE, WRITER_RUNNING, WRITER_STARTING, capacity, init, is_initialised, slot_count,

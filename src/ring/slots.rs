@@ -260,6 +260,9 @@ pub fn detach_writer(i: usize, pid: i32, failed: bool) {
     }
     s.writer_procno.store(-1, Release);
     s.writer_pid.store(0, Release);
+    // An orderly exit: the batch being committed, if any, committed and moved the tail, or
+    // aborted (only a crash or an immediate stop leaves committing_until set).
+    s.committing_until.store(0, Release);
     if failed {
         s.failures.fetch_add(1, Relaxed);
     }

@@ -52,6 +52,10 @@ pub(super) struct Spilled {
     /// Records of PENDING frames: transactions caught between PRE_COMMIT and their commit or
     /// abort callback; lost.
     pub pending: u64,
+    /// Records of rings whose writer was killed between its batch's COMMIT and the tail's
+    /// move: part of them may be in the trail already, so none is spilled (a record is never
+    /// stored twice); lost, or in the trail.
+    pub uncertain: u64,
     /// Why some committed records could not be spilled (a write failed), with their count.
     pub failures: Vec<String>,
 }
@@ -105,9 +109,15 @@ fn walk(r: &RingView, mut f: impl FnMut(u64, u64, u32, u32)) {
 /// spill_ring writes the committed frames of one ring (database `dboid`) to a spill file;
 /// adds what it did to `out`.
 pub(super) fn spill_ring(r: &RingView, dboid: u32, dropped: u64, out: &mut Spilled) {
+    // Set when the writer was killed between its batch's COMMIT and the tail's move (an
+    // immediate stop or a crash in that window): whether the batch is in the trail is unknown
+    // here, and spilling it would store it twice if it is. Its records are given up, and said
+    // so; the frames after it were never read by the writer and are kept.
+    let committing = r.slot.committing_until.load(Acquire);
     let mut frames = Vec::new();
-    let (mut records, mut bytes, mut pending) = (0u64, 0u64, 0u64);
+    let (mut records, mut bytes, mut pending, mut uncertain) = (0u64, 0u64, 0u64, 0u64);
     walk(r, |pos, len, state, nrecords| match state {
+        STATE_COMMITTED if pos < committing => uncertain += nrecords as u64,
         STATE_COMMITTED if len >= HEADER && !is_announcement(r.at(pos, len), nrecords) => {
             frames.push((pos, len));
             records += nrecords as u64;
@@ -117,10 +127,16 @@ pub(super) fn spill_ring(r: &RingView, dboid: u32, dropped: u64, out: &mut Spill
         _ => {}
     });
     out.pending += pending;
+    out.uncertain += uncertain;
+    if uncertain > 0 {
+        pgrx::warning!(
+            "activity_log: the writer of database {dboid} stopped while committing a batch of {uncertain} records: they are not kept, and may be in the trail already"
+        );
+    }
     // A ring that lost records mid-commit gets a file too, even without a frame: the file
     // gives its database a ring at the next start, whose writer records the loss at once (a
     // database without a ring would record it only when it next gets one).
-    if frames.is_empty() && dropped == 0 && pending == 0 {
+    if frames.is_empty() && dropped == 0 && pending == 0 && uncertain == 0 {
         return;
     }
     let path = free_name(dboid);
