@@ -437,10 +437,11 @@ fn a_transaction_larger_than_the_ring_commits_and_is_stored_whole() {
     );
 }
 
-/// A table tracked with durability 'sync' has its records inside the transaction: a crash
-/// that loses the ring (the writer stopped, then an immediate shutdown) loses the records of
-/// async tables, which the gap record admits, but not those of transactions that touched a
-/// sync table. An immediate shutdown with empty rings loses nothing and reports nothing.
+/// A table tracked with durability 'sync' has its records inside the transaction, staged in
+/// durable_queue; an async table's committed record waits in the ring, and an immediate
+/// shutdown with the writer stopped keeps it too (in a spill file, put back at the next
+/// start): both reach the trail in commit order, with no gap record. An immediate shutdown with
+/// empty rings loses nothing and reports nothing.
 #[test]
 fn sync_tables_keep_their_records_through_a_crash() {
     let c = Cluster::start("durable", &["activity_log.capture_statements = 'none'"]);
@@ -490,7 +491,7 @@ fn sync_tables_keep_their_records_through_a_crash() {
     c.sql(
         "postgres",
         "INSERT INTO ledger VALUES (2, 20);
-         INSERT INTO notes VALUES (1, 'async: lost in the crash');
+         INSERT INTO notes VALUES (1, 'async: kept in the ring');
          BEGIN;
          INSERT INTO notes VALUES (2, 'kept: same transaction as a ledger change');
          UPDATE ledger SET amount = 21 WHERE id = 2;
@@ -524,6 +525,7 @@ fn sync_tables_keep_their_records_through_a_crash() {
         [
             r#"ledger|INSERT|{"id": 1}||{"id": 1, "amount": 10}"#,
             r#"ledger|INSERT|{"id": 2}||{"id": 2, "amount": 20}"#,
+            r#"notes|INSERT|{"id": 1}||{"id": 1, "body": "async: kept in the ring"}"#,
             r#"notes|INSERT|{"id": 2}||{"id": 2, "body": "kept: same transaction as a ledger change"}"#,
             r#"ledger|UPDATE|{"id": 2}|{"id": 2, "amount": 20}|{"id": 2, "amount": 21}"#,
         ]
@@ -533,7 +535,7 @@ fn sync_tables_keep_their_records_through_a_crash() {
         c.one(
             "postgres",
             "SELECT count(DISTINCT xid) || ',' || count(DISTINCT committed_at) || ',' || bool_and(committed_at <= ts + interval '1 s')
-               FROM activity_log.events WHERE table_name = 'notes' OR command = 'UPDATE'"
+               FROM activity_log.events WHERE new_row->>'body' LIKE 'kept: %' OR command = 'UPDATE'"
         ),
         "1,1,true"
     );
@@ -544,21 +546,28 @@ fn sync_tables_keep_their_records_through_a_crash() {
         ),
         "0"
     );
-    // The async record was in the lost ring: the trail says records may be missing.
-    assert_eq!(
-        c.sql(
-            "postgres",
-            "SELECT details->>'unclean_stop', details->>'crash_restarts' FROM activity_log.events WHERE status = 'gap'"
-        ),
-        ["true|0"]
+    // Announcements are not put back: the sweep took their staged rows, in commit order.
+    assert!(
+        !c.log().contains("are missing from durable_queue"),
+        "{}",
+        c.log()
     );
-    // The staged records of before the crash count as published and written.
+    // Nothing was lost: no gap record.
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM activity_log.events WHERE status = 'gap'"
+        ),
+        "0"
+    );
+    // The staged records of before the stop, and the one put back into the ring, count as
+    // published and written.
     assert_eq!(
         c.one(
             "postgres",
             "SELECT published_records || ',' || written_records || ',' || dropped_records FROM activity_log.queue"
         ),
-        "3,3,0"
+        "4,4,0"
     );
     // A stop with every ring drained is clean: no gap record after the next start.
     assert!(c.pg_ctl(&["-m", "immediate", "stop"]));
@@ -573,7 +582,7 @@ fn sync_tables_keep_their_records_through_a_crash() {
             "postgres",
             "SELECT count(*) FILTER (WHERE status = 'gap') || ',' || count(*) FILTER (WHERE new_row->>'id' = '3') FROM activity_log.events"
         ),
-        "1,1"
+        "0,1"
     );
 }
 
@@ -812,6 +821,558 @@ fn a_broken_rollup_does_not_hold_up_the_trail() {
                FROM (SELECT kind, sum(events) n FROM activity_log.activity_hourly GROUP BY kind) k"
         ),
         "change 7, event 3, system 1"
+    );
+}
+
+/// Keeps `db`'s writer down for good: the database takes no new connection, so every writer
+/// the launcher starts fails at its start (as one kept down by a broken setting would), and the
+/// running one is terminated. A session connected to `db` before then (it stays connected)
+/// commits `then` once no writer is left to store it; returns its output rows.
+fn without_writer(c: &Cluster, db: &str, then: &str) -> Vec<String> {
+    use std::io::Write;
+    let mut session = c
+        .psql_command(db)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "SET application_name = 'al_without_writer';
+         DO $$ BEGIN
+           WHILE (SELECT datallowconn FROM pg_database WHERE datname = current_database())
+              OR EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'activity_log writer' AND datname = current_database())
+           LOOP PERFORM pg_sleep(0.05); END LOOP;
+         END $$;
+         {then}"
+    );
+    session
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let connected = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'al_without_writer'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(connected.is_some(), "the session on {db} never connected");
+    c.sql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'activity_log writer' AND datname = '{db}';"
+        ),
+    );
+    let out = session.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// writer_back waits for `app`'s writer once connections are allowed again: the launcher
+/// gives a start that failed before attaching 30 s before it tries again.
+fn writer_back(c: &Cluster) {
+    let back = wait_until(Duration::from_secs(90), || c.writer_pid("app"));
+    assert!(back.is_some(), "no writer for app; log:\n{}", c.log());
+}
+
+fn spill_files(c: &Cluster) -> Vec<String> {
+    let out = Command::new("sudo")
+        .args(["-u", "postgres", "ls", &format!("{}/data", c.dir)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("activity_log.spill."))
+        .map(str::to_string)
+        .collect()
+}
+
+fn state_file(c: &Cluster) -> String {
+    let out = Command::new("sudo")
+        .args([
+            "-u",
+            "postgres",
+            "cat",
+            &format!("{}/data/activity_log.state", c.dir),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The trail of `app` as (kind, status, command, new_row, reason), in id order.
+fn app_trail(c: &Cluster) -> Vec<String> {
+    c.sql(
+        "app",
+        "SELECT kind, status, command, coalesce(new_row::text, '-'), coalesce(details->>'reason', '-')
+           FROM activity_log.events WHERE kind IN ('change', 'event') OR status = 'gap' ORDER BY id",
+    )
+}
+
+/// A clean stop while the database's writer is down (failing at its start) keeps the committed
+/// records that are still in the ring: the postmaster writes them to a spill file when it
+/// releases shared memory, and puts them back into the database's ring at the next start,
+/// before any backend can publish; the writer then stores them in order, with no gap record
+/// (review of issue 29, F3: they were lost, and the gap record called the stop unclean).
+#[test]
+fn a_clean_stop_with_the_writer_down_keeps_the_ring() {
+    let c = Cluster::start("spill", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "app");
+    c.sql(
+        "app",
+        "CREATE TABLE a (id int PRIMARY KEY); SELECT activity_log.track('a'); INSERT INTO a VALUES (1)",
+    );
+    c.flush("app");
+    let oid = c.one(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'app'",
+    );
+    let queued = without_writer(
+        &c,
+        "app",
+        "INSERT INTO a VALUES (2), (3);
+         SELECT activity_log.log_event('committed_before_stop');
+         INSERT INTO a VALUES (4);
+         SELECT queued_records FROM activity_log.queue;",
+    );
+    // Three records (a statement's rows are one record) wait in the ring, with no writer.
+    assert_eq!(queued, ["3"]);
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert_eq!(spill_files(&c), [format!("activity_log.spill.{oid}")]);
+    assert_eq!(state_file(&c), "drained");
+    assert!(c.pg_ctl(&["start"]));
+    // Back in the ring, as before the stop, until a writer can store them.
+    c.sql("postgres", "ALTER DATABASE app ALLOW_CONNECTIONS true");
+    assert_eq!(spill_files(&c), Vec::<String>::new());
+    writer_back(&c);
+    c.sql("app", "INSERT INTO a VALUES (5)");
+    c.flush("app");
+    assert_eq!(
+        app_trail(&c),
+        [
+            r#"change|success|INSERT|{"id": 1}|-"#,
+            r#"change|success|INSERT|{"id": 2}|-"#,
+            r#"change|success|INSERT|{"id": 3}|-"#,
+            "event|success|committed_before_stop|-|-",
+            r#"change|success|INSERT|{"id": 4}|-"#,
+            r#"change|success|INSERT|{"id": 5}|-"#,
+        ]
+    );
+    assert_eq!(
+        c.one("app", "SELECT intact FROM activity_log.verify()"),
+        "t"
+    );
+    assert_eq!(
+        c.one(
+            "app",
+            "SELECT published_records || ',' || written_records || ',' || dropped_records FROM activity_log.queue"
+        ),
+        "4,4,0",
+        "the 3 records put back and the one committed after the start"
+    );
+}
+
+/// A spill file that cannot be put back is kept, and the database's trail gets a gap record
+/// that names it and says why: its frames do not fit a ring made smaller meanwhile (a start
+/// with the ring large enough again puts them back), or it is corrupt (its checksum).
+#[test]
+fn a_spill_file_that_cannot_be_put_back_is_kept_and_named() {
+    let c = Cluster::start(
+        "spillkept",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '1MB'",
+        ],
+    );
+    for db in ["app", "other"] {
+        with_extension(&c, db);
+        c.sql(
+            db,
+            "CREATE TABLE b (id int PRIMARY KEY, pad text); SELECT activity_log.track('b')",
+        );
+    }
+    let oid = |db: &str| {
+        c.one(
+            "postgres",
+            &format!("SELECT oid FROM pg_database WHERE datname = '{db}'"),
+        )
+    };
+    let (app, other) = (oid("app"), oid("other"));
+    // One record of about 90 kB: more than a ring of 64 kB holds.
+    without_writer(
+        &c,
+        "app",
+        "SELECT activity_log.log_event('small');
+         INSERT INTO b SELECT g, repeat('x', 200) FROM generate_series(1, 400) g;",
+    );
+    without_writer(&c, "other", "INSERT INTO b VALUES (1, 'to be corrupted')");
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert_eq!(
+        spill_files(&c),
+        [
+            format!("activity_log.spill.{app}"),
+            format!("activity_log.spill.{other}")
+        ]
+    );
+    let file = |db_oid: &str| format!("{}/data/activity_log.spill.{db_oid}", c.dir);
+    let size = |path: &str| -> u64 {
+        let out = Command::new("sudo")
+            .args(["-u", "postgres", "stat", "-c", "%s", path])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    // 40 bytes of header before the frames, a 32-byte checksum after them.
+    let app_bytes = size(&file(&app)) - 40 - 32;
+    // One byte of the other database's frame changed.
+    assert!(
+        Command::new("sudo")
+            .args([
+                "-u",
+                "postgres",
+                "sh",
+                "-c",
+                &format!(
+                    "printf 'Z' | dd of={} bs=1 seek=100 conv=notrunc status=none",
+                    file(&other)
+                ),
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(c.pg_ctl(&["start", "-o", "-c activity_log.buffer_size=64kB"]));
+    c.sql(
+        "postgres",
+        "ALTER DATABASE app ALLOW_CONNECTIONS true; ALTER DATABASE other ALLOW_CONNECTIONS true",
+    );
+    let gap = |name: &str, why: &str| {
+        format!(
+            "system|gap|GAP|-|records committed before the last stop were kept in {name} in the data directory but could not be put back into the ring: {why}; the file is kept, and its records are not in the trail"
+        )
+    };
+    let too_large = gap(
+        &format!("activity_log.spill.{app}"),
+        &format!(
+            "its {app_bytes} bytes of frames do not fit the ring of 65536 bytes (activity_log.buffer_size was lowered); raise activity_log.buffer_size to at least {} kB and restart the server to put them back",
+            app_bytes.div_ceil(1024)
+        ),
+    );
+    let corrupt = gap(
+        &format!("activity_log.spill.{other}"),
+        "it is corrupt (its checksum does not match)",
+    );
+    let trail = |db: &str| {
+        c.sql(
+            db,
+            "SELECT kind, status, command, coalesce(new_row->>'id', '-'), coalesce(details->>'reason', '-')
+               FROM activity_log.events WHERE kind IN ('change', 'event') OR status = 'gap' ORDER BY id",
+        )
+    };
+    for db in ["app", "other"] {
+        let back = wait_until(Duration::from_secs(90), || c.writer_pid(db));
+        assert!(back.is_some(), "no writer for {db}; log:\n{}", c.log());
+        c.flush(db);
+    }
+    assert_eq!(trail("app"), std::slice::from_ref(&too_large));
+    assert_eq!(trail("other"), std::slice::from_ref(&corrupt));
+    assert_eq!(
+        spill_files(&c),
+        [
+            format!("activity_log.spill.{app}"),
+            format!("activity_log.spill.{other}")
+        ]
+    );
+
+    // With the ring large enough again, the next start puts the kept records back; the corrupt
+    // file stays, and says so again.
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert!(c.pg_ctl(&["start"]));
+    for db in ["app", "other"] {
+        c.wait_for_writer(db, None);
+        c.flush(db);
+    }
+    let app_trail = trail("app");
+    assert_eq!(app_trail.len(), 402, "{:?}", &app_trail[..3]);
+    assert_eq!(
+        app_trail[..3],
+        [
+            too_large,
+            "event|success|small|-|-".to_string(),
+            "change|success|INSERT|1|-".to_string()
+        ]
+    );
+    assert_eq!(app_trail[401], "change|success|INSERT|400|-");
+    assert_eq!(trail("other"), [corrupt.clone(), corrupt]);
+    assert_eq!(spill_files(&c), [format!("activity_log.spill.{other}")]);
+    for db in ["app", "other"] {
+        assert_eq!(c.one(db, "SELECT intact FROM activity_log.verify()"), "t");
+    }
+}
+
+/// stop_idle_writer SIGSTOPs `db`'s writer while it sleeps on its latch: stopped in the middle of
+/// its own commit it would hold the WAL write lock, and every other commit would wait for it.
+fn stop_idle_writer(c: &Cluster, db: &str) -> i32 {
+    let pid = c.wait_for_writer(db, None);
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    let idle = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'Extension'"
+    );
+    let stopped = wait_until(Duration::from_secs(30), || {
+        signal("-STOP");
+        // What it showed when it stopped: the latch wait is reported before it sleeps.
+        if c.one(db, &idle) == "1" {
+            return Some(());
+        }
+        signal("-CONT");
+        None
+    });
+    assert!(stopped.is_some(), "the writer of {db} never slept");
+    pid
+}
+
+/// An immediate shutdown keeps the committed records in the ring (spilled and put back), but a
+/// transaction caught between its commit record and its commit callback (here one waiting for
+/// a synchronous standby that does not exist) has a frame that is still pending: whether it
+/// committed is unknown to the postmaster, so its records are lost, and the next start's gap
+/// record says exactly that.
+#[test]
+fn an_immediate_stop_keeps_committed_records_and_reports_those_mid_commit() {
+    let c = Cluster::start("midcommit", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE notes (id int PRIMARY KEY); SELECT activity_log.track('notes')",
+    );
+    c.flush("postgres");
+    stop_idle_writer(&c, "postgres");
+    c.sql("postgres", "INSERT INTO notes VALUES (1)");
+    c.sql(
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'; SELECT pg_reload_conf()",
+    );
+    let waiting = c.spawn("postgres", "al_mid_commit", "INSERT INTO notes VALUES (2)");
+    let stuck = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'al_mid_commit' AND wait_event = 'SyncRep'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(stuck.is_some(), "the insert never waited for its standby");
+    // The postmaster SIGKILLs the stopped writer after its 5 s grace.
+    assert!(c.pg_ctl(&["-m", "immediate", "stop"]));
+    let _ = waiting.wait_with_output();
+    let lost = "1 records of transactions that were committing when the server stopped (an immediate shutdown or a crash) may be lost";
+    assert_eq!(state_file(&c), format!("lost\n{lost}"));
+    assert!(c.pg_ctl(&["start"]));
+    c.sql(
+        "postgres",
+        "ALTER SYSTEM RESET synchronous_standby_names; SELECT pg_reload_conf()",
+    );
+    c.wait_for_writer("postgres", None);
+    c.flush("postgres");
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT kind, status, coalesce(new_row::text, '-'), coalesce(details->>'reason', '-'), coalesce(details->>'unclean_stop', '-')
+               FROM activity_log.events WHERE kind <> 'system' OR status = 'gap' ORDER BY id"
+        ),
+        [
+            format!("system|gap|-|the server stopped and lost records: {lost}|true"),
+            r#"change|success|{"id": 1}|-|-"#.to_string(),
+        ]
+    );
+    // The commit record of the second insert was written before it waited: the row is there,
+    // its record is what the gap admits.
+    assert_eq!(
+        c.sql("postgres", "SELECT id FROM notes ORDER BY id"),
+        ["1", "2"]
+    );
+}
+
+/// A writer killed between its batch's COMMIT and the tail's move leaves a batch that is in
+/// the trail already: it is not spilled (it would be stored twice), and the gap says so. Its
+/// commit waits for a synchronous standby that never comes, after the commit record is
+/// written: exactly that window.
+#[test]
+fn a_writer_killed_after_its_commit_does_not_store_its_batch_twice() {
+    let c = Cluster::start("committing", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE notes (id int PRIMARY KEY); SELECT activity_log.track('notes')",
+    );
+    c.flush("postgres");
+    c.sql(
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'; SELECT pg_reload_conf()",
+    );
+    c.sql(
+        "postgres",
+        "SET synchronous_commit = local; INSERT INTO notes VALUES (1)",
+    );
+    let stuck = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'activity_log writer' AND wait_event = 'SyncRep'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(stuck.is_some(), "the writer never waited for its standby");
+    assert!(c.pg_ctl(&["-m", "immediate", "stop"]));
+    let lost = "1 records a writer was committing when the server stopped (an immediate shutdown or a crash) were not kept: they may be in the trail, or lost";
+    assert_eq!(state_file(&c), format!("lost\n{lost}"));
+    assert!(c.pg_ctl(&["start"]));
+    c.sql(
+        "postgres",
+        "ALTER SYSTEM RESET synchronous_standby_names; SELECT pg_reload_conf()",
+    );
+    c.wait_for_writer("postgres", None);
+    c.flush("postgres");
+    // The batch's commit record was written before the writer waited: its row is in the
+    // trail, once.
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT kind, status, coalesce(new_row::text, '-'), coalesce(details->>'reason', '-')
+               FROM activity_log.events WHERE kind <> 'system' OR status = 'gap' ORDER BY id"
+        ),
+        [
+            r#"change|success|{"id": 1}|-"#.to_string(),
+            format!("system|gap|-|the server stopped and lost records: {lost}"),
+        ]
+    );
+    assert_eq!(
+        c.one("postgres", "SELECT intact FROM activity_log.verify()"),
+        "t"
+    );
+}
+
+/// A crash-restart goes through the same release of shared memory: the committed records in
+/// the rings are put back into the new shared memory, and the crash's gap record says they
+/// were kept.
+#[test]
+fn a_crash_restart_keeps_the_committed_records_of_the_ring() {
+    let c = Cluster::start(
+        "crashkeep",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "restart_after_crash = on",
+        ],
+    );
+    with_extension(&c, "postgres");
+    c.sql(
+        "postgres",
+        "CREATE TABLE notes (id int PRIMARY KEY); SELECT activity_log.track('notes')",
+    );
+    c.flush("postgres");
+    let pid = stop_idle_writer(&c, "postgres");
+    c.sql("postgres", "INSERT INTO notes VALUES (1)");
+    // A killed writer is a crash: the postmaster restarts every process.
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let back = wait_until(Duration::from_secs(60), || {
+        c.run("postgres", "SELECT 1").status.success().then_some(())
+    });
+    assert!(back.is_some(), "no restart; log:\n{}", c.log());
+    c.wait_for_writer("postgres", Some(pid));
+    c.flush("postgres");
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT kind, status, coalesce(new_row::text, '-'), coalesce(details->>'reason', '-'), details->>'crash_restarts'
+               FROM activity_log.events WHERE kind <> 'system' OR status = 'gap' ORDER BY id"
+        ),
+        [
+            "system|gap|-|the server restarted after a crash; the committed records that were in shared memory were kept|1",
+            r#"change|success|{"id": 1}|-|"#,
+        ]
+    );
+}
+
+/// A crash-restart owes every trail a gap record, which a database's writer writes when it
+/// starts. With that writer down until a clean stop, the record used to be lost with the shared
+/// memory, and the stop was noted as drained: no trail ever said that the crash happened
+/// (review of issue 29, F3, the silent case). Now the stop notes what is owed, the next start
+/// writes it, and the record committed before the crash is kept through both.
+#[test]
+fn a_crash_gap_not_yet_recorded_survives_a_clean_stop() {
+    let c = Cluster::start(
+        "owedgap",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "restart_after_crash = on",
+        ],
+    );
+    with_extension(&c, "app");
+    c.sql(
+        "app",
+        "CREATE TABLE a (id int PRIMARY KEY); SELECT activity_log.track('a'); INSERT INTO a VALUES (1)",
+    );
+    c.flush("app");
+    without_writer(&c, "app", "INSERT INTO a VALUES (2)");
+    let launcher = c.one(
+        "postgres",
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'activity_log launcher'",
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-9", &launcher])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let restarted = wait_until(Duration::from_secs(60), || {
+        c.log()
+            .contains("all server processes terminated; reinitializing")
+            .then_some(())
+    });
+    assert!(restarted.is_some(), "no crash-restart; log:\n{}", c.log());
+    let back = wait_until(Duration::from_secs(60), || {
+        c.run("postgres", "SELECT 1").status.success().then_some(())
+    });
+    assert!(back.is_some());
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    let owed = "the server had restarted after a crash, and stopped before every trail recorded that; records that were committing at the crash may be lost";
+    assert_eq!(state_file(&c), format!("lost\n{owed}"));
+    assert!(c.pg_ctl(&["start"]));
+    c.sql("postgres", "ALTER DATABASE app ALLOW_CONNECTIONS true");
+    writer_back(&c);
+    c.flush("app");
+    assert_eq!(
+        app_trail(&c),
+        [
+            r#"change|success|INSERT|{"id": 1}|-"#.to_string(),
+            format!("system|gap|GAP|-|the server stopped and lost records: {owed}"),
+            r#"change|success|INSERT|{"id": 2}|-"#.to_string(),
+        ]
     );
 }
 

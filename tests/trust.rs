@@ -1354,7 +1354,6 @@ fn corrupt_staged_frames_become_dead_letters_and_gaps() {
             )
         ),
         [
-            "gap true",
             r#"{"v": "ten", "id": 10}"#,
             &format!("gap {letter}"),
             r#"{"v": "twelve", "id": 12}"#,

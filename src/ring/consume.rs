@@ -161,6 +161,12 @@ pub fn next_key(slot_index: usize) -> u64 {
     unsafe { crate::unguarded::GetXLogInsertRecPtr() }
 }
 
+/// committing notes, right before the writer's COMMIT, that its batch ends at `end`: until
+/// [`advance`] moves the tail there, what lies below it may be in the trail already.
+pub fn committing(slot_index: usize, end: u64) {
+    slot(slot_index).committing_until.store(end, Release);
+}
+
 /// advance frees the ring up to `end` after the batch read up to it is committed; a no-op if
 /// the ring was released (and possibly reused) meanwhile.
 pub fn advance(slot_index: usize, dboid: u32, end: u64, records: u64) {
@@ -168,9 +174,11 @@ pub fn advance(slot_index: usize, dboid: u32, end: u64, records: u64) {
     {
         let _g = LockGuard::exclusive(slot_index + 1);
         if s.dboid.load(Acquire) != dboid || end <= s.tail.load(Acquire) {
+            s.committing_until.store(0, Release);
             return; // released (and maybe reused) meanwhile, or already past this point
         }
         s.tail.store(end, Release);
+        s.committing_until.store(0, Release);
     }
     if records > 0 {
         count_written(slot_index, records); // else only withdrawn frames or padding

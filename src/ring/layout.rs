@@ -23,6 +23,7 @@ use crate::{gucs, shared};
 const TRANCHE: &CStr = c"activity_log";
 const SHMEM_NAME: &CStr = c"activity_log rings";
 pub(super) const LAST_ERROR_LEN: usize = 256;
+pub(super) const RESTORE_NOTE_LEN: usize = 1024;
 
 /// Frame states, in `FrameHeader::state`.
 pub(super) const STATE_PENDING: u32 = 1;
@@ -73,6 +74,12 @@ pub(super) struct Slot {
     pub dropped_reported: AtomicU64,
     pub head: AtomicU64, // next byte to reserve; written under the slot lock
     pub tail: AtomicU64, // first byte not yet in the table; written by the writer only
+    /// Where the batch the writer is committing ends, from just before its COMMIT until the
+    /// tail has moved past it (0 otherwise): a ring released while it is set (an immediate stop
+    /// or a crash killed the writer in between) may hold records that are in the trail already,
+    /// so they are not spilled (spill.rs) and a gap record says so. Cleared by any orderly
+    /// exit of the writer, whose batch then either committed and moved the tail or aborted.
+    pub committing_until: AtomicU64,
     /// Durable transactions (see capture/durable.rs) bypass the ring: each one that commits
     /// bumps `staged_commits`; the writer sweeps activity_log.durable_queue when it moved and
     /// then stores the value it read before the sweep in `staged_swept`.
@@ -97,6 +104,37 @@ pub(super) struct Slot {
     /// Two samples (time, published, written) about a window apart, for recent rates;
     /// rolled by the writer.
     pub window: [Sample; 2],
+    /// Why spill files of this database could not be put back into the ring (spill.rs), NUL
+    /// terminated; empty when none. Written by the postmaster before any other process
+    /// exists, then taken (read and emptied) by the writer under the slot lock.
+    pub restore_note: UnsafeCell<[u8; RESTORE_NOTE_LEN]>,
+}
+
+impl Slot {
+    /// add_restore_note appends `text` to the slot's restore note, cut at a character
+    /// boundary when the note is full. Postmaster only, before any other process exists.
+    pub(super) fn add_restore_note(&self, text: &str) {
+        // SAFETY: no other process exists yet (see the field).
+        let note = unsafe { &mut *self.restore_note.get() };
+        let used = note
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(RESTORE_NOTE_LEN);
+        let joined = if used > 0 {
+            format!("; {text}")
+        } else {
+            text.to_string()
+        };
+        let mut take = joined.len().min(RESTORE_NOTE_LEN.saturating_sub(used + 1));
+        while !joined.is_char_boundary(take) {
+            take -= 1;
+        }
+        let joined = joined.as_bytes();
+        note[used..used + take].copy_from_slice(&joined[..take]);
+        if used + take < RESTORE_NOTE_LEN {
+            note[used + take] = 0;
+        }
+    }
 }
 
 #[repr(C)]
@@ -198,6 +236,7 @@ impl PgSharedMemoryInitialization for Shmem {
                         dropped_reported: AtomicU64::new(0),
                         head: AtomicU64::new(0),
                         tail: AtomicU64::new(0),
+                        committing_until: AtomicU64::new(0),
                         staged_commits: AtomicU64::new(0),
                         staged_swept: AtomicU64::new(0),
                         published_records: AtomicU64::new(0),
@@ -215,6 +254,7 @@ impl PgSharedMemoryInitialization for Shmem {
                         reset_at: AtomicI64::new(0),
                         base: [const { AtomicU64::new(0) }; COUNTERS],
                         window: [const { Sample::ZERO }; 2],
+                        restore_note: UnsafeCell::new([0; RESTORE_NOTE_LEN]),
                     });
                 }
                 // Touch every page of the rings now, once, in the postmaster: otherwise the
@@ -225,22 +265,54 @@ impl PgSharedMemoryInitialization for Shmem {
             }
             *self.control.get() = control;
             *self.locks.get() = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+            if !found && !pg_sys::IsUnderPostmaster {
+                // Records spilled when shared memory was last released go back into their
+                // databases' rings before any backend can publish behind them.
+                super::spill::restore_all();
+            }
             pg_sys::LWLockRelease(init_lock);
         }
     }
 }
 
-/// al_rings_exit runs when the postmaster releases shared memory (at shutdown, and before a
-/// crash-restart): it notes a clean stop in the crash state file (src/shared/state_file.rs)
-/// only if no record is left in any ring.
+/// al_rings_exit runs when the postmaster releases shared memory (at shutdown of any kind that
+/// lets the postmaster exit, and before a crash-restart), after every other process of the
+/// server has exited: it writes the committed records still in the rings to spill files
+/// (spill.rs), and notes in the crash state file (src/shared/state_file.rs) whether anything
+/// was lost: records of transactions caught mid-commit, a spill file that could not be
+/// written, or a crash-restart gap some trail has not recorded yet.
 #[pg_guard]
 unsafe extern "C-unwind" fn al_rings_exit(_code: i32, _arg: pg_sys::Datum) {
-    let drained = (0..slot_count()).all(|i| {
-        let s = slot(i);
-        s.dboid.load(Acquire) == 0 || s.head.load(Acquire) == s.tail.load(Acquire)
-    });
-    if drained {
+    let spilled = super::spill::spill_all();
+    let mut lost = spilled.failures;
+    if spilled.uncertain > 0 {
+        lost.push(format!(
+            "{} records a writer was committing when the server stopped (an immediate shutdown or a crash) were not kept: they may be in the trail, or lost",
+            spilled.uncertain
+        ));
+    }
+    if spilled.pending > 0 {
+        lost.push(format!(
+            "{} records of transactions that were committing when the server stopped (an immediate shutdown or a crash) may be lost",
+            spilled.pending
+        ));
+    }
+    // A crash-restart (or an unclean stop before this run) is owed a gap record in every
+    // trail; a trail whose writer has not written it yet would lose it with this shared
+    // memory: the next start writes it instead.
+    let owed = shared::crash_generation() + shared::unclean_stop() as u32;
+    if owed > 0
+        && (0..slot_count()).any(|i| {
+            let s = slot(i);
+            s.dboid.load(Acquire) != 0 && s.gap_generation.load(Acquire) != owed
+        })
+    {
+        lost.push(shared::owed_gap_reason());
+    }
+    if lost.is_empty() {
         shared::note_drained();
+    } else {
+        shared::note_lost(&lost.join("; "));
     }
 }
 

@@ -48,11 +48,12 @@ mod metrics;
 mod pages;
 mod produce;
 mod slots;
+mod spill;
 mod waiting;
 
 pub use consume::{
-    Batch, Frame, advance, has_frames, head, mark_swept, next_key, read, staged_commits,
-    staged_swept, tail,
+    Batch, Frame, advance, committing, has_frames, head, mark_swept, next_key, read,
+    staged_commits, staged_swept, tail,
 };
 pub use layout::{
     WRITER_NONE, WRITER_RUNNING, WRITER_STARTING, capacity, init, is_initialised, slot_count,
@@ -65,10 +66,10 @@ pub use produce::{
     Reservation, ReserveError, Share, commit, commit_staged, count_published, reserve, void,
 };
 pub use slots::{
-    attach_writer, claim, claim_xid, claimed_at, close, closing, count_waiting_drop, detach_writer,
-    end_restore_hold, failures, hand_back_requested, hold_for_restore, last_error_transient,
-    mark_starting, note_waiting, paused, paused_by, release, release_closed, request_hand_back,
-    request_sweep, reset_failures, restored_by, resume, resume_abandoned, serves, slot_dboid,
-    slot_of, start_requested_at, stop_waiting, stop_writer_for_drop, take_gap, waiting_databases,
-    wake_writer, writer_state,
+    attach_writer, claim, claim_xid, claimed_at, clear_restore_note, close, closing,
+    count_waiting_drop, detach_writer, end_restore_hold, failures, hand_back_requested,
+    hold_for_restore, last_error_transient, mark_starting, note_waiting, paused, paused_by,
+    release, release_closed, request_hand_back, request_sweep, reset_failures, restore_note,
+    restored_by, resume, resume_abandoned, serves, slot_dboid, slot_of, start_requested_at,
+    stop_waiting, stop_writer_for_drop, take_gap, waiting_databases, wake_writer, writer_state,
 };

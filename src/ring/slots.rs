@@ -70,7 +70,10 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
         s.gap_generation.store(0, Relaxed);
         let _g = LockGuard::exclusive(i + 1);
         // SAFETY: guarded by the slot lock.
-        unsafe { (*s.last_error.get())[0] = 0 };
+        unsafe {
+            (*s.last_error.get())[0] = 0;
+            (*s.restore_note.get())[0] = 0;
+        }
     }
     // The new writer sweeps durable_queue once before anything waits on it: after a crash it
     // may hold transactions that committed while no ring existed.
@@ -257,6 +260,9 @@ pub fn detach_writer(i: usize, pid: i32, failed: bool) {
     }
     s.writer_procno.store(-1, Release);
     s.writer_pid.store(0, Release);
+    // An orderly exit: the batch being committed, if any, committed and moved the tail, or
+    // aborted (only a crash or an immediate stop leaves committing_until set).
+    s.committing_until.store(0, Release);
     if failed {
         s.failures.fetch_add(1, Relaxed);
     }
@@ -272,6 +278,26 @@ pub fn reset_failures(i: usize) {
 }
 pub fn failures(i: usize) -> u32 {
     slot(i).failures.load(Relaxed)
+}
+
+/// restore_note says why spill files of slot `i`'s database could not be put back into the
+/// ring at the start of this shared memory (ring/spill.rs); None when they all were, there
+/// were none, or the writer recorded it already ([`clear_restore_note`]).
+pub fn restore_note(i: usize) -> Option<String> {
+    let s = slot(i);
+    let _g = LockGuard::exclusive(i + 1);
+    // SAFETY: guarded by the slot lock (the postmaster wrote it before any process existed).
+    let note = unsafe { &*s.restore_note.get() };
+    let len = note.iter().position(|&b| b == 0).unwrap_or(note.len());
+    (len > 0).then(|| String::from_utf8_lossy(&note[..len]).into_owned())
+}
+
+/// clear_restore_note empties the note once its gap record is stored.
+pub fn clear_restore_note(i: usize) {
+    let s = slot(i);
+    let _g = LockGuard::exclusive(i + 1);
+    // SAFETY: guarded by the slot lock.
+    unsafe { (*s.restore_note.get())[0] = 0 };
 }
 
 /// take_gap tells the writer of slot `i` whether it still has to report a crash-restart gap.

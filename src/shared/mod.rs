@@ -29,7 +29,7 @@ mod state_file;
 
 use staging::Staging;
 pub use staging::{staging_begins, staging_ends, staging_key};
-pub use state_file::note_drained;
+pub use state_file::{note_drained, note_lost};
 
 const SHMEM_NAME: &CStr = c"activity_log shared state";
 
@@ -37,9 +37,11 @@ const SHMEM_NAME: &CStr = c"activity_log shared state";
 struct State {
     /// How many crash-restarts of the postmaster preceded this shared memory; set once.
     crash_generation: u32,
-    /// The server's previous run stopped without every ring drained (see state_file.rs); set
-    /// once.
+    /// The server's previous run, or this server's shared memory before the crash-restart
+    /// that made this one, lost records (see state_file.rs); set once.
     unclean_stop: bool,
+    /// What it lost, NUL terminated; set once.
+    loss: [u8; LOSS_LEN],
     /// When this shared memory was initialised (PostgreSQL timestamp); set once.
     started_at: i64,
     launcher_procno: AtomicI32, // -1 when no launcher; written by the launcher
@@ -60,6 +62,18 @@ static SHMEM: Shmem = Shmem(UnsafeCell::new(std::ptr::null_mut()));
 
 /// Counts shared-memory initialisations in the postmaster; more than one means crash-restarts.
 static mut INIT_COUNT: u32 = 0;
+
+/// What the postmaster noted when it last released shared memory before a crash-restart:
+/// what was lost (None: nothing). Postmaster memory, read when shared memory is made anew.
+static LAST_RELEASE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+const LOSS_LEN: usize = 1024;
+
+/// note_release keeps what the rings' exit callback found for the shared memory made after a
+/// crash-restart; postmaster only.
+fn note_release(loss: Option<String>) {
+    *LAST_RELEASE.lock().unwrap_or_else(|e| e.into_inner()) = loss;
+}
 
 /// Where the staging table starts: after the state block.
 fn staging_offset() -> usize {
@@ -95,14 +109,34 @@ impl PgSharedMemoryInitialization for Shmem {
             if !found {
                 INIT_COUNT += 1;
                 let postmaster = !pg_sys::IsUnderPostmaster;
-                let unclean_stop =
-                    postmaster && INIT_COUNT == 1 && state_file::previous_stop_was_unclean();
+                // At the first start: what the previous run of the server lost; after a
+                // crash-restart: what the release of the shared memory before it lost.
+                let loss = if !postmaster {
+                    None
+                } else if INIT_COUNT == 1 {
+                    state_file::previous_stop_loss()
+                } else {
+                    LAST_RELEASE
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                };
+                let unclean_stop = loss.is_some();
+                let mut loss_text = [0u8; LOSS_LEN];
+                if let Some(l) = &loss {
+                    let mut n = l.len().min(LOSS_LEN - 1);
+                    while !l.is_char_boundary(n) {
+                        n -= 1;
+                    }
+                    loss_text[..n].copy_from_slice(&l.as_bytes()[..n]);
+                }
                 if postmaster {
                     state_file::write_state("running");
                 }
                 state.write(State {
                     crash_generation: INIT_COUNT - 1,
                     unclean_stop,
+                    loss: loss_text,
                     started_at: pg_sys::GetCurrentTimestamp(),
                     launcher_procno: AtomicI32::new(-1),
                     launcher_pid: AtomicI32::new(0),
@@ -144,6 +178,26 @@ pub fn crash_generation() -> u32 {
 }
 pub fn unclean_stop() -> bool {
     state().unclean_stop
+}
+/// loss says what the previous run (or, after a crash-restart, the shared memory before it)
+/// lost; empty when nothing.
+pub fn loss() -> String {
+    let l = &state().loss;
+    let n = l.iter().position(|&b| b == 0).unwrap_or(l.len());
+    String::from_utf8_lossy(&l[..n]).into_owned()
+}
+
+/// owed_gap_reason says why the stop of this shared memory loses a gap record some trail has
+/// not written yet.
+pub fn owed_gap_reason() -> String {
+    if crash_generation() > 0 {
+        "the server had restarted after a crash, and stopped before every trail recorded that; records that were committing at the crash may be lost".to_string()
+    } else {
+        format!(
+            "the server stopped before every trail recorded the previous run's loss ({})",
+            loss()
+        )
+    }
 }
 pub fn started_at() -> i64 {
     state().started_at

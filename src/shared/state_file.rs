@@ -2,20 +2,35 @@
 //!
 //! It tells a starting server whether the previous run could have lost records held in
 //! shared memory. Written by the postmaster only: "running" when shared memory is
-//! initialised (mod.rs), "drained" when the postmaster releases it with every ring empty (the
-//! ring's exit callback calls [`note_drained`]). Plain file I/O; a failure is logged, never
-//! raised.
+//! initialised (mod.rs); when the postmaster releases it, after the rings' exit callback
+//! spilled their committed records to files (ring/spill.rs), "drained" if nothing was lost,
+//! else "lost" and a line that says what ([`note_lost`]). Plain file I/O; a failure is logged,
+//! never raised.
 
 use pgrx::prelude::*;
 
-/// In the data directory: "running" while the server runs, "drained" once it stopped with
-/// every ring empty. "running" at start means the previous run ended with records possibly
-/// in shared memory (an immediate shutdown, a killed postmaster, a power cut): they are lost,
-/// and every trail gets a gap record. No file: the first start with activity_log.
+/// In the data directory: "running" while the server runs, "drained" once it stopped having
+/// lost nothing, "lost" and a reason once it stopped having lost something. "running" at
+/// start means the postmaster never released shared memory (a killed postmaster, a power
+/// cut): whatever was in the rings is lost. No file: the first start with activity_log.
 const STATE_FILE: &str = "activity_log.state";
 
-pub(super) fn previous_stop_was_unclean() -> bool {
-    std::fs::read_to_string(STATE_FILE).is_ok_and(|s| s.trim() == "running")
+/// What a starting server says of a previous run whose postmaster never got to release shared
+/// memory.
+const NEVER_RELEASED: &str = "the server stopped without releasing shared memory (a killed postmaster, an operating system crash or a power loss); records that were in shared memory were lost";
+
+/// previous_stop_loss says what the previous run lost, None when nothing (or no previous run).
+pub(super) fn previous_stop_loss() -> Option<String> {
+    let text = std::fs::read_to_string(STATE_FILE).ok()?;
+    let mut lines = text.lines();
+    match lines.next()?.trim() {
+        "running" => Some(NEVER_RELEASED.to_string()),
+        "lost" => Some(format!(
+            "the server stopped and lost records: {}",
+            lines.next().unwrap_or("(no reason recorded)").trim()
+        )),
+        _ => None,
+    }
 }
 
 /// write_state replaces the state file durably; runs in the postmaster only.
@@ -25,15 +40,25 @@ pub(super) fn write_state(state: &str) {
         let mut f = std::fs::File::create(&tmp)?;
         std::io::Write::write_all(&mut f, format!("{state}\n").as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, STATE_FILE)
+        std::fs::rename(&tmp, STATE_FILE)?;
+        std::fs::File::open(".")?.sync_all()
     })();
     if let Err(e) = written {
         log!("activity_log: could not write {STATE_FILE}: {e}");
     }
 }
 
-/// note_drained records a clean stop: the postmaster is releasing shared memory (at shutdown,
-/// or before a crash-restart) and no record is left in any ring.
+/// note_drained records a stop that lost nothing: the postmaster is releasing shared memory
+/// (at shutdown, or before a crash-restart) and every committed record left in a ring is in a
+/// spill file.
 pub fn note_drained() {
+    super::note_release(None);
     write_state("drained");
+}
+
+/// note_lost records a stop that lost records, and why (one line).
+pub fn note_lost(reason: &str) {
+    let reason = reason.replace('\n', " ");
+    super::note_release(Some(reason.clone()));
+    write_state(&format!("lost\n{reason}"));
 }

@@ -660,6 +660,11 @@ fn write_batch(slot: usize, source: Source) -> Stored {
                 Source::Ring(_) | Source::Announced { .. } => 0,
                 Source::Staged { .. } => batch.carried_over(shared::started_at()),
             };
+            if let Source::Ring(b) = source {
+                // The last thing before COMMIT: if the writer dies between it and the tail's
+                // move, the ring is not spilled again (ring/spill.rs).
+                ring::committing(slot, b.end);
+            }
             Stored {
                 records: batch.records,
                 carried_over,

@@ -70,9 +70,9 @@ pub(super) fn maintain_partitions_if_due(next: &mut Instant) {
     *next = Instant::now() + again;
 }
 
-/// write_gap_event records that a crash-restart or an unclean stop lost whatever was queued: records committed
-/// after the newest one stored (lost_after) and before shared memory was made anew
-/// (lost_before) may be missing.
+/// write_gap_event records a crash-restart, or a previous stop that lost records: records
+/// committed after the newest one stored (lost_after) and before shared memory was made anew
+/// (lost_before) may be missing; `reason` says which.
 pub(super) fn write_gap_event() {
     let window = Spi::get_one_with_args::<String>(
         "SELECT jsonb_build_object(
@@ -82,10 +82,13 @@ pub(super) fn write_gap_event() {
     )
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: could not read the trail: {e}"), None))
     .unwrap_or_default();
-    let reason = if shared::crash_generation() > 0 {
-        "the server restarted after a crash; records that were in shared memory were lost"
-    } else {
-        "the server stopped before the rings were drained (immediate shutdown, killed postmaster or power loss); records that were in shared memory were lost"
+    // What was lost is known only when the postmaster released shared memory itself (it spilled
+    // the rings' committed records and counted the rest, ring/spill.rs); a crash-restart is
+    // recorded even when it lost nothing, as the moment the server's processes were killed.
+    let reason = match (shared::crash_generation() > 0, shared::unclean_stop()) {
+        (true, true) => format!("the server restarted after a crash; {}", shared::loss()),
+        (true, false) => "the server restarted after a crash; the committed records that were in shared memory were kept".to_string(),
+        (false, _) => shared::loss(),
     };
     let mut details = json!({
         "reason": reason,
@@ -102,6 +105,16 @@ pub(super) fn write_gap_event() {
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     gap.push_gap(now, details);
+    gap.insert();
+}
+
+/// write_restore_gap records that spill files of the database could not be put back into its
+/// ring at this start; `note` names them and says why (ring/spill.rs).
+pub(super) fn write_restore_gap(note: String) {
+    let mut gap = Rows::new(false);
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    gap.push_gap(now, json!({ "reason": note }));
     gap.insert();
 }
 

@@ -26,7 +26,7 @@ use crate::gucs;
 use crate::process;
 use crate::ring;
 use crate::worker::drain::{MY_DB, drain, small_batch, still_mine, sweeping};
-use crate::worker::maintain::{maintain_partitions_if_due, write_gap_event};
+use crate::worker::maintain::{maintain_partitions_if_due, write_gap_event, write_restore_gap};
 use crate::worker::suspects;
 
 /// The slot this process writes for (its database is [`MY_DB`]).
@@ -156,6 +156,11 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
         maintain_partitions_if_due(&mut next_maintenance);
         if ring::take_gap(slot) {
             BackgroundWorker::transaction(write_gap_event);
+        }
+        // Cleared only once stored: a writer that fails here leaves it to the next one.
+        if let Some(note) = ring::restore_note(slot) {
+            BackgroundWorker::transaction(|| write_restore_gap(note));
+            ring::clear_restore_note(slot);
         }
     }
     // Staged transactions left for the next round: do not sleep (no commit wakes the writer
