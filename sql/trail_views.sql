@@ -123,8 +123,12 @@ BEGIN
                  WHERE e.table_oid > s.table_oid AND e.committed_at < before ORDER BY e.table_oid LIMIT 1)
           FROM seen s WHERE s.table_oid IS NOT NULL
     )
+    -- An oid that names a relation now is another table's (one renamed away, say), not an
+    -- earlier one of this table.
     SELECT array_agg(s.table_oid) INTO oids
-      FROM seen s WHERE s.table_oid IS NOT NULL AND s.table_oid <> relation::oid;
+      FROM seen s
+     WHERE s.table_oid IS NOT NULL AND s.table_oid <> relation::oid
+       AND NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = s.table_oid);
     oids := relation::oid || coalesce(oids, '{}');
     SELECT coalesce(array_agg(a.attname::text ORDER BY a.attname), '{}') INTO key_columns
       FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
