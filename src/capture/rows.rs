@@ -110,9 +110,19 @@ thread_local! {
     /// Old images of rows a MERGE moved to another partition, handed over by the event that
     /// comes right before the one with their new images (see [`queue_moved_rows`]).
     static MOVED_OLDS: RefCell<Vec<MovedOld>> = const { RefCell::new(Vec::new()) };
-    /// The events [`queue_moved_rows`] queued that have not fired yet (EState, table, command
-    /// id, trigger): one left when its query has fired its AFTER triggers was cancelled.
-    static MOVES_QUEUED: RefCell<Vec<(usize, u32, u32, u32)>> = const { RefCell::new(Vec::new()) };
+    /// The events [`queue_moved_rows`] queued that have not fired yet: one left when its query
+    /// has fired its AFTER triggers was cancelled.
+    static MOVES_QUEUED: RefCell<Vec<QueuedMove>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An event [`queue_moved_rows`] queued.
+struct QueuedMove {
+    estate: usize,
+    relid: u32,
+    cid: u32,
+    tgoid: u32,
+    /// The subtransaction it was queued in.
+    subxact: u32,
 }
 
 /// The DELETE transition table of a MERGE that moved rows, waiting for its INSERT table.
@@ -122,6 +132,8 @@ struct MovedOld {
     relid: u32,
     cid: u32,
     store: usize,
+    /// The subtransaction the event fired in.
+    subxact: u32,
 }
 
 /// Consecutive rows the row triggers captured for one table, operation and command, made into
@@ -160,9 +172,10 @@ struct SetUp {
 pub fn forget_subxact(subid: u32) {
     SET_UP.with_borrow_mut(|s| s.retain(|e| e.subxact < subid));
     ROW_BATCHES.with_borrow_mut(|b| b.retain(|b| b.subxact < subid));
-    // Their transition tables went with the aborted query.
-    MOVED_OLDS.with_borrow_mut(Vec::clear);
-    MOVES_QUEUED.with_borrow_mut(Vec::clear);
+    // Only the aborted subtransaction's: one that a trigger or a function of the statement
+    // runs (an exception block) aborts while the statement's own events are still queued.
+    MOVED_OLDS.with_borrow_mut(|m| m.retain(|o| o.subxact < subid));
+    MOVES_QUEUED.with_borrow_mut(|q| q.retain(|e| e.subxact < subid));
 }
 
 /// after_finish checks that every captured ModifyTable of `estate` ran to completion: one that
@@ -177,9 +190,9 @@ pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
     let owner = estate as usize;
     MOVED_OLDS.with_borrow_mut(|m| m.retain(|o| o.owner != owner));
     let mut cancelled: Vec<(u32, u32)> = MOVES_QUEUED.with_borrow_mut(|q| {
-        let (mine, others): (Vec<_>, Vec<_>) = q.drain(..).partition(|e| e.0 == owner);
+        let (mine, others): (Vec<_>, Vec<_>) = q.drain(..).partition(|e| e.estate == owner);
         *q = others;
-        mine.into_iter().map(|e| (e.1, e.2)).collect()
+        mine.into_iter().map(|e| (e.relid, e.cid)).collect()
     });
     cancelled.dedup();
     for (relid, cid) in cancelled {
@@ -217,7 +230,7 @@ pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
 pub fn forget(estate: *mut pg_sys::EState) {
     SET_UP.with_borrow_mut(|s| s.retain(|e| e.estate != estate as usize));
     if MOVES_QUEUED.with_borrow(|q| !q.is_empty()) {
-        MOVES_QUEUED.with_borrow_mut(|q| q.retain(|e| e.0 != estate as usize));
+        MOVES_QUEUED.with_borrow_mut(|q| q.retain(|e| e.estate != estate as usize));
         MOVED_OLDS.with_borrow_mut(|m| m.retain(|o| o.owner != estate as usize));
     }
 }
@@ -729,7 +742,16 @@ unsafe fn queue_moved_rows(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sy
             }
             let relid = (*rel).rd_id.to_u32();
             let cid = (*estate).es_output_cid;
-            MOVES_QUEUED.with_borrow_mut(|q| q.push((estate as usize, relid, cid, tgoid)));
+            let subxact = unguarded::GetCurrentSubTransactionId();
+            MOVES_QUEUED.with_borrow_mut(|q| {
+                q.push(QueuedMove {
+                    estate: estate as usize,
+                    relid,
+                    cid,
+                    tgoid,
+                    subxact,
+                })
+            });
         }
     }
 }
@@ -1187,7 +1209,7 @@ unsafe fn moved_rows(
     MOVES_QUEUED.with_borrow_mut(|q| {
         let fired = q
             .iter()
-            .position(|e| e.1 == tracked.relid && e.2 == cid && e.3 == tgoid);
+            .position(|e| e.relid == tracked.relid && e.cid == cid && e.tgoid == tgoid);
         if let Some(i) = fired {
             q.remove(i);
         }
@@ -1231,6 +1253,7 @@ unsafe fn moved_rows(
                         relid: tracked.relid,
                         cid,
                         store: old_store as usize,
+                        subxact: unguarded::GetCurrentSubTransactionId(),
                     })
                 });
             }
