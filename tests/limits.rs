@@ -180,20 +180,14 @@ fn a_crash_in_the_middle_of_a_big_transaction_leaves_nothing_of_it() {
         DB,
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'al_big'",
     );
+    let before = c.crash_restarts();
     let killed = std::process::Command::new("sudo")
         .args(["kill", "-9", &pid])
         .status()
         .unwrap();
     assert!(killed.success());
     let _ = session.wait();
-    let up = common::wait_until(std::time::Duration::from_secs(60), || {
-        c.psql_command(DB)
-            .args(["-Atc", "SELECT 1"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-    });
-    assert!(up.is_some(), "the server did not come back");
+    c.wait_for_crash_restart(before);
     c.wait_for_writer(DB, None);
     c.sql(DB, "UPDATE items SET price = price + 1 WHERE id = 1");
     c.flush(DB);

@@ -225,6 +225,35 @@ impl Cluster {
         std::fs::read_to_string(format!("{}/server.log", self.dir)).unwrap_or_default()
     }
 
+    /// crash_restarts counts the crash-restarts in the server log so far.
+    pub fn crash_restarts(&self) -> usize {
+        self.log()
+            .matches("all server processes terminated; reinitializing")
+            .count()
+    }
+
+    /// wait_for_crash_restart waits until the postmaster has reinitialized after a crash (one
+    /// more than `before` in its log) and accepts connections again. A connection made before
+    /// it noticed the crash would otherwise pass for the restarted server.
+    pub fn wait_for_crash_restart(&self, before: usize) {
+        let restarted = wait_until(Duration::from_secs(60), || {
+            (self.crash_restarts() > before).then_some(())
+        });
+        assert!(
+            restarted.is_some(),
+            "no crash-restart; log:\n{}",
+            self.log()
+        );
+        let up = wait_until(Duration::from_secs(60), || {
+            self.psql_command("postgres")
+                .args(["-Atc", "SELECT 1"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+        });
+        assert!(up.is_some(), "the server did not come back");
+    }
+
     /// lock_trail holds ACCESS EXCLUSIVE on activity_log.events from another session, so the
     /// writer blocks and records stay in the ring. Released by [`Cluster::unlock_trail`].
     pub fn lock_trail(&self, db: &str) -> Child {
