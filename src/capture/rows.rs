@@ -110,8 +110,8 @@ thread_local! {
     /// Old images of rows a MERGE moved to another partition, handed over by the event that
     /// comes right before the one with their new images (see [`queue_moved_rows`]).
     static MOVED_OLDS: RefCell<Vec<MovedOld>> = const { RefCell::new(Vec::new()) };
-    /// The events [`queue_moved_rows`] queued that have not fired yet: one left when its query
-    /// has fired its AFTER triggers was cancelled.
+    /// The events [`queue_moved_rows`] queued that have not fired yet, nor been handed over by
+    /// another event ([`moved_rows_handed_over`]).
     static MOVES_QUEUED: RefCell<Vec<QueuedMove>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -183,21 +183,20 @@ pub fn forget_subxact(subid: u32) {
 /// statement triggers, so its changes are missing and the trail says so with a gap record.
 pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
     flush_row_batches(estate as usize);
-    // Events of moved rows that never fired: PostgreSQL cancelled them when another part of the
-    // statement (a data-modifying WITH) wrote the same table and queued its own AFTER STATEMENT
-    // events (trigger.c, cancel_prior_stmt_triggers; docs/src/known-gaps.md). Their transition
-    // tables are gone now, so the trail says what is missing.
+    // Events of moved rows that neither fired nor were handed over by another part of the
+    // statement (moved_rows_handed_over): not expected, but their transition tables are gone
+    // now, so the trail says what may be missing rather than nothing.
     let owner = estate as usize;
     MOVED_OLDS.with_borrow_mut(|m| m.retain(|o| o.owner != owner));
-    let mut cancelled: Vec<(u32, u32)> = MOVES_QUEUED.with_borrow_mut(|q| {
+    let mut unfired: Vec<(u32, u32)> = MOVES_QUEUED.with_borrow_mut(|q| {
         let (mine, others): (Vec<_>, Vec<_>) = q.drain(..).partition(|e| e.estate == owner);
         *q = others;
         mine.into_iter().map(|e| (e.relid, e.cid)).collect()
     });
-    cancelled.dedup();
-    for (relid, cid) in cancelled {
+    unfired.dedup();
+    for (relid, cid) in unfired {
         if let Some(tracked) = tracked::lookup(relid) {
-            let note = "rows a MERGE moved to another partition were not captured as such: another part of the statement writes the table too, and PostgreSQL cancelled the events that hand them over (a moved row's old or new version may be among that part's deleted or inserted rows)";
+            let note = "rows a MERGE moved to another partition may be missing from the trail: the events that hand them over never fired";
             push_change(&tracked, Op::Gap, cid, 0, Vec::new(), note, |_| false);
         }
     }
@@ -358,6 +357,36 @@ pub unsafe fn after_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i
         for node in list_nodes((*estate).es_auxmodifytables) {
             if node != top && pgrx::is_a(node, pg_sys::NodeTag::T_ModifyTableState) {
                 each(node.cast());
+            }
+        }
+        if capturing {
+            spread_moved_triggers(estate);
+        }
+    }
+}
+
+/// spread_moved_triggers gives the triggers of [`queue_moved_rows`] to every result relation of
+/// `estate` that is the same table as a moving MERGE's target: when an event fires, the trigger
+/// manager looks its trigger up in the first ResultRelInfo of the table it finds
+/// (ExecGetTriggerResultRel), which is a data-modifying WITH's when one writes the table too,
+/// and it silently skips an event whose trigger is not there.
+unsafe fn spread_moved_triggers(estate: *mut pg_sys::EState) {
+    let relids: Vec<u32> = MOVES_QUEUED.with_borrow(|q| {
+        q.iter()
+            .filter(|e| e.estate == estate as usize)
+            .map(|e| e.relid)
+            .collect()
+    });
+    if relids.is_empty() {
+        return;
+    }
+    // SAFETY: estate is the query's, just started; its opened result relations are live.
+    unsafe {
+        for node in list_nodes((*estate).es_opened_result_relations) {
+            let rri = node.cast::<pg_sys::ResultRelInfo>();
+            let relid = (*(*rri).ri_RelationDesc).rd_id.to_u32();
+            if relids.contains(&relid) && is_augmented(rri, Level::Statement) {
+                add_moved_triggers(rri, estate);
             }
         }
     }
@@ -687,8 +716,9 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState, 
 ///
 /// When the MERGE has neither a DELETE nor an INSERT action, every row of those two tables is a
 /// moved row, old and new images in the same order: they are recorded as UPDATEs. (The tables
-/// are the query's for that table and operation: a data-modifying WITH writing the same table
-/// would add its rows, but its own statement events then cancel these, see [`after_finish`].)
+/// are the query's for that table and operation: a data-modifying WITH inserting into or
+/// deleting from the same table adds its rows, and its statement event then cancels ours and
+/// hands them all over, see [`moved_rows_handed_over`].)
 /// Otherwise the moved rows cannot be told apart from the MERGE's own deletes or inserts: the
 /// table the MERGE lacks is recorded with a note, the other with the MERGE's own rows.
 unsafe fn queue_moved_rows(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState) {
@@ -1139,6 +1169,9 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
             moved_rows(&tracked, tgoid, cid, desc, (*td).tg_oldtable, olds, news);
             return pg_sys::Datum::from(0);
         }
+        if event == pg_sys::TRIGGER_EVENT_INSERT || event == pg_sys::TRIGGER_EVENT_DELETE {
+            moved_rows_handed_over(&tracked, event, cid, desc);
+        }
         match (event, olds, news) {
             (pg_sys::TRIGGER_EVENT_INSERT, _, Some(mut news)) => {
                 push(Op::Insert, news.len(), &mut |sink| match news.next() {
@@ -1186,6 +1219,10 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
     }
 }
 
+/// The note of a moving MERGE's old images whose new images are among the statement's INSERT
+/// records: the MERGE has an INSERT action, or another part of the statement inserts rows.
+const OLD_ALONE: &str = "rows this MERGE moved to another partition: their new versions are among the statement's INSERT records, which cannot be paired with them since the statement inserts rows into the table too";
+
 /// moved_rows records the rows a MERGE moved to another partition, handed over by the events
 /// of [`queue_moved_rows`]: the old images wait for the new ones that the next event brings,
 /// and pairs are recorded as UPDATEs (`new_key` set, as for a plain UPDATE that moves a row).
@@ -1202,10 +1239,9 @@ unsafe fn moved_rows(
     news: Option<Reader>,
 ) {
     const REFUSED: &str = "rows this MERGE moved to another partition, each recorded as a DELETE of its old version and an INSERT of its new one: a trigger refused some of them, so old and new versions cannot be paired";
-    const OLD_ALONE: &str = "rows this MERGE moved to another partition: their new versions are among the MERGE's INSERT records, which cannot be paired with them since the MERGE inserts rows too";
     const NO_OLD: &str =
         "rows this MERGE moved from another partition: their old versions were not captured";
-    const NEW_ALONE: &str = "rows this MERGE moved from another partition: their old versions are among the MERGE's DELETE records, which cannot be paired with them since the MERGE deletes rows too";
+    const NEW_ALONE: &str = "rows this MERGE moved from another partition: their old versions are among the statement's DELETE records, which cannot be paired with them since the statement deletes rows of the table too";
     MOVES_QUEUED.with_borrow_mut(|q| {
         let fired = q
             .iter()
@@ -1261,8 +1297,15 @@ unsafe fn moved_rows(
                 let waiting = MOVED_OLDS
                     .with_borrow_mut(|m| m.pop_if(|o| o.relid == tracked.relid && o.cid == cid));
                 let Some(waiting) = waiting else {
-                    // The old images' event was cancelled (after_finish leaves a gap record).
-                    push(Op::Insert, news, NO_OLD);
+                    // The old images' event was cancelled by the DELETE event of another part of
+                    // the statement, which hands them over with its own rows; should it never
+                    // fire, after_finish leaves a gap record.
+                    let cancelled = MOVES_QUEUED.with_borrow(|q| {
+                        q.iter().any(|e| {
+                            e.relid == tracked.relid && e.cid == cid && e.tgoid == MOVED_TGOID_OLD
+                        })
+                    });
+                    push(Op::Insert, news, if cancelled { NEW_ALONE } else { NO_OLD });
                     return;
                 };
                 let olds = Reader::open(waiting.store as *mut _, desc);
@@ -1303,12 +1346,68 @@ unsafe fn moved_rows(
     }
 }
 
+/// moved_rows_handed_over takes note that an INSERT or DELETE event of another part of the
+/// statement (a data-modifying WITH writing the same table) hands over the rows a moving MERGE
+/// put into the transition table they share: PostgreSQL cancelled the event of
+/// [`queue_moved_rows`] for that table when this one was queued (trigger.c,
+/// cancel_prior_stmt_triggers), so it is no longer awaited, and old images waiting for their
+/// new ones ([`MOVED_OLDS`]) will not get them: they are recorded now, unpaired, before the
+/// rows of this event.
+unsafe fn moved_rows_handed_over(tracked: &Tracked, event: u32, cid: u32, desc: pg_sys::TupleDesc) {
+    let insert = event == pg_sys::TRIGGER_EVENT_INSERT;
+    let cancelled: [u32; 2] = if insert {
+        [MOVED_TGOID_NEW, MOVED_TGOID_NEW_ALONE]
+    } else {
+        [MOVED_TGOID_OLD, MOVED_TGOID_OLD_ALONE]
+    };
+    let relid = tracked.relid;
+    if MOVES_QUEUED.with_borrow(Vec::is_empty) {
+        return; // nearly always
+    }
+    MOVES_QUEUED.with_borrow_mut(|q| {
+        q.retain(|e| !(e.relid == relid && e.cid == cid && cancelled.contains(&e.tgoid)))
+    });
+    if !insert {
+        return;
+    }
+    let Some(waiting) =
+        MOVED_OLDS.with_borrow_mut(|m| m.pop_if(|o| o.relid == relid && o.cid == cid))
+    else {
+        return;
+    };
+    // SAFETY: the waiting store is the statement's DELETE transition table, live until its
+    // query's AFTER triggers have all fired; desc is the relation's.
+    unsafe {
+        let Some(mut olds) = Reader::open(waiting.store as *mut _, desc) else {
+            return;
+        };
+        let n = olds.len();
+        if n > 0 {
+            push_change(
+                tracked,
+                Op::Delete,
+                cid,
+                n as i64,
+                columns(desc),
+                OLD_ALONE,
+                |sink| match olds.next() {
+                    Some(o) => {
+                        sink.push(Some(o), None);
+                        true
+                    }
+                    None => false,
+                },
+            );
+        }
+    }
+}
+
 /// merge_moving_note is the note for the INSERT and DELETE records of `rel` made by the query
 /// whose AFTER triggers are firing when it has a MERGE of that partitioned table whose UPDATE
 /// action can move rows to another partition: its moved rows are among them, unpaired (see
 /// [`queue_moved_rows`]). Empty otherwise (nearly always: one short list is read).
 unsafe fn merge_moving_note(rel: pg_sys::Relation) -> &'static str {
-    const NOTE: &str = "this MERGE's UPDATE action may have moved rows to other partitions: a moved row is recorded as a DELETE of its old version and an INSERT of its new one, among the MERGE's own deletes and inserts";
+    const NOTE: &str = "this MERGE's UPDATE action may have moved rows to other partitions: a moved row is recorded as a DELETE of its old version and an INSERT of its new one, among the statement's other deletes and inserts";
     let Some(owner) = FINISHING.with_borrow(|f| f.last().copied()) else {
         return "";
     };
