@@ -510,6 +510,37 @@ fn merge_moving_rows_to_another_partition() {
         c.sql(DB, "SELECT id, v FROM xp ORDER BY id"),
         ["7|b", "11|a", "13|c", "14|d", "16|e", "60|new"]
     );
+    // A MERGE with a DELETE action and no INSERT action: a moved row may take the key of a row
+    // it deletes, so its new version is recorded after the MERGE's deletes and updates, as an
+    // INSERT action's row would be (review of the fixes, G1): replaying the trail in id order
+    // works, and history() of that key tells the two rows in the order they came.
+    c.sql(
+        DB,
+        "
+        CREATE TABLE dp (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+        CREATE TABLE dp1 PARTITION OF dp FOR VALUES FROM (0) TO (10);
+        CREATE TABLE dp2 PARTITION OF dp FOR VALUES FROM (10) TO (100);
+        SELECT activity_log.track('dp');
+        INSERT INTO dp VALUES (8, 'moves'), (70, 'deleted');
+        MERGE INTO dp USING (VALUES (70, NULL), (8, 70)) s(id, nid) ON dp.id = s.id
+          WHEN MATCHED AND s.nid IS NULL THEN DELETE WHEN MATCHED THEN UPDATE SET id = s.nid;
+        ",
+    );
+    c.flush(DB);
+    let from = "rows this MERGE moved from";
+    assert_eq!(
+        c.sql(
+            DB,
+            "SELECT op, row_key, coalesce(left(details->>'note', 26), '-')
+               FROM activity_log.history('dp', '{\"id\": 70}')"
+        ),
+        [
+            r#"INSERT|{"id": 70}|-"#.to_string(),
+            format!(r#"DELETE|{{"id": 70}}|{}"#, &may[..26]),
+            format!(r#"INSERT|{{"id": 70}}|{from}"#),
+        ]
+    );
+    assert_eq!(c.sql(DB, "SELECT id, v FROM dp"), ["70|moves"]);
     // A data-modifying WITH that writes the same table. Its ResultRelInfo is the one the
     // trigger manager finds the moved rows' events' triggers in, and the moved rows share its
     // transition tables: a WITH that deletes (or inserts) hands the moved rows' old (new)

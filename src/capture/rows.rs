@@ -109,7 +109,10 @@ thread_local! {
     static ROW_BATCHES: RefCell<Vec<RowBatch>> = const { RefCell::new(Vec::new()) };
     /// Old images of rows a MERGE moved to another partition, handed over by the event that
     /// comes right before the one with their new images (see [`queue_moved_rows`]).
-    static MOVED_OLDS: RefCell<Vec<MovedOld>> = const { RefCell::new(Vec::new()) };
+    static MOVED_OLDS: RefCell<Vec<MovedTable>> = const { RefCell::new(Vec::new()) };
+    /// New images of rows a MERGE moved that are recorded unpaired, as INSERTs, after the
+    /// MERGE's UPDATE event, with their note (see [`moved_rows`]).
+    static MOVED_NEWS: RefCell<Vec<(MovedTable, &'static str)>> = const { RefCell::new(Vec::new()) };
     /// The events [`queue_moved_rows`] queued that have not fired yet, nor been handed over by
     /// another event ([`moved_rows_handed_over`]).
     static MOVES_QUEUED: RefCell<Vec<QueuedMove>> = const { RefCell::new(Vec::new()) };
@@ -125,8 +128,10 @@ struct QueuedMove {
     subxact: u32,
 }
 
-/// The DELETE transition table of a MERGE that moved rows, waiting for its INSERT table.
-struct MovedOld {
+/// A transition table of rows a MERGE moved, waiting for a later event of the same query: the
+/// DELETE table for the INSERT table ([`MOVED_OLDS`]), or the INSERT table for the MERGE's
+/// UPDATE event ([`MOVED_NEWS`]).
+struct MovedTable {
     /// The query firing the event ([`FINISHING`]).
     owner: usize,
     relid: u32,
@@ -175,6 +180,7 @@ pub fn forget_subxact(subid: u32) {
     // Only the aborted subtransaction's: one that a trigger or a function of the statement
     // runs (an exception block) aborts while the statement's own events are still queued.
     MOVED_OLDS.with_borrow_mut(|m| m.retain(|o| o.subxact < subid));
+    MOVED_NEWS.with_borrow_mut(|m| m.retain(|(o, _)| o.subxact < subid));
     MOVES_QUEUED.with_borrow_mut(|q| q.retain(|e| e.subxact < subid));
 }
 
@@ -193,6 +199,15 @@ pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
         *q = others;
         mine.into_iter().map(|e| (e.relid, e.cid)).collect()
     });
+    MOVED_NEWS.with_borrow_mut(|m| {
+        m.retain(|(o, _)| {
+            if o.owner == owner {
+                unfired.push((o.relid, o.cid));
+            }
+            o.owner != owner
+        })
+    });
+    unfired.sort_unstable();
     unfired.dedup();
     for (relid, cid) in unfired {
         if let Some(tracked) = tracked::lookup(relid) {
@@ -227,17 +242,18 @@ pub unsafe fn after_finish(estate: *mut pg_sys::EState) {
 
 /// forget drops what is known of `estate` (ExecutorEnd; also after an error).
 pub fn forget(estate: *mut pg_sys::EState) {
-    SET_UP.with_borrow_mut(|s| s.retain(|e| e.estate != estate as usize));
-    if MOVES_QUEUED.with_borrow(|q| !q.is_empty()) {
-        MOVES_QUEUED.with_borrow_mut(|q| q.retain(|e| e.estate != estate as usize));
-        MOVED_OLDS.with_borrow_mut(|m| m.retain(|o| o.owner != estate as usize));
-    }
+    let estate = estate as usize;
+    SET_UP.with_borrow_mut(|s| s.retain(|e| e.estate != estate));
+    MOVES_QUEUED.with_borrow_mut(|q| q.retain(|e| e.estate != estate));
+    MOVED_OLDS.with_borrow_mut(|m| m.retain(|o| o.owner != estate));
+    MOVED_NEWS.with_borrow_mut(|m| m.retain(|(o, _)| o.owner != estate));
 }
 
 pub fn forget_all() {
     SET_UP.with_borrow_mut(Vec::clear);
     ROW_BATCHES.with_borrow_mut(Vec::clear);
     MOVED_OLDS.with_borrow_mut(Vec::clear);
+    MOVED_NEWS.with_borrow_mut(Vec::clear);
     MOVES_QUEUED.with_borrow_mut(Vec::clear);
 }
 
@@ -1166,7 +1182,7 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
             }
         };
         if (MOVED_TGOID_OLD..=MOVED_TGOID_NEW_ALONE).contains(&tgoid) {
-            moved_rows(&tracked, tgoid, cid, desc, (*td).tg_oldtable, olds, news);
+            moved_rows(&tracked, tgoid, cid, desc, td, olds, news);
             return pg_sys::Datum::from(0);
         }
         if event == pg_sys::TRIGGER_EVENT_INSERT || event == pg_sys::TRIGGER_EVENT_DELETE {
@@ -1215,6 +1231,9 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
             }
             _ => {}
         }
+        if event == pg_sys::TRIGGER_EVENT_UPDATE {
+            moved_news_after_updates(&tracked, cid, desc);
+        }
         pg_sys::Datum::from(0)
     }
 }
@@ -1222,6 +1241,41 @@ pub unsafe extern "C-unwind" fn al_capture_rows(fcinfo: pg_sys::FunctionCallInfo
 /// The note of a moving MERGE's old images whose new images are among the statement's INSERT
 /// records: the MERGE has an INSERT action, or another part of the statement inserts rows.
 const OLD_ALONE: &str = "rows this MERGE moved to another partition: their new versions are among the statement's INSERT records, which cannot be paired with them since the statement inserts rows into the table too";
+/// The note of a moving MERGE's new images whose old images are among the statement's DELETE
+/// records: the MERGE has a DELETE action, or another part of the statement deletes rows.
+const NEW_ALONE: &str = "rows this MERGE moved from another partition: their old versions are among the statement's DELETE records, which cannot be paired with them since the statement deletes rows of the table too";
+
+/// push_rows records the rows of a transition table as one DELETE (old images) or INSERT (new
+/// images) record of `tracked`, with `note`; nothing for an empty table.
+unsafe fn push_rows(
+    tracked: &Tracked,
+    op: Op,
+    cid: u32,
+    desc: pg_sys::TupleDesc,
+    reader: Option<Reader>,
+    note: &str,
+) {
+    let Some(mut rows) = reader else { return };
+    if rows.len() == 0 {
+        return;
+    }
+    let n = rows.len() as i64;
+    // SAFETY: desc is the table's row type, which the reader's tuples have.
+    let columns = unsafe { columns(desc) };
+    push_change(tracked, op, cid, n, columns, note, |sink| {
+        match rows.next() {
+            Some(row) if op == Op::Delete => {
+                sink.push(Some(row), None);
+                true
+            }
+            Some(row) => {
+                sink.push(None, Some(row));
+                true
+            }
+            None => false,
+        }
+    });
+}
 
 /// moved_rows records the rows a MERGE moved to another partition, handed over by the events
 /// of [`queue_moved_rows`]: the old images wait for the new ones that the next event brings,
@@ -1234,14 +1288,13 @@ unsafe fn moved_rows(
     tgoid: u32,
     cid: u32,
     desc: pg_sys::TupleDesc,
-    old_store: *mut pg_sys::Tuplestorestate,
+    td: *mut pg_sys::TriggerData,
     olds: Option<Reader>,
     news: Option<Reader>,
 ) {
     const REFUSED: &str = "rows this MERGE moved to another partition, each recorded as a DELETE of its old version and an INSERT of its new one: a trigger refused some of them, so old and new versions cannot be paired";
     const NO_OLD: &str =
         "rows this MERGE moved from another partition: their old versions were not captured";
-    const NEW_ALONE: &str = "rows this MERGE moved from another partition: their old versions are among the statement's DELETE records, which cannot be paired with them since the statement deletes rows of the table too";
     MOVES_QUEUED.with_borrow_mut(|q| {
         let fired = q
             .iter()
@@ -1250,48 +1303,22 @@ unsafe fn moved_rows(
             q.remove(i);
         }
     });
-    // SAFETY: desc is the relation's, live for the trigger call; old_store is the DELETE
-    // transition table of the MERGE, live until its query's AFTER triggers have all fired.
+    // SAFETY: desc is the relation's and td the trigger call's; the transition tables live until
+    // the query's AFTER triggers have all fired.
     unsafe {
-        let push = |op, reader: Option<Reader>, note: &str| {
-            let Some(mut rows) = reader else { return };
-            if rows.len() == 0 {
-                return;
-            }
-            let n = rows.len() as i64;
-            push_change(
-                tracked,
-                op,
-                cid,
-                n,
-                columns(desc),
-                note,
-                |sink| match rows.next() {
-                    Some(row) if op == Op::Delete => {
-                        sink.push(Some(row), None);
-                        true
-                    }
-                    Some(row) => {
-                        sink.push(None, Some(row));
-                        true
-                    }
-                    None => false,
-                },
-            );
+        let moved_table = |store: *mut pg_sys::Tuplestorestate| MovedTable {
+            owner: FINISHING.with_borrow(|f| f.last().copied()).unwrap_or(0),
+            relid: tracked.relid,
+            cid,
+            store: store as usize,
+            subxact: unguarded::GetCurrentSubTransactionId(),
         };
+        let push = |op, reader, note| push_rows(tracked, op, cid, desc, reader, note);
         match tgoid {
             MOVED_TGOID_OLD => {
                 // Read when the new images arrive: the event for them comes next.
-                let owner = FINISHING.with_borrow(|f| f.last().copied()).unwrap_or(0);
-                MOVED_OLDS.with_borrow_mut(|m| {
-                    m.push(MovedOld {
-                        owner,
-                        relid: tracked.relid,
-                        cid,
-                        store: old_store as usize,
-                        subxact: unguarded::GetCurrentSubTransactionId(),
-                    })
-                });
+                let old_store = (*td).tg_oldtable;
+                MOVED_OLDS.with_borrow_mut(|m| m.push(moved_table(old_store)));
             }
             MOVED_TGOID_NEW => {
                 let waiting = MOVED_OLDS
@@ -1305,7 +1332,9 @@ unsafe fn moved_rows(
                             e.relid == tracked.relid && e.cid == cid && e.tgoid == MOVED_TGOID_OLD
                         })
                     });
-                    push(Op::Insert, news, if cancelled { NEW_ALONE } else { NO_OLD });
+                    let note = if cancelled { NEW_ALONE } else { NO_OLD };
+                    let new_store = (*td).tg_newtable;
+                    MOVED_NEWS.with_borrow_mut(|m| m.push((moved_table(new_store), note)));
                     return;
                 };
                 let olds = Reader::open(waiting.store as *mut _, desc);
@@ -1315,7 +1344,8 @@ unsafe fn moved_rows(
                 );
                 if olds_len != news_len {
                     push(Op::Delete, olds, REFUSED);
-                    push(Op::Insert, news, REFUSED);
+                    let new_store = (*td).tg_newtable;
+                    MOVED_NEWS.with_borrow_mut(|m| m.push((moved_table(new_store), REFUSED)));
                     return;
                 }
                 let (Some(mut olds), Some(mut news)) = (olds, news) else {
@@ -1341,7 +1371,10 @@ unsafe fn moved_rows(
                 );
             }
             MOVED_TGOID_OLD_ALONE => push(Op::Delete, olds, OLD_ALONE),
-            _ => push(Op::Insert, news, NEW_ALONE),
+            _ => {
+                let new_store = (*td).tg_newtable;
+                MOVED_NEWS.with_borrow_mut(|m| m.push((moved_table(new_store), NEW_ALONE)));
+            }
         }
     }
 }
@@ -1378,26 +1411,29 @@ unsafe fn moved_rows_handed_over(tracked: &Tracked, event: u32, cid: u32, desc: 
     // SAFETY: the waiting store is the statement's DELETE transition table, live until its
     // query's AFTER triggers have all fired; desc is the relation's.
     unsafe {
-        let Some(mut olds) = Reader::open(waiting.store as *mut _, desc) else {
-            return;
-        };
-        let n = olds.len();
-        if n > 0 {
-            push_change(
-                tracked,
-                Op::Delete,
-                cid,
-                n as i64,
-                columns(desc),
-                OLD_ALONE,
-                |sink| match olds.next() {
-                    Some(o) => {
-                        sink.push(Some(o), None);
-                        true
-                    }
-                    None => false,
-                },
-            );
+        let olds = Reader::open(waiting.store as *mut _, desc);
+        push_rows(tracked, Op::Delete, cid, desc, olds, OLD_ALONE);
+    }
+}
+
+/// moved_news_after_updates records, after a MERGE's UPDATE event (its last: the MERGE has no
+/// INSERT action), the new images of the rows it moved that [`moved_rows`] kept waiting. Were
+/// they recorded when their own event fires, first, a moved row taking a key that one of the
+/// MERGE's deletes or updates frees would come before it in the trail: they come where an
+/// INSERT action's rows would, an order replay always accepts.
+unsafe fn moved_news_after_updates(tracked: &Tracked, cid: u32, desc: pg_sys::TupleDesc) {
+    let relid = tracked.relid;
+    if MOVED_NEWS.with_borrow(Vec::is_empty) {
+        return; // nearly always
+    }
+    while let Some((waiting, note)) =
+        MOVED_NEWS.with_borrow_mut(|m| m.pop_if(|(o, _)| o.relid == relid && o.cid == cid))
+    {
+        // SAFETY: the waiting store is the statement's INSERT transition table, live until
+        // its query's AFTER triggers have all fired; desc is the relation's.
+        unsafe {
+            let news = Reader::open(waiting.store as *mut _, desc);
+            push_rows(tracked, Op::Insert, cid, desc, news, note);
         }
     }
 }
