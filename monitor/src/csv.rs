@@ -24,7 +24,7 @@ use axum::body::{Body, Bytes};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::db::{self, Error, Filter, Target};
+use crate::db::{self, CsvSelect, Error, Target};
 
 const CHUNK_ROWS: i32 = 2000;
 
@@ -71,13 +71,20 @@ fn line(out: &mut String, values: &[Option<&str>], guard: bool) {
     out.push('\n');
 }
 
-/// export starts the export of a filter's rows and returns the body that streams them; an error
-/// before the first row is returned as such, one later ends the body with an error (the client
-/// sees a cut transfer, never a file that looks complete).
-pub async fn export(t: &Target, f: &Filter, limits: Limits) -> Result<Body, Error> {
-    f.validate()?;
-    let guard = f.raw != Some(1);
-    let (sql, w) = db::csv_select(f);
+/// export starts the export of a statement's rows (`guard`: with the formula guard) and returns
+/// the body that streams them; an error before the first row is returned as such, one later ends
+/// the body with an error (the client sees a cut transfer, never a file that looks complete).
+pub async fn export(
+    t: &Target,
+    select: CsvSelect,
+    guard: bool,
+    limits: Limits,
+) -> Result<Body, Error> {
+    let CsvSelect {
+        sql,
+        params: w,
+        columns,
+    } = select;
     let Ok(permit) = t.exports.clone().try_acquire_owned() else {
         return Err(Error {
             status: 503,
@@ -111,7 +118,7 @@ pub async fn export(t: &Target, f: &Filter, limits: Limits) -> Result<Body, Erro
             let mut chunk = String::new();
             line(
                 &mut chunk,
-                &db::CSV_COLUMNS.iter().map(|c| Some(*c)).collect::<Vec<_>>(),
+                &columns.iter().map(|c| Some(*c)).collect::<Vec<_>>(),
                 false,
             );
             loop {

@@ -546,8 +546,11 @@ pub struct Filter {
     /// Live polling: rows with a larger id (newer), oldest first.
     pub after: Option<i64>,
     pub limit: Option<i64>,
-    /// Change log: the view to export (`activity` or `changes`).
+    /// The view to export: `activity` (these filters; `kind=change&table=…` for a table's change
+    /// log) or `history` (a row's history: `table` and `key`).
     pub view: Option<String>,
+    /// A row's key, for `view=history`.
+    pub key: Option<String>,
     /// The CSV export without the formula guard (`raw=1`): cells exactly as the trail holds them.
     pub raw: Option<u8>,
 }
@@ -752,23 +755,75 @@ pub const CSV_COLUMNS: &[&str] = &[
     "details",
 ];
 
+/// The columns of a row's history in its CSV export: `activity_log.changes`' but the table's oid.
+pub const HISTORY_CSV_COLUMNS: &[&str] = &[
+    "id",
+    "ts",
+    "committed_at",
+    "op",
+    "schema_name",
+    "table_name",
+    "row_key",
+    "old_row",
+    "new_row",
+    "changed_columns",
+    "db_user",
+    "actor",
+    "context",
+    "xid",
+    "query",
+    "details",
+];
+
+/// CsvSelect is a CSV export's statement: its text, parameters and output columns (the header).
+pub struct CsvSelect {
+    pub sql: String,
+    pub params: Where,
+    pub columns: &'static [&'static str],
+}
+
+fn as_text(columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{c}::text AS {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// csv_select is the export's statement for a filter (newest first), with its parameters. The
 /// order is by the table's `e.id`: a bare `id` would name the output column `id::text AS id`
 /// and sort as text (9 after 10), with a full sort instead of the index's order.
-pub fn csv_select(f: &Filter) -> (String, Where) {
+pub fn csv_select(f: &Filter) -> CsvSelect {
     let w = f.where_clause(true);
-    let cols: Vec<String> = CSV_COLUMNS
-        .iter()
-        .map(|c| format!("{c}::text AS {c}"))
-        .collect();
-    (
-        format!(
+    CsvSelect {
+        sql: format!(
             "SELECT {} FROM activity_log.events e{} ORDER BY e.id DESC",
-            cols.join(", "),
+            as_text(CSV_COLUMNS),
             w.sql()
         ),
-        w,
-    )
+        params: w,
+        columns: CSV_COLUMNS,
+    }
+}
+
+/// history_csv_select is the export's statement for a row's history, oldest first, as the
+/// Change log shows it (the same checks of `table` and `key` as [`history`]).
+pub async fn history_csv_select(t: &Target, table: &str, key: &str) -> Result<CsvSelect, Error> {
+    let key = history_key(key)?;
+    let qualified_name = qualified(table)?;
+    let c = t.pool.get().await?;
+    let oid = table_oid(&c, &qualified_name, table).await?;
+    let mut w = Where::new();
+    w.params.push(Box::new(oid));
+    w.params.push(Box::new(key));
+    Ok(CsvSelect {
+        sql: format!(
+            "SELECT {} FROM activity_log.history($1::pg_catalog.oid::pg_catalog.regclass, $2::jsonb) h ORDER BY h.id",
+            as_text(HISTORY_CSV_COLUMNS)
+        ),
+        params: w,
+        columns: HISTORY_CSV_COLUMNS,
+    })
 }
 
 /// activity returns a page of the trail: newest first below `before`, or oldest first above
@@ -862,6 +917,24 @@ pub async fn history(
     after: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Value>, Error> {
+    let key = history_key(key)?;
+    let qualified_name = qualified(table)?;
+    let c = t.pool.get().await?;
+    let oid = table_oid(&c, &qualified_name, table).await?;
+    let rows = c
+        .query(
+            "SELECT pg_catalog.to_jsonb(h) FROM (SELECT id, committed_at, op, row_key, old_row, new_row, changed_columns, \
+                    db_user, actor, pg_catalog.left(query, 300) AS query \
+               FROM activity_log.history($1::pg_catalog.oid::pg_catalog.regclass, $2::jsonb) \
+              WHERE id > $3 ORDER BY id LIMIT $4) h",
+            &[&oid, &key, &after.unwrap_or(0), &limit.clamp(1, 1000)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, Value>(0)).collect())
+}
+
+/// history_key is a row's key for its history, as JSON, checked.
+fn history_key(key: &str) -> Result<Value, Error> {
     check_text("key", key, 2000)?;
     let key: Value = serde_json::from_str(key).map_err(|e| {
         Error::bad(format!(
@@ -885,9 +958,16 @@ pub async fn history(
             "the row key holds a NUL character (\\u0000)\nHint: no row's key holds one.",
         ));
     }
-    let (schema, name) = qualified(table)?;
-    // The name is looked up, not parsed as regclass input: a table name may hold any character.
-    let c = t.pool.get().await?;
+    Ok(key)
+}
+
+/// table_oid is the oid of `table` (`schema.table`, checked by [`qualified`]), or a 404. The
+/// name is looked up, not parsed as regclass input: a table name may hold any character.
+async fn table_oid(
+    c: &deadpool_postgres::Client,
+    (schema, name): &(String, String),
+    table: &str,
+) -> Result<u32, Error> {
     let oid = c
         .query_opt(
             "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -903,16 +983,7 @@ pub async fn history(
             ),
         });
     };
-    let rows = c
-        .query(
-            "SELECT pg_catalog.to_jsonb(h) FROM (SELECT id, committed_at, op, row_key, old_row, new_row, changed_columns, \
-                    db_user, actor, pg_catalog.left(query, 300) AS query \
-               FROM activity_log.history($1::pg_catalog.oid::pg_catalog.regclass, $2::jsonb) \
-              WHERE id > $3 ORDER BY id LIMIT $4) h",
-            &[&oid, &key, &after.unwrap_or(0), &limit.clamp(1, 1000)],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get::<_, Value>(0)).collect())
+    Ok(oid)
 }
 
 /// health returns the score and factors, this database's pipeline (`metrics()`: queue, rates,

@@ -332,14 +332,27 @@ pub async fn api_record(
 pub async fn export_csv(State(app): State<Shared>, Query(f): Query<Filter>) -> Response {
     let r = async {
         let t = target(&app, f.db)?;
-        if let Some(v) = f.view.as_deref()
-            && v != "activity"
-        {
-            return Err(Error::bad(format!(
-                "unknown view \"{v}\"\nHint: the export takes the Activity page's filters (view=activity); filter kind=change and table=schema.table for a table's change log."
-            )));
-        }
-        csv::export(t, &f, app.export).await
+        let given = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+        let select = match given(&f.view).as_deref() {
+            None | Some("activity") => {
+                f.validate()?;
+                db::csv_select(&f)
+            }
+            Some("history") => {
+                let (Some(table), Some(key)) = (given(&f.table), f.key.as_deref()) else {
+                    return Err(Error::bad(
+                        "view=history needs table and key\nHint: /export.csv?view=history&table=public.orders&key={\"id\":42}, as the Change log's row history links it.",
+                    ));
+                };
+                db::history_csv_select(t, &table, key).await?
+            }
+            Some(v) => {
+                return Err(Error::bad(format!(
+                    "unknown view \"{v}\"\nHint: view=activity takes the Activity page's filters (kind=change and table=schema.table for a table's change log); view=history a row's history (table and key)."
+                )));
+            }
+        };
+        csv::export(t, select, f.raw != Some(1), app.export).await
     }
     .await;
     match r {
@@ -434,11 +447,14 @@ pub async fn changes(State(app): State<Shared>, Query(q): Query<ChangesQuery>) -
                 let limit = q.limit.unwrap_or(HISTORY_PAGE).clamp(1, 1000);
                 let h = db::history(t, tb, key, q.after, limit).await?;
                 s.push_str(&format!(
-                    "<h2>History of {} {}</h2><p><a href=\"{}\">back to the table</a> · {} change(s), oldest first</p><ol class=\"timeline\">",
+                    "<h2>History of {} {}</h2><p><a href=\"{}\">back to the table</a> · {} change(s), oldest first · \
+                     <a id=\"export\" href=\"/export.csv?db={dbi}&view=history&table={}&key={}\">Export CSV</a></p><ol class=\"timeline\">",
                     esc(tb),
                     esc(key),
                     esc(&changes_link(dbi, tb, None)),
-                    h.len()
+                    h.len(),
+                    esc(&percent_encode(tb)),
+                    esc(&percent_encode(key))
                 ));
                 for c in &h {
                     s.push_str(&format!(
@@ -462,6 +478,10 @@ pub async fn changes(State(app): State<Shared>, Query(q): Query<ChangesQuery>) -
             }
             (Some(tb), None) => {
                 let rows = db::changes(t, tb, q.before, q.limit.unwrap_or(50)).await?;
+                s.push_str(&format!(
+                    "<p class=\"toolbar\"><a id=\"export\" href=\"/export.csv?db={dbi}&kind=change&table={}\">Export CSV</a> (every change of the table, newest first)</p>",
+                    esc(&percent_encode(tb))
+                ));
                 s.push_str(&format!("<h2>Latest changes of {}</h2><table class=\"grid\"><thead><tr><th>id</th><th>committed</th><th>op</th><th>row</th><th>changed</th><th>user</th><th>actor</th></tr></thead><tbody>", esc(tb)));
                 for r in &rows {
                     let key = r.get("row_key").filter(|k| k.is_object());

@@ -18,6 +18,8 @@ use std::time::Duration;
 use common::{Cluster, with_extension};
 
 /// The columns the export writes, as the documentation lists them (the test's own copy).
+const HISTORY_CSV_COLUMNS: &str = "id, ts, committed_at, op, schema_name, table_name, row_key, \
+old_row, new_row, changed_columns, db_user, actor, context, xid, query, details";
 const CSV_COLUMNS: &str = "id, ts, committed_at, kind, category, severity, status, sqlstate, db_user, \
 effective_user, actor, application_name, client_addr, command, schema_name, table_name, row_key, old_row, \
 new_row, changed_columns, query, rows, duration_ms, context, jwt_claims, details";
@@ -583,6 +585,67 @@ fn every_endpoint_with_a_reader_only_role() {
         enc("{\"id\":1}")
     ));
     assert_eq!(r.status, 404);
+    // A row's history as CSV: COPY of the same history() call, oldest first, with the formula
+    // guard; a table's change log is the Activity export filtered by kind and table.
+    let r = m.get(&format!(
+        "/export.csv?view=history&table=public.orders&key={}",
+        enc("{\"id\":1}")
+    ));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["transfer-encoding"], "chunked", "streamed");
+    let cols: Vec<String> = HISTORY_CSV_COLUMNS
+        .split(", ")
+        .map(|c| {
+            format!(
+                "CASE WHEN left({c}::text, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r') \
+                 THEN '''' || {c}::text ELSE {c}::text END AS {c}"
+            )
+        })
+        .collect();
+    let out = c
+        .psql_command("app")
+        .args([
+            "-c",
+            "SET TimeZone = 'UTC'",
+            "-c",
+            &format!(
+                "COPY (SELECT {} FROM activity_log.history('public.orders', '{{\"id\": 1}}') h ORDER BY h.id) \
+                 TO STDOUT (FORMAT csv, HEADER)",
+                cols.join(", ")
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        expected.lines().count(),
+        3,
+        "a header and the row's INSERT and UPDATE"
+    );
+    assert_eq!(r.text(), expected);
+    for (query, status) in [
+        ("view=history&table=public.orders".to_string(), 400),
+        (
+            format!("view=history&table=public.orders&key={}", enc("[1]")),
+            400,
+        ),
+        (
+            format!("view=history&table=public.nope&key={}", enc("{\"id\":1}")),
+            404,
+        ),
+        ("view=nope".to_string(), 400),
+    ] {
+        assert_eq!(
+            m.get(&format!("/export.csv?{query}")).status,
+            status,
+            "{query}"
+        );
+    }
 
     // Health, analytics, migration as JSON.
     let h = m.json("/api/health");
