@@ -121,7 +121,11 @@ thread_local! {
 /// An event [`queue_moved_rows`] queued.
 struct QueuedMove {
     estate: usize,
+    /// The tracked table's oid, as its events name it ([`Tracked::relid`]: a partition that
+    /// the MERGE targets is tracked through its tracked ancestor).
     relid: u32,
+    /// The MERGE's target (its ResultRelInfos get the triggers, [`spread_moved_triggers`]).
+    target: u32,
     cid: u32,
     tgoid: u32,
     /// The subtransaction it was queued in.
@@ -387,13 +391,13 @@ pub unsafe fn after_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i
 /// (ExecGetTriggerResultRel), which is a data-modifying WITH's when one writes the table too,
 /// and it silently skips an event whose trigger is not there.
 unsafe fn spread_moved_triggers(estate: *mut pg_sys::EState) {
-    let relids: Vec<u32> = MOVES_QUEUED.with_borrow(|q| {
+    let targets: Vec<u32> = MOVES_QUEUED.with_borrow(|q| {
         q.iter()
             .filter(|e| e.estate == estate as usize)
-            .map(|e| e.relid)
+            .map(|e| e.target)
             .collect()
     });
-    if relids.is_empty() {
+    if targets.is_empty() {
         return;
     }
     // SAFETY: estate is the query's, just started; its opened result relations are live.
@@ -401,7 +405,7 @@ unsafe fn spread_moved_triggers(estate: *mut pg_sys::EState) {
         for node in list_nodes((*estate).es_opened_result_relations) {
             let rri = node.cast::<pg_sys::ResultRelInfo>();
             let relid = (*(*rri).ri_RelationDesc).rd_id.to_u32();
-            if relids.contains(&relid) && is_augmented(rri, Level::Statement) {
+            if targets.contains(&relid) && is_augmented(rri, Level::Statement) {
                 add_moved_triggers(rri, estate);
             }
         }
@@ -481,7 +485,7 @@ unsafe fn setup(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState, 
         }
         drop(in_memory); // only the transition tables get the larger budget
         if !skip_triggers && (*mt).operation == pg_sys::CmdType::CMD_MERGE {
-            queue_moved_rows(mt, estate);
+            queue_moved_rows(mt, estate, tracked.relid);
         }
         pg_sys::MemoryContextSwitchTo(old);
         if skip_triggers && let Some(outer) = outer {
@@ -737,7 +741,11 @@ unsafe fn augment(rri: *mut pg_sys::ResultRelInfo, estate: *mut pg_sys::EState, 
 /// hands them all over, see [`moved_rows_handed_over`].)
 /// Otherwise the moved rows cannot be told apart from the MERGE's own deletes or inserts: the
 /// table the MERGE lacks is recorded with a note, the other with the MERGE's own rows.
-unsafe fn queue_moved_rows(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sys::EState) {
+unsafe fn queue_moved_rows(
+    mt: *mut pg_sys::ModifyTableState,
+    estate: *mut pg_sys::EState,
+    tracked_relid: u32,
+) {
     // SAFETY: mt and estate belong to the query being started, whose root is augmented and
     // whose transition capture state is made; allocations go to the query's context.
     unsafe {
@@ -786,13 +794,13 @@ unsafe fn queue_moved_rows(mt: *mut pg_sys::ModifyTableState, estate: *mut pg_sy
             } else {
                 pg_sys::ExecASInsertTriggers(estate, rri, (*mt).mt_transition_capture);
             }
-            let relid = (*rel).rd_id.to_u32();
             let cid = (*estate).es_output_cid;
             let subxact = unguarded::GetCurrentSubTransactionId();
             MOVES_QUEUED.with_borrow_mut(|q| {
                 q.push(QueuedMove {
                     estate: estate as usize,
-                    relid,
+                    relid: tracked_relid,
+                    target: (*rel).rd_id.to_u32(),
                     cid,
                     tgoid,
                     subxact,
@@ -1295,13 +1303,10 @@ unsafe fn moved_rows(
     const REFUSED: &str = "rows this MERGE moved to another partition, each recorded as a DELETE of its old version and an INSERT of its new one: a trigger refused some of them, so old and new versions cannot be paired";
     const NO_OLD: &str =
         "rows this MERGE moved from another partition: their old versions were not captured";
+    // All of them: two moving MERGEs of one statement (17+: one inside WITH) queue one event
+    // each, and the later cancels the earlier, whose rows this one's shared table holds.
     MOVES_QUEUED.with_borrow_mut(|q| {
-        let fired = q
-            .iter()
-            .position(|e| e.relid == tracked.relid && e.cid == cid && e.tgoid == tgoid);
-        if let Some(i) = fired {
-            q.remove(i);
-        }
+        q.retain(|e| !(e.relid == tracked.relid && e.cid == cid && e.tgoid == tgoid))
     });
     // SAFETY: desc is the relation's and td the trigger call's; the transition tables live until
     // the query's AFTER triggers have all fired.
@@ -1457,8 +1462,10 @@ unsafe fn merge_moving_note(rel: pg_sys::Relation) -> &'static str {
         let moving = SET_UP.with_borrow(|s| {
             s.iter().any(|e| {
                 let mt = e.mt as *mut pg_sys::ModifyTableState;
+                // The MERGE's target, which may be a partition of the tracked table.
+                let target = (*(*(*mt).rootResultRelInfo).ri_RelationDesc).rd_id.to_u32();
                 e.estate == owner
-                    && e.tracked.relid == relid
+                    && target == relid
                     && (*mt).operation == pg_sys::CmdType::CMD_MERGE
                     && (*mt).mt_merge_subcommands as u32 & pg_sys::MERGE_UPDATE != 0
             })
