@@ -1447,3 +1447,156 @@ fn a_writer_that_dies_by_a_fatal_says_why_in_last_error() {
         "{last}"
     );
 }
+
+/// as_postgres runs a shell command as the postgres OS user (the data directory's owner).
+fn as_postgres(script: &str) {
+    let ok = Command::new("sudo")
+        .args(["-u", "postgres", "sh", "-c", script])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{script}");
+}
+
+/// kept_records is the record count of the last spill file the postmaster wrote for `dboid`,
+/// from its LOG line.
+fn kept_records(c: &Cluster, dboid: &str) -> u64 {
+    let needle = format!(" committed records of database {dboid} that were still in its ring");
+    let log = c.log();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains(&needle))
+        .unwrap_or_else(|| panic!("no spill of {dboid} in the log:\n{log}"));
+    let before = &line[..line.find(&needle).unwrap()];
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A spill file kept at a start (the ring too small) whose database is dropped before a later
+/// start (here: put back by hand, as a drop by an earlier release left it) is discarded by the
+/// launcher at that start, with one WARNING: whether the file is kept again (ring still too
+/// small) or its records were put back into a ring (ring large enough). Before, the ring went
+/// to the dropped database, whose writer failed at every start, and with `max_databases = 1`
+/// the other database's records waited in durable_queue for ever (review, G4).
+#[test]
+fn a_dropped_databases_kept_records_are_discarded_at_the_next_start() {
+    let c = Cluster::start(
+        "spilldropped",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '1MB'",
+            "activity_log.max_databases = 1",
+        ],
+    );
+    // One ring: other's writer gets it when app's hands it back.
+    c.sql("postgres", "CREATE DATABASE other");
+    c.sql("postgres", "CREATE DATABASE app");
+    for db in ["other", "app"] {
+        c.sql(
+            db,
+            "CREATE EXTENSION activity_log;
+             CREATE TABLE b (id int PRIMARY KEY, pad text); SELECT activity_log.track('b');
+             SELECT activity_log.log_event('setup');",
+        );
+    }
+    let app = c.one(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'app'",
+    );
+    c.flush("other");
+    c.flush("app");
+    // About 90 kB of records in app's ring (the only one): more than a ring of 64 kB holds.
+    without_writer(
+        &c,
+        "app",
+        "INSERT INTO b SELECT g, repeat('x', 200) FROM generate_series(1, 400) g;",
+    );
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    let file = format!("activity_log.spill.{app}");
+    assert_eq!(spill_files(&c), std::slice::from_ref(&file));
+    let n = kept_records(&c, &app);
+    assert!(n > 0);
+    let data = format!("{}/data", c.dir);
+    let saved = format!("{}/saved.spill", c.dir);
+    as_postgres(&format!("cp {data}/{file} {saved}"));
+    assert!(c.pg_ctl(&["start", "-o", "-c activity_log.buffer_size=64kB"]));
+    c.sql("postgres", "DROP DATABASE app");
+    as_postgres(&format!("cp {saved} {data}/{file}"));
+
+    let warning = |in_ring: u64, in_files: u64, files: u64| {
+        format!(
+            "WARNING:  activity_log: database {app} no longer exists: discarded its {} records kept from before the start ({in_ring} in its ring, {in_files} in {files} spill files)",
+            in_ring + in_files
+        )
+    };
+    // other's trail: each row once, in order.
+    let other_rows = |c: &Cluster| {
+        c.sql(
+            "other",
+            "SELECT coalesce(new_row->>'id', command) FROM activity_log.events WHERE kind IN ('change', 'event') ORDER BY id",
+        )
+    };
+    let mut expected = vec!["setup".to_string()];
+    for (round, conf) in [(1, "-c activity_log.buffer_size=64kB"), (2, "")]
+        .into_iter()
+        .map(|(r, conf)| (r, conf.to_string()))
+    {
+        assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+        assert_eq!(
+            spill_files(&c),
+            std::slice::from_ref(&file),
+            "round {round}"
+        );
+        let log_before = c.log().len();
+        if conf.is_empty() {
+            assert!(c.pg_ctl(&["start"]));
+        } else {
+            assert!(c.pg_ctl(&["start", "-o", &conf]));
+        }
+        let first = round * 10;
+        c.sql(
+            "other",
+            &format!("INSERT INTO b SELECT g, 'o' FROM generate_series({first}, {first} + 2) g"),
+        );
+        expected.extend((first..first + 3).map(|g| g.to_string()));
+        c.flush("other");
+        assert_eq!(other_rows(&c), expected, "round {round}");
+        let log = c.log()[log_before..].to_string();
+        // Round 1: the file did not fit and was kept at the start, then removed by the
+        // launcher. Round 2: its records were put back into a ring, which the launcher freed.
+        let expected_warning = if round == 1 {
+            warning(0, n, 1)
+        } else {
+            assert!(
+                log.contains(&format!(
+                    "put {n} committed records of database {app} back into its ring from {file}"
+                )),
+                "{log}"
+            );
+            warning(n, 0, 0)
+        };
+        assert_eq!(log.matches(&expected_warning).count(), 1, "{log}");
+        assert!(!log.contains("does not exist"), "{log}");
+        assert_eq!(spill_files(&c), Vec::<String>::new(), "round {round}");
+        assert_eq!(
+            c.one(
+                "other",
+                &format!("SELECT count(*) FROM activity_log._queue() WHERE database_oid = {app}")
+            ),
+            "0"
+        );
+        if round == 1 {
+            as_postgres(&format!("cp {saved} {data}/{file}"));
+        }
+    }
+    assert_eq!(
+        c.one("other", "SELECT intact FROM activity_log.verify()"),
+        "t"
+    );
+    assert_eq!(
+        c.one(
+            "other",
+            "SELECT count(*) FROM activity_log.events WHERE status = 'gap'"
+        ),
+        "0"
+    );
+}

@@ -39,6 +39,8 @@
 //! - produce.rs: reserve, commit, void (backends); the fit/pad/wrap arithmetic;
 //! - consume.rs: read, advance, next_key (the writer); Frame and Batch;
 //! - slots.rs: claim, release, hand-back, waiting databases, writer state, pause, restore hold;
+//! - spill.rs: rings to files and back when shared memory goes and comes (the postmaster);
+//!   removing the files of a dropped database;
 //! - waiting.rs: the list of databases waiting for a ring;
 //! - metrics.rs: counters, rate windows, last error, the queue's snapshot.
 
@@ -69,7 +71,9 @@ pub use slots::{
     attach_writer, claim, claim_xid, claimed_at, clear_restore_note, close, closing,
     count_waiting_drop, detach_writer, end_restore_hold, failures, hand_back_requested,
     hold_for_restore, last_error_transient, mark_starting, note_waiting, paused, paused_by,
-    release, release_closed, request_hand_back, request_sweep, reset_failures, restore_note,
-    restored_by, resume, resume_abandoned, serves, slot_dboid, slot_of, start_requested_at,
-    stop_waiting, stop_writer_for_drop, take_gap, waiting_databases, wake_writer, writer_state,
+    release, release_closed, release_dropped, request_hand_back, request_sweep, reset_failures,
+    restore_note, restored_by, resume, resume_abandoned, serves, slot_dboid, slot_of,
+    start_requested_at, stop_waiting, stop_writer_for_drop, take_gap, waiting_databases,
+    wake_writer, writer_state,
 };
+pub use spill::{Removed, kept_databases, remove_dropped};

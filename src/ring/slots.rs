@@ -182,6 +182,12 @@ pub fn release_closed(i: usize) -> bool {
 pub fn release(i: usize) {
     let _c = LockGuard::exclusive(0);
     let _s = LockGuard::exclusive(i + 1);
+    release_held(i);
+}
+
+/// release_held is [`release`] for a caller holding the control lock and the slot's lock;
+/// returns the records discarded.
+fn release_held(i: usize) -> u64 {
     let s = slot(i);
     let head = s.head.load(Acquire);
     let lost = count_records(i, s.tail.load(Acquire), head);
@@ -193,6 +199,24 @@ pub fn release(i: usize) {
     s.dboid.store(0, Release);
     // The writer sees its ring gone when it wakes, and exits.
     set_latch(s.writer_procno.load(Acquire));
+    lost
+}
+
+/// release_dropped frees slot `i` if it still serves `dboid` and its head is still `head`: the
+/// launcher read both before it found `dboid` gone from pg_database, so a ring that took frames
+/// since (a database created meanwhile with the same oid, whose records must stay) is left
+/// alone. The ring forgets the database, so that one created later with the same oid starts
+/// from zero counters and no restore note. Returns the records discarded.
+pub fn release_dropped(i: usize, dboid: u32, head: u64) -> Option<u64> {
+    let _c = LockGuard::exclusive(0);
+    let _s = LockGuard::exclusive(i + 1);
+    let s = slot(i);
+    if s.dboid.load(Acquire) != dboid || s.head.load(Acquire) != head {
+        return None;
+    }
+    let lost = release_held(i);
+    slot(i).last_dboid.store(0, Relaxed);
+    Some(lost)
 }
 
 pub fn claim_xid(i: usize) -> u32 {

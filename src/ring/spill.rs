@@ -10,6 +10,12 @@
 //! and reported to the caller, never raised (no ERROR, no panic: the postmaster must not die
 //! because of us).
 //!
+//! One exception: [`remove_dropped`] deletes the files of a database that no longer exists,
+//! from a backend right after its DROP DATABASE and from the launcher when it starts (while
+//! other processes run). It only removes whole files (a rename or a removal by the postmaster
+//! happens while no backend exists, so the two never meet), and reports failures as values:
+//! the drop has happened by then, and an ERROR would not undo it.
+//!
 //! What is spilled: only COMMITTED frames, copied whole. A frame becomes COMMITTED after its
 //! payload is copied and its transaction committed (produce.rs), so a committed frame is
 //! never torn. A PENDING frame belongs to a backend that died between its transaction's
@@ -317,6 +323,63 @@ pub(super) fn read_spill(name: &str, dboid: u32, room: u64) -> Result<SpillFile,
 pub(super) fn remove_spill(name: &str) -> std::io::Result<()> {
     std::fs::remove_file(name)?;
     sync_dir()
+}
+
+/// What [`remove_dropped`] did.
+#[derive(Default)]
+pub struct Removed {
+    /// Files removed.
+    pub files: usize,
+    /// Records their headers counted (a file whose header cannot be read counts none).
+    pub records: u64,
+    /// Files that could not be removed, with why.
+    pub failures: Vec<String>,
+}
+
+/// remove_dropped deletes the spill files of `dboid`, a database that no longer exists, and
+/// fsyncs the directory once. Their records belong to nobody any more: kept, they would be put
+/// back into a ring for a database that cannot be connected to (its writer failing at every
+/// start, the ring taken from the other databases), or, once a database is created with the
+/// same oid (CREATE DATABASE … OID, open to any role with CREATEDB), into that database's
+/// trail. The caller makes sure `dboid` is gone. Never raises.
+pub fn remove_dropped(dboid: u32) -> Removed {
+    let mut out = Removed::default();
+    for (_, _, name) in spill_files().into_iter().filter(|f| f.0 == dboid) {
+        let records = header_records(&name, dboid);
+        match std::fs::remove_file(&name) {
+            Ok(()) => {
+                out.files += 1;
+                out.records += records;
+            }
+            // Removed meanwhile by another process that saw the database gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => out.failures.push(format!("{name}: {e}")),
+        }
+    }
+    if out.files > 0
+        && let Err(e) = sync_dir()
+    {
+        out.failures
+            .push(format!("the data directory could not be synced: {e}"));
+    }
+    out
+}
+
+/// kept_databases lists the databases that have spill files in the data directory.
+pub fn kept_databases() -> Vec<u32> {
+    let mut dbs: Vec<u32> = spill_files().into_iter().map(|f| f.0).collect();
+    dbs.dedup();
+    dbs
+}
+
+/// header_records is the record count a spill file's header gives, 0 when it cannot be read.
+fn header_records(name: &str, dboid: u32) -> u64 {
+    let mut head = [0u8; FILE_HEADER];
+    let read = File::open(name).and_then(|mut f| f.read_exact(&mut head));
+    if read.is_err() || &head[..8] != MAGIC || head[8..12] != dboid.to_ne_bytes() {
+        return 0;
+    }
+    u64::from_ne_bytes(head[16..24].try_into().unwrap_or([0; 8]))
 }
 
 /// spill_all writes the committed frames of every ring in use to spill files; called by the

@@ -9,6 +9,9 @@
 //! and as many writers. At start every connectable database is put on the list, so that what a
 //! database staged before a restart is found (a writer whose database lacks the extension
 //! frees its ring and exits at once). It connects to no database and only scans `pg_database`.
+//! When it starts it also frees the rings and removes the spill files of databases that no
+//! longer exist ([`discard_dropped_databases`]): the one place where records are discarded
+//! because of what the catalog says, so it never touches a ring that changed meanwhile.
 
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -46,6 +49,7 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
     // SAFETY: reads a process global.
     shared::set_launcher(procno, unsafe { pg_sys::MyProcPid });
 
+    discard_dropped_databases();
     for dboid in connectable_databases() {
         ring::note_waiting(dboid);
     }
@@ -191,9 +195,77 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
+/// discard_dropped_databases frees the rings and removes the spill files that hold records of
+/// databases that no longer exist, with one WARNING per database. Such records come from a
+/// spill file kept at an earlier start (a ring too small, say) of a database dropped before
+/// this one: put back into a ring, they would have a writer failing at every start, hold a
+/// ring the other databases wait for, be written out again at each stop, and end up in the
+/// trail of whatever database is created later with the same oid. Runs once when the launcher
+/// starts, while backends may already run: a ring is freed only if it took no frame since it
+/// was read, before pg_database was.
+fn discard_dropped_databases() {
+    let rings: Vec<(usize, u32, u64)> = (0..ring::slot_count())
+        .map(|i| (i, ring::slot_dboid(i), ring::head(i)))
+        .filter(|&(_, dboid, _)| dboid != 0)
+        .collect();
+    let kept = ring::kept_databases();
+    if rings.is_empty() && kept.is_empty() {
+        return;
+    }
+    let existing = existing_databases();
+    let mut gone: Vec<u32> = rings
+        .iter()
+        .map(|r| r.1)
+        .chain(kept.iter().copied())
+        .filter(|dboid| !existing.contains(dboid))
+        .collect();
+    gone.sort_unstable();
+    gone.dedup();
+    for dboid in gone {
+        let in_ring: u64 = rings
+            .iter()
+            .filter(|r| r.1 == dboid)
+            .filter_map(|&(i, _, head)| ring::release_dropped(i, dboid, head))
+            .sum();
+        let ring::Removed {
+            files,
+            records,
+            failures,
+        } = ring::remove_dropped(dboid);
+        let failed = if failures.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; could not remove {} (tried again at the next start)",
+                failures.join(", ")
+            )
+        };
+        warning!(
+            "activity_log: database {dboid} no longer exists: discarded its {} records kept from before the start ({in_ring} in its ring, {records} in {files} spill files){failed}",
+            in_ring + records
+        );
+    }
+}
+
+/// existing_databases lists every database in pg_database that is not half-dropped.
+fn existing_databases() -> Vec<u32> {
+    scan_databases(|db| {
+        // A DROP DATABASE interrupted after it marked the database invalid (15.4 and later
+        // minors; the earlier ones never store -2): PostgreSQL's database_is_invalid_form
+        // tests the same. Nobody can connect to it again; it can only be dropped.
+        db.datconnlimit != pg_sys::DATCONNLIMIT_INVALID_DB
+    })
+}
+
 /// connectable_databases lists databases that accept connections, read straight from the
 /// shared catalog because the launcher is connected to no database.
 fn connectable_databases() -> Vec<u32> {
+    scan_databases(|db| db.datallowconn && !db.datistemplate)
+}
+
+/// scan_databases lists the databases of pg_database that `keep` takes, read straight from the
+/// shared catalog because the launcher is connected to no database.
+fn scan_databases(keep: impl Fn(&pg_sys::FormData_pg_database) -> bool) -> Vec<u32> {
     let mut out = Vec::new();
     // SAFETY: the classic catalog scan of autovacuum's get_database_list, inside a transaction.
     unsafe {
@@ -207,7 +279,7 @@ fn connectable_databases() -> Vec<u32> {
                 break;
             }
             let db = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tup);
-            if (*db).datallowconn && !(*db).datistemplate {
+            if keep(&*db) {
                 out.push((*db).oid.to_u32());
             }
         }
