@@ -1600,3 +1600,132 @@ fn a_dropped_databases_kept_records_are_discarded_at_the_next_start() {
         "0"
     );
 }
+
+/// DROP DATABASE removes the database's spill files kept at a start, and its ring forgets it:
+/// a database created afterwards with the same oid (CREATE DATABASE … OID, open to any role with
+/// CREATEDB) gets none of the dropped database's records, neither at the next start (the file)
+/// nor before it (the ring's restore note). A drop PostgreSQL refuses (a role without rights,
+/// a client connected, IF EXISTS of a missing database) forgets nothing: the file stays and a
+/// start with room puts its records back into their database (review, F2).
+#[test]
+fn a_dropped_databases_spill_file_never_reaches_a_database_with_its_oid() {
+    let c = Cluster::start(
+        "spilloid",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '1MB'",
+        ],
+    );
+    with_extension(&c, "app");
+    c.sql(
+        "app",
+        "CREATE TABLE b (id int PRIMARY KEY, pad text); SELECT activity_log.track('b');
+         CREATE ROLE mallory LOGIN CREATEDB; CREATE ROLE nobody LOGIN;",
+    );
+    let app = c.one(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'app'",
+    );
+    let file = format!("activity_log.spill.{app}");
+    let keep_a_file = |first: i32| {
+        without_writer(
+            &c,
+            "app",
+            &format!(
+                "INSERT INTO b SELECT g, repeat('x', 200) FROM generate_series({first}, {first} + 399) g;"
+            ),
+        );
+        assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+        assert!(c.pg_ctl(&["start", "-o", "-c activity_log.buffer_size=64kB"]));
+        assert_eq!(spill_files(&c), std::slice::from_ref(&file));
+    };
+    keep_a_file(1);
+
+    for role in ["nobody", "mallory"] {
+        let refused = c.error_as(role, "postgres", "DROP DATABASE app");
+        assert!(
+            refused.contains("ERROR:  must be owner of database app"),
+            "{role}: {refused}"
+        );
+    }
+    c.sql("postgres", "DROP DATABASE IF EXISTS nosuch");
+    c.sql("postgres", "ALTER DATABASE app ALLOW_CONNECTIONS true");
+    let mut session = c.spawn("app", "al_holder", "SELECT pg_sleep(60)");
+    let connected = wait_until(Duration::from_secs(10), || {
+        (c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'al_holder'",
+        ) == "1")
+            .then_some(())
+    });
+    assert!(connected.is_some());
+    let busy = c.error("postgres", "DROP DATABASE app");
+    assert!(
+        busy.contains(r#"ERROR:  database "app" is being accessed by other users"#),
+        "{busy}"
+    );
+    session.kill().unwrap();
+    let _ = session.wait();
+    c.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'al_holder'",
+    );
+    assert_eq!(spill_files(&c), std::slice::from_ref(&file));
+
+    // A start with room puts the records back into app.
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert!(c.pg_ctl(&["start"]));
+    assert_eq!(spill_files(&c), Vec::<String>::new());
+    c.wait_for_writer("app", None);
+    c.flush("app");
+    let rows = c.sql(
+        "app",
+        "SELECT count(*), count(DISTINCT new_row->>'id'), min((new_row->>'id')::int), max((new_row->>'id')::int)
+           FROM activity_log.events WHERE kind = 'change'",
+    );
+    assert_eq!(rows, ["400|400|1|400"]);
+
+    // Kept again, then dropped (FORCE: the same path): the drop removes the file at once.
+    keep_a_file(401);
+    c.sql("postgres", "DROP DATABASE app WITH (FORCE)");
+    assert_eq!(spill_files(&c), Vec::<String>::new());
+    let log = c.log();
+    assert!(
+        log.contains(&format!(
+            "removed 1 spill files of dropped database {app}, with {} records",
+            kept_records(&c, &app)
+        )),
+        "{log}"
+    );
+    c.sql_as(
+        "mallory",
+        "postgres",
+        &format!("CREATE DATABASE c OID = {app}"),
+    );
+    c.sql("c", "CREATE EXTENSION activity_log");
+    // The ring's writer start that failed for app (not accepting connections) ends after 30 s.
+    let writer = wait_until(Duration::from_secs(90), || c.writer_pid("c"));
+    assert!(writer.is_some(), "no writer for c; log:\n{}", c.log());
+    let trail = |c: &Cluster| {
+        c.sql(
+            "c",
+            "SELECT kind, status, command, coalesce(details->>'reason', '-')
+               FROM activity_log.events ORDER BY id",
+        )
+    };
+    c.sql("c", "SELECT activity_log.log_event('c_before_restart')");
+    c.flush("c");
+    assert_eq!(trail(&c), ["event|success|c_before_restart|-"]);
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert!(c.pg_ctl(&["start"]));
+    c.sql("c", "SELECT activity_log.log_event('c_after_restart')");
+    c.wait_for_writer("c", None);
+    c.flush("c");
+    assert_eq!(
+        trail(&c),
+        [
+            "event|success|c_before_restart|-",
+            "event|success|c_after_restart|-"
+        ]
+    );
+}

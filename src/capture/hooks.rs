@@ -463,6 +463,8 @@ unsafe extern "C-unwind" fn al_process_utility(
     // SAFETY: utilityStmt is a valid node for the whole call.
     unsafe { before_drop(pstmt) };
     // SAFETY: as above; a catalog lookup inside the statement's transaction.
+    let dropping_database = unsafe { database_to_drop((*pstmt).utilityStmt) };
+    // SAFETY: as above; a catalog lookup inside the statement's transaction.
     let creates_extension = unsafe { creates_this_extension((*pstmt).utilityStmt) };
     // COPY FROM into a tracked table: its rows are captured like an INSERT's; the guard puts
     // the relation cache back however the statement ends.
@@ -497,6 +499,10 @@ unsafe extern "C-unwind" fn al_process_utility(
                 ),
             }
         }
+    }
+    if let Some(dboid) = dropping_database {
+        // SAFETY: the DROP DATABASE returned; its transaction is still open.
+        unsafe { after_drop_database(dboid) };
     }
     let copied = copy.map(copy_from::CopyCapture::finish);
     // SAFETY: pstmt and qc are valid for the whole call.
@@ -901,6 +907,75 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
     stop_writer_for_drop(dboid, std::time::Duration::from_secs(10));
 }
 
+/// database_to_drop is the oid of the database a DROP DATABASE names, read before PostgreSQL
+/// runs it (afterwards its row is gone); None for any other statement, or a database that does
+/// not exist. Only a lookup: nothing is decided until the drop has succeeded.
+unsafe fn database_to_drop(stmt: *mut pg_sys::Node) -> Option<pg_sys::Oid> {
+    // SAFETY: the caller passes the statement about to run; a syscache lookup.
+    unsafe {
+        if !pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
+            return None;
+        }
+        let dboid = pg_sys::get_database_oid((*stmt.cast::<pg_sys::DropdbStmt>()).dbname, true);
+        (dboid != pg_sys::InvalidOid).then_some(dboid)
+    }
+}
+
+/// after_drop_database forgets what the extension still holds of a database that a DROP
+/// DATABASE just removed: its spill files kept at a start (otherwise put back at the next
+/// start into the ring of a database that cannot be connected to, or into the trail of one
+/// created later with the same oid, CREATE DATABASE … OID being open to any role with
+/// CREATEDB), and its ring if no pause of [`before_drop`] covers it (a drop that waited for a
+/// client to leave): freed when the transaction commits, as for a paused one. Only when its
+/// pg_database row is gone, so a drop PostgreSQL refused (rights, a connected client, an
+/// ERROR) forgets nothing; a refusal raises an ERROR before we get here anyway. Must not raise
+/// an ERROR: the database is gone already, so a failure is a WARNING.
+unsafe fn after_drop_database(dboid: pg_sys::Oid) {
+    // SAFETY: inside the dropping transaction; the counter increment makes its own deletion
+    // of the row visible to the lookup, as the next statement would see it.
+    let gone = unsafe {
+        pg_sys::CommandCounterIncrement();
+        !pg_sys::SearchSysCacheExists(
+            pg_sys::SysCacheIdentifier::DATABASEOID as c_int,
+            pg_sys::Datum::from(dboid),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        )
+    };
+    if !gone {
+        return;
+    }
+    let dboid = dboid.to_u32();
+    if let Some(i) = ring::slot_of(dboid)
+        && PENDING_DROP.get().is_none_or(|p| p.dboid != dboid)
+    {
+        PENDING_DROP.set(Some(PendingDrop {
+            slot: i,
+            dboid,
+            // SAFETY: reads transaction state.
+            subxact: unsafe { unguarded::GetCurrentSubTransactionId() },
+            release: true,
+        }));
+    }
+    let ring::Removed {
+        files,
+        records,
+        failures,
+    } = ring::remove_dropped(dboid);
+    if files > 0 {
+        log!(
+            "activity_log: removed {files} spill files of dropped database {dboid}, with {records} records"
+        );
+    }
+    if !failures.is_empty() {
+        warning!(
+            "activity_log: could not remove a spill file of dropped database {dboid}: {}; the next start discards it",
+            failures.join(", ")
+        );
+    }
+}
+
 /// what_the_trail_holds says what dropping the extension would lose: the trail's records, or
 /// records still queued; None when there is nothing.
 fn what_the_trail_holds() -> Option<String> {
@@ -971,7 +1046,13 @@ pub fn settle_drop(committed: bool) {
     DROP_CHECKED.set(false);
     if let Some(p) = PENDING_DROP.take() {
         if committed && p.release && ring::slot_dboid(p.slot) == p.dboid {
-            ring::release(p.slot);
+            // SAFETY: reads a process-local global.
+            if p.dboid == unsafe { pg_sys::MyDatabaseId }.to_u32() {
+                ring::release(p.slot);
+            } else {
+                // DROP DATABASE: the ring's counters and notes were the dropped database's.
+                ring::release_database(p.slot);
+            }
         }
         ring::resume(p.slot);
     }

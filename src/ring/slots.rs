@@ -202,11 +202,22 @@ fn release_held(i: usize) -> u64 {
     lost
 }
 
+/// release_database frees the slot of a database that DROP DATABASE removed, as [`release`],
+/// and makes the ring forget that it served it: a database created later with the same oid
+/// (CREATE DATABASE … OID) starts from zero counters and no restore note, instead of reporting
+/// the dropped one's drops and kept spill files in its own trail.
+pub fn release_database(i: usize) {
+    let _c = LockGuard::exclusive(0);
+    let _s = LockGuard::exclusive(i + 1);
+    release_held(i);
+    slot(i).last_dboid.store(0, Relaxed);
+}
+
 /// release_dropped frees slot `i` if it still serves `dboid` and its head is still `head`: the
 /// launcher read both before it found `dboid` gone from pg_database, so a ring that took frames
 /// since (a database created meanwhile with the same oid, whose records must stay) is left
-/// alone. The ring forgets the database, so that one created later with the same oid starts
-/// from zero counters and no restore note. Returns the records discarded.
+/// alone. As [`release_database`], the ring forgets the database. Returns the records
+/// discarded.
 pub fn release_dropped(i: usize, dboid: u32, head: u64) -> Option<u64> {
     let _c = LockGuard::exclusive(0);
     let _s = LockGuard::exclusive(i + 1);
