@@ -947,6 +947,10 @@ unsafe fn after_drop_database(dboid: pg_sys::Oid) {
         return;
     }
     let dboid = dboid.to_u32();
+    // What it lost while it waited for a ring is no trail's to report: taken off the list now,
+    // not at the launcher's next pass, so that a database created meanwhile with the same oid
+    // does not inherit the count as a gap record of its own.
+    ring::stop_waiting(dboid);
     if let Some(i) = ring::slot_of(dboid)
         && PENDING_DROP.get().is_none_or(|p| p.dboid != dboid)
     {
