@@ -26,6 +26,26 @@ new_row, changed_columns, query, rows, duration_ms, context, jwt_claims, details
 
 const XSS_TABLE: &str = "<script>alert('t')</script>";
 
+/// copy_columns: the SELECT list of the COPY that a CSV export is compared with, for the
+/// ", "-separated `columns`: each as text, with the formula guard (a `'` before a cell starting
+/// with = + - @ TAB CR) when `guard`, as the monitor writes it.
+fn copy_columns(columns: &str, guard: bool) -> String {
+    columns
+        .split(", ")
+        .map(|c| {
+            if guard {
+                format!(
+                    "CASE WHEN left({c}::text, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r') \
+                     THEN '''' || {c}::text ELSE {c}::text END AS {c}"
+                )
+            } else {
+                format!("{c}::text AS {c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Monitor is a running monitor process; dropped, it is killed.
 struct Monitor {
     child: Child,
@@ -510,26 +530,14 @@ fn every_endpoint_with_a_reader_only_role() {
         assert_eq!(r.status, 200);
         assert_eq!(r.headers["content-type"], "text/csv; charset=utf-8");
         assert_eq!(r.headers["transfer-encoding"], "chunked", "streamed");
-        let cols: Vec<String> = CSV_COLUMNS
-            .split(", ")
-            .map(|c| {
-                if guard {
-                    format!(
-                        "CASE WHEN left({c}::text, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r') \
-                         THEN '''' || {c}::text ELSE {c}::text END AS {c}"
-                    )
-                } else {
-                    format!("{c}::text AS {c}")
-                }
-            })
-            .collect();
+        let cols = copy_columns(CSV_COLUMNS, guard);
         let out = c
             .psql_command("app")
             .args([
                 "-c",
                 "SET TimeZone = 'UTC'",
                 "-c",
-                &format!("COPY (SELECT {} FROM activity_log.events e{sql} ORDER BY e.id DESC) TO STDOUT (FORMAT csv, HEADER)", cols.join(", ")),
+                &format!("COPY (SELECT {cols} FROM activity_log.events e{sql} ORDER BY e.id DESC) TO STDOUT (FORMAT csv, HEADER)"),
             ])
             .output()
             .unwrap();
@@ -593,15 +601,7 @@ fn every_endpoint_with_a_reader_only_role() {
     ));
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["transfer-encoding"], "chunked", "streamed");
-    let cols: Vec<String> = HISTORY_CSV_COLUMNS
-        .split(", ")
-        .map(|c| {
-            format!(
-                "CASE WHEN left({c}::text, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r') \
-                 THEN '''' || {c}::text ELSE {c}::text END AS {c}"
-            )
-        })
-        .collect();
+    let cols = copy_columns(HISTORY_CSV_COLUMNS, true);
     let out = c
         .psql_command("app")
         .args([
@@ -609,9 +609,8 @@ fn every_endpoint_with_a_reader_only_role() {
             "SET TimeZone = 'UTC'",
             "-c",
             &format!(
-                "COPY (SELECT {} FROM activity_log.history('public.orders', '{{\"id\": 1}}') h ORDER BY h.id) \
-                 TO STDOUT (FORMAT csv, HEADER)",
-                cols.join(", ")
+                "COPY (SELECT {cols} FROM activity_log.history('public.orders', '{{\"id\": 1}}') h ORDER BY h.id) \
+                 TO STDOUT (FORMAT csv, HEADER)"
             ),
         ])
         .output()
