@@ -2362,3 +2362,44 @@ $$;
 
 COMMENT ON FUNCTION activity_log.history(regclass, jsonb) IS
     'One row''s story, oldest first, across a dump and restore (the table''s earlier oids, by its schema and name). With the whole primary key: an index lookup that follows key changes; otherwise every change whose image contains key.';
+
+-- Who did what: per database user and application actor. One pass over the window (issue 31:
+-- the rows of a window read twice were materialized, 393 ms on a trail of 10 M rows): its rows
+-- are counted per user, actor and table, and each user's row is rolled up from that small
+-- result. A user's table rows rank first (false sorts before true: p.tbl IS NULL), so their
+-- row_number is their rank among the tables, as before; sum() of counts is a numeric of scale
+-- 0, as count()::numeric was, so success_rate keeps its value and scale.
+CREATE OR REPLACE FUNCTION activity_log.user_summary(since interval DEFAULT '30 days')
+RETURNS TABLE (db_user text, actor text, events bigint, errors bigint, success_rate numeric,
+               first_seen timestamptz, last_seen timestamptz, top_tables text[])
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET jit = off  -- bucket arithmetic gets huge estimates; JIT would cost ~0.5 s a call
+AS $$
+BEGIN
+    PERFORM activity_log._check_window('since', since);
+    RETURN QUERY
+    WITH per_table AS (
+        SELECT e.db_user AS u, e.actor AS a, e.schema_name AS sch, e.table_name AS tbl, count(*) AS n,
+               count(*) FILTER (WHERE e.status = 'error') AS n_error,
+               count(*) FILTER (WHERE e.status = 'success') AS n_success,
+               min(e.ts) AS first_ts, max(e.ts) AS last_ts
+          FROM activity_log.events e
+         WHERE e.ts > now() - since AND e.committed_at > now() - since AND e.kind <> 'system'
+         GROUP BY e.db_user, e.actor, e.schema_name, e.table_name
+    ),
+    ranked AS (
+        SELECT p.*, quote_ident(p.sch) || '.' || quote_ident(p.tbl) AS name,
+               row_number() OVER (PARTITION BY p.u, p.a
+                                  ORDER BY p.tbl IS NULL, p.n DESC, quote_ident(p.sch) || '.' || quote_ident(p.tbl)) AS rank
+          FROM per_table p
+    )
+    SELECT r.u, r.a, sum(r.n)::bigint, sum(r.n_error)::bigint,
+           round(sum(r.n_success) / sum(r.n), 4),
+           min(r.first_ts), max(r.last_ts),
+           array_agg(r.name ORDER BY r.rank) FILTER (WHERE r.tbl IS NOT NULL AND r.rank <= 5)
+      FROM ranked r
+     GROUP BY r.u, r.a
+     ORDER BY sum(r.n) DESC, r.u, r.a;
+END
+$$;

@@ -321,7 +321,12 @@ $$;
 COMMENT ON FUNCTION activity_log.daily_pattern(interval) IS
     'Activity by day of week (0 = Sunday) over a window.';
 
--- Who did what: per database user and application actor.
+-- Who did what: per database user and application actor. One pass over the window (issue 31:
+-- the rows of a window read twice were materialized, 393 ms on a trail of 10 M rows): its rows
+-- are counted per user, actor and table, and each user's row is rolled up from that small
+-- result. A user's table rows rank first (false sorts before true: p.tbl IS NULL), so their
+-- row_number is their rank among the tables, as before; sum() of counts is a numeric of scale
+-- 0, as count()::numeric was, so success_rate keeps its value and scale.
 CREATE FUNCTION activity_log.user_summary(since interval DEFAULT '30 days')
 RETURNS TABLE (db_user text, actor text, events bigint, errors bigint, success_rate numeric,
                first_seen timestamptz, last_seen timestamptz, top_tables text[])
@@ -332,26 +337,28 @@ AS $$
 BEGIN
     PERFORM activity_log._check_window('since', since);
     RETURN QUERY
-    WITH w AS (
-        SELECT e.db_user, e.actor, e.status, e.ts, e.schema_name, e.table_name
+    WITH per_table AS (
+        SELECT e.db_user AS u, e.actor AS a, e.schema_name AS sch, e.table_name AS tbl, count(*) AS n,
+               count(*) FILTER (WHERE e.status = 'error') AS n_error,
+               count(*) FILTER (WHERE e.status = 'success') AS n_success,
+               min(e.ts) AS first_ts, max(e.ts) AS last_ts
           FROM activity_log.events e
          WHERE e.ts > now() - since AND e.committed_at > now() - since AND e.kind <> 'system'
+         GROUP BY e.db_user, e.actor, e.schema_name, e.table_name
     ),
-    tables AS MATERIALIZED (  -- once, not once per user
-        SELECT w.db_user, w.actor, quote_ident(w.schema_name) || '.' || quote_ident(w.table_name) AS name,
-               row_number() OVER (PARTITION BY w.db_user, w.actor
-                                  ORDER BY count(*) DESC, quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)) AS rank
-          FROM w WHERE w.table_name IS NOT NULL
-         GROUP BY w.db_user, w.actor, w.schema_name, w.table_name
+    ranked AS (
+        SELECT p.*, quote_ident(p.sch) || '.' || quote_ident(p.tbl) AS name,
+               row_number() OVER (PARTITION BY p.u, p.a
+                                  ORDER BY p.tbl IS NULL, p.n DESC, quote_ident(p.sch) || '.' || quote_ident(p.tbl)) AS rank
+          FROM per_table p
     )
-    SELECT w.db_user, w.actor, count(*), count(*) FILTER (WHERE w.status = 'error'),
-           round(count(*) FILTER (WHERE w.status = 'success')::numeric / count(*), 4),
-           min(w.ts), max(w.ts),
-           (SELECT array_agg(t.name ORDER BY t.rank) FROM tables t
-             WHERE t.db_user IS NOT DISTINCT FROM w.db_user AND t.actor IS NOT DISTINCT FROM w.actor AND t.rank <= 5)
-      FROM w
-     GROUP BY w.db_user, w.actor
-     ORDER BY count(*) DESC, w.db_user, w.actor;
+    SELECT r.u, r.a, sum(r.n)::bigint, sum(r.n_error)::bigint,
+           round(sum(r.n_success) / sum(r.n), 4),
+           min(r.first_ts), max(r.last_ts),
+           array_agg(r.name ORDER BY r.rank) FILTER (WHERE r.tbl IS NOT NULL AND r.rank <= 5)
+      FROM ranked r
+     GROUP BY r.u, r.a
+     ORDER BY sum(r.n) DESC, r.u, r.a;
 END
 $$;
 

@@ -120,4 +120,39 @@ SELECT l FROM regexp_split_to_table(activity_log.metrics_text(), E'\n') l
  ORDER BY l;
 
 TRUNCATE activity_log.events, activity_log.activity_hourly;
+
+-- user_summary on a varied trail (issue 31: it reads the window once): carol's six tables
+-- (the 5 most changed, ties by name, a quoted name), a table without a schema (its name is
+-- NULL), a NULL user and NULL actors (ordered last), equal totals ordered by db_user then
+-- actor, a row committed before the window, system rows and a user only outside the window
+-- (none counted).
+CREATE TEMP TABLE t0 AS SELECT now() - interval '1 hour' AS t;
+INSERT INTO activity_log.events (ts, committed_at, kind, category, severity, status, db_user, actor,
+                                 command, schema_name, table_name)
+SELECT t0.t - n * interval '1 minute', t0.t - n * interval '1 minute' - v.committed_before, v.kind, 'data_change', 'info',
+       v.status, v.u, v.a, 'UPDATE', v.sch, v.tbl
+  FROM t0, (VALUES
+    (3, 'change', 'success', 'carol', 'web', 'public', 't_a', interval '0'),
+    (2, 'change', 'success', 'carol', 'web', 'public', 'Odd T', interval '0'),
+    (2, 'change', 'error', 'carol', 'web', 'app', 't_b', interval '0'),
+    (1, 'change', 'success', 'carol', 'web', 'public', 't_e', interval '0'),
+    (1, 'change', 'success', 'carol', 'web', 'public', 't_d', interval '0'),
+    (1, 'change', 'success', 'carol', 'web', 'public', 't_c', interval '0'),
+    (2, 'system', 'gap', 'carol', 'web', NULL, NULL, interval '0'),
+    (10, 'change', 'success', 'erin', 'web', 'public', 't_a', interval '0'),
+    (1, 'change', 'success', 'erin', 'web', 'public', 't_z', interval '2 days'),
+    (2, 'change', 'success', 'dave', NULL, NULL, 'loose', interval '0'),
+    (2, 'statement', 'success', 'dave', NULL, NULL, NULL, interval '0'),
+    (3, 'change', 'success', 'dave', 'web', 'public', 't_a', interval '0'),
+    (1, 'event', 'error', 'dave', 'web', NULL, NULL, interval '0'),
+    (4, 'statement', 'error', NULL, 'batch', NULL, NULL, interval '0'),
+    (1, 'event', 'success', NULL, NULL, NULL, NULL, interval '0')) v(rows, kind, status, u, a, sch, tbl, committed_before),
+       generate_series(1, v.rows) n
+UNION ALL
+SELECT now() - interval '3 days', now() - interval '3 days', 'change', 'data_change', 'info', 'success', 'gone', NULL,
+       'UPDATE', 'public', 't_a';
+SELECT db_user, actor, events, errors, success_rate, top_tables, last_seen - first_seen AS span,
+       last_seen = (SELECT t FROM t0) - interval '1 minute' AS last_ok
+  FROM activity_log.user_summary('1 day');
+TRUNCATE activity_log.events, activity_log.activity_hourly;
 RESET activity_log.capture_statements;
