@@ -1607,6 +1607,88 @@ fn a_dropped_databases_kept_records_are_discarded_at_the_next_start() {
 /// nor before it (the ring's restore note). A drop PostgreSQL refuses (a role without rights,
 /// a client connected, IF EXISTS of a missing database) forgets nothing: the file stays and a
 /// start with room puts its records back into their database (review, F2).
+/// A DROP DATABASE waits for the database's lock, and meanwhile its name comes to mean another
+/// database: PostgreSQL drops that one. The records in the ring of the database the name meant
+/// at first stay and are stored (they were freed with the ring at the drop's commit: a
+/// database owner could erase their database's queued records this way), and the database
+/// dropped instead leaves nothing behind.
+#[test]
+fn a_drop_that_removes_another_database_than_its_name_meant_loses_nothing() {
+    let c = Cluster::start("dropswap", &["activity_log.capture_statements = 'none'"]);
+    with_extension(&c, "a");
+    c.sql(
+        "a",
+        "CREATE TABLE t (id int PRIMARY KEY); SELECT activity_log.track('t');",
+    );
+    c.sql("postgres", "CREATE DATABASE bb");
+    let a = c.one(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'a'",
+    );
+    // In a's ring, with no writer to store them (a takes no connection until the end).
+    without_writer(&c, "a", "INSERT INTO t SELECT generate_series(1, 50);");
+    let waits = |app: &str, what: &str| {
+        let q = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND {what}"
+        );
+        wait_until(Duration::from_secs(10), || {
+            (c.one("postgres", &q) == "1").then_some(())
+        })
+        .is_some()
+    };
+    // The renamer holds a's lock (COMMENT) until the test lets it go on (the advisory lock).
+    let holder = c.spawn(
+        "postgres",
+        "al_holder",
+        "SELECT pg_advisory_lock(42), pg_sleep(120)",
+    );
+    assert!(waits("al_holder", "wait_event = 'PgSleep'"));
+    let renamer = c.spawn(
+        "postgres",
+        "al_renamer",
+        "BEGIN; COMMENT ON DATABASE a IS 'held'; SELECT pg_advisory_xact_lock(42);
+         ALTER DATABASE a RENAME TO z; ALTER DATABASE bb RENAME TO a; COMMIT;",
+    );
+    assert!(waits("al_renamer", "wait_event = 'advisory'"));
+    let dropper = c.spawn("postgres", "al_dropper", "DROP DATABASE a");
+    assert!(waits("al_dropper", "wait_event_type = 'Lock'"));
+    c.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'al_holder'",
+    );
+    drop(holder);
+    let renamed = renamer.wait_with_output().unwrap();
+    assert!(renamed.status.success(), "{renamed:?}");
+    let dropped = dropper.wait_with_output().unwrap();
+    assert!(dropped.status.success(), "{dropped:?}");
+    assert_eq!(
+        c.sql(
+            "postgres",
+            "SELECT datname, oid FROM pg_database WHERE datname IN ('a', 'bb', 'z')"
+        ),
+        [format!("z|{a}")]
+    );
+    c.sql("postgres", "ALTER DATABASE z ALLOW_CONNECTIONS true");
+    let back = wait_until(Duration::from_secs(90), || c.writer_pid("z"));
+    assert!(back.is_some(), "no writer for z; log:\n{}", c.log());
+    c.flush("z");
+    assert_eq!(
+        c.sql(
+            "z",
+            "SELECT count(*), count(DISTINCT new_row->>'id'), min((new_row->>'id')::int), max((new_row->>'id')::int)
+               FROM activity_log.events WHERE kind = 'change'"
+        ),
+        ["50|50|1|50"]
+    );
+    assert_eq!(
+        c.one(
+            "z",
+            "SELECT count(*) FROM activity_log.events WHERE status = 'gap'"
+        ),
+        "0"
+    );
+}
+
 #[test]
 fn a_dropped_databases_spill_file_never_reaches_a_database_with_its_oid() {
     let c = Cluster::start(
@@ -1687,24 +1769,37 @@ fn a_dropped_databases_spill_file_never_reaches_a_database_with_its_oid() {
 
     // Kept again, then dropped (FORCE: the same path): the drop removes the file at once.
     keep_a_file(401);
+    let data = format!("{}/data", c.dir);
+    let saved = format!("{}/saved.spill", c.dir);
+    as_postgres(&format!("cp {data}/{file} {saved}"));
+    let records = kept_records(&c, &app);
     c.sql("postgres", "DROP DATABASE app WITH (FORCE)");
     assert_eq!(spill_files(&c), Vec::<String>::new());
     let log = c.log();
     assert!(
         log.contains(&format!(
-            "removed 1 spill files of dropped database {app}, with {} records",
-            kept_records(&c, &app)
+            "removed 1 spill files of dropped database {app}, with {records} records"
         )),
         "{log}"
     );
+    // A file the drop did not remove (one an earlier release left, say) goes when a database
+    // takes the oid, before anybody can connect to it.
+    as_postgres(&format!("cp {saved} {data}/{file}"));
     c.sql_as(
         "mallory",
         "postgres",
         &format!("CREATE DATABASE c OID = {app}"),
     );
+    assert_eq!(spill_files(&c), Vec::<String>::new());
+    let log = c.log();
+    assert!(
+        log.contains(&format!(
+            "removed 1 spill files of an earlier database of oid {app}, which a new database takes, with {records} records"
+        )),
+        "{log}"
+    );
     c.sql("c", "CREATE EXTENSION activity_log");
-    // The ring's writer start that failed for app (not accepting connections) ends after 30 s.
-    let writer = wait_until(Duration::from_secs(90), || c.writer_pid("c"));
+    let writer = wait_until(Duration::from_secs(30), || c.writer_pid("c"));
     assert!(writer.is_some(), "no writer for c; log:\n{}", c.log());
     let trail = |c: &Cluster| {
         c.sql(

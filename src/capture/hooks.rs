@@ -462,8 +462,11 @@ unsafe extern "C-unwind" fn al_process_utility(
     }
     // SAFETY: utilityStmt is a valid node for the whole call.
     unsafe { before_drop(pstmt) };
-    // SAFETY: as above; a catalog lookup inside the statement's transaction.
-    let dropping_database = unsafe { database_to_drop((*pstmt).utilityStmt) };
+    // SAFETY: as above; only inspects the parse tree.
+    let database_statement = unsafe { database_statement((*pstmt).utilityStmt) };
+    if database_statement.is_some() {
+        DATABASE_NAMED.set(None);
+    }
     // SAFETY: as above; a catalog lookup inside the statement's transaction.
     let creates_extension = unsafe { creates_this_extension((*pstmt).utilityStmt) };
     // COPY FROM into a tracked table: its rows are captured like an INSERT's; the guard puts
@@ -500,9 +503,15 @@ unsafe extern "C-unwind" fn al_process_utility(
             }
         }
     }
-    if let Some(dboid) = dropping_database {
+    match database_statement {
         // SAFETY: the DROP DATABASE returned; its transaction is still open.
-        unsafe { after_drop_database(dboid) };
+        Some(DatabaseStatement::Drop) => unsafe { after_drop_database(DATABASE_NAMED.take()) },
+        Some(DatabaseStatement::Create) => {
+            if let Some(dboid) = DATABASE_NAMED.take() {
+                forget_orphan(dboid.to_u32());
+            }
+        }
+        None => {}
     }
     let copied = copy.map(copy_from::CopyCapture::finish);
     // SAFETY: pstmt and qc are valid for the whole call.
@@ -830,6 +839,10 @@ thread_local! {
     static PENDING_DROP: Cell<Option<PendingDrop>> = const { Cell::new(None) };
     /// This transaction's DROP EXTENSION activity_log passed the trail check.
     static DROP_CHECKED: Cell<bool> = const { Cell::new(false) };
+    /// The database the running DROP DATABASE removes or CREATE DATABASE makes, as PostgreSQL
+    /// names it to the object access hook once it holds the database's lock: the statement's
+    /// name may have come to mean another database, or none, while it waited for that lock.
+    static DATABASE_NAMED: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
 }
 
 /// before_drop stops the writer of a trail the statement ends, so that it holds no lock and
@@ -907,33 +920,41 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
     stop_writer_for_drop(dboid, std::time::Duration::from_secs(10));
 }
 
-/// database_to_drop is the oid of the database a DROP DATABASE names, read before PostgreSQL
-/// runs it (afterwards its row is gone); None for any other statement, or a database that does
-/// not exist. Only a lookup: nothing is decided until the drop has succeeded.
-unsafe fn database_to_drop(stmt: *mut pg_sys::Node) -> Option<pg_sys::Oid> {
-    // SAFETY: the caller passes the statement about to run; a syscache lookup.
+#[derive(Clone, Copy)]
+enum DatabaseStatement {
+    Drop,
+    Create,
+}
+
+/// database_statement tells a DROP DATABASE or CREATE DATABASE apart from other statements.
+unsafe fn database_statement(stmt: *mut pg_sys::Node) -> Option<DatabaseStatement> {
+    // SAFETY: the caller passes the statement about to run.
     unsafe {
-        if !pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
-            return None;
+        if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
+            Some(DatabaseStatement::Drop)
+        } else if pgrx::is_a(stmt, pg_sys::NodeTag::T_CreatedbStmt) {
+            Some(DatabaseStatement::Create)
+        } else {
+            None
         }
-        let dboid = pg_sys::get_database_oid((*stmt.cast::<pg_sys::DropdbStmt>()).dbname, true);
-        (dboid != pg_sys::InvalidOid).then_some(dboid)
     }
 }
 
-/// after_drop_database forgets what the extension still holds of a database that a DROP
-/// DATABASE just removed: its spill files kept at a start (otherwise put back at the next
-/// start into the ring of a database that cannot be connected to, or into the trail of one
-/// created later with the same oid, CREATE DATABASE … OID being open to any role with
-/// CREATEDB), and its ring if no pause of [`before_drop`] covers it (a drop that waited for a
-/// client to leave): freed when the transaction commits, as for a paused one. Only when its
-/// pg_database row is gone, so a drop PostgreSQL refused (rights, a connected client, an
-/// ERROR) forgets nothing; a refusal raises an ERROR before we get here anyway. Must not raise
-/// an ERROR: the database is gone already, so a failure is a WARNING.
-unsafe fn after_drop_database(dboid: pg_sys::Oid) {
+/// after_drop_database forgets what the extension still holds of the database a DROP DATABASE
+/// just removed (`dropped`, as PostgreSQL named it under its lock; None when it dropped
+/// nothing): its spill files kept at a start (otherwise put back at the next start into the
+/// ring of a database that cannot be connected to, or into the trail of one created later with
+/// the same oid, CREATE DATABASE … OID being open to any role with CREATEDB), and its ring,
+/// freed when the transaction commits. Only when its pg_database row is gone, so a drop
+/// PostgreSQL refused forgets nothing (a refusal raises an ERROR before we get here anyway). A
+/// writer [`before_drop`] stopped for a database this drop did not remove (its name came to
+/// mean another database, or none, while the drop waited for the lock) goes on at once and
+/// keeps its ring. Must not raise an ERROR: the database is gone already, so a failure is a
+/// WARNING.
+unsafe fn after_drop_database(dropped: Option<pg_sys::Oid>) {
     // SAFETY: inside the dropping transaction; the counter increment makes its own deletion
     // of the row visible to the lookup, as the next statement would see it.
-    let gone = unsafe {
+    let gone = |dboid: pg_sys::Oid| unsafe {
         pg_sys::CommandCounterIncrement();
         !pg_sys::SearchSysCacheExists(
             pg_sys::SysCacheIdentifier::DATABASEOID as c_int,
@@ -943,16 +964,22 @@ unsafe fn after_drop_database(dboid: pg_sys::Oid) {
             pg_sys::Datum::from(0),
         )
     };
-    if !gone {
-        return;
+    let dropped = dropped.filter(|&dboid| gone(dboid)).map(|o| o.to_u32());
+    if let Some(p) = PENDING_DROP.get()
+        && Some(p.dboid) != dropped
+    {
+        PENDING_DROP.set(None);
+        ring::resume(p.slot);
     }
-    let dboid = dboid.to_u32();
+    let Some(dboid) = dropped else {
+        return;
+    };
     // What it lost while it waited for a ring is no trail's to report: taken off the list now,
     // not at the launcher's next pass, so that a database created meanwhile with the same oid
     // does not inherit the count as a gap record of its own.
     ring::stop_waiting(dboid);
     if let Some(i) = ring::slot_of(dboid)
-        && PENDING_DROP.get().is_none_or(|p| p.dboid != dboid)
+        && PENDING_DROP.get().is_none()
     {
         PENDING_DROP.set(Some(PendingDrop {
             slot: i,
@@ -962,19 +989,43 @@ unsafe fn after_drop_database(dboid: pg_sys::Oid) {
             release: true,
         }));
     }
+    remove_spill_files(dboid, &format!("of dropped database {dboid}"));
+}
+
+/// forget_orphan runs when CREATE DATABASE made database `dboid`: anything the extension holds
+/// under that oid (a ring, spill files, a place on the waiting list) belongs to an earlier
+/// database of the same oid that is gone (records come only from sessions of a database that
+/// exists), left by a drop this hook did not see through (an earlier release, a file the drop
+/// could not remove). Discarded before the new database can be connected to, so that it never
+/// reads another database's records (CREATE DATABASE … OID is open to any role with CREATEDB).
+/// Must not raise an ERROR; logs what it discarded.
+fn forget_orphan(dboid: u32) {
+    let in_ring = ring::forget_database(dboid);
+    if in_ring > 0 {
+        warning!(
+            "activity_log: discarded {in_ring} records a ring held for database oid {dboid}, of a database of that oid that no longer exists"
+        );
+    }
+    remove_spill_files(
+        dboid,
+        &format!("of an earlier database of oid {dboid}, which a new database takes"),
+    );
+}
+
+/// remove_spill_files removes the spill files of `dboid`, a database that no longer exists
+/// (`whose` names it in the messages), and logs what it did; never raises.
+fn remove_spill_files(dboid: u32, whose: &str) {
     let ring::Removed {
         files,
         records,
         failures,
     } = ring::remove_dropped(dboid);
     if files > 0 {
-        log!(
-            "activity_log: removed {files} spill files of dropped database {dboid}, with {records} records"
-        );
+        log!("activity_log: removed {files} spill files {whose}, with {records} records");
     }
     if !failures.is_empty() {
         warning!(
-            "activity_log: could not remove a spill file of dropped database {dboid}: {}; the next start discards it",
+            "activity_log: could not remove a spill file {whose}: {}; the next start discards it",
             failures.join(", ")
         );
     }
@@ -1085,9 +1136,10 @@ pub fn settle_drop_in_subxact(
     }
 }
 
-/// al_object_access refuses to drop the extension by any other way than a DROP EXTENSION that
-/// passed [`before_drop`]'s check (DROP SCHEMA activity_log CASCADE, say), unless
-/// `activity_log.allow_drop_trail` is on.
+/// al_object_access notes the database a DROP DATABASE or CREATE DATABASE acts on (for
+/// [`after_drop_database`] and [`forget_orphan`]), and refuses to drop the extension by any
+/// other way than a DROP EXTENSION that passed [`before_drop`]'s check (DROP SCHEMA
+/// activity_log CASCADE, say), unless `activity_log.allow_drop_trail` is on.
 #[pg_guard]
 unsafe extern "C-unwind" fn al_object_access(
     access: pg_sys::ObjectAccessType::Type,
@@ -1101,6 +1153,13 @@ unsafe extern "C-unwind" fn al_object_access(
         if let Some(prev) = PREV_OBJECT_ACCESS {
             pg_guard_ffi_boundary(|| prev(access, class_id, object_id, sub_id, arg));
         }
+    }
+    if class_id == pg_sys::DatabaseRelationId
+        && (access == pg_sys::ObjectAccessType::OAT_DROP
+            || access == pg_sys::ObjectAccessType::OAT_POST_CREATE)
+    {
+        DATABASE_NAMED.set(Some(object_id));
+        return;
     }
     if access != pg_sys::ObjectAccessType::OAT_DROP
         || class_id != pg_sys::ExtensionRelationId

@@ -75,6 +75,12 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
             (*s.restore_note.get())[0] = 0;
         }
     }
+    // A writer start asked for the database this ring served before, which never attached
+    // (that database was dropped meanwhile): not this database's, whose writer the launcher
+    // starts now rather than after the 30 s a failed start is given.
+    let _ = s
+        .writer_state
+        .compare_exchange(WRITER_STARTING, WRITER_NONE, AcqRel, Acquire);
     // The new writer sweeps durable_queue once before anything waits on it: after a crash it
     // may hold transactions that committed while no ring existed.
     s.staged_commits.store(1, Relaxed);
@@ -211,6 +217,22 @@ pub fn release_database(i: usize) {
     let _s = LockGuard::exclusive(i + 1);
     release_held(i);
     slot(i).last_dboid.store(0, Relaxed);
+}
+
+/// forget_database discards what the rings hold for `dboid`, a database that no longer exists
+/// (a database of that oid is being created): its place on the waiting list, without counting
+/// what it lost meanwhile against anybody, and its ring, freed as by [`release_database`].
+/// Returns the records discarded.
+pub fn forget_database(dboid: u32) -> u64 {
+    control().waiting.remove(dboid);
+    let _c = LockGuard::exclusive(0);
+    let Some(i) = slot_of(dboid) else {
+        return 0;
+    };
+    let _s = LockGuard::exclusive(i + 1);
+    let lost = release_held(i);
+    slot(i).last_dboid.store(0, Relaxed);
+    lost
 }
 
 /// release_dropped frees slot `i` if it still serves `dboid` and its head is still `head`: the

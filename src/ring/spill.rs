@@ -227,7 +227,13 @@ pub(super) fn spill_files() -> Vec<(u32, u32, String)> {
         return Vec::new();
     };
     let mut files: Vec<(u32, u32, String)> = dir
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        // Regular files only (the entry's own type, symlinks not followed): opening a FIFO of
+        // that name would block the postmaster at start, or a dropping backend, for good.
+        .filter_map(|e| {
+            let e = e.ok()?;
+            e.file_type().ok()?.is_file().then_some(())?;
+            e.file_name().into_string().ok()
+        })
         .filter_map(|name| {
             let rest = name.strip_prefix(PREFIX)?;
             let (db, n) = match rest.split_once('.') {
