@@ -6,8 +6,12 @@ the standard library only (urllib + json). Starts its own cluster (./dev start-c
 Rust tests do; PG_BIN honoured), fills a trail of 100 000+ rows with <script> in a column value,
 a table name and a query, starts the monitor as a role with only activity_log_reader, then:
 loads each page, sees a row arrive live and wait while paused, applies a filter, scrolls
-through all 100 000 filtered rows, opens a detail panel, exports CSV, and saves screenshots that
-must not be blank (distinct colours counted in the decoded PNG). Needs: chromium, chromium-driver (./dev setup installs them), the extension
+through all 100 000 filtered rows (sampling the JS heap, after a forced garbage collection, and
+the row elements at 11 points: the row elements stay bounded throughout; the heap at the end
+within 3x the heap after the first screen is a known gap, the page keeps every row it paged in,
+but once it drops back to 5000 rows the heap must come back within that bound: nothing it let
+go of is leaked), opens a detail panel, exports CSV, and saves screenshots that must not be blank
+(distinct colours counted in the decoded PNG). Needs: chromium, chromium-driver (./dev setup installs them), the extension
 installed into PG_BIN's PostgreSQL, sudo and the postgres OS user.
 
     python3 monitor/tests/browser.py            # screenshots in target/browser/
@@ -35,6 +39,7 @@ XSS_TABLE = "<script>alert('t')</script>"
 
 passed = 0
 failed = 0
+known = 0
 
 
 def check(cond, what):
@@ -45,6 +50,19 @@ def check(cond, what):
     else:
         failed += 1
         print(f"FAIL {what}")
+
+
+def known_gap(cond, what, why):
+    """known_gap: a check the page does not pass yet, for a reason written down (`why`): shown
+    as KNOWN and counted apart, not as a failure; once it passes it shows as ok (then make it a
+    check())."""
+    global passed, known
+    if cond:
+        passed += 1
+        print(f"ok   {what}")
+    else:
+        known += 1
+        print(f"KNOWN {what}: {why}")
 
 
 def free_port():
@@ -131,8 +149,10 @@ class Browser:
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
+                # --expose-gc gives the page gc() (a forced collection before each heap sample);
+                # without --enable-precise-memory-info performance.memory is coarse and cached.
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
-                         "--disable-dev-shm-usage"],
+                         "--disable-dev-shm-usage", "--js-flags=--expose-gc", "--enable-precise-memory-info"],
                 "prefs": {"download.default_directory": downloads, "download.prompt_for_download": False},
             }}}}
         self.session = self.call("POST", "/session", caps)["sessionId"]
@@ -182,6 +202,21 @@ class Browser:
             return True
         except RuntimeError:
             return False
+
+    def heap(self):
+        """heap: (used JS heap in bytes, how it was collected first). A full garbage collection
+        first, so that a sample counts what the page keeps, not what it has not collected yet:
+        gc() (--js-flags=--expose-gc), else the DevTools protocol's HeapProfiler.collectGarbage
+        through chromedriver, else none (the sample is then only an upper bound)."""
+        how = "gc()" if self.js("if (typeof window.gc === 'function') { window.gc(); return true; } return false") else None
+        if how is None:
+            try:
+                self.s("POST", "/goog/cdp/execute", {"cmd": "HeapProfiler.collectGarbage", "params": {}})
+                how = "cdp"
+            except RuntimeError:
+                how = "none"
+        used = self.js("return performance.memory ? performance.memory.usedJSHeapSize : 0")
+        return used, how
 
     def screenshot(self, name):
         import base64
@@ -316,8 +351,21 @@ def main():
                      ".map(r => r.children[2].textContent)")
         check(set(kinds) == {"event"}, f"the filter shows only events ({len(kinds)} rows on screen)")
 
-        # Scroll through all of them: keyset pages of 500 load as the end comes near.
+        # Scroll through all of them: keyset pages of 500 load as the end comes near. The JS heap
+        # (after a forced collection, so that a sample is what the page keeps, not when the
+        # collector last ran) and the row elements are sampled after the first screen, at each
+        # tenth of the rows loaded and at the end.
         expected = int(c.psql("app", "SELECT count(*) FROM activity_log.events WHERE kind = 'event' AND category = 'billing'"))
+        row_elements = "return document.querySelectorAll('#viewport .row').length"
+        samples = []  # (rows loaded, row elements, heap bytes)
+
+        def sample(loaded):
+            used, how = b.heap()
+            samples.append((loaded, b.js(row_elements), used))
+            return how
+
+        gc_how = sample(int(b.js("return document.getElementById('status').textContent").split(" ")[0]))
+        next_mark = 1
         t0 = time.time()
         deadline = t0 + 600
         while time.time() < deadline:
@@ -325,18 +373,37 @@ def main():
                           "return document.getElementById('status').textContent")
             if "(all)" in status:
                 break
+            loaded = int(status.split(" ")[0])
+            if next_mark < 10 and loaded >= expected * next_mark // 10:
+                sample(loaded)
+                while next_mark < 10 and loaded >= expected * next_mark // 10:
+                    next_mark += 1
             time.sleep(0.05)
         took = time.time() - t0
+        sample(int(b.js("return document.getElementById('status').textContent").split(" ")[0]))
+        print(f"JS heap (garbage collected first: {gc_how}) and row elements while scrolling:")
+        for loaded, nodes, used in samples:
+            print(f"  {loaded:>7} rows loaded: {nodes:>4} row elements, heap {used / 1e6:7.1f} MB")
+        check(len(samples) >= 10, f"{len(samples)} samples taken while scrolling")
+        worst = max(nodes for _, nodes, _ in samples)
+        check(worst < 120, f"virtual scrolling: at most {worst} row elements at every sample")
+        first_heap, last_heap = samples[0][2], samples[-1][2]
+        check(first_heap > 0, f"performance.memory gives the JS heap: {first_heap / 1e6:.1f} MB after the first screen")
+        # Not flat yet (issue 31): the page keeps every row it has paged in (app.js, rows[]; about
+        # 170 bytes a row), only the row elements are bounded. The live poll's drop to MAX_ROWS,
+        # below, shows that what it lets go of is freed.
+        known_gap(last_heap <= 3 * first_heap,
+                  f"the JS heap stays flat: {last_heap / 1e6:.1f} MB at the end, "
+                  f"{first_heap / 1e6:.1f} MB after the first screen (at most 3x)",
+                  "the page keeps every row it paged in while scrolling down")
         status = b.js("return document.getElementById('status').textContent")
         check(status.startswith(f"{expected} rows (all)"), f"scrolled through {expected} rows in {took:.1f} s: {status!r}")
         last_id = b.js("const r = [...document.querySelectorAll('#viewport .row:not([hidden])')];"
                        "return r.length ? r[r.length - 1].children[0].textContent : ''")
         check(last_id == c.psql("app", "SELECT min(id) FROM activity_log.events WHERE kind = 'event' AND category = 'billing'"),
               "the last row on screen is the oldest")
-        nodes = b.js("return document.querySelectorAll('#viewport .row').length")
+        nodes = b.js(row_elements)
         check(nodes < 120, f"virtual scrolling: {nodes} row elements for {expected} rows")
-        heap = b.js("return performance.memory ? performance.memory.usedJSHeapSize : 0")
-        print(f"JS heap after {expected} rows: {heap / 1e6:.1f} MB")
         b.js("document.getElementById('viewport').scrollTop = 1234 * 30")
         time.sleep(0.3)
         b.screenshot("activity-scrolled")
@@ -366,6 +433,11 @@ def main():
                         "the new row at the top", timeout=15, soft=True)
         check(bool(status) and status.startswith("5000 rows · live"),
               f"at the top, the new row is shown and 5000 rows are kept: {status!r}")
+        # The 95 000 rows dropped are freed: no leak of what was scrolled past.
+        dropped_heap, _ = b.heap()
+        check(dropped_heap <= 3 * first_heap,
+              f"back to 5000 rows, the JS heap is {dropped_heap / 1e6:.1f} MB: "
+              f"within 3x the {first_heap / 1e6:.1f} MB after the first screen")
 
         # The detail panel of the UPDATE: images, changed columns, the script as text.
         upd = c.psql("app", "SELECT id FROM activity_log.changes WHERE op = 'UPDATE'")
@@ -423,7 +495,7 @@ def main():
                 step()
             except Exception as e:  # noqa: BLE001 — reported, and the next step still runs
                 print(f"cleanup: {e}", file=sys.stderr)
-    print(f"browser: {passed} passed, {failed} failed")
+    print(f"browser: {passed} passed, {failed} failed, {known} known gaps")
     return 0 if failed == 0 else 1
 
 
