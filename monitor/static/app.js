@@ -51,21 +51,38 @@
     const compactBox = document.getElementById('compact');
     const detail = document.getElementById('detail');
     const detailBody = document.getElementById('detail-body');
-    const rows = []; // newest first
     const pool = []; // the row elements on screen, reused
     const cols = ['id', 'ts', 'kind', 'status', 'db_user', 'actor', 'command', 'table', 'query'];
-    let compact = params.get('compact') === '1';
-    let paused = false;
-    let done = false; // the oldest row is loaded
-    let loading = false;
-    let polling = false;
-    let error = '';
-    let selected = null;
-    // The live poll keeps at most MAX_ROWS rows while the reader watches the top (the oldest
-    // are dropped, and paged in again if the reader scrolls down to them); while the reader is
-    // further down, new rows are only counted ("N new rows"), not kept.
+    // The list is every row of the filter, newest first; position 0 is the newest row known. The
+    // page keeps only a window of it, at most MAX_ROWS rows: rows[i] is the row at position
+    // top + i. Scrolling down pages in the rows below the window (before = its last id) and drops
+    // rows above it; scrolling up pages in the rows just above it (after = its first id: the
+    // server answers those oldest first) and drops rows below it; a jump far from the window
+    // (the scrollbar dragged) starts it again at a mark. The spacer is `known` rows high, every
+    // row at its position whatever the window holds. marks are keyset cursors into the list, one
+    // at least every PAGE rows known: markBefore[k] pages in the rows from position markPos[k]
+    // (16 bytes a PAGE rows: a million rows are 32 kB of marks, the page's memory stays flat).
+    // While the reader watches the top, the live poll puts new rows at position 0 (the window,
+    // the marks and `known` move down by as many); further down, new rows are only counted
+    // ("N new rows"), not kept.
+    const PAGE = 500;
     const MAX_ROWS = 5000;
     const POLL_ROWS = 1000;
+    let rows = []; // the window, newest first
+    let top = 0; // the position of rows[0]
+    let known = 0; // the rows known: positions 0 to known - 1
+    let done = false; // known is all of them (the oldest row has been paged in)
+    let newest = null; // the id at position 0 (the live poll asks for the rows after it)
+    const markPos = [];
+    const markBefore = [];
+    let gen = 0; // a reset's count: an answer to a request made before it is dropped
+    let compact = params.get('compact') === '1';
+    let paused = false;
+    let loading = false;
+    let polling = false;
+    let stalled = false; // a page failed: the next poll tries again, not every scroll event
+    let error = '';
+    let selected = null;
     let waiting = 0; // new rows counted while the reader was not at the top
 
     compactBox.checked = compact;
@@ -76,7 +93,7 @@
     function setStatus() {
       const news = waiting ? ' · ' + (waiting >= POLL_ROWS ? POLL_ROWS + '+' : waiting) +
         (waiting === 1 ? ' new row' : ' new rows') + ' (scroll to the top)' : '';
-      status.textContent = rows.length + ' rows' + (done ? ' (all)' : '') +
+      status.textContent = known + ' rows' + (done ? ' (all)' : '') +
         (paused ? ' · paused' : ' · live every ' + refreshMs + ' ms') + news + (error ? ' · ' + error : '');
     }
 
@@ -87,7 +104,7 @@
 
     function render() {
       const h = rowHeight();
-      spacer.style.height = (rows.length * h) + 'px';
+      spacer.style.height = (known * h) + 'px';
       const first = Math.max(0, Math.floor(viewport.scrollTop / h) - 5);
       const count = Math.ceil(viewport.clientHeight / h) + 10;
       while (pool.length < count) {
@@ -103,12 +120,12 @@
       for (let k = 0; k < pool.length; k++) {
         const div = pool[k];
         const i = first + k;
-        if (k >= count || i >= rows.length) {
+        if (k >= count || i < top || i >= top + rows.length) {
           div.hidden = true;
           delete div.dataset.id;
           continue;
         }
-        const r = rows[i];
+        const r = rows[i - top];
         div.hidden = false;
         div.style.top = (i * h) + 'px';
         div.style.height = h + 'px';
@@ -118,58 +135,176 @@
         const v = cellValues(r);
         for (let c = 0; c < v.length; c++) div.children[c].textContent = show(v[c]);
       }
-      if (!done && !loading && first + count > rows.length - 100) loadOlder();
+      // What the page holds, for tests: the window's first position and its rows.
+      viewport.dataset.window = top + '+' + rows.length;
+      ensure(first, first + count - 1);
       setStatus();
     }
 
-    async function loadOlder() {
+    // ensure starts the one request that brings the window to positions first..last, if any.
+    function ensure(first, last) {
+      if (loading || polling || stalled) return;
+      const end = top + rows.length;
+      if (!rows.length) {
+        if (known) jump(first); else if (!done) down();
+      } else if (last < top - 2 * PAGE || first > end + 2 * PAGE) {
+        jump(first);
+      } else if (last + 100 > end && (end < known || !done)) {
+        down();
+      } else if (first - 100 < top && top > 0) {
+        up();
+      }
+    }
+
+    function reset() {
+      gen++;
+      rows = [];
+      top = 0;
+      known = 0;
+      done = false;
+      newest = null;
+      markPos.length = 0;
+      markBefore.length = 0;
+    }
+
+    // fetchRows asks for a page; `apply` takes its rows unless a reset came in between.
+    async function fetchRows(set, apply) {
       loading = true;
+      const g = gen;
       try {
         const p = new URLSearchParams(params);
-        p.set('limit', '500');
-        if (rows.length) p.set('before', String(rows[rows.length - 1].id));
+        Object.keys(set).forEach(function (k) { p.set(k, String(set[k])); });
         const j = await getJSON('/api/activity?' + p.toString());
-        for (const r of j.rows) rows.push(r);
-        if (j.next_before === null) done = true;
+        if (g === gen) apply(j.rows, j.next_before === null);
         error = '';
       } catch (e) {
         error = e.message;
-        done = true; // stop retrying a bad filter in a loop; the poll goes on
+        stalled = true; // a bad filter is not asked again in a loop; the poll tries again
       } finally {
         loading = false;
       }
       render();
     }
 
+    // learn: the rows `got` are at positions at, at + 1, …; prev is the id at position at - 1.
+    // Positions past `known` are new: known grows, with a mark at each multiple of PAGE.
+    function learn(at, got, prev, last) {
+      for (let i = 0; i < got.length; i++) {
+        const p = at + i;
+        if (p < known) continue;
+        if (p === 0) {
+          newest = got[0].id;
+          markPos.push(0);
+          markBefore.push(newest + 1);
+        } else if (p % PAGE === 0) {
+          markPos.push(p);
+          markBefore.push(i ? got[i - 1].id : prev);
+        }
+      }
+      if (at + got.length > known) known = at + got.length;
+      if (last) {
+        done = true;
+        known = at + got.length;
+      }
+    }
+
+    // down pages in the rows below the window, and drops rows above it past MAX_ROWS.
+    function down() {
+      const at = top + rows.length;
+      const set = { limit: PAGE };
+      const prev = rows.length ? rows[rows.length - 1].id : null;
+      if (prev !== null) set.before = prev;
+      fetchRows(set, function (got, last) {
+        learn(at, got, prev, last);
+        for (let i = 0; i < got.length; i++) rows.push(got[i]);
+        if (rows.length > MAX_ROWS) {
+          const over = rows.length - MAX_ROWS;
+          rows.splice(0, over);
+          top += over;
+        }
+      });
+    }
+
+    // up pages in the rows just above the window (`after` its first id, at most as many as are
+    // above it: exactly those, whatever arrived since), and drops rows below it past MAX_ROWS.
+    function up() {
+      const n = Math.min(PAGE, top);
+      fetchRows({ after: rows[0].id, limit: n }, function (got) {
+        if (got.length !== n) { // rows above were deleted: start again from the newest
+          reset();
+          viewport.scrollTop = 0;
+          return;
+        }
+        rows = got.reverse().concat(rows);
+        top -= n;
+        if (rows.length > MAX_ROWS) rows.length = MAX_ROWS;
+      });
+    }
+
+    // jump starts the window again at the last mark at or above position `first`.
+    function jump(first) {
+      let lo = 0;
+      let hi = markPos.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (markPos[mid] <= first) lo = mid; else hi = mid - 1;
+      }
+      if (!markPos.length) { reset(); render(); return; }
+      const at = markPos[lo];
+      const before = markBefore[lo];
+      fetchRows({ before: before, limit: 2 * PAGE }, function (got, last) {
+        if (!got.length) { // nothing there any more (retention): start again from the newest
+          reset();
+          return;
+        }
+        rows = got;
+        top = at;
+        learn(at, got, before, last);
+      });
+    }
+
     async function poll() {
       if (paused || polling || loading) return;
-      if (!rows.length) {
-        if (done) { done = false; loadOlder(); }
+      if (stalled) { // try the failed page again
+        stalled = false;
+        render();
+        return;
+      }
+      if (newest === null) { // an empty list: look again
+        if (done) { done = false; render(); }
         return;
       }
       polling = true;
       try {
         // One request a poll, never a loop: a busy trail cannot keep the page fetching.
         const p = new URLSearchParams(params);
-        p.set('after', String(rows[0].id));
+        p.set('after', String(newest));
         p.set('limit', String(POLL_ROWS));
         const j = await getJSON('/api/activity?' + p.toString());
-        const atTop = viewport.scrollTop < rowHeight();
+        const atTop = top === 0 && rows.length > 0 && viewport.scrollTop < rowHeight();
         if (!atTop) {
           waiting = j.rows.length;
         } else if (j.rows.length >= POLL_ROWS || waiting >= POLL_ROWS) {
           // More arrived than one poll takes: start again from the newest rows.
           waiting = 0;
-          rows.length = 0;
-          done = false;
-          if (!loading) loadOlder();
+          reset();
         } else {
           waiting = 0;
-          const fresh = j.rows.filter(function (r) { return r.id > rows[0].id; }).reverse();
-          rows.unshift.apply(rows, fresh);
-          if (rows.length > MAX_ROWS) {
-            rows.length = MAX_ROWS;
-            done = false;
+          const fresh = j.rows.filter(function (r) { return r.id > newest; }).reverse();
+          const n = fresh.length;
+          if (n) {
+            rows = fresh.concat(rows);
+            if (rows.length > MAX_ROWS) rows.length = MAX_ROWS;
+            known += n;
+            for (let k = 0; k < markPos.length; k++) markPos[k] += n;
+            newest = fresh[0].id;
+            markPos.unshift(0);
+            markBefore.unshift(newest + 1);
+            // Marks at most PAGE apart, not one a poll: one between two others that close is dropped.
+            while (markPos.length > 2 && markPos[2] <= PAGE) {
+              markPos.splice(1, 1);
+              markBefore.splice(1, 1);
+            }
           }
         }
         error = '';
@@ -264,7 +399,7 @@
     viewport.addEventListener('scroll', render, { passive: true });
     window.addEventListener('resize', render);
     setInterval(poll, refreshMs);
-    loadOlder();
+    render();
   }
 
   // ---- Health: the score and the records in/out per second, live ----

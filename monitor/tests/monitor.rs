@@ -917,6 +917,15 @@ fn keyset_pages_skip_and_repeat_nothing_while_rows_arrive() {
             )
         )
     );
+    // Scrolling back up (app.js): the rows just above a window whose first id is W are
+    // `after=W&limit=N`, the N rows just newer than W, oldest first, whatever arrived since.
+    for (at, n) in [(500, 100), (1, 1), (999, 500)] {
+        let w = seen[at];
+        let p = m.json(&format!("/api/activity?kind=event&limit={n}&after={w}"));
+        let mut above = seen[at.saturating_sub(n)..at].to_vec();
+        above.reverse();
+        assert_eq!(json_ids(&p), above, "the {n} rows just above position {at}");
+    }
     let r = m.get("/api/activity?before=5&after=3");
     assert_eq!(r.status, 400);
 }
