@@ -1689,6 +1689,70 @@ fn a_drop_that_removes_another_database_than_its_name_meant_loses_nothing() {
     );
 }
 
+/// A DROP DATABASE cannot be undone once PostgreSQL has removed the database's files: its own
+/// statement record must not fail its commit (with overflow = 'error' and a full ring it did,
+/// leaving the database invalid, half-dropped, until a second DROP). The record is counted as
+/// dropped instead, and the gap record says so.
+#[test]
+fn a_drop_database_commits_with_a_full_ring() {
+    let c = Cluster::start(
+        "dropfull",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '64kB'",
+        ],
+    );
+    with_extension(&c, "app");
+    c.sql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY, pad text); SELECT activity_log.track('t');",
+    );
+    c.sql("postgres", "CREATE DATABASE x");
+    let inserts: String = (1..=400)
+        .map(|i| format!("INSERT INTO t VALUES ({i}, repeat('p', 300));\n"))
+        .collect();
+    // Its statement record is larger than any row's: it cannot fit where the last row did not.
+    let long = "q".repeat(1500);
+    let out = without_writer(
+        &c,
+        "app",
+        &format!(
+            "\\set ON_ERROR_STOP 0
+             SET activity_log.overflow = 'error';
+             {inserts}
+             SET activity_log.capture_statements = 'ddl';
+             DROP DATABASE x /* {long} */;
+             SELECT 'dropped', count(*) FROM pg_database WHERE datname = 'x';"
+        ),
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.contains("dropped") && l.ends_with('0')),
+        "{out:?}"
+    );
+    c.sql("postgres", "ALTER DATABASE app ALLOW_CONNECTIONS true");
+    writer_back(&c);
+    c.flush("app");
+    let stored: i64 = c
+        .one(
+            "app",
+            "SELECT count(*) FROM activity_log.events WHERE kind = 'change'",
+        )
+        .parse()
+        .unwrap();
+    let committed: i64 = c.one("app", "SELECT count(*) FROM t").parse().unwrap();
+    assert!(
+        committed > 0 && committed < 400,
+        "the ring did not fill: {committed}"
+    );
+    assert_eq!(stored, committed);
+    let gap = c.sql(
+        "app",
+        "SELECT details->>'dropped_records' FROM activity_log.events WHERE status = 'gap'",
+    );
+    assert_eq!(gap, ["1"], "{}", c.log());
+}
+
 #[test]
 fn a_dropped_databases_spill_file_never_reaches_a_database_with_its_oid() {
     let c = Cluster::start(

@@ -843,6 +843,8 @@ thread_local! {
     /// names it to the object access hook once it holds the database's lock: the statement's
     /// name may have come to mean another database, or none, while it waited for that lock.
     static DATABASE_NAMED: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+    /// This transaction's DROP DATABASE removed a database (its files are gone).
+    static DROPPED_A_DATABASE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// before_drop stops the writer of a trail the statement ends, so that it holds no lock and
@@ -974,6 +976,7 @@ unsafe fn after_drop_database(dropped: Option<pg_sys::Oid>) {
     let Some(dboid) = dropped else {
         return;
     };
+    DROPPED_A_DATABASE.set(true);
     // What it lost while it waited for a ring is no trail's to report: taken off the list now,
     // not at the launcher's next pass, so that a database created meanwhile with the same oid
     // does not inherit the count as a gap record of its own.
@@ -1072,6 +1075,12 @@ fn stop_writer_for_drop(dboid: u32, drain: std::time::Duration) {
     ring::stop_writer_for_drop(i, drain);
 }
 
+/// dropped_a_database tells whether this transaction's DROP DATABASE removed a database: it
+/// cannot be undone any more (PostgreSQL deleted its files), so nothing may fail its commit.
+pub fn dropped_a_database() -> bool {
+    DROPPED_A_DATABASE.get()
+}
+
 /// trail_dropped_at_pre_commit tells whether this transaction dropped the extension of its own
 /// database: its records then have no trail to go to. When the extension is there again, the
 /// ring stays. Runs at PRE_COMMIT, where the catalog can still be read.
@@ -1099,6 +1108,7 @@ pub fn trail_dropped_at_pre_commit() -> bool {
 /// and latches.
 pub fn settle_drop(committed: bool) {
     DROP_CHECKED.set(false);
+    DROPPED_A_DATABASE.set(false);
     if let Some(p) = PENDING_DROP.take() {
         if committed && p.release && ring::slot_dboid(p.slot) == p.dboid {
             // SAFETY: reads a process-local global.

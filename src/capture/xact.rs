@@ -228,6 +228,13 @@ fn pre_commit() {
         return;
     }
     let dboid = my_database();
+    // After DROP DATABASE removed the database's files, an ERROR here would leave it invalid
+    // (half-dropped, a second DROP needed): its records go as if overflow were 'drop', counted.
+    let overflow = if hooks::dropped_a_database() {
+        Overflow::Drop
+    } else {
+        gucs::overflow()
+    };
     let slot = match audited_slot(dboid) {
         None => {
             pending::discard();
@@ -248,7 +255,7 @@ fn pre_commit() {
         }
         let n = pending::counts();
         shared::count_unassigned_drop(n as u64);
-        if gucs::overflow() == Overflow::Error {
+        if overflow == Overflow::Error {
             raise(
                 PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                 "no activity_log ring is free for this database",
@@ -298,7 +305,7 @@ fn pre_commit() {
                 stage(Some(slot));
                 return;
             }
-            Err(ReserveError::TooLarge) if gucs::overflow() != Overflow::Drop => raise(
+            Err(ReserveError::TooLarge) if overflow != Overflow::Drop => raise(
                 PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "audit records of this transaction ({} bytes) do not fit in activity_log.buffer_size ({} bytes)",
@@ -312,7 +319,7 @@ fn pre_commit() {
                 pending::discard();
                 return;
             }
-            Err(ReserveError::Full) => match gucs::overflow() {
+            Err(ReserveError::Full) => match overflow {
                 Overflow::Drop => {
                     ring::count_drop(slot, n as u64);
                     pending::discard();
