@@ -1753,6 +1753,88 @@ fn a_drop_database_commits_with_a_full_ring() {
     assert_eq!(gap, ["1"], "{}", c.log());
 }
 
+/// A DROP DATABASE pauses the database's writer before it waits for the database's lock. When
+/// the ring is freed meanwhile (a DROP EXTENSION that began before it commits first), the pause
+/// must not stay on the ring: the next database to take it got no writer for as long as the
+/// drop waited (review of G4, a stale pause).
+#[test]
+fn a_drop_waiting_for_a_lock_holds_up_no_other_database() {
+    let c = Cluster::start(
+        "stalepause",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.max_databases = 1",
+        ],
+    );
+    with_extension(&c, "a");
+    c.sql("postgres", "CREATE DATABASE b");
+    let waits = |app: &str, what: &str| {
+        let q = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND {what}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                (c.one("postgres", &q) == "1").then_some(())
+            })
+            .is_some(),
+            "{app} never reached {what}"
+        );
+    };
+    // The extension's drop pauses a's writer first, and waits (advisory lock 42) to commit.
+    let gate = c.spawn("a", "al_gate", "SELECT pg_advisory_lock(42), pg_sleep(120)");
+    waits("al_gate", "wait_event = 'PgSleep'");
+    let ext_drop = c.spawn(
+        "a",
+        "al_ext_drop",
+        "BEGIN; DROP EXTENSION activity_log; SELECT pg_advisory_xact_lock(42); COMMIT;",
+    );
+    waits("al_ext_drop", "wait_event = 'advisory'");
+    // The database's drop pauses the ring again (FORCE: it would end a's sessions), then waits
+    // for a's lock.
+    let holder = c.spawn(
+        "postgres",
+        "al_holder",
+        "BEGIN; COMMENT ON DATABASE a IS 'held'; SELECT pg_sleep(120);",
+    );
+    waits("al_holder", "wait_event = 'PgSleep'");
+    let dropper = c.spawn("postgres", "al_dropper", "DROP DATABASE a WITH (FORCE)");
+    waits("al_dropper", "wait_event_type = 'Lock'");
+    let terminate = |app: &str| {
+        c.sql(
+            "postgres",
+            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'"),
+        )
+    };
+    terminate("al_gate");
+    drop(gate);
+    let out = ext_drop.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // b takes the freed ring while the database's drop still waits: its writer starts.
+    c.sql(
+        "b",
+        "CREATE EXTENSION activity_log;
+         CREATE TABLE t (id int PRIMARY KEY); SELECT activity_log.track('t');
+         INSERT INTO t SELECT generate_series(1, 10);",
+    );
+    c.wait_for_writer("b", None);
+    c.flush("b");
+    terminate("al_holder");
+    drop(holder);
+    let out = dropper.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The drop's end left b's ring and writer alone.
+    c.sql("b", "INSERT INTO t SELECT generate_series(11, 20);");
+    c.flush("b");
+    assert_eq!(
+        c.sql(
+            "b",
+            "SELECT count(*), min((new_row->>'id')::int), max((new_row->>'id')::int)
+               FROM activity_log.events WHERE kind = 'change'"
+        ),
+        ["20|1|20"]
+    );
+}
+
 #[test]
 fn a_dropped_databases_spill_file_never_reaches_a_database_with_its_oid() {
     let c = Cluster::start(

@@ -68,6 +68,10 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
         s.last_error_at.store(0, Relaxed);
         s.failures.store(0, Relaxed);
         s.gap_generation.store(0, Relaxed);
+        // A drop that paused the writer of the database the ring served before (and still
+        // waits for that database's lock) holds up no other database: its commit or abort
+        // finds the ring serving another one and leaves it alone.
+        s.paused_by.store(0, Relaxed);
         let _g = LockGuard::exclusive(i + 1);
         // SAFETY: guarded by the slot lock.
         unsafe {
@@ -215,8 +219,15 @@ fn release_held(i: usize) -> u64 {
 pub fn release_database(i: usize) {
     let _c = LockGuard::exclusive(0);
     let _s = LockGuard::exclusive(i + 1);
-    release_held(i);
+    release_forgetting(i);
+}
+
+/// release_forgetting is [`release_held`] for a database that is gone: the ring forgets it
+/// served it.
+fn release_forgetting(i: usize) -> u64 {
+    let lost = release_held(i);
     slot(i).last_dboid.store(0, Relaxed);
+    lost
 }
 
 /// forget_database discards what the rings hold for `dboid`, a database that no longer exists
@@ -230,9 +241,7 @@ pub fn forget_database(dboid: u32) -> u64 {
         return 0;
     };
     let _s = LockGuard::exclusive(i + 1);
-    let lost = release_held(i);
-    slot(i).last_dboid.store(0, Relaxed);
-    lost
+    release_forgetting(i)
 }
 
 /// release_dropped frees slot `i` if it still serves `dboid` and its head is still `head`: the
@@ -247,9 +256,7 @@ pub fn release_dropped(i: usize, dboid: u32, head: u64) -> Option<u64> {
     if s.dboid.load(Acquire) != dboid || s.head.load(Acquire) != head {
         return None;
     }
-    let lost = release_held(i);
-    slot(i).last_dboid.store(0, Relaxed);
-    Some(lost)
+    Some(release_forgetting(i))
 }
 
 pub fn claim_xid(i: usize) -> u32 {
