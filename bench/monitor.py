@@ -111,8 +111,9 @@ def main():
             "SET TimeZone = 'UTC'; SELECT (now() - interval '1 hour')::text, (now() - interval '15 days')::text, "
             "(now() - interval '14 days')::text").split("|")))
 
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         lines = [f"# The activity monitor on a trail of {args.rows:,} rows", "",
-                 f"Machine: {machine(cluster)}. Settings: {', '.join(SETTINGS)}. The monitor's release build, "
+                 f"Commit {commit}. Machine: {machine(cluster)}. Settings: {', '.join(SETTINGS)}. The monitor's release build, "
                  f"as a role with only activity_log_reader.",
                  f"Trail: big_trail.py's rows (30 days), filled in {fill_s:.0f} s. HTTP round trip, median of 5 "
                  f"after one warm-up; goal: under 200 ms.", "",
