@@ -1753,10 +1753,11 @@ fn a_drop_database_commits_with_a_full_ring() {
     assert_eq!(gap, ["1"], "{}", c.log());
 }
 
-/// A DROP DATABASE pauses the database's writer before it waits for the database's lock. When
-/// the ring is freed meanwhile (a DROP EXTENSION that began before it commits first), the pause
-/// must not stay on the ring: the next database to take it got no writer for as long as the
-/// drop waited (review of G4, a stale pause).
+/// A DROP DATABASE that waits for the database's lock must not hold up the ring's next
+/// database: when the ring is freed meanwhile (a DROP EXTENSION that began before it commits
+/// first), the next database to take it got no writer for as long as the drop waited, the
+/// drop's pause having stayed on the ring (review of G4, a stale pause). The drop now stops the
+/// writer only once it holds the lock, and a pause never outlives its database's turn.
 #[test]
 fn a_drop_waiting_for_a_lock_holds_up_no_other_database() {
     let c = Cluster::start(
@@ -1832,6 +1833,73 @@ fn a_drop_waiting_for_a_lock_holds_up_no_other_database() {
                FROM activity_log.events WHERE kind = 'change'"
         ),
         ["20|1|20"]
+    );
+}
+
+/// A DROP DATABASE waiting for the database's lock stops no writer: it stopped the writer
+/// before it waited, and a stopped writer's ring is never handed back, so an owner who held
+/// the lock in an open transaction (COMMENT ON DATABASE) kept another database without a writer
+/// for as long as they liked (hostile review of 2026-12-06, with max_databases = 1).
+#[test]
+fn a_drop_waiting_for_its_lock_stops_no_writer() {
+    let c = Cluster::start(
+        "dropwaits",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.max_databases = 1",
+        ],
+    );
+    with_extension(&c, "mb");
+    c.sql("postgres", "CREATE DATABASE a");
+    let waits = |app: &str, what: &str| {
+        let q = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND {what}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                (c.one("postgres", &q) == "1").then_some(())
+            })
+            .is_some(),
+            "{app} never reached {what}"
+        );
+    };
+    let holder = c.spawn(
+        "postgres",
+        "al_holder",
+        "BEGIN; COMMENT ON DATABASE mb IS 'held'; SELECT pg_sleep(120);",
+    );
+    waits("al_holder", "wait_event = 'PgSleep'");
+    let dropper = c.spawn("postgres", "al_dropper", "DROP DATABASE mb WITH (FORCE)");
+    waits("al_dropper", "wait_event_type = 'Lock'");
+    // mb's writer still runs: it hands the one ring to a, whose records reach its trail.
+    c.sql(
+        "a",
+        "CREATE EXTENSION activity_log;
+         CREATE TABLE t (id int PRIMARY KEY); SELECT activity_log.track('t');
+         INSERT INTO t SELECT generate_series(1, 10);",
+    );
+    c.wait_for_writer("a", None);
+    c.flush("a");
+    assert_eq!(
+        c.one(
+            "a",
+            "SELECT count(*) FROM activity_log.events WHERE kind = 'change'"
+        ),
+        "10"
+    );
+    c.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'al_holder'",
+    );
+    drop(holder);
+    let out = dropper.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        c.one(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'mb'"
+        ),
+        "0"
     );
 }
 

@@ -843,6 +843,9 @@ thread_local! {
     /// names it to the object access hook once it holds the database's lock: the statement's
     /// name may have come to mean another database, or none, while it waited for that lock.
     static DATABASE_NAMED: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+    /// A DROP DATABASE statement runs (Some), with FORCE or not: its drop stops the
+    /// database's writer once PostgreSQL holds the lock ([`stop_writer_for_dropdb`]).
+    static DROPDB_FORCE: Cell<Option<bool>> = const { Cell::new(None) };
     /// This transaction's DROP DATABASE removed a database (its files are gone).
     static DROPPED_A_DATABASE: Cell<bool> = const { Cell::new(false) };
 }
@@ -858,24 +861,15 @@ unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
     unsafe {
         let stmt = (*pstmt).utilityStmt;
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_DropdbStmt) {
-            let name = (*stmt.cast::<pg_sys::DropdbStmt>()).dbname;
-            let dboid = pg_sys::get_database_oid(name, true);
-            // Only for a drop PostgreSQL may let through: stopping a writer for a drop it
-            // refuses at once (not the owner, in a transaction block) would let anybody
-            // hold up another database's writer.
+            // The writer is stopped only once PostgreSQL holds the database's lock and has
+            // checked the owner ([`stop_writer_for_dropdb`], from the object access hook):
+            // stopping it while the drop waits for that lock let an owner keep a ring (and
+            // with it another database's writer) stopped for as long as a transaction of
+            // theirs held the lock. Not for a drop PostgreSQL refuses at once (in a
+            // transaction block).
             let dropdb = stmt.cast::<pg_sys::DropdbStmt>();
             let force = !(*dropdb).options.is_null() && (*(*dropdb).options).length > 0;
-            // Nor when a client is connected to it and FORCE does not end it: PostgreSQL
-            // refuses then, and an owner could keep the writer stopped by trying in a loop.
-            let may_drop = dboid != pg_sys::InvalidOid
-                && dboid != pg_sys::MyDatabaseId
-                && !pg_sys::IsTransactionBlock()
-                && (pg_sys::superuser()
-                    || crate::versions::owns_database(dboid, pg_sys::GetUserId()))
-                && (force || pg_sys::CountDBConnections(dboid) == 0);
-            if may_drop {
-                stop_writer_for_drop(dboid.to_u32(), std::time::Duration::ZERO);
-            }
+            DROPDB_FORCE.set((!pg_sys::IsTransactionBlock()).then_some(force));
             return;
         }
         if !pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt) {
@@ -1061,6 +1055,23 @@ fn what_the_trail_holds() -> Option<String> {
     }
 }
 
+/// stop_writer_for_dropdb stops the writer of the database a DROP DATABASE is about to remove,
+/// called by the object access hook: PostgreSQL holds the database's lock and has checked the
+/// owner by then. Not when a client is connected to it and FORCE does not end it: PostgreSQL
+/// refuses then, and an owner could keep the writer stopped by trying in a loop.
+fn stop_writer_for_dropdb(dboid: pg_sys::Oid, force: bool) {
+    // SAFETY: reads process-local globals, the proc array and the catalog (inside the drop's
+    // transaction). The owner check repeats PostgreSQL's, which comes before this hook.
+    let may_drop = unsafe {
+        dboid != pg_sys::MyDatabaseId
+            && crate::versions::owns_database(dboid, pg_sys::GetUserId())
+            && (force || pg_sys::CountDBConnections(dboid) == 0)
+    };
+    if may_drop {
+        stop_writer_for_drop(dboid.to_u32(), std::time::Duration::ZERO);
+    }
+}
+
 fn stop_writer_for_drop(dboid: u32, drain: std::time::Duration) {
     let Some(i) = ring::slot_of(dboid) else {
         return;
@@ -1072,7 +1083,7 @@ fn stop_writer_for_drop(dboid: u32, drain: std::time::Duration) {
         subxact: unsafe { unguarded::GetCurrentSubTransactionId() },
         release: true,
     }));
-    ring::stop_writer_for_drop(i, drain);
+    ring::stop_writer_for_drop(i, dboid, drain);
 }
 
 /// dropped_a_database tells whether this transaction's DROP DATABASE removed a database: it
@@ -1109,6 +1120,7 @@ pub fn trail_dropped_at_pre_commit() -> bool {
 pub fn settle_drop(committed: bool) {
     DROP_CHECKED.set(false);
     DROPPED_A_DATABASE.set(false);
+    DROPDB_FORCE.set(None);
     if let Some(p) = PENDING_DROP.take() {
         if committed && p.release && ring::slot_dboid(p.slot) == p.dboid {
             // SAFETY: reads a process-local global.
@@ -1168,6 +1180,11 @@ unsafe extern "C-unwind" fn al_object_access(
         && (access == pg_sys::ObjectAccessType::OAT_DROP
             || access == pg_sys::ObjectAccessType::OAT_POST_CREATE)
     {
+        if access == pg_sys::ObjectAccessType::OAT_DROP
+            && let Some(force) = DROPDB_FORCE.take()
+        {
+            stop_writer_for_dropdb(object_id, force);
+        }
         DATABASE_NAMED.set(Some(object_id));
         return;
     }

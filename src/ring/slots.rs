@@ -378,7 +378,7 @@ pub fn take_gap(i: usize) -> bool {
 /// keeping the records; the launcher starts none) and waits up to 5 s for it to go. Runs in
 /// the dropping backend; every wait can be cancelled. The caller releases the ring at commit
 /// ([`release`]) or lets it go on at abort ([`resume`]).
-pub fn stop_writer_for_drop(i: usize, drain: std::time::Duration) {
+pub fn stop_writer_for_drop(i: usize, dboid: u32, drain: std::time::Duration) {
     let started = std::time::Instant::now();
     let target = head(i);
     // A writer may be starting (the launcher is woken): wait for it too, within `drain`.
@@ -387,8 +387,16 @@ pub fn stop_writer_for_drop(i: usize, drain: std::time::Duration) {
         wait_a_moment();
     }
     let s = slot(i);
-    // SAFETY: reads this process's pid.
-    s.paused_by.store(unsafe { pg_sys::MyProcPid }, Release);
+    {
+        // Under the lock claim() takes: a ring freed and given to another database since the
+        // caller found it is not paused (that database's writer has nothing to do with the drop).
+        let _c = LockGuard::exclusive(0);
+        if s.dboid.load(Acquire) != dboid {
+            return;
+        }
+        // SAFETY: reads this process's pid.
+        s.paused_by.store(unsafe { pg_sys::MyProcPid }, Release);
+    }
     set_latch(s.writer_procno.load(Acquire));
     let started = std::time::Instant::now();
     while writer_pid_of(i) != 0 && started.elapsed() < std::time::Duration::from_secs(5) {
