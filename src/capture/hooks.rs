@@ -851,9 +851,10 @@ thread_local! {
 }
 
 /// before_drop stops the writer of a trail the statement ends, so that it holds no lock and
-/// no connection the drop needs: DROP DATABASE (a connected writer would make PostgreSQL
-/// refuse it) and DROP EXTENSION activity_log (the writer gets a moment to store what is
-/// queued first). Nothing is released until the drop commits ([`settle_drop`]): a refused or
+/// no connection the drop needs: DROP EXTENSION activity_log (the writer gets a moment to
+/// store what is queued first) and DROP DATABASE (a connected writer would make PostgreSQL
+/// refuse it; noted here, stopped once the drop holds the database's lock:
+/// [`stop_writer_for_dropdb`]). Nothing is released until the drop commits ([`settle_drop`]): a refused or
 /// cancelled drop costs no record. DROP EXTENSION is refused while the trail holds records,
 /// unless `activity_log.allow_drop_trail` says otherwise.
 unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
@@ -943,9 +944,8 @@ unsafe fn database_statement(stmt: *mut pg_sys::Node) -> Option<DatabaseStatemen
 /// the same oid, CREATE DATABASE … OID being open to any role with CREATEDB), and its ring,
 /// freed when the transaction commits. Only when its pg_database row is gone, so a drop
 /// PostgreSQL refused forgets nothing (a refusal raises an ERROR before we get here anyway). A
-/// writer [`before_drop`] stopped for a database this drop did not remove (its name came to
-/// mean another database, or none, while the drop waited for the lock) goes on at once and
-/// keeps its ring. Must not raise an ERROR: the database is gone already, so a failure is a
+/// writer stopped for a database this drop did not remove goes on at once and keeps its
+/// ring. Must not raise an ERROR: the database is gone already, so a failure is a
 /// WARNING.
 unsafe fn after_drop_database(dropped: Option<pg_sys::Oid>) {
     // SAFETY: inside the dropping transaction; the counter increment makes its own deletion
