@@ -1903,6 +1903,64 @@ fn a_drop_waiting_for_its_lock_stops_no_writer() {
     );
 }
 
+/// A DROP DATABASE that PostgreSQL refuses right after the object access hook (a template
+/// database) stops no writer: its owner, who may mark it a template, kept the ring's writer
+/// stopped, and every other database's with it, by trying in a loop (review, 2026-12-06).
+#[test]
+fn a_refused_drop_of_a_template_stops_no_writer() {
+    use std::io::Write;
+    let c = Cluster::start(
+        "droptemplate",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.max_databases = 1",
+        ],
+    );
+    c.sql(
+        "postgres",
+        "CREATE ROLE mallory LOGIN CREATEDB; CREATE DATABASE mb OWNER mallory; CREATE DATABASE a;",
+    );
+    c.sql("mb", "CREATE EXTENSION activity_log");
+    c.wait_for_writer("mb", None);
+    c.sql_as("mallory", "postgres", "ALTER DATABASE mb IS_TEMPLATE true");
+    let mut looper = c
+        .psql_command_as("mallory", "postgres")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut script = String::from("\\set ON_ERROR_STOP 0\n");
+    script.push_str(&"DROP DATABASE mb;\n".repeat(1_000_000));
+    let mut stdin = looper.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(script.as_bytes());
+    });
+    c.sql(
+        "a",
+        "CREATE EXTENSION activity_log;
+         CREATE TABLE t (id int PRIMARY KEY); SELECT activity_log.track('t');
+         INSERT INTO t SELECT generate_series(1, 10);",
+    );
+    c.wait_for_writer("a", None);
+    c.flush("a");
+    assert!(
+        looper.try_wait().unwrap().is_none(),
+        "the refused drops ended before a got its writer: the test proves nothing"
+    );
+    let _ = looper.kill();
+    let _ = looper.wait();
+    let _ = feeder.join();
+    assert_eq!(
+        c.one(
+            "a",
+            "SELECT count(*) FROM activity_log.events WHERE kind = 'change'"
+        ),
+        "10"
+    );
+}
+
 #[test]
 fn a_dropped_databases_spill_file_never_reaches_a_database_with_its_oid() {
     let c = Cluster::start(

@@ -1057,18 +1057,43 @@ fn what_the_trail_holds() -> Option<String> {
 
 /// stop_writer_for_dropdb stops the writer of the database a DROP DATABASE is about to remove,
 /// called by the object access hook: PostgreSQL holds the database's lock and has checked the
-/// owner by then. Not when a client is connected to it and FORCE does not end it: PostgreSQL
-/// refuses then, and an owner could keep the writer stopped by trying in a loop.
+/// owner by then. Not when PostgreSQL refuses the drop after the hook (a template database, or a
+/// client connected to it that FORCE does not end): its owner could keep the writer stopped by
+/// trying in a loop.
 fn stop_writer_for_dropdb(dboid: pg_sys::Oid, force: bool) {
     // SAFETY: reads process-local globals, the proc array and the catalog (inside the drop's
     // transaction). The owner check repeats PostgreSQL's, which comes before this hook.
     let may_drop = unsafe {
         dboid != pg_sys::MyDatabaseId
             && crate::versions::owns_database(dboid, pg_sys::GetUserId())
+            && !is_template(dboid)
             && (force || pg_sys::CountDBConnections(dboid) == 0)
     };
     if may_drop {
         stop_writer_for_drop(dboid.to_u32(), std::time::Duration::ZERO);
+    }
+}
+
+/// is_template tells whether database `dboid` is a template, which PostgreSQL refuses to drop
+/// right after the object access hook: a drop of one must stop nothing, or its owner (who may
+/// mark it a template) keeps the ring's writer stopped by trying in a loop.
+///
+/// # Safety
+/// Inside a transaction (a catalog lookup).
+unsafe fn is_template(dboid: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup, released before returning.
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::DATABASEOID as c_int,
+            pg_sys::Datum::from(dboid),
+        );
+        if tup.is_null() {
+            return false;
+        }
+        let template =
+            (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tup)).datistemplate;
+        pg_sys::ReleaseSysCache(tup);
+        template
     }
 }
 
