@@ -824,6 +824,21 @@ fn a_broken_rollup_does_not_hold_up_the_trail() {
     );
 }
 
+/// session_reaches waits until the session named `app` (its application_name) matches `what`
+/// in pg_stat_activity: waiting for a lock, sleeping, and so on.
+fn session_reaches(c: &Cluster, app: &str, what: &str) {
+    let q = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND {what}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            (c.one("postgres", &q) == "1").then_some(())
+        })
+        .is_some(),
+        "{app} never reached {what}"
+    );
+}
+
 /// Keeps `db`'s writer down for good: the database takes no new connection, so every writer
 /// the launcher starts fails at its start (as one kept down by a broken setting would), and the
 /// running one is terminated. A session connected to `db` before then (it stays connected)
@@ -1627,31 +1642,22 @@ fn a_drop_that_removes_another_database_than_its_name_meant_loses_nothing() {
     );
     // In a's ring, with no writer to store them (a takes no connection until the end).
     without_writer(&c, "a", "INSERT INTO t SELECT generate_series(1, 50);");
-    let waits = |app: &str, what: &str| {
-        let q = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND {what}"
-        );
-        wait_until(Duration::from_secs(10), || {
-            (c.one("postgres", &q) == "1").then_some(())
-        })
-        .is_some()
-    };
     // The renamer holds a's lock (COMMENT) until the test lets it go on (the advisory lock).
     let holder = c.spawn(
         "postgres",
         "al_holder",
         "SELECT pg_advisory_lock(42), pg_sleep(120)",
     );
-    assert!(waits("al_holder", "wait_event = 'PgSleep'"));
+    session_reaches(&c, "al_holder", "wait_event = 'PgSleep'");
     let renamer = c.spawn(
         "postgres",
         "al_renamer",
         "BEGIN; COMMENT ON DATABASE a IS 'held'; SELECT pg_advisory_xact_lock(42);
          ALTER DATABASE a RENAME TO z; ALTER DATABASE bb RENAME TO a; COMMIT;",
     );
-    assert!(waits("al_renamer", "wait_event = 'advisory'"));
+    session_reaches(&c, "al_renamer", "wait_event = 'advisory'");
     let dropper = c.spawn("postgres", "al_dropper", "DROP DATABASE a");
-    assert!(waits("al_dropper", "wait_event_type = 'Lock'"));
+    session_reaches(&c, "al_dropper", "wait_event_type = 'Lock'");
     c.sql(
         "postgres",
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'al_holder'",
@@ -1769,37 +1775,24 @@ fn a_drop_waiting_for_a_lock_holds_up_no_other_database() {
     );
     with_extension(&c, "a");
     c.sql("postgres", "CREATE DATABASE b");
-    let waits = |app: &str, what: &str| {
-        let q = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND {what}"
-        );
-        assert!(
-            wait_until(Duration::from_secs(20), || {
-                (c.one("postgres", &q) == "1").then_some(())
-            })
-            .is_some(),
-            "{app} never reached {what}"
-        );
-    };
     // The extension's drop pauses a's writer first, and waits (advisory lock 42) to commit.
     let gate = c.spawn("a", "al_gate", "SELECT pg_advisory_lock(42), pg_sleep(120)");
-    waits("al_gate", "wait_event = 'PgSleep'");
+    session_reaches(&c, "al_gate", "wait_event = 'PgSleep'");
     let ext_drop = c.spawn(
         "a",
         "al_ext_drop",
         "BEGIN; DROP EXTENSION activity_log; SELECT pg_advisory_xact_lock(42); COMMIT;",
     );
-    waits("al_ext_drop", "wait_event = 'advisory'");
-    // The database's drop pauses the ring again (FORCE: it would end a's sessions), then waits
-    // for a's lock.
+    session_reaches(&c, "al_ext_drop", "wait_event = 'advisory'");
+    // The database's drop (FORCE: it would end a's sessions) waits for a's lock.
     let holder = c.spawn(
         "postgres",
         "al_holder",
         "BEGIN; COMMENT ON DATABASE a IS 'held'; SELECT pg_sleep(120);",
     );
-    waits("al_holder", "wait_event = 'PgSleep'");
+    session_reaches(&c, "al_holder", "wait_event = 'PgSleep'");
     let dropper = c.spawn("postgres", "al_dropper", "DROP DATABASE a WITH (FORCE)");
-    waits("al_dropper", "wait_event_type = 'Lock'");
+    session_reaches(&c, "al_dropper", "wait_event_type = 'Lock'");
     let terminate = |app: &str| {
         c.sql(
             "postgres",
@@ -1851,26 +1844,14 @@ fn a_drop_waiting_for_its_lock_stops_no_writer() {
     );
     with_extension(&c, "mb");
     c.sql("postgres", "CREATE DATABASE a");
-    let waits = |app: &str, what: &str| {
-        let q = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND {what}"
-        );
-        assert!(
-            wait_until(Duration::from_secs(20), || {
-                (c.one("postgres", &q) == "1").then_some(())
-            })
-            .is_some(),
-            "{app} never reached {what}"
-        );
-    };
     let holder = c.spawn(
         "postgres",
         "al_holder",
         "BEGIN; COMMENT ON DATABASE mb IS 'held'; SELECT pg_sleep(120);",
     );
-    waits("al_holder", "wait_event = 'PgSleep'");
+    session_reaches(&c, "al_holder", "wait_event = 'PgSleep'");
     let dropper = c.spawn("postgres", "al_dropper", "DROP DATABASE mb WITH (FORCE)");
-    waits("al_dropper", "wait_event_type = 'Lock'");
+    session_reaches(&c, "al_dropper", "wait_event_type = 'Lock'");
     // mb's writer still runs: it hands the one ring to a, whose records reach its trail.
     c.sql(
         "a",
