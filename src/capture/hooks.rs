@@ -854,8 +854,8 @@ thread_local! {
 /// no connection the drop needs: DROP EXTENSION activity_log (the writer gets a moment to
 /// store what is queued first) and DROP DATABASE (a connected writer would make PostgreSQL
 /// refuse it; noted here, stopped once the drop holds the database's lock:
-/// [`stop_writer_for_dropdb`]). Nothing is released until the drop commits ([`settle_drop`]): a refused or
-/// cancelled drop costs no record. DROP EXTENSION is refused while the trail holds records,
+/// [`stop_writer_for_dropdb`]). Nothing is released until the drop commits
+/// ([`settle_drop`]): a refused or cancelled drop costs no record. DROP EXTENSION is refused while the trail holds records,
 /// unless `activity_log.allow_drop_trail` says otherwise.
 unsafe fn before_drop(pstmt: *mut pg_sys::PlannedStmt) {
     // SAFETY: the caller passes a valid PlannedStmt.

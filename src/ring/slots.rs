@@ -68,9 +68,9 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
         s.last_error_at.store(0, Relaxed);
         s.failures.store(0, Relaxed);
         s.gap_generation.store(0, Relaxed);
-        // A drop that paused the writer of the database the ring served before (and still
-        // waits for that database's lock) holds up no other database: its commit or abort
-        // finds the ring serving another one and leaves it alone.
+        // A drop that paused the writer of the database the ring served before, and has not
+        // ended yet, holds up no other database: its commit or abort finds the ring serving
+        // another one and leaves it alone.
         s.paused_by.store(0, Relaxed);
         let _g = LockGuard::exclusive(i + 1);
         // SAFETY: guarded by the slot lock.
