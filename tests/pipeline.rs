@@ -1000,6 +1000,103 @@ fn a_clean_stop_with_the_writer_down_keeps_the_ring() {
     );
 }
 
+/// A standby made with pg_basebackup while its primary keeps a spill file gets a copy of the
+/// file: the records are the primary's to store (the standby receives them with the WAL), so
+/// the standby sets its copy aside instead of putting it into its ring, and after a failover
+/// its trail holds each record once. Nor does the primary's state file, copied while it said
+/// "running", make the promoted standby report a loss.
+#[test]
+fn a_standby_never_stores_its_primarys_spill_file_again() {
+    let c = Cluster::start(
+        "spillprimary",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.buffer_size = '4MB'",
+        ],
+    );
+    with_extension(&c, "app");
+    c.sql(
+        "app",
+        "CREATE TABLE b (id int PRIMARY KEY, pad text); SELECT activity_log.track('b')",
+    );
+    let app = c.one(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'app'",
+    );
+    // 300 transactions of 10 rows, about 1.6 MB of frames: a spill file no 1 MB ring takes.
+    without_writer(
+        &c,
+        "app",
+        "SELECT format('INSERT INTO b SELECT g, repeat(''x'', 500) FROM generate_series(%s, %s) g', i * 10 + 1, i * 10 + 10)
+           FROM generate_series(0, 299) i \\gexec",
+    );
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert!(c.pg_ctl(&["start", "-o", "-c activity_log.buffer_size=1MB"]));
+    assert_eq!(spill_files(&c), [format!("activity_log.spill.{app}")]);
+    let standby = c.standby_of("spillstandby");
+    // The standby's ring (4 MB, from the copied postgresql.conf) would take the file.
+    let copied = format!("activity_log.copied-spill.{app}");
+    assert_eq!(spill_files(&standby), Vec::<String>::new());
+    assert!(
+        standby.log().contains(&format!(
+            "WARNING:  activity_log: activity_log.spill.{app} (300 records) came with a copy of another server's data directory (standby.signal is present)"
+        )),
+        "{}",
+        standby.log()
+    );
+    // The primary, given its ring back, stores the records; the standby replays them.
+    c.sql("postgres", "ALTER DATABASE app ALLOW_CONNECTIONS true");
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert!(c.pg_ctl(&["start"]));
+    writer_back(&c);
+    c.flush("app");
+    let changes = "SELECT count(*) || ',' || count(DISTINCT new_row->>'id') FROM activity_log.events WHERE kind = 'change'";
+    assert_eq!(c.one("app", changes), "3000,3000");
+    let at = c.one("postgres", "SELECT pg_current_wal_lsn()");
+    let replayed = wait_until(Duration::from_secs(60), || {
+        (standby.one(
+            "postgres",
+            &format!("SELECT pg_last_wal_replay_lsn() >= '{at}'"),
+        ) == "t")
+            .then_some(())
+    });
+    assert!(replayed.is_some(), "the standby never replayed {at}");
+    // Failover.
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert!(standby.pg_ctl(&["promote"]));
+    let writer = wait_until(Duration::from_secs(90), || standby.writer_pid("app"));
+    assert!(
+        writer.is_some(),
+        "no writer after the promotion; log:\n{}",
+        standby.log()
+    );
+    standby.flush("app");
+    assert_eq!(standby.one("app", changes), "3000,3000");
+    assert_eq!(
+        standby.sql(
+            "app",
+            "SELECT details->>'reason' FROM activity_log.events WHERE status = 'gap' ORDER BY id"
+        ),
+        [format!(
+            "activity_log.spill.{app} (300 records) came with a copy of another server's data directory (standby.signal is present): its records belong to the trail of the server it was copied from, which stores them; it was set aside as {copied} and not put back, so that they are not stored twice (if that server was lost before it stored them, rename the file back to activity_log.spill.{app} once this server is promoted and restart it)"
+        )]
+    );
+    let aside = Command::new("sudo")
+        .args([
+            "-u",
+            "postgres",
+            "test",
+            "-f",
+            &format!("{}/data/{copied}", standby.dir),
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        aside.success(),
+        "{copied} is not in the standby's data directory"
+    );
+}
+
 /// A spill file that cannot be put back is kept, and the database's trail gets a gap record
 /// that names it and says why: its frames do not fit a ring made smaller meanwhile (a start
 /// with the ring large enough again puts them back), or it is corrupt (its checksum).

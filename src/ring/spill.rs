@@ -371,6 +371,35 @@ pub fn remove_dropped(dboid: u32) -> Removed {
     out
 }
 
+/// The name a spill file found in a standby's or a recovering copy's data directory is set
+/// aside under (see [`set_aside_copy`]); [`spill_files`] never lists it.
+const COPY_PREFIX: &str = "activity_log.copied-spill.";
+
+/// set_aside_copy renames a spill file that came with a copy of another server's data
+/// directory (pg_basebackup, a file-system copy) started as a standby or for archive
+/// recovery, instead of putting it back: its records belong to the trail of the server it
+/// was copied from, which stores them itself (a standby receives them from it with the WAL),
+/// and a copy put back here would store them a second time once this server is promoted. Set
+/// aside, not removed: when that server was lost before it stored them, they are the only
+/// copy. The ring of its database, when one is free, carries a note the writer turns into a
+/// gap record once this server writes (after a promotion, in this shared memory).
+fn set_aside_copy(name: &str, dboid: u32, signal: &str, ring: Option<usize>) {
+    let records = header_records(name, dboid);
+    let aside = format!("{COPY_PREFIX}{}", &name[PREFIX.len()..]);
+    let why = match std::fs::rename(name, &aside).and_then(|()| sync_dir()) {
+        Ok(()) => format!(
+            "{name} ({records} records) came with a copy of another server's data directory ({signal} is present): its records belong to the trail of the server it was copied from, which stores them; it was set aside as {aside} and not put back, so that they are not stored twice (if that server was lost before it stored them, rename the file back to {name} once this server is promoted and restart it)"
+        ),
+        Err(e) => format!(
+            "{name} ({records} records) came with a copy of another server's data directory ({signal} is present) and could not be set aside ({e}): it is not put back while {signal} is present; once this server is promoted, remove it (or move it away) before a restart puts records back that the server it was copied from may have stored"
+        ),
+    };
+    pgrx::warning!("activity_log: {why}");
+    if let Some(i) = ring {
+        super::layout::slot(i).add_restore_note(&why);
+    }
+}
+
 /// kept_databases lists the databases that have spill files in the data directory.
 pub fn kept_databases() -> Vec<u32> {
     let mut dbs: Vec<u32> = spill_files().into_iter().map(|f| f.0).collect();
@@ -424,18 +453,12 @@ pub(super) fn restore_all() {
     let cap = super::layout::capacity();
     // SAFETY: reads the clock.
     let now = unsafe { pgrx::pg_sys::GetCurrentTimestamp() };
-    let mut kept_for: Vec<u32> = Vec::new();
-    for (dboid, _, name) in files {
+    // The ring of `dboid`, claimed for it if it has none yet; None when every ring is taken.
+    let ring_of = |dboid: u32| {
         let n = super::layout::slot_count();
-        let Some(i) = (0..n)
+        let i = (0..n)
             .find(|&i| super::layout::slot(i).dboid.load(Relaxed) == dboid)
-            .or_else(|| (0..n).find(|&i| super::layout::slot(i).dboid.load(Relaxed) == 0))
-        else {
-            pgrx::warning!(
-                "activity_log: {name} is kept: every ring is taken by another database's records (raise activity_log.max_databases and restart the server to put them back)"
-            );
-            continue;
-        };
+            .or_else(|| (0..n).find(|&i| super::layout::slot(i).dboid.load(Relaxed) == 0))?;
         let s = super::layout::slot(i);
         if s.dboid.load(Relaxed) == 0 {
             s.dboid.store(dboid, Relaxed);
@@ -444,6 +467,23 @@ pub(super) fn restore_all() {
             // Its writer sweeps durable_queue once, as after any claim.
             s.staged_commits.store(1, Relaxed);
         }
+        Some(i)
+    };
+    if let Some(signal) = crate::shared::recovery_signal() {
+        for (dboid, _, name) in files {
+            set_aside_copy(&name, dboid, signal, ring_of(dboid));
+        }
+        return;
+    }
+    let mut kept_for: Vec<u32> = Vec::new();
+    for (dboid, _, name) in files {
+        let Some(i) = ring_of(dboid) else {
+            pgrx::warning!(
+                "activity_log: {name} is kept: every ring is taken by another database's records (raise activity_log.max_databases and restart the server to put them back)"
+            );
+            continue;
+        };
+        let s = super::layout::slot(i);
         let head = s.head.load(Relaxed);
         let problem = if kept_for.contains(&dboid) {
             Err("an older spill file of this database could not be put back before it, and the records must reach the trail in order".to_string())

@@ -19,8 +19,26 @@ const STATE_FILE: &str = "activity_log.state";
 /// memory.
 const NEVER_RELEASED: &str = "the server stopped without releasing shared memory (a killed postmaster, an operating system crash or a power loss); records that were in shared memory were lost";
 
+/// recovery_signal names the file that makes this start a standby's or an archive
+/// recovery's (`standby.signal`, `recovery.signal`, in the data directory), None for a server
+/// that starts as itself. Such a data directory is most often a copy of another server's
+/// (pg_basebackup), with that server's state and spill files.
+pub fn recovery_signal() -> Option<&'static str> {
+    ["standby.signal", "recovery.signal"]
+        .into_iter()
+        .find(|f| std::fs::metadata(f).is_ok())
+}
+
 /// previous_stop_loss says what the previous run lost, None when nothing (or no previous run).
+///
+/// Nothing on a standby: a standby's rings never hold records (it captures nothing, and puts
+/// no spill file back: ring/spill.rs), so its own stops lose none, and the state file of a
+/// standby's first start is the copy of its primary's ("running" while the base backup was
+/// taken), whose records the primary stores and sends with the WAL.
 pub(super) fn previous_stop_loss() -> Option<String> {
+    if recovery_signal() == Some("standby.signal") {
+        return None;
+    }
     let text = std::fs::read_to_string(STATE_FILE).ok()?;
     let mut lines = text.lines();
     match lines.next()?.trim() {

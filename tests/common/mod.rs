@@ -53,6 +53,53 @@ impl Cluster {
         Cluster { dir, port }
     }
 
+    /// standby_of makes a streaming standby of this cluster with pg_basebackup (`-R`: its
+    /// data directory gets standby.signal and the connection) and starts it.
+    pub fn standby_of(&self, name: &str) -> Cluster {
+        let port = 55000
+            + (std::process::id() % 50) as u16 * 40
+            + NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let dir = format!("/tmp/al-test-{name}-{}", std::process::id());
+        let as_postgres = |args: &[&str]| {
+            let ok = Command::new("sudo")
+                .args(["-u", "postgres"])
+                .args(args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "{args:?} failed");
+        };
+        let _ = Command::new("sudo").args(["rm", "-rf", &dir]).status();
+        as_postgres(&["mkdir", "-m", "700", &dir]);
+        let data = format!("{dir}/data");
+        let (basebackup, primary_port) = (format!("{}/pg_basebackup", *BIN), self.port.to_string());
+        as_postgres(&[
+            &basebackup,
+            "-h",
+            &self.dir,
+            "-p",
+            &primary_port,
+            "-U",
+            "postgres",
+            "-D",
+            &data,
+            "-R",
+            "-X",
+            "stream",
+        ]);
+        // The last setting of a name in postgresql.conf wins.
+        as_postgres(&[
+            "sh",
+            "-c",
+            &format!(
+                "printf \"port = {port}\\nunix_socket_directories = '{dir}'\\n\" >> {data}/postgresql.conf"
+            ),
+        ]);
+        let standby = Cluster { dir, port };
+        assert!(standby.pg_ctl(&["start"]), "could not start standby {name}");
+        standby
+    }
+
     /// client is a PostgreSQL client program (pgbench, pg_dump …) connected to this cluster's
     /// socket as postgres; the database and the rest are the caller's.
     pub fn client(&self, program: &str) -> Command {
