@@ -1003,8 +1003,9 @@ fn a_clean_stop_with_the_writer_down_keeps_the_ring() {
 /// A standby made with pg_basebackup while its primary keeps a spill file gets a copy of the
 /// file: the records are the primary's to store (the standby receives them with the WAL), so
 /// the standby sets its copy aside instead of putting it into its ring, and after a failover
-/// its trail holds each record once. Nor does the primary's state file, copied while it said
-/// "running", make the promoted standby report a loss.
+/// its trail holds each record once. Its first start (backup_label is there) says in the
+/// trail where the copy begins: the primary's state file, copied while it said "running",
+/// is not taken for a crash of this server's.
 #[test]
 fn a_standby_never_stores_its_primarys_spill_file_again() {
     let c = Cluster::start(
@@ -1039,7 +1040,7 @@ fn a_standby_never_stores_its_primarys_spill_file_again() {
     assert_eq!(spill_files(&standby), Vec::<String>::new());
     assert!(
         standby.log().contains(&format!(
-            "WARNING:  activity_log: activity_log.spill.{app} (300 records) came with a copy of another server's data directory (standby.signal is present)"
+            "WARNING:  activity_log: activity_log.spill.{app} (300 records) came with a base backup of another server, started here with standby.signal"
         )),
         "{}",
         standby.log()
@@ -1077,9 +1078,12 @@ fn a_standby_never_stores_its_primarys_spill_file_again() {
             "app",
             "SELECT details->>'reason' FROM activity_log.events WHERE status = 'gap' ORDER BY id"
         ),
-        [format!(
-            "activity_log.spill.{app} (300 records) came with a copy of another server's data directory (standby.signal is present): its records belong to the trail of the server it was copied from, which stores them; it was set aside as {copied} and not put back, so that they are not stored twice (if that server was lost before it stored them, rename the file back to activity_log.spill.{app} once this server is promoted and restart it)"
-        )]
+        [
+            "this data directory is a base backup of another server, started here for the first time: what that server had captured but not stored in its trail when the backup was taken is not in this trail (a standby gets what its primary stores later, with the WAL; a copy recovered to a point in time, or started on its own, does not)".to_string(),
+            format!(
+            "activity_log.spill.{app} (300 records) came with a base backup of another server, started here with standby.signal: its records belong to the trail of the server it was copied from, which stores them; it was set aside as {copied} and not put back, so that they are not stored twice (if that server was lost before it stored them, rename the file back to activity_log.spill.{app} once this server is promoted and restart it)"
+        )
+        ]
     );
     let aside = Command::new("sudo")
         .args([
@@ -1094,6 +1098,56 @@ fn a_standby_never_stores_its_primarys_spill_file_again() {
     assert!(
         aside.success(),
         "{copied} is not in the standby's data directory"
+    );
+}
+
+/// A server's own data directory started with standby.signal is no copy (an HA manager such as
+/// Patroni starts every node so, then promotes one): its own spill file goes back into its
+/// ring, and its trail gets every record, with no gap record.
+#[test]
+fn a_servers_own_spill_file_goes_back_when_it_starts_as_a_standby() {
+    let c = Cluster::start(
+        "spillownstandby",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    with_extension(&c, "app");
+    c.sql(
+        "app",
+        "CREATE TABLE b (id int PRIMARY KEY); SELECT activity_log.track('b')",
+    );
+    let app = c.one(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'app'",
+    );
+    without_writer(
+        &c,
+        "app",
+        "INSERT INTO b SELECT g FROM generate_series(1, 20) g",
+    );
+    assert!(c.pg_ctl(&["-m", "fast", "stop"]));
+    assert_eq!(spill_files(&c), [format!("activity_log.spill.{app}")]);
+    let signal = Command::new("sudo")
+        .args([
+            "-u",
+            "postgres",
+            "touch",
+            &format!("{}/data/standby.signal", c.dir),
+        ])
+        .status()
+        .unwrap();
+    assert!(signal.success());
+    assert!(c.pg_ctl(&["start"]));
+    assert_eq!(spill_files(&c), Vec::<String>::new());
+    assert!(c.pg_ctl(&["promote"]));
+    c.sql("postgres", "ALTER DATABASE app ALLOW_CONNECTIONS true");
+    writer_back(&c);
+    c.flush("app");
+    assert_eq!(
+        c.one(
+            "app",
+            "SELECT count(*) FILTER (WHERE kind = 'change') || ',' || count(*) FILTER (WHERE status = 'gap') FROM activity_log.events"
+        ),
+        "20,0"
     );
 }
 

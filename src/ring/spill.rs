@@ -371,27 +371,34 @@ pub fn remove_dropped(dboid: u32) -> Removed {
     out
 }
 
-/// The name a spill file found in a standby's or a recovering copy's data directory is set
+/// The name a spill file of a base backup started as a standby or for archive recovery is set
 /// aside under (see [`set_aside_copy`]); [`spill_files`] never lists it.
 const COPY_PREFIX: &str = "activity_log.copied-spill.";
 
-/// set_aside_copy renames a spill file that came with a copy of another server's data
-/// directory (pg_basebackup, a file-system copy) started as a standby or for archive
-/// recovery, instead of putting it back: its records belong to the trail of the server it
-/// was copied from, which stores them itself (a standby receives them from it with the WAL),
-/// and a copy put back here would store them a second time once this server is promoted. Set
-/// aside, not removed: when that server was lost before it stored them, they are the only
-/// copy. The ring of its database, when one is free, carries a note the writer turns into a
-/// gap record once this server writes (after a promotion, in this shared memory).
+/// set_aside_copy renames a spill file that came with a base backup of another server started
+/// as a standby or for archive recovery, instead of putting it back: its records belong to
+/// the trail of the server it was copied from, which stores them itself (a standby receives
+/// them from it with the WAL), and a copy put back here would store them a second time once
+/// this server is promoted. Set aside, not removed: when that server was lost before it
+/// stored them, they are the only copy; nor is an earlier set-aside file ever replaced. The
+/// ring of its database, when one is free, carries a note the writer turns into a gap record
+/// once this server writes (after a promotion, in this shared memory).
 fn set_aside_copy(name: &str, dboid: u32, signal: &str, ring: Option<usize>) {
     let records = header_records(name, dboid);
-    let aside = format!("{COPY_PREFIX}{}", &name[PREFIX.len()..]);
+    let first = format!("{COPY_PREFIX}{}", &name[PREFIX.len()..]);
+    let aside = (0..)
+        .map(|n| match n {
+            0 => first.clone(),
+            n => format!("{first}-{n}"),
+        })
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .unwrap_or(first);
     let why = match std::fs::rename(name, &aside).and_then(|()| sync_dir()) {
         Ok(()) => format!(
-            "{name} ({records} records) came with a copy of another server's data directory ({signal} is present): its records belong to the trail of the server it was copied from, which stores them; it was set aside as {aside} and not put back, so that they are not stored twice (if that server was lost before it stored them, rename the file back to {name} once this server is promoted and restart it)"
+            "{name} ({records} records) came with a base backup of another server, started here with {signal}: its records belong to the trail of the server it was copied from, which stores them; it was set aside as {aside} and not put back, so that they are not stored twice (if that server was lost before it stored them, rename the file back to {name} once this server is promoted and restart it)"
         ),
         Err(e) => format!(
-            "{name} ({records} records) came with a copy of another server's data directory ({signal} is present) and could not be set aside ({e}): it is not put back while {signal} is present; once this server is promoted, remove it (or move it away) before a restart puts records back that the server it was copied from may have stored"
+            "{name} ({records} records) came with a base backup of another server, started here with {signal}, and could not be set aside ({e}): it was not put back; move it away before the next start puts back records that the server it was copied from may have stored"
         ),
     };
     pgrx::warning!("activity_log: {why}");
@@ -469,7 +476,9 @@ pub(super) fn restore_all() {
         }
         Some(i)
     };
-    if let Some(signal) = crate::shared::recovery_signal() {
+    if crate::shared::started_from_base_backup()
+        && let Some(signal) = crate::shared::recovery_signal()
+    {
         for (dboid, _, name) in files {
             set_aside_copy(&name, dboid, signal, ring_of(dboid));
         }

@@ -29,7 +29,7 @@ mod state_file;
 
 use staging::Staging;
 pub use staging::{staging_begins, staging_ends, staging_key};
-pub use state_file::{note_drained, note_lost, recovery_signal};
+pub use state_file::{note_drained, note_lost, recovery_signal, started_from_base_backup};
 
 const SHMEM_NAME: &CStr = c"activity_log shared state";
 

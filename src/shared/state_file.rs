@@ -19,25 +19,35 @@ const STATE_FILE: &str = "activity_log.state";
 /// memory.
 const NEVER_RELEASED: &str = "the server stopped without releasing shared memory (a killed postmaster, an operating system crash or a power loss); records that were in shared memory were lost";
 
+/// What a base backup's first start says of the server it was copied from.
+const FROM_BASE_BACKUP: &str = "this data directory is a base backup of another server, started here for the first time: what that server had captured but not stored in its trail when the backup was taken is not in this trail (a standby gets what its primary stores later, with the WAL; a copy recovered to a point in time, or started on its own, does not)";
+
 /// recovery_signal names the file that makes this start a standby's or an archive
 /// recovery's (`standby.signal`, `recovery.signal`, in the data directory), None for a server
-/// that starts as itself. Such a data directory is most often a copy of another server's
-/// (pg_basebackup), with that server's state and spill files.
+/// that starts as itself.
 pub fn recovery_signal() -> Option<&'static str> {
     ["standby.signal", "recovery.signal"]
         .into_iter()
         .find(|f| std::fs::metadata(f).is_ok())
 }
 
+/// started_from_base_backup tells whether this is the first start of a base backup (a copy of
+/// another server's data directory, with that server's state and spill files): its
+/// `backup_label` is there until the startup process has read it, after the postmaster made
+/// shared memory. Decided at the first call, which the postmaster makes then; a server's own
+/// data directory started with standby.signal (an HA manager starts every node so, and
+/// promotes one) has none.
+pub fn started_from_base_backup() -> bool {
+    static FROM_BACKUP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FROM_BACKUP.get_or_init(|| std::fs::metadata("backup_label").is_ok())
+}
+
 /// previous_stop_loss says what the previous run lost, None when nothing (or no previous run).
-///
-/// Nothing on a standby: a standby's rings never hold records (it captures nothing, and puts
-/// no spill file back: ring/spill.rs), so its own stops lose none, and the state file of a
-/// standby's first start is the copy of its primary's ("running" while the base backup was
-/// taken), whose records the primary stores and sends with the WAL.
+/// At a base backup's first start, the state file is the copied server's ("running" while the
+/// backup was taken), and what the copy lacks is what that server had not stored yet.
 pub(super) fn previous_stop_loss() -> Option<String> {
-    if recovery_signal() == Some("standby.signal") {
-        return None;
+    if started_from_base_backup() {
+        return Some(FROM_BASE_BACKUP.to_string());
     }
     let text = std::fs::read_to_string(STATE_FILE).ok()?;
     let mut lines = text.lines();
