@@ -1079,9 +1079,9 @@ fn a_standby_never_stores_its_primarys_spill_file_again() {
             "SELECT details->>'reason' FROM activity_log.events WHERE status = 'gap' ORDER BY id"
         ),
         [
-            "this data directory is a base backup of another server, started here for the first time: what that server had captured but not stored in its trail when the backup was taken is not in this trail (a standby gets what its primary stores later, with the WAL; a copy recovered to a point in time, or started on its own, does not)".to_string(),
+            "this data directory is a base backup of another server (or was rewound from one by pg_rewind), started here for the first time: what that server had captured but neither stored in its trail nor kept in a spill file when the backup was taken is not in this trail (a standby gets what its primary stores later, with the WAL; a copy recovered to a point in time, or started on its own, does not)".to_string(),
             format!(
-            "activity_log.spill.{app} (300 records) came with a base backup of another server, started here with standby.signal: its records belong to the trail of the server it was copied from, which stores them; it was set aside as {copied} and not put back, so that they are not stored twice (if that server was lost before it stored them, rename the file back to activity_log.spill.{app} once this server is promoted and restart it)"
+            "activity_log.spill.{app} (300 records) came with a base backup of another server, started here with standby.signal: it was set aside as {copied} and not put back, so that no record is stored twice (a standby receives the records its primary stores, with the WAL); once this server is promoted, if its trail lacks them (the server it was copied from was lost before it stored them, or stored them after the point this copy was recovered to), rename the file back to activity_log.spill.{app} and restart"
         )
         ]
     );

@@ -393,19 +393,38 @@ fn set_aside_copy(name: &str, dboid: u32, signal: &str, ring: Option<usize>) {
         })
         .find(|p| std::fs::symlink_metadata(p).is_err())
         .unwrap_or(first);
-    let why = match std::fs::rename(name, &aside).and_then(|()| sync_dir()) {
-        Ok(()) => format!(
-            "{name} ({records} records) came with a base backup of another server, started here with {signal}: its records belong to the trail of the server it was copied from, which stores them; it was set aside as {aside} and not put back, so that they are not stored twice (if that server was lost before it stored them, rename the file back to {name} once this server is promoted and restart it)"
-        ),
-        Err(e) => format!(
-            "{name} ({records} records) came with a base backup of another server, started here with {signal}, and could not be set aside ({e}): it was not put back; move it away before the next start puts back records that the server it was copied from may have stored"
-        ),
+    let why = match std::fs::rename(name, &aside) {
+        Ok(()) => {
+            if let Err(e) = sync_dir() {
+                pgrx::warning!(
+                    "activity_log: the data directory could not be synced after {name} was renamed to {aside}: {e}"
+                );
+            }
+            format!(
+                "{name} ({records} records) came with a base backup of another server, started here with {signal}: it was set aside as {aside} and not put back, so that no record is stored twice (a standby receives the records its primary stores, with the WAL); once this server is promoted, if its trail lacks them (the server it was copied from was lost before it stored them, or stored them after the point this copy was recovered to), rename the file back to {name} and restart"
+            )
+        }
+        Err(e) => {
+            // Never put back by this postmaster, at a crash-restart either: only an operator
+            // who moved it away can decide.
+            REFUSED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(name.to_string());
+            format!(
+                "{name} ({records} records) came with a base backup of another server, started here with {signal}, and could not be set aside ({e}): it is not put back while this server runs; move it away before the server is started again, or its records may be stored a second time"
+            )
+        }
     };
     pgrx::warning!("activity_log: {why}");
     if let Some(i) = ring {
         super::layout::slot(i).add_restore_note(&why);
     }
 }
+
+/// The spill files of a base backup this postmaster could not set aside ([`set_aside_copy`]),
+/// which its crash-restarts leave alone too.
+static REFUSED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// kept_databases lists the databases that have spill files in the data directory.
 pub fn kept_databases() -> Vec<u32> {
@@ -484,8 +503,16 @@ pub(super) fn restore_all() {
         }
         return;
     }
+    let refused = REFUSED.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut kept_for: Vec<u32> = Vec::new();
     for (dboid, _, name) in files {
+        if refused.contains(&name) {
+            pgrx::warning!(
+                "activity_log: {name} came with a base backup of another server and could not be set aside at the first start: it is not put back (move it away)"
+            );
+            kept_for.push(dboid);
+            continue;
+        }
         let Some(i) = ring_of(dboid) else {
             pgrx::warning!(
                 "activity_log: {name} is kept: every ring is taken by another database's records (raise activity_log.max_databases and restart the server to put them back)"

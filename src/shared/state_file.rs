@@ -20,7 +20,7 @@ const STATE_FILE: &str = "activity_log.state";
 const NEVER_RELEASED: &str = "the server stopped without releasing shared memory (a killed postmaster, an operating system crash or a power loss); records that were in shared memory were lost";
 
 /// What a base backup's first start says of the server it was copied from.
-const FROM_BASE_BACKUP: &str = "this data directory is a base backup of another server, started here for the first time: what that server had captured but not stored in its trail when the backup was taken is not in this trail (a standby gets what its primary stores later, with the WAL; a copy recovered to a point in time, or started on its own, does not)";
+const FROM_BASE_BACKUP: &str = "this data directory is a base backup of another server (or was rewound from one by pg_rewind), started here for the first time: what that server had captured but neither stored in its trail nor kept in a spill file when the backup was taken is not in this trail (a standby gets what its primary stores later, with the WAL; a copy recovered to a point in time, or started on its own, does not)";
 
 /// recovery_signal names the file that makes this start a standby's or an archive
 /// recovery's (`standby.signal`, `recovery.signal`, in the data directory), None for a server
