@@ -1000,6 +1000,20 @@ fn a_clean_stop_with_the_writer_down_keeps_the_ring() {
     );
 }
 
+/// app_tracking_b makes database app with the extension and a tracked table `b (columns)`, and
+/// returns app's oid.
+fn app_tracking_b(c: &Cluster, columns: &str) -> String {
+    with_extension(c, "app");
+    c.sql(
+        "app",
+        &format!("CREATE TABLE b ({columns}); SELECT activity_log.track('b')"),
+    );
+    c.one(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'app'",
+    )
+}
+
 /// A standby made with pg_basebackup while its primary keeps a spill file gets a copy of the
 /// file: the records are the primary's to store (the standby receives them with the WAL), so
 /// the standby sets its copy aside instead of putting it into its ring, and after a failover
@@ -1015,15 +1029,7 @@ fn a_standby_never_stores_its_primarys_spill_file_again() {
             "activity_log.buffer_size = '4MB'",
         ],
     );
-    with_extension(&c, "app");
-    c.sql(
-        "app",
-        "CREATE TABLE b (id int PRIMARY KEY, pad text); SELECT activity_log.track('b')",
-    );
-    let app = c.one(
-        "postgres",
-        "SELECT oid FROM pg_database WHERE datname = 'app'",
-    );
+    let app = app_tracking_b(&c, "id int PRIMARY KEY, pad text");
     // 300 transactions of 10 rows, about 1.6 MB of frames: a spill file no 1 MB ring takes.
     without_writer(
         &c,
@@ -1110,15 +1116,7 @@ fn a_servers_own_spill_file_goes_back_when_it_starts_as_a_standby() {
         "spillownstandby",
         &["activity_log.capture_statements = 'none'"],
     );
-    with_extension(&c, "app");
-    c.sql(
-        "app",
-        "CREATE TABLE b (id int PRIMARY KEY); SELECT activity_log.track('b')",
-    );
-    let app = c.one(
-        "postgres",
-        "SELECT oid FROM pg_database WHERE datname = 'app'",
-    );
+    let app = app_tracking_b(&c, "id int PRIMARY KEY");
     without_writer(
         &c,
         "app",

@@ -1,6 +1,8 @@
 //! ring/spill.rs: committed records that are still in a ring when the postmaster releases
 //! shared memory go to a spill file in the data directory, and back into their database's
-//! ring when shared memory is made anew.
+//! ring when shared memory is made anew; except at a base backup's first start as a standby or
+//! for archive recovery, which sets the copied files aside ([`set_aside_copy`]): their records
+//! are the copied server's to store.
 //!
 //! Runs in the postmaster only: [`spill_all`] from the rings' on_shmem_exit callback (a stop
 //! of any kind that lets the postmaster exit, and a crash-restart; every other process of the
