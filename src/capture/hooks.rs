@@ -997,6 +997,7 @@ unsafe fn after_drop_database(dropped: Option<pg_sys::Oid>) {
 /// reads another database's records (CREATE DATABASE … OID is open to any role with CREATEDB).
 /// Must not raise an ERROR; logs what it discarded.
 fn forget_orphan(dboid: u32) {
+    crate::shared::forgive(dboid);
     let in_ring = ring::forget_database(dboid);
     if in_ring > 0 {
         warning!(

@@ -15,7 +15,7 @@ use pgrx::prelude::*;
 use pgrx::shmem::PgSharedMemoryInitialization;
 use std::cell::UnsafeCell;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64};
 
 use super::waiting::Waiting;
 use crate::{gucs, shared};
@@ -23,7 +23,6 @@ use crate::{gucs, shared};
 const TRANCHE: &CStr = c"activity_log";
 const SHMEM_NAME: &CStr = c"activity_log rings";
 pub(super) const LAST_ERROR_LEN: usize = 256;
-pub(super) const RESTORE_NOTE_LEN: usize = 1024;
 
 /// Frame states, in `FrameHeader::state`.
 pub(super) const STATE_PENDING: u32 = 1;
@@ -53,7 +52,6 @@ pub(super) struct Slot {
     pub writer_procno: AtomicI32,      // -1 when no writer; written by the writer
     pub start_requested_at: AtomicI64, // written by the launcher
     pub failures: AtomicU32,           // consecutive failed writer runs; drives the back-off
-    pub gap_generation: AtomicU32,     // crash_generation the writer has reported a gap for
     pub claim_xid: AtomicU32,          // transaction that last claimed the ring (0: none known)
     pub last_dboid: AtomicU32,         // the database the ring served before its last release
     /// The launcher asks the writer to hand the ring back: another database waits for one.
@@ -104,37 +102,6 @@ pub(super) struct Slot {
     /// Two samples (time, published, written) about a window apart, for recent rates;
     /// rolled by the writer.
     pub window: [Sample; 2],
-    /// Why spill files of this database could not be put back into the ring (spill.rs), NUL
-    /// terminated; empty when none. Written by the postmaster before any other process
-    /// exists, then taken (read and emptied) by the writer under the slot lock.
-    pub restore_note: UnsafeCell<[u8; RESTORE_NOTE_LEN]>,
-}
-
-impl Slot {
-    /// add_restore_note appends `text` to the slot's restore note, cut at a character
-    /// boundary when the note is full. Postmaster only, before any other process exists.
-    pub(super) fn add_restore_note(&self, text: &str) {
-        // SAFETY: no other process exists yet (see the field).
-        let note = unsafe { &mut *self.restore_note.get() };
-        let used = note
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(RESTORE_NOTE_LEN);
-        let joined = if used > 0 {
-            format!("; {text}")
-        } else {
-            text.to_string()
-        };
-        let mut take = joined.len().min(RESTORE_NOTE_LEN.saturating_sub(used + 1));
-        while !joined.is_char_boundary(take) {
-            take -= 1;
-        }
-        let joined = joined.as_bytes();
-        note[used..used + take].copy_from_slice(&joined[..take]);
-        if used + take < RESTORE_NOTE_LEN {
-            note[used + take] = 0;
-        }
-    }
 }
 
 #[repr(C)]
@@ -225,7 +192,6 @@ impl PgSharedMemoryInitialization for Shmem {
                         writer_procno: AtomicI32::new(-1),
                         start_requested_at: AtomicI64::new(0),
                         failures: AtomicU32::new(0),
-                        gap_generation: AtomicU32::new(0),
                         claim_xid: AtomicU32::new(0),
                         last_dboid: AtomicU32::new(0),
                         hand_back_requested: AtomicBool::new(false),
@@ -254,7 +220,6 @@ impl PgSharedMemoryInitialization for Shmem {
                         reset_at: AtomicI64::new(0),
                         base: [const { AtomicU64::new(0) }; COUNTERS],
                         window: [const { Sample::ZERO }; 2],
-                        restore_note: UnsafeCell::new([0; RESTORE_NOTE_LEN]),
                     });
                 }
                 // Touch every page of the rings now, once, in the postmaster: otherwise the
@@ -279,8 +244,8 @@ impl PgSharedMemoryInitialization for Shmem {
 /// lets the postmaster exit, and before a crash-restart), after every other process of the
 /// server has exited: it writes the committed records still in the rings to spill files
 /// (spill.rs), and notes in the crash state file (src/shared/state_file.rs) whether anything
-/// was lost: records of transactions caught mid-commit, a spill file that could not be
-/// written, or a crash-restart gap some trail has not recorded yet.
+/// was lost: records of transactions caught mid-commit, or a spill file that could not be
+/// written (a crash-restart's gap records are owed to the trails by src/shared/owed.rs).
 #[pg_guard]
 unsafe extern "C-unwind" fn al_rings_exit(_code: i32, _arg: pg_sys::Datum) {
     let spilled = super::spill::spill_all();
@@ -296,18 +261,6 @@ unsafe extern "C-unwind" fn al_rings_exit(_code: i32, _arg: pg_sys::Datum) {
             "{} records of transactions that were committing when the server stopped (an immediate shutdown or a crash) may be lost",
             spilled.pending
         ));
-    }
-    // A crash-restart (or an unclean stop before this run) is owed a gap record in every
-    // trail; a trail whose writer has not written it yet would lose it with this shared
-    // memory: the next start writes it instead.
-    let owed = shared::crash_generation() + shared::unclean_stop() as u32;
-    if owed > 0
-        && (0..slot_count()).any(|i| {
-            let s = slot(i);
-            s.dboid.load(Acquire) != 0 && s.gap_generation.load(Acquire) != owed
-        })
-    {
-        lost.push(shared::owed_gap_reason());
     }
     if lost.is_empty() {
         shared::note_drained();

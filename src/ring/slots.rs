@@ -67,7 +67,6 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
         s.last_flush_at.store(0, Relaxed);
         s.last_error_at.store(0, Relaxed);
         s.failures.store(0, Relaxed);
-        s.gap_generation.store(0, Relaxed);
         // A drop that paused the writer of the database the ring served before, and has not
         // ended yet, holds up no other database: its commit or abort finds the ring serving
         // another one and leaves it alone.
@@ -76,7 +75,6 @@ pub fn claim(dboid: u32, xid: u32) -> Option<usize> {
         // SAFETY: guarded by the slot lock.
         unsafe {
             (*s.last_error.get())[0] = 0;
-            (*s.restore_note.get())[0] = 0;
         }
     }
     // A writer start asked for the database this ring served before, which never attached
@@ -342,32 +340,6 @@ pub fn reset_failures(i: usize) {
 }
 pub fn failures(i: usize) -> u32 {
     slot(i).failures.load(Relaxed)
-}
-
-/// restore_note says why spill files of slot `i`'s database could not be put back into the
-/// ring at the start of this shared memory (ring/spill.rs); None when they all were, there
-/// were none, or the writer recorded it already ([`clear_restore_note`]).
-pub fn restore_note(i: usize) -> Option<String> {
-    let s = slot(i);
-    let _g = LockGuard::exclusive(i + 1);
-    // SAFETY: guarded by the slot lock (the postmaster wrote it before any process existed).
-    let note = unsafe { &*s.restore_note.get() };
-    let len = note.iter().position(|&b| b == 0).unwrap_or(note.len());
-    (len > 0).then(|| String::from_utf8_lossy(&note[..len]).into_owned())
-}
-
-/// clear_restore_note empties the note once its gap record is stored.
-pub fn clear_restore_note(i: usize) {
-    let s = slot(i);
-    let _g = LockGuard::exclusive(i + 1);
-    // SAFETY: guarded by the slot lock.
-    unsafe { (*s.restore_note.get())[0] = 0 };
-}
-
-/// take_gap tells the writer of slot `i` whether it still has to report a crash-restart gap.
-pub fn take_gap(i: usize) -> bool {
-    let g = shared::crash_generation() + shared::unclean_stop() as u32;
-    g > 0 && slot(i).gap_generation.swap(g, AcqRel) != g
 }
 
 /*---- pausing for a drop, holding off for a restore ----*/

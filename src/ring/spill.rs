@@ -382,10 +382,10 @@ const COPY_PREFIX: &str = "activity_log.copied-spill.";
 /// the trail of the server it was copied from, which stores them itself (a standby receives
 /// them from it with the WAL), and a copy put back here would store them a second time once
 /// this server is promoted. Set aside, not removed: when that server was lost before it
-/// stored them, they are the only copy; nor is an earlier set-aside file ever replaced. The
-/// ring of its database, when one is free, carries a note the writer turns into a gap record
-/// once this server writes (after a promotion, in this shared memory).
-fn set_aside_copy(name: &str, dboid: u32, signal: &str, ring: Option<usize>) {
+/// stored them, they are the only copy; nor is an earlier set-aside file ever replaced. Its
+/// database's trail is owed a gap record that says so (src/shared/owed.rs), stored once this
+/// server writes (after a promotion).
+fn set_aside_copy(name: &str, dboid: u32, signal: &str) {
     let records = header_records(name, dboid);
     let first = format!("{COPY_PREFIX}{}", &name[PREFIX.len()..]);
     let aside = (0..)
@@ -419,9 +419,7 @@ fn set_aside_copy(name: &str, dboid: u32, signal: &str, ring: Option<usize>) {
         }
     };
     pgrx::warning!("activity_log: {why}");
-    if let Some(i) = ring {
-        super::layout::slot(i).add_restore_note(&why);
-    }
+    crate::shared::owe(dboid, why, false);
 }
 
 /// The spill files of a base backup this postmaster could not set aside ([`set_aside_copy`]),
@@ -471,8 +469,8 @@ pub(super) fn spill_all() -> Spilled {
 
 /// restore_all puts the frames of every spill file back into a ring of its database; called
 /// by the postmaster right after it initialised the rings, before any other process exists. A
-/// file that cannot be put back is kept, and its database's ring carries a note that the
-/// writer turns into a gap record (see [`super::layout::Slot::restore_note`]).
+/// file that cannot be put back is kept, and its database's trail is owed a gap record that
+/// says so (src/shared/owed.rs).
 pub(super) fn restore_all() {
     let files = spill_files();
     if files.is_empty() {
@@ -501,7 +499,7 @@ pub(super) fn restore_all() {
         && let Some(signal) = crate::shared::recovery_signal()
     {
         for (dboid, _, name) in files {
-            set_aside_copy(&name, dboid, signal, ring_of(dboid));
+            set_aside_copy(&name, dboid, signal);
         }
         return;
     }
@@ -558,9 +556,14 @@ pub(super) fn restore_all() {
             Err(why) => {
                 kept_for.push(dboid);
                 pgrx::warning!("activity_log: {name} is kept: {why}");
-                s.add_restore_note(&format!(
-                    "records committed before the last stop were kept in {name} in the data directory but could not be put back into the ring: {why}; the file is kept, and its records are not in the trail"
-                ));
+                // Owed while this shared memory lasts: the next start tries the file again.
+                crate::shared::owe(
+                    dboid,
+                    format!(
+                        "records committed before the last stop were kept in {name} in the data directory but could not be put back into the ring: {why}; the file is kept, and its records are not in the trail"
+                    ),
+                    true,
+                );
             }
         }
     }

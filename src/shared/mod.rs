@@ -3,8 +3,8 @@
 //! Named for what it is: the state every process of the extension shares besides the rings
 //! (src/ring/), which carry records and nothing else. It owns:
 //! - this shared memory's identity: when it was initialised and how many crash-restarts
-//!   preceded it, and whether the previous run stopped with records left in a ring
-//!   (the crash state file, state_file.rs);
+//!   preceded it; whether the previous run stopped with records left in a ring (the crash
+//!   state file, state_file.rs), and the gap records that owes the trails (owed.rs);
 //! - where the launcher is (pid and proc number), so that anyone can wake it;
 //! - records lost because their database had no ring and could not stage them;
 //! - the per-backend staging table of transactions staged without an announcement
@@ -24,9 +24,11 @@ use std::cell::UnsafeCell;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::*};
 
+mod owed;
 mod staging;
 mod state_file;
 
+pub use owed::{Owed, forgive, owe, owed_to, paid, settle_databases};
 use staging::Staging;
 pub use staging::{staging_begins, staging_ends, staging_key};
 pub use state_file::{note_drained, note_lost, recovery_signal, started_from_base_backup};
@@ -37,11 +39,6 @@ const SHMEM_NAME: &CStr = c"activity_log shared state";
 struct State {
     /// How many crash-restarts of the postmaster preceded this shared memory; set once.
     crash_generation: u32,
-    /// The server's previous run, or this server's shared memory before the crash-restart
-    /// that made this one, lost records (see state_file.rs); set once.
-    unclean_stop: bool,
-    /// What it lost, NUL terminated; set once.
-    loss: [u8; LOSS_LEN],
     /// When this shared memory was initialised (PostgreSQL timestamp); set once.
     started_at: i64,
     launcher_procno: AtomicI32, // -1 when no launcher; written by the launcher
@@ -66,8 +63,6 @@ static mut INIT_COUNT: u32 = 0;
 /// What the postmaster noted when it last released shared memory before a crash-restart:
 /// what was lost (None: nothing). Postmaster memory, read when shared memory is made anew.
 static LAST_RELEASE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-const LOSS_LEN: usize = 1024;
 
 /// note_release keeps what the rings' exit callback found for the shared memory made after a
 /// crash-restart; postmaster only.
@@ -109,35 +104,37 @@ impl PgSharedMemoryInitialization for Shmem {
             if !found {
                 INIT_COUNT += 1;
                 let postmaster = !pg_sys::IsUnderPostmaster;
-                // At the first start: what the previous run of the server lost; after a
-                // crash-restart: what the release of the shared memory before it lost.
-                let loss = if !postmaster {
-                    None
-                } else if INIT_COUNT == 1 {
-                    state_file::previous_stop_loss()
-                } else {
-                    LAST_RELEASE
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone()
-                };
-                let unclean_stop = loss.is_some();
-                let mut loss_text = [0u8; LOSS_LEN];
-                if let Some(l) = &loss {
-                    let mut n = l.len().min(LOSS_LEN - 1);
-                    while !l.is_char_boundary(n) {
-                        n -= 1;
-                    }
-                    loss_text[..n].copy_from_slice(&l.as_bytes()[..n]);
-                }
+                // SAFETY: reads the clock.
+                let started_at = pg_sys::GetCurrentTimestamp();
                 if postmaster {
+                    // At the first start: what the previous run of the server lost; after a
+                    // crash-restart: what the release of the shared memory before it lost.
+                    // Each trail is owed a gap record of it; a crash-restart gets one even
+                    // when it lost nothing, as the moment the server's processes were killed.
+                    let restarted = INIT_COUNT > 1;
+                    let loss = if restarted {
+                        LAST_RELEASE
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone()
+                    } else {
+                        state_file::previous_stop_loss()
+                    };
+                    let incident = owed::Incident {
+                        crash_restarts: INIT_COUNT - 1,
+                        unclean_stop: loss.is_some(),
+                    };
+                    let reason = match (restarted, &loss) {
+                        (true, Some(l)) => Some(format!("the server restarted after a crash; {l}")),
+                        (true, None) => Some("the server restarted after a crash; the committed records that were in shared memory were kept".to_string()),
+                        (false, l) => l.clone(),
+                    };
+                    owed::new_shared_memory(started_at, reason.map(|r| (incident, r)));
                     state_file::write_state("running");
                 }
                 state.write(State {
                     crash_generation: INIT_COUNT - 1,
-                    unclean_stop,
-                    loss: loss_text,
-                    started_at: pg_sys::GetCurrentTimestamp(),
+                    started_at,
                     launcher_procno: AtomicI32::new(-1),
                     launcher_pid: AtomicI32::new(0),
                     dropped_unassigned: AtomicU64::new(0),
@@ -175,29 +172,6 @@ fn is_initialised() -> bool {
 
 pub fn crash_generation() -> u32 {
     state().crash_generation
-}
-pub fn unclean_stop() -> bool {
-    state().unclean_stop
-}
-/// loss says what the previous run (or, after a crash-restart, the shared memory before it)
-/// lost; empty when nothing.
-pub fn loss() -> String {
-    let l = &state().loss;
-    let n = l.iter().position(|&b| b == 0).unwrap_or(l.len());
-    String::from_utf8_lossy(&l[..n]).into_owned()
-}
-
-/// owed_gap_reason says why the stop of this shared memory loses a gap record some trail has
-/// not written yet.
-pub fn owed_gap_reason() -> String {
-    if crash_generation() > 0 {
-        "the server had restarted after a crash, and stopped before every trail recorded that; records that were committing at the crash may be lost".to_string()
-    } else {
-        format!(
-            "the server stopped before every trail recorded the previous run's loss ({})",
-            loss()
-        )
-    }
 }
 pub fn started_at() -> i64 {
     state().started_at

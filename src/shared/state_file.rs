@@ -63,16 +63,22 @@ pub(super) fn previous_stop_loss() -> Option<String> {
 
 /// write_state replaces the state file durably; runs in the postmaster only.
 pub(super) fn write_state(state: &str) {
+    replace_file(STATE_FILE, &format!("{state}\n"));
+}
+
+/// replace_file replaces a file of the data directory durably (a new file renamed over it);
+/// a failure is logged.
+pub(super) fn replace_file(name: &str, text: &str) {
     let written = (|| {
-        let tmp = format!("{STATE_FILE}.tmp");
+        let tmp = format!("{name}.tmp");
         let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, format!("{state}\n").as_bytes())?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, STATE_FILE)?;
+        std::fs::rename(&tmp, name)?;
         std::fs::File::open(".")?.sync_all()
     })();
     if let Err(e) = written {
-        log!("activity_log: could not write {STATE_FILE}: {e}");
+        log!("activity_log: could not write {name}: {e}");
     }
 }
 

@@ -11,7 +11,9 @@
 //! frees its ring and exits at once). It connects to no database and only scans `pg_database`.
 //! When it starts it also frees the rings and removes the spill files of databases that no
 //! longer exist ([`discard_dropped_databases`]): the one place where records are discarded
-//! because of what the catalog says, so it never touches a ring that changed meanwhile.
+//! because of what the catalog says, so it never touches a ring that changed meanwhile. And it
+//! gives the gap records owed for earlier incidents to the databases that exist
+//! (src/shared/owed.rs).
 
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -50,6 +52,9 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
     shared::set_launcher(procno, unsafe { pg_sys::MyProcPid });
 
     discard_dropped_databases();
+    // Before any writer starts: the databases that exist now are those owed the gap records
+    // of incidents before this start.
+    shared::settle_databases(&existing_databases());
     for dboid in connectable_databases() {
         ring::note_waiting(dboid);
     }

@@ -70,52 +70,52 @@ pub(super) fn maintain_partitions_if_due(next: &mut Instant) {
     *next = Instant::now() + again;
 }
 
-/// write_gap_event records a crash-restart, or a previous stop that lost records: records
-/// committed after the newest one stored (lost_after) and before shared memory was made anew
-/// (lost_before) may be missing; `reason` says which.
-pub(super) fn write_gap_event() {
-    let window = Spi::get_one_with_args::<String>(
-        "SELECT jsonb_build_object(
-                    'lost_after', (SELECT committed_at FROM activity_log.events ORDER BY id DESC LIMIT 1),
-                    'lost_before', timestamptz '2000-01-01 00:00:00+00' + make_interval(secs => $1::float8 / 1e6))::text",
-        &[shared::started_at().into()],
-    )
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: could not read the trail: {e}"), None))
-    .unwrap_or_default();
-    // What was lost is known only when the postmaster released shared memory itself (it spilled
-    // the rings' committed records and counted the rest, ring/spill.rs); a crash-restart is
-    // recorded even when it lost nothing, as the moment the server's processes were killed.
-    let reason = match (shared::crash_generation() > 0, shared::unclean_stop()) {
-        (true, true) => format!("the server restarted after a crash; {}", shared::loss()),
-        (true, false) => "the server restarted after a crash; the committed records that were in shared memory were kept".to_string(),
-        (false, _) => shared::loss(),
-    };
-    let mut details = json!({
-        "reason": reason,
-        "shared_memory_started_at_us": shared::started_at(),
-        "crash_restarts": shared::crash_generation(),
-        "unclean_stop": shared::unclean_stop(),
-    });
-    if let (Some(d), Ok(Value::Object(w))) =
-        (details.as_object_mut(), serde_json::from_str(&window))
-    {
-        d.extend(w);
+/// write_owed_gaps stores the gap records this trail owes (src/shared/owed.rs), oldest first,
+/// skipping any the trail holds already. An incident's (a crash-restart, a stop that lost
+/// records) carries the window in which records may be missing: committed after the newest
+/// one stored (lost_after) and before shared memory was made anew (lost_before).
+pub(super) fn write_owed_gaps(owed: &[shared::Owed]) {
+    let mut gaps = Rows::new(false);
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    for o in owed {
+        // The gaps are inserted together at the end: each one's lost_after is the newest
+        // record stored before them.
+        let window = Spi::get_one_with_args::<String>(
+            "SELECT jsonb_build_object(
+                        'lost_after', (SELECT committed_at FROM activity_log.events ORDER BY id DESC LIMIT 1),
+                        'lost_before', lost_before,
+                        'stored', EXISTS (SELECT FROM activity_log.events
+                                           WHERE status = 'gap' AND committed_at >= lost_before
+                                             AND details->>'shared_memory_started_at_us' = $1::text
+                                             AND details->>'reason' = $2))::text
+               FROM (SELECT timestamptz '2000-01-01 00:00:00+00' + make_interval(secs => $1::float8 / 1e6)) AS i (lost_before)",
+            &[o.started_at_us.into(), o.reason.as_str().into()],
+        )
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("activity_log: could not read the trail: {e}"), None))
+        .unwrap_or_default();
+        let Ok(Value::Object(mut window)) = serde_json::from_str(&window) else {
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("activity_log: unexpected gap window {window}"),
+                None,
+            );
+        };
+        if window.remove("stored") == Some(Value::Bool(true)) {
+            continue;
+        }
+        let mut details = json!({
+            "reason": o.reason,
+            "shared_memory_started_at_us": o.started_at_us,
+        });
+        if let (Some(d), Some(i)) = (details.as_object_mut(), o.incident) {
+            d.insert("crash_restarts".into(), i.crash_restarts.into());
+            d.insert("unclean_stop".into(), i.unclean_stop.into());
+            d.extend(window);
+        }
+        gaps.push_gap(now, details);
     }
-    let mut gap = Rows::new(false);
-    // SAFETY: reads the clock.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    gap.push_gap(now, details);
-    gap.insert();
-}
-
-/// write_restore_gap records that spill files of the database could not be put back into its
-/// ring at this start; `note` names them and says why (ring/spill.rs).
-pub(super) fn write_restore_gap(note: String) {
-    let mut gap = Rows::new(false);
-    // SAFETY: reads the clock.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    gap.push_gap(now, json!({ "reason": note }));
-    gap.insert();
+    gaps.insert();
 }
 
 /// write_drop_gap records that `dropped` records were dropped since the last such record.

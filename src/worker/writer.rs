@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use crate::gucs;
 use crate::process;
 use crate::ring;
+use crate::shared;
 use crate::worker::drain::{MY_DB, drain, small_batch, still_mine, sweeping};
-use crate::worker::maintain::{maintain_partitions_if_due, write_gap_event, write_restore_gap};
+use crate::worker::maintain::{maintain_partitions_if_due, write_owed_gaps};
 use crate::worker::suspects;
 
 /// The slot this process writes for (its database is [`MY_DB`]).
@@ -104,7 +105,9 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             return;
         };
         if !claimer_running {
-            // Nothing to write in this database: its ring goes too.
+            // Nothing to write in this database: its ring goes too, and with no trail it
+            // owes no gap record.
+            shared::forgive(dboid);
             ring::release(i);
             ring::detach_writer(i, 0, false);
             return; // exit code 0
@@ -154,13 +157,11 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
     let mut next_maintenance = Instant::now();
     if !stopping {
         maintain_partitions_if_due(&mut next_maintenance);
-        if ring::take_gap(slot) {
-            BackgroundWorker::transaction(write_gap_event);
-        }
-        // Cleared only once stored: a writer that fails here leaves it to the next one.
-        if let Some(note) = ring::restore_note(slot) {
-            BackgroundWorker::transaction(|| write_restore_gap(note));
-            ring::clear_restore_note(slot);
+        // Removed only once stored: a writer that fails here leaves them to the next one.
+        let owed = shared::owed_to(dboid);
+        if !owed.is_empty() {
+            BackgroundWorker::transaction(|| write_owed_gaps(&owed));
+            shared::paid(dboid, &owed);
         }
     }
     // Staged transactions left for the next round: do not sleep (no commit wakes the writer
