@@ -10,7 +10,8 @@
 //!   statements, the value of every parenthesized option named like a secret (pass, secret,
 //!   key, token; not *_required), quoted and U&-escaped names included;
 //! - inside any literal or dollar-quoted body, conninfo `password=`/`sslpassword=` values, URI
-//!   passwords and the same rules again for the SQL nested there (DO bodies, EXECUTE strings).
+//!   passwords (of the user info, and parameters named so, percent-encoded or not) and the
+//!   same rules again for the SQL nested there (DO bodies, EXECUTE strings).
 //!
 //! The text is treated as ASCII-compatible bytes: it need not be valid UTF-8. Literals are
 //! read with standard_conforming_strings on; where a backslash would make the other setting
@@ -24,12 +25,14 @@ const REDACTED: &[u8] = b"<REDACTED>";
 /// This bounds the work at MAX_DEPTH passes however the text nests.
 const MAX_DEPTH: u8 = 8;
 /// A literal holding one of these (any case) is parsed again, as SQL and as a conninfo.
-const TRIGGERS: [&[u8]; 8] = [
+const TRIGGERS: [&[u8]; 10] = [
     b"pass",
     b"postgres",
     b"secret",
     b"key",
     b"token",
+    b"pwd",
+    b"credential",
     b"role",
     b"user",
     b"group",
@@ -54,8 +57,8 @@ pub fn redact(query: &[u8]) -> Cow<'_, [u8]> {
 /// transaction).
 fn might_hold_secret(s: &[u8]) -> bool {
     /// For each byte, which words of [`TRIGGERS`] start with it (any case), one bit each.
-    const STARTING: [u8; 256] = {
-        let mut t = [0u8; 256];
+    const STARTING: [u16; 256] = {
+        let mut t = [0u16; 256];
         let mut k = 0;
         while k < TRIGGERS.len() {
             let first = TRIGGERS[k][0];
@@ -138,11 +141,19 @@ fn contains_ci(s: &[u8], w: &[u8]) -> bool {
 }
 
 /// option_secret tells whether a foreign-data or subscription option of this name holds a
-/// secret (password, sslpassword, passfile, sslkey, api_token, ... but not password_required).
+/// secret (password, sslpassword, passfile, sslkey, api_token, odbc_PWD, credentials, ... but
+/// not password_required).
 fn option_secret(name: &[u8]) -> bool {
-    [&b"pass"[..], b"secret", b"key", b"token"]
-        .iter()
-        .any(|w| contains_ci(name, w))
+    [
+        &b"pass"[..],
+        b"secret",
+        b"key",
+        b"token",
+        b"pwd",
+        b"credential",
+    ]
+    .iter()
+    .any(|w| contains_ci(name, w))
         && !ends_ci(name, b"_required")
 }
 
@@ -649,18 +660,27 @@ fn nested(text: &[u8], depth: u8) -> Option<Vec<u8>> {
 }
 
 /// conninfo redacts `password=value` (value bare, or quoted with backslash escapes), the
-/// same for the other keywords conninfo_secret names, and the password of
-/// `postgres[ql]://user:password@host` URIs.
+/// same for the other keywords conninfo_secret names, and in `postgres[ql]://` URIs the
+/// password of `user:password@host` and the values of such keywords among the parameters.
 fn conninfo(s: &[u8]) -> Option<Vec<u8>> {
     let mut out = Out::default();
     let mut i = 0;
     while let Some(&b) = s.get(i) {
         let rest = &s[i..];
-        let secret = if starts_ci(rest, b"postgresql://") {
-            uri_password(s, i + 13)
-        } else if starts_ci(rest, b"postgres://") {
-            uri_password(s, i + 11)
-        } else if ident_start(b) && (i == 0 || !ident_char(s[i - 1])) {
+        let scheme = [&b"postgresql://"[..], b"postgres://"]
+            .into_iter()
+            .find(|w| starts_ci(rest, w));
+        if let Some(w) = scheme {
+            let (secrets, end) = uri_secrets(s, i + w.len());
+            for r in secrets {
+                if !s[r.start..].starts_with(REDACTED) {
+                    out.put(s, r, REDACTED);
+                }
+            }
+            i = end;
+            continue;
+        }
+        let secret = if ident_start(b) && (i == 0 || !ident_char(s[i - 1])) {
             let end = find(s, i, |c| !ident_char(c));
             conninfo_secret(&s[i..end])
                 .then(|| keyword_value(s, end))
@@ -700,10 +720,58 @@ fn keyword_value(s: &[u8], k: usize) -> Option<Range<usize>> {
     Some(start..s.len())
 }
 
-fn uri_password(s: &[u8], k: usize) -> Option<Range<usize>> {
-    let at = find(s, k, |c| b"@/?#'".contains(&c) || c.is_ascii_whitespace());
-    let colon = find(&s[..at], k, |c| c == b':');
-    (s.get(at) == Some(&b'@') && at > colon + 1).then_some(colon + 1..at)
+/// uri_secrets returns the secrets of the URI whose scheme ends at `k`, in order, and where
+/// the URI ends (a blank or a quote): the password of its user info, and the values of its
+/// parameters whose name, percent-decoded as libpq decodes it, conninfo_secret names.
+fn uri_secrets(s: &[u8], k: usize) -> (Vec<Range<usize>>, usize) {
+    let end = find(s, k, |c| c == b'\'' || c.is_ascii_whitespace());
+    let uri = &s[..end];
+    let mut secrets = Vec::new();
+    let at = find(uri, k, |c| b"@/?#".contains(&c));
+    let colon = find(&uri[..at], k, |c| c == b':');
+    if uri.get(at) == Some(&b'@') && at > colon + 1 {
+        secrets.push(colon + 1..at);
+    }
+    let mut p = find(uri, k, |c| c == b'?');
+    while p < end {
+        let key_end = find(uri, p + 1, |c| c == b'=' || c == b'&');
+        let value_end = find(uri, key_end, |c| c == b'&');
+        if uri.get(key_end) == Some(&b'=')
+            && value_end > key_end + 1
+            && conninfo_secret(&percent_decoded(&uri[p + 1..key_end]))
+        {
+            secrets.push(key_end + 1..value_end);
+        }
+        p = value_end;
+    }
+    (secrets, end)
+}
+
+/// percent_decoded undoes `%XX` escapes (a malformed one is kept as it is).
+fn percent_decoded(s: &[u8]) -> Cow<'_, [u8]> {
+    if !s.contains(&b'%') {
+        return Cow::Borrowed(s);
+    }
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut v = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match (
+            s[i],
+            s.get(i + 1).and_then(|&c| hex(c)),
+            s.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                v.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                v.push(c);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(v)
 }
 
 #[cfg(test)]
@@ -744,6 +812,12 @@ SELECT f('password=''unterminated') => SELECT f('password=<REDACTED>')
 SELECT f('postgresql://user:secret@host/db') => SELECT f('postgresql://user:<REDACTED>@host/db')
 SELECT f('x POSTGRES://u:s:t@h') => SELECT f('x POSTGRES://u:<REDACTED>@h')
 SELECT f('postgresql://user@host/db', 'postgres://h:5432/db', 'postgres', 'password_x=1')
+SELECT f('postgresql://h/db?%70assword=S14&sslmode=require') => SELECT f('postgresql://h/db?%70assword=<REDACTED>&sslmode=require')
+SELECT f('postgres://u@h?sslmode=require&PASSWORD=S14&x=%2', 'postgresql://h?ss%6cpassword=S14') => SELECT f('postgres://u@h?sslmode=require&PASSWORD=<REDACTED>&x=%2', 'postgresql://h?ss%6cpassword=<REDACTED>')
+SELECT f('postgresql://u:S14@h/d?password=S14 password=S14') => SELECT f('postgresql://u:<REDACTED>@h/d?password=<REDACTED> password=<REDACTED>')
+SELECT f('postgresql://h?password=&passfile=%2fp', 'postgresql://h?%70%61%73%73%77%6f%72%64') => SELECT f('postgresql://h?password=&passfile=%2fp', 'postgresql://h?%70%61%73%73%77%6f%72%64')
+CREATE SERVER s FOREIGN DATA WRAPPER odbc_fdw OPTIONS (odbc_PWD 'S15', pwd 'S15', credentials 'S15', "Credential_File" 'S15') => CREATE SERVER s FOREIGN DATA WRAPPER odbc_fdw OPTIONS (odbc_PWD '<REDACTED>', pwd '<REDACTED>', credentials '<REDACTED>', "Credential_File" '<REDACTED>')
+ALTER SERVER s OPTIONS (SET pwd 'S15') => ALTER SERVER s OPTIONS (SET pwd '<REDACTED>')
 DO $$ BEGIN EXECUTE 'ALTER ROLE carol PASSWORD ''dosecret13'''; END $$ => DO $$ BEGIN EXECUTE 'ALTER ROLE carol PASSWORD ''<REDACTED>'''; END $$
 DO $$ BEGIN ALTER ROLE carol PASSWORD 'x'; END $$ => DO $$ BEGIN ALTER ROLE carol PASSWORD '<REDACTED>'; END $$
 DO $f$ BEGIN EXECUTE E'ALTER ROLE c PASSWORD \'s\''; END $f$ => DO $f$ BEGIN EXECUTE E'ALTER ROLE c PASSWORD ''<REDACTED>'''; END $f$
@@ -829,7 +903,7 @@ SELECT f(U&'d\0061t', E'a\tb', 'a\b', 'user=u key=k', 'x', U&"a\0061")
             let q = line.split(" => ").next().unwrap().replace('⏎', "\n");
             (0..=q.len()).for_each(|n| check(&q.as_bytes()[..n]));
         }
-        let pieces = b"'|''|E'|e'|\\|$|$a$|\"|/*|*/|--|\n| PASSWORD |pass|word|=|postgres://u:p@|postgresql://|\xff|\\x70|U&'|u&\"| UESCAPE '!'|!0070|ALTER ROLE |create user | mapping for |CREATE SERVER s OPTIONS (| foreign | data wrapper |import |subscription | key |token|secret|)|(|;| VALID UNTIL |N'|x|a| |,|sslpassword=|host=h";
+        let pieces = b"'|''|E'|e'|\\|$|$a$|\"|/*|*/|--|\n| PASSWORD |pass|word|=|postgres://u:p@|postgresql://|?|&|%70|pwd|credential|\xff|\\x70|U&'|u&\"| UESCAPE '!'|!0070|ALTER ROLE |create user | mapping for |CREATE SERVER s OPTIONS (| foreign | data wrapper |import |subscription | key |token|secret|)|(|;| VALID UNTIL |N'|x|a| |,|sslpassword=|host=h";
         for q in random_texts(pieces, 0x9e37_79b9, 200_000, 12) {
             check(&q);
         }
