@@ -916,16 +916,7 @@ fn spill_files(c: &Cluster) -> Vec<String> {
 }
 
 fn state_file(c: &Cluster) -> String {
-    let out = Command::new("sudo")
-        .args([
-            "-u",
-            "postgres",
-            "cat",
-            &format!("{}/data/activity_log.state", c.dir),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    data_file(c, "activity_log.state")
 }
 
 /// The trail of `app` as (kind, status, command, new_row, reason), in id order.
@@ -1572,6 +1563,40 @@ fn crash_gaps_not_yet_recorded_survive_a_clean_stop() {
     assert_eq!(c.sql("app", gaps), both);
     assert_eq!(c.sql("beta", gaps), both);
     assert_eq!(c.sql("gamma", gaps), Vec::<String>::new());
+    assert_eq!(data_file(&c, "activity_log.owed"), "");
+
+    // A writer killed after it stored an owed record, before it removed it from the file, is
+    // followed by one that finds the record in its trail: no second one.
+    let beta = c.one(
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'beta'",
+    );
+    let first = c.one(
+        "beta",
+        "SELECT details->>'shared_memory_started_at_us' FROM activity_log.events WHERE status = 'gap' ORDER BY id LIMIT 1",
+    );
+    let line = format!(
+        r#"{{"db":{beta},"shared_memory_started_at_us":{first},"reason":"{kept}","crash_restarts":1,"unclean_stop":false}}"#
+    );
+    as_postgres(&format!("echo '{line}' > {}/data/activity_log.owed", c.dir));
+    let writer = c.wait_for_writer("beta", None);
+    c.sql(
+        "postgres",
+        &format!("SELECT pg_terminate_backend({writer})"),
+    );
+    c.wait_for_writer("beta", Some(writer));
+    c.flush("beta");
+    assert_eq!(c.sql("beta", gaps), both);
+    assert_eq!(data_file(&c, "activity_log.owed"), "");
+}
+
+/// A file of the server's data directory, trimmed; empty when there is none.
+fn data_file(c: &Cluster, name: &str) -> String {
+    let out = Command::new("sudo")
+        .args(["-u", "postgres", "cat", &format!("{}/data/{name}", c.dir)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A writer that dies by a FATAL leaves its message in `activity_log.queue.last_error` (it

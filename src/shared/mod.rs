@@ -4,7 +4,7 @@
 //! (src/ring/), which carry records and nothing else. It owns:
 //! - this shared memory's identity: when it was initialised and how many crash-restarts
 //!   preceded it; whether the previous run stopped with records left in a ring (the crash
-//!   state file, state_file.rs), and the gap records that owes the trails (owed.rs);
+//!   state file, state_file.rs), and the gap records owed to the trails (owed.rs);
 //! - where the launcher is (pid and proc number), so that anyone can wake it;
 //! - records lost because their database had no ring and could not stage them;
 //! - the per-backend staging table of transactions staged without an announcement
@@ -14,7 +14,8 @@
 //! backends, the launcher and writers read and write it. Everything after initialisation is an
 //! atomic or a latch: no lock, no `palloc`, no `ereport`, no panic, so all of it is callable
 //! from a commit or abort path, except [`wait_a_moment`], which serves interrupts (a cancel
-//! raises an ERROR there). Must not know about rings: src/ring/ uses this module, never the
+//! raises an ERROR there), and owed.rs, which reads and writes a file and logs (the launcher,
+//! writers and CREATE DATABASE call it, never a commit path). Must not know about rings: src/ring/ uses this module, never the
 //! other way round.
 
 use pgrx::pg_sys;

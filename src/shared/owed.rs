@@ -155,8 +155,8 @@ pub fn owe(dboid: u32, reason: String, start_only: bool) {
 }
 
 /// settle_databases gives each incident owed to every database to those of `existing` that
-/// have not stored it, and drops what databases not in `existing` owe (they were dropped);
-/// the launcher calls it when it starts, before it starts any writer.
+/// have not stored it, and drops what databases not in `existing` owe (dropped ones, and
+/// templates); the launcher calls it when it starts, before it starts any writer.
 pub fn settle_databases(existing: &[u32]) {
     update(|lines| {
         let mut settled = Vec::with_capacity(lines.len());

@@ -53,8 +53,11 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
 
     discard_dropped_databases();
     // Before any writer starts: the databases that exist now are those owed the gap records
-    // of incidents before this start.
-    shared::settle_databases(&existing_databases());
+    // of incidents before this start; not templates, where no writer runs to remove them
+    // (template0, template1 without the extension).
+    shared::settle_databases(&scan_databases(|db| {
+        !db.datistemplate && db.datconnlimit != pg_sys::DATCONNLIMIT_INVALID_DB
+    }));
     for dboid in connectable_databases() {
         ring::note_waiting(dboid);
     }
