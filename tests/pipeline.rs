@@ -1485,7 +1485,8 @@ fn a_crash_restart_keeps_the_committed_records_of_the_ring() {
 /// (src/shared/owed.rs): here two crash-restarts while `app`'s writer cannot connect, then a
 /// clean stop; `app` gets exactly the two crash records when its writer runs again, `beta`
 /// (whose writer ran) exactly the two it wrote at once, a database created after the crashes
-/// none, and the records committed before and between them are all kept.
+/// none, nor one that had no extension then (and no writer to say so: review of G6, F4), and
+/// the records committed before and between them are all kept.
 #[test]
 fn crash_gaps_not_yet_recorded_survive_a_clean_stop() {
     let c = Cluster::start(
@@ -1497,6 +1498,9 @@ fn crash_gaps_not_yet_recorded_survive_a_clean_stop() {
     );
     with_extension(&c, "app");
     with_extension(&c, "beta");
+    // A database without the extension, and without a writer to say so.
+    c.sql("postgres", "CREATE DATABASE late");
+    c.sql("postgres", "ALTER DATABASE late ALLOW_CONNECTIONS false");
     c.sql(
         "app",
         "CREATE TABLE a (id int PRIMARY KEY); SELECT activity_log.track('a'); INSERT INTO a VALUES (1)",
@@ -1539,11 +1543,12 @@ fn crash_gaps_not_yet_recorded_survive_a_clean_stop() {
     writer_back(&c);
     c.flush("app");
     with_extension(&c, "gamma");
-    c.sql(
-        "gamma",
-        "SELECT activity_log.log_event('after the crashes')",
-    );
-    for db in ["beta", "gamma"] {
+    c.sql("postgres", "ALTER DATABASE late ALLOW_CONNECTIONS true");
+    with_extension(&c, "late");
+    for db in ["gamma", "late"] {
+        c.sql(db, "SELECT activity_log.log_event('after the crashes')");
+    }
+    for db in ["beta", "gamma", "late"] {
         c.wait_for_writer(db, None);
         c.flush(db);
     }
@@ -1562,7 +1567,10 @@ fn crash_gaps_not_yet_recorded_survive_a_clean_stop() {
     let both = [format!("1|false|{kept}"), format!("2|false|{kept}")];
     assert_eq!(c.sql("app", gaps), both);
     assert_eq!(c.sql("beta", gaps), both);
-    assert_eq!(c.sql("gamma", gaps), Vec::<String>::new());
+    // Trails begun after the crashes owe nothing for them.
+    for db in ["gamma", "late"] {
+        assert_eq!(c.sql(db, gaps), Vec::<String>::new(), "{db}");
+    }
     assert_eq!(data_file(&c, "activity_log.owed"), "");
 
     // A writer killed after it stored an owed record, before it removed it from the file, is
@@ -1597,6 +1605,63 @@ fn data_file(c: &Cluster, name: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A base backup started again before it read its backup_label (its first start waited for
+/// WAL from a primary it could not reach, and was stopped) is still the same copy: its trail
+/// gets one record of the backup, not one per start (review of G6, F1: the first start's was
+/// kept in activity_log.owed, and the second start added its own).
+#[test]
+fn a_base_backup_started_again_before_it_read_its_label_owes_one_record() {
+    let c = Cluster::start(
+        "labelprimary",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "wal_keep_size = 256",
+        ],
+    );
+    with_extension(&c, "app");
+    c.sql("app", "SELECT activity_log.log_event('before the backup')");
+    c.flush("app");
+    let standby = c.base_backup("labelstandby", "none");
+    let connect_to = |conninfo: &str| {
+        as_postgres(&format!(
+            "echo \"primary_conninfo = '{conninfo}'\" >> {}/data/postgresql.auto.conf",
+            standby.dir
+        ))
+    };
+    connect_to("host=/nonexistent port=1");
+    assert!(standby.pg_ctl(&["-W", "start"]));
+    let waiting = wait_until(Duration::from_secs(60), || {
+        standby
+            .log()
+            .contains("could not connect to the primary server")
+            .then_some(())
+    });
+    assert!(waiting.is_some(), "{}", standby.log());
+    assert!(standby.pg_ctl(&["-m", "fast", "stop"]));
+    assert!(data_file(&standby, "backup_label").starts_with("START WAL LOCATION"));
+    connect_to(&format!("host={} port={} user=postgres", c.dir, c.port));
+    assert!(standby.pg_ctl(&["start"]));
+    assert!(standby.pg_ctl(&["promote"]));
+    standby.wait_for_writer("app", None);
+    standby.sql(
+        "app",
+        "SELECT activity_log.log_event('after the promotion')",
+    );
+    standby.flush("app");
+    assert_eq!(
+        standby.sql(
+            "app",
+            "SELECT coalesce(command, '-'), coalesce(left(details->>'reason', 54), '-')
+               FROM activity_log.events WHERE kind = 'event' OR status = 'gap' ORDER BY id"
+        ),
+        [
+            "before the backup|-",
+            "GAP|this data directory is a base backup of another server",
+            "after the promotion|-",
+        ]
+    );
 }
 
 /// A writer that dies by a FATAL leaves its message in `activity_log.queue.last_error` (it

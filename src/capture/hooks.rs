@@ -556,6 +556,8 @@ unsafe fn after_utility(
         };
         let cid = pg_sys::GetCurrentCommandId(false);
         if created_extension && crate::ring::is_initialised() {
+            // A trail that begins now owes no gap record of what happened before.
+            crate::shared::forgive(pg_sys::MyDatabaseId.to_u32());
             restore::after_create_extension(capturing());
         }
         if pgrx::is_a(stmt, pg_sys::NodeTag::T_CopyStmt) {

@@ -111,7 +111,8 @@ impl PgSharedMemoryInitialization for Shmem {
                     // At the first start: what the previous run of the server lost; after a
                     // crash-restart: what the release of the shared memory before it lost.
                     // Each trail is owed a gap record of it; a crash-restart gets one even
-                    // when it lost nothing, as the moment the server's processes were killed.
+                    // when it lost nothing, as the moment the server's processes were killed,
+                    // except on a standby, which captures nothing then.
                     let restarted = INIT_COUNT > 1;
                     let loss = if restarted {
                         LAST_RELEASE
@@ -127,6 +128,7 @@ impl PgSharedMemoryInitialization for Shmem {
                     };
                     let reason = match (restarted, &loss) {
                         (true, Some(l)) => Some(format!("the server restarted after a crash; {l}")),
+                        (true, None) if recovery_signal().is_some() => None,
                         (true, None) => Some("the server restarted after a crash; the committed records that were in shared memory were kept".to_string()),
                         (false, l) => l.clone(),
                     };

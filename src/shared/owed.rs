@@ -14,7 +14,9 @@
 //!   database created later owes nothing for an earlier incident) and drops the lines of
 //!   databases that no longer exist ([`settle_databases`]);
 //! - a writer stores its database's lines as gap records ([`owed_to`]), then removes them
-//!   ([`paid`]); a writer whose database has no trail removes them unstored ([`forgive`]).
+//!   ([`paid`]); a writer whose database has no trail removes them unstored, and so do CREATE
+//!   DATABASE (a new database may take a dropped one's oid) and CREATE EXTENSION (a new trail)
+//!   ([`forgive`]).
 //!
 //! One JSON object per line (JSON lines, read with serde_json). A gap record owed is known by
 //! its reason and the time shared memory was made when it was noted
@@ -22,8 +24,9 @@
 //! its trail holds already (a writer killed between its commit and [`paid`], a copy of a
 //! primary whose file it copied).
 //! Plain file I/O under an advisory lock (flock) of `activity_log.owed.lock`; a failure is
-//! logged, never raised. Runs in the postmaster (no other process exists then), the launcher
-//! and writers; never in a backend's path.
+//! logged, never raised, and a file that cannot be read is left as it is. Runs in the
+//! postmaster (no other process exists then), the launcher, writers, and backends running
+//! CREATE DATABASE or CREATE EXTENSION; never in a commit path.
 
 use pgrx::prelude::*;
 use serde_json::{Value, json};
@@ -36,6 +39,10 @@ const LOCK_FILE: &str = "activity_log.owed.lock";
 /// writer cannot run (one that refuses connections, template0) must not grow the file without
 /// end. The oldest go first; 64 incidents before a writer runs again is far past any real case.
 const KEEP_PER_DATABASE: usize = 64;
+
+/// Times after 2000-01-01 and before 2200 (in µs from PostgreSQL's epoch) are times a line can
+/// hold.
+const PLAUSIBLE_US: i64 = 200 * 366 * 86_400 * 1_000_000;
 
 /// A gap record owed: by one database, or by every database for an incident.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,8 +90,11 @@ impl Owed {
         v.to_string()
     }
 
-    fn from_line(line: &str) -> Option<Owed> {
-        let v: Value = serde_json::from_str(line).ok()?;
+    /// from_line reads a line as [`Owed::to_line`] wrote it; None for anything else, also for
+    /// values the writer's SQL would refuse (a time out of PostgreSQL's range, a NUL in the
+    /// reason), so that a line edited by hand is skipped, not a writer made to fail.
+    fn from_line(line: &[u8]) -> Option<Owed> {
+        let v: Value = serde_json::from_slice(line).ok()?;
         let oid = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
         Some(Owed {
             db: match &v["db"] {
@@ -95,8 +105,13 @@ impl Owed {
                 .as_array()
                 .map(|a| a.iter().filter_map(oid).collect())
                 .unwrap_or_default(),
-            started_at_us: v["shared_memory_started_at_us"].as_i64()?,
-            reason: v["reason"].as_str()?.to_string(),
+            started_at_us: v["shared_memory_started_at_us"]
+                .as_i64()
+                .filter(|t| (0..=PLAUSIBLE_US).contains(t))?,
+            reason: v["reason"]
+                .as_str()
+                .filter(|r| !r.contains('\0'))?
+                .to_string(),
             incident: match (&v["crash_restarts"], &v["unclean_stop"]) {
                 (Value::Null, Value::Null) => None,
                 (c, u) => Some(Incident {
@@ -123,7 +138,13 @@ impl Owed {
 pub(super) fn new_shared_memory(started_at_us: i64, incident: Option<(Incident, String)>) {
     update(|lines| {
         lines.retain(|o| !o.start_only);
-        if let Some((incident, reason)) = incident {
+        // A base backup started again before it read its backup_label (its first start waited
+        // for WAL, say) is the same copy: its record is owed once.
+        let again = |reason: &str| {
+            super::started_from_base_backup()
+                && lines.iter().any(|o| o.db.is_none() && o.reason == reason)
+        };
+        if let Some((incident, reason)) = incident.filter(|(_, r)| !again(r)) {
             lines.push(Owed {
                 db: None,
                 done: Vec::new(),
@@ -185,7 +206,11 @@ pub fn settle_databases(existing: &[u32]) {
 /// owed_to lists what database `dboid` owes, oldest first.
 pub fn owed_to(dboid: u32) -> Vec<Owed> {
     let _lock = lock();
-    read().into_iter().filter(|o| o.owed_by(dboid)).collect()
+    read()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o.owed_by(dboid))
+        .collect()
 }
 
 /// paid removes the lines of `owed` from what `dboid` owes, once its trail holds their
@@ -216,10 +241,13 @@ fn settle_for(dboid: u32, settles: impl Fn(&Owed) -> bool) {
     });
 }
 
-/// update changes the file's lines under the lock, and writes them back when they changed.
+/// update changes the file's lines under the lock, and writes them back when they changed;
+/// nothing when the file cannot be read (it is not replaced by what could be read of it).
 fn update(change: impl FnOnce(&mut Vec<Owed>)) {
     let _lock = lock();
-    let before = read();
+    let Some(before) = read() else {
+        return;
+    };
     let mut lines = before.clone();
     change(&mut lines);
     trim(&mut lines);
@@ -246,27 +274,32 @@ fn trim(lines: &mut Vec<Owed>) {
     lines.retain(|_| k.next().unwrap_or(true));
 }
 
-/// read returns the file's lines; none when it is missing. A line that does not parse (the
-/// file was edited by hand) is logged and skipped.
-fn read() -> Vec<Owed> {
-    let text = match std::fs::read_to_string(OWED_FILE) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+/// read returns the file's lines; none when it is missing, None when it cannot be read. A
+/// line that does not parse (the file was edited by hand) is logged and skipped.
+fn read() -> Option<Vec<Owed>> {
+    let bytes = match std::fs::read(OWED_FILE) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Vec::new()),
         Err(e) => {
             log!("activity_log: could not read {OWED_FILE}: {e}");
-            return Vec::new();
+            return None;
         }
     };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
+    let lines = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
         .filter_map(|l| {
             let o = Owed::from_line(l);
             if o.is_none() {
-                log!("activity_log: skipped a line of {OWED_FILE} that is not an owed gap record: {l}");
+                log!(
+                    "activity_log: skipped a line of {OWED_FILE} that is not an owed gap record: {}",
+                    String::from_utf8_lossy(l)
+                );
             }
             o
         })
-        .collect()
+        .collect();
+    Some(lines)
 }
 
 /// lock takes the file lock for as long as the returned file lives; None (and a log line)
@@ -309,15 +342,32 @@ mod tests {
     #[test]
     fn a_line_reads_back_as_written() {
         let mut o = incident(7);
-        assert_eq!(Owed::from_line(&o.to_line()), Some(o.clone()));
+        let read = |o: &Owed| Owed::from_line(o.to_line().as_bytes());
+        assert_eq!(read(&o), Some(o.clone()));
         o.db = Some(5);
         o.done = vec![1, 2];
-        assert_eq!(Owed::from_line(&o.to_line()), Some(o.clone()));
+        assert_eq!(read(&o), Some(o.clone()));
         o.incident = None;
         o.start_only = true;
-        assert_eq!(Owed::from_line(&o.to_line()), Some(o));
-        assert_eq!(Owed::from_line("{\"db\": -1}"), None);
-        assert_eq!(Owed::from_line("garbage"), None);
+        assert_eq!(read(&o), Some(o.clone()));
+        for bad in [
+            &b"{\"db\": -1}"[..],
+            b"garbage",
+            b"\xe9t\xe9",
+            br#"{"db":5,"shared_memory_started_at_us":9223372036854775807,"reason":"r"}"#,
+            br#"{"db":5,"shared_memory_started_at_us":-1,"reason":"r"}"#,
+            br#"{"db":5,"shared_memory_started_at_us":7,"reason":"a\u0000b"}"#,
+        ] {
+            assert_eq!(
+                Owed::from_line(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(
+            Owed::from_line(br#"{"db":5,"shared_memory_started_at_us":7,"reason":"r"}"#).is_some()
+        );
     }
 
     #[test]

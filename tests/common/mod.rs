@@ -56,6 +56,14 @@ impl Cluster {
     /// standby_of makes a streaming standby of this cluster with pg_basebackup (`-R`: its
     /// data directory gets standby.signal and the connection) and starts it.
     pub fn standby_of(&self, name: &str) -> Cluster {
+        let standby = self.base_backup(name, "stream");
+        assert!(standby.pg_ctl(&["start"]), "could not start standby {name}");
+        standby
+    }
+
+    /// base_backup makes a standby of this cluster as standby_of does, with the WAL method
+    /// `wal` (`-X stream`, or `none`: it needs the primary to start), and leaves it stopped.
+    pub fn base_backup(&self, name: &str, wal: &str) -> Cluster {
         let port = 55000
             + (std::process::id() % 50) as u16 * 40
             + NEXT_PORT.fetch_add(1, Ordering::Relaxed);
@@ -85,7 +93,7 @@ impl Cluster {
             &data,
             "-R",
             "-X",
-            "stream",
+            wal,
         ]);
         // The last setting of a name in postgresql.conf wins.
         as_postgres(&[
@@ -95,9 +103,7 @@ impl Cluster {
                 "printf \"port = {port}\\nunix_socket_directories = '{dir}'\\n\" >> {data}/postgresql.conf"
             ),
         ]);
-        let standby = Cluster { dir, port };
-        assert!(standby.pg_ctl(&["start"]), "could not start standby {name}");
-        standby
+        Cluster { dir, port }
     }
 
     /// client is a PostgreSQL client program (pgbench, pg_dump …) connected to this cluster's
