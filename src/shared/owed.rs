@@ -139,12 +139,14 @@ pub(super) fn new_shared_memory(started_at_us: i64, incident: Option<(Incident, 
     update(|lines| {
         lines.retain(|o| !o.start_only);
         // A base backup started again before it read its backup_label (its first start waited
-        // for WAL, say) is the same copy: its record is owed once.
-        let again = |reason: &str| {
-            super::started_from_base_backup()
-                && lines.iter().any(|o| o.db.is_none() && o.reason == reason)
+        // for WAL, say) is the same copy: its record is owed once. Only its first shared
+        // memory: a crash-restart is an incident of its own, whatever its reason says.
+        let again = |(incident, reason): &(Incident, String)| {
+            incident.crash_restarts == 0
+                && super::started_from_base_backup()
+                && lines.iter().any(|o| o.db.is_none() && o.reason == *reason)
         };
-        if let Some((incident, reason)) = incident.filter(|(_, r)| !again(r)) {
+        if let Some((incident, reason)) = incident.filter(|i| !again(i)) {
             lines.push(Owed {
                 db: None,
                 done: Vec::new(),
@@ -176,8 +178,8 @@ pub fn owe(dboid: u32, reason: String, start_only: bool) {
 }
 
 /// settle_databases gives each incident owed to every database to those of `existing` that
-/// have not stored it, and drops what databases not in `existing` owe (dropped ones, and
-/// templates); the launcher calls it when it starts, before it starts any writer.
+/// have not stored it, and drops what databases not in `existing` owe (they were dropped);
+/// the launcher calls it when it starts, before it starts any writer.
 pub fn settle_databases(existing: &[u32]) {
     update(|lines| {
         let mut settled = Vec::with_capacity(lines.len());

@@ -53,11 +53,10 @@ pub extern "C-unwind" fn al_launcher_main(_arg: pg_sys::Datum) {
 
     discard_dropped_databases();
     // Before any writer starts: the databases that exist now are those owed the gap records
-    // of incidents before this start; not templates, where no writer runs to remove them
-    // (template0, template1 without the extension).
-    shared::settle_databases(&scan_databases(|db| {
-        !db.datistemplate && db.datconnlimit != pg_sys::DATCONNLIMIT_INVALID_DB
-    }));
+    // of incidents before this start. Templates too: a database's owner may mark it one, and
+    // must not keep its trail's records out so; where no writer ever runs (template0), the
+    // lines stay, up to the file's cap.
+    shared::settle_databases(&existing_databases());
     for dboid in connectable_databases() {
         ring::note_waiting(dboid);
     }
