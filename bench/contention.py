@@ -53,7 +53,6 @@ MODES = ["none", "activity_log", PAUSED, PK_ONLY, IDLE, STORING, STORING_PK, BUR
 # The sessions beside pgbench in the last three modes (in database storing): the table each
 # stores into, None for the one that only burns CPU.
 BESIDE = {STORING: "storing_floor", STORING_PK: "storing_floor_bare", BURNING: None}
-SECONDARY = ["_row_key_idx", "_table_idx", "_new_key_idx", "_gap_idx", "_ts_brin"]  # each partition's
 STATEMENTS = [
     ("UPDATE pgbench_accounts", "UPDATE accounts"),
     ("SELECT abalance", "SELECT accounts"),
@@ -187,13 +186,7 @@ def run(cluster, mode, seconds):
     psql = cluster.psql
     pc.set_mode(cluster, "activity_log" if mode.startswith("activity_log") else "none")
     if mode == PK_ONLY:
-        # Each partition has its own indexes: keep their definitions to build them again.
-        suffixes = ", ".join(f"'{i}'" for i in SECONDARY)
-        secondary = psql(f"""SELECT format('activity_log.%I', c.relname) || ' ' || pg_get_indexdef(c.oid)
-                              FROM pg_partition_tree('activity_log.events') p JOIN pg_class t ON t.oid = p.relid
-                              JOIN pg_index i ON i.indrelid = t.oid JOIN pg_class c ON c.oid = i.indexrelid
-                             WHERE p.isleaf AND substr(c.relname, length(t.relname) + 1) IN ({suffixes})""").splitlines()
-        psql("DROP INDEX " + ", ".join(line.split(" ", 1)[0] for line in secondary))
+        remake = pc.drop_trail_indexes(cluster, pc.TRAIL_INDEXES)
     writer_pid = psql("SELECT writer_pid FROM activity_log.queue")
     if mode == IDLE:
         subprocess.run(["chrt", "--idle", "-p", "0", writer_pid], check=True)
@@ -227,7 +220,7 @@ def run(cluster, mode, seconds):
     if mode.startswith("activity_log"):
         lag = pc.check_trail(cluster, cpu["transactions"])
     if mode == PK_ONLY:
-        psql("; ".join(line.split(" ", 1)[1] for line in secondary))
+        psql(remake)
     return {"tps": tps, "lag99": lag[1], **cpu, **times}
 
 

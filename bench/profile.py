@@ -51,9 +51,23 @@ def server_pids(cluster):
     """The postmaster's and its auxiliary processes' pids (every one that is no client backend)."""
     rows = cluster.psql("SELECT pid, backend_type FROM pg_stat_activity WHERE backend_type <> 'client backend'")
     pids = {int(pid): kind for pid, kind in (r.split("|") for r in rows.splitlines())}
-    with open(f"{DIR}/data/postmaster.pid") as f:
+    with open(f"{cluster.dir}/data/postmaster.pid") as f:
         pids[int(f.readline())] = "postmaster"
     return pids
+
+
+def role(comm, pid, known, writer):
+    """What a sampled process is, among ROLES (pgbench's connections are the only client
+    backends during a run)."""
+    if pid == 0:
+        return "idle"
+    if pid == writer:
+        return "writer"
+    if known.get(pid) == "walwriter":
+        return "walwriter"
+    if pid in known:
+        return "other postgres"
+    return {"postgres": "backends", "pgbench": "pgbench"}.get(comm, "rest")
 
 
 def profile(cluster, mode, seconds):
@@ -79,21 +93,7 @@ def profile(cluster, mode, seconds):
         if not m:
             continue
         comm, pid, sym, dso = m.group(1), int(m.group(2)), m.group(3) or "[unknown]", m.group(4)
-        if pid == 0:
-            role = "idle"
-        elif pid == writer:
-            role = "writer"
-        elif known.get(pid) == "walwriter":
-            role = "walwriter"
-        elif pid in known:
-            role = "other postgres"
-        elif comm == "postgres":
-            role = "backends"  # pgbench's connections: the only client backends during the run
-        elif comm == "pgbench":
-            role = "pgbench"
-        else:
-            role = "rest"
-        samples[(role, layer(dso), sym, os.path.basename(dso))] += 1
+        samples[(role(comm, pid, known, writer), layer(dso), sym, os.path.basename(dso))] += 1
     return samples, usage["transactions"]
 
 
