@@ -40,6 +40,18 @@ def perf_works():
     return None if run.returncode == 0 else run.stderr.strip().splitlines()[-1]
 
 
+def perf_usable(script, smoke):
+    """Whether `script` can sample with perf; a smoke run where it cannot says so and is
+    skipped (a container without perf events), a real run stops."""
+    why_not = perf_works()
+    if why_not and smoke:
+        print(f"bench/{script}: skipped, perf cannot sample here: {why_not}")
+        return False
+    if why_not:
+        raise SystemExit(f"perf cannot sample here: {why_not}")
+    return True
+
+
 def layer(dso):
     if dso == "[kernel.kallsyms]":
         return "kernel"
@@ -104,12 +116,8 @@ def main():
     args = ap.parse_args()
     if args.smoke:
         args.seconds = 2
-    why_not = perf_works()
-    if why_not:
-        if args.smoke:
-            print(f"bench/profile.py: skipped, perf cannot sample here: {why_not}")
-            return
-        raise SystemExit(f"perf cannot sample here: {why_not}")
+    if not perf_usable("profile.py", args.smoke):
+        return
     install_release()
     cluster = Cluster(DIR, PORT, pc.SETTINGS)
     try:

@@ -32,7 +32,7 @@ import time
 import pgbench_compare as pc
 from benchlib import BIN, Cluster, install_release, machine, publish
 from latency import commit, quantile
-from profile import ROLES, perf_works, role, server_pids
+from profile import ROLES, perf_usable, role, server_pids
 
 DIR = "/tmp/al-bench-tail"
 PORT = 54490
@@ -140,12 +140,8 @@ def main():
     args = ap.parse_args()
     if args.smoke:
         args.seconds, args.rounds, args.rate = 3, 1, 200
-    why_not = perf_works()
-    if why_not:
-        if args.smoke:
-            print(f"bench/tail.py: skipped, perf cannot sample here: {why_not}")
-            return
-        raise SystemExit(f"perf cannot sample here: {why_not}")
+    if not perf_usable("tail.py", args.smoke):
+        return
     install_release()
     cluster = Cluster(DIR, PORT, SETTINGS)
     try:
