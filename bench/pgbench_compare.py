@@ -212,8 +212,8 @@ CREATE TABLE storing_floor_bare (LIKE activity_log.events INCLUDING DEFAULTS INC
 """
 
 
-# The trail's secondary indexes, by the suffix each partition's copy has (sql/bootstrap.sql,
-# _index_trail_partition); the primary key is the rest.
+# The trail's secondary indexes, as _trail_index_kind names them without their events_ (each
+# partition has its own: sql/bootstrap.sql, _index_trail_partition); the primary key is the rest.
 TRAIL_INDEXES = ["ts_brin", "row_key_idx", "table_idx", "new_key_idx", "gap_idx"]
 
 
@@ -221,12 +221,13 @@ def drop_trail_indexes(cluster, kinds):
     """Drops the trail's indexes of `kinds` (from TRAIL_INDEXES) from every partition; returns
     the statement that makes them again."""
     psql = cluster.psql
-    suffixes = ", ".join(f"'_{k}'" for k in kinds)
+    # By what each index is, not by its name: PostgreSQL names one when the usual name is taken.
+    wanted = ",".join(f"events_{k}" for k in kinds)
     # Each partition has its own indexes: keep their definitions to build them again.
-    rows = psql(f"""SELECT format('activity_log.%I', c.relname) || ' ' || pg_get_indexdef(c.oid)
-                      FROM pg_partition_tree('activity_log.events') p JOIN pg_class t ON t.oid = p.relid
-                      JOIN pg_index i ON i.indrelid = t.oid JOIN pg_class c ON c.oid = i.indexrelid
-                     WHERE p.isleaf AND substr(c.relname, length(t.relname) + 1) IN ({suffixes})""").splitlines()
+    rows = psql(f"""SELECT i.indexrelid::regclass || ' ' || pg_get_indexdef(i.indexrelid)
+                      FROM pg_partition_tree('activity_log.events') p JOIN pg_index i ON i.indrelid = p.relid
+                     WHERE p.isleaf AND activity_log._trail_index_kind(i.indexrelid) = ANY ('{{{wanted}}}')""").splitlines()
+    assert rows, f"the trail has no index of {kinds}"
     psql("DROP INDEX " + ", ".join(line.split(" ", 1)[0] for line in rows))
     return "; ".join(line.split(" ", 1)[1] for line in rows)
 

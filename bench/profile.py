@@ -33,8 +33,9 @@ LAYERS = ["kernel", "postgres", "activity_log.so", "libc", "rest"]
 def perf_works():
     """None when perf can sample this machine, else why not."""
     try:
-        run = subprocess.run(["perf", "record", "-e", "cpu-clock", "-o", "/dev/null", "true"],
-                             capture_output=True, text=True)
+        # As profile.py and tail.py sample: the whole machine, tail.py with CLOCK_MONOTONIC.
+        run = subprocess.run(["perf", "record", "-a", "-e", "cpu-clock", "-k", "CLOCK_MONOTONIC",
+                              "-o", "/dev/null", "--", "true"], capture_output=True, text=True)
     except FileNotFoundError:
         return "perf is not installed (Debian: linux-perf)"
     return None if run.returncode == 0 else run.stderr.strip().splitlines()[-1]
@@ -68,16 +69,17 @@ def server_pids(cluster):
     return pids
 
 
-def role(comm, pid, known, writer):
-    """What a sampled process is, among ROLES (pgbench's connections are the only client
-    backends during a run)."""
+def role(comm, pid, known, writer, backends=None):
+    """What a sampled process is, among ROLES. `backends`: the pids of pgbench's connections,
+    seen during the run; without it every other postgres process is taken for one of them
+    (an autovacuum worker started during the run included)."""
     if pid == 0:
         return "idle"
     if pid == writer:
         return "writer"
     if known.get(pid) == "walwriter":
         return "walwriter"
-    if pid in known:
+    if pid in known or comm == "postgres" and backends is not None and pid not in backends:
         return "other postgres"
     return {"postgres": "backends", "pgbench": "pgbench"}.get(comm, "rest")
 
