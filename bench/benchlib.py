@@ -3,6 +3,7 @@ release build of activity_log installed, and machine facts for the reports."""
 import os
 import random
 import subprocess
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,8 +57,14 @@ class Cluster:
         self.pg_ctl("restart", "-m", "fast")
 
     def stop(self):
+        """Stops the server and removes the cluster (a full run leaves gigabytes), unless an
+        exception is on its way out: then the directory stays, for its server.log."""
         subprocess.run(["sudo", "-u", "postgres", f"{BIN}/pg_ctl", "-D", f"{self.dir}/data", "-m", "immediate", "stop"],
                        stdout=subprocess.DEVNULL)
+        if sys.exc_info()[0] is None:
+            subprocess.run(["sudo", "rm", "-rf", self.dir], check=True)
+        else:
+            print(f"bench: the cluster is kept for its server log: {self.dir}", file=sys.stderr)
 
 
 def machine(cluster):

@@ -171,7 +171,6 @@ def main():
             monitor.terminate()
             monitor.wait()
         cluster.stop()
-        subprocess.run(["sudo", "rm", "-rf", DIR])
 
 
 if __name__ == "__main__":

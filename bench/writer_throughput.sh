@@ -12,7 +12,8 @@ PORT=54470
 ./dev install --release >/dev/null
 ./dev start-cluster "$DIR" "$PORT" "activity_log.capture_statements = 'none'" "activity_log.buffer_size = '256MB'" "activity_log.max_databases = 1"
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}  # as in ./dev (bench/run --pg N sets it)
-trap 'sudo -u postgres "$PG_BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null' EXIT
+# The cluster goes when the script succeeds; after a failure it stays, for its server.log.
+trap 'rc=$?; sudo -u postgres "$PG_BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null; [ $rc -ne 0 ] || sudo rm -rf "$DIR"' EXIT
 psql=("$PG_BIN/psql" -X -q -A -t -h "$DIR" -p "$PORT" -U postgres)
 "${psql[@]}" -c "CREATE EXTENSION activity_log"
 "${psql[@]}" -c "SELECT activity_log.flush()" >/dev/null
