@@ -2276,6 +2276,13 @@ GRANT EXECUTE ON FUNCTION activity_log._migration_plan(text, regclass), activity
     activity_log._lex(text), activity_log._domain_checks(oid[])
     TO activity_log_admin;
 
+-- What a PL/pgSQL function does, statement by statement, read by plpgsql's own compiler
+-- (issue 27's parser, src/plpgsql.rs): internal, for the trigger migration's analyzer.
+CREATE FUNCTION activity_log._plpgsql_facts("function" oid) RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'plpgsql_facts_wrapper';
+REVOKE EXECUTE ON FUNCTION activity_log._plpgsql_facts(oid) FROM PUBLIC;
+
 -- 0.1.0 left queue, workers and index_usage unreadable by activity_log_reader: a view's
 -- functions run as its reader, and these two were granted to nobody.
 GRANT EXECUTE ON FUNCTION activity_log._queue(), activity_log._trail_index_kind(oid) TO activity_log_reader;

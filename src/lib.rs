@@ -5,7 +5,8 @@
 //! → `activity_log.events`, read through the SQL surface in `api` and `sql/`.
 //! `record` is the byte format between capture and the writer; `gucs` holds every setting;
 //! `shared` is the shared memory that is not a ring (crash state, launcher, staging table);
-//! `process` says what kind of process this is (preloaded, one of our workers).
+//! `process` says what kind of process this is (preloaded, one of our workers); `plpgsql`
+//! reads PL/pgSQL bodies with plpgsql's own compiler for the trigger migration.
 
 mod api;
 mod capture;
@@ -13,6 +14,7 @@ mod errors;
 mod gucs;
 #[cfg(feature = "pg_test")]
 mod pg_tests;
+mod plpgsql;
 mod process;
 mod record;
 mod ring;

@@ -1599,3 +1599,170 @@ fn new_writes_call_names_and_search_paths_of_other_roles() {
          DELETE FROM public.w9 WHERE id = 2;",
     );
 }
+
+/// Issue 27's parser, first step: `_plpgsql_facts` reads a body with plpgsql's own compiler
+/// and each SQL statement with the core raw parser. The guards of a RAISE are the conditions of
+/// the branches around it (2ndQuadrant's TG_WHEN check, the ELSE of its TG_OP chain); a RETURN
+/// of a rewritten NEW, every form of writing NEW and what a statement writes are told apart as
+/// PostgreSQL parses them; a body that does not compile is an error value; only the extension's
+/// own code may call it.
+#[test]
+fn plpgsql_bodies_are_read_by_plpgsqls_own_compiler() {
+    let c = Cluster::start(
+        "migration-facts",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "facts");
+    c.sql("facts", include_str!("fixtures/audit_trigger_guards.sql"));
+    c.sql(
+        "facts",
+        include_str!("fixtures/temporal_tables_nochecks.sql"),
+    );
+    // One line per statement, in the body's order.
+    let statements = |function: &str, filter: &str, shown: &str| {
+        c.sql(
+            "facts",
+            &format!(
+                "SELECT {shown}
+                   FROM jsonb_array_elements(activity_log._plpgsql_facts('{function}'::regprocedure)->'statements') s
+                  WHERE {filter} ORDER BY (s->>'line')::int, s::text"
+            ),
+        )
+        .join("\n")
+    };
+    assert_eq!(
+        statements(
+            "audit.if_modified_func()",
+            "s->>'kind' = 'raise'",
+            "format('%s %s %s', s->>'line', s->>'level', s->'guards')"
+        ),
+        "11 exception [{\"cond\": \"TG_WHEN <> 'AFTER'\", \"holds\": true}]\n\
+         49 exception [{\"cond\": \"(TG_OP = 'UPDATE' AND TG_LEVEL = 'ROW')\", \"holds\": false}, \
+         {\"cond\": \"(TG_OP = 'DELETE' AND TG_LEVEL = 'ROW')\", \"holds\": false}, \
+         {\"cond\": \"(TG_OP = 'INSERT' AND TG_LEVEL = 'ROW')\", \"holds\": false}, \
+         {\"cond\": \"(TG_LEVEL = 'STATEMENT' AND TG_OP IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'))\", \"holds\": false}]"
+    );
+    assert_eq!(
+        statements(
+            "audit.if_modified_func()",
+            "s ? 'command'",
+            "format('%s %s %s %s', s->>'kind', s->>'command', s->'relation', s->'guards')"
+        ),
+        "sql INSERT {\"name\": \"logged_actions\", \"schema\": \"audit\"} []"
+    );
+    // temporal_tables: RETURN jsonb_populate_record(NEW, …) is a rewritten NEW.
+    assert_eq!(
+        statements(
+            "versioning()",
+            "s->>'kind' = 'return'",
+            "format('%s %s %s', s->>'line', s->>'returns', s->>'sql')"
+        ),
+        "26 old \n34 old \n36 new \n68 expression jsonb_populate_record(NEW, manipulate)\n70 old "
+    );
+    c.sql(
+        "facts",
+        "SET check_function_bodies = off;
+         CREATE FUNCTION forms() RETURNS trigger LANGUAGE plpgsql AS $$
+         DECLARE a int;
+         BEGIN
+           WITH x AS (DELETE FROM t RETURNING 1) SELECT count(*) FROM x;
+           WITH a AS (SELECT 1), b AS (WITH c AS (UPDATE t SET v = 1 RETURNING 1) SELECT * FROM c) SELECT 1;
+           NEW.v[1] := 3;
+           NEW.x.y := 4;
+           GET DIAGNOSTICS NEW.n = ROW_COUNT;
+           SELECT 1, 2 INTO a, NEW.z;
+           FOR NEW IN SELECT * FROM t LOOP RAISE 'x'; END LOOP;
+           CASE TG_OP WHEN 'INSERT' THEN RAISE EXCEPTION 'no'; END CASE;
+           INSERT INTO s.t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 1;
+           MERGE INTO m USING t ON true WHEN MATCHED THEN DELETE;
+           NOTIFY chan;
+           a := 1; SELECT 1 INTO a;
+           BEGIN
+             PERFORM 1;
+           EXCEPTION WHEN others THEN
+             RAISE WARNING 'w';
+           END;
+           RETURN NEW;
+         END $$;
+         CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSRT INTO x; END $$;
+         CREATE FUNCTION plain_sql() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+    );
+    assert_eq!(
+        statements(
+            "forms()",
+            "s ? 'command'",
+            "concat_ws(' ', s->>'line', s->>'kind', s->>'command', s->'relation', s->>'upsert', s->>'writes_in_with')"
+        ),
+        "4 sql SELECT true\n5 sql SELECT true\n9 sql SELECT false\n10 for SELECT false\n\
+         12 sql INSERT {\"name\": \"t\", \"schema\": \"s\"} true false\n\
+         13 sql MERGE {\"name\": \"m\", \"schema\": null} false\n14 sql NOTIFY false\n\
+         15 sql SELECT false\n17 perform SELECT false"
+    );
+    assert_eq!(
+        statements(
+            "forms()",
+            "(s->>'writes_new')::boolean",
+            "s->>'line' || ' ' || (s->>'kind')"
+        ),
+        "6 assign\n7 assign\n8 get diagnostics\n9 sql\n10 for"
+    );
+    // A RAISE in a loop, in a CASE branch (the value CASE compares is written in), the
+    // CASE_NOT_FOUND of a CASE without ELSE, one in an exception handler.
+    assert_eq!(
+        statements(
+            "forms()",
+            "s->>'kind' = 'raise'",
+            "concat_ws(' ', s->>'line', s->>'level', s->>'loop', s->>'handler', s->'guards', s->>'implicit')"
+        ),
+        "10 exception true false []\n\
+         11 exception false false [{\"cond\": \"(TG_OP) IN ('INSERT')\", \"holds\": false}] case not found\n\
+         11 exception false false [{\"cond\": \"(TG_OP) IN ('INSERT')\", \"holds\": true}]\n\
+         19 warning false true []"
+    );
+    assert_eq!(
+        c.one(
+            "facts",
+            "SELECT activity_log._plpgsql_facts('broken()'::regprocedure)"
+        ),
+        "{\"error\": \"\\\"x\\\" is not a known variable\"}"
+    );
+    let refused = c.run(
+        "facts",
+        "SELECT activity_log._plpgsql_facts('plain_sql()'::regprocedure)",
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("ERROR:  activity_log: function plain_sql() is written in sql, not PL/pgSQL"),
+        "{refused:?}"
+    );
+    // Nesting deeper than the guards kept: the outermost 32, and a flag.
+    let depth = 200;
+    c.sql(
+        "facts",
+        &format!(
+            "CREATE FUNCTION deep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {} RAISE 'x'; {} RETURN NEW; END $$",
+            "IF TG_OP = 'INSERT' THEN ".repeat(depth),
+            "END IF; ".repeat(depth)
+        ),
+    );
+    assert_eq!(
+        statements(
+            "deep()",
+            "s->>'kind' = 'raise'",
+            "jsonb_array_length(s->'guards') || ' ' || (s->>'guards_truncated')"
+        ),
+        "32 true"
+    );
+    // Internal: PUBLIC may not run it.
+    c.sql("facts", "CREATE ROLE someone LOGIN");
+    let denied = c.run_as(
+        "someone",
+        "facts",
+        "SELECT activity_log._plpgsql_facts('forms()'::regprocedure)",
+    );
+    assert!(
+        String::from_utf8_lossy(&denied.stderr)
+            .contains("permission denied for function _plpgsql_facts"),
+        "{denied:?}"
+    );
+}

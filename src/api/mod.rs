@@ -499,6 +499,13 @@ fn runs_user_code(relation: pg_sys::Oid) -> bool {
     crate::worker::decode::relation_runs_user_code(relation)
 }
 
+/// What a PL/pgSQL function does, statement by statement, as plpgsql's compiler and the raw
+/// parser read it (crate::plpgsql::facts): for the trigger migration's analyzer.
+#[pg_extern(name = "_plpgsql_facts", volatile, parallel_unsafe)]
+fn plpgsql_facts(function: pg_sys::Oid) -> pgrx::JsonB {
+    pgrx::JsonB(crate::plpgsql::facts(function))
+}
+
 /// Records lost because no ring was free for their database.
 #[pg_extern(name = "_dropped_unassigned")]
 fn dropped_unassigned() -> i64 {

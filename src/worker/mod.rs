@@ -16,7 +16,7 @@ mod maintain;
 mod map;
 pub mod rollup;
 mod store;
-mod subxact;
+pub(crate) mod subxact;
 mod suspects;
 pub mod writer;
 

@@ -1,7 +1,8 @@
 //! worker/subxact.rs: runs part of a worker's transaction in a subtransaction that is rolled
 //! back on ERROR, and tells caught errors apart (a transient one says nothing about the
 //! records). The writer's stages and the rollups use it to isolate a failure without losing
-//! the batch. Holds no state and calls into no other worker module.
+//! the batch; the PL/pgSQL reader (crate::plpgsql) to compile a body without keeping anything.
+//! Holds no state and calls into no other worker module.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -47,19 +48,29 @@ pub(super) fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
 pub(super) fn try_in_subtransaction(
     f: impl FnOnce(),
 ) -> Result<(), Box<pg_sys::panic::CaughtError>> {
+    subtransaction(f, true)
+}
+
+/// undone_in_subtransaction runs `f` in an internal subtransaction that is rolled back however
+/// it ends (what `f` did to the catalog, settings and memory is gone): `f` returns owned data.
+pub(crate) fn undone_in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    subtransaction(f, false).map_err(|e| error_message(&e))
+}
+
+fn subtransaction<T>(
+    f: impl FnOnce() -> T,
+    keep: bool,
+) -> Result<T, Box<pg_sys::panic::CaughtError>> {
     // SAFETY: the pattern PL/pgSQL uses for exception blocks: remember the memory context and
     // resource owner, and restore both whichever way the subtransaction ends.
     unsafe {
         let cxt = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-            f();
-            Ok(())
-        }))
-        .catch_others(|e| Err(Box::new(e)))
-        .execute();
-        if result.is_ok() {
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| Ok(f())))
+            .catch_others(|e| Err(Box::new(e)))
+            .execute();
+        if result.is_ok() && keep {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
