@@ -961,6 +961,39 @@ BEGIN
 END
 $$;
 
+-- What a PL/pgSQL function does, statement by statement, read by plpgsql's own compiler
+-- (issue 27's parser, src/plpgsql.rs): internal, for the trigger migration's analyzer.
+CREATE FUNCTION activity_log._plpgsql_facts("function" oid) RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'plpgsql_facts_wrapper';
+REVOKE EXECUTE ON FUNCTION activity_log._plpgsql_facts(oid) FROM PUBLIC;
+
+-- _plpgsql_side_effects lists what a PL/pgSQL trigger function (fired as tgtype says) does
+-- besides auditing, as plpgsql's own compiler reads it (_plpgsql_facts, issue 27's parser):
+-- 'modifies NEW' (any form of writing NEW or a field of it: assignment, INTO, FOR, FOREACH,
+-- GET DIAGNOSTICS, FETCH, a CALL with arguments; in a BEFORE INSERT or UPDATE row trigger,
+-- returning a record variable, or changing OLD and returning it), 'updates or deletes other
+-- rows' (an UPDATE, DELETE or MERGE statement; one in the query of OPEN, FOR or a cursor is
+-- _body_effects' to name), 'sends notifications' (NOTIFY). _migration_plan adds these to what
+-- its reading of the text found: the parser can only add effects, never take one away. Empty
+-- for a body plpgsql cannot compile (the text reading decides alone then).
+CREATE FUNCTION activity_log._plpgsql_side_effects(fn oid, tgtype integer) RETURNS text[]
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT array_remove(ARRAY[
+        CASE WHEN bool_or(coalesce((s->>'writes_new')::boolean, false))
+                  OR (tgtype & 1 <> 0 AND tgtype & 2 <> 0 AND tgtype & (4 | 16) <> 0
+                      AND bool_or(s->>'returns' = 'variable'))
+                  OR (tgtype & 1 <> 0 AND tgtype & 2 <> 0 AND tgtype & 16 <> 0
+                      AND bool_or(coalesce((s->>'writes_old')::boolean, false)) AND bool_or(s->>'returns' = 'old'))
+             THEN 'modifies NEW' END,
+        CASE WHEN bool_or(s->>'kind' = 'sql' AND s->>'command' IN ('UPDATE', 'DELETE', 'MERGE'))
+             THEN 'updates or deletes other rows' END,
+        CASE WHEN bool_or(s->>'command' = 'NOTIFY') THEN 'sends notifications' END], NULL)
+      FROM jsonb_array_elements(activity_log._plpgsql_facts(fn)->'statements') s
+$$;
+
 -- _trail_problem says why a table a trigger writes cannot be a trail that only people read, or
 -- NULL (issue 27, F7): a trail is an ordinary or partitioned table with no user trigger or rule
 -- of its own (nor on any of its partitions), and no column default or domain check that calls a
@@ -1317,6 +1350,12 @@ BEGIN
         END IF;
         IF src ~* '\mupdate\s+\S+\s+(\S+\s+)?set\M|\mdelete\s+from\M' THEN
             side := side || 'updates or deletes other rows'::text;
+        END IF;
+        -- What plpgsql's compiler reads in the body that the patterns above missed (FOREACH
+        -- NEW.x IN ARRAY, a quoted table name after UPDATE, NOTIFY "channel").
+        IF t.lanname = 'plpgsql' THEN
+            side := side || ARRAY(SELECT x FROM unnest(activity_log._plpgsql_side_effects(t.tgfoid, t.tgtype)) x
+                                   WHERE NOT x = ANY (side));
         END IF;
         -- The allow-list (F2): what the body and the functions it calls do besides what an audit
         -- trigger does. Read once per function.
@@ -2265,7 +2304,7 @@ REVOKE EXECUTE ON FUNCTION activity_log._source_text(text), activity_log._insert
     activity_log._regclass(text), activity_log._path_schemas(text), activity_log._call_names(text),
     activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean),
     activity_log._trail_problem(regclass), activity_log._raises_on_writes(text, integer),
-    activity_log._lex(text), activity_log._domain_checks(oid[])
+    activity_log._lex(text), activity_log._domain_checks(oid[]), activity_log._plpgsql_side_effects(oid, integer)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION activity_log._migration_plan(text, regclass), activity_log._source_text(text),
     activity_log._insert_targets(text, oid, oid, text[], text), activity_log._callees(oid),
@@ -2273,15 +2312,9 @@ GRANT EXECUTE ON FUNCTION activity_log._migration_plan(text, regclass), activity
     activity_log._regclass(text), activity_log._path_schemas(text), activity_log._call_names(text),
     activity_log._harmless_volatile(), activity_log._body_effects(oid, text, integer, boolean),
     activity_log._trail_problem(regclass), activity_log._raises_on_writes(text, integer),
-    activity_log._lex(text), activity_log._domain_checks(oid[])
+    activity_log._lex(text), activity_log._domain_checks(oid[]), activity_log._plpgsql_facts(oid),
+    activity_log._plpgsql_side_effects(oid, integer)
     TO activity_log_admin;
-
--- What a PL/pgSQL function does, statement by statement, read by plpgsql's own compiler
--- (issue 27's parser, src/plpgsql.rs): internal, for the trigger migration's analyzer.
-CREATE FUNCTION activity_log._plpgsql_facts("function" oid) RETURNS jsonb
-STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c AS 'MODULE_PATHNAME', 'plpgsql_facts_wrapper';
-REVOKE EXECUTE ON FUNCTION activity_log._plpgsql_facts(oid) FROM PUBLIC;
 
 -- 0.1.0 left queue, workers and index_usage unreadable by activity_log_reader: a view's
 -- functions run as its reader, and these two were granted to nobody.

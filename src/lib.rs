@@ -59,7 +59,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/trigger_migration.sql",
     name = "trigger_migration",
-    requires = ["bootstrap"]
+    requires = ["bootstrap", api::plpgsql_facts]
 );
 pgrx::extension_sql_file!(
     "../sql/partitions.sql",

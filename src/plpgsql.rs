@@ -20,56 +20,151 @@ use crate::worker::subxact::undone_in_subtransaction;
 type Compile =
     unsafe extern "C-unwind" fn(pg_sys::FunctionCallInfo, bool) -> *mut pg_sys::PLpgSQL_function;
 
-/// facts reads `function`, a PL/pgSQL function, and returns what it does, statement by
-/// statement: {"trigger": bool, "statements": [...]}, or {"error": "..."} when plpgsql cannot
-/// compile it (a syntax error, a type that does not exist under the current search_path).
+/// facts reads `function`, a PL/pgSQL trigger function, and returns what it does, statement by
+/// statement: {"trigger": true, "statements": [...]}, or {"error": "..."} when it cannot be
+/// read (plpgsql cannot compile it; not a row trigger function; too much to say).
 /// Each statement has "line", "kind" and, where it has one, "sql" (the text PostgreSQL runs),
-/// "guards" (the IF / ELSIF / CASE / WHILE conditions it runs under, each with the value it
-/// must have; the outermost MAX_GUARDS, and "guards_truncated" when there are more), "loop" (inside a loop), "handler" (inside an EXCEPTION handler) and
-/// "writes_new" (it changes NEW). SQL statements add "command" (the command tag), "relation"
+/// "guards" (the IF / ELSIF / CASE / WHILE conditions of the branches around it, the outermost
+/// MAX_GUARDS, "guards_truncated" when there are more; "holds": false means "is not true",
+/// NULL included; a condition that ends a branch early — IF … THEN RETURN, EXIT WHEN — guards
+/// nothing after it, so the list is a lower bound), "loop" (inside a loop), "handler" (inside
+/// an EXCEPTION handler), "writes_new" / "writes_old" (it may change NEW / OLD; a CALL with
+/// arguments may, through INOUT). SQL statements add "command" (the command tag), "relation"
 /// ({"schema", "name"} of INSERT / UPDATE / DELETE / MERGE), "upsert" (ON CONFLICT DO UPDATE)
 /// and "writes_in_with" (a data-modifying WITH); RAISE adds "level"; RETURN adds "returns"
 /// ("new", "old", "null", "variable", "expression" or "nothing").
+///
+/// Only trigger functions: a trigger function is compiled as for a trigger of OID 0, an entry
+/// of plpgsql's cache no real call uses, while any other function's compiled tree would be the
+/// one its later calls in this session run.
 pub fn facts(function: pg_sys::Oid) -> Value {
-    let (name, language, rettype) = Spi::get_three_with_args::<String, String, pg_sys::Oid>(
-        "SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text, l.lanname::pg_catalog.text, p.prorettype \
-           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE p.oid = $1",
-        &[function.into()],
-    )
-    .unwrap_or((None, None, None));
-    let (Some(name), Some(language), Some(rettype)) = (name, language, rettype) else {
+    let Some(proc) = Proc::read(function) else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
             format!("activity_log: no function has OID {}", u32::from(function)),
             None,
         )
     };
-    if language != "plpgsql" {
+    if proc.language != "plpgsql" {
         raise(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("activity_log: function {name} is written in {language}, not PL/pgSQL"),
+            format!(
+                "activity_log: function {} is written in {}, not PL/pgSQL",
+                proc.name, proc.language
+            ),
             Some("Only PL/pgSQL bodies are read statement by statement."),
         )
     }
-    if rettype == pg_sys::EVENT_TRIGGEROID {
-        return json!({"error": "an event trigger function"});
+    if proc.rettype != pg_sys::TRIGGEROID {
+        return json!({"error": "not a trigger function"});
     }
-    let trigger = rettype == pg_sys::TRIGGEROID;
-    undone_in_subtransaction(|| {
+    let key = (u32::from(function), proc.xmin);
+    if let Some(message) = FAILED.with(|failed| failed.borrow().get(&key).cloned()) {
+        return json!({ "error": message });
+    }
+    let read = undone_in_subtransaction(|| {
         // SAFETY: the compiled tree is the plpgsql cache's; it is only read, inside this
         // subtransaction, and nothing of it is kept (walk copies into owned values).
         unsafe {
-            let compiled = compile(function, trigger);
+            let compiled = compile(function);
             Walk::new(compiled).function()
         }
-    })
-    .unwrap_or_else(|message| json!({ "error": message }))
+    });
+    match read {
+        Ok(Ok(facts)) => facts,
+        Ok(Err(too_much)) => json!({ "error": too_much }),
+        Err(message) => {
+            // Up to 17 a body that fails to compile leaves its memory behind (plpgsql
+            // allocates the function in TopMemoryContext): each version of a function is
+            // tried once per session.
+            FAILED.with(|failed| failed.borrow_mut().insert(key, message.clone()));
+            json!({ "error": message })
+        }
+    }
 }
 
-/// compile runs plpgsql_compile with a made-up call, as plpgsql's validator does: a trigger
-/// function gets a TriggerData whose trigger has OID 0, so the tree is cached apart from every
-/// real trigger's. Not forValidator: extra_errors the user set would fail bodies that run.
-unsafe fn compile(function: pg_sys::Oid, trigger: bool) -> *mut pg_sys::PLpgSQL_function {
+thread_local! {
+    /// The functions (OID, xmin of their pg_proc row) plpgsql could not compile, and why.
+    static FAILED: std::cell::RefCell<std::collections::HashMap<(u32, u32), String>> =
+        Default::default();
+}
+
+/// What facts needs of a pg_proc row, from the syscache (no SPI: a read, not a statement).
+struct Proc {
+    name: String,
+    language: String,
+    rettype: pg_sys::Oid,
+    xmin: u32,
+}
+
+impl Proc {
+    fn read(function: pg_sys::Oid) -> Option<Proc> {
+        // SAFETY: a syscache lookup inside a transaction; the tuple is released before return
+        // and everything kept is copied.
+        unsafe {
+            let tuple = pg_sys::SearchSysCache1(
+                pg_sys::SysCacheIdentifier::PROCOID as i32,
+                pg_sys::Datum::from(function),
+            );
+            if tuple.is_null() {
+                return None;
+            }
+            let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_proc>(tuple);
+            let (prolang, rettype) = (form.prolang, form.prorettype);
+            let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
+            pg_sys::ReleaseSysCache(tuple);
+            Some(Proc {
+                name: string(pg_sys::format_procedure(function)).unwrap_or_default(),
+                language: string(pg_sys::get_language_name(prolang, true)).unwrap_or_default(),
+                rettype,
+                xmin: u32::from(xmin),
+            })
+        }
+    }
+}
+
+/// apply_settings applies the function's own SET clauses (proconfig), as a call would, so that
+/// its body is read as it runs (search_path for type names, standard_conforming_strings,
+/// plpgsql.variable_conflict). Inside the subtransaction: its rollback restores them.
+unsafe fn apply_settings(function: pg_sys::Oid) {
+    // SAFETY: a syscache lookup inside a transaction; released before return.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::PROCOID as i32,
+            pg_sys::Datum::from(function),
+        );
+        if tuple.is_null() {
+            return;
+        }
+        let mut isnull = true;
+        let config = pg_sys::SysCacheGetAttr(
+            pg_sys::SysCacheIdentifier::PROCOID as i32,
+            tuple,
+            pg_sys::Anum_pg_proc_proconfig as pg_sys::AttrNumber,
+            &mut isnull,
+        );
+        if !isnull {
+            let array = pg_sys::pg_detoast_datum(config.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+            let context = if pg_sys::superuser() {
+                pg_sys::GucContext::PGC_SUSET
+            } else {
+                pg_sys::GucContext::PGC_USERSET
+            };
+            pg_sys::ProcessGUCArray(
+                array,
+                context,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+            );
+        }
+        pg_sys::ReleaseSysCache(tuple);
+    }
+}
+
+/// compile runs plpgsql_compile with a made-up trigger call, as plpgsql's validator does: a
+/// TriggerData whose trigger has OID 0, so the tree is cached apart from every real trigger's.
+/// Not forValidator: extra_errors the user set would fail bodies that run.
+unsafe fn compile(function: pg_sys::Oid) -> *mut pg_sys::PLpgSQL_function {
     // SAFETY: a call made up as plpgsql_validator makes it, in palloc'd memory.
     unsafe {
         let found = pg_sys::load_external_function(
@@ -88,7 +183,8 @@ unsafe fn compile(function: pg_sys::Oid, trigger: bool) -> *mut pg_sys::PLpgSQL_
         let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>())
             as pg_sys::FunctionCallInfo;
         (*fcinfo).flinfo = flinfo;
-        if trigger {
+        apply_settings(function);
+        {
             let data = pg_sys::palloc0(std::mem::size_of::<pg_sys::TriggerData>())
                 as *mut pg_sys::TriggerData;
             (*data).type_ = pg_sys::NodeTag::T_TriggerData;
@@ -106,6 +202,8 @@ unsafe fn compile(function: pg_sys::Oid, trigger: bool) -> *mut pg_sys::PLpgSQL_
 #[derive(Clone, Default)]
 struct Context {
     guards: Vec<Value>,
+    /// The length of the guards' conditions.
+    guard_bytes: usize,
     guards_truncated: bool,
     in_loop: bool,
     in_handler: bool,
@@ -121,6 +219,7 @@ impl Context {
         let mut inner = self.clone();
         if let Some(cond) = cond {
             if inner.guards.len() < MAX_GUARDS {
+                inner.guard_bytes += cond.len();
                 inner.guards.push(json!({"cond": cond, "holds": holds}));
             } else {
                 inner.guards_truncated = true;
@@ -140,57 +239,70 @@ impl Context {
 struct Walk {
     function: *mut pg_sys::PLpgSQL_function,
     statements: Vec<Value>,
+    /// Bytes of guard conditions written so far (each statement carries its own copies).
+    guard_bytes: usize,
 }
+
+/// Past this many bytes of guard conditions a body is not read (a 48 kB body of 32 nested
+/// 1 kB conditions around 2 000 statements would otherwise make 64 MB of facts).
+const MAX_GUARD_BYTES: usize = 16 << 20;
 
 impl Walk {
     unsafe fn new(function: *mut pg_sys::PLpgSQL_function) -> Walk {
         Walk {
             function,
             statements: Vec::new(),
+            guard_bytes: 0,
         }
     }
 
-    fn function(mut self) -> Value {
+    fn function(mut self) -> Result<Value, String> {
         // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
-        unsafe {
-            let f = self.function;
-            // Declarations run too: a DECLARE default calls what it calls, a bound cursor's query
-            // is a statement.
-            for dno in 0..(*f).ndatums {
-                let datum = *(*f).datums.add(dno as usize);
-                let dtype = (*datum).dtype;
-                use pg_sys::PLpgSQL_datum_type::*;
-                if matches!(
-                    dtype,
-                    PLPGSQL_DTYPE_VAR | PLPGSQL_DTYPE_ROW | PLPGSQL_DTYPE_REC
-                ) {
-                    let variable = datum as *mut pg_sys::PLpgSQL_variable;
-                    let line = (*variable).lineno;
-                    if let Some(sql) = text((*variable).default_val) {
-                        self.push(line, "declare", &Context::default(), |s| {
-                            s.insert("sql".into(), sql.into());
-                        });
-                    }
-                    if dtype == PLPGSQL_DTYPE_VAR {
-                        let var = datum as *mut pg_sys::PLpgSQL_var;
-                        if let Some(sql) = text((*var).cursor_explicit_expr) {
-                            self.push_sql(line, "cursor", &Context::default(), Some(sql), |_| {});
-                        }
-                    }
-                }
-            }
-            let action = (*f).action;
-            self.block(action, &Context::default());
-            json!({
-                "trigger": self.trigger(),
-                "statements": self.statements,
-            })
+        let action = unsafe { (*self.function).action };
+        self.block(action, &Context::default());
+        if self.guard_bytes > MAX_GUARD_BYTES {
+            return Err(format!(
+                "the conditions around its statements come to more than {} MB",
+                MAX_GUARD_BYTES >> 20
+            ));
         }
+        Ok(json!({
+            "trigger": self.trigger(),
+            "statements": self.statements,
+        }))
     }
 
     fn block(&mut self, block: *mut pg_sys::PLpgSQL_stmt_block, cx: &Context) {
         // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
         unsafe {
+            // Its declarations run when the block is entered: a default calls what it calls,
+            // a bound cursor's query is a statement.
+            let f = self.function;
+            for i in 0..(*block).n_initvars {
+                let dno = *(*block).initvarnos.add(i as usize);
+                let datum = *(*f).datums.add(dno as usize);
+                use pg_sys::PLpgSQL_datum_type::*;
+                let dtype = (*datum).dtype;
+                if !matches!(
+                    dtype,
+                    PLPGSQL_DTYPE_VAR | PLPGSQL_DTYPE_ROW | PLPGSQL_DTYPE_REC
+                ) {
+                    continue;
+                }
+                let variable = datum as *mut pg_sys::PLpgSQL_variable;
+                let line = (*variable).lineno;
+                if let Some(sql) = text((*variable).default_val) {
+                    self.push(line, "declare", cx, |o| {
+                        o.insert("sql".into(), sql.into());
+                    });
+                }
+                if dtype == PLPGSQL_DTYPE_VAR {
+                    let var = datum as *mut pg_sys::PLpgSQL_var;
+                    if let Some(sql) = text((*var).cursor_explicit_expr) {
+                        self.push_sql(line, "cursor", cx, Some(sql), |_| {});
+                    }
+                }
+            }
             self.list((*block).body, cx);
             let exceptions = (*block).exceptions;
             if !exceptions.is_null() {
@@ -232,6 +344,7 @@ impl Walk {
         unsafe {
             // Nesting is as deep as the body is: an ERROR past max_stack_depth, not a crash.
             pg_sys::check_stack_depth();
+            pgrx::check_for_interrupts!();
             use pg_sys::PLpgSQL_stmt_type::*;
             let line = (*stmt).lineno;
             match (*stmt).cmd_type {
@@ -239,10 +352,12 @@ impl Walk {
                 PLPGSQL_STMT_ASSIGN => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_assign;
                     let writes_new = self.is_new((*s).varno);
+                    let writes_old = self.is_old((*s).varno);
                     let sql = text((*s).expr);
                     self.push(line, "assign", cx, |o| {
                         o.insert("sql".into(), sql.into());
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                 }
                 PLPGSQL_STMT_IF => {
@@ -277,7 +392,11 @@ impl Walk {
                             Some((variable, value)) => c.replace(variable, value),
                             None => c,
                         });
-                        self.expression((*when).lineno, (*when).expr, &earlier);
+                        if let Some(c) = &cond {
+                            self.push((*when).lineno, "expression", &earlier, |o| {
+                                o.insert("sql".into(), c.clone().into());
+                            });
+                        }
                         self.list((*when).stmts, &earlier.with_guard(cond.clone(), true));
                         earlier = earlier.with_guard(cond, false);
                     }
@@ -311,28 +430,34 @@ impl Walk {
                 PLPGSQL_STMT_FORS => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_fors;
                     let writes_new = self.variable_is_new((*s).var);
+                    let writes_old = self.variable_is_old((*s).var);
                     let sql = text((*s).query);
                     self.push_sql(line, "for", cx, sql, |o| {
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                     self.list((*s).body, &cx.in_loop());
                 }
                 PLPGSQL_STMT_FORC => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_forc;
                     let writes_new = self.variable_is_new((*s).var);
+                    let writes_old = self.variable_is_old((*s).var);
                     self.expression(line, (*s).argquery, cx);
                     self.push(line, "for", cx, |o| {
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                     self.list((*s).body, &cx.in_loop());
                 }
                 PLPGSQL_STMT_DYNFORS => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_dynfors;
                     let writes_new = self.variable_is_new((*s).var);
+                    let writes_old = self.variable_is_old((*s).var);
                     let sql = text((*s).query);
                     self.push(line, "execute", cx, |o| {
                         o.insert("sql".into(), sql.into());
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                     self.params((*s).params, line, cx);
                     self.list((*s).body, &cx.in_loop());
@@ -340,10 +465,12 @@ impl Walk {
                 PLPGSQL_STMT_FOREACH_A => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_foreach_a;
                     let writes_new = self.is_new((*s).varno);
+                    let writes_old = self.is_old((*s).varno);
                     let sql = text((*s).expr);
                     self.push(line, "foreach", cx, |o| {
                         o.insert("sql".into(), sql.into());
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                     self.list((*s).body, &cx.in_loop());
                 }
@@ -411,16 +538,19 @@ impl Walk {
                 PLPGSQL_STMT_EXECSQL => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_execsql;
                     let writes_new = (*s).into && self.variable_is_new((*s).target);
+                    let writes_old = (*s).into && self.variable_is_old((*s).target);
                     let (into, strict) = ((*s).into, (*s).strict);
                     self.push_sql(line, "sql", cx, text((*s).sqlstmt), |o| {
                         o.insert("into".into(), into.into());
                         o.insert("strict".into(), strict.into());
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                 }
                 PLPGSQL_STMT_DYNEXECUTE => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_dynexecute;
                     let writes_new = (*s).into && self.variable_is_new((*s).target);
+                    let writes_old = (*s).into && self.variable_is_old((*s).target);
                     let (into, strict) = ((*s).into, (*s).strict);
                     let sql = text((*s).query);
                     self.push(line, "execute", cx, |o| {
@@ -428,6 +558,7 @@ impl Walk {
                         o.insert("into".into(), into.into());
                         o.insert("strict".into(), strict.into());
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                     self.params((*s).params, line, cx);
                 }
@@ -437,17 +568,27 @@ impl Walk {
                 }
                 PLPGSQL_STMT_CALL => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_call;
-                    let writes_new = self.variable_is_new((*s).target);
-                    self.push_sql(line, "call", cx, text((*s).expr), |o| {
+                    // plpgsql learns which arguments are INOUT at the first run: until then any
+                    // argument may be written back.
+                    let sql = text((*s).expr);
+                    let may_write = (*s).target.is_null()
+                        && sql.as_deref().is_some_and(|q| call_has_arguments(q));
+                    let writes_new = may_write || self.variable_is_new((*s).target);
+                    let writes_old = may_write || self.variable_is_old((*s).target);
+                    self.push_sql(line, "call", cx, sql, |o| {
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                 }
                 PLPGSQL_STMT_GETDIAG => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_getdiag;
                     let writes_new = cells::<pg_sys::PLpgSQL_diag_item>((*s).diag_items)
                         .any(|item| self.is_new((*item).target));
+                    let writes_old = cells::<pg_sys::PLpgSQL_diag_item>((*s).diag_items)
+                        .any(|item| self.is_old((*item).target));
                     self.push(line, "get diagnostics", cx, |o| {
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                 }
                 PLPGSQL_STMT_OPEN => {
@@ -464,10 +605,13 @@ impl Walk {
                 }
                 PLPGSQL_STMT_FETCH => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_fetch;
-                    let writes_new = !(*s).is_move && self.variable_is_new((*s).target);
+                    let is_move = (*s).is_move;
+                    let writes_new = !is_move && self.variable_is_new((*s).target);
+                    let writes_old = !is_move && self.variable_is_old((*s).target);
                     self.expression(line, (*s).expr, cx);
-                    self.push(line, "fetch", cx, |o| {
+                    self.push(line, if is_move { "move" } else { "fetch" }, cx, |o| {
                         o.insert("writes_new".into(), writes_new.into());
+                        o.insert("writes_old".into(), writes_old.into());
                     });
                 }
                 PLPGSQL_STMT_CLOSE => self.push(line, "close", cx, |_| {}),
@@ -521,6 +665,10 @@ impl Walk {
         let mut o = Map::new();
         o.insert("line".into(), line.into());
         o.insert("kind".into(), kind.into());
+        self.guard_bytes += cx.guard_bytes;
+        if self.guard_bytes > MAX_GUARD_BYTES {
+            return;
+        }
         o.insert("guards".into(), Value::Array(cx.guards.clone()));
         if cx.guards_truncated {
             o.insert("guards_truncated".into(), true.into());
@@ -533,25 +681,38 @@ impl Walk {
 
     /// is_new says whether datum `dno` is NEW or one of its fields.
     fn is_new(&self, dno: i32) -> bool {
+        // SAFETY: the function is the compiled tree, valid for the whole walk (Walk::new).
+        self.is_part_of(dno, unsafe { (*self.function).new_varno })
+    }
+
+    /// is_old says whether datum `dno` is OLD or one of its fields: a BEFORE UPDATE trigger
+    /// that changes OLD and returns it writes the row.
+    fn is_old(&self, dno: i32) -> bool {
+        // SAFETY: as in is_new.
+        self.is_part_of(dno, unsafe { (*self.function).old_varno })
+    }
+
+    /// is_part_of says whether datum `dno` is the trigger's record `record` or a field of it.
+    fn is_part_of(&self, dno: i32, record: i32) -> bool {
         // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
         unsafe {
             let f = self.function;
-            let new = (*f).new_varno;
-            if !self.trigger() || dno < 0 || dno >= (*f).ndatums {
+            if !self.trigger() || record < 0 || dno < 0 || dno >= (*f).ndatums {
                 return false;
             }
-            if dno == new {
+            if dno == record {
                 return true;
             }
             let datum = *(*f).datums.add(dno as usize);
             match (*datum).dtype {
                 pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_RECFIELD => {
-                    (*(datum as *mut pg_sys::PLpgSQL_recfield)).recparentno == new
+                    (*(datum as *mut pg_sys::PLpgSQL_recfield)).recparentno == record
                 }
                 // A list of targets (INTO a, new.x): any of them.
                 pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_ROW => {
                     let row = datum as *mut pg_sys::PLpgSQL_row;
-                    (0..(*row).nfields).any(|i| self.is_new(*(*row).varnos.add(i as usize)))
+                    (0..(*row).nfields)
+                        .any(|i| self.is_part_of(*(*row).varnos.add(i as usize), record))
                 }
                 _ => false,
             }
@@ -566,6 +727,11 @@ impl Walk {
     fn variable_is_new(&self, variable: *mut pg_sys::PLpgSQL_variable) -> bool {
         // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
         unsafe { !variable.is_null() && self.is_new((*variable).dno) }
+    }
+
+    fn variable_is_old(&self, variable: *mut pg_sys::PLpgSQL_variable) -> bool {
+        // SAFETY: as in variable_is_new.
+        unsafe { !variable.is_null() && self.is_old((*variable).dno) }
     }
 }
 
@@ -624,6 +790,25 @@ unsafe fn parse_sql(sql: &str) -> Value {
         }
         o.insert("writes_in_with".into(), writes_in_with(with).into());
         Value::Object(o)
+    }
+}
+
+/// call_has_arguments says whether a CALL passes any argument (one may be INOUT).
+unsafe fn call_has_arguments(sql: &str) -> bool {
+    // SAFETY: the raw parser's own nodes, read right after it made them.
+    unsafe {
+        let Ok(c) = std::ffi::CString::new(sql) else {
+            return true;
+        };
+        let parsed = pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        cells::<pg_sys::RawStmt>(parsed).any(|raw| {
+            let node = (*raw).stmt;
+            if (*node).type_ != pg_sys::NodeTag::T_CallStmt {
+                return true;
+            }
+            let call = (*(node as *mut pg_sys::CallStmt)).funccall;
+            call.is_null() || !(*call).args.is_null()
+        })
     }
 }
 

@@ -1735,6 +1735,103 @@ fn plpgsql_bodies_are_read_by_plpgsqls_own_compiler() {
             .contains("ERROR:  activity_log: function plain_sql() is written in sql, not PL/pgSQL"),
         "{refused:?}"
     );
+    // The review's forms (helper, 2026-12-06): a function's own settings apply while it is read
+    // (its pinned search_path finds its types; standard_conforming_strings = off splits
+    // 'q\'; delete …' as the function runs it), a CALL's arguments may be INOUT, OLD changed
+    // and returned writes the row, a block's defaults run under the block's conditions, MOVE
+    // is not FETCH; any function but a trigger function is refused (its compiled tree would be
+    // the one its calls run).
+    c.sql(
+        "facts",
+        r"CREATE SCHEMA s1;
+          CREATE DOMAIN s1.money_t AS numeric;
+          CREATE PROCEDURE public.bump(INOUT x int) LANGUAGE plpgsql AS $$ BEGIN x := x + 1; END $$;
+          CREATE FUNCTION pinned() RETURNS trigger LANGUAGE plpgsql SET search_path = s1 AS $$
+          DECLARE v money_t := 1.5; BEGIN RETURN NEW; END $$;
+          SET standard_conforming_strings = off;
+          CREATE FUNCTION escapes() RETURNS trigger LANGUAGE plpgsql SET standard_conforming_strings = off AS $f$
+          DECLARE c text;
+          BEGIN
+            c := 'q\'; delete from u; --';
+            RETURN NEW;
+          END $f$;
+          RESET standard_conforming_strings;
+          CREATE FUNCTION review() RETURNS trigger LANGUAGE plpgsql AS $$
+          DECLARE cur refcursor; r record;
+          BEGIN
+            CALL public.bump(NEW.a);
+            OLD.a := 777;
+            IF NEW.a > 0 THEN
+              DECLARE z int := length(NEW.b);
+              BEGIN NULL; END;
+            END IF;
+            MOVE cur;
+            RETURN OLD;
+          END $$;
+          CREATE FUNCTION helper() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;",
+    );
+    assert_eq!(
+        statements("pinned()", "true", "concat_ws(' ', s->>'kind', s->>'sql')"),
+        "declare 1.5\nreturn"
+    );
+    assert_eq!(
+        statements(
+            "escapes()",
+            "true",
+            "concat_ws(' ', s->>'kind', s->>'command')"
+        ),
+        "assign\nreturn"
+    );
+    assert_eq!(
+        statements(
+            "review()",
+            "s->>'kind' <> 'expression'",
+            "concat_ws(' ', s->>'line', s->>'kind', s->>'writes_new', s->>'writes_old', s->'guards', s->>'returns')"
+        ),
+        "4 call true true []\n5 assign false true []\n\
+         7 declare [{\"cond\": \"NEW.a > 0\", \"holds\": true}]\n\
+         10 move false false []\n11 return [] old"
+    );
+    assert_eq!(
+        c.one(
+            "facts",
+            "SELECT activity_log._plpgsql_facts('helper()'::regprocedure)"
+        ),
+        "{\"error\": \"not a trigger function\"}"
+    );
+    // A body whose conditions would repeat into too much is an error value; a cancel is not.
+    c.sql(
+        "facts",
+        &format!(
+            "CREATE FUNCTION amplified() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE x int; BEGIN {} {} {} RETURN NEW; END $$",
+            format!("IF TG_OP = '{}' THEN ", "a".repeat(1000)).repeat(32),
+            "x := 1; ".repeat(600),
+            "END IF; ".repeat(32)
+        ),
+    );
+    assert_eq!(
+        c.one(
+            "facts",
+            "SELECT activity_log._plpgsql_facts('amplified()'::regprocedure)"
+        ),
+        "{\"error\": \"the conditions around its statements come to more than 16 MB\"}"
+    );
+    c.sql(
+        "facts",
+        &format!(
+            "CREATE FUNCTION long_body() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE x int; BEGIN {} RETURN NEW; END $$",
+            "x := 1; ".repeat(200_000)
+        ),
+    );
+    let cancelled = c.run(
+        "facts",
+        "SET statement_timeout = '50ms'; SELECT activity_log._plpgsql_facts('long_body()'::regprocedure)",
+    );
+    assert!(
+        String::from_utf8_lossy(&cancelled.stderr)
+            .contains("ERROR:  canceling statement due to statement timeout"),
+        "{cancelled:?}"
+    );
     // Nesting deeper than the guards kept: the outermost 32, and a flag.
     let depth = 200;
     c.sql(
@@ -1752,6 +1849,29 @@ fn plpgsql_bodies_are_read_by_plpgsqls_own_compiler() {
             "jsonb_array_length(s->'guards') || ' ' || (s->>'guards_truncated')"
         ),
         "32 true"
+    );
+    // The plan adds what the compiler reads to what its text reading found: NEW written as
+    // FOREACH's variable was read as a plain row logger, and migrating it would stop the
+    // rewrite of NEW.rank.
+    c.sql(
+        "facts",
+        "CREATE TABLE public.tagged (id int PRIMARY KEY, rank int);
+         CREATE TABLE audit.tagged_log (op text, row_data jsonb);
+         CREATE FUNCTION public.tagged_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO audit.tagged_log VALUES (TG_OP, to_jsonb(NEW));
+             FOREACH NEW.rank IN ARRAY ARRAY[1, 2] LOOP END LOOP;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER tagged_audit BEFORE INSERT OR UPDATE ON public.tagged
+             FOR EACH ROW EXECUTE FUNCTION public.tagged_audit();",
+    );
+    assert_eq!(
+        c.one(
+            "facts",
+            "SELECT verdict || ' ' || why FROM activity_log.migration_plan() WHERE trigger_name = 'tagged_audit'"
+        ),
+        "uncertain copies the changed row (as jsonb) into audit.tagged_log with the operation, but also modifies NEW: taking it over would lose that"
     );
     // Internal: PUBLIC may not run it.
     c.sql("facts", "CREATE ROLE someone LOGIN");

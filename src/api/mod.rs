@@ -502,7 +502,7 @@ fn runs_user_code(relation: pg_sys::Oid) -> bool {
 /// What a PL/pgSQL function does, statement by statement, as plpgsql's compiler and the raw
 /// parser read it (crate::plpgsql::facts): for the trigger migration's analyzer.
 #[pg_extern(name = "_plpgsql_facts", volatile, parallel_unsafe)]
-fn plpgsql_facts(function: pg_sys::Oid) -> pgrx::JsonB {
+pub fn plpgsql_facts(function: pg_sys::Oid) -> pgrx::JsonB {
     pgrx::JsonB(crate::plpgsql::facts(function))
 }
 

@@ -53,8 +53,20 @@ pub(super) fn try_in_subtransaction(
 
 /// undone_in_subtransaction runs `f` in an internal subtransaction that is rolled back however
 /// it ends (what `f` did to the catalog, settings and memory is gone): `f` returns owned data.
+/// An ERROR of `f` is returned as its message, except a cancel, a shutdown or a lack of
+/// memory, which go on up as they came.
 pub(crate) fn undone_in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    subtransaction(f, false).map_err(|e| error_message(&e))
+    subtransaction(f, false).map_err(|e| {
+        use PgSqlErrorCode::*;
+        let class = |c: PgSqlErrorCode| c as u32 & 0xFFF;
+        let code = class(error_report(&e).sql_error_code());
+        if code == class(ERRCODE_OPERATOR_INTERVENTION)
+            || code == class(ERRCODE_INSUFFICIENT_RESOURCES)
+        {
+            e.rethrow()
+        }
+        error_message(&e)
+    })
 }
 
 fn subtransaction<T>(
