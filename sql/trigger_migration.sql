@@ -1056,19 +1056,23 @@ END
 $$;
 
 -- _plpgsql_side_effects lists what a PL/pgSQL trigger function (fired as tgtype says) does
--- besides auditing, as plpgsql's own compiler reads it (_plpgsql_facts, issue 27's parser):
--- 'modifies NEW' (any form of writing NEW or a field of it: assignment, INTO, FOR, FOREACH,
--- GET DIAGNOSTICS, FETCH, a CALL with arguments; in a BEFORE INSERT or UPDATE row trigger,
--- returning a record variable, or changing OLD and returning it), 'updates or deletes other
--- rows' (an UPDATE, DELETE or MERGE statement; one in the query of OPEN, FOR or a cursor is
--- _body_effects' to name), 'sends notifications' (NOTIFY). _migration_plan adds these to what
--- its reading of the text found: the parser can only add effects, never take one away. Empty
--- for a body plpgsql cannot compile (the text reading decides alone then).
-CREATE FUNCTION activity_log._plpgsql_side_effects(fn oid, tgtype integer) RETURNS text[]
+-- besides auditing, as plpgsql's own compiler reads it under the caller's search_path
+-- (_plpgsql_facts, issue 27's parser): 'modifies NEW' (any form of writing NEW or a field of
+-- it: assignment, INTO, FOR, FOREACH, GET DIAGNOSTICS, FETCH, a CALL with arguments; in a
+-- BEFORE INSERT or UPDATE row trigger, returning a record variable, or changing OLD and
+-- returning it), 'updates or deletes other rows' (an UPDATE, DELETE or MERGE statement; one
+-- in the query of OPEN, FOR or a cursor is _body_effects' to name), 'sends notifications'
+-- (NOTIFY). A body the compiler cannot read here is an effect too: the parser must never
+-- say nothing because it could not look (second review). _migration_plan adds these to what
+-- its reading of the text found: the parser can only add effects, never take one away.
+CREATE FUNCTION activity_log._plpgsql_side_effects(fn oid, tgtype integer, caller_search_path text)
+RETURNS text[]
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT array_remove(ARRAY[
+    SELECT CASE WHEN f.facts ? 'error'
+                THEN ARRAY[format('has a body PL/pgSQL''s compiler could not read here (%s)', f.facts->>'error')]
+                ELSE (SELECT array_remove(ARRAY[
         CASE WHEN bool_or(coalesce((s->>'writes_new')::boolean, false))
                   OR (tgtype & 1 <> 0 AND tgtype & 2 <> 0 AND tgtype & (4 | 16) <> 0
                       AND bool_or(s->>'returns' = 'variable'))
@@ -1078,7 +1082,8 @@ AS $$
         CASE WHEN bool_or(s->>'kind' = 'sql' AND s->>'command' IN ('UPDATE', 'DELETE', 'MERGE'))
              THEN 'updates or deletes other rows' END,
         CASE WHEN bool_or(s->>'command' = 'NOTIFY') THEN 'sends notifications' END], NULL)
-      FROM jsonb_array_elements(activity_log._plpgsql_facts(fn)->'statements') s
+                        FROM jsonb_array_elements(f.facts->'statements') s) END
+      FROM (SELECT activity_log._plpgsql_facts(fn, caller_search_path) AS facts) f
 $$;
 
 -- _trail_problem says why a table a trigger writes cannot be a trail that only people read, or
@@ -1437,7 +1442,7 @@ BEGIN
         -- What plpgsql's compiler reads in the body that the patterns above missed (FOREACH
         -- NEW.x IN ARRAY, a quoted table name after UPDATE, NOTIFY "channel").
         IF t.lanname = 'plpgsql' THEN
-            side := side || ARRAY(SELECT x FROM unnest(activity_log._plpgsql_side_effects(t.tgfoid, t.tgtype)) x
+            side := side || ARRAY(SELECT x FROM unnest(activity_log._plpgsql_side_effects(t.tgfoid, t.tgtype, caller_search_path)) x
                                    WHERE NOT x = ANY (side));
         END IF;
         -- The allow-list (F2): what the body and the functions it calls do besides what an audit

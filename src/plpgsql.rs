@@ -3,10 +3,10 @@
 //! the body into statements, and each SQL statement in it goes through the core raw parser;
 //! what they say is copied out as facts (jsonb) before anything is released.
 //!
-//! Must not: link to plpgsql's symbols (activity_log is preloaded, plpgsql.so may not be
-//! loaded yet, and 16+ hide most of them): plpgsql_compile is looked up when called. Keep any
-//! pointer into the compiled tree after the walk, or run any of the function's code: compiling
-//! resolves names and types, it executes nothing. Everything happens in a subtransaction that
+//! Must not link to plpgsql's symbols (activity_log is preloaded, plpgsql.so may not be loaded
+//! yet, and 16+ hide most of them: plpgsql_compile is looked up when called), keep a pointer
+//! into the compiled tree after the walk, or run any of the function's code (compiling
+//! resolves names and types, it executes nothing). Everything happens in a subtransaction that
 //! is always rolled back, so a body that does not compile is an error value, not an ERROR.
 
 use pgrx::pg_sys;
@@ -22,10 +22,12 @@ type Compile =
 
 /// facts reads `function`, a PL/pgSQL trigger function, and returns what it does, statement by
 /// statement: {"trigger": true, "statements": [...]}, or {"error": "..."} when it cannot be
-/// read (plpgsql cannot compile it; not a row trigger function; too much to say).
+/// read (plpgsql cannot compile it; not a trigger function). `search_path` is the one names
+/// the function does not pin are read under (the session firing the trigger's).
 /// Each statement has "line", "kind" and, where it has one, "sql" (the text PostgreSQL runs),
 /// "guards" (the IF / ELSIF / CASE / WHILE conditions of the branches around it, the outermost
-/// MAX_GUARDS, "guards_truncated" when there are more; "holds": false means "is not true",
+/// MAX_GUARDS, 16 MB of them in all, "guards_truncated" when some are left out; "holds": false
+/// means "is not true",
 /// NULL included; a condition that ends a branch early — IF … THEN RETURN, EXIT WHEN — guards
 /// nothing after it, so the list is a lower bound), "loop" (inside a loop), "handler" (inside
 /// an EXCEPTION handler), "writes_new" / "writes_old" (it may change NEW / OLD; a CALL with
@@ -37,7 +39,7 @@ type Compile =
 /// Only trigger functions: a trigger function is compiled as for a trigger of OID 0, an entry
 /// of plpgsql's cache no real call uses, while any other function's compiled tree would be the
 /// one its later calls in this session run.
-pub fn facts(function: pg_sys::Oid) -> Value {
+pub fn facts(function: pg_sys::Oid, search_path: Option<&str>) -> Value {
     let Some(proc) = Proc::read(function) else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
@@ -58,35 +60,57 @@ pub fn facts(function: pg_sys::Oid) -> Value {
     if proc.rettype != pg_sys::TRIGGEROID {
         return json!({"error": "not a trigger function"});
     }
-    let key = (u32::from(function), proc.xmin);
-    if let Some(message) = FAILED.with(|failed| failed.borrow().get(&key).cloned()) {
+    // Up to 17 a body that fails to compile leaves its memory behind (plpgsql allocates the
+    // function in TopMemoryContext): a failure is remembered for the rest of the transaction
+    // (a later one may have the missing type), for this version of the function and this
+    // search_path.
+    // SAFETY: a read of the transaction's start time.
+    let started = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let key = (
+        started,
+        u32::from(function),
+        proc.xmin,
+        search_path.map(str::to_owned),
+    );
+    if let Some(message) = FAILED.with(|failed| {
+        let failed = failed.borrow();
+        failed
+            .0
+            .eq(&Some(started))
+            .then(|| failed.1.get(&key).cloned())
+            .flatten()
+    }) {
         return json!({ "error": message });
     }
     let read = undone_in_subtransaction(|| {
         // SAFETY: the compiled tree is the plpgsql cache's; it is only read, inside this
         // subtransaction, and nothing of it is kept (walk copies into owned values).
         unsafe {
-            let compiled = compile(function);
+            let compiled = compile(function, search_path);
             Walk::new(compiled).function()
         }
     });
-    match read {
-        Ok(Ok(facts)) => facts,
-        Ok(Err(too_much)) => json!({ "error": too_much }),
-        Err(message) => {
-            // Up to 17 a body that fails to compile leaves its memory behind (plpgsql
-            // allocates the function in TopMemoryContext): each version of a function is
-            // tried once per session.
-            FAILED.with(|failed| failed.borrow_mut().insert(key, message.clone()));
-            json!({ "error": message })
-        }
-    }
+    read.unwrap_or_else(|message| {
+        FAILED.with(|failed| {
+            let mut failed = failed.borrow_mut();
+            if failed.0 != Some(started) {
+                *failed = (Some(started), Default::default());
+            }
+            failed.1.insert(key, message.clone());
+        });
+        json!({ "error": message })
+    })
 }
 
+type FailedKey = (pg_sys::TimestampTz, u32, u32, Option<String>);
+
 thread_local! {
-    /// The functions (OID, xmin of their pg_proc row) plpgsql could not compile, and why.
-    static FAILED: std::cell::RefCell<std::collections::HashMap<(u32, u32), String>> =
-        Default::default();
+    /// The functions plpgsql could not compile in this transaction (its start time first):
+    /// by OID, xmin of their pg_proc row and search_path, and why.
+    static FAILED: std::cell::RefCell<(
+        Option<pg_sys::TimestampTz>,
+        std::collections::HashMap<FailedKey, String>,
+    )> = Default::default();
 }
 
 /// What facts needs of a pg_proc row, from the syscache (no SPI: a read, not a statement).
@@ -123,12 +147,39 @@ impl Proc {
     }
 }
 
-/// apply_settings applies the function's own SET clauses (proconfig), as a call would, so that
-/// its body is read as it runs (search_path for type names, standard_conforming_strings,
-/// plpgsql.variable_conflict). Inside the subtransaction: its rollback restores them.
-unsafe fn apply_settings(function: pg_sys::Oid) {
+/// apply_settings sets what decides how the body compiles, as a call would see it: the
+/// reader's search_path (where the trigger fires, for names the function does not pin), then
+/// the function's own SET clauses for search_path, standard_conforming_strings and plpgsql.*
+/// (variable_conflict …). Nothing else of proconfig: other parameters do not change the
+/// compile, the reader may not be allowed to set them (a failure would hide the body), and a
+/// placeholder (SET myapp.user_id) would outlive the rollback. Set as PGC_SUSET: only the
+/// compile inside the subtransaction sees them, and its rollback restores them.
+unsafe fn apply_settings(function: pg_sys::Oid, search_path: Option<&str>) {
+    let set = |name: &str, value: &str| {
+        let (Ok(name), Ok(value)) = (std::ffi::CString::new(name), std::ffi::CString::new(value))
+        else {
+            return;
+        };
+        // SAFETY: a GUC assignment saved at the subtransaction's nest level (ERROR on a bad
+        // value: the body is then not read).
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+    };
+    if let Some(path) = search_path {
+        set("search_path", path);
+    }
     // SAFETY: a syscache lookup inside a transaction; released before return.
-    unsafe {
+    let config: Vec<String> = unsafe {
         let tuple = pg_sys::SearchSysCache1(
             pg_sys::SysCacheIdentifier::PROCOID as i32,
             pg_sys::Datum::from(function),
@@ -137,34 +188,41 @@ unsafe fn apply_settings(function: pg_sys::Oid) {
             return;
         }
         let mut isnull = true;
-        let config = pg_sys::SysCacheGetAttr(
+        let datum = pg_sys::SysCacheGetAttr(
             pg_sys::SysCacheIdentifier::PROCOID as i32,
             tuple,
             pg_sys::Anum_pg_proc_proconfig as pg_sys::AttrNumber,
             &mut isnull,
         );
-        if !isnull {
-            let array = pg_sys::pg_detoast_datum(config.cast_mut_ptr()) as *mut pg_sys::ArrayType;
-            let context = if pg_sys::superuser() {
-                pg_sys::GucContext::PGC_SUSET
-            } else {
-                pg_sys::GucContext::PGC_USERSET
-            };
-            pg_sys::ProcessGUCArray(
-                array,
-                context,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-            );
-        }
+        let config = <Vec<Option<String>> as FromDatum>::from_datum(datum, isnull)
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .collect();
         pg_sys::ReleaseSysCache(tuple);
+        config
+    };
+    for item in &config {
+        let Some((name, value)) = item.split_once('=') else {
+            continue;
+        };
+        let lower = name.to_ascii_lowercase();
+        if lower == "search_path"
+            || lower == "standard_conforming_strings"
+            || lower.starts_with("plpgsql.")
+        {
+            set(name, value);
+        }
     }
 }
 
 /// compile runs plpgsql_compile with a made-up trigger call, as plpgsql's validator does: a
 /// TriggerData whose trigger has OID 0, so the tree is cached apart from every real trigger's.
 /// Not forValidator: extra_errors the user set would fail bodies that run.
-unsafe fn compile(function: pg_sys::Oid) -> *mut pg_sys::PLpgSQL_function {
+unsafe fn compile(
+    function: pg_sys::Oid,
+    search_path: Option<&str>,
+) -> *mut pg_sys::PLpgSQL_function {
     // SAFETY: a call made up as plpgsql_validator makes it, in palloc'd memory.
     unsafe {
         let found = pg_sys::load_external_function(
@@ -183,7 +241,7 @@ unsafe fn compile(function: pg_sys::Oid) -> *mut pg_sys::PLpgSQL_function {
         let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>())
             as pg_sys::FunctionCallInfo;
         (*fcinfo).flinfo = flinfo;
-        apply_settings(function);
+        apply_settings(function, search_path);
         {
             let data = pg_sys::palloc0(std::mem::size_of::<pg_sys::TriggerData>())
                 as *mut pg_sys::TriggerData;
@@ -243,8 +301,8 @@ struct Walk {
     guard_bytes: usize,
 }
 
-/// Past this many bytes of guard conditions a body is not read (a 48 kB body of 32 nested
-/// 1 kB conditions around 2 000 statements would otherwise make 64 MB of facts).
+/// Past this many bytes of guard conditions statements come without theirs (a 48 kB body of 32
+/// nested 1 kB conditions around 2 000 statements would otherwise make 64 MB of facts).
 const MAX_GUARD_BYTES: usize = 16 << 20;
 
 impl Walk {
@@ -256,20 +314,14 @@ impl Walk {
         }
     }
 
-    fn function(mut self) -> Result<Value, String> {
+    fn function(mut self) -> Value {
         // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
         let action = unsafe { (*self.function).action };
         self.block(action, &Context::default());
-        if self.guard_bytes > MAX_GUARD_BYTES {
-            return Err(format!(
-                "the conditions around its statements come to more than {} MB",
-                MAX_GUARD_BYTES >> 20
-            ));
-        }
-        Ok(json!({
+        json!({
             "trigger": self.trigger(),
             "statements": self.statements,
-        }))
+        })
     }
 
     fn block(&mut self, block: *mut pg_sys::PLpgSQL_stmt_block, cx: &Context) {
@@ -351,13 +403,11 @@ impl Walk {
                 PLPGSQL_STMT_BLOCK => self.block(stmt.cast(), cx),
                 PLPGSQL_STMT_ASSIGN => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_assign;
-                    let writes_new = self.is_new((*s).varno);
-                    let writes_old = self.is_old((*s).varno);
+                    let writes = self.writes((*s).varno);
                     let sql = text((*s).expr);
                     self.push(line, "assign", cx, |o| {
                         o.insert("sql".into(), sql.into());
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                 }
                 PLPGSQL_STMT_IF => {
@@ -429,48 +479,40 @@ impl Walk {
                 }
                 PLPGSQL_STMT_FORS => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_fors;
-                    let writes_new = self.variable_is_new((*s).var);
-                    let writes_old = self.variable_is_old((*s).var);
+                    let writes = self.writes_variable((*s).var);
                     let sql = text((*s).query);
                     self.push_sql(line, "for", cx, sql, |o| {
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                     self.list((*s).body, &cx.in_loop());
                 }
                 PLPGSQL_STMT_FORC => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_forc;
-                    let writes_new = self.variable_is_new((*s).var);
-                    let writes_old = self.variable_is_old((*s).var);
+                    let writes = self.writes_variable((*s).var);
                     self.expression(line, (*s).argquery, cx);
                     self.push(line, "for", cx, |o| {
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                     self.list((*s).body, &cx.in_loop());
                 }
                 PLPGSQL_STMT_DYNFORS => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_dynfors;
-                    let writes_new = self.variable_is_new((*s).var);
-                    let writes_old = self.variable_is_old((*s).var);
+                    let writes = self.writes_variable((*s).var);
                     let sql = text((*s).query);
                     self.push(line, "execute", cx, |o| {
                         o.insert("sql".into(), sql.into());
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                     self.params((*s).params, line, cx);
                     self.list((*s).body, &cx.in_loop());
                 }
                 PLPGSQL_STMT_FOREACH_A => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_foreach_a;
-                    let writes_new = self.is_new((*s).varno);
-                    let writes_old = self.is_old((*s).varno);
+                    let writes = self.writes((*s).varno);
                     let sql = text((*s).expr);
                     self.push(line, "foreach", cx, |o| {
                         o.insert("sql".into(), sql.into());
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                     self.list((*s).body, &cx.in_loop());
                 }
@@ -537,28 +579,32 @@ impl Walk {
                 }
                 PLPGSQL_STMT_EXECSQL => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_execsql;
-                    let writes_new = (*s).into && self.variable_is_new((*s).target);
-                    let writes_old = (*s).into && self.variable_is_old((*s).target);
+                    let writes = self.writes_variable(if (*s).into {
+                        (*s).target
+                    } else {
+                        std::ptr::null_mut()
+                    });
                     let (into, strict) = ((*s).into, (*s).strict);
                     self.push_sql(line, "sql", cx, text((*s).sqlstmt), |o| {
                         o.insert("into".into(), into.into());
                         o.insert("strict".into(), strict.into());
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                 }
                 PLPGSQL_STMT_DYNEXECUTE => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_dynexecute;
-                    let writes_new = (*s).into && self.variable_is_new((*s).target);
-                    let writes_old = (*s).into && self.variable_is_old((*s).target);
+                    let writes = self.writes_variable(if (*s).into {
+                        (*s).target
+                    } else {
+                        std::ptr::null_mut()
+                    });
                     let (into, strict) = ((*s).into, (*s).strict);
                     let sql = text((*s).query);
                     self.push(line, "execute", cx, |o| {
                         o.insert("sql".into(), sql.into());
                         o.insert("into".into(), into.into());
                         o.insert("strict".into(), strict.into());
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                     self.params((*s).params, line, cx);
                 }
@@ -573,22 +619,25 @@ impl Walk {
                     let sql = text((*s).expr);
                     let may_write = (*s).target.is_null()
                         && sql.as_deref().is_some_and(|q| call_has_arguments(q));
-                    let writes_new = may_write || self.variable_is_new((*s).target);
-                    let writes_old = may_write || self.variable_is_old((*s).target);
+                    let writes = if may_write {
+                        Writes {
+                            new: true,
+                            old: true,
+                        }
+                    } else {
+                        self.writes_variable((*s).target)
+                    };
                     self.push_sql(line, "call", cx, sql, |o| {
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                 }
                 PLPGSQL_STMT_GETDIAG => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_getdiag;
-                    let writes_new = cells::<pg_sys::PLpgSQL_diag_item>((*s).diag_items)
-                        .any(|item| self.is_new((*item).target));
-                    let writes_old = cells::<pg_sys::PLpgSQL_diag_item>((*s).diag_items)
-                        .any(|item| self.is_old((*item).target));
+                    let writes = cells::<pg_sys::PLpgSQL_diag_item>((*s).diag_items)
+                        .map(|item| self.writes((*item).target))
+                        .fold(Writes::default(), Writes::or);
                     self.push(line, "get diagnostics", cx, |o| {
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                 }
                 PLPGSQL_STMT_OPEN => {
@@ -606,12 +655,15 @@ impl Walk {
                 PLPGSQL_STMT_FETCH => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_fetch;
                     let is_move = (*s).is_move;
-                    let writes_new = !is_move && self.variable_is_new((*s).target);
-                    let writes_old = !is_move && self.variable_is_old((*s).target);
+                    let target = if is_move {
+                        std::ptr::null_mut()
+                    } else {
+                        (*s).target
+                    };
+                    let writes = self.writes_variable(target);
                     self.expression(line, (*s).expr, cx);
                     self.push(line, if is_move { "move" } else { "fetch" }, cx, |o| {
-                        o.insert("writes_new".into(), writes_new.into());
-                        o.insert("writes_old".into(), writes_old.into());
+                        writes.insert_into(o);
                     });
                 }
                 PLPGSQL_STMT_CLOSE => self.push(line, "close", cx, |_| {}),
@@ -665,13 +717,17 @@ impl Walk {
         let mut o = Map::new();
         o.insert("line".into(), line.into());
         o.insert("kind".into(), kind.into());
+        // Past the budget statements come without their guards (and say so): what a statement
+        // does is never left out.
         self.guard_bytes += cx.guard_bytes;
         if self.guard_bytes > MAX_GUARD_BYTES {
-            return;
-        }
-        o.insert("guards".into(), Value::Array(cx.guards.clone()));
-        if cx.guards_truncated {
+            o.insert("guards".into(), Value::Array(Vec::new()));
             o.insert("guards_truncated".into(), true.into());
+        } else {
+            o.insert("guards".into(), Value::Array(cx.guards.clone()));
+            if cx.guards_truncated {
+                o.insert("guards_truncated".into(), true.into());
+            }
         }
         o.insert("loop".into(), cx.in_loop.into());
         o.insert("handler".into(), cx.in_handler.into());
@@ -679,17 +735,24 @@ impl Walk {
         self.statements.push(Value::Object(o));
     }
 
-    /// is_new says whether datum `dno` is NEW or one of its fields.
-    fn is_new(&self, dno: i32) -> bool {
+    /// writes says whether assigning datum `dno` writes NEW or OLD (the record, or a field of
+    /// it): a BEFORE UPDATE trigger that changes OLD and returns it writes the row.
+    fn writes(&self, dno: i32) -> Writes {
         // SAFETY: the function is the compiled tree, valid for the whole walk (Walk::new).
-        self.is_part_of(dno, unsafe { (*self.function).new_varno })
+        let (new, old) = unsafe { ((*self.function).new_varno, (*self.function).old_varno) };
+        Writes {
+            new: self.is_part_of(dno, new),
+            old: self.is_part_of(dno, old),
+        }
     }
 
-    /// is_old says whether datum `dno` is OLD or one of its fields: a BEFORE UPDATE trigger
-    /// that changes OLD and returns it writes the row.
-    fn is_old(&self, dno: i32) -> bool {
-        // SAFETY: as in is_new.
-        self.is_part_of(dno, unsafe { (*self.function).old_varno })
+    /// writes_variable is [`Walk::writes`] of a statement's target (none: NULL).
+    fn writes_variable(&self, variable: *mut pg_sys::PLpgSQL_variable) -> Writes {
+        if variable.is_null() {
+            return Writes::default();
+        }
+        // SAFETY: a target of the compiled tree, valid for the whole walk (Walk::new).
+        self.writes(unsafe { (*variable).dno })
     }
 
     /// is_part_of says whether datum `dno` is the trigger's record `record` or a field of it.
@@ -723,15 +786,26 @@ impl Walk {
         // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
         unsafe { (*self.function).fn_is_trigger == pg_sys::PLpgSQL_trigtype::PLPGSQL_DML_TRIGGER }
     }
+}
 
-    fn variable_is_new(&self, variable: *mut pg_sys::PLpgSQL_variable) -> bool {
-        // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
-        unsafe { !variable.is_null() && self.is_new((*variable).dno) }
+/// What a statement may assign: NEW, OLD (a field of either counts).
+#[derive(Clone, Copy, Default)]
+struct Writes {
+    new: bool,
+    old: bool,
+}
+
+impl Writes {
+    fn or(self, other: Writes) -> Writes {
+        Writes {
+            new: self.new || other.new,
+            old: self.old || other.old,
+        }
     }
 
-    fn variable_is_old(&self, variable: *mut pg_sys::PLpgSQL_variable) -> bool {
-        // SAFETY: as in variable_is_new.
-        unsafe { !variable.is_null() && self.is_old((*variable).dno) }
+    fn insert_into(self, o: &mut Map<String, Value>) {
+        o.insert("writes_new".into(), self.new.into());
+        o.insert("writes_old".into(), self.old.into());
     }
 }
 

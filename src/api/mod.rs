@@ -502,8 +502,11 @@ fn runs_user_code(relation: pg_sys::Oid) -> bool {
 /// What a PL/pgSQL function does, statement by statement, as plpgsql's compiler and the raw
 /// parser read it (crate::plpgsql::facts): for the trigger migration's analyzer.
 #[pg_extern(name = "_plpgsql_facts", volatile, parallel_unsafe)]
-pub fn plpgsql_facts(function: pg_sys::Oid) -> pgrx::JsonB {
-    pgrx::JsonB(crate::plpgsql::facts(function))
+pub fn plpgsql_facts(
+    function: Option<pg_sys::Oid>,
+    search_path: default!(Option<&str>, "NULL"),
+) -> Option<pgrx::JsonB> {
+    function.map(|f| pgrx::JsonB(crate::plpgsql::facts(f, search_path)))
 }
 
 /// Records lost because no ring was free for their database.
