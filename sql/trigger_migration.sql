@@ -5,7 +5,9 @@
 -- rollback_migration() and their state: activity_log.migration and migration_backup.
 -- Never touches a trigger it did not classify as audit, unless the caller names it; never a
 -- business, constraint or internal trigger. The functions run as the caller (SECURITY
--- INVOKER): the DDL needs the caller's rights on the tables, as if typed by hand.
+-- INVOKER): the DDL needs the caller's rights on the tables, as if typed by hand. A function
+-- whose body holds a backslash in a literal pins standard_conforming_strings = on: with it off
+-- '\m' reads as 'm', and every pattern would mean something else.
 --
 -- Locks: phases 1 and 2 and the rollback take SHARE ROW EXCLUSIVE on each table they move
 -- (reads go on; writes wait for the few milliseconds of the phase, and the phase waits for
@@ -142,6 +144,7 @@ CREATE FUNCTION activity_log._resolve_table(name text, table_schema oid, functio
 RETURNS regclass
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 DECLARE
     schema text;
@@ -188,6 +191,7 @@ $$;
 CREATE FUNCTION activity_log._lex(src text, OUT code text, OUT masked text, OUT lits text[], OUT unclosed text)
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 DECLARE
     total  integer;
@@ -406,6 +410,7 @@ CREATE FUNCTION activity_log._insert_targets(src text, table_schema oid, functio
 RETURNS regclass[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 BEGIN
     RETURN (SELECT coalesce(array_agg(x.found ORDER BY x.first), '{}')
@@ -429,6 +434,7 @@ $$;
 CREATE FUNCTION activity_log._callees(fn oid) RETURNS oid[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 DECLARE
     found    oid[] := '{}';
@@ -470,6 +476,7 @@ CREATE FUNCTION activity_log._call_names(stmt text, OUT schema_name text, OUT fu
 RETURNS SETOF record
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 BEGIN
     RETURN QUERY
@@ -566,6 +573,7 @@ CREATE FUNCTION activity_log._body_effects(fn oid, caller_search_path text, dept
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 DECLARE
     f          record;
@@ -903,6 +911,7 @@ $$;
 CREATE FUNCTION activity_log._readers(tbl regclass, oids oid[], srcs text[]) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 BEGIN
     RETURN (WITH t AS (
@@ -943,6 +952,55 @@ BEGIN
 END
 $$;
 
+-- _trigger_events lists the events a trigger of pg_trigger.tgtype fires on, as TG_OP, TG_WHEN
+-- and TG_LEVEL say them.
+CREATE FUNCTION activity_log._trigger_events(tgtype integer, OUT op text, OUT wh text, OUT lv text)
+RETURNS SETOF record
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT o.op,
+           CASE WHEN tgtype & 2 <> 0 THEN 'BEFORE' WHEN tgtype & 64 <> 0 THEN 'INSTEAD OF' ELSE 'AFTER' END,
+           CASE WHEN tgtype & 1 <> 0 THEN 'ROW' ELSE 'STATEMENT' END
+      FROM (VALUES (4, 'INSERT'), (8, 'DELETE'), (16, 'UPDATE'), (32, 'TRUNCATE')) o(bit, op)
+     WHERE tgtype & o.bit <> 0
+$$;
+
+-- _guard_excludes says whether a condition a statement runs under (cond must be true, or, with
+-- holds false, not true) keeps event (op, wh, lv) from reaching it. Only a condition on TG_OP,
+-- TG_WHEN and TG_LEVEL alone can say so: with the event's values substituted it holds only
+-- literals, so running it runs no user code. Any other condition, or one that fails to
+-- evaluate, excludes nothing.
+CREATE FUNCTION activity_log._guard_excludes(cond text, holds boolean, op text, wh text, lv text)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
+AS $$
+DECLARE
+    val boolean;
+BEGIN
+    -- No backslash: '\' reads alike whether standard_conforming_strings is on or off (the body
+    -- may have been compiled with it off, the plan runs with it on). No quote after a name:
+    -- tg_op 'x' is a literal of a type named tg_op, not the variable.
+    IF cond IS NULL
+       OR cond !~* '^(\s|[(),=<>!]|\mtg_(when|level|op)\M|''[^''\\]*''|\m(not|and|or|in|is|distinct|from)\M)+$'
+       OR cond ~* '\mtg_(when|level|op)\M\s*''' THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        EXECUTE 'SELECT (' || regexp_replace(regexp_replace(regexp_replace(cond,
+                     '\mtg_op\M', quote_literal(op), 'gi'),
+                     '\mtg_when\M', quote_literal(wh), 'gi'),
+                     '\mtg_level\M', quote_literal(lv), 'gi') || ')::boolean'
+           INTO val;
+    EXCEPTION WHEN OTHERS THEN
+        RETURN false;   -- TG_OP = 'INSERT' = 'x' compiles; it fails when it runs, as it would here
+    END;
+    RETURN CASE WHEN holds THEN val IS NOT TRUE ELSE val IS TRUE END;
+END
+$$;
+
 -- _raises_on_writes says whether a trigger function body (comments removed) makes writes fail
 -- (issue 27, F3-F5): an ASSERT, a SELECT … INTO STRICT, or a RAISE of any level but DEBUG, LOG,
 -- INFO, NOTICE and WARNING (RAISE EXCEPTION, RAISE with no level, RAISE SQLSTATE, RAISE
@@ -954,6 +1012,7 @@ $$;
 CREATE FUNCTION activity_log._raises_on_writes(src text, tgtype integer) RETURNS boolean
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 DECLARE
     masked  text;
@@ -965,12 +1024,7 @@ DECLARE
     branch  text[] := '{}';     -- per open frame: 'cond' (in an if / elsif branch) or 'else'
     cstart  integer := NULL;    -- where the condition being read starts
     c       text;
-    protocol_only boolean;
-    ok      boolean;
     combo   record;
-    any_true boolean;
-    val     boolean;
-    proto   text := '^(\s|[(),=<>!]|\mtg_(when|level|op)\M|''[^'']*''|\m(not|and|or|in|is|distinct|from)\M)+$';
     orig    text := src;        -- conditions are read as written: 'delete' is not 'DELETE'
 BEGIN
     -- strings of every kind masked by _lex, positions kept: keywords inside a message (or a
@@ -1020,34 +1074,17 @@ BEGIN
             IF tgtype = 0 OR cardinality(kinds) = 0 OR kinds[cardinality(kinds)] <> 'if' THEN
                 RETURN true;
             END IF;
-            ok := true;
-            any_true := false;
-            FOR combo IN
-                SELECT o.op, CASE WHEN tgtype & 2 <> 0 THEN 'BEFORE' WHEN tgtype & 64 <> 0 THEN 'INSTEAD OF' ELSE 'AFTER' END AS wh,
-                       CASE WHEN tgtype & 1 <> 0 THEN 'ROW' ELSE 'STATEMENT' END AS lv
-                  FROM (VALUES (4, 'INSERT'), (8, 'DELETE'), (16, 'UPDATE'), (32, 'TRUNCATE')) o(bit, op)
-                 WHERE tgtype & o.bit <> 0
-            LOOP
-                -- in the current branch: the last condition (cond) or none of them (else)
-                any_true := false;
-                FOREACH c IN ARRAY (CASE WHEN branch[cardinality(kinds)] = 'cond'
-                                         THEN ARRAY[split_part(conds[cardinality(kinds)], chr(1), -1)]
-                                         ELSE string_to_array(substr(conds[cardinality(kinds)], 2), chr(1)) END) LOOP
-                    IF c !~* proto THEN
-                        RETURN true;
-                    END IF;
-                    EXECUTE 'SELECT (' || regexp_replace(regexp_replace(regexp_replace(c,
-                                 '\mtg_op\M', quote_literal(combo.op), 'gi'),
-                                 '\mtg_when\M', quote_literal(combo.wh), 'gi'),
-                                 '\mtg_level\M', quote_literal(combo.lv), 'gi') || ')::boolean'
-                       INTO val;
-                    any_true := any_true OR coalesce(val, false);
-                END LOOP;
-                IF branch[cardinality(kinds)] = 'cond' AND any_true THEN
-                    RETURN true;      -- a write of this event reaches the RAISE
-                ELSIF branch[cardinality(kinds)] = 'else' AND NOT any_true THEN
-                    RETURN true;      -- this event falls through to the ELSE
+            FOR combo IN SELECT * FROM activity_log._trigger_events(tgtype) LOOP
+                -- in an if / elsif branch: reached unless its condition excludes the event; in
+                -- the else: unless one of the chain's conditions is true for it
+                IF branch[cardinality(kinds)] = 'cond' THEN
+                    CONTINUE WHEN activity_log._guard_excludes(split_part(conds[cardinality(kinds)], chr(1), -1),
+                                                               true, combo.op, combo.wh, combo.lv);
+                ELSE
+                    CONTINUE WHEN EXISTS (SELECT FROM unnest(string_to_array(substr(conds[cardinality(kinds)], 2), chr(1))) g(cond)
+                                           WHERE activity_log._guard_excludes(g.cond, false, combo.op, combo.wh, combo.lv));
                 END IF;
+                RETURN true;      -- a write of this event reaches the RAISE
             END LOOP;
         END IF;
     END LOOP;
@@ -1057,18 +1094,26 @@ $$;
 
 -- _plpgsql_side_effects lists what a PL/pgSQL trigger function (fired as tgtype says) does
 -- besides auditing, as plpgsql's own compiler reads it under the caller's search_path
--- (_plpgsql_facts, issue 27's parser): 'modifies NEW' (any form of writing NEW or a field of
+-- (_plpgsql_facts, issue 27's parser). side: 'modifies NEW' (any form of writing NEW or a field of
 -- it: assignment, INTO, FOR, FOREACH, GET DIAGNOSTICS, FETCH, a CALL with arguments; in a
 -- BEFORE INSERT or UPDATE row trigger, returning a record variable, or changing OLD and
--- returning it), 'updates or deletes other rows' (an UPDATE, DELETE or MERGE statement; one
+-- returning it), 'raises errors (validation)' (a body that can reach its end without RETURN, a
+-- NOT NULL variable; RAISE above WARNING, ASSERT, INTO STRICT, INTO of INSERT / UPDATE / DELETE /
+-- MERGE … RETURNING but an INSERT of one VALUES row, any INTO when plpgsql.extra_errors checks it, a CASE without ELSE, unless the statement's conditions on TG_OP, TG_WHEN and TG_LEVEL exclude every
+-- event the trigger fires on; not when the body assigns one of them, or a condition's name is
+-- another variable's, declared around it), 'updates or deletes other rows' (an UPDATE, DELETE or MERGE statement; one
 -- in the query of OPEN, FOR or a cursor is _body_effects' to name), 'sends notifications'
--- (NOTIFY). A body the compiler cannot read here is an effect too: the parser must never
+-- (NOTIFY). outside: the other statements outside the allow-list of an audit trigger's (a CALL,
+-- a write in the query of FOR, OPEN, a cursor or RETURN QUERY, an upsert, TRUNCATE, REFRESH,
+-- any other command but INSERT and SELECT), in _body_effects' words, so that a statement the
+-- reading of the text missed is still found. A body the compiler cannot read here is a side effect too: the parser must never
 -- say nothing because it could not look (second review). _migration_plan adds these to what
 -- its reading of the text found: the parser can only add effects, never take one away.
-CREATE FUNCTION activity_log._plpgsql_side_effects(fn oid, tgtype integer, caller_search_path text)
-RETURNS text[]
+CREATE FUNCTION activity_log._plpgsql_side_effects(fn oid, tgtype integer, caller_search_path text,
+                                                   OUT side text[], OUT outside text[])
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
     SELECT CASE WHEN f.facts ? 'error'
                 THEN ARRAY[format('has a body PL/pgSQL''s compiler could not read here (%s)', f.facts->>'error')]
@@ -1079,11 +1124,52 @@ AS $$
                   OR (tgtype & 1 <> 0 AND tgtype & 2 <> 0 AND tgtype & 16 <> 0
                       AND bool_or(coalesce((s->>'writes_old')::boolean, false)) AND bool_or(s->>'returns' = 'old'))
              THEN 'modifies NEW' END,
+        -- a statement that fails writes, reached by some event the trigger fires on: its
+        -- guards on TG_OP / TG_WHEN / TG_LEVEL do not exclude that event (2ndQuadrant's IF
+        -- TG_WHEN <> 'AFTER' THEN RAISE is a protocol guard, not validation)
+        CASE WHEN (f.facts->>'falls_off_end')::boolean OR (f.facts->>'not_null_variables')::boolean
+                  OR bool_or((s->>'kind' = 'raise' AND s->>'level' NOT IN ('debug', 'log', 'info', 'notice', 'warning')
+                           OR s->>'kind' = 'assert'
+                           OR (coalesce((s->>'into')::boolean, false)
+                               AND ((s->>'strict')::boolean OR f.into_checked
+                                    OR (s->>'kind' = 'sql' AND s->>'command' IN ('INSERT', 'UPDATE', 'DELETE', 'MERGE')
+                                        AND NOT coalesce((s->>'single_row')::boolean, false)))))
+                          AND EXISTS (SELECT FROM activity_log._trigger_events(tgtype) e
+                                       WHERE NOT EXISTS (SELECT FROM jsonb_array_elements(s->'guards') g
+                                                          WHERE NOT f.protocol_written AND NOT g ? 'shadowed'
+                                                            AND activity_log._guard_excludes(g->>'cond', (g->>'holds')::boolean,
+                                                                                             e.op, e.wh, e.lv))))
+             THEN 'raises errors (validation)' END,
         CASE WHEN bool_or(s->>'kind' = 'sql' AND s->>'command' IN ('UPDATE', 'DELETE', 'MERGE'))
              THEN 'updates or deletes other rows' END,
         CASE WHEN bool_or(s->>'command' = 'NOTIFY') THEN 'sends notifications' END], NULL)
-                        FROM jsonb_array_elements(f.facts->'statements') s) END
-      FROM (SELECT activity_log._plpgsql_facts(fn, caller_search_path) AS facts) f
+                        FROM jsonb_array_elements(f.facts->'statements') s) END,
+           CASE WHEN NOT f.facts ? 'error' THEN ARRAY(SELECT DISTINCT x FROM (SELECT CASE
+            WHEN o->>'kind' = 'call' THEN 'calls a procedure'
+            WHEN o->>'kind' IN ('for', 'open', 'cursor', 'return query')
+                 AND (o->>'command' <> 'SELECT' OR (o->>'writes_in_with')::boolean)
+                 THEN 'writes rows in the query of OPEN, a cursor or RETURN QUERY'
+            WHEN o->>'kind' = 'sql' AND (o->>'upsert')::boolean
+                 THEN format('upserts into %s (ON CONFLICT … DO UPDATE)',
+                             concat_ws('.', o->'relation'->>'schema', o->'relation'->>'name'))
+            WHEN o->>'kind' = 'sql' AND o->>'command' = 'TRUNCATE TABLE' THEN 'truncates a table'
+            WHEN o->>'kind' = 'sql' AND o->>'command' = 'REFRESH MATERIALIZED VIEW' THEN 'refreshes a materialized view'
+            WHEN o->>'kind' = 'sql' AND o->>'command' NOT IN ('INSERT', 'SELECT', 'UPDATE', 'DELETE', 'MERGE', 'NOTIFY')
+                 THEN format('runs %s', o->>'command') END AS x
+              FROM jsonb_array_elements(f.facts->'statements') o) y WHERE x IS NOT NULL ORDER BY x) END
+      FROM (SELECT x.facts, jsonb_path_exists(x.facts, '$.statements[*] ? (@.writes_protocol == true)') AS protocol_written,
+                   -- plpgsql.extra_errors is read when the statement runs: the reader's, the
+                   -- function's own, any role's or this database's
+                   EXISTS (SELECT FROM (SELECT pg_catalog.current_setting('plpgsql.extra_errors', true) AS v
+                                        UNION ALL
+                                        SELECT cfg FROM pg_catalog.pg_proc p, unnest(p.proconfig) cfg WHERE p.oid = fn
+                                        UNION ALL
+                                        SELECT cfg FROM pg_catalog.pg_db_role_setting r, unnest(r.setconfig) cfg
+                                         WHERE r.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                                                      WHERE d.datname = pg_catalog.current_database()))) c
+                            WHERE c.v ~* '^(plpgsql\.extra_errors=)?.*(too_many_rows|strict_multi_assignment|all)'
+                              AND (c.v !~ '=' OR c.v ~* '^plpgsql\.extra_errors=')) AS into_checked
+              FROM (SELECT activity_log._plpgsql_facts(fn, caller_search_path) AS facts) x) f
 $$;
 
 -- _trail_problem says why a table a trigger writes cannot be a trail that only people read, or
@@ -1227,6 +1313,7 @@ LANGUAGE plpgsql STABLE
 -- Pinned like every function here: an unqualified table name in a trigger function resolves
 -- through caller_search_path (the caller's, as when the trigger fires; see migration_plan()).
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 -- The catalog queries here are small but some are estimated large (a generate_series over
 -- operator symbols): JIT-compiling them cost 200 ms per trigger function, more than the plan.
 SET jit = off
@@ -1244,6 +1331,9 @@ DECLARE
     generic    boolean;
     image      text;
     side       text[];
+    parsed     text[];      -- what plpgsql's compiler reads in the body (_plpgsql_side_effects)
+    parsed_outside text[];  -- and the statements it finds outside the allow-list
+    validates  boolean;     -- it makes writes fail (RAISE, ASSERT, INTO STRICT …)
     score      numeric;
     own_table  regclass;
     companion  name;
@@ -1427,7 +1517,19 @@ BEGIN
         -- ELSE RAISE EXCEPTION 'unhandled case' guards a function against misuse; it validates
         -- nothing. Nor does a protocol guard: IF TG_WHEN <> 'AFTER' THEN RAISE EXCEPTION …
         -- END IF, a condition on TG_WHEN / TG_LEVEL / TG_OP alone (2ndQuadrant's audit-trigger).
-        IF activity_log._raises_on_writes(src, t.tgtype) THEN
+        -- plpgsql's compiler says which statements raise and the conditions around each; the
+        -- reading of the text decides only where it could not (another language, a body that
+        -- does not compile here, which is an effect of its own).
+        parsed := NULL;
+        parsed_outside := NULL;
+        IF t.lanname = 'plpgsql' THEN
+            SELECT x.side, x.outside INTO parsed, parsed_outside
+              FROM activity_log._plpgsql_side_effects(t.tgfoid, t.tgtype, caller_search_path) x;
+        END IF;
+        validates := CASE WHEN parsed IS NOT NULL AND NOT EXISTS (SELECT FROM unnest(parsed) x WHERE x LIKE 'has a body %')
+                          THEN 'raises errors (validation)' = ANY (parsed)
+                          ELSE activity_log._raises_on_writes(src, t.tgtype) END;
+        IF validates THEN
             side := side || 'raises errors (validation)'::text;
         -- Only a row trigger skips rows: PostgreSQL ignores a statement trigger's return value.
         ELSIF t.tgtype & 2 <> 0 AND t.tgtype & 1 <> 0 AND src ~* '\mreturn\s+null\M' THEN
@@ -1441,10 +1543,7 @@ BEGIN
         END IF;
         -- What plpgsql's compiler reads in the body that the patterns above missed (FOREACH
         -- NEW.x IN ARRAY, a quoted table name after UPDATE, NOTIFY "channel").
-        IF t.lanname = 'plpgsql' THEN
-            side := side || ARRAY(SELECT x FROM unnest(activity_log._plpgsql_side_effects(t.tgfoid, t.tgtype, caller_search_path)) x
-                                   WHERE NOT x = ANY (side));
-        END IF;
+        side := side || ARRAY(SELECT x FROM unnest(parsed) x WHERE NOT x = ANY (side));
         -- The allow-list (F2): what the body and the functions it calls do besides what an audit
         -- trigger does. Read once per function.
         eff := effects_cache -> (t.tgfoid::text);
@@ -1454,6 +1553,10 @@ BEGIN
             effects_cache := effects_cache || jsonb_build_object(t.tgfoid::text, eff);
         END IF;
         effects := ARRAY(SELECT jsonb_array_elements_text(eff->'problems'));
+        -- and the statements outside it that plpgsql's compiler finds and the text did not show
+        effects := effects || ARRAY(SELECT x FROM unnest(parsed_outside) x
+                                     WHERE NOT x = ANY (effects)
+                                       AND NOT (x LIKE 'upserts into %' AND EXISTS (SELECT FROM unnest(effects) prior(known) WHERE prior.known LIKE 'upserts %')));
         -- The trigger's WHEN clause runs with it, and stops with it (issue 27, second review,
         -- F10): the functions and operators it calls (funcid, opfuncid in pg_trigger.tgqual) are
         -- judged like the body's calls, the domains it casts to by their checks.
@@ -2260,6 +2363,7 @@ $$;
 CREATE FUNCTION activity_log._skipped_updates(trigger oid) RETURNS text[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 DECLARE
     t       record;
@@ -2658,6 +2762,7 @@ RETURNS SETOF text
 LANGUAGE plpgsql
 -- Pinned; the plan resolves the tables trigger functions name through caller_search_path.
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
 #variable_conflict use_variable
 DECLARE

@@ -26,15 +26,19 @@ type Compile =
 /// the function does not pin are read under (the session firing the trigger's).
 /// Each statement has "line", "kind" and, where it has one, "sql" (the text PostgreSQL runs),
 /// "guards" (the IF / ELSIF / CASE / WHILE conditions of the branches around it, the outermost
-/// MAX_GUARDS, 16 MB of them in all, "guards_truncated" when some are left out; "holds": false
+/// MAX_GUARDS, 16 MB of them in all, "guards_truncated" when some are left out; "shadowed" when
+/// TG_OP, TG_WHEN or TG_LEVEL in one may not be the trigger's own; "holds": false
 /// means "is not true",
 /// NULL included; a condition that ends a branch early — IF … THEN RETURN, EXIT WHEN — guards
 /// nothing after it, so the list is a lower bound), "loop" (inside a loop), "handler" (inside
 /// an EXCEPTION handler), "writes_new" / "writes_old" (it may change NEW / OLD; a CALL with
-/// arguments may, through INOUT). SQL statements add "command" (the command tag), "relation"
-/// ({"schema", "name"} of INSERT / UPDATE / DELETE / MERGE), "upsert" (ON CONFLICT DO UPDATE)
+/// arguments may, through INOUT), "writes_protocol" (it may assign TG_OP, TG_WHEN or TG_LEVEL).
+/// SQL statements add "command" (the command tag), "relation"
+/// ({"schema", "name"} of INSERT / UPDATE / DELETE / MERGE), "upsert" (ON CONFLICT DO UPDATE),
+/// "single_row" (INSERT … VALUES of one row)
 /// and "writes_in_with" (a data-modifying WITH); RAISE adds "level"; RETURN adds "returns"
-/// ("new", "old", "null", "variable", "expression" or "nothing").
+/// ("new", "old", "null", "variable", "expression" or "nothing"). At the top, "falls_off_end"
+/// (a path reaches the end of the body without RETURN) and "not_null_variables".
 ///
 /// Only trigger functions: a trigger function is compiled as for a trigger of OID 0, an entry
 /// of plpgsql's cache no real call uses, while any other function's compiled tree would be the
@@ -61,13 +65,17 @@ pub fn facts(function: pg_sys::Oid, search_path: Option<&str>) -> Value {
         return json!({"error": "not a trigger function"});
     }
     // Up to 17 a body that fails to compile leaves its memory behind (plpgsql allocates the
-    // function in TopMemoryContext): a failure is remembered for the rest of the transaction
-    // (a later one may have the missing type), for this version of the function and this
-    // search_path.
-    // SAFETY: a read of the transaction's start time.
-    let started = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    // function in TopMemoryContext): a failure is remembered for this version of the function
+    // and this search_path until the transaction's next command (which may create the missing
+    // type) or the next transaction.
+    // SAFETY: reads of the transaction's start time and command counter.
+    let started = unsafe {
+        (
+            pg_sys::GetCurrentTransactionStartTimestamp(),
+            pg_sys::GetCurrentCommandId(false),
+        )
+    };
     let key = (
-        started,
         u32::from(function),
         proc.xmin,
         search_path.map(str::to_owned),
@@ -86,7 +94,7 @@ pub fn facts(function: pg_sys::Oid, search_path: Option<&str>) -> Value {
         // SAFETY: the compiled tree is the plpgsql cache's; it is only read, inside this
         // subtransaction, and nothing of it is kept (walk copies into owned values).
         unsafe {
-            let compiled = compile(function, search_path);
+            let compiled = compile(function, &proc.config, search_path);
             Walk::new(compiled).function()
         }
     });
@@ -102,13 +110,16 @@ pub fn facts(function: pg_sys::Oid, search_path: Option<&str>) -> Value {
     })
 }
 
-type FailedKey = (pg_sys::TimestampTz, u32, u32, Option<String>);
+type FailedKey = (u32, u32, Option<String>);
+/// A command: its transaction's start time and its command id.
+type Command = (pg_sys::TimestampTz, pg_sys::CommandId);
 
 thread_local! {
-    /// The functions plpgsql could not compile in this transaction (its start time first):
-    /// by OID, xmin of their pg_proc row and search_path, and why.
+    /// The functions plpgsql could not compile in this command (the transaction's start time
+    /// and command id come first: the map is emptied when they change), by OID, xmin of their
+    /// pg_proc row and search_path, and why.
     static FAILED: std::cell::RefCell<(
-        Option<pg_sys::TimestampTz>,
+        Option<Command>,
         std::collections::HashMap<FailedKey, String>,
     )> = Default::default();
 }
@@ -119,6 +130,8 @@ struct Proc {
     language: String,
     rettype: pg_sys::Oid,
     xmin: u32,
+    /// proconfig: the function's SET clauses, "name=value".
+    config: Vec<String>,
 }
 
 impl Proc {
@@ -136,12 +149,25 @@ impl Proc {
             let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_proc>(tuple);
             let (prolang, rettype) = (form.prolang, form.prorettype);
             let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
+            let mut isnull = true;
+            let config = pg_sys::SysCacheGetAttr(
+                pg_sys::SysCacheIdentifier::PROCOID as i32,
+                tuple,
+                pg_sys::Anum_pg_proc_proconfig as pg_sys::AttrNumber,
+                &mut isnull,
+            );
+            let config = <Vec<Option<String>> as FromDatum>::from_datum(config, isnull)
+                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .collect();
             pg_sys::ReleaseSysCache(tuple);
             Some(Proc {
                 name: string(pg_sys::format_procedure(function)).unwrap_or_default(),
                 language: string(pg_sys::get_language_name(prolang, true)).unwrap_or_default(),
                 rettype,
                 xmin: u32::from(xmin),
+                config,
             })
         }
     }
@@ -154,7 +180,7 @@ impl Proc {
 /// compile, the reader may not be allowed to set them (a failure would hide the body), and a
 /// placeholder (SET myapp.user_id) would outlive the rollback. Set as PGC_SUSET: only the
 /// compile inside the subtransaction sees them, and its rollback restores them.
-unsafe fn apply_settings(function: pg_sys::Oid, search_path: Option<&str>) {
+unsafe fn apply_settings(config: &[String], search_path: Option<&str>) {
     let set = |name: &str, value: &str| {
         let (Ok(name), Ok(value)) = (std::ffi::CString::new(name), std::ffi::CString::new(value))
         else {
@@ -178,31 +204,7 @@ unsafe fn apply_settings(function: pg_sys::Oid, search_path: Option<&str>) {
     if let Some(path) = search_path {
         set("search_path", path);
     }
-    // SAFETY: a syscache lookup inside a transaction; released before return.
-    let config: Vec<String> = unsafe {
-        let tuple = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::PROCOID as i32,
-            pg_sys::Datum::from(function),
-        );
-        if tuple.is_null() {
-            return;
-        }
-        let mut isnull = true;
-        let datum = pg_sys::SysCacheGetAttr(
-            pg_sys::SysCacheIdentifier::PROCOID as i32,
-            tuple,
-            pg_sys::Anum_pg_proc_proconfig as pg_sys::AttrNumber,
-            &mut isnull,
-        );
-        let config = <Vec<Option<String>> as FromDatum>::from_datum(datum, isnull)
-            .unwrap_or_default()
-            .into_iter()
-            .flatten()
-            .collect();
-        pg_sys::ReleaseSysCache(tuple);
-        config
-    };
-    for item in &config {
+    for item in config {
         let Some((name, value)) = item.split_once('=') else {
             continue;
         };
@@ -221,6 +223,7 @@ unsafe fn apply_settings(function: pg_sys::Oid, search_path: Option<&str>) {
 /// Not forValidator: extra_errors the user set would fail bodies that run.
 unsafe fn compile(
     function: pg_sys::Oid,
+    config: &[String],
     search_path: Option<&str>,
 ) -> *mut pg_sys::PLpgSQL_function {
     // SAFETY: a call made up as plpgsql_validator makes it, in palloc'd memory.
@@ -241,7 +244,7 @@ unsafe fn compile(
         let fcinfo = pg_sys::palloc0(std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>())
             as pg_sys::FunctionCallInfo;
         (*fcinfo).flinfo = flinfo;
-        apply_settings(function, search_path);
+        apply_settings(config, search_path);
         {
             let data = pg_sys::palloc0(std::mem::size_of::<pg_sys::TriggerData>())
                 as *mut pg_sys::TriggerData;
@@ -273,12 +276,16 @@ struct Context {
 const MAX_GUARDS: usize = 32;
 
 impl Context {
-    fn with_guard(&self, cond: Option<String>, holds: bool) -> Context {
+    fn with_guard(&self, cond: Option<Condition>, holds: bool) -> Context {
         let mut inner = self.clone();
-        if let Some(cond) = cond {
+        if let Some(Condition { text, shadowed }) = cond {
             if inner.guards.len() < MAX_GUARDS {
-                inner.guard_bytes += cond.len();
-                inner.guards.push(json!({"cond": cond, "holds": holds}));
+                inner.guard_bytes += text.len();
+                let mut guard = json!({"cond": text, "holds": holds});
+                if shadowed {
+                    guard["shadowed"] = true.into();
+                }
+                inner.guards.push(guard);
             } else {
                 inner.guards_truncated = true;
             }
@@ -292,6 +299,14 @@ impl Context {
             ..self.clone()
         }
     }
+}
+
+/// A condition's text, and whether TG_OP, TG_WHEN or TG_LEVEL in it may name something other
+/// than the trigger's own (a variable or ALIAS of that name declared around it).
+#[derive(Clone)]
+struct Condition {
+    text: String,
+    shadowed: bool,
 }
 
 struct Walk {
@@ -321,7 +336,25 @@ impl Walk {
         json!({
             "trigger": self.trigger(),
             "statements": self.statements,
+            "falls_off_end": !always_leaves(action.cast()),
+            "not_null_variables": self.not_null_variables(),
         })
+    }
+
+    /// not_null_variables: some variable is declared NOT NULL (assigning it NULL is an ERROR).
+    fn not_null_variables(&self) -> bool {
+        // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
+        unsafe {
+            let f = self.function;
+            (0..(*f).ndatums).any(|dno| {
+                let datum = *(*f).datums.add(dno as usize);
+                use pg_sys::PLpgSQL_datum_type::*;
+                matches!(
+                    (*datum).dtype,
+                    PLPGSQL_DTYPE_VAR | PLPGSQL_DTYPE_ROW | PLPGSQL_DTYPE_REC
+                ) && (*(datum as *mut pg_sys::PLpgSQL_variable)).notnull
+            })
+        }
     }
 
     fn block(&mut self, block: *mut pg_sys::PLpgSQL_stmt_block, cx: &Context) {
@@ -414,12 +447,12 @@ impl Walk {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_if;
                     // Each branch runs when its condition holds and every earlier one did not.
                     let mut earlier = cx.clone();
-                    let cond = text((*s).cond);
+                    let cond = self.condition((*s).cond);
                     self.expression(line, (*s).cond, cx);
                     self.list((*s).then_body, &earlier.with_guard(cond.clone(), true));
                     earlier = earlier.with_guard(cond, false);
                     for elsif in cells::<pg_sys::PLpgSQL_if_elsif>((*s).elsif_list) {
-                        let cond = text((*elsif).cond);
+                        let cond = self.condition((*elsif).cond);
                         self.expression((*elsif).lineno, (*elsif).cond, &earlier);
                         self.list((*elsif).stmts, &earlier.with_guard(cond.clone(), true));
                         earlier = earlier.with_guard(cond, false);
@@ -438,13 +471,16 @@ impl Walk {
                     });
                     let mut earlier = cx.clone();
                     for when in cells::<pg_sys::PLpgSQL_case_when>((*s).case_when_list) {
-                        let cond = text((*when).expr).map(|c| match &case_value {
-                            Some((variable, value)) => c.replace(variable, value),
+                        let cond = self.condition((*when).expr).map(|c| match &case_value {
+                            Some((variable, value)) => Condition {
+                                text: c.text.replace(variable, value),
+                                ..c
+                            },
                             None => c,
                         });
                         if let Some(c) = &cond {
                             self.push((*when).lineno, "expression", &earlier, |o| {
-                                o.insert("sql".into(), c.clone().into());
+                                o.insert("sql".into(), c.text.clone().into());
                             });
                         }
                         self.list((*when).stmts, &earlier.with_guard(cond.clone(), true));
@@ -467,7 +503,7 @@ impl Walk {
                 PLPGSQL_STMT_WHILE => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_while;
                     self.expression(line, (*s).cond, cx);
-                    let cond = text((*s).cond);
+                    let cond = self.condition((*s).cond);
                     self.list((*s).body, &cx.in_loop().with_guard(cond, true));
                 }
                 PLPGSQL_STMT_FORI => {
@@ -623,6 +659,7 @@ impl Walk {
                         Writes {
                             new: true,
                             old: true,
+                            protocol: true,
                         }
                     } else {
                         self.writes_variable((*s).target)
@@ -743,6 +780,63 @@ impl Walk {
         Writes {
             new: self.is_part_of(dno, new),
             old: self.is_part_of(dno, old),
+            protocol: self.is_protocol(dno),
+        }
+    }
+
+    /// is_protocol says whether datum `dno` is (or a list of targets holds) the trigger's own
+    /// TG_OP, TG_WHEN or TG_LEVEL: plpgsql lets a body assign them.
+    fn is_protocol(&self, dno: i32) -> bool {
+        // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
+        unsafe {
+            let f = self.function;
+            if dno < 0 || dno >= (*f).ndatums {
+                return false;
+            }
+            let datum = *(*f).datums.add(dno as usize);
+            match (*datum).dtype {
+                pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_PROMISE => {
+                    let promise = (*(datum as *mut pg_sys::PLpgSQL_var)).promise;
+                    PROTOCOL.iter().any(|&(_, p)| p == promise)
+                }
+                pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_ROW => {
+                    let row = datum as *mut pg_sys::PLpgSQL_row;
+                    (0..(*row).nfields).any(|i| self.is_protocol(*(*row).varnos.add(i as usize)))
+                }
+                _ => false,
+            }
+        }
+    }
+
+    /// condition is a branch's condition as a guard: its text, and whether TG_OP, TG_WHEN and
+    /// TG_LEVEL, looked up as plpgsql looks up a name where the condition is written (the
+    /// innermost declaration of that name, labels skipped), fail to be the trigger's own.
+    fn condition(&self, expr: *mut pg_sys::PLpgSQL_expr) -> Option<Condition> {
+        // SAFETY: the pointers come from the compiled tree, valid for the whole walk
+        // (Walk::new); a namespace item's name is NUL-terminated.
+        unsafe {
+            let text = text(expr)?;
+            let f = self.function;
+            let own = |name: &CStr, promise: pg_sys::PLpgSQL_promise_type::Type| {
+                let mut item = (*expr).ns;
+                while !item.is_null() {
+                    if (*item).itemtype != pg_sys::PLpgSQL_nsitem_type::PLPGSQL_NSTYPE_LABEL
+                        && CStr::from_ptr((*item).name.as_ptr()) == name
+                    {
+                        let dno = (*item).itemno;
+                        if dno < 0 || dno >= (*f).ndatums {
+                            return false;
+                        }
+                        let datum = *(*f).datums.add(dno as usize);
+                        return (*datum).dtype == pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_PROMISE
+                            && (*(datum as *mut pg_sys::PLpgSQL_var)).promise == promise;
+                    }
+                    item = (*item).prev;
+                }
+                false
+            };
+            let shadowed = !PROTOCOL.iter().all(|&(name, promise)| own(name, promise));
+            Some(Condition { text, shadowed })
         }
     }
 
@@ -788,11 +882,12 @@ impl Walk {
     }
 }
 
-/// What a statement may assign: NEW, OLD (a field of either counts).
+/// What a statement may assign: NEW, OLD (a field of either counts), TG_OP / TG_WHEN / TG_LEVEL.
 #[derive(Clone, Copy, Default)]
 struct Writes {
     new: bool,
     old: bool,
+    protocol: bool,
 }
 
 impl Writes {
@@ -800,12 +895,16 @@ impl Writes {
         Writes {
             new: self.new || other.new,
             old: self.old || other.old,
+            protocol: self.protocol || other.protocol,
         }
     }
 
     fn insert_into(self, o: &mut Map<String, Value>) {
         o.insert("writes_new".into(), self.new.into());
         o.insert("writes_old".into(), self.old.into());
+        if self.protocol {
+            o.insert("writes_protocol".into(), true.into());
+        }
     }
 }
 
@@ -836,6 +935,13 @@ unsafe fn parse_sql(sql: &str) -> Value {
                 let upsert = !conflict.is_null()
                     && (*conflict).action == pg_sys::OnConflictAction::ONCONFLICT_UPDATE;
                 o.insert("upsert".into(), upsert.into());
+                // INSERT … VALUES of one row: RETURNING … INTO cannot get a second one.
+                let select = (*s).selectStmt as *mut pg_sys::SelectStmt;
+                let single_row = !select.is_null()
+                    && (*select).type_ == pg_sys::NodeTag::T_SelectStmt
+                    && !(*select).valuesLists.is_null()
+                    && (*(*select).valuesLists).length == 1;
+                o.insert("single_row".into(), single_row.into());
                 ((*s).relation, (*s).withClause)
             }
             pg_sys::NodeTag::T_UpdateStmt => {
@@ -921,6 +1027,63 @@ fn level(elog_level: i32) -> &'static str {
         "debug"
     }
 }
+
+/// always_leaves says whether running `stmt` always ends in a RETURN or an ERROR; a trigger
+/// function that can reach the end of its body fails there ("control reached end of trigger
+/// procedure without RETURN"). A loop, or anything this does not follow, may not.
+fn always_leaves(stmt: *mut pg_sys::PLpgSQL_stmt) -> bool {
+    // SAFETY: the pointers come from the compiled tree, valid while it is walked.
+    unsafe {
+        let last = |list: *mut pg_sys::List| {
+            cells::<pg_sys::PLpgSQL_stmt>(list)
+                .last()
+                .is_some_and(always_leaves)
+        };
+        use pg_sys::PLpgSQL_stmt_type::*;
+        match (*stmt).cmd_type {
+            PLPGSQL_STMT_RETURN => true,
+            PLPGSQL_STMT_RAISE => {
+                (*(stmt as *mut pg_sys::PLpgSQL_stmt_raise)).elog_level as u32 >= pg_sys::PGERROR
+            }
+            PLPGSQL_STMT_BLOCK => {
+                let b = stmt as *mut pg_sys::PLpgSQL_stmt_block;
+                last((*b).body)
+                    && ((*b).exceptions.is_null()
+                        || cells::<pg_sys::PLpgSQL_exception>((*(*b).exceptions).exc_list)
+                            .all(|e| last((*e).action)))
+            }
+            PLPGSQL_STMT_IF => {
+                let s = stmt as *mut pg_sys::PLpgSQL_stmt_if;
+                last((*s).then_body)
+                    && cells::<pg_sys::PLpgSQL_if_elsif>((*s).elsif_list).all(|e| last((*e).stmts))
+                    && last((*s).else_body)
+            }
+            PLPGSQL_STMT_CASE => {
+                let s = stmt as *mut pg_sys::PLpgSQL_stmt_case;
+                cells::<pg_sys::PLpgSQL_case_when>((*s).case_when_list).all(|w| last((*w).stmts))
+                    // without ELSE, no match is an ERROR
+                    && (!(*s).have_else || last((*s).else_stmts))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The trigger variables a protocol guard tests, by name and by the promise that fills them.
+const PROTOCOL: [(&CStr, pg_sys::PLpgSQL_promise_type::Type); 3] = [
+    (
+        c"tg_op",
+        pg_sys::PLpgSQL_promise_type::PLPGSQL_PROMISE_TG_OP,
+    ),
+    (
+        c"tg_when",
+        pg_sys::PLpgSQL_promise_type::PLPGSQL_PROMISE_TG_WHEN,
+    ),
+    (
+        c"tg_level",
+        pg_sys::PLpgSQL_promise_type::PLPGSQL_PROMISE_TG_LEVEL,
+    ),
+];
 
 /// The text of an expression, as PostgreSQL runs it.
 unsafe fn text(expr: *mut pg_sys::PLpgSQL_expr) -> Option<String> {

@@ -1140,6 +1140,84 @@ fn trails_that_do_business_work_and_second_tables_are_never_audit() {
     );
 }
 
+/// Hostile review of the parser, finding 1: in a session with standard_conforming_strings off,
+/// a guard written to be a string with it on ('\' OR ' OR public.evil() …) ran its owner's
+/// function as the superuser reading the plan, and the plan's own patterns ('\m…') read
+/// differently. The plan pins the setting: the same plan either way, and no user code runs.
+#[test]
+fn the_plan_is_the_same_whatever_standard_conforming_strings() {
+    let c = Cluster::start(
+        "migration-scs",
+        &["activity_log.capture_statements = 'none'"],
+    );
+    common::with_extension(&c, "scs");
+    c.sql(
+        "scs",
+        "CREATE ROLE mallory LOGIN;
+         GRANT CREATE ON SCHEMA public TO mallory;
+         CREATE SCHEMA audit;
+         CREATE TABLE audit.plain_log (id bigserial PRIMARY KEY, action text, row_data jsonb);
+         CREATE TABLE public.plain (id int PRIMARY KEY, v text);
+         CREATE FUNCTION public.plain_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF TG_WHEN <> 'AFTER' THEN
+                 RAISE EXCEPTION 'plain_audit() may only run as an AFTER trigger';
+             END IF;
+             INSERT INTO audit.plain_log (action, row_data) VALUES (TG_OP, to_jsonb(NEW));
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER plain_audit AFTER INSERT OR UPDATE ON public.plain
+             FOR EACH ROW EXECUTE FUNCTION public.plain_audit();",
+    );
+    c.sql_as(
+        "mallory",
+        "scs",
+        r"CREATE FUNCTION public.evil() RETURNS int LANGUAGE plpgsql AS $e$
+          BEGIN
+              IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                  EXECUTE 'ALTER ROLE mallory SUPERUSER';
+              END IF;
+              RETURN NULL;
+          END $e$;
+          CREATE TABLE public.t6 (id int, amount int);
+          CREATE TABLE public.t6_log (action text, row_data jsonb);
+          CREATE FUNCTION public.t6_audit() RETURNS trigger LANGUAGE plpgsql
+              SET standard_conforming_strings = on AS $b$
+          BEGIN
+              IF NEW.id IS NULL THEN
+                  IF tg_op = '' OR ' OR public.evil() IS NULL) --' THEN RAISE EXCEPTION 'x'; END IF;
+              END IF;
+              INSERT INTO public.t6_log VALUES (TG_OP, to_jsonb(NEW));
+              RETURN NULL;
+          END $b$;
+          CREATE TRIGGER t6_audit AFTER INSERT OR UPDATE OR DELETE ON public.t6
+              FOR EACH ROW EXECUTE FUNCTION public.t6_audit();",
+    );
+    let plan = "SELECT relation || '|' || verdict || '|' || why FROM activity_log.migration_plan() ORDER BY 1;";
+    let on_then_off = c.sql(
+        "scs",
+        &format!("{plan} SET standard_conforming_strings = off; {plan} SELECT 'mallory superuser: ' || rolsuper FROM pg_roles WHERE rolname = 'mallory';"),
+    );
+    assert_eq!(
+        on_then_off,
+        [
+            "plain|audit|copies the changed row (as jsonb) into audit.plain_log with the operation",
+            "t6|uncertain|copies the changed row (as jsonb) into public.t6_log with the operation, but also raises errors (validation): taking it over would lose that",
+            "plain|audit|copies the changed row (as jsonb) into audit.plain_log with the operation",
+            "t6|uncertain|copies the changed row (as jsonb) into public.t6_log with the operation, but also raises errors (validation): taking it over would lose that",
+            "mallory superuser: false",
+        ]
+    );
+    // A session that starts with it off reads the same plan.
+    assert_eq!(
+        c.sql(
+            "scs",
+            &format!("SET standard_conforming_strings = off; {plan}")
+        ),
+        on_then_off[..2]
+    );
+}
+
 /// Issue 27, review finding F11: a table named only at run time (format('INSERT INTO %s', TG_ARGV[0]))
 /// is a guess, and an unqualified name that means another table under a role's search_path is
 /// ambiguous: neither is audit.
@@ -1172,8 +1250,11 @@ fn run_time_and_ambiguous_targets_are_never_audit() {
 
 /// Issue 27, second review, findings F3, F4 and F5: a guard on an operation the trigger fires on,
 /// an ELSE RAISE an event falls through to, RAISE condition_name / with no level / SQLSTATE,
-/// ASSERT, INTO STRICT and a helper that raises all make writes fail: never audit. A guard no
-/// event reaches, an ELSE no event reaches and RAISE NOTICE do not.
+/// ASSERT, INTO STRICT, a helper that raises and a CASE without ELSE all make writes fail: never
+/// audit; so do (hostile review of the parser) a guard whose quotes read differently with
+/// standard_conforming_strings off or whose tg_op is a type name, INSERT … RETURNING INTO,
+/// INTO under plpgsql.extra_errors, a path to the end without RETURN, a NOT NULL variable. A guard no event reaches (around the check, too), an ELSE or a CASE no event falls
+/// through and RAISE NOTICE do not.
 #[test]
 fn validation_in_every_form_keeps_a_trigger_from_audit() {
     let c = Cluster::start(
@@ -1193,6 +1274,17 @@ fn validation_in_every_form_keeps_a_trigger_from_audit() {
             "a3|a3_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "a4|a4_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "a5|a5_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.check_period_open(date), which raises errors: taking it over would lose that".to_string(),
+            "p1|p1_audit|audit|copies the changed row (as jsonb) into audit.p1_log with the operation".to_string(),
+            "p2|p2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "p3|p3_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "p4|p4_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "p5|p5_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r1|r1_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r2|r2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r3v|r3v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r4v|r4v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r5v|r5v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r6v|r6v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "v1|v1_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "v2|v2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "v3|v3_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
@@ -1200,11 +1292,31 @@ fn validation_in_every_form_keeps_a_trigger_from_audit() {
             "w1|w1_audit|audit|copies the changed row (as jsonb) into audit.w1_log with the operation".to_string(),
         ]
     );
+    // P1 to P5 are what plpgsql's compiler reads right and the reading of the text did not: a
+    // check under a guard no event it fires on passes, a CASE without ELSE that raises, and
+    // TG_OP assigned, shadowed by a variable or an ALIAS.
+    assert_eq!(
+        c.sql(
+            "val",
+            "SELECT tgname || ' ' || activity_log._raises_on_writes(activity_log._source_text(p.prosrc), t.tgtype)
+               FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+              WHERE tgname LIKE 'p_\\_audit' ORDER BY 1"
+        ),
+        [
+            "p1_audit true",
+            "p2_audit false",
+            "p3_audit false",
+            "p4_audit false",
+            "p5_audit false"
+        ]
+    );
     full_cycle(
         &c,
         "val",
         "INSERT INTO public.w1 VALUES (1, 'a'), (2, 'b');
-         UPDATE public.w1 SET v = 'c' WHERE id = 1;",
+         UPDATE public.w1 SET v = 'c' WHERE id = 1;
+         INSERT INTO public.p1 VALUES (1, 'a'), (2, 'b');
+         UPDATE public.p1 SET v = 'c' WHERE id = 1;",
     );
 }
 
@@ -1900,6 +2012,52 @@ fn plpgsql_bodies_are_read_by_plpgsqls_own_compiler() {
             "SELECT verdict || ' ' || why FROM activity_log.migration_plan() WHERE trigger_name = 'unread_audit'"
         ),
         "uncertain copies the changed row (as jsonb) into audit.tagged_log with the operation, but also has a body PL/pgSQL's compiler could not read here (type \"no_such_type\" does not exist): taking it over would lose that"
+    );
+    // Statements outside the allow-list of an audit trigger, in _body_effects' words.
+    c.sql(
+        "facts",
+        "CREATE FUNCTION public.outside() RETURNS trigger LANGUAGE plpgsql AS $$
+         DECLARE
+             c refcursor;
+             r record;
+         BEGIN
+             CALL public.no_arguments();
+             TRUNCATE public.t;
+             REFRESH MATERIALIZED VIEW public.mv;
+             SET LOCAL work_mem = '64MB';
+             INSERT INTO audit.l VALUES (1) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v;
+             OPEN c FOR DELETE FROM public.t RETURNING *;
+             FOR r IN WITH d AS (DELETE FROM public.t RETURNING *) SELECT * FROM d LOOP END LOOP;
+             RETURN NULL;
+         END $$;",
+    );
+    assert_eq!(
+        c.sql(
+            "facts",
+            "SELECT unnest(outside) FROM activity_log._plpgsql_side_effects('public.outside()'::regprocedure, 1 | 4 | 16, 'public')"
+        ),
+        [
+            "calls a procedure",
+            "refreshes a materialized view",
+            "runs SET",
+            "truncates a table",
+            "upserts into audit.l (ON CONFLICT … DO UPDATE)",
+            "writes rows in the query of OPEN, a cursor or RETURN QUERY"
+        ]
+    );
+    // A failure is remembered for one command only: the type created next in the same
+    // transaction is found.
+    assert_eq!(
+        c.sql(
+            "facts",
+            "BEGIN;
+             SELECT activity_log._plpgsql_facts('public.unread_audit()'::regprocedure) ? 'error';
+             SELECT activity_log._plpgsql_facts('public.unread_audit()'::regprocedure) ? 'error';
+             CREATE TYPE public.no_such_type AS (a int);
+             SELECT activity_log._plpgsql_facts('public.unread_audit()'::regprocedure) ? 'error';
+             ROLLBACK;"
+        ),
+        ["t", "t", "f"]
     );
     // Internal: PUBLIC may not run it.
     c.sql("facts", "CREATE ROLE someone LOGIN");
