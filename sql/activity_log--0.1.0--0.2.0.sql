@@ -1027,6 +1027,10 @@ SET standard_conforming_strings = on
 AS $$
     SELECT CASE WHEN f.facts ? 'error'
                 THEN ARRAY[format('has a body PL/pgSQL''s compiler could not read here (%s)', f.facts->>'error')]
+                -- read here with standard_conforming_strings on; where sessions start with it off
+                -- a backslash in a literal may end it elsewhere, and the body means something else
+                WHEN f.scs_off
+                THEN ARRAY['has a body PL/pgSQL reads otherwise with standard_conforming_strings off, as sessions here may start']
                 ELSE (SELECT array_remove(ARRAY[
         CASE WHEN bool_or(coalesce((s->>'writes_new')::boolean, false))
                   OR (tgtype & 1 <> 0 AND tgtype & 2 <> 0 AND tgtype & (4 | 16) <> 0
@@ -1043,7 +1047,14 @@ AS $$
                            OR (coalesce((s->>'into')::boolean, false)
                                AND ((s->>'strict')::boolean OR f.into_checked
                                     OR (s->>'kind' = 'sql' AND s->>'command' IN ('INSERT', 'UPDATE', 'DELETE', 'MERGE')
-                                        AND NOT coalesce((s->>'single_row')::boolean, false)))))
+                                        AND NOT coalesce((s->>'single_row')::boolean, false))))
+                           -- outside a handler there is no stacked error to read
+                           OR (s->>'kind' = 'get diagnostics' AND (s->>'stacked')::boolean AND NOT (s->>'handler')::boolean)
+                           -- an AFTER row trigger's return value is checked against the table's row
+                           OR (tgtype & 1 <> 0 AND tgtype & (2 | 64) = 0 AND s->>'kind' = 'return'
+                               AND s->>'returns' IN ('expression', 'variable')
+                               AND lower(regexp_replace(coalesce(s->>'sql', ''), '\s+', '', 'g'))
+                                   NOT IN ('coalesce(new,old)', 'coalesce(old,new)')))
                           AND EXISTS (SELECT FROM activity_log._trigger_events(tgtype) e
                                        WHERE NOT EXISTS (SELECT FROM jsonb_array_elements(s->'guards') g
                                                           WHERE NOT f.protocol_written AND NOT g ? 'shadowed'
@@ -1056,6 +1067,11 @@ AS $$
                         FROM jsonb_array_elements(f.facts->'statements') s) END,
            CASE WHEN NOT f.facts ? 'error' THEN ARRAY(SELECT DISTINCT x FROM (SELECT CASE
             WHEN o->>'kind' = 'call' THEN 'calls a procedure'
+            -- a cursor not open, or open already (a bound one stays open into the next row's
+            -- call), is an ERROR: not one of an audit trigger's statements
+            WHEN (o->>'kind' IN ('fetch', 'move', 'close') OR o ? 'opens_cursor'
+                  OR (o->>'kind' = 'open' AND coalesce(o->>'command' = 'SELECT' AND NOT (o->>'writes_in_with')::boolean, true)))
+                 THEN 'uses a cursor'
             WHEN o->>'kind' IN ('for', 'open', 'cursor', 'return query')
                  AND (o->>'command' <> 'SELECT' OR (o->>'writes_in_with')::boolean)
                  THEN 'writes rows in the query of OPEN, a cursor or RETURN QUERY'
@@ -1079,6 +1095,16 @@ AS $$
                                                                       WHERE d.datname = pg_catalog.current_database()))) c
                             WHERE c.v ~* '^(plpgsql\.extra_errors=)?.*(too_many_rows|strict_multi_assignment|all)'
                               AND (c.v !~ '=' OR c.v ~* '^plpgsql\.extra_errors=')) AS into_checked
+                   ,
+                   EXISTS (SELECT FROM pg_catalog.pg_proc p
+                            WHERE p.oid = fn AND strpos(p.prosrc, '\') > 0
+                              AND NOT EXISTS (SELECT FROM unnest(p.proconfig) cfg WHERE cfg ~* '^standard_conforming_strings='))
+                   AND ((SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'standard_conforming_strings') = 'off'
+                        OR EXISTS (SELECT FROM pg_catalog.pg_db_role_setting r, unnest(r.setconfig) cfg
+                                    WHERE cfg ~* '^standard_conforming_strings=(off|false|no|0)'
+                                      AND r.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                                                 WHERE d.datname = pg_catalog.current_database()))))
+                   AS scs_off
               FROM (SELECT activity_log._plpgsql_facts(fn, caller_search_path) AS facts) x) f
 $$;
 

@@ -1099,14 +1099,18 @@ $$;
 -- BEFORE INSERT or UPDATE row trigger, returning a record variable, or changing OLD and
 -- returning it), 'raises errors (validation)' (a body that can reach its end without RETURN, a
 -- NOT NULL variable; RAISE above WARNING, ASSERT, INTO STRICT, INTO of INSERT / UPDATE / DELETE /
--- MERGE … RETURNING but an INSERT of one VALUES row, any INTO when plpgsql.extra_errors checks it, a CASE without ELSE, unless the statement's conditions on TG_OP, TG_WHEN and TG_LEVEL exclude every
+-- MERGE … RETURNING but an INSERT of one VALUES row, any INTO when plpgsql.extra_errors checks
+-- it, a CASE without ELSE, GET STACKED DIAGNOSTICS outside a handler, an AFTER row trigger returning anything but NEW, OLD, NULL or COALESCE of
+-- NEW and OLD, unless the statement's conditions on TG_OP, TG_WHEN and TG_LEVEL exclude every
 -- event the trigger fires on; not when the body assigns one of them, or a condition's name is
 -- another variable's, declared around it), 'updates or deletes other rows' (an UPDATE, DELETE or MERGE statement; one
 -- in the query of OPEN, FOR or a cursor is _body_effects' to name), 'sends notifications'
 -- (NOTIFY). outside: the other statements outside the allow-list of an audit trigger's (a CALL,
--- a write in the query of FOR, OPEN, a cursor or RETURN QUERY, an upsert, TRUNCATE, REFRESH,
+-- a cursor, a write in the query of FOR, OPEN, a cursor or RETURN QUERY, an upsert, TRUNCATE, REFRESH,
 -- any other command but INSERT and SELECT), in _body_effects' words, so that a statement the
--- reading of the text missed is still found. A body the compiler cannot read here is a side effect too: the parser must never
+-- reading of the text missed is still found. A body the compiler cannot read here is a side effect
+-- too, and so is one with a backslash read here with standard_conforming_strings on (pinned by the
+-- plan) where sessions start with it off (the server's, this database's or a role's default): the parser must never
 -- say nothing because it could not look (second review). _migration_plan adds these to what
 -- its reading of the text found: the parser can only add effects, never take one away.
 CREATE FUNCTION activity_log._plpgsql_side_effects(fn oid, tgtype integer, caller_search_path text,
@@ -1117,6 +1121,10 @@ SET standard_conforming_strings = on
 AS $$
     SELECT CASE WHEN f.facts ? 'error'
                 THEN ARRAY[format('has a body PL/pgSQL''s compiler could not read here (%s)', f.facts->>'error')]
+                -- read here with standard_conforming_strings on; where sessions start with it off
+                -- a backslash in a literal may end it elsewhere, and the body means something else
+                WHEN f.scs_off
+                THEN ARRAY['has a body PL/pgSQL reads otherwise with standard_conforming_strings off, as sessions here may start']
                 ELSE (SELECT array_remove(ARRAY[
         CASE WHEN bool_or(coalesce((s->>'writes_new')::boolean, false))
                   OR (tgtype & 1 <> 0 AND tgtype & 2 <> 0 AND tgtype & (4 | 16) <> 0
@@ -1133,7 +1141,14 @@ AS $$
                            OR (coalesce((s->>'into')::boolean, false)
                                AND ((s->>'strict')::boolean OR f.into_checked
                                     OR (s->>'kind' = 'sql' AND s->>'command' IN ('INSERT', 'UPDATE', 'DELETE', 'MERGE')
-                                        AND NOT coalesce((s->>'single_row')::boolean, false)))))
+                                        AND NOT coalesce((s->>'single_row')::boolean, false))))
+                           -- outside a handler there is no stacked error to read
+                           OR (s->>'kind' = 'get diagnostics' AND (s->>'stacked')::boolean AND NOT (s->>'handler')::boolean)
+                           -- an AFTER row trigger's return value is checked against the table's row
+                           OR (tgtype & 1 <> 0 AND tgtype & (2 | 64) = 0 AND s->>'kind' = 'return'
+                               AND s->>'returns' IN ('expression', 'variable')
+                               AND lower(regexp_replace(coalesce(s->>'sql', ''), '\s+', '', 'g'))
+                                   NOT IN ('coalesce(new,old)', 'coalesce(old,new)')))
                           AND EXISTS (SELECT FROM activity_log._trigger_events(tgtype) e
                                        WHERE NOT EXISTS (SELECT FROM jsonb_array_elements(s->'guards') g
                                                           WHERE NOT f.protocol_written AND NOT g ? 'shadowed'
@@ -1146,6 +1161,11 @@ AS $$
                         FROM jsonb_array_elements(f.facts->'statements') s) END,
            CASE WHEN NOT f.facts ? 'error' THEN ARRAY(SELECT DISTINCT x FROM (SELECT CASE
             WHEN o->>'kind' = 'call' THEN 'calls a procedure'
+            -- a cursor not open, or open already (a bound one stays open into the next row's
+            -- call), is an ERROR: not one of an audit trigger's statements
+            WHEN (o->>'kind' IN ('fetch', 'move', 'close') OR o ? 'opens_cursor'
+                  OR (o->>'kind' = 'open' AND coalesce(o->>'command' = 'SELECT' AND NOT (o->>'writes_in_with')::boolean, true)))
+                 THEN 'uses a cursor'
             WHEN o->>'kind' IN ('for', 'open', 'cursor', 'return query')
                  AND (o->>'command' <> 'SELECT' OR (o->>'writes_in_with')::boolean)
                  THEN 'writes rows in the query of OPEN, a cursor or RETURN QUERY'
@@ -1169,6 +1189,16 @@ AS $$
                                                                       WHERE d.datname = pg_catalog.current_database()))) c
                             WHERE c.v ~* '^(plpgsql\.extra_errors=)?.*(too_many_rows|strict_multi_assignment|all)'
                               AND (c.v !~ '=' OR c.v ~* '^plpgsql\.extra_errors=')) AS into_checked
+                   ,
+                   EXISTS (SELECT FROM pg_catalog.pg_proc p
+                            WHERE p.oid = fn AND strpos(p.prosrc, '\') > 0
+                              AND NOT EXISTS (SELECT FROM unnest(p.proconfig) cfg WHERE cfg ~* '^standard_conforming_strings='))
+                   AND ((SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'standard_conforming_strings') = 'off'
+                        OR EXISTS (SELECT FROM pg_catalog.pg_db_role_setting r, unnest(r.setconfig) cfg
+                                    WHERE cfg ~* '^standard_conforming_strings=(off|false|no|0)'
+                                      AND r.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                                                 WHERE d.datname = pg_catalog.current_database()))))
+                   AS scs_off
               FROM (SELECT activity_log._plpgsql_facts(fn, caller_search_path) AS facts) x) f
 $$;
 

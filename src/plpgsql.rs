@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use std::ffi::CStr;
 
 use crate::errors::raise;
+use crate::worker::decode::catalog_row;
 use crate::worker::subxact::undone_in_subtransaction;
 
 type Compile =
@@ -311,6 +312,8 @@ struct Condition {
 
 struct Walk {
     function: *mut pg_sys::PLpgSQL_function,
+    /// The labels EXIT statements name: a block one of them leaves may end without RETURN.
+    exit_labels: std::collections::HashSet<String>,
     statements: Vec<Value>,
     /// Bytes of guard conditions written so far (each statement carries its own copies).
     guard_bytes: usize,
@@ -324,6 +327,7 @@ impl Walk {
     unsafe fn new(function: *mut pg_sys::PLpgSQL_function) -> Walk {
         Walk {
             function,
+            exit_labels: Default::default(),
             statements: Vec::new(),
             guard_bytes: 0,
         }
@@ -336,12 +340,13 @@ impl Walk {
         json!({
             "trigger": self.trigger(),
             "statements": self.statements,
-            "falls_off_end": !always_leaves(action.cast()),
+            "falls_off_end": !always_leaves(action.cast(), &self.exit_labels),
             "not_null_variables": self.not_null_variables(),
         })
     }
 
-    /// not_null_variables: some variable is declared NOT NULL (assigning it NULL is an ERROR).
+    /// not_null_variables: some variable is declared NOT NULL, or of a NOT NULL domain (giving it
+    /// NULL is an ERROR).
     fn not_null_variables(&self) -> bool {
         // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
         unsafe {
@@ -349,10 +354,22 @@ impl Walk {
             (0..(*f).ndatums).any(|dno| {
                 let datum = *(*f).datums.add(dno as usize);
                 use pg_sys::PLpgSQL_datum_type::*;
-                matches!(
+                let declared = matches!(
                     (*datum).dtype,
                     PLPGSQL_DTYPE_VAR | PLPGSQL_DTYPE_ROW | PLPGSQL_DTYPE_REC
-                ) && (*(datum as *mut pg_sys::PLpgSQL_variable)).notnull
+                ) && (*(datum as *mut pg_sys::PLpgSQL_variable)).notnull;
+                // a variable of a NOT NULL domain starts NULL: entering its block is an ERROR
+                let domain = match (*datum).dtype {
+                    PLPGSQL_DTYPE_VAR => {
+                        let var = datum as *mut pg_sys::PLpgSQL_var;
+                        !(*var).datatype.is_null() && domain_not_null((*(*var).datatype).typoid)
+                    }
+                    PLPGSQL_DTYPE_REC => {
+                        domain_not_null((*(datum as *mut pg_sys::PLpgSQL_rec)).rectypeid)
+                    }
+                    _ => false,
+                };
+                declared || domain
             })
         }
     }
@@ -527,6 +544,7 @@ impl Walk {
                     let writes = self.writes_variable((*s).var);
                     self.expression(line, (*s).argquery, cx);
                     self.push(line, "for", cx, |o| {
+                        o.insert("opens_cursor".into(), true.into());
                         writes.insert_into(o);
                     });
                     self.list((*s).body, &cx.in_loop());
@@ -554,6 +572,9 @@ impl Walk {
                 }
                 PLPGSQL_STMT_EXIT => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_exit;
+                    if let Some(label) = string((*s).label) {
+                        self.exit_labels.insert(label);
+                    }
                     self.expression(line, (*s).cond, cx);
                 }
                 PLPGSQL_STMT_RETURN => {
@@ -673,20 +694,26 @@ impl Walk {
                     let writes = cells::<pg_sys::PLpgSQL_diag_item>((*s).diag_items)
                         .map(|item| self.writes((*item).target))
                         .fold(Writes::default(), Writes::or);
+                    let stacked = (*s).is_stacked;
                     self.push(line, "get diagnostics", cx, |o| {
+                        o.insert("stacked".into(), stacked.into());
                         writes.insert_into(o);
                     });
                 }
                 PLPGSQL_STMT_OPEN => {
                     let s = stmt as *mut pg_sys::PLpgSQL_stmt_open;
                     self.expression(line, (*s).argquery, cx);
+                    // An OPEN of a cursor already open is an ERROR: each says it opens one.
                     if let Some(sql) = text((*s).query) {
                         self.push_sql(line, "open", cx, Some(sql), |_| {});
                     } else if let Some(sql) = text((*s).dynquery) {
                         self.push(line, "execute", cx, |o| {
                             o.insert("sql".into(), sql.into());
+                            o.insert("opens_cursor".into(), true.into());
                         });
                         self.params((*s).params, line, cx);
+                    } else {
+                        self.push(line, "open", cx, |_| {});
                     }
                 }
                 PLPGSQL_STMT_FETCH => {
@@ -1028,16 +1055,45 @@ fn level(elog_level: i32) -> &'static str {
     }
 }
 
+/// domain_not_null says whether `typid` is a domain that (or whose base domain) is NOT NULL.
+fn domain_not_null(mut typid: pg_sys::Oid) -> bool {
+    // Domains over domains: a chain as long as the catalog's, bounded for safety.
+    for _ in 0..64 {
+        // SAFETY: a syscache lookup inside a transaction.
+        let Some((typtype, notnull, base)) = (unsafe {
+            catalog_row(
+                pg_sys::SysCacheIdentifier::TYPEOID,
+                typid,
+                |t: &pg_sys::FormData_pg_type| (t.typtype as u8, t.typnotnull, t.typbasetype),
+            )
+        }) else {
+            return false;
+        };
+        if typtype != b'd' {
+            return false;
+        }
+        if notnull {
+            return true;
+        }
+        typid = base;
+    }
+    true
+}
+
 /// always_leaves says whether running `stmt` always ends in a RETURN or an ERROR; a trigger
 /// function that can reach the end of its body fails there ("control reached end of trigger
-/// procedure without RETURN"). A loop, or anything this does not follow, may not.
-fn always_leaves(stmt: *mut pg_sys::PLpgSQL_stmt) -> bool {
+/// procedure without RETURN"). A loop, a block some EXIT names (`exit_labels`), or anything this
+/// does not follow, may not.
+fn always_leaves(
+    stmt: *mut pg_sys::PLpgSQL_stmt,
+    exit_labels: &std::collections::HashSet<String>,
+) -> bool {
     // SAFETY: the pointers come from the compiled tree, valid while it is walked.
     unsafe {
         let last = |list: *mut pg_sys::List| {
             cells::<pg_sys::PLpgSQL_stmt>(list)
                 .last()
-                .is_some_and(always_leaves)
+                .is_some_and(|s| always_leaves(s, exit_labels))
         };
         use pg_sys::PLpgSQL_stmt_type::*;
         match (*stmt).cmd_type {
@@ -1047,7 +1103,9 @@ fn always_leaves(stmt: *mut pg_sys::PLpgSQL_stmt) -> bool {
             }
             PLPGSQL_STMT_BLOCK => {
                 let b = stmt as *mut pg_sys::PLpgSQL_stmt_block;
-                last((*b).body)
+                // EXIT label leaves the block labelled so and goes on after it
+                !string((*b).label).is_some_and(|l| exit_labels.contains(&l))
+                    && last((*b).body)
                     && ((*b).exceptions.is_null()
                         || cells::<pg_sys::PLpgSQL_exception>((*(*b).exceptions).exc_list)
                             .all(|e| last((*e).action)))

@@ -1216,6 +1216,32 @@ fn the_plan_is_the_same_whatever_standard_conforming_strings() {
         ),
         on_then_off[..2]
     );
+    // A body with a backslash in a literal is read with the setting on; where sessions start
+    // with it off (a role's default here) it may mean something else: not audit.
+    c.sql(
+        "scs",
+        r"CREATE TABLE public.bs (id int PRIMARY KEY, v text);
+          CREATE FUNCTION public.bs_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN
+              INSERT INTO audit.plain_log (action, row_data) VALUES (replace(TG_OP, '\', ''), to_jsonb(NEW));
+              RETURN NULL;
+          END $$;
+          CREATE TRIGGER bs_audit AFTER INSERT OR UPDATE ON public.bs
+              FOR EACH ROW EXECUTE FUNCTION public.bs_audit();",
+    );
+    let bs = "SELECT verdict || ' ' || why FROM activity_log.migration_plan() WHERE trigger_name = 'bs_audit'";
+    assert_eq!(
+        c.one("scs", bs),
+        "audit copies the changed row (as jsonb) into audit.plain_log with the operation"
+    );
+    c.sql(
+        "scs",
+        "ALTER ROLE mallory SET standard_conforming_strings = off",
+    );
+    assert_eq!(
+        c.one("scs", bs),
+        "uncertain copies the changed row (as jsonb) into audit.plain_log with the operation, but also has a body PL/pgSQL reads otherwise with standard_conforming_strings off, as sessions here may start: taking it over would lose that"
+    );
 }
 
 /// Issue 27, review finding F11: a table named only at run time (format('INSERT INTO %s', TG_ARGV[0]))
@@ -1253,7 +1279,9 @@ fn run_time_and_ambiguous_targets_are_never_audit() {
 /// ASSERT, INTO STRICT, a helper that raises and a CASE without ELSE all make writes fail: never
 /// audit; so do (hostile review of the parser) a guard whose quotes read differently with
 /// standard_conforming_strings off or whose tg_op is a type name, INSERT … RETURNING INTO,
-/// INTO under plpgsql.extra_errors, a path to the end without RETURN, a NOT NULL variable. A guard no event reaches (around the check, too), an ELSE or a CASE no event falls
+/// INTO under plpgsql.extra_errors, a path to the end without RETURN, a NOT NULL variable; and
+/// (second review) EXIT out of a block, GET STACKED DIAGNOSTICS outside a handler, a cursor
+/// opened twice (outside the allow-list), a NOT NULL domain variable, an AFTER row trigger returning a non-row. A guard no event reaches (around the check, too), an ELSE or a CASE no event falls
 /// through and RAISE NOTICE do not.
 #[test]
 fn validation_in_every_form_keeps_a_trigger_from_audit() {
@@ -1280,11 +1308,16 @@ fn validation_in_every_form_keeps_a_trigger_from_audit() {
             "p4|p4_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "p5|p5_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "r1|r1_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r10v|r10v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r11v|r11v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "r2|r2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "r3v|r3v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "r4v|r4v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "r5v|r5v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "r6v|r6v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r7v|r7v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r8v|r8v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
+            "r9v|r9v_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also uses a cursor: taking it over would lose that".to_string(),
             "v1|v1_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "v2|v2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
             "v3|v3_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also raises errors (validation): taking it over would lose that".to_string(),
@@ -1292,6 +1325,54 @@ fn validation_in_every_form_keeps_a_trigger_from_audit() {
             "w1|w1_audit|audit|copies the changed row (as jsonb) into audit.w1_log with the operation".to_string(),
         ]
     );
+    // Each of them really rejects a write it fires on (the one in the fixture's comment).
+    for (write, error) in [
+        (
+            "INSERT INTO public.p2 VALUES (1, 'other')",
+            "case not found",
+        ),
+        ("INSERT INTO public.p3 VALUES (1, 'a')", "p3 is append-only"),
+        ("INSERT INTO public.p4 VALUES (1, 'a')", "p4 is append-only"),
+        ("INSERT INTO public.p5 VALUES (1, 'a')", "p5 is append-only"),
+        ("INSERT INTO public.r1 VALUES (2, -5)", "negative amount"),
+        ("INSERT INTO public.r2 VALUES (1, 1)", "rejected"),
+        (
+            "INSERT INTO public.r3v VALUES (1, -1)",
+            "query returned more than one row",
+        ),
+        (
+            "INSERT INTO public.r4v VALUES (1, -1)",
+            "query returned more than one row",
+        ),
+        (
+            "INSERT INTO public.r5v VALUES (1, -1)",
+            "control reached end of trigger procedure without RETURN",
+        ),
+        ("INSERT INTO public.r6v VALUES (1, -1)", "declared NOT NULL"),
+        (
+            "INSERT INTO public.r7v VALUES (1, 1); DELETE FROM public.r7v",
+            "control reached end of trigger procedure without RETURN",
+        ),
+        (
+            "INSERT INTO public.r8v VALUES (1, 1); DELETE FROM public.r8v",
+            "GET STACKED DIAGNOSTICS cannot be used outside an exception handler",
+        ),
+        (
+            "INSERT INTO public.r9v VALUES (1, 1); DELETE FROM public.r9v",
+            "already in use",
+        ),
+        (
+            "INSERT INTO public.r10v VALUES (1, 1); DELETE FROM public.r10v",
+            "does not allow null values",
+        ),
+        (
+            "INSERT INTO public.r11v VALUES (1, 1); DELETE FROM public.r11v",
+            "cannot return non-composite value",
+        ),
+    ] {
+        let stderr = c.error("val", &format!("{write};"));
+        assert!(stderr.contains(error), "{write}: {stderr}");
+    }
     // P1 to P5 are what plpgsql's compiler reads right and the reading of the text did not: a
     // check under a guard no event it fires on passes, a CASE without ELSE that raises, and
     // TG_OP assigned, shadowed by a variable or an ALIAS.
@@ -1627,7 +1708,7 @@ fn row_level_security_on_a_trail_runs_no_code_as_the_caller() {
 /// Issue 27, third review, findings F1, F10, F2, F19, F11, F15, F16 and F20: an EXECUTE of SQL
 /// built at run time (a variable, a format() with a %s argument that is not a constant) is
 /// never read as its literal parts; a write in the query of OPEN, a cursor or a helper's
-/// RETURN QUERY is a write; a trigger inserting into its own table, a trail with a user's
+/// RETURN QUERY is a write (and a cursor, which can fail, is outside the allow-list); a trigger inserting into its own table, a trail with a user's
 /// constraint trigger, a trail read by a rate limit that also writes elsewhere, a helper that
 /// writes notifications or takes a shared sequence's numbers: none is audit. The control, a
 /// format() whose run-time arguments go through %L, is, and migrates.
@@ -1650,7 +1731,7 @@ fn run_time_sql_cursors_and_helpers_are_never_audit() {
             "r10|r10_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but it takes numbers from nextval('public.invoice_no'), a sequence no table it writes owns: taking it over would leave that stale".to_string(),
             "r2|r2_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also runs a statement built at run time: taking it over would lose that".to_string(),
             "r3|r3_log|uncertain|copies the changed row (NEW.* / OLD.*) into public.r3_audit with the operation (a dynamic INSERT; the table is guessed from its name), but also runs a statement built at run time: taking it over would lose that".to_string(),
-            "r4|r4_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also writes rows in the query of OPEN, a cursor or RETURN QUERY: taking it over would lose that".to_string(),
+            "r4|r4_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also writes rows in the query of OPEN, a cursor or RETURN QUERY, uses a cursor: taking it over would lose that".to_string(),
             "r5|r5_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also calls public.tick(text), which writes rows in the query of OPEN, a cursor or RETURN QUERY: taking it over would lose that".to_string(),
             "r6|r6_audit|uncertain|copies the changed row (as jsonb) into audit.logged_actions with the operation, but also inserts into its own table public.r6: taking it over would lose that".to_string(),
             "r7|r7_audit|uncertain|copies the changed row (as jsonb) into audit.shipped_log with the operation, but its table audit.shipped_log runs code of its own (trigger ship on audit.shipped_log): taking it over would leave that stale".to_string(),

@@ -578,7 +578,7 @@ unsafe fn runs_user_code(typid: pg_sys::Oid, strict: bool, depth: u32) -> bool {
 }
 
 /// catalog_row reads `read` from the syscache row of `oid` in `cache` (None when it vanished).
-unsafe fn catalog_row<T, R>(
+pub(crate) unsafe fn catalog_row<T, R>(
     cache: pg_sys::SysCacheIdentifier::Type,
     oid: pg_sys::Oid,
     read: impl FnOnce(&T) -> R,
