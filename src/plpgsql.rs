@@ -70,7 +70,7 @@ pub fn facts(function: pg_sys::Oid, search_path: Option<&str>) -> Value {
     // and this search_path until the transaction's next command (which may create the missing
     // type) or the next transaction.
     // SAFETY: reads of the transaction's start time and command counter.
-    let started = unsafe {
+    let command = unsafe {
         (
             pg_sys::GetCurrentTransactionStartTimestamp(),
             pg_sys::GetCurrentCommandId(false),
@@ -85,7 +85,7 @@ pub fn facts(function: pg_sys::Oid, search_path: Option<&str>) -> Value {
         let failed = failed.borrow();
         failed
             .0
-            .eq(&Some(started))
+            .eq(&Some(command))
             .then(|| failed.1.get(&key).cloned())
             .flatten()
     }) {
@@ -102,8 +102,8 @@ pub fn facts(function: pg_sys::Oid, search_path: Option<&str>) -> Value {
     read.unwrap_or_else(|message| {
         FAILED.with(|failed| {
             let mut failed = failed.borrow_mut();
-            if failed.0 != Some(started) {
-                *failed = (Some(started), Default::default());
+            if failed.0 != Some(command) {
+                *failed = (Some(command), Default::default());
             }
             failed.1.insert(key, message.clone());
         });
