@@ -814,6 +814,20 @@ impl Walk {
     /// is_protocol says whether datum `dno` is (or a list of targets holds) the trigger's own
     /// TG_OP, TG_WHEN or TG_LEVEL: plpgsql lets a body assign them.
     fn is_protocol(&self, dno: i32) -> bool {
+        self.any_target(dno, &|_, datum| {
+            // SAFETY: datum is one of the compiled tree's (any_target).
+            unsafe {
+                (*datum).dtype == pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_PROMISE && {
+                    let promise = (*(datum as *mut pg_sys::PLpgSQL_var)).promise;
+                    PROTOCOL.iter().any(|&(_, p)| p == promise)
+                }
+            }
+        })
+    }
+
+    /// Whether `pred` accepts the datum `dno`, or for a list of targets (INTO a, new.x) any of
+    /// them.
+    fn any_target(&self, dno: i32, pred: &dyn Fn(i32, *mut pg_sys::PLpgSQL_datum) -> bool) -> bool {
         // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
         unsafe {
             let f = self.function;
@@ -821,17 +835,12 @@ impl Walk {
                 return false;
             }
             let datum = *(*f).datums.add(dno as usize);
-            match (*datum).dtype {
-                pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_PROMISE => {
-                    let promise = (*(datum as *mut pg_sys::PLpgSQL_var)).promise;
-                    PROTOCOL.iter().any(|&(_, p)| p == promise)
-                }
-                pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_ROW => {
-                    let row = datum as *mut pg_sys::PLpgSQL_row;
-                    (0..(*row).nfields).any(|i| self.is_protocol(*(*row).varnos.add(i as usize)))
-                }
-                _ => false,
+            if (*datum).dtype == pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_ROW {
+                let row = datum as *mut pg_sys::PLpgSQL_row;
+                return (0..(*row).nfields)
+                    .any(|i| self.any_target(*(*row).varnos.add(i as usize), pred));
             }
+            pred(dno, datum)
         }
     }
 
@@ -878,29 +887,17 @@ impl Walk {
 
     /// is_part_of says whether datum `dno` is the trigger's record `record` or a field of it.
     fn is_part_of(&self, dno: i32, record: i32) -> bool {
-        // SAFETY: the pointers come from the compiled tree, valid for the whole walk (Walk::new).
-        unsafe {
-            let f = self.function;
-            if !self.trigger() || record < 0 || dno < 0 || dno >= (*f).ndatums {
-                return false;
-            }
-            if dno == record {
-                return true;
-            }
-            let datum = *(*f).datums.add(dno as usize);
-            match (*datum).dtype {
-                pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_RECFIELD => {
-                    (*(datum as *mut pg_sys::PLpgSQL_recfield)).recparentno == record
-                }
-                // A list of targets (INTO a, new.x): any of them.
-                pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_ROW => {
-                    let row = datum as *mut pg_sys::PLpgSQL_row;
-                    (0..(*row).nfields)
-                        .any(|i| self.is_part_of(*(*row).varnos.add(i as usize), record))
-                }
-                _ => false,
-            }
+        if !self.trigger() || record < 0 {
+            return false;
         }
+        self.any_target(dno, &|dno, datum| {
+            // SAFETY: datum is one of the compiled tree's (any_target).
+            dno == record
+                || unsafe {
+                    (*datum).dtype == pg_sys::PLpgSQL_datum_type::PLPGSQL_DTYPE_RECFIELD
+                        && (*(datum as *mut pg_sys::PLpgSQL_recfield)).recparentno == record
+                }
+        })
     }
 
     fn trigger(&self) -> bool {
