@@ -102,7 +102,7 @@ GRANT EXECUTE ON FUNCTION activity_log.track(regclass, text[], text), activity_l
     activity_log._trail_problem(regclass), activity_log._raises_on_writes(text, integer),
     activity_log._lex(text), activity_log._domain_checks(oid[]), activity_log._plpgsql_facts(oid, text),
     activity_log._plpgsql_side_effects(oid, integer, text), activity_log._trigger_events(integer),
-    activity_log._guard_excludes(text, boolean, text, text, text)
+    activity_log._guard_excludes(text, boolean, text, text, text), activity_log._role_settings(text)
     TO activity_log_admin;
 -- The analytics run as the caller (a reader) and share these checks and counts.
 GRANT EXECUTE ON FUNCTION activity_log.metrics(), activity_log.metrics_text(),

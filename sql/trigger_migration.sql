@@ -626,11 +626,8 @@ BEGIN
     SELECT coalesce((SELECT activity_log._path_schemas(substr(x, 13)) FROM unnest(f.proconfig) x
                       WHERE x LIKE 'search_path=%' LIMIT 1),
                     activity_log._path_schemas(caller_search_path)
-                    || ARRAY(SELECT DISTINCT y FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) cfg,
-                                    unnest(activity_log._path_schemas(substr(cfg, 13))) y
-                              WHERE cfg LIKE 'search\_path=%'
-                                AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
-                                                           WHERE d.datname = current_database())))
+                    || ARRAY(SELECT DISTINCT y FROM activity_log._role_settings('search_path') s,
+                                    unnest(activity_log._path_schemas(s.value)) y)
                     || ARRAY(SELECT quote_ident(n.nspname) FROM pg_catalog.pg_namespace n
                               JOIN pg_catalog.pg_roles r ON r.rolname = n.nspname))
            || quote_ident(f.pronamespace::regnamespace::text)
@@ -952,6 +949,21 @@ BEGIN
 END
 $$;
 
+-- _role_settings lists what ALTER ROLE / ALTER DATABASE … SET give `parameter` for this database
+-- (a role's setting everywhere, or the database's, or a role's in it): a session firing a
+-- trigger may start with any of them. setrole and setdatabase are 0 for every role / database.
+CREATE FUNCTION activity_log._role_settings(parameter text, OUT value text, OUT setrole oid, OUT setdatabase oid)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT substr(cfg, strpos(cfg, '=') + 1), s.setrole, s.setdatabase
+      FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) cfg
+     WHERE lower(split_part(cfg, '=', 1)) = lower(parameter)
+       AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                  WHERE d.datname = pg_catalog.current_database()))
+$$;
+
 -- _trigger_events lists the events a trigger of pg_trigger.tgtype fires on, as TG_OP, TG_WHEN
 -- and TG_LEVEL say them.
 CREATE FUNCTION activity_log._trigger_events(tgtype integer, OUT op text, OUT wh text, OUT lv text)
@@ -1184,9 +1196,7 @@ AS $$
                                         UNION ALL
                                         SELECT cfg FROM pg_catalog.pg_proc p, unnest(p.proconfig) cfg WHERE p.oid = fn
                                         UNION ALL
-                                        SELECT cfg FROM pg_catalog.pg_db_role_setting r, unnest(r.setconfig) cfg
-                                         WHERE r.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
-                                                                      WHERE d.datname = pg_catalog.current_database()))) c
+                                        SELECT r.value FROM activity_log._role_settings('plpgsql.extra_errors') r) c
                             WHERE c.v ~* '^(plpgsql\.extra_errors=)?.*(too_many_rows|strict_multi_assignment|all)'
                               AND (c.v !~ '=' OR c.v ~* '^plpgsql\.extra_errors=')) AS into_checked
                    ,
@@ -1194,10 +1204,8 @@ AS $$
                             WHERE p.oid = fn AND strpos(p.prosrc, '\') > 0
                               AND NOT EXISTS (SELECT FROM unnest(p.proconfig) cfg WHERE cfg ~* '^standard_conforming_strings='))
                    AND ((SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'standard_conforming_strings') = 'off'
-                        OR EXISTS (SELECT FROM pg_catalog.pg_db_role_setting r, unnest(r.setconfig) cfg
-                                    WHERE cfg ~* '^standard_conforming_strings=(off|false|no|0)'
-                                      AND r.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
-                                                                 WHERE d.datname = pg_catalog.current_database()))))
+                        OR EXISTS (SELECT FROM activity_log._role_settings('standard_conforming_strings') r
+                                    WHERE r.value ~* '^(off|false|no|0)'))
                    AS scs_off
               FROM (SELECT activity_log._plpgsql_facts(fn, caller_search_path) AS facts) x) f
 $$;
@@ -1699,12 +1707,10 @@ BEGIN
                        activity_log._resolve_table(n.name, t.relnamespace, t.pronamespace, t.proconfig, p.path) AS alt
                   FROM (SELECT DISTINCT regexp_replace(m[1], '\s', '', 'g') AS name
                           FROM regexp_matches(src, 'insert\s+into\s+((?:"[^"]+"|[a-z_][a-z0-9_$]*)(?:\s*\.\s*(?:"[^"]+"|[a-z_][a-z0-9_$]*))?)', 'gi') m) n,
-                       (SELECT substr(c, 13) AS path,
+                       (SELECT s.value AS path,
                                CASE WHEN s.setrole = 0 THEN 'every role' ELSE format('role %s', s.setrole::regrole) END
                                || CASE WHEN s.setdatabase = 0 THEN '' ELSE ' in this database' END AS who
-                          FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c
-                         WHERE c LIKE 'search\_path=%'
-                           AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database()))
+                          FROM activity_log._role_settings('search_path') s
                         -- "$user" is each role with a schema of its name (third review, F21)
                         UNION ALL
                         SELECT regexp_replace(caller_search_path, '"?\$user"?', quote_ident(r.rolname), 'g'),
