@@ -8,7 +8,11 @@ by well under 1 %, so this compares builds. One caveat: valgrind hides the CPU's
 extensions, so SHA-256 runs the `sha2` crate's portable code here and is shown apart (on the
 real CPU it is a few per cent of the writer).
 
-    bench/writer_cost.py [--transactions N] [--smoke]
+With --statements the tables are not tracked and the writer stores statement records instead
+(`capture_statements = 'mod'`: the four writes of each transaction), what statement auditing
+costs the writer (issue 30, item 3); its report is writer_cost_statements.md.
+
+    bench/writer_cost.py [--transactions N] [--statements] [--smoke]
 """
 import argparse
 import os
@@ -21,7 +25,6 @@ from benchlib import BIN, Cluster, fresh_pgbench_tables, install_release, machin
 DIR = "/tmp/al-bench-writer-cost"
 PORT = 54486
 SETTINGS = [
-    "activity_log.capture_statements = 'none'",
     "activity_log.max_databases = 1",
     "activity_log.buffer_size = '64MB'",
 ]
@@ -51,21 +54,31 @@ def inclusive(profile):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--transactions", type=int, default=2000)
+    ap.add_argument("--statements", action="store_true",
+                    help="statement records of untracked tables instead of row changes")
     ap.add_argument("--smoke", action="store_true", help="a few transactions: keeps the script working")
     args = ap.parse_args()
     if args.smoke:
         args.transactions = 20
     n = args.transactions
     install_release()
-    cluster = Cluster(DIR, PORT, SETTINGS)
+    settings = [f"activity_log.capture_statements = '{'mod' if args.statements else 'none'}'", *SETTINGS]
+    # What each transaction leaves in the trail: its four row changes, or its four writes
+    # (three UPDATEs and an INSERT) as statement records.
+    stored = ("kind = 'statement' AND command IN ('UPDATE', 'INSERT')" if args.statements
+              else "kind = 'change'")
+    what = "statement records" if args.statements else "rows"
+    cluster = Cluster(DIR, PORT, settings)
     try:
         cluster.psql("CREATE DATABASE bench", db="postgres")
         cluster.psql("CREATE EXTENSION activity_log")
-        fresh_pgbench_tables(cluster, tracked=True)
+        fresh_pgbench_tables(cluster, tracked=not args.statements)
         facts = machine(cluster)
         # Stored before the stop: records left in the ring would be kept across it and put back
         # at the next start, and the writer that stores them hands the ring to another database.
         assert cluster.psql("SELECT activity_log.flush('10 min')") == "t"
+        # The setup's own statements (pgbench -i's) are in the trail already.
+        before = cluster.psql("SELECT coalesce(max(id), 0) FROM activity_log.events")
     finally:
         cluster.pg_ctl("stop", "-m", "fast")
 
@@ -98,8 +111,8 @@ def main():
                        input=transactions(n), text=True, check=True, stdout=subprocess.DEVNULL)
         cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'locker'")
         assert cluster.psql("SELECT activity_log.flush('60 min')") == "t"
-        rows = int(cluster.psql("SELECT count(*) FROM activity_log.events WHERE kind = 'change'"))
-        assert rows == 4 * n, f"expected {4 * n} change rows, found {rows}"
+        rows = int(cluster.psql(f"SELECT count(*) FROM activity_log.events WHERE id > {before} AND {stored}"))
+        assert rows == 4 * n, f"expected {4 * n} {what}, found {rows}"
     finally:
         if locker:
             locker.kill()
@@ -113,11 +126,12 @@ def main():
     drain = parts[PARTS["drain"]]
     sha = parts.get(PARTS["SHA-256 (portable code under valgrind)"], 0)
     lines = [
-        f"# The writer's instructions per stored row ({n} pgbench transactions, {4 * n} rows, callgrind)",
+        f"# The writer's instructions per stored row ({n} pgbench transactions, {4 * n} {what}, callgrind)",
         "",
-        f"Machine: {facts}. Settings: {', '.join(SETTINGS)}.",
-        "The cluster runs under valgrind; the writer stores the rows of pgbench tpcb-like transactions",
-        "(scale 1) queued while the trail was locked. Inclusive instructions in the writer's profile:",
+        f"Machine: {facts}. Settings: {', '.join(settings)}.",
+        f"The cluster runs under valgrind; the writer stores the {what} of pgbench tpcb-like",
+        "transactions (scale 1) queued while the trail was locked. Inclusive instructions in the",
+        "writer's profile:",
         "",
         "| part | instructions | per row |",
         "|---|---|---|",
@@ -132,7 +146,8 @@ def main():
         "",
         f"Where they go: `callgrind_annotate --inclusive=yes {DIR}/callgrind.{writer}` (kept until the next run).",
     ]
-    publish("writer_cost.md", "\n".join(lines) + "\n", args.smoke)
+    publish("writer_cost_statements.md" if args.statements else "writer_cost.md", "\n".join(lines) + "\n",
+            args.smoke)
 
 
 if __name__ == "__main__":

@@ -169,10 +169,13 @@ pub(super) struct Rows {
     last_texts: Vec<(Vec<u8>, Option<pg_sys::Datum>)>,
     /// changed_columns arrays made in this batch, by content (see [`Rows::changed_columns`]).
     changed: Vec<(Vec<String>, pg_sys::Datum)>,
+    /// A statement's relations as names, made in this batch, by the relations' OIDs (see
+    /// [`Rows::relations`]).
+    relations: Vec<(Vec<u32>, pg_sys::Datum)>,
 }
 
-/// The changed_columns arrays a batch keeps: enough for the tables and update shapes of a
-/// busy batch, few enough that looking one up stays cheaper than making it.
+/// The changed_columns and relations arrays a batch keeps, each: enough for the tables and
+/// statement shapes of a busy batch, few enough that looking one up stays cheaper than making it.
 const MAX_CHANGED_SETS: usize = 32;
 
 impl Rows {
@@ -186,6 +189,7 @@ impl Rows {
             users: HashMap::new(),
             texts: HashMap::new(),
             changed: Vec::new(),
+            relations: Vec::new(),
             last_texts: vec![(Vec::new(), None); store::NCOLS],
         }
     }
@@ -265,6 +269,7 @@ impl Rows {
         self.users.clear();
         self.texts.clear();
         self.changed.clear();
+        self.relations.clear();
         self.last_texts = vec![(Vec::new(), None); store::NCOLS];
     }
 
@@ -379,6 +384,24 @@ impl Rows {
         row.shared(Col::ChangedColumns, array);
     }
 
+    /// relations sets a statement's relations to an array this batch made already, or makes
+    /// it: a workload repeats a few statement shapes, and each name costs three catalog lookups
+    /// and its quoting, the array one more call into PostgreSQL.
+    fn relations(&mut self, row: &mut Row, oids: &[u32]) {
+        let array = match self.relations.iter().find(|(seen, _)| seen == oids) {
+            Some(&(_, array)) => array,
+            None => {
+                let names: Vec<String> = oids.iter().map(|&r| store::relation_name(r)).collect();
+                let array = store::text_array(&names);
+                if self.relations.len() < MAX_CHANGED_SETS {
+                    self.relations.push((oids.to_vec(), array));
+                }
+                array
+            }
+        };
+        row.shared(Col::Relations, array);
+    }
+
     /// row starts a trail row with the columns every kind of record has.
     #[allow(clippy::too_many_arguments)]
     fn row(
@@ -459,12 +482,7 @@ impl Rows {
                     row.text(Col::Sqlstate, code);
                 }
                 if !s.relations.is_empty() {
-                    let names: Vec<String> = s
-                        .relations
-                        .iter()
-                        .map(|&r| store::relation_name(r))
-                        .collect();
-                    row.text_array(Col::Relations, &names);
+                    self.relations(&mut row, &s.relations);
                 }
                 if !s.query.is_empty() {
                     row.text(Col::Query, &s.query);

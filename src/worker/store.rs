@@ -159,10 +159,6 @@ impl Row {
     pub fn inet(&mut self, c: Col, addr: &[u8]) {
         self.set(c, call_in(pg_sys::inet_in, &String::from_utf8_lossy(addr)));
     }
-
-    pub fn text_array(&mut self, c: Col, items: &[String]) {
-        self.set(c, text_array(items));
-    }
 }
 
 /// text_array is `items` as a palloc'd text[].
