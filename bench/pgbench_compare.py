@@ -67,9 +67,10 @@ PHASE2_MODES = ["none", "activity_log", PAUSED, FLOOR, NOOP]
 SPARE_CORE_MODES = ["none", "activity_log", "trigger"] + (["pgaudit"] if HAS_PGAUDIT else [])
 
 
-def pgbench(cluster, seconds, clients, sync_commit, cpu=None):
+def pgbench(cluster, seconds, clients, sync_commit, cpu=None, backends_seen=None):
     """Runs pgbench; returns TPS and per-transaction latency p50 and p99 in ms. With `cpu` (a
-    dict), also fills in the CPU time per transaction, in µs, of each part of the machine."""
+    dict), also fills in the CPU time per transaction, in µs, of each part of the machine, and
+    adds the pids of pgbench's backends to `backends_seen` (a set) if given."""
     with tempfile.TemporaryDirectory() as logs:
         cmd = [f"{BIN}/pgbench", *cluster.conninfo(), "-c", str(clients), "-j", str(clients), "-T", str(seconds),
                "-n", "--log", f"--log-prefix={logs}/tx", "bench"]  # -n: no vacuum (it would truncate history)
@@ -89,6 +90,8 @@ def pgbench(cluster, seconds, clients, sync_commit, cpu=None):
                     backends[pid] = ticks([pid])
                 time.sleep(0.1)
             proc.returncode = os.waitstatus_to_exitcode(status)
+            if backends_seen is not None:
+                backends_seen.update(int(pid) for pid in backends)
             machine_ticks, writer_ticks = busy_ticks() - machine_before, ticks([writer_pid]) - writer_before
             if proc.returncode != 0:
                 raise RuntimeError(f"pgbench failed: {proc.stderr.read()}")

@@ -94,8 +94,8 @@ def profile(cluster, mode, seconds):
     recorder = subprocess.Popen(["perf", "record", "-a", "-e", "cpu-clock", "-F", str(FREQUENCY), "-o", data],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # perf is sampling
-    usage = {}
-    pc.pgbench(cluster, seconds, 4, "off", usage)
+    usage, backends = {}, set()
+    pc.pgbench(cluster, seconds, 4, "off", usage, backends)
     recorder.send_signal(2)
     recorder.wait()
     script = subprocess.run(["perf", "script", "-i", data, "-F", "comm,pid,ip,sym,dso"],
@@ -107,7 +107,7 @@ def profile(cluster, mode, seconds):
         if not m:
             continue
         comm, pid, sym, dso = m.group(1), int(m.group(2)), m.group(3) or "[unknown]", m.group(4)
-        samples[(role(comm, pid, known, writer), layer(dso), sym, os.path.basename(dso))] += 1
+        samples[(role(comm, pid, known, writer, backends), layer(dso), sym, os.path.basename(dso))] += 1
     return samples, usage["transactions"]
 
 
