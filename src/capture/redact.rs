@@ -56,26 +56,43 @@ pub fn redact(query: &[u8]) -> Cow<'_, [u8]> {
 /// the statements most workloads run (it was a fifth of capture's instructions per pgbench
 /// transaction).
 fn might_hold_secret(s: &[u8]) -> bool {
-    /// For each byte, which words of [`TRIGGERS`] start with it (any case), one bit each.
-    const STARTING: [u16; 256] = {
-        let mut t = [0u16; 256];
+    /// A byte's letter: 1 for a or A, …, 26 for z or Z; 0 for any other byte.
+    const LETTER: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut c = 0;
+        while c < 26 {
+            t[(b'a' + c) as usize] = c + 1;
+            t[(b'A' + c) as usize] = c + 1;
+            c += 1;
+        }
+        t
+    };
+    /// For each two letters, which words of [`TRIGGERS`] start with them (any case), one bit
+    /// each: most places in a statement start no word, and two table lookups say so.
+    const STARTING: [[u16; 27]; 27] = {
+        let mut t = [[0u16; 27]; 27];
         let mut k = 0;
         while k < TRIGGERS.len() {
-            let first = TRIGGERS[k][0];
-            t[first.to_ascii_lowercase() as usize] |= 1 << k;
-            t[first.to_ascii_uppercase() as usize] |= 1 << k;
+            let w = TRIGGERS[k];
+            assert!(w.len() >= 2 && LETTER[w[0] as usize] > 0 && LETTER[w[1] as usize] > 0);
+            t[LETTER[w[0] as usize] as usize][LETTER[w[1] as usize] as usize] |= 1 << k;
             k += 1;
         }
         t
     };
-    s.iter().enumerate().any(|(i, &b)| {
-        let mut words = STARTING[b as usize];
-        let mut hit = b == b'\\' || b == b'&';
-        while words != 0 && !hit {
-            hit = starts_ci(&s[i..], TRIGGERS[words.trailing_zeros() as usize]);
+    if s.contains(&b'\\') || s.contains(&b'&') {
+        return true;
+    }
+    s.windows(2).enumerate().any(|(i, pair)| {
+        let mut words =
+            STARTING[LETTER[pair[0] as usize] as usize][LETTER[pair[1] as usize] as usize];
+        while words != 0 {
+            if starts_ci(&s[i..], TRIGGERS[words.trailing_zeros() as usize]) {
+                return true;
+            }
             words &= words - 1;
         }
-        hit
+        false
     })
 }
 
