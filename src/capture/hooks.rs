@@ -142,8 +142,15 @@ unsafe fn relation_oids(ps: *mut pg_sys::PlannedStmt) -> Vec<u32> {
         if rtable.is_null() {
             return out;
         }
+        // Range-table indexes count from 1.
+        let rte = |index: usize| {
+            (*(*rtable).elements.add(index - 1))
+                .ptr_value
+                .cast::<pg_sys::RangeTblEntry>()
+        };
         // The partitions (and inheritance children) the planner added to the range table:
-        // the statement named their parent, which is listed.
+        // the statement named their parent, a table, which is listed. The legs of a UNION ALL
+        // are children too, of a subquery: those are listed.
         let mut children = Vec::new();
         let appends = (*ps).appendRelations;
         if !appends.is_null() {
@@ -151,16 +158,19 @@ unsafe fn relation_oids(ps: *mut pg_sys::PlannedStmt) -> Vec<u32> {
                 let info = (*(*appends).elements.add(i))
                     .ptr_value
                     .cast::<pg_sys::AppendRelInfo>();
-                children.push((*info).child_relid as usize);
+                let parent = (*info).parent_relid as usize;
+                if (1..=(*rtable).length as usize).contains(&parent)
+                    && (*rte(parent)).rtekind == pg_sys::RTEKind::RTE_RELATION
+                {
+                    children.push((*info).child_relid as usize);
+                }
             }
         }
-        for i in 0..(*rtable).length as usize {
-            if children.contains(&(i + 1)) {
-                continue; // range-table indexes count from 1
+        for i in 1..=(*rtable).length as usize {
+            if children.contains(&i) {
+                continue;
             }
-            let rte = (*(*rtable).elements.add(i))
-                .ptr_value
-                .cast::<pg_sys::RangeTblEntry>();
+            let rte = rte(i);
             // From PostgreSQL 16 on, a view the statement reads is an RTE_SUBQUERY that keeps
             // the view's relid (for its privilege checks); before, it stayed an RTE_RELATION.
             // Other subqueries have none.
