@@ -1111,7 +1111,8 @@ AS $$
                               AND NOT EXISTS (SELECT FROM unnest(p.proconfig) cfg WHERE cfg ~* '^standard_conforming_strings='))
                    AND ((SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'standard_conforming_strings') = 'off'
                         OR EXISTS (SELECT FROM activity_log._role_settings('standard_conforming_strings') r
-                                    WHERE r.value ~* '^(off|false|no|0)'))
+                                    -- every spelling of off PostgreSQL accepts (review of 2026-12-06, F1)
+                                    WHERE r.value ~* '^\s*(of|off|f|fa|fal|fals|false|n|no|0)\s*$'))
                    AS scs_off
               FROM (SELECT activity_log._plpgsql_facts(fn, caller_search_path) AS facts) x) f
 $$;

@@ -1234,14 +1234,19 @@ fn the_plan_is_the_same_whatever_standard_conforming_strings() {
         c.one("scs", bs),
         "audit copies the changed row (as jsonb) into audit.plain_log with the operation"
     );
-    c.sql(
-        "scs",
-        "ALTER ROLE mallory SET standard_conforming_strings = off",
-    );
-    assert_eq!(
-        c.one("scs", bs),
-        "uncertain copies the changed row (as jsonb) into audit.plain_log with the operation, but also has a body PL/pgSQL reads otherwise with standard_conforming_strings off, as sessions here may start: taking it over would lose that"
-    );
+    // Every spelling of off PostgreSQL accepts for a role (review of 2026-12-06, F1: 'f' read as
+    // on, and the trigger's inserts failed in mallory's sessions).
+    for off in ["f", "fa", "FALS", "of", "n", "No", "0", "off"] {
+        c.sql(
+            "scs",
+            &format!("ALTER ROLE mallory SET standard_conforming_strings = '{off}'"),
+        );
+        assert_eq!(
+            c.one("scs", bs),
+            "uncertain copies the changed row (as jsonb) into audit.plain_log with the operation, but also has a body PL/pgSQL reads otherwise with standard_conforming_strings off, as sessions here may start: taking it over would lose that",
+            "{off}"
+        );
+    }
 }
 
 /// Issue 27, review finding F11: a table named only at run time (format('INSERT INTO %s', TG_ARGV[0]))
