@@ -83,10 +83,13 @@ def use_mode(cluster, mode):
 
 
 def check_statements(cluster, transactions):
-    """Statements only: exactly the three UPDATEs and one INSERT of each committed transaction."""
+    """Statements only: exactly the three UPDATEs and one INSERT of each committed transaction,
+    each naming the tables it read and wrote."""
     psql = cluster.psql
     assert psql("SELECT activity_log.flush('10 min')") == "t"
     stored = int(psql("SELECT count(*) FROM activity_log.events WHERE kind = 'statement'"))
+    unnamed = int(psql("SELECT count(*) FROM activity_log.events WHERE kind = 'statement' AND relations IS NULL"))
+    assert unnamed == 0, f"{unnamed} statements name no table"
     dropped = int(psql("SELECT dropped_records FROM activity_log.queue"))
     assert stored == 4 * transactions, f"{stored} statements in the trail for {transactions} transactions"
     assert dropped == 0, f"{dropped} records dropped"

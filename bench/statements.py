@@ -6,11 +6,12 @@ Both audit the same four statements of each transaction (three UPDATEs and an IN
 
 One throwaway cluster preloads both (pgbench_compare.py's settings), the modes are interleaved
 for several rounds, and the medians of TPS and of each transaction's latency (pgbench --log) are
-reported with TPS as a ratio to none. Each run also counts the CPU per transaction (/proc) of
-pgbench's backends, the processes that store the audit (activity_log's writer; for pgaudit the
-logging collector, which writes the log lines pgaudit's backends hand it) and the rest. After
+reported with TPS as a ratio to none, and for activity_log its writer's CPU per transaction
+(/proc, until the run's records are stored; a writer that changes during a run is an error).
+pgaudit's backends write their log lines themselves (to the server's stderr: no logging
+collector, as in Debian's default configuration), so its whole cost is in them and in TPS. After
 each activity_log run the trail is checked: exactly the four write statements of each committed
-transaction, nothing dropped.
+transaction, each naming its tables, nothing dropped.
 
     bench/statements.py [--seconds S] [--rounds R] [--clients C] [--smoke]
 """
@@ -40,8 +41,8 @@ def cpu_ticks(pid):
 
 def writers(cluster):
     """The pids of activity_log's writers (none without a ring in use)."""
-    return [int(p) for p in cluster.psql(
-        "SELECT writer_pid FROM activity_log.queue WHERE writer_pid IS NOT NULL").split()]
+    return sorted(int(p) for p in cluster.psql(
+        "SELECT writer_pid FROM activity_log.queue WHERE writer_pid IS NOT NULL").split())
 
 
 def main():
@@ -72,6 +73,8 @@ def main():
                 committed = int(psql("SELECT count(*) FROM pgbench_history")) - before
                 if mode == STATEMENTS:
                     check_statements(cluster, committed)
+                if writers(cluster) != pids:
+                    raise RuntimeError(f"the writer changed during a run of {mode}: {pids} -> {writers(cluster)}")
                 writer_us = (sum(cpu_ticks(p) for p in pids) - ticks) * 1e6 / os.sysconf("SC_CLK_TCK") / max(1, committed)
                 runs.setdefault(mode, []).append(
                     [tps, quantile(latencies, 0.50), quantile(latencies, 0.99), writer_us])

@@ -65,7 +65,7 @@ def main():
     settings = [f"activity_log.capture_statements = '{'mod' if args.statements else 'none'}'", *SETTINGS]
     # What each transaction leaves in the trail: its four row changes, or its four writes
     # (three UPDATEs and an INSERT) as statement records.
-    stored = ("kind = 'statement' AND command IN ('UPDATE', 'INSERT')" if args.statements
+    stored = ("kind = 'statement' AND command IN ('UPDATE', 'INSERT') AND relations IS NOT NULL" if args.statements
               else "kind = 'change'")
     what = "statement records" if args.statements else "rows"
     cluster = Cluster(DIR, PORT, settings)
