@@ -22,21 +22,11 @@ import sys
 
 from benchlib import HAS_PGAUDIT, Cluster, install_release, machine, publish
 from latency import STATEMENTS, check_statements, commit, pgbench, quantile, use_mode
-from pgbench_compare import SETTINGS, prepare
+from pgbench_compare import SETTINGS, prepare, ticks
 
 DIR = "/tmp/al-bench-statements"
 PORT = 54498
 MODES = ["none", "pgaudit", STATEMENTS]
-
-
-def cpu_ticks(pid):
-    """utime + stime of a process, in clock ticks; 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def writers(cluster):
@@ -67,7 +57,7 @@ def main():
             for mode in MODES:
                 use_mode(cluster, mode)
                 pids = writers(cluster)
-                ticks = sum(cpu_ticks(p) for p in pids)
+                before_ticks = ticks(pids)
                 before = int(psql("SELECT count(*) FROM pgbench_history"))
                 tps, latencies, _ = pgbench(cluster, args.seconds, args.clients)
                 committed = int(psql("SELECT count(*) FROM pgbench_history")) - before
@@ -75,7 +65,7 @@ def main():
                     check_statements(cluster, committed)
                 if writers(cluster) != pids:
                     raise RuntimeError(f"the writer changed during a run of {mode}: {pids} -> {writers(cluster)}")
-                writer_us = (sum(cpu_ticks(p) for p in pids) - ticks) * 1e6 / os.sysconf("SC_CLK_TCK") / max(1, committed)
+                writer_us = (ticks(pids) - before_ticks) * 1e6 / os.sysconf("SC_CLK_TCK") / max(1, committed)
                 runs.setdefault(mode, []).append(
                     [tps, quantile(latencies, 0.50), quantile(latencies, 0.99), writer_us])
         med = {m: [statistics.median(r[i] for r in v) for i in range(4)] for m, v in runs.items()}
