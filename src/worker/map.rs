@@ -176,7 +176,24 @@ pub(super) struct Rows {
 
 /// The changed_columns and relations arrays a batch keeps, each: enough for the tables and
 /// statement shapes of a busy batch, few enough that looking one up stays cheaper than making it.
-const MAX_CHANGED_SETS: usize = 32;
+const MAX_CACHED_ARRAYS: usize = 32;
+
+/// cached is the array this batch made for `key` already, or the one `make` makes, kept for the
+/// rest of the batch if `cache` has room.
+fn cached<T: PartialEq + Clone>(
+    cache: &mut Vec<(Vec<T>, pg_sys::Datum)>,
+    key: &[T],
+    make: impl FnOnce() -> pg_sys::Datum,
+) -> pg_sys::Datum {
+    if let Some(&(_, array)) = cache.iter().find(|(seen, _)| seen.as_slice() == key) {
+        return array;
+    }
+    let array = make();
+    if cache.len() < MAX_CACHED_ARRAYS {
+        cache.push((key.to_vec(), array));
+    }
+    array
+}
 
 impl Rows {
     pub(super) fn new(isolate: bool) -> Rows {
@@ -370,17 +387,8 @@ impl Rows {
     /// changed_columns sets a change's changed_columns to an array this batch made already,
     /// or makes it: a table's updates mostly change the same columns, and an array costs a
     /// call into PostgreSQL per name and one more to build it.
-    fn changed_columns(&mut self, row: &mut Row, names: Vec<String>) {
-        let array = match self.changed.iter().find(|(seen, _)| *seen == names) {
-            Some(&(_, array)) => array,
-            None => {
-                let array = store::text_array(&names);
-                if self.changed.len() < MAX_CHANGED_SETS {
-                    self.changed.push((names, array));
-                }
-                array
-            }
-        };
+    fn changed_columns(&mut self, row: &mut Row, names: &[String]) {
+        let array = cached(&mut self.changed, names, || store::text_array(names));
         row.shared(Col::ChangedColumns, array);
     }
 
@@ -388,17 +396,10 @@ impl Rows {
     /// it: a workload repeats a few statement shapes, and each name costs three catalog lookups
     /// and its quoting, the array one more call into PostgreSQL.
     fn relations(&mut self, row: &mut Row, oids: &[u32]) {
-        let array = match self.relations.iter().find(|(seen, _)| seen == oids) {
-            Some(&(_, array)) => array,
-            None => {
-                let names: Vec<String> = oids.iter().map(|&r| store::relation_name(r)).collect();
-                let array = store::text_array(&names);
-                if self.relations.len() < MAX_CHANGED_SETS {
-                    self.relations.push((oids.to_vec(), array));
-                }
-                array
-            }
-        };
+        let array = cached(&mut self.relations, oids, || {
+            let names: Vec<String> = oids.iter().map(|&r| store::relation_name(r)).collect();
+            store::text_array(&names)
+        });
         row.shared(Col::Relations, array);
     }
 
@@ -656,7 +657,7 @@ impl Rows {
                     row.jsonb(Col::NewRow, image.new_row);
                     row.jsonb(Col::RowKey, image.row_key);
                     if let Some(names) = image.changed_columns {
-                        self.changed_columns(&mut row, names);
+                        self.changed_columns(&mut row, &names);
                     }
                     self.keep(
                         row,
