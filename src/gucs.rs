@@ -47,6 +47,8 @@ static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(4);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// Longest time the writer sleeps when nobody wakes it, in ms.
 static FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Longest stretch of work, in ms, after which a writer that keeps up pauses (worker/pace.rs).
+static WRITER_SLICE_MS: GucSetting<f64> = GucSetting::<f64>::new(0.3);
 /// How long the trail keeps records, in minutes; 0 keeps them for ever.
 static RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(0);
 static CAPTURE_STATEMENTS: GucSetting<CaptureStatements> =
@@ -123,6 +125,16 @@ pub fn init() {
         &FLUSH_INTERVAL_MS,
         10,
         60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_float_guc(
+        c"activity_log.writer_slice",
+        c"Longest time the writer works without a break while it keeps up; 0 never pauses.",
+        c"After each slice of work the writer pauses for 1 ms, so that backends are not held up behind it for long; when it falls behind (a full batch, a quarter-full ring) it works without pauses.",
+        &WRITER_SLICE_MS,
+        0.0,
+        1000.0,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
@@ -266,6 +278,11 @@ pub fn max_databases() -> usize {
 }
 pub fn batch_size() -> usize {
     BATCH_SIZE.get() as usize
+}
+/// The writer's slice of work between pauses; None: it never pauses.
+pub fn writer_slice() -> Option<std::time::Duration> {
+    let ms = WRITER_SLICE_MS.get();
+    (ms > 0.0).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
 }
 /// Minutes the trail keeps records; None: for ever.
 pub fn retention_minutes() -> Option<i32> {

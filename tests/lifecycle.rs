@@ -171,6 +171,9 @@ fn out_of_range_settings_are_rejected() {
     let flush_interval = format!(
         "is outside the valid range for parameter \"activity_log.flush_interval\" (10{ms} .. 60000{ms})"
     );
+    let writer_slice = format!(
+        "is outside the valid range for parameter \"activity_log.writer_slice\" (0{ms} .. 1000{ms})"
+    );
     for (setting, value, message) in [
         ("activity_log.buffer_size", "'1kB'", buffer_size.as_str()),
         (
@@ -188,6 +191,7 @@ fn out_of_range_settings_are_rejected() {
             "'1ms'",
             flush_interval.as_str(),
         ),
+        ("activity_log.writer_slice", "'-1ms'", writer_slice.as_str()),
         (
             "activity_log.capture_statements",
             "'everything'",

@@ -191,6 +191,13 @@ pub fn has_frames(slot_index: usize) -> bool {
     s.tail.load(Acquire) < s.head.load(Acquire)
 }
 
+/// filling tells whether more than a quarter of the ring waits for the writer: commits then wake
+/// it, and it works without pauses (worker/pace.rs).
+pub fn filling(slot_index: usize) -> bool {
+    let s = slot(slot_index);
+    s.head.load(Acquire).saturating_sub(s.tail.load(Acquire)) > capacity() / 4
+}
+
 pub fn head(slot_index: usize) -> u64 {
     slot(slot_index).head.load(Acquire)
 }

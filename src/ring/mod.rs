@@ -54,7 +54,7 @@ mod spill;
 mod waiting;
 
 pub use consume::{
-    Batch, Frame, advance, committing, has_frames, head, mark_swept, next_key, read,
+    Batch, Frame, advance, committing, filling, has_frames, head, mark_swept, next_key, read,
     staged_commits, staged_swept, tail,
 };
 pub use layout::{

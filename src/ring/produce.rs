@@ -11,6 +11,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering::*};
 
+use super::consume::filling;
 use super::layout::{
     FrameHeader, HEADER, LockGuard, STATE_COMMITTED, STATE_PAD, STATE_PENDING, STATE_VOID,
     capacity, data, header, slot,
@@ -216,9 +217,7 @@ pub fn commit(r: Reservation, commit_ts: i64) {
 /// writer reaches later ones by itself), or the ring is filling up. Waking it on every commit
 /// costs every committing backend a system call.
 fn wake_writer_if_needed(r: Reservation) {
-    let s = slot(r.slot);
-    let tail = s.tail.load(Acquire);
-    if tail >= r.pos || s.head.load(Acquire).saturating_sub(tail) > capacity() / 4 {
+    if slot(r.slot).tail.load(Acquire) >= r.pos || filling(r.slot) {
         wake_writer(r.slot);
     }
 }

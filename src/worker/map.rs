@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use crate::record::{self, Body, Op, StatementClass};
 use crate::ring;
 use crate::worker::decode;
+use crate::worker::pace;
 use crate::worker::rollup::{Categories, Fact, Rollups};
 use crate::worker::store::{self, Col, Row, Trail};
 use crate::worker::subxact::{
@@ -219,6 +220,9 @@ impl Rows {
         let mut r = Rows::new(isolate);
         let mut decoder = decode::Decoder::new();
         for frame in &batch.frames {
+            if pace::due() {
+                pace::pause();
+            }
             if frame.staged.as_ref().is_some_and(suspects::condemned) {
                 r.quarantine(frame, "the server crashed twice while the writer read it, the second time alone, so it is not read again (see the server log)");
                 continue;
@@ -720,9 +724,14 @@ impl Rows {
     pub(super) fn insert(self) {
         let mut trail = Trail::open();
         let mut rollups = Rollups::default();
-        for (row, fact) in self.rows.iter().zip(&self.facts) {
+        for (i, (row, fact)) in self.rows.iter().zip(&self.facts).enumerate() {
             trail.insert(row);
             rollups.add(fact);
+            // Stored before the pause: a multi-insert of the rows buffered so far is work too.
+            if i % 16 == 15 && pace::due() {
+                trail.flush();
+                pace::pause();
+            }
         }
         trail.close();
         rollups.store(&self.categories);

@@ -5,7 +5,8 @@
 //! A writer's stages, one file each, calls going one way: writer.rs (loop, lifecycle) →
 //! drain.rs (ring and staged sources, the batch transaction) → map.rs (record → trail row) →
 //! store.rs (multi-insert, chain.rs) and rollup.rs; maintain.rs (partitions, retention, gap
-//! records) → map.rs. subxact.rs (subtransactions, caught errors) serves them all.
+//! records) → map.rs. subxact.rs (subtransactions, caught errors) serves them all; pace.rs
+//! (pauses of a writer that keeps up) drain.rs and map.rs.
 
 pub mod chain;
 pub mod decode;
@@ -14,6 +15,7 @@ mod jsonb;
 pub mod launcher;
 mod maintain;
 mod map;
+mod pace;
 pub mod rollup;
 mod store;
 pub(crate) mod subxact;

@@ -28,6 +28,7 @@ use crate::ring;
 use crate::shared;
 use crate::worker::drain::{MY_DB, drain, small_batch, still_mine, sweeping};
 use crate::worker::maintain::{maintain_partitions_if_due, write_owed_gaps};
+use crate::worker::pace;
 use crate::worker::suspects;
 
 /// The slot this process writes for (its database is [`MY_DB`]).
@@ -205,7 +206,7 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             // in batches rather than one tiny insert per commit. Adds at most 50 ms of lag; a
             // shorter pause costs the writer more CPU per record (a batch costs a transaction,
             // opening the partition and its indexes, the rollup upsert: bench/writer_cost.py).
-            gather_commits(Duration::from_millis(50));
+            pace::nap(Duration::from_millis(50));
         }
     }
     // A drop stopped the writer: it leaves at once, and the records stay in the ring (gone
@@ -292,22 +293,6 @@ fn restore_holds(slot: usize) -> bool {
 
 /// restore_gone waits up to `within`, when stopping, for a backend that holds the trail for a
 /// restore to go (a shutdown stops it too); false if it is still there.
-/// gather_commits pauses for `pause` without waking when a commit sets the latch (the point is
-/// to let them gather), as a wait pg_stat_activity shows (wait_event_type Extension) rather
-/// than time on the CPU; the postmaster's death still ends it, and the latch stays set for the
-/// next round.
-fn gather_commits(pause: Duration) {
-    // SAFETY: waiting on this process's own latch, without consuming it.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            pause.as_millis() as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-    }
-}
-
 fn restore_gone(slot: usize, within: Duration) -> bool {
     let until = Instant::now() + within;
     loop {
