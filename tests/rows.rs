@@ -2392,6 +2392,68 @@ fn a_writer_that_pauses_stores_every_record_once_in_order() {
     );
 }
 
+/// A writer terminated in the middle of a paced batch still exits (pacing must not use up the
+/// SIGTERM its loop stops on: it once did, and the writer ignored the signal), and stores what
+/// is left before it goes or leaves it to the next writer.
+#[test]
+fn a_writer_terminated_while_it_pauses_exits() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let c = Cluster::start(
+        "rows-paced-term",
+        &[
+            "activity_log.capture_statements = 'none'",
+            "activity_log.writer_slice = '0.001ms'",
+        ],
+    );
+    with_extension(&c, DB);
+    c.sql(
+        DB,
+        "CREATE TABLE paced (id int PRIMARY KEY); SELECT activity_log.track('paced');",
+    );
+    c.flush(DB);
+    let writer = c.one(DB, "SELECT writer_pid FROM activity_log.queue");
+    // The trail locked, 3 000 one-row transactions queue in the ring; released, they are one
+    // paced batch of 3 000 frames (a pause after each: seconds).
+    let mut holder = c.psql_command(DB).stdin(Stdio::piped()).spawn().unwrap();
+    let mut lock = holder.stdin.take().unwrap();
+    lock.write_all(
+        b"BEGIN; LOCK TABLE activity_log.events IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n",
+    )
+    .unwrap();
+    lock.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let inserts: String = (1..=3000)
+        .map(|i| format!("INSERT INTO paced VALUES ({i});\n"))
+        .collect();
+    c.sql(DB, &inserts);
+    lock.write_all(b"COMMIT;\n").unwrap();
+    drop(lock);
+    assert!(holder.wait().unwrap().success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        c.one(DB, &format!("SELECT pg_terminate_backend({writer})")),
+        "t"
+    );
+    let gone = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        c.one(
+            DB,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {writer}"),
+        ) == "0"
+    });
+    assert!(gone, "the writer {writer} ignored its termination");
+    c.flush(DB);
+    assert_eq!(
+        c.one(
+            DB,
+            "SELECT count(DISTINCT new_row->>'id') || ' ' || count(*) FROM activity_log.changes WHERE table_name = 'paced'"
+        ),
+        "3000 3000"
+    );
+    assert_eq!(c.one(DB, "SELECT intact FROM activity_log.verify()"), "t");
+}
+
 #[test]
 fn ordinary_roles_can_drop_and_defaults_added_later_appear_in_old_images() {
     let c = cluster("rows-roles");

@@ -56,6 +56,9 @@ pub(super) struct Slot {
     pub last_dboid: AtomicU32,         // the database the ring served before its last release
     /// The launcher asks the writer to hand the ring back: another database waits for one.
     pub hand_back_requested: AtomicBool,
+    /// Until this time (GetCurrentTimestamp) a flush() waits for the ring: the writer does not
+    /// pause (worker/pace.rs). Renewed by the waiter every few ms, so it lapses on its own.
+    pub hurry_until: AtomicI64,
     /// The writer is handing the ring back: no new frame is reserved (a committing
     /// transaction stages its records instead), and the ring is released once drained.
     pub closing: AtomicBool,
@@ -195,6 +198,7 @@ impl PgSharedMemoryInitialization for Shmem {
                         claim_xid: AtomicU32::new(0),
                         last_dboid: AtomicU32::new(0),
                         hand_back_requested: AtomicBool::new(false),
+                        hurry_until: AtomicI64::new(0),
                         closing: AtomicBool::new(false),
                         paused_by: AtomicI32::new(0),
                         restored_by: AtomicI32::new(0),

@@ -158,6 +158,20 @@ pub fn hand_back_requested(i: usize) -> bool {
     slot(i).hand_back_requested.load(Acquire)
 }
 
+/// hurry tells the writer of ring `i` that someone waits for its records (a flush()): it stops
+/// pausing (worker/pace.rs) for the next 20 ms; a waiter calls it again while it waits.
+pub fn hurry(i: usize) {
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    slot(i).hurry_until.fetch_max(now + 20_000, Relaxed);
+}
+
+/// hurried tells whether someone waits for ring `i`'s records now (see [`hurry`]).
+pub fn hurried(i: usize) -> bool {
+    // SAFETY: reads the clock.
+    slot(i).hurry_until.load(Relaxed) > unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
 /// claimed_at is when slot `i` was given to its database: with the shared memory's start it
 /// tells one turn of a database on a ring from any other, so it marks the staged rows that
 /// this turn's ring announces (see capture/xact.rs, `announce`).

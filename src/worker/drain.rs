@@ -650,12 +650,12 @@ fn write_batch(slot: usize, source: Source) -> Stored {
                 return Stored::default();
             }
             suspects::reading(batch.frames.iter().filter_map(|f| f.staged.as_ref()));
-            // Only a ring batch that is not full, with the ring far from full, is paced: a writer
-            // behind, or catching up on durable_queue, works without pauses.
-            let keeps_up = matches!(source, Source::Ring(b) if (b.records as usize) < gucs::batch_size())
-                && !isolate
-                && !ring::filling(slot);
-            let _paced = pace::begin(keeps_up);
+            // Only a ring batch that is not full is paced: a writer behind, or catching up on
+            // durable_queue, works without pauses (and pace.rs stops them when hurried).
+            let keeps_up =
+                matches!(source, Source::Ring(b) if (b.records as usize) < gucs::batch_size())
+                    && !isolate;
+            let _paced = pace::begin(slot, keeps_up);
             // Decoding row images needs the catalog, so the batch is built in the transaction.
             let rows = Rows::from_batch(batch, isolate);
             if isolate {

@@ -5,55 +5,78 @@
 //! 2 cores that costs pgbench far more than the writer's CPU (bench/statements.py, and a
 //! process that only spins 7 ms in every 57 costs as much), and is most of activity_log's p99.
 //! So while it keeps up, the writer pauses for 1 ms after each `activity_log.writer_slice` of
-//! work; a writer that is behind (a full batch, a quarter-full ring) or stopping works
-//! without pauses, so pacing never makes it lose ground.
+//! work. It stops pausing, for the rest of the batch, as soon as it is hurried: the ring more
+//! than a quarter full, a flush() waiting for its records, a drop stopping it, another database
+//! waiting for the ring, a shutdown or termination; and a batch that starts full (`batch_size`)
+//! or behind is not paced at all. So pacing only spreads the work of a writer that keeps up.
 //!
 //! Pauses are taken between records and rows, where the writer holds no buffer lock and no
 //! LWLock (only its batch transaction's locks on the trail). Process-local state only.
 
-use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use crate::gucs;
+use crate::ring;
 
 thread_local! {
-    /// Set while a batch is paced: when the writer last started working.
-    static WORKING_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Set while a batch is paced: its ring, and when the writer last started working.
+    static PACED: Cell<Option<(usize, Instant)>> = const { Cell::new(None) };
 }
 
 /// Paced is a batch's pacing; it ends when dropped.
 pub(super) struct Paced;
 
-/// begin paces the batch about to be stored when the writer `keeps_up` and a slice is set.
-pub(super) fn begin(keeps_up: bool) -> Paced {
-    let on = keeps_up && gucs::writer_slice().is_some() && !BackgroundWorker::sigterm_received();
-    WORKING_SINCE.set(on.then(Instant::now));
+/// begin paces the batch of ring `slot` about to be stored when the writer `keeps_up`, a slice
+/// is set and nobody hurries it.
+pub(super) fn begin(slot: usize, keeps_up: bool) -> Paced {
+    let on = keeps_up && gucs::writer_slice().is_some() && !hurried(slot);
+    PACED.set(on.then(|| (slot, Instant::now())));
     Paced
 }
 
 impl Drop for Paced {
     fn drop(&mut self) {
-        WORKING_SINCE.set(None);
+        PACED.set(None);
     }
 }
 
-/// due tells whether the writer has worked a whole slice since its last pause, in a paced batch
-/// (told to stop meanwhile, it pauses no more).
+/// hurried tells whether the writer of `slot` must work without pauses now.
+fn hurried(slot: usize) -> bool {
+    // Not BackgroundWorker::sigterm_received(): it clears pgrx's flag, which the writer's loop
+    // reads to stop. The handler also sets this one, and nothing clears it.
+    // SAFETY: a flag of this process, set by its signal handler.
+    let stopping = unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() } != 0;
+    stopping
+        || ring::filling(slot)
+        || ring::hurried(slot)
+        || ring::paused(slot)
+        || ring::hand_back_requested(slot)
+}
+
+/// due tells whether the writer has worked a whole slice since its last pause, in a paced
+/// batch; once hurried, the batch is paced no more.
 pub(super) fn due() -> bool {
-    match (WORKING_SINCE.get(), gucs::writer_slice()) {
-        (Some(since), Some(slice)) => {
-            since.elapsed() >= slice && !BackgroundWorker::sigterm_received()
-        }
-        _ => false,
+    let (Some((slot, since)), Some(slice)) = (PACED.get(), gucs::writer_slice()) else {
+        return false;
+    };
+    if since.elapsed() < slice {
+        return false;
     }
+    if hurried(slot) {
+        PACED.set(None);
+        return false;
+    }
+    true
 }
 
 /// pause lets the CPU go for 1 ms; the caller holds no buffer lock and no LWLock.
 pub(super) fn pause() {
     nap(Duration::from_millis(1));
-    WORKING_SINCE.set(Some(Instant::now()));
+    if let Some((slot, _)) = PACED.get() {
+        PACED.set(Some((slot, Instant::now())));
+    }
 }
 
 /// nap sleeps for `pause` without waking when a commit sets the latch (the point is to let
