@@ -47,7 +47,7 @@ static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(4);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// Longest time the writer sleeps when nobody wakes it, in ms.
 static FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
-/// Longest stretch of work, in ms, after which a writer that keeps up pauses (worker/pace.rs).
+/// About how much work, in ms, a writer that keeps up does before it pauses (worker/pace.rs).
 static WRITER_SLICE_MS: GucSetting<f64> = GucSetting::<f64>::new(0.3);
 /// How long the trail keeps records, in minutes; 0 keeps them for ever.
 static RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -130,7 +130,7 @@ pub fn init() {
     );
     GucRegistry::define_float_guc(
         c"activity_log.writer_slice",
-        c"Longest time the writer works without a break while it keeps up; 0 never pauses.",
+        c"About how long the writer works before a 1 ms pause, while it keeps up; 0 never pauses.",
         c"After each slice of work the writer pauses for 1 ms, so that backends are not held up behind it for long; when it falls behind (a full batch, a quarter-full ring) it works without pauses.",
         &WRITER_SLICE_MS,
         0.0,

@@ -2353,6 +2353,18 @@ fn a_writer_that_pauses_stores_every_record_once_in_order() {
         .collect();
     c.sql(DB, &inserts);
     c.sql(DB, "UPDATE paced SET v = id * 2");
+    // Left to the writer: flush() would hurry it, and a hurried writer does not pause.
+    let stored_alone = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        c.one(
+            DB,
+            "SELECT count(*) FROM activity_log.events WHERE kind = 'change'",
+        ) == "300"
+    });
+    assert!(
+        stored_alone,
+        "the writer did not store the 300 changes in 30 s"
+    );
     c.flush(DB);
     let stored = c.sql(
         DB,

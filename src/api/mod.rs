@@ -344,9 +344,7 @@ fn flush(timeout: default!(Option<Interval>, "'10 seconds'")) -> bool {
         if started.elapsed() >= timeout {
             return false;
         }
-        ring::hurry(slot);
-        ring::wake_writer(slot);
-        shared::wait_a_moment();
+        ring::wait_for_writer(slot);
     }
 }
 

@@ -346,8 +346,7 @@ fn pre_commit() {
                             ),
                         );
                     }
-                    ring::wake_writer(slot);
-                    shared::wait_a_moment();
+                    ring::wait_for_writer(slot);
                 }
             },
         }
@@ -416,8 +415,7 @@ fn announce(slot: usize, dboid: u32, nrecords: u32) -> Option<i64> {
                 if gucs::overflow() == Overflow::Wait
                     && started.elapsed() < gucs::overflow_timeout() =>
             {
-                ring::wake_writer(slot);
-                shared::wait_a_moment();
+                ring::wait_for_writer(slot);
             }
             Err(_) => return None,
         }

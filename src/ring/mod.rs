@@ -70,10 +70,10 @@ pub use produce::{
 pub use slots::{
     attach_writer, claim, claim_xid, claimed_at, close, closing, count_waiting_drop, detach_writer,
     end_restore_hold, failures, forget_database, hand_back_requested, hold_for_restore, hurried,
-    hurry, last_error_transient, mark_starting, note_waiting, paused, paused_by, release,
-    release_closed, release_database, release_dropped, request_hand_back, request_sweep,
-    reset_failures, restored_by, resume, resume_abandoned, serves, slot_dboid, slot_of,
-    start_requested_at, stop_waiting, stop_writer_for_drop, waiting_databases, wake_writer,
+    last_error_transient, mark_starting, note_waiting, paused, paused_by, release, release_closed,
+    release_database, release_dropped, request_hand_back, request_sweep, reset_failures,
+    restored_by, resume, resume_abandoned, serves, slot_dboid, slot_of, start_requested_at,
+    stop_waiting, stop_writer_for_drop, wait_for_writer, waiting_databases, wake_writer,
     writer_state,
 };
 pub use spill::{Removed, kept_databases, remove_dropped};

@@ -158,18 +158,31 @@ pub fn hand_back_requested(i: usize) -> bool {
     slot(i).hand_back_requested.load(Acquire)
 }
 
-/// hurry tells the writer of ring `i` that someone waits for its records (a flush()): it stops
-/// pausing (worker/pace.rs) for the next 20 ms; a waiter calls it again while it waits.
-pub fn hurry(i: usize) {
+/// How long one call of [`hurry`] keeps the writer from pausing, in µs.
+const HURRY_US: i64 = 20_000;
+
+/// hurry tells the writer of ring `i` that someone waits for its records: it stops pausing
+/// (worker/pace.rs) for the next 20 ms; a waiter calls it again while it waits.
+fn hurry(i: usize) {
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    slot(i).hurry_until.fetch_max(now + 20_000, Relaxed);
+    slot(i).hurry_until.store(now + HURRY_US, Relaxed);
 }
 
-/// hurried tells whether someone waits for ring `i`'s records now (see [`hurry`]).
+/// hurried tells whether someone waits for ring `i`'s records now (see [`hurry`]). A time
+/// further ahead than one hurry lasts was set before the clock stepped back: it is over.
 pub fn hurried(i: usize) -> bool {
     // SAFETY: reads the clock.
-    slot(i).hurry_until.load(Relaxed) > unsafe { pg_sys::GetCurrentTimestamp() }
+    let left = slot(i).hurry_until.load(Relaxed) - unsafe { pg_sys::GetCurrentTimestamp() };
+    (1..=HURRY_US).contains(&left)
+}
+
+/// wait_for_writer is how a process waits for ring `i`'s writer to store what is queued: it
+/// hurries the writer, wakes it, and sleeps up to 5 ms (serving interrupts).
+pub fn wait_for_writer(i: usize) {
+    hurry(i);
+    wake_writer(i);
+    wait_a_moment();
 }
 
 /// claimed_at is when slot `i` was given to its database: with the shared memory's start it
@@ -369,8 +382,7 @@ pub fn stop_writer_for_drop(i: usize, dboid: u32, drain: std::time::Duration) {
     let target = head(i);
     // A writer may be starting (the launcher is woken): wait for it too, within `drain`.
     while tail(i) < target && started.elapsed() < drain {
-        wake_writer(i);
-        wait_a_moment();
+        wait_for_writer(i);
     }
     let s = slot(i);
     {

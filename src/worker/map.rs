@@ -220,9 +220,6 @@ impl Rows {
         let mut r = Rows::new(isolate);
         let mut decoder = decode::Decoder::new();
         for frame in &batch.frames {
-            if pace::due() {
-                pace::pause();
-            }
             if frame.staged.as_ref().is_some_and(suspects::condemned) {
                 r.quarantine(frame, "the server crashed twice while the writer read it, the second time alone, so it is not read again (see the server log)");
                 continue;
@@ -245,6 +242,11 @@ impl Rows {
                     order_changes(&mut records);
                     let push = |r: &mut Rows, decoder: &mut decode::Decoder<'a>| {
                         for rec in &records {
+                            // Between records, even of one big frame (never in isolation,
+                            // which is not paced).
+                            if pace::due() {
+                                pace::pause();
+                            }
                             let c = Common {
                                 committed_at: frame.commit_ts,
                                 info: &info,
@@ -727,7 +729,8 @@ impl Rows {
         for (i, (row, fact)) in self.rows.iter().zip(&self.facts).enumerate() {
             trail.insert(row);
             rollups.add(fact);
-            // Stored before the pause: a multi-insert of the rows buffered so far is work too.
+            // Checked every 16 rows (reading the clock costs), and the rows buffered so far are
+            // stored before the pause: their multi-insert is work of this slice too.
             if i % 16 == 15 && pace::due() {
                 trail.flush();
                 pace::pause();

@@ -10,8 +10,12 @@
 //! waiting for the ring, a shutdown or termination; and a batch that starts full (`batch_size`)
 //! or behind is not paced at all. So pacing only spreads the work of a writer that keeps up.
 //!
-//! Pauses are taken between records and rows, where the writer holds no buffer lock and no
-//! LWLock (only its batch transaction's locks on the trail). Process-local state only.
+//! The slice is a threshold checked at the next record decoded or the next 16 rows stored, so a
+//! stretch of work runs a little past it; the batch's start (opening the trail, the chain's head)
+//! and end (the last multi-insert, the rollups, the commit) are not cut. Pauses hold no buffer
+//! lock, pin of a heap page or LWLock: only what the batch transaction holds (its locks on the
+//! trail and its indexes, its xid; on 17+ the BRIN revmap pins an index keeps between inserts).
+//! Process-local state only.
 
 use pgrx::pg_sys;
 use std::cell::Cell;
@@ -45,7 +49,9 @@ impl Drop for Paced {
 /// hurried tells whether the writer of `slot` must work without pauses now.
 fn hurried(slot: usize) -> bool {
     // Not BackgroundWorker::sigterm_received(): it clears pgrx's flag, which the writer's loop
-    // reads to stop. The handler also sets this one, and nothing clears it.
+    // reads to stop. pgrx's SIGTERM handler (worker_spi_sigterm, pgrx 0.18) also sets this one,
+    // as PostgreSQL's own handler does, and nothing clears it; were it not set, a terminated
+    // writer would still stop, after its paced batch.
     // SAFETY: a flag of this process, set by its signal handler.
     let stopping = unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() } != 0;
     stopping
