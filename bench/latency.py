@@ -76,10 +76,13 @@ def quantile(values, q):
 
 def use_mode(cluster, mode):
     """pgbench_compare's modes, plus statements only (nothing tracked)."""
+    # set_mode's own statements are not audited, and it empties the trail after storing what was
+    # (statements run while 'mod' was still on: this ALTER SYSTEM, a caller's).
+    cluster.psql("ALTER SYSTEM SET activity_log.capture_statements = 'none'")
     set_mode(cluster, "none" if mode == STATEMENTS else mode)
-    cluster.psql("ALTER SYSTEM SET activity_log.capture_statements = "
-                 + ("'mod'" if mode == STATEMENTS else "'none'"))
-    cluster.psql("SELECT pg_reload_conf()")
+    if mode == STATEMENTS:
+        cluster.psql("ALTER SYSTEM SET activity_log.capture_statements = 'mod'")
+        cluster.psql("SELECT pg_reload_conf()")
 
 
 def check_statements(cluster, transactions):

@@ -13,7 +13,10 @@ collector, as in Debian's default configuration), so its whole cost is in them a
 each activity_log run the trail is checked: exactly the four write statements of each committed
 transaction, each naming its tables, nothing dropped.
 
-    bench/statements.py [--seconds S] [--rounds R] [--clients C] [--smoke]
+With --slices, activity_log runs once per round at each activity_log.writer_slice given (how
+long its writer works before a 1 ms pause while it keeps up; 0 never pauses), to choose it.
+
+    bench/statements.py [--seconds S] [--rounds R] [--clients C] [--slices MS,...] [--smoke]
 """
 import argparse
 import os
@@ -26,7 +29,7 @@ from pgbench_compare import SETTINGS, prepare, ticks
 
 DIR = "/tmp/al-bench-statements"
 PORT = 54498
-MODES = ["none", "pgaudit", STATEMENTS]
+DEFAULT_SLICE = "0.3"  # activity_log.writer_slice's default, in ms (src/gucs.rs)
 
 
 def writers(cluster):
@@ -40,8 +43,16 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--slices", default=DEFAULT_SLICE,
+                    help="activity_log.writer_slice values in ms, comma-separated (default: the default)")
     ap.add_argument("--smoke", action="store_true", help="3-second runs, one round: keeps the script working")
     args = ap.parse_args()
+    slices = [str(float(s)) for s in args.slices.split(",")]
+    # mode -> the writer_slice it runs with (None: activity_log is not used)
+    modes = {"none": None, "pgaudit": None}
+    default_only = slices == [str(float(DEFAULT_SLICE))]
+    for s in slices:
+        modes[STATEMENTS if default_only else f"{STATEMENTS}, writer_slice {s} ms"] = s
     if args.smoke:
         args.seconds, args.rounds = 3, 1
     if not HAS_PGAUDIT:
@@ -54,14 +65,16 @@ def main():
         facts = machine(cluster)
         runs = {}  # mode -> [[tps, p50, p99, writer CPU µs per transaction]]
         for _ in range(args.rounds):
-            for mode in MODES:
-                use_mode(cluster, mode)
+            for mode, writer_slice in modes.items():
+                if writer_slice is not None:
+                    psql(f"ALTER SYSTEM SET activity_log.writer_slice = '{writer_slice}ms'")
+                use_mode(cluster, STATEMENTS if writer_slice is not None else mode)
                 pids = writers(cluster)
                 before_ticks = ticks(pids)
                 before = int(psql("SELECT count(*) FROM pgbench_history"))
                 tps, latencies, _ = pgbench(cluster, args.seconds, args.clients)
                 committed = int(psql("SELECT count(*) FROM pgbench_history")) - before
-                if mode == STATEMENTS:
+                if writer_slice is not None:
                     check_statements(cluster, committed)
                 if writers(cluster) != pids:
                     raise RuntimeError(f"the writer changed during a run of {mode}: {pids} -> {writers(cluster)}")
@@ -77,14 +90,14 @@ def main():
             f"Machine: {facts}. Commit: {commit()}. Settings: {', '.join(SETTINGS)}; synchronous_commit = off.",
             "pgaudit: pgaudit.log = 'write' (a log line per write statement, written by the backend to the server's stderr). "
             "activity_log statements: capture_statements = 'mod', nothing tracked (a trail row per write "
-            "statement). Writer CPU: activity_log's writer's CPU (/proc) while the run lasted, per committed "
+            f"statement; activity_log.writer_slice = {' / '.join(slices)} ms). Writer CPU: activity_log's writer's CPU (/proc) while the run lasted, per committed "
             "transaction (the records of a run are stored before the next starts). Every activity_log run: the trail holds exactly the four "
             "write statements of each committed transaction, 0 dropped (asserted).",
             "",
             "| mode | TPS | vs none | p50 ms | p99 ms | writer CPU µs per transaction | TPS of each round |",
             "|---|---|---|---|---|---|---|",
         ]
-        for mode in MODES:
+        for mode in modes:
             tps, p50, p99, writer_us = med[mode]
             each = " / ".join(f"{r[0]:.0f}" for r in runs[mode])
             lines.append(f"| {mode} | {tps:.0f} | {tps / none_tps:.2f}x | {p50:.2f} | {p99:.2f} | {writer_us:.1f} | {each} |")
