@@ -15,6 +15,8 @@
 //! and end (the last multi-insert, the rollups, the commit) are not cut. Pauses hold no buffer
 //! lock, pin of a heap page or LWLock: only what the batch transaction holds (its locks on the
 //! trail and its indexes, its xid; on 17+ the BRIN revmap pins an index keeps between inserts).
+//! The writer's nap between small batches (so that commits gather) is here too: whoever waits
+//! for the writer ends it, within 5 ms.
 //! Process-local state only.
 
 use pgrx::pg_sys;
@@ -48,17 +50,18 @@ impl Drop for Paced {
 
 /// hurried tells whether the writer of `slot` must work without pauses now.
 fn hurried(slot: usize) -> bool {
+    waited_for(slot) || ring::filling(slot)
+}
+
+/// waited_for tells whether a process waits for the writer of `slot`, or it must stop.
+fn waited_for(slot: usize) -> bool {
     // Not BackgroundWorker::sigterm_received(): it clears pgrx's flag, which the writer's loop
     // reads to stop. pgrx's SIGTERM handler (worker_spi_sigterm, pgrx 0.18) also sets this one,
     // as PostgreSQL's own handler does, and nothing clears it; were it not set, a terminated
     // writer would still stop, after its paced batch.
     // SAFETY: a flag of this process, set by its signal handler.
     let stopping = unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() } != 0;
-    stopping
-        || ring::filling(slot)
-        || ring::hurried(slot)
-        || ring::paused(slot)
-        || ring::hand_back_requested(slot)
+    stopping || ring::hurried(slot) || ring::paused(slot) || ring::hand_back_requested(slot)
 }
 
 /// due tells whether the writer has worked a whole slice since its last pause, in a paced
@@ -84,6 +87,27 @@ pub(super) fn pause() {
         PACED.set(Some((slot, Instant::now())));
     }
 }
+
+/// nap_unless_waited_for sleeps for up to `pause` between small batches, so that commits
+/// gather, and ends within [`NAP_STEP`] when someone waits for the writer of `slot` (a flush(),
+/// a commit waiting for room, a drop, another database, a shutdown). Commits do not end it, nor
+/// does a ring filling up behind a frame still pending (every commit wakes the writer then, and
+/// it could store nothing more). It sleeps in steps rather than on the latch: a writer waiting
+/// on its latch would be woken, and each committing backend would pay for the wake-up, by every
+/// commit into a filling ring.
+pub(super) fn nap_unless_waited_for(slot: usize, pause: Duration) {
+    let until = Instant::now() + pause;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || waited_for(slot) {
+            return;
+        }
+        nap(left.min(NAP_STEP));
+    }
+}
+
+/// How long a waiter can wait for a napping writer to notice it.
+const NAP_STEP: Duration = Duration::from_millis(5);
 
 /// nap sleeps for `pause` without waking when a commit sets the latch (the point is to let
 /// them gather), as a wait pg_stat_activity shows (wait_event_type Extension) rather than time

@@ -206,7 +206,8 @@ pub extern "C-unwind" fn al_writer_main(arg: pg_sys::Datum) {
             // in batches rather than one tiny insert per commit. Adds at most 50 ms of lag; a
             // shorter pause costs the writer more CPU per record (a batch costs a transaction,
             // opening the partition and its indexes, the rollup upsert: bench/writer_cost.py).
-            pace::nap(Duration::from_millis(50));
+            // A flush() waiting for these records ends the pause.
+            pace::nap_unless_waited_for(slot, Duration::from_millis(50));
         }
     }
     // A drop stopped the writer: it leaves at once, and the records stay in the ring (gone
