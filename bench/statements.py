@@ -29,7 +29,6 @@ from pgbench_compare import SETTINGS, prepare, ticks
 
 DIR = "/tmp/al-bench-statements"
 PORT = 54498
-DEFAULT_SLICE = "0.3"  # activity_log.writer_slice's default, in ms (src/gucs.rs)
 
 
 def writers(cluster):
@@ -43,16 +42,16 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--slices", default=DEFAULT_SLICE,
-                    help="activity_log.writer_slice values in ms, comma-separated (default: the default)")
+    ap.add_argument("--slices", help="activity_log.writer_slice values in ms, comma-separated "
+                                     "(default: the setting's default, whatever it is)")
     ap.add_argument("--smoke", action="store_true", help="3-second runs, one round: keeps the script working")
     args = ap.parse_args()
-    slices = [str(float(s)) for s in args.slices.split(",")]
-    # mode -> the writer_slice it runs with (None: activity_log is not used)
+    # mode -> the writer_slice it runs with (None: activity_log is not used; "": its default)
     modes = {"none": None, "pgaudit": None}
-    default_only = slices == [str(float(DEFAULT_SLICE))]
-    for s in slices:
-        modes[STATEMENTS if default_only else f"{STATEMENTS}, writer_slice {s} ms"] = s
+    if not args.slices:
+        modes[STATEMENTS] = ""
+    for s in [str(float(s)) for s in args.slices.split(",")] if args.slices else []:
+        modes[f"{STATEMENTS}, writer_slice {s} ms"] = s
     if args.smoke:
         args.seconds, args.rounds = 3, 1
     if not HAS_PGAUDIT:
@@ -66,8 +65,10 @@ def main():
         runs = {}  # mode -> [[tps, p50, p99, writer CPU µs per transaction]]
         for _ in range(args.rounds):
             for mode, writer_slice in modes.items():
-                if writer_slice is not None:
+                if writer_slice:
                     psql(f"ALTER SYSTEM SET activity_log.writer_slice = '{writer_slice}ms'")
+                elif writer_slice == "":
+                    psql("ALTER SYSTEM RESET activity_log.writer_slice")
                 use_mode(cluster, STATEMENTS if writer_slice is not None else mode)
                 pids = writers(cluster)
                 before_ticks = ticks(pids)
@@ -81,6 +82,8 @@ def main():
                 writer_us = (ticks(pids) - before_ticks) * 1e6 / os.sysconf("SC_CLK_TCK") / max(1, committed)
                 runs.setdefault(mode, []).append(
                     [tps, quantile(latencies, 0.50), quantile(latencies, 0.99), writer_us])
+        slices = " / ".join(f"{s} ms" for s in modes.values() if s) or (
+            psql("SHOW activity_log.writer_slice") + ", its default")
         med = {m: [statistics.median(r[i] for r in v) for i in range(4)] for m, v in runs.items()}
         none_tps = med["none"][0]
         lines = [
@@ -90,7 +93,7 @@ def main():
             f"Machine: {facts}. Commit: {commit()}. Settings: {', '.join(SETTINGS)}; synchronous_commit = off.",
             "pgaudit: pgaudit.log = 'write' (a log line per write statement, written by the backend to the server's stderr). "
             "activity_log statements: capture_statements = 'mod', nothing tracked (a trail row per write "
-            f"statement; activity_log.writer_slice = {' / '.join(slices)} ms). Writer CPU: activity_log's writer's CPU (/proc) while the run lasted, per committed "
+            f"statement; activity_log.writer_slice = {slices}). Writer CPU: activity_log's writer's CPU (/proc) while the run lasted, per committed "
             "transaction (the records of a run are stored before the next starts). Every activity_log run: the trail holds exactly the four "
             "write statements of each committed transaction, 0 dropped (asserted).",
             "",

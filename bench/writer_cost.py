@@ -8,11 +8,19 @@ by well under 1 %, so this compares builds. One caveat: valgrind hides the CPU's
 extensions, so SHA-256 runs the `sha2` crate's portable code here and is shown apart (on the
 real CPU it is a few per cent of the writer).
 
+With --row-key-index the trail's index for one row's history (`row_key_idx`, a btree on
+`(table_oid, jsonb_hash_extended(row_key, 0))`) is replaced, on every partition, before the
+rows are queued: by a hash index on the key's hash, by a BRIN bloom index on it, or by nothing;
+what each would cost the writer per row (issue 30, item 4). Neither stand-in has the btree's
+table_oid column, and health() reads them as other kinds of trail index (_trail_index_kind);
+BRIN summarizes a block range later (autovacuum), not as rows come, so that work is not the
+writer's (the first range, which BRIN summarizes when it builds an index, is desummarized). Its report is writer_cost_row_key_<variant>.md.
+
 With --statements the tables are not tracked and the writer stores statement records instead
 (`capture_statements = 'mod'`: the four writes of each transaction), what statement auditing
 costs the writer (issue 30, item 3); its report is writer_cost_statements.md.
 
-    bench/writer_cost.py [--transactions N] [--statements] [--smoke]
+    bench/writer_cost.py [--transactions N] [--statements] [--row-key-index VARIANT] [--smoke]
 """
 import argparse
 import os
@@ -21,6 +29,7 @@ import subprocess
 import time
 
 from benchlib import BIN, Cluster, fresh_pgbench_tables, install_release, machine, transactions, publish
+from pgbench_compare import drop_trail_indexes
 
 DIR = "/tmp/al-bench-writer-cost"
 PORT = 54486
@@ -39,6 +48,34 @@ PARTS = {
     "Rollups::store (activity_hourly, activity_daily)": "activity_log::worker::rollup::Rollups::store",
 }
 
+# What --row-key-index puts in row_key_idx's place on each partition (sql/bootstrap.sql has the
+# btree); "none" leaves nothing.
+ROW_KEY_INDEXES = {
+    "btree": None,
+    "hash": "USING hash (jsonb_hash_extended(row_key, 0)) WHERE kind = 'change'",
+    "bloom": "USING brin (jsonb_hash_extended(row_key, 0) int8_bloom_ops) WHERE kind = 'change'",
+    "none": "",
+}
+
+
+def replace_row_key_index(cluster, variant):
+    """Puts `variant` in place of row_key_idx on every partition of the trail."""
+    definition = ROW_KEY_INDEXES[variant]
+    if definition is None:
+        return
+    drop_trail_indexes(cluster, ["row_key_idx"])
+    if definition:
+        for n, part in enumerate(
+                cluster.psql("SELECT relid FROM pg_partition_tree('activity_log.events') WHERE isleaf").split()):
+            schema = part.split(".")[0]
+            cluster.psql(f"CREATE INDEX row_key_stand_in_{n} ON {part} {definition}")
+            if variant == "bloom":
+                # Built on an empty (or nearly empty) partition, BRIN summarizes its first block
+                # range, and every insert there rewrites that range's bloom filter. Left
+                # unsummarized, a range costs inserts nothing until VACUUM summarizes it (not the
+                # writer's work), which is what a trail would do.
+                cluster.psql(f"SELECT brin_desummarize_range('{schema}.row_key_stand_in_{n}', 0)")
+
 
 def inclusive(profile):
     out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", profile],
@@ -56,8 +93,12 @@ def main():
     ap.add_argument("--transactions", type=int, default=2000)
     ap.add_argument("--statements", action="store_true",
                     help="statement records of untracked tables instead of row changes")
+    ap.add_argument("--row-key-index", choices=list(ROW_KEY_INDEXES), default="btree",
+                    help="what stands in for row_key_idx, the btree one row's history uses")
     ap.add_argument("--smoke", action="store_true", help="a few transactions: keeps the script working")
     args = ap.parse_args()
+    if args.statements and args.row_key_index != "btree":
+        ap.error("--row-key-index: statement records have no row key")
     if args.smoke:
         args.transactions = 20
     n = args.transactions
@@ -76,7 +117,9 @@ def main():
         facts = machine(cluster)
         # Stored before the stop: records left in the ring would be kept across it and put back
         # at the next start, and the writer that stores them hands the ring to another database.
+        # (Having stored track()'s records, the writer has made the day partitions too.)
         assert cluster.psql("SELECT activity_log.flush('10 min')") == "t"
+        replace_row_key_index(cluster, args.row_key_index)
         # The setup's own statements (pgbench -i's) are in the trail already.
         before = cluster.psql("SELECT coalesce(max(id), 0) FROM activity_log.events")
     finally:
@@ -113,6 +156,14 @@ def main():
         assert cluster.psql("SELECT activity_log.flush('60 min')") == "t"
         rows = int(cluster.psql(f"SELECT count(*) FROM activity_log.events WHERE id > {before} AND {stored}"))
         assert rows == 4 * n, f"expected {4 * n} {what}, found {rows}"
+        if ROW_KEY_INDEXES[args.row_key_index] is not None:
+            # A partition the writer made after the swap (past midnight) has the btree again.
+            btrees = cluster.psql(f"""SELECT count(*) FROM pg_partition_tree('activity_log.events') p
+                                       JOIN pg_index i ON i.indrelid = p.relid
+                                      WHERE p.isleaf AND activity_log._trail_index_kind(i.indexrelid) = 'events_row_key_idx'
+                                        AND EXISTS (SELECT FROM activity_log.events e
+                                                     WHERE e.tableoid = p.relid AND e.id > {before})""")
+            assert btrees == "0", "the rows went to a partition with row_key_idx"
     finally:
         if locker:
             locker.kill()
@@ -129,6 +180,8 @@ def main():
         f"# The writer's instructions per stored row ({n} pgbench transactions, {4 * n} {what}, callgrind)",
         "",
         f"Machine: {facts}. Settings: {', '.join(settings)}.",
+        *([] if args.row_key_index == "btree" else [
+            f"In place of row_key_idx on each partition: {ROW_KEY_INDEXES[args.row_key_index] or 'nothing'}."]),
         f"The cluster runs under valgrind; the writer stores the {what} of pgbench tpcb-like",
         "transactions (scale 1) queued while the trail was locked. Inclusive instructions in the",
         "writer's profile:",
@@ -146,8 +199,9 @@ def main():
         "",
         f"Where they go: `callgrind_annotate --inclusive=yes {DIR}/callgrind.{writer}` (kept until the next run).",
     ]
-    publish("writer_cost_statements.md" if args.statements else "writer_cost.md", "\n".join(lines) + "\n",
-            args.smoke)
+    name = ("writer_cost_statements" if args.statements else "writer_cost") + (
+        "" if args.row_key_index == "btree" else f"_row_key_{args.row_key_index}")
+    publish(f"{name}.md", "\n".join(lines) + "\n", args.smoke)
 
 
 if __name__ == "__main__":
